@@ -1,0 +1,174 @@
+"""The JSON API on the UI port: exchanges, stats, prices, health. It only reads the store.
+
+Bad parameters get a 400 naming the parameter; unknown ids a 404; both as JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.pricing import PriceTable
+from gateway.recorder import Recorder
+from gateway.store import ExchangeFilter, Store
+
+STORE = web.AppKey("store", Store)
+RECORDER = web.AppKey("recorder", Recorder)
+PRICES = web.AppKey("prices", PriceTable)
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+
+routes = web.RouteTableDef()
+
+
+class BadRequest(web.HTTPBadRequest):
+    def __init__(self, message: str) -> None:
+        super().__init__(text=orjson.dumps({"error": message}).decode(),
+                         content_type="application/json")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def not_found(what: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=orjson.dumps({"error": f"{what} not found"}).decode(),
+                            content_type="application/json")
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO-8601 time such as 2026-01-31T12:00:00Z, "
+                         f"got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_int(name: str, value: str | None, *, low: int = 0,
+              high: int | None = None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"{name} must be {bound}, got {number}")
+    return number
+
+
+def parse_id(value: str, what: str = "exchange") -> int:
+    if not re.fullmatch(r"\d{1,19}", value):
+        raise not_found(what)
+    return int(value)
+
+
+def exchange_filter(query: Any) -> ExchangeFilter:
+    status_text = (query.get("status") or "").strip().lower()
+    status = status_class = None
+    if status_text:
+        if re.fullmatch(r"[1-5]xx", status_text):
+            status_class = int(status_text[0])
+        elif re.fullmatch(r"\d{3}", status_text):
+            status = int(status_text)
+        else:
+            raise BadRequest(f"status must be a code such as 429 or a class such as 4xx, "
+                             f"got {status_text!r}")
+    since = parse_time("since", query.get("since"))
+    until = parse_time("until", query.get("until"))
+    if since and until and since > until:
+        raise BadRequest("since must not be after until")
+    return ExchangeFilter(
+        q=(query.get("q") or "").strip() or None,
+        model=query.get("model") or None,
+        status=status,
+        status_class=status_class,
+        state=query.get("state") or None,
+        endpoint=query.get("endpoint") or None,
+        run=parse_int("run", query.get("run")),
+        since=since,
+        until=until,
+    )
+
+
+def decode_body(text: str | None, encoding: str | None) -> Any:
+    if text is None:
+        return None
+    if encoding == "json":
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return text
+    return text
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    recorder = request.app[RECORDER]
+    health = recorder.health()
+    db_up = await request.app[STORE].ping()
+    health["database"] = "ok" if db_up and recorder.db_ok else "down"
+    degraded = (health["database"] != "ok" or health["spool_bytes"] > 0
+                or health["dropped_records"] > 0)
+    return json_response({"status": "degraded" if degraded else "ok", **health})
+
+
+@routes.get("/api/exchanges")
+async def list_exchanges(request: web.Request) -> web.Response:
+    query = request.query
+    limit = parse_int("limit", query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
+    before_text = query.get("before")
+    before = None
+    if before_text:
+        if not re.fullmatch(r"\d{1,19}", before_text):
+            raise BadRequest(f"before must be a cursor from a previous 'next', "
+                             f"got {before_text!r}")
+        before = int(before_text)
+    items, cursor = await request.app[STORE].list_exchanges(exchange_filter(query), limit, before)
+    return json_response({"items": items, "next": str(cursor) if cursor else None})
+
+
+@routes.get("/api/exchanges/{id}")
+async def get_exchange(request: web.Request) -> web.Response:
+    item = await request.app[STORE].get_exchange(parse_id(request.match_info["id"]))
+    if item is None:
+        raise not_found("exchange")
+    for side in ("request", "response"):
+        item[f"{side}_headers"] = orjson.loads(item[f"{side}_headers"] or "[]")
+        item[f"{side}_body"] = decode_body(item[f"{side}_body"],
+                                           item[f"{side}_body_encoding"])
+    if item.get("units"):
+        item["units"] = orjson.loads(item["units"])
+    return json_response(item)
+
+
+@routes.delete("/api/exchanges/{id}")
+async def delete_exchange(request: web.Request) -> web.Response:
+    deleted = await request.app[STORE].delete_exchanges([parse_id(request.match_info["id"])])
+    if not deleted:
+        raise not_found("exchange")
+    return json_response({"deleted": request.match_info["id"]})
+
+
+@routes.get("/api/stats")
+async def stats(request: web.Request) -> web.Response:
+    since = parse_time("since", request.query.get("since"))
+    until = parse_time("until", request.query.get("until"))
+    return json_response(await request.app[STORE].stats(since, until))
+
+
+@routes.get("/api/prices")
+async def prices(request: web.Request) -> web.Response:
+    table = request.app[PRICES]
+    body = table.to_api()
+    body["unpriced"] = await request.app[STORE].unpriced(table.models)
+    return json_response(body)

@@ -1,0 +1,137 @@
+"""Wires the parts into one running gateway: store, recorder, proxy listener, UI/API listener.
+
+`Gateway(settings)` is what `agentops-studio serve` runs and what the tests start on
+ephemeral ports; there are no globals, so several can run in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+
+from gateway import api
+from gateway.pricing import PriceTable
+from gateway.providers.base import Provider
+from gateway.providers.mistral import MistralProvider
+from gateway.proxy import Proxy, client_session
+from gateway.recorder import Recorder
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.store import Store
+
+log = logging.getLogger("agentops")
+
+RETENTION_EVERY_SECONDS = 3600
+
+
+def make_providers() -> dict[str, Provider]:
+    return {"mistral": MistralProvider()}
+
+
+def create_ui_app(store: Store, recorder: Recorder, prices: PriceTable,
+                  settings: Settings) -> web.Application:
+    """The UI/API application (never reachable through the proxy port)."""
+    app = web.Application()
+    app[api.STORE] = store
+    app[api.RECORDER] = recorder
+    app[api.PRICES] = prices
+    app.add_routes(api.routes)
+    try:
+        from webui import setup as setup_webui
+    except ImportError:  # pragma: no cover - the UI package ships with the gateway
+        setup_webui = None
+    if setup_webui is not None:
+        setup_webui(app, settings)
+    return app
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prices = PriceTable.load(settings.prices)
+        self.store = Store(settings.db)
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        providers = make_providers()
+        self.recorder = Recorder(
+            self.store, self.spool, lambda name: providers.get(name, providers["mistral"]),
+            self.prices, max_body_bytes=settings.max_body_bytes,
+            queue_size=settings.queue_size)
+        self.proxy: Proxy | None = None
+        self._proxy_runner: web.ServerRunner | None = None
+        self._ui_runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.proxy_url = ""
+        self.ui_url = ""
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.recorder.start()
+        self.session = client_session()
+        self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
+                           timeout=self.settings.upstream_timeout,
+                           max_body_bytes=self.settings.max_body_bytes)
+        server = web.Server(self.proxy, access_log=None)  # query strings may hold keys
+        self._proxy_runner = web.ServerRunner(
+            server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
+        await self._proxy_runner.setup()
+        proxy_site = web.TCPSite(self._proxy_runner, self.settings.host, self.settings.port,
+                                 backlog=1024)
+        await proxy_site.start()
+        ui_app = create_ui_app(self.store, self.recorder, self.prices, self.settings)
+        self._ui_runner = web.AppRunner(ui_app, handle_signals=False, access_log=None)
+        await self._ui_runner.setup()
+        ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
+        await ui_site.start()
+        self.proxy_url = _url(self._proxy_runner)
+        self.ui_url = _url(self._ui_runner)
+        self._tasks.append(asyncio.create_task(self._fill_costs(), name="agentops-fill-costs"))
+        if self.settings.retention_days:
+            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
+        log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url,
+                 self.settings.upstream, self.ui_url, self.store.dialect)
+
+    async def stop(self) -> None:
+        """Refuse new calls, give in-flight ones the grace period, then flush the queue."""
+        for task in self._tasks:
+            task.cancel()
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()  # stops listening, waits, cancels stragglers
+        if self._ui_runner is not None:
+            await self._ui_runner.cleanup()
+        with contextlib.suppress(AttributeError):
+            await self.session.close()
+        await self.recorder.stop(timeout=max(5.0, self.settings.shutdown_grace))
+        await self.store.close()
+
+    async def _fill_costs(self) -> None:
+        """Price stored calls whose model had no price when they were recorded."""
+        try:
+            for row in await self.store.unpriced(()):
+                if self.prices.price(row["model"]) is not None:
+                    filled = await self.store.fill_costs(row["model"], self.prices.cost)
+                    log.info("priced %d earlier calls of %s", filled, row["model"])
+        except Exception:
+            log.exception("could not fill in costs of earlier calls")
+
+    async def _retention(self) -> None:
+        days = self.settings.retention_days or 0
+        while True:
+            try:
+                cutoff = datetime.now(UTC) - timedelta(days=days)
+                removed = await self.store.purge(cutoff)
+                if removed:
+                    log.info("retention: removed %d exchanges older than %s", removed, cutoff)
+            except Exception:
+                log.exception("retention purge failed")
+            await asyncio.sleep(RETENTION_EVERY_SECONDS)
+
+
+def _url(runner: web.BaseRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

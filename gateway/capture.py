@@ -1,0 +1,183 @@
+"""Turns a raw capture record into the rows the store writes: decode, parse, price, encode.
+
+Runs in the writer, off the proxy's hot path. It must never raise on hostile input: whatever
+a provider cannot make sense of is stored as it came, with a flag saying so.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.exchange import Exchange
+from gateway.pricing import PriceTable
+from gateway.providers.base import Parsed, Provider
+
+log = logging.getLogger("agentops.capture")
+
+SEARCH_CHARS = 64 * 1024  # per body: enough to find a call, bounded for the index
+CORRELATION_HEADERS = ("mistral-correlation-id", "x-request-id", "request-id", "x-kong-request-id")
+
+
+@dataclass(slots=True)
+class Rows:
+    """One exchange, ready to insert: its indexed columns, its bodies and its search text."""
+
+    exchange: dict[str, Any]
+    bodies: dict[str, Any]
+    search_text: str
+
+
+def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool]:
+    """Undo gzip/deflate chunk by chunk (so chunk timing survives). Returns (chunks, ok)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return chunks, True
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return chunks, False
+    decoder = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+    try:
+        out = [decoder.decompress(chunk) for chunk in chunks]
+        out.append(decoder.flush())
+        return out, True
+    except zlib.error:
+        if encoding == "deflate":
+            try:
+                return [zlib.decompress(b"".join(chunks), -15)], True
+            except zlib.error:
+                pass
+        return chunks, False
+
+
+def encode_body(body: bytes, is_json: bool, limit: int) -> tuple[str | None, str, bool]:
+    """Store a body as (text, encoding, truncated); encoding is json, text or base64."""
+    truncated = len(body) > limit
+    if truncated:
+        body = body[:limit]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        if truncated:  # maybe we cut a multi-byte character in half
+            try:
+                text = body[: max(0, len(body) - 3)].decode("utf-8", "strict")
+            except UnicodeDecodeError:
+                return base64.b64encode(body).decode("ascii"), "base64", truncated
+        else:
+            return base64.b64encode(body).decode("ascii"), "base64", truncated
+    if "\x00" in text:
+        return base64.b64encode(body).decode("ascii"), "base64", truncated
+    return text, ("json" if is_json and not truncated else "text"), truncated
+
+
+def header_dict(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    return {k.lower(): v for k, v in pairs}
+
+
+def _iso(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def ttft(exchange: Exchange, parsed: Parsed) -> float | None:
+    index = parsed.first_content_chunk
+    if not parsed.streamed or index is None or index >= len(exchange.chunk_ms):
+        return None
+    return round(exchange.chunk_ms[index], 3)
+
+
+def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
+               max_body_bytes: int) -> Rows:
+    request_headers = header_dict(exchange.request_headers)
+    response_headers = header_dict(exchange.response_headers)
+    chunks, decoded = decode_chunks(exchange.response_chunks,
+                                    response_headers.get("content-encoding", ""))
+    try:
+        parsed = provider.parse(exchange.method, exchange.path, request_headers,
+                                exchange.request_body, exchange.status, response_headers,
+                                chunks if decoded else [])
+    except Exception:  # a provider bug must not lose the record
+        log.exception("provider %s failed on exchange %s", provider.name, exchange.id)
+        parsed = Parsed(parse_error=True)
+    response_body = b"".join(chunks)
+    cost = prices.cost(parsed.model, parsed.prompt_tokens, parsed.completion_tokens,
+                       parsed.cached_tokens, parsed.units or None)
+    correlation = next((response_headers[h] for h in CORRELATION_HEADERS
+                        if h in response_headers), None)
+    req_text, req_enc, req_trunc = encode_body(exchange.request_body,
+                                               parsed.request_json is not None, max_body_bytes)
+    resp_text, resp_enc, resp_trunc = encode_body(
+        response_body, parsed.response_json is not None, max_body_bytes)
+    if not decoded:
+        resp_enc = "base64"
+        resp_text = base64.b64encode(response_body[:max_body_bytes]).decode("ascii")
+    truncated = req_trunc or resp_trunc or exchange.response_truncated
+    search = _search_text(req_text if req_enc != "base64" else "",
+                          parsed.output_text if parsed.streamed else
+                          (resp_text if resp_enc != "base64" else ""),
+                          correlation)
+    if exchange.omit_bodies:
+        req_text, req_enc, resp_text, resp_enc = None, "omitted", None, "omitted"
+        search = correlation or ""
+    row = {
+        "id": exchange.id,
+        "started_at": _iso(exchange.started_at),
+        "provider": exchange.provider,
+        "method": exchange.method[:16],
+        "path": exchange.path,
+        "client_path": exchange.client_path,
+        "query": exchange.query,
+        "status": exchange.status,
+        "model": _clip(parsed.model, 200),
+        "request_model": _clip(parsed.request_model, 200),
+        "endpoint": parsed.endpoint,
+        "streamed": parsed.streamed,
+        "state": exchange.state,
+        "error": exchange.error,
+        "prompt_tokens": parsed.prompt_tokens,
+        "completion_tokens": parsed.completion_tokens,
+        "total_tokens": parsed.total_tokens,
+        "cached_tokens": parsed.cached_tokens,
+        "connector_tokens": parsed.connector_tokens,
+        "units": orjson.dumps(parsed.units).decode() if parsed.units else None,
+        "finish_reason": _clip(parsed.finish_reason, 64),
+        "output_text": None if exchange.omit_bodies else parsed.output_text,
+        "cost_usd": cost,
+        "latency_ms": _round(exchange.latency_ms),
+        "ttfb_ms": _round(exchange.ttfb_ms),
+        "ttft_ms": ttft(exchange, parsed),
+        "correlation_id": _clip(correlation, 200),
+        "key_fingerprint": exchange.key_fingerprint,
+        "truncated": truncated,
+        "parse_error": parsed.parse_error,
+        "omitted": exchange.omit_bodies,
+        "run_id": None,
+        "replay_of": exchange.replay_of,
+    }
+    bodies = {
+        "exchange_id": exchange.id,
+        "request_headers": orjson.dumps(exchange.request_headers).decode(),
+        "request_body": req_text,
+        "request_body_encoding": req_enc,
+        "response_headers": orjson.dumps(exchange.response_headers).decode(),
+        "response_body": resp_text,
+        "response_body_encoding": resp_enc,
+    }
+    return Rows(row, bodies, search)
+
+
+def _search_text(request: str | None, response: str | None, correlation: str | None) -> str:
+    parts = [(request or "")[:SEARCH_CHARS], (response or "")[:SEARCH_CHARS], correlation or ""]
+    return "\n".join(part for part in parts if part)
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    return value[:size] if isinstance(value, str) else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

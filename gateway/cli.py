@@ -1,0 +1,133 @@
+"""The command line: `agentops-studio serve | purge`. Flags come from the settings table.
+
+Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
+ends as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from gateway import __version__
+from gateway.pricing import PriceFileError
+from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
+from gateway.store import Store, StoreError
+
+USER_ERRORS = (ConfigError, StoreError, PriceFileError)
+
+
+def fail(message: str) -> None:
+    click.echo(f"agentops-studio: error: {message}", err=True)
+    sys.exit(2)
+
+
+def setting_options(names: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
+    """Decorate a command with one option per setting (flag, env var and default in --help)."""
+    def decorate(func: Any) -> Any:
+        for setting in reversed(SETTINGS):
+            if names is not None and setting.name not in names:
+                continue
+            default = "none" if setting.default is None else setting.default
+            func = click.option(
+                setting.flag, setting.name, default=None, metavar=setting.kind.upper(),
+                help=f"{setting.help} [env {setting.env}; default {default}]")(func)
+        return func
+    return decorate
+
+
+def build_settings(flags: dict[str, Any]) -> Settings:
+    try:
+        return Settings.build(flags, dict(os.environ))
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agentops-studio")
+def main() -> None:
+    """AgentOps Studio: a recording gateway in front of the Mistral API.
+
+    Point a client at the proxy port (Mistral(server_url="http://127.0.0.1:8080")) and every
+    call is forwarded unchanged and recorded; browse them on the UI port.
+    """
+
+
+@main.command()
+@setting_options()
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(log_level: str, **flags: Any) -> None:
+    """Run the proxy and the UI/API in one process until SIGTERM or Ctrl-C."""
+    settings = build_settings(flags)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(settings))
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(settings: Settings) -> None:
+    from gateway.app import Gateway
+
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        click.echo(f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> "
+                   f"{settings.upstream}, UI {gateway.ui_url}", err=True)
+        await stop.wait()
+        click.echo("shutting down: finishing in-flight calls...", err=True)
+    finally:
+        await gateway.stop()
+
+
+@main.command()
+@click.option("--older-than", required=True, metavar="AGE",
+              help="Delete exchanges older than this: 30d, 12h, or a number of days.")
+@setting_options(("db",))
+def purge(older_than: str, **flags: Any) -> None:
+    """Delete old exchanges (with their bodies and search index) in batches."""
+    try:
+        days = parse_days(older_than)
+    except ValueError as exc:
+        fail(f"--older-than: {exc}")
+        return
+    settings = build_settings(flags)
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+
+    async def run() -> int:
+        store = Store(settings.db)
+        await store.open()
+        try:
+            return await store.purge(cutoff)
+        finally:
+            await store.close()
+
+    try:
+        removed = asyncio.run(run())
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    click.echo(f"removed {removed} exchanges started before {cutoff.isoformat()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

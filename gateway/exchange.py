@@ -1,0 +1,99 @@
+"""The capture record: what the proxy saw of one call, before anything is parsed.
+
+The proxy fills an `Exchange` on the hot path with raw bytes and timings only; the writer
+turns it into rows later. Secrets are already redacted here, so a record can be spooled.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# States an exchange can end in (a contract of the API).
+COMPLETE = "complete"
+CLIENT_DISCONNECTED = "client_disconnected"
+UPSTREAM_ERROR = "upstream_error"
+UPSTREAM_TIMEOUT = "upstream_timeout"
+SHUTDOWN = "shutdown"
+
+_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+_NODE = int.from_bytes(os.urandom(2), "big") & 0x3FF
+_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_id() -> int:
+    """A 63-bit, time-sortable id (Snowflake layout: 41 bits ms, 10 bits node, 12 bits sequence).
+
+    Ordering by id is ordering by start time, which makes keyset pagination one index walk,
+    and the integer doubles as SQLite FTS5's rowid. It is assigned at capture time so that a
+    record written twice (spool replay) is recognised as the same row.
+    """
+    global _last_ms, _seq
+    with _lock:
+        now = int(time.time() * 1000) - _EPOCH_MS
+        if now <= _last_ms:
+            _seq = (_seq + 1) & 0xFFF
+            if _seq == 0:
+                _last_ms += 1  # borrow the next millisecond rather than collide
+            now = _last_ms
+        else:
+            _seq = 0
+            _last_ms = now
+        return (now << 22) | (_NODE << 12) | _seq
+
+
+def id_time_ms(exchange_id: int) -> int:
+    """The Unix time in ms encoded in an id (used to turn `since`/`until` into id bounds)."""
+    return (exchange_id >> 22) + _EPOCH_MS
+
+
+def id_at(unix_ms: int) -> int:
+    """The smallest id that could have been issued at `unix_ms`."""
+    return max(0, unix_ms - _EPOCH_MS) << 22
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One proxied call as captured: raw bytes, redacted headers, timings.
+
+    `chunk_ms[i]` is when `response_chunks[i]` arrived, in ms since `started`; the writer
+    uses it to find the time to first token once it has parsed the stream.
+    """
+
+    id: int
+    started_at: float  # Unix time, seconds
+    method: str
+    client_path: str  # as received
+    path: str  # as forwarded
+    query: str  # redacted query string
+    request_headers: list[tuple[str, str]]  # redacted
+    request_body: bytes
+    provider: str = "mistral"
+    key_fingerprint: str | None = None
+    hints: dict[str, str] = field(default_factory=dict)  # X-AgentOps-* headers and /r/<name>
+    omit_bodies: bool = False
+    status: int | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_chunks: list[bytes] = field(default_factory=list)
+    chunk_ms: list[float] = field(default_factory=list)
+    response_truncated: bool = False
+    request_truncated: bool = False
+    ttfb_ms: float | None = None
+    latency_ms: float | None = None
+    state: str = COMPLETE
+    error: str | None = None
+    replay_of: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for the spool (bytes stay bytes; the spool codec handles them)."""
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Exchange:
+        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in data.items() if k in known})

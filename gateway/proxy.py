@@ -1,0 +1,229 @@
+"""The reverse proxy: forwards every call unchanged and hands a raw capture record to the recorder.
+
+This is the hot path. It copies bytes and takes timestamps; all parsing, JSON work and
+database I/O happen later in the writer. It runs on aiohttp's low-level server (no router,
+no middlewares), so the proxy port serves nothing but the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway import redact
+from gateway.exchange import (
+    CLIENT_DISCONNECTED,
+    SHUTDOWN,
+    UPSTREAM_ERROR,
+    UPSTREAM_TIMEOUT,
+    Exchange,
+    new_id,
+)
+
+log = logging.getLogger("agentops.proxy")
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host",
+})
+HINT_PREFIX = "x-agentops-"
+# Let aiohttp's client add nothing the caller did not send.
+SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def error_body(message: str, kind: str, code: int) -> bytes:
+    """A gateway error in Mistral's error shape, so SDKs report it like any API error."""
+    return orjson.dumps(
+        {"object": "error", "message": message, "type": kind, "param": None, "code": str(code)}
+    )
+
+
+def forwarded_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """Request or response headers minus hop-by-hop ones (and those Connection names)."""
+    listed = set()
+    for name, value in pairs:
+        if name.lower() == "connection":
+            listed.update(token.strip().lower() for token in value.split(","))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in listed or lower.startswith(HINT_PREFIX):
+            continue
+        out.add(name, value)
+    return out
+
+
+def split_run_prefix(path: str) -> tuple[str, str | None]:
+    """`/r/<name>/v1/...` -> (`/v1/...`, name): a run named in the client's base URL."""
+    if not path.startswith("/r/"):
+        return path, None
+    name, sep, rest = path[3:].partition("/")
+    if not name:
+        return path, None
+    return "/" + rest if sep else "/", name
+
+
+class Proxy:
+    """The proxy handler. `submit` receives each finished record; it must not block or raise."""
+
+    def __init__(
+        self,
+        upstream: str,
+        session: aiohttp.ClientSession,
+        submit: Callable[[Exchange], None],
+        *,
+        timeout: float,
+        max_body_bytes: int,
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.session = session
+        self.submit = submit
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=timeout, sock_read=timeout
+        )
+        self.max_body_bytes = max_body_bytes
+        self.in_flight = 0
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        started = time.perf_counter()
+        exchange = self._begin(request)
+        try:
+            body = await request.content.read()
+            exchange.request_body = body
+            return await self._forward(request, exchange, body, started)
+        except asyncio.CancelledError:
+            exchange.state = SHUTDOWN
+            exchange.error = exchange.error or "gateway shut down before the call finished"
+            raise
+        finally:
+            exchange.latency_ms = (time.perf_counter() - started) * 1000
+            self.in_flight -= 1
+            self.submit(exchange)
+
+    def _begin(self, request: web.BaseRequest) -> Exchange:
+        raw_path = request.raw_path
+        client_path, _, query = raw_path.partition("?")
+        path, run_name = split_run_prefix(client_path)
+        pairs = list(request.headers.items())
+        hints = {k.lower()[len(HINT_PREFIX):]: v for k, v in pairs
+                 if k.lower().startswith(HINT_PREFIX)}
+        if run_name:
+            hints["run_prefix"] = run_name
+        return Exchange(
+            id=new_id(),
+            started_at=time.time(),
+            method=request.method,
+            client_path=client_path,
+            path=path,
+            query=redact.redact_query(query),
+            request_headers=redact.redact_headers(pairs),
+            request_body=b"",
+            key_fingerprint=redact.fingerprint(redact.key_of(pairs)),
+            hints=hints,
+            omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
+        )
+
+    async def _forward(
+        self, request: web.BaseRequest, exchange: Exchange, body: bytes, started: float
+    ) -> web.StreamResponse:
+        raw_path = request.raw_path
+        _, sep, query = raw_path.partition("?")
+        url = URL(self.upstream + exchange.path + (sep + query if sep else ""), encoded=True)
+        headers = forwarded_headers(list(request.headers.items()))
+        try:
+            upstream = await self.session.request(
+                request.method, url, headers=headers, data=body if body else None,
+                allow_redirects=False, skip_auto_headers=SKIP_AUTO, timeout=self.timeout,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            return self._fail(exchange, 504, UPSTREAM_TIMEOUT, "upstream_timeout",
+                              f"upstream {self.upstream} did not answer in time", exc, started)
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._fail(exchange, 502, UPSTREAM_ERROR, "upstream_unreachable",
+                              f"could not reach upstream {self.upstream}", exc, started)
+        async with upstream:
+            return await self._relay(request, exchange, upstream, started)
+
+    async def _relay(
+        self, request: web.BaseRequest, exchange: Exchange,
+        upstream: aiohttp.ClientResponse, started: float,
+    ) -> web.StreamResponse:
+        exchange.ttfb_ms = (time.perf_counter() - started) * 1000
+        exchange.status = upstream.status
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        exchange.response_headers = redact.redact_headers(pairs)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=forwarded_headers(pairs))
+        try:
+            await response.prepare(request)
+        except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+            return self._client_gone(exchange, exc, response)
+        chunks, times = exchange.response_chunks, exchange.chunk_ms
+        stored = 0
+        try:
+            async for chunk in upstream.content.iter_any():
+                if stored < self.max_body_bytes:
+                    chunks.append(chunk)
+                    times.append((time.perf_counter() - started) * 1000)
+                    stored += len(chunk)
+                else:
+                    exchange.response_truncated = True
+                try:
+                    await response.write(chunk)
+                except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+                    return self._client_gone(exchange, exc, response)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            self._abort(request, exchange, UPSTREAM_TIMEOUT, "upstream stalled mid-response", exc)
+            return response
+        except (aiohttp.ClientError, OSError) as exc:
+            self._abort(request, exchange, UPSTREAM_ERROR, "upstream broke off mid-response", exc)
+            return response
+        try:
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+            return self._client_gone(exchange, exc, response)
+        return response
+
+    def _fail(self, exchange: Exchange, status: int, state: str, kind: str, message: str,
+              exc: BaseException, started: float) -> web.Response:
+        detail = f"{message}: {type(exc).__name__} {exc}".strip()
+        exchange.state, exchange.error, exchange.status = state, detail, status
+        body = error_body(detail, kind, status)
+        exchange.ttfb_ms = (time.perf_counter() - started) * 1000
+        exchange.response_headers = [("Content-Type", "application/json")]
+        exchange.response_chunks, exchange.chunk_ms = [body], [exchange.ttfb_ms]
+        log.warning("%s %s -> %d: %s", exchange.method, exchange.path, status, detail)
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    def _abort(self, request: web.BaseRequest, exchange: Exchange, state: str, message: str,
+               exc: BaseException) -> None:
+        """Headers are already sent: the only honest signal left is to drop the connection."""
+        exchange.state, exchange.error = state, f"{message}: {type(exc).__name__} {exc}"
+        if request.transport is not None:
+            request.transport.close()
+
+    @staticmethod
+    def _client_gone(exchange: Exchange, exc: BaseException,
+                     response: web.StreamResponse) -> web.StreamResponse:
+        exchange.state = CLIENT_DISCONNECTED
+        exchange.error = f"client disconnected: {type(exc).__name__}"
+        return response
+
+
+def client_session(limit: int = 0, **kwargs: Any) -> aiohttp.ClientSession:
+    """The upstream session: no decompression (gzip passes through), no connection cap."""
+    connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        **kwargs,
+    )

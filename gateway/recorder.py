@@ -1,0 +1,200 @@
+"""The recorder: a bounded queue between the proxy and the one writer that stores records.
+
+`submit` is all the proxy ever calls: a non-blocking put, or an append to the disk spool when
+the queue is full. The writer drains the queue in batches, builds rows (parsing happens here,
+not in the proxy), and writes each batch in one transaction. When the database fails, batches
+go to the spool and a recovery loop replays it once the database answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.capture import Rows, build_rows
+from gateway.exchange import Exchange
+from gateway.pricing import PriceTable
+from gateway.providers.base import Provider
+from gateway.spool import Spool
+from gateway.store import Store
+
+log = logging.getLogger("agentops.recorder")
+
+BATCH_SIZE = 500
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Recorder:
+    def __init__(self, store: Store, spool: Spool, providers: Callable[[str], Provider],
+                 prices: PriceTable, *, max_body_bytes: int, queue_size: int) -> None:
+        self.store = store
+        self.spool = spool
+        self.providers = providers
+        self.prices = prices
+        self.max_body_bytes = max_body_bytes
+        self.queue: asyncio.Queue[Exchange] = asyncio.Queue(maxsize=queue_size)
+        self.written = 0
+        self.submitted = 0
+        self.failed = 0
+        self.db_errors = 0
+        self.db_ok = True
+        self.last_db_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.on_written: list[Callable[[list[Rows]], Any]] = []
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def submit(self, exchange: Exchange) -> None:
+        self.submitted += 1
+        self._idle.clear()
+        try:
+            self.queue.put_nowait(exchange)
+        except asyncio.QueueFull:
+            self.spool.append([exchange])
+            self._ensure_recovery()
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="agentops-writer")
+        if self.spool.pending():
+            self._ensure_recovery()
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < BATCH_SIZE and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception:  # the writer must outlive any single bad batch
+                log.exception("writer failed on a batch of %d", len(batch))
+                self.failed += len(batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+                self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.queue.empty() and (self._recovery is None or self._recovery.done()):
+            self._idle.set()
+
+    async def _build(self, batch: list[Exchange]) -> list[Rows]:
+        rows = []
+        for n, exchange in enumerate(batch):
+            try:
+                rows.append(build_rows(exchange, self.providers(exchange.provider),
+                                       self.prices, self.max_body_bytes))
+            except Exception:
+                log.exception("could not build rows for exchange %s", exchange.id)
+                self.failed += 1
+            if n % 50 == 49:
+                await asyncio.sleep(0)  # let the proxy run between parses
+        return rows
+
+    async def _write(self, batch: list[Exchange]) -> None:
+        if not self.db_ok or self.spool.pending():
+            self.spool.append(batch)  # keep order: older spooled records go in first
+            self._ensure_recovery()
+            return
+        rows = await self._build(batch)
+        try:
+            await self.store.insert(rows)
+        except Exception as exc:
+            self._db_failed(exc)
+            self.spool.append(batch)
+            self._ensure_recovery()
+            return
+        self.written += len(rows)
+        for callback in self.on_written:
+            try:
+                callback(rows)
+            except Exception:
+                log.exception("on_written callback failed")
+
+    def _db_failed(self, exc: BaseException) -> None:
+        self.db_errors += 1
+        self.db_ok = False
+        self.last_db_error = f"{type(exc).__name__}: {exc}"
+        log.error("database write failed, spooling to %s: %s", self.spool.folder,
+                  self.last_db_error)
+
+    def _ensure_recovery(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._idle.clear()
+            self._recovery = asyncio.create_task(self._recover(), name="agentops-spool-replay")
+
+    async def _recover(self) -> None:
+        """Replay the spool into the database, retrying with backoff while it is down."""
+        attempt = 0
+        while self.spool.pending():
+            if await self._replay_spool():
+                break
+            await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+            attempt += 1
+        self.db_ok = True
+        self._check_idle()
+
+    async def _replay_spool(self) -> bool:
+        for path, records in self.spool.drain():
+            for start in range(0, len(records), BATCH_SIZE):
+                rows = await self._build(records[start:start + BATCH_SIZE])
+                try:
+                    await self.store.insert(rows)
+                except Exception as exc:
+                    self._db_failed(exc)
+                    return False
+                self.written += len(rows)
+            self.spool.done(path)
+            log.info("replayed %d spooled records from %s", len(records), path.name)
+        self.db_ok = True
+        return True
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def drained(self, timeout: float | None = None) -> None:
+        """Wait until everything submitted so far is stored (or spooled and replayed)."""
+        await asyncio.wait_for(self._wait_idle(), timeout)
+
+    async def _wait_idle(self) -> None:
+        while True:
+            await self.queue.join()
+            if self._recovery is not None and not self._recovery.done():
+                await asyncio.shield(self._recovery)
+            if self.queue.empty() and (self._recovery is None or self._recovery.done()):
+                return
+
+    async def stop(self, timeout: float) -> None:
+        """Flush the queue; whatever cannot be written in time is spooled, never lost."""
+        try:
+            await asyncio.wait_for(self.queue.join(), timeout)
+        except TimeoutError:
+            log.warning("writer did not finish in %.0fs; spooling the rest", timeout)
+        for task in (self._task, self._recovery):
+            if task is not None:
+                task.cancel()
+        leftover = []
+        while not self.queue.empty():
+            leftover.append(self.queue.get_nowait())
+        if leftover:
+            self.spool.append(leftover)
+        self.spool.close()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "queue_depth": self.queue.qsize(),
+            "queue_size": self.queue.maxsize,
+            "spool_bytes": self.spool.size,
+            "dropped_records": self.spool.dropped + self.failed,
+            "written_records": self.written,
+            "database": "ok" if self.db_ok else "down",
+            "database_errors": self.db_errors,
+            "last_database_error": self.last_db_error,
+            "checked_at": time.time(),
+        }

@@ -1,0 +1,171 @@
+"""Settings: built once at the edge (flags over AGENTOPS_* environment over defaults), then frozen.
+
+Every setting is listed in `SETTINGS`; the CLI builds its flags from it and a test checks the
+README documents each one, so the table, the flags and the docs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad configuration: reported as one line at start, never as a traceback."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # attribute of Settings
+    flag: str
+    env: str
+    default: Any
+    help: str
+    kind: str = "str"  # str, int, float, bytes (accepts 10MB, 1GiB), days
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("upstream", "--upstream", "AGENTOPS_UPSTREAM", "https://api.mistral.ai",
+            "Mistral API base URL that calls are forwarded to."),
+    Setting("db", "--db", "AGENTOPS_DB", "sqlite://agentops.db",
+            "Database URL: sqlite://PATH or postgres://user:pass@host:5432/name."),
+    Setting("host", "--host", "AGENTOPS_HOST", "127.0.0.1", "Proxy listen address."),
+    Setting("port", "--port", "AGENTOPS_PORT", 8080, "Proxy listen port.", "int"),
+    Setting("ui_host", "--ui-host", "AGENTOPS_UI_HOST", "127.0.0.1", "UI/API listen address."),
+    Setting("ui_port", "--ui-port", "AGENTOPS_UI_PORT", 8081, "UI/API listen port.", "int"),
+    Setting("ui_token", "--ui-token", "AGENTOPS_UI_TOKEN", None,
+            "Token required by the UI and API; needed to bind the UI to a non-loopback address."),
+    Setting("prices", "--prices", "AGENTOPS_PRICES", None,
+            "TOML or JSON price file overriding or extending the bundled table."),
+    Setting("max_body_bytes", "--max-body-bytes", "AGENTOPS_MAX_BODY_BYTES", 10 * 1024 * 1024,
+            "Bodies above this size are truncated in storage (never in the proxied call).",
+            "bytes"),
+    Setting("upstream_timeout", "--upstream-timeout", "AGENTOPS_UPSTREAM_TIMEOUT", 300.0,
+            "Seconds allowed between bytes from the upstream (not a total limit).", "float"),
+    Setting("queue_size", "--queue-size", "AGENTOPS_QUEUE_SIZE", 10_000,
+            "Capture records held in memory before they spill to the spool.", "int"),
+    Setting("spool_dir", "--spool-dir", "AGENTOPS_SPOOL_DIR", "./agentops-spool",
+            "Folder for records that could not be written to the database yet."),
+    Setting("spool_max_bytes", "--spool-max-bytes", "AGENTOPS_SPOOL_MAX_BYTES", 1024**3,
+            "Spool size limit; past it records are dropped and counted.", "bytes"),
+    Setting("shutdown_grace", "--shutdown-grace", "AGENTOPS_SHUTDOWN_GRACE", 30.0,
+            "Seconds in-flight calls get to finish on SIGTERM.", "float"),
+    Setting("retention_days", "--retention-days", "AGENTOPS_RETENTION_DAYS", None,
+            "Delete exchanges older than this many days (default: keep everything).", "days"),
+)
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """'10MB', '1GiB', '20000' -> bytes."""
+    raw = text.strip().lower().replace("_", "")
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(number):].strip()
+    if unit not in _UNITS or not number:
+        raise ValueError(f"not a size: {text!r} (use a number of bytes, or e.g. 10MB, 1GiB)")
+    value = int(float(number) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
+
+
+def parse_days(text: str) -> float:
+    """'30', '30d', '12h' -> days."""
+    raw = text.strip().lower()
+    scale = {"d": 1.0, "h": 1 / 24, "m": 1 / 1440}.get(raw[-1:])
+    number = raw[:-1] if scale else raw
+    value = float(number) * (scale or 1.0)
+    if value <= 0:
+        raise ValueError(f"must be positive: {text!r}")
+    return value
+
+
+def convert(setting: Setting, value: Any) -> Any:
+    if value is None or value == "":
+        return setting.default
+    if not isinstance(value, str):
+        return value
+    try:
+        if setting.kind == "int":
+            number = int(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        if setting.kind == "float":
+            number = float(value)
+            if number <= 0:
+                raise ValueError("must be positive")
+            return number
+        if setting.kind == "bytes":
+            return parse_bytes(value)
+        if setting.kind == "days":
+            return parse_days(value)
+    except ValueError as exc:
+        raise ConfigError(f"{setting.flag} / {setting.env}: bad value {value!r}: {exc}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    upstream: str = "https://api.mistral.ai"
+    db: str = "sqlite://agentops.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 8081
+    ui_token: str | None = None
+    prices: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    upstream_timeout: float = 300.0
+    queue_size: int = 10_000
+    spool_dir: str = "./agentops-spool"
+    spool_max_bytes: int = 1024**3
+    shutdown_grace: float = 30.0
+    retention_days: float | None = None
+
+    @classmethod
+    def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:
+        """Flags (None when not given) over environment over defaults, then validated."""
+        values = {}
+        for setting in SETTINGS:
+            raw = flags.get(setting.name)
+            if raw is None:
+                raw = environ.get(setting.env)
+            values[setting.name] = convert(setting, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"--upstream must be an http(s) URL, got {self.upstream!r}")
+        if not self.db.startswith(("sqlite://", "postgres://", "postgresql://")):
+            raise ConfigError(
+                f"--db must be sqlite://PATH or postgres://user:pass@host:port/name, "
+                f"got {self.db!r}")
+        for name in ("port", "ui_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0-65535")
+        if self.queue_size < 1:
+            raise ConfigError("--queue-size must be at least 1")
+        if not self.ui_token and not is_loopback(self.ui_host):
+            raise ConfigError(
+                f"refusing to serve the UI on {self.ui_host} without a token: "
+                "set --ui-token / AGENTOPS_UI_TOKEN, or bind --ui-host 127.0.0.1")
+
+    def replace(self, **changes: Any) -> Settings:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

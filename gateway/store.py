@@ -1,0 +1,338 @@
+"""The store: the only module that builds queries. SQLite or PostgreSQL, chosen by URL.
+
+Tortoise owns the connection and the committed migrations; the queries here are plain SQL
+so that batch inserts stay one executemany per table and pagination stays one index walk.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from tortoise import Tortoise
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.migrations.api import migrate
+from tortoise.transactions import in_transaction
+
+from gateway.capture import Rows
+from gateway.exchange import id_at
+
+log = logging.getLogger("agentops.store")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (unreachable, refused, bad URL); says which and why."""
+
+
+EXCHANGE_COLUMNS = (
+    "id", "started_at", "provider", "method", "path", "client_path", "query", "status", "model",
+    "request_model", "endpoint", "streamed", "state", "error", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cached_tokens", "connector_tokens", "units",
+    "finish_reason", "output_text", "cost_usd", "latency_ms", "ttfb_ms", "ttft_ms",
+    "correlation_id", "key_fingerprint", "truncated", "parse_error", "omitted", "run_id",
+    "replay_of",
+)
+BODY_COLUMNS = (
+    "exchange_id", "request_headers", "request_body", "request_body_encoding",
+    "response_headers", "response_body", "response_body_encoding",
+)
+LIST_COLUMNS = (
+    "id", "started_at", "method", "path", "status", "model", "endpoint", "streamed", "state",
+    "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms",
+    "ttft_ms", "run_id", "error",
+)
+
+
+@dataclass(frozen=True)
+class ExchangeFilter:
+    """The /api/exchanges query, already validated."""
+
+    q: str | None = None
+    model: str | None = None
+    status: int | None = None  # exact status
+    status_class: int | None = None  # 4 for "4xx"
+    state: str | None = None
+    endpoint: str | None = None
+    run: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def tortoise_config(url: str) -> dict[str, Any]:
+    return {
+        "connections": {"default": url},
+        "apps": {"models": {"models": ["gateway.models"], "default_connection": "default",
+                            "migrations": "gateway.migrations"}},
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("postgresql://"):
+            url = "postgres://" + url[len("postgresql://"):]
+        self.url = url
+        self.dialect = "sqlite" if url.startswith("sqlite://") else "postgres"
+        self._conn: BaseDBAsyncClient | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date with the committed migrations."""
+        try:
+            await migrate(config=tortoise_config(self.url))
+            await Tortoise.init(config=tortoise_config(self.url))
+            self._conn = Tortoise.get_connection("default")
+            if self.dialect == "sqlite":
+                for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
+                    await self._conn.execute_script(f"PRAGMA {pragma}")
+        except Exception as exc:
+            await self.close()
+            raise StoreError(f"cannot open database {describe_url(self.url)}: "
+                             f"{type(exc).__name__}: {exc}".strip()) from exc
+
+    async def close(self) -> None:
+        try:
+            await Tortoise.close_connections()
+        except Exception:  # closing a half-open pool must not mask the real error
+            log.debug("error while closing the database", exc_info=True)
+        self._conn = None
+
+    @property
+    def conn(self) -> BaseDBAsyncClient:
+        if self._conn is None:
+            raise StoreError("the store is not open")
+        return self._conn
+
+    async def ping(self) -> bool:
+        try:
+            await self.conn.execute_query("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    # -- SQL helpers ----------------------------------------------------------------------
+
+    def sql(self, text: str) -> str:
+        """Write queries with `?`; PostgreSQL wants $1, $2, ..."""
+        if self.dialect == "sqlite":
+            return text
+        counter = iter(range(1, 10_000))
+        return re.sub(r"\?", lambda _: f"${next(counter)}", text)
+
+    async def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        _, result = await self.conn.execute_query(self.sql(text), list(params))
+        return [dict(row) for row in result]
+
+    def _time(self, value: datetime) -> Any:
+        return value.isoformat(sep=" ") if self.dialect == "sqlite" else value
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def insert(self, batch: Iterable[Rows]) -> None:
+        """Insert a batch in one transaction; rows already present (spool replays) are skipped."""
+        batch = list(batch)
+        if not batch:
+            return
+        exchanges = [[self._value(r.exchange[c]) for c in EXCHANGE_COLUMNS] for r in batch]
+        bodies = [[r.bodies[c] for c in BODY_COLUMNS] for r in batch]
+        search = [[r.exchange["id"], r.search_text] for r in batch]
+        conflict = "ON CONFLICT DO NOTHING"
+        async with in_transaction("default") as tx:
+            await tx.execute_many(self.sql(
+                f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(EXCHANGE_COLUMNS))}) {conflict}"), exchanges)
+            await tx.execute_many(self.sql(
+                f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(BODY_COLUMNS))}) {conflict}"), bodies)
+            if self.dialect == "sqlite":
+                await tx.execute_many(
+                    "INSERT INTO exchange_fts (rowid, body) SELECT ?, ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM exchange_fts WHERE rowid = ?)",
+                    [[i, text, i] for i, text in search])
+            else:
+                await tx.execute_many(
+                    "INSERT INTO exchange_search (exchange_id, doc) "
+                    "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return self._time(value)
+        if isinstance(value, bool) and self.dialect == "sqlite":
+            return int(value)
+        return value
+
+    async def delete_exchanges(self, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        async with in_transaction("default") as tx:
+            if self.dialect == "sqlite":
+                await tx.execute_query(f"DELETE FROM exchange_fts WHERE rowid IN ({marks})", ids)
+            else:
+                await tx.execute_query(self.sql(
+                    f"DELETE FROM exchange_search WHERE exchange_id IN ({marks})"), ids)
+            await tx.execute_query(self.sql(
+                f"DELETE FROM exchange_bodies WHERE exchange_id IN ({marks})"), ids)
+            _, deleted = await tx.execute_query(self.sql(
+                f"DELETE FROM exchanges WHERE id IN ({marks}) RETURNING id"), ids)
+        return len(deleted)
+
+    async def purge(self, older_than: datetime, batch_size: int = 1000) -> int:
+        """Delete exchanges started before `older_than`, in batches so writers are not blocked."""
+        bound = id_at(int(older_than.timestamp() * 1000))
+        total = 0
+        while True:
+            found = await self.rows("SELECT id FROM exchanges WHERE id < ? ORDER BY id LIMIT ?",
+                                    [bound, batch_size])
+            if not found:
+                return total
+            total += await self.delete_exchanges([row["id"] for row in found])
+
+    async def fill_costs(self, model: str, price_of: Any) -> int:
+        """Price exchanges of a newly priced model whose cost is still null (set costs stay)."""
+        found = await self.rows(
+            "SELECT id, prompt_tokens, completion_tokens, cached_tokens, units FROM exchanges "
+            "WHERE model = ? AND cost_usd IS NULL", [model])
+        updates = []
+        for row in found:
+            units = orjson.loads(row["units"]) if row["units"] else None
+            cost = price_of(model, row["prompt_tokens"], row["completion_tokens"],
+                            row["cached_tokens"], units)
+            if cost is not None:
+                updates.append([cost, row["id"]])
+        if updates:
+            async with in_transaction("default") as tx:
+                await tx.execute_many(self.sql(
+                    "UPDATE exchanges SET cost_usd = ? WHERE id = ? AND cost_usd IS NULL"),
+                    updates)
+        return len(updates)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _where(self, f: ExchangeFilter) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("model", f.model), ("status", f.status), ("state", f.state),
+                              ("endpoint", f.endpoint), ("run_id", f.run)):
+            if value is not None:
+                clauses.append(f"e.{column} = ?")
+                params.append(value)
+        if f.status_class is not None:
+            clauses.append("e.status >= ? AND e.status < ?")
+            params += [f.status_class * 100, f.status_class * 100 + 100]
+        if f.since is not None:
+            clauses.append("e.id >= ?")
+            params.append(id_at(int(f.since.timestamp() * 1000)))
+        if f.until is not None:
+            clauses.append("e.id < ?")
+            params.append(id_at(int(f.until.timestamp() * 1000) + 1))
+        if f.q:
+            if self.dialect == "sqlite":
+                clauses.append(
+                    "e.id IN (SELECT rowid FROM exchange_fts WHERE exchange_fts MATCH ?)")
+                params.append(fts5_query(f.q))
+            else:
+                clauses.append("e.id IN (SELECT exchange_id FROM exchange_search "
+                               "WHERE doc @@ plainto_tsquery('simple', ?))")
+                params.append(f.q)
+        return clauses, params
+
+    async def list_exchanges(self, f: ExchangeFilter, limit: int,
+                             before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        clauses, params = self._where(f)
+        if before is not None:
+            clauses.append("e.id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        columns = ", ".join(f"e.{c}" for c in LIST_COLUMNS)
+        found = await self.rows(
+            f"SELECT {columns} FROM exchanges e {where} ORDER BY e.id DESC LIMIT ?",
+            [*params, limit + 1])
+        more = len(found) > limit
+        found = found[:limit]
+        return [self._item(row) for row in found], (found[-1]["id"] if more else None)
+
+    async def get_exchange(self, exchange_id: int) -> dict[str, Any] | None:
+        found = await self.rows(
+            "SELECT e.*, b.request_headers, b.request_body, b.request_body_encoding, "
+            "b.response_headers, b.response_body, b.response_body_encoding "
+            "FROM exchanges e LEFT JOIN exchange_bodies b ON b.exchange_id = e.id "
+            "WHERE e.id = ?", [exchange_id])
+        return self._item(found[0]) if found else None
+
+    async def stats(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+        clauses, params = self._where(ExchangeFilter(since=since, until=until))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sums = ("COUNT(*) AS calls, COALESCE(SUM(e.prompt_tokens), 0) AS prompt_tokens, "
+                "COALESCE(SUM(e.completion_tokens), 0) AS completion_tokens, "
+                "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
+                "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
+                "THEN 1 ELSE 0 END) AS errors")
+        totals = (await self.rows(f"SELECT {sums} FROM exchanges e {where}", params))[0]
+        by_model = await self.rows(
+            f"SELECT e.model AS model, {sums} FROM exchanges e {where} "
+            "GROUP BY e.model ORDER BY cost_usd DESC, calls DESC", params)
+        return {"totals": _numbers(totals), "by_model": [_numbers(r) for r in by_model]}
+
+    async def unpriced(self, known: Iterable[str]) -> list[dict[str, Any]]:
+        known = set(known)
+        found = await self.rows(
+            "SELECT model, COUNT(*) AS calls FROM exchanges WHERE cost_usd IS NULL "
+            "AND model IS NOT NULL AND status < 400 GROUP BY model ORDER BY calls DESC")
+        return [{"model": r["model"], "calls": int(r["calls"])} for r in found
+                if r["model"] not in known]
+
+    async def count(self) -> int:
+        return int((await self.rows("SELECT COUNT(*) AS n FROM exchanges"))[0]["n"])
+
+    def _item(self, row: dict[str, Any]) -> dict[str, Any]:
+        item = dict(row)
+        for key in ("streamed", "truncated", "parse_error", "omitted"):
+            if key in item and item[key] is not None:
+                item[key] = bool(item[key])
+        started = item.get("started_at")
+        if isinstance(started, str):
+            started = datetime.fromisoformat(started)
+        if isinstance(started, datetime):
+            item["started_at"] = iso_z(started)
+        for key in ("id", "run_id", "replay_of"):
+            if item.get(key) is not None:
+                item[key] = str(item[key])
+        return item
+
+
+def iso_z(value: datetime) -> str:
+    """ISO-8601 UTC with a Z, millisecond precision."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fts5_query(text: str) -> str:
+    """User words -> an FTS5 query that ANDs them as literal strings (no operator injection)."""
+    words = [w for w in re.split(r"\s+", text.strip()) if w]
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key == "cost_usd":
+            out[key] = round(float(value or 0), 10)
+        elif key == "model":
+            out[key] = value
+        else:
+            out[key] = int(value or 0)
+    return out
