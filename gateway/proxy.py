@@ -8,6 +8,7 @@ no middlewares), so the proxy port serves nothing but the proxy.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ HOP_BY_HOP = frozenset({
 })
 HINT_PREFIX = "x-agentops-"
 # Let aiohttp's client add nothing the caller did not send.
+LARGE_BODY = 1024 * 1024
 SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
@@ -140,9 +142,12 @@ class Proxy:
         _, sep, query = raw_path.partition("?")
         url = URL(self.upstream + exchange.path + (sep + query if sep else ""), encoded=True)
         headers = forwarded_headers(list(request.headers.items()))
+        data: bytes | io.BytesIO | None = body or None
+        if len(body) > LARGE_BODY:
+            data = io.BytesIO(body)  # aiohttp writes big bodies in pieces (and warns on bytes)
         try:
             upstream = await self.session.request(
-                request.method, url, headers=headers, data=body if body else None,
+                request.method, url, headers=headers, data=data,
                 allow_redirects=False, skip_auto_headers=SKIP_AUTO, timeout=self.timeout,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

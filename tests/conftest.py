@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,8 @@ async def _pg_available() -> str | None:
     return None
 
 
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
+@asynccontextmanager
+async def throwaway_pg() -> AsyncIterator[str]:
     """A throwaway PostgreSQL database, dropped afterwards."""
     problem = await _pg_available()
     if problem:
@@ -80,12 +81,19 @@ async def pg_url() -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with throwaway_pg() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path / 'agentops.db'}"
     else:
-        yield request.getfixturevalue("pg_url")
+        async with throwaway_pg() as url:
+            yield url
 
 
 def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settings:

@@ -436,7 +436,7 @@ def test_10k_chunk_stream_is_fast():
     chunks.append(sse(chunk("", finish="stop", usage=USAGE)))
     p = parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE)
     assert (len(p.output_text), p.first_content_chunk, p.total_tokens) == (30_000, 0, 16)
-    elapsed = best_of(3, lambda: parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE))
+    elapsed = best_of(5, lambda: parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE))
     assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
 
 
@@ -446,5 +446,5 @@ def test_one_event_in_10k_tiny_chunks_is_fast():
     assert len(chunks) >= 10_000
     p = parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE)
     assert (len(p.output_text), p.total_tokens) == (50_000, 16)
-    elapsed = best_of(3, lambda: parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE))
+    elapsed = best_of(5, lambda: parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE))
     assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,7 +43,8 @@ async def test_request_forwarded_byte_for_byte(sqlite_gateway, upstream: Upstrea
     headers = {**AUTH, "Content-Type": "application/json", "X-Custom": "Kept",
                "X-AgentOps-Run": "hidden", "x-fake-echo": "1", "Connection": "keep-alive"}
     url = f"{sqlite_gateway.proxy_url}/v1/some/path?b=2&a=%20x&a=1"
-    async with http.post(url, data=body, headers=headers) as resp:
+    async with http.post(url, data=body, headers=headers,
+                         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding")) as resp:
         assert resp.status == 200
         await resp.read()
     seen = upstream.requests[-1]
@@ -188,7 +190,7 @@ async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tm
     await gw.start()
     try:
         body = b'{"model": "mistral-small-latest", "input": "' + b"x" * (20 * 1024 * 1024) + b'"}'
-        async with http.post(f"{gw.proxy_url}/v1/embeddings", data=body,
+        async with http.post(f"{gw.proxy_url}/v1/embeddings", data=io.BytesIO(body),
                              headers={**AUTH, "Content-Type": "application/json"}) as resp:
             await resp.read()
         seen = upstream.requests[-1]["body"]
