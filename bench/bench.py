@@ -65,6 +65,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CONCURRENCIES = (1, 16, 64, 256)
 STREAM_GAP_MS = 5
 HELD_CHUNK_MS = 1000
+OPEN_TIMEOUT = 60.0
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-not-a-real-key"}
 
@@ -470,9 +471,9 @@ async def open_streams(session: aiohttp.ClientSession, arm: Arm, upstream: str,
     peak = base_rss
     sampled = False
     try:
-        with contextlib.suppress(TimeoutError):
-            while not all_open.is_set():  # sample while they open too
-                peak = max(peak, rss_bytes(arm.proc.pid))
+        while not all_open.is_set() and time.perf_counter() - start < OPEN_TIMEOUT:
+            peak = max(peak, rss_bytes(arm.proc.pid))  # sample while they open too
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_open.wait(), 0.1)
         open_seconds = time.perf_counter() - start
         async with session.get(f"{upstream}/bench/held") as resp:
@@ -485,7 +486,7 @@ async def open_streams(session: aiohttp.ClientSession, arm: Arm, upstream: str,
         async with session.get(f"{upstream}/bench/release") as resp:
             await resp.read()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"base_rss": base_rss, "peak_rss": peak, "delta_rss": peak - base_rss,
+    return {"requested": n, "base_rss": base_rss, "peak_rss": peak, "delta_rss": peak - base_rss,
             "open_seconds": open_seconds, "held_at_upstream": held, "completed": ok,
             "sampled": sampled}
 
@@ -871,11 +872,11 @@ def problems(arms: list[Arm]) -> list[str]:
             if h.get("database_errors"):
                 found.append(f"{arm.name}: {h['database_errors']} database errors, last: "
                              f"{h.get('last_database_error')}")
-        os_ = m.get("open_streams")
-        if os_ and os_.get("held_at_upstream") not in (None, 0) and (
-                os_["held_at_upstream"] < os_.get("completed", 0)):
-            found.append(f"{arm.name}: only {os_['held_at_upstream']} streams were open at the "
-                         f"upstream at once")
+        held = m.get("open_streams")
+        if held and held["held_at_upstream"] < held["requested"]:
+            found.append(f"{arm.name}: only {held['held_at_upstream']} of {held['requested']} "
+                         f"streams were open at the upstream at once (opening took "
+                         f"{held['open_seconds']:.1f}s)")
         if arm.proc is not None:
             if arm.proc.exit_code not in (0, None, -signal.SIGTERM):
                 found.append(f"{arm.name}: exit status {arm.proc.exit_code} after SIGTERM")
