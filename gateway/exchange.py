@@ -19,6 +19,7 @@ UPSTREAM_ERROR = "upstream_error"
 UPSTREAM_TIMEOUT = "upstream_timeout"
 SHUTDOWN = "shutdown"
 
+MAX_ID = 2**63 - 1
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 _NODE = int.from_bytes(os.urandom(2), "big") & 0x3FF
 _lock = threading.Lock()
@@ -54,7 +55,7 @@ def id_time_ms(exchange_id: int) -> int:
 
 def id_at(unix_ms: int) -> int:
     """The smallest id that could have been issued at `unix_ms`."""
-    return max(0, unix_ms - _EPOCH_MS) << 22
+    return min(max(0, unix_ms - _EPOCH_MS) << 22, MAX_ID)
 
 
 @dataclass(slots=True)

@@ -191,6 +191,7 @@ class Recorder:
             "queue_depth": self.queue.qsize(),
             "queue_size": self.queue.maxsize,
             "spool_bytes": self.spool.size,
+            "spooled_records": self.spool.spooled,
             "dropped_records": self.spool.dropped + self.failed,
             "written_records": self.written,
             "database": "ok" if self.db_ok else "down",

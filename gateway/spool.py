@@ -27,6 +27,7 @@ class Spool:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         self.dropped = 0
+        self.spooled = 0  # records ever written here
         self._file: Path | None = None
         self._handle: int | None = None
         self._size = sum(p.stat().st_size for p in self._files()) if self.folder.exists() else 0
@@ -59,6 +60,7 @@ class Spool:
                 continue
             self._size += len(data) + _HEADER.size
             kept += 1
+        self.spooled += kept
         return kept
 
     def _open(self) -> int:

@@ -185,9 +185,9 @@ class Store:
                     f"DELETE FROM exchange_search WHERE exchange_id IN ({marks})"), ids)
             await tx.execute_query(self.sql(
                 f"DELETE FROM exchange_bodies WHERE exchange_id IN ({marks})"), ids)
-            _, deleted = await tx.execute_query(self.sql(
-                f"DELETE FROM exchanges WHERE id IN ({marks}) RETURNING id"), ids)
-        return len(deleted)
+            deleted, _ = await tx.execute_query(self.sql(
+                f"DELETE FROM exchanges WHERE id IN ({marks})"), ids)
+        return int(deleted or 0)
 
     async def purge(self, older_than: datetime, batch_size: int = 1000) -> int:
         """Delete exchanges started before `older_than`, in batches so writers are not blocked."""

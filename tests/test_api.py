@@ -1,0 +1,179 @@
+"""The JSON API contract: listing, filters, cursors, search, detail, delete, stats, prices,
+health; clear 400s and 404s. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.app import Gateway
+from tests.conftest import Upstream, make_settings
+
+AUTH = {"Authorization": "Bearer key-for-api-tests-1234"}
+
+
+@pytest.fixture
+async def ui(gateway: Gateway) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(gateway.ui_url) as session:
+        yield session
+
+
+async def call(gw: Gateway, content: str, *, model: str = "mistral-small-latest",
+               headers: dict[str, str] | None = None) -> int:
+    payload = {"model": model, "messages": [{"role": "user", "content": content}]}
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json=payload,
+            headers={**AUTH, **(headers or {})}) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def get(ui: aiohttp.ClientSession, path: str, **params: str) -> tuple[int, dict]:
+    async with ui.get(path, params=params) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_list_filters_and_cursor(gateway: Gateway, ui):
+    for n in range(7):
+        await call(gateway, f"question {n}", model="mistral-small-latest" if n % 2 else
+                   "codestral-latest")
+    await call(gateway, "rate limited", headers={"x-fake-status": "429"})
+    await gateway.recorder.drained(timeout=10)
+
+    status, page = await get(ui, "/api/exchanges", limit="3")
+    assert status == 200 and len(page["items"]) == 3 and page["next"]
+    seen = [item["id"] for item in page["items"]]
+    while page["next"]:
+        status, page = await get(ui, "/api/exchanges", limit="3", before=page["next"])
+        seen += [item["id"] for item in page["items"]]
+    assert len(seen) == len(set(seen)) == 8
+    assert seen == sorted(seen, key=int, reverse=True)  # newest first
+
+    item = page["items"][0]
+    for key in ("id", "started_at", "method", "path", "status", "model", "endpoint", "streamed",
+                "state", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd",
+                "latency_ms", "ttfb_ms", "ttft_ms", "run_id", "error"):
+        assert key in item
+
+    _, small = await get(ui, "/api/exchanges", model="mistral-small-latest")
+    assert {i["model"] for i in small["items"]} == {"mistral-small-latest"}
+    _, limited = await get(ui, "/api/exchanges", status="429")
+    assert [i["status"] for i in limited["items"]] == [429]
+    _, client_errors = await get(ui, "/api/exchanges", status="4xx")
+    assert len(client_errors["items"]) == 1
+    _, chats = await get(ui, "/api/exchanges", endpoint="chat", state="complete")
+    assert len(chats["items"]) == 8
+    _, future = await get(ui, "/api/exchanges", since="2999-01-01T00:00:00Z")
+    assert future["items"] == []
+    _, past = await get(ui, "/api/exchanges", until="2000-01-01T00:00:00Z")
+    assert past["items"] == []
+    _, window = await get(ui, "/api/exchanges", since="2000-01-01T00:00:00Z",
+                          until="2999-01-01T00:00:00+00:00")
+    assert len(window["items"]) == 8
+
+
+async def test_full_text_search(gateway: Gateway, ui):
+    await call(gateway, "the quick brown fox")
+    await call(gateway, "a lazy dog sleeps")
+    await call(gateway, 'quotes " and AND OR NOT * ( ) are literal')
+    await gateway.recorder.drained(timeout=10)
+    _, found = await get(ui, "/api/exchanges", q="brown fox")
+    assert len(found["items"]) == 1
+    _, none = await get(ui, "/api/exchanges", q="brown dog")  # words are ANDed
+    assert none["items"] == []
+    _, odd = await get(ui, "/api/exchanges", q='" AND OR NOT * (')
+    assert odd["items"] == [] or len(odd["items"]) == 1  # no syntax error, whatever matched
+    detail = (await get(ui, f"/api/exchanges/{found['items'][0]['id']}"))[1]
+    _, by_request_id = await get(ui, "/api/exchanges", q=detail["correlation_id"])
+    assert [i["id"] for i in by_request_id["items"]] == [detail["id"]]
+
+
+async def test_detail_delete_and_errors(gateway: Gateway, ui):
+    await call(gateway, "details please")
+    await gateway.recorder.drained(timeout=10)
+    _, page = await get(ui, "/api/exchanges")
+    exchange_id = page["items"][0]["id"]
+    status, detail = await get(ui, f"/api/exchanges/{exchange_id}")
+    assert status == 200
+    for key in ("client_path", "request_model", "request_headers", "request_body",
+                "response_headers", "response_body", "request_body_encoding",
+                "response_body_encoding", "output_text", "finish_reason", "key_fingerprint",
+                "truncated"):
+        assert key in detail
+    assert detail["request_body"]["messages"][0]["content"] == "details please"
+    assert ["Authorization", "[redacted]"] in detail["request_headers"]
+
+    async with ui.delete(f"/api/exchanges/{exchange_id}") as resp:
+        assert resp.status == 200
+    assert (await get(ui, f"/api/exchanges/{exchange_id}"))[0] == 404
+    async with ui.delete(f"/api/exchanges/{exchange_id}") as resp:
+        assert resp.status == 404
+    _, gone = await get(ui, "/api/exchanges", q="details")
+    assert gone["items"] == []
+
+    assert (await get(ui, "/api/exchanges/not-an-id"))[0] == 404
+    for params, word in (({"limit": "0"}, "limit"), ({"limit": "9999"}, "limit"),
+                         ({"limit": "ten"}, "limit"), ({"status": "teapot"}, "status"),
+                         ({"since": "yesterday"}, "since"), ({"before": "xyz"}, "before"),
+                         ({"run": "abc"}, "run")):
+        status, body = await get(ui, "/api/exchanges", **params)
+        assert status == 400 and word in body["error"], (params, body)
+    status, body = await get(ui, "/api/stats", until="nope")
+    assert status == 400 and "until" in body["error"]
+
+
+async def test_stats_prices_and_health(gateway: Gateway, ui):
+    await call(gateway, "priced call")
+    await call(gateway, "unpriced call", model="my-private-finetune")
+    await call(gateway, "failed", headers={"x-fake-status": "500"})
+    await gateway.recorder.drained(timeout=10)
+    status, stats = await get(ui, "/api/stats")
+    assert status == 200
+    assert stats["totals"]["calls"] == 3 and stats["totals"]["errors"] == 1
+    assert stats["totals"]["cost_usd"] > 0
+    models = {row["model"]: row for row in stats["by_model"]}
+    assert models["mistral-small-latest"]["calls"] == 2
+    assert set(stats["totals"]) == {"calls", "prompt_tokens", "completion_tokens", "cost_usd",
+                                    "errors"}
+
+    _, prices = await get(ui, "/api/prices")
+    assert prices["models"]["mistral-small-latest"]["input_per_mtok"] > 0
+    assert prices["as_of"] and prices["source"]
+    assert prices["unpriced"] == [{"model": "my-private-finetune", "calls": 1}]
+
+    status, health = await get(ui, "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    for key in ("queue_depth", "spool_bytes", "dropped_records", "database"):
+        assert key in health
+
+
+async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstream,
+                                                               tmp_path: Path):
+    db = f"sqlite://{tmp_path / 'keep.db'}"
+    gw = Gateway(make_settings(upstream.url, db, tmp_path))
+    await gw.start()
+    try:
+        await call(gw, "remember me", model="my-private-finetune")
+        await gw.recorder.drained(timeout=10)
+    finally:
+        await gw.stop()
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."my-private-finetune"]\ninput_per_mtok = 1.0\n'
+                      'output_per_mtok = 2.0\n')
+    gw = Gateway(make_settings(upstream.url, db, tmp_path, prices=str(prices)))
+    await gw.start()
+    try:
+        for task in gw._tasks:
+            await task
+        async with aiohttp.ClientSession(gw.ui_url) as ui:
+            _, page = await get(ui, "/api/exchanges")
+            _, prices_now = await get(ui, "/api/prices")
+        (item,) = page["items"]
+        assert item["cost_usd"] is not None and item["cost_usd"] > 0
+        assert prices_now["unpriced"] == []
+    finally:
+        await gw.stop()

@@ -1,0 +1,161 @@
+"""Capture never hurts the call and loses nothing: database down then back, a full queue, a
+full spool, restarts with a non-empty spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.app import Gateway
+from tests.conftest import Upstream, make_settings, throwaway_pg
+from tests.tcp_relay import TcpRelay
+
+KEY = "sk-recorder-test-key-SPOOLED-9876"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
+    """Poll with a deadline (the state is in another task; there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def calls(gw: Gateway, count: int, tag: str) -> list[int]:
+    async def one(n: int) -> int:
+        payload = {"model": "mistral-small-latest",
+                   "messages": [{"role": "user", "content": f"{tag} {n}"}]}
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{gw.proxy_url}/v1/chat/completions", json=payload,
+                headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            await resp.read()
+            return resp.status
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def health(gw: Gateway) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.ui_url}/healthz") as resp:
+        return await resp.json()
+
+
+@pytest.fixture
+async def relayed_pg() -> AsyncIterator[tuple[str, TcpRelay]]:
+    async with throwaway_pg() as url:
+        relay = TcpRelay("127.0.0.1", 5432)
+        await relay.start()
+        name = url.rsplit("/", 1)[1]
+        try:
+            yield f"postgres://postgres@127.0.0.1:{relay.port}/{name}", relay
+        finally:
+            await relay.close()
+
+
+@pytest.mark.postgres
+async def test_database_down_then_back_loses_nothing(upstream: Upstream, relayed_pg,
+                                                     tmp_path: Path):
+    db, relay = relayed_pg
+    gw = Gateway(make_settings(upstream.url, db, tmp_path))
+    await gw.start()
+    try:
+        assert await calls(gw, 5, "before") == [200] * 5
+        await gw.recorder.drained(timeout=10)
+
+        await relay.cut()
+        assert await calls(gw, 20, "during") == [200] * 20  # calls never notice
+
+        async def spooling() -> bool:
+            state = await health(gw)
+            return state["database"] == "down" and state["spool_bytes"] > 0
+        await eventually(spooling)
+        assert (await health(gw))["status"] == "degraded"
+        spool_files = list((tmp_path / "spool").glob("spool-*.bin"))
+        assert spool_files
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in spool_files)
+        assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+        assert not any(KEY.encode() in f.read_bytes() for f in spool_files)
+
+        await relay.restore()
+        await gw.recorder.drained(timeout=30)
+        assert await gw.store.count() == 25
+        state = await health(gw)
+        assert state["status"] == "ok" and state["spool_bytes"] == 0
+        assert state["dropped_records"] == 0
+    finally:
+        await gw.stop()
+
+
+async def test_full_queue_spills_to_spool_and_is_replayed(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'q.db'}", tmp_path)
+    gw = Gateway(settings.replace(queue_size=1))
+    await gw.start()
+    try:
+        assert await calls(gw, 60, "burst") == [200] * 60
+        await gw.recorder.drained(timeout=30)
+        assert await gw.store.count() == 60  # spooled records replayed, none twice
+        state = await health(gw)
+        assert state["spooled_records"] > 0 and state["dropped_records"] == 0
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.postgres
+async def test_spool_limit_drops_and_counts(upstream: Upstream, relayed_pg, tmp_path: Path):
+    db, relay = relayed_pg
+    gw = Gateway(make_settings(upstream.url, db, tmp_path, spool_max_bytes=4096))
+    await gw.start()
+    try:
+        await relay.cut()
+        assert await calls(gw, 30, "overflow") == [200] * 30
+
+        async def dropping() -> bool:
+            return (await health(gw))["dropped_records"] > 0
+        await eventually(dropping)
+        state = await health(gw)
+        assert state["status"] == "degraded" and state["spool_bytes"] <= 4096
+    finally:
+        await relay.restore()
+        await gw.stop()
+
+
+async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstream,
+                                                                tmp_path: Path):
+    db = f"sqlite://{tmp_path / 'restart.db'}"
+    first = Gateway(make_settings(upstream.url, db, tmp_path))
+    await first.start()
+    try:
+        await calls(first, 3, "kept")
+        await first.recorder.drained(timeout=10)
+        # Records that were spooled but never replayed (say, the process was killed):
+        items, _ = await first.store.list_exchanges(__import__("gateway.store").store
+                                                    .ExchangeFilter(), 10, None)
+    finally:
+        await first.stop()
+    from gateway.exchange import Exchange, new_id
+    from gateway.spool import Spool
+    spool = Spool(tmp_path / "spool", 10**9)
+    orphan = Exchange(id=new_id(), started_at=time.time(), method="POST",
+                      client_path="/v1/chat/completions", path="/v1/chat/completions",
+                      query="", request_headers=[], request_body=b'{"model": "m"}', status=200)
+    duplicate = Exchange(id=int(items[0]["id"]), started_at=time.time(), method="POST",
+                         client_path="/x", path="/x", query="", request_headers=[],
+                         request_body=b"", status=200)
+    spool.append([orphan, duplicate])
+    spool.close()
+
+    second = Gateway(make_settings(upstream.url, db, tmp_path))
+    await second.start()
+    try:
+        await second.recorder.drained(timeout=10)
+        assert await second.store.count() == 4  # the orphan added, the duplicate skipped
+        assert not list((tmp_path / "spool").glob("spool-*.bin"))
+    finally:
+        await second.stop()
