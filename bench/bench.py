@@ -727,7 +727,7 @@ def summarize(arm: Arm) -> None:
 class Row:
     label: str
     key: str
-    mode: str  # abs_ms (added ms vs bare), ratio (x bare), mib, pct, us (ratio)
+    mode: str  # abs_ms (added ms vs bare), ratio (x bare), mib, pct, plain
     target: str = ""
     check_sqlite: Callable[[float], bool] | None = None
     check_pg: Callable[[float], bool] | None = None
@@ -748,12 +748,14 @@ ROWS = [
     Row(f"stream mean chunk gap (ms, upstream {STREAM_GAP_MS})", "gap_mean_ms", "abs_ms",
         digits=3),
     Row("stream calls/s, c=16", "stream_rps", "ratio"),
+    Row("proxy CPU us/request, c=1", "cpu_us_c1", "ratio"),
     Row("proxy CPU us/request, c=64", "cpu_us_c64", "ratio"),
     Row("req/s, 100 KB bodies, c=16", "big_rps", "ratio", ">= 0.6x",
         lambda r: r >= 0.6, lambda r: r >= 0.6),
     Row("RSS growth, 1,000 open streams (MiB)", "rss_delta_mib", "mib", "<= 64 MiB",
         lambda v: v <= 64, lambda v: v <= 64, 1),
     Row("RSS peak, 1,000 open streams (MiB)", "rss_peak_mib", "mib", digits=1),
+    Row("writer drain after c=256 step (s)", "drain_s_c256", "plain", digits=2),
     Row("records written / calls made", "records_ratio", "pct", "100%",
         lambda v: v >= 1.0, lambda v: v >= 1.0),
 ]
@@ -777,7 +779,7 @@ def cell(row: Row, arm: Arm | None, bare: Arm | None, direct: Arm | None,
         return "n/a", None
     if row.mode == "pct":
         return f"{100 * value:.2f}%", value
-    if row.mode == "mib":
+    if row.mode in ("mib", "plain"):
         return fmt(value, row.digits), value
     ref = None
     if arm.kind == "gateway":
@@ -808,9 +810,9 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
         checks: list[str] = []
         for arm in (direct, bare, sqlite, pg):
             text, _ = cell(row, arm, bare, direct)
-            if arm is direct and row.mode in ("mib", "pct"):
+            if arm is direct and row.mode in ("mib", "pct", "plain"):
                 text = "-"
-            if arm is bare and row.mode == "pct":
+            if arm is bare and row.mode in ("pct", "plain"):
                 text = "-"
             texts.append(text)
         verdict: dict[str, Any] = {"metric": row.label, "key": row.key, "target": row.target}

@@ -71,6 +71,8 @@ def serve(log_level: str, **flags: Any) -> None:
     settings = build_settings(flags)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Tortoise logs every query with its values at DEBUG (captured bodies) and chatters at INFO.
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(settings))
     except USER_ERRORS as exc:

@@ -1,0 +1,176 @@
+"""The command line as a user meets it: a real `agentops-studio` process, its --help, its one-line
+errors, SIGTERM with calls in flight, and `purge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.settings import SETTINGS
+from gateway.store import ExchangeFilter, Store
+from tests.conftest import Upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})}, cwd=ROOT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_help_lists_every_setting():
+    code, out, _ = await run("serve", "--help")
+    assert code == 0
+    for setting in SETTINGS:
+        assert setting.flag in out and setting.env in out
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    for setting in SETTINGS:
+        assert setting.flag in readme, f"README does not document {setting.flag}"
+        assert setting.env in readme, f"README does not document {setting.env}"
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["serve", "--port", "eighty"], {}, "--port"),
+    (["serve", "--max-body-bytes", "lots"], {}, "--max-body-bytes"),
+    (["serve", "--upstream", "ftp://x"], {}, "--upstream"),
+    (["serve", "--db", "mysql://x"], {}, "--db"),
+    (["serve"], {"AGENTOPS_QUEUE_SIZE": "-3"}, "AGENTOPS_QUEUE_SIZE"),
+    (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
+    (["serve", "--no-such-flag"], {}, "no-such-flag"),
+    (["purge", "--older-than", "soon"], {}, "--older-than"),
+])
+async def test_bad_input_gives_one_clear_line(args, env, expected):
+    code, _, err = await run(*args, env=env)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+
+
+async def test_unreachable_database_is_one_line(tmp_path: Path):
+    port = free_port()
+    code, _, err = await run("serve", "--db", f"postgres://nobody@127.0.0.1:{port}/none",
+                             "--port", "0", "--ui-port", "0",
+                             "--spool-dir", str(tmp_path / "s"))
+    assert code == 2
+    assert "cannot open database" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_bad_price_file_is_one_line(tmp_path: Path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[models.x]\ninput_per_mtok = 'free'\n")
+    code, _, err = await run("serve", "--prices", str(prices), "--db",
+                             f"sqlite://{tmp_path / 'p.db'}")
+    assert code == 2 and str(prices) in err and "Traceback" not in err
+
+
+async def wait_for_health(url: str, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(400):
+            if proc.returncode is not None:
+                raise AssertionError("gateway exited early")
+            try:
+                async with http.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("gateway did not come up")
+
+
+@pytest.mark.slow
+async def test_sigterm_finishes_short_calls_and_records_long_ones(upstream: Upstream,
+                                                                  tmp_path: Path):
+    port, ui_port = free_port(), free_port()
+    db = f"sqlite://{tmp_path / 'term.db'}"
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--upstream", upstream.url, "--db", db, "--port", str(port),
+        "--ui-port", str(ui_port), "--shutdown-grace", "1.5",
+        "--spool-dir", str(tmp_path / "spool"), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_for_health(f"http://127.0.0.1:{ui_port}", proc)
+        proxy = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+        async def stream(chunks: int, delay_ms: int) -> tuple[int, bytes]:
+            payload = {"model": "mistral-small-latest", "stream": True,
+                       "messages": [{"role": "user", "content": "in flight"}]}
+            headers = {"Authorization": "Bearer k", "x-fake-chunks": str(chunks),
+                       "x-fake-chunk-delay-ms": str(delay_ms)}
+            async with aiohttp.ClientSession() as http, http.post(
+                    proxy, json=payload, headers=headers) as resp:
+                body = b""
+                try:
+                    async for chunk in resp.content.iter_any():
+                        body += chunk
+                except aiohttp.ClientPayloadError:
+                    pass
+                return resp.status, body
+
+        short = asyncio.create_task(stream(4, 200))  # 0.8 s: inside the grace period
+        long = asyncio.create_task(stream(100, 100))  # 10 s: cut at shutdown
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        with pytest.raises(aiohttp.ClientError):  # new connections are refused
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{port}/v1/models"):
+                pass
+        status, body = await short
+        assert status == 200 and b"[DONE]" in body
+        _, partial = await long
+        assert b"[DONE]" not in partial
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    store = Store(db)
+    await store.open()
+    try:
+        items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
+    finally:
+        await store.close()
+    assert sorted(item["state"] for item in items) == ["complete", "shutdown"]
+
+
+async def test_purge(upstream: Upstream, tmp_path: Path):
+    from gateway.app import Gateway
+    from tests.conftest import make_settings
+    from tests.test_recorder import calls
+
+    db = f"sqlite://{tmp_path / 'purge.db'}"
+    gw = Gateway(make_settings(upstream.url, db, tmp_path))
+    await gw.start()
+    try:
+        await calls(gw, 3, "old")
+        await gw.recorder.drained(timeout=10)
+    finally:
+        await gw.stop()
+    code, out, _ = await run("purge", "--older-than", "1d", "--db", db)
+    assert code == 0 and re.search(r"removed 0 exchanges", out)
+    code, out, _ = await run("purge", "--older-than", "0.000001", "--db", db)
+    assert code == 0 and "removed 3 exchanges" in out
