@@ -122,10 +122,10 @@ class Params:
     stream_conc: int = 16
 
 
-QUICK = Params(warmup=300, lat_rounds=4, lat_per_round=250, tput_rounds=1,
-               tput_n={1: 400, 16: 2000, 64: 3000, 256: 4000}, stream_n=20, stream_rps_n=600,
-               open_streams=1000, big_n=300)
-FULL = Params(warmup=1000, lat_rounds=10, lat_per_round=500, tput_rounds=3,
+QUICK = Params(warmup=300, lat_rounds=4, lat_per_round=250, tput_rounds=3,
+               tput_n={1: 300, 16: 1500, 64: 2000, 256: 3000}, stream_n=20, stream_rps_n=400,
+               open_streams=1000, big_n=200)
+FULL = Params(warmup=1000, lat_rounds=10, lat_per_round=500, tput_rounds=5,
               tput_n={1: 1000, 16: 4000, 64: 6000, 256: 8000}, stream_n=60,
               stream_rps_n=1500, open_streams=1000, big_n=800)
 

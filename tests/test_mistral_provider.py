@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import pytest
 
@@ -421,30 +419,17 @@ def test_never_raises(args):
     assert isinstance(MistralProvider().parse(*args), Parsed)
 
 
-def best_of(n: int, fn) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def test_10k_chunk_stream_is_fast():
+def test_10k_chunk_stream():
     body = chunk("tok")
     chunks = [sse(body, done=False) for _ in range(10_000)]
     chunks.append(sse(chunk("", finish="stop", usage=USAGE)))
     p = parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE)
     assert (len(p.output_text), p.first_content_chunk, p.total_tokens) == (30_000, 0, 16)
-    elapsed = best_of(5, lambda: parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE))
-    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
 
 
-def test_one_event_in_10k_tiny_chunks_is_fast():
+def test_one_event_in_10k_tiny_chunks():
     body = sse(chunk("x" * 50_000, finish="stop", usage=USAGE))
     chunks = every(max(1, len(body) // 10_000), body)
     assert len(chunks) >= 10_000
     p = parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE)
     assert (len(p.output_text), p.total_tokens) == (50_000, 16)
-    elapsed = best_of(5, lambda: parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE))
-    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
