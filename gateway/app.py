@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from gateway import api
+from gateway.access import token_middleware
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
 from gateway.providers.mistral import MistralProvider
@@ -35,7 +36,8 @@ def make_providers() -> dict[str, Provider]:
 def create_ui_app(store: Store, recorder: Recorder, prices: PriceTable,
                   settings: Settings) -> web.Application:
     """The UI/API application (never reachable through the proxy port)."""
-    app = web.Application()
+    middlewares = [token_middleware(settings.ui_token)] if settings.ui_token else []
+    app = web.Application(middlewares=middlewares)
     app[api.STORE] = store
     app[api.RECORDER] = recorder
     app[api.PRICES] = prices

@@ -177,3 +177,24 @@ async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstre
         assert prices_now["unpriced"] == []
     finally:
         await gw.stop()
+
+
+async def test_token_guards_everything_but_health(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'tok.db'}", tmp_path,
+                             ui_token="s3cret-token")
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        async with aiohttp.ClientSession(gw.ui_url) as ui:
+            assert (await get(ui, "/healthz"))[0] == 200
+            for path in ("/api/exchanges", "/api/stats", "/"):
+                async with ui.get(path) as resp:
+                    assert resp.status == 401, path
+            async with ui.get("/api/exchanges",
+                              headers={"Authorization": "Bearer wrong"}) as resp:
+                assert resp.status == 401
+            async with ui.get("/api/exchanges",
+                              headers={"Authorization": "Bearer s3cret-token"}) as resp:
+                assert resp.status == 200
+    finally:
+        await gw.stop()
