@@ -34,7 +34,7 @@ log = logging.getLogger("agentops.proxy")
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host",
+    "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host", "expect",
 })
 HINT_PREFIX = "x-agentops-"
 # Let aiohttp's client add nothing the caller did not send.
@@ -100,6 +100,9 @@ class Proxy:
         started = time.perf_counter()
         exchange = self._begin(request)
         try:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                # curl asks before large uploads; answer it here rather than relay it
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await request.content.read()
             exchange.request_body = body
             return await self._forward(request, exchange, body, started)

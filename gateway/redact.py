@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode
 
 REDACTED = "[redacted]"
@@ -25,6 +26,7 @@ _SECRET_SEGMENTS = frozenset({
 _SPLIT = re.compile(r"[-_.\s]+")
 
 
+@lru_cache(maxsize=4096)  # header names repeat on every call; this runs on the hot path
 def is_secret_name(name: str) -> bool:
     lower = name.lower()
     if lower in _SECRET_HEADERS:

@@ -193,3 +193,19 @@ async def test_curl(gateway: Gateway):
     (record,) = await records(gateway)
     assert record["prompt_tokens"] and record["request_body"]["messages"][0]["content"] == \
         "hi from curl"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_large_upload_with_expect_continue(gateway: Gateway, upstream, tmp_path):
+    body = b'{"model": "mistral-embed", "input": "' + b"word " * 400_000 + b'"}'
+    (tmp_path / "big.json").write_bytes(body)
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-f", "-o", "/dev/null",
+        f"{gateway.proxy_url}/v1/embeddings", "-H", f"Authorization: Bearer {KEY}",
+        "-H", "Content-Type: application/json", "-H", "Expect: 100-continue",
+        "--data-binary", f"@{tmp_path / 'big.json'}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert upstream.requests[-1]["body"] == body
+    assert "expect" not in {k.lower() for k, _ in upstream.requests[-1]["headers"]}
