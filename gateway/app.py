@@ -119,14 +119,18 @@ class Gateway:
         except Exception:
             log.exception("could not fill in costs of earlier calls")
 
+    async def apply_retention(self) -> int:
+        """Delete exchanges older than --retention-days; returns how many went."""
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days or 0)
+        removed = await self.store.purge(cutoff)
+        if removed:
+            log.info("retention: removed %d exchanges older than %s", removed, cutoff)
+        return removed
+
     async def _retention(self) -> None:
-        days = self.settings.retention_days or 0
         while True:
             try:
-                cutoff = datetime.now(UTC) - timedelta(days=days)
-                removed = await self.store.purge(cutoff)
-                if removed:
-                    log.info("retention: removed %d exchanges older than %s", removed, cutoff)
+                await self.apply_retention()
             except Exception:
                 log.exception("retention purge failed")
             await asyncio.sleep(RETENTION_EVERY_SECONDS)

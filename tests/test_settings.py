@@ -1,0 +1,68 @@
+"""Settings: flags over environment over defaults, sizes and ages parsed for people, and the
+redaction table that keeps keys out of storage.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.redact import fingerprint, is_secret_name, key_of, redact_headers, redact_query
+from gateway.settings import ConfigError, Settings, parse_bytes, parse_days
+
+
+def test_flags_beat_environment_beat_defaults():
+    env = {"AGENTOPS_PORT": "9000", "AGENTOPS_UI_PORT": "9001", "AGENTOPS_QUEUE_SIZE": "5"}
+    settings = Settings.build({"port": "7000"}, env)
+    assert (settings.port, settings.ui_port, settings.queue_size) == (7000, 9001, 5)
+    assert settings.upstream == "https://api.mistral.ai"
+    assert settings.db == "sqlite://agentops.db"
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+    assert settings.retention_days is None
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("10MB", 10_000_000), ("1GiB", 1024**3), ("20000", 20_000), ("1.5k", 1500),
+    ("64 MiB", 64 * 1024**2),
+])
+def test_sizes(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize(("text", "value"), [("30", 30), ("30d", 30), ("12h", 0.5)])
+def test_ages(text, value):
+    assert parse_days(text) == value
+
+
+@pytest.mark.parametrize("flags", [
+    {"ui_host": "0.0.0.0"}, {"port": "70000"}, {"upstream": "api.mistral.ai"},
+    {"max_body_bytes": "0"}, {"upstream_timeout": "-1"}, {"db": "mysql://x"},
+])
+def test_bad_settings_are_refused(flags):
+    with pytest.raises(ConfigError):
+        Settings.build(flags, {})
+
+
+def test_public_ui_needs_a_token():
+    assert Settings.build({"ui_host": "0.0.0.0", "ui_token": "t"}, {}).ui_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("Authorization", True), ("Cookie", True), ("X-Api-Key", True), ("xi-api-key", True),
+    ("api_key", True), ("access_token", True), ("X-Auth-Token", True), ("apikey", True),
+    ("Content-Type", False), ("x-ratelimit-remaining-tokens-minute", False),
+    ("mistral-correlation-id", False), ("x-ratelimit-tokens-query-cost", False),
+])
+def test_secret_names(name, secret):
+    assert is_secret_name(name) is secret
+
+
+def test_redaction_and_fingerprint():
+    key = "sk-abcdefghijklmnopqrstuvwxyz-1234"
+    headers = [("Authorization", f"Bearer {key}"), ("Accept", "application/json")]
+    assert redact_headers(headers) == [("Authorization", "[redacted]"),
+                                       ("Accept", "application/json")]
+    assert key_of(headers) == key
+    assert fingerprint(key).endswith("...1234") and key not in fingerprint(key)
+    assert fingerprint(None) is None
+    assert redact_query("model=x&api_key=" + key) == "model=x&api_key=%5Bredacted%5D"
+    assert redact_query("a=1&b=%20") == "a=1&b=%20"  # untouched when nothing is secret
