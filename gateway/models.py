@@ -2,6 +2,8 @@
 
 Exchanges hold the indexed, extracted columns the list and dashboards query; the bulky
 headers and bodies live in exchange_bodies so list scans stay small (simonw/llm's layout).
+Indexes for the list filters are composite (filter, id) and partial where a value is rare:
+see migrations/0002_indexes_and_search.py.
 """
 
 from tortoise import fields
@@ -10,18 +12,18 @@ from tortoise.models import Model
 
 class Exchange(Model):
     id = fields.BigIntField(primary_key=True, generated=False)
-    started_at = fields.DatetimeField(db_index=True)
+    started_at = fields.DatetimeField()
     provider = fields.CharField(max_length=32, default="mistral")
     method = fields.CharField(max_length=16)
     path = fields.TextField()
     client_path = fields.TextField()
     query = fields.TextField(default="")
-    status = fields.IntField(null=True, db_index=True)
-    model = fields.CharField(max_length=200, null=True, db_index=True)
+    status = fields.IntField(null=True)
+    model = fields.CharField(max_length=200, null=True)
     request_model = fields.CharField(max_length=200, null=True)
-    endpoint = fields.CharField(max_length=32, db_index=True)
+    endpoint = fields.CharField(max_length=32)
     streamed = fields.BooleanField(default=False)
-    state = fields.CharField(max_length=32, db_index=True)
+    state = fields.CharField(max_length=32)
     error = fields.TextField(null=True)
     prompt_tokens = fields.IntField(null=True)
     completion_tokens = fields.IntField(null=True)
@@ -40,7 +42,7 @@ class Exchange(Model):
     truncated = fields.BooleanField(default=False)
     parse_error = fields.BooleanField(default=False)
     omitted = fields.BooleanField(default=False)
-    run_id = fields.BigIntField(null=True, db_index=True)
+    run_id = fields.BigIntField(null=True)
     replay_of = fields.BigIntField(null=True)
 
     class Meta:

@@ -59,6 +59,7 @@ def key_of(headers: list[tuple[str, str]]) -> str | None:
     return None
 
 
+@lru_cache(maxsize=256)  # an agent reuses one key: hash it once (kept in memory only)
 def fingerprint(key: str | None) -> str | None:
     """Enough to tell keys apart and recognise one's own (hash prefix + last 4), not to use it."""
     if not key:

@@ -229,6 +229,11 @@ class Store:
             if value is not None:
                 clauses.append(f"e.{column} = ?")
                 params.append(value)
+        # Literal copies of the partial indexes' conditions let the planner pick them.
+        if (f.status or 0) >= 400 or (f.status_class or 0) >= 4:
+            clauses.append("e.status >= 400")
+        if f.state is not None and f.state != "complete":
+            clauses.append("e.state <> 'complete'")
         if f.status_class is not None:
             clauses.append("e.status >= ? AND e.status < ?")
             params += [f.status_class * 100, f.status_class * 100 + 100]
