@@ -157,10 +157,9 @@ class Store:
                 f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
                 f"({', '.join('?' * len(BODY_COLUMNS))}) {conflict}"), bodies)
             if self.dialect == "sqlite":
+                # OR REPLACE keeps spool replays idempotent; a NOT EXISTS probe costs 4x more.
                 await tx.execute_many(
-                    "INSERT INTO exchange_fts (rowid, body) SELECT ?, ? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM exchange_fts WHERE rowid = ?)",
-                    [[i, text, i] for i, text in search])
+                    "INSERT OR REPLACE INTO exchange_fts (rowid, body) VALUES (?, ?)", search)
             else:
                 await tx.execute_many(
                     "INSERT INTO exchange_search (exchange_id, doc) "
