@@ -757,7 +757,7 @@ ROWS = [
     Row("RSS peak, 1,000 open streams (MiB)", "rss_peak_mib", "mib", digits=1),
     Row("writer drain after c=256 step (s)", "drain_s_c256", "plain", digits=2),
     Row("records written / calls made", "records_ratio", "pct", "100%",
-        lambda v: v >= 1.0, lambda v: v >= 1.0),
+        lambda v: v == 1.0, lambda v: v == 1.0),
 ]
 
 
@@ -871,6 +871,9 @@ def problems(arms: list[Arm]) -> list[str]:
                              f"made; healthz: written={h.get('written_records')} "
                              f"dropped={h.get('dropped_records')} "
                              f"queue={h.get('queue_depth')} spool={h.get('spool_bytes')}")
+            if m.get("recorded_errors"):
+                found.append(f"{arm.name}: {m['recorded_errors']} recorded calls have an error "
+                             f"status or an incomplete state (all calls made got HTTP 200)")
             if h.get("database_errors"):
                 found.append(f"{arm.name}: {h['database_errors']} database errors, last: "
                              f"{h.get('last_database_error')}")
@@ -953,8 +956,9 @@ def main() -> int:
             print(f"- {line}")
     results = {
         "meta": meta,
-        "arms": {a.name: {"start_error": a.start_error, **{
-            k: v for k, v in a.metrics.items()}} for a in arms},
+        "arms": {a.name: {"start_error": a.start_error, **a.metrics} for a in arms},
+        "rounds": {a.name: {k: v for k, v in a.samples.items() if k not in ("lat", "ttft", "gap")}
+                   for a in arms},
         "verdicts": verdicts,
         "problems": found,
     }

@@ -24,6 +24,7 @@ from gateway.store import Store
 log = logging.getLogger("agentops.recorder")
 
 BATCH_SIZE = 500
+LINGER_SECONDS = 0.05
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -69,6 +70,10 @@ class Recorder:
     async def _run(self) -> None:
         while True:
             batch = [await self.queue.get()]
+            if self.queue.qsize() < BATCH_SIZE:
+                # Linger briefly so a batch amortises its commit, and so the writer wakes
+                # rarely instead of competing with the proxy after every call.
+                await asyncio.sleep(LINGER_SECONDS)
             while len(batch) < BATCH_SIZE and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
