@@ -66,6 +66,7 @@ CONCURRENCIES = (1, 16, 64, 256)
 STREAM_GAP_MS = 5
 HELD_CHUNK_MS = 1000
 OPEN_TIMEOUT = 60.0
+STALL_SECONDS = 5.0
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-not-a-real-key"}
 
@@ -123,10 +124,10 @@ class Params:
 
 
 QUICK = Params(warmup=300, lat_rounds=4, lat_per_round=250, tput_rounds=3,
-               tput_n={1: 300, 16: 1500, 64: 2000, 256: 3000}, stream_n=20, stream_rps_n=400,
+               tput_n={1: 300, 16: 1500, 64: 2000, 256: 3000}, stream_n=30, stream_rps_n=400,
                open_streams=1000, big_n=200)
 FULL = Params(warmup=1000, lat_rounds=10, lat_per_round=500, tput_rounds=5,
-              tput_n={1: 1000, 16: 4000, 64: 6000, 256: 8000}, stream_n=60,
+              tput_n={1: 1000, 16: 4000, 64: 6000, 256: 8000}, stream_n=120,
               stream_rps_n=1500, open_streams=1000, big_n=800)
 
 
@@ -299,12 +300,14 @@ async def drain(session: aiohttp.ClientSession, arm: Arm, timeout: float = 120.0
     """Wait until the gateway's writer has stored everything sent so far; returns seconds.
 
     Done when the queue and spool are empty and written + dropped records reach the number of
-    calls made; or, should records be lost, when that count stops moving for 3 s.
+    calls made. Gives up (and counts a stall) when nothing moves for STALL_SECONDS: records
+    lost, or parked in the spool with no replay running; the final check reports which.
     """
     if arm.kind != "gateway":
         return 0.0
     start = time.perf_counter()
-    last, last_change = None, start
+    last: tuple[int, int, int] | None = None
+    last_change = start
     while True:
         now = time.perf_counter()
         try:
@@ -314,12 +317,15 @@ async def drain(session: aiohttp.ClientSession, arm: Arm, timeout: float = 120.0
             h = None
         if h is not None:
             done = h.get("written_records", 0) + h.get("dropped_records", 0)
-            idle = h.get("queue_depth", 1) == 0 and h.get("spool_bytes", 1) == 0
-            if idle and done >= arm.calls:
+            queue, spool = h.get("queue_depth", 1), h.get("spool_bytes", 1)
+            if queue == 0 and spool == 0 and done >= arm.calls:
                 return now - start
-            if done != last:
-                last, last_change = done, now
-            elif idle and now - last_change > 3.0:
+            state = (done, queue, spool)
+            if state != last:
+                last, last_change = state, now
+            elif now - last_change > STALL_SECONDS:
+                arm.metrics["drain_stalls"] = arm.metrics.get("drain_stalls", 0) + 1
+                arm.metrics.setdefault("stalled_health", h)
                 return now - start
         if now - start > timeout:
             arm.metrics["drain_timeouts"] = arm.metrics.get("drain_timeouts", 0) + 1
@@ -851,16 +857,54 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
     return "\n".join(out), verdicts
 
 
+def log_trouble(text: str) -> tuple[list[str], list[str]]:
+    """Warning/error entries of a child's log: one line each (with the exception that ended
+    its traceback, if any), plus an excerpt of up to 80 raw lines for results.json."""
+    lines = text.splitlines()
+    entries: list[str] = []
+    excerpt: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not any(w in line for w in ("ERROR", "CRITICAL", "WARNING", "Traceback")):
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and (lines[j].startswith((" ", "\t", "Traceback", "During ",
+                                                        "The above")) or not lines[j].strip()):
+            j += 1
+        if j < len(lines) and j > i + 1 and ":" in lines[j] and not lines[j][:4].isdigit():
+            j += 1  # the exception line that ends the traceback
+        block = lines[i:j]
+        last = block[-1].strip() if len(block) > 1 else ""
+        entries.append(line.strip() + (f" -> {last}" if last else ""))
+        if len(excerpt) < 80:
+            excerpt.extend(block[: 80 - len(excerpt)])
+        i = j
+    return entries, excerpt
+
+
 def problems(arms: list[Arm]) -> list[str]:
     found = []
     for arm in arms:
         if arm.start_error:
-            found.append(f"{arm.name}: did not start: {arm.start_error.strip()}")
+            lines = arm.start_error.strip().splitlines()
+            if len(lines) > 8:
+                lines = [lines[0], "...", *lines[-6:]]
+            tail = "\n  ".join(lines)
+            found.append(f"{arm.name}: did not start:\n  {tail}")
             continue
         m = arm.metrics
         if arm.errors:
             found.append(f"{arm.name}: {arm.errors} failed calls of {arm.calls}; e.g. "
                          + " | ".join(arm.error_samples[:3]))
+        if m.get("drain_stalls"):
+            h = m.get("stalled_health", {})
+            found.append(f"{arm.name}: writer stopped short of the calls made {m['drain_stalls']} "
+                         f"time(s) (nothing moved for {STALL_SECONDS:.0f}s); first time healthz: "
+                         f"written={h.get('written_records')} queue={h.get('queue_depth')} "
+                         f"spool_bytes={h.get('spool_bytes')} "
+                         f"dropped={h.get('dropped_records')}")
         if m.get("drain_timeouts"):
             found.append(f"{arm.name}: writer did not drain within the timeout "
                          f"{m['drain_timeouts']} time(s)")
@@ -887,12 +931,11 @@ def problems(arms: list[Arm]) -> list[str]:
                 found.append(f"{arm.name}: exit status {arm.proc.exit_code} after SIGTERM")
             if arm.proc.stop_seconds is not None and arm.proc.stop_seconds > 10:
                 found.append(f"{arm.name}: took {arm.proc.stop_seconds:.1f}s to stop")
-            text = arm.proc.output(limit=200_000)
-            bad = [ln for ln in text.splitlines()
-                   if any(w in ln for w in ("ERROR", "Traceback", "CRITICAL", "WARNING"))]
+            bad, excerpt = log_trouble(arm.proc.output(limit=500_000))
             if bad:
-                found.append(f"{arm.name}: {len(bad)} warning/error log lines, first: "
-                             + " | ".join(b.strip()[:200] for b in bad[:3]))
+                arm.metrics["log_excerpt"] = excerpt
+                found.append(f"{arm.name}: {len(bad)} warning/error log entries, e.g.:\n  "
+                             + "\n  ".join(b[:300] for b in bad[:4]))
     return found
 
 

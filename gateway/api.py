@@ -6,6 +6,7 @@ Bad parameters get a 400 naming the parameter; unknown ids a 404; both as JSON.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,12 +14,16 @@ import orjson
 from aiohttp import web
 
 from gateway.pricing import PriceTable
+from gateway.providers.base import Provider
 from gateway.recorder import Recorder
+from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
 
 STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", Recorder)
 PRICES = web.AppKey("prices", PriceTable)
+RUNS = web.AppKey("runs", RunStore)
+PROVIDERS = web.AppKey("providers", Callable[[str], Provider])
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -148,7 +153,29 @@ async def get_exchange(request: web.Request) -> web.Response:
                                            item[f"{side}_body_encoding"])
     if item.get("units"):
         item["units"] = orjson.loads(item["units"])
+    item["messages"] = exchange_messages(request.app[PROVIDERS](item["provider"]), item)
     return json_response(item)
+
+
+def exchange_messages(provider: Provider, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The call's full conversation: its input messages (or entries) and its output."""
+    def raw(side: str) -> bytes:
+        body, encoding = item[f"{side}_body"], item[f"{side}_body_encoding"]
+        if body is None or encoding in ("omitted", "base64"):
+            return b""
+        return body.encode() if isinstance(body, str) else orjson.dumps(body)
+
+    headers = {k.lower(): v for k, v in item["response_headers"]}
+    headers.pop("content-encoding", None)  # stored bodies are already decoded
+    parsed = provider.parse(item["method"], item["path"],
+                            {k.lower(): v for k, v in item["request_headers"]}, raw("request"),
+                            item["status"], headers, [raw("response")])
+    keys = ("role", "content", "tool_calls", "tool_call_id")
+    inputs = parsed.messages_in or parsed.entries_in or []
+    outputs = ([parsed.message_out] if parsed.message_out else parsed.entries_out) or []
+    return [{"direction": direction, **({k: m.get(k) for k in keys} if isinstance(m, dict)
+                                        else {"role": None, "content": m})}
+            for direction, group in (("in", inputs), ("out", outputs)) for m in group]
 
 
 @routes.delete("/api/exchanges/{id}")

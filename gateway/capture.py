@@ -32,6 +32,8 @@ class Rows:
     exchange: dict[str, Any]
     bodies: dict[str, Any]
     search_text: str
+    parsed: Parsed
+    hints: dict[str, str]
 
 
 def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool]:
@@ -157,6 +159,10 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         "omitted": exchange.omit_bodies,
         "run_id": None,
         "replay_of": exchange.replay_of,
+        "run_source": None,
+        "step": None,
+        "parent_id": None,
+        "thread_key": None,
     }
     bodies = {
         "exchange_id": exchange.id,
@@ -167,7 +173,7 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         "response_body": resp_text,
         "response_body_encoding": resp_enc,
     }
-    return Rows(row, bodies, search)
+    return Rows(row, bodies, search, parsed, exchange.hints)
 
 
 def _search_text(request: str | None, response: str | None, correlation: str | None) -> str:

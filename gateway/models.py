@@ -11,7 +11,7 @@ from tortoise.models import Model
 
 
 class Exchange(Model):
-    id = fields.BigIntField(primary_key=True, generated=False)
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
     started_at = fields.DatetimeField()
     provider = fields.CharField(max_length=32, default="mistral")
     method = fields.CharField(max_length=16)
@@ -44,13 +44,17 @@ class Exchange(Model):
     omitted = fields.BooleanField(default=False)
     run_id = fields.BigIntField(null=True)
     replay_of = fields.BigIntField(null=True)
+    run_source = fields.CharField(max_length=16, null=True)  # the rule that placed it in its run
+    step = fields.IntField(null=True)  # 0-based position in its run
+    parent_id = fields.BigIntField(null=True)  # the exchange it continues (automatic threading)
+    thread_key = fields.CharField(max_length=32, null=True)  # hash of its messages + reply
 
     class Meta:
         table = "exchanges"
 
 
 class ExchangeBody(Model):
-    exchange_id = fields.BigIntField(primary_key=True, generated=False)
+    exchange_id = fields.BigIntField(primary_key=True)
     request_headers = fields.TextField()  # JSON list of [name, value], redacted
     request_body = fields.TextField(null=True)
     request_body_encoding = fields.CharField(max_length=8)  # json, text, base64, omitted
@@ -60,3 +64,108 @@ class ExchangeBody(Model):
 
     class Meta:
         table = "exchange_bodies"
+
+
+class Run(Model):
+    """One agent task: the exchanges that belong together, assembled from the traffic."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=200, null=True)
+    agent_id = fields.CharField(max_length=200, null=True)
+    user = fields.CharField(max_length=200, null=True)
+    tags = fields.TextField(null=True)  # JSON object
+    source = fields.CharField(max_length=16)  # prefix, header, conversation, thread, single
+    started_at = fields.DatetimeField()
+    last_seen_at = fields.DatetimeField()
+    ended_at = fields.DatetimeField(null=True)
+    status = fields.CharField(max_length=16, default="running")  # running, ok, error
+    last_failed = fields.BooleanField(default=False)
+    exchange_count = fields.IntField(default=0)
+    prompt_tokens = fields.BigIntField(default=0)
+    completion_tokens = fields.BigIntField(default=0)
+    total_tokens = fields.BigIntField(default=0)
+    total_cost_usd = fields.FloatField(default=0)
+    config = fields.TextField(null=True)  # JSON: model and sampling params of the first call
+    conversation_ids = fields.TextField(null=True)  # JSON list
+
+    class Meta:
+        table = "runs"
+        indexes = (("name", "id"), ("agent_id", "id"), ("user", "id"), ("ended_at", "id"))
+
+
+class RunConversation(Model):
+    conversation_id = fields.CharField(max_length=200, primary_key=True)
+    run_id = fields.BigIntField(db_index=True)
+
+    class Meta:
+        table = "run_conversations"
+
+
+class Message(Model):
+    """A message as it first appeared in a run (inputs new at that step, and the output)."""
+
+    id = fields.BigIntField(primary_key=True)
+    run_id = fields.BigIntField()
+    exchange_id = fields.BigIntField(db_index=True)
+    step = fields.IntField()
+    position = fields.IntField()
+    direction = fields.CharField(max_length=4)  # in, out
+    role = fields.CharField(max_length=32, null=True)
+    content = fields.TextField(null=True)  # JSON
+    tool_calls = fields.TextField(null=True)  # JSON
+    tool_call_id = fields.CharField(max_length=200, null=True)
+    finish_reason = fields.CharField(max_length=64, null=True)
+    prompt_tokens = fields.IntField(null=True)
+    completion_tokens = fields.IntField(null=True)
+
+    class Meta:
+        table = "messages"
+        indexes = (("run_id", "step", "position"),)
+
+
+class ToolCall(Model):
+    id = fields.BigIntField(primary_key=True)
+    run_id = fields.BigIntField()
+    exchange_id = fields.BigIntField(db_index=True)
+    step = fields.IntField()
+    call_id = fields.CharField(max_length=200, null=True)
+    tool_name = fields.CharField(max_length=200, null=True)
+    kind = fields.CharField(max_length=16)  # function, builtin, handoff
+    args = fields.TextField(null=True)  # JSON (parsed arguments, or the raw string)
+    return_value = fields.TextField(null=True)
+    result_exchange_id = fields.BigIntField(null=True)
+    asked_at_ms = fields.FloatField(null=True)  # when the asking response ended (Unix ms)
+    latency_ms = fields.FloatField(null=True)
+
+    class Meta:
+        table = "tool_calls"
+        indexes = (("run_id", "call_id"),)
+
+
+class MemorySnapshot(Model):
+    """The state carried forward after a step, stored as a delta: the first `carried` items of
+    the previous step's state, then `appended`. Shared prefixes are never copied again."""
+
+    id = fields.BigIntField(primary_key=True)
+    run_id = fields.BigIntField()
+    exchange_id = fields.BigIntField(db_index=True)
+    step = fields.IntField()
+    taken_at = fields.DatetimeField()
+    carried = fields.IntField()
+    appended = fields.TextField()  # JSON list
+
+    class Meta:
+        table = "memory_snapshots"
+        indexes = (("run_id", "step"),)
+
+
+class Evaluation(Model):
+    id = fields.BigIntField(primary_key=True)
+    run_id = fields.BigIntField(null=True, db_index=True)
+    exchange_id = fields.BigIntField(null=True, db_index=True)
+    metric_name = fields.CharField(max_length=200)
+    metric_value = fields.FloatField()
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "evaluations"

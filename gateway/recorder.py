@@ -18,6 +18,8 @@ from gateway.capture import Rows, build_rows
 from gateway.exchange import Exchange
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
+from gateway.run_store import RunStore
+from gateway.runs import Grouper
 from gateway.spool import Spool
 from gateway.store import Store
 
@@ -30,8 +32,11 @@ RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 class Recorder:
     def __init__(self, store: Store, spool: Spool, providers: Callable[[str], Provider],
-                 prices: PriceTable, *, max_body_bytes: int, queue_size: int) -> None:
+                 prices: PriceTable, *, max_body_bytes: int, queue_size: int,
+                 grouper: Grouper, run_store: RunStore) -> None:
         self.store = store
+        self.grouper = grouper
+        self.run_store = run_store
         self.spool = spool
         self.providers = providers
         self.prices = prices
@@ -99,7 +104,7 @@ class Recorder:
             except Exception:
                 log.exception("could not build rows for exchange %s", exchange.id)
                 self.failed += 1
-            if n % 50 == 49:
+            if n % 10 == 9:
                 await asyncio.sleep(0)  # let the proxy run between parses
         return rows
 
@@ -110,7 +115,7 @@ class Recorder:
             return
         rows = await self._build(batch)
         try:
-            await self.store.insert(rows)
+            await self._store(rows)
         except Exception as exc:
             self._db_failed(exc)
             self.spool.append(batch)
@@ -122,6 +127,31 @@ class Recorder:
                 callback(rows)
             except Exception:
                 log.exception("on_written callback failed")
+
+    async def _store(self, rows: list[Rows]) -> None:
+        """Place new exchanges in runs, then write exchanges and run rows in one transaction.
+
+        Ids already stored (a spool replayed after a crash) are left out before grouping, so
+        run totals never count an exchange twice."""
+        stored = await self.store.existing([r.exchange["id"] for r in rows])
+        rows = [r for r in rows if r.exchange["id"] not in stored]
+        changes = []
+        for n, row in enumerate(rows):
+            try:
+                change = await self.grouper.assign(row.exchange, row.parsed, row.hints,
+                                                   self.run_store.next_step)
+            except Exception:  # a grouping bug must not lose the exchange itself
+                log.exception("could not place exchange %s in a run", row.exchange["id"])
+                continue
+            row.exchange.update(change.exchange)
+            changes.append(change)
+            if n % 10 == 9:
+                await asyncio.sleep(0)
+
+        async def write_runs(tx: Any) -> None:
+            await self.run_store.write(tx, changes)
+
+        await self.store.insert(rows, write_runs)
 
     def _db_failed(self, exc: BaseException) -> None:
         self.db_errors += 1
@@ -138,9 +168,10 @@ class Recorder:
     async def _recover(self) -> None:
         """Replay the spool into the database, retrying with backoff while it is down."""
         attempt = 0
-        while self.spool.pending():
+        while self.spool.pending():  # records spilled while replaying are replayed too
             if await self._replay_spool():
-                break
+                attempt = 0
+                continue
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
         self.db_ok = True
@@ -151,7 +182,7 @@ class Recorder:
             for start in range(0, len(records), BATCH_SIZE):
                 rows = await self._build(records[start:start + BATCH_SIZE])
                 try:
-                    await self.store.insert(rows)
+                    await self._store(rows)
                 except Exception as exc:
                     self._db_failed(exc)
                     return False

@@ -53,6 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds in-flight calls get to finish on SIGTERM.", "float"),
     Setting("retention_days", "--retention-days", "AGENTOPS_RETENTION_DAYS", None,
             "Delete exchanges older than this many days (default: keep everything).", "days"),
+    Setting("run_idle", "--run-idle", "AGENTOPS_RUN_IDLE", 300.0,
+            "Seconds without a new exchange after which a run is finished.", "float"),
 )
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
@@ -125,6 +127,7 @@ class Settings:
     spool_max_bytes: int = 1024**3
     shutdown_grace: float = 30.0
     retention_days: float | None = None
+    run_idle: float = 300.0
 
     @classmethod
     def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:

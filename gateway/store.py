@@ -6,9 +6,10 @@ so that batch inserts stay one executemany per table and pagination stays one in
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +36,7 @@ EXCHANGE_COLUMNS = (
     "completion_tokens", "total_tokens", "cached_tokens", "connector_tokens", "units",
     "finish_reason", "output_text", "cost_usd", "latency_ms", "ttfb_ms", "ttft_ms",
     "correlation_id", "key_fingerprint", "truncated", "parse_error", "omitted", "run_id",
-    "replay_of",
+    "replay_of", "run_source", "step", "parent_id", "thread_key",
 )
 BODY_COLUMNS = (
     "exchange_id", "request_headers", "request_body", "request_body_encoding",
@@ -128,20 +129,30 @@ class Store:
         """Write queries with `?`; PostgreSQL wants $1, $2, ..."""
         if self.dialect == "sqlite":
             return text
-        counter = iter(range(1, 10_000))
+        counter = itertools.count(1)
         return re.sub(r"\?", lambda _: f"${next(counter)}", text)
 
     async def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        _, result = await self.conn.execute_query(self.sql(text), list(params))
-        return [dict(row) for row in result]
+        """Rows of any statement, including UPDATE/DELETE ... RETURNING."""
+        return await self.conn.execute_query_dict(self.sql(text), list(params))
 
     def _time(self, value: datetime) -> Any:
         return value.isoformat(sep=" ") if self.dialect == "sqlite" else value
 
     # -- writing --------------------------------------------------------------------------
 
-    async def insert(self, batch: Iterable[Rows]) -> None:
-        """Insert a batch in one transaction; rows already present (spool replays) are skipped."""
+    async def existing(self, ids: list[int]) -> set[int]:
+        """Which of these exchange ids are stored already (a spool replay after a crash)."""
+        if not ids:
+            return set()
+        marks = ", ".join("?" * len(ids))
+        found = await self.rows(f"SELECT id FROM exchanges WHERE id IN ({marks})", ids)
+        return {row["id"] for row in found}
+
+    async def insert(self, batch: Iterable[Rows],
+                     also: Callable[[BaseDBAsyncClient], Awaitable[None]] | None = None) -> None:
+        """Insert a batch in one transaction (with `also`, the runs' rows); rows already
+        present (spool replays) are skipped."""
         batch = list(batch)
         if not batch:
             return
@@ -164,6 +175,8 @@ class Store:
                 await tx.execute_many(
                     "INSERT INTO exchange_search (exchange_id, doc) "
                     "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
+            if also is not None:
+                await also(tx)
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, datetime):
@@ -182,11 +195,41 @@ class Store:
             else:
                 await tx.execute_query(self.sql(
                     f"DELETE FROM exchange_search WHERE exchange_id IN ({marks})"), ids)
-            await tx.execute_query(self.sql(
-                f"DELETE FROM exchange_bodies WHERE exchange_id IN ({marks})"), ids)
+            for table in ("exchange_bodies", "messages", "tool_calls", "memory_snapshots",
+                          "evaluations"):
+                await tx.execute_query(self.sql(
+                    f"DELETE FROM {table} WHERE exchange_id IN ({marks})"), ids)
+            runs = [row["run_id"] for row in (await tx.execute_query(self.sql(
+                f"SELECT DISTINCT run_id FROM exchanges WHERE id IN ({marks}) "
+                "AND run_id IS NOT NULL"), ids))[1]]
             deleted, _ = await tx.execute_query(self.sql(
                 f"DELETE FROM exchanges WHERE id IN ({marks})"), ids)
+            if runs:
+                await self._recount_runs(tx, runs)
         return int(deleted or 0)
+
+    async def _recount_runs(self, tx: BaseDBAsyncClient, run_ids: list[int]) -> None:
+        """Keep run totals true after exchanges are deleted; a run left empty goes too."""
+        marks = ", ".join("?" * len(run_ids))
+        sums = ", ".join(
+            f"{column} = (SELECT COALESCE(SUM(e.{source}), 0) FROM exchanges e "
+            "WHERE e.run_id = runs.id)"
+            for column, source in (("prompt_tokens", "prompt_tokens"),
+                                   ("completion_tokens", "completion_tokens"),
+                                   ("total_tokens", "total_tokens"),
+                                   ("total_cost_usd", "cost_usd")))
+        await tx.execute_query(self.sql(
+            "UPDATE runs SET exchange_count = (SELECT COUNT(*) FROM exchanges e "
+            f"WHERE e.run_id = runs.id), {sums} WHERE id IN ({marks})"), run_ids)
+        empty = [row["id"] for row in (await tx.execute_query(self.sql(
+            f"SELECT id FROM runs WHERE id IN ({marks}) AND exchange_count = 0"), run_ids))[1]]
+        if empty:
+            emarks = ", ".join("?" * len(empty))
+            for table in ("messages", "tool_calls", "memory_snapshots", "evaluations",
+                          "run_conversations"):
+                await tx.execute_query(self.sql(
+                    f"DELETE FROM {table} WHERE run_id IN ({emarks})"), empty)
+            await tx.execute_query(self.sql(f"DELETE FROM runs WHERE id IN ({emarks})"), empty)
 
     async def purge(self, older_than: datetime, batch_size: int = 1000) -> int:
         """Delete exchanges started before `older_than`, in batches so writers are not blocked."""

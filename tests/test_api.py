@@ -167,8 +167,7 @@ async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstre
     gw = Gateway(make_settings(upstream.url, db, tmp_path, prices=str(prices)))
     await gw.start()
     try:
-        for task in gw._tasks:
-            await task
+        await gw.costs_filled
         async with aiohttp.ClientSession(gw.ui_url) as ui:
             _, page = await get(ui, "/api/exchanges")
             _, prices_now = await get(ui, "/api/prices")

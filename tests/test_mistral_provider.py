@@ -433,3 +433,496 @@ def test_one_event_in_10k_tiny_chunks():
     assert len(chunks) >= 10_000
     p = parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE)
     assert (len(p.output_text), p.total_tokens) == (50_000, 16)
+
+
+# -- message-level facts: messages_in, message_out --------------------------------------------
+
+USER = {"role": "user", "content": "hi"}
+CALL = {"id": "D681PevKs", "type": "function", "index": 0,
+        "function": {"name": "retrieve_payment_status", "arguments": '{"transaction_id": "T1001"}'}}
+CALL_OUT = {"id": "D681PevKs", "type": "function",
+            "function": {"name": "retrieve_payment_status",
+                         "arguments": '{"transaction_id": "T1001"}'}}
+
+
+@pytest.mark.parametrize(
+    ("path", "req", "expected"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": [USER]}, [USER]),
+        ("/v1/agents/completions", {"agent_id": "ag_1", "messages": [USER, USER]}, [USER, USER]),
+        ("/v1/chat/completions", {"messages": [USER, "x", None, 5, [USER]]}, [USER]),
+        ("/v1/chat/completions",  # malformed messages are kept as sent
+         {"messages": [{"content": {"x": 1}}, {"role": 5}, {}]},
+         [{"content": {"x": 1}}, {"role": 5}, {}]),
+        ("/v1/chat/completions", {"messages": []}, []),
+        ("/v1/chat/completions", {"messages": "hi"}, None),
+        ("/v1/chat/completions", {"model": "m"}, None),
+        ("/v1/chat/completions", [USER], None),
+        ("/v1/fim/completions", {"prompt": "def f(", "messages": [USER]}, None),
+        ("/v1/conversations", {"inputs": "hi", "messages": [USER]}, None),
+        ("/v1/embeddings", {"input": "x", "messages": [USER]}, None),
+    ],
+)
+def test_messages_in(path, req, expected):
+    assert parse(path, req, completion()).messages_in == expected
+
+
+def message(content="", tool_calls=None) -> dict:
+    return {"role": "assistant", "content": content, "tool_calls": tool_calls}
+
+
+def raw_completion(msg, **extra) -> dict:
+    return {"model": "m", "choices": [{"index": 0, "finish_reason": "stop", "message": msg}],
+            **extra}
+
+
+CHUNKS = [{"type": "thinking", "thinking": [{"type": "text", "text": "hm"}]},
+          {"type": "text", "text": "A"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "resp", "expected"),
+    [
+        ("/v1/chat/completions", 200,
+         raw_completion({"role": "assistant", "content": "", "prefix": False,
+                         "tool_calls": [CALL]}),
+         message("", [CALL_OUT])),
+        ("/v1/chat/completions", 200, completion("Hi"), message("Hi")),
+        ("/v1/chat/completions", 200, completion(None), message(None)),
+        ("/v1/chat/completions", 200, completion(CHUNKS), message(CHUNKS)),
+        ("/v1/chat/completions", 200, completion({"weird": 1}), message({"weird": 1})),
+        ("/v1/agents/completions", 200, completion("ok"), message("ok")),
+        ("/v1/fim/completions", 200,
+         raw_completion({"role": "assistant", "content": "n):", "tool_calls": None}),
+         message("n):")),
+        ("/v1/chat/completions", 200,
+         raw_completion({"content": "x", "tool_calls": [1, {"function": "f", "type": 3},
+                                                        {"id": "a", "function": {
+                                                            "name": "g", "arguments": {"k": 1}}}]}),
+         message("x", [{"id": None, "type": "function",
+                        "function": {"name": None, "arguments": None}},
+                       {"id": "a", "type": "function",
+                        "function": {"name": "g", "arguments": {"k": 1}}}])),
+        ("/v1/chat/completions", 200, raw_completion({"content": "x", "tool_calls": []}),
+         message("x")),
+        ("/v1/chat/completions", 200, raw_completion({"content": "x", "tool_calls": "no"}),
+         message("x")),
+        ("/v1/chat/completions", 200, raw_completion("not a message"), None),
+        ("/v1/chat/completions", 200, {"choices": []}, None),
+        ("/v1/chat/completions", 200, {"choices": [None]}, None),
+        ("/v1/chat/completions", 200, {"model": "m"}, None),
+        ("/v1/chat/completions", 500, completion("Hi"), None),
+        ("/v1/chat/completions", 422, {"detail": []}, None),
+        ("/v1/embeddings", 200, completion("Hi"), None),
+        ("/v1/conversations", 200, completion("Hi"), None),
+    ],
+)
+def test_message_out(path, status, resp, expected):
+    assert parse(path, REQ, resp, status=status).message_out == expected
+
+
+def tc(index=0, id=None, name=None, arguments=None, **extra) -> dict:
+    """A streamed tool-call delta; only the given fields are present."""
+    fn = {k: v for k, v in (("name", name), ("arguments", arguments)) if v is not None}
+    call = {"index": index, "function": fn, **extra}
+    if id is not None:
+        call["id"] = id
+    if index is None:
+        del call["index"]
+    return call
+
+
+def tc_out(id, name, arguments) -> dict:
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def calls_stream(*deltas: list, content=None) -> list[bytes]:
+    events = [chunk("", role="assistant")]
+    events += [chunk(content, tool_calls=d) for d in deltas]
+    events.append(chunk(finish="tool_calls", usage=USAGE))
+    return split_events(sse(*events))
+
+
+ARGS = '{"city": "Paris", "unit": "c"}'
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        (split_events(DOCS_STREAM), message("1, 2, 3.")),
+        # Mistral: each call whole in one delta
+        (calls_stream([CALL]), message("", [CALL_OUT])),
+        (calls_stream([CALL, {**CALL, "index": 1, "id": "B", "function": {
+            "name": "g", "arguments": "{}"}}]),
+         message("", [CALL_OUT, tc_out("B", "g", "{}")])),
+        # parallel calls that all say index 0, in separate deltas: told apart by their ids
+        (calls_stream([CALL], [{**CALL, "id": "B"}]),
+         message("", [CALL_OUT, {**CALL_OUT, "id": "B"}])),
+        # OpenAI-style fragments: id and name first, the arguments over 3 deltas
+        (calls_stream([tc(0, "call_1", "get_weather", "", type="function")],
+                      [tc(0, arguments='{"city": ')], [tc(0, arguments='"Paris", ')],
+                      [tc(0, arguments='"unit": "c"}')]),
+         message("", [tc_out("call_1", "get_weather", ARGS)])),
+        # two calls interleaved by index, a repeated id on a later fragment
+        (calls_stream([tc(0, "a", "f", "{"), tc(1, "b", "g", "[")],
+                      [tc(1, arguments="1]")], [tc(0, id="a", arguments="}")]),
+         message("", [tc_out("a", "f", "{}"), tc_out("b", "g", "[1]")])),
+        # fragments without index continue the last call; a new id starts another
+        (calls_stream([tc(None, "a", "f", "{")], [tc(None, arguments="}")],
+                      [tc(None, "b", "g", "{}")]),
+         message("", [tc_out("a", "f", "{}"), tc_out("b", "g", "{}")])),
+        # name only on a later fragment; empty id/name first
+        (calls_stream([tc(0, "", "", "{")], [tc(0, "c", "h", "}")]),
+         message("", [tc_out("c", "h", "{}")])),
+        # text and a tool call in one delta
+        (calls_stream([CALL], content="Let me check."), message("Let me check.", [CALL_OUT])),
+        # no arguments at all; arguments not a string
+        (calls_stream([tc(0, "a", "f")]), message("", [tc_out("a", "f", None)])),
+        (calls_stream([tc(0, "a", "f", {"k": 1})]), message("", [tc_out("a", "f", {"k": 1})])),
+        # garbage tool_calls
+        (calls_stream("nope", [None, 5], {"index": 0}), message("")),
+        (calls_stream([{"index": True, "function": "x"}]),  # kept, as in a non-streamed reply
+         message("", [tc_out(None, None, None)])),
+        (split_events(sse(chunk([THINK]), chunk([{"type": "text", "text": "A"}]), chunk("B"))),
+         message("AB")),
+        # choice 1 is ignored
+        ([sse({"model": "m", "choices": [
+            {"index": 1, "delta": {"content": "other", "tool_calls": [CALL]}},
+            {"index": 0, "delta": {"content": "mine"}}]})], message("mine")),
+        ([DOCS_STREAM[:200]], message("")),
+        ([], None),
+        ([b"data: [DONE]\n\n"], None),
+        ([b"\x00\xff garbage"], None),
+    ],
+)
+def test_message_out_stream(chunks, expected):
+    p = parse("/v1/chat/completions", REQ, chunks, resp_headers=SSE)
+    assert p.message_out == expected
+
+
+def test_message_out_stream_fim_agents_and_errors():
+    for path in ("/v1/fim/completions", "/v1/agents/completions"):
+        assert parse(path, REQ, [DOCS_STREAM], resp_headers=SSE).message_out == message(
+            "1, 2, 3.")
+    p = parse("/v1/chat/completions", REQ, [DOCS_STREAM], status=500, resp_headers=SSE)
+    assert p.message_out is None
+    assert parse("/v1/conversations", REQ, [DOCS_STREAM], resp_headers=SSE).message_out is None
+
+
+# -- conversations: op, ids, entries ---------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("method", "path", "op", "path_id"),
+    [
+        ("POST", "/v1/conversations", "start", None),
+        ("POST", "/v1/conversations/", "start", None),
+        ("post", "/v1/conversations?x=1", "start", None),
+        ("GET", "/v1/conversations", None, None),
+        ("POST", "/v1/conversations/conv_1", "append", "conv_1"),
+        ("POST", "/v1/conversations/conv_1/", "append", "conv_1"),
+        ("POST", "/v1/conversations/conv_1/restart", "restart", "conv_1"),
+        ("POST", "/v1/conversations/conv_1/restart?stream=1", "restart", "conv_1"),
+        ("GET", "/v1/conversations/conv_1/history", "history", "conv_1"),
+        ("GET", "/v1/conversations/conv_1/messages", "history", "conv_1"),
+        ("GET", "/v1/conversations/conv_1", "get", "conv_1"),
+        ("DELETE", "/v1/conversations/conv_1", None, "conv_1"),
+        ("GET", "/v1/conversations/conv_1/restart", None, "conv_1"),
+        ("POST", "/v1/conversations/conv_1/history", None, "conv_1"),
+        ("POST", "/v1/conversations/conv_1/restart/x", None, "conv_1"),
+        ("POST", "/v1/conversations//restart", None, None),
+        ("POST", "/v1/conversations/other-id", "append", "other-id"),
+        (None, "/v1/conversations/conv_1", None, "conv_1"),
+        ("POST", "/v1/chat/completions", None, None),
+    ],
+)
+def test_conversation_op(method, path, op, path_id):
+    p = MistralProvider().parse(method, path, JSON, b"", 200, JSON, [b"{}"])
+    assert (p.conversation_op, p.path_conversation_id) == (op, path_id)
+
+
+def restart(resp, **kw):
+    req = {"inputs": "again", "from_entry_id": "msg_1", "stream": False,
+           "completion_args": {"temperature": 0.2}}
+    return parse("/v1/conversations/conv_old/restart", req, resp, **kw)
+
+
+def test_restart():
+    p = restart({"conversation_id": "conv_new", "outputs": [], "usage": USAGE})
+    assert (p.conversation_op, p.path_conversation_id, p.conversation_id) == (
+        "restart", "conv_old", "conv_new")
+    assert p.entries_in == [{"type": "message.input", "role": "user", "content": "again"}]
+    assert p.entries_out == []
+    assert p.request_params == {"from_entry_id": "msg_1", "stream": False, "temperature": 0.2}
+    # no id in the response: the path's
+    assert restart({"outputs": []}).conversation_id == "conv_old"
+    assert restart({"detail": "x"}, status=404).conversation_id == "conv_old"
+    # streamed: the started event's
+    body = (b'event: conversation.response.started\ndata: {"type":"conversation.response.started",'
+            b'"conversation_id":"conv_new"}\n\n')
+    p = restart([body], resp_headers=SSE)
+    assert (p.conversation_id, p.path_conversation_id) == ("conv_new", "conv_old")
+
+
+FN_RESULT = {"type": "function.result", "tool_call_id": "6TI17yZkV", "result": "1.2"}
+
+
+@pytest.mark.parametrize(
+    ("path", "req", "expected"),
+    [
+        ("/v1/conversations", {"model": "m", "inputs": "Hello"},
+         [{"type": "message.input", "role": "user", "content": "Hello"}]),
+        ("/v1/conversations", {"inputs": ""}, [{"type": "message.input", "role": "user",
+                                                "content": ""}]),
+        ("/v1/conversations/conv_1", {"inputs": [FN_RESULT]}, [FN_RESULT]),
+        ("/v1/conversations", {"inputs": [
+            {"type": "message.input", "role": "user", "content": "a"},
+            {"role": "assistant", "content": "b", "prefix": True},
+            "junk", 5, None,
+            {"content": "no role"},
+            {"type": "unknown.kind", "x": 1},
+            {"role": None, "content": {"as": "dict"}}]},
+         [{"type": "message.input", "role": "user", "content": "a"},
+          {"type": "message.input", "role": "assistant", "content": "b", "prefix": True},
+          {"content": "no role"},
+          {"type": "unknown.kind", "x": 1},
+          {"type": "message.input", "role": None, "content": {"as": "dict"}}]),
+        ("/v1/conversations", {"inputs": {"role": "user", "content": "x"}},
+         [{"type": "message.input", "role": "user", "content": "x"}]),
+        ("/v1/conversations", {"inputs": []}, []),
+        ("/v1/conversations", {"inputs": 5}, None),
+        ("/v1/conversations", {"inputs": None}, None),
+        ("/v1/conversations", {"agent_id": "ag_1"}, None),
+        ("/v1/conversations", ["inputs"], None),
+        ("/v1/chat/completions", {"inputs": "x"}, None),
+    ],
+)
+def test_entries_in(path, req, expected):
+    assert parse(path, req, [b"{}"]).entries_in == expected
+
+
+def test_entries_in_copies_instead_of_mutating():
+    p = parse("/v1/conversations", {"inputs": [{"role": "user", "content": "x"}]}, [b"{}"])
+    assert p.request_json["inputs"] == [{"role": "user", "content": "x"}]
+    assert p.entries_in == [{"type": "message.input", "role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("status", "resp", "expected"),
+    [
+        (200, CONVERSATION, CONVERSATION["outputs"]),
+        (200, {"outputs": [CONVERSATION["outputs"][0], "x", 1, None]},
+         [CONVERSATION["outputs"][0]]),
+        (200, {"outputs": []}, []),
+        (200, {"outputs": "x"}, None),
+        (200, {"conversation_id": "conv_1"}, None),
+        (200, {"object": "conversation.history", "entries": [{"type": "message.input"}]}, None),
+        (500, CONVERSATION, None),
+    ],
+)
+def test_entries_out(status, resp, expected):
+    p = parse("/v1/conversations", {"inputs": "x"}, resp, status=status)
+    assert p.entries_out == expected
+
+
+def ev(kind: str, **fields) -> bytes:
+    return f"event: {kind}\ndata: {orjson.dumps({'type': kind, **fields}).decode()}\n\n".encode()
+
+
+CONV_FULL_STREAM = [
+    ev("conversation.response.started", conversation_id="conv_s"),
+    ev("tool.execution.started", output_index=0, id="tool_exec_1", name="web_search",
+       arguments=""),
+    ev("tool.execution.delta", output_index=0, id="tool_exec_1", name="web_search",
+       arguments='{"q": '),
+    ev("tool.execution.delta", output_index=0, id="tool_exec_1", arguments='"x"}'),
+    ev("tool.execution.done", output_index=0, id="tool_exec_1", name="web_search",
+       info={"results": 3}),
+    ev("message.output.delta", output_index=1, id="msg_1", content_index=0,
+       model="mistral-medium-latest", agent_id="ag_s", role="assistant", content=""),
+    ev("message.output.delta", id="msg_1", content="Hel"),
+    b": ping\n\n",
+    ev("message.output.delta", output_index=1, content=[{"type": "text", "text": "lo"}]),
+    ev("message.output.delta", id="msg_1", content={"type": "text", "text": "!"}),
+    ev("message.output.delta", id="msg_1", content=[THINK]),
+    ev("function.call.delta", output_index=2, id="fc_1", name="get_rate",
+       tool_call_id="6TI17yZkV", arguments='{"date": '),
+    ev("function.call.delta", output_index=2, id="fc_1", name="get_rate", tool_call_id="",
+       arguments='"2024-06-06"}'),
+    ev("agent.handoff.started", output_index=3, id="ho_1", previous_agent_id="ag_s",
+       previous_agent_name="A"),
+    ev("agent.handoff.done", output_index=3, id="ho_1", next_agent_id="ag_2",
+       next_agent_name="B"),
+    ev("some.future.event", output_index=4, id="x_1", content="?"),
+    ev("conversation.response.done", usage=USAGE),
+]
+CONV_FULL_OUT = [
+    {"type": "tool.execution", "id": "tool_exec_1", "name": "web_search",
+     "arguments": '{"q": "x"}', "info": {"results": 3}},
+    {"type": "message.output", "id": "msg_1", "role": "assistant", "model": "mistral-medium-latest",
+     "agent_id": "ag_s", "content": "Hello!"},
+    {"type": "function.call", "id": "fc_1", "tool_call_id": "6TI17yZkV", "name": "get_rate",
+     "arguments": '{"date": "2024-06-06"}'},
+    {"type": "agent.handoff", "id": "ho_1", "previous_agent_id": "ag_s",
+     "previous_agent_name": "A", "next_agent_id": "ag_2", "next_agent_name": "B"},
+]
+
+
+def msg_out(id, content, **kw) -> dict:
+    return {"type": "message.output", "id": id, "role": "assistant", "model": None,
+            "agent_id": None, "content": content, **kw}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        (CONV_FULL_STREAM, CONV_FULL_OUT),
+        ([b"".join(CONV_FULL_STREAM)], CONV_FULL_OUT),
+        (every(7, b"".join(CONV_FULL_STREAM).replace(b"\n", b"\r\n")), CONV_FULL_OUT),
+        (split_events(CONV_STREAM),
+         [msg_out("msg_1", "The end", model="mistral-medium-latest", agent_id="ag_s")]),
+        (split_events(CONV_CALL_STREAM),
+         [{"type": "function.call", "id": "fc_1", "tool_call_id": "t", "name": "f",
+           "arguments": "{}"}]),
+        # two messages at the same output_index are told apart by their ids
+        ([ev("message.output.delta", id="m1", content="a"),
+          ev("message.output.delta", id="m2", content="b"),
+          ev("message.output.delta", id="m1", content="c")],
+         [msg_out("m1", "ac"), msg_out("m2", "b")]),
+        # neither id nor output_index: one entry per type
+        ([ev("message.output.delta", content="a"), ev("message.output.delta", content="b")],
+         [msg_out(None, "ab")]),
+        # a done event with the whole arguments and no deltas before it
+        ([ev("tool.execution.done", id="t1", name="code_interpreter", arguments="{}",
+             info={"code": "print(1)"})],
+         [{"type": "tool.execution", "id": "t1", "name": "code_interpreter", "arguments": "{}",
+           "info": {"code": "print(1)"}}]),
+        # garbage: non-string ids and content, non-string arguments, odd info
+        ([ev("message.output.delta", id=7, output_index="1", content=5, role=None),
+          ev("function.call.delta", id="fc", arguments={"k": 1}, name=["x"]),
+          ev("tool.execution.done", id="te", info="text"),
+          ev("agent.handoff.done", id="h"),
+          ev("message.output.delta", id="fc", content="same id, other type")],
+         [msg_out(None, ""),
+          {"type": "function.call", "id": "fc", "tool_call_id": None, "name": ["x"],
+           "arguments": {"k": 1}},
+          {"type": "tool.execution", "id": "te", "name": None, "arguments": None,
+           "info": "text"},
+          {"type": "agent.handoff", "id": "h", "previous_agent_id": None,
+           "previous_agent_name": None, "next_agent_id": None, "next_agent_name": None},
+          msg_out("fc", "same id, other type")]),
+        ([ev("conversation.response.started", conversation_id="c"),
+          ev("conversation.response.done", usage=USAGE)], None),
+        ([], None),
+        ([CONV_STREAM[:300]], None),  # cut inside the first delta
+    ],
+)
+def test_entries_out_stream(chunks, expected):
+    p = parse("/v1/conversations", {"inputs": "x"}, chunks, resp_headers=SSE)
+    assert p.entries_out == expected
+
+
+def test_conversation_stream_other_facts():
+    p = parse("/v1/conversations", {"inputs": "x"}, CONV_FULL_STREAM, resp_headers=SSE)
+    assert (p.output_text, p.agent_id, p.conversation_id, p.total_tokens, p.conversation_op) == (
+        "Hello!", "ag_s", "conv_s", 16, "start")
+    assert p.message_out is None
+    p = parse("/v1/conversations", {"inputs": "x"}, CONV_FULL_STREAM, status=500,
+              resp_headers=SSE)
+    assert p.entries_out is None
+
+
+@pytest.mark.parametrize(
+    ("path", "req", "expected"),
+    [
+        ("/v1/conversations", {"agent_id": "ag_req", "inputs": "x"}, "ag_req"),
+        ("/v1/conversations/conv_1", {"inputs": "x"}, "ag_1"),
+        ("/v1/agents/completions", {"agent_id": "ag_9", "messages": []}, "ag_9"),
+        ("/v1/conversations", {"agent_id": 5, "inputs": "x"}, "ag_1"),
+    ],
+)
+def test_agent_id(path, req, expected):
+    assert parse(path, req, CONVERSATION).agent_id == expected
+
+
+# -- request_params --------------------------------------------------------------------------
+
+FN_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+
+
+@pytest.mark.parametrize(
+    ("path", "req", "expected"),
+    [
+        ("/v1/chat/completions",
+         {"model": "m", "messages": [USER], "temperature": 0.1, "max_tokens": 5, "stream": True,
+          "tools": [FN_TOOL], "tool_choice": "auto", "response_format": {"type": "text"}},
+         {"model": "m", "temperature": 0.1, "max_tokens": 5, "stream": True,
+          "tool_choice": "auto", "response_format": {"type": "text"}, "tools": ["get_weather"]}),
+        ("/v1/chat/completions", {"model": "m", "messages": [], "tools": []}, {"model": "m"}),
+        ("/v1/chat/completions",
+         {"messages": [], "tools": [{"type": "function", "function": {}}, "x", None,
+                                    {"function": {"name": 5}}, {"type": "web_search"}]},
+         {"tools": ["function", "web_search"]}),
+        ("/v1/chat/completions", {"messages": [], "tools": "all"}, {}),
+        ("/v1/chat/completions", {"messages": [], "documents": [1], "input": "x"}, {}),
+        ("/v1/fim/completions",
+         {"model": "codestral-latest", "prompt": "def f(", "suffix": "return", "top_p": 1},
+         {"model": "codestral-latest", "top_p": 1}),
+        ("/v1/agents/completions", {"agent_id": "ag_1", "messages": [], "random_seed": 3},
+         {"agent_id": "ag_1", "random_seed": 3}),
+        ("/v1/conversations",
+         {"agent_id": "ag_1", "inputs": "x", "store": False, "instructions": "be brief",
+          "completion_args": {"temperature": 0.3, "tool_choice": "auto"},
+          "tools": [{"type": "web_search"}, FN_TOOL, {"type": "code_interpreter"}]},
+         {"agent_id": "ag_1", "store": False, "instructions": "be brief", "temperature": 0.3,
+          "tool_choice": "auto", "tools": ["web_search", "get_weather", "code_interpreter"]}),
+        ("/v1/conversations/conv_1", {"inputs": "x", "completion_args": "hot"},
+         {"completion_args": "hot"}),
+        ("/v1/conversations/conv_1", {"inputs": "x", "stream": 1,
+                                      "completion_args": {"stream": 0, "top_p": 0.5}},
+         {"stream": 1, "top_p": 0.5}),
+        ("/v1/conversations", {}, {}),
+        ("/v1/conversations", [1], None),
+        ("/v1/chat/completions", b"", None),
+        ("/v1/chat/completions", b'{"model":', None),
+        ("/v1/embeddings", {"model": "mistral-embed", "input": ["a"]}, None),
+        ("/v1/ocr", {"model": "mistral-ocr-latest"}, None),
+    ],
+)
+def test_request_params(path, req, expected):
+    assert parse(path, req, [b"{}"]).request_params == expected
+
+
+# -- hostile input for the new fields -------------------------------------------------------
+
+HOSTILE_BODIES = [
+    b'{"messages": [null, 1, "x", {"role": null, "content": {"a": [1]}}], "tools": [1, {}]}',
+    b'{"messages": {"role": "user"}, "tools": {"type": "x"}, "completion_args": []}',
+    b'{"inputs": 42, "completion_args": {"temperature": "hot"}}',
+    b'{"inputs": [[], {"role": 1}, {"type": null}], "tools": [{"function": 5}]}',
+    b'{"inputs": {"type": "function.result"}}',
+    b"[]", b"null", b"5", b"{}", b"not json",
+]
+HOSTILE_RESPONSES = [
+    [b'{"choices": [{"message": {"content": 5, "tool_calls": [null, {"function": []}]}}]}'],
+    [b'{"outputs": [null, 5, {"type": 7}], "conversation_id": 9}'],
+    [b'{"choices": {"0": 1}, "outputs": {"a": 1}}'],
+    [sse({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": [1], "function": {
+        "name": {}, "arguments": 5}}, {"index": 0, "id": "x", "function": {"arguments": "a"}}]}}]},
+        {"type": "message.output.delta", "id": {}, "output_index": [], "content": None},
+        {"type": "function.call.delta", "arguments": 5},
+        {"type": "tool.execution.done", "info": [1], "arguments": None})],
+]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/agents/completions",
+                                  "/v1/fim/completions", "/v1/conversations",
+                                  "/v1/conversations/conv_1/restart"])
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+@pytest.mark.parametrize("resp", HOSTILE_RESPONSES)
+@pytest.mark.parametrize("headers", [JSON, SSE])
+def test_new_fields_never_raise(path, body, resp, headers):
+    p = MistralProvider().parse("POST", path, JSON, body, 200, headers, resp)
+    for value in (p.messages_in, p.entries_in, p.entries_out):
+        assert value is None or all(isinstance(v, dict) for v in value)
+    for value in (p.message_out, p.request_params):
+        assert value is None or isinstance(value, dict)

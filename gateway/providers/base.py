@@ -31,8 +31,16 @@ class Parsed:
     output_text: str | None = None
     first_content_chunk: int | None = None  # index of the chunk that carried the first token
     units: dict[str, float] = field(default_factory=dict)  # pages, audio_seconds, characters
-    conversation_id: str | None = None
+    conversation_id: str | None = None  # the response's id, else the one in the path
     agent_id: str | None = None
+    # Message-level facts (chat, agents, fim, conversations); see gateway/providers/mistral.py.
+    messages_in: list[dict] | None = None  # chat/agents request `messages` (dict items only)
+    message_out: dict | None = None  # {"role", "content", "tool_calls"}; streams reassembled
+    entries_in: list[dict] | None = None  # conversations request `inputs` as a list of entries
+    entries_out: list[dict] | None = None  # conversations `outputs`; streams reassembled
+    conversation_op: str | None = None  # start, append, restart, history, get
+    path_conversation_id: str | None = None  # the {id} in /v1/conversations/{id}/...
+    request_params: dict | None = None  # request config without the bulky keys, + tool names
 
 
 class Provider(Protocol):

@@ -34,6 +34,25 @@ _PREFIXES = (("/v1/conversations", "conversations"), ("/v1/files", "files"), ("/
 _COMPLETIONS = frozenset({"chat", "fim", "agents"})
 _JSON_ENDPOINTS = _COMPLETIONS | {"embeddings", "conversations", "ocr", "moderations"}
 _MULTIPART_MODEL = b'form-data; name="model"'
+# Request keys left out of `request_params`: content, not configuration.
+_BULKY = frozenset({"messages", "inputs", "prompt", "suffix", "input", "tools", "documents"})
+# Streamed conversation event type -> the entry type it builds, and that entry's plain fields.
+_ENTRY_OF = {
+    "message.output.delta": "message.output",
+    "function.call.delta": "function.call",
+    "tool.execution.started": "tool.execution",
+    "tool.execution.delta": "tool.execution",
+    "tool.execution.done": "tool.execution",
+    "agent.handoff.started": "agent.handoff",
+    "agent.handoff.done": "agent.handoff",
+}
+_ENTRY_FIELDS = {
+    "message.output": ("role", "model", "agent_id"),
+    "function.call": ("tool_call_id", "name"),
+    "tool.execution": ("name",),
+    "agent.handoff": (
+        "previous_agent_id", "previous_agent_name", "next_agent_id", "next_agent_name"),
+}
 
 
 def endpoint_of(path: str) -> str:
@@ -57,6 +76,28 @@ def request_messages(request_json: Any) -> list | None:
         if isinstance(messages, list):
             return messages
     return None
+
+
+def conversation_path(method: Any, path: str) -> tuple[str | None, str | None]:
+    """(operation, path conversation id) of a /v1/conversations... path."""
+    p = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    parts = p.split("/")[3:]  # after "", "v1", "conversations"
+    m = method.upper() if isinstance(method, str) else ""
+    if not parts:
+        return ("start" if m == "POST" else None), None
+    cid = parts[0] or None
+    if cid is None:
+        return None, None
+    rest = parts[1:]
+    op = None
+    if not rest:
+        op = {"POST": "append", "GET": "get"}.get(m)
+    elif len(rest) == 1:
+        if rest[0] == "restart" and m == "POST":
+            op = "restart"
+        elif rest[0] in ("history", "messages") and m == "GET":
+            op = "history"
+    return op, cid
 
 
 def _str(v: Any) -> str | None:
@@ -83,6 +124,80 @@ def _text(content: Any) -> str | None:
         and isinstance(c.get("text"), str)
     ]
     return "".join(parts) if parts else None
+
+
+def _tool_names(tools: Any) -> list | None:
+    """Function names of a request's tools, or the tool type for built-ins."""
+    if not isinstance(tools, list):
+        return None
+    names = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        fn = tool.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if isinstance(name, str) and name:
+            names.append(name)
+        elif isinstance(tool.get("type"), str):
+            names.append(tool["type"])
+    return names or None
+
+
+def _entries_in(inputs: Any) -> list[dict] | None:
+    """Conversation `inputs` as entries: a string is one user message.input."""
+    if isinstance(inputs, str):
+        return [{"type": "message.input", "role": "user", "content": inputs}]
+    if isinstance(inputs, dict):
+        inputs = [inputs]
+    elif not isinstance(inputs, list):
+        return None
+    out = []
+    for entry in inputs:
+        if isinstance(entry, dict):
+            if "type" not in entry and "role" in entry:
+                entry = {"type": "message.input", **entry}
+            out.append(entry)
+    return out
+
+
+def _request_facts(p: Parsed, req: dict) -> None:
+    """messages_in, entries_in and request_params of a chat/agents/fim/conversations body."""
+    if p.endpoint in ("chat", "agents"):
+        messages = req.get("messages")
+        if isinstance(messages, list):
+            p.messages_in = [m for m in messages if isinstance(m, dict)]
+    elif p.endpoint == "conversations" and "inputs" in req:
+        p.entries_in = _entries_in(req["inputs"])
+    params = {k: v for k, v in req.items() if k not in _BULKY}
+    if p.endpoint == "conversations":
+        args = params.get("completion_args")
+        if isinstance(args, dict):
+            del params["completion_args"]
+            for k, v in args.items():
+                params.setdefault(k, v)
+    names = _tool_names(req.get("tools"))
+    if names:
+        params["tools"] = names
+    p.request_params = params
+
+
+def _tool_call(call: dict) -> dict:
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        fn = {}
+    kind = call.get("type")
+    return {"id": call.get("id"), "type": kind if isinstance(kind, str) else "function",
+            "function": {"name": fn.get("name"), "arguments": fn.get("arguments")}}
+
+
+def _message_out(message: Any) -> dict | None:
+    if not isinstance(message, dict):
+        return None
+    calls = message.get("tool_calls")
+    tool_calls = None
+    if isinstance(calls, list):
+        tool_calls = [_tool_call(c) for c in calls if isinstance(c, dict)] or None
+    return {"role": "assistant", "content": message.get("content"), "tool_calls": tool_calls}
 
 
 def _usage(p: Parsed, usage: Any) -> None:
@@ -131,6 +246,8 @@ def _request(p: Parsed, headers: dict[str, str], body: bytes) -> None:
     if isinstance(p.request_json, dict):
         p.request_model = _str(p.request_json.get("model"))
         p.agent_id = _str(p.request_json.get("agent_id"))
+        if p.endpoint in _COMPLETIONS or p.endpoint == "conversations":
+            _request_facts(p, p.request_json)
 
 
 def _response(p: Parsed, resp: dict) -> None:
@@ -144,9 +261,13 @@ def _response(p: Parsed, resp: dict) -> None:
             message = choices[0].get("message")
             if isinstance(message, dict):
                 p.output_text = _text(message.get("content"))
+            if p.endpoint in _COMPLETIONS:
+                p.message_out = _message_out(message)
     elif p.endpoint == "conversations":
         p.conversation_id = _str(resp.get("conversation_id")) or p.conversation_id
         outputs = resp.get("outputs")
+        if isinstance(outputs, list):
+            p.entries_out = [e for e in outputs if isinstance(e, dict)]
         for entry in reversed(outputs) if isinstance(outputs, list) else ():
             if isinstance(entry, dict) and entry.get("type") == "message.output":
                 p.output_text = _text(entry.get("content"))
@@ -165,12 +286,41 @@ def _response(p: Parsed, resp: dict) -> None:
 class _Acc:
     """What a stream parse gathered; applied to Parsed at the end."""
 
-    __slots__ = ("agent_id", "conv_id", "finish", "first", "model", "saw", "texts", "usage")
+    __slots__ = ("agent_id", "by_id", "by_index", "call_at", "calls", "conv_id", "entries",
+                 "finish", "first", "model", "saw", "texts", "usage")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.saw = False
         self.model = self.finish = self.usage = self.first = self.conv_id = self.agent_id = None
+        # tool calls of choice 0: [call, argument pieces]; call_at maps a delta's index to one
+        self.calls: list[list] = []
+        self.call_at: dict[int, list] = {}
+        # conversation entries: [entry, text pieces]; looked up by entry id, else output_index
+        self.entries: list[list] = []
+        self.by_id: dict[str, list] = {}
+        self.by_index: dict[tuple, list] = {}
+
+    def message_out(self) -> dict | None:
+        if not self.saw:
+            return None
+        calls = []
+        for call, pieces in self.calls:
+            if pieces:
+                call["function"]["arguments"] = "".join(pieces)
+            calls.append(call)
+        return {"role": "assistant", "content": "".join(self.texts), "tool_calls": calls or None}
+
+    def entries_out(self) -> list[dict] | None:
+        out = []
+        for entry, pieces in self.entries:
+            if entry["type"] == "message.output":
+                entry["content"] = "".join(pieces)
+                entry["role"] = entry["role"] or "assistant"
+            elif pieces:
+                entry["arguments"] = "".join(pieces)
+            out.append(entry)
+        return out or None
 
 
 def _feed(chunks: list[bytes], pos: list[int]) -> Iterator[bytes]:
@@ -193,6 +343,102 @@ def _feed(chunks: list[bytes], pos: list[int]) -> Iterator[bytes]:
     if pending:
         pos[0] = len(chunks) - 1
         yield b"".join(pending)
+
+
+def _merge_calls(acc: _Acc, tool_calls: Any) -> None:
+    """Merge streamed tool-call deltas by `index`: Mistral sends each call whole, OpenAI-style
+    streams send the id and name first and the arguments in pieces. A new non-empty id at a
+    used index starts a new call (some servers give every parallel call index 0)."""
+    if type(tool_calls) is not list:
+        return
+    for tc in tool_calls:
+        if type(tc) is not dict:
+            continue
+        index = tc.get("index")
+        if type(index) is not int:
+            index = None
+        tid = tc.get("id") or None
+        fn = tc.get("function")
+        if type(fn) is not dict:
+            fn = {}
+        slot = None
+        if index is not None:
+            slot = acc.call_at.get(index)
+        elif acc.calls and tid is None:
+            slot = acc.calls[-1]  # no index, no id: a continuation of the last call
+        if slot is not None and tid is not None and slot[0]["id"] and slot[0]["id"] != tid:
+            slot = None
+        if slot is None:
+            kind = tc.get("type")
+            call = {"id": None, "type": kind if type(kind) is str else "function",
+                    "function": {"name": None, "arguments": None}}
+            slot = [call, []]
+            acc.calls.append(slot)
+            if index is not None:
+                acc.call_at[index] = slot
+        call, pieces = slot
+        if tid is not None and not call["id"]:
+            call["id"] = tid
+        name = fn.get("name")
+        if name and not call["function"]["name"]:
+            call["function"]["name"] = name
+        args = fn.get("arguments")
+        if type(args) is str:
+            pieces.append(args)
+        elif args is not None and not pieces:
+            call["function"]["arguments"] = args  # not a string: kept as sent
+
+
+def _on_entry(acc: _Acc, obj: dict, kind: str, etype: str) -> None:
+    """One streamed conversation entry event, merged into its entry."""
+    eid = obj.get("id")
+    if type(eid) is not str or not eid:
+        eid = None
+    index = obj.get("output_index")
+    key = (etype, index if type(index) is int else None)
+    slot = acc.by_id.get(eid) if eid is not None else None
+    if slot is None:
+        cand = acc.by_index.get(key)
+        if cand is not None and (eid is None or cand[0]["id"] is None):
+            slot = cand
+    if slot is not None and slot[0]["type"] != etype:
+        slot = None
+    if slot is None:
+        entry: dict[str, Any] = {"type": etype, "id": None}
+        for f in _ENTRY_FIELDS[etype]:
+            entry[f] = None
+        if etype == "message.output":
+            entry["content"] = None
+        elif etype in ("function.call", "tool.execution"):
+            entry["arguments"] = None
+            if etype == "tool.execution":
+                entry["info"] = None
+        slot = [entry, []]
+        acc.entries.append(slot)
+    entry, pieces = slot
+    if eid is not None:
+        if entry["id"] is None:
+            entry["id"] = eid
+        acc.by_id.setdefault(eid, slot)
+    acc.by_index[key] = slot
+    for f in _ENTRY_FIELDS[etype]:
+        v = obj.get(f)
+        if v is not None and v != "" and entry[f] is None:
+            entry[f] = v
+    if etype == "message.output":
+        text = _text(obj.get("content"))
+        if text:
+            pieces.append(text)
+    elif etype != "agent.handoff":
+        args = obj.get("arguments")
+        if type(args) is str:
+            if kind != "tool.execution.done" or not pieces:
+                pieces.append(args)
+        elif args is not None and not pieces:
+            entry["arguments"] = args
+        info = obj.get("info")
+        if etype == "tool.execution" and info is not None:
+            entry["info"] = info
 
 
 def _on_chunk(acc: _Acc, obj: dict, choices: Any) -> bool:
@@ -218,17 +464,23 @@ def _on_chunk(acc: _Acc, obj: dict, choices: Any) -> bool:
         text = delta.get("content")
         if type(text) is not str:
             text = _text(text)
+        calls = delta.get("tool_calls")
+        if calls and first:
+            _merge_calls(acc, calls)
         if text:
             content = True
             if first:
                 acc.texts.append(text)
-        elif delta.get("tool_calls"):
+        elif calls:
             content = True
     return content
 
 
 def _on_event(acc: _Acc, obj: dict, kind: str) -> bool:
     """One typed event (conversations, transcriptions); True when it carried content."""
+    etype = _ENTRY_OF.get(kind)
+    if etype is not None:
+        _on_entry(acc, obj, kind, etype)
     if kind in ("message.output.delta", "transcription.text.delta"):
         acc.saw = True
         delta = obj.get("content") if kind == "message.output.delta" else obj.get("text")
@@ -296,9 +548,10 @@ class MistralProvider:
         try:
             p.endpoint = endpoint_of(path or "")
             if p.endpoint == "conversations":
-                parts = (path or "").split("?", 1)[0].split("/")
-                if len(parts) > 3 and parts[3].startswith("conv_"):
-                    p.conversation_id = parts[3]
+                op, cid = conversation_path(method, path)
+                p.conversation_op, p.path_conversation_id = op, cid
+                if cid is not None and cid.startswith("conv_"):
+                    p.conversation_id = cid
             _request(p, request_headers or {}, request_body or b"")
             p.model = p.request_model
             ctype = (response_headers or {}).get("content-type", "").lower()
@@ -329,4 +582,8 @@ class MistralProvider:
         p.agent_id = p.agent_id or acc.agent_id
         if acc.saw or acc.texts:
             p.output_text = "".join(acc.texts)
+        if p.endpoint in _COMPLETIONS:
+            p.message_out = acc.message_out()
+        elif p.endpoint == "conversations":
+            p.entries_out = acc.entries_out()
         _usage(p, acc.usage)

@@ -1,0 +1,346 @@
+"""The runs half of the store: writing what the grouper decided, and reading runs back.
+
+Kept beside store.py (which owns the connection and the exchange tables) so each file stays
+one concern; like store.py, this is the only place that builds run queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from gateway.exchange import id_at, new_id
+from gateway.runs import RunChanges
+from gateway.store import ExchangeFilter, Store, iso_z
+
+RUN_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at", "last_seen_at",
+               "ended_at", "status", "exchange_count", "prompt_tokens", "completion_tokens",
+               "total_tokens", "total_cost_usd")
+RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
+MESSAGE_COLUMNS = ("id", "run_id", "exchange_id", "step", "position", "direction", "role",
+                   "content", "tool_calls", "tool_call_id", "finish_reason", "prompt_tokens",
+                   "completion_tokens")
+TOOL_COLUMNS = ("id", "run_id", "exchange_id", "step", "call_id", "tool_name", "kind", "args",
+                "return_value", "result_exchange_id", "asked_at_ms", "latency_ms")
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    name: str | None = None
+    agent_id: str | None = None
+    user: str | None = None
+    tag: tuple[str, str] | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+class RunStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- writing (inside the writer's transaction) -------------------------------------------
+
+    async def write(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
+        store = self.store
+        if not changes:
+            return
+        await self._upsert_runs(tx, changes)
+        messages = [[new_id(), *(m[c] for c in MESSAGE_COLUMNS[1:])]
+                    for ch in changes for m in ch.messages]
+        if messages:
+            await tx.execute_many(store.sql(
+                f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(MESSAGE_COLUMNS))})"), messages)
+        tools = [[new_id(), *(t[c] for c in TOOL_COLUMNS[1:])]
+                 for ch in changes for t in ch.tool_calls]
+        if tools:
+            await tx.execute_many(store.sql(
+                f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(TOOL_COLUMNS))})"), tools)
+        results = [[r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"],
+                    r["call_id"]] for ch in changes for r in ch.tool_results if r["call_id"]]
+        if results:
+            await tx.execute_many(store.sql(
+                "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
+                "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
+                "AND result_exchange_id IS NULL AND kind = 'function'"), results)
+        snapshots = [[new_id(), s["run_id"], s["exchange_id"], s["step"],
+                      store._value(s["taken_at"]), s["carried"],
+                      orjson.dumps(s["appended"], default=str).decode()]
+                     for ch in changes if (s := ch.snapshot) is not None]
+        if snapshots:
+            await tx.execute_many(store.sql(
+                "INSERT INTO memory_snapshots (id, run_id, exchange_id, step, taken_at, carried, "
+                "appended) VALUES (?, ?, ?, ?, ?, ?, ?)"), snapshots)
+        links = {cid: rid for ch in changes for cid, rid in ch.conversations}
+        if links:
+            await tx.execute_many(store.sql(
+                "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING"), [[c, r] for c, r in links.items()])
+
+    async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
+        merged: dict[int, dict[str, Any]] = {}
+        for change in changes:
+            delta = change.run
+            seen = merged.get(delta["id"])
+            if seen is None:
+                merged[delta["id"]] = dict(delta)
+                continue
+            for key in ("exchange_count", "prompt_tokens", "completion_tokens", "total_tokens",
+                        "total_cost_usd"):
+                seen[key] += delta[key]
+            seen["last_seen_at"], seen["last_failed"] = delta["last_seen_at"], delta["last_failed"]
+            for key in ("agent_id", "user", "tags", "name", "config"):
+                seen[key] = seen[key] or delta[key]
+        store = self.store
+        rows = [[d["id"], d["name"], d["agent_id"], d["user"],
+                 orjson.dumps(d["tags"]).decode() if d["tags"] else None, d["source"],
+                 store._value(d["started_at"]), store._value(d["last_seen_at"]),
+                 store._value(d["last_failed"]), d["exchange_count"], d["prompt_tokens"],
+                 d["completion_tokens"], d["total_tokens"], d["total_cost_usd"],
+                 orjson.dumps(d["config"]).decode() if d["config"] else None]
+                for d in merged.values()]
+        await tx.execute_many(store.sql(
+            "INSERT INTO runs (id, name, agent_id, \"user\", tags, source, started_at, "
+            "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
+            "total_tokens, total_cost_usd, config, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
+            "ON CONFLICT (id) DO UPDATE SET "
+            "exchange_count = runs.exchange_count + excluded.exchange_count, "
+            "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
+            "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
+            "total_tokens = runs.total_tokens + excluded.total_tokens, "
+            "total_cost_usd = runs.total_cost_usd + excluded.total_cost_usd, "
+            "last_failed = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
+            "THEN excluded.last_failed ELSE runs.last_failed END, "
+            "last_seen_at = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
+            "THEN excluded.last_seen_at ELSE runs.last_seen_at END, "
+            "agent_id = COALESCE(runs.agent_id, excluded.agent_id), "
+            "\"user\" = COALESCE(runs.\"user\", excluded.\"user\"), "
+            "tags = COALESCE(runs.tags, excluded.tags), "
+            "source = CASE WHEN runs.source = 'single' THEN excluded.source "
+            "ELSE runs.source END, "
+            "ended_at = NULL, status = 'running'"), rows)
+
+    async def finish_idle(self, cutoff: datetime) -> list[int]:
+        """Settle runs with no exchange since `cutoff`: ended, and ok or error."""
+        store = self.store
+        finished = await store.rows(
+            "UPDATE runs SET ended_at = last_seen_at, status = CASE WHEN last_failed "
+            "THEN 'error' ELSE 'ok' END WHERE ended_at IS NULL AND last_seen_at < ? "
+            "RETURNING id", [store._value(cutoff)])
+        return [row["id"] for row in finished]
+
+    # -- rebuilding the grouper at start -------------------------------------------------------
+
+    async def recent_threads(self, since: datetime, limit: int) -> list[dict[str, Any]]:
+        return await self.store.rows(
+            "SELECT id, run_id, parent_id, thread_key, started_at FROM exchanges "
+            "WHERE id >= ? AND (thread_key IS NOT NULL OR parent_id IS NOT NULL) "
+            "ORDER BY id DESC LIMIT ?", [id_at(int(since.timestamp() * 1000)), limit])
+
+    async def open_named_runs(self) -> list[dict[str, Any]]:
+        return await self.store.rows(
+            "SELECT id, name, last_seen_at, exchange_count FROM runs "
+            "WHERE ended_at IS NULL AND name IS NOT NULL")
+
+    async def conversation_links(self, limit: int) -> list[dict[str, Any]]:
+        return await self.store.rows(
+            "SELECT conversation_id, run_id FROM run_conversations ORDER BY run_id DESC LIMIT ?",
+            [limit])
+
+    async def next_step(self, run_id: int) -> int:
+        found = await self.store.rows("SELECT exchange_count FROM runs WHERE id = ?", [run_id])
+        return int(found[0]["exchange_count"]) if found else 0
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def list_runs(self, f: RunFilter, limit: int,
+                        before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        store = self.store
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("name", f.name), ("agent_id", f.agent_id), ("\"user\"", f.user)):
+            if value is not None:
+                clauses.append(f"r.{column} = ?")
+                params.append(value)
+        if f.status == "running":
+            clauses.append("r.ended_at IS NULL")
+        elif f.status is not None:
+            clauses.append("r.status = ?")
+            params.append(f.status)
+        if f.since is not None:
+            clauses.append("r.id >= ?")
+            params.append(id_at(int(f.since.timestamp() * 1000)))
+        if f.until is not None:
+            clauses.append("r.id < ?")
+            params.append(id_at(int(f.until.timestamp() * 1000) + 1))
+        if before is not None:
+            clauses.append("r.id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        # A tag filter is checked in Python over the JSON; the page grows until it is full.
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while len(found) <= limit:
+            batch = await store.rows(
+                f"SELECT {RUN_SELECT} FROM runs r {where}{' AND' if where else ' WHERE'} r.id < ? "
+                "ORDER BY r.id DESC LIMIT ?", [*params, cursor or 2**63 - 1, limit + 1])
+            if not batch:
+                break
+            cursor = batch[-1]["id"]
+            found += [row for row in batch if self._tag_matches(row, f.tag)]
+            if len(batch) <= limit or f.tag is None:
+                break
+        more = len(found) > limit
+        found = found[:limit]
+        items = [self._item(row) for row in found]
+        await self._attach_conversations(items)
+        return items, (found[-1]["id"] if more else None)
+
+    @staticmethod
+    def _tag_matches(row: dict[str, Any], tag: tuple[str, str] | None) -> bool:
+        if tag is None:
+            return True
+        tags = _loads(row.get("tags")) or {}
+        return tags.get(tag[0]) == tag[1]
+
+    async def _attach_conversations(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        ids = [int(item["id"]) for item in items]
+        marks = ", ".join("?" * len(ids))
+        links = await self.store.rows(
+            f"SELECT conversation_id, run_id FROM run_conversations WHERE run_id IN ({marks}) "
+            "ORDER BY conversation_id", ids)
+        by_run: dict[int, list[str]] = {}
+        for link in links:
+            by_run.setdefault(link["run_id"], []).append(link["conversation_id"])
+        for item in items:
+            item["conversation_ids"] = by_run.get(int(item["id"]), [])
+
+    def _item(self, row: dict[str, Any]) -> dict[str, Any]:
+        item = dict(row)
+        item["tags"] = _loads(item.get("tags")) or {}
+        item["total_cost_usd"] = round(float(item.get("total_cost_usd") or 0), 10)
+        for key in ("started_at", "last_seen_at", "ended_at"):
+            item[key] = _iso(item.get(key))
+        item["id"] = str(item["id"])
+        return item
+
+    async def get_run(self, run_id: int) -> dict[str, Any] | None:
+        store = self.store
+        found = await store.rows(
+            f"SELECT {RUN_SELECT}, r.config FROM runs r WHERE r.id = ?", [run_id])
+        if not found:
+            return None
+        run = self._item(found[0])
+        run["config"] = _loads(found[0]["config"])
+        await self._attach_conversations([run])
+        items, _ = await store.list_exchanges(ExchangeFilter(run=run_id), 10_000, None)
+        run["exchanges"] = sorted(items, key=lambda item: int(item["id"]))
+        run["messages"] = [self._message(row) for row in await store.rows(
+            "SELECT * FROM messages WHERE run_id = ? ORDER BY step, position", [run_id])]
+        run["tool_calls"] = [self._tool(row) for row in await store.rows(
+            "SELECT * FROM tool_calls WHERE run_id = ? ORDER BY step, id", [run_id])]
+        run["memory_snapshots"] = self._snapshots(await store.rows(
+            "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]))
+        run["evaluations"] = [self._evaluation(row) for row in await store.rows(
+            "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id])]
+        return run
+
+    @staticmethod
+    def _message(row: dict[str, Any]) -> dict[str, Any]:
+        return {"exchange_id": str(row["exchange_id"]), "step": row["step"],
+                "position": row["position"], "direction": row["direction"], "role": row["role"],
+                "content": _loads(row["content"]), "tool_calls": _loads(row["tool_calls"]),
+                "tool_call_id": row["tool_call_id"], "finish_reason": row["finish_reason"],
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"]}
+
+    @staticmethod
+    def _tool(row: dict[str, Any]) -> dict[str, Any]:
+        return {"tool_name": row["tool_name"], "args": _loads(row["args"]),
+                "return_value": row["return_value"], "call_id": row["call_id"],
+                "exchange_id": str(row["exchange_id"]), "step": row["step"],
+                "result_exchange_id": (str(row["result_exchange_id"])
+                                       if row["result_exchange_id"] is not None else None),
+                "latency_ms": (round(row["latency_ms"], 3)
+                               if row["latency_ms"] is not None else None),
+                "kind": row["kind"]}
+
+    @staticmethod
+    def _snapshots(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rebuild each step's full state from the stored deltas."""
+        state: list[Any] = []
+        out = []
+        for row in rows:
+            state = state[: row["carried"]] + (_loads(row["appended"]) or [])
+            out.append({"exchange_id": str(row["exchange_id"]), "step": row["step"],
+                        "taken_at": _iso(row["taken_at"]), "carried": row["carried"],
+                        "state": list(state)})
+        return out
+
+    @staticmethod
+    def _evaluation(row: dict[str, Any]) -> dict[str, Any]:
+        return {"id": str(row["id"]), "metric_name": row["metric_name"],
+                "metric_value": row["metric_value"],
+                "run_id": str(row["run_id"]) if row["run_id"] is not None else None,
+                "exchange_id": (str(row["exchange_id"])
+                                if row["exchange_id"] is not None else None),
+                "created_at": _iso(row["created_at"])}
+
+    async def add_evaluation(self, run_id: int | None, exchange_id: int | None, name: str,
+                             value: float) -> dict[str, Any]:
+        store = self.store
+        row = {"id": new_id(), "run_id": run_id, "exchange_id": exchange_id,
+               "metric_name": name, "metric_value": value, "created_at": datetime.now(UTC)}
+        await store.conn.execute_query(store.sql(
+            "INSERT INTO evaluations (id, run_id, exchange_id, metric_name, metric_value, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)"),
+            [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"])])
+        return self._evaluation(row)
+
+    async def get_run_row(self, run_id: int) -> dict[str, Any] | None:
+        found = await self.store.rows("SELECT id FROM runs WHERE id = ?", [run_id])
+        return found[0] if found else None
+
+    async def run_of_exchange(self, exchange_id: int) -> tuple[bool, int | None]:
+        found = await self.store.rows("SELECT run_id FROM exchanges WHERE id = ?", [exchange_id])
+        return (True, found[0]["run_id"]) if found else (False, None)
+
+    async def delete_run(self, run_id: int) -> bool:
+        store = self.store
+        found = await store.rows("SELECT id FROM runs WHERE id = ?", [run_id])
+        if not found:
+            return False
+        while True:
+            ids = [r["id"] for r in await store.rows(
+                "SELECT id FROM exchanges WHERE run_id = ? LIMIT 500", [run_id])]
+            if not ids:
+                break
+            await store.delete_exchanges(ids)
+        for table in ("messages", "tool_calls", "memory_snapshots", "evaluations",
+                      "run_conversations"):
+            await store.conn.execute_query(store.sql(f"DELETE FROM {table} WHERE run_id = ?"),
+                                           [run_id])
+        await store.conn.execute_query(store.sql("DELETE FROM runs WHERE id = ?"), [run_id])
+        return True
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return iso_z(value)

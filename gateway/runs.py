@@ -1,0 +1,481 @@
+"""Runs assemble themselves from the traffic: which run each exchange belongs to, and what it
+adds to that run (messages, tool calls, results, memory).
+
+The rules, in order: a `/r/<name>` base-URL prefix, an `X-AgentOps-Run` header, the
+Conversations API's conversation id, then automatic threading: a chat request whose messages
+extend an earlier exchange's messages plus its reply continues that exchange's run. Messages
+are compared in a canonical form and hashed prefix by prefix, so a lookup is a few dict probes,
+never a scan. The grouper runs in the single writer, so its state needs no locks; it is bounded
+(the last 24 h or 100,000 exchanges) and rebuilt from the database at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.exchange import new_id
+from gateway.providers.base import Parsed
+
+THREAD_LIMIT = 100_000
+THREAD_SECONDS = 24 * 3600
+RUN_MEMORY_LIMIT = 20_000
+THREADED_ENDPOINTS = ("chat", "agents")
+
+PREFIX, HEADER, CONVERSATION, THREAD, SINGLE = "prefix", "header", "conversation", "thread", \
+    "single"
+
+
+# -- canonical messages -------------------------------------------------------------------
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(c.get("text", "") for c in content
+                       if isinstance(c, dict) and isinstance(c.get("text"), str))
+    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
+    return raw
+
+
+def canonical(message: Any) -> bytes:
+    """What makes two messages the same, whatever SDK re-serialized them: role, text, tool
+    calls (name, parsed arguments, id) and tool_call_id. Other keys and spacing are ignored."""
+    if not isinstance(message, dict):
+        return orjson.dumps(["?", repr(message)])
+    calls = []
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, dict):
+            function = call.get("function") or {}
+            if not isinstance(function, dict):
+                function = {}
+            calls.append([function.get("name"), _arguments(function.get("arguments")),
+                          call.get("id")])
+    return orjson.dumps([message.get("role"), _text(message.get("content")), calls,
+                         message.get("tool_call_id")], option=orjson.OPT_SORT_KEYS)
+
+
+def prefix_hashes(messages: list[Any]) -> list[str]:
+    """h[i] identifies messages[: i + 1]; equal hashes mean equal prefixes."""
+    out = []
+    digest = b""
+    for message in messages:
+        digest = hashlib.blake2b(digest + canonical(message), digest_size=16).digest()
+        out.append(digest.hex())
+    return out
+
+
+def common_prefix(a: list[str], b: list[str]) -> int:
+    """Length of the shared prefix of two prefix-hash lists (binary search: hashes chain)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[mid - 1] == b[mid - 1]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+# -- what an exchange adds to its run -------------------------------------------------------
+
+
+@dataclass
+class RunChanges:
+    """The rows one exchange adds; kept per exchange so a replayed batch re-emits the same."""
+
+    run: dict[str, Any]
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_results: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: dict[str, Any] | None = None
+    conversations: list[tuple[str, int]] = field(default_factory=list)
+    exchange: dict[str, Any] = field(default_factory=dict)  # run columns of the exchange
+
+
+@dataclass
+class RunMemory:
+    step: int = 0  # the next step number
+    hashes: list[str] = field(default_factory=list)  # chat: prefix hashes of the state
+    entry_ids: list[str | None] = field(default_factory=list)  # conversations: entry ids
+
+
+@dataclass
+class Candidate:
+    exchange_id: int
+    run_id: int
+    at: float
+
+
+class Grouper:
+    """Assigns exchanges to runs. `assign` must see exchanges in the order they started."""
+
+    def __init__(self, run_idle: float) -> None:
+        self.run_idle = run_idle
+        self.names: dict[str, tuple[int, float]] = {}  # open named runs: name -> (id, seen)
+        self.conversations: OrderedDict[str, int] = OrderedDict()
+        self.threads: OrderedDict[str, list[Candidate]] = OrderedDict()
+        self.extended: set[int] = set()
+        self.memory: OrderedDict[int, RunMemory] = OrderedDict()
+        self.done: OrderedDict[int, RunChanges] = OrderedDict()  # replays re-emit these
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _memory(self, run_id: int, step: int = 0) -> RunMemory:
+        memory = self.memory.get(run_id)
+        if memory is None:
+            memory = self.memory[run_id] = RunMemory(step=step)
+            while len(self.memory) > RUN_MEMORY_LIMIT:
+                self.memory.popitem(last=False)
+        else:
+            self.memory.move_to_end(run_id)
+        return memory
+
+    def remember_thread(self, key: str, exchange_id: int, run_id: int, at: float) -> None:
+        self.threads.setdefault(key, []).append(Candidate(exchange_id, run_id, at))
+        self.threads.move_to_end(key)
+        while len(self.threads) > THREAD_LIMIT:
+            self.threads.popitem(last=False)
+        oldest = next(iter(self.threads.values()), None)
+        while oldest and oldest[-1].at < at - THREAD_SECONDS:
+            self.threads.popitem(last=False)
+            oldest = next(iter(self.threads.values()), None)
+
+    def remember_conversation(self, conversation_id: str, run_id: int) -> None:
+        self.conversations[conversation_id] = run_id
+        self.conversations.move_to_end(conversation_id)
+        while len(self.conversations) > THREAD_LIMIT:
+            self.conversations.popitem(last=False)
+
+    def forget_run(self, run_id: int) -> None:
+        self.memory.pop(run_id, None)
+        for name, (open_id, _) in list(self.names.items()):
+            if open_id == run_id:
+                del self.names[name]
+
+    # -- assignment -----------------------------------------------------------------------
+
+    async def assign(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str],
+                     steps: Callable[[int], Awaitable[int]]) -> RunChanges:
+        """Place one exchange (its row dict, as built by capture) and say what it adds.
+
+        `steps(run_id)` gives the next step of a run the grouper no longer remembers (the
+        writer asks the database); it is only called on that rare miss.
+        """
+        previous = self.done.get(exchange["id"])
+        if previous is not None:
+            return previous
+        at = exchange["started_at"].timestamp()
+        run_id, source, parent, created, carried_hint = self._place(exchange, parsed, hints, at)
+        if created or run_id in self.memory:
+            memory = self._memory(run_id)
+        else:
+            memory = self._memory(run_id, await steps(run_id))
+        step = memory.step
+        memory.step += 1
+        changes = RunChanges(run=self._run_delta(run_id, source, created, exchange, parsed,
+                                                 hints, at))
+        changes.exchange = {"run_id": run_id, "run_source": source, "step": step,
+                            "parent_id": parent}
+        ended_ms = at * 1000 + (exchange.get("latency_ms") or 0)
+        if parsed.endpoint == "conversations":
+            self._conversation(changes, memory, exchange, parsed, run_id, step, ended_ms)
+        else:
+            self._chat(changes, memory, exchange, parsed, run_id, step, ended_ms, at,
+                       carried_hint)
+        self.done[exchange["id"]] = changes
+        while len(self.done) > 10_000:
+            self.done.popitem(last=False)
+        return changes
+
+    def _place(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str],
+               at: float) -> tuple[int, str, int | None, bool, int | None]:
+        """(run id, rule, parent exchange, run created?, matched prefix length)."""
+        name = hints.get("run_prefix") or hints.get("run")
+        if name:
+            source = PREFIX if hints.get("run_prefix") else HEADER
+            run_id, created = self._named(name, at)
+            self._link_conversations(parsed, run_id)
+            return run_id, source, None, created, None
+        if parsed.endpoint == "conversations":
+            known = self._conversation_run(parsed)
+            if known is not None:
+                self._link_conversations(parsed, known)
+                return known, CONVERSATION, None, False, None
+            if parsed.conversation_id or parsed.conversation_op in ("start", "restart"):
+                run_id = new_id()
+                self._link_conversations(parsed, run_id)
+                return run_id, CONVERSATION, None, True, None
+        if parsed.endpoint in THREADED_ENDPOINTS and parsed.messages_in:
+            match = self._thread_match(prefix_hashes(parsed.messages_in))
+            if match is not None:
+                candidate, length = match
+                self.extended.add(candidate.exchange_id)
+                return candidate.run_id, THREAD, candidate.exchange_id, False, length
+        return new_id(), SINGLE, None, True, None
+
+    def _named(self, name: str, at: float) -> tuple[int, bool]:
+        known = self.names.get(name)
+        if known is not None and at - known[1] <= self.run_idle:
+            self.names[name] = (known[0], max(at, known[1]))
+            return known[0], False
+        run_id = new_id()
+        self.names[name] = (run_id, at)
+        return run_id, True
+
+    def _conversation_run(self, parsed: Parsed) -> int | None:
+        for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
+            if conversation_id and conversation_id in self.conversations:
+                return self.conversations[conversation_id]
+        return None
+
+    def _link_conversations(self, parsed: Parsed, run_id: int) -> None:
+        for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
+            if conversation_id:
+                self.remember_conversation(conversation_id, run_id)
+
+    def _thread_match(self, hashes: list[str]) -> tuple[Candidate, int] | None:
+        for length in range(len(hashes) - 1, 0, -1):  # longest earlier state first
+            candidates = self.threads.get(hashes[length - 1])
+            if candidates:
+                fresh = [c for c in candidates if c.exchange_id not in self.extended]
+                return (fresh or candidates)[-1], length
+        return None
+
+    def _run_delta(self, run_id: int, source: str, created: bool, exchange: dict[str, Any],
+                   parsed: Parsed, hints: dict[str, str], at: float) -> dict[str, Any]:
+        failed = (exchange.get("status") or 0) >= 400 or exchange.get("state") != "complete"
+        when = datetime.fromtimestamp(at, UTC)
+        delta = {
+            "id": run_id, "created": created, "source": source, "started_at": when,
+            "last_seen_at": when, "last_failed": failed, "exchange_count": 1,
+            "prompt_tokens": exchange.get("prompt_tokens") or 0,
+            "completion_tokens": exchange.get("completion_tokens") or 0,
+            "total_tokens": exchange.get("total_tokens") or 0,
+            "total_cost_usd": exchange.get("cost_usd") or 0.0,
+            "name": hints.get("run_prefix") or hints.get("run"),
+            "agent_id": hints.get("agent") or parsed.agent_id,
+            "user": hints.get("user"),
+            "tags": parse_tags(hints.get("tags")),
+            "config": None,
+        }
+        if created:
+            config = dict(parsed.request_params or {})
+            model = parsed.request_model or parsed.model
+            if model:
+                config["model"] = model
+            delta["config"] = config or None
+        return delta
+
+    # -- chat and agents completions ----------------------------------------------------------
+
+    def _chat(self, changes: RunChanges, memory: RunMemory, exchange: dict[str, Any],
+              parsed: Parsed, run_id: int, step: int, ended_ms: float, at: float,
+              carried_hint: int | None) -> None:
+        inputs = [m for m in (parsed.messages_in or []) if m is not None]
+        hashes = prefix_hashes(inputs) if inputs else []
+        carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes,
+                                                                               hashes)
+        carried = min(carried, len(inputs))
+        eid = exchange["id"]
+        for position, message in enumerate(inputs[carried:], start=carried):
+            changes.messages.append(_message_row(run_id, eid, step, position, "in", message))
+            if isinstance(message, dict) and message.get("role") == "tool":
+                changes.tool_results.append({
+                    "run_id": run_id, "call_id": message.get("tool_call_id"),
+                    "return_value": _as_text(message.get("content")),
+                    "result_exchange_id": eid, "at_ms": at * 1000})
+        out = parsed.message_out
+        state_added = inputs[carried:]
+        if out is not None:
+            row = _message_row(run_id, eid, step, len(inputs), "out", out)
+            row.update(finish_reason=exchange.get("finish_reason"),
+                       prompt_tokens=exchange.get("prompt_tokens"),
+                       completion_tokens=exchange.get("completion_tokens"))
+            changes.messages.append(row)
+            for call in out.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    function = call.get("function") if isinstance(call.get("function"),
+                                                                  dict) else {}
+                    changes.tool_calls.append(_tool_row(
+                        run_id, eid, step, call.get("id"), function.get("name"), "function",
+                        _arguments(function.get("arguments")), asked_at_ms=ended_ms))
+            state_added = [*state_added, out]
+            full = hashes + prefix_hashes_from(hashes, [out])
+            key = full[-1]
+            changes.exchange["thread_key"] = key
+            if parsed.endpoint in THREADED_ENDPOINTS and exchange.get("status") == 200:
+                self.remember_thread(key, eid, run_id, at)
+            memory.hashes = full
+        else:
+            memory.hashes = hashes
+        changes.snapshot = {"run_id": run_id, "exchange_id": eid, "step": step,
+                            "taken_at": exchange["started_at"], "carried": carried,
+                            "appended": state_added}
+
+    # -- the Conversations API ------------------------------------------------------------
+
+    def _conversation(self, changes: RunChanges, memory: RunMemory, exchange: dict[str, Any],
+                      parsed: Parsed, run_id: int, step: int, ended_ms: float) -> None:
+        for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
+            if conversation_id and (conversation_id, run_id) not in changes.conversations:
+                changes.conversations.append((conversation_id, run_id))
+        eid = exchange["id"]
+        inputs = [e for e in (parsed.entries_in or []) if e is not None]
+        outputs = [e for e in (parsed.entries_out or []) if e is not None]
+        if parsed.conversation_op == "restart":
+            wanted = _request_field(parsed, "from_entry_id")
+            carried = (memory.entry_ids.index(wanted) + 1 if wanted in memory.entry_ids
+                       else 0)
+        elif parsed.conversation_op in ("history", "get") or exchange.get("method") == "GET":
+            return  # reading a conversation adds nothing to it
+        elif parsed.conversation_op == "start":
+            carried = 0
+        else:
+            carried = len(memory.entry_ids)
+        position = carried
+        for entry in inputs:
+            changes.messages.append(_entry_message(run_id, eid, step, position, "in", entry))
+            if isinstance(entry, dict) and entry.get("type") == "function.result":
+                changes.tool_results.append({
+                    "run_id": run_id, "call_id": entry.get("tool_call_id"),
+                    "return_value": _as_text(entry.get("result")),
+                    "result_exchange_id": eid, "at_ms": exchange["started_at"].timestamp()
+                    * 1000})
+            position += 1
+        for entry in outputs:
+            changes.messages.append(_entry_message(run_id, eid, step, position, "out", entry))
+            position += 1
+            tool = _entry_tool(run_id, eid, step, entry, ended_ms)
+            if tool is not None:
+                changes.tool_calls.append(tool)
+        memory.entry_ids = memory.entry_ids[:carried] + [
+            e.get("id") if isinstance(e, dict) else None for e in inputs + outputs]
+        changes.snapshot = {"run_id": run_id, "exchange_id": eid, "step": step,
+                            "taken_at": exchange["started_at"], "carried": carried,
+                            "appended": inputs + outputs}
+
+
+def prefix_hashes_from(hashes: list[str], more: list[Any]) -> list[str]:
+    digest = bytes.fromhex(hashes[-1]) if hashes else b""
+    out = []
+    for message in more:
+        digest = hashlib.blake2b(digest + canonical(message), digest_size=16).digest()
+        out.append(digest.hex())
+    return out
+
+
+def parse_tags(text: str | None) -> dict[str, str] | None:
+    """`k=v,k2=v2` -> {"k": "v", "k2": "v2"}; a bare word becomes a tag with an empty value."""
+    if not text:
+        return None
+    tags = {}
+    for part in text.split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip():
+            tags[key.strip()] = value.strip()
+    return tags or None
+
+
+def _request_field(parsed: Parsed, name: str) -> Any:
+    request = parsed.request_json
+    return request.get(name) if isinstance(request, dict) else None
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value, default=str).decode()
+
+
+def _message_row(run_id: int, exchange_id: int, step: int, position: int, direction: str,
+                 message: Any) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        message = {"content": message}
+    role = message.get("role")
+    return {"run_id": run_id, "exchange_id": exchange_id, "step": step, "position": position,
+            "direction": direction, "role": role if isinstance(role, str) else None,
+            "content": _json(message.get("content")),
+            "tool_calls": _json(message.get("tool_calls") or None),
+            "tool_call_id": _clip(message.get("tool_call_id")),
+            "finish_reason": None, "prompt_tokens": None, "completion_tokens": None}
+
+
+def _entry_message(run_id: int, exchange_id: int, step: int, position: int, direction: str,
+                   entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        return _message_row(run_id, exchange_id, step, position, direction, entry)
+    kind = entry.get("type")
+    if kind == "function.result":
+        message = {"role": "tool", "tool_call_id": entry.get("tool_call_id"),
+                   "content": entry.get("result")}
+    elif kind == "function.call":
+        message = {"role": "assistant", "content": None, "tool_calls": [{
+            "id": entry.get("tool_call_id"), "type": "function",
+            "function": {"name": entry.get("name"), "arguments": entry.get("arguments")}}]}
+    elif kind == "tool.execution":
+        message = {"role": "tool", "content": {"name": entry.get("name"),
+                                               "arguments": entry.get("arguments"),
+                                               "info": entry.get("info")}}
+    elif kind == "agent.handoff":
+        message = {"role": "handoff", "content": {
+            k: entry.get(k) for k in ("previous_agent_id", "previous_agent_name",
+                                      "next_agent_id", "next_agent_name")}}
+    else:
+        message = {"role": entry.get("role") or ("assistant" if direction == "out" else
+                                                 "user"), "content": entry.get("content")}
+    return _message_row(run_id, exchange_id, step, position, direction, message)
+
+
+def _entry_tool(run_id: int, exchange_id: int, step: int, entry: Any,
+                ended_ms: float) -> dict[str, Any] | None:
+    if not isinstance(entry, dict):
+        return None
+    kind = entry.get("type")
+    if kind == "function.call":
+        return _tool_row(run_id, exchange_id, step, entry.get("tool_call_id"), entry.get("name"),
+                         "function", _arguments(entry.get("arguments")), asked_at_ms=ended_ms)
+    if kind == "tool.execution":
+        row = _tool_row(run_id, exchange_id, step, entry.get("id"), entry.get("name"),
+                        "builtin", _arguments(entry.get("arguments")), asked_at_ms=ended_ms)
+        row["return_value"] = _as_text(entry.get("info"))
+        return row
+    if kind == "agent.handoff":
+        return _tool_row(run_id, exchange_id, step, entry.get("id"),
+                         entry.get("next_agent_name") or entry.get("next_agent_id"), "handoff",
+                         {"previous_agent_id": entry.get("previous_agent_id"),
+                          "next_agent_id": entry.get("next_agent_id")}, asked_at_ms=ended_ms)
+    return None
+
+
+def _tool_row(run_id: int, exchange_id: int, step: int, call_id: Any, name: Any, kind: str,
+              args: Any, *, asked_at_ms: float) -> dict[str, Any]:
+    return {"run_id": run_id, "exchange_id": exchange_id, "step": step,
+            "call_id": _clip(call_id), "tool_name": _clip(name), "kind": kind,
+            "args": _json(args), "return_value": None, "result_exchange_id": None,
+            "asked_at_ms": asked_at_ms, "latency_ms": None}
+
+
+def _clip(value: Any, size: int = 200) -> str | None:
+    return value[:size] if isinstance(value, str) else None

@@ -1,0 +1,111 @@
+"""The runs API on the UI port: list and read runs, attach evaluations, delete a run.
+
+Same conventions as api.py: 400 names the bad parameter or field, 404 for unknown ids.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.api import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    RUNS,
+    BadRequest,
+    json_response,
+    not_found,
+    parse_id,
+    parse_int,
+    parse_time,
+)
+from gateway.run_store import RunFilter
+
+routes = web.RouteTableDef()
+STATUSES = ("running", "ok", "error")
+
+
+def run_filter(query: Any) -> RunFilter:
+    tag = None
+    if query.get("tag"):
+        key, sep, value = query["tag"].partition("=")
+        if not sep or not key:
+            raise BadRequest(f"tag must look like key=value, got {query['tag']!r}")
+        tag = (key, value)
+    status = query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    return RunFilter(name=query.get("name") or None, agent_id=query.get("agent_id") or None,
+                     user=query.get("user") or None, tag=tag, status=status,
+                     since=parse_time("since", query.get("since")),
+                     until=parse_time("until", query.get("until")))
+
+
+@routes.get("/api/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    query = request.query
+    limit = parse_int("limit", query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
+    before = query.get("before")
+    if before and not re.fullmatch(r"\d{1,19}", before):
+        raise BadRequest(f"before must be a cursor from a previous 'next', got {before!r}")
+    items, cursor = await request.app[RUNS].list_runs(run_filter(query), limit,
+                                                      int(before) if before else None)
+    return json_response({"items": items, "next": str(cursor) if cursor else None})
+
+
+@routes.get("/api/runs/{id}")
+async def get_run(request: web.Request) -> web.Response:
+    run = await request.app[RUNS].get_run(parse_id(request.match_info["id"], "run"))
+    if run is None:
+        raise not_found("run")
+    return json_response(run)
+
+
+@routes.delete("/api/runs/{id}")
+async def delete_run(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    if not await request.app[RUNS].delete_run(run_id):
+        raise not_found("run")
+    return json_response({"deleted": str(run_id)})
+
+
+async def evaluation_body(request: web.Request) -> tuple[str, float]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body must be JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be an object: {"metric_name": "...", '
+                         '"metric_value": 0.9}')
+    name, value = body.get("metric_name"), body.get("metric_value")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise BadRequest("metric_name must be a non-empty string of at most 200 characters")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"metric_value must be a finite number, got {value!r}")
+    return name.strip(), float(value)
+
+
+@routes.post("/api/runs/{id}/evaluations")
+async def evaluate_run(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    name, value = await evaluation_body(request)
+    runs = request.app[RUNS]
+    if await runs.get_run_row(run_id) is None:
+        raise not_found("run")
+    return json_response(await runs.add_evaluation(run_id, None, name, value), status=201)
+
+
+@routes.post("/api/exchanges/{id}/evaluations")
+async def evaluate_exchange(request: web.Request) -> web.Response:
+    exchange_id = parse_id(request.match_info["id"])
+    name, value = await evaluation_body(request)
+    runs = request.app[RUNS]
+    found, run_id = await runs.run_of_exchange(exchange_id)
+    if not found:
+        raise not_found("exchange")
+    return json_response(await runs.add_evaluation(run_id, exchange_id, name, value),
+                         status=201)
