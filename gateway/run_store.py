@@ -100,6 +100,8 @@ class RunStore:
                         "total_cost_usd"):
                 seen[key] += delta[key]
             seen["last_seen_at"], seen["last_failed"] = delta["last_seen_at"], delta["last_failed"]
+            if seen["source"] == "single":
+                seen["source"] = delta["source"]
             for key in ("agent_id", "user", "tags", "name", "config"):
                 seen[key] = seen[key] or delta[key]
         store = self.store
