@@ -55,18 +55,16 @@ class RunStore:
         if not changes:
             return
         await self._upsert_runs(tx, changes)
-        messages = [[new_id(), *(m[c] for c in MESSAGE_COLUMNS[1:])]
-                    for ch in changes for m in ch.messages]
+        messages = [[m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages]
         if messages:
             await tx.execute_many(store.sql(
-                f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(MESSAGE_COLUMNS))})"), messages)
-        tools = [[new_id(), *(t[c] for c in TOOL_COLUMNS[1:])]
-                 for ch in changes for t in ch.tool_calls]
+                f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS[1:])}) VALUES "
+                f"({', '.join('?' * (len(MESSAGE_COLUMNS) - 1))})"), messages)
+        tools = [[t[c] for c in TOOL_COLUMNS[1:]] for ch in changes for t in ch.tool_calls]
         if tools:
             await tx.execute_many(store.sql(
-                f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(TOOL_COLUMNS))})"), tools)
+                f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS[1:])}) VALUES "
+                f"({', '.join('?' * (len(TOOL_COLUMNS) - 1))})"), tools)
         results = [[r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"],
                     r["call_id"]] for ch in changes for r in ch.tool_results if r["call_id"]]
         if results:
@@ -74,14 +72,14 @@ class RunStore:
                 "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
                 "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
                 "AND result_exchange_id IS NULL AND kind = 'function'"), results)
-        snapshots = [[new_id(), s["run_id"], s["exchange_id"], s["step"],
+        snapshots = [[s["run_id"], s["exchange_id"], s["step"],
                       store._value(s["taken_at"]), s["carried"],
                       orjson.dumps(s["appended"], default=str).decode()]
                      for ch in changes if (s := ch.snapshot) is not None]
         if snapshots:
             await tx.execute_many(store.sql(
-                "INSERT INTO memory_snapshots (id, run_id, exchange_id, step, taken_at, carried, "
-                "appended) VALUES (?, ?, ?, ?, ?, ?, ?)"), snapshots)
+                "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
+                "appended) VALUES (?, ?, ?, ?, ?, ?)"), snapshots)
         links = {cid: rid for ch in changes for cid, rid in ch.conversations}
         if links:
             await tx.execute_many(store.sql(

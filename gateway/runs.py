@@ -183,7 +183,10 @@ class Grouper:
         if previous is not None:
             return previous
         at = exchange["started_at"].timestamp()
-        run_id, source, parent, created, carried_hint = self._place(exchange, parsed, hints, at)
+        inputs = [m for m in (parsed.messages_in or []) if m is not None]
+        hashes = prefix_hashes(inputs) if inputs else []
+        run_id, source, parent, created, carried_hint = self._place(exchange, parsed, hints, at,
+                                                                    hashes)
         if created or run_id in self.memory:
             memory = self._memory(run_id)
         else:
@@ -199,14 +202,14 @@ class Grouper:
             self._conversation(changes, memory, exchange, parsed, run_id, step, ended_ms)
         else:
             self._chat(changes, memory, exchange, parsed, run_id, step, ended_ms, at,
-                       carried_hint)
+                       carried_hint, inputs, hashes)
         self.done[exchange["id"]] = changes
         while len(self.done) > 10_000:
             self.done.popitem(last=False)
         return changes
 
     def _place(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str],
-               at: float) -> tuple[int, str, int | None, bool, int | None]:
+               at: float, hashes: list[str]) -> tuple[int, str, int | None, bool, int | None]:
         """(run id, rule, parent exchange, run created?, matched prefix length)."""
         name = hints.get("run_prefix") or hints.get("run")
         if name:
@@ -223,8 +226,8 @@ class Grouper:
                 run_id = new_id()
                 self._link_conversations(parsed, run_id)
                 return run_id, CONVERSATION, None, True, None
-        if parsed.endpoint in THREADED_ENDPOINTS and parsed.messages_in:
-            match = self._thread_match(prefix_hashes(parsed.messages_in))
+        if parsed.endpoint in THREADED_ENDPOINTS and hashes:
+            match = self._thread_match(hashes)
             if match is not None:
                 candidate, length = match
                 self.extended.add(candidate.exchange_id)
@@ -288,9 +291,7 @@ class Grouper:
 
     def _chat(self, changes: RunChanges, memory: RunMemory, exchange: dict[str, Any],
               parsed: Parsed, run_id: int, step: int, ended_ms: float, at: float,
-              carried_hint: int | None) -> None:
-        inputs = [m for m in (parsed.messages_in or []) if m is not None]
-        hashes = prefix_hashes(inputs) if inputs else []
+              carried_hint: int | None, inputs: list[Any], hashes: list[str]) -> None:
         carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes,
                                                                                hashes)
         carried = min(carried, len(inputs))

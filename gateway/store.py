@@ -42,6 +42,8 @@ BODY_COLUMNS = (
     "exchange_id", "request_headers", "request_body", "request_body_encoding",
     "response_headers", "response_body", "response_body_encoding",
 )
+_CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
+                   ("started_at", "streamed", "truncated", "parse_error", "omitted"))
 LIST_COLUMNS = (
     "id", "started_at", "method", "path", "status", "model", "endpoint", "streamed", "state",
     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms",
@@ -156,7 +158,7 @@ class Store:
         batch = list(batch)
         if not batch:
             return
-        exchanges = [[self._value(r.exchange[c]) for c in EXCHANGE_COLUMNS] for r in batch]
+        exchanges = [self._exchange_values(r.exchange) for r in batch]
         bodies = [[r.bodies[c] for c in BODY_COLUMNS] for r in batch]
         search = [[r.exchange["id"], r.search_text] for r in batch]
         conflict = "ON CONFLICT DO NOTHING"
@@ -177,6 +179,13 @@ class Store:
                     "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
             if also is not None:
                 await also(tx)
+
+    def _exchange_values(self, row: dict[str, Any]) -> list[Any]:
+        """Column values in order; only the few typed columns need converting."""
+        values = [row[c] for c in EXCHANGE_COLUMNS]
+        for index in _CONVERTED:
+            values[index] = self._value(values[index])
+        return values
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, datetime):
