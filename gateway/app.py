@@ -19,10 +19,12 @@ from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
 from gateway.providers.mistral import MistralProvider
 from gateway.proxy import Proxy, client_session
+from gateway.recorder import Recorder
 from gateway.run_store import RunStore
+from gateway.runs import THREAD_LIMIT, THREAD_SECONDS, Grouper
 from gateway.settings import Settings
+from gateway.spool import Spool
 from gateway.store import Store
-from gateway.writer import WriterClient
 
 log = logging.getLogger("agentops")
 
@@ -59,9 +61,14 @@ class Gateway:
         self.settings = settings
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.providers = make_providers()
         self.run_store = RunStore(self.store)
-        self.recorder = WriterClient(settings, logging.getLogger().getEffectiveLevel())
+        self.grouper = Grouper(settings.run_idle)
+        self.recorder = Recorder(
+            self.store, self.spool, self.provider, self.prices,
+            max_body_bytes=settings.max_body_bytes, queue_size=settings.queue_size,
+            grouper=self.grouper, run_store=self.run_store)
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -73,8 +80,9 @@ class Gateway:
         return self.providers.get(name, self.providers["mistral"])
 
     async def start(self) -> None:
-        await self.store.open()  # migrates, before the writer process opens it too
-        await self.recorder.start()
+        await self.store.open()
+        await rebuild_grouper(self.grouper, self.run_store)
+        self.recorder.start()
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
@@ -95,6 +103,7 @@ class Gateway:
         self.ui_url = _url(self._ui_runner)
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)
+        self._tasks.append(asyncio.create_task(self._finish_runs(), name="agentops-run-idle"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
         log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url,
@@ -123,6 +132,23 @@ class Gateway:
         except Exception:
             log.exception("could not fill in costs of earlier calls")
 
+    async def finish_idle_runs(self) -> list[int]:
+        """Settle runs that saw no exchange for --run-idle seconds."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.run_idle)
+        finished = await self.run_store.finish_idle(cutoff)
+        for run_id in finished:
+            self.grouper.forget_run(run_id)
+        return finished
+
+    async def _finish_runs(self) -> None:
+        every = max(0.05, min(30.0, self.settings.run_idle / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.finish_idle_runs()
+            except Exception:
+                log.exception("could not finish idle runs")
+
     async def apply_retention(self) -> int:
         """Delete exchanges older than --retention-days; returns how many went."""
         cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days or 0)
@@ -138,6 +164,26 @@ class Gateway:
             except Exception:
                 log.exception("retention purge failed")
             await asyncio.sleep(RETENTION_EVERY_SECONDS)
+
+
+async def rebuild_grouper(grouper: Grouper, run_store: RunStore) -> None:
+    """Give the grouper back what it knew before a restart: recent threads (24 h or 100,000
+    exchanges), open named runs, and conversation links."""
+    since = datetime.now(UTC) - timedelta(seconds=THREAD_SECONDS)
+    rows = await run_store.recent_threads(since, THREAD_LIMIT)
+    for row in reversed(rows):
+        if row["parent_id"] is not None:
+            grouper.extended.add(row["parent_id"])
+        if row["thread_key"]:
+            started = row["started_at"]
+            at = (datetime.fromisoformat(started) if isinstance(started, str) else started)
+            grouper.remember_thread(row["thread_key"], row["id"], row["run_id"], at.timestamp())
+    for row in await run_store.open_named_runs():
+        seen = row["last_seen_at"]
+        seen = datetime.fromisoformat(seen) if isinstance(seen, str) else seen
+        grouper.names[row["name"]] = (row["id"], seen.timestamp())
+    for row in reversed(await run_store.conversation_links(THREAD_LIMIT)):
+        grouper.remember_conversation(row["conversation_id"], row["run_id"])
 
 
 def _url(runner: web.BaseRunner) -> str:
