@@ -170,7 +170,7 @@ def exchange_messages(provider: Provider, item: dict[str, Any]) -> list[dict[str
     parsed = provider.parse(item["method"], item["path"],
                             {k.lower(): v for k, v in item["request_headers"]}, raw("request"),
                             item["status"], headers, [raw("response")])
-    keys = ("role", "content", "tool_calls", "tool_call_id")
+    keys = ("role", "content", "tool_calls", "tool_call_id", "type")
     inputs = parsed.messages_in or parsed.entries_in or []
     outputs = ([parsed.message_out] if parsed.message_out else parsed.entries_out) or []
     return [{"direction": direction, **({k: m.get(k) for k in keys} if isinstance(m, dict)

@@ -21,7 +21,9 @@ from gateway.providers.base import Parsed, Provider
 
 log = logging.getLogger("agentops.capture")
 
-SEARCH_CHARS = 64 * 1024  # per body: enough to find a call, bounded for the index
+# Per body: indexing costs about 6 us per KB on SQLite, so a long prompt is indexed by its
+# head and tail (system prompt, latest turns), not whole.
+SEARCH_CHARS = 16 * 1024
 CORRELATION_HEADERS = ("mistral-correlation-id", "x-request-id", "request-id", "x-kong-request-id")
 
 
@@ -177,8 +179,15 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
 
 
 def _search_text(request: str | None, response: str | None, correlation: str | None) -> str:
-    parts = [(request or "")[:SEARCH_CHARS], (response or "")[:SEARCH_CHARS], correlation or ""]
+    parts = [_head_and_tail(request or ""), _head_and_tail(response or ""), correlation or ""]
     return "\n".join(part for part in parts if part)
+
+
+def _head_and_tail(text: str) -> str:
+    if len(text) <= SEARCH_CHARS:
+        return text
+    half = SEARCH_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
 
 
 def _clip(value: str | None, size: int) -> str | None:
