@@ -16,7 +16,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 from gateway.exchange import id_at, new_id
 from gateway.runs import RunChanges
-from gateway.store import ExchangeFilter, Store, iso_z
+from gateway.store import ExchangeFilter, Store, iso_z, time_bounds
 
 RUN_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at", "last_seen_at",
                "ended_at", "status", "exchange_count", "prompt_tokens", "completion_tokens",
@@ -179,12 +179,7 @@ class RunStore:
         elif f.status is not None:
             clauses.append("r.status = ?")
             params.append(f.status)
-        if f.since is not None:
-            clauses.append("r.id >= ?")
-            params.append(id_at(int(f.since.timestamp() * 1000)))
-        if f.until is not None:
-            clauses.append("r.id < ?")
-            params.append(id_at(int(f.until.timestamp() * 1000) + 1))
+        time_bounds("r.id", f.since, f.until, clauses, params)
         if before is not None:
             clauses.append("r.id < ?")
             params.append(before)

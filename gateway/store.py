@@ -288,12 +288,7 @@ class Store:
         if f.status_class is not None:
             clauses.append("e.status >= ? AND e.status < ?")
             params += [f.status_class * 100, f.status_class * 100 + 100]
-        if f.since is not None:
-            clauses.append("e.id >= ?")
-            params.append(id_at(int(f.since.timestamp() * 1000)))
-        if f.until is not None:
-            clauses.append("e.id < ?")
-            params.append(id_at(int(f.until.timestamp() * 1000) + 1))
+        time_bounds("e.id", f.since, f.until, clauses, params)
         if f.q:
             if self.dialect == "sqlite":
                 clauses.append(
@@ -367,6 +362,17 @@ class Store:
             if item.get(key) is not None:
                 item[key] = str(item[key])
         return item
+
+
+def time_bounds(column: str, since: datetime | None, until: datetime | None,
+                clauses: list[str], params: list[Any]) -> None:
+    """A time window as an id range: ids are time-sortable, so this is one index walk."""
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(id_at(int(since.timestamp() * 1000)))
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(id_at(int(until.timestamp() * 1000) + 1))
 
 
 def iso_z(value: datetime) -> str:
