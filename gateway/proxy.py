@@ -64,6 +64,15 @@ def forwarded_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
     return out
 
 
+def target(request: web.BaseRequest) -> str:
+    """The request target as path?query. An absolute-form target (`GET http://host/p`, as sent
+    to an explicit proxy) keeps only its path: the proxy goes to the upstream, never the host."""
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    return URL(raw, encoded=True).raw_path_qs or "/"
+
+
 def split_run_prefix(path: str) -> tuple[str, str | None]:
     """`/r/<name>/v1/...` -> (`/v1/...`, name): a run named in the client's base URL."""
     if not path.startswith("/r/"):
@@ -116,8 +125,7 @@ class Proxy:
             self.submit(exchange)
 
     def _begin(self, request: web.BaseRequest) -> Exchange:
-        raw_path = request.raw_path
-        client_path, _, query = raw_path.partition("?")
+        client_path, _, query = target(request).partition("?")
         path, run_name = split_run_prefix(client_path)
         pairs = list(request.headers.items())
         hints = {k.lower()[len(HINT_PREFIX):]: v for k, v in pairs
@@ -141,8 +149,7 @@ class Proxy:
     async def _forward(
         self, request: web.BaseRequest, exchange: Exchange, body: bytes, started: float
     ) -> web.StreamResponse:
-        raw_path = request.raw_path
-        _, sep, query = raw_path.partition("?")
+        _, sep, query = target(request).partition("?")
         url = URL(self.upstream + exchange.path + (sep + query if sep else ""), encoded=True)
         headers = forwarded_headers(list(request.headers.items()))
         data: bytes | io.BytesIO | None = body or None
@@ -156,7 +163,7 @@ class Proxy:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             return self._fail(exchange, 504, UPSTREAM_TIMEOUT, "upstream_timeout",
                               f"upstream {self.upstream} did not answer in time", exc, started)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             return self._fail(exchange, 502, UPSTREAM_ERROR, "upstream_unreachable",
                               f"could not reach upstream {self.upstream}", exc, started)
         async with upstream:

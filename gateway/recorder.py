@@ -50,15 +50,12 @@ class Recorder:
         self.last_db_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.on_written: list[Callable[[list[Rows]], Any]] = []
 
     # -- the hot path -----------------------------------------------------------------------
 
     def submit(self, exchange: Exchange) -> None:
         self.submitted += 1
-        self._idle.clear()
         try:
             self.queue.put_nowait(exchange)
         except asyncio.QueueFull:
@@ -89,11 +86,6 @@ class Recorder:
             finally:
                 for _ in batch:
                     self.queue.task_done()
-                self._check_idle()
-
-    def _check_idle(self) -> None:
-        if self.queue.empty() and (self._recovery is None or self._recovery.done()):
-            self._idle.set()
 
     async def _build(self, batch: list[Exchange]) -> list[Rows]:
         rows = []
@@ -162,7 +154,6 @@ class Recorder:
 
     def _ensure_recovery(self) -> None:
         if self._recovery is None or self._recovery.done():
-            self._idle.clear()
             self._recovery = asyncio.create_task(self._recover(), name="agentops-spool-replay")
 
     async def _recover(self) -> None:
@@ -175,7 +166,6 @@ class Recorder:
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
         self.db_ok = True
-        self._check_idle()
 
     async def _replay_spool(self) -> bool:
         for path, records in self.spool.drain():

@@ -280,3 +280,19 @@ async def test_200_concurrent_calls_all_recorded(gateway, http):
     await gateway.recorder.drained(timeout=30)
     assert await gateway.store.count() == 200
     assert gateway.recorder.health()["dropped_records"] == 0
+
+
+async def test_absolute_form_target_goes_to_the_upstream_only(sqlite_gateway, upstream):
+    port = int(sqlite_gateway.proxy_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET http://evil.example/v1/models?x=1 HTTP/1.1\r\nHost: evil.example\r\n"
+                 b"Authorization: Bearer k\r\nConnection: close\r\n\r\n")
+    status_line = await reader.readline()
+    await reader.read()
+    writer.close()
+    assert b" 200 " in status_line
+    assert upstream.requests[-1]["path"] == "/v1/models"
+    assert upstream.requests[-1]["query"] == "x=1"
+    (record,) = await stored(sqlite_gateway)
+    assert record["path"] == "/v1/models" and record["state"] == "complete"
+
