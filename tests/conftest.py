@@ -101,22 +101,26 @@ def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settin
                     spool_dir=str(tmp_path / "spool"), shutdown_grace=2.0, **extra)
 
 
-@pytest.fixture
-async def gateway(upstream: Upstream, db_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
-    gw = Gateway(make_settings(upstream.url, db_url, tmp_path))
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Gateway]:
+    """A real gateway on ephemeral ports for the length of the block."""
+    gw = Gateway(settings)
     await gw.start()
     try:
         yield gw
     finally:
         await gw.stop()
+
+
+@pytest.fixture
+async def gateway(upstream: Upstream, db_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
+        yield gw
 
 
 @pytest.fixture
 async def sqlite_gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
     """SQLite only: for transport tests where the database does not matter."""
-    gw = Gateway(make_settings(upstream.url, f"sqlite://{tmp_path / 'gw.db'}", tmp_path))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, f"sqlite://{tmp_path / 'gw.db'}",
+                                     tmp_path)) as gw:
         yield gw
-    finally:
-        await gw.stop()

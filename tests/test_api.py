@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
-from tests.conftest import Upstream, make_settings
+from tests.conftest import Upstream, make_settings, running
 
 AUTH = {"Authorization": "Bearer key-for-api-tests-1234"}
 
@@ -154,19 +154,13 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
 async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstream,
                                                                tmp_path: Path):
     db = f"sqlite://{tmp_path / 'keep.db'}"
-    gw = Gateway(make_settings(upstream.url, db, tmp_path))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         await call(gw, "remember me", model="my-private-finetune")
         await gw.recorder.drained(timeout=10)
-    finally:
-        await gw.stop()
     prices = tmp_path / "prices.toml"
     prices.write_text('[models."my-private-finetune"]\ninput_per_mtok = 1.0\n'
                       'output_per_mtok = 2.0\n')
-    gw = Gateway(make_settings(upstream.url, db, tmp_path, prices=str(prices)))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, db, tmp_path, prices=str(prices))) as gw:
         await gw.costs_filled
         async with aiohttp.ClientSession(gw.ui_url) as ui:
             _, page = await get(ui, "/api/exchanges")
@@ -174,26 +168,19 @@ async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstre
         (item,) = page["items"]
         assert item["cost_usd"] is not None and item["cost_usd"] > 0
         assert prices_now["unpriced"] == []
-    finally:
-        await gw.stop()
 
 
 async def test_token_guards_everything_but_health(upstream: Upstream, tmp_path: Path):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'tok.db'}", tmp_path,
                              ui_token="s3cret-token")
-    gw = Gateway(settings)
-    await gw.start()
-    try:
-        async with aiohttp.ClientSession(gw.ui_url) as ui:
-            assert (await get(ui, "/healthz"))[0] == 200
-            for path in ("/api/exchanges", "/api/stats", "/"):
-                async with ui.get(path) as resp:
-                    assert resp.status == 401, path
-            async with ui.get("/api/exchanges",
-                              headers={"Authorization": "Bearer wrong"}) as resp:
-                assert resp.status == 401
-            async with ui.get("/api/exchanges",
-                              headers={"Authorization": "Bearer s3cret-token"}) as resp:
-                assert resp.status == 200
-    finally:
-        await gw.stop()
+    async with running(settings) as gw, aiohttp.ClientSession(gw.ui_url) as ui:
+        assert (await get(ui, "/healthz"))[0] == 200
+        for path in ("/api/exchanges", "/api/stats", "/"):
+            async with ui.get(path) as resp:
+                assert resp.status == 401, path
+        async with ui.get("/api/exchanges",
+                          headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with ui.get("/api/exchanges",
+                          headers={"Authorization": "Bearer s3cret-token"}) as resp:
+            assert resp.status == 200

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.settings import SETTINGS
 from gateway.store import ExchangeFilter, Store
-from tests.conftest import Upstream
+from tests.conftest import Upstream, running
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "gateway"]
@@ -158,18 +158,13 @@ async def test_sigterm_finishes_short_calls_and_records_long_ones(upstream: Upst
 
 
 async def test_purge(upstream: Upstream, tmp_path: Path):
-    from gateway.app import Gateway
     from tests.conftest import make_settings
     from tests.test_recorder import calls
 
     db = f"sqlite://{tmp_path / 'purge.db'}"
-    gw = Gateway(make_settings(upstream.url, db, tmp_path))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         await calls(gw, 3, "old")
         await gw.recorder.drained(timeout=10)
-    finally:
-        await gw.stop()
     code, out, _ = await run("purge", "--older-than", "1d", "--db", db)
     assert code == 0 and re.search(r"removed 0 exchanges", out)
     code, out, _ = await run("purge", "--older-than", "0.000001", "--db", db)

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from gateway.app import Gateway
-from tests.conftest import Upstream, make_settings
+from gateway.store import ExchangeFilter
+from tests.conftest import Upstream, make_settings, running
 
 KEY = "sk-test-SECRET-0123456789abcdefWXYZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -31,7 +32,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def stored(gw: Gateway, exchange_id: str | None = None) -> list[dict]:
     await gw.recorder.drained(timeout=10)
-    items, _ = await gw.store.list_exchanges(__import__("gateway.store").store.ExchangeFilter(),
+    items, _ = await gw.store.list_exchanges(ExchangeFilter(),
                                              500, None)
     if exchange_id is None:
         return [await gw.store.get_exchange(int(i["id"])) for i in items]
@@ -126,9 +127,8 @@ async def test_errors_pass_through(sqlite_gateway, http, status):
 
 
 async def test_upstream_down_is_502_and_recorded(tmp_path: Path, http):
-    gw = Gateway(make_settings("http://127.0.0.1:9", f"sqlite://{tmp_path / 'd.db'}", tmp_path))
-    await gw.start()
-    try:
+    settings = make_settings("http://127.0.0.1:9", f"sqlite://{tmp_path / 'd.db'}", tmp_path)
+    async with running(settings) as gw:
         async with http.post(f"{gw.proxy_url}/v1/chat/completions", json={},
                              headers=AUTH) as resp:
             assert resp.status == 502
@@ -137,15 +137,11 @@ async def test_upstream_down_is_502_and_recorded(tmp_path: Path, http):
         (record,) = await stored(gw)
         assert record["state"] == "upstream_error" and record["status"] == 502
         assert "could not reach upstream" in record["error"]
-    finally:
-        await gw.stop()
 
 
 async def test_timeout_is_between_chunks_not_total(upstream: Upstream, tmp_path: Path, http):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 't.db'}", tmp_path)
-    gw = Gateway(settings.replace(upstream_timeout=0.6))
-    await gw.start()
-    try:
+    async with running(settings.replace(upstream_timeout=0.6)) as gw:
         async with http.post(f"{gw.proxy_url}/v1/chat/completions", json={},
                              headers={**AUTH, "x-fake-hang": "1"}) as resp:
             assert resp.status == 504
@@ -159,8 +155,6 @@ async def test_timeout_is_between_chunks_not_total(upstream: Upstream, tmp_path:
         assert "[DONE]" in text  # 1.6 s in total, never 0.6 s without a byte
         records = await stored(gw)
         assert sorted(r["state"] for r in records) == ["complete", "upstream_timeout"]
-    finally:
-        await gw.stop()
 
 
 async def test_client_disconnect_mid_stream_is_recorded(sqlite_gateway, http):
@@ -186,9 +180,7 @@ async def test_client_disconnect_mid_stream_is_recorded(sqlite_gateway, http):
 
 async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tmp_path, http):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'h.db'}", tmp_path)
-    gw = Gateway(settings.replace(max_body_bytes=1024 * 1024))
-    await gw.start()
-    try:
+    async with running(settings.replace(max_body_bytes=1024 * 1024)) as gw:
         body = b'{"model": "mistral-small-latest", "input": "' + b"x" * (20 * 1024 * 1024) + b'"}'
         async with http.post(f"{gw.proxy_url}/v1/embeddings", data=io.BytesIO(body),
                              headers={**AUTH, "Content-Type": "application/json"}) as resp:
@@ -198,8 +190,6 @@ async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tm
         (record,) = await stored(gw)
         assert record["truncated"] is True
         assert len(record["request_body"]) <= 1024 * 1024
-    finally:
-        await gw.stop()
 
 
 async def test_malformed_json_is_forwarded_and_flagged(sqlite_gateway, upstream, http):

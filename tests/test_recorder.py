@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
-from tests.conftest import Upstream, make_settings, throwaway_pg
+from gateway.store import ExchangeFilter
+from tests.conftest import Upstream, make_settings, running, throwaway_pg
 from tests.tcp_relay import TcpRelay
 
 KEY = "sk-recorder-test-key-SPOOLED-9876"
@@ -63,9 +64,7 @@ async def relayed_pg() -> AsyncIterator[tuple[str, TcpRelay]]:
 async def test_database_down_then_back_loses_nothing(upstream: Upstream, relayed_pg,
                                                      tmp_path: Path):
     db, relay = relayed_pg
-    gw = Gateway(make_settings(upstream.url, db, tmp_path))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         assert await calls(gw, 5, "before") == [200] * 5
         await gw.recorder.drained(timeout=10)
 
@@ -89,22 +88,16 @@ async def test_database_down_then_back_loses_nothing(upstream: Upstream, relayed
         state = await health(gw)
         assert state["status"] == "ok" and state["spool_bytes"] == 0
         assert state["dropped_records"] == 0
-    finally:
-        await gw.stop()
 
 
 async def test_full_queue_spills_to_spool_and_is_replayed(upstream: Upstream, tmp_path: Path):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'q.db'}", tmp_path)
-    gw = Gateway(settings.replace(queue_size=1))
-    await gw.start()
-    try:
+    async with running(settings.replace(queue_size=1)) as gw:
         assert await calls(gw, 60, "burst") == [200] * 60
         await gw.recorder.drained(timeout=30)
         assert await gw.store.count() == 60  # spooled records replayed, none twice
         state = await health(gw)
         assert state["spooled_records"] > 0 and state["dropped_records"] == 0
-    finally:
-        await gw.stop()
 
 
 @pytest.mark.postgres
@@ -129,16 +122,11 @@ async def test_spool_limit_drops_and_counts(upstream: Upstream, relayed_pg, tmp_
 async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstream,
                                                                 tmp_path: Path):
     db = f"sqlite://{tmp_path / 'restart.db'}"
-    first = Gateway(make_settings(upstream.url, db, tmp_path))
-    await first.start()
-    try:
+    async with running(make_settings(upstream.url, db, tmp_path)) as first:
         await calls(first, 3, "kept")
         await first.recorder.drained(timeout=10)
         # Records that were spooled but never replayed (say, the process was killed):
-        items, _ = await first.store.list_exchanges(__import__("gateway.store").store
-                                                    .ExchangeFilter(), 10, None)
-    finally:
-        await first.stop()
+        items, _ = await first.store.list_exchanges(ExchangeFilter(), 10, None)
     from gateway.exchange import Exchange, new_id
     from gateway.spool import Spool
     spool = Spool(tmp_path / "spool", 10**9)
@@ -151,11 +139,7 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
     spool.append([orphan, duplicate])
     spool.close()
 
-    second = Gateway(make_settings(upstream.url, db, tmp_path))
-    await second.start()
-    try:
+    async with running(make_settings(upstream.url, db, tmp_path)) as second:
         await second.recorder.drained(timeout=10)
         assert await second.store.count() == 4  # the orphan added, the duplicate skipped
         assert not list((tmp_path / "spool").glob("spool-*.bin"))
-    finally:
-        await second.stop()

@@ -13,7 +13,7 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
-from tests.conftest import Upstream, make_settings
+from tests.conftest import Upstream, make_settings, running
 from tests.test_recorder import eventually
 
 KEY = "runs-test-key-0000111122223333"
@@ -272,9 +272,7 @@ async def test_malformed_messages_are_stored_as_they_are(gateway: Gateway, upstr
 
 async def test_idle_runs_finish_and_names_start_again(upstream: Upstream, db_url: str,
                                                       tmp_path: Path):
-    gw = Gateway(make_settings(upstream.url, db_url, tmp_path, run_idle=0.3))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, db_url, tmp_path, run_idle=0.3)) as gw:
         async with aiohttp.ClientSession() as http:
             await chat(http, gw, [{"role": "user", "content": "first"}],
                        {"X-AgentOps-Run": "batch"})
@@ -297,26 +295,18 @@ async def test_idle_runs_finish_and_names_start_again(upstream: Upstream, db_url
             return (await runs(gw, name="batch"))[0]["status"] == "ok"
         await eventually(second_done)
         assert [r["id"] for r in await runs(gw, status="ok")] == [second["id"]]
-    finally:
-        await gw.stop()
 
 
 async def test_threads_survive_a_restart(upstream: Upstream, db_url: str, tmp_path: Path):
     settings = make_settings(upstream.url, db_url, tmp_path)
     messages: list[Any] = [{"role": "user", "content": "Weather in Bergen?"}]
-    gw = Gateway(settings)
-    await gw.start()
-    try:
+    async with running(settings) as gw:
         async with aiohttp.ClientSession() as http:
             reply = await chat(http, gw, messages)
         await gw.recorder.drained(timeout=10)
-    finally:
-        await gw.stop()
     messages += [reply, {"role": "tool", "tool_call_id": reply["tool_calls"][0]["id"],
                          "name": "get_weather", "content": "rain"}]
-    gw = Gateway(settings)
-    await gw.start()
-    try:
+    async with running(settings) as gw:
         async with aiohttp.ClientSession() as http:
             await chat(http, gw, messages)
         (item,) = await runs(gw)
@@ -325,8 +315,6 @@ async def test_threads_survive_a_restart(upstream: Upstream, db_url: str, tmp_pa
         assert [e["id"] for e in detail["exchanges"]] == sorted(e["id"]
                                                                 for e in detail["exchanges"])
         assert detail["tool_calls"][0]["return_value"] == "rain"
-    finally:
-        await gw.stop()
 
 
 async def test_delete_run_and_bad_parameters(gateway: Gateway):

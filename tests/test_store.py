@@ -7,9 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.app import Gateway
 from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
-from tests.conftest import Upstream, make_settings
+from tests.conftest import Upstream, make_settings, running
 from tests.test_recorder import calls
 
 
@@ -42,14 +41,10 @@ async def test_blank_database_migrates_to_the_exact_schema(db_url: str):
 
 
 async def test_retention_purges_old_exchanges(upstream: Upstream, db_url: str, tmp_path: Path):
-    gw = Gateway(make_settings(upstream.url, db_url, tmp_path, retention_days=30.0))
-    await gw.start()
-    try:
+    async with running(make_settings(upstream.url, db_url, tmp_path, retention_days=30.0)) as gw:
         await calls(gw, 5, "young")
         await gw.recorder.drained(timeout=10)
         assert await gw.apply_retention() == 0
         assert await gw.store.purge(datetime.now(UTC) + timedelta(seconds=1),
                                     batch_size=2) == 5
         assert await gw.store.count() == 0
-    finally:
-        await gw.stop()
