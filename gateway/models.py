@@ -86,7 +86,7 @@ class Run(Model):
     total_tokens = fields.BigIntField(default=0)
     total_cost_usd = fields.FloatField(default=0)
     config = fields.TextField(null=True)  # JSON: model and sampling params of the first call
-    conversation_ids = fields.TextField(null=True)  # JSON list
+    # conversation_ids are not stored here: run_conversations holds them, one row each.
 
     class Meta:
         table = "runs"

@@ -102,32 +102,33 @@ class Proxy:
             total=None, connect=None, sock_connect=timeout, sock_read=timeout
         )
         self.max_body_bytes = max_body_bytes
-        self.in_flight = 0
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.in_flight += 1
         started = time.perf_counter()
-        exchange = self._begin(request)
+        path_qs = target(request)
+        pairs = list(request.headers.items())  # read once, for the record and for upstream
+        exchange = self._begin(request, path_qs, pairs)
         try:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 # curl asks before large uploads; answer it here rather than relay it
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await request.content.read()
             exchange.request_body = body
-            return await self._forward(request, exchange, body, started)
+            _, sep, query = path_qs.partition("?")
+            url = URL(self.upstream + exchange.path + sep + query, encoded=True)
+            return await self._forward(request, exchange, url, pairs, body, started)
         except asyncio.CancelledError:
             exchange.state = SHUTDOWN
             exchange.error = exchange.error or "gateway shut down before the call finished"
             raise
         finally:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self.in_flight -= 1
             self.submit(exchange)
 
-    def _begin(self, request: web.BaseRequest) -> Exchange:
-        client_path, _, query = target(request).partition("?")
+    def _begin(self, request: web.BaseRequest, path_qs: str,
+               pairs: list[tuple[str, str]]) -> Exchange:
+        client_path, _, query = path_qs.partition("?")
         path, run_name = split_run_prefix(client_path)
-        pairs = list(request.headers.items())
         hints = {k.lower()[len(HINT_PREFIX):]: v for k, v in pairs
                  if k.lower().startswith(HINT_PREFIX)}
         if run_name:
@@ -147,11 +148,10 @@ class Proxy:
         )
 
     async def _forward(
-        self, request: web.BaseRequest, exchange: Exchange, body: bytes, started: float
+        self, request: web.BaseRequest, exchange: Exchange, url: URL,
+        pairs: list[tuple[str, str]], body: bytes, started: float,
     ) -> web.StreamResponse:
-        _, sep, query = target(request).partition("?")
-        url = URL(self.upstream + exchange.path + (sep + query if sep else ""), encoded=True)
-        headers = forwarded_headers(list(request.headers.items()))
+        headers = forwarded_headers(pairs)
         data: bytes | io.BytesIO | None = body or None
         if len(body) > LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp writes big bodies in pieces (and warns on bytes)

@@ -43,7 +43,6 @@ class Recorder:
         self.max_body_bytes = max_body_bytes
         self.queue: asyncio.Queue[Exchange] = asyncio.Queue(maxsize=queue_size)
         self.written = 0
-        self.submitted = 0
         self.failed = 0
         self.db_errors = 0
         self.db_ok = True
@@ -55,7 +54,6 @@ class Recorder:
     # -- the hot path -----------------------------------------------------------------------
 
     def submit(self, exchange: Exchange) -> None:
-        self.submitted += 1
         try:
             self.queue.put_nowait(exchange)
         except asyncio.QueueFull:

@@ -72,10 +72,11 @@ def canonical(message: Any) -> bytes:
                          message.get("tool_call_id")], option=orjson.OPT_SORT_KEYS)
 
 
-def prefix_hashes(messages: list[Any]) -> list[str]:
-    """h[i] identifies messages[: i + 1]; equal hashes mean equal prefixes."""
+def prefix_hashes(messages: list[Any], after: list[str] | None = None) -> list[str]:
+    """h[i] identifies messages[: i + 1] (continuing the chain `after`, when given); equal
+    hashes mean equal prefixes."""
+    digest = bytes.fromhex(after[-1]) if after else b""
     out = []
-    digest = b""
     for message in messages:
         digest = hashlib.blake2b(digest + canonical(message), digest_size=16).digest()
         out.append(digest.hex())
@@ -319,7 +320,7 @@ class Grouper:
                         run_id, eid, step, call.get("id"), function.get("name"), "function",
                         _arguments(function.get("arguments")), asked_at_ms=ended_ms))
             state_added = [*state_added, out]
-            full = hashes + prefix_hashes_from(hashes, [out])
+            full = hashes + prefix_hashes([out], after=hashes)
             key = full[-1]
             changes.exchange["thread_key"] = key
             if parsed.endpoint in THREADED_ENDPOINTS and exchange.get("status") == 200:
@@ -372,15 +373,6 @@ class Grouper:
         changes.snapshot = {"run_id": run_id, "exchange_id": eid, "step": step,
                             "taken_at": exchange["started_at"], "carried": carried,
                             "appended": inputs + outputs}
-
-
-def prefix_hashes_from(hashes: list[str], more: list[Any]) -> list[str]:
-    digest = bytes.fromhex(hashes[-1]) if hashes else b""
-    out = []
-    for message in more:
-        digest = hashlib.blake2b(digest + canonical(message), digest_size=16).digest()
-        out.append(digest.hex())
-    return out
 
 
 def parse_tags(text: str | None) -> dict[str, str] | None:

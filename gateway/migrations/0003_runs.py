@@ -76,7 +76,6 @@ class Migration(migrations.Migration):
                 ('total_tokens', fields.BigIntField(default=0)),
                 ('total_cost_usd', fields.FloatField(default=0)),
                 ('config', fields.TextField(null=True, unique=False)),
-                ('conversation_ids', fields.TextField(null=True, unique=False)),
             ],
             options={'table': 'runs', 'app': 'models', 'indexes': [Index(fields=['name', 'id']), Index(fields=['agent_id', 'id']), Index(fields=['user', 'id']), Index(fields=['ended_at', 'id'])], 'pk_attr': 'id', 'table_description': 'One agent task: the exchanges that belong together, assembled from the traffic.'},
             bases=['Model'],
