@@ -15,12 +15,12 @@ from aiohttp import web
 
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
-from gateway.recorder import Recorder
 from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
+from gateway.writer import WriterProcess
 
 STORE = web.AppKey("store", Store)
-RECORDER = web.AppKey("recorder", Recorder)
+RECORDER = web.AppKey("recorder", WriterProcess)
 PRICES = web.AppKey("prices", PriceTable)
 RUNS = web.AppKey("runs", RunStore)
 PROVIDERS = web.AppKey("providers", Callable[[str], Provider])

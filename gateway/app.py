@@ -1,7 +1,9 @@
-"""Wires the parts into one running gateway: store, recorder, proxy listener, UI/API listener.
+"""Wires the parts into one running gateway: store, writer process, proxy and UI/API listeners.
 
 `Gateway(settings)` is what `agentops-studio serve` runs and what the tests start on
-ephemeral ports; there are no globals, so several can run in one process.
+ephemeral ports; there are no globals, so several can run in one process. The proxy and the
+UI/API share this process; parsing, run grouping and writes run in the writer process
+(gateway/writer.py), which this process starts and stops.
 """
 
 from __future__ import annotations
@@ -16,23 +18,17 @@ from aiohttp import web
 from gateway import api, runs_api
 from gateway.access import token_middleware
 from gateway.pricing import PriceTable
+from gateway.providers import make_providers
 from gateway.providers.base import Provider
-from gateway.providers.mistral import MistralProvider
 from gateway.proxy import Proxy, client_session
-from gateway.recorder import Recorder
 from gateway.run_store import RunStore
-from gateway.runs import THREAD_LIMIT, THREAD_SECONDS, Grouper
 from gateway.settings import Settings
-from gateway.spool import Spool
 from gateway.store import Store
+from gateway.writer import WriterProcess
 
 log = logging.getLogger("agentops")
 
 RETENTION_EVERY_SECONDS = 3600
-
-
-def make_providers() -> dict[str, Provider]:
-    return {"mistral": MistralProvider()}
 
 
 def create_ui_app(gateway: Gateway) -> web.Application:
@@ -61,14 +57,9 @@ class Gateway:
         self.settings = settings
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
-        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.providers = make_providers()
         self.run_store = RunStore(self.store)
-        self.grouper = Grouper(settings.run_idle)
-        self.recorder = Recorder(
-            self.store, self.spool, self.provider, self.prices,
-            max_body_bytes=settings.max_body_bytes, queue_size=settings.queue_size,
-            grouper=self.grouper, run_store=self.run_store)
+        self.recorder = WriterProcess(settings, logging.getLogger().getEffectiveLevel())
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -81,8 +72,11 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
-        await rebuild_grouper(self.grouper, self.run_store)
-        self.recorder.start()
+        try:
+            await self.recorder.start()
+        except Exception:
+            await self.store.close()
+            raise
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
@@ -103,7 +97,6 @@ class Gateway:
         self.ui_url = _url(self._ui_runner)
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)
-        self._tasks.append(asyncio.create_task(self._finish_runs(), name="agentops-run-idle"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
         log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url,
@@ -133,21 +126,10 @@ class Gateway:
             log.exception("could not fill in costs of earlier calls")
 
     async def finish_idle_runs(self) -> list[int]:
-        """Settle runs that saw no exchange for --run-idle seconds."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.run_idle)
-        finished = await self.run_store.finish_idle(cutoff)
-        for run_id in finished:
-            self.grouper.forget_run(run_id)
+        """Settle runs that saw no exchange for --run-idle seconds (the writer process also
+        does this on its own every run_idle / 4 seconds)."""
+        finished: list[int] = await self.recorder.call("finish_idle_runs")
         return finished
-
-    async def _finish_runs(self) -> None:
-        every = max(0.05, min(30.0, self.settings.run_idle / 4))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.finish_idle_runs()
-            except Exception:
-                log.exception("could not finish idle runs")
 
     async def apply_retention(self) -> int:
         """Delete exchanges older than --retention-days; returns how many went."""
@@ -164,26 +146,6 @@ class Gateway:
             except Exception:
                 log.exception("retention purge failed")
             await asyncio.sleep(RETENTION_EVERY_SECONDS)
-
-
-async def rebuild_grouper(grouper: Grouper, run_store: RunStore) -> None:
-    """Give the grouper back what it knew before a restart: recent threads (24 h or 100,000
-    exchanges), open named runs, and conversation links."""
-    since = datetime.now(UTC) - timedelta(seconds=THREAD_SECONDS)
-    rows = await run_store.recent_threads(since, THREAD_LIMIT)
-    for row in reversed(rows):
-        if row["parent_id"] is not None:
-            grouper.extended.add(row["parent_id"])
-        if row["thread_key"]:
-            started = row["started_at"]
-            at = (datetime.fromisoformat(started) if isinstance(started, str) else started)
-            grouper.remember_thread(row["thread_key"], row["id"], row["run_id"], at.timestamp())
-    for row in await run_store.open_named_runs():
-        seen = row["last_seen_at"]
-        seen = datetime.fromisoformat(seen) if isinstance(seen, str) else seen
-        grouper.names[row["name"]] = (row["id"], seen.timestamp())
-    for row in reversed(await run_store.conversation_links(THREAD_LIMIT)):
-        grouper.remember_conversation(row["conversation_id"], row["run_id"])
 
 
 def _url(runner: web.BaseRunner) -> str:
