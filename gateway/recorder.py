@@ -50,7 +50,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.on_written: list[Callable[[list[Rows]], Any]] = []
-        self.on_settled: Callable[[int], None] | None = None  # records stored or spooled
+        self.on_settled: Callable[[list[int]], None] | None = None  # ids stored or spooled
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ class Recorder:
                 for _ in batch:
                     self.queue.task_done()
                 if self.on_settled is not None:
-                    self.on_settled(len(batch))
+                    self.on_settled([exchange.id for exchange in batch])
 
     async def _build(self, batch: list[Exchange]) -> list[Rows]:
         rows = []

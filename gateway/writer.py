@@ -10,9 +10,11 @@ first and capture gets the idle CPU) owns the recorder, the run grouper and the 
     Proxy -> WriterProcess.submit ==records==>  Recorder -> Grouper -> Store
                                   <==settled, health, replies==
 
-Bounded and lossless: records sent but not yet stored or spooled by the child ("in transit")
-are at most --queue-size; past that the proxy's process appends to its own spool folder
-(`<spool-dir>/proxy`) and hands each finished file to the child, which replays it in order.
+Bounded and lossless: records sent but not yet stored or spooled by the child ("in transit",
+still referenced here until the child says they are settled) are at most --queue-size; past
+that the proxy's process appends to its own spool folder (`<spool-dir>/proxy`) and hands each
+finished file to the child, which replays it in order. If the child dies, what it held is
+spooled here and a new child takes it over.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from gateway.spool import Spool
 
 log = logging.getLogger("agentops.writer")
 
-WRITER_NICE = 10  # CFS weight 110 vs 1024: calls first, capture on what is left
+WRITER_NICE = 19  # CFS weight 15 vs 1024: calls first, capture on the CPU they leave
 HEALTH_EVERY = 0.25
 START_TIMEOUT = 60.0
 RESTART_SECONDS = 0.5
@@ -97,8 +99,7 @@ class WriterProcess:
         self.log_level = log_level
         self.queue_size = settings.queue_size
         self.overflow = Spool(overflow_dir(settings), settings.spool_max_bytes)
-        self.in_transit = 0
-        self.lost = 0
+        self._unsettled: dict[int, Exchange] = {}  # sent, not yet stored or spooled there
         self._pending: list[Exchange] = []
         self._flush_scheduled = False
         self._overflowing = False
@@ -137,12 +138,17 @@ class WriterProcess:
         self._stopped.clear()
         self._schedule_flush()  # what arrived while it was starting
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 kind, *rest = await read_frame(reader)
                 if kind == "settled":
-                    self.in_transit = max(0, self.in_transit - rest[0])
+                    for exchange_id in rest[0]:
+                        self._unsettled.pop(exchange_id, None)
                 elif kind == "health":
                     self._health = rest[0]
                 elif kind == "ready":
@@ -178,12 +184,15 @@ class WriterProcess:
             self._replies.clear()
 
     def _child_lost(self) -> None:
-        """The child died (killed, out of memory): what it held in memory is counted as lost;
-        new records go to the overflow spool until a new child takes them over."""
-        self.lost += self.in_transit
-        log.error("the writer process exited; %d records in transit were lost; restarting",
-                  self.in_transit)
-        self.in_transit = 0
+        """The child died (killed, out of memory). This process still holds every record the
+        child had not stored or spooled: they go to the overflow spool first, then new ones,
+        until a new child takes the files over (ids it already stored are skipped)."""
+        held = list(self._unsettled.values())
+        self._unsettled.clear()
+        log.error("the writer process exited; spooling %d records it held; restarting",
+                  len(held))
+        if held:
+            self._spill(held)
         self._restart_task = asyncio.get_running_loop().create_task(self._restart())
 
     async def _restart(self) -> None:
@@ -216,13 +225,14 @@ class WriterProcess:
             if batch:
                 self._spill(batch)
             return
-        if self.in_transit + len(batch) > self.queue_size:
+        if len(self._unsettled) + len(batch) > self.queue_size:
             self._spill(batch)
             return
         if self._overflowing:
             self._hand_over()
         if batch:
-            self.in_transit += len(batch)
+            for exchange in batch:
+                self._unsettled[exchange.id] = exchange
             writer.write(frame("records", [pack(e) for e in batch]))
 
     def _spill(self, batch: list[Exchange]) -> None:
@@ -263,12 +273,11 @@ class WriterProcess:
 
     def health(self) -> dict[str, Any]:
         health = dict(self._health)
-        health["queue_depth"] = self.in_transit + len(self._pending)
+        health["queue_depth"] = len(self._unsettled) + len(self._pending)
         health["queue_size"] = self.queue_size
         health["spool_bytes"] = health.get("spool_bytes", 0) + self.overflow.size
         health["spooled_records"] = health.get("spooled_records", 0) + self.overflow.spooled
-        health["dropped_records"] = (health.get("dropped_records", 0) + self.overflow.dropped
-                                     + self.lost)
+        health["dropped_records"] = health.get("dropped_records", 0) + self.overflow.dropped
         health["writer_process"] = "ok" if self._writer is not None else "down"
         health.setdefault("database", "unknown")
         return health
@@ -295,7 +304,9 @@ class WriterProcess:
                 self._process.kill()
         if self._reader_task is not None:
             self._reader_task.cancel()
-        leftover, self._pending = self._pending, []
+        leftover = [*self._unsettled.values(), *self._pending]  # only if the child failed us
+        self._unsettled.clear()
+        self._pending = []
         if leftover:
             self.overflow.append(leftover)
         self.overflow.close()
@@ -403,7 +414,7 @@ class Child:
                 return
 
     def _take(self, records: list[Exchange]) -> None:
-        spooled = sum(1 for record in records if not self.recorder.submit(record))
+        spooled = [record.id for record in records if not self.recorder.submit(record)]
         if spooled:
             self._settled(spooled)
 
@@ -421,9 +432,9 @@ class Child:
         await self.recorder.queue.join()
         path.unlink(missing_ok=True)
 
-    def _settled(self, count: int) -> None:
+    def _settled(self, ids: list[int]) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            self.out.write(frame("settled", count))
+            self.out.write(frame("settled", ids))
 
     async def _answer(self, token: int, name: str, args: tuple[Any, ...]) -> None:
         try:
