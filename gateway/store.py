@@ -47,7 +47,7 @@ _CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
 LIST_COLUMNS = (
     "id", "started_at", "method", "path", "status", "model", "endpoint", "streamed", "state",
     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms",
-    "ttft_ms", "run_id", "error",
+    "ttft_ms", "run_id", "error", "replay_of",
 )
 
 
