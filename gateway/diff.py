@@ -64,20 +64,31 @@ def similarity(before: str, after: str) -> float:
 
 def text_ops(before: str, after: str) -> list[dict[str, str]]:
     """Word-level operations (equal, insert, delete, replace) turning before into after."""
+    return text_diff(before, after)[0]
+
+
+def text_diff(before: str, after: str) -> tuple[list[dict[str, str]], float]:
+    """(ops, similarity) from one alignment when it fits; huge texts go line by line."""
     pieces_a, keys_a = tokens(before)
     pieces_b, keys_b = tokens(after)
+    if not keys_a and not keys_b:
+        return _merge([{"op": "equal", "before": before, "after": after}]), 1.0
     if len(keys_a) * len(keys_b) <= MAX_PAIRS:
-        return _merge(_align(pieces_a, keys_a, pieces_b, keys_b))
-    return _merge(_by_lines(before, after))
+        ops, matched = _align(pieces_a, keys_a, pieces_b, keys_b)
+        return _merge(ops), round(2 * matched / (len(keys_a) + len(keys_b)), 6)
+    return _merge(_by_lines(before, after)), similarity(before, after)
 
 
 def _align(pieces_a: list[str], keys_a: list[str], pieces_b: list[str],
-           keys_b: list[str]) -> list[dict[str, str]]:
+           keys_b: list[str]) -> tuple[list[dict[str, str]], int]:
     ops = []
+    matched = 0
     for tag, i1, i2, j1, j2 in Indel.opcodes(keys_a, keys_b):
+        if tag == "equal":
+            matched += i2 - i1
         ops.append({"op": tag, "before": "".join(pieces_a[i1:i2]),
                     "after": "".join(pieces_b[j1:j2])})
-    return ops
+    return ops, matched
 
 
 def _by_lines(before: str, after: str) -> list[dict[str, str]]:
@@ -94,7 +105,7 @@ def _by_lines(before: str, after: str) -> list[dict[str, str]]:
         pieces_a, keys_a = tokens(block_a)
         pieces_b, keys_b = tokens(block_b)
         if len(keys_a) * len(keys_b) <= MAX_PAIRS:
-            ops += _align(pieces_a, keys_a, pieces_b, keys_b)
+            ops += _align(pieces_a, keys_a, pieces_b, keys_b)[0]
         else:
             ops.append({"op": tag, "before": block_a, "after": block_b})
     return ops
@@ -260,6 +271,7 @@ def compare(a: Side, b: Side) -> dict[str, Any]:
     before = a.item.get("output_text") or ""
     after = b.item.get("output_text") or ""
     calls = compare_calls(tool_calls(a.parsed), tool_calls(b.parsed))
+    ops, similar = text_diff(before, after)
     return {
         "a": str(a.item["id"]),
         "b": str(b.item["id"]),
@@ -267,8 +279,8 @@ def compare(a: Side, b: Side) -> dict[str, Any]:
         "before_output": before,
         "after_output": after,
         "identical": before == after and differing_calls(calls) == 0,
-        "similarity": similarity(before, after),
-        "ops": text_ops(before, after),
+        "similarity": similar,
+        "ops": ops,
         "tool_calls": calls,
         "deltas": deltas(a.item, b.item),
     }
