@@ -129,6 +129,10 @@ class Replayer:
 
     # -- keys -----------------------------------------------------------------------------------
 
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
+
     def key(self, given: Any = None) -> SecretKey:
         """The key for one replay: the one given in the request, else the gateway's."""
         if given is not None:
