@@ -235,12 +235,23 @@ def _comparable(value: Any) -> Any:
 
 
 def parameter_changes(a: Parsed, b: Parsed) -> list[dict[str, Any]]:
+    """Each request field that differs, before -> after. Lists (messages, inputs, tools) keep
+    only their differing tail, from `from_index` on: a replayed run's histories share long
+    prefixes that would otherwise be stored again with every step."""
     before, after = request_fields(a), request_fields(b)
     changes = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
-        if _comparable(old) != _comparable(new) or (key in before) != (key in after):
-            changes.append({"field": key, "before": old, "after": new})
+        if _comparable(old) == _comparable(new) and (key in before) == (key in after):
+            continue
+        change = {"field": key, "before": old, "after": new}
+        if isinstance(old, list) and isinstance(new, list):
+            start = 0
+            while (start < min(len(old), len(new))
+                   and _comparable(old[start]) == _comparable(new[start])):
+                start += 1
+            change.update(before=old[start:], after=new[start:], from_index=start)
+        changes.append(change)
     return changes
 
 

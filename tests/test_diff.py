@@ -124,6 +124,12 @@ def test_parameter_changes_ignore_ids_and_flatten_completion_args():
         {"field": "max_tokens", "before": 5, "after": None},
         {"field": "model", "before": "a", "after": "b"},
         {"field": "stream", "before": None, "after": False}]
+    longer = Parsed(request_json={"model": "a", "messages": [*messages, {"role": "user",
+                                                                          "content": "more"}]})
+    assert diff.parameter_changes(Parsed(request_json={"model": "a", "messages": messages}),
+                                  longer) == [
+        {"field": "messages", "before": [], "after": [{"role": "user", "content": "more"}],
+         "from_index": 2}]
 
 
 def test_deltas_and_identical():
