@@ -208,6 +208,9 @@ class Store:
                           "evaluations"):
                 await tx.execute_query(self.sql(
                     f"DELETE FROM {table} WHERE exchange_id IN ({marks})"), ids)
+            # Diffs quote both outputs: they go with either exchange.
+            await tx.execute_query(self.sql(
+                f"DELETE FROM diffs WHERE a IN ({marks}) OR b IN ({marks})"), ids + ids)
             runs = [row["run_id"] for row in (await tx.execute_query(self.sql(
                 f"SELECT DISTINCT run_id FROM exchanges WHERE id IN ({marks}) "
                 "AND run_id IS NOT NULL"), ids))[1]]

@@ -136,6 +136,10 @@ async def test_replay_with_overrides_is_recorded_sent_merged_and_diffed(
 
         stored_text = await everything_stored(gw)
         assert REPLAY_KEY not in stored_text and CLIENT_KEY not in stored_text
+        async with aiohttp.ClientSession(gw.ui_url) as http, http.delete(
+                f"/api/exchanges/{original_id}") as resp:
+            assert resp.status == 200
+        assert (await get(gw, f"/api/diffs/{diff['id']}"))[0] == 404  # went with its exchange
     assert REPLAY_KEY not in caplog.text
 
 
@@ -150,6 +154,16 @@ async def test_same_seed_is_identical_and_streams_replay_as_streams(gw: Gateway,
     assert body["diff"]["identical"] is True and body["diff"]["similarity"] == 1.0
     assert [op["op"] for op in body["diff"]["ops"]] == ["equal"]
     assert body["diff"]["parameter_changed"] == []
+    # The replay's messages and reply equal the original's: continuing the conversation
+    # must still thread into the original's run, never into the replay's.
+    reply = (await get(gw, f"/api/exchanges/{seeded}"))[1]["response_body"]["choices"][0]
+    await asyncio.to_thread(chat, gw, model="mistral-small-latest", temperature=0.9,
+                            random_seed=42, messages=[*messages, {
+                                "role": "assistant", "content": reply["message"]["content"]},
+                                {"role": "user", "content": "And lakes?"}])
+    continued = (await get(gw, f"/api/exchanges/{await latest_id(gw)}"))[1]
+    assert continued["run_id"] == (await get(gw, f"/api/exchanges/{seeded}"))[1]["run_id"]
+    assert continued["run_id"] != body["exchange"]["run_id"]
     status, other = await post(gw, f"/api/exchanges/{seeded}/replay",
                                {"overrides": {"random_seed": 43}})
     assert status == 201 and other["diff"]["identical"] is False

@@ -103,3 +103,41 @@ async def test_divergence_stops_the_replay_and_linear_runs_only(upstream: Upstre
         _, named = await get(gw, "/api/runs", name="interleaved")
         status, error = await post(gw, f"/api/runs/{named['items'][0]['id']}/replay")
         assert status == 409 and "not one linear chain" in error["error"]
+
+
+async def test_conversation_run_replays_with_function_results(upstream: Upstream,
+                                                              tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'conv.db'}", tmp_path)
+    async with running(settings, ENV) as gw, aiohttp.ClientSession() as http:
+        auth = {"Authorization": "Bearer k"}
+        async with http.post(f"{gw.proxy_url}/v1/conversations", headers=auth, json={
+                "model": "mistral-medium-latest", "inputs": "Weather in Lyon?",
+                "tools": TOOLS, "completion_args": {"temperature": 0.3}}) as resp:
+            started = await resp.json()
+        call = started["outputs"][0]
+        assert call["type"] == "function.call"
+        async with http.post(f"{gw.proxy_url}/v1/conversations/{started['conversation_id']}",
+                             headers=auth, json={"inputs": [
+                                 {"type": "function.result", "tool_call_id": call["tool_call_id"],
+                                  "result": "mild in Lyon"}]}) as resp:
+            assert resp.status == 200
+        original = await only_run(gw)
+        sent_before = len(upstream.requests)
+
+        status, body = await post(gw, f"/api/runs/{original['id']}/replay",
+                                  {"overrides": {"random_seed": 8}})
+        assert status == 201, body
+        assert body["diverged_at"] is None and body["steps_replayed"] == 2
+        start, append = upstream.requests[sent_before:]
+        start_body, append_body = json.loads(start["body"]), json.loads(append["body"])
+        assert start["path"] == "/v1/conversations"
+        assert start_body["completion_args"] == {"temperature": 0.3, "random_seed": 8}
+        _, first = await get(gw, f"/api/exchanges/{body['run']['exchanges'][0]['id']}")
+        new_conversation = first["response_body"]["conversation_id"]
+        new_call = first["response_body"]["outputs"][0]["tool_call_id"]
+        assert new_conversation != started["conversation_id"]
+        assert append["path"] == f"/v1/conversations/{new_conversation}"
+        assert append_body["inputs"] == [{"type": "function.result", "tool_call_id": new_call,
+                                          "result": "mild in Lyon"}]
+        assert append_body["completion_args"] == {"random_seed": 8}
+        assert "mild in Lyon" in body["diffs"][1]["after_output"]
