@@ -189,16 +189,15 @@ async def test_same_seed_is_identical_and_streams_replay_as_streams(gw: Gateway,
 
 async def test_conversation_append_replays_as_a_new_conversation(gw: Gateway,
                                                                   upstream: Upstream):
-    def converse() -> str:
-        with Mistral(api_key=CLIENT_KEY, server_url=gw.proxy_url) as client:
-            started = client.beta.conversations.start(
-                model="mistral-medium-latest", inputs="Plan a trip.", instructions="Be brief.",
-                completion_args={"temperature": 0.5})
-            client.beta.conversations.append(conversation_id=started.conversation_id,
-                                             inputs="Now by train.")
-            return started.conversation_id
-
-    conversation = await asyncio.to_thread(converse)
+    auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    async with aiohttp.ClientSession() as http:  # raw calls: the SDK's beta is slow to load
+        async with http.post(f"{gw.proxy_url}/v1/conversations", headers=auth, json={
+                "model": "mistral-medium-latest", "inputs": "Plan a trip.",
+                "instructions": "Be brief.", "completion_args": {"temperature": 0.5}}) as resp:
+            conversation = (await resp.json())["conversation_id"]
+        async with http.post(f"{gw.proxy_url}/v1/conversations/{conversation}", headers=auth,
+                             json={"inputs": "Now by train."}) as resp:
+            assert resp.status == 200
     append_id = await latest_id(gw)
     entries_before = len(upstream.app[CONVERSATIONS][conversation]["entries"])
     status, body = await post(gw, f"/api/exchanges/{append_id}/replay",
