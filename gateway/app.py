@@ -133,8 +133,9 @@ class Gateway:
         """Refuse new calls, give in-flight ones the grace period, then flush the queue."""
         for task in self._tasks:
             task.cancel()
-        if self.proxy is not None:
-            await self.experiments.stop()
+        experiments = getattr(self, "experiments", None)  # absent if start failed early
+        if experiments is not None:
+            await experiments.stop()
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()  # stops listening, waits, cancels stragglers
         if self._ui_runner is not None:

@@ -30,6 +30,7 @@ MAX_REPLAYS = 2000
 MAX_CONCURRENCY = 16
 DEFAULT_CONCURRENCY = 4
 FIELDS = {"exchange_ids", "filter", "run_id", "overrides", "repeat", "concurrency", "api_key"}
+FILTER_FIELDS = {"q", "model", "status", "state", "endpoint", "run", "since", "until", "limit"}
 
 
 def output_hash(recorded: Recorded) -> str:
@@ -191,6 +192,10 @@ class Experiments:
             if not isinstance(value, dict):
                 raise BadRequest('filter must be an object of /api/exchanges parameters, e.g. '
                                  '{"model": "mistral-large-latest", "limit": 20}')
+            unknown = sorted(set(value) - FILTER_FIELDS)
+            if unknown:
+                raise BadRequest(f"filter: unknown parameter(s) {', '.join(unknown)} "
+                                 f"(accepted: {', '.join(sorted(FILTER_FIELDS))})")
             query = {k: str(v) for k, v in value.items() if v is not None}
             f = exchange_filter(query)
             limit = parse_int("filter.limit", query.get("limit"), low=1,

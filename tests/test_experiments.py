@@ -124,6 +124,7 @@ async def test_repeats_measure_determinism_and_bad_requests(upstream: Upstream,
                 ({"exchange_ids": [seeded], "repeat": 0}, "repeat"),
                 ({"exchange_ids": [seeded], "concurrency": 99}, "concurrency"),
                 ({"filter": {"status": "teapot"}}, "status"),
+                ({"filter": {"modle": "x"}}, "modle"),
                 ({"filter": {"model": "nothing-like-this"}}, "selects no exchanges"),
                 ({"exchange_ids": [seeded], "surprise": 1}, "surprise")):
             status, error = await post(gw, "/api/experiments", payload)
