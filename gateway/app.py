@@ -11,16 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from gateway import api, runs_api
+from gateway import api, replay_api, runs_api
 from gateway.access import token_middleware
+from gateway.experiments import Experiments
 from gateway.pricing import PriceTable
 from gateway.providers import make_providers
 from gateway.providers.base import Provider
 from gateway.proxy import Proxy, client_session
+from gateway.replay import Replayer, key_from_environ
+from gateway.replay_store import ReplayStore
+from gateway.run_replay import RunReplayer
 from gateway.run_store import RunStore
 from gateway.settings import Settings
 from gateway.store import Store
@@ -41,8 +47,14 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[api.PRICES] = gateway.prices
     app[api.RUNS] = gateway.run_store
     app[api.PROVIDERS] = gateway.provider
+    app[replay_api.REPLAYER] = gateway.replayer
+    app[replay_api.RUN_REPLAYER] = gateway.run_replayer
+    app[replay_api.REPLAYS] = gateway.replay_store
+    app[replay_api.EXPERIMENTS] = gateway.experiments
+    app[replay_api.HOSTS] = frozenset({"localhost", settings.ui_host.strip("[]").lower()})
     app.add_routes(api.routes)
     app.add_routes(runs_api.routes)
+    app.add_routes(replay_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -53,13 +65,16 @@ def create_ui_app(gateway: Gateway) -> web.Application:
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        """`environ` (default: the process's) is read once, for the replay key only."""
         self.settings = settings
+        self.replay_key = key_from_environ(os.environ if environ is None else environ)
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
         self.providers = make_providers()
         self.run_store = RunStore(self.store)
         self.recorder = WriterProcess(settings, logging.getLogger().getEffectiveLevel())
+        self.replay_store = ReplayStore(self.store)
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -81,6 +96,11 @@ class Gateway:
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
                            max_body_bytes=self.settings.max_body_bytes)
+        self.replayer = Replayer(self.store, self.replay_store, self.recorder, self.proxy,
+                                 self.provider, self.replay_key)
+        self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
+        self.experiments = Experiments(self.replayer, self.replay_store, self.store)
+        await self.replay_store.interrupt_running()
         server = web.Server(self.proxy, access_log=None)  # query strings may hold keys
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
@@ -106,6 +126,9 @@ class Gateway:
         """Refuse new calls, give in-flight ones the grace period, then flush the queue."""
         for task in self._tasks:
             task.cancel()
+        experiments = getattr(self, "experiments", None)  # absent if start failed early
+        if experiments is not None:
+            await experiments.stop()
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()  # stops listening, waits, cancels stragglers
         if self._ui_runner is not None:
