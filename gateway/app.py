@@ -17,8 +17,9 @@ from gateway import api, runs_api
 from gateway.access import token_middleware
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
+from gateway.providers.elevenlabs import ElevenLabsProvider
 from gateway.providers.mistral import MistralProvider
-from gateway.proxy import Proxy, client_session
+from gateway.proxy import Proxy, Route, client_session
 from gateway.recorder import Recorder
 from gateway.run_store import RunStore
 from gateway.runs import THREAD_LIMIT, THREAD_SECONDS, Grouper
@@ -31,8 +32,14 @@ log = logging.getLogger("agentops")
 RETENTION_EVERY_SECONDS = 3600
 
 
-def make_providers() -> dict[str, Provider]:
-    return {"mistral": MistralProvider()}
+def make_providers(settings: Settings) -> dict[str, Provider]:
+    return {"mistral": MistralProvider(),
+            "elevenlabs": ElevenLabsProvider(settings.elevenlabs_usd_per_credit)}
+
+
+def make_routes(settings: Settings) -> tuple[Route, ...]:
+    """Upstreams other than Mistral, chosen by the path's first segment."""
+    return (Route("/elevenlabs", settings.elevenlabs_upstream, "elevenlabs"),)
 
 
 def create_ui_app(gateway: Gateway) -> web.Application:
@@ -62,7 +69,7 @@ class Gateway:
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-        self.providers = make_providers()
+        self.providers = make_providers(settings)
         self.run_store = RunStore(self.store)
         self.grouper = Grouper(settings.run_idle)
         self.recorder = Recorder(
@@ -79,14 +86,35 @@ class Gateway:
     def provider(self, name: str) -> Provider:
         return self.providers.get(name, self.providers["mistral"])
 
-    async def start(self) -> None:
+    async def start(self, *, proxy: bool = True, ui: bool = True) -> None:
+        """Open the store and start the writer; then the proxy and UI listeners, unless the
+        records come from elsewhere (`mitm` has no reverse proxy, `import` listens on nothing)."""
         await self.store.open()
         await rebuild_grouper(self.grouper, self.run_store)
         self.recorder.start()
+        if proxy:
+            await self._start_proxy()
+        if ui:
+            ui_app = create_ui_app(self)
+            self._ui_runner = web.AppRunner(ui_app, handle_signals=False, access_log=None)
+            await self._ui_runner.setup()
+            ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
+            await ui_site.start()
+            self.ui_url = _url(self._ui_runner)
+        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
+        self._tasks.append(self.costs_filled)
+        self._tasks.append(asyncio.create_task(self._finish_runs(), name="agentops-run-idle"))
+        if self.settings.retention_days:
+            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
+        log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url or "(none)",
+                 self.settings.upstream, self.ui_url or "(none)", self.store.dialect)
+
+    async def _start_proxy(self) -> None:
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
-                           max_body_bytes=self.settings.max_body_bytes)
+                           max_body_bytes=self.settings.max_body_bytes,
+                           routes=make_routes(self.settings))
         server = web.Server(self.proxy, access_log=None)  # query strings may hold keys
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
@@ -94,20 +122,7 @@ class Gateway:
         proxy_site = web.TCPSite(self._proxy_runner, self.settings.host, self.settings.port,
                                  backlog=1024)
         await proxy_site.start()
-        ui_app = create_ui_app(self)
-        self._ui_runner = web.AppRunner(ui_app, handle_signals=False, access_log=None)
-        await self._ui_runner.setup()
-        ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
-        await ui_site.start()
         self.proxy_url = _url(self._proxy_runner)
-        self.ui_url = _url(self._ui_runner)
-        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
-        self._tasks.append(self.costs_filled)
-        self._tasks.append(asyncio.create_task(self._finish_runs(), name="agentops-run-idle"))
-        if self.settings.retention_days:
-            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
-        log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url,
-                 self.settings.upstream, self.ui_url, self.store.dialect)
 
     async def stop(self) -> None:
         """Refuse new calls, give in-flight ones the grace period, then flush the queue."""
