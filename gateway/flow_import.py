@@ -91,7 +91,7 @@ def _flows(path: str) -> Iterator[tuple[str, int, Exchange]]:
             flows = list(io.FlowReader(f).stream())
         except (exceptions.FlowReadException, ValueError, KeyError, TypeError) as exc:
             raise ImportFileError(f"{path}: neither a HAR file nor a mitmproxy flow dump "
-                                  f"({exc})") from None
+                                  f"({str(exc).rstrip('.')})") from None
     for flow in flows:
         if not isinstance(flow, http.HTTPFlow) or flow.websocket is not None:
             continue
@@ -121,7 +121,10 @@ def _har(path: str) -> Iterator[tuple[str, int, Exchange]]:
     for index, entry in enumerate(entries):
         try:
             yield _har_entry(entry)
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        except KeyError as exc:
+            raise ImportFileError(f"{path}: HAR entry {index} is malformed: "
+                                  f"no {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise ImportFileError(f"{path}: HAR entry {index} is malformed: "
                                   f"{type(exc).__name__}: {exc}") from None
 
