@@ -103,6 +103,9 @@ class MitmCapture:
             self.master.addons.add(*default_addons(), ready,
                                    CaptureAddon(self.submit, self.capture_hosts,
                                                 max_body_bytes=self.max_body_bytes))
+            # Lazy: the upstream is dialled once the request is read, so a failure to reach
+            # it is an HTTP flow (a recorded 502), not a refused CONNECT nobody sees.
+            opts.update(connection_strategy="lazy")
             if self.save_flows:  # mitmproxy's own -w; streamed bodies kept for the file
                 opts.update(save_stream_file=self.save_flows, store_streamed_bodies=True)
             self._task = asyncio.create_task(self.master.run(), name="agentops-mitmproxy")

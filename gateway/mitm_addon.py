@@ -72,7 +72,8 @@ def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list
                           else UPSTREAM_ERROR)
         if response is None:
             exchange.status = 502  # what mitmproxy answers the client
-        exchange.latency_ms = exchange.latency_ms or round((time.time() - started) * 1000, 3)
+        ended = getattr(flow.error, "timestamp", None) or time.time()
+        exchange.latency_ms = exchange.latency_ms or round((ended - started) * 1000, 3)
     return exchange
 
 

@@ -134,12 +134,18 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
         resp = await direct.get(f"https://127.0.0.1:{tls_fake.port}/v1/models",
                                 headers={"Authorization": "Bearer k"})
         assert resp.status_code == 200
+    # A captured host that does not answer: mitmproxy's 502, recorded as an upstream error.
+    async with httpx2.AsyncClient(proxy=capture.url) as client:
+        resp = await client.get("https://localhost:9/v1/models")
+        assert resp.status_code == 502
     # The same call as the first one, through the reverse proxy, for the shape comparison.
     async with Mistral(api_key=KEY, server_url=gw.proxy_url) as client:
         await client.chat.complete_async(model=MODEL, messages=chat("Hello through mitmproxy"))
 
     rows = await records(gw)
-    assert len(rows) == 4  # 3 through mitmproxy, 1 through the gateway, none for 127.0.0.1
+    assert len(rows) == 5  # 4 through mitmproxy, 1 through the gateway, none for 127.0.0.1
+    (failed,) = [r for r in rows if r["path"] == "/v1/models"]
+    assert failed["state"] == "upstream_error" and failed["status"] == 502 and failed["error"]
     live = [r for r in rows if r["client_path"] == "/v1/chat/completions"
             and r["id"] != max(r["id"] for r in rows)]
     via_gateway = next(r for r in rows if r["id"] == max(r["id"] for r in rows))
@@ -160,20 +166,20 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
 
     # The flows mitmproxy saved (--save-flows) import to the same ids: nothing new here...
     loaded = load(str(tmp_path / "flows.mitm"), ["localhost"])
-    assert loaded.kind == "mitmproxy" and len(loaded.exchanges) == 3
-    assert await store_all(gw, loaded.exchanges) == (0, 3)
+    assert loaded.kind == "mitmproxy" and len(loaded.exchanges) == 4
+    assert await store_all(gw, loaded.exchanges) == (0, 4)
     # ...and the same rows in a fresh database, twice imported, once stored.
     fresh = Gateway(make_settings("http://127.0.0.1:9", f"sqlite://{tmp_path / 'imp.db'}",
                                   tmp_path / "imp"))
     await fresh.start(proxy=False, ui=False)
     try:
-        assert await store_all(fresh, loaded.exchanges) == (3, 0)
+        assert await store_all(fresh, loaded.exchanges) == (4, 0)
         assert await store_all(fresh, load(str(tmp_path / "flows.mitm"),
-                                           ["localhost"]).exchanges) == (0, 3)
+                                           ["localhost"]).exchanges) == (0, 4)
         imported = {r["id"]: r for r in await records(fresh)}
     finally:
         await fresh.stop()
-    for row in live:
+    for row in [*live, failed]:
         twin = imported[row["id"]]
         for column in (*SAME_SHAPE, "key_fingerprint"):
             assert twin[column] == row[column], column
