@@ -107,6 +107,7 @@ class MitmCapture:
             # it is an HTTP flow (a recorded 502), not a refused CONNECT nobody sees.
             opts.update(connection_strategy="lazy")
             if self.save_flows:  # mitmproxy's own -w; streamed bodies kept for the file
+                _private_file(self.save_flows)
                 opts.update(save_stream_file=self.save_flows, store_streamed_bodies=True)
             self._task = asyncio.create_task(self.master.run(), name="agentops-mitmproxy")
             waiter = asyncio.create_task(ready.event.wait())
@@ -133,6 +134,14 @@ class MitmCapture:
                 await asyncio.wait_for(self._task, 10)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+
+
+def _private_file(path: str) -> None:
+    """The raw dump holds API keys: create it 0600 (mitmproxy then writes into it, "+" for
+    append as in mitmproxy's -w)."""
+    dump = Path(path.removeprefix("+")).expanduser()
+    dump.touch(mode=0o600)
+    dump.chmod(0o600)
 
 
 def write_ca_bundle(confdir: str | Path) -> Path:

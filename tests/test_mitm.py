@@ -101,8 +101,16 @@ def chat(content: str) -> list[dict[str, str]]:
 
 
 async def test_sdks_through_mitm_are_recorded_like_the_gateway(
-        mitm: tuple[Gateway, MitmCapture], tls_fake: TlsFake, tmp_path: Path):
+        mitm: tuple[Gateway, MitmCapture], tls_fake: TlsFake, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
     gw, capture = mitm
+    # REQUESTS_CA_BUNDLE alone is not enough for these SDKs (the README says so): refused.
+    with monkeypatch.context() as env:
+        env.delenv("SSL_CERT_FILE")
+        env.setenv("REQUESTS_CA_BUNDLE", str(capture.confdir / "agentops-ca-bundle.pem"))
+        async with Mistral(api_key=KEY, server_url=tls_fake.url) as client:
+            with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await client.chat.complete_async(model=MODEL, messages=chat("refused"))
     # The experiment the README's instructions rest on: both SDKs honour HTTPS_PROXY and
     # SSL_CERT_FILE (set by the fixture) with no code change.
     async with Mistral(api_key=KEY, server_url=tls_fake.url) as client:
@@ -164,7 +172,9 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
     db = b"".join(p.read_bytes() for p in tmp_path.glob("live.db*"))
     assert db and KEY.encode() not in db
 
-    # The flows mitmproxy saved (--save-flows) import to the same ids: nothing new here...
+    # The flows mitmproxy saved (--save-flows, unredacted, so 0600) import to the same ids:
+    # nothing new here...
+    assert (tmp_path / "flows.mitm").stat().st_mode & 0o777 == 0o600
     loaded = load(str(tmp_path / "flows.mitm"), ["localhost"])
     assert loaded.kind == "mitmproxy" and len(loaded.exchanges) == 4
     assert await store_all(gw, loaded.exchanges) == (0, 4)
