@@ -118,6 +118,8 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
                         if h in response_headers), None)
     req_text, req_enc, req_trunc = _stored(exchange.request_body, request_headers,
                                            parsed.request_json is not None, max_body_bytes)
+    if parsed.stored_response is not None:
+        response_body = parsed.stored_response
     resp_text, resp_enc, resp_trunc = _stored(response_body, response_headers,
                                               parsed.response_json is not None, max_body_bytes)
     if not decoded and resp_enc != "digest":

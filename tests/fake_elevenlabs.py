@@ -1,5 +1,5 @@
-"""A fake api.elevenlabs.io for tests: text-to-speech (whole, streamed, with timestamps) and
-the voices list, in the shapes of ElevenLabs' public API (/work/shared/mistral/API_NOTES.md
+"""A fake api.elevenlabs.io for tests: text-to-speech (whole, streamed, with timestamps, both)
+and the voices list, in the shapes of ElevenLabs' public API (/work/shared/mistral/API_NOTES.md
 section 10, and the elevenlabs-python client).
 
 Every request is recorded in ``app[REQUESTS]`` like tests/fake_mistral.py does. Audio is fake
@@ -130,6 +130,29 @@ async def text_to_speech_with_timestamps(request: web.Request) -> web.StreamResp
                         headers=_headers(request, text, model_id))
 
 
+async def text_to_speech_stream_with_timestamps(request: web.Request) -> web.StreamResponse:
+    """One JSON object per line, each with a piece of audio and its characters' timing."""
+    parsed = await _speech_request(request)
+    if isinstance(parsed, web.Response):
+        return parsed
+    voice_id, text, model_id = parsed
+    response = web.StreamResponse(headers={**_headers(request, text, model_id),
+                                           "Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    audio, words = audio_for(text, voice_id), text.split(" ")
+    size = math.ceil(len(audio) / len(words))
+    for index, word in enumerate(words):
+        piece = audio[index * size:(index + 1) * size]
+        alignment = {"characters": list(word), "character_start_times_seconds": [0.0] * len(word),
+                     "character_end_times_seconds": [0.1] * len(word)}
+        await response.write(orjson.dumps({"audio_base64": base64.b64encode(piece).decode(),
+                                           "alignment": alignment,
+                                           "normalized_alignment": alignment}) + b"\n")
+    await response.write_eof()
+    return response
+
+
 async def voices(request: web.Request) -> web.Response:
     items = [{"voice_id": vid, "name": name, "category": category, "labels": labels,
               "description": None, "preview_url": None, "settings": None}
@@ -144,6 +167,8 @@ def make_app() -> web.Application:
     app.router.add_post("/v1/text-to-speech/{voice_id}/stream", text_to_speech_stream)
     app.router.add_post("/v1/text-to-speech/{voice_id}/with-timestamps",
                         text_to_speech_with_timestamps)
+    app.router.add_post("/v1/text-to-speech/{voice_id}/stream/with-timestamps",
+                        text_to_speech_stream_with_timestamps)
     app.router.add_get("/v1/voices", voices)
     return app
 

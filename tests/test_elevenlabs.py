@@ -192,6 +192,24 @@ async def test_stream_voices_estimate_and_websocket(upstream: Upstream, eleven, 
         assert f"ws://127.0.0.1:{eleven_url.rsplit(':', 1)[1]}/v1/text-to-speech/" in message
         resp, _ = await tts(http, gw, "quota", headers={"x-fake-status": "401"})
         assert resp.status == 401
+        timed = "Words with their timing"
+        for suffix in ("/with-timestamps", "/stream/with-timestamps"):
+            resp, body = await tts(http, gw, timed, suffix=suffix)
+            assert resp.status == 200 and b"audio_base64" in body
+
+        async def stored_body(path: str) -> Any:
+            item = next(i for i in (await api(gw, "/api/exchanges", limit="20"))["items"]
+                        if i["path"] == f"/v1/text-to-speech/{VOICE}{path}")
+            return (await api(gw, f"/api/exchanges/{item['id']}"))["response_body"]
+
+        whole = await stored_body("/with-timestamps")  # JSON, audio as its size and hash
+        assert whole["audio_base64"] == {"bytes": len(audio_for(timed, VOICE)), "sha256":
+                                         hashlib.sha256(audio_for(timed, VOICE)).hexdigest()}
+        assert whole["alignment"]["characters"] == list(timed)
+        lines = [orjson.loads(line) for line in (await stored_body(
+            "/stream/with-timestamps")).splitlines()]
+        assert len(lines) == 4 and all(set(line["audio_base64"]) == {"bytes", "sha256"}
+                                       for line in lines)
 
         items = (await api(gw, "/api/exchanges", limit="10"))["items"]
         by_path = {(i["path"], i["status"]): i for i in items}

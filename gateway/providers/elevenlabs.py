@@ -9,6 +9,9 @@ to give (`Parsed.cost_usd`), not the Mistral price table's. Audio bodies are nev
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import math
 from typing import Any
 
@@ -113,13 +116,32 @@ class ElevenLabsProvider:
                 parsed.request_params["voice_id"] = voice
         if response_chunks and streamed:
             parsed.first_content_chunk = 0  # time to first audio byte
-        if "json" in response_headers.get("content-type", "") and not streamed:
-            try:
-                parsed.response_json = orjson.loads(b"".join(response_chunks))
-            except orjson.JSONDecodeError:
-                parsed.parse_error = True
+        if "json" in response_headers.get("content-type", "") and response_chunks:
+            self._json_response(parsed, b"".join(response_chunks), streamed)
         self._bill(parsed, endpoint, status, response_headers, text)
         return parsed
+
+    @staticmethod
+    def _json_response(parsed: Parsed, body: bytes, streamed: bool) -> None:
+        """JSON answers (`/with-timestamps`, one object per line when streamed) carry audio as
+        base64: store them with each `audio_base64` replaced by its size and hash."""
+        documents = body.splitlines() if streamed else [body]
+        kept = []
+        for document in documents:
+            if not document.strip():
+                continue
+            try:
+                value = orjson.loads(document)
+            except orjson.JSONDecodeError:  # unparsed, and maybe audio: keep its hash only
+                parsed.parse_error = True
+                parsed.stored_response = orjson.dumps({"unparsed": {
+                    "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}})
+                return
+            kept.append(_without_audio(value))
+        if not streamed and kept:
+            parsed.response_json = kept[0]
+        if any(isinstance(v, dict) and "audio_base64" in v for v in kept):
+            parsed.stored_response = b"\n".join(orjson.dumps(v) for v in kept)
 
     def _bill(self, parsed: Parsed, endpoint: str, status: int | None,
               headers: dict[str, str], text: str | None) -> None:
@@ -135,6 +157,18 @@ class ElevenLabsProvider:
             return
         parsed.units["credits"] = credits
         parsed.cost_usd = round(credits * self.usd_per_credit, 10)
+
+
+def _without_audio(value: Any) -> Any:
+    """`{"audio_base64": "..."}` -> `{"audio_base64": {"bytes": n, "sha256": "..."}}`."""
+    if not isinstance(value, dict) or not isinstance(value.get("audio_base64"), str):
+        return value
+    try:
+        audio = base64.b64decode(value["audio_base64"], validate=True)
+    except (binascii.Error, ValueError):
+        audio = value["audio_base64"].encode()
+    return {**value, "audio_base64": {"bytes": len(audio),
+                                      "sha256": hashlib.sha256(audio).hexdigest()}}
 
 
 def _voice_id(path: str) -> str | None:
