@@ -211,8 +211,13 @@ async def test_stream_voices_estimate_and_websocket(upstream: Upstream, eleven, 
         assert len(lines) == 4 and all(set(line["audio_base64"]) == {"bytes", "sha256"}
                                        for line in lines)
 
-        items = (await api(gw, "/api/exchanges", limit="10"))["items"]
+        async with http.get(f"{gw.proxy_url}/elevenlabs-not/v1/models") as resp:
+            assert resp.status == 404  # not the prefix: a Mistral path, to the Mistral upstream
+        assert upstream.requests[-1]["path"] == "/elevenlabs-not/v1/models"
+
+        items = (await api(gw, "/api/exchanges", limit="20"))["items"]
         by_path = {(i["path"], i["status"]): i for i in items}
+        assert by_path[("/elevenlabs-not/v1/models", 404)]["provider"] == "mistral"
         streamed = by_path[(f"/v1/text-to-speech/{VOICE}/stream", 200)]
         assert streamed["streamed"] is True and streamed["provider"] == "elevenlabs"
         assert streamed["ttft_ms"] is not None
