@@ -48,7 +48,8 @@ class _StartupErrors(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        # First line only: mitmproxy's second line suggests its own --mode flag.
+        self.messages.append(record.getMessage().splitlines()[0])
 
 
 class _Ready:
@@ -120,8 +121,11 @@ class MitmCapture:
         finally:
             logging.getLogger("mitmproxy").removeHandler(errors)
         if self._task.done() or not addresses:
+            crashed = (self._task.exception() if self._task.done()
+                       and not self._task.cancelled() else None)
             await self.stop()
-            why = "; ".join(errors.messages) or "no listening address"
+            why = "; ".join(errors.messages) or (
+                f"{type(crashed).__name__}: {crashed}" if crashed else "no listening address")
             raise MitmError(f"mitmproxy could not listen on {self.host}:{self.port}: {why}")
         host, port = addresses[0][:2]
         self.port = port

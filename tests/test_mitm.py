@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -27,7 +28,7 @@ from openai import AsyncOpenAI
 
 from gateway.app import Gateway
 from gateway.flow_import import load, store_all
-from gateway.mitm import MitmCapture, write_ca_bundle
+from gateway.mitm import MitmCapture, MitmError, write_ca_bundle
 from gateway.store import ExchangeFilter
 from tests.conftest import Upstream, make_settings
 from tests.fake_mistral import REQUESTS, make_app
@@ -231,3 +232,17 @@ async def test_mitm_command_runs_and_records(tls_fake: TlsFake, tmp_path: Path):
     finally:
         await gw.stop()
     assert row["path"] == "/v1/chat/completions" and row["prompt_tokens"]
+
+
+async def test_port_in_use_is_one_clear_error(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capture = MitmCapture(lambda exchange: None, host="127.0.0.1", port=port,
+                              capture_hosts=["api.mistral.ai"], confdir=str(tmp_path / "c"),
+                              max_body_bytes=1024)
+        with pytest.raises(MitmError) as info:
+            await capture.start()
+    message = str(info.value)
+    assert f"could not listen on 127.0.0.1:{port}" in message and "\n" not in message
