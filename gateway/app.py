@@ -106,8 +106,9 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._finish_runs(), name="agentops-run-idle"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
-        log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url or "(none)",
-                 self.settings.upstream, self.ui_url or "(none)", self.store.dialect)
+        log.info("%s; UI on %s; database %s",
+                 f"proxy on {self.proxy_url} -> {self.settings.upstream}" if proxy
+                 else "no reverse proxy", self.ui_url or "(none)", self.store.dialect)
 
     async def _start_proxy(self) -> None:
         self.session = client_session()
