@@ -133,6 +133,13 @@ class MitmCapture:
 
     async def stop(self) -> None:
         if self.master is not None and self._task is not None and not self._task.done():
+            # mitmproxy's shutdown leaves its listening sockets to the process's exit (no
+            # `done` hook closes them); embedded, close them first.
+            proxyserver = self.master.addons.get("proxyserver")
+            try:
+                await proxyserver.servers.update([])
+            except Exception:
+                log.debug("could not stop mitmproxy's servers", exc_info=True)
             self.master.shutdown()
             try:
                 await asyncio.wait_for(self._task, 10)
