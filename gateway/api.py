@@ -108,7 +108,7 @@ def exchange_filter(query: Any) -> ExchangeFilter:
 def decode_body(text: str | None, encoding: str | None) -> Any:
     if text is None:
         return None
-    if encoding == "json":
+    if encoding in ("json", "digest"):  # digest: an audio body's type, size and SHA-256
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -169,7 +169,7 @@ def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed:
     calls and conversation entries, with streams reassembled."""
     def raw(side: str) -> bytes:
         body, encoding = item[f"{side}_body"], item[f"{side}_body_encoding"]
-        if body is None or encoding in ("omitted", "base64"):
+        if body is None or encoding in ("omitted", "base64", "digest"):
             return b""
         return body.encode() if isinstance(body, str) else orjson.dumps(body)
 

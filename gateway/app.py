@@ -23,7 +23,7 @@ from gateway.experiments import Experiments
 from gateway.pricing import PriceTable
 from gateway.providers import make_providers
 from gateway.providers.base import Provider
-from gateway.proxy import Proxy, client_session
+from gateway.proxy import Proxy, Route, client_session
 from gateway.replay import Replayer, key_from_environ
 from gateway.replay_store import ReplayStore
 from gateway.run_replay import RunReplayer
@@ -64,6 +64,11 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     return app
 
 
+def make_routes(settings: Settings) -> tuple[Route, ...]:
+    """Upstreams other than Mistral, chosen by the path's first segment."""
+    return (Route("/elevenlabs", settings.elevenlabs_upstream, "elevenlabs"),)
+
+
 class Gateway:
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         """`environ` (default: the process's) is read once, for the replay key only."""
@@ -71,7 +76,7 @@ class Gateway:
         self.replay_key = key_from_environ(os.environ if environ is None else environ)
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
-        self.providers = make_providers()
+        self.providers = make_providers(settings)
         self.run_store = RunStore(self.store)
         self.recorder = WriterProcess(settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
@@ -85,7 +90,9 @@ class Gateway:
     def provider(self, name: str) -> Provider:
         return self.providers.get(name, self.providers["mistral"])
 
-    async def start(self) -> None:
+    async def start(self, *, proxy: bool = True, ui: bool = True) -> None:
+        """Open the store and start the writer; then the proxy and UI listeners, unless the
+        records come from elsewhere (`mitm` has no reverse proxy, `import` listens on nothing)."""
         await self.store.open()
         try:
             await self.recorder.start()
@@ -95,12 +102,27 @@ class Gateway:
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
-                           max_body_bytes=self.settings.max_body_bytes)
+                           max_body_bytes=self.settings.max_body_bytes,
+                           routes=make_routes(self.settings))
         self.replayer = Replayer(self.store, self.replay_store, self.recorder, self.proxy,
                                  self.provider, self.replay_key)
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
         await self.replay_store.interrupt_running()
+        if proxy:
+            await self._listen_proxy()
+        if ui:
+            await self._listen_ui()
+        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
+        self._tasks.append(self.costs_filled)
+        if self.settings.retention_days:
+            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
+        log.info("%s; UI on %s; database %s",
+                 f"proxy on {self.proxy_url} -> {self.settings.upstream}" if proxy
+                 else "no reverse proxy", self.ui_url or "(none)", self.store.dialect)
+
+    async def _listen_proxy(self) -> None:
+        assert self.proxy is not None
         server = web.Server(self.proxy, access_log=None)  # query strings may hold keys
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
@@ -108,19 +130,15 @@ class Gateway:
         proxy_site = web.TCPSite(self._proxy_runner, self.settings.host, self.settings.port,
                                  backlog=1024)
         await proxy_site.start()
-        ui_app = create_ui_app(self)
-        self._ui_runner = web.AppRunner(ui_app, handle_signals=False, access_log=None)
+        self.proxy_url = _url(self._proxy_runner)
+
+    async def _listen_ui(self) -> None:
+        self._ui_runner = web.AppRunner(create_ui_app(self), handle_signals=False,
+                                        access_log=None)
         await self._ui_runner.setup()
         ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
         await ui_site.start()
-        self.proxy_url = _url(self._proxy_runner)
         self.ui_url = _url(self._ui_runner)
-        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
-        self._tasks.append(self.costs_filled)
-        if self.settings.retention_days:
-            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
-        log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url,
-                 self.settings.upstream, self.ui_url, self.store.dialect)
 
     async def stop(self) -> None:
         """Refuse new calls, give in-flight ones the grace period, then flush the queue."""

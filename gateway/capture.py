@@ -7,6 +7,7 @@ a provider cannot make sense of is stored as it came, with a flag saying so.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import zlib
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool
 
 
 def encode_body(body: bytes, is_json: bool, limit: int) -> tuple[str | None, str, bool]:
-    """Store a body as (text, encoding, truncated); encoding is json, text or base64."""
+    """Store a body as (text, encoding, truncated); encoding is json, text or base64
+    (audio bodies never get here: they are stored as a digest, see `_stored`)."""
     truncated = len(body) > limit
     if truncated:
         body = body[:limit]
@@ -108,15 +110,19 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         log.exception("provider %s failed on exchange %s", provider.name, exchange.id)
         parsed = Parsed(parse_error=True)
     response_body = b"".join(chunks)
-    cost = prices.cost(parsed.model, parsed.prompt_tokens, parsed.completion_tokens,
-                       parsed.cached_tokens, parsed.units or None)
+    cost = parsed.cost_usd
+    if cost is None:
+        cost = prices.cost(parsed.model, parsed.prompt_tokens, parsed.completion_tokens,
+                           parsed.cached_tokens, parsed.units or None)
     correlation = next((response_headers[h] for h in CORRELATION_HEADERS
                         if h in response_headers), None)
-    req_text, req_enc, req_trunc = encode_body(exchange.request_body,
-                                               parsed.request_json is not None, max_body_bytes)
-    resp_text, resp_enc, resp_trunc = encode_body(
-        response_body, parsed.response_json is not None, max_body_bytes)
-    if not decoded:
+    req_text, req_enc, req_trunc = _stored(exchange.request_body, request_headers,
+                                           parsed.request_json is not None, max_body_bytes)
+    if parsed.stored_response is not None:
+        response_body = parsed.stored_response
+    resp_text, resp_enc, resp_trunc = _stored(response_body, response_headers,
+                                              parsed.response_json is not None, max_body_bytes)
+    if not decoded and resp_enc != "digest":
         resp_enc = "base64"
         resp_text = base64.b64encode(response_body[:max_body_bytes]).decode("ascii")
     truncated = req_trunc or resp_trunc or exchange.response_truncated
@@ -176,6 +182,18 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         "response_body_encoding": resp_enc,
     }
     return Rows(row, bodies, search, parsed, exchange.hints)
+
+
+def _stored(body: bytes, headers: dict[str, str], is_json: bool,
+            limit: int) -> tuple[str | None, str, bool]:
+    """A body as stored: audio as its type, size and SHA-256 (never the sound), the rest as
+    `encode_body` keeps it."""
+    content_type = headers.get("content-type", "")
+    if not content_type.lstrip().lower().startswith("audio/"):
+        return encode_body(body, is_json, limit)
+    summary = {"content_type": content_type, "bytes": len(body),
+               "sha256": hashlib.sha256(body).hexdigest()}
+    return orjson.dumps(summary).decode(), "digest", False
 
 
 def _search_text(request: str | None, response: str | None, correlation: str | None) -> str:

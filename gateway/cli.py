@@ -1,4 +1,5 @@
-"""The command line: `agentops-studio serve | purge`. Flags come from the settings table.
+"""The command line: `agentops-studio serve | mitm | import | purge`. Flags come from the
+settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
 ends as one line on stderr and exit status 2, never a traceback.
@@ -70,10 +71,7 @@ def main() -> None:
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy and the UI/API in one process until SIGTERM or Ctrl-C."""
     settings = build_settings(flags)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Tortoise logs every query with its values at DEBUG (captured bodies) and chatters at INFO.
-    logging.getLogger("tortoise").setLevel(logging.WARNING)
+    _logging(log_level)
     try:
         asyncio.run(_serve(settings))
     except USER_ERRORS as exc:
@@ -82,6 +80,13 @@ def serve(log_level: str, **flags: Any) -> None:
         fail(f"cannot listen: {exc.strerror or exc}")
     except KeyboardInterrupt:
         pass
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Tortoise logs every query with its values at DEBUG (captured bodies) and chatters at INFO.
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
 
 
 async def _serve(settings: Settings) -> None:
@@ -130,6 +135,127 @@ def purge(older_than: str, **flags: Any) -> None:
         fail(str(exc))
         return
     click.echo(f"removed {removed} exchanges started before {cutoff.isoformat()}")
+
+
+# Settings that mean nothing without the reverse proxy (mitm and import have none).
+CAPTURE_SETTINGS = tuple(s.name for s in SETTINGS if s.name not in (
+    "upstream", "host", "port", "upstream_timeout", "shutdown_grace", "elevenlabs_upstream"))
+
+
+@main.command()
+@click.option("--port", "mitm_port", default=8082, show_default=True, envvar="AGENTOPS_MITM_PORT",
+              type=click.IntRange(0, 65535),
+              help="Port of the explicit proxy (HTTPS_PROXY) [env AGENTOPS_MITM_PORT].")
+@click.option("--listen-host", default="127.0.0.1", show_default=True,
+              envvar="AGENTOPS_MITM_HOST", help="Address it listens on [env AGENTOPS_MITM_HOST].")
+@click.option("--capture-host", "capture_hosts", multiple=True, default=("api.mistral.ai",),
+              show_default=True, envvar="AGENTOPS_CAPTURE_HOSTS",
+              help="Host (or host:port) whose calls are recorded; repeatable. Other hosts pass "
+                   "untouched, their TLS not decrypted [env AGENTOPS_CAPTURE_HOSTS, "
+                   "space-separated].")
+@click.option("--confdir", default="~/.mitmproxy", show_default=True,
+              envvar="AGENTOPS_MITM_CONFDIR",
+              help="mitmproxy's folder: its CA (created on first start) and the CA bundle "
+                   "for clients [env AGENTOPS_MITM_CONFDIR].")
+@click.option("--upstream-ca", default=None, metavar="PEM",
+              help="Also trust this CA for upstream servers (a private or test upstream).")
+@click.option("--save-flows", default=None, metavar="FILE",
+              help="Also write the raw flows to FILE as mitmproxy does (-w); `import` reads it.")
+@click.option("--ui/--no-ui", default=True, show_default=True,
+              help="Serve the UI/API on --ui-host/--ui-port as `serve` does.")
+@setting_options(CAPTURE_SETTINGS)
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def mitm(mitm_port: int, listen_host: str, capture_hosts: tuple[str, ...], confdir: str,
+         upstream_ca: str | None, save_flows: str | None, ui: bool, log_level: str,
+         **flags: Any) -> None:
+    """Record an agent that cannot change its base URL: run mitmproxy as an explicit proxy
+    (HTTPS_PROXY) that records the calls to the captured hosts into the store."""
+    from gateway.mitm import MitmError
+
+    settings = build_settings(flags)
+    _logging(log_level)
+    hosts = tuple(h for entry in capture_hosts for h in entry.replace(",", " ").split())
+    try:
+        asyncio.run(_mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca,
+                          save_flows, ui))
+    except (*USER_ERRORS, MitmError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[str, ...],
+                confdir: str, upstream_ca: str | None, save_flows: str | None,
+                ui: bool) -> None:
+    from gateway.app import Gateway
+    from gateway.mitm import MitmCapture, client_instructions, write_ca_bundle
+
+    gateway = Gateway(settings)
+    capture = MitmCapture(gateway.recorder.submit, host=host, port=port,
+                          capture_hosts=capture_hosts, confdir=confdir,
+                          max_body_bytes=settings.max_body_bytes, upstream_ca=upstream_ca,
+                          save_flows=save_flows)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start(proxy=False, ui=ui)
+        await capture.start()
+        bundle = write_ca_bundle(capture.confdir)
+        click.echo(f"AgentOps Studio {__version__}: mitm proxy {capture.url} recording "
+                   f"{', '.join(capture_hosts)}" + (f", UI {gateway.ui_url}" if ui else ""),
+                   err=True)
+        click.echo(client_instructions(capture.url, bundle), err=True)
+        await stop.wait()
+        click.echo("shutting down...", err=True)
+    finally:
+        await capture.stop()
+        await gateway.stop()
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--capture-host", "capture_hosts", multiple=True,
+              default=("api.mistral.ai", "api.elevenlabs.io"), show_default=True,
+              help="Import the calls to this host (or host:port); repeatable.")
+@setting_options(CAPTURE_SETTINGS)
+def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
+    """Load a mitmproxy flow dump or a HAR file into the store (importing twice stores each
+    call once)."""
+    from gateway.flow_import import ImportFileError, load
+
+    settings = build_settings(flags)
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+    try:
+        loaded = load(file, capture_hosts)
+        stored, known = asyncio.run(_import(settings, loaded.exchanges))
+    except (*USER_ERRORS, ImportFileError) as exc:
+        fail(str(exc))
+        return
+    skipped = sum(loaded.skipped_hosts.values())
+    line = f"imported {stored} exchanges from {loaded.kind} file {file}"
+    if known:
+        line += f"; {known} already stored"
+    if skipped:
+        hosts = ", ".join(sorted(loaded.skipped_hosts))
+        line += f"; skipped {skipped} calls to other hosts ({hosts}; see --capture-host)"
+    click.echo(line)
+
+
+async def _import(settings: Settings, exchanges: list[Any]) -> tuple[int, int]:
+    from gateway.app import Gateway
+    from gateway.flow_import import store_all
+
+    gateway = Gateway(settings)
+    try:
+        await gateway.start(proxy=False, ui=False)
+        return await store_all(gateway, exchanges)
+    finally:
+        await gateway.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ turns it into rows later. Secrets are already redacted here, so a record can be 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -46,6 +47,15 @@ def new_id() -> int:
             _seq = 0
             _last_ms = now
         return (now << 22) | (_NODE << 12) | _seq
+
+
+def stable_id(started_at: float, identity: str) -> int:
+    """The id of a call recorded elsewhere (a mitmproxy flow, a HAR entry): the same time bits
+    as `new_id`, then 22 bits of a hash of what identifies it. Importing it again, or importing
+    a flow the `mitm` command already captured live, gives the same id, so it is stored once."""
+    ms = min(max(0, int(started_at * 1000) - _EPOCH_MS), MAX_ID >> 22)
+    digest = hashlib.blake2b(identity.encode("utf-8", "replace"), digest_size=8).digest()
+    return (ms << 22) | (int.from_bytes(digest, "big") & 0x3FFFFF)
 
 
 def id_time_ms(exchange_id: int) -> int:

@@ -11,7 +11,8 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -83,6 +84,20 @@ def split_run_prefix(path: str) -> tuple[str, str | None]:
     return "/" + rest if sep else "/", name
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Calls under `prefix` go to `upstream` (prefix removed) and are parsed by `provider`."""
+
+    prefix: str  # "/elevenlabs"
+    upstream: str
+    provider: str
+
+
+WEBSOCKET_NOT_PROXIED = (
+    "WebSocket connections are not proxied by AgentOps Studio; connect to {upstream} directly "
+    "(the HTTP streaming endpoints are proxied and recorded)")
+
+
 class Proxy:
     """The proxy handler. `submit` receives each finished record; it must not block or raise."""
 
@@ -94,8 +109,13 @@ class Proxy:
         *,
         timeout: float,
         max_body_bytes: int,
+        routes: Sequence[Route] = (),
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        self.routes = tuple(Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider)
+                            for r in routes)
+        # One C-level startswith decides that a Mistral call is not routed elsewhere.
+        self.route_prefixes = tuple(r.prefix for r in self.routes)
         self.session = session
         self.submit = submit
         self.timeout = aiohttp.ClientTimeout(
@@ -109,15 +129,22 @@ class Proxy:
         path_qs = target(request)
         pairs = list(request.headers.items())  # read once, for the record and for upstream
         exchange = self._begin(request, path_qs, pairs)
+        route = None
+        if exchange.path.startswith(self.route_prefixes):
+            route = self._route(exchange)
+        base = route.upstream if route is not None else self.upstream
         try:
+            if route is not None and request.headers.get("Upgrade", "").lower() == "websocket":
+                return self._refuse_websocket(exchange, base, started)
             if request.headers.get("Expect", "").lower() == "100-continue":
                 # curl asks before large uploads; answer it here rather than relay it
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await request.content.read()
             exchange.request_body = body
             _, sep, query = path_qs.partition("?")
-            url = URL(self.upstream + exchange.path + sep + query, encoded=True)
-            upstream = await self._open(exchange, request.method, url, pairs, body, started)
+            url = URL(base + exchange.path + sep + query, encoded=True)
+            upstream = await self._open(exchange, request.method, url, pairs, body, started,
+                                        base)
             if isinstance(upstream, web.Response):
                 return upstream  # the 502/504, already recorded
             async with upstream:
@@ -145,7 +172,8 @@ class Proxy:
             if (url.scheme, url.host, url.port) != (self._origin.scheme, self._origin.host,
                                                     self._origin.port):
                 raise ValueError(f"{path!r} would leave the upstream")
-            upstream = await self._open(exchange, method, url, pairs, body, started)
+            upstream = await self._open(exchange, method, url, pairs, body, started,
+                                        self.upstream)
             if isinstance(upstream, web.Response):
                 return exchange
             async with upstream:
@@ -194,9 +222,30 @@ class Proxy:
             omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
         )
 
+    def _route(self, exchange: Exchange) -> Route | None:
+        """The route whose prefix the path starts with (whole segments); strips the prefix."""
+        for route in self.routes:
+            rest = exchange.path[len(route.prefix):]
+            if exchange.path.startswith(route.prefix) and (not rest or rest[0] == "/"):
+                exchange.path = rest or "/"
+                exchange.provider = route.provider
+                return route
+        return None
+
+    def _refuse_websocket(self, exchange: Exchange, upstream: str,
+                          started: float) -> web.Response:
+        message = WEBSOCKET_NOT_PROXIED.format(
+            upstream=upstream.replace("http", "ws", 1) + exchange.path)
+        body = orjson.dumps({"detail": {"status": "websocket_not_proxied", "message": message}})
+        exchange.status, exchange.error = 501, message
+        exchange.ttfb_ms = (time.perf_counter() - started) * 1000
+        exchange.response_headers = [("Content-Type", "application/json")]
+        exchange.response_chunks, exchange.chunk_ms = [body], [exchange.ttfb_ms]
+        return web.Response(status=501, body=body, content_type="application/json")
+
     async def _open(
         self, exchange: Exchange, method: str, url: URL, pairs: list[tuple[str, str]],
-        body: bytes, started: float,
+        body: bytes, started: float, base: str,
     ) -> aiohttp.ClientResponse | web.Response:
         """The upstream's response, or (when it cannot be reached) the recorded 502/504."""
         headers = forwarded_headers(pairs)
@@ -210,10 +259,10 @@ class Proxy:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             return self._fail(exchange, 504, UPSTREAM_TIMEOUT, "upstream_timeout",
-                              f"upstream {self.upstream} did not answer in time", exc, started)
+                              f"upstream {base} did not answer in time", exc, started)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return self._fail(exchange, 502, UPSTREAM_ERROR, "upstream_unreachable",
-                              f"could not reach upstream {self.upstream}", exc, started)
+                              f"could not reach upstream {base}", exc, started)
 
     def _response_head(self, exchange: Exchange, upstream: aiohttp.ClientResponse,
                        started: float) -> list[tuple[str, str]]:

@@ -252,6 +252,14 @@ class RunStore:
             "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]))
         run["evaluations"] = [self._evaluation(row) for row in await store.rows(
             "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id])]
+        # The LLM's cost beside the tools' (ElevenLabs) cost.
+        run["cost_by_provider"] = [
+            {"provider": row["provider"], "calls": int(row["calls"]),
+             "cost_usd": round(float(row["cost_usd"] or 0), 10)}
+            for row in await store.rows(
+                "SELECT provider, COUNT(*) AS calls, COALESCE(SUM(cost_usd), 0) AS cost_usd "
+                "FROM exchanges WHERE run_id = ? GROUP BY provider ORDER BY cost_usd DESC",
+                [run_id])]
         return run
 
     @staticmethod

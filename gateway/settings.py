@@ -55,6 +55,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Delete exchanges older than this many days (default: keep everything).", "days"),
     Setting("run_idle", "--run-idle", "AGENTOPS_RUN_IDLE", 300.0,
             "Seconds without a new exchange after which a run is finished.", "float"),
+    Setting("elevenlabs_upstream", "--elevenlabs-upstream", "AGENTOPS_ELEVENLABS_UPSTREAM",
+            "https://api.elevenlabs.io",
+            "ElevenLabs API base URL that calls to /elevenlabs/... are forwarded to."),
+    Setting("elevenlabs_usd_per_credit", "--elevenlabs-usd-per-credit",
+            "AGENTOPS_ELEVENLABS_USD_PER_CREDIT", 0.0001,
+            "USD per ElevenLabs credit (the character-cost header counts credits).", "float"),
 )
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
@@ -128,6 +134,8 @@ class Settings:
     shutdown_grace: float = 30.0
     retention_days: float | None = None
     run_idle: float = 300.0
+    elevenlabs_upstream: str = "https://api.elevenlabs.io"
+    elevenlabs_usd_per_credit: float = 0.0001
 
     @classmethod
     def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:
@@ -143,8 +151,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if not self.upstream.startswith(("http://", "https://")):
-            raise ConfigError(f"--upstream must be an http(s) URL, got {self.upstream!r}")
+        for flag, url in (("--upstream", self.upstream),
+                          ("--elevenlabs-upstream", self.elevenlabs_upstream)):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{flag} must be an http(s) URL, got {url!r}")
         if not self.db.startswith(("sqlite://", "postgres://", "postgresql://")):
             raise ConfigError(
                 f"--db must be sqlite://PATH or postgres://user:pass@host:port/name, "

@@ -47,7 +47,7 @@ _CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
 LIST_COLUMNS = (
     "id", "started_at", "method", "path", "status", "model", "endpoint", "streamed", "state",
     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms",
-    "ttft_ms", "run_id", "error", "replay_of",
+    "ttft_ms", "run_id", "error", "replay_of", "provider",
 )
 
 
@@ -339,7 +339,11 @@ class Store:
         by_model = await self.rows(
             f"SELECT e.model AS model, {sums} FROM exchanges e {where} "
             "GROUP BY e.model ORDER BY cost_usd DESC, calls DESC", params)
-        return {"totals": _numbers(totals), "by_model": [_numbers(r) for r in by_model]}
+        by_provider = await self.rows(
+            f"SELECT e.provider AS provider, {sums} FROM exchanges e {where} "
+            "GROUP BY e.provider ORDER BY cost_usd DESC, calls DESC", params)
+        return {"totals": _numbers(totals), "by_model": [_numbers(r) for r in by_model],
+                "by_provider": [_numbers(r) for r in by_provider]}
 
     async def unpriced(self, known: Iterable[str]) -> list[dict[str, Any]]:
         known = set(known)
@@ -397,7 +401,7 @@ def _numbers(row: dict[str, Any]) -> dict[str, Any]:
     for key, value in row.items():
         if key == "cost_usd":
             out[key] = round(float(value or 0), 10)
-        elif key == "model":
+        elif key in ("model", "provider"):
             out[key] = value
         else:
             out[key] = int(value or 0)

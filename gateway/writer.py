@@ -391,7 +391,7 @@ class Child:
 
         self.store = Store(self.settings.db)
         await self.store.open(migrate_schema=False)  # the proxy's process migrated it
-        providers = make_providers()
+        providers = make_providers(self.settings)
         self.run_store = RunStore(self.store)
         self.grouper = Grouper(self.settings.run_idle)
         await rebuild_grouper(self.grouper, self.run_store)

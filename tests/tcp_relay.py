@@ -43,14 +43,16 @@ class TcpRelay:
                 writer.close()
 
     async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for writer in list(self._writers):
             transport = writer.transport
             transport.abort()
         self._writers.clear()
+        if server is not None:
+            # Since Python 3.12 this waits for the server's connections too: drop them first.
+            await server.wait_closed()
 
     async def restore(self) -> None:
         await self.start()

@@ -18,6 +18,9 @@ def test_flags_beat_environment_beat_defaults():
     assert settings.db == "sqlite://agentops.db"
     assert settings.max_body_bytes == 10 * 1024 * 1024
     assert settings.retention_days is None
+    assert settings.elevenlabs_upstream == "https://api.elevenlabs.io"
+    assert Settings.build({}, {"AGENTOPS_ELEVENLABS_USD_PER_CREDIT": "0.0003"}
+                          ).elevenlabs_usd_per_credit == 0.0003
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -36,6 +39,8 @@ def test_ages(text, value):
 @pytest.mark.parametrize("flags", [
     {"ui_host": "0.0.0.0"}, {"port": "70000"}, {"upstream": "api.mistral.ai"},
     {"max_body_bytes": "0"}, {"upstream_timeout": "-1"}, {"db": "mysql://x"},
+    {"elevenlabs_upstream": "api.elevenlabs.io"}, {"elevenlabs_usd_per_credit": "-0.1"},
+    {"elevenlabs_usd_per_credit": "free"},
 ])
 def test_bad_settings_are_refused(flags):
     with pytest.raises(ConfigError):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from gateway.providers.base import Provider
+from gateway.providers.elevenlabs import ElevenLabsProvider
 from gateway.providers.mistral import MistralProvider
+from gateway.settings import Settings
 
 
-def make_providers() -> dict[str, Provider]:
-    return {"mistral": MistralProvider()}
+def make_providers(settings: Settings) -> dict[str, Provider]:
+    return {"mistral": MistralProvider(),
+            "elevenlabs": ElevenLabsProvider(settings.elevenlabs_usd_per_credit)}

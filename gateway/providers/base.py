@@ -31,6 +31,12 @@ class Parsed:
     output_text: str | None = None
     first_content_chunk: int | None = None  # index of the chunk that carried the first token
     units: dict[str, float] = field(default_factory=dict)  # pages, audio_seconds, characters
+    # A cost the provider knows itself (a vendor billing in credits at a configured rate);
+    # when None, the price table prices the call from the model and the counts above.
+    cost_usd: float | None = None
+    # The response body to store in place of the one received, when storing it as it came is
+    # wrong (base64 audio inside JSON, replaced by its size and hash). None: store it as is.
+    stored_response: bytes | None = None
     conversation_id: str | None = None  # the response's id, else the one in the path
     agent_id: str | None = None
     # Message-level facts (chat, agents, fim, conversations); see gateway/providers/mistral.py.
