@@ -24,6 +24,7 @@ RECORDER = web.AppKey("recorder", Recorder)
 PRICES = web.AppKey("prices", PriceTable)
 RUNS = web.AppKey("runs", RunStore)
 PROVIDERS = web.AppKey("providers", Callable[[str], Provider])
+INTEGRATIONS = web.AppKey("integrations", dict[str, Callable[[], dict[str, Any]]])
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -124,6 +125,9 @@ async def healthz(request: web.Request) -> web.Response:
     health["database"] = "ok" if db_up and recorder.db_ok else "down"
     degraded = (health["database"] != "ok" or health["spool_bytes"] > 0
                 or health["dropped_records"] > 0)
+    # Integrations' drops do not make the gateway degraded: capture is unaffected.
+    health["integrations"] = {name: stats() for name, stats in
+                              request.app.get(INTEGRATIONS, {}).items()}
     return json_response({"status": "degraded" if degraded else "ok", **health})
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
 from gateway import api, runs_api
 from gateway.access import token_middleware
+from gateway.integrations import Integration, load_integrations
+from gateway.integrations import metrics as prometheus
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
 from gateway.providers.mistral import MistralProvider
@@ -29,6 +32,7 @@ from gateway.store import Store
 log = logging.getLogger("agentops")
 
 RETENTION_EVERY_SECONDS = 3600
+INTEGRATION_STOP_SECONDS = 5.0
 
 
 def make_providers() -> dict[str, Provider]:
@@ -45,7 +49,10 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[api.PRICES] = gateway.prices
     app[api.RUNS] = gateway.run_store
     app[api.PROVIDERS] = gateway.provider
+    app[api.INTEGRATIONS] = {i.name: i.stats for i in gateway.integrations}
     app.add_routes(api.routes)
+    if gateway.metrics is not None:
+        app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     try:
         from webui import setup as setup_webui
@@ -69,6 +76,10 @@ class Gateway:
             self.store, self.spool, self.provider, self.prices,
             max_body_bytes=settings.max_body_bytes, queue_size=settings.queue_size,
             grouper=self.grouper, run_store=self.run_store)
+        # Optional integrations: fed by the writer and the run-idle task, never the proxy.
+        self.integrations: list[Integration] = load_integrations(settings, os.environ)
+        self.metrics = prometheus.from_settings(settings, self.recorder,
+                                                lambda: self.integrations)
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -83,6 +94,11 @@ class Gateway:
         await self.store.open()
         await rebuild_grouper(self.grouper, self.run_store)
         self.recorder.start()
+        if self.metrics is not None:
+            self.recorder.on_written.append(self.metrics.on_written)
+        for integration in self.integrations:
+            integration.start()
+            self.recorder.on_written.append(integration.on_written)
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
@@ -120,7 +136,14 @@ class Gateway:
         with contextlib.suppress(AttributeError):
             await self.session.close()
         await self.recorder.stop(timeout=max(5.0, self.settings.shutdown_grace))
+        for integration in self.integrations:  # each gets a few seconds to deliver its queue
+            await asyncio.to_thread(integration.stop, INTEGRATION_STOP_SECONDS)
         await self.store.close()
+
+    @property
+    def wandb(self) -> Integration | None:
+        """The W&B logger when configured (experiments call its submit_experiment)."""
+        return next((i for i in self.integrations if i.name == "wandb"), None)
 
     async def _fill_costs(self) -> None:
         """Price stored calls whose model had no price when they were recorded."""
@@ -138,6 +161,12 @@ class Gateway:
         finished = await self.run_store.finish_idle(cutoff)
         for run_id in finished:
             self.grouper.forget_run(run_id)
+        if finished:
+            for integration in self.integrations:
+                try:
+                    await integration.runs_finished(finished, self.run_store)
+                except Exception:
+                    log.exception("%s: could not take finished runs", integration.name)
         return finished
 
     async def _finish_runs(self) -> None:
