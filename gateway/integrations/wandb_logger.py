@@ -49,7 +49,7 @@ def from_settings(settings: Settings, environ: Mapping[str, str]) -> WandbLogger
     mode = (environ.get("WANDB_MODE") or "online").lower()
     if mode not in OFFLINE_MODES and not has_api_key(environ):
         raise IntegrationError(
-            f"AGENTOPS_WANDB_PROJECT={settings.wandb_project} but no W&B API key was found "
+            f"project {settings.wandb_project!r} is set but no W&B API key was found "
             "(set WANDB_API_KEY, run `wandb login`, or set WANDB_MODE=offline)")
     logger = WandbLogger(settings.wandb_project or "", settings.wandb_group_by)
     log.info("W&B logging on: project %s, mode %s, grouped by %s", settings.wandb_project, mode,
