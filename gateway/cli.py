@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from gateway import __version__
+from gateway.export import ExportError, export_options, export_request
 from gateway.pricing import PriceFileError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store import Store, StoreError
@@ -129,6 +130,33 @@ def purge(older_than: str, **flags: Any) -> None:
         fail(str(exc))
         return
     click.echo(f"removed {removed} exchanges started before {cutoff.isoformat()}")
+
+
+@main.command()
+@export_options
+@setting_options(("db",))
+def export(**options: Any) -> None:
+    """Export calls or runs: Mistral fine-tuning JSONL, JSONL, CSV, Parquet or a Hugging
+    Face dataset. Filters are the API's; --preset failures picks what went wrong."""
+    from gateway.export import run_export
+
+    try:
+        request = export_request(options)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    settings = build_settings({"db": options.get("db")})
+    try:
+        result = asyncio.run(run_export(settings.db, request))
+    except (*USER_ERRORS, ExportError) as exc:
+        fail(str(exc))
+        return
+    except OSError as exc:
+        fail(f"--out: cannot write {request.out}: {exc.strerror or exc}")
+        return
+    skipped = f" ({result.skipped} without an assistant reply left out)" if result.skipped else ""
+    click.echo(f"exported {result.written} {'runs' if request.runs else 'calls'} to "
+               f"{request.out}{skipped}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
