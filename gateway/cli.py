@@ -159,5 +159,24 @@ def export(**options: Any) -> None:
                f"{request.out}{skipped}", err=True)
 
 
+@main.command()
+@setting_options(("ui_host", "ui_port", "ui_token"))
+def healthcheck(**flags: Any) -> None:
+    """Exit 0 when the gateway's /healthz answers on this machine (Docker's HEALTHCHECK)."""
+    import urllib.request
+
+    settings = build_settings(flags)
+    host = settings.ui_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            click.echo(resp.read().decode()[:500])
+    except OSError as exc:
+        click.echo(f"agentops-studio: unhealthy: {url}: {exc}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
