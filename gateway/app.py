@@ -18,6 +18,7 @@ from gateway import api, runs_api
 from gateway.access import token_middleware
 from gateway.integrations import Integration, load_integrations
 from gateway.integrations import metrics as prometheus
+from gateway.integrations.wandb_logger import WandbLogger
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
 from gateway.providers.mistral import MistralProvider
@@ -141,9 +142,9 @@ class Gateway:
         await self.store.close()
 
     @property
-    def wandb(self) -> Integration | None:
+    def wandb(self) -> WandbLogger | None:
         """The W&B logger when configured (experiments call its submit_experiment)."""
-        return next((i for i in self.integrations if i.name == "wandb"), None)
+        return next((i for i in self.integrations if isinstance(i, WandbLogger)), None)
 
     async def _fill_costs(self) -> None:
         """Price stored calls whose model had no price when they were recorded."""

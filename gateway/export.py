@@ -263,7 +263,8 @@ async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
 
 def save_dataset(parquet: Path, out: Path, work: Path, repo: str | None) -> None:
     """A Hugging Face datasets.Dataset from the written Parquet file (memory-mapped, not
-    loaded), saved to `out` and pushed to the Hub when asked (HF_TOKEN or a saved login)."""
+    loaded), saved to `out` and pushed to the Hub when asked (HF_TOKEN or a saved login), as a
+    private dataset: captured prompts are not published by accident."""
     import datasets
 
     datasets.disable_progress_bars()  # the command prints one summary line, not bars
@@ -271,7 +272,7 @@ def save_dataset(parquet: Path, out: Path, work: Path, repo: str | None) -> None
     dataset.save_to_disk(str(out))
     if repo:
         try:
-            dataset.push_to_hub(repo)
+            dataset.push_to_hub(repo, private=True)  # captured prompts: never public by default
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ExportError(f"saved to {out}, but pushing to the Hub as {repo} failed: "

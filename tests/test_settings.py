@@ -36,6 +36,7 @@ def test_ages(text, value):
 @pytest.mark.parametrize("flags", [
     {"ui_host": "0.0.0.0"}, {"port": "70000"}, {"upstream": "api.mistral.ai"},
     {"max_body_bytes": "0"}, {"upstream_timeout": "-1"}, {"db": "mysql://x"},
+    {"wandb_group_by": "team"}, {"metrics": "maybe"}, {"otel_endpoint": "collector:4318"},
 ])
 def test_bad_settings_are_refused(flags):
     with pytest.raises(ConfigError):
