@@ -15,16 +15,15 @@ from aiohttp import web
 
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
-from gateway.recorder import Recorder
 from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
+from gateway.writer import WriterProcess
 
 STORE = web.AppKey("store", Store)
-RECORDER = web.AppKey("recorder", Recorder)
+RECORDER = web.AppKey("recorder", WriterProcess)
 PRICES = web.AppKey("prices", PriceTable)
 RUNS = web.AppKey("runs", RunStore)
 PROVIDERS = web.AppKey("providers", Callable[[str], Provider])
-INTEGRATIONS = web.AppKey("integrations", dict[str, Callable[[], dict[str, Any]]])
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -125,9 +124,6 @@ async def healthz(request: web.Request) -> web.Response:
     health["database"] = "ok" if db_up and recorder.db_ok else "down"
     degraded = (health["database"] != "ok" or health["spool_bytes"] > 0
                 or health["dropped_records"] > 0)
-    # Integrations' drops do not make the gateway degraded: capture is unaffected.
-    health["integrations"] = {name: stats() for name, stats in
-                              request.app.get(INTEGRATIONS, {}).items()}
     return json_response({"status": "degraded" if degraded else "ok", **health})
 
 

@@ -1,7 +1,9 @@
-"""Wires the parts into one running gateway: store, recorder, proxy listener, UI/API listener.
+"""Wires the parts into one running gateway: store, writer process, proxy and UI/API listeners.
 
 `Gateway(settings)` is what `agentops-studio serve` runs and what the tests start on
-ephemeral ports; there are no globals, so several can run in one process.
+ephemeral ports; there are no globals, so several can run in one process. The proxy and the
+UI/API share this process; parsing, run grouping and writes run in the writer process
+(gateway/writer.py), which this process starts and stops.
 """
 
 from __future__ import annotations
@@ -11,33 +13,26 @@ import contextlib
 import logging
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
 from gateway import api, runs_api
 from gateway.access import token_middleware
-from gateway.integrations import Integration, load_integrations
+from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
-from gateway.integrations.wandb_logger import WandbLogger
 from gateway.pricing import PriceTable
+from gateway.providers import make_providers
 from gateway.providers.base import Provider
-from gateway.providers.mistral import MistralProvider
 from gateway.proxy import Proxy, client_session
-from gateway.recorder import Recorder
 from gateway.run_store import RunStore
-from gateway.runs import THREAD_LIMIT, THREAD_SECONDS, Grouper
 from gateway.settings import Settings
-from gateway.spool import Spool
 from gateway.store import Store
+from gateway.writer import WriterProcess
 
 log = logging.getLogger("agentops")
 
 RETENTION_EVERY_SECONDS = 3600
-INTEGRATION_STOP_SECONDS = 5.0
-
-
-def make_providers() -> dict[str, Provider]:
-    return {"mistral": MistralProvider()}
 
 
 def create_ui_app(gateway: Gateway) -> web.Application:
@@ -50,7 +45,6 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[api.PRICES] = gateway.prices
     app[api.RUNS] = gateway.run_store
     app[api.PROVIDERS] = gateway.provider
-    app[api.INTEGRATIONS] = {i.name: i.stats for i in gateway.integrations}
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
@@ -69,18 +63,13 @@ class Gateway:
         self.settings = settings
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
-        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.providers = make_providers()
         self.run_store = RunStore(self.store)
-        self.grouper = Grouper(settings.run_idle)
-        self.recorder = Recorder(
-            self.store, self.spool, self.provider, self.prices,
-            max_body_bytes=settings.max_body_bytes, queue_size=settings.queue_size,
-            grouper=self.grouper, run_store=self.run_store)
-        # Optional integrations: fed by the writer and the run-idle task, never the proxy.
-        self.integrations: list[Integration] = load_integrations(settings, os.environ)
-        self.metrics = prometheus.from_settings(settings, self.recorder,
-                                                lambda: self.integrations)
+        # Integrations run in the writer process; bad configuration is reported here, once.
+        writer_settings = check_integrations(settings, os.environ)
+        self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
+        self.metrics = (prometheus.MetricsEndpoint(self.recorder)
+                        if prometheus.enabled(settings, report=True) else None)
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -93,13 +82,11 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
-        await rebuild_grouper(self.grouper, self.run_store)
-        self.recorder.start()
-        if self.metrics is not None:
-            self.recorder.on_written.append(self.metrics.on_written)
-        for integration in self.integrations:
-            integration.start()
-            self.recorder.on_written.append(integration.on_written)
+        try:
+            await self.recorder.start()
+        except Exception:
+            await self.store.close()
+            raise
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
@@ -120,7 +107,6 @@ class Gateway:
         self.ui_url = _url(self._ui_runner)
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)
-        self._tasks.append(asyncio.create_task(self._finish_runs(), name="agentops-run-idle"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
         log.info("proxy on %s -> %s; UI on %s; database %s", self.proxy_url,
@@ -137,14 +123,7 @@ class Gateway:
         with contextlib.suppress(AttributeError):
             await self.session.close()
         await self.recorder.stop(timeout=max(5.0, self.settings.shutdown_grace))
-        for integration in self.integrations:  # each gets a few seconds to deliver its queue
-            await asyncio.to_thread(integration.stop, INTEGRATION_STOP_SECONDS)
         await self.store.close()
-
-    @property
-    def wandb(self) -> WandbLogger | None:
-        """The W&B logger when configured (experiments call its submit_experiment)."""
-        return next((i for i in self.integrations if isinstance(i, WandbLogger)), None)
 
     async def _fill_costs(self) -> None:
         """Price stored calls whose model had no price when they were recorded."""
@@ -157,27 +136,16 @@ class Gateway:
             log.exception("could not fill in costs of earlier calls")
 
     async def finish_idle_runs(self) -> list[int]:
-        """Settle runs that saw no exchange for --run-idle seconds."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.run_idle)
-        finished = await self.run_store.finish_idle(cutoff)
-        for run_id in finished:
-            self.grouper.forget_run(run_id)
-        if finished:
-            for integration in self.integrations:
-                try:
-                    await integration.runs_finished(finished, self.run_store)
-                except Exception:
-                    log.exception("%s: could not take finished runs", integration.name)
+        """Settle runs that saw no exchange for --run-idle seconds (the writer process also
+        does this on its own every run_idle / 4 seconds)."""
+        finished: list[int] = await self.recorder.call("finish_idle_runs")
         return finished
 
-    async def _finish_runs(self) -> None:
-        every = max(0.05, min(30.0, self.settings.run_idle / 4))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.finish_idle_runs()
-            except Exception:
-                log.exception("could not finish idle runs")
+    async def log_experiment(self, experiment: dict[str, Any]) -> bool:
+        """Log an experiment's comparison ({"id", "name", "rows": [...], "totals": {...}}) to
+        W&B without waiting; False when W&B is not configured (or its queue is full)."""
+        queued: bool = await self.recorder.call("log_experiment", experiment)
+        return queued
 
     async def apply_retention(self) -> int:
         """Delete exchanges older than --retention-days; returns how many went."""
@@ -194,26 +162,6 @@ class Gateway:
             except Exception:
                 log.exception("retention purge failed")
             await asyncio.sleep(RETENTION_EVERY_SECONDS)
-
-
-async def rebuild_grouper(grouper: Grouper, run_store: RunStore) -> None:
-    """Give the grouper back what it knew before a restart: recent threads (24 h or 100,000
-    exchanges), open named runs, and conversation links."""
-    since = datetime.now(UTC) - timedelta(seconds=THREAD_SECONDS)
-    rows = await run_store.recent_threads(since, THREAD_LIMIT)
-    for row in reversed(rows):
-        if row["parent_id"] is not None:
-            grouper.extended.add(row["parent_id"])
-        if row["thread_key"]:
-            started = row["started_at"]
-            at = (datetime.fromisoformat(started) if isinstance(started, str) else started)
-            grouper.remember_thread(row["thread_key"], row["id"], row["run_id"], at.timestamp())
-    for row in await run_store.open_named_runs():
-        seen = row["last_seen_at"]
-        seen = datetime.fromisoformat(seen) if isinstance(seen, str) else seen
-        grouper.names[row["name"]] = (row["id"], seen.timestamp())
-    for row in reversed(await run_store.conversation_links(THREAD_LIMIT)):
-        grouper.remember_conversation(row["conversation_id"], row["run_id"])
 
 
 def _url(runner: web.BaseRunner) -> str:

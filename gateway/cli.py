@@ -22,8 +22,9 @@ from gateway.export import ExportError, export_options, export_request
 from gateway.pricing import PriceFileError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store import Store, StoreError
+from gateway.writer import WriterError
 
-USER_ERRORS = (ConfigError, StoreError, PriceFileError)
+USER_ERRORS = (ConfigError, StoreError, PriceFileError, WriterError)
 
 
 def fail(message: str) -> None:

@@ -50,15 +50,19 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.on_written: list[Callable[[list[Rows]], Any]] = []
+        self.on_settled: Callable[[list[int]], None] | None = None  # ids stored or spooled
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def submit(self, exchange: Exchange) -> None:
+    def submit(self, exchange: Exchange) -> bool:
+        """Queue a record; False when the queue was full and it went to the spool instead."""
         try:
             self.queue.put_nowait(exchange)
+            return True
         except asyncio.QueueFull:
             self.spool.append([exchange])
             self._ensure_recovery()
+            return False
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -84,6 +88,8 @@ class Recorder:
             finally:
                 for _ in batch:
                     self.queue.task_done()
+                if self.on_settled is not None:
+                    self.on_settled([exchange.id for exchange in batch])
 
     async def _build(self, batch: list[Exchange]) -> list[Rows]:
         rows = []

@@ -30,6 +30,7 @@ class Spool:
         self.spooled = 0  # records ever written here
         self._file: Path | None = None
         self._handle: int | None = None
+        self._released: set[Path] = set()
         self._size = sum(p.stat().st_size for p in self._files()) if self.folder.exists() else 0
 
     @property
@@ -84,7 +85,17 @@ class Spool:
         """Yield each spool file's records, oldest first; call `done(path)` once stored."""
         self._close()  # new records go to a fresh file while old ones are replayed
         for path in self._files():
-            yield path, list(_read(path))
+            yield path, list(read_records(path))
+
+    def release(self, everything: bool = False) -> list[Path]:
+        """Close the current file and hand this folder's files to another process to replay
+        (the writer process takes what the proxy's process spooled). `everything` includes
+        files released before, for a new taker after the last one died."""
+        self._close()
+        files = [p for p in self._files() if everything or p not in self._released]
+        self._released.update(files)
+        self._size = 0
+        return files
 
     def done(self, path: Path) -> None:
         try:
@@ -98,7 +109,7 @@ class Spool:
         self._close()
 
 
-def _read(path: Path) -> Iterator[Exchange]:
+def read_records(path: Path) -> Iterator[Exchange]:
     with path.open("rb") as handle:
         while True:
             header = handle.read(_HEADER.size)

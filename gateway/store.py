@@ -91,10 +91,11 @@ class Store:
 
     # -- life cycle ---------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, migrate_schema: bool = True) -> None:
         """Connect and bring the schema up to date with the committed migrations."""
         try:
-            await migrate(config=tortoise_config(self.url))
+            if migrate_schema:
+                await migrate(config=tortoise_config(self.url))
             await Tortoise.init(config=tortoise_config(self.url))
             self._conn = Tortoise.get_connection("default")
             if self.dialect == "sqlite":

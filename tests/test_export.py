@@ -10,6 +10,7 @@ import csv
 import io
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from mistralai.client import Mistral
 from gateway.cli import main
 from gateway.export import ExportRequest, neutralise, run_export
 from gateway.export_store import Failures
-from gateway.run_store import RunFilter
-from gateway.store import ExchangeFilter
+from gateway.run_store import RunFilter, RunStore
+from gateway.store import ExchangeFilter, Store
 from tests.conftest import Upstream, make_settings, running
 from tests.test_runs import KEY, tool_loop
 
@@ -56,12 +57,18 @@ async def populate(upstream: Upstream, db: str, tmp_path: Path) -> dict[str, str
                       "messages": [{"role": "user", "content": "too fast"}]}) as resp:
             assert resp.status == 429
         await gw.recorder.drained(timeout=20)
-        runs = {r["name"]: r["id"] for r in (await gw.run_store.list_runs(
-            RunFilter(), 10, None))[0]}
+    # Evaluations, and the runs finished as the idle timer would, straight in the store.
+    store = Store(db)
+    await store.open()
+    try:
+        run_store = RunStore(store)
+        runs = {r["name"]: r["id"] for r in (await run_store.list_runs(RunFilter(), 10, None))[0]}
         for name, score in (("good", 1.0), ("=SUM(1+1)", 0.1)):
-            await gw.run_store.add_evaluation(int(runs[name]), None, "success", score)
-        gw.settings = gw.settings.replace(run_idle=0.001)
-        assert len(await gw.finish_idle_runs()) == 4
+            await run_store.add_evaluation(int(runs[name]), None, "success", score)
+        finished = await run_store.finish_idle(datetime.now(UTC) + timedelta(seconds=1))
+        assert len(finished) == 4
+    finally:
+        await store.close()
     return runs
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from gateway.integrations import wandb_logger
 from tests.conftest import Upstream, make_settings, running
+from tests.test_recorder import eventually
 from tests.test_runs import tool_loop
 
 PROJECT = "agentops-test"
@@ -106,10 +107,10 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Path,
                                                offline: Path):
+    # The writer process finishes the run 2 s after its last call; the evaluation comes first.
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'w.db'}", tmp_path,
-                             wandb_project=PROJECT)
+                             wandb_project=PROJECT, run_idle=2.0)
     async with running(settings) as gw:
-        (logger,) = gw.integrations
         await asyncio.to_thread(tool_loop, gw, "Lyon", server_url=f"{gw.proxy_url}/r/nightly")
         await gw.recorder.drained(timeout=20)
         (run,) = await runs_of(gw)
@@ -117,10 +118,13 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
                 f"/api/runs/{run['id']}/evaluations",
                 json={"metric_name": "success", "metric_value": 0.25}) as resp:
             assert resp.status == 201
-        gw.settings = gw.settings.replace(run_idle=0.001)  # finish it now, not in 300 s
-        assert await gw.finish_idle_runs() == [int(run["id"])]
-        await logger.worker.drained(timeout=60)
-        assert logger.stats()["sent"] == 1, logger.stats()
+
+        async def logged() -> bool:
+            stats = (await gw.recorder.call("integrations_drained"))["wandb"]
+            assert stats["dropped"] == 0, stats
+            return stats["sent"] == 1
+
+        await eventually(logged, timeout=30)
 
     found = offline_run(offline)
     assert found["run"].project == PROJECT
@@ -183,7 +187,8 @@ async def test_online_without_a_key_is_one_line(upstream: Upstream, tmp_path: Pa
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'k.db'}", tmp_path,
                              wandb_project=PROJECT)
     async with running(settings) as gw:
-        assert gw.integrations == [] and gw.wandb is None
+        assert await gw.recorder.call("integrations_drained") == {}
+        assert await gw.log_experiment({"id": "1", "rows": [], "totals": {}}) is False
         async with aiohttp.ClientSession() as http, http.post(
                 f"{gw.proxy_url}/v1/chat/completions", headers={"Authorization": "Bearer k"},
                 json={"model": "mistral-small-latest",

@@ -1,8 +1,9 @@
 """Optional integrations (W&B, OpenTelemetry, Prometheus): each off unless configured, each
-fed from the writer side (stored batches, finished runs), never from the proxy.
+fed from the writer process (stored batches, finished runs), never from the proxy.
 
 An integration whose extra is not installed, or whose configuration cannot work, is reported
-in one log line at start and left out; the gateway runs on without it.
+in one log line at start (by the proxy's process, which checks the settings) and left out; the
+gateway runs on without it. See host.py for their place in the writer process.
 """
 
 from __future__ import annotations
@@ -58,25 +59,38 @@ def require(package: str, extra: str) -> None:
             f"the {package!r} package is not installed: pip install 'agentops-studio[{extra}]'")
 
 
-# setting that switches it on -> (label, module); each module has from_settings().
+# setting that switches it on -> (label, module); each module has check() and from_settings().
 CONFIGURED_BY = (
     ("wandb_project", "W&B logging", "gateway.integrations.wandb_logger"),
     ("otel_endpoint", "OpenTelemetry export", "gateway.integrations.otel"),
 )
 
 
+def check_integrations(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Check each configured integration once, at start, in the proxy's process: one clear
+    log line for each that cannot run, which is then switched off in the returned settings
+    (the writer process builds the rest and never repeats the message)."""
+    off: dict[str, Any] = {}
+    for setting, label, module_name in CONFIGURED_BY:
+        if not getattr(settings, setting):
+            continue
+        try:
+            importlib.import_module(module_name).check(settings, environ)
+        except IntegrationError as exc:
+            log.error("%s is off: %s (the gateway runs on without it)", label, exc)
+            off[setting] = None
+    return settings.replace(**off) if off else settings
+
+
 def load_integrations(settings: Settings, environ: Mapping[str, str]) -> list[Integration]:
-    """The integrations the settings ask for; one clear log line for each that cannot run."""
+    """The integrations the (checked) settings ask for, built in the writer process."""
     found: list[Integration] = []
     for setting, label, module_name in CONFIGURED_BY:
         if not getattr(settings, setting):
             continue
         try:
-            module = importlib.import_module(module_name)
-            found.append(module.from_settings(settings, environ))
-        except IntegrationError as exc:
-            log.error("%s is off: %s (the gateway runs on without it)", label, exc)
-        except Exception as exc:  # never let an integration stop the proxy
+            found.append(importlib.import_module(module_name).from_settings(settings, environ))
+        except Exception as exc:  # never let an integration stop the writer
             log.error("%s is off: %s: %s (the gateway runs on without it)", label,
                       type(exc).__name__, exc)
     return found

@@ -1,50 +1,53 @@
 """Prometheus metrics at GET /metrics on the UI port: calls, tokens and cost by model and
 status, latency and TTFT histograms, and the capture pipeline's health.
 
-Counters are fed from the writer's stored batches (aggregated per batch, so a record costs a
-dict update and two histogram observations); queue depth, spool size, dropped records and
-database errors are read from the recorder when Prometheus scrapes. Each gateway has its own
-CollectorRegistry: no globals, so several gateways can share a process.
+Two halves, one per process. In the writer process, CallMetrics is fed from the recorder's
+stored batches (aggregated per batch: a record costs a dict update and two histogram
+observations) and renders its registry when asked. In the proxy's process, MetricsEndpoint
+serves /metrics: the pipeline's state (queue depth, spool size, dropped records, database
+errors, integrations) from the writer's health reports, then the writer's call metrics. Each
+gateway has its own registries: no globals.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.capture import Rows
-    from gateway.integrations import Integration
-    from gateway.recorder import Recorder
     from gateway.settings import Settings
+    from gateway.writer import WriterProcess
 
 log = logging.getLogger("agentops.metrics")
 
 MAX_MODELS = 200  # model names come from clients: past this many, new ones count as "other"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+CALL_TIMEOUT = 5.0
 
 
-def from_settings(settings: Settings, recorder: Recorder,
-                  integrations: Callable[[], list[Integration]]) -> Metrics | None:
+def enabled(settings: Settings, *, report: bool = False) -> bool:
+    """Whether /metrics is served; with `report`, say once why not when it was asked for."""
     if settings.metrics == "off":
-        return None
+        return False
     if importlib.util.find_spec("prometheus_client") is None:
-        if settings.metrics == "on":
+        if report and settings.metrics == "on":
             log.error("Prometheus metrics are off: the 'prometheus-client' package is not "
                       "installed: pip install 'agentops-studio[prometheus]' (the gateway runs "
                       "on without it)")
-        return None
-    return Metrics(recorder, integrations)
+        return False
+    return True
 
 
-class Metrics:
-    def __init__(self, recorder: Recorder,
-                 integrations: Callable[[], list[Integration]]) -> None:
+class CallMetrics:
+    """The writer process's half: counters and histograms of stored calls."""
+
+    def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -62,7 +65,6 @@ class Metrics:
         self.ttft = Histogram("agentops_time_to_first_token_seconds",
                               "Time to the first content chunk of streamed calls.", ["model"],
                               buckets=TTFT_BUCKETS, registry=self.registry)
-        self.registry.register(PipelineCollector(recorder, integrations))
         self._models: set[str] = set()
         self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any, Any]] = {}
 
@@ -117,20 +119,38 @@ class Metrics:
             if cost:
                 spent.inc(cost)
 
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class MetricsEndpoint:
+    """The proxy's process's half: GET /metrics."""
+
+    def __init__(self, recorder: WriterProcess) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.recorder = recorder
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(PipelineCollector(recorder))
+
     async def handle(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return web.Response(body=generate_latest(self.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(self.registry)
+        try:
+            body += await self.recorder.call("metrics", timeout=CALL_TIMEOUT)
+        except Exception:  # the writer is restarting: the pipeline's half still tells why
+            log.warning("metrics: the writer process did not answer", exc_info=True)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class PipelineCollector:
-    """The capture pipeline's state, read at scrape time (nothing to update per record)."""
+    """The capture pipeline's state, read at scrape time from the writer's health reports."""
 
-    def __init__(self, recorder: Recorder,
-                 integrations: Callable[[], list[Integration]]) -> None:
+    def __init__(self, recorder: WriterProcess) -> None:
         self.recorder = recorder
-        self.integrations = integrations
 
     def describe(self) -> list[Any]:
         return []  # series are only known at collect time
@@ -139,6 +159,8 @@ class PipelineCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         health = self.recorder.health()
+        yield GaugeMetricFamily("agentops_writer_up", "1 while the writer process runs.",
+                                value=1 if health.get("writer_process") == "ok" else 0)
         yield GaugeMetricFamily("agentops_queue_depth", "Records waiting for the writer.",
                                 value=health["queue_depth"])
         yield GaugeMetricFamily("agentops_queue_capacity", "Size of the in-memory queue.",
@@ -147,16 +169,14 @@ class PipelineCollector:
                                 value=health["spool_bytes"])
         yield GaugeMetricFamily("agentops_database_up", "1 when the last write succeeded.",
                                 value=1 if health["database"] == "ok" else 0)
-        yield CounterMetricFamily("agentops_written_records", "Records stored.",
-                                  value=health["written_records"])
-        yield CounterMetricFamily("agentops_spooled_records",
-                                  "Records that went to the disk spool.",
-                                  value=health["spooled_records"])
-        yield CounterMetricFamily("agentops_dropped_records",
-                                  "Records lost: spool full, or unparseable.",
-                                  value=health["dropped_records"])
-        yield CounterMetricFamily("agentops_database_errors", "Failed database writes.",
-                                  value=health["database_errors"])
+        for name, key, text in (
+                ("agentops_written_records", "written_records", "Records stored."),
+                ("agentops_spooled_records", "spooled_records",
+                 "Records that went to the disk spool."),
+                ("agentops_dropped_records", "dropped_records",
+                 "Records lost: spool full, or unparseable."),
+                ("agentops_database_errors", "database_errors", "Failed database writes.")):
+            yield CounterMetricFamily(name, text, value=health.get(key, 0))
         sent = CounterMetricFamily("agentops_integration_sent",
                                    "Items delivered by each integration.", labels=["integration"])
         dropped = CounterMetricFamily("agentops_integration_dropped",
@@ -165,9 +185,8 @@ class PipelineCollector:
         queued = GaugeMetricFamily("agentops_integration_queue_depth",
                                    "Items waiting in an integration's queue.",
                                    labels=["integration"])
-        for integration in self.integrations():
-            stats = integration.stats()
-            sent.add_metric([integration.name], stats["sent"])
-            dropped.add_metric([integration.name], stats["dropped"])
-            queued.add_metric([integration.name], stats["queued"])
+        for name, stats in (health.get("integrations") or {}).items():
+            sent.add_metric([name], stats["sent"])
+            dropped.add_metric([name], stats["dropped"])
+            queued.add_metric([name], stats["queued"])
         yield from (sent, dropped, queued)

@@ -46,16 +46,24 @@ FIELDS = ("id", "started_at", "latency_ms", "method", "path", "status", "state",
           "correlation_id")
 
 
-def from_settings(settings: Settings, environ: Mapping[str, str]) -> OtelExporter:
+def traces_endpoint(settings: Settings, environ: Mapping[str, str]) -> str:
+    base = settings.otel_endpoint or ""
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or base.rstrip("/") + "/v1/traces"
+
+
+def check(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Raise IntegrationError when spans cannot be exported: no package, or no host."""
     require("opentelemetry.sdk", "otel")
     require("opentelemetry.exporter.otlp.proto.http", "otel")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    base = settings.otel_endpoint or ""
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
-        base.rstrip("/") + "/v1/traces")
+    endpoint = traces_endpoint(settings, environ)
     if not urlparse(endpoint).hostname:
         raise IntegrationError(f"no host in the OTLP endpoint {endpoint!r}")
+
+
+def from_settings(settings: Settings, environ: Mapping[str, str]) -> OtelExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    endpoint = traces_endpoint(settings, environ)
     # The exporter logs every failed batch; the worker reports failures once instead.
     logging.getLogger("opentelemetry.exporter.otlp.proto.http").setLevel(logging.CRITICAL)
     exporter = OTLPSpanExporter(endpoint=endpoint)  # OTEL_EXPORTER_OTLP_HEADERS etc. apply

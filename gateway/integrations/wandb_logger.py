@@ -44,13 +44,18 @@ def has_api_key(environ: Mapping[str, str]) -> bool:
         return False
 
 
-def from_settings(settings: Settings, environ: Mapping[str, str]) -> WandbLogger:
+def check(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Raise IntegrationError when W&B cannot work: no package, or no key in online mode."""
     require("wandb", "wandb")
     mode = (environ.get("WANDB_MODE") or "online").lower()
     if mode not in OFFLINE_MODES and not has_api_key(environ):
         raise IntegrationError(
             f"project {settings.wandb_project!r} is set but no W&B API key was found "
             "(set WANDB_API_KEY, run `wandb login`, or set WANDB_MODE=offline)")
+
+
+def from_settings(settings: Settings, environ: Mapping[str, str]) -> WandbLogger:
+    mode = (environ.get("WANDB_MODE") or "online").lower()
     logger = WandbLogger(settings.wandb_project or "", settings.wandb_group_by)
     log.info("W&B logging on: project %s, mode %s, grouped by %s", settings.wandb_project, mode,
              settings.wandb_group_by)

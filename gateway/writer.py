@@ -1,0 +1,516 @@
+"""The writer process: everything after capture runs beside the proxy, at a lower CPU priority.
+
+Parsing, run grouping, database writes and their indexes cost several times what forwarding a
+call does. In the proxy's process they would share its core and its GIL, so every record
+stored would be a call not served. Here the proxy's process only pickles finished records,
+once per event-loop tick, onto a socket; a child process (niced, so the kernel serves calls
+first and capture gets the idle CPU) owns the recorder, the run grouper and the writes.
+
+    proxy process                                  writer process (nice +WRITER_NICE)
+    Proxy -> WriterProcess.submit ==records==>  Recorder -> Grouper -> Store
+                                  <==settled, health, replies==
+
+Bounded and lossless: records sent but not yet stored or spooled by the child ("in transit",
+still referenced here until the child says they are settled) are at most --queue-size; past
+that the proxy's process appends to its own spool folder (`<spool-dir>/proxy`) and hands each
+finished file to the child, which replays it in order. If the child dies, what it held is
+spooled here and a new child takes it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import operator
+import os
+import pickle
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from gateway.exchange import Exchange
+from gateway.settings import Settings
+from gateway.spool import Spool
+
+log = logging.getLogger("agentops.writer")
+
+WRITER_NICE = 19  # CFS weight 15 vs 1024: calls first, capture on the CPU they leave
+HEALTH_EVERY = 0.25
+START_TIMEOUT = 60.0
+RESTART_SECONDS = 0.5
+_HEADER = struct.Struct(">I")
+_FIELDS = tuple(Exchange.__slots__)  # type: ignore[attr-defined]
+
+def frame(*message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
+    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    return pickle.loads(await reader.readexactly(length))
+
+
+# A record as a bare tuple of its fields: pickles in microseconds, no field names repeated.
+pack: Callable[[Exchange], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)
+
+
+def unpack(values: tuple[Any, ...]) -> Exchange:
+    return Exchange(*values)  # the fields in declaration order, as `pack` reads them
+
+
+def overflow_dir(settings: Settings) -> Path:
+    return Path(settings.spool_dir) / "proxy"
+
+
+_context: Any = None
+
+
+def process_context() -> Any:
+    """A forkserver that has imported the writer's code once: each writer forks from it in
+    milliseconds, without inheriting the caller's event loop, threads or sockets."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["gateway.writer", "gateway.recorder", "tortoise"])
+    return _context
+
+
+class WriterError(RuntimeError):
+    """The writer process could not start (its database, most often); says why."""
+
+
+# -- the proxy's side ------------------------------------------------------------------------
+
+
+class WriterProcess:
+    """What the proxy and the API see of the recorder: submit, drained, health, call, stop."""
+
+    def __init__(self, settings: Settings, log_level: int = logging.INFO,
+                 environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.log_level = log_level
+        # Forked from a forkserver started earlier, the child would see that server's
+        # environment: give it ours (integrations read WANDB_*, OTEL_* from it).
+        self.environ = dict(os.environ) if environ is None else environ
+        self.queue_size = settings.queue_size
+        self.overflow = Spool(overflow_dir(settings), settings.spool_max_bytes)
+        self._unsettled: dict[int, Exchange] = {}  # sent, not yet stored or spooled there
+        self._pending: list[Exchange] = []
+        self._flush_scheduled = False
+        self._overflowing = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._process: Any = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._tokens = itertools.count(1)
+        self._health: dict[str, Any] = {}
+        self._ready: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the child and wait until its database is open and its grouper rebuilt."""
+        ctx = process_context()
+        ours, theirs = ctx.Pipe(duplex=True)
+        handoff = [str(p) for p in self.overflow.release(everything=True)]
+        self._process = ctx.Process(
+            target=child_main,
+            args=(self.settings, theirs, self.log_level, handoff, self.environ),
+            name="agentops-writer", daemon=True)
+        self._process.start()
+        theirs.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(ours.fileno()))
+        ours.close()
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self._ready = asyncio.get_running_loop().create_future()
+        self._reader_task = asyncio.create_task(self._read(reader), name="agentops-writer-rx")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT)
+        except TimeoutError:
+            self._process.kill()
+            raise WriterError("the writer process did not start in time") from None
+        self._writer = writer
+        self._stopped.clear()
+        self._schedule_flush()  # what arrived while it was starting
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, *rest = await read_frame(reader)
+                if kind == "settled":
+                    for exchange_id in rest[0]:
+                        self._unsettled.pop(exchange_id, None)
+                elif kind == "health":
+                    self._health = rest[0]
+                elif kind == "ready":
+                    self._health = rest[0]
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(None)
+                elif kind == "reply":
+                    token, ok, value = rest
+                    waiter = self._replies.pop(token, None)
+                    if waiter is not None and not waiter.done():
+                        if ok:
+                            waiter.set_result(value)
+                        else:
+                            waiter.set_exception(WriterError(value))
+                elif kind == "failed":
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_exception(WriterError(rest[0]))
+                    return
+                elif kind == "stopped":
+                    self._health = rest[0]
+                    self._stopped.set()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(WriterError("the writer process exited at start"))
+            elif not self._stopping:
+                self._child_lost()
+        finally:
+            self._writer = None
+            for waiter in self._replies.values():
+                if not waiter.done():
+                    waiter.set_exception(WriterError("the writer process went away"))
+            self._replies.clear()
+
+    def _child_lost(self) -> None:
+        """The child died (killed, out of memory). This process still holds every record the
+        child had not stored or spooled: they go to the overflow spool first, then new ones,
+        until a new child takes the files over (ids it already stored are skipped)."""
+        held = list(self._unsettled.values())
+        self._unsettled.clear()
+        log.error("the writer process exited; spooling %d records it held; restarting",
+                  len(held))
+        if held:
+            self._spill(held)
+        self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        await asyncio.sleep(RESTART_SECONDS)
+        while not self._stopping:
+            try:
+                await self.start()
+                return
+            except Exception as exc:
+                log.error("the writer process did not restart: %s", exc)
+                await asyncio.sleep(5)
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def submit(self, exchange: Exchange) -> None:
+        self._pending.append(exchange)
+        if not self._flush_scheduled:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what the proxy finished in this loop tick as one frame, or spool it."""
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            if batch:
+                self._spill(batch)
+            return
+        if len(self._unsettled) + len(batch) > self.queue_size:
+            self._spill(batch)
+            return
+        if self._overflowing:
+            self._hand_over()
+        if batch:
+            for exchange in batch:
+                self._unsettled[exchange.id] = exchange
+            writer.write(frame("records", [pack(e) for e in batch]))
+
+    def _spill(self, batch: list[Exchange]) -> None:
+        self._overflowing = True
+        self.overflow.append(batch)
+
+    def _hand_over(self) -> None:
+        """The child caught up: close the overflow file and tell the child to replay it, before
+        any newer record, so records are stored in the order they were captured."""
+        assert self._writer is not None
+        self._overflowing = False
+        for path in self.overflow.release():
+            self._writer.write(frame("overflow", str(path)))
+
+    # -- requests to the child -----------------------------------------------------------------
+
+    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run a named child operation (see CHILD_CALLS) and return its result."""
+        self._flush()
+        if self._overflowing and self._writer is not None:
+            self._hand_over()
+        writer = self._writer
+        if writer is None:
+            raise WriterError("the writer process is not running")
+        token = next(self._tokens)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[token] = waiter
+        writer.write(frame("call", token, name, args))
+        return await asyncio.wait_for(waiter, timeout)
+
+    async def drained(self, timeout: float | None = None) -> None:
+        """Wait until everything submitted so far is stored (or spooled and replayed)."""
+        self._health = await self.call("drained", timeout=timeout)
+
+    @property
+    def db_ok(self) -> bool:
+        return self._health.get("database") == "ok"
+
+    def health(self) -> dict[str, Any]:
+        health = dict(self._health)
+        health["queue_depth"] = len(self._unsettled) + len(self._pending)
+        health["queue_size"] = self.queue_size
+        health["spool_bytes"] = health.get("spool_bytes", 0) + self.overflow.size
+        health["spooled_records"] = health.get("spooled_records", 0) + self.overflow.spooled
+        health["dropped_records"] = health.get("dropped_records", 0) + self.overflow.dropped
+        health["writer_process"] = "ok" if self._writer is not None else "down"
+        health.setdefault("database", "unknown")
+        return health
+
+    async def stop(self, timeout: float) -> None:
+        """Flush to the child and let it finish; whatever it cannot store in time it spools."""
+        self._stopping = True
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        self._flush()
+        if self._overflowing and self._writer is not None:
+            self._hand_over()
+        writer = self._writer
+        if writer is not None:
+            writer.write(frame("stop", timeout))
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(self._stopped.wait(), timeout + 10)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if self._process is not None:
+            await asyncio.to_thread(self._process.join, 10)
+            if self._process.is_alive():
+                self._process.kill()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        leftover = [*self._unsettled.values(), *self._pending]  # only if the child failed us
+        self._unsettled.clear()
+        self._pending = []
+        if leftover:
+            self.overflow.append(leftover)
+        self.overflow.close()
+
+
+# -- the writer's side -----------------------------------------------------------------------
+
+
+def child_main(settings: Settings, conn: Connection, log_level: int,
+               handoff: list[str], environ: dict[str, str] | None = None) -> None:
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
+    # The proxy's process decides when to stop (it flushes to us first): a Ctrl-C reaching
+    # the whole process group must not kill this process with records still in memory.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICE)
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s")
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Child(settings, conn, handoff).run())
+
+
+class Child:
+    """The writer process's loop: read frames in order, feed the recorder, answer calls."""
+
+    def __init__(self, settings: Settings, conn: Connection, handoff: list[str]) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.handoff = handoff
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.calls: dict[str, Callable[..., Any]] = {
+            "drained": self._drained,
+            "finish_idle_runs": self._finish_idle_runs,
+            # integrations (gateway/integrations/host.py)
+            "metrics": lambda: self.host.exposition(),
+            "log_experiment": lambda experiment: self.host.log_experiment(experiment),
+            "integrations_drained": lambda: self.host.drained(),
+        }
+
+    async def run(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                             fileno=os.dup(self.conn.fileno()))
+        self.conn.close()
+        reader, self.out = await asyncio.open_unix_connection(sock=sock)
+        try:
+            await self._open()
+        except Exception as exc:
+            log.error("writer could not start: %s", exc)
+            self.out.write(frame("failed", f"{type(exc).__name__}: {exc}"))
+            with contextlib.suppress(ConnectionError):
+                await self.out.drain()
+            return
+        tasks = [asyncio.create_task(self._push_health()),
+                 asyncio.create_task(self._finish_runs())]
+        try:
+            await self._serve(reader)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self.store.close()
+
+    async def _open(self) -> None:
+        from gateway.pricing import PriceTable
+        from gateway.providers import make_providers
+        from gateway.recorder import Recorder
+        from gateway.run_store import RunStore
+        from gateway.runs import Grouper
+        from gateway.store import Store
+
+        self.store = Store(self.settings.db)
+        await self.store.open(migrate_schema=False)  # the proxy's process migrated it
+        providers = make_providers()
+        self.run_store = RunStore(self.store)
+        self.grouper = Grouper(self.settings.run_idle)
+        await rebuild_grouper(self.grouper, self.run_store)
+        self.recorder = Recorder(
+            self.store, Spool(self.settings.spool_dir, self.settings.spool_max_bytes),
+            lambda name: providers.get(name, providers["mistral"]),
+            PriceTable.load(self.settings.prices), max_body_bytes=self.settings.max_body_bytes,
+            queue_size=self.settings.queue_size, grouper=self.grouper,
+            run_store=self.run_store)
+        self.recorder.on_settled = self._settled
+        self.recorder.start()
+        from gateway.integrations.host import IntegrationHost
+
+        self.host = IntegrationHost(self.settings, os.environ)
+        self.host.attach(self.recorder)
+        for path in self.handoff:  # what the proxy spooled while no writer was running
+            await self._replay_overflow(Path(path))
+        self.out.write(frame("ready", self._health()))
+
+    async def _serve(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                kind, *rest = await read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                kind, rest = "stop", [self.settings.shutdown_grace]  # the proxy is gone
+            if kind == "records":
+                self._take([unpack(values) for values in rest[0]])
+            elif kind == "overflow":
+                await self._replay_overflow(Path(rest[0]))
+            elif kind == "call":
+                token, name, args = rest
+                task = asyncio.create_task(self._answer(token, name, args))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif kind == "stop":
+                await self.recorder.stop(timeout=max(5.0, float(rest[0])))
+                await self.host.stop()
+                with contextlib.suppress(ConnectionError):
+                    self.out.write(frame("stopped", self._health()))
+                    await self.out.drain()
+                return
+
+    def _take(self, records: list[Exchange]) -> None:
+        spooled = [record.id for record in records if not self.recorder.submit(record)]
+        if spooled:
+            self._settled(spooled)
+
+    async def _replay_overflow(self, path: Path) -> None:
+        """Feed a file the proxy spooled into the pipeline, in order, then delete it once the
+        recorder has stored or spooled every record in it."""
+        from gateway.spool import read_records
+
+        try:
+            records = list(read_records(path))
+        except FileNotFoundError:
+            return
+        for record in records:
+            self.recorder.submit(record)
+        await self.recorder.queue.join()
+        path.unlink(missing_ok=True)
+
+    def _settled(self, ids: list[int]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.out.write(frame("settled", ids))
+
+    async def _answer(self, token: int, name: str, args: tuple[Any, ...]) -> None:
+        try:
+            value = await self.calls[name](*args)
+            message = frame("reply", token, True, value)
+        except Exception as exc:
+            message = frame("reply", token, False, f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.out.write(message)
+
+    async def _drained(self) -> dict[str, Any]:
+        await self.recorder.drained()
+        return self._health()
+
+    async def _finish_idle_runs(self) -> list[int]:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.run_idle)
+        finished = await self.run_store.finish_idle(cutoff)
+        for run_id in finished:
+            self.grouper.forget_run(run_id)
+        await self.host.runs_finished(finished, self.run_store)
+        return finished
+
+    def _health(self) -> dict[str, Any]:
+        return {**self.recorder.health(), **self.host.health()}
+
+    async def _push_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_EVERY)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.out.write(frame("health", self._health()))
+
+    async def _finish_runs(self) -> None:
+        """Settle runs that saw no exchange for --run-idle seconds (here, beside the grouper)."""
+        every = max(0.05, min(30.0, self.settings.run_idle / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._finish_idle_runs()
+            except Exception:
+                log.exception("could not finish idle runs")
+
+
+async def rebuild_grouper(grouper: Any, run_store: Any) -> None:
+    """Give the grouper back what it knew before a restart: recent threads (24 h or 100,000
+    exchanges), open named runs, and conversation links."""
+    from gateway.runs import THREAD_LIMIT, THREAD_SECONDS
+
+    since = datetime.now(UTC) - timedelta(seconds=THREAD_SECONDS)
+    for row in reversed(await run_store.recent_threads(since, THREAD_LIMIT)):
+        if row["parent_id"] is not None:
+            grouper.extended.add(row["parent_id"])
+        if row["thread_key"]:
+            grouper.remember_thread(row["thread_key"], row["id"], row["run_id"],
+                                    _time(row["started_at"]).timestamp())
+    for row in await run_store.open_named_runs():
+        grouper.names[row["name"]] = (row["id"], _time(row["last_seen_at"]).timestamp())
+    for row in reversed(await run_store.conversation_links(THREAD_LIMIT)):
+        grouper.remember_conversation(row["conversation_id"], row["run_id"])
+
+
+def _time(value: Any) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value

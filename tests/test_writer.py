@@ -1,0 +1,53 @@
+"""The writer process: low CPU priority, killed and restarted without stopping the proxy, and
+records that pile up while it is away are stored afterwards, in capture order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.store import ExchangeFilter
+from tests.conftest import Upstream, make_settings, running
+
+
+async def chat(http: aiohttp.ClientSession, url: str, text: str) -> int:
+    payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": text}]}
+    async with http.post(f"{url}/v1/chat/completions", json=payload,
+                         headers={"Authorization": "Bearer sk-writer-test"}) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_writer_runs_niced_and_survives_being_killed(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'w.db'}", tmp_path)
+    async with running(settings) as gw, aiohttp.ClientSession() as http:
+        first = gw.recorder.pid
+        assert first is not None and first != os.getpid()
+        assert os.getpriority(os.PRIO_PROCESS, first) == 19
+
+        assert await chat(http, gw.proxy_url, "before") == 200
+        await gw.recorder.drained(timeout=10)
+        os.kill(first, signal.SIGKILL)
+        # Calls never notice: the proxy spools while no writer runs, then hands the file over.
+        statuses = [await chat(http, gw.proxy_url, f"while away {n}") for n in range(5)]
+        assert statuses == [200] * 5
+
+        deadline = time.monotonic() + 20
+        while gw.recorder.pid == first or gw.recorder.health()["writer_process"] != "ok":
+            assert time.monotonic() < deadline, "the writer was not restarted"
+            await asyncio.sleep(0.05)
+        assert await chat(http, gw.proxy_url, "after") == 200
+        await gw.recorder.drained(timeout=20)
+
+        items, _ = await gw.store.list_exchanges(ExchangeFilter(), 50, None)
+        stored = []
+        for item in reversed(items):
+            async with http.get(f"{gw.ui_url}/api/exchanges/{item['id']}") as resp:
+                stored.append((await resp.json())["request_body"]["messages"][0]["content"])
+        assert stored == ["before", *(f"while away {n}" for n in range(5)), "after"]
+        assert not list((tmp_path / "spool" / "proxy").glob("spool-*.bin"))
