@@ -1,6 +1,6 @@
 """What the integrations cost the writer, per stored record (a script, not a test).
 
-The writer calls every `on_written` hook after each stored batch, in the proxy's process, so
+The writer calls every `on_written` hook after each stored batch (in the writer process), so
 their per-record cost is what matters: Prometheus updates its counters and histograms;
 OpenTelemetry copies a few fields and queues them. Building and encoding spans happens in the
 OTel worker thread and is measured separately. Nothing leaves the process: the OTLP exporter
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.capture import build_rows
 from gateway.exchange import Exchange, new_id
-from gateway.integrations.metrics import Metrics
+from gateway.integrations.metrics import CallMetrics
 from gateway.integrations.otel import OtelExporter
 from gateway.pricing import PriceTable
 from gateway.providers.mistral import MistralProvider
@@ -86,11 +86,7 @@ def main() -> None:
     count = parser.parse_args().records
     rows = sample_rows(count)
 
-    class Recorder:  # only what the metrics collector reads at scrape time
-        def health(self) -> dict[str, Any]:
-            return {}
-
-    metrics = Metrics(Recorder(), list)  # type: ignore[arg-type]
+    metrics = CallMetrics()
     per_record("writer: Prometheus on_written", rows, metrics.on_written)
 
     otel = OtelExporter(EncodeOnly(), "http://127.0.0.1:4318/v1/traces",
