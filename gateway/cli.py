@@ -1,4 +1,5 @@
-"""The command line: `agentops-studio serve | purge`. Flags come from the settings table.
+"""The command line: `agentops-studio serve | purge | export | healthcheck` (and what other
+modules add). Flags come from the settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
 ends as one line on stderr and exit status 2, never a traceback.

@@ -80,7 +80,7 @@ async def test_metrics_count_calls_tokens_cost_and_health(upstream: Upstream, tm
         assert (name, ()) in got and got[(name, ())] == 0
     assert got[("agentops_queue_capacity", ())] == a_settings.queue_size
     assert got[("agentops_written_records_total", ())] == 3
-    assert got[("agentops_database_up", ())] == 1
+    assert got[("agentops_database_up", ())] == 1 and got[("agentops_writer_up", ())] == 1
 
 
 async def test_metrics_off(upstream: Upstream, tmp_path: Path):

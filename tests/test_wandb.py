@@ -54,12 +54,13 @@ def records(path: Path) -> list[Any]:
     return out
 
 
-def finished_records(folder: Path, timeout: float = 20) -> tuple[Path, list[Any]]:
-    """The one offline run's records, once wandb's service has written its exit record (the
-    file is written by another process, which may still be flushing after finish())."""
+def finished_records(folder: Path, run_id: str = "*",
+                     timeout: float = 20) -> tuple[Path, list[Any]]:
+    """The offline run's records, once wandb's service has written its exit record (the file
+    is written by another process, which may still be flushing after finish())."""
     deadline = time.monotonic() + timeout
     while True:
-        found = list(folder.glob("wandb/offline-run-*/run-*.wandb"))
+        found = list(folder.glob(f"wandb/offline-run-*-{run_id}/run-*.wandb"))
         if found:
             (run_file,) = found
             got = records(run_file)
@@ -70,9 +71,9 @@ def finished_records(folder: Path, timeout: float = 20) -> tuple[Path, list[Any]
         time.sleep(0.05)
 
 
-def offline_run(folder: Path) -> dict[str, Any]:
-    """Run, config, summary and history of the one offline run in `folder`."""
-    run_file, got = finished_records(folder)
+def offline_run(folder: Path, run_id: str = "*") -> dict[str, Any]:
+    """Run, config, summary and history of the one offline run in `folder` (with that id)."""
+    run_file, got = finished_records(folder, run_id)
     found: dict[str, Any] = {"dir": run_file.parent, "summary": {}, "history": []}
     for record in got:
         kind = record.WhichOneof("record_type")
@@ -125,8 +126,14 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
             return stats["sent"] == 1
 
         await eventually(logged, timeout=30)
+        # Experiments reach the writer process's logger through the gateway.
+        assert await gw.log_experiment({"id": "7", "name": "sweep", "rows": [{"a": 1}],
+                                        "totals": {"calls": 1}}) is True
+        stats = (await gw.recorder.call("integrations_drained"))["wandb"]
+        assert stats["sent"] == 2, stats
 
-    found = offline_run(offline)
+    assert offline_run(offline, "agentops-exp-7")["summary"]["calls"] == 1
+    found = offline_run(offline, f"agentops-{run['id']}")
     assert found["run"].project == PROJECT
     assert found["run"].run_group == "nightly"  # grouped by run name (the default)
     assert found["run"].display_name == "nightly"
