@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from gateway.pricing import PriceTable
-from gateway.providers.base import Provider
+from gateway.providers.base import Parsed, Provider
 from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
 from gateway.writer import WriterProcess
@@ -147,18 +147,26 @@ async def get_exchange(request: web.Request) -> web.Response:
     item = await request.app[STORE].get_exchange(parse_id(request.match_info["id"]))
     if item is None:
         raise not_found("exchange")
+    provider = request.app[PROVIDERS](item["provider"])
+    item = exchange_detail(item)
+    item["messages"] = exchange_messages(parse_stored(provider, item))
+    return json_response(item)
+
+
+def exchange_detail(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored exchange with its headers, bodies and units decoded, as the API shows it."""
     for side in ("request", "response"):
         item[f"{side}_headers"] = orjson.loads(item[f"{side}_headers"] or "[]")
         item[f"{side}_body"] = decode_body(item[f"{side}_body"],
                                            item[f"{side}_body_encoding"])
     if item.get("units"):
         item["units"] = orjson.loads(item["units"])
-    item["messages"] = exchange_messages(request.app[PROVIDERS](item["provider"]), item)
-    return json_response(item)
+    return item
 
 
-def exchange_messages(provider: Provider, item: dict[str, Any]) -> list[dict[str, Any]]:
-    """The call's full conversation: its input messages (or entries) and its output."""
+def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed:
+    """Parse a stored exchange (as exchange_detail returns it) again: its messages, tool
+    calls and conversation entries, with streams reassembled."""
     def raw(side: str) -> bytes:
         body, encoding = item[f"{side}_body"], item[f"{side}_body_encoding"]
         if body is None or encoding in ("omitted", "base64"):
@@ -167,9 +175,13 @@ def exchange_messages(provider: Provider, item: dict[str, Any]) -> list[dict[str
 
     headers = {k.lower(): v for k, v in item["response_headers"]}
     headers.pop("content-encoding", None)  # stored bodies are already decoded
-    parsed = provider.parse(item["method"], item["path"],
-                            {k.lower(): v for k, v in item["request_headers"]}, raw("request"),
-                            item["status"], headers, [raw("response")])
+    return provider.parse(item["method"], item["path"],
+                          {k.lower(): v for k, v in item["request_headers"]}, raw("request"),
+                          item["status"], headers, [raw("response")])
+
+
+def exchange_messages(parsed: Parsed) -> list[dict[str, Any]]:
+    """The call's full conversation: its input messages (or entries) and its output."""
     keys = ("role", "content", "tool_calls", "tool_call_id", "type")
     inputs = parsed.messages_in or parsed.entries_in or []
     outputs = ([parsed.message_out] if parsed.message_out else parsed.entries_out) or []

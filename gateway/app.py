@@ -12,19 +12,24 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from gateway import api, runs_api
+from gateway import api, replay_api, runs_api
 from gateway.access import token_middleware
+from gateway.experiments import Experiments
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.pricing import PriceTable
 from gateway.providers import make_providers
 from gateway.providers.base import Provider
 from gateway.proxy import Proxy, client_session
+from gateway.replay import Replayer, key_from_environ
+from gateway.replay_store import ReplayStore
+from gateway.run_replay import RunReplayer
 from gateway.run_store import RunStore
 from gateway.settings import Settings
 from gateway.store import Store
@@ -45,10 +50,16 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[api.PRICES] = gateway.prices
     app[api.RUNS] = gateway.run_store
     app[api.PROVIDERS] = gateway.provider
+    app[replay_api.REPLAYER] = gateway.replayer
+    app[replay_api.RUN_REPLAYER] = gateway.run_replayer
+    app[replay_api.REPLAYS] = gateway.replay_store
+    app[replay_api.EXPERIMENTS] = gateway.experiments
+    app[replay_api.HOSTS] = frozenset({"localhost", settings.ui_host.strip("[]").lower()})
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
+    app.add_routes(replay_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -59,8 +70,10 @@ def create_ui_app(gateway: Gateway) -> web.Application:
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        """`environ` (default: the process's) is read once, for the replay key only."""
         self.settings = settings
+        self.replay_key = key_from_environ(os.environ if environ is None else environ)
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
         self.providers = make_providers()
@@ -68,6 +81,7 @@ class Gateway:
         # Integrations run in the writer process; bad configuration is reported here, once.
         writer_settings = check_integrations(settings, os.environ)
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
+        self.replay_store = ReplayStore(self.store)
         self.metrics = (prometheus.MetricsEndpoint(self.recorder)
                         if prometheus.enabled(settings, report=True) else None)
         self.proxy: Proxy | None = None
@@ -91,6 +105,13 @@ class Gateway:
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
                            max_body_bytes=self.settings.max_body_bytes)
+        self.replayer = Replayer(self.store, self.replay_store, self.recorder, self.proxy,
+                                 self.provider, self.replay_key)
+        self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
+        self.experiments = Experiments(self.replayer, self.replay_store, self.store)
+        if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
+            self.experiments.on_finished = self.log_experiment
+        await self.replay_store.interrupt_running()
         server = web.Server(self.proxy, access_log=None)  # query strings may hold keys
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
@@ -116,6 +137,9 @@ class Gateway:
         """Refuse new calls, give in-flight ones the grace period, then flush the queue."""
         for task in self._tasks:
             task.cancel()
+        experiments = getattr(self, "experiments", None)  # absent if start failed early
+        if experiments is not None:
+            await experiments.stop()
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()  # stops listening, waits, cancels stragglers
         if self._ui_runner is not None:

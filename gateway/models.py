@@ -169,3 +169,69 @@ class Evaluation(Model):
 
     class Meta:
         table = "evaluations"
+
+
+class Diff(Model):
+    """Two exchanges compared (a replay and its original, or any two): the plan's Diffs table.
+    The indexed facts are columns; the word-level ops, tool-call and usage deltas are JSON."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    a = fields.BigIntField(db_index=True)  # the "before" exchange
+    b = fields.BigIntField(db_index=True)  # the "after" exchange
+    run_id = fields.BigIntField(null=True, db_index=True)  # the replay run it belongs to
+    created_at = fields.DatetimeField()
+    identical = fields.BooleanField()
+    similarity = fields.FloatField()
+    parameter_changed = fields.TextField()  # JSON list of {field, before, after}
+    before_output = fields.TextField(null=True)
+    after_output = fields.TextField(null=True)
+    diff_json = fields.TextField()  # JSON: ops, tool_calls, deltas
+
+    class Meta:
+        table = "diffs"
+
+
+class Experiment(Model):
+    """A set of exchanges replayed with one set of overrides, in the background."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    created_at = fields.DatetimeField()
+    finished_at = fields.DatetimeField(null=True)
+    status = fields.CharField(max_length=16)  # running, done, interrupted
+    selection = fields.TextField()  # JSON: exchange_ids, filter or run_id, as asked
+    overrides = fields.TextField()  # JSON object
+    repeat = fields.IntField(default=1)
+    concurrency = fields.IntField(default=4)
+    total = fields.IntField(default=0)
+
+    class Meta:
+        table = "experiments"
+
+
+class ExperimentRow(Model):
+    """One replay of an experiment: the original, its replay, their diff and the deltas."""
+
+    id = fields.BigIntField(primary_key=True)
+    experiment_id = fields.BigIntField()
+    position = fields.IntField()
+    repeat_index = fields.IntField(default=0)
+    exchange_id = fields.BigIntField()
+    replay_id = fields.BigIntField(null=True)
+    diff_id = fields.BigIntField(null=True)
+    status = fields.CharField(max_length=16)  # pending, ok, error, skipped
+    error = fields.TextField(null=True)
+    similarity = fields.FloatField(null=True)
+    identical = fields.BooleanField(null=True)
+    tool_calls_before = fields.IntField(null=True)
+    tool_calls_differing = fields.IntField(null=True)
+    tokens_before = fields.IntField(null=True)
+    tokens_after = fields.IntField(null=True)
+    cost_before = fields.FloatField(null=True)
+    cost_after = fields.FloatField(null=True)
+    latency_before = fields.FloatField(null=True)
+    latency_after = fields.FloatField(null=True)
+    output_hash = fields.CharField(max_length=64, null=True)
+
+    class Meta:
+        table = "experiment_rows"
+        indexes = (("experiment_id", "position", "repeat_index"),)

@@ -11,7 +11,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -102,6 +102,7 @@ class Proxy:
             total=None, connect=None, sock_connect=timeout, sock_read=timeout
         )
         self.max_body_bytes = max_body_bytes
+        self._origin = URL(self.upstream)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -116,7 +117,48 @@ class Proxy:
             exchange.request_body = body
             _, sep, query = path_qs.partition("?")
             url = URL(self.upstream + exchange.path + sep + query, encoded=True)
-            return await self._forward(request, exchange, url, pairs, body, started)
+            upstream = await self._open(exchange, request.method, url, pairs, body, started)
+            if isinstance(upstream, web.Response):
+                return upstream  # the 502/504, already recorded
+            async with upstream:
+                return await self._relay(request, exchange, upstream, started)
+        except asyncio.CancelledError:
+            exchange.state = SHUTDOWN
+            exchange.error = exchange.error or "gateway shut down before the call finished"
+            raise
+        finally:
+            exchange.latency_ms = (time.perf_counter() - started) * 1000
+            self.submit(exchange)
+
+    async def send(self, method: str, path: str, pairs: list[tuple[str, str]], body: bytes, *,
+                   replay_of: int, hints: dict[str, str]) -> Exchange:
+        """Send one request of our own (a replay) the way a client's call is forwarded, and
+        record it the same way. `path` is joined to the configured upstream and to nothing
+        else: it must be a path, never a URL."""
+        if not path.startswith("/") or path.startswith("//"):
+            raise ValueError(f"not a path: {path!r}")
+        started = time.perf_counter()
+        exchange = self._record(method, path, path, "", pairs, hints)
+        exchange.request_body, exchange.replay_of = body, replay_of
+        try:
+            url = URL(self.upstream + path, encoded=True)
+            if (url.scheme, url.host, url.port) != (self._origin.scheme, self._origin.host,
+                                                    self._origin.port):
+                raise ValueError(f"{path!r} would leave the upstream")
+            upstream = await self._open(exchange, method, url, pairs, body, started)
+            if isinstance(upstream, web.Response):
+                return exchange
+            async with upstream:
+                self._response_head(exchange, upstream, started)
+                try:
+                    await self._pump(exchange, upstream, started, None)
+                except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                    exchange.state = UPSTREAM_TIMEOUT
+                    exchange.error = f"upstream stalled mid-response: {type(exc).__name__}"
+                except (aiohttp.ClientError, OSError) as exc:
+                    exchange.state = UPSTREAM_ERROR
+                    exchange.error = f"upstream broke off mid-response: {type(exc).__name__} {exc}"
+            return exchange
         except asyncio.CancelledError:
             exchange.state = SHUTDOWN
             exchange.error = exchange.error or "gateway shut down before the call finished"
@@ -133,10 +175,15 @@ class Proxy:
                  if k.lower().startswith(HINT_PREFIX)}
         if run_name:
             hints["run_prefix"] = run_name
+        return self._record(request.method, client_path, path, query, pairs, hints)
+
+    @staticmethod
+    def _record(method: str, client_path: str, path: str, query: str,
+                pairs: list[tuple[str, str]], hints: dict[str, str]) -> Exchange:
         return Exchange(
             id=new_id(),
             started_at=time.time(),
-            method=request.method,
+            method=method,
             client_path=client_path,
             path=path,
             query=redact.redact_query(query),
@@ -147,17 +194,18 @@ class Proxy:
             omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
         )
 
-    async def _forward(
-        self, request: web.BaseRequest, exchange: Exchange, url: URL,
-        pairs: list[tuple[str, str]], body: bytes, started: float,
-    ) -> web.StreamResponse:
+    async def _open(
+        self, exchange: Exchange, method: str, url: URL, pairs: list[tuple[str, str]],
+        body: bytes, started: float,
+    ) -> aiohttp.ClientResponse | web.Response:
+        """The upstream's response, or (when it cannot be reached) the recorded 502/504."""
         headers = forwarded_headers(pairs)
         data: bytes | io.BytesIO | None = body or None
         if len(body) > LARGE_BODY:
             data = io.BytesIO(body)  # aiohttp writes big bodies in pieces (and warns on bytes)
         try:
-            upstream = await self.session.request(
-                request.method, url, headers=headers, data=data,
+            return await self.session.request(
+                method, url, headers=headers, data=data,
                 allow_redirects=False, skip_auto_headers=SKIP_AUTO, timeout=self.timeout,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -166,43 +214,56 @@ class Proxy:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return self._fail(exchange, 502, UPSTREAM_ERROR, "upstream_unreachable",
                               f"could not reach upstream {self.upstream}", exc, started)
-        async with upstream:
-            return await self._relay(request, exchange, upstream, started)
+
+    def _response_head(self, exchange: Exchange, upstream: aiohttp.ClientResponse,
+                       started: float) -> list[tuple[str, str]]:
+        exchange.ttfb_ms = (time.perf_counter() - started) * 1000
+        exchange.status = upstream.status
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        exchange.response_headers = redact.redact_headers(pairs)
+        return pairs
+
+    async def _pump(self, exchange: Exchange, upstream: aiohttp.ClientResponse, started: float,
+                    write: Callable[[bytes], Awaitable[None]] | None) -> BaseException | None:
+        """Copy the body as it arrives: keep it (up to --max-body-bytes) with arrival times,
+        and hand each chunk to `write`. Returns the client's error when it went away."""
+        chunks, times = exchange.response_chunks, exchange.chunk_ms
+        stored = 0
+        async for chunk in upstream.content.iter_any():
+            if stored < self.max_body_bytes:
+                chunks.append(chunk)
+                times.append((time.perf_counter() - started) * 1000)
+                stored += len(chunk)
+            else:
+                exchange.response_truncated = True
+            if write is not None:
+                try:
+                    await write(chunk)
+                except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+                    return exc
+        return None
 
     async def _relay(
         self, request: web.BaseRequest, exchange: Exchange,
         upstream: aiohttp.ClientResponse, started: float,
     ) -> web.StreamResponse:
-        exchange.ttfb_ms = (time.perf_counter() - started) * 1000
-        exchange.status = upstream.status
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-        exchange.response_headers = redact.redact_headers(pairs)
+        pairs = self._response_head(exchange, upstream, started)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=forwarded_headers(pairs))
         try:
             await response.prepare(request)
         except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
             return self._client_gone(exchange, exc, response)
-        chunks, times = exchange.response_chunks, exchange.chunk_ms
-        stored = 0
         try:
-            async for chunk in upstream.content.iter_any():
-                if stored < self.max_body_bytes:
-                    chunks.append(chunk)
-                    times.append((time.perf_counter() - started) * 1000)
-                    stored += len(chunk)
-                else:
-                    exchange.response_truncated = True
-                try:
-                    await response.write(chunk)
-                except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
-                    return self._client_gone(exchange, exc, response)
+            gone = await self._pump(exchange, upstream, started, response.write)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             self._abort(request, exchange, UPSTREAM_TIMEOUT, "upstream stalled mid-response", exc)
             return response
         except (aiohttp.ClientError, OSError) as exc:
             self._abort(request, exchange, UPSTREAM_ERROR, "upstream broke off mid-response", exc)
             return response
+        if gone is not None:
+            return self._client_gone(exchange, gone, response)
         try:
             await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:

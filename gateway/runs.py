@@ -28,8 +28,8 @@ THREAD_SECONDS = 24 * 3600
 RUN_MEMORY_LIMIT = 20_000
 THREADED_ENDPOINTS = ("chat", "agents")
 
-PREFIX, HEADER, CONVERSATION, THREAD, SINGLE = "prefix", "header", "conversation", "thread", \
-    "single"
+PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = "prefix", "header", "conversation", \
+    "thread", "single", "replay"
 
 
 # -- canonical messages -------------------------------------------------------------------
@@ -212,6 +212,8 @@ class Grouper:
     def _place(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str],
                at: float, hashes: list[str]) -> tuple[int, str, int | None, bool, int | None]:
         """(run id, rule, parent exchange, run created?, matched prefix length)."""
+        if exchange.get("replay_of") is not None:
+            return self._replay_run(parsed, hints)
         name = hints.get("run_prefix") or hints.get("run")
         if name:
             source = PREFIX if hints.get("run_prefix") else HEADER
@@ -234,6 +236,21 @@ class Grouper:
                 self.extended.add(candidate.exchange_id)
                 return candidate.run_id, THREAD, candidate.exchange_id, False, length
         return new_id(), SINGLE, None, True, None
+
+    def _replay_run(self, parsed: Parsed,
+                    hints: dict[str, str]) -> tuple[int, str, int | None, bool, int | None]:
+        """A replay never joins the original's run (nor any run by name or threading): it
+        gets a run of its own, or the one its whole-run replay made. Only the replay code
+        sets replay_of, so a client's headers cannot steer an exchange here."""
+        try:
+            run_id = int(hints.get("replay_run") or 0)
+            step = int(hints.get("replay_step") or 0)
+        except ValueError:
+            run_id, step = 0, 0
+        created = not run_id or step == 0
+        run_id = run_id or new_id()
+        self._link_conversations(parsed, run_id)
+        return run_id, REPLAY, None, created, None
 
     def _named(self, name: str, at: float) -> tuple[int, bool]:
         known = self.names.get(name)
@@ -322,9 +339,12 @@ class Grouper:
             state_added = [*state_added, out]
             full = hashes + prefix_hashes([out], after=hashes)
             key = full[-1]
-            changes.exchange["thread_key"] = key
-            if parsed.endpoint in THREADED_ENDPOINTS and exchange.get("status") == 200:
-                self.remember_thread(key, eid, run_id, at)
+            # A replay is never a thread to continue: a later real call matching its messages
+            # belongs with the original traffic, not in the replay's run.
+            if exchange.get("replay_of") is None:
+                changes.exchange["thread_key"] = key
+                if parsed.endpoint in THREADED_ENDPOINTS and exchange.get("status") == 200:
+                    self.remember_thread(key, eid, run_id, at)
             memory.hashes = full
         else:
             memory.hashes = hashes

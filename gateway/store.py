@@ -47,7 +47,7 @@ _CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
 LIST_COLUMNS = (
     "id", "started_at", "method", "path", "status", "model", "endpoint", "streamed", "state",
     "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms",
-    "ttft_ms", "run_id", "error",
+    "ttft_ms", "run_id", "error", "replay_of",
 )
 
 
@@ -209,6 +209,9 @@ class Store:
                           "evaluations"):
                 await tx.execute_query(self.sql(
                     f"DELETE FROM {table} WHERE exchange_id IN ({marks})"), ids)
+            # Diffs quote both outputs: they go with either exchange.
+            await tx.execute_query(self.sql(
+                f"DELETE FROM diffs WHERE a IN ({marks}) OR b IN ({marks})"), ids + ids)
             runs = [row["run_id"] for row in (await tx.execute_query(self.sql(
                 f"SELECT DISTINCT run_id FROM exchanges WHERE id IN ({marks}) "
                 "AND run_id IS NOT NULL"), ids))[1]]

@@ -112,6 +112,7 @@ class WriterProcess:
         self._reader_task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._settle_waiters: dict[int, asyncio.Future[None]] = {}
         self._tokens = itertools.count(1)
         self._health: dict[str, Any] = {}
         self._ready: asyncio.Future[None] | None = None
@@ -154,6 +155,9 @@ class WriterProcess:
                 if kind == "settled":
                     for exchange_id in rest[0]:
                         self._unsettled.pop(exchange_id, None)
+                        waiter = self._settle_waiters.pop(exchange_id, None)
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(None)
                 elif kind == "health":
                     self._health = rest[0]
                 elif kind == "ready":
@@ -267,6 +271,18 @@ class WriterProcess:
         self._replies[token] = waiter
         writer.write(frame("call", token, name, args))
         return await asyncio.wait_for(waiter, timeout)
+
+    async def wait_settled(self, exchange_id: int, timeout: float) -> None:
+        """Wait until the writer has stored (or spooled) one record, as replay does for its
+        own call. Register before yielding to the loop after submitting it."""
+        waiter = self._settle_waiters.get(exchange_id)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._settle_waiters[exchange_id] = waiter
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        finally:
+            self._settle_waiters.pop(exchange_id, None)
 
     async def drained(self, timeout: float | None = None) -> None:
         """Wait until everything submitted so far is stored (or spooled and replayed)."""

@@ -111,9 +111,11 @@ def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settin
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Gateway]:
-    """A real gateway on ephemeral ports for the length of the block."""
-    gw = Gateway(settings)
+async def running(settings: Settings,
+                  environ: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
+    """A real gateway on ephemeral ports for the length of the block (`environ`: what it
+    reads its replay key from; the process's environment when None)."""
+    gw = Gateway(settings, environ)
     await gw.start()
     try:
         yield gw

@@ -12,8 +12,12 @@ What it gives:
   ``async with`` holder.
 - ``python tests/fake_mistral.py --port 9999``: serves it standalone (benchmark upstream).
 
-Answers are deterministic: the text depends on (model, temperature, random_seed, last user
-message); temperature 0 ignores the seed. Token counts are word counts.
+Answers behave like a real model's: each prompt has a model-neutral base answer that every
+model rewords in its own style (different models share much of an answer, not all of it, and
+answer at different lengths); temperature (default 0.7, as /v1/models reports) then resamples
+a share of the words that grows with it, chosen by random_seed. Temperature 0 is greedy and
+ignores the seed. Without a seed the fake derives one from the prompt (tests stay
+reproducible) unless the request says x-fake-sampling: random. Token counts are word counts.
 
 Control knobs (request headers; the gateway forwards everything but X-AgentOps-*):
   x-fake-status: N             answer with error N (429 adds Retry-After: 7)
@@ -26,6 +30,7 @@ Control knobs (request headers; the gateway forwards everything but X-AgentOps-*
   x-fake-echo: 1               answer JSON describing the received request (any path)
   x-fake-cached-tokens: N      force prompt_tokens_details.cached_tokens
   x-fake-pages: N              pages processed by /v1/ocr when the body names none
+  x-fake-sampling: random      without random_seed (and temperature > 0), answers vary per call
 """
 
 from __future__ import annotations
@@ -185,13 +190,85 @@ def _compose(rng: random.Random, n_words: int) -> str:
     return " ".join(sentences)
 
 
-def _answer_rng(
-    model: str, temperature: Any, seed: Any, prompt: str, salt: object = 0
-) -> random.Random:
-    """Temperature 0 is greedy: the seed no longer matters."""
-    if temperature == 0:
-        seed = None
-    return _rng(model, temperature, seed, prompt, salt)
+DEFAULT_TEMPERATURE = 0.7  # what /v1/models reports as default_model_temperature
+MAX_BASE_WORDS = 60
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a request samples: its model, temperature (the model's default when absent) and
+    seed. Without a seed the fake picks one from the prompt, so tests stay reproducible,
+    unless the caller asked for real randomness (x-fake-sampling: random)."""
+
+    model: str
+    temperature: float
+    seed: Any
+    random: bool = False
+
+    @classmethod
+    def of(cls, model: str, args: Json, request: web.Request | None = None) -> Sampling:
+        temperature = args.get("temperature")
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            temperature = DEFAULT_TEMPERATURE
+        knob = request.headers.get("x-fake-sampling") if request is not None else None
+        return cls(model, float(temperature), args.get("random_seed"), knob == "random")
+
+
+def _model_style(model: str) -> tuple[float, float]:
+    """(share of words this model says differently, its length factor): fixed per model, so
+    two models agree on much of an answer, as real ones do, but not on all of it."""
+    rng = _rng("style", model)
+    return 0.1 + 0.3 * rng.random(), 0.7 + 0.6 * rng.random()
+
+
+def _sampler(sampling: Sampling, prompt: str, salt: object) -> random.Random | None:
+    """Temperature 0 is greedy (no sampling, the seed no longer matters); above it, the
+    seed decides which words change, and more of them change the hotter it is."""
+    if sampling.temperature <= 0:
+        return None
+    if sampling.seed is None and sampling.random:
+        return random.Random(secrets.randbits(64))
+    return _rng("sample", sampling.model, sampling.temperature, sampling.seed, prompt, salt)
+
+
+def _answer(sampling: Sampling, prompt: str, salt: object = 0, min_words: int = 0) -> str:
+    """The answer text: a model-neutral base answer to the prompt, reworded in the model's
+    style, then sampled at the request's temperature. Sentences keep their boundaries, so
+    a word-level diff of two answers shows the words that changed."""
+    base = _rng("answer", prompt, salt)
+    size = max(min_words, MAX_BASE_WORDS)
+    words = [base.choice(VOCAB) for _ in range(size)]
+    breaks = set()
+    at = 0
+    while at < size:
+        at += base.randint(5, 11)
+        breaks.add(at - 1)
+    share, factor = _model_style(sampling.model)
+    n_words = max(min_words, 3, round(base.randint(12, 40) * factor))
+    styler = _rng("model", sampling.model, prompt, salt)
+    sampler = _sampler(sampling, prompt, salt)
+    rate = min(0.9, 0.3 * sampling.temperature)
+    out = []
+    for i in range(n_words):
+        word = words[i]
+        if styler.random() < share:
+            word = styler.choice(VOCAB)
+        if sampler is not None and sampler.random() < rate:
+            word = sampler.choice(VOCAB)
+        out.append(word)
+    sentences, current = [], []
+    for i, word in enumerate(out):
+        current.append(word)
+        if i in breaks or i == len(out) - 1:
+            sentences.append(" ".join(current).capitalize() + ".")
+            current = []
+    return " ".join(sentences)
+
+
+def _thinking(sampling: Sampling, prompt: str, salt: object) -> str:
+    rng = _rng("think", sampling.model, sampling.temperature,
+               None if sampling.temperature <= 0 else sampling.seed, prompt, salt)
+    return "Let me think. " + _compose(rng, rng.randint(8, 16))
 
 
 def _dumps(obj: Any) -> bytes:
@@ -428,12 +505,13 @@ def _is_reasoning(model: str, body: Json) -> bool:
     return model.startswith("magistral") or body.get("prompt_mode") == "reasoning"
 
 
-def _plan_text(plan: Completion, body: Json, prompt: str, salt: object, min_words: int) -> None:
-    rng = _answer_rng(plan.model, body.get("temperature"), body.get("random_seed"), prompt, salt)
-    n_words = max(rng.randint(12, 40), min_words)
-    text = _compose(rng, n_words)
+def _plan_text(
+    request: web.Request, plan: Completion, body: Json, prompt: str, salt: object, min_words: int
+) -> None:
+    sampling = Sampling.of(plan.model, body, request)
+    text = _answer(sampling, prompt, salt, min_words)
     if _is_reasoning(plan.model, body):
-        plan.thinking = "Let me think. " + _compose(rng, rng.randint(8, 16))
+        plan.thinking = _thinking(sampling, prompt, salt)
     fmt = body.get("response_format") or {}
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         text = orjson.dumps({"answer": text}).decode()
@@ -467,7 +545,7 @@ def plan_chat(request: web.Request, body: Json, model: str, salt: object = 0) ->
         plan.completion_tokens = _words(plan.tool_calls[0]["function"]["arguments"]) + 4
     else:
         min_words = _int_header(request, "x-fake-chunks")
-        _plan_text(plan, body, user_text, salt, min_words)
+        _plan_text(request, plan, body, user_text, salt, min_words)
         if last.get("role") == "tool":
             tool_text = _text_of(last.get("content"))
             plan.text = f"According to {last.get('name') or 'the tool'}: {tool_text}. {plan.text}"
@@ -483,6 +561,7 @@ def plan_fim(request: web.Request, body: Json) -> Completion:
     plan = Completion(model=str(body.get("model")))
     plan.prompt_tokens = max(1, _words(prompt) + _words(suffix))
     _plan_text(
+        request,
         plan,
         {**body, "response_format": None},
         prompt + "\x00" + suffix,
@@ -839,7 +918,9 @@ class ConversationTurn:
     usage: Json
 
 
-def _conversation_turn(conv: Json, new_entries: list[Json]) -> ConversationTurn:
+def _conversation_turn(
+    conv: Json, new_entries: list[Json], request: web.Request | None = None
+) -> ConversationTurn:
     args = conv.get("completion_args") or {}
     model, agent_id = conv["model"], conv.get("agent_id")
     history = conv["entries"]
@@ -887,8 +968,7 @@ def _conversation_turn(conv: Json, new_entries: list[Json]) -> ConversationTurn:
                     "completed_at": now,
                 }
             )
-        rng = _answer_rng(model, args.get("temperature"), args.get("random_seed"), user_text)
-        text = _compose(rng, rng.randint(12, 40))
+        text = _answer(Sampling.of(model, args, request), user_text)
         if last.get("type") == "function.result":
             text = f"The function returned {last.get('result')}. {text}"
         outputs.append(
@@ -972,7 +1052,7 @@ async def _run_conversation(
 ) -> web.StreamResponse:
     new_entries = _input_entries(inputs)
     conv["entries"].extend(new_entries)
-    turn = _conversation_turn(conv, new_entries)
+    turn = _conversation_turn(conv, new_entries, request)
     conv["entries"].extend(turn.outputs)
     if body.get("store") is not False:
         request.app[CONVERSATIONS][conv["id"]] = conv

@@ -19,7 +19,9 @@ import pytest
 
 from gateway.integrations import wandb_logger
 from tests.conftest import Upstream, make_settings, running
+from tests.test_experiments import finished, send
 from tests.test_recorder import eventually
+from tests.test_replay import ENV, post
 from tests.test_runs import tool_loop
 
 PROJECT = "agentops-test"
@@ -203,3 +205,29 @@ async def test_online_without_a_key_is_one_line(upstream: Upstream, tmp_path: Pa
             assert resp.status == 200
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "W&B logging is off" in line and "WANDB_API_KEY" in line
+
+
+async def test_finished_experiment_is_logged(upstream: Upstream, tmp_path: Path, offline: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'x.db'}", tmp_path,
+                             wandb_project=PROJECT)
+    async with running(settings, ENV) as gw:
+        for n in range(2):
+            await send(gw, n)
+        status, created = await post(gw, "/api/experiments", {
+            "filter": {"model": "mistral-large-latest"},
+            "overrides": {"model": "mistral-small-latest"}})
+        assert status == 202, created
+        report, _ = await finished(gw, created["id"])
+        assert report["status"] == "done"
+
+        async def logged() -> bool:
+            return (await gw.recorder.call("integrations_drained"))["wandb"]["sent"] == 1
+
+        await eventually(logged, timeout=30)
+
+    found = offline_run(offline, f"agentops-exp-{created['id']}")
+    assert found["run"].display_name == f"experiment {created['id']}"
+    assert found["config"]["overrides"] == {"model": "mistral-small-latest"}
+    comparison = table(found, "comparison")
+    assert len(comparison["data"]) == 2 and "exchange_id" in comparison["columns"]
+    assert found["summary"]  # the experiment's totals

@@ -65,3 +65,6 @@ def setup(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(security_headers)
     app.router.add_get("/", index)
     app.router.add_static("/static/", HERE / "static")
+    from webui import replay_views  # imports this module: set up after it is complete
+
+    replay_views.setup(app)

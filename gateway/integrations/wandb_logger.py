@@ -186,7 +186,7 @@ def log_experiment(experiment: dict[str, Any], *, project: str,
     for row in rows:
         columns += [key for key in row if key not in columns]
     config = {k: v for k, v in experiment.items() if k not in ("rows", "totals")}
-    name = str(experiment.get("name") or experiment.get("id") or "experiment")
+    name = str(experiment.get("name") or f"experiment {experiment.get('id') or ''}".strip())
     run_id = f"agentops-exp-{experiment['id']}" if experiment.get("id") else None
     with wandb.init(project=project, entity=entity, id=run_id, resume="allow", name=name,
                     group="experiments", job_type="experiment", config=config,

@@ -1,0 +1,153 @@
+"""The replay API on the UI port: replay an exchange or a run, read and compute diffs, run
+experiments.
+
+Same conventions as api.py (400 names the problem, 404 unknown ids), plus 409 for a call
+that cannot be replayed. The POST routes spend money with the gateway's key, so they take
+only `application/json` (a cross-site form cannot send it without a CORS preflight, which
+this server never grants) and only under a loopback or configured host name (no DNS
+rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.api import BadRequest, json_response, not_found, parse_id
+from gateway.experiments import Experiments
+from gateway.replay import Replayer, ReplayError
+from gateway.replay_store import ReplayStore
+from gateway.run_replay import RunReplayer
+
+REPLAYER = web.AppKey("replayer", Replayer)
+RUN_REPLAYER = web.AppKey("run_replayer", RunReplayer)
+REPLAYS = web.AppKey("replay_store", ReplayStore)
+EXPERIMENTS = web.AppKey("experiments", Experiments)
+HOSTS = web.AppKey("allowed_hosts", frozenset)
+
+routes = web.RouteTableDef()
+
+
+def error(status: int, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict,
+           502: web.HTTPBadGateway, 503: web.HTTPServiceUnavailable}.get(status,
+                                                                         web.HTTPBadRequest)
+    return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
+
+
+def host_allowed(request: web.Request) -> bool:
+    """Loopback names and IP literals, or the host the UI was configured to listen on."""
+    host = (request.host or "").rsplit(":", 1)[0].strip("[]").lower()
+    if host in request.app[HOSTS]:
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if not host_allowed(request):
+        raise error(400, f"requests for host {request.host!r} are refused (DNS rebinding "
+                         "guard): use 127.0.0.1, localhost or the configured --ui-host")
+    if request.content_type != "application/json":
+        raise BadRequest('send the body as JSON with Content-Type: application/json, e.g. '
+                         '{"overrides": {"temperature": 0}}')
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body must be JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object, e.g. {"overrides": {...}}')
+    return body
+
+
+def replay_fields(body: dict[str, Any]) -> tuple[Any, Any]:
+    unknown = sorted(set(body) - {"overrides", "api_key"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)} (accepted: overrides, "
+                         "api_key)")
+    return body.get("overrides", {}), body.get("api_key")
+
+
+@routes.post("/api/exchanges/{id}/replay")
+async def replay_exchange(request: web.Request) -> web.Response:
+    exchange_id = parse_id(request.match_info["id"])
+    overrides, given_key = replay_fields(await json_body(request))
+    replayer = request.app[REPLAYER]
+    try:
+        original = await replayer.original(exchange_id)
+        await replayer.plan(original, overrides)  # 409/400 before the key is even looked at
+        key = replayer.key(given_key)
+        replayed, diff = await replayer.replay(exchange_id, overrides, key)
+    except ReplayError as exc:
+        raise error(exc.status, exc.message) from None
+    return json_response({"exchange": replayed.list_item(), "diff": diff}, status=201)
+
+
+@routes.post("/api/runs/{id}/replay")
+async def replay_run(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    overrides, given_key = replay_fields(await json_body(request))
+    runs = request.app[RUN_REPLAYER]
+    try:
+        steps = await runs.steps(run_id)
+        await runs.replayer.plan(steps[0], overrides)
+        key = runs.replayer.key(given_key)
+        result = await runs.replay(run_id, overrides, key, steps)
+    except ReplayError as exc:
+        raise error(exc.status, exc.message) from None
+    return json_response(result, status=201)
+
+
+@routes.get("/api/diffs/{id}")
+async def get_diff(request: web.Request) -> web.Response:
+    diff = await request.app[REPLAYS].get_diff(parse_id(request.match_info["id"], "diff"))
+    if diff is None:
+        raise not_found("diff")
+    return json_response(diff)
+
+
+@routes.get("/api/diff")
+async def compute_diff(request: web.Request) -> web.Response:
+    """Any two exchanges, computed now (not stored: a GET changes nothing)."""
+    return json_response(await diff_of(request))
+
+
+async def diff_of(request: web.Request) -> dict[str, Any]:
+    replayer = request.app[REPLAYER]
+    sides = []
+    for name in ("a", "b"):
+        value = request.query.get(name, "")
+        if not value.isdigit() or len(value) > 19:
+            raise BadRequest(f"{name} must be an exchange id, got {value!r}")
+        recorded = await replayer.load(int(value))
+        if recorded is None:
+            raise not_found(f"exchange {value} ({name})")
+        sides.append(recorded)
+    return await replayer.diff(sides[0], sides[1], save=False)
+
+
+@routes.post("/api/experiments")
+async def create_experiment(request: web.Request) -> web.Response:
+    created = await request.app[EXPERIMENTS].create(await json_body(request))
+    return json_response(created, status=202)
+
+
+@routes.get("/api/experiments")
+async def list_experiments(request: web.Request) -> web.Response:
+    return json_response({"items": await request.app[REPLAYS].list_experiments(100)})
+
+
+@routes.get("/api/experiments/{id}")
+async def get_experiment(request: web.Request) -> web.Response:
+    report = await request.app[EXPERIMENTS].report(
+        parse_id(request.match_info["id"], "experiment"))
+    if report is None:
+        raise not_found("experiment")
+    return json_response(report)

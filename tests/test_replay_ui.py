@@ -1,0 +1,152 @@
+"""The replay pages: the form replays and lands on the side-by-side diff, hostile captured text
+stays text, other sites cannot post the form, the experiment page draws its chart; real
+Chromium renders the diff page under the strict CSP without complaint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.app import Gateway
+from tests.conftest import Upstream, make_settings, running
+from tests.test_experiments import finished
+from tests.test_replay import ENV, get, latest_id, post
+
+HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def gw(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'ui.db'}", tmp_path)
+    async with running(settings, ENV) as gateway:
+        yield gateway
+
+
+async def hostile_exchange(gw: Gateway) -> str:
+    """A call whose recorded output carries markup (the fake echoes the tool's result)."""
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "abcdefghi", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "abcdefghi", "name": "get_weather",
+                 "content": HOSTILE}]
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{gw.proxy_url}/v1/chat/completions",
+            json={"model": "mistral-large-latest", "messages": messages},
+            headers={"Authorization": "Bearer k"}) as resp:
+        assert resp.status == 200
+    return await latest_id(gw)
+
+
+async def page(gw: Gateway, path: str, **headers: str) -> tuple[int, str, Any]:
+    async with aiohttp.ClientSession(gw.ui_url) as http, http.get(path,
+                                                                  headers=headers) as resp:
+        return resp.status, await resp.text(), resp.headers
+
+
+def assert_strict_html(html: str) -> None:
+    """No script, no style, no inline handlers or styles in any tag (text is escaped)."""
+    for tag in re.findall(r"<[^>]*>", html):
+        assert not re.match(r"<(script|style)\b", tag), tag
+        assert not re.search(r"\s(style|on\w+)\s*=", tag), tag
+
+
+async def test_form_replays_to_a_safe_side_by_side_diff(gw: Gateway, upstream: Upstream):
+    original = await hostile_exchange(gw)
+    status, html, _ = await page(gw, f"/exchanges/{original}/replay")
+    assert status == 200
+    assert '<option value="mistral-small-latest">' in html  # from the upstream's /v1/models
+    assert "keep mistral-large-latest" in html and 'name="api_key"' not in html
+
+    form = {"model": "mistral-small-latest", "temperature": "0.2", "random_seed": "",
+            "max_tokens": "", "overrides": '{"top_p": 0.5}'}
+    async with aiohttp.ClientSession(gw.ui_url) as http:
+        sent = len(upstream.requests)
+        async with http.post(f"/exchanges/{original}/replay", data=form,
+                             headers={"Origin": "http://evil.example"},
+                             allow_redirects=False) as resp:
+            assert resp.status == 403
+        async with http.post(f"/exchanges/{original}/replay", data=form,
+                             headers={"Sec-Fetch-Site": "cross-site"},
+                             allow_redirects=False) as resp:
+            assert resp.status == 403
+        assert len(upstream.requests) == sent
+        async with http.post(f"/exchanges/{original}/replay", data={"temperature": "warm"},
+                             allow_redirects=False) as resp:
+            assert resp.status == 400 and "temperature must be a number" in await resp.text()
+        async with http.post(f"/exchanges/{original}/replay", data=form,
+                             headers={"Origin": gw.ui_url, "Sec-Fetch-Site": "same-origin"},
+                             allow_redirects=False) as resp:
+            assert resp.status == 303, await resp.text()
+            location = resp.headers["Location"]
+    assert re.fullmatch(r"/diffs/\d+", location)
+
+    status, html, headers = await page(gw, location)
+    assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
+    assert_strict_html(html)
+    assert "&lt;script&gt;alert(" in html and HOSTILE not in html
+    assert "<del>" in html and "<ins>" in html
+    assert "mistral-small-latest" in html and "top_p" in html and "similarity" in html
+    status, partial, _ = await page(gw, f"/compare?a={original}&b={original}")
+    assert status == 200 and "identical" in partial
+    assert (await page(gw, "/diffs/1"))[0] == 404
+    assert (await page(gw, "/compare?a=x&b=1"))[0] == 400
+    await check_in_chromium(gw, location)
+
+
+async def check_in_chromium(gw: Gateway, path: str) -> None:
+    """Real Chromium: the page renders its diff, and the CSP blocks nothing it needs."""
+    proc = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+        "--v=0", "--dump-dom", f"{gw.ui_url}{path}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    dom, log = out.decode(), err.decode()
+    assert "<del>" in dom and "<ins>" in dom and "Parameters" in dom
+    assert "Content Security Policy" not in log and "Refused to" not in log
+    assert "alert(" not in re.sub(r"&lt;script&gt;alert\(|onerror=alert\(", "", dom)
+
+
+async def test_experiment_page_has_table_and_chart(gw: Gateway):
+    for n in range(3):
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{gw.proxy_url}/v1/chat/completions",
+                json={"model": "mistral-large-latest",
+                      "messages": [{"role": "user", "content": f"q{n} {HOSTILE}"}]},
+                headers={"Authorization": "Bearer k"}) as resp:
+            assert resp.status == 200
+    status, created = await post(gw, "/api/experiments", {
+        "filter": {"model": "mistral-large-latest"},
+        "overrides": {"model": "mistral-small-latest"}})
+    assert status == 202
+    await finished(gw, created["id"])
+    status, html, _ = await page(gw, f"/experiments/{created['id']}")
+    assert status == 200
+    assert_strict_html(html)
+    assert html.count("<circle") == 3 and "<svg" in html and "<progress" in html
+    assert "cost \u2212" in html and 'http-equiv="refresh"' not in html
+    status, partial, headers = await page(gw, f"/experiments/{created['id']}", **{
+        "HX-Request": "true"})
+    assert status == 200 and "<html" not in partial and "<circle" in partial
+    assert headers["Vary"] == "HX-Request"
+    status, listing, _ = await page(gw, "/experiments")
+    assert status == 200 and f"/experiments/{created['id']}" in listing
+    assert (await page(gw, "/experiments/5"))[0] == 404
+
+    run_id = (await get(gw, "/api/runs"))[1]["items"][-1]["id"]
+    status, html, _ = await page(gw, f"/runs/{run_id}/replay")
+    assert status == 200 and f'action="/runs/{run_id}/replay"' in html
+    async with aiohttp.ClientSession(gw.ui_url) as http, http.post(
+            f"/runs/{run_id}/replay", data={"random_seed": "4"}) as resp:
+        assert resp.status == 201
+        result = await resp.text()
+    assert "Followed the recording to the end" in result and "/diffs/" in result

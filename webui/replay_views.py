@@ -1,0 +1,246 @@
+"""The replay pages: a side-by-side diff, an experiment with its table and chart, the replay
+form (a partial the exchange and run pages include) and what its submission shows.
+
+Server-rendered, autoescaped, no inline script or style (the chart is inline SVG drawn with
+attributes and classes from replay.css). Forms that spend money are checked to come from
+this UI (Origin / Sec-Fetch-Site, and the DNS-rebinding host guard of the replay API).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.api import parse_id
+from gateway.replay import ReplayError
+from gateway.replay_api import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER, host_allowed
+from webui import JINJA, render
+
+CHART = {"width": 640, "height": 320, "left": 56, "right": 16, "top": 16, "bottom": 44}
+NUMBER_FIELDS = {"temperature": float, "random_seed": int, "max_tokens": int, "top_p": float}
+
+
+def json_text(value: Any, limit: int = 2000) -> str:
+    """A value as readable JSON (shortened): shown as text, so it is escaped like any text."""
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def signed(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "\u2013"
+    if isinstance(value, int):
+        return f"{value:+d}"
+    return f"{value:+.{digits}f}"
+
+
+# -- the replay form ------------------------------------------------------------------------
+
+
+async def replay_form(request: web.Request, action: str,
+                      item: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The context `_replay_form.html` needs, as `replay_form`: where it posts, the models
+    the upstream offers, and the original's own values as placeholders."""
+    replayer = request.app[REPLAYER]
+    body = (item or {}).get("request_body")
+    body = body if isinstance(body, dict) else {}
+    args = body.get("completion_args") if isinstance(body.get("completion_args"), dict) else {}
+    current = {k: body.get(k, args.get(k)) for k in ("model", *NUMBER_FIELDS)}
+    models = await replayer.models()
+    if current.get("model") and current["model"] not in models:
+        models = [current["model"], *models]
+    return {"action": action, "models": models, "current": current,
+            "has_key": replayer.has_key}
+
+
+def form_overrides(form: Any) -> dict[str, Any]:
+    """The form's fields as overrides: the free JSON first, the named fields over it."""
+    overrides: dict[str, Any] = {}
+    text = (form.get("overrides") or "").strip()
+    if text:
+        try:
+            overrides = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ReplayError(400, f"overrides must be JSON: {exc}") from None
+        if not isinstance(overrides, dict):
+            raise ReplayError(400, 'overrides must be a JSON object, e.g. {"top_p": 0.9}')
+    if (form.get("model") or "").strip():
+        overrides["model"] = form["model"].strip()
+    for name, kind in NUMBER_FIELDS.items():
+        raw = (form.get(name) or "").strip()
+        if raw:
+            try:
+                overrides[name] = kind(raw)
+            except ValueError:
+                raise ReplayError(400, f"{name} must be a number, got {raw!r}") from None
+    return overrides
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse form posts made by other sites (they would spend the replay key)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if (site is not None and site not in ("same-origin", "none")) or (
+            origin is not None and origin != f"{request.scheme}://{request.host}") or (
+            not host_allowed(request)):
+        raise ReplayError(403, "this form can only be sent from the AgentOps Studio UI itself")
+
+
+def failure(request: web.Request, error: ReplayError) -> web.Response:
+    response = render(request, "replay_error.html", {"error": error.message,
+                                                     "status": error.status})
+    response.set_status(error.status)
+    return response
+
+
+async def exchange_replay_page(request: web.Request) -> web.Response:
+    exchange_id = parse_id(request.match_info["id"])
+    recorded = await request.app[REPLAYER].load(exchange_id)
+    if recorded is None:
+        return failure(request, ReplayError(404, f"exchange {exchange_id} not found"))
+    form = await replay_form(request, f"/exchanges/{exchange_id}/replay", recorded.item)
+    return render(request, "replay_page.html", {"replay_form": form, "what": "exchange",
+                                                "target": str(exchange_id)})
+
+
+async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
+    exchange_id = parse_id(request.match_info["id"])
+    replayer = request.app[REPLAYER]
+    try:
+        check_origin(request)
+        form = await request.post()
+        overrides = form_overrides(form)
+        original = await replayer.original(exchange_id)
+        await replayer.plan(original, overrides)
+        key = replayer.key((form.get("api_key") or "").strip() or None)
+        _, diff = await replayer.replay(exchange_id, overrides, key)
+    except ReplayError as exc:
+        return failure(request, exc)
+    raise web.HTTPSeeOther(f"/diffs/{diff['id']}")
+
+
+async def run_replay_page(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    form = await replay_form(request, f"/runs/{run_id}/replay")
+    return render(request, "replay_page.html", {"replay_form": form, "what": "run",
+                                                "target": str(run_id)})
+
+
+async def run_replay_submit(request: web.Request) -> web.Response:
+    run_id = parse_id(request.match_info["id"], "run")
+    runs = request.app[RUN_REPLAYER]
+    try:
+        check_origin(request)
+        form = await request.post()
+        overrides = form_overrides(form)
+        steps = await runs.steps(run_id)
+        await runs.replayer.plan(steps[0], overrides)
+        key = runs.replayer.key((form.get("api_key") or "").strip() or None)
+        result = await runs.replay(run_id, overrides, key, steps)
+    except ReplayError as exc:
+        return failure(request, exc)
+    response = render(request, "run_replay.html", {"result": result})
+    response.set_status(201)
+    return response
+
+
+# -- diffs ------------------------------------------------------------------------------------
+
+
+async def diff_page(request: web.Request) -> web.Response:
+    diff_id = parse_id(request.match_info["id"], "diff")
+    diff = await request.app[REPLAYS].get_diff(diff_id)
+    if diff is None:
+        return failure(request, ReplayError(404, f"diff {diff_id} not found"))
+    return render(request, "diff.html", {"diff": diff})
+
+
+async def compare_page(request: web.Request) -> web.Response:
+    """Any two exchanges side by side (computed, not stored)."""
+    replayer = request.app[REPLAYER]
+    sides = []
+    for name in ("a", "b"):
+        value = request.query.get(name, "").strip()
+        if not value.isdigit() or len(value) > 19:
+            return failure(request, ReplayError(400, f"{name} must be an exchange id"))
+        recorded = await replayer.load(int(value))
+        if recorded is None:
+            return failure(request, ReplayError(404, f"exchange {value} not found"))
+        sides.append(recorded)
+    return render(request, "diff.html", {"diff": await replayer.diff(*sides, save=False)})
+
+
+# -- experiments ------------------------------------------------------------------------------
+
+
+def chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost change (x, %) against similarity (y) per replay, laid out for inline SVG."""
+    points = [(r, (r["cost_after"] - r["cost_before"]) / r["cost_before"] * 100)
+              for r in rows if r["status"] == "ok" and r["cost_before"]
+              and r["cost_after"] is not None and r["similarity"] is not None]
+    c = CHART
+    plot_w = c["width"] - c["left"] - c["right"]
+    plot_h = c["height"] - c["top"] - c["bottom"]
+    low = min([x for _, x in points] + [0.0 if points else -100.0, -10.0])
+    high = max([x for _, x in points] + [10.0])
+    step = _tick_step(high - low)
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+
+    def x_of(value: float) -> float:
+        return round(c["left"] + (value - low) / (high - low) * plot_w, 1)
+
+    def y_of(value: float) -> float:
+        return round(c["top"] + (1 - value) * plot_h, 1)
+
+    ticks_x = [{"x": x_of(v), "label": f"{v:+.0f}%"}
+               for v in _frange(low, high, step)]
+    ticks_y = [{"y": y_of(v), "label": f"{v:.2f}"} for v in (0, 0.25, 0.5, 0.75, 1.0)]
+    dots = [{"x": x_of(x), "y": y_of(r["similarity"]), "diff_id": r["diff_id"],
+             "kind": "identical" if r["identical"] else "changed",
+             "title": f"exchange {r['exchange_id']}: cost {x:+.1f}%, similarity "
+                      f"{r['similarity']:.3f}"} for r, x in points]
+    return {**c, "plot_w": plot_w, "plot_h": plot_h, "dots": dots, "ticks_x": ticks_x,
+            "ticks_y": ticks_y, "zero_x": x_of(0), "bottom_y": c["top"] + plot_h}
+
+
+def _tick_step(span: float) -> float:
+    for step in (5, 10, 20, 25, 50, 100, 200, 500, 1000):
+        if span / step <= 8:
+            return float(step)
+    return 10 ** math.ceil(math.log10(span))
+
+
+def _frange(low: float, high: float, step: float) -> list[float]:
+    count = round((high - low) / step)
+    return [low + i * step for i in range(count + 1)]
+
+
+async def experiment_page(request: web.Request) -> web.Response:
+    experiment_id = parse_id(request.match_info["id"], "experiment")
+    report = await request.app[EXPERIMENTS].report(experiment_id)
+    if report is None:
+        return failure(request, ReplayError(404, f"experiment {experiment_id} not found"))
+    name = "_experiment_table.html" if request.headers.get("HX-Request") else "experiment.html"
+    return render(request, name, {"experiment": report, "chart": chart(report["rows"])})
+
+
+async def experiments_page(request: web.Request) -> web.Response:
+    items = await request.app[REPLAYS].list_experiments(100)
+    return render(request, "experiments.html", {"items": items})
+
+
+def setup(app: web.Application) -> None:
+    env = app[JINJA]
+    env.filters["json_text"] = json_text
+    env.filters["signed"] = signed
+    app.router.add_get("/diffs/{id}", diff_page)
+    app.router.add_get("/compare", compare_page)
+    app.router.add_get("/experiments", experiments_page)
+    app.router.add_get("/experiments/{id}", experiment_page)
+    app.router.add_get("/exchanges/{id}/replay", exchange_replay_page)
+    app.router.add_post("/exchanges/{id}/replay", exchange_replay_submit)
+    app.router.add_get("/runs/{id}/replay", run_replay_page)
+    app.router.add_post("/runs/{id}/replay", run_replay_submit)
