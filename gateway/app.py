@@ -14,12 +14,15 @@ import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
 from gateway import api, replay_api, runs_api
 from gateway.access import token_middleware
 from gateway.experiments import Experiments
+from gateway.integrations import check_integrations
+from gateway.integrations import metrics as prometheus
 from gateway.pricing import PriceTable
 from gateway.providers import make_providers
 from gateway.providers.base import Provider
@@ -53,6 +56,8 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.EXPERIMENTS] = gateway.experiments
     app[replay_api.HOSTS] = frozenset({"localhost", settings.ui_host.strip("[]").lower()})
     app.add_routes(api.routes)
+    if gateway.metrics is not None:
+        app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
     try:
@@ -78,8 +83,12 @@ class Gateway:
         self.store = Store(settings.db)
         self.providers = make_providers(settings)
         self.run_store = RunStore(self.store)
-        self.recorder = WriterProcess(settings, logging.getLogger().getEffectiveLevel())
+        # Integrations run in the writer process; bad configuration is reported here, once.
+        writer_settings = check_integrations(settings, os.environ)
+        self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
+        self.metrics = (prometheus.MetricsEndpoint(self.recorder)
+                        if prometheus.enabled(settings, report=True) else None)
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -108,6 +117,8 @@ class Gateway:
                                  self.provider, self.replay_key)
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
+        if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
+            self.experiments.on_finished = self.log_experiment
         await self.replay_store.interrupt_running()
         if proxy:
             await self._listen_proxy()
@@ -171,6 +182,12 @@ class Gateway:
         does this on its own every run_idle / 4 seconds)."""
         finished: list[int] = await self.recorder.call("finish_idle_runs")
         return finished
+
+    async def log_experiment(self, experiment: dict[str, Any]) -> bool:
+        """Log an experiment's comparison ({"id", "name", "rows": [...], "totals": {...}}) to
+        W&B without waiting; False when W&B is not configured (or its queue is full)."""
+        queued: bool = await self.recorder.call("log_experiment", experiment)
+        return queued
 
     async def apply_retention(self) -> int:
         """Delete exchanges older than --retention-days; returns how many went."""

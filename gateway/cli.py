@@ -1,5 +1,5 @@
-"""The command line: `agentops-studio serve | mitm | import | purge`. Flags come from the
-settings table.
+"""The command line: `agentops-studio serve | mitm | import | purge | export |
+healthcheck`. Flags come from the settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
 ends as one line on stderr and exit status 2, never a traceback.
@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from gateway import __version__
+from gateway.export import ExportError, export_options, export_request
 from gateway.pricing import PriceFileError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store import Store, StoreError
@@ -256,6 +257,51 @@ async def _import(settings: Settings, exchanges: list[Any]) -> tuple[int, int]:
         return await store_all(gateway, exchanges)
     finally:
         await gateway.stop()
+
+@main.command()
+@export_options
+@setting_options(("db",))
+def export(**options: Any) -> None:
+    """Export calls or runs: Mistral fine-tuning JSONL, JSONL, CSV, Parquet or a Hugging
+    Face dataset. Filters are the API's; --preset failures picks what went wrong."""
+    from gateway.export import run_export
+
+    try:
+        request = export_request(options)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    settings = build_settings({"db": options.get("db")})
+    try:
+        result = asyncio.run(run_export(settings.db, request))
+    except (*USER_ERRORS, ExportError) as exc:
+        fail(str(exc))
+        return
+    except OSError as exc:
+        fail(f"--out: cannot write {request.out}: {exc.strerror or exc}")
+        return
+    skipped = f" ({result.skipped} without an assistant reply left out)" if result.skipped else ""
+    click.echo(f"exported {result.written} {'runs' if request.runs else 'calls'} to "
+               f"{request.out}{skipped}", err=True)
+
+
+@main.command()
+@setting_options(("ui_host", "ui_port", "ui_token"))
+def healthcheck(**flags: Any) -> None:
+    """Exit 0 when the gateway's /healthz answers on this machine (Docker's HEALTHCHECK)."""
+    import urllib.request
+
+    settings = build_settings(flags)
+    host = settings.ui_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            click.echo(resp.read().decode()[:500])
+    except OSError as exc:
+        click.echo(f"agentops-studio: unhealthy: {url}: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import statistics
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -122,6 +123,8 @@ class Experiments:
         self.replay_store = replay_store
         self.store = store
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        # Called with the finished experiment's report (the gateway logs it to W&B).
+        self.on_finished: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
 
     async def create(self, body: Any) -> dict[str, Any]:
         """Check everything, write the experiment and its rows, start it; 400 on bad input."""
@@ -219,6 +222,7 @@ class Experiments:
             rows = await self.replay_store.pending_rows(experiment_id)
             await asyncio.gather(*(one(row) for row in rows))
             await self.replay_store.finish_experiment(experiment_id, "done")
+            await self._report_finished(experiment_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -226,6 +230,16 @@ class Experiments:
             await self.replay_store.finish_experiment(experiment_id, "failed")
         finally:
             self.tasks.pop(experiment_id, None)
+
+    async def _report_finished(self, experiment_id: int) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            report = await self.report(experiment_id)
+            if report is not None:
+                await self.on_finished(report)
+        except Exception:  # reporting must not fail the experiment
+            log.exception("experiment %s: could not report it", experiment_id)
 
     async def _replay_row(self, experiment_id: int, row: dict[str, Any],
                           overrides: dict[str, Any], key: SecretKey) -> None:

@@ -119,6 +119,10 @@ class Recorder:
             self._ensure_recovery()
             return
         self.written += len(rows)
+        self._notify(rows)
+
+    def _notify(self, rows: list[Rows]) -> None:
+        """Tell the integrations (metrics, OpenTelemetry) what was stored; they only queue."""
         for callback in self.on_written:
             try:
                 callback(rows)
@@ -181,6 +185,7 @@ class Recorder:
                     self._db_failed(exc)
                     return False
                 self.written += len(rows)
+                self._notify(rows)
             self.spool.done(path)
             log.info("replayed %d spooled records from %s", len(records), path.name)
         self.db_ok = True

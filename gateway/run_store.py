@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -232,6 +232,29 @@ class RunStore:
             item[key] = _iso(item.get(key))
         item["id"] = str(item["id"])
         return item
+
+    async def summaries(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        """Runs without their children (for exporters), each with `ends_at`: when its last
+        call ended (ended_at is when that call started)."""
+        if not run_ids:
+            return []
+        marks = ", ".join("?" * len(run_ids))
+        found = await self.store.rows(
+            f"SELECT {RUN_SELECT} FROM runs r WHERE r.id IN ({marks}) ORDER BY r.id", run_ids)
+        items = []
+        for row in found:
+            item = self._item(row)
+            last = await self.store.rows(
+                "SELECT started_at, latency_ms FROM exchanges WHERE run_id = ? "
+                "ORDER BY id DESC LIMIT 1", [row["id"]])
+            item["ends_at"] = item["ended_at"] or item["last_seen_at"]
+            if last:
+                started = last[0]["started_at"]
+                started = datetime.fromisoformat(started) if isinstance(started, str) else started
+                item["ends_at"] = iso_z(started + timedelta(
+                    milliseconds=last[0]["latency_ms"] or 0))
+            items.append(item)
+        return items
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
         store = self.store

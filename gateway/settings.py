@@ -61,6 +61,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("elevenlabs_usd_per_credit", "--elevenlabs-usd-per-credit",
             "AGENTOPS_ELEVENLABS_USD_PER_CREDIT", 0.0001,
             "USD per ElevenLabs credit (the character-cost header counts credits).", "float"),
+    Setting("wandb_project", "--wandb-project", "AGENTOPS_WANDB_PROJECT", None,
+            "Log each finished run to this Weights & Biases project (W&B's own WANDB_* "
+            "environment gives the key, entity and mode)."),
+    Setting("wandb_group_by", "--wandb-group-by", "AGENTOPS_WANDB_GROUP_BY", "name",
+            "W&B grouping: 'name' groups the wandb runs of agent runs with the same name; "
+            "'run' logs each agent run on its own."),
+    Setting("otel_endpoint", "--otel-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", None,
+            "OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318): export each exchange and run "
+            "as an OpenTelemetry span."),
+    Setting("metrics", "--metrics", "AGENTOPS_METRICS", "auto",
+            "Prometheus metrics at /metrics on the UI port: on, off, or auto (on when "
+            "prometheus-client is installed)."),
 )
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
@@ -136,6 +148,10 @@ class Settings:
     run_idle: float = 300.0
     elevenlabs_upstream: str = "https://api.elevenlabs.io"
     elevenlabs_usd_per_credit: float = 0.0001
+    wandb_project: str | None = None
+    wandb_group_by: str = "name"
+    otel_endpoint: str | None = None
+    metrics: str = "auto"
 
     @classmethod
     def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:
@@ -164,6 +180,16 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0-65535")
         if self.queue_size < 1:
             raise ConfigError("--queue-size must be at least 1")
+        if self.wandb_group_by not in ("run", "name"):
+            raise ConfigError(f"--wandb-group-by / AGENTOPS_WANDB_GROUP_BY must be run or name, "
+                              f"got {self.wandb_group_by!r}")
+        if self.metrics not in ("on", "off", "auto"):
+            raise ConfigError(f"--metrics / AGENTOPS_METRICS must be on, off or auto, "
+                              f"got {self.metrics!r}")
+        if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
+            raise ConfigError("--otel-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT must be an "
+                              f"http(s) URL such as http://127.0.0.1:4318, "
+                              f"got {self.otel_endpoint!r}")
         if not self.ui_token and not is_loopback(self.ui_host):
             raise ConfigError(
                 f"refusing to serve the UI on {self.ui_host} without a token: "

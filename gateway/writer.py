@@ -94,9 +94,13 @@ class WriterError(RuntimeError):
 class WriterProcess:
     """What the proxy and the API see of the recorder: submit, drained, health, call, stop."""
 
-    def __init__(self, settings: Settings, log_level: int = logging.INFO) -> None:
+    def __init__(self, settings: Settings, log_level: int = logging.INFO,
+                 environ: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.log_level = log_level
+        # Forked from a forkserver started earlier, the child would see that server's
+        # environment: give it ours (integrations read WANDB_*, OTEL_* from it).
+        self.environ = dict(os.environ) if environ is None else environ
         self.queue_size = settings.queue_size
         self.overflow = Spool(overflow_dir(settings), settings.spool_max_bytes)
         self._unsettled: dict[int, Exchange] = {}  # sent, not yet stored or spooled there
@@ -121,7 +125,8 @@ class WriterProcess:
         ours, theirs = ctx.Pipe(duplex=True)
         handoff = [str(p) for p in self.overflow.release(everything=True)]
         self._process = ctx.Process(
-            target=child_main, args=(self.settings, theirs, self.log_level, handoff),
+            target=child_main,
+            args=(self.settings, theirs, self.log_level, handoff, self.environ),
             name="agentops-writer", daemon=True)
         self._process.start()
         theirs.close()
@@ -332,7 +337,10 @@ class WriterProcess:
 
 
 def child_main(settings: Settings, conn: Connection, log_level: int,
-               handoff: list[str]) -> None:
+               handoff: list[str], environ: dict[str, str] | None = None) -> None:
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     # The proxy's process decides when to stop (it flushes to us first): a Ctrl-C reaching
     # the whole process group must not kill this process with records still in memory.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -357,6 +365,10 @@ class Child:
         self.calls: dict[str, Callable[..., Any]] = {
             "drained": self._drained,
             "finish_idle_runs": self._finish_idle_runs,
+            # integrations (gateway/integrations/host.py)
+            "metrics": lambda: self.host.exposition(),
+            "log_experiment": lambda experiment: self.host.log_experiment(experiment),
+            "integrations_drained": lambda: self.host.drained(),
         }
 
     async def run(self) -> None:
@@ -403,6 +415,10 @@ class Child:
             run_store=self.run_store)
         self.recorder.on_settled = self._settled
         self.recorder.start()
+        from gateway.integrations.host import IntegrationHost
+
+        self.host = IntegrationHost(self.settings, os.environ)
+        self.host.attach(self.recorder)
         for path in self.handoff:  # what the proxy spooled while no writer was running
             await self._replay_overflow(Path(path))
         self.out.write(frame("ready", self._health()))
@@ -424,6 +440,7 @@ class Child:
                 task.add_done_callback(self.tasks.discard)
             elif kind == "stop":
                 await self.recorder.stop(timeout=max(5.0, float(rest[0])))
+                await self.host.stop()
                 with contextlib.suppress(ConnectionError):
                     self.out.write(frame("stopped", self._health()))
                     await self.out.drain()
@@ -470,10 +487,11 @@ class Child:
         finished = await self.run_store.finish_idle(cutoff)
         for run_id in finished:
             self.grouper.forget_run(run_id)
+        await self.host.runs_finished(finished, self.run_store)
         return finished
 
     def _health(self) -> dict[str, Any]:
-        return self.recorder.health()
+        return {**self.recorder.health(), **self.host.health()}
 
     async def _push_health(self) -> None:
         while True:

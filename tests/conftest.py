@@ -96,6 +96,15 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             yield url
 
 
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built wheel installed in a fresh venv, once per session (its bin folder)."""
+    from tests.test_packaging import build_wheel, install
+
+    where = tmp_path_factory.mktemp("wheel")
+    return install(build_wheel(where / "dist"), where / "venv")
+
+
 def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settings:
     return Settings(upstream=upstream_url, db=db, port=0, ui_port=0,
                     spool_dir=str(tmp_path / "spool"), shutdown_grace=2.0, **extra)

@@ -43,13 +43,13 @@ def install(wheel: Path, where: Path) -> Path:
 
 
 @pytest.mark.slow
-async def test_wheel_installs_and_serves(upstream: Upstream, tmp_path: Path):
-    wheel = await asyncio.to_thread(build_wheel, tmp_path / "dist")
-    bin_dir = await asyncio.to_thread(install, wheel, tmp_path / "venv")
+async def test_wheel_installs_and_serves(upstream: Upstream, tmp_path: Path,
+                                         installed_wheel: Path):
+    bin_dir = installed_wheel
     where = subprocess.run([str(bin_dir / "python"), "-c", "import gateway, webui; "
                             "print(gateway.__file__, webui.__file__)"], cwd=tmp_path,
                            check=True, capture_output=True, text=True).stdout
-    assert str(tmp_path / "venv") in where and str(ROOT) not in where
+    assert str(bin_dir.parent) in where and str(ROOT) not in where
 
     port, ui_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(

@@ -41,6 +41,7 @@ def test_ages(text, value):
     {"max_body_bytes": "0"}, {"upstream_timeout": "-1"}, {"db": "mysql://x"},
     {"elevenlabs_upstream": "api.elevenlabs.io"}, {"elevenlabs_usd_per_credit": "-0.1"},
     {"elevenlabs_usd_per_credit": "free"},
+    {"wandb_group_by": "team"}, {"metrics": "maybe"}, {"otel_endpoint": "collector:4318"},
 ])
 def test_bad_settings_are_refused(flags):
     with pytest.raises(ConfigError):

@@ -1,0 +1,335 @@
+"""`agentops-studio export`: selected exchanges or runs to Mistral fine-tuning JSONL, flat
+JSONL / CSV / Parquet, or a Hugging Face dataset (saved to disk, optionally pushed).
+
+Reads go through ExportReader in keyset-paged batches and each batch is written before the
+next is read, so a large database never sits in memory. Files are written beside the target
+and renamed into place at the end: a failed export leaves no half file.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from gateway.export_store import ExportReader, Failures
+from gateway.finetune import conversation, example, parse_stored
+from gateway.providers.mistral import MistralProvider
+from gateway.store import ExchangeFilter, Store
+
+FORMATS = ("mistral", "jsonl", "csv", "parquet", "hf")
+EXCHANGE_COLUMNS = (
+    "id", "started_at", "run_id", "step", "method", "path", "endpoint", "model",
+    "request_model", "status", "state", "error", "streamed", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cached_tokens", "cost_usd", "latency_ms", "ttfb_ms",
+    "ttft_ms", "finish_reason", "correlation_id", "truncated", "omitted", "output_text",
+    "messages", "request_body", "response_body")
+RUN_COLUMNS = (
+    "id", "name", "agent_id", "user", "tags", "source", "started_at", "ended_at", "status",
+    "exchange_count", "prompt_tokens", "completion_tokens", "total_tokens", "total_cost_usd",
+    "evaluations", "final_exchange_id", "messages")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers
+
+
+class ExportError(RuntimeError):
+    """A user-fixable problem (bad path, missing extra): one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    format: str
+    out: str
+    filter: ExchangeFilter
+    runs: bool = False
+    failures: Failures | None = None
+    push_to_hub: str | None = None
+
+
+@dataclass
+class ExportResult:
+    written: int = 0
+    skipped: int = 0  # mistral format: selected calls with no assistant reply
+
+
+# -- records ----------------------------------------------------------------------------------
+
+def exchange_record(item: dict[str, Any], messages: list[dict[str, Any]] | None) -> dict:
+    record = {column: item.get(column) for column in EXCHANGE_COLUMNS}
+    record["messages"] = messages
+    for side in ("request", "response"):
+        if item.get(f"{side}_body_encoding") == "omitted":
+            record[f"{side}_body"] = None
+    return record
+
+
+def run_record(run: dict[str, Any], messages: list[dict[str, Any]] | None) -> dict:
+    record = {column: run.get(column) for column in RUN_COLUMNS}
+    record["tags"] = orjson.dumps(run.get("tags") or {}).decode()
+    record["evaluations"] = orjson.dumps(run.get("evaluations") or {}).decode()
+    final = run.get("final_exchange")
+    record["final_exchange_id"] = final["id"] if final else None
+    record["messages"] = messages
+    return record
+
+
+# -- writers ------------------------------------------------------------------------------------
+
+class JsonlWriter:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self.stream.write("".join(orjson.dumps(r).decode() + "\n" for r in records))
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+def neutralise(value: Any) -> Any:
+    """CSV injection: a text cell that a spreadsheet would run as a formula gets a quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+class CsvWriter:
+    def __init__(self, stream: TextIO, columns: tuple[str, ...]) -> None:
+        self.stream = stream
+        self.columns = columns
+        self.writer = csv.writer(stream)
+        self.writer.writerow(columns)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.writer.writerow([neutralise(_csv_cell(record[c])) for c in self.columns])
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def arrow_schema(columns: tuple[str, ...]) -> Any:
+    import pyarrow as pa
+
+    call = pa.struct([("id", pa.string()), ("type", pa.string()), ("function", pa.struct(
+        [("name", pa.string()), ("arguments", pa.string())]))])
+    message = pa.struct([("role", pa.string()), ("content", pa.string()),
+                         ("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()),
+                         ("name", pa.string())])
+    ints = {"step", "status", "prompt_tokens", "completion_tokens", "total_tokens",
+            "cached_tokens", "exchange_count"}
+    floats = {"cost_usd", "total_cost_usd", "latency_ms", "ttfb_ms", "ttft_ms"}
+    bools = {"streamed", "truncated", "omitted"}
+
+    def kind(name: str) -> Any:
+        if name == "messages":
+            return pa.list_(message)
+        if name in ints:
+            return pa.int64()
+        if name in floats:
+            return pa.float64()
+        return pa.bool_() if name in bools else pa.string()
+
+    return pa.schema([(name, kind(name)) for name in columns])
+
+
+class ParquetWriter:
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa = pa
+        self.schema = arrow_schema(columns)
+        self.writer = pq.ParquetWriter(str(path), self.schema)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self.writer.write_table(self.pa.Table.from_pylist(records, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# -- the export ---------------------------------------------------------------------------------
+
+async def _records(reader: ExportReader, request: ExportRequest,
+                   result: ExportResult) -> AsyncIterator[list[dict[str, Any]]]:
+    """Batches of output records in the request's shape."""
+    provider = MistralProvider()
+    mistral = request.format == "mistral"
+    if request.runs:
+        async for ids in reader.run_ids(request.filter, request.failures):
+            out = []
+            for run in await reader.run_records(ids):
+                final = run["final_exchange"]
+                parsed = parse_stored(provider, final) if final else None
+                if mistral:
+                    found = example(parsed)
+                    if found is None:
+                        result.skipped += 1
+                        continue
+                    out.append(found)
+                else:
+                    out.append(run_record(run, conversation(parsed)))
+            yield out
+        return
+    async for items in reader.exchanges(request.filter, request.failures):
+        out = []
+        for item in items:
+            parsed = parse_stored(provider, item)
+            if mistral:
+                found = example(parsed)
+                if found is None:
+                    result.skipped += 1
+                    continue
+                out.append(found)
+            else:
+                out.append(exchange_record(item, conversation(parsed)))
+        yield out
+
+
+def _check_target(request: ExportRequest) -> Path:
+    out = Path(request.out)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise ExportError(f"--out: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"--out: cannot write in {folder} (permission denied)")
+    if out.is_dir() and request.format != "hf":
+        raise ExportError(f"--out: {out} is a folder; give a file name")
+    return out
+
+
+async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
+    """Write the export; raises ExportError for problems the user can fix."""
+    if request.push_to_hub and request.format != "hf":
+        raise ExportError("--push-to-hub needs --format hf")
+    stdout = request.out == "-"
+    if stdout and request.format in ("parquet", "hf"):
+        raise ExportError(f"--out -: {request.format} cannot go to standard output")
+    out = None if stdout else _check_target(request)
+    for package, formats in (("pyarrow", ("parquet", "hf")), ("datasets", ("hf",))):
+        if request.format in formats and importlib.util.find_spec(package) is None:
+            raise ExportError(f"--format {request.format} needs the {package} package: "
+                              "pip install 'agentops-studio[hf]'")
+    store = Store(db_url)
+    await store.open()
+    result = ExportResult()
+    columns = RUN_COLUMNS if request.runs else EXCHANGE_COLUMNS
+    work = Path(tempfile.mkdtemp(prefix=".agentops-export-",
+                                 dir=None if out is None else out.parent or "."))
+    try:
+        partial = work / ("data.parquet" if request.format in ("parquet", "hf") else "data")
+        stream = sys.stdout if stdout else None
+        writer: Any
+        if request.format in ("parquet", "hf"):
+            writer = ParquetWriter(partial, columns)
+        else:
+            stream = stream or open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            writer = (CsvWriter(stream, columns) if request.format == "csv"
+                      else JsonlWriter(stream))
+        try:
+            async for batch in _records(ExportReader(store), request, result):
+                writer.write(batch)
+                result.written += len(batch)
+        finally:
+            writer.close()
+            if stream is not None and stream is not sys.stdout:
+                stream.close()
+        if out is not None and request.format == "hf":
+            save_dataset(partial, out, work, request.push_to_hub)
+        elif out is not None:
+            os.replace(partial, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        await store.close()
+    return result
+
+
+def save_dataset(parquet: Path, out: Path, work: Path, repo: str | None) -> None:
+    """A Hugging Face datasets.Dataset from the written Parquet file (memory-mapped, not
+    loaded), saved to `out` and pushed to the Hub when asked (HF_TOKEN or a saved login), as a
+    private dataset: captured prompts are not published by accident."""
+    import datasets
+
+    datasets.disable_progress_bars()  # the command prints one summary line, not bars
+    dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(work / "cache"))
+    dataset.save_to_disk(str(out))
+    if repo:
+        try:
+            dataset.push_to_hub(repo, private=True)  # captured prompts: never public by default
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ExportError(f"saved to {out}, but pushing to the Hub as {repo} failed: "
+                              f"{type(exc).__name__}: {first}") from None
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def export_options(func: Any) -> Any:
+    """The export command's options: format, target, preset, and the API's filters."""
+    import click
+
+    options = [
+        click.option("--format", "format_", required=True, type=click.Choice(FORMATS),
+                     help="mistral: fine-tuning JSONL; jsonl/csv/parquet: flat records; "
+                          "hf: a Hugging Face dataset folder."),
+        click.option("--out", required=True, metavar="PATH",
+                     help="File to write (a folder for hf; - for standard output)."),
+        click.option("--runs", is_flag=True,
+                     help="One record per run (its final conversation) instead of per call."),
+        click.option("--preset", type=click.Choice(["failures"]),
+                     help="failures: errored calls and runs, or ones scored below "
+                          "--score-below."),
+        click.option("--score-below", type=float, default=0.5, show_default=True,
+                     help="With --preset failures: an evaluation below this is a failure."),
+        click.option("--metric", metavar="NAME",
+                     help="With --preset failures: only this evaluation metric counts."),
+        click.option("--push-to-hub", metavar="REPO",
+                     help="With --format hf: also push the dataset to the Hub (HF_TOKEN)."),
+    ]
+    for name, text in (("q", "Full-text search, words ANDed."), ("model", "Model name."),
+                       ("status", "Status code (429) or class (4xx)."),
+                       ("state", "complete, client_disconnected, upstream_error, ..."),
+                       ("endpoint", "chat, fim, agents, embeddings, conversations, ..."),
+                       ("run", "Run id."), ("since", "ISO-8601 time."),
+                       ("until", "ISO-8601 time.")):
+        options.append(click.option(f"--{name}", metavar=name.upper(), help=text))
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def export_request(options: dict[str, Any]) -> ExportRequest:
+    """Validate the options like the API validates its query (ValueError names the flag)."""
+    from gateway.api import BadRequest, exchange_filter
+
+    names = ("q", "model", "status", "state", "endpoint", "run", "since", "until")
+    try:
+        f = exchange_filter({n: options.get(n) for n in names if options.get(n) is not None})
+    except BadRequest as exc:
+        raise ValueError("--" + orjson.loads(exc.text or "{}").get("error", "bad filter")) \
+            from None
+    failures = None
+    if options.get("preset") == "failures":
+        failures = Failures(options.get("score_below", 0.5), options.get("metric"))
+    elif options.get("metric"):
+        raise ValueError("--metric only applies with --preset failures")
+    return ExportRequest(format=options["format_"], out=options["out"], filter=f,
+                         runs=bool(options.get("runs")), failures=failures,
+                         push_to_hub=options.get("push_to_hub"))

@@ -1,0 +1,192 @@
+"""Prometheus metrics at GET /metrics on the UI port: calls, tokens and cost by model and
+status, latency and TTFT histograms, and the capture pipeline's health.
+
+Two halves, one per process. In the writer process, CallMetrics is fed from the recorder's
+stored batches (aggregated per batch: a record costs a dict update and two histogram
+observations) and renders its registry when asked. In the proxy's process, MetricsEndpoint
+serves /metrics: the pipeline's state (queue depth, spool size, dropped records, database
+errors, integrations) from the writer's health reports, then the writer's call metrics. Each
+gateway has its own registries: no globals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.capture import Rows
+    from gateway.settings import Settings
+    from gateway.writer import WriterProcess
+
+log = logging.getLogger("agentops.metrics")
+
+MAX_MODELS = 200  # model names come from clients: past this many, new ones count as "other"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+CALL_TIMEOUT = 5.0
+
+
+def enabled(settings: Settings, *, report: bool = False) -> bool:
+    """Whether /metrics is served; with `report`, say once why not when it was asked for."""
+    if settings.metrics == "off":
+        return False
+    if importlib.util.find_spec("prometheus_client") is None:
+        if report and settings.metrics == "on":
+            log.error("Prometheus metrics are off: the 'prometheus-client' package is not "
+                      "installed: pip install 'agentops-studio[prometheus]' (the gateway runs "
+                      "on without it)")
+        return False
+    return True
+
+
+class CallMetrics:
+    """The writer process's half: counters and histograms of stored calls."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        by = ["model", "status"]
+        self.requests = Counter("agentops_requests", "Calls recorded, by model and HTTP status "
+                                "(or the state, when there was no response).", by,
+                                registry=self.registry)
+        self.tokens = Counter("agentops_tokens", "Tokens used (type: input or output).",
+                              [*by, "type"], registry=self.registry)
+        self.cost = Counter("agentops_cost_usd", "Cost in USD of the recorded calls.", by,
+                            registry=self.registry)
+        self.latency = Histogram("agentops_request_latency_seconds",
+                                 "Time from request to the last response byte.", ["model"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("agentops_time_to_first_token_seconds",
+                              "Time to the first content chunk of streamed calls.", ["model"],
+                              buckets=TTFT_BUCKETS, registry=self.registry)
+        self._models: set[str] = set()
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any, Any]] = {}
+
+    def _model(self, model: str | None) -> str:
+        if model is None:
+            return "unknown"
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODELS:
+            return "other"
+        self._models.add(model)
+        return model
+
+    def _series(self, model: str, status: str) -> tuple[Any, Any, Any, Any, Any, Any]:
+        """Label children, looked up once per (model, status): labels() is the costly part."""
+        key = (model, status)
+        found = self._children.get(key)
+        if found is None:
+            found = (self.requests.labels(model, status),
+                     self.tokens.labels(model, status, "input"),
+                     self.tokens.labels(model, status, "output"),
+                     self.cost.labels(model, status),
+                     self.latency.labels(model), self.ttft.labels(model))
+            self._children[key] = found
+        return found
+
+    def on_written(self, rows: list[Rows]) -> None:
+        totals: dict[tuple[str, str], list[float]] = {}
+        for row in rows:
+            e = row.exchange
+            model = self._model(e["model"])
+            status = str(e["status"]) if e["status"] is not None else e["state"]
+            sums = totals.get((model, status))
+            if sums is None:
+                sums = totals[(model, status)] = [0, 0, 0, 0.0]
+            sums[0] += 1
+            sums[1] += e["prompt_tokens"] or 0
+            sums[2] += e["completion_tokens"] or 0
+            sums[3] += e["cost_usd"] or 0.0
+            series = self._series(model, status)
+            if e["latency_ms"] is not None:
+                series[4].observe(e["latency_ms"] / 1000)
+            if e["ttft_ms"] is not None:
+                series[5].observe(e["ttft_ms"] / 1000)
+        for key, (calls, prompt, completion, cost) in totals.items():
+            requests, tokens_in, tokens_out, spent, _, _ = self._series(*key)
+            requests.inc(calls)
+            if prompt:
+                tokens_in.inc(prompt)
+            if completion:
+                tokens_out.inc(completion)
+            if cost:
+                spent.inc(cost)
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class MetricsEndpoint:
+    """The proxy's process's half: GET /metrics."""
+
+    def __init__(self, recorder: WriterProcess) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.recorder = recorder
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(PipelineCollector(recorder))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(self.registry)
+        try:
+            body += await self.recorder.call("metrics", timeout=CALL_TIMEOUT)
+        except Exception:  # the writer is restarting: the pipeline's half still tells why
+            log.warning("metrics: the writer process did not answer", exc_info=True)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class PipelineCollector:
+    """The capture pipeline's state, read at scrape time from the writer's health reports."""
+
+    def __init__(self, recorder: WriterProcess) -> None:
+        self.recorder = recorder
+
+    def describe(self) -> list[Any]:
+        return []  # series are only known at collect time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        health = self.recorder.health()
+        yield GaugeMetricFamily("agentops_writer_up", "1 while the writer process runs.",
+                                value=1 if health.get("writer_process") == "ok" else 0)
+        yield GaugeMetricFamily("agentops_queue_depth", "Records waiting for the writer.",
+                                value=health["queue_depth"])
+        yield GaugeMetricFamily("agentops_queue_capacity", "Size of the in-memory queue.",
+                                value=health["queue_size"])
+        yield GaugeMetricFamily("agentops_spool_bytes", "Bytes waiting in the disk spool.",
+                                value=health["spool_bytes"])
+        yield GaugeMetricFamily("agentops_database_up", "1 when the last write succeeded.",
+                                value=1 if health["database"] == "ok" else 0)
+        for name, key, text in (
+                ("agentops_written_records", "written_records", "Records stored."),
+                ("agentops_spooled_records", "spooled_records",
+                 "Records that went to the disk spool."),
+                ("agentops_dropped_records", "dropped_records",
+                 "Records lost: spool full, or unparseable."),
+                ("agentops_database_errors", "database_errors", "Failed database writes.")):
+            yield CounterMetricFamily(name, text, value=health.get(key, 0))
+        sent = CounterMetricFamily("agentops_integration_sent",
+                                   "Items delivered by each integration.", labels=["integration"])
+        dropped = CounterMetricFamily("agentops_integration_dropped",
+                                      "Items an integration dropped (queue full, or its backend "
+                                      "failed).", labels=["integration"])
+        queued = GaugeMetricFamily("agentops_integration_queue_depth",
+                                   "Items waiting in an integration's queue.",
+                                   labels=["integration"])
+        for name, stats in (health.get("integrations") or {}).items():
+            sent.add_metric([name], stats["sent"])
+            dropped.add_metric([name], stats["dropped"])
+            queued.add_metric([name], stats["queued"])
+        yield from (sent, dropped, queued)

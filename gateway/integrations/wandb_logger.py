@@ -1,0 +1,227 @@
+"""Weights & Biases: one wandb run per finished agent run, and experiments' comparison tables.
+
+Finished runs are read from the store in the gateway's run-idle task, then handed to a worker
+thread that talks to W&B; the proxy and the writer never wait for it. wandb is imported
+lazily, in that thread (it takes about a second). W&B's own environment (WANDB_API_KEY,
+WANDB_MODE, WANDB_ENTITY, WANDB_DIR, WANDB_BASE_URL) applies as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+from gateway.integrations import Integration, IntegrationError, require
+from gateway.integrations.worker import Worker
+from gateway.run_store import RunStore
+from gateway.settings import Settings
+
+log = logging.getLogger("agentops.wandb")
+
+GROUP_BY = ("run", "name")
+OFFLINE_MODES = ("offline", "dryrun", "disabled")
+TEXT_LIMIT = 2000  # characters of a message kept in a table cell
+TABLE_COLUMNS = ("step", "exchange_id", "started_at", "model", "endpoint", "status", "state",
+                 "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
+                 "tool_calls", "output", "error")
+
+
+def has_api_key(environ: Mapping[str, str]) -> bool:
+    """Whether W&B will find credentials: the env, an identity token, or a netrc entry."""
+    if environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    path = environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Raise IntegrationError when W&B cannot work: no package, or no key in online mode."""
+    require("wandb", "wandb")
+    mode = (environ.get("WANDB_MODE") or "online").lower()
+    if mode not in OFFLINE_MODES and not has_api_key(environ):
+        raise IntegrationError(
+            f"project {settings.wandb_project!r} is set but no W&B API key was found "
+            "(set WANDB_API_KEY, run `wandb login`, or set WANDB_MODE=offline)")
+
+
+def from_settings(settings: Settings, environ: Mapping[str, str]) -> WandbLogger:
+    mode = (environ.get("WANDB_MODE") or "online").lower()
+    logger = WandbLogger(settings.wandb_project or "", settings.wandb_group_by)
+    log.info("W&B logging on: project %s, mode %s, grouped by %s", settings.wandb_project, mode,
+             settings.wandb_group_by)
+    return logger
+
+
+class WandbLogger(Integration):
+    name = "wandb"
+
+    def __init__(self, project: str, group_by: str = "name", *, queue_size: int = 256) -> None:
+        super().__init__(Worker("wandb", self._deliver, queue_size=queue_size, batch_size=1))
+        self.project = project
+        self.group_by = group_by
+
+    async def runs_finished(self, run_ids: list[int], runs: RunStore) -> None:
+        for run_id in run_ids:
+            if self.worker.queue.full():  # don't read a run we would drop
+                self.worker.dropped_full += 1
+                continue
+            run = await runs.get_run(run_id)
+            if run is not None:
+                self.worker.submit(("run", run))
+
+    def submit_experiment(self, experiment: dict[str, Any]) -> bool:
+        """Log an experiment's comparison table without waiting (see log_experiment)."""
+        return self.worker.submit(("experiment", experiment))
+
+    def _deliver(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        for kind, payload in batch:
+            if kind == "run":
+                log_run(payload, project=self.project, group_by=self.group_by)
+            else:
+                log_experiment(payload, project=self.project)
+
+
+def _settings() -> Any:
+    """Quiet runs: no console capture (the gateway's own logs), no system stats, no git."""
+    import wandb
+
+    return wandb.Settings(silent=True, console="off", save_code=False, disable_git=True,
+                          disable_job_creation=True, x_disable_stats=True, x_disable_meta=True,
+                          x_disable_machine_info=True)
+
+
+def log_run(run: dict[str, Any], *, project: str, group_by: str = "name") -> str:
+    """Log one finished agent run (as returned by RunStore.get_run); returns the wandb run id."""
+    import wandb
+
+    exchanges = run.get("exchanges") or []
+    group = None
+    if group_by == "name":
+        group = run.get("name") or run.get("agent_id") or "unnamed"
+    wandb_id = f"agentops-{run['id']}"
+    with wandb.init(project=project, id=wandb_id, resume="allow", group=group,
+                    name=run.get("name") or f"run {run['id']}", job_type="agent-run",
+                    config=run_config(run), tags=run_tags(run), settings=_settings(),
+                    reinit="create_new") as wb:
+        wb.log({"exchanges": wandb.Table(columns=list(TABLE_COLUMNS),
+                                         data=exchange_table(run), allow_mixed_types=True)})
+        for key, value in run_summary(run, exchanges).items():
+            wb.summary[key] = value
+    return wandb_id
+
+
+def run_config(run: dict[str, Any]) -> dict[str, Any]:
+    config = {"agentops_run_id": run["id"], "run_name": run.get("name"),
+              "agent_id": run.get("agent_id"), "user": run.get("user"),
+              "source": run.get("source"), "tags": run.get("tags") or {},
+              "conversation_ids": run.get("conversation_ids") or [],
+              "started_at": run.get("started_at"), "ended_at": run.get("ended_at")}
+    config.update(run.get("config") or {})  # model and sampling parameters of the first call
+    return config
+
+
+def run_tags(run: dict[str, Any]) -> list[str]:
+    tags = [f"{k}={v}"[:64] for k, v in (run.get("tags") or {}).items()]
+    return [*tags, str(run.get("status") or "unknown")]
+
+
+def run_summary(run: dict[str, Any], exchanges: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [e["latency_ms"] for e in exchanges if e.get("latency_ms") is not None]
+    ttfts = [e["ttft_ms"] for e in exchanges if e.get("ttft_ms") is not None]
+    errors = sum(1 for e in exchanges if _failed(e))
+    summary: dict[str, Any] = {
+        "status": run.get("status"), "steps": run.get("exchange_count", len(exchanges)),
+        "errors": errors, "tool_calls": len(run.get("tool_calls") or []),
+        "prompt_tokens": run.get("prompt_tokens", 0),
+        "completion_tokens": run.get("completion_tokens", 0),
+        "total_tokens": run.get("total_tokens", 0), "cost_usd": run.get("total_cost_usd", 0.0),
+        "latency_ms_total": round(sum(latencies), 3),
+        "latency_ms_mean": round(sum(latencies) / len(latencies), 3) if latencies else None,
+        "latency_ms_max": max(latencies) if latencies else None,
+        "ttft_ms_mean": round(sum(ttfts) / len(ttfts), 3) if ttfts else None,
+    }
+    for evaluation in run.get("evaluations") or []:  # the latest value of each metric wins
+        summary[f"eval/{evaluation['metric_name']}"] = evaluation["metric_value"]
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def exchange_table(run: dict[str, Any]) -> list[list[Any]]:
+    outputs: dict[str, str] = {}
+    for message in run.get("messages") or []:
+        if message.get("direction") == "out":
+            outputs[message["exchange_id"]] = _text(message.get("content"))
+    tools: dict[str, list[str]] = {}
+    for call in run.get("tool_calls") or []:
+        tools.setdefault(call["exchange_id"], []).append(str(call.get("tool_name")))
+    rows = []
+    for step, e in enumerate(run.get("exchanges") or []):
+        rows.append([step, e["id"], e.get("started_at"), e.get("model"), e.get("endpoint"),
+                     e.get("status"), e.get("state"), e.get("prompt_tokens"),
+                     e.get("completion_tokens"), e.get("cost_usd"), e.get("latency_ms"),
+                     e.get("ttft_ms"), ", ".join(tools.get(e["id"], [])),
+                     outputs.get(e["id"], ""), e.get("error") or ""])
+    return rows
+
+
+def log_experiment(experiment: dict[str, Any], *, project: str,
+                   entity: str | None = None) -> str:
+    """Log an experiment's comparison: `rows` (a list of dicts, one per compared call or
+    variant) become a table, `totals` (numbers, or dicts of numbers per variant) the summary,
+    other keys the config. Returns the wandb run id. Blocks: call it from a thread, or use
+    WandbLogger.submit_experiment."""
+    import wandb
+
+    rows = list(experiment.get("rows") or [])
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    config = {k: v for k, v in experiment.items() if k not in ("rows", "totals")}
+    name = str(experiment.get("name") or f"experiment {experiment.get('id') or ''}".strip())
+    run_id = f"agentops-exp-{experiment['id']}" if experiment.get("id") else None
+    with wandb.init(project=project, entity=entity, id=run_id, resume="allow", name=name,
+                    group="experiments", job_type="experiment", config=config,
+                    settings=_settings(), reinit="create_new") as wb:
+        wb.log({"comparison": wandb.Table(
+            columns=columns, data=[[_cell(row.get(c)) for c in columns] for row in rows],
+            allow_mixed_types=True)})
+        for key, value in _flatten(experiment.get("totals") or {}).items():
+            wb.summary[key] = value
+        return wb.id
+
+
+def _flatten(totals: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in totals.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return orjson.dumps(value, default=str).decode()
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    text = content if isinstance(content, str) else orjson.dumps(content, default=str).decode()
+    return text[:TEXT_LIMIT]
+
+
+def _failed(exchange: dict[str, Any]) -> bool:
+    status = exchange.get("status")
+    return status is None or status >= 400 or exchange.get("state") != "complete"
