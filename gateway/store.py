@@ -22,6 +22,7 @@ from tortoise.transactions import in_transaction
 
 from gateway.capture import Rows
 from gateway.exchange import id_at
+from gateway.rollups import Rollups
 
 log = logging.getLogger("agentops.store")
 
@@ -88,6 +89,7 @@ class Store:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite://") else "postgres"
         self._conn: BaseDBAsyncClient | None = None
+        self.rollups = Rollups(self)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class Store:
                     "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
             if also is not None:
                 await also(tx)
+            await self.rollups.add_rows(tx, [r.exchange for r in batch])  # after runs exist
 
     def _exchange_values(self, row: dict[str, Any]) -> list[Any]:
         """Column values in order; only the few typed columns need converting."""
@@ -199,6 +202,7 @@ class Store:
             return 0
         marks = ", ".join("?" * len(ids))
         async with in_transaction("default") as tx:
+            await self.rollups.remove(tx, ids)
             if self.dialect == "sqlite":
                 await tx.execute_query(f"DELETE FROM exchange_fts WHERE rowid IN ({marks})", ids)
             else:
@@ -268,6 +272,7 @@ class Store:
                 await tx.execute_many(self.sql(
                     "UPDATE exchanges SET cost_usd = ? WHERE id = ? AND cost_usd IS NULL"),
                     updates)
+                await self.rollups.add_costs(tx, [(i, c) for c, i in updates])
         return len(updates)
 
     # -- reading --------------------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""Per-hour rollups the dashboard reads instead of scanning exchanges.
+
+One row per (dimension, hour, value): dimension `model` (every exchange), `run` (the run's
+name, when it has one) and `agent` (the run's agent id, when it has one). Each row holds
+counts, tokens, cost and a fixed-bucket latency histogram from which percentiles are
+interpolated. The writer adds a batch's rows inside its own transaction, aggregated first so
+each key costs one upsert per batch; deletes, purges and late pricing subtract or add the
+same way, so the rollups always equal a recount of the exchanges table.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+if TYPE_CHECKING:
+    from gateway.store import Store
+
+EPOCH_MS = 1_704_067_200_000  # gateway.exchange's id epoch: ids encode their start time
+HOUR_MS = 3_600_000
+# Upper bounds (ms) of the latency buckets; the last bucket is open-ended.
+BOUNDS: tuple[float, ...] = (10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000,
+                             4500, 6500, 10000, 15000, 25000, 40000, 60000)
+BUCKETS = tuple(f"h{i:02d}" for i in range(len(BOUNDS) + 1))
+SUMS = ("calls", "errors", "unpriced", "prompt_tokens", "completion_tokens", "total_tokens",
+        "cost_usd", "latency_count", "latency_sum")
+VALUES = SUMS + BUCKETS  # the additive columns, in this order everywhere
+DIMENSIONS = ("model", "run", "agent")
+_UPSERT_COLUMNS = ("dim", "hour", "value", *VALUES)
+_LATENCY = SUMS.index("latency_count")
+
+
+def hour_of(exchange_id: int) -> int:
+    """Hours since the Unix epoch of an exchange's start, read from its time-sortable id."""
+    return ((exchange_id >> 22) + EPOCH_MS) // HOUR_MS
+
+
+def hour_sql(column: str) -> str:
+    """The same, in SQL that SQLite and PostgreSQL both evaluate with integer arithmetic."""
+    return f"((({column}) >> 22) + {EPOCH_MS}) / {HOUR_MS}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """What one exchange contributes; `run_name`/`agent` come from its run."""
+
+    id: int
+    model: str | None
+    status: int | None
+    state: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float | None
+    run_name: str | None = None
+    agent: str | None = None
+
+
+def vector(fact: Fact, sign: int = 1) -> list[float]:
+    failed = fact.status is None or fact.status >= 400 or fact.state != "complete"
+    unpriced = fact.cost_usd is None and fact.model is not None and not failed
+    values = [sign, sign if failed else 0, sign if unpriced else 0,
+              sign * (fact.prompt_tokens or 0), sign * (fact.completion_tokens or 0),
+              sign * (fact.total_tokens or 0), sign * (fact.cost_usd or 0.0), 0, 0.0]
+    values += [0] * len(BUCKETS)
+    if fact.latency_ms is not None:
+        values[_LATENCY] = sign
+        values[_LATENCY + 1] = sign * fact.latency_ms
+        values[len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms)] = sign
+    return values
+
+
+Key = tuple[str, int, str]
+
+
+def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
+    """Sum facts per (dimension, hour, value): the writer's per-batch work, a few dict
+    updates per record."""
+    out: dict[Key, list[float]] = {}
+    for fact in facts:
+        delta = vector(fact, sign)
+        hour = hour_of(fact.id)
+        for key in ((("model", hour, fact.model or ""),)
+                    + ((("run", hour, fact.run_name),) if fact.run_name else ())
+                    + ((("agent", hour, fact.agent),) if fact.agent else ())):
+            seen = out.get(key)
+            if seen is None:
+                out[key] = list(delta)
+            else:
+                for index, value in enumerate(delta):
+                    if value:
+                        seen[index] += value
+    return out
+
+
+def percentile(histogram: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0-1) interpolated linearly inside its bucket; None with no data.
+    In the open last bucket the answer is its lower bound (at least 60 s)."""
+    total = sum(histogram)
+    if total <= 0:
+        return None
+    target = q * total
+    seen = 0.0
+    for index, count in enumerate(histogram):
+        if count <= 0:
+            continue
+        if seen + count >= target:
+            low = BOUNDS[index - 1] if index > 0 else 0.0
+            if index >= len(BOUNDS):
+                return float(low)
+            return low + (target - seen) / count * (BOUNDS[index] - low)
+        seen += count
+    return float(BOUNDS[-1])
+
+
+def backfill_sql(where: str = "") -> list[str]:
+    """INSERT ... SELECT statements that rebuild rollups from stored exchanges (used by the
+    0004 migration for existing data and by bench/seed.py after a bulk load)."""
+    buckets = []
+    for index, name in enumerate(BUCKETS):
+        low = f"e.latency_ms >= {BOUNDS[index - 1]}" if index else "e.latency_ms IS NOT NULL"
+        high = f" AND e.latency_ms < {BOUNDS[index]}" if index < len(BOUNDS) else ""
+        buckets.append(f"SUM(CASE WHEN {low}{high} THEN 1 ELSE 0 END) AS {name}")
+    failed = "(e.status IS NULL OR e.status >= 400 OR e.state <> 'complete')"
+    sums = ", ".join([
+        "COUNT(*)", f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END)",
+        f"SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND NOT {failed} "
+        "THEN 1 ELSE 0 END)",
+        "COALESCE(SUM(e.prompt_tokens), 0)", "COALESCE(SUM(e.completion_tokens), 0)",
+        "COALESCE(SUM(e.total_tokens), 0)", "COALESCE(SUM(e.cost_usd), 0)",
+        "COUNT(e.latency_ms)", "COALESCE(SUM(e.latency_ms), 0)", *buckets])
+    columns = ", ".join(_UPSERT_COLUMNS)
+    statements = []
+    for dim, value in (("model", "COALESCE(e.model, '')"), ("run", "r.name"),
+                       ("agent", "r.agent_id")):
+        join = "" if dim == "model" else " JOIN runs r ON r.id = e.run_id"
+        clauses = [f"{value} IS NOT NULL"] if dim != "model" else []
+        if where:
+            clauses.append(where)
+        condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        statements.append(
+            f"INSERT INTO rollups ({columns}) SELECT '{dim}', {hour_sql('e.id')}, {value}, "
+            f"{sums} FROM exchanges e{join}{condition} GROUP BY {hour_sql('e.id')}, {value}")
+    return statements
+
+
+class Rollups:
+    """Reads and writes the rollups table; part of the store (it builds SQL)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        marks = ", ".join("?" * len(_UPSERT_COLUMNS))
+        updates = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in VALUES)
+        self._upsert = store.sql(
+            f"INSERT INTO rollups ({', '.join(_UPSERT_COLUMNS)}) VALUES ({marks}) "
+            f"ON CONFLICT (dim, hour, value) DO UPDATE SET {updates}")
+
+    # -- writing (always inside the caller's transaction) -----------------------------------
+
+    async def apply(self, tx: BaseDBAsyncClient, sums: dict[Key, list[float]]) -> None:
+        if sums:
+            await tx.execute_many(self._upsert, [[*key, *values]
+                                                 for key, values in sums.items()])
+
+    async def labels(self, tx: BaseDBAsyncClient,
+                     run_ids: set[int]) -> dict[int, tuple[str | None, str | None]]:
+        """Each run's name and agent id: the run and agent dimensions' values."""
+        if not run_ids:
+            return {}
+        ids = list(run_ids)
+        marks = ", ".join("?" * len(ids))
+        _, rows = await tx.execute_query(self.store.sql(
+            f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids)
+        return {row["id"]: (row["name"], row["agent_id"]) for row in rows}
+
+    async def add_rows(self, tx: BaseDBAsyncClient, exchanges: list[dict[str, Any]]) -> None:
+        """The writer's batch (exchange column dicts, already placed in runs)."""
+        labels = await self.labels(tx, {e["run_id"] for e in exchanges if e["run_id"]})
+        facts = []
+        for e in exchanges:
+            name, agent = labels.get(e["run_id"], (None, None)) if e["run_id"] else (None, None)
+            facts.append(Fact(e["id"], e["model"], e["status"], e["state"], e["prompt_tokens"],
+                              e["completion_tokens"], e["total_tokens"], e["cost_usd"],
+                              e["latency_ms"], name, agent))
+        await self.apply(tx, aggregate(facts))
+
+    async def remove(self, tx: BaseDBAsyncClient, ids: list[int]) -> None:
+        """Subtract exchanges about to be deleted; rows left with no calls go."""
+        marks = ", ".join("?" * len(ids))
+        _, rows = await tx.execute_query(self.store.sql(
+            "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
+            "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, "
+            "r.agent_id AS agent FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id "
+            f"WHERE e.id IN ({marks})"), ids)
+        sums = aggregate((Fact(**row) for row in rows), sign=-1)
+        await self.apply(tx, sums)
+        if sums:
+            await tx.execute_many(self.store.sql(
+                "DELETE FROM rollups WHERE dim = ? AND hour = ? AND value = ? AND calls <= 0"),
+                [list(key) for key in sums])
+
+    async def add_costs(self, tx: BaseDBAsyncClient, priced: list[tuple[int, float]]) -> None:
+        """Late pricing (a price added for a model seen unpriced): add the cost, and the
+        calls stop counting as unpriced."""
+        if not priced:
+            return
+        ids = [exchange_id for exchange_id, _ in priced]
+        cost = dict(priced)
+        marks = ", ".join("?" * len(ids))
+        _, rows = await tx.execute_query(self.store.sql(
+            "SELECT e.id, e.model, r.name, r.agent_id FROM exchanges e "
+            f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"), ids)
+        sums: dict[Key, list[float]] = {}
+        for row in rows:
+            hour = hour_of(row["id"])
+            keys = [("model", hour, row["model"] or "")]
+            keys += [("run", hour, row["name"])] if row["name"] else []
+            keys += [("agent", hour, row["agent_id"])] if row["agent_id"] else []
+            for key in keys:
+                values = sums.setdefault(key, [0.0] * len(VALUES))
+                values[SUMS.index("cost_usd")] += cost[row["id"]]
+                values[SUMS.index("unpriced")] -= 1
+        await self.apply(tx, sums)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def series(self, since: int, until: int) -> list[dict[str, Any]]:
+        """Totals per hour in [since, until) (hours since the epoch), from the model rows."""
+        rows = await self.store.rows(
+            "SELECT hour, SUM(calls) AS calls, SUM(errors) AS errors, "
+            "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
+            "SUM(cost_usd) AS cost_usd FROM rollups WHERE dim = 'model' AND hour >= ? "
+            "AND hour < ? GROUP BY hour ORDER BY hour", [since, until])
+        return [_numbers(row) for row in rows]
+
+    async def by_value(self, dim: str, since: int, until: int,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        """One dimension's values with their sums and histograms, costliest first."""
+        sums = ", ".join(f"SUM({c}) AS {c}" for c in VALUES)
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = await self.store.rows(
+            f"SELECT value, {sums} FROM rollups WHERE dim = ? AND hour >= ? AND hour < ? "
+            f"GROUP BY value ORDER BY SUM(cost_usd) DESC, SUM(calls) DESC{tail}",
+            [dim, since, until])
+        out = []
+        for row in rows:
+            item = _numbers(row)
+            item["histogram"] = [item.pop(b) for b in BUCKETS]
+            item["p50_ms"] = percentile(item["histogram"], 0.5)
+            item["p95_ms"] = percentile(item["histogram"], 0.95)
+            out.append(item)
+        return out
+
+    async def models(self) -> list[str]:
+        rows = await self.store.rows(
+            "SELECT DISTINCT value FROM rollups WHERE dim = 'model' AND value <> '' "
+            "ORDER BY value")
+        return [row["value"] for row in rows]
+
+    async def unpriced(self) -> list[dict[str, Any]]:
+        rows = await self.store.rows(
+            "SELECT value AS model, SUM(unpriced) AS calls FROM rollups WHERE dim = 'model' "
+            "AND value <> '' GROUP BY value HAVING SUM(unpriced) > 0 ORDER BY calls DESC")
+        return [{"model": row["model"], "calls": int(row["calls"])} for row in rows]
+
+    async def rebuild(self) -> None:
+        """Recompute every rollup from the exchanges table (bench/seed.py after a bulk load)."""
+        async with in_transaction("default") as tx:
+            await tx.execute_script("DELETE FROM rollups")
+            for statement in backfill_sql():
+                await tx.execute_script(statement)
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("value", "model"):
+            out[key] = value
+        elif key in ("cost_usd", "latency_sum"):
+            out[key] = float(value or 0)
+        else:
+            out[key] = int(value or 0)
+    return out
