@@ -144,17 +144,25 @@ async def list_exchanges(request: web.Request) -> web.Response:
 
 @routes.get("/api/exchanges/{id}")
 async def get_exchange(request: web.Request) -> web.Response:
-    item = await request.app[STORE].get_exchange(parse_id(request.match_info["id"]))
+    item = await load_exchange(request.app, parse_id(request.match_info["id"]))
     if item is None:
         raise not_found("exchange")
+    return json_response(item)
+
+
+async def load_exchange(app: web.Application, exchange_id: int) -> dict[str, Any] | None:
+    """One exchange with decoded headers and bodies and its messages (the API and the UI)."""
+    item = await app[STORE].get_exchange(exchange_id)
+    if item is None:
+        return None
     for side in ("request", "response"):
         item[f"{side}_headers"] = orjson.loads(item[f"{side}_headers"] or "[]")
         item[f"{side}_body"] = decode_body(item[f"{side}_body"],
                                            item[f"{side}_body_encoding"])
     if item.get("units"):
         item["units"] = orjson.loads(item["units"])
-    item["messages"] = exchange_messages(request.app[PROVIDERS](item["provider"]), item)
-    return json_response(item)
+    item["messages"] = exchange_messages(app[PROVIDERS](item["provider"]), item)
+    return item
 
 
 def exchange_messages(provider: Provider, item: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from gateway import api, runs_api
-from gateway.access import token_middleware
+from gateway import access, api, runs_api
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
 from gateway.providers.mistral import MistralProvider
@@ -38,8 +37,7 @@ def make_providers() -> dict[str, Provider]:
 def create_ui_app(gateway: Gateway) -> web.Application:
     """The UI/API application (never reachable through the proxy port)."""
     settings = gateway.settings
-    middlewares = [token_middleware(settings.ui_token)] if settings.ui_token else []
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=access.middlewares(settings))
     app[api.STORE] = gateway.store
     app[api.RECORDER] = gateway.recorder
     app[api.PRICES] = gateway.prices
@@ -52,7 +50,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
         setup_webui = None
     if setup_webui is not None:
-        setup_webui(app, settings)
+        setup_webui(app, settings, gateway.proxy_url)
     return app
 
 
@@ -94,12 +92,12 @@ class Gateway:
         proxy_site = web.TCPSite(self._proxy_runner, self.settings.host, self.settings.port,
                                  backlog=1024)
         await proxy_site.start()
+        self.proxy_url = _url(self._proxy_runner)
         ui_app = create_ui_app(self)
         self._ui_runner = web.AppRunner(ui_app, handle_signals=False, access_log=None)
         await self._ui_runner.setup()
         ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
         await ui_site.start()
-        self.proxy_url = _url(self._proxy_runner)
         self.ui_url = _url(self._ui_runner)
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)

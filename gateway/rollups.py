@@ -64,7 +64,9 @@ class Fact:
 
 def vector(fact: Fact, sign: int = 1) -> list[float]:
     failed = fact.status is None or fact.status >= 400 or fact.state != "complete"
-    unpriced = fact.cost_usd is None and fact.model is not None and not failed
+    # as /api/prices counts them: a model, no cost, an answer below 400
+    unpriced = (fact.cost_usd is None and fact.model is not None and fact.status is not None
+                and fact.status < 400)
     values = [sign, sign if failed else 0, sign if unpriced else 0,
               sign * (fact.prompt_tokens or 0), sign * (fact.completion_tokens or 0),
               sign * (fact.total_tokens or 0), sign * (fact.cost_usd or 0.0), 0, 0.0]
@@ -130,7 +132,7 @@ def backfill_sql(where: str = "") -> list[str]:
     failed = "(e.status IS NULL OR e.status >= 400 OR e.state <> 'complete')"
     sums = ", ".join([
         "COUNT(*)", f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END)",
-        f"SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND NOT {failed} "
+        "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
         "THEN 1 ELSE 0 END)",
         "COALESCE(SUM(e.prompt_tokens), 0)", "COALESCE(SUM(e.completion_tokens), 0)",
         "COALESCE(SUM(e.total_tokens), 0)", "COALESCE(SUM(e.cost_usd), 0)",
@@ -214,7 +216,7 @@ class Rollups:
         cost = dict(priced)
         marks = ", ".join("?" * len(ids))
         _, rows = await tx.execute_query(self.store.sql(
-            "SELECT e.id, e.model, r.name, r.agent_id FROM exchanges e "
+            "SELECT e.id, e.model, e.status, r.name, r.agent_id FROM exchanges e "
             f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"), ids)
         sums: dict[Key, list[float]] = {}
         for row in rows:
@@ -225,7 +227,8 @@ class Rollups:
             for key in keys:
                 values = sums.setdefault(key, [0.0] * len(VALUES))
                 values[SUMS.index("cost_usd")] += cost[row["id"]]
-                values[SUMS.index("unpriced")] -= 1
+                if row["status"] is not None and row["status"] < 400:
+                    values[SUMS.index("unpriced")] -= 1
         await self.apply(tx, sums)
 
     # -- reading ----------------------------------------------------------------------------
@@ -256,6 +259,10 @@ class Rollups:
             item["p95_ms"] = percentile(item["histogram"], 0.95)
             out.append(item)
         return out
+
+    async def first_hour(self) -> int | None:
+        rows = await self.store.rows("SELECT MIN(hour) AS hour FROM rollups WHERE dim = 'model'")
+        return int(rows[0]["hour"]) if rows and rows[0]["hour"] is not None else None
 
     async def models(self) -> list[str]:
         rows = await self.store.rows(

@@ -305,12 +305,15 @@ class Store:
                 params.append(f.q)
         return clauses, params
 
-    async def list_exchanges(self, f: ExchangeFilter, limit: int,
-                             before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+    async def list_exchanges(self, f: ExchangeFilter, limit: int, before: int | None,
+                             after: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         clauses, params = self._where(f)
         if before is not None:
             clauses.append("e.id < ?")
             params.append(before)
+        if after is not None:  # the live list asks for what arrived since its newest row
+            clauses.append("e.id > ?")
+            params.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         columns = ", ".join(f"e.{c}" for c in LIST_COLUMNS)
         found = await self.rows(
@@ -327,6 +330,27 @@ class Store:
             "FROM exchanges e LEFT JOIN exchange_bodies b ON b.exchange_id = e.id "
             "WHERE e.id = ?", [exchange_id])
         return self._item(found[0]) if found else None
+
+    async def request_bodies(self, ids: list[int],
+                             max_chars: int = 512 * 1024) -> dict[int, tuple[str | None, str]]:
+        """Request bodies (text, encoding) of a page of exchanges, for the list's previews;
+        bodies above `max_chars` come back as None so a huge prompt never slows a page."""
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        found = await self.rows(
+            "SELECT exchange_id, request_body_encoding AS encoding, CASE WHEN "
+            "LENGTH(request_body) <= ? THEN request_body END AS body FROM exchange_bodies "
+            f"WHERE exchange_id IN ({marks})", [max_chars, *ids])
+        return {row["exchange_id"]: (row["body"], row["encoding"]) for row in found}
+
+    async def neighbours(self, run_id: int, exchange_id: int) -> tuple[int | None, int | None]:
+        """The previous and next exchange of the same run (one index probe each)."""
+        before = await self.rows("SELECT MAX(id) AS id FROM exchanges WHERE run_id = ? "
+                                 "AND id < ?", [run_id, exchange_id])
+        after = await self.rows("SELECT MIN(id) AS id FROM exchanges WHERE run_id = ? "
+                                "AND id > ?", [run_id, exchange_id])
+        return before[0]["id"], after[0]["id"]
 
     async def stats(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
         clauses, params = self._where(ExchangeFilter(since=since, until=until))

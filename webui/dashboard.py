@@ -1,0 +1,145 @@
+"""The dashboard (`/dashboard`): totals and charts over a time range, read from the per-hour
+rollups (gateway/rollups.py), never from the exchanges table, so it stays fast at millions
+of exchanges. Only "most expensive runs" reads the runs table (one walk of a time window).
+
+Charts are drawn in the browser by Chart.js (served from /static/vendor) from JSON in a
+`data-chart` attribute, which Jinja escapes like any other attribute.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import api
+from gateway.rollups import BUCKETS, percentile
+from webui.formats import parse_time
+from webui.render import render
+
+RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30),
+          "90d": timedelta(days=90), "all": None}
+DEFAULT_RANGE = "7d"
+HOURLY_UP_TO = 72  # hours: longer ranges are drawn per day
+
+
+def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, datetime, str | None]:
+    """(range key, since, until, error). Custom `since`/`until` win over `range`."""
+    key = query.get("range") or DEFAULT_RANGE
+    since_text, until_text = query.get("since") or "", query.get("until") or ""
+    if since_text or until_text:
+        since, until = parse_time(since_text), parse_time(until_text) or now
+        if (since_text and since is None) or (until_text and parse_time(until_text) is None):
+            return DEFAULT_RANGE, now - timedelta(days=7), now, \
+                "since and until must be dates such as 2026-01-31 or 2026-01-31T12:00"
+        if since and since >= until:
+            return DEFAULT_RANGE, now - timedelta(days=7), now, "since must be before until"
+        return "custom", since, until, None
+    if key not in RANGES:
+        return DEFAULT_RANGE, now - timedelta(days=7), now, \
+            f"range must be one of {', '.join(RANGES)}"
+    span = RANGES[key]
+    return key, (now - span if span else None), now, None
+
+
+def hour_number(at: datetime) -> int:
+    return int(at.timestamp()) // 3600
+
+
+def buckets(series: list[dict[str, Any]], first: int, last: int) -> list[dict[str, Any]]:
+    """The hourly series with gaps filled, summed per day when the range is long."""
+    by_hour = {row["hour"]: row for row in series}
+    daily = last - first > HOURLY_UP_TO
+    out: list[dict[str, Any]] = []
+    for hour in range(first, last + 1):
+        at = datetime.fromtimestamp(hour * 3600, UTC)
+        label = at.strftime("%b %d") if daily else at.strftime("%b %d %H:00")
+        row = by_hour.get(hour, {})
+        if not out or out[-1]["label"] != label:
+            out.append({"label": label, "calls": 0, "errors": 0, "prompt_tokens": 0,
+                        "completion_tokens": 0, "cost_usd": 0.0})
+        for key in ("calls", "errors", "prompt_tokens", "completion_tokens", "cost_usd"):
+            out[-1][key] += row.get(key, 0)
+    for point in out:
+        point["error_rate"] = point["errors"] / point["calls"] if point["calls"] else None
+    return out
+
+
+def chart(kind: str, labels: list[str], datasets: list[dict[str, Any]], unit: str,
+          **options: Any) -> str:
+    return orjson.dumps({"type": kind, "labels": labels, "datasets": datasets, "unit": unit,
+                         **options}).decode()
+
+
+def charts(points: list[dict[str, Any]], models: list[dict[str, Any]],
+           runs: list[dict[str, Any]], agents: list[dict[str, Any]]) -> dict[str, str]:
+    labels = [p["label"] for p in points]
+    model_names = [m["value"] or "(no model)" for m in models]
+    return {
+        "calls": chart("bar", labels, [
+            {"label": "Calls", "data": [p["calls"] for p in points]},
+            {"label": "Errors", "data": [p["errors"] for p in points], "tone": "error"}],
+            "count"),
+        "tokens": chart("bar", labels, [
+            {"label": "Prompt tokens", "data": [p["prompt_tokens"] for p in points]},
+            {"label": "Completion tokens", "data": [p["completion_tokens"] for p in points]}],
+            "tokens", stacked=True),
+        "cost": chart("bar", labels, [
+            {"label": "Cost", "data": [round(p["cost_usd"], 8) for p in points]}], "usd"),
+        "error_rate": chart("line", labels, [
+            {"label": "Error rate", "data": [p["error_rate"] for p in points],
+             "tone": "error"}], "percent"),
+        "cost_by_model": chart("bar", model_names, [
+            {"label": "Cost", "data": [round(m["cost_usd"], 8) for m in models]}], "usd",
+            horizontal=True),
+        "latency_by_model": chart("bar", model_names, [
+            {"label": "p50", "data": [m["p50_ms"] for m in models]},
+            {"label": "p95", "data": [m["p95_ms"] for m in models], "tone": "warn"}], "ms",
+            horizontal=True),
+        "cost_by_run": chart("bar", [r["value"] for r in runs], [
+            {"label": "Cost", "data": [round(r["cost_usd"], 8) for r in runs]}], "usd",
+            horizontal=True),
+        "cost_by_agent": chart("bar", [a["value"] for a in agents], [
+            {"label": "Cost", "data": [round(a["cost_usd"], 8) for a in agents]}], "usd",
+            horizontal=True),
+    }
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    now = datetime.now(UTC)
+    key, since, until, error = parse_range(request.query, now)
+    rollups = request.app[api.STORE].rollups
+    last = hour_number(until)
+    first = hour_number(since) if since else (await rollups.first_hour() or last)
+    series = await rollups.series(first, last + 1)
+    models = await rollups.by_value("model", first, last + 1)
+    runs = await rollups.by_value("run", first, last + 1, limit=10)
+    agents = await rollups.by_value("agent", first, last + 1, limit=10)
+    top_runs = await request.app[api.RUNS].costliest(since, until, 10)
+    points = buckets(series, first, last)
+    calls = sum(p["calls"] for p in points)
+    histogram = [sum(m["histogram"][i] for m in models) for i in range(len(BUCKETS))]
+    for m in models:
+        m["error_rate"] = m["errors"] / m["calls"] if m["calls"] else None
+    totals = {
+        "calls": calls, "errors": sum(p["errors"] for p in points),
+        "prompt_tokens": sum(p["prompt_tokens"] for p in points),
+        "completion_tokens": sum(p["completion_tokens"] for p in points),
+        "cost_usd": sum(p["cost_usd"] for p in points),
+        "error_rate": sum(p["errors"] for p in points) / calls if calls else None,
+        "p50_ms": percentile(histogram, 0.5), "p95_ms": percentile(histogram, 0.95),
+    }
+    context = {"range": key, "ranges": RANGES, "since": since, "until": until, "error": error,
+               "totals": totals, "models": models, "runs": runs, "agents": agents,
+               "top_runs": top_runs, "points": points, "charts": charts(points, models, runs,
+                                                                         agents),
+               "custom": {"since": request.query.get("since", ""),
+                          "until": request.query.get("until", "")}}
+    return render(request, "dashboard.html", context, partial="_dashboard_body.html",
+                  status=400 if error else 200)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/dashboard", dashboard)
