@@ -16,6 +16,8 @@ COOKIE = "agentops_csrf"
 FIELD = "csrf_token"
 HEADER = "X-CSRF-Token"
 SECRET = web.AppKey("csrf_secret", bytes)
+SEED = web.RequestKey("csrf_seed", str)
+NEW = web.RequestKey("csrf_new", bool)
 _SEED = re.compile(r"[A-Za-z0-9_-]{20,64}")
 
 
@@ -25,11 +27,11 @@ def _sign(request: web.Request, seed: str) -> str:
 
 def token(request: web.Request) -> str:
     """The token this browser's forms carry; makes its cookie on first use."""
-    seed = request.get("csrf_seed") or request.cookies.get(COOKIE, "")
+    seed = request.get(SEED) or request.cookies.get(COOKIE, "")
     if not _SEED.fullmatch(seed):
         seed = secrets.token_urlsafe(24)
-        request["csrf_new"] = True
-    request["csrf_seed"] = seed
+        request[NEW] = True
+    request[SEED] = seed
     return _sign(request, seed)
 
 
@@ -41,6 +43,6 @@ def valid(request: web.Request, given: str | None) -> bool:
 
 
 def set_cookie_if_new(request: web.Request, response: web.StreamResponse) -> None:
-    if request.get("csrf_new"):
-        response.set_cookie(COOKIE, request["csrf_seed"], path="/", httponly=True,
+    if request.get(NEW):
+        response.set_cookie(COOKIE, request[SEED], path="/", httponly=True,
                             samesite="Strict", secure=request.secure)

@@ -22,7 +22,7 @@ from webui.render import render
 RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30),
           "90d": timedelta(days=90), "all": None}
 DEFAULT_RANGE = "7d"
-HOURLY_UP_TO = 72  # hours: longer ranges are drawn per day
+HOURLY_UP_TO = 72  # hours: longer ranges are drawn per day, week or month
 
 
 def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, datetime, str | None]:
@@ -31,6 +31,8 @@ def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, dateti
     since_text, until_text = query.get("since") or "", query.get("until") or ""
     if since_text or until_text:
         since, until = parse_time(since_text), parse_time(until_text) or now
+        if until_text and len(until_text.strip()) == 10 and parse_time(until_text):
+            until += timedelta(days=1)  # a date means the whole day
         if (since_text and since is None) or (until_text and parse_time(until_text) is None):
             return DEFAULT_RANGE, now - timedelta(days=7), now, \
                 "since and until must be dates such as 2026-01-31 or 2026-01-31T12:00"
@@ -48,23 +50,55 @@ def hour_number(at: datetime) -> int:
     return int(at.timestamp()) // 3600
 
 
+def granularity(hours: int) -> str:
+    """Hourly points for up to 3 days, then days, weeks, months: a chart keeps < 200 points."""
+    if hours <= HOURLY_UP_TO:
+        return "hour"
+    if hours <= 24 * 120:
+        return "day"
+    return "week" if hours <= 24 * 365 * 3 else "month"
+
+
+def bucket_start(at: datetime, unit: str) -> datetime:
+    if unit == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if unit == "day":
+        return day
+    if unit == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def next_start(at: datetime, unit: str) -> datetime:
+    if unit == "month":
+        return at.replace(year=at.year + at.month // 12, month=at.month % 12 + 1)
+    return at + {"hour": timedelta(hours=1), "day": timedelta(days=1),
+                 "week": timedelta(days=7)}[unit]
+
+
+LABELS = {"hour": "%b %d %H:00", "day": "%b %d", "week": "week of %b %d", "month": "%b %Y"}
+
+
 def buckets(series: list[dict[str, Any]], first: int, last: int) -> list[dict[str, Any]]:
-    """The hourly series with gaps filled, summed per day when the range is long."""
-    by_hour = {row["hour"]: row for row in series}
-    daily = last - first > HOURLY_UP_TO
-    out: list[dict[str, Any]] = []
-    for hour in range(first, last + 1):
-        at = datetime.fromtimestamp(hour * 3600, UTC)
-        label = at.strftime("%b %d") if daily else at.strftime("%b %d %H:00")
-        row = by_hour.get(hour, {})
-        if not out or out[-1]["label"] != label:
-            out.append({"label": label, "calls": 0, "errors": 0, "prompt_tokens": 0,
-                        "completion_tokens": 0, "cost_usd": 0.0})
-        for key in ("calls", "errors", "prompt_tokens", "completion_tokens", "cost_usd"):
-            out[-1][key] += row.get(key, 0)
-    for point in out:
+    """The hourly series with gaps filled, summed per day, week or month for long ranges."""
+    unit = granularity(last - first)
+    out: dict[datetime, dict[str, Any]] = {}
+    at = bucket_start(datetime.fromtimestamp(first * 3600, UTC), unit)
+    end = datetime.fromtimestamp(last * 3600, UTC)
+    while at <= end:
+        out[at] = {"label": at.strftime(LABELS[unit]), "calls": 0, "errors": 0,
+                   "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        at = next_start(at, unit)
+    for row in series:
+        point = out.get(bucket_start(datetime.fromtimestamp(row["hour"] * 3600, UTC), unit))
+        if point is not None:
+            for key in ("calls", "errors", "prompt_tokens", "completion_tokens", "cost_usd"):
+                point[key] += row[key]
+    points = list(out.values())
+    for point in points:
         point["error_rate"] = point["errors"] / point["calls"] if point["calls"] else None
-    return out
+    return points
 
 
 def chart(kind: str, labels: list[str], datasets: list[dict[str, Any]], unit: str,
@@ -111,8 +145,12 @@ async def dashboard(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     key, since, until, error = parse_range(request.query, now)
     rollups = request.app[api.STORE].rollups
-    last = hour_number(until)
-    first = hour_number(since) if since else (await rollups.first_hour() or last)
+    last = hour_number(min(until, now))
+    known = await rollups.first_hour()
+    first = hour_number(since) if since else (known or last)
+    if known is not None and since is not None and key in ("custom", "all"):
+        first = max(first, known)  # a custom range from 1990 draws from the first call
+    first = min(first, last)
     series = await rollups.series(first, last + 1)
     models = await rollups.by_value("model", first, last + 1)
     runs = await rollups.by_value("run", first, last + 1, limit=10)
