@@ -7,6 +7,8 @@ UI/API application that gateway/app.py builds.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from gateway.access import Handler, is_api
@@ -20,13 +22,15 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Strict CSP and friends on every response, errors included; nothing captured is cached."""
+    """Strict CSP and friends on every response, errors included; nothing captured is cached.
+    `Server-Timing` says how long the server took (bench/ui_timing.py reads it)."""
+    started = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        _harden(request, exc)
+        _harden(request, exc, started)
         raise
-    _harden(request, response)
+    _harden(request, response, started)
     return response
 
 
@@ -42,8 +46,9 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                                  "There is nothing at this address.")
 
 
-def _harden(request: web.Request, response: web.StreamResponse) -> None:
+def _harden(request: web.Request, response: web.StreamResponse, started: float) -> None:
     headers = response.headers
+    headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
     headers.setdefault("Content-Security-Policy", CSP)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")  # no-referrer would null Origin

@@ -20,6 +20,7 @@ from gateway.store import ExchangeFilter
 from webui.chat import chat_items, pretty_body
 from webui.render import (
     PROXY_URL,
+    Row,
     error_page,
     is_htmx,
     query_string,
@@ -83,6 +84,7 @@ async def decorate(request: web.Request, items: list[dict[str, Any]]) -> None:
                 item["preview"] = provider.preview(orjson.loads(body))
         run = runs.get(int(item["run_id"])) if item.get("run_id") else None
         item["run_name"] = (run["name"] or run["agent_id"]) if run else None
+    items[:] = [Row(item) for item in items]
 
 
 async def list_context(request: web.Request, before: int | None) -> dict[str, Any]:

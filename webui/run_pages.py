@@ -14,7 +14,7 @@ from gateway import api, runs_api
 from webui import timeline
 from webui.exchange_pages import RANGES, parse_cursor
 from webui.formats import parse_time
-from webui.render import error_page, render
+from webui.render import Row, error_page, render
 
 PAGE_SIZE = 50
 FILTER_KEYS = ("name", "agent_id", "user", "status", "range")
@@ -61,6 +61,7 @@ async def run_list(request: web.Request) -> web.Response:
     for item in items:
         item["duration_ms"] = run_duration_ms(item, lasts.get(int(item["id"])))
         item["evaluations"] = summaries.get(item["id"], "")
+    items = [Row(item) for item in items]
     context = {"items": items, "next": cursor, "before": before, "filters": filters,
                "error": error, "ranges": RANGES, "statuses": runs_api.STATUSES,
                "filtered": any(filters.values())}
