@@ -75,6 +75,7 @@ def run_id(gw: ThreadedGateway, name: str) -> int:
 
 def shot(page: Any, name: str, *, full: bool = True) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # a sticky header would show mid-picture
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
 
 

@@ -14,7 +14,7 @@ from gateway import api, runs_api
 from webui import timeline
 from webui.exchange_pages import RANGES, parse_cursor
 from webui.formats import parse_time
-from webui.render import Row, error_page, render
+from webui.render import Row, error_page, is_htmx, query_string, render
 
 PAGE_SIZE = 50
 FILTER_KEYS = ("name", "agent_id", "user", "status", "range")
@@ -65,8 +65,11 @@ async def run_list(request: web.Request) -> web.Response:
     context = {"items": items, "next": cursor, "before": before, "filters": filters,
                "error": error, "ranges": RANGES, "statuses": runs_api.STATUSES,
                "filtered": any(filters.values())}
-    return render(request, "runs.html", context, partial="_run_results.html",
-                  status=400 if error else 200)
+    response = render(request, "runs.html", context, partial="_run_results.html",
+                      status=400 if error else 200)
+    if is_htmx(request):  # the address bar shows the view, without empty parameters
+        response.headers["HX-Push-Url"] = "/runs" + query_string(filters, before=before)
+    return response
 
 
 async def run_detail(request: web.Request) -> web.Response:
