@@ -277,7 +277,9 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _where(self, f: ExchangeFilter) -> tuple[list[str], list[Any]]:
+    def _where(self, f: ExchangeFilter, key: str = "e.id") -> tuple[list[str], list[Any]]:
+        """WHERE terms of a filter; `key` is the id column that time bounds apply to (the
+        search index's own id when a search drives the query)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("model", f.model), ("status", f.status), ("state", f.state),
@@ -293,8 +295,8 @@ class Store:
         if f.status_class is not None:
             clauses.append("e.status >= ? AND e.status < ?")
             params += [f.status_class * 100, f.status_class * 100 + 100]
-        time_bounds("e.id", f.since, f.until, clauses, params)
-        if f.q:
+        time_bounds(key, f.since, f.until, clauses, params)
+        if f.q and key == "e.id":  # list_exchanges joins the search index instead
             if self.dialect == "sqlite":
                 clauses.append(
                     "e.id IN (SELECT rowid FROM exchange_fts WHERE exchange_fts MATCH ?)")
@@ -305,20 +307,39 @@ class Store:
                 params.append(f.q)
         return clauses, params
 
+    def _page_ids(self, f: ExchangeFilter) -> tuple[str, str, list[str], list[Any]]:
+        """(FROM clause, id column, WHERE terms, params) for one page's ids. A search walks
+        the search index in id order, newest first, so a word found in most rows costs no
+        more than a rare one (FTS5 reads its rowids backwards; PostgreSQL may choose)."""
+        if not f.q:
+            return ("exchanges e", "e.id", *self._where(f))
+        if self.dialect == "sqlite":
+            source, key = "exchange_fts f JOIN exchanges e ON e.id = f.rowid", "f.rowid"
+            match, term = "exchange_fts MATCH ?", fts5_query(f.q)
+        else:
+            source, key = ("exchange_search s JOIN exchanges e ON e.id = s.exchange_id",
+                           "s.exchange_id")
+            match, term = "s.doc @@ plainto_tsquery('simple', ?)", f.q
+        clauses, params = self._where(f, key)
+        return source, key, [match, *clauses], [term, *params]
+
     async def list_exchanges(self, f: ExchangeFilter, limit: int, before: int | None,
                              after: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
-        clauses, params = self._where(f)
+        """Newest first, keyset-paged. The page's ids come from one index walk (covering
+        where an index has the filter column), then only those rows are read: sorting ids
+        of a rare status is cheap, sorting whole rows is not."""
+        source, key, clauses, params = self._page_ids(f)
         if before is not None:
-            clauses.append("e.id < ?")
+            clauses.append(f"{key} < ?")
             params.append(before)
         if after is not None:  # the live list asks for what arrived since its newest row
-            clauses.append("e.id > ?")
+            clauses.append(f"{key} > ?")
             params.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         columns = ", ".join(f"e.{c}" for c in LIST_COLUMNS)
         found = await self.rows(
-            f"SELECT {columns} FROM exchanges e {where} ORDER BY e.id DESC LIMIT ?",
-            [*params, limit + 1])
+            f"SELECT {columns} FROM exchanges e WHERE e.id IN (SELECT {key} FROM {source} "
+            f"{where} ORDER BY {key} DESC LIMIT ?) ORDER BY e.id DESC", [*params, limit + 1])
         more = len(found) > limit
         found = found[:limit]
         return [self._item(row) for row in found], (found[-1]["id"] if more else None)

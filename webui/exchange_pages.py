@@ -169,15 +169,14 @@ async def exchange_detail(request: web.Request) -> web.Response:
 
 async def exchange_delete(request: web.Request) -> web.StreamResponse:
     exchange_id = parse_cursor(request.match_info["id"])
-    store = request.app[api.STORE]
-    found = await store.get_exchange(exchange_id) if exchange_id else None
-    if found is None:
+    runs = request.app[api.RUNS]
+    found, run_id = await runs.run_of_exchange(exchange_id) if exchange_id else (False, None)
+    if not found:
         return error_page(request, 404, "No such exchange", "It was already deleted.")
-    await store.delete_exchanges([exchange_id])
-    target = f"/runs/{found['run_id']}" if found.get("run_id") else "/"
-    if found.get("run_id") and await request.app[api.RUNS].get_run_row(
-            int(found["run_id"])) is None:
-        target = "/"  # it was the run's only exchange: the run went with it
+    await request.app[api.STORE].delete_exchanges([exchange_id])
+    target = "/"
+    if run_id is not None and await runs.get_run_row(int(run_id)) is not None:
+        target = f"/runs/{run_id}"  # unless it was the run's only exchange: then the run went
     raise web.HTTPSeeOther(f"{target}?deleted={exchange_id}")
 
 
