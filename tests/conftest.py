@@ -131,10 +131,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
-    """One headless Debian Chromium for the whole session, driven by Playwright's sync API
-    (never a downloaded browser). Skips, with the reason, where either is missing."""
+    """One headless Debian Chromium per browser-test module (all of them live in
+    tests/test_ui_browser.py, so one per session), driven by Playwright's sync API, never a
+    downloaded browser. Not session-scoped: while Playwright's sync API is open its event loop
+    counts as running, and the async tests of later modules could not start theirs. Skips,
+    saying why, where Chromium or Playwright is missing."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     try:
