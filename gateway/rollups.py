@@ -62,42 +62,49 @@ class Fact:
     agent: str | None = None
 
 
-def vector(fact: Fact, sign: int = 1) -> list[float]:
+def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
+    """(column index in VALUES, amount) pairs: only what this exchange adds."""
     failed = fact.status is None or fact.status >= 400 or fact.state != "complete"
     # as /api/prices counts them: a model, no cost, an answer below 400
     unpriced = (fact.cost_usd is None and fact.model is not None and fact.status is not None
                 and fact.status < 400)
-    values = [sign, sign if failed else 0, sign if unpriced else 0,
-              sign * (fact.prompt_tokens or 0), sign * (fact.completion_tokens or 0),
-              sign * (fact.total_tokens or 0), sign * (fact.cost_usd or 0.0), 0, 0.0]
-    values += [0] * len(BUCKETS)
+    out = [(0, sign)]
+    if failed:
+        out.append((1, sign))
+    if unpriced:
+        out.append((2, sign))
+    for index, value in ((3, fact.prompt_tokens), (4, fact.completion_tokens),
+                         (5, fact.total_tokens), (6, fact.cost_usd)):
+        if value:
+            out.append((index, sign * value))
     if fact.latency_ms is not None:
-        values[_LATENCY] = sign
-        values[_LATENCY + 1] = sign * fact.latency_ms
-        values[len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms)] = sign
-    return values
+        out += [(_LATENCY, sign), (_LATENCY + 1, sign * fact.latency_ms),
+                (len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms), sign)]
+    return out
 
 
 Key = tuple[str, int, str]
 
 
 def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
-    """Sum facts per (dimension, hour, value): the writer's per-batch work, a few dict
-    updates per record."""
+    """Sum facts per (dimension, hour, value): the writer's per-batch work, a few list
+    additions per record."""
     out: dict[Key, list[float]] = {}
+    width = len(VALUES)
     for fact in facts:
-        delta = vector(fact, sign)
+        changes = deltas(fact, sign)
         hour = hour_of(fact.id)
-        for key in ((("model", hour, fact.model or ""),)
-                    + ((("run", hour, fact.run_name),) if fact.run_name else ())
-                    + ((("agent", hour, fact.agent),) if fact.agent else ())):
-            seen = out.get(key)
-            if seen is None:
-                out[key] = list(delta)
-            else:
-                for index, value in enumerate(delta):
-                    if value:
-                        seen[index] += value
+        keys = [("model", hour, fact.model or "")]
+        if fact.run_name:
+            keys.append(("run", hour, fact.run_name))
+        if fact.agent:
+            keys.append(("agent", hour, fact.agent))
+        for key in keys:
+            sums = out.get(key)
+            if sums is None:
+                sums = out[key] = [0] * width
+            for index, amount in changes:
+                sums[index] += amount
     return out
 
 
