@@ -11,6 +11,7 @@ same way, so the rollups always equal a recount of the exchanges table.
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
 if TYPE_CHECKING:
+    from gateway.capture import Rows
     from gateway.store import Store
 
 EPOCH_MS = 1_704_067_200_000  # gateway.exchange's id epoch: ids encode their start time
@@ -31,6 +33,7 @@ SUMS = ("calls", "errors", "unpriced", "prompt_tokens", "completion_tokens", "to
         "cost_usd", "latency_count", "latency_sum")
 VALUES = SUMS + BUCKETS  # the additive columns, in this order everywhere
 DIMENSIONS = ("model", "run", "agent")
+LABEL_CACHE = 100_000  # runs whose name and agent the writer remembers
 _UPSERT_COLUMNS = ("dim", "hour", "value", *VALUES)
 _LATENCY = SUMS.index("latency_count")
 
@@ -164,6 +167,7 @@ class Rollups:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._labels: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
         marks = ", ".join("?" * len(_UPSERT_COLUMNS))
         updates = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in VALUES)
         self._upsert = store.sql(
@@ -188,16 +192,48 @@ class Rollups:
             f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids)
         return {row["id"]: (row["name"], row["agent_id"]) for row in rows}
 
-    async def add_rows(self, tx: BaseDBAsyncClient, exchanges: list[dict[str, Any]]) -> None:
-        """The writer's batch (exchange column dicts, already placed in runs)."""
-        labels = await self.labels(tx, {e["run_id"] for e in exchanges if e["run_id"]})
+    async def add_rows(self, tx: BaseDBAsyncClient, batch: list[Rows]) -> None:
+        """The writer's batch, already placed in runs and inserted. A run's labels come from
+        a cache: its name never changes and its agent only when an exchange brings one, so
+        most batches need no look-up at all."""
+        stale = set()
+        for row in batch:
+            run_id = row.exchange["run_id"]
+            if run_id is not None and (run_id not in self._labels or row.hints.get("agent")
+                                       or row.parsed.agent_id):
+                stale.add(run_id)
+        if stale:
+            await self._refresh(tx, stale, {row.exchange["id"] for row in batch})
         facts = []
-        for e in exchanges:
-            name, agent = labels.get(e["run_id"], (None, None)) if e["run_id"] else (None, None)
+        for row in batch:
+            e = row.exchange
+            name, agent = self._labels.get(e["run_id"], (None, None))
             facts.append(Fact(e["id"], e["model"], e["status"], e["state"], e["prompt_tokens"],
                               e["completion_tokens"], e["total_tokens"], e["cost_usd"],
                               e["latency_ms"], name, agent))
         await self.apply(tx, aggregate(facts))
+
+    async def _refresh(self, tx: BaseDBAsyncClient, run_ids: set[int],
+                       batch_ids: set[int]) -> None:
+        for run_id, (name, agent) in (await self.labels(tx, run_ids)).items():
+            known = self._labels.get(run_id)
+            if agent and known is not None and known[1] is None:
+                await self._agent_arrived(tx, run_id, agent, batch_ids)
+            self._labels[run_id] = (name, agent)
+            self._labels.move_to_end(run_id)
+        while len(self._labels) > LABEL_CACHE:
+            self._labels.popitem(last=False)
+
+    async def _agent_arrived(self, tx: BaseDBAsyncClient, run_id: int, agent: str,
+                             batch_ids: set[int]) -> None:
+        """A run got its agent after some of its exchanges were counted: they count for
+        the agent now too (deleting them later subtracts them from it)."""
+        _, rows = await tx.execute_query(self.store.sql(
+            "SELECT id, model, status, state, prompt_tokens, completion_tokens, total_tokens, "
+            "cost_usd, latency_ms FROM exchanges WHERE run_id = ?"), [run_id])
+        facts = [Fact(**row, agent=agent) for row in rows if row["id"] not in batch_ids]
+        await self.apply(tx, {key: sums for key, sums in aggregate(facts).items()
+                              if key[0] == "agent"})
 
     async def remove(self, tx: BaseDBAsyncClient, ids: list[int]) -> None:
         """Subtract exchanges about to be deleted; rows left with no calls go."""

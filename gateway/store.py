@@ -181,7 +181,7 @@ class Store:
                     "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
             if also is not None:
                 await also(tx)
-            await self.rollups.add_rows(tx, [r.exchange for r in batch])  # after runs exist
+            await self.rollups.add_rows(tx, batch)  # after the runs they name exist
 
     def _exchange_values(self, row: dict[str, Any]) -> list[Any]:
         """Column values in order; only the few typed columns need converting."""

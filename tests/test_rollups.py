@@ -29,6 +29,11 @@ async def traffic(gw: Gateway) -> None:
         ("my-private-finetune", {}, False),
         ("mistral-large-latest", {"X-AgentOps-Agent": "solo-agent"}, False),
     ]
+    plan += [  # an agent that shows up on a later call of its run, in a later batch
+        ("mistral-small-latest", {"X-AgentOps-Run": "late"}, False),
+        ("mistral-small-latest", {"X-AgentOps-Run": "late", "X-AgentOps-Agent": "late-bot"},
+         False),
+    ]
     async with aiohttp.ClientSession() as http:
         for n, (model, headers, stream) in enumerate(plan):
             payload = {"model": model, "stream": stream,
@@ -36,7 +41,7 @@ async def traffic(gw: Gateway) -> None:
             async with http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload,
                                  headers={**AUTH, **headers}) as resp:
                 await resp.read()
-    await gw.recorder.drained(timeout=20)
+            await gw.recorder.drained(timeout=20)
 
 
 async def stored(store: Store) -> dict[tuple[str, int, str], list[float]]:
@@ -72,24 +77,28 @@ async def test_writer_deletes_and_purges_keep_rollups_true(upstream: Upstream, d
         have = await stored(store)
         dims = {key[0] for key in have}
         assert dims == {"model", "run", "agent"}
-        assert {key[2] for key in have if key[0] == "run"} == {"nightly"}
-        assert {key[2] for key in have if key[0] == "agent"} == {"bot", "solo-agent"}
+        assert {key[2] for key in have if key[0] == "run"} == {"nightly", "late"}
+        assert {key[2] for key in have if key[0] == "agent"} == {"bot", "solo-agent",
+                                                                  "late-bot"}
+        late = [v for k, v in have.items() if k[0] == "agent" and k[2] == "late-bot"]
+        assert sum(values[0] for values in late) == 2  # both calls of its run
         assert await store.rollups.unpriced() == [{"model": "my-private-finetune", "calls": 1}]
         hour = hour_of((await store.rows("SELECT MAX(id) AS id FROM exchanges"))[0]["id"])
         models = {m["value"]: m for m in await store.rollups.by_value("model", hour, hour + 1)}
         assert models["mistral-large-latest"]["errors"] == 1
-        assert models["mistral-small-latest"]["calls"] == 2
+        assert models["mistral-small-latest"]["calls"] == 4
         assert models["mistral-small-latest"]["p50_ms"] is not None
         (point,) = await store.rollups.series(hour - 1, hour + 2)
-        assert point["calls"] == 6 and point["hour"] == hour
+        assert point["calls"] == 8 and point["hour"] == hour
 
-        newest = (await store.rows("SELECT MAX(id) AS id FROM exchanges"))[0]["id"]
+        solo = (await store.rows("SELECT e.id FROM exchanges e JOIN runs r ON r.id = e.run_id "
+                                 "WHERE r.agent_id = 'solo-agent'"))[0]["id"]
         async with aiohttp.ClientSession(gw.ui_url) as ui, \
-                ui.delete(f"/api/exchanges/{newest}") as resp:
+                ui.delete(f"/api/exchanges/{solo}") as resp:
             assert resp.status == 200
         await assert_rollups_true(store)
         assert "solo-agent" not in {key[2] for key in await stored(store)}
-        assert await store.purge(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 5
+        assert await store.purge(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 7
         assert await stored(store) == {}
 
 
