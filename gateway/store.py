@@ -43,6 +43,7 @@ BODY_COLUMNS = (
     "exchange_id", "request_headers", "request_body", "request_body_encoding",
     "response_headers", "response_body", "response_body_encoding",
 )
+SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
 _CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
                    ("started_at", "streamed", "truncated", "parse_error", "omitted"))
 LIST_COLUMNS = (
@@ -310,7 +311,8 @@ class Store:
     def _page_ids(self, f: ExchangeFilter) -> tuple[str, str, list[str], list[Any]]:
         """(FROM clause, id column, WHERE terms, params) for one page's ids. A search walks
         the search index in id order, newest first, so a word found in most rows costs no
-        more than a rare one (FTS5 reads its rowids backwards; PostgreSQL may choose)."""
+        more than a rare one (FTS5 reads its rowids backwards; on PostgreSQL see
+        _postgres_search)."""
         if not f.q:
             return ("exchanges e", "e.id", *self._where(f))
         if self.dialect == "sqlite":
@@ -336,13 +338,41 @@ class Store:
             clauses.append(f"{key} > ?")
             params.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        page = f"SELECT {key} FROM {source} {where} ORDER BY {key} DESC LIMIT ?"
+        args = [*params, limit + 1]
         columns = ", ".join(f"e.{c}" for c in LIST_COLUMNS)
-        found = await self.rows(
-            f"SELECT {columns} FROM exchanges e WHERE e.id IN (SELECT {key} FROM {source} "
-            f"{where} ORDER BY {key} DESC LIMIT ?) ORDER BY e.id DESC", [*params, limit + 1])
+        if f.q and self.dialect == "postgres":
+            # The same page, with the matches collected through the GIN index first.
+            gin = page.replace(
+                source, "(SELECT exchange_id FROM exchange_search WHERE doc @@ "
+                "plainto_tsquery('simple', ?) OFFSET 0) s JOIN exchanges e "
+                "ON e.id = s.exchange_id", 1).replace(f"WHERE {clauses[0]}", "WHERE TRUE", 1)
+            ids = await self._postgres_search(gin, page, args)
+            found = await self.rows(
+                f"SELECT {columns} FROM exchanges e WHERE e.id = ANY(?) ORDER BY e.id DESC",
+                [ids]) if ids else []
+        else:
+            found = await self.rows(f"SELECT {columns} FROM exchanges e WHERE e.id IN "
+                                    f"({page}) ORDER BY e.id DESC", args)
         more = len(found) > limit
         found = found[:limit]
         return [self._item(row) for row in found], (found[-1]["id"] if more else None)
+
+    async def _postgres_search(self, gin: str, walk: str, args: list[Any]) -> list[int]:
+        """PostgreSQL cannot walk a GIN index in id order, and its planner guesses a word's
+        frequency badly when the word is rare or unknown (it then walks the whole table:
+        seconds). So: walk ids newest first, which finds a page at once when the word is
+        common, under a short time limit; if that runs out, the word is rare and the GIN
+        index gives its few matches quickly."""
+        try:
+            async with in_transaction("default") as tx:
+                await tx.execute_script(f"SET LOCAL statement_timeout = {SEARCH_WALK_MS}")
+                _, rows = await tx.execute_query(self.sql(walk), args)
+            return [row[0] for row in rows]
+        except Exception as exc:  # only the time limit means "a rare word"
+            if "statement timeout" not in str(exc):
+                raise
+        return [row["exchange_id"] for row in await self.rows(gin, args)]
 
     async def get_exchange(self, exchange_id: int) -> dict[str, Any] | None:
         found = await self.rows(
