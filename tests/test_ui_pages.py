@@ -11,9 +11,11 @@ import re
 from typing import Any
 
 import aiohttp
+import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from gateway.store import Store
 from tests.test_runs import tool_loop
 from tests.ui_server import HOSTILE, KEY
 
@@ -165,3 +167,16 @@ async def test_empty_database_says_what_to_do(gateway: Gateway):
     assert "No runs yet" in html
     _, html, _ = await fetch(gateway, "/dashboard")
     assert "No calls in this range" in html
+
+
+@pytest.mark.postgres
+async def test_postgres_search_asks_the_gin_index_when_the_walk_runs_long(pg_url: str):
+    store = Store(pg_url)
+    await store.open()
+    try:  # a walk that outlasts its time limit: the GIN query answers instead
+        assert await store._postgres_search("SELECT 42 AS exchange_id",
+                                            "SELECT pg_sleep(2)", []) == [42]
+        assert await store._postgres_search("SELECT 42 AS exchange_id",
+                                            "SELECT 7 AS exchange_id", []) == [7]
+    finally:
+        await store.close()
