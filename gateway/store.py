@@ -372,7 +372,13 @@ class Store:
         except Exception as exc:  # only the time limit means "a rare word"
             if "statement timeout" not in str(exc):
                 raise
-        return [row["exchange_id"] for row in await self.rows(gin, args)]
+        async with in_transaction("default") as tx:
+            # Few matches: look each one up. A merge or hash join would read the whole
+            # exchanges index to meet them (the planner cannot know how few there are).
+            await tx.execute_script("SET LOCAL enable_mergejoin = off; "
+                                    "SET LOCAL enable_hashjoin = off")
+            _, rows = await tx.execute_query(self.sql(gin), args)
+        return [row[0] for row in rows]
 
     async def get_exchange(self, exchange_id: int) -> dict[str, Any] | None:
         found = await self.rows(
