@@ -8,6 +8,7 @@ Charts are drawn in the browser by Chart.js (served from /static/vendor) from JS
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -151,11 +152,12 @@ async def dashboard(request: web.Request) -> web.Response:
     if known is not None and since is not None and key in ("custom", "all"):
         first = max(first, known)  # a custom range from 1990 draws from the first call
     first = min(first, last)
-    series = await rollups.series(first, last + 1)
-    models = await rollups.by_value("model", first, last + 1)
-    runs = await rollups.by_value("run", first, last + 1, limit=10)
-    agents = await rollups.by_value("agent", first, last + 1, limit=10)
-    top_runs = await request.app[api.RUNS].costliest(since, until, 10)
+    # Independent queries, run side by side (PostgreSQL's pool; SQLite takes them in turn).
+    series, models, runs, agents, top_runs = await asyncio.gather(
+        rollups.series(first, last + 1), rollups.by_value("model", first, last + 1),
+        rollups.by_value("run", first, last + 1, limit=10),
+        rollups.by_value("agent", first, last + 1, limit=10),
+        request.app[api.RUNS].costliest(since, until, 10))
     points = buckets(series, first, last)
     calls = sum(p["calls"] for p in points)
     histogram = [sum(m["histogram"][i] for m in models) for i in range(len(BUCKETS))]
