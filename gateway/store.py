@@ -424,12 +424,10 @@ class Store:
         return {"totals": _numbers(totals), "by_model": [_numbers(r) for r in by_model]}
 
     async def unpriced(self, known: Iterable[str]) -> list[dict[str, Any]]:
+        """Models with successful calls but no cost, and how many: read from the rollups,
+        which count exactly that, instead of scanning every exchange."""
         known = set(known)
-        found = await self.rows(
-            "SELECT model, COUNT(*) AS calls FROM exchanges WHERE cost_usd IS NULL "
-            "AND model IS NOT NULL AND status < 400 GROUP BY model ORDER BY calls DESC")
-        return [{"model": r["model"], "calls": int(r["calls"])} for r in found
-                if r["model"] not in known]
+        return [row for row in await self.rollups.unpriced() if row["model"] not in known]
 
     async def count(self) -> int:
         return int((await self.rows("SELECT COUNT(*) AS n FROM exchanges"))[0]["n"])
