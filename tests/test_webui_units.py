@@ -58,8 +58,8 @@ def test_exact_time_percent_clip_and_price():
         ("12%", "5.0%", "0%")
     assert formats.clip("a\n  b   c", 10) == "a b c"
     assert formats.clip("x" * 20, 10) == "x" * 9 + "…"
-    assert (formats.price(1.6e-05), formats.price(2.0), formats.price(0.15)) == \
-        ("$0.000016", "$2", "$0.15")
+    assert (formats.price(1.6e-05), formats.price(2.0), formats.price(0.015)) == \
+        ("$0.000016", "$2.00", "$0.015")
 
 
 @pytest.mark.parametrize(("value", "target"), [

@@ -64,7 +64,10 @@ def _harden(request: web.Request, response: web.StreamResponse, started: float) 
 def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None:
     app[render.JINJA] = render.environment()
     app[render.SETTINGS] = settings
-    app[render.PROXY_URL] = proxy_url or f"http://{settings.host}:{settings.port}"
+    shown = proxy_url or f"http://{settings.host}:{settings.port}"
+    for wildcard in ("//0.0.0.0:", "//[::]:"):  # a client connects to a real address
+        shown = shown.replace(wildcard, "//127.0.0.1:")
+    app[render.PROXY_URL] = shown
     app.middlewares.insert(0, security_headers)
     app.middlewares.append(html_errors)
     auth.setup(app, settings)

@@ -52,11 +52,11 @@ def usd(value: Any) -> str:
 
 
 def price(value: Any) -> str:
-    """A price as written in a price list: $0.15, $2, $0.000016 (never 1.6e-05)."""
+    """A price as written in a price list: $0.15, $2.00, $0.015, $0.000016 (never 1.6e-05)."""
     if value is None:
         return DASH
-    text = f"{float(value):.8f}".rstrip("0").rstrip(".")
-    return f"${text}"
+    whole, _, decimals = f"{float(value):.8f}".partition(".")
+    return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"
 
 
 def usd_exact(value: Any) -> str:
