@@ -12,7 +12,8 @@
    send neither header, so they keep working. UI forms also carry a CSRF token
    (webui/auth.py).
 
-`/healthz` and `/static/` pass every check but the host check's absence: they reveal nothing.
+`/healthz` skips the host and token checks and `/static/` the token check: neither reveals
+anything recorded.
 """
 
 from __future__ import annotations
