@@ -144,13 +144,21 @@ async def list_exchanges(request: web.Request) -> web.Response:
 
 @routes.get("/api/exchanges/{id}")
 async def get_exchange(request: web.Request) -> web.Response:
-    item = await request.app[STORE].get_exchange(parse_id(request.match_info["id"]))
+    item = await load_exchange(request.app, parse_id(request.match_info["id"]))
     if item is None:
         raise not_found("exchange")
-    provider = request.app[PROVIDERS](item["provider"])
-    item = exchange_detail(item)
-    item["messages"] = exchange_messages(parse_stored(provider, item))
     return json_response(item)
+
+
+async def load_exchange(app: web.Application, exchange_id: int) -> dict[str, Any] | None:
+    """One exchange with decoded headers, bodies and units, and its messages (the API and
+    the UI)."""
+    item = await app[STORE].get_exchange(exchange_id)
+    if item is None:
+        return None
+    item = exchange_detail(item)
+    item["messages"] = exchange_messages(parse_stored(app[PROVIDERS](item["provider"]), item))
+    return item
 
 
 def exchange_detail(item: dict[str, Any]) -> dict[str, Any]:

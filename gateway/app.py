@@ -18,8 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import api, replay_api, runs_api
-from gateway.access import token_middleware
+from gateway import access, api, replay_api, runs_api
 from gateway.experiments import Experiments
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
@@ -43,8 +42,7 @@ RETENTION_EVERY_SECONDS = 3600
 def create_ui_app(gateway: Gateway) -> web.Application:
     """The UI/API application (never reachable through the proxy port)."""
     settings = gateway.settings
-    middlewares = [token_middleware(settings.ui_token)] if settings.ui_token else []
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=access.middlewares(settings))
     app[api.STORE] = gateway.store
     app[api.RECORDER] = gateway.recorder
     app[api.PRICES] = gateway.prices
@@ -54,7 +52,6 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.RUN_REPLAYER] = gateway.run_replayer
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
-    app[replay_api.HOSTS] = frozenset({"localhost", settings.ui_host.strip("[]").lower()})
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
@@ -65,7 +62,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
         setup_webui = None
     if setup_webui is not None:
-        setup_webui(app, settings)
+        setup_webui(app, settings, gateway.proxy_url)
     return app
 
 

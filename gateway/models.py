@@ -171,6 +171,51 @@ class Evaluation(Model):
         table = "evaluations"
 
 
+class Rollup(Model):
+    """Per-hour totals for the dashboard, kept by the writer: see gateway/rollups.py.
+
+    One row per (dim, hour, value): dim is model, run (name) or agent; hour counts hours
+    since the Unix epoch; h00..h19 count calls per latency bucket (rollups.BOUNDS)."""
+
+    id = fields.BigIntField(primary_key=True)
+    dim = fields.CharField(max_length=8)
+    hour = fields.BigIntField()
+    value = fields.CharField(max_length=200)
+    calls = fields.BigIntField(default=0)
+    errors = fields.BigIntField(default=0)
+    unpriced = fields.BigIntField(default=0)  # successful calls of a model with no price
+    prompt_tokens = fields.BigIntField(default=0)
+    completion_tokens = fields.BigIntField(default=0)
+    total_tokens = fields.BigIntField(default=0)
+    cost_usd = fields.FloatField(default=0)
+    latency_count = fields.BigIntField(default=0)
+    latency_sum = fields.FloatField(default=0)
+    h00 = fields.BigIntField(default=0)
+    h01 = fields.BigIntField(default=0)
+    h02 = fields.BigIntField(default=0)
+    h03 = fields.BigIntField(default=0)
+    h04 = fields.BigIntField(default=0)
+    h05 = fields.BigIntField(default=0)
+    h06 = fields.BigIntField(default=0)
+    h07 = fields.BigIntField(default=0)
+    h08 = fields.BigIntField(default=0)
+    h09 = fields.BigIntField(default=0)
+    h10 = fields.BigIntField(default=0)
+    h11 = fields.BigIntField(default=0)
+    h12 = fields.BigIntField(default=0)
+    h13 = fields.BigIntField(default=0)
+    h14 = fields.BigIntField(default=0)
+    h15 = fields.BigIntField(default=0)
+    h16 = fields.BigIntField(default=0)
+    h17 = fields.BigIntField(default=0)
+    h18 = fields.BigIntField(default=0)
+    h19 = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "rollups"
+        unique_together = (("dim", "hour", "value"),)
+
+
 class Diff(Model):
     """Two exchanges compared (a replay and its original, or any two): the plan's Diffs table.
     The indexed facts are columns; the word-level ops, tool-call and usage deltas are JSON."""

@@ -337,6 +337,53 @@ class RunStore:
             [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"])])
         return self._evaluation(row)
 
+    async def names(self, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Name, agent and source of some runs (for the exchange list's run column)."""
+        ids = sorted(set(run_ids))
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        found = await self.store.rows(
+            f"SELECT id, name, agent_id, source FROM runs WHERE id IN ({marks})", ids)
+        return {row["id"]: row for row in found}
+
+    async def last_exchanges(self, run_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Each run's last exchange (start and latency): where its timeline ends."""
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
+        found = await self.store.rows(
+            "SELECT run_id, started_at, latency_ms FROM exchanges WHERE id IN "
+            f"(SELECT MAX(id) FROM exchanges WHERE run_id IN ({marks}) GROUP BY run_id)",
+            run_ids)
+        return {row["run_id"]: {"started_at": _iso(row["started_at"]),
+                                "latency_ms": row["latency_ms"]} for row in found}
+
+    async def costliest(self, since: datetime | None, until: datetime | None,
+                        limit: int = 10) -> list[dict[str, Any]]:
+        """The most expensive runs started in a time window."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        time_bounds("r.id", since, until, clauses, params)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        found = await self.store.rows(
+            f"SELECT {RUN_SELECT} FROM runs r {where} ORDER BY r.total_cost_usd DESC, r.id DESC "
+            "LIMIT ?", [*params, limit])
+        return [self._item(row) for row in found]
+
+    async def evaluations_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        """Run-level evaluations of some runs (the runs list shows them)."""
+        if not run_ids:
+            return []
+        marks = ", ".join("?" * len(run_ids))
+        return [self._evaluation(row) for row in await self.store.rows(
+            f"SELECT * FROM evaluations WHERE run_id IN ({marks}) AND exchange_id IS NULL "
+            "ORDER BY id", run_ids)]
+
+    async def exchange_evaluations(self, exchange_id: int) -> list[dict[str, Any]]:
+        return [self._evaluation(row) for row in await self.store.rows(
+            "SELECT * FROM evaluations WHERE exchange_id = ? ORDER BY id", [exchange_id])]
+
     async def get_run_row(self, run_id: int) -> dict[str, Any] | None:
         found = await self.store.rows("SELECT id FROM runs WHERE id = ?", [run_id])
         return found[0] if found else None

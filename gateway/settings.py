@@ -36,6 +36,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ui_port", "--ui-port", "AGENTOPS_UI_PORT", 8081, "UI/API listen port.", "int"),
     Setting("ui_token", "--ui-token", "AGENTOPS_UI_TOKEN", None,
             "Token required by the UI and API; needed to bind the UI to a non-loopback address."),
+    Setting("allowed_hosts", "--allowed-hosts", "AGENTOPS_ALLOWED_HOSTS", None,
+            "Comma-separated host names the UI/API answers to besides loopback names and IP "
+            "addresses (DNS-rebinding check); '.example.com' also matches subdomains."),
     Setting("prices", "--prices", "AGENTOPS_PRICES", None,
             "TOML or JSON price file overriding or extending the bundled table."),
     Setting("max_body_bytes", "--max-body-bytes", "AGENTOPS_MAX_BODY_BYTES", 10 * 1024 * 1024,
@@ -137,6 +140,7 @@ class Settings:
     ui_host: str = "127.0.0.1"
     ui_port: int = 8081
     ui_token: str | None = None
+    allowed_hosts: str | None = None
     prices: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     upstream_timeout: float = 300.0

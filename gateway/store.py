@@ -22,6 +22,7 @@ from tortoise.transactions import in_transaction
 
 from gateway.capture import Rows
 from gateway.exchange import id_at
+from gateway.rollups import Rollups
 
 log = logging.getLogger("agentops.store")
 
@@ -42,6 +43,7 @@ BODY_COLUMNS = (
     "exchange_id", "request_headers", "request_body", "request_body_encoding",
     "response_headers", "response_body", "response_body_encoding",
 )
+SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
 _CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
                    ("started_at", "streamed", "truncated", "parse_error", "omitted"))
 LIST_COLUMNS = (
@@ -88,6 +90,7 @@ class Store:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite://") else "postgres"
         self._conn: BaseDBAsyncClient | None = None
+        self.rollups = Rollups(self)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class Store:
                     "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
             if also is not None:
                 await also(tx)
+            await self.rollups.add_rows(tx, batch)  # after the runs they name exist
 
     def _exchange_values(self, row: dict[str, Any]) -> list[Any]:
         """Column values in order; only the few typed columns need converting."""
@@ -200,6 +204,7 @@ class Store:
             return 0
         marks = ", ".join("?" * len(ids))
         async with in_transaction("default") as tx:
+            await self.rollups.remove(tx, ids)
             if self.dialect == "sqlite":
                 await tx.execute_query(f"DELETE FROM exchange_fts WHERE rowid IN ({marks})", ids)
             else:
@@ -272,11 +277,14 @@ class Store:
                 await tx.execute_many(self.sql(
                     "UPDATE exchanges SET cost_usd = ? WHERE id = ? AND cost_usd IS NULL"),
                     updates)
+                await self.rollups.add_costs(tx, [(i, c) for c, i in updates])
         return len(updates)
 
     # -- reading --------------------------------------------------------------------------
 
-    def _where(self, f: ExchangeFilter) -> tuple[list[str], list[Any]]:
+    def _where(self, f: ExchangeFilter, key: str = "e.id") -> tuple[list[str], list[Any]]:
+        """WHERE terms of a filter; `key` is the id column that time bounds apply to (the
+        search index's own id when a search drives the query)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("model", f.model), ("status", f.status), ("state", f.state),
@@ -292,8 +300,8 @@ class Store:
         if f.status_class is not None:
             clauses.append("e.status >= ? AND e.status < ?")
             params += [f.status_class * 100, f.status_class * 100 + 100]
-        time_bounds("e.id", f.since, f.until, clauses, params)
-        if f.q:
+        time_bounds(key, f.since, f.until, clauses, params)
+        if f.q and key == "e.id":  # list_exchanges joins the search index instead
             if self.dialect == "sqlite":
                 clauses.append(
                     "e.id IN (SELECT rowid FROM exchange_fts WHERE exchange_fts MATCH ?)")
@@ -304,20 +312,77 @@ class Store:
                 params.append(f.q)
         return clauses, params
 
-    async def list_exchanges(self, f: ExchangeFilter, limit: int,
-                             before: int | None) -> tuple[list[dict[str, Any]], int | None]:
-        clauses, params = self._where(f)
+    def _page_ids(self, f: ExchangeFilter) -> tuple[str, str, list[str], list[Any]]:
+        """(FROM clause, id column, WHERE terms, params) for one page's ids. A search walks
+        the search index in id order, newest first, so a word found in most rows costs no
+        more than a rare one (FTS5 reads its rowids backwards; on PostgreSQL see
+        _postgres_search)."""
+        if not f.q:
+            return ("exchanges e", "e.id", *self._where(f))
+        if self.dialect == "sqlite":
+            source, key = "exchange_fts f JOIN exchanges e ON e.id = f.rowid", "f.rowid"
+            match, term = "exchange_fts MATCH ?", fts5_query(f.q)
+        else:
+            source, key = ("exchange_search s JOIN exchanges e ON e.id = s.exchange_id",
+                           "s.exchange_id")
+            match, term = "s.doc @@ plainto_tsquery('simple', ?)", f.q
+        clauses, params = self._where(f, key)
+        return source, key, [match, *clauses], [term, *params]
+
+    async def list_exchanges(self, f: ExchangeFilter, limit: int, before: int | None,
+                             after: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first, keyset-paged. The page's ids come from one index walk (covering
+        where an index has the filter column), then only those rows are read: sorting ids
+        of a rare status is cheap, sorting whole rows is not."""
+        source, key, clauses, params = self._page_ids(f)
         if before is not None:
-            clauses.append("e.id < ?")
+            clauses.append(f"{key} < ?")
             params.append(before)
+        if after is not None:  # the live list asks for what arrived since its newest row
+            clauses.append(f"{key} > ?")
+            params.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        page = f"SELECT {key} FROM {source} {where} ORDER BY {key} DESC LIMIT ?"
+        args = [*params, limit + 1]
         columns = ", ".join(f"e.{c}" for c in LIST_COLUMNS)
-        found = await self.rows(
-            f"SELECT {columns} FROM exchanges e {where} ORDER BY e.id DESC LIMIT ?",
-            [*params, limit + 1])
+        if f.q and self.dialect == "postgres":
+            # The same page, with the matches collected through the GIN index first.
+            gin = page.replace(
+                source, "(SELECT exchange_id FROM exchange_search WHERE doc @@ "
+                "plainto_tsquery('simple', ?) OFFSET 0) s JOIN exchanges e "
+                "ON e.id = s.exchange_id", 1).replace(f"WHERE {clauses[0]}", "WHERE TRUE", 1)
+            ids = await self._postgres_search(gin, page, args)
+            found = await self.rows(
+                f"SELECT {columns} FROM exchanges e WHERE e.id = ANY(?) ORDER BY e.id DESC",
+                [ids]) if ids else []
+        else:
+            found = await self.rows(f"SELECT {columns} FROM exchanges e WHERE e.id IN "
+                                    f"({page}) ORDER BY e.id DESC", args)
         more = len(found) > limit
         found = found[:limit]
         return [self._item(row) for row in found], (found[-1]["id"] if more else None)
+
+    async def _postgres_search(self, gin: str, walk: str, args: list[Any]) -> list[int]:
+        """PostgreSQL cannot walk a GIN index in id order, and its planner guesses a word's
+        frequency badly when the word is rare or unknown (it then walks the whole table:
+        seconds). So: walk ids newest first, which finds a page at once when the word is
+        common, under a short time limit; if that runs out, the word is rare and the GIN
+        index gives its few matches quickly."""
+        try:
+            async with in_transaction("default") as tx:
+                await tx.execute_script(f"SET LOCAL statement_timeout = {SEARCH_WALK_MS}")
+                _, rows = await tx.execute_query(self.sql(walk), args)
+            return [row[0] for row in rows]
+        except Exception as exc:  # only the time limit means "a rare word"
+            if "statement timeout" not in str(exc):
+                raise
+        async with in_transaction("default") as tx:
+            # Few matches: look each one up. A merge or hash join would read the whole
+            # exchanges index to meet them (the planner cannot know how few there are).
+            await tx.execute_script("SET LOCAL enable_mergejoin = off; "
+                                    "SET LOCAL enable_hashjoin = off")
+            _, rows = await tx.execute_query(self.sql(gin), args)
+        return [row[0] for row in rows]
 
     async def get_exchange(self, exchange_id: int) -> dict[str, Any] | None:
         found = await self.rows(
@@ -326,6 +391,27 @@ class Store:
             "FROM exchanges e LEFT JOIN exchange_bodies b ON b.exchange_id = e.id "
             "WHERE e.id = ?", [exchange_id])
         return self._item(found[0]) if found else None
+
+    async def request_bodies(self, ids: list[int],
+                             max_chars: int = 512 * 1024) -> dict[int, tuple[str | None, str]]:
+        """Request bodies (text, encoding) of a page of exchanges, for the list's previews;
+        bodies above `max_chars` come back as None so a huge prompt never slows a page."""
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        found = await self.rows(
+            "SELECT exchange_id, request_body_encoding AS encoding, CASE WHEN "
+            "LENGTH(request_body) <= ? THEN request_body END AS body FROM exchange_bodies "
+            f"WHERE exchange_id IN ({marks})", [max_chars, *ids])
+        return {row["exchange_id"]: (row["body"], row["encoding"]) for row in found}
+
+    async def neighbours(self, run_id: int, exchange_id: int) -> tuple[int | None, int | None]:
+        """The previous and next exchange of the same run (one index probe each)."""
+        before = await self.rows("SELECT MAX(id) AS id FROM exchanges WHERE run_id = ? "
+                                 "AND id < ?", [run_id, exchange_id])
+        after = await self.rows("SELECT MIN(id) AS id FROM exchanges WHERE run_id = ? "
+                                "AND id > ?", [run_id, exchange_id])
+        return before[0]["id"], after[0]["id"]
 
     async def stats(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
         clauses, params = self._where(ExchangeFilter(since=since, until=until))
@@ -346,12 +432,10 @@ class Store:
                 "by_provider": [_numbers(r) for r in by_provider]}
 
     async def unpriced(self, known: Iterable[str]) -> list[dict[str, Any]]:
+        """Models with successful calls but no cost, and how many: read from the rollups,
+        which count exactly that, instead of scanning every exchange."""
         known = set(known)
-        found = await self.rows(
-            "SELECT model, COUNT(*) AS calls FROM exchanges WHERE cost_usd IS NULL "
-            "AND model IS NOT NULL AND status < 400 GROUP BY model ORDER BY calls DESC")
-        return [{"model": r["model"], "calls": int(r["calls"])} for r in found
-                if r["model"] not in known]
+        return [row for row in await self.rollups.unpriced() if row["model"] not in known]
 
     async def count(self) -> int:
         return int((await self.rows("SELECT COUNT(*) AS n FROM exchanges"))[0]["n"])

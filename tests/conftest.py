@@ -135,3 +135,29 @@ async def sqlite_gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Ga
     async with running(make_settings(upstream.url, f"sqlite://{tmp_path / 'gw.db'}",
                                      tmp_path)) as gw:
         yield gw
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """One headless Debian Chromium per browser-test module (all of them live in
+    tests/test_ui_browser.py, so one per session), driven by Playwright's sync API, never a
+    downloaded browser. Not session-scoped: while Playwright's sync API is open its event loop
+    counts as running, and the async tests of later modules could not start theirs. Skips,
+    saying why, where Chromium or Playwright is missing."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -175,9 +175,11 @@ async def test_token_guards_everything_but_health(upstream: Upstream, tmp_path: 
                              ui_token="s3cret-token")
     async with running(settings) as gw, aiohttp.ClientSession(gw.ui_url) as ui:
         assert (await get(ui, "/healthz"))[0] == 200
-        for path in ("/api/exchanges", "/api/stats", "/"):
+        for path in ("/api/exchanges", "/api/stats"):
             async with ui.get(path) as resp:
                 assert resp.status == 401, path
+        async with ui.get("/", allow_redirects=False) as resp:  # a page: to the login form
+            assert resp.status == 303 and resp.headers["Location"].startswith("/login?next=")
         async with ui.get("/api/exchanges",
                           headers={"Authorization": "Bearer wrong"}) as resp:
             assert resp.status == 401

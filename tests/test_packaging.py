@@ -1,4 +1,5 @@
-"""The built wheel works on its own: templates, migrations and the price table ship inside it.
+"""The built wheel works on its own: templates, static files, migrations and the price table
+ship inside it, and the installed UI renders pages.
 
 Builds the wheel, installs it with --no-deps into a fresh venv (dependencies are borrowed from
 the test environment through a .pth line, so nothing is downloaded), and runs the installed
@@ -50,6 +51,11 @@ async def test_wheel_installs_and_serves(upstream: Upstream, tmp_path: Path,
                             "print(gateway.__file__, webui.__file__)"], cwd=tmp_path,
                            check=True, capture_output=True, text=True).stdout
     assert str(bin_dir.parent) in where and str(ROOT) not in where
+    templates = subprocess.run([str(bin_dir / "python"), "-c", "from webui.render import "
+                                "template_dir; print(template_dir())"], cwd=tmp_path,
+                               check=True, capture_output=True, text=True).stdout.strip()
+    assert templates.startswith(str(bin_dir.parent)) and templates.endswith(
+        "webui/templates")  # the wheel's own copy, not the checkout's
 
     port, ui_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
@@ -64,9 +70,19 @@ async def test_wheel_installs_and_serves(upstream: Upstream, tmp_path: Path,
             async with http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=payload,
                                  headers={"Authorization": "Bearer k"}) as resp:
                 assert resp.status == 200
-            async with http.get(f"http://127.0.0.1:{ui_port}/") as resp:
-                page = await resp.text()
-                assert resp.status == 200 and "AgentOps Studio" in page
+            ui = f"http://127.0.0.1:{ui_port}"
+            deadline = asyncio.get_running_loop().time() + 15
+            page = ""
+            while "from the wheel" not in page:  # the call just made, once it is written
+                assert asyncio.get_running_loop().time() < deadline, page[-2000:]
+                async with http.get(f"{ui}/") as resp:
+                    page = await resp.text()
+                    assert resp.status == 200 and "AgentOps Studio" in page
+                await asyncio.sleep(0.05)
+            for path in ("/dashboard", "/runs", "/prices", "/static/vendor/htmx.min.js",
+                         "/static/vendor/chart.umd.min.js", "/static/app.css"):
+                async with http.get(ui + path) as resp:
+                    assert resp.status == 200, path
             async with http.get(f"http://127.0.0.1:{ui_port}/api/prices") as resp:
                 assert (await resp.json())["models"]
     finally:

@@ -276,10 +276,11 @@ async def test_refusals_are_clear_and_send_nothing(upstream: Upstream, tmp_path:
         async with aiohttp.ClientSession(gw.ui_url) as http:
             async with http.post(f"/api/exchanges/{good}/replay", data="{}",
                                  headers={"Content-Type": "text/plain"}) as resp:
-                assert resp.status == 400 and "application/json" in (await resp.json())["error"]
+                assert resp.status == 415 and "application/json" in (await resp.json())["error"]
             async with http.post(f"/api/exchanges/{good}/replay", json={},
                                  headers={"Host": "rebind.example:8081"}) as resp:
-                assert resp.status == 400 and "rebinding" in (await resp.json())["error"]
+                body = await resp.json()
+                assert resp.status == 400 and "AGENTOPS_ALLOWED_HOSTS" in body["error"]
         assert len(upstream.requests) == sent_before  # nothing was sent
 
         status, body = await post(gw, f"/api/exchanges/{good}/replay", {"api_key": GIVEN_KEY})

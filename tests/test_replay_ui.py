@@ -54,9 +54,12 @@ async def page(gw: Gateway, path: str, **headers: str) -> tuple[int, str, Any]:
 
 
 def assert_strict_html(html: str) -> None:
-    """No script, no style, no inline handlers or styles in any tag (text is escaped)."""
+    """No inline script, no style, no inline handlers or styles in any tag (text is escaped):
+    scripts only as same-origin files."""
     for tag in re.findall(r"<[^>]*>", html):
-        assert not re.match(r"<(script|style)\b", tag), tag
+        if tag.startswith("<script"):
+            assert re.fullmatch(r'<script src="/static/[\w./-]+"( defer)?>', tag), tag
+        assert not re.match(r"<style\b", tag), tag
         assert not re.search(r"\s(style|on\w+)\s*=", tag), tag
 
 
@@ -67,10 +70,17 @@ async def test_form_replays_to_a_safe_side_by_side_diff(gw: Gateway, upstream: U
     assert '<option value="mistral-small-latest">' in html  # from the upstream's /v1/models
     assert "keep mistral-large-latest" in html and 'name="api_key"' not in html
 
-    form = {"model": "mistral-small-latest", "temperature": "0.2", "random_seed": "",
-            "max_tokens": "", "overrides": '{"top_p": 0.5}'}
-    async with aiohttp.ClientSession(gw.ui_url) as http:
+    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies for 127.0.0.1
+    async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+        async with http.get(f"/exchanges/{original}/replay") as resp:  # sets the CSRF cookie
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await resp.text())[1]
+        form = {"model": "mistral-small-latest", "temperature": "0.2", "random_seed": "",
+                "max_tokens": "", "overrides": '{"top_p": 0.5}', "csrf_token": token}
         sent = len(upstream.requests)
+        async with http.post(f"/exchanges/{original}/replay",
+                             data={**form, "csrf_token": "0" * 64},
+                             allow_redirects=False) as resp:
+            assert resp.status == 403  # a forged form
         async with http.post(f"/exchanges/{original}/replay", data=form,
                              headers={"Origin": "http://evil.example"},
                              allow_redirects=False) as resp:
@@ -80,7 +90,8 @@ async def test_form_replays_to_a_safe_side_by_side_diff(gw: Gateway, upstream: U
                              allow_redirects=False) as resp:
             assert resp.status == 403
         assert len(upstream.requests) == sent
-        async with http.post(f"/exchanges/{original}/replay", data={"temperature": "warm"},
+        async with http.post(f"/exchanges/{original}/replay",
+                             data={"temperature": "warm", "csrf_token": token},
                              allow_redirects=False) as resp:
             assert resp.status == 400 and "temperature must be a number" in await resp.text()
         async with http.post(f"/exchanges/{original}/replay", data=form,
@@ -145,8 +156,12 @@ async def test_experiment_page_has_table_and_chart(gw: Gateway):
     run_id = (await get(gw, "/api/runs"))[1]["items"][-1]["id"]
     status, html, _ = await page(gw, f"/runs/{run_id}/replay")
     assert status == 200 and f'action="/runs/{run_id}/replay"' in html
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.post(
-            f"/runs/{run_id}/replay", data={"random_seed": "4"}) as resp:
-        assert resp.status == 201
-        result = await resp.text()
+    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies for 127.0.0.1
+    async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+        async with http.get(f"/runs/{run_id}/replay") as resp:  # sets the CSRF cookie
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await resp.text())[1]
+        async with http.post(f"/runs/{run_id}/replay",
+                             data={"random_seed": "4", "csrf_token": token}) as resp:
+            assert resp.status == 201
+            result = await resp.text()
     assert "Followed the recording to the end" in result and "/diffs/" in result

@@ -29,13 +29,13 @@ async def test_blank_database_migrates_to_the_exact_schema(db_url: str):
         assert await columns(store, "exchange_bodies") == set(BODY_COLUMNS)
         applied = await store.rows("SELECT name FROM tortoise_migrations ORDER BY name")
         assert [row["name"] for row in applied] == ["0001_initial", "0002_indexes_and_search",
-                                                     "0003_runs", "0005_replay"]
+                                                     "0003_runs", "0004_rollups", "0005_replay"]
     finally:
         await store.close()
     again = Store(db_url)
     await again.open()  # already migrated: a no-op, not an error
     try:
-        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 4
+        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 5
     finally:
         await again.close()
 

@@ -1,70 +1,81 @@
-"""The server-rendered web UI on the UI port: Jinja2 templates, autoescaped, strict CSP.
+"""The server-rendered web UI on the UI port: Jinja2 templates (autoescaped), htmx for partial
+updates, Chart.js for the dashboard, all served locally under a strict CSP.
 
-Templates live in the top-level `templates/` folder of a checkout; a built wheel carries
-them as `webui/templates`, so both layouts are looked up.
+`setup()` adds the pages, the login form, the CSRF check and the security headers to the
+UI/API application that gateway/app.py builds.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import time
 
-import jinja2
 from aiohttp import web
 
-from gateway import api
+from gateway.access import Handler, is_api
 from gateway.settings import Settings
-from gateway.store import ExchangeFilter
+from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages
 
-HERE = Path(__file__).resolve().parent
-JINJA = web.AppKey("jinja", jinja2.Environment)
-SETTINGS = web.AppKey("settings", Settings)
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
 
 
-def template_dir() -> Path:
-    for candidate in (HERE / "templates", HERE.parent / "templates"):
-        if candidate.is_dir():
-            return candidate
-    raise RuntimeError("the templates folder is missing from this installation")
-
-
-def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()),
-                              autoescape=True, undefined=jinja2.StrictUndefined)
-
-
-def render(request: web.Request, name: str, context: dict[str, Any]) -> web.Response:
-    html = request.app[JINJA].get_template(name).render(request=request, **context)
-    response = web.Response(text=html, content_type="text/html")
-    response.headers["Vary"] = "HX-Request"
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Strict CSP and friends on every response, errors included; nothing captured is cached.
+    `Server-Timing` says how long the server took (bench/ui_timing.py reads it)."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _harden(request, exc, started)
+        raise
+    _harden(request, response, started)
     return response
 
 
 @web.middleware
-async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    return response
+async def html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown pages get an HTML page with a way back; the API keeps its JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        if is_api(request) or request.path.startswith("/static/"):
+            raise
+        return render.error_page(request, 404, "Page not found",
+                                 "There is nothing at this address.")
 
 
-async def index(request: web.Request) -> web.Response:
-    items, cursor = await request.app[api.STORE].list_exchanges(ExchangeFilter(), 50, None)
-    settings = request.app[SETTINGS]
-    return render(request, "index.html", {"items": items, "next": cursor,
-                                          "proxy": f"http://{settings.host}:{settings.port}"})
+def _harden(request: web.Request, response: web.StreamResponse, started: float) -> None:
+    headers = response.headers
+    headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")  # no-referrer would null Origin
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if request.path.startswith("/static/"):
+        headers.setdefault("Cache-Control", "no-cache")
+    else:
+        headers.setdefault("Cache-Control", "no-store")
 
 
-def setup(app: web.Application, settings: Settings) -> None:
-    app[JINJA] = environment()
-    app[SETTINGS] = settings
-    app.middlewares.append(security_headers)
-    app.router.add_get("/", index)
-    app.router.add_static("/static/", HERE / "static")
+def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None:
+    app[render.JINJA] = render.environment()
+    app[render.SETTINGS] = settings
+    shown = proxy_url or f"http://{settings.host}:{settings.port}"
+    for wildcard in ("//0.0.0.0:", "//[::]:"):  # a client connects to a real address
+        shown = shown.replace(wildcard, "//127.0.0.1:")
+    app[render.PROXY_URL] = shown
+    app.middlewares.insert(0, security_headers)
+    app.middlewares.append(html_errors)
+    auth.setup(app, settings)
+    exchange_pages.setup(app)
+    run_pages.setup(app)
+    dashboard.setup(app)
+    prices_page.setup(app)
+    app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 
     replay_views.setup(app)

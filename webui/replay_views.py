@@ -16,8 +16,8 @@ from aiohttp import web
 
 from gateway.api import parse_id
 from gateway.replay import ReplayError
-from gateway.replay_api import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER, host_allowed
-from webui import JINJA, render
+from gateway.replay_api import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
+from webui.render import JINJA, render
 
 CHART = {"width": 640, "height": 320, "left": 56, "right": 16, "top": 16, "bottom": 44}
 NUMBER_FIELDS = {"temperature": float, "random_seed": int, "max_tokens": int, "top_p": float}
@@ -79,16 +79,6 @@ def form_overrides(form: Any) -> dict[str, Any]:
     return overrides
 
 
-def check_origin(request: web.Request) -> None:
-    """Refuse form posts made by other sites (they would spend the replay key)."""
-    site = request.headers.get("Sec-Fetch-Site")
-    origin = request.headers.get("Origin")
-    if (site is not None and site not in ("same-origin", "none")) or (
-            origin is not None and origin != f"{request.scheme}://{request.host}") or (
-            not host_allowed(request)):
-        raise ReplayError(403, "this form can only be sent from the AgentOps Studio UI itself")
-
-
 def failure(request: web.Request, error: ReplayError) -> web.Response:
     response = render(request, "replay_error.html", {"error": error.message,
                                                      "status": error.status})
@@ -103,14 +93,14 @@ async def exchange_replay_page(request: web.Request) -> web.Response:
         return failure(request, ReplayError(404, f"exchange {exchange_id} not found"))
     form = await replay_form(request, f"/exchanges/{exchange_id}/replay", recorded.item)
     return render(request, "replay_page.html", {"replay_form": form, "what": "exchange",
-                                                "target": str(exchange_id)})
+                                                "target": str(exchange_id)},
+                  partial="_replay_form.html")
 
 
 async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
     exchange_id = parse_id(request.match_info["id"])
     replayer = request.app[REPLAYER]
     try:
-        check_origin(request)
         form = await request.post()
         overrides = form_overrides(form)
         original = await replayer.original(exchange_id)
@@ -126,14 +116,14 @@ async def run_replay_page(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
     form = await replay_form(request, f"/runs/{run_id}/replay")
     return render(request, "replay_page.html", {"replay_form": form, "what": "run",
-                                                "target": str(run_id)})
+                                                "target": str(run_id)},
+                  partial="_replay_form.html")
 
 
 async def run_replay_submit(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
     runs = request.app[RUN_REPLAYER]
     try:
-        check_origin(request)
         form = await request.post()
         overrides = form_overrides(form)
         steps = await runs.steps(run_id)
@@ -223,8 +213,8 @@ async def experiment_page(request: web.Request) -> web.Response:
     report = await request.app[EXPERIMENTS].report(experiment_id)
     if report is None:
         return failure(request, ReplayError(404, f"experiment {experiment_id} not found"))
-    name = "_experiment_table.html" if request.headers.get("HX-Request") else "experiment.html"
-    return render(request, name, {"experiment": report, "chart": chart(report["rows"])})
+    context = {"experiment": report, "chart": chart(report["rows"])}
+    return render(request, "experiment.html", context, partial="_experiment_table.html")
 
 
 async def experiments_page(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ async def backward(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0003_runs')]
+    dependencies = [('models', '0004_rollups')]
 
     initial = False
 

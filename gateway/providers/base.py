@@ -70,3 +70,8 @@ class Provider(Protocol):
         (gzip removed), in arrival order. Must never raise on hostile or broken input.
         """
         ...
+
+    def preview(self, request_json: Any) -> str | None:
+        """The text a list of calls shows for one call (its last user message, say), from
+        the parsed request body. Must never raise."""
+        ...

@@ -534,6 +534,27 @@ class MistralProvider:
 
     name = "mistral"
 
+    def preview(self, request_json: Any) -> str | None:
+        """The last user message (chat, agents), the last user input (conversations), the
+        prompt (FIM) or the first input (embeddings, moderations)."""
+        if not isinstance(request_json, dict):
+            return None
+        messages = request_json.get("messages")
+        if not isinstance(messages, list):
+            messages = _entries_in(request_json.get("inputs"))
+        for message in reversed(messages or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                text = _text(message.get("content"))
+                if text:
+                    return text
+        for key in ("prompt", "input"):
+            value = request_json.get(key)
+            if isinstance(value, list) and value:
+                value = value[0]
+            if isinstance(value, str):
+                return value
+        return None
+
     def parse(
         self,
         method: str,

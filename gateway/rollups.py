@@ -1,0 +1,339 @@
+"""Per-hour rollups the dashboard reads instead of scanning exchanges.
+
+One row per (dimension, hour, value): dimension `model` (every exchange), `run` (the run's
+name, when it has one) and `agent` (the run's agent id, when it has one). Each row holds
+counts, tokens, cost and a fixed-bucket latency histogram from which percentiles are
+interpolated. The writer adds a batch's rows inside its own transaction, aggregated first so
+each key costs one upsert per batch; deletes, purges and late pricing subtract or add the
+same way, so the rollups always equal a recount of the exchanges table.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+if TYPE_CHECKING:
+    from gateway.capture import Rows
+    from gateway.store import Store
+
+EPOCH_MS = 1_704_067_200_000  # gateway.exchange's id epoch: ids encode their start time
+HOUR_MS = 3_600_000
+# Upper bounds (ms) of the latency buckets; the last bucket is open-ended.
+BOUNDS: tuple[float, ...] = (10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000,
+                             4500, 6500, 10000, 15000, 25000, 40000, 60000)
+BUCKETS = tuple(f"h{i:02d}" for i in range(len(BOUNDS) + 1))
+SUMS = ("calls", "errors", "unpriced", "prompt_tokens", "completion_tokens", "total_tokens",
+        "cost_usd", "latency_count", "latency_sum")
+VALUES = SUMS + BUCKETS  # the additive columns, in this order everywhere
+DIMENSIONS = ("model", "run", "agent")
+LABEL_CACHE = 100_000  # runs whose name and agent the writer remembers
+_UPSERT_COLUMNS = ("dim", "hour", "value", *VALUES)
+_LATENCY = SUMS.index("latency_count")
+
+
+def hour_of(exchange_id: int) -> int:
+    """Hours since the Unix epoch of an exchange's start, read from its time-sortable id."""
+    return ((exchange_id >> 22) + EPOCH_MS) // HOUR_MS
+
+
+def hour_sql(column: str) -> str:
+    """The same, in SQL that SQLite and PostgreSQL both evaluate with integer arithmetic."""
+    return f"((({column}) >> 22) + {EPOCH_MS}) / {HOUR_MS}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """What one exchange contributes; `run_name`/`agent` come from its run."""
+
+    id: int
+    model: str | None
+    status: int | None
+    state: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float | None
+    run_name: str | None = None
+    agent: str | None = None
+
+
+def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
+    """(column index in VALUES, amount) pairs: only what this exchange adds."""
+    failed = fact.status is None or fact.status >= 400 or fact.state != "complete"
+    # as /api/prices counts them: a model, no cost, an answer below 400
+    unpriced = (fact.cost_usd is None and fact.model is not None and fact.status is not None
+                and fact.status < 400)
+    out = [(0, sign)]
+    if failed:
+        out.append((1, sign))
+    if unpriced:
+        out.append((2, sign))
+    for index, value in ((3, fact.prompt_tokens), (4, fact.completion_tokens),
+                         (5, fact.total_tokens), (6, fact.cost_usd)):
+        if value:
+            out.append((index, sign * value))
+    if fact.latency_ms is not None:
+        out += [(_LATENCY, sign), (_LATENCY + 1, sign * fact.latency_ms),
+                (len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms), sign)]
+    return out
+
+
+Key = tuple[str, int, str]
+
+
+def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
+    """Sum facts per (dimension, hour, value): the writer's per-batch work, a few list
+    additions per record."""
+    out: dict[Key, list[float]] = {}
+    width = len(VALUES)
+    for fact in facts:
+        changes = deltas(fact, sign)
+        hour = hour_of(fact.id)
+        keys = [("model", hour, fact.model or "")]
+        if fact.run_name:
+            keys.append(("run", hour, fact.run_name))
+        if fact.agent:
+            keys.append(("agent", hour, fact.agent))
+        for key in keys:
+            sums = out.get(key)
+            if sums is None:
+                sums = out[key] = [0] * width
+            for index, amount in changes:
+                sums[index] += amount
+    return out
+
+
+def percentile(histogram: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0-1) interpolated linearly inside its bucket; None with no data.
+    In the open last bucket the answer is its lower bound (at least 60 s)."""
+    total = sum(histogram)
+    if total <= 0:
+        return None
+    target = q * total
+    seen = 0.0
+    for index, count in enumerate(histogram):
+        if count <= 0:
+            continue
+        if seen + count >= target:
+            low = BOUNDS[index - 1] if index > 0 else 0.0
+            if index >= len(BOUNDS):
+                return float(low)
+            return low + (target - seen) / count * (BOUNDS[index] - low)
+        seen += count
+    return float(BOUNDS[-1])
+
+
+def backfill_sql(where: str = "") -> list[str]:
+    """INSERT ... SELECT statements that rebuild rollups from stored exchanges (used by the
+    0004 migration for existing data and by bench/seed.py after a bulk load)."""
+    buckets = []
+    for index, name in enumerate(BUCKETS):
+        low = f"e.latency_ms >= {BOUNDS[index - 1]}" if index else "e.latency_ms IS NOT NULL"
+        high = f" AND e.latency_ms < {BOUNDS[index]}" if index < len(BOUNDS) else ""
+        buckets.append(f"SUM(CASE WHEN {low}{high} THEN 1 ELSE 0 END) AS {name}")
+    failed = "(e.status IS NULL OR e.status >= 400 OR e.state <> 'complete')"
+    sums = ", ".join([
+        "COUNT(*)", f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END)",
+        "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
+        "THEN 1 ELSE 0 END)",
+        "COALESCE(SUM(e.prompt_tokens), 0)", "COALESCE(SUM(e.completion_tokens), 0)",
+        "COALESCE(SUM(e.total_tokens), 0)", "COALESCE(SUM(e.cost_usd), 0)",
+        "COUNT(e.latency_ms)", "COALESCE(SUM(e.latency_ms), 0)", *buckets])
+    columns = ", ".join(_UPSERT_COLUMNS)
+    statements = []
+    for dim, value in (("model", "COALESCE(e.model, '')"), ("run", "r.name"),
+                       ("agent", "r.agent_id")):
+        join = "" if dim == "model" else " JOIN runs r ON r.id = e.run_id"
+        clauses = [f"{value} IS NOT NULL"] if dim != "model" else []
+        if where:
+            clauses.append(where)
+        condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        statements.append(
+            f"INSERT INTO rollups ({columns}) SELECT '{dim}', {hour_sql('e.id')}, {value}, "
+            f"{sums} FROM exchanges e{join}{condition} GROUP BY {hour_sql('e.id')}, {value}")
+    return statements
+
+
+class Rollups:
+    """Reads and writes the rollups table; part of the store (it builds SQL)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._labels: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
+        marks = ", ".join("?" * len(_UPSERT_COLUMNS))
+        updates = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in VALUES)
+        self._upsert = store.sql(
+            f"INSERT INTO rollups ({', '.join(_UPSERT_COLUMNS)}) VALUES ({marks}) "
+            f"ON CONFLICT (dim, hour, value) DO UPDATE SET {updates}")
+
+    # -- writing (always inside the caller's transaction) -----------------------------------
+
+    async def apply(self, tx: BaseDBAsyncClient, sums: dict[Key, list[float]]) -> None:
+        if sums:
+            await tx.execute_many(self._upsert, [[*key, *values]
+                                                 for key, values in sums.items()])
+
+    async def labels(self, tx: BaseDBAsyncClient,
+                     run_ids: set[int]) -> dict[int, tuple[str | None, str | None]]:
+        """Each run's name and agent id: the run and agent dimensions' values."""
+        if not run_ids:
+            return {}
+        ids = list(run_ids)
+        marks = ", ".join("?" * len(ids))
+        _, rows = await tx.execute_query(self.store.sql(
+            f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids)
+        return {row["id"]: (row["name"], row["agent_id"]) for row in rows}
+
+    async def add_rows(self, tx: BaseDBAsyncClient, batch: list[Rows]) -> None:
+        """The writer's batch, already placed in runs and inserted. A run's labels come from
+        a cache: its name never changes and its agent only when an exchange brings one, so
+        most batches need no look-up at all."""
+        stale = set()
+        for row in batch:
+            run_id = row.exchange["run_id"]
+            if run_id is not None and (run_id not in self._labels or row.hints.get("agent")
+                                       or row.parsed.agent_id):
+                stale.add(run_id)
+        if stale:
+            await self._refresh(tx, stale, {row.exchange["id"] for row in batch})
+        facts = []
+        for row in batch:
+            e = row.exchange
+            name, agent = self._labels.get(e["run_id"], (None, None))
+            facts.append(Fact(e["id"], e["model"], e["status"], e["state"], e["prompt_tokens"],
+                              e["completion_tokens"], e["total_tokens"], e["cost_usd"],
+                              e["latency_ms"], name, agent))
+        await self.apply(tx, aggregate(facts))
+
+    async def _refresh(self, tx: BaseDBAsyncClient, run_ids: set[int],
+                       batch_ids: set[int]) -> None:
+        for run_id, (name, agent) in (await self.labels(tx, run_ids)).items():
+            known = self._labels.get(run_id)
+            if agent and known is not None and known[1] is None:
+                await self._agent_arrived(tx, run_id, agent, batch_ids)
+            self._labels[run_id] = (name, agent)
+            self._labels.move_to_end(run_id)
+        while len(self._labels) > LABEL_CACHE:
+            self._labels.popitem(last=False)
+
+    async def _agent_arrived(self, tx: BaseDBAsyncClient, run_id: int, agent: str,
+                             batch_ids: set[int]) -> None:
+        """A run got its agent after some of its exchanges were counted: they count for
+        the agent now too (deleting them later subtracts them from it)."""
+        _, rows = await tx.execute_query(self.store.sql(
+            "SELECT id, model, status, state, prompt_tokens, completion_tokens, total_tokens, "
+            "cost_usd, latency_ms FROM exchanges WHERE run_id = ?"), [run_id])
+        facts = [Fact(**row, agent=agent) for row in rows if row["id"] not in batch_ids]
+        await self.apply(tx, {key: sums for key, sums in aggregate(facts).items()
+                              if key[0] == "agent"})
+
+    async def remove(self, tx: BaseDBAsyncClient, ids: list[int]) -> None:
+        """Subtract exchanges about to be deleted; rows left with no calls go."""
+        marks = ", ".join("?" * len(ids))
+        _, rows = await tx.execute_query(self.store.sql(
+            "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
+            "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, "
+            "r.agent_id AS agent FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id "
+            f"WHERE e.id IN ({marks})"), ids)
+        sums = aggregate((Fact(**row) for row in rows), sign=-1)
+        await self.apply(tx, sums)
+        if sums:
+            await tx.execute_many(self.store.sql(
+                "DELETE FROM rollups WHERE dim = ? AND hour = ? AND value = ? AND calls <= 0"),
+                [list(key) for key in sums])
+
+    async def add_costs(self, tx: BaseDBAsyncClient, priced: list[tuple[int, float]]) -> None:
+        """Late pricing (a price added for a model seen unpriced): add the cost, and the
+        calls stop counting as unpriced."""
+        if not priced:
+            return
+        ids = [exchange_id for exchange_id, _ in priced]
+        cost = dict(priced)
+        marks = ", ".join("?" * len(ids))
+        _, rows = await tx.execute_query(self.store.sql(
+            "SELECT e.id, e.model, e.status, r.name, r.agent_id FROM exchanges e "
+            f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"), ids)
+        sums: dict[Key, list[float]] = {}
+        for row in rows:
+            hour = hour_of(row["id"])
+            keys = [("model", hour, row["model"] or "")]
+            keys += [("run", hour, row["name"])] if row["name"] else []
+            keys += [("agent", hour, row["agent_id"])] if row["agent_id"] else []
+            for key in keys:
+                values = sums.setdefault(key, [0.0] * len(VALUES))
+                values[SUMS.index("cost_usd")] += cost[row["id"]]
+                if row["status"] is not None and row["status"] < 400:
+                    values[SUMS.index("unpriced")] -= 1
+        await self.apply(tx, sums)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def series(self, since: int, until: int) -> list[dict[str, Any]]:
+        """Totals per hour in [since, until) (hours since the epoch), from the model rows."""
+        rows = await self.store.rows(
+            "SELECT hour, SUM(calls) AS calls, SUM(errors) AS errors, "
+            "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
+            "SUM(cost_usd) AS cost_usd FROM rollups WHERE dim = 'model' AND hour >= ? "
+            "AND hour < ? GROUP BY hour ORDER BY hour", [since, until])
+        return [_numbers(row) for row in rows]
+
+    async def by_value(self, dim: str, since: int, until: int,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        """One dimension's values with their sums and histograms, costliest first."""
+        sums = ", ".join(f"SUM({c}) AS {c}" for c in VALUES)
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = await self.store.rows(
+            f"SELECT value, {sums} FROM rollups WHERE dim = ? AND hour >= ? AND hour < ? "
+            f"GROUP BY value ORDER BY SUM(cost_usd) DESC, SUM(calls) DESC{tail}",
+            [dim, since, until])
+        out = []
+        for row in rows:
+            item = _numbers(row)
+            item["histogram"] = [item.pop(b) for b in BUCKETS]
+            item["p50_ms"] = percentile(item["histogram"], 0.5)
+            item["p95_ms"] = percentile(item["histogram"], 0.95)
+            out.append(item)
+        return out
+
+    async def first_hour(self) -> int | None:
+        rows = await self.store.rows("SELECT MIN(hour) AS hour FROM rollups WHERE dim = 'model'")
+        return int(rows[0]["hour"]) if rows and rows[0]["hour"] is not None else None
+
+    async def models(self) -> list[str]:
+        rows = await self.store.rows(
+            "SELECT DISTINCT value FROM rollups WHERE dim = 'model' AND value <> '' "
+            "ORDER BY value")
+        return [row["value"] for row in rows]
+
+    async def unpriced(self) -> list[dict[str, Any]]:
+        rows = await self.store.rows(
+            "SELECT value AS model, SUM(unpriced) AS calls FROM rollups WHERE dim = 'model' "
+            "AND value <> '' GROUP BY value HAVING SUM(unpriced) > 0 ORDER BY calls DESC")
+        return [{"model": row["model"], "calls": int(row["calls"])} for row in rows]
+
+    async def rebuild(self) -> None:
+        """Recompute every rollup from the exchanges table (bench/seed.py after a bulk load)."""
+        async with in_transaction("default") as tx:
+            await tx.execute_script("DELETE FROM rollups")
+            for statement in backfill_sql():
+                await tx.execute_script(statement)
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("value", "model"):
+            out[key] = value
+        elif key in ("cost_usd", "latency_sum"):
+            out[key] = float(value or 0)
+        else:
+            out[key] = int(value or 0)
+    return out

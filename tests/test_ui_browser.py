@@ -1,0 +1,240 @@
+"""The web UI in a real browser (Debian's Chromium through Playwright) on real captured
+traffic: every page renders in both themes, search and filters swap the table without a page
+load, the live list picks up a new call, hostile prompts stay text, a tool-calling loop reads
+as a timeline, delete asks first, the login cookie is HttpOnly and SameSite=Strict, and no
+request ever leaves 127.0.0.1. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.ui_server import HOSTILE, ThreadedGateway, chat, seed_traffic
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+LOOPBACK = {"127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedGateway]:
+    with ThreadedGateway(tmp_path_factory.mktemp("ui")) as server:
+        seed_traffic(server)
+        yield server
+
+
+class Watch:
+    """Everything a page asked for, and every error it raised."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.errors: list[str] = []
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh context per test; any request for a host other than 127.0.0.1 is recorded
+    and refused, so a stray CDN reference or a beacon fails the test."""
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    watch = Watch()
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        watch.urls.append(url)
+        if urlsplit(url).hostname not in LOOPBACK and not url.startswith(("data:", "blob:")):
+            route.abort()
+        else:
+            route.continue_()
+
+    context.route("**/*", guard)
+    tab = context.new_page()
+    tab.on("pageerror", lambda exc: watch.errors.append(f"page error: {exc}"))
+    tab.on("console", lambda msg: watch.errors.append(f"console: {msg.text}")
+           if msg.type == "error" else None)
+    tab.watch = watch
+    yield tab
+    context.close()
+    outside = [u for u in watch.urls if urlsplit(u).hostname not in LOOPBACK
+               and not u.startswith(("data:", "blob:"))]
+    assert not outside, f"requests left 127.0.0.1: {outside}"
+    assert not watch.errors, watch.errors
+
+
+def ids(gw: ThreadedGateway, sql: str) -> list[Any]:
+    return [row["id"] for row in gw.call(gw.gateway.store.rows(sql))]
+
+
+def run_id(gw: ThreadedGateway, name: str) -> int:
+    return ids(gw, f"SELECT id FROM runs WHERE name = '{name}'")[0]
+
+
+def shot(page: Any, name: str, *, full: bool = True) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")  # a sticky header would show mid-picture
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
+
+
+def test_every_page_renders_captured_traffic_in_both_themes(gw: ThreadedGateway, page: Any):
+    newest = ids(gw, "SELECT id FROM exchanges ORDER BY id DESC LIMIT 1")[0]
+    pages = {
+        "exchanges": ("/", "Write a haiku about the sea"),
+        "exchange": (f"/exchanges/{newest}", "hx payload"),
+        "runs": ("/runs", "weather-agent"),
+        "run": (f"/runs/{run_id(gw, 'weather-agent')}", "sunny in Paris"),
+        "dashboard": ("/dashboard", "Most expensive runs"),
+        "prices": ("/prices", "my-private-finetune"),
+    }
+    for theme in ("light", "dark"):
+        page.emulate_media(color_scheme=theme)
+        for name, (path, text) in pages.items():
+            page.goto(gw.ui_url + path)
+            page.get_by_text(text).first.wait_for()
+            if name == "dashboard":
+                page.wait_for_function("() => [...document.querySelectorAll('canvas')]"
+                                       ".every(c => window.Chart && Chart.getChart(c))")
+            shot(page, f"{name}-{theme}", full=theme == "light")
+    assert any(u.endswith("/static/vendor/htmx.min.js") for u in page.watch.urls)
+    assert any(u.endswith("/static/vendor/chart.umd.min.js") for u in page.watch.urls)
+
+
+def test_search_and_filters_swap_the_table_without_a_page_load(gw: ThreadedGateway,
+                                                               page: Any):
+    page.goto(gw.ui_url + "/")
+    page.evaluate("window.__sameDocument = true")
+    rows = page.locator("#rows tr")
+    total = rows.count()
+    page.fill("#q", "haiku")
+    page.wait_for_url(re.compile(r"/\?q=haiku$"))
+    page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 1")
+    assert "haiku" in rows.first.inner_text()
+    page.fill("#q", "")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#rows tr').length === {total}")
+    page.select_option("#f-model", "codestral-latest")
+    page.wait_for_url(re.compile(r"model=codestral-latest"))
+    page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 1")
+    page.select_option("#f-status", "4xx")
+    page.wait_for_selector("text=Nothing matches")
+    assert page.evaluate("window.__sameDocument") is True  # never reloaded
+    page.goto(page.url)  # the URL alone reproduces the view
+    assert page.input_value("#f-model") == "codestral-latest"
+    assert page.input_value("#f-status") == "4xx"
+    shot(page, "exchanges-filtered")
+
+
+def test_live_list_picks_up_a_new_call(gw: ThreadedGateway, page: Any):
+    page.goto(gw.ui_url + "/")
+    page.evaluate("window.__sameDocument = true")
+    chat(gw, "a brand new question about tides")
+    page.locator("#rows tr.fresh", has_text="brand new question about tides").wait_for(
+        timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    first = page.locator("#rows tr").first.inner_text()
+    assert "brand new question about tides" in first
+    chat(gw, "and a second one about waves")  # the poller moved its cursor forward
+    page.locator("#rows tr", has_text="second one about waves").wait_for(timeout=10_000)
+    assert page.locator("#rows tr", has_text="brand new question about tides").count() == 1
+
+
+def test_hostile_prompt_is_text_and_runs_nothing(gw: ThreadedGateway, page: Any):
+    hostile = ids(gw, "SELECT e.id FROM exchanges e JOIN exchange_bodies b ON "
+                      "b.exchange_id = e.id WHERE b.request_body LIKE '%window.__pwned%' "
+                      "ORDER BY e.id DESC LIMIT 1")[0]
+    for path in (f"/exchanges/{hostile}", "/?q=pwned"):
+        asked = len(page.watch.urls)
+        page.goto(gw.ui_url + path)
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("img[src=x]").count() == 0
+        assert page.locator("[hx-trigger=load]").count() == 0
+        assert "/exchanges/live?" not in " ".join(
+            u for u in page.watch.urls[asked:] if "after=" not in u)
+    page.goto(gw.ui_url + f"/exchanges/{hostile}")
+    assert HOSTILE.split(" <img")[0] in page.locator("article.msg.role-user").inner_text()
+    page.get_by_text("Request body").click()
+    assert "window.__pwned = 2" in page.locator("pre.body").first.inner_text()
+    assert page.evaluate("window.__pwned") is None
+    shot(page, "exchange-hostile")
+
+
+def test_run_timeline_of_a_tool_calling_loop(gw: ThreadedGateway, page: Any):
+    page.goto(gw.ui_url + f"/runs/{run_id(gw, 'weather-agent')}")
+    bars = page.locator("ol.waterfall rect.wf-bar")
+    assert bars.count() == 2
+    assert page.locator("ol.waterfall rect.wf-tool").count() == 1
+    first, second = (float(bars.nth(i).get_attribute("x")[:-1]) for i in range(2))
+    assert first == 0 and second > first
+    step1, step2 = page.locator("article.step").all()
+    assert "get_weather" in step1.locator("table.tools").inner_text()
+    assert "sunny in Paris" in step1.locator("table.tools").inner_text()
+    assert '"city"' in step1.locator("table.tools pre").first.inner_text()
+    assert "sunny in Paris" in step2.locator("article.msg.role-tool").first.inner_text()
+    memory = step2.locator("details.memory summary")
+    assert "kept 3" in memory.inner_text() and "added 2" in memory.inner_text()
+    memory.click()
+    assert "sunny in Paris" in step2.locator("details.memory").inner_text()
+    step1.get_by_role("link", name="Step 1").click()
+    page.get_by_role("link", name="Next step →").click()
+    page.get_by_role("link", name="← Previous step").wait_for()
+    assert "/exchanges/" in page.url
+
+
+def test_delete_asks_first_and_carries_a_csrf_token(gw: ThreadedGateway, page: Any):
+    chat(gw, "please forget this one")
+    gw.drained()
+    victim = ids(gw, "SELECT id FROM exchanges ORDER BY id DESC LIMIT 1")[0]
+    page.goto(gw.ui_url + f"/exchanges/{victim}")
+    button = page.get_by_role("button", name="Delete exchange")
+    assert not button.is_visible()  # hidden until the user opens the confirmation
+    page.get_by_text("Delete this exchange…").click()
+    assert page.locator("form[action$='/delete'] input[name=csrf_token]").input_value()
+    button.click()
+    page.get_by_text(f"Exchange {victim} was deleted").wait_for()
+    assert not ids(gw, f"SELECT id FROM exchanges WHERE id = {victim}")
+
+
+def test_keyboard_and_theme(gw: ThreadedGateway, page: Any):
+    page.goto(gw.ui_url + "/")
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "q"
+    page.keyboard.press("Escape")
+    page.locator("body").click(position={"x": 5, "y": 400})
+    page.keyboard.press("j")
+    assert page.evaluate("document.activeElement.classList.contains('rowlink')")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/exchanges/\d+$"))
+    before = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.click("#theme-toggle")
+    after = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert before != after
+    page.reload()  # the choice is remembered
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == after
+
+
+def test_login_form_sets_a_strict_httponly_cookie(browser: Any, tmp_path: Path):
+    with ThreadedGateway(tmp_path, ui_token="correct horse battery") as server:
+        context = browser.new_context()
+        tab = context.new_page()
+        tab.goto(server.ui_url + "/runs?status=ok")
+        assert "/login" in tab.url
+        tab.fill("#token", "wrong")
+        tab.click("button[type=submit] >> text=Sign in")
+        tab.get_by_text("That is not the token").wait_for()
+        tab.fill("#token", "correct horse battery")
+        tab.click("button[type=submit] >> text=Sign in")
+        tab.wait_for_url(re.compile(r"/runs\?status=ok$"))
+        (cookie,) = [c for c in context.cookies() if c["name"] == "agentops_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert "agentops_session" not in tab.evaluate("document.cookie")
+        api = tab.request.get(server.ui_url + "/api/exchanges")
+        assert api.status == 401  # the API wants the Bearer header, not the cookie
+        tab.get_by_role("button", name="Sign out").click()
+        tab.wait_for_url(re.compile(r"/login"))
+        tab.goto(server.ui_url + "/")
+        assert "/login" in tab.url
+        context.close()

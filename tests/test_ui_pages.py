@@ -1,0 +1,182 @@
+"""Every UI page over real captured traffic (the real `mistralai` SDK through the gateway), on
+SQLite and PostgreSQL: filters and search, keyset paging, the live endpoint, htmx fragments
+with `Vary: HX-Request`, escaping of hostile content, helpful 400s and 404s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+from mistralai.client import Mistral
+
+from gateway.app import Gateway
+from gateway.store import Store
+from tests.test_runs import tool_loop
+from tests.ui_server import HOSTILE, KEY
+
+HTMX = {"HX-Request": "true"}
+
+
+def sdk_traffic(gw: Gateway) -> None:
+    with Mistral(api_key=KEY, server_url=gw.proxy_url) as client:
+        client.chat.complete(model="mistral-small-latest",
+                             messages=[{"role": "user", "content": "Write a haiku about rain"}])
+        for _ in client.chat.stream(model="codestral-latest", messages=[
+                {"role": "user", "content": "Explain recursion briefly"}]):
+            pass
+        client.chat.complete(model="my-private-finetune",
+                             messages=[{"role": "user", "content": "unpriced question"}])
+        client.chat.complete(model="mistral-small-latest",
+                             messages=[{"role": "user", "content": HOSTILE}])
+        with contextlib.suppress(Exception):  # the SDK raises; the gateway recorded it
+            client.chat.complete(model="mistral-small-latest",
+                                 messages=[{"role": "user", "content": "limited"}],
+                                 http_headers={"x-fake-status": "429"})
+    tool_loop(gw, "Lyon", server_url=gw.proxy_url + "/r/weather-agent")
+
+
+async def fetch(gw: Gateway, path: str, headers: dict[str, str] | None = None
+                ) -> tuple[int, str, Any]:
+    async with aiohttp.ClientSession(gw.ui_url) as http, \
+            http.get(path, headers=headers, allow_redirects=False) as resp:
+        return resp.status, await resp.text(), resp.headers
+
+
+def rows(html: str) -> int:
+    return html.count('class="rowlink"')
+
+
+async def test_every_page_over_real_traffic(gateway: Gateway):
+    await asyncio.to_thread(sdk_traffic, gateway)
+    await gateway.recorder.drained(timeout=20)
+    await list_and_exchange_pages(gateway)
+    await runs_dashboard_and_prices(gateway)
+
+
+async def list_and_exchange_pages(gateway: Gateway) -> None:
+    store = gateway.store
+    exchanges = await store.rows("SELECT id, run_id FROM exchanges ORDER BY id")
+    assert len(exchanges) == 7
+
+    status, page, headers = await fetch(gateway, "/")
+    assert status == 200 and page.startswith("<!doctype html>") and rows(page) == 7
+    assert headers["Vary"] == "HX-Request" and "script-src 'self'" in \
+        headers["Content-Security-Policy"]
+    assert "Write a haiku about rain" in page and "weather-agent" in page
+    assert "&lt;script&gt;window.__pwned" in page and "<script>window" not in page
+    assert 'hx-get="/exchanges' not in page.split('id="rows"')[1].split("</tbody>")[0]
+
+    status, fragment, headers = await fetch(gateway, "/?q=haiku&model=", HTMX)
+    assert status == 200 and "<html" not in fragment and rows(fragment) == 1
+    assert headers["HX-Push-Url"] == "/?q=haiku" and headers["Vary"] == "HX-Request"
+    for query, count in (("model=codestral-latest", 1), ("status=4xx", 1), ("status=429", 1),
+                         ("status=2xx", 6), ("endpoint=chat", 7), ("range=1h", 7),
+                         ("q=recursion", 1), ("q=haiku+rain", 1), ("q=haiku+nothing", 0),
+                         (f"run={exchanges[-1]['run_id']}", 2),
+                         ("since=2099-01-01T00:00", 0), ("until=2000-01-01T00:00", 0)):
+        status, html, _ = await fetch(gateway, f"/?{query}", HTMX)
+        assert status == 200 and rows(html) == count, query
+        if count == 0:
+            assert "Nothing matches" in html and "Clear the filters" in html
+    for query, message in (("status=abc", "status must be"), ("run=abc", "run must be"),
+                           ("range=1y", "range must be"), ("since=yesterday", "since must")):
+        status, html, _ = await fetch(gateway, f"/?{query}")
+        assert status == 400 and message in html and "<!doctype html>" in html, query
+
+    middle = exchanges[3]["id"]
+    _, older, _ = await fetch(gateway, f"/?before={middle}")
+    assert rows(older) == 3 and "Newest" in older and "That is the oldest" in older
+    newest = exchanges[-1]["id"]
+    status, _, _ = await fetch(gateway, f"/exchanges/live?after={newest}", HTMX)
+    assert status == 204
+    status, live, _ = await fetch(gateway, f"/exchanges/live?after={middle}&q=", HTMX)
+    assert status == 200 and rows(live) == 3 and 'hx-swap-oob="true"' in live
+    assert f"after={newest}" in live
+    status, whole, _ = await fetch(gateway, "/exchanges/live?after=0&into=results", HTMX)
+    assert status == 200 and rows(whole) == 7 and "<table" in whole
+
+    for row in exchanges:
+        status, html, _ = await fetch(gateway, f"/exchanges/{row['id']}")
+        assert status == 200 and "Raw" in html and "Delete this exchange" in html
+    hostile_id = (await store.rows(
+        "SELECT exchange_id FROM exchange_bodies WHERE request_body LIKE ?",
+        ["%__pwned%"]))[0]["exchange_id"]
+    _, detail, _ = await fetch(gateway, f"/exchanges/{hostile_id}")
+    assert "&lt;img src=x onerror=" in detail and "<img src=x" not in detail
+    assert '&lt;div hx-get="/exchanges/live"' in detail.replace("&#34;", '"')
+    second = exchanges[-1]["id"]
+    _, step, _ = await fetch(gateway, f"/exchanges/{second}")
+    assert "Previous step" in step and f"/runs/{exchanges[-1]['run_id']}" in step
+    assert "get_weather" in step and "sunny in Lyon" in step
+    for missing in ("/exchanges/12345", "/exchanges/abc", "/runs/12345", "/nowhere"):
+        status, html, headers = await fetch(gateway, missing)
+        assert status == 404 and "<!doctype html>" in html and "Content-Security-Policy" in \
+            headers, missing
+
+
+async def runs_dashboard_and_prices(gateway: Gateway) -> None:
+    run_id = (await gateway.store.rows(
+        "SELECT id FROM runs WHERE name = 'weather-agent'"))[0]["id"]
+    async with aiohttp.ClientSession(gateway.ui_url) as http, http.post(
+            f"/api/runs/{run_id}/evaluations",
+            json={"metric_name": "success", "metric_value": 1}) as resp:
+        assert resp.status == 201
+
+    status, html, _ = await fetch(gateway, "/runs")
+    assert status == 200 and rows(html) == 6 and "weather-agent" in html
+    assert "success=1" in html
+    _, html, _ = await fetch(gateway, "/runs?name=weather-agent", HTMX)
+    assert rows(html) == 1 and "<html" not in html
+    status, html, _ = await fetch(gateway, "/runs?status=bogus")
+    assert status == 400 and "status must be one of" in html
+
+    status, html, _ = await fetch(gateway, f"/runs/{run_id}")
+    assert status == 200 and html.count('class="wf-bar') == 2 and 'class="wf-tool"' in html
+    assert "get_weather" in html and "sunny in Lyon" in html and "success" in html
+    assert re.search(r"Memory: 5 items \(kept 3, added 2\)", html)
+
+    for query in ("", "?range=24h", "?range=30d", "?range=all", "?since=2020-01-01",
+                  "?since=2020-01-01&until=2099-01-01"):
+        status, html, _ = await fetch(gateway, f"/dashboard{query}")
+        assert status == 200 and "data-chart=" in html, query
+        assert "mistral-small-latest" in html and "weather-agent" in html
+    _, fragment, _ = await fetch(gateway, "/dashboard?range=24h", HTMX)
+    assert "<html" not in fragment and "Most expensive runs" in fragment
+    for query in ("?range=2y", "?since=nonsense", "?since=2030-01-01&until=2029-01-01"):
+        status, html, _ = await fetch(gateway, f"/dashboard{query}")
+        assert status == 400 and 'role="alert"' in html, query
+    _, empty, _ = await fetch(gateway, "/dashboard?since=2020-01-01&until=2020-01-02")
+    assert "No calls in this range" in empty
+
+    status, html, _ = await fetch(gateway, "/prices")
+    assert status == 200 and "mistral-large-latest" in html
+    unpriced = html.split("Models without a price")[1].split("Price table in use")[0]
+    assert "my-private-finetune" in unpriced and ">1<" in unpriced
+
+
+async def test_empty_database_says_what_to_do(gateway: Gateway):
+    _, html, _ = await fetch(gateway, "/")
+    assert "No calls recorded yet" in html and gateway.proxy_url in html
+    assert 'id="live"' in html  # the first call replaces this page by itself
+    _, html, _ = await fetch(gateway, "/runs")
+    assert "No runs yet" in html
+    _, html, _ = await fetch(gateway, "/dashboard")
+    assert "No calls in this range" in html
+
+
+@pytest.mark.postgres
+async def test_postgres_search_asks_the_gin_index_when_the_walk_runs_long(pg_url: str):
+    store = Store(pg_url)
+    await store.open()
+    try:  # a walk that outlasts its time limit: the GIN query answers instead
+        assert await store._postgres_search("SELECT 42 AS exchange_id",
+                                            "SELECT pg_sleep(2)", []) == [42]
+        assert await store._postgres_search("SELECT 42 AS exchange_id",
+                                            "SELECT 7 AS exchange_id", []) == [7]
+    finally:
+        await store.close()

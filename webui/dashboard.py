@@ -1,0 +1,185 @@
+"""The dashboard (`/dashboard`): totals and charts over a time range, read from the per-hour
+rollups (gateway/rollups.py), never from the exchanges table, so it stays fast at millions
+of exchanges. Only "most expensive runs" reads the runs table (one walk of a time window).
+
+Charts are drawn in the browser by Chart.js (served from /static/vendor) from JSON in a
+`data-chart` attribute, which Jinja escapes like any other attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import api
+from gateway.rollups import BUCKETS, percentile
+from webui.formats import parse_time
+from webui.render import render
+
+RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30),
+          "90d": timedelta(days=90), "all": None}
+DEFAULT_RANGE = "7d"
+HOURLY_UP_TO = 72  # hours: longer ranges are drawn per day, week or month
+
+
+def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, datetime, str | None]:
+    """(range key, since, until, error). Custom `since`/`until` win over `range`."""
+    key = query.get("range") or DEFAULT_RANGE
+    since_text, until_text = query.get("since") or "", query.get("until") or ""
+    if since_text or until_text:
+        since, until = parse_time(since_text), parse_time(until_text) or now
+        if until_text and len(until_text.strip()) == 10 and parse_time(until_text):
+            until += timedelta(days=1)  # a date means the whole day
+        if (since_text and since is None) or (until_text and parse_time(until_text) is None):
+            return DEFAULT_RANGE, now - timedelta(days=7), now, \
+                "since and until must be dates such as 2026-01-31 or 2026-01-31T12:00"
+        if since and since >= until:
+            return DEFAULT_RANGE, now - timedelta(days=7), now, "since must be before until"
+        return "custom", since, until, None
+    if key not in RANGES:
+        return DEFAULT_RANGE, now - timedelta(days=7), now, \
+            f"range must be one of {', '.join(RANGES)}"
+    span = RANGES[key]
+    return key, (now - span if span else None), now, None
+
+
+def hour_number(at: datetime) -> int:
+    return int(at.timestamp()) // 3600
+
+
+def granularity(hours: int) -> str:
+    """Hourly points for up to 3 days, then days, weeks, months: a chart keeps < 200 points."""
+    if hours <= HOURLY_UP_TO:
+        return "hour"
+    if hours <= 24 * 120:
+        return "day"
+    return "week" if hours <= 24 * 365 * 3 else "month"
+
+
+def bucket_start(at: datetime, unit: str) -> datetime:
+    if unit == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if unit == "day":
+        return day
+    if unit == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def next_start(at: datetime, unit: str) -> datetime:
+    if unit == "month":
+        return at.replace(year=at.year + at.month // 12, month=at.month % 12 + 1)
+    return at + {"hour": timedelta(hours=1), "day": timedelta(days=1),
+                 "week": timedelta(days=7)}[unit]
+
+
+LABELS = {"hour": "%b %d %H:00", "day": "%b %d", "week": "week of %b %d", "month": "%b %Y"}
+
+
+def buckets(series: list[dict[str, Any]], first: int, last: int) -> list[dict[str, Any]]:
+    """The hourly series with gaps filled, summed per day, week or month for long ranges."""
+    unit = granularity(last - first)
+    out: dict[datetime, dict[str, Any]] = {}
+    at = bucket_start(datetime.fromtimestamp(first * 3600, UTC), unit)
+    end = datetime.fromtimestamp(last * 3600, UTC)
+    while at <= end:
+        out[at] = {"label": at.strftime(LABELS[unit]), "calls": 0, "errors": 0,
+                   "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        at = next_start(at, unit)
+    for row in series:
+        point = out.get(bucket_start(datetime.fromtimestamp(row["hour"] * 3600, UTC), unit))
+        if point is not None:
+            for key in ("calls", "errors", "prompt_tokens", "completion_tokens", "cost_usd"):
+                point[key] += row[key]
+    points = list(out.values())
+    for point in points:
+        point["error_rate"] = point["errors"] / point["calls"] if point["calls"] else None
+    return points
+
+
+def chart(kind: str, labels: list[str], datasets: list[dict[str, Any]], unit: str,
+          **options: Any) -> str:
+    return orjson.dumps({"type": kind, "labels": labels, "datasets": datasets, "unit": unit,
+                         **options}).decode()
+
+
+def charts(points: list[dict[str, Any]], models: list[dict[str, Any]],
+           runs: list[dict[str, Any]], agents: list[dict[str, Any]]) -> dict[str, str]:
+    labels = [p["label"] for p in points]
+    model_names = [m["value"] or "(no model)" for m in models]
+    return {
+        "calls": chart("bar", labels, [
+            {"label": "Calls", "data": [p["calls"] for p in points]},
+            {"label": "Errors", "data": [p["errors"] for p in points], "tone": "error"}],
+            "count"),
+        "tokens": chart("bar", labels, [
+            {"label": "Prompt tokens", "data": [p["prompt_tokens"] for p in points]},
+            {"label": "Completion tokens", "data": [p["completion_tokens"] for p in points]}],
+            "tokens", stacked=True),
+        "cost": chart("bar", labels, [
+            {"label": "Cost", "data": [round(p["cost_usd"], 8) for p in points]}], "usd"),
+        "error_rate": chart("line", labels, [
+            {"label": "Error rate", "data": [p["error_rate"] for p in points],
+             "tone": "error"}], "percent"),
+        "cost_by_model": chart("bar", model_names, [
+            {"label": "Cost", "data": [round(m["cost_usd"], 8) for m in models]}], "usd",
+            horizontal=True),
+        "latency_by_model": chart("bar", model_names, [
+            {"label": "p50", "data": [m["p50_ms"] for m in models]},
+            {"label": "p95", "data": [m["p95_ms"] for m in models], "tone": "warn"}], "ms",
+            horizontal=True),
+        "cost_by_run": chart("bar", [r["value"] for r in runs], [
+            {"label": "Cost", "data": [round(r["cost_usd"], 8) for r in runs]}], "usd",
+            horizontal=True),
+        "cost_by_agent": chart("bar", [a["value"] for a in agents], [
+            {"label": "Cost", "data": [round(a["cost_usd"], 8) for a in agents]}], "usd",
+            horizontal=True),
+    }
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    now = datetime.now(UTC)
+    key, since, until, error = parse_range(request.query, now)
+    rollups = request.app[api.STORE].rollups
+    last = hour_number(min(until, now))
+    known = await rollups.first_hour()
+    first = hour_number(since) if since else (known or last)
+    if known is not None and since is not None and key in ("custom", "all"):
+        first = max(first, known)  # a custom range from 1990 draws from the first call
+    first = min(first, last)
+    # Independent queries, run side by side (PostgreSQL's pool; SQLite takes them in turn).
+    series, models, runs, agents, top_runs = await asyncio.gather(
+        rollups.series(first, last + 1), rollups.by_value("model", first, last + 1),
+        rollups.by_value("run", first, last + 1, limit=10),
+        rollups.by_value("agent", first, last + 1, limit=10),
+        request.app[api.RUNS].costliest(since, until, 10))
+    points = buckets(series, first, last)
+    calls = sum(p["calls"] for p in points)
+    histogram = [sum(m["histogram"][i] for m in models) for i in range(len(BUCKETS))]
+    for m in models:
+        m["error_rate"] = m["errors"] / m["calls"] if m["calls"] else None
+    totals = {
+        "calls": calls, "errors": sum(p["errors"] for p in points),
+        "prompt_tokens": sum(p["prompt_tokens"] for p in points),
+        "completion_tokens": sum(p["completion_tokens"] for p in points),
+        "cost_usd": sum(p["cost_usd"] for p in points),
+        "error_rate": sum(p["errors"] for p in points) / calls if calls else None,
+        "p50_ms": percentile(histogram, 0.5), "p95_ms": percentile(histogram, 0.95),
+    }
+    context = {"range": key, "ranges": RANGES, "since": since, "until": until, "error": error,
+               "totals": totals, "models": models, "runs": runs, "agents": agents,
+               "top_runs": top_runs, "points": points, "charts": charts(points, models, runs,
+                                                                         agents),
+               "custom": {"since": request.query.get("since", ""),
+                          "until": request.query.get("until", "")}}
+    return render(request, "dashboard.html", context, partial="_dashboard_body.html",
+                  status=400 if error else 200)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/dashboard", dashboard)

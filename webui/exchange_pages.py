@@ -1,0 +1,187 @@
+"""The exchange pages: the live list (`/`) with search and filters, one exchange as a person
+reads it (`/exchanges/{id}`), and deleting one.
+
+The list is keyset-paged (`before` cursor, one index walk at any depth) and never counts
+rows; its previews come from the page's own request bodies only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import api
+from gateway.redact import redact_headers
+from gateway.store import ExchangeFilter
+from webui.chat import chat_items, pretty_body
+from webui.render import (
+    PROXY_URL,
+    Row,
+    error_page,
+    is_htmx,
+    query_string,
+    render,
+    render_fragment,
+)
+
+PAGE_SIZE = 50
+FILTER_KEYS = ("q", "model", "status", "state", "endpoint", "run", "range", "since", "until")
+RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(days=1),
+          "7d": timedelta(days=7), "30d": timedelta(days=30)}
+ENDPOINTS = ("chat", "fim", "agents", "embeddings", "conversations", "files", "ocr",
+             "moderations", "audio", "other")
+STATUSES = ("2xx", "4xx", "5xx", "429")
+STATES = ("complete", "client_disconnected", "upstream_error", "upstream_timeout", "shutdown")
+
+
+class FilterError(ValueError):
+    """A filter the user typed cannot be used; the message says which and why."""
+
+
+def current_filters(query: Any) -> dict[str, str]:
+    return {key: (query.get(key) or "").strip() for key in FILTER_KEYS}
+
+
+def build_filter(filters: dict[str, str]) -> ExchangeFilter:
+    """The API's own validation, plus the list's relative time range."""
+    values = dict(filters)
+    if values["range"]:
+        if values["range"] not in RANGES:
+            raise FilterError(f"range must be one of {', '.join(RANGES)}")
+        if not values["since"]:
+            since = datetime.now(UTC) - RANGES[values["range"]]
+            values["since"] = since.isoformat()
+    try:
+        return api.exchange_filter(values)
+    except web.HTTPBadRequest as exc:
+        raise FilterError(orjson.loads(exc.text or "{}").get("error", "bad filter")) from None
+
+
+def parse_cursor(value: str | None) -> int | None:
+    if value and value.isdigit() and len(value) <= 19:
+        return int(value)
+    return None
+
+
+async def decorate(request: web.Request, items: list[dict[str, Any]]) -> None:
+    """Add each row's preview (its last user message) and run name."""
+    app = request.app
+    ids = [int(item["id"]) for item in items]
+    bodies = await app[api.STORE].request_bodies(ids)
+    runs = await app[api.RUNS].names(int(i["run_id"]) for i in items if i.get("run_id"))
+    provider = app[api.PROVIDERS]("mistral")
+    for item in items:
+        body, encoding = bodies.get(int(item["id"]), (None, None))
+        item["preview"] = None
+        if encoding == "omitted":
+            item["preview"] = "(bodies not recorded)"
+        elif body and encoding == "json":
+            with contextlib.suppress(orjson.JSONDecodeError):
+                item["preview"] = provider.preview(orjson.loads(body))
+        run = runs.get(int(item["run_id"])) if item.get("run_id") else None
+        item["run_name"] = (run["name"] or run["agent_id"]) if run else None
+    items[:] = [Row(item) for item in items]
+
+
+async def list_context(request: web.Request, before: int | None) -> dict[str, Any]:
+    """Everything the list's templates need: rows, cursor, filters, choices, live state."""
+    filters = current_filters(request.query)
+    error = None
+    items: list[dict[str, Any]] = []
+    cursor = None
+    try:
+        f = build_filter(filters)
+        items, cursor = await request.app[api.STORE].list_exchanges(f, PAGE_SIZE, before)
+        await decorate(request, items)
+    except FilterError as exc:
+        error = str(exc)
+    models = await request.app[api.STORE].rollups.models()
+    if filters["model"] and filters["model"] not in models:
+        models.append(filters["model"])
+    return {
+        "items": items, "next": cursor, "before": before, "filters": filters, "error": error,
+        "models": models, "endpoints": ENDPOINTS, "statuses": STATUSES, "states": STATES,
+        "ranges": RANGES, "live": before is None and not filters["until"] and error is None,
+        "newest": items[0]["id"] if items else "0", "filtered": any(filters.values()),
+        "proxy": request.app[PROXY_URL], "fresh": False,
+    }
+
+
+async def exchange_list(request: web.Request) -> web.Response:
+    before = parse_cursor(request.query.get("before"))
+    context = await list_context(request, before)
+    response = render(request, "exchanges.html", context, partial="_exchange_results.html",
+                      status=400 if context["error"] else 200)
+    if is_htmx(request):  # the address bar shows the view, without empty parameters
+        response.headers["HX-Push-Url"] = "/" + query_string(context["filters"], before=before)
+    return response
+
+
+async def exchange_live(request: web.Request) -> web.Response:
+    """What arrived since the newest row the page shows: rows to prepend plus the poller
+    with its new cursor (out of band), or with `into=results` (an empty page) the whole
+    first page; 204 when nothing is new, so an idle poll costs one index probe."""
+    filters = current_filters(request.query)
+    after = parse_cursor(request.query.get("after")) or 0
+    try:
+        f = build_filter(filters)
+    except FilterError:
+        return web.Response(status=204)
+    items, _ = await request.app[api.STORE].list_exchanges(f, PAGE_SIZE, None, after=after)
+    if not items:
+        return web.Response(status=204)
+    if request.query.get("into") == "results":
+        context = await list_context(request, None)
+        return render_fragment(request, "_exchange_results.html", context)
+    await decorate(request, items)
+    return render_fragment(request, "_exchange_live.html",
+                           {"items": items, "filters": filters, "newest": items[0]["id"],
+                            "fresh": True, "live": True})
+
+
+async def exchange_detail(request: web.Request) -> web.Response:
+    exchange_id = parse_cursor(request.match_info["id"])
+    item = await api.load_exchange(request.app, exchange_id) if exchange_id else None
+    if item is None:
+        return error_page(request, 404, "No such exchange",
+                          "It may have been deleted, or removed by retention.")
+    runs = request.app[api.RUNS]
+    run = previous = following = None
+    if item.get("run_id"):
+        run_id = int(item["run_id"])
+        run = (await runs.names([run_id])).get(run_id)
+        previous, following = await request.app[api.STORE].neighbours(run_id, exchange_id)
+    context = {
+        "e": item, "run": run, "previous": previous, "following": following,
+        "chat": chat_items(item["messages"]),
+        "request_headers": redact_headers([tuple(h) for h in item["request_headers"]]),
+        "response_headers": redact_headers([tuple(h) for h in item["response_headers"]]),
+        "request_body": pretty_body(item["request_body"], item["request_body_encoding"]),
+        "response_body": pretty_body(item["response_body"], item["response_body_encoding"]),
+        "evaluations": await runs.exchange_evaluations(exchange_id),
+    }
+    return render(request, "exchange.html", context)
+
+
+async def exchange_delete(request: web.Request) -> web.StreamResponse:
+    exchange_id = parse_cursor(request.match_info["id"])
+    runs = request.app[api.RUNS]
+    found, run_id = await runs.run_of_exchange(exchange_id) if exchange_id else (False, None)
+    if not found:
+        return error_page(request, 404, "No such exchange", "It was already deleted.")
+    await request.app[api.STORE].delete_exchanges([exchange_id])
+    target = "/"
+    if run_id is not None and await runs.get_run_row(int(run_id)) is not None:
+        target = f"/runs/{run_id}"  # unless it was the run's only exchange: then the run went
+    raise web.HTTPSeeOther(f"{target}?deleted={exchange_id}")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", exchange_list)
+    app.router.add_get("/exchanges/live", exchange_live)
+    app.router.add_get(r"/exchanges/{id}", exchange_detail)
+    app.router.add_post(r"/exchanges/{id}/delete", exchange_delete)

@@ -1,0 +1,91 @@
+"""The run pages: the list of runs (`/runs`) with filters, and one run as a timeline
+(`/runs/{id}`): waterfall, steps, tool calls, memory changes, totals and evaluations.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import api, runs_api
+from webui import timeline
+from webui.exchange_pages import RANGES, parse_cursor
+from webui.formats import parse_time
+from webui.render import Row, error_page, is_htmx, query_string, render
+
+PAGE_SIZE = 50
+FILTER_KEYS = ("name", "agent_id", "user", "status", "range")
+
+
+def run_duration_ms(run: dict[str, Any], last: dict[str, Any] | None) -> float | None:
+    """From the first call's start to the last call's last byte."""
+    start = parse_time(run.get("started_at"))
+    end = parse_time(last["started_at"]) if last else None
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds() * 1000 + float(last.get("latency_ms") or 0)
+
+
+async def evaluation_summaries(request: web.Request, ids: list[int]) -> dict[str, str]:
+    """`name=value` summaries of each run's evaluations, for the list."""
+    found = await request.app[api.RUNS].evaluations_of(ids)
+    out: dict[str, list[str]] = {}
+    for row in found:
+        out.setdefault(row["run_id"], []).append(f"{row['metric_name']}={row['metric_value']:g}")
+    return {run_id: ", ".join(items) for run_id, items in out.items()}
+
+
+async def run_list(request: web.Request) -> web.Response:
+    filters = {key: (request.query.get(key) or "").strip() for key in FILTER_KEYS}
+    before = parse_cursor(request.query.get("before"))
+    values = dict(filters)
+    error = None
+    items: list[dict[str, Any]] = []
+    cursor = None
+    try:
+        if values["range"]:
+            if values["range"] not in RANGES:
+                raise web.HTTPBadRequest(text=orjson.dumps(
+                    {"error": f"range must be one of {', '.join(RANGES)}"}).decode())
+            values["since"] = (datetime.now(UTC) - RANGES[values["range"]]).isoformat()
+        f = runs_api.run_filter(values)
+        items, cursor = await request.app[api.RUNS].list_runs(f, PAGE_SIZE, before)
+    except web.HTTPBadRequest as exc:
+        error = orjson.loads(exc.text or "{}").get("error", "bad filter")
+    ids = [int(i["id"]) for i in items]
+    summaries = await evaluation_summaries(request, ids)
+    lasts = await request.app[api.RUNS].last_exchanges(ids)
+    for item in items:
+        item["duration_ms"] = run_duration_ms(item, lasts.get(int(item["id"])))
+        item["evaluations"] = summaries.get(item["id"], "")
+    items = [Row(item) for item in items]
+    context = {"items": items, "next": cursor, "before": before, "filters": filters,
+               "error": error, "ranges": RANGES, "statuses": runs_api.STATUSES,
+               "filtered": any(filters.values())}
+    response = render(request, "runs.html", context, partial="_run_results.html",
+                      status=400 if error else 200)
+    if is_htmx(request):  # the address bar shows the view, without empty parameters
+        response.headers["HX-Push-Url"] = "/runs" + query_string(filters, before=before)
+    return response
+
+
+async def run_detail(request: web.Request) -> web.Response:
+    run_id = parse_cursor(request.match_info["id"])
+    run = await request.app[api.RUNS].get_run(run_id) if run_id else None
+    if run is None:
+        return error_page(request, 404, "No such run",
+                          "It may have been deleted, or emptied by retention.")
+    steps = timeline.build(run)
+    run["duration_ms"] = steps.span_ms if run["exchanges"] else None
+    context = {"run": run, "timeline": steps,
+               "config": orjson.dumps(run["config"], option=orjson.OPT_INDENT_2).decode()
+               if run.get("config") else ""}
+    return render(request, "run.html", context)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/runs", run_list)
+    app.router.add_get(r"/runs/{id}", run_detail)
