@@ -30,7 +30,9 @@ import pickle
 import signal
 import socket
 import struct
-from collections.abc import Callable
+import sys
+import types
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -80,8 +82,24 @@ def process_context() -> Any:
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["gateway.writer", "gateway.recorder", "tortoise"])
+        _context.set_forkserver_preload(["gateway.writer", "gateway.recorder", "gateway.providers",
+                                         "gateway.integrations.host", "tortoise.backends.sqlite",
+                                         "tortoise.backends.asyncpg", "prometheus_client"])
     return _context
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """multiprocessing re-runs the caller's __main__ script in the child unless it is a
+    module's __main__; the writer needs nothing from it, and a script that embeds a Gateway
+    without an `if __name__ == "__main__"` guard would start itself again. So the child is
+    started while __main__ looks like an empty module."""
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
 
 
 class WriterError(RuntimeError):
@@ -128,7 +146,8 @@ class WriterProcess:
             target=child_main,
             args=(self.settings, theirs, self.log_level, handoff, self.environ),
             name="agentops-writer", daemon=True)
-        self._process.start()
+        with _main_module_hidden():
+            self._process.start()
         theirs.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(ours.fileno()))
         ours.close()

@@ -1,12 +1,22 @@
 """Shared fixtures: a fake Mistral upstream and the real gateway on ephemeral ports, over
 SQLite and (when the server is there) PostgreSQL. In CI a skipped test is a failure.
+
+Databases start as copies of a template migrated once per session (a file copy for SQLite,
+`CREATE DATABASE ... TEMPLATE` for PostgreSQL): migrating a blank database is what
+test_store.py checks, and doing it for every gateway would cost the suite minutes.
+`blank_db_url` gives an empty database where a test needs one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,16 +72,73 @@ async def _pg_available() -> str | None:
     return None
 
 
+TEMPLATES: dict[str, str] = {}  # "sqlite" -> migrated file, "postgres" -> template database
+MIGRATE = ("import asyncio, sys\n"
+           "from gateway.store import Store\n"
+           "async def main():\n"
+           "    store = Store(sys.argv[1])\n"
+           "    await store.open()\n"
+           "    await store.close()\n"
+           "asyncio.run(main())\n")
+
+
+def _migrate(url: str) -> None:
+    """In a child process: Tortoise's connections are process-wide, the tests' are not."""
+    subprocess.run([sys.executable, "-c", MIGRATE, url], check=True, timeout=120)
+
+
+def sqlite_template() -> str:
+    if "sqlite" not in TEMPLATES:
+        folder = Path(tempfile.mkdtemp(prefix="agentops-template-"))
+        _migrate(f"sqlite://{folder / 'template.db'}")
+        TEMPLATES["sqlite"] = str(folder / "template.db")
+    return TEMPLATES["sqlite"]
+
+
+def migrated_sqlite(path: Path) -> str:
+    """A migrated SQLite database at `path` (unless something is there already)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sqlite_template(), path)
+    return f"sqlite://{path}"
+
+
+async def _pg_template(admin: asyncpg.Connection) -> str:
+    if "postgres" not in TEMPLATES:
+        name = f"agentops_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await asyncio.to_thread(_migrate, f"{PG_DSN.rsplit('/', 1)[0]}/{name}")
+        TEMPLATES["postgres"] = name
+    return TEMPLATES["postgres"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_templates() -> Iterator[None]:
+    yield
+    if "postgres" in TEMPLATES:
+        async def drop() -> None:
+            admin = await asyncpg.connect(PG_DSN)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATES["postgres"]}" WITH (FORCE)')
+            await admin.close()
+        asyncio.run(drop())
+    if "sqlite" in TEMPLATES:
+        shutil.rmtree(Path(TEMPLATES["sqlite"]).parent, ignore_errors=True)
+
+
 @asynccontextmanager
-async def throwaway_pg() -> AsyncIterator[str]:
-    """A throwaway PostgreSQL database, dropped afterwards."""
+async def throwaway_pg(migrated: bool = True) -> AsyncIterator[str]:
+    """A throwaway PostgreSQL database (a copy of the migrated template, or blank), dropped
+    afterwards."""
     problem = await _pg_available()
     if problem:
         pytest.skip(problem)
     name = f"agentops_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
+    try:
+        template = f' TEMPLATE "{await _pg_template(admin)}"' if migrated else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{template}')
+    finally:
+        await admin.close()
     base = PG_DSN.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
@@ -90,9 +157,19 @@ async def pg_url() -> AsyncIterator[str]:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'agentops.db'}"
+        yield migrated_sqlite(tmp_path / "agentops.db")
     else:
         async with throwaway_pg() as url:
+            yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def blank_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database, for the tests of the migrations themselves."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'blank.db'}"
+    else:
+        async with throwaway_pg(migrated=False) as url:
             yield url
 
 
@@ -106,6 +183,9 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settings:
+    """Settings for a test gateway on ephemeral ports; a new SQLite file starts migrated."""
+    if db.startswith("sqlite://"):
+        db = migrated_sqlite(Path(db[len("sqlite://"):]))
     return Settings(upstream=upstream_url, db=db, port=0, ui_port=0,
                     spool_dir=str(tmp_path / "spool"), shutdown_grace=2.0, **extra)
 
@@ -132,7 +212,7 @@ async def gateway(upstream: Upstream, db_url: str, tmp_path: Path) -> AsyncItera
 @pytest.fixture
 async def sqlite_gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
     """SQLite only: for transport tests where the database does not matter."""
-    async with running(make_settings(upstream.url, f"sqlite://{tmp_path / 'gw.db'}",
+    async with running(make_settings(upstream.url, migrated_sqlite(tmp_path / "gw.db"),
                                      tmp_path)) as gw:
         yield gw
 

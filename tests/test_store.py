@@ -21,7 +21,8 @@ async def columns(store: Store, table: str) -> set[str]:
     return {row["column_name"] for row in rows}
 
 
-async def test_blank_database_migrates_to_the_exact_schema(db_url: str):
+async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
+    db_url = blank_db_url
     store = Store(db_url)
     await store.open()
     try:
