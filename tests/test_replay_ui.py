@@ -109,6 +109,12 @@ async def test_form_replays_to_a_safe_side_by_side_diff(gw: Gateway, upstream: U
     assert "mistral-small-latest" in html and "top_p" in html and "similarity" in html
     status, partial, _ = await page(gw, f"/compare?a={original}&b={original}")
     assert status == 200 and "identical" in partial
+    status, html, _ = await page(gw, "/")  # the list: tick two rows, compare them
+    assert f'name="pick" value="{original}"' in html and 'id="compare-pick"' in html
+    status, picked, _ = await page(gw, f"/compare?pick={original}&pick={original}")
+    assert status == 200 and "identical" in picked
+    status, picked, _ = await page(gw, f"/compare?pick={original}")
+    assert status == 400 and "exactly two" in picked
     assert (await page(gw, "/diffs/1"))[0] == 404
     assert (await page(gw, "/compare?a=x&b=1"))[0] == 400
     await check_in_chromium(gw, location)

@@ -149,11 +149,19 @@ async def diff_page(request: web.Request) -> web.Response:
 
 
 async def compare_page(request: web.Request) -> web.Response:
-    """Any two exchanges side by side (computed, not stored)."""
+    """Any two exchanges side by side (computed, not stored): `a` and `b`, or two `pick`s
+    ticked in the exchange list (the older one is the "before")."""
     replayer = request.app[REPLAYER]
+    query = dict(request.query)
+    picked = request.query.getall("pick", [])
+    if picked:
+        if len(picked) != 2:
+            return failure(request, ReplayError(400, f"tick exactly two exchanges to compare "
+                                                     f"(got {len(picked)})"))
+        query["a"], query["b"] = sorted(picked, key=lambda v: (len(v), v))
     sides = []
     for name in ("a", "b"):
-        value = request.query.get(name, "").strip()
+        value = query.get(name, "").strip()
         if not value.isdigit() or len(value) > 19:
             return failure(request, ReplayError(400, f"{name} must be an exchange id"))
         recorded = await replayer.load(int(value))
