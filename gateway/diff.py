@@ -17,6 +17,7 @@ import orjson
 from rapidfuzz.distance import Indel
 
 from gateway.providers.base import Parsed
+from gateway.runs import parse_arguments
 
 # Words and punctuation runs are tokens; whitespace rides along with the token before it, so
 # ops reassemble into the exact texts.
@@ -139,15 +140,6 @@ def _kind(before: str, after: str) -> str:
 # -- tool calls -----------------------------------------------------------------------------
 
 
-def arguments(raw: Any) -> Any:
-    if isinstance(raw, str):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return raw
-    return raw
-
-
 def call_key(call: dict[str, Any]) -> bytes:
     """What makes two tool calls the same request: name and parsed arguments, not the id."""
     return orjson.dumps([call.get("name"), call.get("arguments")], option=orjson.OPT_SORT_KEYS)
@@ -162,14 +154,14 @@ def tool_calls(parsed: Parsed) -> list[dict[str, Any]]:
         if isinstance(call, dict):
             function = call.get("function") if isinstance(call.get("function"), dict) else {}
             out.append({"id": call.get("id"), "name": function.get("name"), "kind": "function",
-                        "arguments": arguments(function.get("arguments"))})
+                        "arguments": parse_arguments(function.get("arguments"))})
     for entry in parsed.entries_out or ():
         kind = entry.get("type")
         if kind in ("function.call", "tool.execution"):
             out.append({"id": entry.get("tool_call_id") or entry.get("id"),
                         "name": entry.get("name"),
                         "kind": "function" if kind == "function.call" else "builtin",
-                        "arguments": arguments(entry.get("arguments"))})
+                        "arguments": parse_arguments(entry.get("arguments"))})
     return out
 
 

@@ -14,7 +14,7 @@ import orjson
 from tortoise.transactions import in_transaction
 
 from gateway.exchange import new_id
-from gateway.run_store import RunStore
+from gateway.run_store import RunStore, iso_time
 from gateway.store import Store, iso_z
 
 ROW_METRICS = ("similarity", "identical", "tool_calls_before", "tool_calls_differing",
@@ -28,14 +28,6 @@ def _loads(text: str | None) -> Any:
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return iso_z(value)
 
 
 class ReplayStore:
@@ -67,7 +59,7 @@ class ReplayStore:
         row = found[0]
         extra = _loads(row["diff_json"]) or {}
         return {"id": str(row["id"]), "run_id": str(row["run_id"]) if row["run_id"] else None,
-                "created_at": _iso(row["created_at"]), "a": str(row["a"]), "b": str(row["b"]),
+                "created_at": iso_time(row["created_at"]), "a": str(row["a"]), "b": str(row["b"]),
                 "parameter_changed": _loads(row["parameter_changed"]),
                 "before_output": row["before_output"] or "",
                 "after_output": row["after_output"] or "", "identical": bool(row["identical"]),
@@ -169,7 +161,8 @@ class ReplayStore:
             "SELECT * FROM experiment_rows WHERE experiment_id = ? "
             "ORDER BY position, repeat_index", [experiment_id])
         return {"id": str(row["id"]), "status": row["status"],
-                "created_at": _iso(row["created_at"]), "finished_at": _iso(row["finished_at"]),
+                "created_at": iso_time(row["created_at"]),
+                "finished_at": iso_time(row["finished_at"]),
                 "selection": _loads(row["selection"]), "overrides": _loads(row["overrides"]),
                 "repeat": row["repeat"], "concurrency": row["concurrency"],
                 "total": row["total"], "rows": [self._row(r) for r in rows]}
@@ -180,8 +173,8 @@ class ReplayStore:
             "x.overrides, (SELECT COUNT(*) FROM experiment_rows r WHERE r.experiment_id = x.id "
             "AND r.status <> 'pending') AS done FROM experiments x ORDER BY x.id DESC LIMIT ?",
             [limit])
-        return [{"id": str(r["id"]), "created_at": _iso(r["created_at"]),
-                 "finished_at": _iso(r["finished_at"]), "status": r["status"],
+        return [{"id": str(r["id"]), "created_at": iso_time(r["created_at"]),
+                 "finished_at": iso_time(r["finished_at"]), "status": r["status"],
                  "total": r["total"], "done": int(r["done"]), "repeat": r["repeat"],
                  "overrides": _loads(r["overrides"])} for r in found]
 

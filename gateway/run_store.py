@@ -229,7 +229,7 @@ class RunStore:
         item["tags"] = _loads(item.get("tags")) or {}
         item["total_cost_usd"] = round(float(item.get("total_cost_usd") or 0), 10)
         for key in ("started_at", "last_seen_at", "ended_at"):
-            item[key] = _iso(item.get(key))
+            item[key] = iso_time(item.get(key))
         item["id"] = str(item["id"])
         return item
 
@@ -313,7 +313,7 @@ class RunStore:
         for row in rows:
             state = state[: row["carried"]] + (_loads(row["appended"]) or [])
             out.append({"exchange_id": str(row["exchange_id"]), "step": row["step"],
-                        "taken_at": _iso(row["taken_at"]), "carried": row["carried"],
+                        "taken_at": iso_time(row["taken_at"]), "carried": row["carried"],
                         "state": list(state)})
         return out
 
@@ -324,7 +324,7 @@ class RunStore:
                 "run_id": str(row["run_id"]) if row["run_id"] is not None else None,
                 "exchange_id": (str(row["exchange_id"])
                                 if row["exchange_id"] is not None else None),
-                "created_at": _iso(row["created_at"])}
+                "created_at": iso_time(row["created_at"])}
 
     async def add_evaluation(self, run_id: int | None, exchange_id: int | None, name: str,
                              value: float) -> dict[str, Any]:
@@ -356,7 +356,7 @@ class RunStore:
             "SELECT run_id, started_at, latency_ms FROM exchanges WHERE id IN "
             f"(SELECT MAX(id) FROM exchanges WHERE run_id IN ({marks}) GROUP BY run_id)",
             run_ids)
-        return {row["run_id"]: {"started_at": _iso(row["started_at"]),
+        return {row["run_id"]: {"started_at": iso_time(row["started_at"]),
                                 "latency_ms": row["latency_ms"]} for row in found}
 
     async def costliest(self, since: datetime | None, until: datetime | None,
@@ -411,7 +411,8 @@ class RunStore:
         return True
 
 
-def _iso(value: Any) -> str | None:
+def iso_time(value: Any) -> str | None:
+    """A stored time (a datetime, or SQLite's text) as ISO-8601 UTC with Z."""
     if value is None:
         return None
     if isinstance(value, str):

@@ -46,7 +46,8 @@ def _text(content: Any) -> str:
     return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _arguments(raw: Any) -> Any:
+def parse_arguments(raw: Any) -> Any:
+    """Tool-call arguments as JSON when they parse, else the raw string as sent."""
     if isinstance(raw, str):
         try:
             return orjson.loads(raw)
@@ -66,7 +67,7 @@ def canonical(message: Any) -> bytes:
             function = call.get("function") or {}
             if not isinstance(function, dict):
                 function = {}
-            calls.append([function.get("name"), _arguments(function.get("arguments")),
+            calls.append([function.get("name"), parse_arguments(function.get("arguments")),
                           call.get("id")])
     return orjson.dumps([message.get("role"), _text(message.get("content")), calls,
                          message.get("tool_call_id")], option=orjson.OPT_SORT_KEYS)
@@ -335,7 +336,7 @@ class Grouper:
                                                                   dict) else {}
                     changes.tool_calls.append(_tool_row(
                         run_id, eid, step, call.get("id"), function.get("name"), "function",
-                        _arguments(function.get("arguments")), asked_at_ms=ended_ms))
+                        parse_arguments(function.get("arguments")), asked_at_ms=ended_ms))
             state_added = [*state_added, out]
             full = hashes + prefix_hashes([out], after=hashes)
             key = full[-1]
@@ -468,10 +469,10 @@ def _entry_tool(run_id: int, exchange_id: int, step: int, entry: Any,
     kind = entry.get("type")
     if kind == "function.call":
         return _tool_row(run_id, exchange_id, step, entry.get("tool_call_id"), entry.get("name"),
-                         "function", _arguments(entry.get("arguments")), asked_at_ms=ended_ms)
+                         "function", parse_arguments(entry.get("arguments")), asked_at_ms=ended_ms)
     if kind == "tool.execution":
         row = _tool_row(run_id, exchange_id, step, entry.get("id"), entry.get("name"),
-                        "builtin", _arguments(entry.get("arguments")), asked_at_ms=ended_ms)
+                        "builtin", parse_arguments(entry.get("arguments")), asked_at_ms=ended_ms)
         row["return_value"] = _as_text(entry.get("info"))
         return row
     if kind == "agent.handoff":
