@@ -20,6 +20,7 @@ import click
 
 from gateway import __version__
 from gateway.export import ExportError, export_options, export_request
+from gateway.gc_tuning import tune_gc
 from gateway.pricing import PriceFileError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store import Store, StoreError
@@ -100,6 +101,7 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await gateway.start()
+        tune_gc()
         click.echo(f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> "
                    f"{settings.upstream}, UI {gateway.ui_url}", err=True)
         await stop.wait()

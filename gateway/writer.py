@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.exchange import Exchange
+from gateway.gc_tuning import tune_gc
 from gateway.settings import Settings
 from gateway.spool import Spool
 
@@ -440,6 +441,7 @@ class Child:
         self.host.attach(self.recorder)
         for path in self.handoff:  # what the proxy spooled while no writer was running
             await self._replay_overflow(Path(path))
+        tune_gc()
         self.out.write(frame("ready", self._health()))
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:

@@ -13,11 +13,12 @@ from gateway.integrations.worker import Worker
 
 async def test_full_queue_and_failing_backend_are_counted_and_logged_once(
         caplog: pytest.LogCaptureFixture):
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     failing = True
     delivered: list[int] = []
 
     def deliver(batch: list[int]) -> None:
+        entered.set()
         release.wait(10)
         if failing:
             raise ConnectionError("collector down")
@@ -26,8 +27,10 @@ async def test_full_queue_and_failing_backend_are_counted_and_logged_once(
     worker = Worker("test", deliver, queue_size=2, batch_size=10)
     caplog.set_level(logging.INFO, logger="agentops.integrations")
     worker.start()
-    accepted = [worker.submit(n) for n in range(6)]  # the thread holds one, the queue two
-    assert accepted.count(False) >= 3 and worker.dropped_full == accepted.count(False)
+    assert worker.submit(0)
+    assert entered.wait(10)  # the thread holds the first item, blocked in deliver
+    accepted = [worker.submit(n) for n in range(1, 6)]  # the queue takes two more
+    assert accepted == [True, True, False, False, False] and worker.dropped_full == 3
     release.set()
     await worker.drained(10)
     for n in range(6, 9):  # still failing: counted, not logged again
