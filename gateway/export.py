@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -169,38 +169,32 @@ class ParquetWriter:
 
 async def _records(reader: ExportReader, request: ExportRequest,
                    result: ExportResult) -> AsyncIterator[list[dict[str, Any]]]:
-    """Batches of output records in the request's shape."""
+    """Batches of output records in the request's shape: a run is exported through its final
+    exchange (whose messages hold the whole conversation), a call through itself."""
     provider = MistralProvider()
-    mistral = request.format == "mistral"
+
+    def shaped(parsed: Any, flat: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
+        if request.format != "mistral":
+            return flat(conversation(parsed))
+        found = example(parsed)
+        if found is None:
+            result.skipped += 1
+        return found
+
     if request.runs:
         async for ids in reader.run_ids(request.filter, request.failures):
             out = []
             for run in await reader.run_records(ids):
                 final = run["final_exchange"]
                 parsed = parse_stored(provider, final) if final else None
-                if mistral:
-                    found = example(parsed)
-                    if found is None:
-                        result.skipped += 1
-                        continue
-                    out.append(found)
-                else:
-                    out.append(run_record(run, conversation(parsed)))
-            yield out
+                out.append(shaped(parsed, lambda messages, run=run: run_record(run, messages)))
+            yield [record for record in out if record is not None]
         return
     async for items in reader.exchanges(request.filter, request.failures):
-        out = []
-        for item in items:
-            parsed = parse_stored(provider, item)
-            if mistral:
-                found = example(parsed)
-                if found is None:
-                    result.skipped += 1
-                    continue
-                out.append(found)
-            else:
-                out.append(exchange_record(item, conversation(parsed)))
-        yield out
+        out = [shaped(parse_stored(provider, item),
+                      lambda messages, item=item: exchange_record(item, messages))
+               for item in items]
+        yield [record for record in out if record is not None]
 
 
 def _check_target(request: ExportRequest) -> Path:
