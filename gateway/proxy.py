@@ -52,16 +52,17 @@ def error_body(message: str, kind: str, code: int) -> bytes:
 
 def forwarded_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
     """Request or response headers minus hop-by-hop ones (and those Connection names)."""
-    listed = set()
-    for name, value in pairs:
-        if name.lower() == "connection":
-            listed.update(token.strip().lower() for token in value.split(","))
     out: CIMultiDict[str] = CIMultiDict()
+    named: set[str] = set()
     for name, value in pairs:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in listed or lower.startswith(HINT_PREFIX):
+        if lower in HOP_BY_HOP or lower.startswith(HINT_PREFIX):
+            if lower == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
             continue
         out.add(name, value)
+    for lower in named - HOP_BY_HOP:  # rare: `Connection: x-custom` makes x-custom hop-by-hop
+        out.popall(lower, None)
     return out
 
 
@@ -199,8 +200,11 @@ class Proxy:
                pairs: list[tuple[str, str]]) -> Exchange:
         client_path, _, query = path_qs.partition("?")
         path, run_name = split_run_prefix(client_path)
-        hints = {k.lower()[len(HINT_PREFIX):]: v for k, v in pairs
-                 if k.lower().startswith(HINT_PREFIX)}
+        hints = {}
+        for name, value in pairs:
+            lower = name.lower()
+            if lower.startswith(HINT_PREFIX):
+                hints[lower[len(HINT_PREFIX):]] = value
         if run_name:
             hints["run_prefix"] = run_name
         return self._record(request.method, client_path, path, query, pairs, hints)
@@ -255,7 +259,7 @@ class Proxy:
         try:
             return await self.session.request(
                 method, url, headers=headers, data=data,
-                allow_redirects=False, skip_auto_headers=SKIP_AUTO, timeout=self.timeout,
+                allow_redirects=False, timeout=self.timeout,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             return self._fail(exchange, 504, UPSTREAM_TIMEOUT, "upstream_timeout",
@@ -350,5 +354,5 @@ def client_session(limit: int = 0, **kwargs: Any) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-        **kwargs,
+        skip_auto_headers=SKIP_AUTO, **kwargs,
     )

@@ -42,7 +42,8 @@ async def stored(gw: Gateway, exchange_id: str | None = None) -> list[dict]:
 async def test_request_forwarded_byte_for_byte(sqlite_gateway, upstream: Upstream, http):
     body = b'{"model": "mistral-small-latest",  "messages": [],\n "x": "\xc3\xa9"}'
     headers = {**AUTH, "Content-Type": "application/json", "X-Custom": "Kept",
-               "X-AgentOps-Run": "hidden", "x-fake-echo": "1", "Connection": "keep-alive"}
+               "X-AgentOps-Run": "hidden", "x-fake-echo": "1", "X-Hop": "named by Connection",
+               "Connection": "keep-alive, X-Hop"}
     url = f"{sqlite_gateway.proxy_url}/v1/some/path?b=2&a=%20x&a=1"
     async with http.post(url, data=body, headers=headers,
                          skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding")) as resp:
@@ -58,6 +59,7 @@ async def test_request_forwarded_byte_for_byte(sqlite_gateway, upstream: Upstrea
     assert names["x-custom"] == "Kept"
     assert "x-agentops-run" not in names
     assert "connection" not in names
+    assert "x-hop" not in names  # a header the Connection header names is hop-by-hop too
     assert names["content-type"] == "application/json"
     assert "user-agent" not in names  # the proxy adds nothing the client did not send
 
