@@ -34,10 +34,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.capture import _search_text as search_text
 from gateway.exchange import _EPOCH_MS
 from gateway.pricing import PriceTable
 from gateway.rollups import VALUES, Fact, aggregate
+from gateway.search import json_words, pg_document, search_text
 from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 
 MODELS = [("mistral-small-latest", 45), ("mistral-large-latest", 18), ("codestral-latest", 10),
@@ -234,7 +234,8 @@ class Generator:
                 "request_body": request_text, "request_body_encoding": "json",
                 "response_headers": orjson.dumps(HEADERS_OUT).decode(),
                 "response_body": response_text, "response_body_encoding": "json"}
-        search = search_text(request_text, response_text, correlation)  # as the writer does
+        search = search_text(json_words(request), json_words(response),  # as the writer does
+                             correlation)
         fact = Fact(exchange_id, model, status, state, prompt, completion, row["total_tokens"],
                     cost, row["latency_ms"], name, agent)
         return row, body, search, fact
@@ -315,7 +316,7 @@ async def seed_postgres(url: str, gen: Generator, batch: int) -> None:
     for row, body, text in gen.exchanges():
         rows.append(tuple(row[c] for c in EXCHANGE_COLUMNS))
         bodies.append(tuple(body[c] for c in BODY_COLUMNS))
-        search.append((row["id"], text))
+        search.append((row["id"], pg_document(text)))  # as the writer does (gateway/search.py)
         if len(rows) >= batch:
             await flush()
             progress.show(len(gen.facts))
@@ -326,7 +327,7 @@ async def seed_postgres(url: str, gen: Generator, batch: int) -> None:
         tuple(v) for v in gen.rollup_rows()])
     print("search vectors ...", flush=True)
     await db.execute("INSERT INTO exchange_search (exchange_id, doc) SELECT exchange_id, "
-                     "to_tsvector('simple', body) FROM seed_search")
+                     "body::tsvector FROM seed_search")
     await db.execute("DROP TABLE seed_search")
     print("search index ...", flush=True)
     await db.execute("SET maintenance_work_mem = '1GB'")

@@ -19,12 +19,10 @@ import orjson
 from gateway.exchange import Exchange
 from gateway.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
+from gateway.search import search_text, searchable
 
 log = logging.getLogger("agentops.capture")
 
-# Per body: indexing costs about 6 us per KB on SQLite, so a long prompt is indexed by its
-# head and tail (system prompt, latest turns), not whole.
-SEARCH_CHARS = 16 * 1024
 CORRELATION_HEADERS = ("mistral-correlation-id", "x-request-id", "request-id", "x-kong-request-id")
 
 
@@ -126,10 +124,10 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         resp_enc = "base64"
         resp_text = base64.b64encode(response_body[:max_body_bytes]).decode("ascii")
     truncated = req_trunc or resp_trunc or exchange.response_truncated
-    search = _search_text(req_text if req_enc != "base64" else "",
-                          parsed.output_text if parsed.streamed else
-                          (resp_text if resp_enc != "base64" else ""),
-                          correlation)
+    search = search_text(searchable(req_text, req_enc, parsed.request_json),
+                         parsed.output_text if parsed.streamed else
+                         searchable(resp_text, resp_enc, parsed.response_json),
+                         correlation)
     if exchange.omit_bodies:
         req_text, req_enc, resp_text, resp_enc = None, "omitted", None, "omitted"
         search = correlation or ""
@@ -194,18 +192,6 @@ def _stored(body: bytes, headers: dict[str, str], is_json: bool,
     summary = {"content_type": content_type, "bytes": len(body),
                "sha256": hashlib.sha256(body).hexdigest()}
     return orjson.dumps(summary).decode(), "digest", False
-
-
-def _search_text(request: str | None, response: str | None, correlation: str | None) -> str:
-    parts = [_head_and_tail(request or ""), _head_and_tail(response or ""), correlation or ""]
-    return "\n".join(part for part in parts if part)
-
-
-def _head_and_tail(text: str) -> str:
-    if len(text) <= SEARCH_CHARS:
-        return text
-    half = SEARCH_CHARS // 2
-    return text[:half] + "\n" + text[-half:]
 
 
 def _clip(value: str | None, size: int) -> str | None:

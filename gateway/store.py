@@ -23,6 +23,7 @@ from tortoise.transactions import in_transaction
 from gateway.capture import Rows
 from gateway.exchange import id_at
 from gateway.rollups import Rollups
+from gateway.search import fts5_query, pg_document, pg_query
 
 log = logging.getLogger("agentops.store")
 
@@ -178,9 +179,11 @@ class Store:
                 await tx.execute_many(
                     "INSERT OR REPLACE INTO exchange_fts (rowid, body) VALUES (?, ?)", search)
             else:
+                # Words cut here, in the writer, not by to_tsvector in the server: search.py
                 await tx.execute_many(
                     "INSERT INTO exchange_search (exchange_id, doc) "
-                    "VALUES ($1, to_tsvector('simple', $2)) ON CONFLICT DO NOTHING", search)
+                    "VALUES ($1, $2::tsvector) ON CONFLICT DO NOTHING",
+                    [[exchange_id, pg_document(text)] for exchange_id, text in search])
             if also is not None:
                 await also(tx)
             await self.rollups.add_rows(tx, batch)  # after the runs they name exist
@@ -308,8 +311,8 @@ class Store:
                 params.append(fts5_query(f.q))
             else:
                 clauses.append("e.id IN (SELECT exchange_id FROM exchange_search "
-                               "WHERE doc @@ plainto_tsquery('simple', ?))")
-                params.append(f.q)
+                               "WHERE doc @@ ?::tsquery)")
+                params.append(pg_query(f.q))
         return clauses, params
 
     def _page_ids(self, f: ExchangeFilter) -> tuple[str, str, list[str], list[Any]]:
@@ -325,7 +328,7 @@ class Store:
         else:
             source, key = ("exchange_search s JOIN exchanges e ON e.id = s.exchange_id",
                            "s.exchange_id")
-            match, term = "s.doc @@ plainto_tsquery('simple', ?)", f.q
+            match, term = "s.doc @@ ?::tsquery", pg_query(f.q)
         clauses, params = self._where(f, key)
         return source, key, [match, *clauses], [term, *params]
 
@@ -349,7 +352,7 @@ class Store:
             # The same page, with the matches collected through the GIN index first.
             gin = page.replace(
                 source, "(SELECT exchange_id FROM exchange_search WHERE doc @@ "
-                "plainto_tsquery('simple', ?) OFFSET 0) s JOIN exchanges e "
+                "?::tsquery OFFSET 0) s JOIN exchanges e "
                 "ON e.id = s.exchange_id", 1).replace(f"WHERE {clauses[0]}", "WHERE TRUE", 1)
             ids = await self._postgres_search(gin, page, args)
             found = await self.rows(
@@ -472,12 +475,6 @@ def iso_z(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def fts5_query(text: str) -> str:
-    """User words -> an FTS5 query that ANDs them as literal strings (no operator injection)."""
-    words = [w for w in re.split(r"\s+", text.strip()) if w]
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, Any]:

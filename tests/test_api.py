@@ -80,7 +80,11 @@ async def test_full_text_search(gateway: Gateway, ui):
     await call(gateway, "the quick brown fox")
     await call(gateway, "a lazy dog sleeps")
     await call(gateway, 'quotes " and AND OR NOT * ( ) are literal')
+    await call(gateway, "first line\nsecond line, about a Zebra-crossing")
     await gateway.recorder.drained(timeout=10)
+    for words in ("second", "zebra", "CROSSING", "zebra-crossing second"):
+        _, lines = await get(ui, "/api/exchanges", q=words)  # after an escaped newline too
+        assert len(lines["items"]) == 1, words
     _, found = await get(ui, "/api/exchanges", q="brown fox")
     assert len(found["items"]) == 1
     _, none = await get(ui, "/api/exchanges", q="brown dog")  # words are ANDed

@@ -1,0 +1,92 @@
+"""Full-text search: what the index holds of each call, and how a user's words meet it.
+
+One place decides both sides, so that what is stored and what is asked for are cut into words
+the same way. SQLite's FTS5 tokenizes inside the writer process (at idle CPU priority), so it
+gets text. PostgreSQL would tokenize with `to_tsvector` in the database server, at full
+priority and about 0.1 us per character (most of its CPU per recorded call), so for it the
+writer cuts the words itself and hands over a ready `tsvector`; queries are cut by the same
+function into a `tsquery`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Per body: indexing costs about 6 us per KB on SQLite, so a long prompt is indexed by its
+# head and tail (system prompt, latest turns), not whole.
+SEARCH_CHARS = 16 * 1024
+# Runs of letters and digits, lower-cased: what FTS5's unicode61 tokenizer calls a word too
+# (punctuation, `_` and `-` separate words; it also folds diacritics, which this does not).
+_WORD = re.compile(r"[^\W_]+")
+MAX_LEXEME_BYTES = 2046  # PostgreSQL refuses longer lexemes; to_tsvector skipped them too
+
+
+def search_text(request: str | None, response: str | None, correlation: str | None) -> str:
+    """The text indexed for one call: request, response (or a stream's text), correlation id."""
+    parts = [_head_and_tail(request or ""), _head_and_tail(response or ""), correlation or ""]
+    return "\n".join(part for part in parts if part)
+
+
+def searchable(text: str | None, encoding: str, parsed_json: Any) -> str:
+    """What the index gets of a body: a JSON body's words, other text as it is, no binary."""
+    if encoding == "base64":
+        return ""
+    if parsed_json is not None and encoding == "json":
+        return json_words(parsed_json)
+    return text or ""
+
+
+def json_words(document: Any) -> str:
+    """The keys and values of a JSON document in document order, one space apart.
+
+    The raw JSON text holds the same words, except where an escape glues two together:
+    `"one\\ntwo"` holds the word "ntwo", so a line of a prompt or an answer could not be found
+    by its first word."""
+    words: list[str] = []
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            words.append(item)
+        elif isinstance(item, dict):
+            for key, value in reversed(item.items()):
+                stack.append(value)
+                stack.append(key)
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, bool) or item is None:
+            words.append("null" if item is None else "true" if item else "false")
+        else:
+            words.append(str(item))
+    return " ".join(words)
+
+
+def words(text: str) -> list[str]:
+    """The distinct words of a text, lower-cased, in first-seen order."""
+    seen = dict.fromkeys(_WORD.findall(text.lower()))
+    return [w for w in seen if len(w.encode("utf-8")) <= MAX_LEXEME_BYTES]
+
+
+def pg_document(text: str) -> str:
+    """A `tsvector` literal of the text's words (letters and digits only: nothing to escape)."""
+    return " ".join(f"'{w}'" for w in words(text))
+
+
+def pg_query(text: str) -> str:
+    """A `tsquery` literal that ANDs the user's words; empty when there are none."""
+    return " & ".join(f"'{w}'" for w in words(text))
+
+
+def fts5_query(text: str) -> str:
+    """An FTS5 query that ANDs the user's words, each a quoted string (so no operators, and no
+    phrases, which the index's detail=column cannot answer); `""` matches nothing."""
+    return " ".join(f'"{w}"' for w in words(text)) or '""'
+
+
+
+def _head_and_tail(text: str) -> str:
+    if len(text) <= SEARCH_CHARS:
+        return text
+    half = SEARCH_CHARS // 2
+    return text[:half] + "\n" + text[-half:]

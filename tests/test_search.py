@@ -1,0 +1,50 @@
+"""What the search index holds of a call and how a user's words are cut: one function for
+both sides (gateway/search.py). The end-to-end searches are in test_api.py."""
+
+from __future__ import annotations
+
+from gateway.search import (
+    SEARCH_CHARS,
+    fts5_query,
+    json_words,
+    pg_document,
+    pg_query,
+    search_text,
+    words,
+)
+
+
+def test_words_are_letters_and_digits_case_folded_once_each():
+    assert words("Get_Weather for api.mistral.ai, mistral-small-latest; Straße 0.3 get") == [
+        "get", "weather", "for", "api", "mistral", "ai", "small", "latest", "straße", "0", "3"]
+
+
+def test_a_word_postgresql_cannot_hold_is_left_out():
+    assert words("short " + "x" * 3000) == ["short"]
+
+
+def test_postgresql_literals():
+    assert pg_document("Hello, hello world") == "'hello' 'world'"
+    assert pg_query("brown  Fox") == "'brown' & 'fox'"
+    assert pg_query('" AND * (') == "'and'"
+    assert pg_query("* ( )") == ""
+
+
+def test_json_words_in_document_order_with_escapes_undone():
+    document = {"model": "m", "messages": [{"role": "user", "content": "one\ntwo"}],
+                "temperature": 0.3, "stream": False, "stop": None}
+    assert json_words(document) == (
+        "model m messages role user content one\ntwo temperature 0.3 stream false stop null")
+    assert "two" in words(json_words(document))
+
+
+def test_search_text_keeps_head_and_tail_of_a_long_body():
+    long = "head " + "x " * SEARCH_CHARS + "tail"
+    text = search_text(long, "answer", "corr-id")
+    assert text.startswith("head") and "tail\nanswer\ncorr-id" in text
+    assert len(text) < 2 * SEARCH_CHARS
+
+
+def test_fts5_query_quotes_each_word_and_never_makes_a_phrase():
+    assert fts5_query('zebra-crossing " OR') == '"zebra" "crossing" "or"'
+    assert fts5_query("* ( )") == '""'
