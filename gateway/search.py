@@ -80,7 +80,7 @@ def pg_query(text: str) -> str:
 
 def fts5_query(text: str) -> str:
     """An FTS5 query that ANDs the user's words, each a quoted string (so no operators, and no
-    phrases, which the index's detail=column cannot answer); `""` matches nothing."""
+    phrases, which the index (detail=none) cannot answer); `""` matches nothing."""
     return " ".join(f'"{w}"' for w in words(text)) or '""'
 
 
