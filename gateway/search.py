@@ -11,6 +11,7 @@ function into a `tsquery`.
 from __future__ import annotations
 
 import re
+import string
 from typing import Any
 
 # Per body: indexing costs about 6 us per KB on SQLite, so a long prompt is indexed by its
@@ -19,6 +20,9 @@ SEARCH_CHARS = 16 * 1024
 # Runs of letters and digits, lower-cased: what FTS5's unicode61 tokenizer calls a word too
 # (punctuation, `_` and `-` separate words; it also folds diacritics, which this does not).
 _WORD = re.compile(r"[^\W_]+")
+# The common case first: ASCII punctuation and spaces become spaces and str.split() does the
+# rest, four times faster than the regular expression; it only sees what is left over.
+_ASCII_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.whitespace, " "))
 MAX_LEXEME_BYTES = 2046  # PostgreSQL refuses longer lexemes; to_tsvector skipped them too
 
 
@@ -64,13 +68,20 @@ def json_words(document: Any) -> str:
 
 def words(text: str) -> list[str]:
     """The distinct words of a text, lower-cased, in first-seen order."""
-    seen = dict.fromkeys(_WORD.findall(text.lower()))
-    return [w for w in seen if len(w.encode("utf-8")) <= MAX_LEXEME_BYTES]
+    found: dict[str, None] = {}
+    for token in dict.fromkeys(text.lower().translate(_ASCII_SEPARATORS).split()):
+        if token.isalnum():  # the same test as [^\W_]
+            found[token] = None
+        else:  # other punctuation or symbols: "naïve—really" -> naïve, really
+            found.update(dict.fromkeys(_WORD.findall(token)))
+    # A character is at most 4 bytes: only a word of 512 or more can be too long.
+    return [w for w in found if len(w) < 512 or len(w.encode("utf-8")) <= MAX_LEXEME_BYTES]
 
 
 def pg_document(text: str) -> str:
     """A `tsvector` literal of the text's words (letters and digits only: nothing to escape)."""
-    return " ".join(f"'{w}'" for w in words(text))
+    found = words(text)
+    return "'" + "' '".join(found) + "'" if found else ""
 
 
 def pg_query(text: str) -> str:

@@ -48,3 +48,8 @@ def test_search_text_keeps_head_and_tail_of_a_long_body():
 def test_fts5_query_quotes_each_word_and_never_makes_a_phrase():
     assert fts5_query('zebra-crossing " OR') == '"zebra" "crossing" "or"'
     assert fts5_query("* ( )") == '""'
+
+
+def test_words_outside_ascii_are_cut_like_the_regular_expression():
+    assert words("naïve—really «quoted» 東京、大阪 x²") == [
+        "naïve", "really", "quoted", "東京", "大阪", "x²"]
