@@ -95,7 +95,6 @@ def fts5_query(text: str) -> str:
     return " ".join(f'"{w}"' for w in words(text)) or '""'
 
 
-
 def _head_and_tail(text: str) -> str:
     if len(text) <= SEARCH_CHARS:
         return text

@@ -91,6 +91,8 @@ async def test_full_text_search(gateway: Gateway, ui):
     assert none["items"] == []
     _, odd = await get(ui, "/api/exchanges", q='" AND OR NOT * (')
     assert odd["items"] == [] or len(odd["items"]) == 1  # no syntax error, whatever matched
+    status, wordless = await get(ui, "/api/exchanges", q="* ( )")
+    assert status == 200 and wordless["items"] == []  # no words: nothing matches
     detail = (await get(ui, f"/api/exchanges/{found['items'][0]['id']}"))[1]
     _, by_request_id = await get(ui, "/api/exchanges", q=detail["correlation_id"])
     assert [i["id"] for i in by_request_id["items"]] == [detail["id"]]
