@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds allowed between bytes from the upstream (not a total limit).", "float"),
     Setting("queue_size", "--queue-size", "AGENTOPS_QUEUE_SIZE", 10_000,
             "Capture records held in memory before they spill to the spool.", "int"),
+    Setting("queue_max_bytes", "--queue-max-bytes", "AGENTOPS_QUEUE_MAX_BYTES", 256 * 1024**2,
+            "Bytes of bodies those records may hold in memory before they spill to the spool.",
+            "bytes"),
     Setting("spool_dir", "--spool-dir", "AGENTOPS_SPOOL_DIR", "./agentops-spool",
             "Folder for records that could not be written to the database yet."),
     Setting("spool_max_bytes", "--spool-max-bytes", "AGENTOPS_SPOOL_MAX_BYTES", 1024**3,
@@ -145,6 +148,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     upstream_timeout: float = 300.0
     queue_size: int = 10_000
+    queue_max_bytes: int = 256 * 1024**2
     spool_dir: str = "./agentops-spool"
     spool_max_bytes: int = 1024**3
     shutdown_grace: float = 30.0
@@ -184,6 +188,8 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0-65535")
         if self.queue_size < 1:
             raise ConfigError("--queue-size must be at least 1")
+        if self.queue_max_bytes < 1:
+            raise ConfigError("--queue-max-bytes must be at least 1")
         if self.wandb_group_by not in ("run", "name"):
             raise ConfigError(f"--wandb-group-by / AGENTOPS_WANDB_GROUP_BY must be run or name, "
                               f"got {self.wandb_group_by!r}")

@@ -12,7 +12,9 @@ the recorder, the run grouper and the writes.
                                   <==settled, health, replies==
 
 Bounded and lossless: records sent but not yet stored or spooled by the child ("in transit",
-still referenced here until the child says they are settled) are at most --queue-size; past
+still referenced here until the child says they are settled) are at most --queue-size, and
+their bodies at most --queue-max-bytes (the writer yields the CPU to calls, so under a load
+that uses every core it falls behind and this is what fills); past
 that the proxy's process appends to its own spool folder (`<spool-dir>/proxy`) and hands each
 finished file to the child, which replays it in order. If the child dies, what it held is
 spooled here and a new child takes it over.
@@ -56,6 +58,11 @@ START_TIMEOUT = 60.0
 RESTART_SECONDS = 0.5
 _HEADER = struct.Struct(">I")
 _FIELDS = tuple(Exchange.__slots__)  # type: ignore[attr-defined]
+
+def body_bytes(exchange: Exchange) -> int:
+    """What a record holds in memory, near enough: its request and response bodies."""
+    return len(exchange.request_body) + sum(map(len, exchange.response_chunks))
+
 
 def frame(*message: Any) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -128,6 +135,8 @@ class WriterProcess:
         self.queue_size = settings.queue_size
         self.overflow = Spool(overflow_dir(settings), settings.spool_max_bytes)
         self._unsettled: dict[int, Exchange] = {}  # sent, not yet stored or spooled there
+        self._unsettled_bytes = 0  # their bodies' bytes: at most --queue-max-bytes
+        self.queue_max_bytes = settings.queue_max_bytes
         self._pending: list[Exchange] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._overflowing = False
@@ -179,7 +188,9 @@ class WriterProcess:
                 kind, *rest = await read_frame(reader)
                 if kind == "settled":
                     for exchange_id in rest[0]:
-                        self._unsettled.pop(exchange_id, None)
+                        settled = self._unsettled.pop(exchange_id, None)
+                        if settled is not None:
+                            self._unsettled_bytes -= body_bytes(settled)
                         waiter = self._settle_waiters.pop(exchange_id, None)
                         if waiter is not None and not waiter.done():
                             waiter.set_result(None)
@@ -225,6 +236,7 @@ class WriterProcess:
         until a new child takes the files over (ids it already stored are skipped)."""
         held = list(self._unsettled.values())
         self._unsettled.clear()
+        self._unsettled_bytes = 0
         log.error("the writer process exited; spooling %d records it held; restarting",
                   len(held))
         if held:
@@ -262,7 +274,9 @@ class WriterProcess:
             if batch:
                 self._spill(batch)
             return
-        if len(self._unsettled) + len(batch) > self.queue_size:
+        size = sum(map(body_bytes, batch))
+        if (len(self._unsettled) + len(batch) > self.queue_size
+                or self._unsettled_bytes + size > self.queue_max_bytes):
             self._spill(batch)
             return
         if self._overflowing:
@@ -270,6 +284,7 @@ class WriterProcess:
         if batch:
             for exchange in batch:
                 self._unsettled[exchange.id] = exchange
+            self._unsettled_bytes += size
             writer.write(frame("records", [pack(e) for e in batch]))
 
     def _spill(self, batch: list[Exchange]) -> None:
@@ -355,6 +370,7 @@ class WriterProcess:
             self._reader_task.cancel()
         leftover = [*self._unsettled.values(), *self._pending]  # only if the child failed us
         self._unsettled.clear()
+        self._unsettled_bytes = 0
         self._pending = []
         if leftover:
             self.overflow.append(leftover)

@@ -100,6 +100,18 @@ async def test_full_queue_spills_to_spool_and_is_replayed(upstream: Upstream, tm
         assert state["spooled_records"] > 0 and state["dropped_records"] == 0
 
 
+async def test_bodies_past_queue_max_bytes_spill_to_spool_and_are_replayed(
+        upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'b.db'}", tmp_path)
+    async with running(settings.replace(queue_max_bytes=1)) as gw:
+        assert await calls(gw, 20, "heavy") == [200] * 20
+        await gw.recorder.drained(timeout=30)
+        assert await gw.store.count() == 20
+        state = await health(gw)
+        # every body was over the limit, so every record went through the spool
+        assert state["spooled_records"] == 20 and state["dropped_records"] == 0
+
+
 @pytest.mark.postgres
 async def test_spool_limit_drops_and_counts(upstream: Upstream, relayed_pg, tmp_path: Path):
     db, relay = relayed_pg
