@@ -34,6 +34,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,11 @@ WRITER_NICE = 19  # for the writer's autogroup, and where SCHED_IDLE is missing
 # less writer CPU per record). A call or stop flushes at once.
 FLUSH_SECONDS = 0.005
 HEALTH_EVERY = 0.25
+# Idle priority must not mean never: when a record has waited this long for the writer (the
+# machine's cores are busy with other work), its group gets an ordinary share until it has
+# caught up.
+LAG_SECONDS = 10.0
+LAG_CHECK_SECONDS = 1.0
 START_TIMEOUT = 60.0
 RESTART_SECONDS = 0.5
 _HEADER = struct.Struct(">I")
@@ -151,6 +157,10 @@ class WriterProcess:
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        self.lag_seconds = LAG_SECONDS
+        self.lag_check_seconds = LAG_CHECK_SECONDS
+        self._boosted = False
+        self._lag_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the child and wait until its database is open and its grouper rebuilt."""
@@ -176,6 +186,9 @@ class WriterProcess:
             raise WriterError("the writer process did not start in time") from None
         self._writer = writer
         self._stopped.clear()
+        self._boosted = False  # a new child starts at idle priority
+        if self._lag_task is None:
+            self._lag_task = asyncio.create_task(self._watch_lag(), name="agentops-writer-lag")
         self._schedule_flush()  # what arrived while it was starting
 
     @property
@@ -252,6 +265,28 @@ class WriterProcess:
             except Exception as exc:
                 log.error("the writer process did not restart: %s", exc)
                 await asyncio.sleep(5)
+
+    def lag(self) -> float:
+        """Seconds the oldest record in transit has waited for the writer since the proxy
+        finished it (0 when none waits)."""
+        oldest = next(iter(self._unsettled.values()), None)
+        if oldest is None:
+            return 0.0
+        return time.time() - oldest.started_at - (oldest.latency_ms or 0) / 1000
+
+    async def _watch_lag(self) -> None:
+        while True:
+            await asyncio.sleep(self.lag_check_seconds)
+            lag, pid = self.lag(), self.pid
+            if pid is None:
+                continue
+            if not self._boosted and lag > self.lag_seconds:
+                log.warning("records have waited %.0f s for the writer: giving it an ordinary "
+                            "CPU share until it catches up", lag)
+                self._boosted = set_group_nice(pid, 0)
+            elif self._boosted and lag < self.lag_seconds / 10:
+                log.info("the writer has caught up: back to idle priority")
+                self._boosted = not set_group_nice(pid, WRITER_NICE)
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -349,8 +384,9 @@ class WriterProcess:
     async def stop(self, timeout: float) -> None:
         """Flush to the child and let it finish; whatever it cannot store in time it spools."""
         self._stopping = True
-        if self._restart_task is not None:
-            self._restart_task.cancel()
+        for task in (self._restart_task, self._lag_task):
+            if task is not None:
+                task.cancel()
         self._flush()
         if self._overflowing and self._writer is not None:
             self._hand_over()
@@ -395,13 +431,25 @@ def step_aside() -> None:
     """
     with contextlib.suppress(OSError):
         os.setsid()  # a session (and so an autogroup) of its own; no signals from a terminal
-    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
-        group.write(str(WRITER_NICE))
+    set_group_nice(os.getpid(), WRITER_NICE)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux: plain nice is what there is
         with contextlib.suppress(OSError):
             os.nice(WRITER_NICE)
+
+
+def set_group_nice(pid: int, nice: int) -> bool:
+    """Set the nice of the autogroup `pid` leads (the writer's own session). Unlike leaving
+    SCHED_IDLE, which needs CAP_SYS_NICE, any nice from 0 to 19 needs no privilege, so the
+    proxy's process can raise its writer's share and lower it again. False where there is no
+    autogroup or the kernel said no (it takes one change per 100 ms from unprivileged users)."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as group:
+            group.write(str(nice))
+        return True
+    except OSError:
+        return False
 
 
 def child_main(settings: Settings, conn: Connection, log_level: int,

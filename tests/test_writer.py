@@ -57,3 +57,33 @@ async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream,
                 stored.append((await resp.json())["request_body"]["messages"][0]["content"])
         assert stored == ["before", *(f"while away {n}" for n in range(5)), "after"]
         assert not list((tmp_path / "spool" / "proxy").glob("spool-*.bin"))
+
+
+async def test_a_writer_left_behind_gets_an_ordinary_share_until_it_catches_up(
+        upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'lag.db'}", tmp_path)
+    async with running(settings) as gw, aiohttp.ClientSession() as http:
+        pid = gw.recorder.pid
+        assert pid is not None
+        group = Path(f"/proc/{pid}/autogroup")
+        if not group.exists():
+            return  # no autogroup scheduling here: nothing to raise
+        gw.recorder.lag_seconds, gw.recorder.lag_check_seconds = 0.3, 0.05
+        os.kill(pid, signal.SIGSTOP)  # as starved as a writer can be
+        try:
+            assert [await chat(http, gw.proxy_url, f"late {n}") for n in range(3)] == [200] * 3
+            await until(lambda: group.read_text().split()[-1] == "0")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await gw.recorder.drained(timeout=20)
+        await until(lambda: group.read_text().split()[-1] == "19")
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # never left the idle class
+        items, _ = await gw.store.list_exchanges(ExchangeFilter(), 50, None)
+        assert len(items) == 3
+
+
+async def until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
