@@ -428,9 +428,9 @@ def step_aside() -> None:
     wakes up preempts it at once. Each step is best effort: where one is missing (another OS,
     no autogroup, a container that forbids it) the others still apply. Measured with
     bench/bench.py at c=64 on 2 cores, SQLite: 0.67x -> 0.96x the bare passthrough's req/s.
+    Called once the database is open and the grouper rebuilt: that start runs at ordinary
+    priority, so a gateway or a restarted writer comes up quickly on a busy machine too.
     """
-    with contextlib.suppress(OSError):
-        os.setsid()  # a session (and so an autogroup) of its own; no signals from a terminal
     set_group_nice(os.getpid(), WRITER_NICE)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -461,7 +461,8 @@ def child_main(settings: Settings, conn: Connection, log_level: int,
     # the whole process group must not kill this process with records still in memory.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    step_aside()
+    with contextlib.suppress(OSError):
+        os.setsid()  # a session (and so an autogroup) of its own: see step_aside
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s")
     logging.getLogger("tortoise").setLevel(logging.WARNING)
@@ -534,6 +535,7 @@ class Child:
 
         self.host = IntegrationHost(self.settings, os.environ)
         self.host.attach(self.recorder)
+        step_aside()  # ready to store: from here on, calls come first
         for path in self.handoff:  # what the proxy spooled while no writer was running
             await self._replay_overflow(Path(path))
         tune_gc()
