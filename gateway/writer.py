@@ -65,6 +65,7 @@ RESTART_SECONDS = 0.5
 _HEADER = struct.Struct(">I")
 _FIELDS = tuple(Exchange.__slots__)  # type: ignore[attr-defined]
 
+
 def body_bytes(exchange: Exchange) -> int:
     """What a record holds in memory, near enough: its request and response bodies."""
     return len(exchange.request_body) + sum(map(len, exchange.response_chunks))
@@ -247,9 +248,7 @@ class WriterProcess:
         """The child died (killed, out of memory). This process still holds every record the
         child had not stored or spooled: they go to the overflow spool first, then new ones,
         until a new child takes the files over (ids it already stored are skipped)."""
-        held = list(self._unsettled.values())
-        self._unsettled.clear()
-        self._unsettled_bytes = 0
+        held = self._release_unsettled()
         log.error("the writer process exited; spooling %d records it held; restarting",
                   len(held))
         if held:
@@ -265,6 +264,13 @@ class WriterProcess:
             except Exception as exc:
                 log.error("the writer process did not restart: %s", exc)
                 await asyncio.sleep(5)
+
+    def _release_unsettled(self) -> list[Exchange]:
+        """Forget what was in transit (the child is gone or stopped) and return it."""
+        held = list(self._unsettled.values())
+        self._unsettled.clear()
+        self._unsettled_bytes = 0
+        return held
 
     def lag(self) -> float:
         """Seconds the oldest record in transit has waited for the writer since the proxy
@@ -404,9 +410,7 @@ class WriterProcess:
                 self._process.kill()
         if self._reader_task is not None:
             self._reader_task.cancel()
-        leftover = [*self._unsettled.values(), *self._pending]  # only if the child failed us
-        self._unsettled.clear()
-        self._unsettled_bytes = 0
+        leftover = [*self._release_unsettled(), *self._pending]  # only if the child failed us
         self._pending = []
         if leftover:
             self.overflow.append(leftover)
