@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from gateway import storable
 from gateway.exchange import Exchange
 from gateway.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
@@ -94,8 +95,35 @@ def ttft(exchange: Exchange, parsed: Parsed) -> float | None:
     return round(exchange.chunk_ms[index], 3)
 
 
+# Hints that become run columns: clipped to those columns' limits before grouping, so the
+# grouper, the runs table and a rebuilt grouper all see one (hash-suffixed) value.
+HINT_COLUMNS = {"run": "name", "run_prefix": "name", "agent": "agent_id", "user": "user"}
+
+
+def storable_hints(hints: dict[str, str], clipped: dict[str, int]) -> dict[str, str]:
+    """X-AgentOps-* values and the /r/<name> prefix, made storable (see storable.py)."""
+    out = {}
+    for name, value in hints.items():
+        key = storable.text(name)
+        column = HINT_COLUMNS.get(key)
+        size = storable.limit("runs", column) if column else None
+        out[key] = storable.clip(value, size) if size else storable.text(value)
+        if size and len(value) > size:
+            clipped[f"hints.{key}"] = len(value)
+    return out
+
+
+def storable_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header pairs with undecodable bytes and NUL escaped (aiohttp hands the former over
+    as lone surrogates, which neither JSON nor the databases take)."""
+    text = storable.text
+    return [(text(k), text(v)) for k, v in pairs]
+
+
 def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
                max_body_bytes: int) -> Rows:
+    clipped: dict[str, int] = {}
+    hints = storable_hints(exchange.hints, clipped)
     request_headers = header_dict(exchange.request_headers)
     response_headers = header_dict(exchange.response_headers)
     chunks, decoded = decode_chunks(exchange.response_chunks,
@@ -135,13 +163,13 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         "id": exchange.id,
         "started_at": _iso(exchange.started_at),
         "provider": exchange.provider,
-        "method": exchange.method[:16],
+        "method": exchange.method,
         "path": exchange.path,
         "client_path": exchange.client_path,
         "query": exchange.query,
         "status": exchange.status,
-        "model": _clip(parsed.model, 200),
-        "request_model": _clip(parsed.request_model, 200),
+        "model": _str(parsed.model),
+        "request_model": _str(parsed.request_model),
         "endpoint": parsed.endpoint,
         "streamed": parsed.streamed,
         "state": exchange.state,
@@ -152,13 +180,13 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         "cached_tokens": parsed.cached_tokens,
         "connector_tokens": parsed.connector_tokens,
         "units": orjson.dumps(parsed.units).decode() if parsed.units else None,
-        "finish_reason": _clip(parsed.finish_reason, 64),
+        "finish_reason": _str(parsed.finish_reason),
         "output_text": None if exchange.omit_bodies else parsed.output_text,
         "cost_usd": cost,
         "latency_ms": _round(exchange.latency_ms),
         "ttfb_ms": _round(exchange.ttfb_ms),
         "ttft_ms": ttft(exchange, parsed),
-        "correlation_id": _clip(correlation, 200),
+        "correlation_id": correlation,
         "key_fingerprint": exchange.key_fingerprint,
         "truncated": truncated,
         "parse_error": parsed.parse_error,
@@ -169,17 +197,21 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
         "step": None,
         "parent_id": None,
         "thread_key": None,
+        "clipped": None,
     }
+    storable.fit("exchanges", row, clipped)
+    if clipped:
+        row["clipped"] = orjson.dumps(clipped).decode()
     bodies = {
         "exchange_id": exchange.id,
-        "request_headers": orjson.dumps(exchange.request_headers).decode(),
+        "request_headers": orjson.dumps(storable_headers(exchange.request_headers)).decode(),
         "request_body": req_text,
         "request_body_encoding": req_enc,
-        "response_headers": orjson.dumps(exchange.response_headers).decode(),
+        "response_headers": orjson.dumps(storable_headers(exchange.response_headers)).decode(),
         "response_body": resp_text,
         "response_body_encoding": resp_enc,
     }
-    return Rows(row, bodies, search, parsed, exchange.hints)
+    return Rows(row, bodies, storable.text(search), parsed, hints)
 
 
 def _stored(body: bytes, headers: dict[str, str], is_json: bool,
@@ -194,8 +226,9 @@ def _stored(body: bytes, headers: dict[str, str], is_json: bool,
     return orjson.dumps(summary).decode(), "digest", False
 
 
-def _clip(value: str | None, size: int) -> str | None:
-    return value[:size] if isinstance(value, str) else None
+def _str(value: object) -> str | None:
+    """A parsed value that should be text (a model name, a finish reason), else None."""
+    return value if isinstance(value, str) else None
 
 
 def _round(value: float | None) -> float | None:

@@ -48,6 +48,8 @@ class Exchange(Model):
     step = fields.IntField(null=True)  # 0-based position in its run
     parent_id = fields.BigIntField(null=True)  # the exchange it continues (automatic threading)
     thread_key = fields.CharField(max_length=32, null=True)  # hash of its messages + reply
+    # JSON {"field": original length} of values clipped to fit (see gateway/storable.py)
+    clipped = fields.TextField(null=True)
 
     class Meta:
         table = "exchanges"
@@ -280,3 +282,20 @@ class ExperimentRow(Model):
     class Meta:
         table = "experiment_rows"
         indexes = (("experiment_id", "position", "repeat_index"),)
+
+
+class Quarantine(Model):
+    """A capture record the database refused even after storable.py made its values fit: set
+    aside with the error instead of retried forever or blocking the records after it. Kept in
+    the same database so every replica sees it; `agentops-studio quarantine retry` stores it
+    again (after a fix), `quarantine drop` deletes it."""
+
+    id = fields.BigIntField(primary_key=True)  # the exchange's id
+    captured_at = fields.DatetimeField()
+    quarantined_at = fields.DatetimeField()
+    error = fields.TextField()
+    size_bytes = fields.BigIntField()
+    record = fields.BinaryField()  # zlib-compressed pickle of plain values (spool.encode)
+
+    class Meta:
+        table = "quarantine"

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from gateway import storable
 from gateway.exchange import id_at, new_id
 from gateway.runs import RunChanges
 from gateway.store import ExchangeFilter, Store, iso_z, time_bounds
@@ -21,6 +22,9 @@ from gateway.store import ExchangeFilter, Store, iso_z, time_bounds
 RUN_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at", "last_seen_at",
                "ended_at", "status", "exchange_count", "prompt_tokens", "completion_tokens",
                "total_tokens", "total_cost_usd")
+UPSERT_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at",
+                  "last_seen_at", "last_failed", "exchange_count", "prompt_tokens",
+                  "completion_tokens", "total_tokens", "total_cost_usd", "config")
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
 MESSAGE_COLUMNS = ("id", "run_id", "exchange_id", "step", "position", "direction", "role",
                    "content", "tool_calls", "tool_call_id", "finish_reason", "prompt_tokens",
@@ -55,27 +59,34 @@ class RunStore:
         if not changes:
             return
         await self._upsert_runs(tx, changes)
-        messages = [[m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages]
+        messages = storable.rows("messages", MESSAGE_COLUMNS[1:], [
+            [m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages])
         if messages:
             await tx.execute_many(store.sql(
                 f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS[1:])}) VALUES "
                 f"({', '.join('?' * (len(MESSAGE_COLUMNS) - 1))})"), messages)
-        tools = [[t[c] for c in TOOL_COLUMNS[1:]] for ch in changes for t in ch.tool_calls]
+        tools = storable.rows("tool_calls", TOOL_COLUMNS[1:], [
+            [t[c] for c in TOOL_COLUMNS[1:]] for ch in changes for t in ch.tool_calls])
         if tools:
             await tx.execute_many(store.sql(
                 f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS[1:])}) VALUES "
                 f"({', '.join('?' * (len(TOOL_COLUMNS) - 1))})"), tools)
-        results = [[r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"],
-                    r["call_id"]] for ch in changes for r in ch.tool_results if r["call_id"]]
+        results = storable.rows(
+            "tool_calls", ("return_value", "result_exchange_id", "latency_ms", "run_id",
+                           "call_id"),
+            [[r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"],
+              r["call_id"]] for ch in changes for r in ch.tool_results if r["call_id"]])
         if results:
             await tx.execute_many(store.sql(
                 "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
                 "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
                 "AND result_exchange_id IS NULL AND kind = 'function'"), results)
-        snapshots = [[s["run_id"], s["exchange_id"], s["step"],
-                      store._value(s["taken_at"]), s["carried"],
-                      orjson.dumps(s["appended"], default=str).decode()]
-                     for ch in changes if (s := ch.snapshot) is not None]
+        snapshots = storable.rows(
+            "memory_snapshots", ("run_id", "exchange_id", "step", "taken_at", "carried",
+                                 "appended"),
+            [[s["run_id"], s["exchange_id"], s["step"], store._value(s["taken_at"]),
+              s["carried"], orjson.dumps(s["appended"], default=str).decode()]
+             for ch in changes if (s := ch.snapshot) is not None])
         if snapshots:
             await tx.execute_many(store.sql(
                 "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
@@ -84,7 +95,9 @@ class RunStore:
         if links:
             await tx.execute_many(store.sql(
                 "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
-                "ON CONFLICT DO NOTHING"), [[c, r] for c, r in links.items()])
+                "ON CONFLICT DO NOTHING"),
+                storable.rows("run_conversations", ("conversation_id", "run_id"),
+                              [[c, r] for c, r in links.items()]))
 
     async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
         merged: dict[int, dict[str, Any]] = {}
@@ -103,13 +116,14 @@ class RunStore:
             for key in ("agent_id", "user", "tags", "name", "config"):
                 seen[key] = seen[key] or delta[key]
         store = self.store
-        rows = [[d["id"], d["name"], d["agent_id"], d["user"],
+        rows = storable.rows("runs", UPSERT_COLUMNS, [
+                [d["id"], d["name"], d["agent_id"], d["user"],
                  orjson.dumps(d["tags"]).decode() if d["tags"] else None, d["source"],
                  store._value(d["started_at"]), store._value(d["last_seen_at"]),
                  store._value(d["last_failed"]), d["exchange_count"], d["prompt_tokens"],
                  d["completion_tokens"], d["total_tokens"], d["total_cost_usd"],
                  orjson.dumps(d["config"]).decode() if d["config"] else None]
-                for d in merged.values()]
+                for d in merged.values()])
         await tx.execute_many(store.sql(
             "INSERT INTO runs (id, name, agent_id, \"user\", tags, source, started_at, "
             "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "

@@ -20,6 +20,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.migrations.api import migrate
 from tortoise.transactions import in_transaction
 
+from gateway import storable
 from gateway.capture import Rows
 from gateway.exchange import id_at
 from gateway.rollups import Rollups
@@ -38,7 +39,7 @@ EXCHANGE_COLUMNS = (
     "completion_tokens", "total_tokens", "cached_tokens", "connector_tokens", "units",
     "finish_reason", "output_text", "cost_usd", "latency_ms", "ttfb_ms", "ttft_ms",
     "correlation_id", "key_fingerprint", "truncated", "parse_error", "omitted", "run_id",
-    "replay_of", "run_source", "step", "parent_id", "thread_key",
+    "replay_of", "run_source", "step", "parent_id", "thread_key", "clipped",
 )
 BODY_COLUMNS = (
     "exchange_id", "request_headers", "request_body", "request_body_encoding",
@@ -164,7 +165,8 @@ class Store:
         if not batch:
             return
         exchanges = [self._exchange_values(r.exchange) for r in batch]
-        bodies = [[r.bodies[c] for c in BODY_COLUMNS] for r in batch]
+        bodies = storable.rows("exchange_bodies", BODY_COLUMNS,
+                               [[r.bodies[c] for c in BODY_COLUMNS] for r in batch])
         search = [[r.exchange["id"], r.search_text] for r in batch]
         conflict = "ON CONFLICT DO NOTHING"
         async with in_transaction("default") as tx:
@@ -456,6 +458,8 @@ class Store:
         for key in ("id", "run_id", "replay_of"):
             if item.get(key) is not None:
                 item[key] = str(item[key])
+        if "clipped" in item:
+            item["clipped"] = orjson.loads(item["clipped"]) if item["clipped"] else {}
         return item
 
 

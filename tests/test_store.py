@@ -31,7 +31,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
         applied = await store.rows("SELECT name FROM tortoise_migrations ORDER BY name")
         assert [row["name"] for row in applied] == ["0001_initial", "0002_indexes_and_search",
                                                      "0003_runs", "0004_rollups", "0005_replay",
-                                                     "0006_lz4"]
+                                                     "0006_lz4", "0007_storable"]
         if store.dialect == "postgres":  # this machine's server has LZ4
             found = await store.rows(
                 "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
@@ -43,7 +43,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
     again = Store(db_url)
     await again.open()  # already migrated: a no-op, not an error
     try:
-        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 6
+        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 7
     finally:
         await again.close()
 

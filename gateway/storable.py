@@ -1,0 +1,185 @@
+"""Every value is storable: one rule for text the databases refuse, one for what is too long.
+
+Captured values are attacker-controlled and a database is strict: PostgreSQL refuses NUL in
+text and a string longer than its `varchar(n)`, asyncpg and sqlite3 refuse lone surrogates
+(which aiohttp makes of header bytes that are not UTF-8), and an integer column refuses
+2**40. A record the database refuses used to stop all recording, so the writer makes every
+value fit before it reaches the database, the same way on SQLite and PostgreSQL:
+
+- **Text** (`text`): NUL, lone surrogates and bytes that were not UTF-8 are written as
+  Python's backslash escapes: NUL as `\\x00`, an undecodable byte as `\\xNN` (the byte it
+  was), any other lone surrogate as `\\udNNN`. Everything else is kept as it is.
+- **Length** (`clip`): a value longer than its column's limit keeps its first characters
+  and ends in `…#` and 12 hex digits of the full value's BLAKE2b hash, exactly `limit`
+  characters in all. So a clip is visible, and two long values that share a prefix (run
+  names, tool-call ids) stay apart: grouping by the clipped value is grouping by the full
+  one. Where a capture field is clipped, the exchange records the original length
+  (`clipped`: `{"field": characters}`).
+- **Integers** outside their column's range (32-bit for `IntField`, 64-bit for
+  `BigIntField`), and numbers that are not integers where an integer goes, are stored as
+  null: a token count of 10**30 is not a figure anyone can use.
+
+Limits come from the Tortoise models (`gateway/models.py`), the one description of the
+schema: `limit("runs", "name")` is the `max_length` of `Run.name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tortoise import fields
+
+from gateway import models
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+CLIP_MARK = "…#"
+_HASH_HEX = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    kind: str  # "text", "int", "float" or "other"
+    limit: int | None = None  # characters, for text
+    low: int = 0
+    high: int = 0
+
+
+def _column(field: fields.Field[Any]) -> Column:
+    if isinstance(field, fields.CharField):
+        return Column("text", int(field.max_length))
+    if isinstance(field, fields.TextField):
+        return Column("text")
+    if isinstance(field, fields.FloatField):
+        return Column("float")
+    if isinstance(field, fields.BigIntField):
+        return Column("int", None, *INT64)
+    if isinstance(field, fields.IntField):
+        return Column("int", None, *INT32)
+    return Column("other")
+
+
+def _schema() -> dict[str, dict[str, Column]]:
+    tables: dict[str, dict[str, Column]] = {}
+    for value in vars(models).values():
+        if isinstance(value, type) and value.__module__ == models.__name__:
+            meta = getattr(value, "_meta", None)
+            if meta is None or not meta.db_table:
+                continue
+            tables[meta.db_table] = {name: _column(f) for name, f in meta.fields_map.items()}
+    return tables
+
+
+SCHEMA = _schema()
+
+
+def limit(table: str, column: str) -> int | None:
+    """The most characters `table.column` holds (None: unlimited text)."""
+    return SCHEMA[table][column].limit
+
+
+def text(value: str) -> str:
+    """The value with NUL, lone surrogates and undecodable bytes as backslash escapes."""
+    if "\x00" not in value:
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            pass
+    return _UNSTORABLE.sub(_escape, value)
+
+
+# NUL and the surrogate range. Paired surrogates cannot occur in a Python str (it holds code
+# points), so every match is a lone one.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clip(value: str, size: int) -> str:
+    """`value` made storable and at most `size` characters (see the module's rule)."""
+    value = text(value)
+    if len(value) <= size:
+        return value
+    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=_HASH_HEX // 2).hexdigest()
+    keep = max(0, size - len(CLIP_MARK) - _HASH_HEX)
+    return (value[:keep] + CLIP_MARK + digest)[:size]
+
+
+def is_clipped(value: str | None) -> bool:
+    return (
+        bool(value) and len(value) > _HASH_HEX and value[-_HASH_HEX - 2 : -_HASH_HEX] == CLIP_MARK
+    )
+
+
+def integer(value: Any, low: int = INT32[0], high: int = INT32[1]) -> int | None:
+    """An integer in [low, high], or None (also for floats that are not whole, bools, NaN)."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    if not isinstance(value, int):
+        return None
+    return value if low <= value <= high else None
+
+
+def value(column: Column, item: Any) -> Any:
+    """One value made fit for its column."""
+    if isinstance(item, str):
+        return clip(item, column.limit) if column.limit is not None else text(item)
+    if column.kind == "int" and item is not None:
+        return integer(item, column.low, column.high)
+    if column.kind == "float" and item is not None:
+        return real(item)
+    return item
+
+
+def real(item: Any) -> float | None:
+    """A finite float, or None (NaN, infinities, an integer too big for a double)."""
+    try:
+        number = float(item)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def fit(table: str, row: dict[str, Any], clipped: dict[str, int], prefix: str = "") -> None:
+    """Make a row dict's values fit `table` in place; each text value clipped to its limit
+    adds `{prefix + column: original length}` to `clipped`."""
+    schema = SCHEMA[table]
+    for name, item in row.items():
+        column = schema.get(name)
+        if column is None or item is None:
+            continue
+        fitted = value(column, item)
+        if column.limit is not None and isinstance(item, str) and len(item) > column.limit:
+            clipped[prefix + name] = len(item)
+        row[name] = fitted
+
+
+def rows(table: str, columns: Sequence[str], values: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows (values in `columns` order) made fit for `table`: the writer's last step before
+    the database, so no value can make it refuse a batch. Columns the models do not know
+    pass as they are."""
+    schema = [SCHEMA[table].get(c) for c in columns]
+    return [
+        [
+            item if col is None or item is None else value(col, item)
+            for col, item in zip(schema, items, strict=True)
+        ]
+        for items in values
+    ]
