@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import quarantine, storable
 from gateway.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
 from gateway.run_store import RunStore
@@ -38,7 +39,9 @@ class BadRequest(web.HTTPBadRequest):
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    # json_bytes: a captured body may nest deeper than orjson writes (see storable.py)
+    return web.Response(body=storable.json_bytes(data), status=status,
+                        content_type="application/json")
 
 
 def not_found(what: str) -> web.HTTPNotFound:
@@ -118,13 +121,81 @@ def decode_body(text: str | None, encoding: str | None) -> Any:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """`ok`, or `degraded` with the named `reasons` (each clears when its cause does):
+    `database` (unreachable, or the writer's last write failed), `spool` (records wait on
+    disk), `quarantined` (rows in the quarantine table), `writer_lag` (records have waited
+    longer than the lag guard's limit), `writer` (the writer process is down), `dropped`
+    (records were dropped in the last DROPPED_WINDOW seconds)."""
     recorder = request.app[RECORDER]
+    store = request.app[STORE]
     health = recorder.health()
-    db_up = await request.app[STORE].ping()
+    db_up = await store.ping()
     health["database"] = "ok" if db_up and recorder.db_ok else "down"
-    degraded = (health["database"] != "ok" or health["spool_bytes"] > 0
-                or health["dropped_records"] > 0)
-    return json_response({"status": "degraded" if degraded else "ok", **health})
+    try:
+        health["quarantined"] = await store.quarantine_count() if db_up else None
+    except Exception:  # the table is read like any other: a failure is the database's
+        health["quarantined"] = None
+    health["reasons"] = health_reasons(health)
+    return json_response({"status": "degraded" if health["reasons"] else "ok", **health})
+
+
+def health_reasons(health: dict[str, Any]) -> list[str]:
+    checks = (
+        ("database", health["database"] != "ok"),
+        ("spool", health.get("spool_bytes", 0) > 0),
+        ("quarantined", bool(health.get("quarantined"))),
+        ("writer_lag", health.get("writer_lagging", False)),
+        ("writer", health.get("writer_process") == "down"),
+        ("dropped", health.get("dropped_recently", False)),
+    )
+    return [name for name, failing in checks if failing]
+
+
+@routes.get("/api/quarantine")
+async def list_quarantine(request: web.Request) -> web.Response:
+    """Records the database refused, newest first (see gateway/quarantine.py)."""
+    limit = parse_int("limit", request.query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
+    before = parse_int("before", request.query.get("before"), high=2**63 - 1)
+    items, cursor = await request.app[STORE].quarantine_list(limit, before)
+    return json_response({"items": items, "next": None if cursor is None else str(cursor)})
+
+
+@routes.post("/api/quarantine/retry")
+async def retry_quarantine(request: web.Request) -> web.Response:
+    """`{"ids": [...]}` (all when absent): hand them to the writer again."""
+    body = await json_body(request)
+    ids = body.get("ids")
+    if ids is not None and (not isinstance(ids, list) or not all(
+            isinstance(i, (str, int)) and re.fullmatch(r"\d{1,19}", str(i)) for i in ids)):
+        raise BadRequest("ids must be a list of quarantined record ids")
+    result = await quarantine.retry(request.app[STORE], request.app[RECORDER],
+                                    None if ids is None else [int(i) for i in ids])
+    return json_response({"retried": result.retried, "stored": result.stored,
+                          "refused_again": result.refused_again,
+                          "unknown": [str(i) for i in result.unknown]})
+
+
+@routes.delete("/api/quarantine/{id}")
+async def drop_quarantined(request: web.Request) -> web.Response:
+    exchange_id = parse_id(request.match_info["id"], "quarantined record")
+    if not await request.app[STORE].quarantine_delete([exchange_id]):
+        raise not_found("quarantined record")
+    return web.Response(status=204)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """A POST's JSON object (an empty body is {}), else 400 saying what is wrong."""
+    if request.content_type != "application/json":
+        raise BadRequest('send the body as JSON with Content-Type: application/json, e.g. '
+                         '{"overrides": {"temperature": 0}}')
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body must be JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
 
 
 @routes.get("/api/exchanges")
@@ -179,7 +250,7 @@ def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed:
         body, encoding = item[f"{side}_body"], item[f"{side}_body_encoding"]
         if body is None or encoding in ("omitted", "base64", "digest"):
             return b""
-        return body.encode() if isinstance(body, str) else orjson.dumps(body)
+        return body.encode() if isinstance(body, str) else storable.json_bytes(body)
 
     headers = {k.lower(): v for k, v in item["response_headers"]}
     headers.pop("content-encoding", None)  # stored bodies are already decoded

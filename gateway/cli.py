@@ -306,5 +306,104 @@ def healthcheck(**flags: Any) -> None:
         sys.exit(1)
 
 
+@main.group()
+def quarantine() -> None:
+    """Records the database refused: list them, store them again, or drop them."""
+
+
+def _ids(ids: tuple[str, ...]) -> list[int]:
+    bad = [i for i in ids if not i.isdigit() or len(i) > 19]
+    if bad:
+        fail(f"not a record id: {bad[0]!r} (ids are the numbers `quarantine list` prints)")
+    return [int(i) for i in ids]
+
+
+@quarantine.command("list")
+@setting_options(("db",))
+def quarantine_list(**flags: Any) -> None:
+    """Print one line per quarantined record: id, captured at, size, error."""
+    settings = build_settings(flags)
+
+    async def run() -> list[dict[str, Any]]:
+        store = Store(settings.db)
+        await store.open()
+        try:
+            items, cursor = await store.quarantine_list(500, None)
+            while cursor is not None:
+                more, cursor = await store.quarantine_list(500, cursor)
+                items += more
+            return items
+        finally:
+            await store.close()
+
+    try:
+        items = asyncio.run(run())
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    for item in items:
+        error = item["error"].replace("\n", " ")
+        click.echo(f"{item['id']}  {item['captured_at']}  {item['size_bytes']} bytes  {error}")
+    click.echo(f"{len(items)} quarantined record{'' if len(items) == 1 else 's'}", err=True)
+
+
+@quarantine.command("retry")
+@click.argument("ids", nargs=-1)
+@setting_options(CAPTURE_SETTINGS)
+def quarantine_retry(ids: tuple[str, ...], **flags: Any) -> None:
+    """Store quarantined records again (all of them when no id is given); those refused
+    again stay, with the new error."""
+    from gateway.app import Gateway
+    from gateway.quarantine import RetryResult, retry
+
+    wanted = _ids(ids) or None
+    settings = build_settings(flags)
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+
+    async def run() -> RetryResult:
+        gateway = Gateway(settings)
+        try:
+            await gateway.start(proxy=False, ui=False)
+            return await retry(gateway.store, gateway.recorder, wanted)
+        finally:
+            await gateway.stop()
+
+    try:
+        result = asyncio.run(run())
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    click.echo(f"retried {result.retried}: {result.stored} stored, "
+               f"{result.refused_again} refused again")
+    if result.unknown:
+        fail(f"not in quarantine: {', '.join(map(str, result.unknown))}")
+
+
+@quarantine.command("drop")
+@click.argument("ids", nargs=-1, required=True)
+@setting_options(("db",))
+def quarantine_drop(ids: tuple[str, ...], **flags: Any) -> None:
+    """Delete quarantined records for good."""
+    wanted = _ids(ids)
+    settings = build_settings(flags)
+
+    async def run() -> int:
+        store = Store(settings.db)
+        await store.open()
+        try:
+            return await store.quarantine_delete(wanted)
+        finally:
+            await store.close()
+
+    try:
+        dropped = asyncio.run(run())
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    click.echo(f"dropped {dropped} quarantined record{'' if dropped == 1 else 's'}")
+    if dropped < len(set(wanted)):
+        fail(f"{len(set(wanted)) - dropped} of the ids were not in quarantine")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -18,6 +18,7 @@ from gateway.capture import Rows, build_rows
 from gateway.exchange import Exchange
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
+from gateway.quarantine import database_down, describe, encode
 from gateway.run_store import RunStore
 from gateway.runs import Grouper
 from gateway.spool import Spool
@@ -32,6 +33,8 @@ RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 # new records: let them in every few dozen records rather than after each (a yield costs a
 # loop turn, about as much as building a small record's rows).
 YIELD_EVERY = 50
+
+Refusal = tuple[Exchange, str]  # a record the database refused, and why
 
 
 class Recorder:
@@ -49,6 +52,7 @@ class Recorder:
         self.written = 0
         self.failed = 0
         self.db_errors = 0
+        self.quarantined = 0  # records this writer set aside
         self.db_ok = True
         self.last_db_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -95,34 +99,70 @@ class Recorder:
                 if self.on_settled is not None:
                     self.on_settled([exchange.id for exchange in batch])
 
-    async def _build(self, batch: list[Exchange]) -> list[Rows]:
-        rows = []
+    async def _build(self, batch: list[Exchange]) -> tuple[list[Rows], list[Refusal]]:
+        """Rows of each record; a record whose rows cannot be built is refused (quarantined)
+        rather than lost."""
+        rows, refused = [], []
         for n, exchange in enumerate(batch, 1):
             try:
                 rows.append(build_rows(exchange, self.providers(exchange.provider),
                                        self.prices, self.max_body_bytes))
-            except Exception:
+            except Exception as exc:
                 log.exception("could not build rows for exchange %s", exchange.id)
-                self.failed += 1
+                refused.append((exchange, f"could not build rows: {describe(exc)}"))
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        return rows
+        return rows, refused
 
     async def _write(self, batch: list[Exchange]) -> None:
         if not self.db_ok or self.spool.pending():
             self.spool.append(batch)  # keep order: older spooled records go in first
             self._ensure_recovery()
             return
-        rows = await self._build(batch)
+        try:
+            await self._store_records(batch)
+        except Exception as exc:
+            self._db_failed(exc)
+            self.spool.append(batch)  # what was stored already is skipped on replay
+            self._ensure_recovery()
+
+    async def _store_records(self, records: list[Exchange]) -> None:
+        """Store records. Those the database refuses are quarantined and the rest stored;
+        raises only when the database is down."""
+        rows, refused = await self._build(records)
+        if refused:
+            await self._quarantine(refused)
+        await self._store_or_split(rows, {record.id: record for record in records})
+
+    async def _store_or_split(self, rows: list[Rows], by_id: dict[int, Exchange]) -> None:
+        """Store a batch; when the database refuses it (a data error, not an outage), store
+        each half on its own, down to the record(s) it refuses, which are quarantined."""
+        if not rows:
+            return
         try:
             await self._store(rows)
         except Exception as exc:
-            self._db_failed(exc)
-            self.spool.append(batch)
-            self._ensure_recovery()
+            if database_down(exc):
+                raise
+            if len(rows) == 1:
+                await self._quarantine([(by_id[rows[0].exchange["id"]], describe(exc))])
+                return
+            half = len(rows) // 2
+            await self._store_or_split(rows[:half], by_id)
+            await self._store_or_split(rows[half:], by_id)
             return
         self.written += len(rows)
         self._notify(rows)
+
+    async def _quarantine(self, refused: list[Refusal]) -> None:
+        """Set refused records aside in the database's quarantine table. If even that fails,
+        the database is not usable: raise, and the batch is spooled and retried."""
+        for exchange, error in refused:
+            log.error("exchange %s refused by the database, quarantined: %s", exchange.id,
+                      error)
+        await self.store.quarantine_add([(exchange.id, exchange.started_at, error,
+                                          encode(exchange)) for exchange, error in refused])
+        self.quarantined += len(refused)
 
     def _notify(self, rows: list[Rows]) -> None:
         """Tell the integrations (metrics, OpenTelemetry) what was stored; they only queue."""
@@ -182,14 +222,11 @@ class Recorder:
     async def _replay_spool(self) -> bool:
         for path, records in self.spool.drain():
             for start in range(0, len(records), BATCH_SIZE):
-                rows = await self._build(records[start:start + BATCH_SIZE])
                 try:
-                    await self._store(rows)
+                    await self._store_records(records[start:start + BATCH_SIZE])
                 except Exception as exc:
                     self._db_failed(exc)
                     return False
-                self.written += len(rows)
-                self._notify(rows)
             self.spool.done(path)
             log.info("replayed %d spooled records from %s", len(records), path.name)
         self.db_ok = True
@@ -235,6 +272,7 @@ class Recorder:
             "written_records": self.written,
             "database": "ok" if self.db_ok else "down",
             "database_errors": self.db_errors,
+            "quarantined_by_writer": self.quarantined,
             "last_database_error": self.last_db_error,
             "checked_at": time.time(),
         }

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.api import BadRequest, json_response, not_found, parse_id
+from gateway.api import BadRequest, json_body, json_response, not_found, parse_id
 from gateway.experiments import Experiments
 from gateway.replay import Replayer, ReplayError
 from gateway.replay_store import ReplayStore
@@ -34,20 +34,6 @@ def error(status: int, message: str) -> web.HTTPException:
            502: web.HTTPBadGateway, 503: web.HTTPServiceUnavailable}.get(status,
                                                                          web.HTTPBadRequest)
     return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise BadRequest('send the body as JSON with Content-Type: application/json, e.g. '
-                         '{"overrides": {"temperature": 0}}')
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body must be JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest('the body must be a JSON object, e.g. {"overrides": {...}}')
-    return body
 
 
 def replay_fields(body: dict[str, Any]) -> tuple[Any, Any]:

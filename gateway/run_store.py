@@ -17,7 +17,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway import storable
 from gateway.exchange import id_at, new_id
 from gateway.runs import RunChanges
-from gateway.store import ExchangeFilter, Store, iso_z, time_bounds
+from gateway.store import ExchangeFilter, Store, iso_time, iso_z, time_bounds
 
 RUN_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at", "last_seen_at",
                "ended_at", "status", "exchange_count", "prompt_tokens", "completion_tokens",
@@ -85,7 +85,7 @@ class RunStore:
             "memory_snapshots", ("run_id", "exchange_id", "step", "taken_at", "carried",
                                  "appended"),
             [[s["run_id"], s["exchange_id"], s["step"], store._value(s["taken_at"]),
-              s["carried"], orjson.dumps(s["appended"], default=str).decode()]
+              s["carried"], storable.json_text(s["appended"])]
              for ch in changes if (s := ch.snapshot) is not None])
         if snapshots:
             await tx.execute_many(store.sql(
@@ -118,11 +118,11 @@ class RunStore:
         store = self.store
         rows = storable.rows("runs", UPSERT_COLUMNS, [
                 [d["id"], d["name"], d["agent_id"], d["user"],
-                 orjson.dumps(d["tags"]).decode() if d["tags"] else None, d["source"],
+                 storable.json_text(d["tags"]) if d["tags"] else None, d["source"],
                  store._value(d["started_at"]), store._value(d["last_seen_at"]),
                  store._value(d["last_failed"]), d["exchange_count"], d["prompt_tokens"],
                  d["completion_tokens"], d["total_tokens"], d["total_cost_usd"],
-                 orjson.dumps(d["config"]).decode() if d["config"] else None]
+                 storable.json_text(d["config"]) if d["config"] else None]
                 for d in merged.values()])
         await tx.execute_many(store.sql(
             "INSERT INTO runs (id, name, agent_id, \"user\", tags, source, started_at, "
@@ -423,12 +423,3 @@ class RunStore:
                                            [run_id])
         await store.conn.execute_query(store.sql("DELETE FROM runs WHERE id = ?"), [run_id])
         return True
-
-
-def iso_time(value: Any) -> str | None:
-    """A stored time (a datetime, or SQLite's text) as ISO-8601 UTC with Z."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return iso_z(value)

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from gateway import storable
 from gateway.exchange import new_id
 from gateway.providers.base import Parsed
 
@@ -43,7 +44,10 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(c.get("text", "") for c in content
                        if isinstance(c, dict) and isinstance(c.get("text"), str))
-    return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # nested past orjson's depth limit: compared by its stored form
+        return storable.json_text(content)
 
 
 def parse_arguments(raw: Any) -> Any:
@@ -69,8 +73,11 @@ def canonical(message: Any) -> bytes:
                 function = {}
             calls.append([function.get("name"), parse_arguments(function.get("arguments")),
                           call.get("id")])
-    return orjson.dumps([message.get("role"), _text(message.get("content")), calls,
-                         message.get("tool_call_id")], option=orjson.OPT_SORT_KEYS)
+    key = [message.get("role"), _text(message.get("content")), calls, message.get("tool_call_id")]
+    try:
+        return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # arguments nested past orjson's depth limit
+        return storable.json_text(key).encode()
 
 
 def prefix_hashes(messages: list[Any], after: list[str] | None = None) -> list[str]:
@@ -416,11 +423,11 @@ def _request_field(parsed: Parsed, name: str) -> Any:
 def _as_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    return storable.json_text(value)
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value, default=str).decode()
+    return None if value is None else storable.json_text(value)
 
 
 def _message_row(run_id: int, exchange_id: int, step: int, position: int, direction: str,

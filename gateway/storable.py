@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from tortoise import fields
 
 from gateway import models
@@ -183,3 +184,35 @@ def rows(table: str, columns: Sequence[str], values: Sequence[Sequence[Any]]) ->
         ]
         for items in values
     ]
+
+
+MAX_JSON_DEPTH = 200  # orjson writes at most 254 levels; deeper values are cut here
+DEEPER = "…(nested deeper than 200 levels)"
+
+
+def json_text(item: Any, option: int = 0) -> str:
+    """`item` as JSON text for a JSON column, whatever it holds: values nested deeper than
+    MAX_JSON_DEPTH levels are replaced by a marker (a request may nest 1,000 levels; orjson
+    refuses to write past 254), anything JSON has no type for is written as its str()."""
+    return json_bytes(item, option).decode()
+
+
+def json_bytes(item: Any, option: int = 0) -> bytes:
+    """`json_text` as bytes (for HTTP answers)."""
+    try:
+        return orjson.dumps(item, default=str, option=option)
+    except TypeError:  # too deep, or an integer past 64 bits
+        return orjson.dumps(shallow(item, MAX_JSON_DEPTH), default=str, option=option)
+
+
+def shallow(item: Any, depth: int) -> Any:
+    """`item` with what lies deeper than `depth` levels replaced by a marker."""
+    if isinstance(item, dict):
+        if depth <= 0:
+            return DEEPER
+        return {str(k): shallow(v, depth - 1) for k, v in item.items()}
+    if isinstance(item, (list, tuple)):
+        return DEEPER if depth <= 0 else [shallow(v, depth - 1) for v in item]
+    if isinstance(item, int) and not isinstance(item, bool) and not INT64[0] <= item <= INT64[1]:
+        return str(item)
+    return item

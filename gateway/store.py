@@ -285,6 +285,58 @@ class Store:
                 await self.rollups.add_costs(tx, [(i, c) for c, i in updates])
         return len(updates)
 
+    # -- quarantine (records the database refused: see quarantine.py) ----------------------
+
+    async def quarantine_add(self, items: list[tuple[int, float, str, bytes]]) -> None:
+        """Set records aside: (id, captured at, error, encoded record). A record refused
+        again (a retry) replaces its earlier row."""
+        now = datetime.now(UTC)
+        values = storable.rows("quarantine", ("id", "captured_at", "quarantined_at", "error",
+                                              "size_bytes", "record"), [
+            [exchange_id, self._value(datetime.fromtimestamp(at, UTC)), self._value(now),
+             error, len(record), record] for exchange_id, at, error, record in items])
+        async with in_transaction("default") as tx:
+            await tx.execute_many(self.sql(
+                "INSERT INTO quarantine (id, captured_at, quarantined_at, error, size_bytes, "
+                "record) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "quarantined_at = excluded.quarantined_at, error = excluded.error, "
+                "size_bytes = excluded.size_bytes, record = excluded.record"), values)
+
+    async def quarantine_list(self, limit: int, before: int | None) -> tuple[
+            list[dict[str, Any]], int | None]:
+        where, params = ("WHERE id < ?", [before]) if before is not None else ("", [])
+        found = await self.rows(
+            "SELECT id, captured_at, quarantined_at, error, size_bytes FROM quarantine "
+            f"{where} ORDER BY id DESC LIMIT ?", [*params, limit + 1])
+        more = len(found) > limit
+        items = [{"id": str(row["id"]), "captured_at": iso_time(row["captured_at"]),
+                  "quarantined_at": iso_time(row["quarantined_at"]), "error": row["error"],
+                  "size_bytes": int(row["size_bytes"])} for row in found[:limit]]
+        return items, (found[limit - 1]["id"] if more else None)
+
+    async def quarantine_records(self, ids: list[int] | None) -> list[tuple[int, bytes]]:
+        """(id, encoded record) of these ids, or of all when `ids` is None, oldest first."""
+        if ids is None:
+            found = await self.rows("SELECT id, record FROM quarantine ORDER BY id")
+        elif not ids:
+            return []
+        else:
+            marks = ", ".join("?" * len(ids))
+            found = await self.rows(
+                f"SELECT id, record FROM quarantine WHERE id IN ({marks}) ORDER BY id", ids)
+        return [(row["id"], bytes(row["record"])) for row in found]
+
+    async def quarantine_delete(self, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        found = await self.rows(f"DELETE FROM quarantine WHERE id IN ({marks}) RETURNING id",
+                                ids)
+        return len(found)
+
+    async def quarantine_count(self) -> int:
+        return int((await self.rows("SELECT COUNT(*) AS n FROM quarantine"))[0]["n"])
+
     # -- reading --------------------------------------------------------------------------
 
     def _where(self, f: ExchangeFilter, key: str = "e.id") -> tuple[list[str], list[Any]]:
@@ -472,6 +524,15 @@ def time_bounds(column: str, since: datetime | None, until: datetime | None,
     if until is not None:
         clauses.append(f"{column} < ?")
         params.append(id_at(int(until.timestamp() * 1000) + 1))
+
+
+def iso_time(value: Any) -> str | None:
+    """A stored time (a datetime, or SQLite's text) as ISO-8601 UTC with a Z."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return iso_z(value)
 
 
 def iso_z(value: datetime) -> str:

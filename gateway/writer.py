@@ -61,6 +61,8 @@ HEALTH_EVERY = 0.25
 LAG_SECONDS = 10.0
 LAG_CHECK_SECONDS = 1.0
 START_TIMEOUT = 60.0
+# /healthz says `dropped` for this long after a record was last dropped.
+DROPPED_WINDOW = 300.0
 RESTART_SECONDS = 0.5
 _HEADER = struct.Struct(">I")
 _FIELDS = tuple(Exchange.__slots__)  # type: ignore[attr-defined]
@@ -162,6 +164,8 @@ class WriterProcess:
         self.lag_check_seconds = LAG_CHECK_SECONDS
         self._boosted = False
         self._lag_task: asyncio.Task[None] | None = None
+        self._dropped_seen = 0  # dropped_records when last seen to grow, and when
+        self._dropped_at: float | None = None
 
     async def start(self) -> None:
         """Start the child and wait until its database is open and its grouper rebuilt."""
@@ -385,6 +389,13 @@ class WriterProcess:
         health["dropped_records"] = health.get("dropped_records", 0) + self.overflow.dropped
         health["writer_process"] = "ok" if self._writer is not None else "down"
         health.setdefault("database", "unknown")
+        lag = self.lag()
+        health["writer_lag_seconds"] = round(lag, 3)
+        health["writer_lagging"] = lag > self.lag_seconds
+        if health["dropped_records"] > self._dropped_seen:
+            self._dropped_seen, self._dropped_at = health["dropped_records"], time.monotonic()
+        health["dropped_recently"] = (self._dropped_at is not None
+                                      and time.monotonic() - self._dropped_at < DROPPED_WINDOW)
         return health
 
     async def stop(self, timeout: float) -> None:

@@ -10,12 +10,13 @@ from typing import Any
 
 import orjson
 
+from gateway import storable
+
 MAX_RAW_CHARS = 200_000  # a raw body longer than this is shown cut, with a note
 
 
 def pretty_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-                        default=str).decode()
+    return storable.json_text(value, orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
 
 
 def arguments(raw: Any) -> str:

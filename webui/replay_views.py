@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import storable
 from gateway.api import parse_id
 from gateway.replay import ReplayError
 from gateway.replay_api import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
@@ -25,7 +26,7 @@ NUMBER_FIELDS = {"temperature": float, "random_seed": int, "max_tokens": int, "t
 
 def json_text(value: Any, limit: int = 2000) -> str:
     """A value as readable JSON (shortened): shown as text, so it is escaped like any text."""
-    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    text = storable.json_text(value, orjson.OPT_INDENT_2)
     return text if len(text) <= limit else text[:limit] + " …"
 
 
