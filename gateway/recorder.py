@@ -209,17 +209,27 @@ class Recorder:
             self._recovery = asyncio.create_task(self._recover(), name="agentops-spool-replay")
 
     async def _recover(self) -> None:
-        """Replay the spool into the database, retrying with backoff while it is down."""
+        """Replay the spool into the database until it is empty. After a pass that made no
+        progress (the database is down, a file cannot be removed) it waits, longer each time
+        up to 5 s, so it never holds the writer's loop."""
         attempt = 0
         while self.spool.pending():  # records spilled while replaying are replayed too
-            if await self._replay_spool():
+            try:
+                progressed = await self._replay_spool()
+            except Exception:  # a spool bug must not end recovery for good
+                log.exception("spool replay failed")
+                progressed = False
+            if progressed:
                 attempt = 0
+                await asyncio.sleep(0)
                 continue
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
         self.db_ok = True
 
     async def _replay_spool(self) -> bool:
+        """One pass over the spool files, oldest first; True when it removed at least one."""
+        progressed = False
         for path, records in self.spool.drain():
             for start in range(0, len(records), BATCH_SIZE):
                 try:
@@ -227,10 +237,11 @@ class Recorder:
                 except Exception as exc:
                     self._db_failed(exc)
                     return False
-            self.spool.done(path)
-            log.info("replayed %d spooled records from %s", len(records), path.name)
+            if self.spool.done(path):
+                progressed = True
+                log.info("replayed %d spooled records from %s", len(records), path.name)
         self.db_ok = True
-        return True
+        return progressed
 
     # -- life cycle -----------------------------------------------------------------------
 

@@ -3,10 +3,17 @@
 Records are appended to files (mode 0600, in a 0700 folder) as length-prefixed pickles of
 plain dicts; keys are redacted before a record exists, so nothing secret lands here. Replayed
 records keep their ids, and the store skips ids it already has, so a replay never duplicates.
+
+A record is wholly in a file or dropped and counted, never half-written: a short write or an
+error (a full disk, ENOSPC; a file size limit, EFBIG) cuts the file back to where the record
+began. So `size` is always the bytes of the files this spool holds, and a full disk is logged
+once per episode, not once per record.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -20,6 +27,60 @@ from gateway.exchange import Exchange
 log = logging.getLogger("agentops.spool")
 _HEADER = struct.Struct(">I")
 _ROTATE_BYTES = 64 * 1024 * 1024
+SUMMARY_SECONDS = 60.0
+
+
+class DropLog:
+    """Says that records are being dropped once per episode, not once per record: the first
+    drop, then a summary at most every SUMMARY_SECONDS while drops go on, and a last one when
+    the episode ends (the spool emptied or closed). A full disk cannot flood the log."""
+
+    def __init__(self, folder: Path, every: float = SUMMARY_SECONDS) -> None:
+        self.folder = folder
+        self.every = every
+        self.started: float | None = None  # monotonic time of the episode's first drop
+        self.logged_at = 0.0
+        self.unlogged = 0  # drops since the last line
+        self.total = 0  # drops in this episode
+        self.reason = ""
+
+    def drop(self, reason: str) -> None:
+        now = time.monotonic()
+        self.total += 1
+        self.reason = reason
+        if self.started is None:
+            self.started = self.logged_at = now
+            log.error(
+                "spool %s cannot take records (%s): dropping and counting them "
+                "(/healthz dropped_records) until it can",
+                self.folder,
+                reason,
+            )
+            return
+        self.unlogged += 1
+        if now - self.logged_at >= self.every:
+            self._summary(now, "still dropping")
+
+    def end(self) -> None:
+        if self.started is None:
+            return
+        if self.unlogged:
+            self._summary(time.monotonic(), "episode over")
+        self.started, self.unlogged, self.total = None, 0, 0
+
+    def _summary(self, now: float, state: str) -> None:
+        assert self.started is not None
+        log.error(
+            "spool %s: %s; %d records dropped in %.0f s (%d since the last report; "
+            "last reason: %s)",
+            self.folder,
+            state,
+            self.total,
+            now - self.started,
+            self.unlogged,
+            self.reason,
+        )
+        self.logged_at, self.unlogged = now, 0
 
 
 class Spool:
@@ -30,49 +91,84 @@ class Spool:
         self.spooled = 0  # records ever written here
         self._file: Path | None = None
         self._handle: int | None = None
+        self._offset = 0  # bytes in the current file: where its next record starts
         self._released: set[Path] = set()
-        self._size = sum(p.stat().st_size for p in self._files()) if self.folder.exists() else 0
+        self._drops = DropLog(self.folder)
+        self._size = _measure(self._files())
 
     @property
     def size(self) -> int:
+        """Bytes in the files this spool holds (not those released to another process)."""
         return self._size
 
     def _files(self) -> list[Path]:
-        return sorted(self.folder.glob("spool-*.bin")) if self.folder.exists() else []
+        if not self.folder.exists():
+            return []
+        return [p for p in sorted(self.folder.glob("spool-*.bin")) if p not in self._released]
 
     def pending(self) -> bool:
         return self._size > 0
 
     def append(self, records: list[Exchange]) -> int:
-        """Write records to disk; past the size limit they are dropped and counted. Returns kept."""
+        """Write records to disk; those that do not fit (the size limit, a full disk) are
+        dropped and counted. Returns how many were kept."""
         kept = 0
         for record in records:
             data = pickle.dumps(record.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
-            if self._size + len(data) + _HEADER.size > self.max_bytes:
+            problem = self._write(_HEADER.pack(len(data)) + data)
+            if problem is None:
+                kept += 1
+            else:
                 self.dropped += 1
-                log.error("spool full (%d bytes): dropped record %s", self._size, record.id)
-                continue
-            try:
-                os.write(self._open(), _HEADER.pack(len(data)) + data)
-            except OSError:
-                self.dropped += 1
-                log.exception("cannot write to spool %s: dropped record %s", self.folder,
-                              record.id)
-                continue
-            self._size += len(data) + _HEADER.size
-            kept += 1
+                self._drops.drop(problem)
         self.spooled += kept
         return kept
 
-    def _open(self) -> int:
-        if self._handle is not None and self._file is not None:
-            if self._file.stat().st_size < _ROTATE_BYTES:
-                return self._handle
+    def _write(self, entry: bytes) -> str | None:
+        """Put one record at the end of the current file, wholly or not at all; returns why
+        it could not be, or None. A short write is continued; an error cuts the file back to
+        where the record began (a reader stops at a partial record, losing what follows)."""
+        if self._size + len(entry) > self.max_bytes:
+            return f"--spool-max-bytes {self.max_bytes} reached"
+        try:
+            handle = self._open()
+        except OSError as exc:
+            return f"cannot open a spool file: {exc}"
+        start = self._offset
+        view = memoryview(entry)
+        try:
+            while view:
+                written = os.write(handle, view)  # O_APPEND: each part goes to the end
+                if written == 0:
+                    raise OSError(errno.ENOSPC, "the spool file took no bytes")
+                view = view[written:]
+        except OSError as exc:
+            self._roll_back(handle, start)
+            return str(exc)
+        self._offset += len(entry)
+        self._size += len(entry)
+        return None
+
+    def _roll_back(self, handle: int, start: int) -> None:
+        try:
+            os.ftruncate(handle, start)
+        except OSError as exc:
+            # The part stays: count its bytes, and write on in a fresh file, since whatever
+            # followed it here would be unreadable. Replay stops at the part, then removes it.
+            log.error("cannot cut spool file %s back after a failed write: %s", self._file, exc)
+            with contextlib.suppress(OSError):
+                self._size += os.fstat(handle).st_size - start
             self._close()
+
+    def _open(self) -> int:
+        if self._handle is not None and self._offset < _ROTATE_BYTES:
+            return self._handle
+        self._close()
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"spool-{time.time_ns():020d}-{os.getpid()}.bin"
-        self._file = self.folder / name
-        self._handle = os.open(self._file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        path = self.folder / name
+        self._handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file, self._offset = path, 0
         return self._handle
 
     def _close(self) -> None:
@@ -80,46 +176,87 @@ class Spool:
             os.close(self._handle)
         self._handle = None
         self._file = None
+        self._offset = 0
 
     def drain(self) -> Iterator[tuple[Path, list[Exchange]]]:
-        """Yield each spool file's records, oldest first; call `done(path)` once stored."""
-        self._close()  # new records go to a fresh file while old ones are replayed
-        for path in self._files():
-            yield path, list(read_records(path))
+        """Yield each spool file's records, oldest first; call `done(path)` once stored.
+
+        New records go to a fresh file meanwhile. The byte count is taken again from the
+        files first, so files removed by hand cannot leave `pending()` true forever. A file
+        that cannot be read is logged and left for the next pass."""
+        self._close()
+        files = self._files()
+        self._size = _measure(files)
+        if self._size == 0:
+            self._drops.end()
+        for path in files:
+            try:
+                records = list(read_records(path))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("cannot read spool file %s: %s", path, exc)
+                continue
+            yield path, records
 
     def release(self, everything: bool = False) -> list[Path]:
         """Close the current file and hand this folder's files to another process to replay
         (the writer process takes what the proxy's process spooled). `everything` includes
         files released before, for a new taker after the last one died."""
         self._close()
-        files = [p for p in self._files() if everything or p not in self._released]
+        if everything:
+            self._released.clear()
+        files = self._files()
         self._released.update(files)
         self._size = 0
+        self._drops.end()
         return files
 
-    def done(self, path: Path) -> None:
+    def done(self, path: Path) -> bool:
+        """Remove a replayed file. False when it could not be: it is replayed again later
+        (the store skips the ids it already has)."""
         try:
             size = path.stat().st_size
             path.unlink()
-            self._size = max(0, self._size - size)
         except FileNotFoundError:
-            pass
+            return True
+        except OSError as exc:
+            log.error("cannot remove replayed spool file %s: %s", path, exc)
+            return False
+        self._size = max(0, self._size - size)
+        if self._size == 0:
+            self._drops.end()
+        return True
 
     def close(self) -> None:
         self._close()
+        self._drops.end()
+
+
+def _measure(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 def read_records(path: Path) -> Iterator[Exchange]:
+    """The records of one spool file; a partial record at its end (a process killed in the
+    middle of a write) is left out with a warning, and so is anything after it."""
     with path.open("rb") as handle:
-        while True:
+        left = os.fstat(handle.fileno()).st_size
+        while left:
             header = handle.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+            left -= len(header)
+            length = _HEADER.unpack(header)[0] if len(header) == _HEADER.size else left + 1
+            if length > left:  # checked before reading: a torn header could say 4 GiB
+                log.warning(
+                    "spool file %s ends in a partial record; replaying what comes before it", path
+                )
                 return
-            (length,) = _HEADER.unpack(header)
             data = handle.read(length)
-            if len(data) < length:
-                log.warning("spool file %s ends in a partial record; ignoring it", path)
-                return
+            left -= len(data)
             try:
                 yield Exchange.from_dict(pickle.loads(data))
             except Exception:

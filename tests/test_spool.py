@@ -1,0 +1,353 @@
+"""The spool cannot wedge the writer: on a full disk (ENOSPC, a 256 KiB tmpfs) or past a file
+size limit (EFBIG, RLIMIT_FSIZE) each record is wholly kept or dropped and counted, the byte
+count stays the bytes on disk, a torn file is replayed up to the tear, and a gateway whose
+database is down and whose spool is full keeps an idle writer and stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.app import Gateway
+from gateway.exchange import Exchange
+from gateway.spool import Spool, read_records
+from tests.conftest import Upstream, make_settings, migrated_sqlite, running
+from tests.tcp_relay import TcpRelay
+from tests.test_recorder import KEY, eventually, health, relayed_pg  # noqa: F401 (a fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = 256 * 1024
+
+
+def body(n: int) -> bytes:
+    """Record n's request body: 1-3 KiB that no other record has, so a torn or misplaced
+    record cannot read back as intact; sizes vary so writes end mid-page."""
+    seed = hashlib.sha256(str(n).encode()).digest()
+    return seed * (32 + n % 64)
+
+
+def record(n: int) -> Exchange:
+    return Exchange(
+        id=10_000 + n,
+        started_at=1.0e9 + n,
+        method="POST",
+        client_path="/v1/chat/completions",
+        path="/v1/chat/completions",
+        query="",
+        request_headers=[],
+        request_body=body(n),
+        status=200,
+    )
+
+
+def on_disk(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("spool-*.bin"))
+
+
+def fill(folder: str, count: int) -> dict[str, int]:
+    """Append `count` records in batches of 7 to a fresh spool in `folder`, past what the
+    filesystem takes; run in a child process (see `run_fill`)."""
+    errors = []
+
+    class Errors(logging.Handler):
+        def emit(self, entry: logging.LogRecord) -> None:
+            if entry.levelno >= logging.ERROR:
+                errors.append(entry)
+
+    logging.getLogger("agentops.spool").addHandler(Errors())
+    spool = Spool(folder, 10**9)
+    kept = 0
+    for start in range(0, count, 7):
+        kept += spool.append([record(n) for n in range(start, min(count, start + 7))])
+    spool.close()
+    return {
+        "kept": kept,
+        "dropped": spool.dropped,
+        "spooled": spool.spooled,
+        "size": spool.size,
+        "errors": len(errors),
+    }
+
+
+def run_fill(folder: Path, count: int, file_limit: int | None = None) -> dict[str, int]:
+    """`fill` in a child process; with `file_limit` its files may not grow past that many
+    bytes (RLIMIT_FSIZE), with SIGXFSZ ignored so a write past it fails with EFBIG."""
+
+    def limit() -> None:
+        if file_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    script = (
+        "import json, sys\nfrom tests.test_spool import fill\n"
+        "print(json.dumps(fill(sys.argv[1], int(sys.argv[2]))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(folder), str(count)],
+        cwd=ROOT,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (we run as root); skips, saying why, where mounting is refused."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TINY}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.strip()}); "
+            "the RLIMIT_FSIZE case still covers short writes"
+        )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(params=["ENOSPC", "EFBIG"])
+def full(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, dict]]:
+    """A spool folder filled past what it can take, and the child's report: a full tmpfs
+    (ENOSPC), or a file size limit (EFBIG)."""
+    if request.param == "ENOSPC":
+        folder = request.getfixturevalue("tiny_fs") / "spool"
+        yield folder, run_fill(folder, 400)
+    else:
+        folder = tmp_path / "spool"
+        yield folder, run_fill(folder, 400, file_limit=100_000 + 123)
+
+
+def test_a_full_disk_keeps_whole_records_and_counts_the_rest(full: tuple[Path, dict]):
+    folder, report = full
+    assert report["dropped"] > 0 and report["kept"] > 20  # the disk did fill, part-way
+    assert report["kept"] + report["dropped"] == 400
+    assert report["spooled"] == report["kept"]
+    assert report["size"] == on_disk(folder)  # the byte count is the bytes on disk
+    assert report["errors"] <= 2  # one episode: its first drop and its summary
+    back = [r for path in sorted(folder.glob("spool-*.bin")) for r in read_records(path)]
+    assert len(back) == report["kept"]
+    for r in back:  # every kept record intact, none torn or shifted
+        assert r.request_body == body(r.id - 10_000)
+
+
+def test_a_drained_full_spool_is_empty_and_takes_records_again(tiny_fs: Path):
+    folder = tiny_fs / "spool"
+    spool = Spool(folder, 10**9)
+    while spool.append([record(spool.dropped + spool.spooled)]):
+        pass  # until the tmpfs is full
+    assert spool.pending() and spool.size == on_disk(folder)
+    replayed = 0
+    for path, records in spool.drain():
+        replayed += len(records)
+        assert spool.done(path)
+    assert replayed == spool.spooled
+    assert not spool.pending() and spool.size == 0 == on_disk(folder)
+    assert spool.append([record(0)]) == 1 and spool.size == on_disk(folder) > 0
+    spool.close()
+
+
+def test_a_file_torn_mid_record_is_replayed_up_to_the_tear(tmp_path: Path):
+    folder = tmp_path / "spool"
+    writer = Spool(folder, 10**9)
+    writer.append([record(1), record(2), record(3)])
+    writer.close()
+    (torn,) = folder.glob("spool-*.bin")
+    whole = torn.read_bytes()
+    torn.write_bytes(whole[:-100])  # a process killed in the middle of its third record
+    (folder / "spool-00000000000000000001-1.bin").write_bytes(whole[:2])  # a torn header
+
+    spool = Spool(folder, 10**9)
+    assert spool.size == on_disk(folder) and spool.pending()
+    replayed = []
+    for path, records in spool.drain():
+        replayed += [r.id - 10_000 for r in records]
+        assert spool.done(path)
+    assert replayed == [1, 2]
+    assert not spool.pending() and not list(folder.glob("spool-*.bin"))
+
+
+def test_files_removed_by_hand_do_not_leave_the_spool_pending(tmp_path: Path):
+    spool = Spool(tmp_path / "spool", 10**9)
+    spool.append([record(1)])
+    spool.close()
+    for path in (tmp_path / "spool").glob("spool-*.bin"):
+        path.unlink()
+    assert list(spool.drain()) == []
+    assert not spool.pending() and spool.size == 0
+
+
+def test_the_size_limit_drops_and_counts_with_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    spool = Spool(tmp_path / "spool", 20_000)
+    with caplog.at_level(logging.ERROR, logger="agentops.spool"):
+        kept = spool.append([record(n) for n in range(100)])
+    assert 0 < kept < 100 and spool.dropped == 100 - kept
+    assert spool.size == on_disk(tmp_path / "spool") <= 20_000
+    assert len(caplog.records) == 1  # the episode's first drop; the rest are counted
+    spool.close()
+
+
+async def test_a_torn_spool_file_is_stored_up_to_the_tear_and_removed(
+    upstream: Upstream, tmp_path: Path
+):
+    """Left by a crash: the records before the tear are stored, the file goes, and the writer
+    does not replay it forever."""
+    folder = tmp_path / "spool"
+    spool = Spool(folder, 10**9)
+    spool.append([record(1), record(2)])
+    spool.close()
+    (path,) = folder.glob("spool-*.bin")
+    path.write_bytes(path.read_bytes()[:-10])
+    db = migrated_sqlite(tmp_path / "torn.db")
+    async with running(make_settings(upstream.url, db, tmp_path)) as gw:
+        await gw.recorder.drained(timeout=10)
+        assert await gw.store.count() == 1
+        assert not list(folder.glob("spool-*.bin"))
+        state = await health(gw)
+        assert state["spool_bytes"] == 0 and state["database"] == "ok"
+
+
+# -- a gateway with its database down and its spool on a full disk -----------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def idle_writer(gw: Gateway) -> None:
+    """The writer process used under 20% of a core over 2 s."""
+    pid = gw.recorder.pid
+    assert pid is not None
+    before = cpu_seconds(pid)
+    await asyncio.sleep(2)
+    assert cpu_seconds(pid) - before < 0.4
+
+
+async def send(gw: Gateway, count: int, tag: str) -> None:
+    """`count` calls, 25 at a time, each with 2 KiB of text so a few dozen fill the spool."""
+
+    async def one(http: aiohttp.ClientSession, n: int) -> None:
+        payload = {
+            "model": "mistral-small-latest",
+            "messages": [{"role": "user", "content": f"{tag} {n} " + "x" * 2048}],
+        }
+        async with http.post(
+            f"{gw.proxy_url}/v1/chat/completions",
+            json=payload,
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as resp:
+            await resp.read()
+            assert resp.status == 200
+
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, count, 25):
+            await asyncio.gather(*(one(http, n) for n in range(start, min(count, start + 25))))
+
+
+@pytest.mark.postgres
+async def test_database_down_and_spool_disk_full_keep_the_writer_idle_and_lose_no_count(
+    upstream: Upstream,
+    relayed_pg: tuple[str, TcpRelay],  # noqa: F811 (the fixture imported above)
+    tiny_fs: Path,
+    tmp_path: Path,
+):
+    db, relay = relayed_pg
+    settings = make_settings(upstream.url, db, tmp_path).replace(spool_dir=str(tiny_fs))
+    gw = Gateway(settings)
+    await gw.start()
+    restored = False
+    try:
+        await relay.cut()
+        await send(gw, 300, "full")
+
+        async def settled() -> bool:  # every call stored, spooled or dropped by the writer
+            state = await health(gw)
+            return state["queue_depth"] == 0 and state["dropped_records"] > 0
+
+        await eventually(settled)
+        state = await health(gw)
+        assert state["database"] == "down" and state["status"] == "degraded"
+
+        await idle_writer(gw)  # waiting for the database, not spinning
+
+        async def exact() -> bool:
+            return (await health(gw))["spool_bytes"] == on_disk(tiny_fs) > 0
+
+        await eventually(exact)
+
+        await relay.restore()
+        restored = True
+
+        async def replayed() -> bool:
+            state = await health(gw)
+            return state["database"] == "ok" and state["spool_bytes"] == 0 == on_disk(tiny_fs)
+
+        await eventually(replayed)
+        await idle_writer(gw)  # where the byte count used to stay above zero, and spin
+        await gw.recorder.drained(timeout=10)
+        state = await health(gw)
+        stored = await gw.store.count()
+        assert stored > 0 and stored + state["dropped_records"] == 300
+        assert state["spool_bytes"] == 0 == on_disk(tiny_fs)
+        assert state["database"] == "ok"
+        await send(gw, 5, "after")  # and new calls are recorded again
+        await gw.recorder.drained(timeout=10)
+        assert await gw.store.count() == stored + 5
+    finally:
+        if not restored:
+            await relay.restore()
+        began = time.monotonic()
+        await gw.stop()
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.postgres
+async def test_a_gateway_stops_at_once_with_its_database_down_and_its_spool_full(
+    upstream: Upstream,
+    relayed_pg: tuple[str, TcpRelay],  # noqa: F811 (the fixture imported above)
+    tiny_fs: Path,
+    tmp_path: Path,
+):
+    db, relay = relayed_pg
+    settings = make_settings(upstream.url, db, tmp_path).replace(spool_dir=str(tiny_fs))
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        await relay.cut()
+        await send(gw, 200, "stop")
+    finally:
+        began = time.monotonic()
+        await gw.stop()
+        took = time.monotonic() - began
+        await relay.restore()
+    assert took < 8
+    kept = sum(1 for p in tiny_fs.rglob("spool-*.bin") for _ in read_records(p))
+    dropped = gw.recorder.health()["dropped_records"]
+    assert kept > 0 and dropped > 0
+    assert kept + dropped == 200  # every call is on disk or counted
