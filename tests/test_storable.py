@@ -47,8 +47,11 @@ def test_clip_always_fits_and_is_storable(value: str, size: int):
         assert clipped == value  # what fits is kept as it is
 
 
-@given(st.text(min_size=200, max_size=300), st.text(min_size=1, max_size=20),
-       st.text(min_size=1, max_size=20))
+@given(
+    st.text(min_size=200, max_size=300),
+    st.text(min_size=1, max_size=20),
+    st.text(min_size=1, max_size=20),
+)
 def test_long_values_sharing_a_prefix_stay_apart(prefix: str, a: str, b: str):
     if a == b:
         return
@@ -83,10 +86,15 @@ def test_limits_come_from_the_models():
 
 # -- hostile records at the real writer ------------------------------------------------------
 
-huge = st.one_of(st.integers(min_value=-(10**30), max_value=10**30),
-                 st.floats(allow_nan=False, allow_infinity=False))
-json_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60) | st.just(
-    "nul \x00 inside") | st.text(min_size=201, max_size=400)
+huge = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+json_text = (
+    st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60)
+    | st.just("nul \x00 inside")
+    | st.text(min_size=201, max_size=400)
+)
 
 
 def nested(depth: int) -> Any:
@@ -100,17 +108,27 @@ def nested(depth: int) -> Any:
 def chat_body(draw: st.DrawFn) -> bytes:
     messages = []
     for _ in range(draw(st.integers(1, 4))):
-        message: dict[str, Any] = {"role": draw(json_text | st.sampled_from(["user", "tool"])),
-                                   "content": draw(json_text | st.just(nested(40)))}
+        message: dict[str, Any] = {
+            "role": draw(json_text | st.sampled_from(["user", "tool"])),
+            "content": draw(json_text | st.just(nested(40))),
+        }
         if draw(st.booleans()):
-            message["tool_calls"] = [{"id": draw(json_text), "type": "function",
-                                      "function": {"name": draw(json_text),
-                                                   "arguments": draw(json_text)}}]
+            message["tool_calls"] = [
+                {
+                    "id": draw(json_text),
+                    "type": "function",
+                    "function": {"name": draw(json_text), "arguments": draw(json_text)},
+                }
+            ]
         if draw(st.booleans()):
             message["tool_call_id"] = draw(json_text)
         messages.append(message)
-    body = {"model": draw(json_text), "messages": messages, "max_tokens": draw(huge),
-            "extra": draw(st.just(nested(300)) | huge)}
+    body = {
+        "model": draw(json_text),
+        "messages": messages,
+        "max_tokens": draw(huge),
+        "extra": draw(st.just(nested(300)) | huge),
+    }
     text = json.dumps(body)  # big integers and NUL (as \u0000) survive as JSON text
     if draw(st.booleans()):  # a lone surrogate escape: JSON, but not what orjson accepts
         text = text.replace('"messages"', '"\\ud800": 1, "messages"', 1)
@@ -120,14 +138,31 @@ def chat_body(draw: st.DrawFn) -> bytes:
 @st.composite
 def chat_answer(draw: st.DrawFn) -> bytes:
     answer = {
-        "id": draw(json_text), "object": "chat.completion", "model": draw(json_text),
-        "choices": [{"index": 0, "finish_reason": draw(json_text),
-                     "message": {"role": draw(json_text), "content": draw(json_text),
-                                 "tool_calls": [{"id": draw(json_text), "type": "function",
-                                                 "function": {"name": draw(json_text),
-                                                              "arguments": draw(json_text)}}]}}],
-        "usage": {"prompt_tokens": draw(huge), "completion_tokens": draw(huge),
-                  "total_tokens": draw(huge)},
+        "id": draw(json_text),
+        "object": "chat.completion",
+        "model": draw(json_text),
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": draw(json_text),
+                "message": {
+                    "role": draw(json_text),
+                    "content": draw(json_text),
+                    "tool_calls": [
+                        {
+                            "id": draw(json_text),
+                            "type": "function",
+                            "function": {"name": draw(json_text), "arguments": draw(json_text)},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": draw(huge),
+            "completion_tokens": draw(huge),
+            "total_tokens": draw(huge),
+        },
     }
     return json.dumps(answer).encode()
 
@@ -137,36 +172,57 @@ header_text = st.text(alphabet=st.sampled_from("aZ9 -\x00é\udcff\udcfe\ud800;="
 
 @st.composite
 def hostile_record(draw: st.DrawFn) -> Exchange:
-    hints = draw(st.dictionaries(st.sampled_from(["run", "agent", "user", "tags", "run_prefix",
-                                                  "omit", "x\udcff"]),
-                                 hostile_text, max_size=4))
+    hints = draw(
+        st.dictionaries(
+            st.sampled_from(["run", "agent", "user", "tags", "run_prefix", "omit", "x\udcff"]),
+            hostile_text,
+            max_size=4,
+        )
+    )
     return Exchange(
-        id=new_id(), started_at=draw(st.floats(1.7e9, 1.9e9)),
+        id=new_id(),
+        started_at=draw(st.floats(1.7e9, 1.9e9)),
         method=draw(st.sampled_from(["POST", "GET", "X" * 40, "P\udcffST"])),
         client_path="/v1/chat/completions" + draw(header_text),
-        path="/v1/chat/completions", query=draw(header_text),
+        path="/v1/chat/completions",
+        query=draw(header_text),
         request_headers=draw(st.lists(st.tuples(header_text, header_text), max_size=5)),
         request_body=draw(chat_body() | st.binary(max_size=200)),
-        hints=hints, status=draw(st.sampled_from([200, 400, 500, None, 2**40])),
-        response_headers=[("content-type", "application/json"),
-                          ("mistral-correlation-id", draw(header_text | hostile_text))],
-        response_chunks=[draw(chat_answer() | st.binary(max_size=100))], chunk_ms=[1.0],
-        latency_ms=draw(st.floats(0, 1e9)), ttfb_ms=1.0, error=draw(hostile_text | st.none()),
+        hints=hints,
+        status=draw(st.sampled_from([200, 400, 500, None, 2**40])),
+        response_headers=[
+            ("content-type", "application/json"),
+            ("mistral-correlation-id", draw(header_text | hostile_text)),
+        ],
+        response_chunks=[draw(chat_answer() | st.binary(max_size=100))],
+        chunk_ms=[1.0],
+        latency_ms=draw(st.floats(0, 1e9)),
+        ttfb_ms=1.0,
+        error=draw(hostile_text | st.none()),
         key_fingerprint=None,
     )
 
 
-@settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=3,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(records=st.lists(hostile_record(), min_size=25, max_size=25))
-def test_hostile_records_are_all_stored_and_readable(records: list[Exchange], upstream: Upstream,
-                                                     db_url: str, tmp_path: Path):
+def test_hostile_records_are_all_stored_and_readable(
+    records: list[Exchange], upstream: Upstream, db_url: str, tmp_path: Path
+):
     asyncio.run(_store_and_read(records, upstream, db_url, tmp_path))
 
 
-async def _store_and_read(records: list[Exchange], upstream: Upstream, db_url: str,
-                          tmp_path: Path) -> None:
+async def _store_and_read(
+    records: list[Exchange], upstream: Upstream, db_url: str, tmp_path: Path
+) -> None:
     async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
         for record in records:
             gw.recorder.submit(record)
@@ -203,25 +259,34 @@ def raw_request(port: int, head: bytes, body: bytes) -> bytes:
 
 
 async def test_reported_poison_values_are_stored_clipped_or_escaped(
-        upstream: Upstream, db_url: str, tmp_path: Path):
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
     long_run, long_agent = "r" * 250, "a" * 300
-    body = orjson.dumps({"model": "mistral-small-latest", "messages": [
-        {"role": "x" * 40, "content": "tool output with a NUL \x00 inside"},
-        {"role": "user", "content": "hi"}]})
+    body = orjson.dumps(
+        {
+            "model": "mistral-small-latest",
+            "messages": [
+                {"role": "x" * 40, "content": "tool output with a NUL \x00 inside"},
+                {"role": "user", "content": "hi"},
+            ],
+        }
+    )
     async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
         port = int(gw.proxy_url.rsplit(":", 1)[1])
-        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nAuthorization: Bearer sk-poison-test-0001\r\n"
-                b"X-AgentOps-Run: " + long_run.encode() + b"\r\n"
-                b"X-AgentOps-Agent: " + long_agent.encode() + b"\r\n"
-                b"X-Weird: \xff\xfe\r\n")
-        answers = await asyncio.gather(*(asyncio.to_thread(raw_request, port, head, body)
-                                         for _ in range(2)))
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer sk-poison-test-0001\r\n"
+            b"X-AgentOps-Run: " + long_run.encode() + b"\r\n"
+            b"X-AgentOps-Agent: " + long_agent.encode() + b"\r\n"
+            b"X-Weird: \xff\xfe\r\n"
+        )
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(raw_request, port, head, body) for _ in range(2))
+        )
         assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
         # a second run name sharing the first 200 characters must not join the first run
         other = head.replace(long_run.encode(), (long_run + "-other").encode())
-        assert (await asyncio.to_thread(raw_request, port, other, body)).startswith(
-            b"HTTP/1.1 200")
+        assert (await asyncio.to_thread(raw_request, port, other, body)).startswith(b"HTTP/1.1 200")
         await gw.recorder.drained(timeout=30)
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{gw.ui_url}/api/exchanges") as resp:
