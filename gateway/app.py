@@ -109,7 +109,7 @@ class Gateway:
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
                            max_body_bytes=self.settings.max_body_bytes,
-                           routes=make_routes(self.settings))
+                           routes=make_routes(self.settings), begin=self.recorder.begin)
         self.replayer = Replayer(self.store, self.replay_store, self.recorder, self.proxy,
                                  self.provider, self.replay_key)
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)

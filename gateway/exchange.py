@@ -19,6 +19,7 @@ CLIENT_DISCONNECTED = "client_disconnected"
 UPSTREAM_ERROR = "upstream_error"
 UPSTREAM_TIMEOUT = "upstream_timeout"
 SHUTDOWN = "shutdown"
+INTERRUPTED = "interrupted"  # the gateway was killed mid-call: see journal.py
 
 MAX_ID = 2**63 - 1
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z

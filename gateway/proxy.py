@@ -111,6 +111,7 @@ class Proxy:
         timeout: float,
         max_body_bytes: int,
         routes: Sequence[Route] = (),
+        begin: Callable[[Exchange], None] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.routes = tuple(Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider)
@@ -119,6 +120,8 @@ class Proxy:
         self.route_prefixes = tuple(r.prefix for r in self.routes)
         self.session = session
         self.submit = submit
+        # told of each call as it starts (the journal: see journal.py); must not block or raise
+        self.begin = begin or (lambda exchange: None)
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=timeout, sock_read=timeout
         )
@@ -134,6 +137,7 @@ class Proxy:
         if exchange.path.startswith(self.route_prefixes):
             route = self._route(exchange)
         base = route.upstream if route is not None else self.upstream
+        self.begin(exchange)
         try:
             if route is not None and request.headers.get("Upgrade", "").lower() == "websocket":
                 return self._refuse_websocket(exchange, base, started)
@@ -168,6 +172,7 @@ class Proxy:
         started = time.perf_counter()
         exchange = self._record(method, path, path, "", pairs, hints)
         exchange.request_body, exchange.replay_of = body, replay_of
+        self.begin(exchange)
         try:
             url = URL(self.upstream + path, encoded=True)
             if (url.scheme, url.host, url.port) != (self._origin.scheme, self._origin.host,

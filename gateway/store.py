@@ -477,7 +477,9 @@ class Store:
                 "COALESCE(SUM(e.completion_tokens), 0) AS completion_tokens, "
                 "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
                 "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
-                "THEN 1 ELSE 0 END) AS errors")
+                "THEN 1 ELSE 0 END) AS errors, "
+                # calls cut by a kill of the gateway (journal.py): known only by their start
+                "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls")
         totals = (await self.rows(f"SELECT {sums} FROM exchanges e {where}", params))[0]
         by_model = await self.rows(
             f"SELECT e.model AS model, {sums} FROM exchanges e {where} "

@@ -44,6 +44,7 @@ from typing import Any
 
 from gateway.exchange import Exchange
 from gateway.gc_tuning import tune_gc
+from gateway.journal import Journal
 from gateway.settings import Settings
 from gateway.spool import Spool
 
@@ -93,6 +94,10 @@ def unpack(values: tuple[Any, ...]) -> Exchange:
 
 def overflow_dir(settings: Settings) -> Path:
     return Path(settings.spool_dir) / "proxy"
+
+
+def journal_dir(settings: Settings) -> Path:
+    return Path(settings.spool_dir) / "journal"
 
 
 _context: Any = None
@@ -147,9 +152,14 @@ class WriterProcess:
         self._unsettled_bytes = 0  # their bodies' bytes: at most --queue-max-bytes
         self.queue_max_bytes = settings.queue_max_bytes
         self._pending: list[Exchange] = []
+        self._starts: list[Exchange] = []  # calls begun since the last flush (journal)
+        self.journal = Journal(journal_dir(settings))
+        self.missing_calls = 0  # calls a previous process was killed in the middle of
+        self.recovered_records = 0  # records it left in its journal
         self._flush_timer: asyncio.TimerHandle | None = None
         self._overflowing = False
         self._writer: asyncio.StreamWriter | None = None
+        self._up: asyncio.StreamWriter | None = None
         self._process: Any = None
         self._reader_task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
@@ -167,21 +177,49 @@ class WriterProcess:
         self._dropped_seen = 0  # dropped_records when last seen to grow, and when
         self._dropped_at: float | None = None
 
+    def recover(self) -> None:
+        """Before the first start: what a killed predecessor left in the journal goes to the
+        overflow spool (records, and placeholders of the calls it cut), which the child takes
+        over first; then a fresh journal begins."""
+        found = self.journal.recover()
+        if found.records or found.interrupted:
+            kept = self.overflow.append(found.records + found.interrupted)
+            if kept < len(found.records) + len(found.interrupted):
+                log.error("could not spool everything the journal held")
+            self.recovered_records = len(found.records)
+            self.missing_calls = len(found.interrupted)
+            log.warning(
+                "the previous gateway process stopped without a clean shutdown: %d records "
+                "recovered from its journal; %d calls were in flight and are missing (recorded "
+                "with state `interrupted`)", self.recovered_records, self.missing_calls)
+        self.overflow.close()
+        self.journal.discard()
+        self.journal.open()
+
     async def start(self) -> None:
         """Start the child and wait until its database is open and its grouper rebuilt."""
+        if self._process is None:
+            self.recover()
         ctx = process_context()
-        ours, theirs = ctx.Pipe(duplex=True)
+        # Two one-way channels, not one duplex socket: when the proxy's process is killed,
+        # the child's next reply fails (EPIPE) and asyncio closes that socket at once, with
+        # any records still unread in it. With the records on a socket of their own, the
+        # child reads every one of them up to the end of the stream, then stores them.
+        down_ours, down_theirs = ctx.Pipe(duplex=True)  # records and calls: us -> child
+        up_ours, up_theirs = ctx.Pipe(duplex=True)  # settled, health, replies: child -> us
         handoff = [str(p) for p in self.overflow.release(everything=True)]
         self._process = ctx.Process(
             target=child_main,
-            args=(self.settings, theirs, self.log_level, handoff, self.environ),
+            args=(self.settings, (down_theirs, up_theirs), self.log_level, handoff,
+                  self.environ),
             name="agentops-writer", daemon=True)
         with _main_module_hidden():
             self._process.start()
-        theirs.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(ours.fileno()))
-        ours.close()
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        down_theirs.close()
+        up_theirs.close()
+        _, writer = await asyncio.open_unix_connection(sock=_socket(down_ours))
+        # self._up: the unused half, kept (a StreamWriter closes its transport when collected)
+        reader, self._up = await asyncio.open_unix_connection(sock=_socket(up_ours))
         self._ready = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader), name="agentops-writer-rx")
         try:
@@ -205,6 +243,7 @@ class WriterProcess:
             while True:
                 kind, *rest = await read_frame(reader)
                 if kind == "settled":
+                    self.journal.settled(rest[0])
                     for exchange_id in rest[0]:
                         settled = self._unsettled.pop(exchange_id, None)
                         if settled is not None:
@@ -300,6 +339,12 @@ class WriterProcess:
 
     # -- the hot path -------------------------------------------------------------------------
 
+    def begin(self, exchange: Exchange) -> None:
+        """A call started: the journal notes it at the next flush (see journal.py)."""
+        self._starts.append(exchange)
+        if self._flush_timer is None:
+            self._schedule_flush()
+
     def submit(self, exchange: Exchange) -> None:
         self._pending.append(exchange)
         if self._flush_timer is None:
@@ -309,11 +354,16 @@ class WriterProcess:
         self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
 
     def _flush(self) -> None:
-        """Send what the proxy finished in the last few ms as one frame, or spool it."""
+        """Send what the proxy finished in the last few ms as one frame, or spool it; the
+        same frame goes to the journal first."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()  # when called directly (a call, stop)
             self._flush_timer = None
         batch, self._pending = self._pending, []
+        starts, self._starts = self._starts, []
+        ids = [exchange.id for exchange in batch]
+        message = frame("records", [pack(e) for e in batch]) if batch else None
+        self.journal.write(message, ids, starts, ids)
         writer = self._writer
         if writer is None or writer.is_closing():
             if batch:
@@ -326,15 +376,16 @@ class WriterProcess:
             return
         if self._overflowing:
             self._hand_over()
-        if batch:
+        if message is not None:
             for exchange in batch:
                 self._unsettled[exchange.id] = exchange
             self._unsettled_bytes += size
-            writer.write(frame("records", [pack(e) for e in batch]))
+            writer.write(message)
 
     def _spill(self, batch: list[Exchange]) -> None:
         self._overflowing = True
         self.overflow.append(batch)
+        self.journal.settled([exchange.id for exchange in batch])  # on disk in the spool
 
     def _hand_over(self) -> None:
         """The child caught up: close the overflow file and tell the child to replay it, before
@@ -388,6 +439,10 @@ class WriterProcess:
         health["spooled_records"] = health.get("spooled_records", 0) + self.overflow.spooled
         health["dropped_records"] = health.get("dropped_records", 0) + self.overflow.dropped
         health["writer_process"] = "ok" if self._writer is not None else "down"
+        health["writer_pid"] = self.pid
+        health["missing_calls"] = self.missing_calls
+        health["recovered_records"] = self.recovered_records
+        health["journal"] = "ok" if self.journal.failed is None else self.journal.failed
         health.setdefault("database", "unknown")
         lag = self.lag()
         health["writer_lag_seconds"] = round(lag, 3)
@@ -421,11 +476,15 @@ class WriterProcess:
                 self._process.kill()
         if self._reader_task is not None:
             self._reader_task.cancel()
+        if self._up is not None:
+            self._up.close()
         leftover = [*self._release_unsettled(), *self._pending]  # only if the child failed us
         self._pending = []
-        if leftover:
-            self.overflow.append(leftover)
+        kept = self.overflow.append(leftover) if leftover else 0
         self.overflow.close()
+        # Everything is stored or spooled: the journal has nothing more to keep (unless the
+        # spool refused some, which then stay in the journal for the next start).
+        self.journal.close(clean=kept == len(leftover))
 
 
 # -- the writer's side -----------------------------------------------------------------------
@@ -467,7 +526,14 @@ def set_group_nice(pid: int, nice: int) -> bool:
         return False
 
 
-def child_main(settings: Settings, conn: Connection, log_level: int,
+def _socket(conn: Connection) -> socket.socket:
+    """The socket under a multiprocessing Pipe end, for asyncio (the Pipe end is closed)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
+    conn.close()
+    return sock
+
+
+def child_main(settings: Settings, conn: tuple[Connection, Connection], log_level: int,
                handoff: list[str], environ: dict[str, str] | None = None) -> None:
     if environ is not None:
         os.environ.clear()
@@ -488,7 +554,8 @@ def child_main(settings: Settings, conn: Connection, log_level: int,
 class Child:
     """The writer process's loop: read frames in order, feed the recorder, answer calls."""
 
-    def __init__(self, settings: Settings, conn: Connection, handoff: list[str]) -> None:
+    def __init__(self, settings: Settings, conn: tuple[Connection, Connection],
+                 handoff: list[str]) -> None:
         self.settings = settings
         self.conn = conn
         self.handoff = handoff
@@ -503,10 +570,10 @@ class Child:
         }
 
     async def run(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
-                             fileno=os.dup(self.conn.fileno()))
-        self.conn.close()
-        reader, self.out = await asyncio.open_unix_connection(sock=sock)
+        down, up = self.conn
+        # Keep the unused halves: a StreamWriter closes its transport when collected.
+        reader, self._down = await asyncio.open_unix_connection(sock=_socket(down))
+        _, self.out = await asyncio.open_unix_connection(sock=_socket(up))
         try:
             await self._open()
         except Exception as exc:

@@ -1,0 +1,252 @@
+"""The journal: what a SIGKILL of the gateway cannot take with it.
+
+The proxy's process hands finished records to the writer process in frames, one per few
+milliseconds, and keeps them until the writer says they are stored or spooled. If both
+processes are killed, whatever was in transit is gone, and so is any sign of the calls that
+were still running. So each frame is also appended, as the same bytes, to a journal file
+before it is sent, and each call's start is noted:
+
+- `records-*.bin`: the record frames, in segments; a segment is deleted once the writer has
+  settled every record in it, so the journal holds about what is in transit.
+- `inflight.bin`: `start` and `end` entries of calls; rewritten with only the open ones
+  when it grows past a megabyte.
+
+Both are written once per hand-off window (`writer.FLUSH_SECONDS`), never on a call's own
+path, and to the page cache only (no fsync): they survive the processes being killed, not
+the machine losing power. A SIGKILL loses at most the calls that finished in the last window.
+
+At the next start `recover()` reads what is left: the records (already stored ones are
+skipped when they are written again) and the calls that started and never ended, which are
+recorded as exchanges in state `interrupted`, and counted in the log, `/healthz` and
+`/api/stats` as `missing_calls`. A clean stop deletes the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import struct
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.exchange import INTERRUPTED, Exchange
+
+log = logging.getLogger("agentops.journal")
+
+_HEADER = struct.Struct(">I")
+SEGMENT_BYTES = 16 * 1024 * 1024
+INFLIGHT_COMPACT_BYTES = 1024 * 1024
+INTERRUPTED_ERROR = (
+    "the gateway stopped without a clean shutdown (killed or crashed) while this call was in "
+    "flight: its client saw the connection break, and nothing more of the call is known"
+)
+# What a start entry keeps of a call: enough to show it, find its run and count it.
+START_FIELDS = ("id", "started_at", "method", "client_path", "path", "query", "provider",
+                "key_fingerprint", "hints", "replay_of")
+
+
+def frame(*message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def read_frames(path: Path) -> Iterator[tuple[Any, ...]]:
+    """The frames of a journal file; stops at a torn last one (a kill mid-write)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    at = 0
+    while at + _HEADER.size <= len(data):
+        (length,) = _HEADER.unpack_from(data, at)
+        body = data[at + _HEADER.size:at + _HEADER.size + length]
+        if len(body) < length:
+            return
+        at += _HEADER.size + length
+        try:
+            yield pickle.loads(body)
+        except Exception:
+            log.warning("unreadable entry in journal file %s; skipping it", path)
+
+
+@dataclass
+class Segment:
+    path: Path
+    fd: int
+    size: int = 0
+    open_records: int = 0  # written here, not yet settled
+
+
+@dataclass
+class Recovered:
+    """What a previous process left: its records, and placeholders for its cut calls."""
+
+    records: list[Exchange] = field(default_factory=list)
+    interrupted: list[Exchange] = field(default_factory=list)
+
+
+class Journal:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._segments: deque[Segment] = deque()
+        self._where: dict[int, Segment] = {}  # unsettled record id -> its segment
+        self._inflight: dict[int, tuple[Any, ...]] = {}  # started, not ended
+        self._inflight_fd: int | None = None
+        self._inflight_size = 0
+        self.failed: str | None = None  # why journaling stopped (a full disk), if it did
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Read what a previous process left (call before `open`)."""
+        found = Recovered()
+        if not self.folder.exists():
+            return found
+        seen: set[int] = set()
+        for path in sorted(self.folder.glob("records-*.bin")):
+            for kind, *rest in read_frames(path):
+                if kind == "records":
+                    for values in rest[0]:
+                        record = Exchange(*values)
+                        if record.id not in seen:
+                            seen.add(record.id)
+                            found.records.append(record)
+        started: dict[int, tuple[Any, ...]] = {}
+        for kind, *rest in read_frames(self.folder / "inflight.bin"):
+            if kind == "start":
+                for values in rest[0]:
+                    started[values[0]] = values
+            elif kind == "end":
+                for exchange_id in rest[0]:
+                    started.pop(exchange_id, None)
+        for exchange_id, values in started.items():
+            if exchange_id not in seen:
+                found.interrupted.append(placeholder(values))
+        return found
+
+    def discard(self) -> None:
+        """Delete what `recover` read (once the caller has put it somewhere safe)."""
+        if self.folder.exists():
+            for path in self.folder.glob("*.bin"):
+                path.unlink(missing_ok=True)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._inflight_fd = os.open(self.folder / "inflight.bin",
+                                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+
+    def write(self, records_frame: bytes | None, ids: list[int], starts: list[Exchange],
+              ends: list[int]) -> None:
+        """One hand-off window: the records' frame (the bytes sent to the writer), then the
+        calls that started and ended in it. Never raises: a journal that cannot be written
+        (a full disk) stops journaling and says so in `failed`."""
+        if self.failed is not None or self._inflight_fd is None:
+            return
+        try:
+            if starts:
+                entries = [tuple(getattr(e, f) for f in START_FIELDS) for e in starts]
+                for entry in entries:
+                    self._inflight[entry[0]] = entry
+                self._append_inflight(frame("start", entries))
+            if records_frame is not None and ids:
+                segment = self._segment()
+                _write_all(segment.fd, records_frame)
+                segment.size += len(records_frame)
+                segment.open_records += len(ids)
+                for exchange_id in ids:
+                    self._where[exchange_id] = segment
+            if ends:
+                for exchange_id in ends:
+                    self._inflight.pop(exchange_id, None)
+                self._append_inflight(frame("end", ends))
+        except OSError as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.error("cannot write the journal in %s (%s): calls are still recorded, but a "
+                      "kill of the gateway may now lose more than the last few ms of them",
+                      self.folder, self.failed)
+
+    def settled(self, ids: list[int]) -> None:
+        """The writer stored or spooled these: their segment may go."""
+        for exchange_id in ids:
+            segment = self._where.pop(exchange_id, None)
+            if segment is not None:
+                segment.open_records -= 1
+        while len(self._segments) > 1 and self._segments[0].open_records <= 0:
+            self._drop(self._segments.popleft())
+
+    def close(self, clean: bool) -> None:
+        """Close the files; a clean stop (everything stored or spooled) deletes them."""
+        for segment in self._segments:
+            os.close(segment.fd)
+        self._segments.clear()
+        self._where.clear()
+        if self._inflight_fd is not None:
+            os.close(self._inflight_fd)
+            self._inflight_fd = None
+        if clean:
+            self.discard()
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self._segments) + self._inflight_size
+
+    def _segment(self) -> Segment:
+        if self._segments and self._segments[-1].size < SEGMENT_BYTES:
+            return self._segments[-1]
+        path = self.folder / f"records-{time.time_ns():020d}-{os.getpid()}.bin"
+        segment = Segment(path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        self._segments.append(segment)
+        return segment
+
+    def _drop(self, segment: Segment) -> None:
+        os.close(segment.fd)
+        with contextlib.suppress(FileNotFoundError):
+            segment.path.unlink()
+
+    def _append_inflight(self, data: bytes) -> None:
+        assert self._inflight_fd is not None
+        if self._inflight_size + len(data) > INFLIGHT_COMPACT_BYTES:
+            self._compact()
+        _write_all(self._inflight_fd, data)
+        self._inflight_size += len(data)
+
+    def _compact(self) -> None:
+        """Rewrite inflight.bin with only the calls still open (atomically, by rename)."""
+        assert self._inflight_fd is not None
+        target = self.folder / "inflight.bin"
+        temporary = self.folder / "inflight.tmp"
+        data = frame("start", list(self._inflight.values())) if self._inflight else b""
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, data)
+        except OSError:
+            os.close(fd)
+            raise
+        os.replace(temporary, target)
+        os.close(self._inflight_fd)
+        self._inflight_fd = fd
+        self._inflight_size = len(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("the journal accepted no bytes")
+        view = view[written:]
+
+
+def placeholder(values: tuple[Any, ...]) -> Exchange:
+    """The record of a call the journal saw start and never end."""
+    known = dict(zip(START_FIELDS, values, strict=True))
+    return Exchange(request_headers=[], request_body=b"", state=INTERRUPTED,
+                    error=INTERRUPTED_ERROR, **known)
