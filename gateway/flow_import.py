@@ -161,7 +161,7 @@ def _har_entry(entry: dict[str, Any]) -> tuple[str, int, Exchange]:
         latency_ms=total or None)
     if status is None:
         exchange.state, exchange.error = UPSTREAM_ERROR, "no response in the HAR entry"
-    scrub.scrub_exchange(exchange, scrub.keys_for(pairs, url.query, scrub.Keys()))
+    scrub.scrub_call(exchange, pairs, url.query, scrub.Keys())
     return host, port, exchange
 
 

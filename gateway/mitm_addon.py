@@ -75,7 +75,7 @@ def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list
             exchange.status = 502  # what mitmproxy answers the client
         ended = getattr(flow.error, "timestamp", None) or time.time()
         exchange.latency_ms = exchange.latency_ms or round((ended - started) * 1000, 3)
-    scrub.scrub_exchange(exchange, scrub.keys_for(pairs, query, held_keys or scrub.Keys()))
+    scrub.scrub_call(exchange, pairs, query, held_keys or scrub.Keys())
     return exchange
 
 

@@ -207,7 +207,7 @@ class Proxy:
                 failed: bool) -> None:
         """Scrub the keys out of the finished record (the client already has its response),
         then hand it on; a call that never reached the upstream is logged, scrubbed too."""
-        scrub.scrub_exchange(exchange, scrub.keys_for(pairs, query, self.held_keys))
+        scrub.scrub_call(exchange, pairs, query, self.held_keys)
         if failed:
             log.warning("%s %s -> %s: %s", exchange.method, exchange.path, exchange.status,
                         exchange.error)

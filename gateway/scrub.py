@@ -152,6 +152,19 @@ def caller_keys(pairs: Sequence[tuple[str, str]], query: str) -> list[Item]:
     return keys
 
 
+def scrub_call(
+    exchange: Exchange, pairs: Sequence[tuple[str, str]], query: str, held: Keys
+) -> None:
+    """Scrub a finished call's record of the keys its request carried (`pairs`, the request
+    headers, and `query`, as received) and of `held`, the gateway's own."""
+    try:
+        keys = keys_for(pairs, query, held)
+    except Exception:
+        _give_up(exchange)
+        return
+    scrub_exchange(exchange, keys)
+
+
 def scrub_exchange(exchange: Exchange, keys: Keys) -> None:
     """Replace every key in every field of `exchange` by its fingerprint (in place). A failure
     here drops the bodies rather than risk storing a key."""
@@ -159,11 +172,20 @@ def scrub_exchange(exchange: Exchange, keys: Keys) -> None:
         return
     try:
         _scrub(exchange, keys)
-    except Exception:  # never lose the record, never keep what might hold a key
-        log.exception("key scrub failed on exchange %s; its bodies are dropped", exchange.id)
-        exchange.request_body, exchange.response_chunks, exchange.chunk_ms = b"", [], []
-        exchange.response_headers = redact.redact_headers(exchange.response_headers)
-        exchange.error = SCRUB_FAILED
+    except Exception:
+        _give_up(exchange)
+
+
+def _give_up(exchange: Exchange) -> None:
+    """A scrub that failed (a bug): keep the record, but not what might hold a key (bodies,
+    header values, query); the path stays, as the endpoint is read from it."""
+    log.exception("key scrub failed on exchange %s; its bodies are dropped", exchange.id)
+    exchange.request_body, exchange.response_chunks, exchange.chunk_ms = b"", [], []
+    exchange.request_headers = [(k, redact.REDACTED) for k, _ in exchange.request_headers]
+    exchange.response_headers = [(k, redact.REDACTED) for k, _ in exchange.response_headers]
+    exchange.query = redact.REDACTED if exchange.query else ""
+    exchange.hints = {k: v for k, v in exchange.hints.items() if k == "run_prefix"}
+    exchange.response_decoded, exchange.error = False, SCRUB_FAILED
 
 
 def _scrub(exchange: Exchange, keys: Keys) -> None:
@@ -194,7 +216,8 @@ def _scrub(exchange: Exchange, keys: Keys) -> None:
 
 
 def _text_fields(exchange: Exchange) -> str:
-    """The record's text fields in one string (a key never holds the NUL between them)."""
+    """The record's text fields in one string: joining them can add a match (then each field
+    is scrubbed on its own), never hide one."""
     parts = [exchange.client_path, exchange.path, exchange.query, exchange.error or ""]
     parts += [part for pair in exchange.request_headers for part in pair]
     parts += [part for pair in exchange.response_headers for part in pair]

@@ -158,6 +158,7 @@ def test_a_failing_scrub_drops_the_bodies(monkeypatch):
     exchange = record([KEY.encode()], request_body=KEY.encode(), response_headers=[("X-Echo", KEY)])
     scrub_exchange(exchange, Keys([KEY]))
     assert exchange.response_chunks == [] and exchange.request_body == b""
+    assert exchange.response_headers == [("X-Echo", "[redacted]")]
     assert exchange.error == scrub.SCRUB_FAILED
 
 
