@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import access, api, replay_api, runs_api
+from gateway import access, api, replay_api, runs_api, scrub
 from gateway.experiments import Experiments
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
@@ -30,6 +30,7 @@ from gateway.replay import Replayer, key_from_environ
 from gateway.replay_store import ReplayStore
 from gateway.run_replay import RunReplayer
 from gateway.run_store import RunStore
+from gateway.server_log import HTTP_LOG
 from gateway.settings import Settings
 from gateway.store import Store
 from gateway.writer import WriterProcess
@@ -76,6 +77,8 @@ class Gateway:
         """`environ` (default: the process's) is read once, for the replay key only."""
         self.settings = settings
         self.replay_key = key_from_environ(os.environ if environ is None else environ)
+        # Scrubbed from every record, as each caller's own key is (gateway/scrub.py).
+        self.held_keys = scrub.Keys([self.replay_key.reveal()] if self.replay_key else [])
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
         self.providers = make_providers(settings)
@@ -109,7 +112,8 @@ class Gateway:
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
                            timeout=self.settings.upstream_timeout,
                            max_body_bytes=self.settings.max_body_bytes,
-                           routes=make_routes(self.settings), begin=self.recorder.begin)
+                           routes=make_routes(self.settings), held_keys=self.held_keys,
+                           begin=self.recorder.begin)
         self.replayer = Replayer(self.store, self.replay_store, self.recorder, self.proxy,
                                  self.provider, self.replay_key)
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
@@ -131,7 +135,9 @@ class Gateway:
 
     async def _listen_proxy(self) -> None:
         assert self.proxy is not None
-        server = web.Server(self.proxy, access_log=None)  # query strings may hold keys
+        # No access log (query strings may hold keys); errors through HTTP_LOG, which never
+        # prints the raw request line or headers a malformed request quoted.
+        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG)
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
         await self._proxy_runner.setup()
@@ -142,7 +148,7 @@ class Gateway:
 
     async def _listen_ui(self) -> None:
         self._ui_runner = web.AppRunner(create_ui_app(self), handle_signals=False,
-                                        access_log=None)
+                                        access_log=None, logger=HTTP_LOG)
         await self._ui_runner.setup()
         ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
         await ui_site.start()

@@ -126,8 +126,8 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
     hints = storable_hints(exchange.hints, clipped)
     request_headers = header_dict(exchange.request_headers)
     response_headers = header_dict(exchange.response_headers)
-    chunks, decoded = decode_chunks(exchange.response_chunks,
-                                    response_headers.get("content-encoding", ""))
+    encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
+    chunks, decoded = decode_chunks(exchange.response_chunks, encoding)
     try:
         parsed = provider.parse(exchange.method, exchange.path, request_headers,
                                 exchange.request_body, exchange.status, response_headers,

@@ -200,7 +200,7 @@ async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[s
     capture = MitmCapture(gateway.recorder.submit, host=host, port=port,
                           capture_hosts=capture_hosts, confdir=confdir,
                           max_body_bytes=settings.max_body_bytes, upstream_ca=upstream_ca,
-                          save_flows=save_flows)
+                          save_flows=save_flows, held_keys=gateway.held_keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,8 @@
 """The capture record: what the proxy saw of one call, before anything is parsed.
 
 The proxy fills an `Exchange` on the hot path with raw bytes and timings only; the writer
-turns it into rows later. Secrets are already redacted here, so a record can be spooled.
+turns it into rows later. Secrets are already redacted here, and any key an upstream echoed is
+replaced by its fingerprint (gateway/scrub.py) before a record is queued, so it can be spooled.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class Exchange:
     state: str = COMPLETE
     error: str | None = None
     replay_of: int | None = None
+    # The key scrub (gateway/scrub.py) found a key in a gzip/deflate body and stored the
+    # decoded chunks, key replaced: capture must not decode them again.
+    response_decoded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for the spool (bytes stay bytes; the spool codec handles them)."""

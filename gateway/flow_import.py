@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway import redact
+from gateway import redact, scrub
 from gateway.exchange import UPSTREAM_ERROR, Exchange, stable_id
 from gateway.mitm_addon import HINTS_KEY, exchange_of, hints_of, provider_of
 
@@ -161,6 +161,7 @@ def _har_entry(entry: dict[str, Any]) -> tuple[str, int, Exchange]:
         latency_ms=total or None)
     if status is None:
         exchange.state, exchange.error = UPSTREAM_ERROR, "no response in the HAR entry"
+    scrub.scrub_call(exchange, pairs, url.query, scrub.Keys())
     return host, port, exchange
 
 

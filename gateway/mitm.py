@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import scrub
 from gateway.exchange import Exchange
 from gateway.mitm_addon import CaptureAddon
 
@@ -67,8 +68,10 @@ class MitmCapture:
 
     def __init__(self, submit: Callable[[Exchange], None], *, host: str, port: int,
                  capture_hosts: Sequence[str], confdir: str, max_body_bytes: int,
-                 upstream_ca: str | None = None, save_flows: str | None = None) -> None:
+                 upstream_ca: str | None = None, save_flows: str | None = None,
+                 held_keys: scrub.Keys | None = None) -> None:
         self.submit = submit
+        self.held_keys = held_keys  # the gateway's own keys, scrubbed from records
         self.host, self.port = host, port
         self.capture_hosts = [h for h in capture_hosts if h.strip()]
         self.confdir = Path(confdir).expanduser()
@@ -103,7 +106,8 @@ class MitmCapture:
             ready = _Ready()
             self.master.addons.add(*default_addons(), ready,
                                    CaptureAddon(self.submit, self.capture_hosts,
-                                                max_body_bytes=self.max_body_bytes))
+                                                max_body_bytes=self.max_body_bytes,
+                                                held_keys=self.held_keys))
             # Lazy: the upstream is dialled once the request is read, so a failure to reach
             # it is an HTTP flow (a recorded 502), not a refused CONNECT nobody sees.
             opts.update(connection_strategy="lazy")

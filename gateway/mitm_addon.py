@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import redact
+from gateway import redact, scrub
 from gateway.exchange import CLIENT_DISCONNECTED, UPSTREAM_ERROR, Exchange, stable_id
 from gateway.proxy import HINT_PREFIX
 
@@ -42,9 +42,10 @@ def provider_of(host: str) -> str:
 
 
 def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list[float],
-                hints: dict[str, str]) -> Exchange:
+                hints: dict[str, str], held_keys: scrub.Keys | None = None) -> Exchange:
     """A finished (or failed) mitmproxy HTTP flow as a capture record. Used live by the addon
-    (with the chunks it saw) and by `import` (with the body a flow dump kept)."""
+    (with the chunks it saw) and by `import` (with the body a flow dump kept). The caller's
+    keys and `held_keys` (the gateway's own) are scrubbed from it, as the proxy does."""
     request = flow.request
     pairs = header_pairs(request.headers)
     path, _, query = request.path.partition("?")
@@ -74,6 +75,7 @@ def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list
             exchange.status = 502  # what mitmproxy answers the client
         ended = getattr(flow.error, "timestamp", None) or time.time()
         exchange.latency_ms = exchange.latency_ms or round((ended - started) * 1000, 3)
+    scrub.scrub_call(exchange, pairs, query, held_keys or scrub.Keys())
     return exchange
 
 
@@ -106,8 +108,9 @@ class CaptureAddon:
     flows to `hosts` (names, or name:port) and hand each record to `submit`."""
 
     def __init__(self, submit: Callable[[Exchange], None], hosts: Iterable[str], *,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, held_keys: scrub.Keys | None = None) -> None:
         self.submit = submit
+        self.held_keys = held_keys or scrub.Keys()
         self.hosts = {h.strip().lower() for h in hosts if h.strip()}
         self.max_body_bytes = max_body_bytes
         self.live: dict[str, _Live] = {}
@@ -150,7 +153,7 @@ class CaptureAddon:
             return
         try:
             exchange = exchange_of(flow, stable_id(flow.request.timestamp_start, flow.id),
-                                   live.chunks, live.chunk_ms, live.hints)
+                                   live.chunks, live.chunk_ms, live.hints, self.held_keys)
             exchange.response_truncated = live.truncated
             self.submit(exchange)
         except Exception:  # never break the agent's call over a recording problem

@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import redact
+from gateway import redact, scrub
 from gateway.exchange import (
     CLIENT_DISCONNECTED,
     SHUTDOWN,
@@ -111,8 +111,11 @@ class Proxy:
         timeout: float,
         max_body_bytes: int,
         routes: Sequence[Route] = (),
+        held_keys: scrub.Keys | None = None,
         begin: Callable[[Exchange], None] | None = None,
     ) -> None:
+        """`held_keys`: keys of the gateway's own (the replay key), scrubbed from every record
+        as the caller's are."""
         self.upstream = upstream.rstrip("/")
         self.routes = tuple(Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider)
                             for r in routes)
@@ -126,6 +129,7 @@ class Proxy:
             total=None, connect=None, sock_connect=timeout, sock_read=timeout
         )
         self.max_body_bytes = max_body_bytes
+        self.held_keys = held_keys or scrub.Keys()
         self._origin = URL(self.upstream)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -137,6 +141,8 @@ class Proxy:
         if exchange.path.startswith(self.route_prefixes):
             route = self._route(exchange)
         base = route.upstream if route is not None else self.upstream
+        upstream: aiohttp.ClientResponse | web.Response | None = None
+        scrub.scrub_start(exchange, pairs, path_qs.partition("?")[2], self.held_keys)
         self.begin(exchange)
         try:
             if route is not None and request.headers.get("Upgrade", "").lower() == "websocket":
@@ -160,7 +166,8 @@ class Proxy:
             raise
         finally:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self.submit(exchange)
+            self._finish(exchange, pairs, path_qs.partition("?")[2],
+                         failed=isinstance(upstream, web.Response))
 
     async def send(self, method: str, path: str, pairs: list[tuple[str, str]], body: bytes, *,
                    replay_of: int, hints: dict[str, str]) -> Exchange:
@@ -172,6 +179,8 @@ class Proxy:
         started = time.perf_counter()
         exchange = self._record(method, path, path, "", pairs, hints)
         exchange.request_body, exchange.replay_of = body, replay_of
+        upstream: aiohttp.ClientResponse | web.Response | None = None
+        scrub.scrub_start(exchange, pairs, "", self.held_keys)
         self.begin(exchange)
         try:
             url = URL(self.upstream + path, encoded=True)
@@ -199,7 +208,17 @@ class Proxy:
             raise
         finally:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self.submit(exchange)
+            self._finish(exchange, pairs, "", failed=isinstance(upstream, web.Response))
+
+    def _finish(self, exchange: Exchange, pairs: list[tuple[str, str]], query: str, *,
+                failed: bool) -> None:
+        """Scrub the keys out of the finished record (the client already has its response),
+        then hand it on; a call that never reached the upstream is logged, scrubbed too."""
+        scrub.scrub_call(exchange, pairs, query, self.held_keys)
+        if failed:
+            log.warning("%s %s -> %s: %s", exchange.method, exchange.path, exchange.status,
+                        exchange.error)
+        self.submit(exchange)
 
     def _begin(self, request: web.BaseRequest, path_qs: str,
                pairs: list[tuple[str, str]]) -> Exchange:
@@ -336,7 +355,6 @@ class Proxy:
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
         exchange.response_headers = [("Content-Type", "application/json")]
         exchange.response_chunks, exchange.chunk_ms = [body], [exchange.ttfb_ms]
-        log.warning("%s %s -> %d: %s", exchange.method, exchange.path, status, detail)
         return web.Response(status=status, body=body, content_type="application/json")
 
     def _abort(self, request: web.BaseRequest, exchange: Exchange, state: str, message: str,
