@@ -144,7 +144,8 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
     models = {row["model"]: row for row in stats["by_model"]}
     assert models["mistral-small-latest"]["calls"] == 2
     assert set(stats["totals"]) == {"calls", "prompt_tokens", "completion_tokens", "cost_usd",
-                                    "errors"}
+                                    "errors", "missing_calls"}
+    assert stats["totals"]["missing_calls"] == 0
 
     _, prices = await get(ui, "/api/prices")
     assert prices["models"]["mistral-small-latest"]["input_per_mtok"] > 0
@@ -152,8 +153,9 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
     assert prices["unpriced"] == [{"model": "my-private-finetune", "calls": 1}]
 
     status, health = await get(ui, "/healthz")
-    assert status == 200 and health["status"] == "ok"
-    for key in ("queue_depth", "spool_bytes", "dropped_records", "database"):
+    assert status == 200 and health["status"] == "ok" and health["reasons"] == []
+    for key in ("queue_depth", "spool_bytes", "dropped_records", "database", "quarantined",
+                "missing_calls", "writer_lag_seconds"):
         assert key in health
 
 
