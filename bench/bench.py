@@ -552,8 +552,9 @@ async def start_arms(names: list[str], tmp: Path, upstream: str,
         arm = Arm(f"gateway-{name}", "gateway", f"http://{HOST}:{port}",
                   ui=f"http://{HOST}:{ui_port}")
         arms.append(arm)
-        if name == "sqlite":
-            db = f"sqlite://{tmp / 'bench.db'}"
+        extra = ["--journal", "off"] if name.endswith("-nojournal") else []
+        if name.startswith("sqlite"):
+            db = f"sqlite://{tmp / f'bench-{name}.db'}"
         else:
             arm.db_name = f"agentops_bench_{os.getpid()}_{secrets.token_hex(3)}"
             try:
@@ -567,7 +568,7 @@ async def start_arms(names: list[str], tmp: Path, upstream: str,
         arm.proc = spawn(arm.name, [
             PYTHON, "-m", "gateway", "serve", "--upstream", upstream, "--db", db,
             "--host", HOST, "--port", str(port), "--ui-port", str(ui_port),
-            "--spool-dir", str(tmp / f"spool-{name}"), "--shutdown-grace", "5"], tmp)
+            "--spool-dir", str(tmp / f"spool-{name}"), "--shutdown-grace", "5", *extra], tmp)
 
     for arm in arms:
         if arm.proc is None:
@@ -860,6 +861,15 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
     out.append("")
     out.append("(x) and (+ms): bare vs direct; gateway columns vs bare. RSS growth = peak while "
                "1,000 streams are open minus RSS before opening them.")
+    for arm in arms:  # arms beside the table's four (--journal off), each against bare
+        if arm.kind != "gateway" or arm in (sqlite, pg) or bare is None:
+            continue
+        parts = []
+        for row in ROWS:
+            if row.key in ("lat_p50_ms", "rps_c64", "proxy_cpu_us_c64", "big_rps"):
+                text, _ = cell(row, arm, bare, direct)
+                parts.append(f"{row.label} {text}")
+        out.append(f"{arm.name}: " + "; ".join(parts))
     client = [a.metrics.get("client_cpu_c64") for a in arms if a.metrics.get("client_cpu_c64")]
     if client:
         out.append(f"load generator CPU at c=64: {min(client):.0%}-{max(client):.0%} of one core "
@@ -961,11 +971,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Gateway overhead benchmark (ratios to bare).")
     parser.add_argument("--quick", action="store_true", help="smaller counts (< 2 minutes)")
     parser.add_argument("--arms", default="direct,bare,sqlite,postgres",
-                        help="comma list of direct, bare, sqlite, postgres")
+                        help="comma list of direct, bare, sqlite, postgres, sqlite-nojournal, "
+                             "postgres-nojournal (the last two: --journal off)")
     parser.add_argument("--output", default=str(BENCH_DIR / "results.json"))
     args = parser.parse_args()
     names = [n.strip() for n in args.arms.split(",") if n.strip()]
-    unknown = set(names) - {"direct", "bare", "sqlite", "postgres"}
+    unknown = set(names) - {"direct", "bare", "sqlite", "postgres", "sqlite-nojournal",
+                              "postgres-nojournal"}
     if unknown:
         parser.error(f"unknown arms: {', '.join(sorted(unknown))}")
     params = QUICK if args.quick else FULL

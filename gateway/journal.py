@@ -41,7 +41,8 @@ log = logging.getLogger("agentops.journal")
 
 _HEADER = struct.Struct(">I")
 SEGMENT_BYTES = 16 * 1024 * 1024
-INFLIGHT_COMPACT_BYTES = 1024 * 1024
+INFLIGHT_COMPACT_BYTES = 64 * 1024
+RETRY_SECONDS = 30.0  # after a failed write (a full disk), journaling starts again after this
 INTERRUPTED_ERROR = (
     "the gateway stopped without a clean shutdown (killed or crashed) while this call was in "
     "flight: its client saw the connection break, and nothing more of the call is known"
@@ -100,6 +101,7 @@ class Journal:
         self._inflight_fd: int | None = None
         self._inflight_size = 0
         self.failed: str | None = None  # why journaling stopped (a full disk), if it did
+        self._failed_at: float | None = None
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -133,22 +135,35 @@ class Journal:
     def discard(self) -> None:
         """Delete what `recover` read (once the caller has put it somewhere safe)."""
         if self.folder.exists():
-            for path in self.folder.glob("*.bin"):
+            for path in [*self.folder.glob("*.bin"), self.folder / "inflight.tmp"]:
                 path.unlink(missing_ok=True)
 
     # -- writing ------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._inflight_fd = os.open(self.folder / "inflight.bin",
-                                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        """Start a fresh journal. A full disk is not fatal: journaling stays off (`failed`
+        says why) and is tried again later."""
+        try:
+            for folder in (self.folder.parent, self.folder):  # the spool's folder is 0700 too
+                folder.mkdir(mode=0o700, exist_ok=True)
+            self._inflight_fd = os.open(
+                self.folder / "inflight.bin",
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            self._inflight_size = 0
+            self.failed, self._failed_at = None, None
+        except OSError as exc:
+            self._fail(exc)
 
     def write(self, records_frame: bytes | None, ids: list[int], starts: list[Exchange],
               ends: list[int]) -> None:
         """One hand-off window: the records' frame (the bytes sent to the writer), then the
         calls that started and ended in it. Never raises: a journal that cannot be written
         (a full disk) stops journaling and says so in `failed`."""
-        if self.failed is not None or self._inflight_fd is None:
+        if self.failed is not None:
+            if self._failed_at is None or time.monotonic() - self._failed_at < RETRY_SECONDS:
+                return
+            self.open()  # the disk may have room again
+        if self._inflight_fd is None:
             return
         try:
             if starts:
@@ -168,10 +183,16 @@ class Journal:
                     self._inflight.pop(exchange_id, None)
                 self._append_inflight(frame("end", ends))
         except OSError as exc:
-            self.failed = f"{type(exc).__name__}: {exc}"
-            log.error("cannot write the journal in %s (%s): calls are still recorded, but a "
-                      "kill of the gateway may now lose more than the last few ms of them",
-                      self.folder, self.failed)
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        """Stop journaling and give its disk space back (the spool may need it): what the
+        journal held is only for a kill, and calls go on being recorded without it."""
+        self.failed, self._failed_at = f"{type(exc).__name__}: {exc}", time.monotonic()
+        log.error("cannot write the journal in %s (%s): calls are still recorded, but a kill "
+                  "of the gateway could now lose more than its last few ms of them; trying "
+                  "again in %.0f s", self.folder, self.failed, RETRY_SECONDS)
+        self.close(clean=True)
 
     def settled(self, ids: list[int]) -> None:
         """The writer stored or spooled these: their segment may go."""
@@ -181,6 +202,13 @@ class Journal:
                 segment.open_records -= 1
         while len(self._segments) > 1 and self._segments[0].open_records <= 0:
             self._drop(self._segments.popleft())
+        if self._segments and self._segments[0].open_records <= 0 and self._segments[0].size:
+            segment = self._segments[0]  # all settled: start the file over, in place
+            try:
+                os.ftruncate(segment.fd, 0)
+                segment.size = 0
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self, clean: bool) -> None:
         """Close the files; a clean stop (everything stored or spooled) deletes them."""
@@ -192,7 +220,8 @@ class Journal:
             os.close(self._inflight_fd)
             self._inflight_fd = None
         if clean:
-            self.discard()
+            with contextlib.suppress(OSError):
+                self.discard()
 
     @property
     def size(self) -> int:

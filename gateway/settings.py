@@ -79,6 +79,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics", "--metrics", "AGENTOPS_METRICS", "auto",
             "Prometheus metrics at /metrics on the UI port: on, off, or auto (on when "
             "prometheus-client is installed)."),
+    Setting("journal", "--journal", "AGENTOPS_JOURNAL", "on",
+            "Journal hand-offs and call starts under --spool-dir so a killed gateway loses at "
+            "most its last 5 ms of calls and reports the calls it cut: on or off."),
 )
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
@@ -160,6 +163,7 @@ class Settings:
     wandb_group_by: str = "name"
     otel_endpoint: str | None = None
     metrics: str = "auto"
+    journal: str = "on"
 
     @classmethod
     def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:
@@ -196,6 +200,9 @@ class Settings:
         if self.metrics not in ("on", "off", "auto"):
             raise ConfigError(f"--metrics / AGENTOPS_METRICS must be on, off or auto, "
                               f"got {self.metrics!r}")
+        if self.journal not in ("on", "off"):
+            raise ConfigError(f"--journal / AGENTOPS_JOURNAL must be on or off, "
+                              f"got {self.journal!r}")
         if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
             raise ConfigError("--otel-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT must be an "
                               f"http(s) URL such as http://127.0.0.1:4318, "

@@ -180,7 +180,7 @@ class WriterProcess:
     def recover(self) -> None:
         """Before the first start: what a killed predecessor left in the journal goes to the
         overflow spool (records, and placeholders of the calls it cut), which the child takes
-        over first; then a fresh journal begins."""
+        over first; then a fresh journal begins (unless --journal off)."""
         found = self.journal.recover()
         if found.records or found.interrupted:
             kept = self.overflow.append(found.records + found.interrupted)
@@ -194,7 +194,8 @@ class WriterProcess:
                 "with state `interrupted`)", self.recovered_records, self.missing_calls)
         self.overflow.close()
         self.journal.discard()
-        self.journal.open()
+        if self.settings.journal == "on":
+            self.journal.open()
 
     async def start(self) -> None:
         """Start the child and wait until its database is open and its grouper rebuilt."""
@@ -282,6 +283,9 @@ class WriterProcess:
             if self._writer is not None and not self._stopping:
                 self._writer.close()  # the child is gone: nothing more can be sent to it
             self._writer = None
+            if self._up is not None:
+                self._up.close()
+                self._up = None
             for waiter in self._replies.values():
                 if not waiter.done():
                     waiter.set_exception(WriterError("the writer process went away"))
@@ -442,7 +446,8 @@ class WriterProcess:
         health["writer_pid"] = self.pid
         health["missing_calls"] = self.missing_calls
         health["recovered_records"] = self.recovered_records
-        health["journal"] = "ok" if self.journal.failed is None else self.journal.failed
+        health["journal"] = ("off" if self.settings.journal == "off" else
+                             "ok" if self.journal.failed is None else self.journal.failed)
         health.setdefault("database", "unknown")
         lag = self.lag()
         health["writer_lag_seconds"] = round(lag, 3)
@@ -478,6 +483,7 @@ class WriterProcess:
             self._reader_task.cancel()
         if self._up is not None:
             self._up.close()
+            self._up = None
         leftover = [*self._release_unsettled(), *self._pending]  # only if the child failed us
         self._pending = []
         kept = self.overflow.append(leftover) if leftover else 0

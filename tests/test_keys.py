@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -245,6 +247,8 @@ async def test_an_echoed_key_is_never_stored(echo: str, db_url: str, tmp_path: P
     # queue_max_bytes=1: every record goes through the disk spool on its way to the database
     settings = make_settings(echo, db_url, tmp_path, queue_max_bytes=1)
     async with running(settings) as gw:
+        # The writer, stopped, cannot replay (and delete) the spool files before we read them.
+        os.kill(gw.recorder.pid, signal.SIGSTOP)
         calls = [
             ("/v1/echo/401", {}, 401),
             ("/v1/echo/gzip", {}, 401),
@@ -273,6 +277,7 @@ async def test_an_echoed_key_is_never_stored(echo: str, db_url: str, tmp_path: P
         )
         assert len(streamed.response_chunks) == len(streamed.chunk_ms)
 
+        os.kill(gw.recorder.pid, signal.SIGCONT)
         await gw.recorder.drained(timeout=30)
         shown = await details(gw)
         assert len(shown) == len(calls)

@@ -294,11 +294,14 @@ async def test_reported_poison_values_are_stored_clipped_or_escaped(
             assert len(items) == 3
             async with http.get(f"{gw.ui_url}/api/exchanges/{items[-1]['id']}") as resp:
                 first = await resp.json()
+            async with http.get(f"{gw.ui_url}/exchanges/{items[-1]['id']}") as resp:
+                page = await resp.text()
             async with http.get(f"{gw.ui_url}/api/runs") as resp:
                 runs = (await resp.json())["items"]
             async with http.get(f"{gw.ui_url}/healthz") as resp:
                 health = await resp.json()
     assert first["clipped"] == {"hints.run": 250, "hints.agent": 300}
+    assert "Clipped to fit" in page and "<code>hints.run</code> (250 characters)" in page
     assert ["X-Weird", "\\xff\\xfe"] in first["request_headers"]
     assert len(runs) == 2 and {r["exchange_count"] for r in runs} == {2, 1}
     assert all(len(r["name"]) == 200 and storable.is_clipped(r["name"]) for r in runs)
