@@ -174,6 +174,7 @@ class WriterProcess:
         self.lag_check_seconds = LAG_CHECK_SECONDS
         self._boosted = False
         self._lag_task: asyncio.Task[None] | None = None
+        self._dropped_by_lost = 0  # drops reported by writer processes that died since
         self._dropped_seen = 0  # dropped_records when last seen to grow, and when
         self._dropped_at: float | None = None
 
@@ -296,6 +297,9 @@ class WriterProcess:
         child had not stored or spooled: they go to the overflow spool first, then new ones,
         until a new child takes the files over (ids it already stored are skipped)."""
         held = self._release_unsettled()
+        # Its counts die with it: keep the drops it reported, or /healthz would forget them.
+        self._dropped_by_lost += self._health.get("dropped_records", 0)
+        self._health = {"database": self._health.get("database", "unknown")}
         log.error("the writer process exited; spooling %d records it held; restarting",
                   len(held))
         if held:
@@ -441,7 +445,8 @@ class WriterProcess:
         health["queue_size"] = self.queue_size
         health["spool_bytes"] = health.get("spool_bytes", 0) + self.overflow.size
         health["spooled_records"] = health.get("spooled_records", 0) + self.overflow.spooled
-        health["dropped_records"] = health.get("dropped_records", 0) + self.overflow.dropped
+        health["dropped_records"] = (health.get("dropped_records", 0) + self.overflow.dropped
+                                     + self._dropped_by_lost)
         health["writer_process"] = "ok" if self._writer is not None else "down"
         health["writer_pid"] = self.pid
         health["missing_calls"] = self.missing_calls
@@ -488,6 +493,11 @@ class WriterProcess:
         self._pending = []
         kept = self.overflow.append(leftover) if leftover else 0
         self.overflow.close()
+        final = self.health()  # the last word on this process's counts, for the log
+        log.info("writer stopped: %s records stored, %s spooled, %s dropped and counted, "
+                 "%s quarantined", final.get("written_records", "?"),
+                 final.get("spooled_records", 0), final.get("dropped_records", 0),
+                 final.get("quarantined_by_writer", 0))
         # Everything is stored or spooled: the journal has nothing more to keep (unless the
         # spool refused some, which then stay in the journal for the next start).
         self.journal.close(clean=kept == len(leftover))
@@ -591,6 +601,8 @@ class Child:
         tasks = [asyncio.create_task(self._push_health()),
                  asyncio.create_task(self._finish_runs())]
         try:
+            for path in self.handoff:  # what the proxy spooled while no writer was running
+                await self._replay_overflow(Path(path))
             await self._serve(reader)
         finally:
             for task in tasks:
@@ -624,9 +636,10 @@ class Child:
         self.host = IntegrationHost(self.settings, os.environ)
         self.host.attach(self.recorder)
         step_aside()  # ready to store: from here on, calls come first
-        for path in self.handoff:  # what the proxy spooled while no writer was running
-            await self._replay_overflow(Path(path))
         tune_gc()
+        # Ready before replaying what the proxy spooled while no writer ran (that can take
+        # a while at idle priority): the proxy can hand over and get health reports at once;
+        # records it sends meanwhile wait in the socket, so the order is kept.
         self.out.write(frame("ready", self._health()))
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
