@@ -204,3 +204,49 @@ async def test_export_to_a_path_that_cannot_be_written_is_one_line_at_once(
     assert len(err.strip().splitlines()) == 1, err
     assert took < 10
     assert not list(Path(os.path.dirname(out) or ".").glob(".agentops-export-*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_ends_a_start_that_waits_for_the_database(
+    tmp_path: Path, sig: signal.Signals
+):
+    """A database that accepts the connection and never answers keeps the start waiting
+    (asyncpg's own timeout is a minute): a signal still ends it at once, with one line."""
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        "--db",
+        f"postgres://postgres@127.0.0.1:{port}/none",
+        "--port",
+        "0",
+        "--ui-port",
+        "0",
+        "--spool-dir",
+        str(tmp_path / "spool"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(accepted.wait(), QUICK)
+        proc.send_signal(sig)
+        code, err, took = await timed_exit(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for writer in held:
+            writer.close()
+        server.close()
+    assert code == 130, err
+    assert err.strip() == "agentops-studio: interrupted while starting"
+    assert took < 5
