@@ -22,6 +22,7 @@ from gateway import access, api, replay_api, runs_api, scrub
 from gateway.experiments import Experiments
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
+from gateway.lifecycle import InFlight
 from gateway.pricing import PriceTable
 from gateway.providers import make_providers
 from gateway.providers.base import Provider
@@ -43,7 +44,8 @@ RETENTION_EVERY_SECONDS = 3600
 def create_ui_app(gateway: Gateway) -> web.Application:
     """The UI/API application (never reachable through the proxy port)."""
     settings = gateway.settings
-    app = web.Application(middlewares=access.middlewares(settings))
+    app = web.Application(middlewares=[gateway.ui_in_flight.middleware,
+                                       *access.middlewares(settings)])
     app[api.STORE] = gateway.store
     app[api.RECORDER] = gateway.recorder
     app[api.PRICES] = gateway.prices
@@ -93,6 +95,8 @@ class Gateway:
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.in_flight = InFlight()  # proxy calls being served
+        self.ui_in_flight = InFlight()  # UI/API requests being served
         self.proxy_url = ""
         self.ui_url = ""
 
@@ -137,7 +141,7 @@ class Gateway:
         assert self.proxy is not None
         # No access log (query strings may hold keys); errors through HTTP_LOG, which never
         # prints the raw request line or headers a malformed request quoted.
-        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG)
+        server = web.Server(self.in_flight.wrap(self.proxy), access_log=None, logger=HTTP_LOG)
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
         await self._proxy_runner.setup()
@@ -148,27 +152,35 @@ class Gateway:
 
     async def _listen_ui(self) -> None:
         self._ui_runner = web.AppRunner(create_ui_app(self), handle_signals=False,
-                                        access_log=None, logger=HTTP_LOG)
+                                        access_log=None, logger=HTTP_LOG,
+                                        shutdown_timeout=self.settings.shutdown_grace)
         await self._ui_runner.setup()
         ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
         await ui_site.start()
         self.ui_url = _url(self._ui_runner)
 
     async def stop(self) -> None:
-        """Refuse new calls, give in-flight ones the grace period, then flush the queue."""
+        """Refuse new calls, give in-flight ones the grace period, then flush the queue.
+        `cut_in_flight` (a second Ctrl-C) during the wait ends it at once."""
         for task in self._tasks:
             task.cancel()
         experiments = getattr(self, "experiments", None)  # absent if start failed early
         if experiments is not None:
             await experiments.stop()
-        if self._proxy_runner is not None:
-            await self._proxy_runner.cleanup()  # stops listening, waits, cancels stragglers
-        if self._ui_runner is not None:
-            await self._ui_runner.cleanup()
+        # Both listeners at once: stop listening, wait up to the grace, cancel stragglers.
+        await asyncio.gather(*(runner.cleanup() for runner in (self._proxy_runner,
+                                                               self._ui_runner)
+                               if runner is not None))
         with contextlib.suppress(AttributeError):
             await self.session.close()
         await self.recorder.stop(timeout=max(5.0, self.settings.shutdown_grace))
         await self.store.close()
+
+    def cut_in_flight(self) -> int:
+        """Cancel the calls in flight now (the proxy records each with state `shutdown` and
+        hands it to the writer); returns how many there were."""
+        self.ui_in_flight.cut()
+        return self.in_flight.cut()
 
     async def _fill_costs(self) -> None:
         """Price stored calls whose model had no price when they were recorded."""

@@ -2,7 +2,8 @@
 healthcheck`. Flags come from the settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
-ends as one line on stderr and exit status 2, never a traceback.
+ends as one line on stderr and exit status 2, never a traceback. SIGINT and SIGTERM end every
+command (see gateway/lifecycle.py): an interrupted one exits with status 130.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +21,7 @@ import click
 from gateway import __version__
 from gateway.export import ExportError, export_options, export_request
 from gateway.gc_tuning import tune_gc
+from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
 from gateway.pricing import PriceFileError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store import Store, StoreError
@@ -32,6 +33,15 @@ USER_ERRORS = (ConfigError, StoreError, PriceFileError, WriterError)
 def fail(message: str) -> None:
     click.echo(f"agentops-studio: error: {message}", err=True)
     sys.exit(2)
+
+
+def interrupted(what: str = "interrupted") -> None:
+    click.echo(f"agentops-studio: {what}", err=True)
+    sys.exit(INTERRUPTED_STATUS)
+
+
+def say(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def setting_options(names: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
@@ -75,13 +85,18 @@ def serve(log_level: str, **flags: Any) -> None:
     settings = build_settings(flags)
     _logging(log_level)
     try:
-        asyncio.run(_serve(settings))
+        cut = asyncio.run(_serve(settings))
+    except Interrupted:
+        interrupted("interrupted while starting")
+        return
     except USER_ERRORS as exc:
         fail(str(exc))
+        return
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        pass
+        return
+    if cut is not None:  # a second Ctrl-C
+        sys.exit(INTERRUPTED_STATUS)
 
 
 def _logging(level: str) -> None:
@@ -91,23 +106,23 @@ def _logging(level: str) -> None:
     logging.getLogger("tortoise").setLevel(logging.WARNING)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> int | None:
+    """Run until a signal; returns how many calls a second signal cut (None: none did)."""
     from gateway.app import Gateway
 
     gateway = Gateway(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals = Signals()
     try:
-        await gateway.start()
-        tune_gc()
-        click.echo(f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> "
-                   f"{settings.upstream}, UI {gateway.ui_url}", err=True)
-        await stop.wait()
-        click.echo("shutting down: finishing in-flight calls...", err=True)
-    finally:
+        await signals.unless_stopped(gateway.start())
+    except BaseException:
         await gateway.stop()
+        raise
+    tune_gc()
+    say(f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream}, "
+        f"UI {gateway.ui_url}")
+    await signals.first.wait()
+    return await signals.stop(gateway.stop(), lambda: len(gateway.in_flight),
+                              gateway.cut_in_flight, settings.shutdown_grace, say)
 
 
 @main.command()
@@ -133,7 +148,10 @@ def purge(older_than: str, **flags: Any) -> None:
             await store.close()
 
     try:
-        removed = asyncio.run(run())
+        removed = run_interruptible(run())
+    except Interrupted:
+        interrupted("interrupted: exchanges removed so far stay removed")
+        return
     except USER_ERRORS as exc:
         fail(str(exc))
         return
@@ -166,7 +184,7 @@ CAPTURE_SETTINGS = tuple(s.name for s in SETTINGS if s.name not in (
               help="Also write the raw flows to FILE as mitmproxy does (-w); `import` reads it.")
 @click.option("--ui/--no-ui", default=True, show_default=True,
               help="Serve the UI/API on --ui-host/--ui-port as `serve` does.")
-@setting_options(CAPTURE_SETTINGS)
+@setting_options((*CAPTURE_SETTINGS, "shutdown_grace"))
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def mitm(mitm_port: int, listen_host: str, capture_hosts: tuple[str, ...], confdir: str,
@@ -180,19 +198,24 @@ def mitm(mitm_port: int, listen_host: str, capture_hosts: tuple[str, ...], confd
     _logging(log_level)
     hosts = tuple(h for entry in capture_hosts for h in entry.replace(",", " ").split())
     try:
-        asyncio.run(_mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca,
-                          save_flows, ui))
+        cut = asyncio.run(_mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca,
+                                save_flows, ui))
+    except Interrupted:
+        interrupted("interrupted while starting")
+        return
     except (*USER_ERRORS, MitmError) as exc:
         fail(str(exc))
+        return
     except OSError as exc:
         fail(f"cannot listen: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        pass
+        return
+    if cut is not None:  # a second Ctrl-C
+        sys.exit(INTERRUPTED_STATUS)
 
 
 async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[str, ...],
                 confdir: str, upstream_ca: str | None, save_flows: str | None,
-                ui: bool) -> None:
+                ui: bool) -> int | None:
     from gateway.app import Gateway
     from gateway.mitm import MitmCapture, client_instructions, write_ca_bundle
 
@@ -201,23 +224,32 @@ async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[s
                           capture_hosts=capture_hosts, confdir=confdir,
                           max_body_bytes=settings.max_body_bytes, upstream_ca=upstream_ca,
                           save_flows=save_flows, held_keys=gateway.held_keys)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    signals = Signals()
+
+    async def start() -> None:
         await gateway.start(proxy=False, ui=ui)
         await capture.start()
-        bundle = write_ca_bundle(capture.confdir)
-        click.echo(f"AgentOps Studio {__version__}: mitm proxy {capture.url} recording "
-                   f"{', '.join(capture_hosts)}" + (f", UI {gateway.ui_url}" if ui else ""),
-                   err=True)
-        click.echo(client_instructions(capture.url, bundle), err=True)
-        await stop.wait()
-        click.echo("shutting down...", err=True)
-    finally:
+
+    async def stop() -> None:
+        await capture.stop(settings.shutdown_grace)
+        await gateway.stop()
+
+    def cut() -> int:
+        gateway.cut_in_flight()  # UI/API requests
+        return capture.cut()
+
+    try:
+        await signals.unless_stopped(start())
+    except BaseException:
         await capture.stop()
         await gateway.stop()
+        raise
+    bundle = write_ca_bundle(capture.confdir)
+    say(f"AgentOps Studio {__version__}: mitm proxy {capture.url} recording "
+        f"{', '.join(capture_hosts)}" + (f", UI {gateway.ui_url}" if ui else ""))
+    say(client_instructions(capture.url, bundle))
+    await signals.first.wait()
+    return await signals.stop(stop(), capture.in_flight, cut, settings.shutdown_grace, say)
 
 
 @main.command("import")
@@ -235,7 +267,10 @@ def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     try:
         loaded = load(file, capture_hosts)
-        stored, known = asyncio.run(_import(settings, loaded.exchanges))
+        stored, known = run_interruptible(_import(settings, loaded.exchanges))
+    except Interrupted:
+        interrupted()
+        return
     except (*USER_ERRORS, ImportFileError) as exc:
         fail(str(exc))
         return
@@ -275,7 +310,10 @@ def export(**options: Any) -> None:
         return
     settings = build_settings({"db": options.get("db")})
     try:
-        result = asyncio.run(run_export(settings.db, request))
+        result = run_interruptible(run_export(settings.db, request))
+    except Interrupted:
+        interrupted("interrupted: nothing was exported")
+        return
     except (*USER_ERRORS, ExportError) as exc:
         fail(str(exc))
         return

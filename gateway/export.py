@@ -202,11 +202,25 @@ def _check_target(request: ExportRequest) -> Path:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise ExportError(f"--out: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"--out: cannot write in {folder} (permission denied)")
     if out.is_dir() and request.format != "hf":
         raise ExportError(f"--out: {out} is a folder; give a file name")
+    if out.exists() and not out.is_dir() and not out.is_file():
+        raise ExportError(f"--out: {out} is not a regular file")  # /dev/full, a pipe
+    if out.is_file() and not os.access(out, os.W_OK):
+        raise ExportError(f"--out: {out} is read-only")
     return out
+
+
+def _work_folder(out: Path | None) -> Path:
+    """The folder the export is written in before it is renamed into place. Made before the
+    database is opened: a target that cannot be written (a read-only folder, /proc) fails at
+    once, not after the query."""
+    folder = out.parent if out is not None else None
+    try:
+        return Path(tempfile.mkdtemp(prefix=".agentops-export-", dir=folder))
+    except OSError as exc:
+        raise ExportError(f"--out: cannot write in {folder or tempfile.gettempdir()}: "
+                          f"{exc.strerror or exc}") from None
 
 
 async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
@@ -221,13 +235,12 @@ async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
         if request.format in formats and importlib.util.find_spec(package) is None:
             raise ExportError(f"--format {request.format} needs the {package} package: "
                               "pip install 'agentops-studio[hf]'")
-    store = Store(db_url)
-    await store.open()
     result = ExportResult()
     columns = RUN_COLUMNS if request.runs else EXCHANGE_COLUMNS
-    work = Path(tempfile.mkdtemp(prefix=".agentops-export-",
-                                 dir=None if out is None else out.parent or "."))
+    work = _work_folder(out)
+    store = Store(db_url)
     try:
+        await store.open()
         partial = work / ("data.parquet" if request.format in ("parquet", "hf") else "data")
         stream = sys.stdout if stdout else None
         writer: Any

@@ -11,6 +11,7 @@ roots in one file a client can name in SSL_CERT_FILE.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -79,7 +80,9 @@ class MitmCapture:
         self.upstream_ca = upstream_ca
         self.save_flows = save_flows
         self.master: Any = None
+        self.addon: CaptureAddon | None = None
         self._task: asyncio.Task[None] | None = None
+        self._cut = asyncio.Event()
         self.url = ""
 
     @property
@@ -104,10 +107,10 @@ class MitmCapture:
         try:
             self.master = Master(opts)
             ready = _Ready()
-            self.master.addons.add(*default_addons(), ready,
-                                   CaptureAddon(self.submit, self.capture_hosts,
-                                                max_body_bytes=self.max_body_bytes,
-                                                held_keys=self.held_keys))
+            self.addon = CaptureAddon(self.submit, self.capture_hosts,
+                                      max_body_bytes=self.max_body_bytes,
+                                      held_keys=self.held_keys)
+            self.master.addons.add(*default_addons(), ready, self.addon)
             # Lazy: the upstream is dialled once the request is read, so a failure to reach
             # it is an HTTP flow (a recorded 502), not a refused CONNECT nobody sees.
             opts.update(connection_strategy="lazy")
@@ -135,7 +138,18 @@ class MitmCapture:
         self.port = port
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
-    async def stop(self) -> None:
+    def in_flight(self) -> int:
+        """Calls to the captured hosts that have started and not yet ended."""
+        return len(self.addon.live) if self.addon is not None else 0
+
+    def cut(self) -> int:
+        """Stop waiting for the calls in flight (a second Ctrl-C); returns how many."""
+        self._cut.set()
+        return self.in_flight()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening, give the calls in flight `grace` seconds (or until `cut`), stop
+        mitmproxy, and record the calls it leaves unfinished with state `shutdown`."""
         if self.master is not None and self._task is not None and not self._task.done():
             # mitmproxy's shutdown leaves its listening sockets to the process's exit (no
             # `done` hook closes them); embedded, close them first.
@@ -144,11 +158,23 @@ class MitmCapture:
                 await proxyserver.servers.update([])
             except Exception:
                 log.debug("could not stop mitmproxy's servers", exc_info=True)
+            await self._calls_done(grace)
             self.master.shutdown()
             try:
                 await asyncio.wait_for(self._task, 10)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+        if self.addon is not None:
+            self.addon.cut()
+
+    async def _calls_done(self, grace: float) -> None:
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.in_flight() and not self._cut.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cut.wait(), min(left, 0.05))
 
 
 def _private_file(path: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import redact, scrub
-from gateway.exchange import CLIENT_DISCONNECTED, UPSTREAM_ERROR, Exchange, stable_id
+from gateway.exchange import CLIENT_DISCONNECTED, SHUTDOWN, UPSTREAM_ERROR, Exchange, stable_id
 from gateway.proxy import HINT_PREFIX
 
 log = logging.getLogger("agentops.mitm")
@@ -90,6 +90,7 @@ class _Live:
     stored: int = 0
     truncated: bool = False
     started: float = 0.0
+    flow: Any = None  # recorded from here if the gateway stops before the flow ends
 
     def chunk(self, data: bytes) -> bytes:
         """mitmproxy's stream callable: keep a copy (up to the limit), pass the bytes on."""
@@ -130,7 +131,8 @@ class CaptureAddon:
         for name in {k for k, _ in pairs if k.lower().startswith(HINT_PREFIX)}:
             del request.headers[name]  # as the gateway does: hints never go upstream
         flow.metadata[HINTS_KEY] = hints
-        self.live[flow.id] = _Live(hints, self.max_body_bytes, started=request.timestamp_start)
+        self.live[flow.id] = _Live(hints, self.max_body_bytes, started=request.timestamp_start,
+                                   flow=flow)
 
     def responseheaders(self, flow: Any) -> None:
         live = self.live.get(flow.id)
@@ -147,7 +149,7 @@ class CaptureAddon:
     def error(self, flow: Any) -> None:
         self._finish(flow)
 
-    def _finish(self, flow: Any) -> None:
+    def _finish(self, flow: Any, cut: bool = False) -> None:
         live = self.live.pop(flow.id, None)
         if live is None:
             return
@@ -155,6 +157,18 @@ class CaptureAddon:
             exchange = exchange_of(flow, stable_id(flow.request.timestamp_start, flow.id),
                                    live.chunks, live.chunk_ms, live.hints, self.held_keys)
             exchange.response_truncated = live.truncated
+            if cut:
+                exchange.state = SHUTDOWN
+                exchange.error = "gateway shut down before the call finished"
+                exchange.latency_ms = round((time.time() - live.started) * 1000, 3)
             self.submit(exchange)
         except Exception:  # never break the agent's call over a recording problem
             log.exception("could not record flow %s", flow.id)
+
+    def cut(self) -> int:
+        """Record every flow still in flight with state `shutdown` (the gateway is stopping
+        and mitmproxy will not finish them); returns how many there were."""
+        flows = [live.flow for live in self.live.values()]
+        for flow in flows:
+            self._finish(flow, cut=True)
+        return len(flows)

@@ -6,9 +6,12 @@ so that batch inserts stay one executemany per table and pagination stays one in
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import os
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +19,8 @@ from typing import Any
 
 import orjson
 from tortoise import Tortoise
-from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.client import BaseDBAsyncClient, ConnectionWrapper
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate
 from tortoise.transactions import in_transaction
 
@@ -85,6 +89,65 @@ def describe_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
+async def _enter_releasing_lock(self: ConnectionWrapper) -> Any:
+    """tortoise's ConnectionWrapper.__aenter__, but a failed connect releases the lock.
+
+    tortoise (1.1) takes the client's lock and then connects; when the connect fails (a
+    SQLite file that cannot be opened) the lock is never released. Its migration loader
+    swallows that first error ("no migrations applied yet"), so the next query waits for the
+    lock forever: `serve` hung at start with no output. With the lock released the next
+    query fails too, and the error reaches `Store.open`.
+    """
+    await self._lock.acquire()
+    try:
+        await self.ensure_connection()
+    except BaseException:
+        self._lock.release()
+        raise
+    return self.connection
+
+
+ConnectionWrapper.__aenter__ = _enter_releasing_lock  # type: ignore[method-assign]
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a sqlite:// URL names (None for :memory: and PostgreSQL)."""
+    if not url.startswith("sqlite://"):
+        return None
+    path = str(expand_db_url(url)["credentials"]["file_path"])
+    return None if path == ":memory:" else path
+
+
+def prepare_sqlite(path: str) -> None:
+    """Create the database's folder (parents too) and check the file can be opened, so that
+    a bad path fails at once with the reason, before tortoise and the writer process try."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder {folder} for the SQLite database "
+                         f"{path}: {_why(exc)}") from None
+    if os.path.isdir(path):
+        raise StoreError(f"cannot open the SQLite database {path}: it is a folder")
+    try:
+        conn = sqlite3.connect(path, timeout=5)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()  # reads the header
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the SQLite database {path}: {exc}") from None
+    if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK | os.X_OK):
+        where = path if not os.access(path, os.W_OK) else folder
+        raise StoreError(f"cannot write the SQLite database {path}: {where} is read-only")
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return f"{exc.filename or 'a part of the path'} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
 class Store:
     def __init__(self, url: str) -> None:
         if url.startswith("postgresql://"):
@@ -98,6 +161,9 @@ class Store:
 
     async def open(self, migrate_schema: bool = True) -> None:
         """Connect and bring the schema up to date with the committed migrations."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            await asyncio.to_thread(prepare_sqlite, path)
         try:
             if migrate_schema:
                 await migrate(config=tortoise_config(self.url))

@@ -229,6 +229,9 @@ class WriterProcess:
         except TimeoutError:
             self._process.kill()
             raise WriterError("the writer process did not start in time") from None
+        except asyncio.CancelledError:  # a Ctrl-C during the start: no writer to wait for
+            self._process.kill()
+            raise
         self._writer = writer
         self._stopped.clear()
         self._boosted = False  # a new child starts at idle priority

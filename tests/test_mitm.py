@@ -246,3 +246,60 @@ async def test_port_in_use_is_one_clear_error(tmp_path: Path):
             await capture.start()
     message = str(info.value)
     assert f"could not listen on 127.0.0.1:{port}" in message and "\n" not in message
+
+
+async def test_mitm_second_ctrl_c_cuts_the_call_in_flight_and_records_it(tls_fake: TlsFake,
+                                                                         tmp_path: Path):
+    """As `serve` does: the first Ctrl-C waits for the hanging call (up to --shutdown-grace)
+    and says so, the second exits at once, and the call is stored with state `shutdown`."""
+    db = tmp_path / "cut.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "mitm", "--port", "0", "--no-ui",
+        "--capture-host", "localhost", "--confdir", str(tmp_path / "conf"),
+        "--upstream-ca", str(tls_fake.ca.ca_pem), "--db", f"sqlite://{db}",
+        "--shutdown-grace", "60", "--spool-dir", str(tmp_path / "spool"),
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if "PROXY" not in k.upper()})
+    assert proc.stderr is not None
+
+    async def line_with(text: str) -> str:
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, f"stderr ended without {text!r}"
+            if text in line:
+                return line
+
+    try:
+        proxy = re.search(r"HTTPS_PROXY=(\S+)", await line_with("HTTPS_PROXY=")).group(1)  # type: ignore[union-attr]
+        bundle = re.search(r"SSL_CERT_FILE=(\S+)", await line_with("SSL_CERT_FILE=")).group(1)  # type: ignore[union-attr]
+        trust = ssl.create_default_context(cafile=bundle)
+        async with httpx2.AsyncClient(proxy=proxy, verify=trust, timeout=60) as client:
+            call = asyncio.create_task(client.post(
+                f"{tls_fake.url}/v1/chat/completions", headers={"x-fake-hang": "1"},
+                json={"model": MODEL, "messages": chat("hang")}))
+            deadline = time.monotonic() + 20
+            while not tls_fake.app[REQUESTS] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert tls_fake.app[REQUESTS], "the call never reached the upstream"
+            proc.send_signal(signal.SIGINT)
+            hint = await line_with("stopping:")
+            assert "waiting up to 60 s for 1 call in flight" in hint, hint
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+            took = time.monotonic() - started
+            call.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert "cut 1 call in flight" in err.decode()
+    assert took < 5, f"took {took:.1f} s to exit after the second Ctrl-C"
+    gw = Gateway(make_settings("http://127.0.0.1:9", f"sqlite://{db}", tmp_path / "read"))
+    await gw.start(proxy=False, ui=False)
+    try:
+        (row,) = await records(gw)
+    finally:
+        await gw.stop()
+    assert row["state"] == "shutdown" and row["path"] == "/v1/chat/completions"
