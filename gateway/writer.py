@@ -497,10 +497,11 @@ class WriterProcess:
         kept = self.overflow.append(leftover) if leftover else 0
         self.overflow.close()
         final = self.health()  # the last word on this process's counts, for the log
-        log.info("writer stopped: %s records stored, %s spooled, %s dropped and counted, "
-                 "%s quarantined", final.get("written_records", "?"),
-                 final.get("spooled_records", 0), final.get("dropped_records", 0),
-                 final.get("quarantined_by_writer", 0))
+        if "written_records" in final:  # a writer ran (a failed start says why, elsewhere)
+            log.info("writer stopped: %s records stored, %s spooled, %s dropped and "
+                     "counted, %s quarantined", final["written_records"],
+                     final.get("spooled_records", 0), final.get("dropped_records", 0),
+                     final.get("quarantined_by_writer", 0))
         # Everything is stored or spooled: the journal has nothing more to keep (unless the
         # spool refused some, which then stay in the journal for the next start).
         self.journal.close(clean=kept == len(leftover))

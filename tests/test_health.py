@@ -1,0 +1,67 @@
+"""/healthz tells the truth: each reason appears with its cause and clears when the cause
+does (database and spool: tests/test_recorder.py; quarantined: tests/test_quarantine.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.api import health_reasons
+from tests.conftest import Upstream, make_settings, running
+from tests.test_recorder import calls, health
+
+
+async def reasons_become(gw, wanted: list[str], timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await health(gw)
+        if state["reasons"] == wanted:
+            return state
+        assert time.monotonic() < deadline, f"reasons stayed {state['reasons']}, not {wanted}"
+        await asyncio.sleep(0.05)
+
+
+async def test_writer_lag_is_a_reason_until_the_writer_catches_up(upstream: Upstream,
+                                                                   tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'lag.db'}", tmp_path)
+    async with running(settings) as gw:
+        gw.recorder.lag_seconds = 0.3  # instead of 10 s
+        writer = gw.recorder.pid
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            assert await calls(gw, 5, "waiting") == [200] * 5
+            state = await reasons_become(gw, ["writer_lag"])
+            assert state["status"] == "degraded" and state["writer_lag_seconds"] > 0.3
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        state = await reasons_become(gw, [])
+        assert state["status"] == "ok" and state["writer_lag_seconds"] == 0
+
+
+async def test_a_dead_writer_is_a_reason_until_it_is_back(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'dead.db'}", tmp_path)
+    async with running(settings) as gw:
+        os.kill(gw.recorder.pid, signal.SIGKILL)
+        await reasons_become(gw, ["writer"])
+        await reasons_become(gw, [])  # restarted
+        assert await calls(gw, 3, "after") == [200] * 3
+        await gw.recorder.drained(timeout=15)
+        assert await gw.store.count() == 3
+        async with aiohttp.ClientSession() as http, http.get(f"{gw.ui_url}/healthz") as resp:
+            assert (await resp.json())["writer_process"] == "ok"
+
+
+def test_each_reason_has_its_cause():
+    calm = {"database": "ok", "spool_bytes": 0, "quarantined": 0, "writer_lagging": False,
+            "writer_process": "ok", "dropped_recently": False}
+    assert health_reasons(calm) == []
+    causes = {"database": {"database": "down"}, "spool": {"spool_bytes": 10},
+              "quarantined": {"quarantined": 2}, "writer_lag": {"writer_lagging": True},
+              "writer": {"writer_process": "down"}, "dropped": {"dropped_recently": True}}
+    for reason, cause in causes.items():
+        assert health_reasons({**calm, **cause}) == [reason]
