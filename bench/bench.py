@@ -961,6 +961,16 @@ def problems(arms: list[Arm]) -> list[str]:
     return found
 
 
+def clean_up() -> None:
+    """Stop every child process and drop the throwaway PostgreSQL databases."""
+    stop_all()
+    for name in PG_DATABASES:
+        try:
+            asyncio.run(drop_pg_db(name))
+        except Exception as exc:
+            log(f"could not drop PostgreSQL database {name}: {exc!r}")
+
+
 def stop_all() -> None:
     for proc in reversed(PROCS):
         with contextlib.suppress(Exception):
@@ -1005,12 +1015,7 @@ def main() -> int:
             log("interrupted; stopping child processes")
             return 130
         finally:
-            stop_all()
-            for name in PG_DATABASES:
-                try:
-                    asyncio.run(drop_pg_db(name))
-                except Exception as exc:
-                    log(f"could not drop PostgreSQL database {name}: {exc!r}")
+            clean_up()
         meta["wall_s"] = time.monotonic() - start
         for arm in arms:
             summarize(arm)

@@ -68,13 +68,12 @@ from bench import (
     PG_DATABASES,
     PYTHON,
     Proc,
+    clean_up,
     create_pg_db,
-    drop_pg_db,
     free_port,
     port_open,
     proc_tree,
     spawn,
-    stop_all,
     wait_ready,
 )
 from gateway.quarantine import decode
@@ -884,12 +883,7 @@ def main() -> int:
             log("interrupted; stopping child processes")
             return 130
         finally:
-            stop_all()
-            for name in PG_DATABASES:
-                try:
-                    asyncio.run(drop_pg_db(name))
-                except Exception as exc:
-                    log(f"could not drop PostgreSQL database {name}: {exc!r}")
+            clean_up()
     print(report(result, meta))
     print("\n" + ("PASS" if not problems else "FAIL: " + "; ".join(problems)))
     Path(args.output).write_text(

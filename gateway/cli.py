@@ -12,9 +12,9 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -27,6 +27,7 @@ from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store import Store, StoreError
 from gateway.writer import WriterError
 
+T = TypeVar("T")
 USER_ERRORS = (ConfigError, StoreError, PriceFileError, WriterError)
 
 
@@ -125,6 +126,16 @@ async def _serve(settings: Settings) -> int | None:
                               gateway.cut_in_flight, settings.shutdown_grace, say)
 
 
+async def on_store(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store, do `work` with it, close it (whatever happens)."""
+    store = Store(db)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
 @main.command()
 @click.option("--older-than", required=True, metavar="AGE",
               help="Delete exchanges older than this: 30d, 12h, or a number of days.")
@@ -139,16 +150,8 @@ def purge(older_than: str, **flags: Any) -> None:
     settings = build_settings(flags)
     cutoff = datetime.now(UTC) - timedelta(days=days)
 
-    async def run() -> int:
-        store = Store(settings.db)
-        await store.open()
-        try:
-            return await store.purge(cutoff)
-        finally:
-            await store.close()
-
     try:
-        removed = run_interruptible(run())
+        removed = run_interruptible(on_store(settings.db, lambda store: store.purge(cutoff)))
     except Interrupted:
         interrupted("interrupted: exchanges removed so far stay removed")
         return
@@ -362,20 +365,18 @@ def quarantine_list(**flags: Any) -> None:
     """Print one line per quarantined record: id, captured at, size, error."""
     settings = build_settings(flags)
 
-    async def run() -> list[dict[str, Any]]:
-        store = Store(settings.db)
-        await store.open()
-        try:
-            items, cursor = await store.quarantine_list(500, None)
-            while cursor is not None:
-                more, cursor = await store.quarantine_list(500, cursor)
-                items += more
-            return items
-        finally:
-            await store.close()
+    async def listed(store: Store) -> list[dict[str, Any]]:
+        items, cursor = await store.quarantine_list(500, None)
+        while cursor is not None:
+            more, cursor = await store.quarantine_list(500, cursor)
+            items += more
+        return items
 
     try:
-        items = asyncio.run(run())
+        items = run_interruptible(on_store(settings.db, listed))
+    except Interrupted:
+        interrupted("interrupted")
+        return
     except USER_ERRORS as exc:
         fail(str(exc))
         return
@@ -425,16 +426,12 @@ def quarantine_drop(ids: tuple[str, ...], **flags: Any) -> None:
     wanted = _ids(ids)
     settings = build_settings(flags)
 
-    async def run() -> int:
-        store = Store(settings.db)
-        await store.open()
-        try:
-            return await store.quarantine_delete(wanted)
-        finally:
-            await store.close()
-
     try:
-        dropped = asyncio.run(run())
+        dropped = run_interruptible(
+            on_store(settings.db, lambda store: store.quarantine_delete(wanted)))
+    except Interrupted:
+        interrupted("interrupted")
+        return
     except USER_ERRORS as exc:
         fail(str(exc))
         return

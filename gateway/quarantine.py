@@ -30,17 +30,6 @@ from gateway.exchange import Exchange
 DOWN_SQLSTATE_CLASSES = frozenset({"08", "3D", "40", "42", "53", "57", "58", "XX"})
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """A record set aside, as the API lists it."""
-
-    id: int
-    captured_at: str
-    quarantined_at: str
-    error: str
-    size_bytes: int
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception and what it wraps (Tortoise re-raises driver errors as its own)."""
     seen: list[BaseException] = []

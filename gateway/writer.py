@@ -365,26 +365,27 @@ class WriterProcess:
         self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
 
     def _flush(self) -> None:
-        """Send what the proxy finished in the last few ms as one frame, or spool it; the
-        same frame goes to the journal first."""
+        """Send what the proxy finished in the last few ms as one frame, or spool it. The
+        journal gets the same frame first; a batch that goes to the spool is on disk there,
+        so the journal notes only its calls' ends (writing 100 KB bodies twice cost a sixth
+        of the proxy's time)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()  # when called directly (a call, stop)
             self._flush_timer = None
         batch, self._pending = self._pending, []
         starts, self._starts = self._starts, []
         ids = [exchange.id for exchange in batch]
+        writer = self._writer
+        size = sum(map(body_bytes, batch))
+        if (writer is None or writer.is_closing()
+                or len(self._unsettled) + len(batch) > self.queue_size
+                or self._unsettled_bytes + size > self.queue_max_bytes):
+            if batch:
+                self._spill(batch)  # the spool first: an end noted means a record kept
+            self.journal.write(None, [], starts, ids)
+            return
         message = frame("records", [pack(e) for e in batch]) if batch else None
         self.journal.write(message, ids, starts, ids)
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            if batch:
-                self._spill(batch)
-            return
-        size = sum(map(body_bytes, batch))
-        if (len(self._unsettled) + len(batch) > self.queue_size
-                or self._unsettled_bytes + size > self.queue_max_bytes):
-            self._spill(batch)
-            return
         if self._overflowing:
             self._hand_over()
         if message is not None:
