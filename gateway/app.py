@@ -108,9 +108,15 @@ class Gateway:
         records come from elsewhere (`mitm` has no reverse proxy, `import` listens on nothing)."""
         await self.store.open()
         try:
-            await self.recorder.start()
+            # A one-shot command (import, quarantine retry) beside a running gateway takes a
+            # spool folder of its own rather than refusing to run.
+            await self.recorder.start(own_spool_if_busy=not proxy and not ui)
         except Exception:
+            self.recorder.unlock()
             await self.store.close()
+            raise
+        except BaseException:  # cancelled (a signal during start): no awaiting now
+            self.recorder.unlock()
             raise
         self.session = client_session()
         self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import multiprocessing
 import operator
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -174,9 +176,52 @@ class WriterProcess:
         self.lag_check_seconds = LAG_CHECK_SECONDS
         self._boosted = False
         self._lag_task: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None  # our hold on the spool folder (see _lock_spool)
         self._dropped_by_lost = 0  # drops reported by writer processes that died since
         self._dropped_seen = 0  # dropped_records when last seen to grow, and when
         self._dropped_at: float | None = None
+
+    def _lock_spool(self, own_if_busy: bool) -> None:
+        """One process per spool folder: two would replay, and delete, each other's files
+        (spool, hand-off, journal). The lock (flock) dies with its process, kill -9 too."""
+        folder = Path(self.settings.spool_dir)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise WriterError(f"--spool-dir {folder}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if not own_if_busy:
+                raise WriterError(
+                    f"--spool-dir {folder} is in use by another gateway process (pid "
+                    f"{holder}): give each gateway its own --spool-dir") from None
+            private = folder / f"oneshot-{os.getpid()}"
+            log.info("--spool-dir %s is in use by pid %s: this command spools to %s",
+                     folder, holder, private)
+            self.settings = self.settings.replace(spool_dir=str(private))
+            self.overflow = Spool(overflow_dir(self.settings), self.settings.spool_max_bytes)
+            self.journal = Journal(journal_dir(self.settings))
+            self._lock_spool(own_if_busy=False)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Let go of the spool folder (at stop, or after a failed start); a command's private
+        folder goes too when nothing is left in it."""
+        if self._lock_fd is None:
+            return
+        os.close(self._lock_fd)  # releases the flock
+        self._lock_fd = None
+        folder = Path(self.settings.spool_dir)
+        if folder.name.startswith("oneshot-") and not any(
+                p.is_file() and p.name != "lock" for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def recover(self) -> None:
         """Before the first start: what a killed predecessor left in the journal goes to the
@@ -198,9 +243,10 @@ class WriterProcess:
         if self.settings.journal == "on":
             self.journal.open()
 
-    async def start(self) -> None:
+    async def start(self, own_spool_if_busy: bool = False) -> None:
         """Start the child and wait until its database is open and its grouper rebuilt."""
         if self._process is None:
+            self._lock_spool(own_spool_if_busy)
             self.recover()
         ctx = process_context()
         # Two one-way channels, not one duplex socket: when the proxy's process is killed,
@@ -506,6 +552,7 @@ class WriterProcess:
         # Everything is stored or spooled: the journal has nothing more to keep (unless the
         # spool refused some, which then stay in the journal for the next start).
         self.journal.close(clean=kept == len(leftover))
+        self.unlock()
 
 
 # -- the writer's side -----------------------------------------------------------------------

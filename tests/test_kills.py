@@ -152,3 +152,28 @@ async def test_writer_stores_what_it_has_when_the_proxy_process_is_killed(upstre
         os.kill(writer, signal.SIGCONT)
         await wait_gone(writer)
     assert len(await stored(db)) == 15
+
+
+async def test_one_spool_folder_one_gateway(upstream: Upstream, tmp_path: Path):
+    """Two gateways on one --spool-dir would replay and delete each other's files: the second
+    refuses to start, saying why; a one-shot command (import, quarantine retry) beside a
+    running gateway spools to a folder of its own, removed when it is left empty."""
+    from gateway.app import Gateway
+    from gateway.writer import WriterError
+    from tests.conftest import make_settings, running
+
+    settings = make_settings(upstream.url, migrated_sqlite(tmp_path / "one.db"), tmp_path)
+    async with running(settings):
+        second = Gateway(settings)
+        with pytest.raises(WriterError, match="in use by another gateway process"):
+            await second.start()
+        oneshot = Gateway(settings)
+        await oneshot.start(proxy=False, ui=False)
+        try:
+            private = Path(oneshot.recorder.settings.spool_dir)
+            assert private.parent == tmp_path / "spool" and private.name.startswith("oneshot-")
+        finally:
+            await oneshot.stop()
+        assert not private.exists()
+    async with running(settings):  # the first one's lock went with it
+        pass
