@@ -60,11 +60,6 @@ def stable_id(started_at: float, identity: str) -> int:
     return (ms << 22) | (int.from_bytes(digest, "big") & 0x3FFFFF)
 
 
-def id_time_ms(exchange_id: int) -> int:
-    """The Unix time in ms encoded in an id (used to turn `since`/`until` into id bounds)."""
-    return (exchange_id >> 22) + _EPOCH_MS
-
-
 def id_at(unix_ms: int) -> int:
     """The smallest id that could have been issued at `unix_ms`."""
     return min(max(0, unix_ms - _EPOCH_MS) << 22, MAX_ID)

@@ -25,7 +25,6 @@ from gateway.mitm_addon import CaptureAddon
 
 log = logging.getLogger("agentops.mitm")
 
-DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default: a CA already trusted stays valid
 CA_CERT = "mitmproxy-ca-cert.pem"
 CA_BUNDLE = "agentops-ca-bundle.pem"
 INSTALL_HINT = ("mitm capture needs mitmproxy (Python 3.12+): "

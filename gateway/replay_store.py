@@ -66,14 +66,6 @@ class ReplayStore:
                 "similarity": row["similarity"], "ops": extra.get("ops", []),
                 "tool_calls": extra.get("tool_calls", {}), "deltas": extra.get("deltas", {})}
 
-    async def diffs_of(self, exchange_id: int) -> list[dict[str, Any]]:
-        """Stored diffs an exchange takes part in (id, a, b, similarity), newest first."""
-        rows = await self.store.rows(
-            "SELECT id, a, b, similarity, identical FROM diffs WHERE a = ? OR b = ? "
-            "ORDER BY id DESC LIMIT 100", [exchange_id, exchange_id])
-        return [{"id": str(r["id"]), "a": str(r["a"]), "b": str(r["b"]),
-                 "similarity": r["similarity"], "identical": bool(r["identical"])} for r in rows]
-
     # -- what a conversation replay needs ------------------------------------------------------
 
     async def conversation_history(self, exchange_id: int) -> tuple[Any, list[Any] | None]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.transactions import in_transaction
 
 if TYPE_CHECKING:
     from gateway.capture import Rows
@@ -32,7 +31,6 @@ BUCKETS = tuple(f"h{i:02d}" for i in range(len(BOUNDS) + 1))
 SUMS = ("calls", "errors", "unpriced", "prompt_tokens", "completion_tokens", "total_tokens",
         "cost_usd", "latency_count", "latency_sum")
 VALUES = SUMS + BUCKETS  # the additive columns, in this order everywhere
-DIMENSIONS = ("model", "run", "agent")
 LABEL_CACHE = 100_000  # runs whose name and agent the writer remembers
 _UPSERT_COLUMNS = ("dim", "hour", "value", *VALUES)
 _LATENCY = SUMS.index("latency_count")
@@ -318,13 +316,6 @@ class Rollups:
             "SELECT value AS model, SUM(unpriced) AS calls FROM rollups WHERE dim = 'model' "
             "AND value <> '' GROUP BY value HAVING SUM(unpriced) > 0 ORDER BY calls DESC")
         return [{"model": row["model"], "calls": int(row["calls"])} for row in rows]
-
-    async def rebuild(self) -> None:
-        """Recompute every rollup from the exchanges table (bench/seed.py after a bulk load)."""
-        async with in_transaction("default") as tx:
-            await tx.execute_script("DELETE FROM rollups")
-            for statement in backfill_sql():
-                await tx.execute_script(statement)
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 # The gateway never fetches anything at run time (no CDN): these files are committed, ship in
 # the wheel and the Docker image, and are served from /static/vendor/. Run this script only to
 # change a version; it pins exact versions and records each file's SHA-256 in SOURCES.txt,
-# which tests/test_webui_assets.py checks.
+# which tests/test_ui_assets.py checks.
 #
 #   bash webui/vendor.sh            # needs node's npm; writes webui/static/vendor/
 set -euo pipefail

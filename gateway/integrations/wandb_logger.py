@@ -24,7 +24,6 @@ from gateway.settings import Settings
 
 log = logging.getLogger("agentops.wandb")
 
-GROUP_BY = ("run", "name")
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
 TEXT_LIMIT = 2000  # characters of a message kept in a table cell
 TABLE_COLUMNS = ("step", "exchange_id", "started_at", "model", "endpoint", "status", "state",
