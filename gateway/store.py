@@ -22,9 +22,10 @@ from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient, ConnectionWrapper
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate
+from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from gateway import storable
+from gateway import models, storable
 from gateway.capture import Rows
 from gateway.exchange import id_at
 from gateway.rollups import Rollups
@@ -37,18 +38,14 @@ class StoreError(RuntimeError):
     """The database cannot be used (unreachable, refused, bad URL); says which and why."""
 
 
-EXCHANGE_COLUMNS = (
-    "id", "started_at", "provider", "method", "path", "client_path", "query", "status", "model",
-    "request_model", "endpoint", "streamed", "state", "error", "prompt_tokens",
-    "completion_tokens", "total_tokens", "cached_tokens", "connector_tokens", "units",
-    "finish_reason", "output_text", "cost_usd", "latency_ms", "ttfb_ms", "ttft_ms",
-    "correlation_id", "key_fingerprint", "truncated", "parse_error", "omitted", "run_id",
-    "replay_of", "run_source", "step", "parent_id", "thread_key", "clipped",
-)
-BODY_COLUMNS = (
-    "exchange_id", "request_headers", "request_body", "request_body_encoding",
-    "response_headers", "response_body", "response_body_encoding",
-)
+def columns_of(model: type[Model]) -> tuple[str, ...]:
+    """A table's columns, in the model's order: the models are the one description of the
+    schema (the migrations are checked against them: tests/test_schema.py)."""
+    return tuple(field.source_field or name for name, field in model._meta.fields_map.items())
+
+
+EXCHANGE_COLUMNS = columns_of(models.Exchange)
+BODY_COLUMNS = columns_of(models.ExchangeBody)
 SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
 _CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
                    ("started_at", "streamed", "truncated", "parse_error", "omitted"))
