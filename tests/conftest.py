@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -28,6 +31,7 @@ from aiohttp import web
 from gateway.app import Gateway
 from gateway.settings import Settings
 from tests.fake_mistral import REQUESTS, start_fake
+from tests.tcp_relay import TcpRelay
 
 PG_DSN = os.environ.get("AGENTOPS_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
 STRICT = bool(os.environ.get("CI")) or bool(os.environ.get("AGENTOPS_FAIL_ON_SKIP"))
@@ -241,3 +245,70 @@ def browser():  # type: ignore[no-untyped-def]
             yield chromium
         finally:
             chromium.close()
+
+
+# -- shared helpers (tests import these from here, never from each other) -------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "gateway"]
+CALL_KEY = "sk-recorder-test-key-SPOOLED-9876"  # the key `calls` sends
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
+    """Poll with a deadline (the state is in another task; there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for_health(url: str, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(400):
+            if proc.returncode is not None:
+                raise AssertionError("gateway exited early")
+            try:
+                async with http.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("gateway did not come up")
+
+
+async def calls(gw: Gateway, count: int, tag: str, key: str = CALL_KEY) -> list[int]:
+    async def one(n: int) -> int:
+        payload = {"model": "mistral-small-latest",
+                   "messages": [{"role": "user", "content": f"{tag} {n}"}]}
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{gw.proxy_url}/v1/chat/completions", json=payload,
+                headers={"Authorization": f"Bearer {key}"}) as resp:
+            await resp.read()
+            return resp.status
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def health(gw: Gateway) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.ui_url}/healthz") as resp:
+        return await resp.json()
+
+
+@pytest.fixture
+async def relayed_pg() -> AsyncIterator[tuple[str, TcpRelay]]:
+    async with throwaway_pg() as url:
+        relay = TcpRelay("127.0.0.1", 5432)
+        await relay.start()
+        name = url.rsplit("/", 1)[1]
+        try:
+            yield f"postgres://postgres@127.0.0.1:{relay.port}/{name}", relay
+        finally:
+            await relay.close()

@@ -8,8 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -17,16 +15,7 @@ import pytest
 
 from gateway.settings import SETTINGS
 from gateway.store import ExchangeFilter, Store
-from tests.conftest import Upstream, running
-
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "gateway"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import CLI, ROOT, Upstream, calls, free_port, running, wait_for_health
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -84,21 +73,6 @@ async def test_bad_price_file_is_one_line(tmp_path: Path):
     code, _, err = await run("serve", "--prices", str(prices), "--db",
                              f"sqlite://{tmp_path / 'p.db'}")
     assert code == 2 and str(prices) in err and "Traceback" not in err
-
-
-async def wait_for_health(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(400):
-            if proc.returncode is not None:
-                raise AssertionError("gateway exited early")
-            try:
-                async with http.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("gateway did not come up")
 
 
 @pytest.mark.slow
@@ -159,7 +133,6 @@ async def test_sigterm_finishes_short_calls_and_records_long_ones(upstream: Upst
 
 async def test_purge(upstream: Upstream, tmp_path: Path):
     from tests.conftest import make_settings
-    from tests.test_recorder import calls
 
     db = f"sqlite://{tmp_path / 'purge.db'}"
     async with running(make_settings(upstream.url, db, tmp_path)) as gw:

@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from gateway.settings import Settings
-from tests.conftest import Upstream
-from tests.test_cli import free_port, wait_for_health
+from tests.conftest import Upstream, free_port, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

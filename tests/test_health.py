@@ -12,8 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.api import health_reasons
-from tests.conftest import Upstream, make_settings, running
-from tests.test_recorder import calls, health
+from tests.conftest import Upstream, calls, health, make_settings, running
 
 
 async def reasons_become(gw, wanted: list[str], timeout: float = 15) -> dict:

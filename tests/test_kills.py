@@ -18,8 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.store import ExchangeFilter, Store
-from tests.conftest import Upstream, migrated_sqlite
-from tests.test_cli import CLI, ROOT, free_port, wait_for_health
+from tests.conftest import CLI, ROOT, Upstream, free_port, migrated_sqlite, wait_for_health
 
 pytestmark = pytest.mark.slow
 

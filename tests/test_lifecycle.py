@@ -19,8 +19,7 @@ import aiohttp
 import pytest
 
 from gateway.store import ExchangeFilter, Store
-from tests.conftest import Upstream
-from tests.test_cli import free_port, wait_for_health
+from tests.conftest import Upstream, free_port, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "gateway"]

@@ -14,10 +14,8 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
-from tests.conftest import Upstream, make_settings, running
+from tests.conftest import Upstream, free_port, make_settings, running, wait_until
 from tests.otlp_receiver import otlp_receiver
-from tests.test_cli import free_port
-from tests.test_recorder import eventually
 from tests.test_runs import KEY, tool_loop
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -63,7 +61,7 @@ async def test_exchanges_and_runs_become_linked_spans(upstream: Upstream, db_url
             await gw.recorder.call("integrations_drained")
             return len(receiver.named("invoke_agent")) == 3 and len(receiver.spans) == 7
 
-        await eventually(runs_exported)
+        await wait_until(runs_exported)
 
     exchange_spans = {s.attributes["agentops.exchange.id"]: s for s in receiver.spans
                       if "agentops.exchange.id" in s.attributes}

@@ -18,8 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Upstream
-from tests.test_cli import free_port, wait_for_health
+from tests.conftest import Upstream, free_port, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 

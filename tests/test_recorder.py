@@ -4,60 +4,25 @@ full spool, restarts with a non-empty spool.
 
 from __future__ import annotations
 
-import asyncio
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from gateway.app import Gateway
 from gateway.store import ExchangeFilter
-from tests.conftest import Upstream, make_settings, running, throwaway_pg
-from tests.tcp_relay import TcpRelay
+from tests.conftest import (
+    CALL_KEY,
+    Upstream,
+    calls,
+    health,
+    make_settings,
+    running,
+    wait_until,
+)
 
-KEY = "sk-recorder-test-key-SPOOLED-9876"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
-    """Poll with a deadline (the state is in another task; there is no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-async def calls(gw: Gateway, count: int, tag: str) -> list[int]:
-    async def one(n: int) -> int:
-        payload = {"model": "mistral-small-latest",
-                   "messages": [{"role": "user", "content": f"{tag} {n}"}]}
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{gw.proxy_url}/v1/chat/completions", json=payload,
-                headers={"Authorization": f"Bearer {KEY}"}) as resp:
-            await resp.read()
-            return resp.status
-
-    return list(await asyncio.gather(*(one(n) for n in range(count))))
-
-
-async def health(gw: Gateway) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(f"{gw.ui_url}/healthz") as resp:
-        return await resp.json()
-
-
-@pytest.fixture
-async def relayed_pg() -> AsyncIterator[tuple[str, TcpRelay]]:
-    async with throwaway_pg() as url:
-        relay = TcpRelay("127.0.0.1", 5432)
-        await relay.start()
-        name = url.rsplit("/", 1)[1]
-        try:
-            yield f"postgres://postgres@127.0.0.1:{relay.port}/{name}", relay
-        finally:
-            await relay.close()
+KEY = CALL_KEY
 
 
 @pytest.mark.postgres
@@ -74,7 +39,7 @@ async def test_database_down_then_back_loses_nothing(upstream: Upstream, relayed
         async def spooling() -> bool:
             state = await health(gw)
             return state["database"] == "down" and state["spool_bytes"] > 0
-        await eventually(spooling)
+        await wait_until(spooling)
         assert (await health(gw))["status"] == "degraded"
         spool_files = list((tmp_path / "spool").glob("spool-*.bin"))
         assert spool_files
@@ -123,7 +88,7 @@ async def test_spool_limit_drops_and_counts(upstream: Upstream, relayed_pg, tmp_
 
         async def dropping() -> bool:
             return (await health(gw))["dropped_records"] > 0
-        await eventually(dropping)
+        await wait_until(dropping)
         state = await health(gw)
         assert state["status"] == "degraded" and state["spool_bytes"] <= 4096
     finally:

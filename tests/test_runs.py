@@ -13,8 +13,7 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
-from tests.conftest import Upstream, make_settings, running
-from tests.test_recorder import eventually
+from tests.conftest import Upstream, make_settings, running, wait_until
 
 KEY = "runs-test-key-0000111122223333"
 TOOLS = [{"type": "function", "function": {
@@ -283,7 +282,7 @@ async def test_idle_runs_finish_and_names_start_again(upstream: Upstream, db_url
 
             async def finished() -> bool:
                 return all(r["ended_at"] for r in await runs(gw, name="batch"))
-            await eventually(finished)
+            await wait_until(finished)
             (first,) = await runs(gw, name="batch")
             assert first["status"] == "error"  # its last exchange failed
             await chat(http, gw, [{"role": "user", "content": "again"}],
@@ -293,7 +292,7 @@ async def test_idle_runs_finish_and_names_start_again(upstream: Upstream, db_url
         assert second["status"] == "running"
         async def second_done() -> bool:
             return (await runs(gw, name="batch"))[0]["status"] == "ok"
-        await eventually(second_done)
+        await wait_until(second_done)
         assert [r["id"] for r in await runs(gw, status="ok")] == [second["id"]]
 
 

@@ -25,9 +25,9 @@ import pytest
 from gateway.app import Gateway
 from gateway.exchange import Exchange
 from gateway.spool import Spool, read_records
-from tests.conftest import Upstream, make_settings, migrated_sqlite, running
+from tests.conftest import CALL_KEY as KEY
+from tests.conftest import Upstream, health, make_settings, migrated_sqlite, running, wait_until
 from tests.tcp_relay import TcpRelay
-from tests.test_recorder import KEY, eventually, health, relayed_pg  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = 256 * 1024
@@ -273,7 +273,7 @@ async def send(gw: Gateway, count: int, tag: str) -> None:
 @pytest.mark.postgres
 async def test_database_down_and_spool_disk_full_keep_the_writer_idle_and_lose_no_count(
     upstream: Upstream,
-    relayed_pg: tuple[str, TcpRelay],  # noqa: F811 (the fixture imported above)
+    relayed_pg: tuple[str, TcpRelay],
     tiny_fs: Path,
     tmp_path: Path,
 ):
@@ -290,7 +290,7 @@ async def test_database_down_and_spool_disk_full_keep_the_writer_idle_and_lose_n
             state = await health(gw)
             return state["queue_depth"] == 0 and state["dropped_records"] > 0
 
-        await eventually(settled)
+        await wait_until(settled)
         state = await health(gw)
         assert state["database"] == "down" and state["status"] == "degraded"
 
@@ -299,7 +299,7 @@ async def test_database_down_and_spool_disk_full_keep_the_writer_idle_and_lose_n
         async def exact() -> bool:
             return (await health(gw))["spool_bytes"] == on_disk(tiny_fs) > 0
 
-        await eventually(exact)
+        await wait_until(exact)
 
         await relay.restore()
         restored = True
@@ -308,7 +308,7 @@ async def test_database_down_and_spool_disk_full_keep_the_writer_idle_and_lose_n
             state = await health(gw)
             return state["database"] == "ok" and state["spool_bytes"] == 0 == on_disk(tiny_fs)
 
-        await eventually(replayed)
+        await wait_until(replayed)
         await idle_writer(gw)  # where the byte count used to stay above zero, and spin
         await gw.recorder.drained(timeout=10)
         state = await health(gw)
@@ -330,7 +330,7 @@ async def test_database_down_and_spool_disk_full_keep_the_writer_idle_and_lose_n
 @pytest.mark.postgres
 async def test_a_gateway_stops_at_once_with_its_database_down_and_its_spool_full(
     upstream: Upstream,
-    relayed_pg: tuple[str, TcpRelay],  # noqa: F811 (the fixture imported above)
+    relayed_pg: tuple[str, TcpRelay],
     tiny_fs: Path,
     tmp_path: Path,
 ):

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
-from tests.conftest import Upstream, make_settings, running
-from tests.test_recorder import calls
+from tests.conftest import Upstream, calls, make_settings, running
 
 
 async def columns(store: Store, table: str) -> set[str]:

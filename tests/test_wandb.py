@@ -18,9 +18,8 @@ import aiohttp
 import pytest
 
 from gateway.integrations import wandb_logger
-from tests.conftest import Upstream, make_settings, running
+from tests.conftest import Upstream, make_settings, running, wait_until
 from tests.test_experiments import finished, send
-from tests.test_recorder import eventually
 from tests.test_replay import ENV, post
 from tests.test_runs import tool_loop
 
@@ -127,7 +126,7 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
             assert stats["dropped"] == 0, stats
             return stats["sent"] == 1
 
-        await eventually(logged, timeout=30)
+        await wait_until(logged, timeout=30)
         # Experiments reach the writer process's logger through the gateway.
         assert await gw.log_experiment({"id": "7", "name": "sweep", "rows": [{"a": 1}],
                                         "totals": {"calls": 1}}) is True
@@ -223,7 +222,7 @@ async def test_finished_experiment_is_logged(upstream: Upstream, tmp_path: Path,
         async def logged() -> bool:
             return (await gw.recorder.call("integrations_drained"))["wandb"]["sent"] == 1
 
-        await eventually(logged, timeout=30)
+        await wait_until(logged, timeout=30)
 
     found = offline_run(offline, f"agentops-exp-{created['id']}")
     assert found["run"].display_name == f"experiment {created['id']}"
