@@ -4,47 +4,13 @@ running too); repeating one exchange measures determinism; bad requests are clea
 
 from __future__ import annotations
 
-import asyncio
 import statistics
-import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from gateway.app import Gateway
+from tests.clients import ENV, TOOLS, finished, get, post, send
 from tests.conftest import Upstream, make_settings, running
-from tests.test_replay import ENV, get, post
-from tests.test_runs import TOOLS
-
-AUTH = {"Authorization": "Bearer client-key-5555"}
-
-
-async def send(gw: Gateway, n: int, *, model: str = "mistral-large-latest",
-               headers: dict[str, str] | None = None, **extra: Any) -> None:
-    payload = {"model": model, "messages": [{"role": "user", "content": f"question {n}"}],
-               **extra}
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{gw.proxy_url}/v1/chat/completions", json=payload,
-            headers={**AUTH, **(headers or {})}) as resp:
-        assert resp.status == 200
-
-
-async def finished(gw: Gateway, experiment_id: str) -> tuple[dict[str, Any], int]:
-    """Poll with a deadline; returns the report and how many reads saw it unfinished."""
-    deadline = time.monotonic() + 60
-    reads = 0
-    while True:
-        status, report = await get(gw, f"/api/experiments/{experiment_id}")
-        assert status == 200, report
-        progress = report["progress"]
-        assert progress["finished"] + progress["pending"] == progress["total"]
-        if report["status"] != "running":
-            return report, reads
-        reads += 1
-        assert time.monotonic() < deadline, report["progress"]
-        await asyncio.sleep(0.05)
 
 
 async def test_cheaper_model_over_twenty_exchanges(upstream: Upstream, db_url: str,

@@ -25,8 +25,9 @@ from gateway.export import ExportRequest, neutralise, run_export
 from gateway.export_store import Failures
 from gateway.run_store import RunFilter, RunStore
 from gateway.store import ExchangeFilter, Store
+from tests.clients import RUNS_KEY as KEY
+from tests.clients import tool_loop
 from tests.conftest import Upstream, make_settings, running
-from tests.test_runs import KEY, tool_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
+from tests.clients import RUNS_KEY as KEY
 from tests.conftest import Upstream, make_settings, running
-from tests.test_runs import KEY
 
 TOKEN = "metrics-token-1234"
 

@@ -14,9 +14,10 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from tests.clients import RUNS_KEY as KEY
+from tests.clients import tool_loop
 from tests.conftest import Upstream, free_port, make_settings, running, wait_until
 from tests.otlp_receiver import otlp_receiver
-from tests.test_runs import KEY, tool_loop
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"

@@ -17,13 +17,9 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from tests.clients import CLIENT_KEY, ENV, GIVEN_KEY, REPLAY_KEY, get, latest_id, post
 from tests.conftest import Upstream, make_settings, running
 from tests.fake_mistral import CONVERSATIONS, REQUESTS, start_fake
-
-CLIENT_KEY = "client-key-never-used-for-replays-1111"
-REPLAY_KEY = "replay-key-from-the-environment-2222"
-GIVEN_KEY = "replay-key-given-in-the-body-3333"
-ENV = {"AGENTOPS_REPLAY_API_KEY": REPLAY_KEY, "MISTRAL_API_KEY": "lower-priority-key-4444"}
 
 
 @pytest.fixture
@@ -31,26 +27,6 @@ async def gw(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'replay.db'}", tmp_path)
     async with running(settings, ENV) as gateway:
         yield gateway
-
-
-async def post(gw: Gateway, path: str, body: Any = None, *,
-               headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    await gw.recorder.drained(timeout=20)
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.post(
-            path, json=body if body is not None else {}, headers=headers) as resp:
-        return resp.status, await resp.json()
-
-
-async def get(gw: Gateway, path: str, **params: str) -> tuple[int, Any]:
-    await gw.recorder.drained(timeout=20)
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.get(path, params=params) as resp:
-        return resp.status, await resp.json()
-
-
-async def latest_id(gw: Gateway) -> str:
-    status, page = await get(gw, "/api/exchanges", limit="1")
-    assert status == 200
-    return page["items"][0]["id"]
 
 
 def chat(gw: Gateway, **kwargs: Any) -> Any:

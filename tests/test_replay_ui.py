@@ -16,9 +16,8 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
+from tests.clients import ENV, finished, get, latest_id, post
 from tests.conftest import Upstream, make_settings, running
-from tests.test_experiments import finished
-from tests.test_replay import ENV, get, latest_id, post
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

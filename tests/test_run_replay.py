@@ -12,9 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.clients import ENV, TOOLS, get, post, tool_loop
 from tests.conftest import Upstream, make_settings, running
-from tests.test_replay import ENV, get, post
-from tests.test_runs import TOOLS, tool_loop
 
 
 async def only_run(gw: Any) -> dict[str, Any]:

@@ -13,13 +13,9 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from tests.clients import RUNS_KEY as KEY
+from tests.clients import TOOLS, tool_loop
 from tests.conftest import Upstream, make_settings, running, wait_until
-
-KEY = "runs-test-key-0000111122223333"
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}]
 
 
 async def api(gw: Gateway, path: str, **params: str) -> tuple[int, Any]:
@@ -38,22 +34,6 @@ async def run(gw: Gateway, run_id: str) -> dict:
     status, body = await api(gw, f"/api/runs/{run_id}")
     assert status == 200, body
     return body
-
-
-def tool_loop(gw: Gateway, city: str, *, server_url: str | None = None,
-              system: str = "You are a weather bot.") -> Any:
-    """user -> tool call -> tool result -> answer, as an agent written with the SDK does it."""
-    with Mistral(api_key=KEY, server_url=server_url or gw.proxy_url) as client:
-        messages: list[Any] = [{"role": "system", "content": system},
-                               {"role": "user", "content": f"Weather in {city}?"}]
-        first = client.chat.complete(model="mistral-large-latest", messages=messages,
-                                     tools=TOOLS)
-        call = first.choices[0].message.tool_calls[0]
-        messages += [first.choices[0].message,
-                     {"role": "tool", "tool_call_id": call.id, "name": call.function.name,
-                      "content": f"sunny in {city}"}]
-        return client.chat.complete(model="mistral-large-latest", messages=messages,
-                                    tools=TOOLS)
 
 
 async def test_tool_loop_is_one_run_with_linked_tool_call(gateway: Gateway):

@@ -16,7 +16,7 @@ from mistralai.client import Mistral
 
 from gateway.app import Gateway
 from gateway.store import Store
-from tests.test_runs import tool_loop
+from tests.clients import tool_loop
 from tests.ui_server import HOSTILE, KEY
 
 HTMX = {"HX-Request": "true"}

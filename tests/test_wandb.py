@@ -18,10 +18,8 @@ import aiohttp
 import pytest
 
 from gateway.integrations import wandb_logger
+from tests.clients import ENV, finished, post, send, tool_loop
 from tests.conftest import Upstream, make_settings, running, wait_until
-from tests.test_experiments import finished, send
-from tests.test_replay import ENV, post
-from tests.test_runs import tool_loop
 
 PROJECT = "agentops-test"
 
