@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.settings import Settings
 
@@ -38,7 +39,6 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 SESSION_DAYS = 30
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def _json_error(cls: type[web.HTTPException], message: str, **extra: str) -> web.HTTPException:

@@ -24,7 +24,7 @@ STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", WriterProcess)
 PRICES = web.AppKey("prices", PriceTable)
 RUNS = web.AppKey("runs", RunStore)
-PROVIDERS = web.AppKey("providers", Callable[[str], Provider])
+PROVIDERS: web.AppKey[Callable[[str], Provider]] = web.AppKey("providers")
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import access, api, replay_api, runs_api, scrub
 from gateway.experiments import Experiments
@@ -44,8 +45,9 @@ RETENTION_EVERY_SECONDS = 3600
 def create_ui_app(gateway: Gateway) -> web.Application:
     """The UI/API application (never reachable through the proxy port)."""
     settings = gateway.settings
-    app = web.Application(middlewares=[gateway.ui_in_flight.middleware,
-                                       *access.middlewares(settings)])
+    chain: list[Middleware] = [gateway.ui_in_flight.middleware]
+    chain += access.middlewares(settings)
+    app = web.Application(middlewares=chain)
     app[api.STORE] = gateway.store
     app[api.RECORDER] = gateway.recorder
     app[api.PRICES] = gateway.prices
@@ -63,9 +65,8 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
-        setup_webui = None
-    if setup_webui is not None:
-        setup_webui(app, settings, gateway.proxy_url)
+        return app
+    setup_webui(app, settings, gateway.proxy_url)
     return app
 
 

@@ -82,9 +82,11 @@ def text_diff(before: str, after: str) -> tuple[list[dict[str, str]], float]:
 
 def _align(pieces_a: list[str], keys_a: list[str], pieces_b: list[str],
            keys_b: list[str]) -> tuple[list[dict[str, str]], int]:
-    ops = []
+    ops: list[dict[str, str]] = []
     matched = 0
-    for tag, i1, i2, j1, j2 in Indel.opcodes(keys_a, keys_b):
+    for opcode in Indel.opcodes(keys_a, keys_b):
+        tag, i1, i2, j1, j2 = opcode.tag, opcode.src_start, opcode.src_end, opcode.dest_start, \
+            opcode.dest_end
         if tag == "equal":
             matched += i2 - i1
         ops.append({"op": tag, "before": "".join(pieces_a[i1:i2]),
@@ -98,7 +100,9 @@ def _by_lines(before: str, after: str) -> list[dict[str, str]]:
     ops: list[dict[str, str]] = []
     if len(lines_a) * len(lines_b) > MAX_PAIRS:
         return [{"op": "replace", "before": before, "after": after}]
-    for tag, i1, i2, j1, j2 in Indel.opcodes(lines_a, lines_b):
+    for opcode in Indel.opcodes(lines_a, lines_b):
+        tag, i1, i2, j1, j2 = opcode.tag, opcode.src_start, opcode.src_end, opcode.dest_start, \
+            opcode.dest_end
         block_a, block_b = "".join(lines_a[i1:i2]), "".join(lines_b[j1:j2])
         if tag == "equal":
             ops.append({"op": "equal", "before": block_a, "after": block_b})
@@ -152,7 +156,7 @@ def tool_calls(parsed: Parsed) -> list[dict[str, Any]]:
     message = parsed.message_out or {}
     for call in message.get("tool_calls") or ():
         if isinstance(call, dict):
-            function = call.get("function") if isinstance(call.get("function"), dict) else {}
+            function = call["function"] if isinstance(call.get("function"), dict) else {}
             out.append({"id": call.get("id"), "name": function.get("name"), "kind": "function",
                         "arguments": parse_arguments(function.get("arguments"))})
     for entry in parsed.entries_out or ():

@@ -102,9 +102,9 @@ class Exchange:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for the spool (bytes stay bytes; the spool codec handles them)."""
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Exchange:
-        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        known = set(cls.__slots__)
         return cls(**{k: v for k, v in data.items() if k in known})

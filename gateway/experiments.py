@@ -90,7 +90,7 @@ def totals(rows: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
         groups: dict[str, list[str]] = {}
         for row in done:
             groups.setdefault(row["exchange_id"], []).append(row["output_hash"])
-        determinism = [{"exchange_id": eid, "runs": len(hashes),
+        determinism: list[dict[str, Any]] = [{"exchange_id": eid, "runs": len(hashes),
                         "distinct_outputs": len(set(hashes)),
                         "flakiness": (round((len(set(hashes)) - 1) / (len(hashes) - 1), 4)
                                       if len(hashes) > 1 else 0.0)}

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -187,12 +188,11 @@ async def _records(reader: ExportReader, request: ExportRequest,
             for run in await reader.run_records(ids):
                 final = run["final_exchange"]
                 parsed = parse_stored(provider, final) if final else None
-                out.append(shaped(parsed, lambda messages, run=run: run_record(run, messages)))
+                out.append(shaped(parsed, partial(run_record, run)))
             yield [record for record in out if record is not None]
         return
     async for items in reader.exchanges(request.filter, request.failures):
-        out = [shaped(parse_stored(provider, item),
-                      lambda messages, item=item: exchange_record(item, messages))
+        out = [shaped(parse_stored(provider, item), partial(exchange_record, item))
                for item in items]
         yield [record for record in out if record is not None]
 

@@ -21,6 +21,7 @@ T = TypeVar("T")
 INTERRUPTED_STATUS = 130  # the shell's status for a command ended by Ctrl-C
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+R = TypeVar("R", bound=web.BaseRequest)
 
 
 class Interrupted(Exception):
@@ -37,11 +38,13 @@ class InFlight:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def wrap(self, handler: Handler) -> Handler:
+    def wrap(
+        self, handler: Callable[[R], Awaitable[web.StreamResponse]]
+    ) -> Callable[[R], Awaitable[web.StreamResponse]]:
         """`handler`, with each call it serves registered while it runs."""
         tasks = self.tasks
 
-        async def tracked(request: web.BaseRequest) -> web.StreamResponse:
+        async def tracked(request: R) -> web.StreamResponse:
             task = asyncio.current_task()
             assert task is not None
             tasks.add(task)
@@ -53,7 +56,9 @@ class InFlight:
         return tracked
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         return await self.wrap(handler)(request)
 
     def cut(self) -> int:
@@ -149,7 +154,7 @@ def run_interruptible(work: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        signalled = []
+        signalled: list[bool] = []
 
         def received() -> None:
             if signalled:

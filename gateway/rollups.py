@@ -69,7 +69,7 @@ def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
     # as /api/prices counts them: a model, no cost, an answer below 400
     unpriced = (fact.cost_usd is None and fact.model is not None and fact.status is not None
                 and fact.status < 400)
-    out = [(0, sign)]
+    out: list[tuple[int, float]] = [(0, sign)]
     if failed:
         out.append((1, sign))
     if unpriced:

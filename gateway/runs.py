@@ -339,8 +339,8 @@ class Grouper:
             changes.messages.append(row)
             for call in out.get("tool_calls") or ():
                 if isinstance(call, dict):
-                    function = call.get("function") if isinstance(call.get("function"),
-                                                                  dict) else {}
+                    function = (call["function"] if isinstance(call.get("function"), dict)
+                                else {})
                     changes.tool_calls.append(_tool_row(
                         run_id, eid, step, call.get("id"), function.get("name"), "function",
                         parse_arguments(function.get("arguments")), asked_at_ms=ended_ms))

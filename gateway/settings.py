@@ -124,10 +124,10 @@ def convert(setting: Setting, value: Any) -> Any:
                 raise ValueError("must not be negative")
             return number
         if setting.kind == "float":
-            number = float(value)
-            if number <= 0:
+            real = float(value)
+            if real <= 0:
                 raise ValueError("must be positive")
-            return number
+            return real
         if setting.kind == "bytes":
             return parse_bytes(value)
         if setting.kind == "days":

@@ -120,8 +120,11 @@ def clip(value: str, size: int) -> str:
 
 
 def is_clipped(value: str | None) -> bool:
+    """True when `value` ends as `clip` ends what it clipped."""
     return (
-        bool(value) and len(value) > _HASH_HEX and value[-_HASH_HEX - 2 : -_HASH_HEX] == CLIP_MARK
+        value is not None
+        and len(value) > _HASH_HEX
+        and value[-_HASH_HEX - 2 : -_HASH_HEX] == CLIP_MARK
     )
 
 

@@ -68,7 +68,7 @@ START_TIMEOUT = 60.0
 DROPPED_WINDOW = 300.0
 RESTART_SECONDS = 0.5
 _HEADER = struct.Struct(">I")
-_FIELDS = tuple(Exchange.__slots__)  # type: ignore[attr-defined]
+_FIELDS = tuple(Exchange.__slots__)
 
 
 def body_bytes(exchange: Exchange) -> int:
@@ -83,7 +83,8 @@ def frame(*message: Any) -> bytes:
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
     (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    return pickle.loads(await reader.readexactly(length))
+    message: tuple[Any, ...] = pickle.loads(await reader.readexactly(length))
+    return message
 
 
 # A record as a bare tuple of its fields: pickles in microseconds, no field names repeated.
@@ -601,6 +602,13 @@ def _socket(conn: Connection) -> socket.socket:
     return sock
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def child_main(settings: Settings, conn: tuple[Connection, Connection], log_level: int,
                handoff: list[str], environ: dict[str, str] | None = None) -> None:
     if environ is not None:
@@ -627,6 +635,9 @@ class Child:
         self.settings = settings
         self.conn = conn
         self.handoff = handoff
+        # Bytes of hand-off files not yet replayed: reported as spooled, so /healthz does
+        # not say "drained" while they wait (the child is ready before it replays them).
+        self.handoff_bytes = sum(_size(Path(p)) for p in handoff)
         self.tasks: set[asyncio.Task[None]] = set()
         self.calls: dict[str, Callable[..., Any]] = {
             "drained": self._drained,
@@ -654,7 +665,9 @@ class Child:
                  asyncio.create_task(self._finish_runs())]
         try:
             for path in self.handoff:  # what the proxy spooled while no writer was running
+                size = _size(Path(path))
                 await self._replay_overflow(Path(path))
+                self.handoff_bytes = max(0, self.handoff_bytes - size)
             await self._serve(reader)
         finally:
             for task in tasks:
@@ -762,7 +775,9 @@ class Child:
         return finished
 
     def _health(self) -> dict[str, Any]:
-        return {**self.recorder.health(), **self.host.health()}
+        health = {**self.recorder.health(), **self.host.health()}
+        health["spool_bytes"] += self.handoff_bytes
+        return health
 
     async def _push_health(self) -> None:
         while True:

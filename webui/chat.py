@@ -63,7 +63,7 @@ def tool_calls(calls: Any) -> list[dict[str, str]]:
     for call in calls or ():
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call["function"] if isinstance(call.get("function"), dict) else {}
         out.append({"id": str(call.get("id") or ""), "name": str(function.get("name") or "?"),
                     "arguments": arguments(function.get("arguments"))})
     return out

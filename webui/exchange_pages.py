@@ -146,7 +146,7 @@ async def exchange_live(request: web.Request) -> web.Response:
 async def exchange_detail(request: web.Request) -> web.Response:
     exchange_id = parse_cursor(request.match_info["id"])
     item = await api.load_exchange(request.app, exchange_id) if exchange_id else None
-    if item is None:
+    if item is None or exchange_id is None:
         return error_page(request, 404, "No such exchange",
                           "It may have been deleted, or removed by retention.")
     runs = request.app[api.RUNS]
@@ -171,7 +171,7 @@ async def exchange_delete(request: web.Request) -> web.StreamResponse:
     exchange_id = parse_cursor(request.match_info["id"])
     runs = request.app[api.RUNS]
     found, run_id = await runs.run_of_exchange(exchange_id) if exchange_id else (False, None)
-    if not found:
+    if not found or exchange_id is None:
         return error_page(request, 404, "No such exchange", "It was already deleted.")
     await request.app[api.STORE].delete_exchanges([exchange_id])
     target = "/"

@@ -48,11 +48,11 @@ async def replay_form(request: web.Request, action: str,
     replayer = request.app[REPLAYER]
     body = (item or {}).get("request_body")
     body = body if isinstance(body, dict) else {}
-    args = body.get("completion_args") if isinstance(body.get("completion_args"), dict) else {}
+    args = body["completion_args"] if isinstance(body.get("completion_args"), dict) else {}
     current = {k: body.get(k, args.get(k)) for k in ("model", *NUMBER_FIELDS)}
     models = await replayer.models()
     if current.get("model") and current["model"] not in models:
-        models = [current["model"], *models]
+        models = [str(current["model"]), *models]
     return {"action": action, "models": models, "current": current,
             "has_key": replayer.has_key}
 
@@ -106,7 +106,7 @@ async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
         overrides = form_overrides(form)
         original = await replayer.original(exchange_id)
         await replayer.plan(original, overrides)
-        key = replayer.key((form.get("api_key") or "").strip() or None)
+        key = replayer.key(str(form.get("api_key") or "").strip() or None)
         _, diff = await replayer.replay(exchange_id, overrides, key)
     except ReplayError as exc:
         return failure(request, exc)
@@ -129,7 +129,7 @@ async def run_replay_submit(request: web.Request) -> web.Response:
         overrides = form_overrides(form)
         steps = await runs.steps(run_id)
         await runs.replayer.plan(steps[0], overrides)
-        key = runs.replayer.key((form.get("api_key") or "").strip() or None)
+        key = runs.replayer.key(str(form.get("api_key") or "").strip() or None)
         result = await runs.replay(run_id, overrides, key, steps)
     except ReplayError as exc:
         return failure(request, exc)

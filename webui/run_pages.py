@@ -24,7 +24,7 @@ def run_duration_ms(run: dict[str, Any], last: dict[str, Any] | None) -> float |
     """From the first call's start to the last call's last byte."""
     start = parse_time(run.get("started_at"))
     end = parse_time(last["started_at"]) if last else None
-    if start is None or end is None:
+    if start is None or end is None or last is None:
         return None
     return (end - start).total_seconds() * 1000 + float(last.get("latency_ms") or 0)
 

@@ -191,7 +191,8 @@ def log_experiment(experiment: dict[str, Any], *, project: str,
                     group="experiments", job_type="experiment", config=config,
                     settings=_settings(), reinit="create_new") as wb:
         wb.log({"comparison": wandb.Table(
-            columns=columns, data=[[_cell(row.get(c)) for c in columns] for row in rows],
+            columns=list[str | int](columns),
+            data=[[_cell(row.get(c)) for c in columns] for row in rows],
             allow_mixed_types=True)})
         for key, value in _flatten(experiment.get("totals") or {}).items():
             wb.summary[key] = value

@@ -93,6 +93,11 @@ class ElevenLabsProvider:
     def __init__(self, usd_per_credit: float) -> None:
         self.usd_per_credit = usd_per_credit
 
+    def preview(self, request_json: Any) -> str | None:
+        """A TTS call is shown by the text it speaks."""
+        text = request_json.get("text") if isinstance(request_json, dict) else None
+        return text[:300] if isinstance(text, str) else None
+
     def parse(self, method: str, path: str, request_headers: dict[str, str],
               request_body: bytes, status: int | None, response_headers: dict[str, str],
               response_chunks: list[bytes]) -> Parsed:

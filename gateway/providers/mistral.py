@@ -292,7 +292,12 @@ class _Acc:
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.saw = False
-        self.model = self.finish = self.usage = self.first = self.conv_id = self.agent_id = None
+        self.model: str | None = None
+        self.finish: str | None = None
+        self.usage: Any = None
+        self.first: int | None = None
+        self.conv_id: str | None = None
+        self.agent_id: str | None = None
         # tool calls of choice 0: [call, argument pieces]; call_at maps a delta's index to one
         self.calls: list[list] = []
         self.call_at: dict[int, list] = {}
