@@ -73,29 +73,50 @@ STALL_SECONDS = 5.0
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-not-a-real-key"}
 
-SMALL_BODY = json.dumps({
-    "model": "mistral-small-latest",
-    "messages": [
-        {"role": "system", "content": "You are a concise assistant. Answer in one sentence."},
-        {"role": "user", "content": "What is the capital of France, and since when?"},
-    ],
-    "temperature": 0.3,
-    "max_tokens": 128,
-}).encode()
-STREAM_BODY = json.dumps({
-    "model": "mistral-small-latest",
-    "messages": [{"role": "user", "content": "What is the capital of France, and since when?"}],
-    "stream": True,
-}).encode()
+SMALL_BODY = json.dumps(
+    {
+        "model": "mistral-small-latest",
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant. Answer in one sentence."},
+            {"role": "user", "content": "What is the capital of France, and since when?"},
+        ],
+        "temperature": 0.3,
+        "max_tokens": 128,
+    }
+).encode()
+STREAM_BODY = json.dumps(
+    {
+        "model": "mistral-small-latest",
+        "messages": [{"role": "user", "content": "What is the capital of France, and since when?"}],
+        "stream": True,
+    }
+).encode()
 assert b'"stream": true' in STREAM_BODY
 
 
 def big_body(size: int = 100 * 1024) -> bytes:
     """A chat request of `size` bytes whose user message is plausible prose-like text."""
-    words = ("agent", "tool", "call", "context", "retrieval", "document", "summary", "the",
-             "of", "and", "result", "paragraph", "section", "invoice", "customer", "order")
-    empty = len(json.dumps({"model": "mistral-small-latest",
-                            "messages": [{"role": "user", "content": ""}]}))
+    words = (
+        "agent",
+        "tool",
+        "call",
+        "context",
+        "retrieval",
+        "document",
+        "summary",
+        "the",
+        "of",
+        "and",
+        "result",
+        "paragraph",
+        "section",
+        "invoice",
+        "customer",
+        "order",
+    )
+    empty = len(
+        json.dumps({"model": "mistral-small-latest", "messages": [{"role": "user", "content": ""}]})
+    )
     text: list[str] = []
     n, i = 0, 0
     while n < size - empty:
@@ -104,8 +125,9 @@ def big_body(size: int = 100 * 1024) -> bytes:
         n += len(word) + 1
         i += 1
     content = " ".join(text)[: size - empty]
-    return json.dumps({"model": "mistral-small-latest",
-                       "messages": [{"role": "user", "content": content}]}).encode()
+    return json.dumps(
+        {"model": "mistral-small-latest", "messages": [{"role": "user", "content": content}]}
+    ).encode()
 
 
 BIG_BODY = big_body()
@@ -126,12 +148,28 @@ class Params:
     stream_conc: int = 16
 
 
-QUICK = Params(warmup=300, lat_rounds=4, lat_per_round=250, tput_rounds=3,
-               tput_n={1: 300, 16: 1500, 64: 2000, 256: 3000}, stream_n=30, stream_rps_n=400,
-               open_streams=1000, big_n=200)
-FULL = Params(warmup=1000, lat_rounds=10, lat_per_round=500, tput_rounds=5,
-              tput_n={1: 1000, 16: 4000, 64: 6000, 256: 8000}, stream_n=120,
-              stream_rps_n=1500, open_streams=1000, big_n=800)
+QUICK = Params(
+    warmup=300,
+    lat_rounds=4,
+    lat_per_round=250,
+    tput_rounds=3,
+    tput_n={1: 300, 16: 1500, 64: 2000, 256: 3000},
+    stream_n=30,
+    stream_rps_n=400,
+    open_streams=1000,
+    big_n=200,
+)
+FULL = Params(
+    warmup=1000,
+    lat_rounds=10,
+    lat_per_round=500,
+    tput_rounds=5,
+    tput_n={1: 1000, 16: 4000, 64: 6000, 256: 8000},
+    stream_n=120,
+    stream_rps_n=1500,
+    open_streams=1000,
+    big_n=800,
+)
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -199,8 +237,14 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            argv,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self.pid = self.popen.pid
         self.exit_code: int | None = None
         self.stop_seconds: float | None = None
@@ -245,14 +289,15 @@ async def wait_ready(proc: Proc, probe: Callable[[], Awaitable[bool]], timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with status {proc.popen.returncode} before "
-                               f"it was ready; its output:\n{proc.output()}")
+            raise RuntimeError(
+                f"{proc.name} exited with status {proc.popen.returncode} before "
+                f"it was ready; its output:\n{proc.output()}"
+            )
         with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError):
             if await probe():
                 return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not ready after {timeout:.0f}s; its output:\n"
-                       f"{proc.output()}")
+    raise RuntimeError(f"{proc.name} not ready after {timeout:.0f}s; its output:\n{proc.output()}")
 
 
 async def port_open(port: int) -> bool:
@@ -351,8 +396,14 @@ class Load:
         return self.n_ok / self.elapsed if self.elapsed else 0.0
 
 
-async def load(session: aiohttp.ClientSession, arm: Arm, n: int, conc: int, body: bytes,
-               headers: dict[str, str] | None = None) -> Load:
+async def load(
+    session: aiohttp.ClientSession,
+    arm: Arm,
+    n: int,
+    conc: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> Load:
     """Send exactly n requests with conc workers; returns latencies of the good ones."""
     hdrs = headers or HEADERS
     latencies: list[float] = []
@@ -387,8 +438,9 @@ async def load(session: aiohttp.ClientSession, arm: Arm, n: int, conc: int, body
     return Load(len(latencies), errors, elapsed, latencies)
 
 
-async def one_stream(session: aiohttp.ClientSession, arm: Arm,
-                     headers: dict[str, str]) -> tuple[float, float, int] | None:
+async def one_stream(
+    session: aiohttp.ClientSession, arm: Arm, headers: dict[str, str]
+) -> tuple[float, float, int] | None:
     """One SSE call: (ttft seconds, mean gap between events seconds, events) or None."""
     clock = time.perf_counter
     arm.calls += 1
@@ -420,8 +472,9 @@ async def one_stream(session: aiohttp.ClientSession, arm: Arm,
     return first - t0, gap, events
 
 
-async def streams(session: aiohttp.ClientSession, arm: Arm, n: int, conc: int,
-                  gap_ms: float) -> tuple[list[tuple[float, float, int]], float]:
+async def streams(
+    session: aiohttp.ClientSession, arm: Arm, n: int, conc: int, gap_ms: float
+) -> tuple[list[tuple[float, float, int]], float]:
     headers = {**HEADERS, "x-bench-chunk-delay-ms": str(gap_ms)}
     results: list[tuple[float, float, int]] = []
     remaining = n
@@ -439,8 +492,9 @@ async def streams(session: aiohttp.ClientSession, arm: Arm, n: int, conc: int,
     return results, time.perf_counter() - start
 
 
-async def open_streams(session: aiohttp.ClientSession, arm: Arm, upstream: str,
-                       n: int) -> dict[str, Any]:
+async def open_streams(
+    session: aiohttp.ClientSession, arm: Arm, upstream: str, n: int
+) -> dict[str, Any]:
     """Hold n streams open through the arm and sample the proxy's RSS while they are open."""
     assert arm.proc is not None
     headers = {**HEADERS, "x-bench-hold": "1", "x-bench-chunk-delay-ms": str(HELD_CHUNK_MS)}
@@ -495,9 +549,16 @@ async def open_streams(session: aiohttp.ClientSession, arm: Arm, upstream: str,
         async with session.get(f"{upstream}/bench/release") as resp:
             await resp.read()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"requested": n, "base_rss": base_rss, "peak_rss": peak, "delta_rss": peak - base_rss,
-            "open_seconds": open_seconds, "held_at_upstream": held, "completed": ok,
-            "sampled": sampled}
+    return {
+        "requested": n,
+        "base_rss": base_rss,
+        "peak_rss": peak,
+        "delta_rss": peak - base_rss,
+        "open_seconds": open_seconds,
+        "held_at_upstream": held,
+        "completed": ok,
+        "sampled": sampled,
+    }
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -534,8 +595,9 @@ async def drop_pg_db(name: str) -> None:
         await conn.close()
 
 
-async def start_arms(names: list[str], tmp: Path, upstream: str,
-                     session: aiohttp.ClientSession) -> list[Arm]:
+async def start_arms(
+    names: list[str], tmp: Path, upstream: str, session: aiohttp.ClientSession
+) -> list[Arm]:
     arms: list[Arm] = []
     for name in names:
         if name == "direct":
@@ -544,13 +606,24 @@ async def start_arms(names: list[str], tmp: Path, upstream: str,
         port = free_port()
         if name == "bare":
             arm = Arm("bare", "bare", f"http://{HOST}:{port}")
-            arm.proc = spawn("bare", [PYTHON, str(BENCH_DIR / "passthrough.py"), "--port",
-                                      str(port), "--upstream", upstream], tmp)
+            arm.proc = spawn(
+                "bare",
+                [
+                    PYTHON,
+                    str(BENCH_DIR / "passthrough.py"),
+                    "--port",
+                    str(port),
+                    "--upstream",
+                    upstream,
+                ],
+                tmp,
+            )
             arms.append(arm)
             continue
         ui_port = free_port()
-        arm = Arm(f"gateway-{name}", "gateway", f"http://{HOST}:{port}",
-                  ui=f"http://{HOST}:{ui_port}")
+        arm = Arm(
+            f"gateway-{name}", "gateway", f"http://{HOST}:{port}", ui=f"http://{HOST}:{ui_port}"
+        )
         arms.append(arm)
         extra = ["--journal", "off"] if name.endswith("-nojournal") else []
         if name.startswith("sqlite"):
@@ -565,10 +638,31 @@ async def start_arms(names: list[str], tmp: Path, upstream: str,
                 arm.db_name = None
                 continue
             db = f"{PG_BASE_DSN}/{arm.db_name}"
-        arm.proc = spawn(arm.name, [
-            PYTHON, "-m", "gateway", "serve", "--upstream", upstream, "--db", db,
-            "--host", HOST, "--port", str(port), "--ui-port", str(ui_port),
-            "--spool-dir", str(tmp / f"spool-{name}"), "--shutdown-grace", "5", *extra], tmp)
+        arm.proc = spawn(
+            arm.name,
+            [
+                PYTHON,
+                "-m",
+                "gateway",
+                "serve",
+                "--upstream",
+                upstream,
+                "--db",
+                db,
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--ui-port",
+                str(ui_port),
+                "--spool-dir",
+                str(tmp / f"spool-{name}"),
+                "--shutdown-grace",
+                "5",
+                *extra,
+            ],
+            tmp,
+        )
 
     for arm in arms:
         if arm.proc is None:
@@ -577,8 +671,10 @@ async def start_arms(names: list[str], tmp: Path, upstream: str,
             if arm.kind == "gateway":
                 ui = arm.ui
 
-                async def probe(ui: str | None = ui, port: int = int(arm.base.rsplit(":", 1)[1]),
-                                ) -> bool:
+                async def probe(
+                    ui: str | None = ui,
+                    port: int = int(arm.base.rsplit(":", 1)[1]),
+                ) -> bool:
                     async with session.get(f"{ui}/healthz") as resp:
                         if resp.status != 200:
                             return False
@@ -597,11 +693,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-async def measure(params: Params, names: list[str], tmp: Path,
-                  meta: dict[str, Any]) -> list[Arm]:
+async def measure(params: Params, names: list[str], tmp: Path, meta: dict[str, Any]) -> list[Arm]:
     up_port = free_port()
-    upstream_proc = spawn("upstream", [PYTHON, str(BENCH_DIR / "upstream.py"), "--port",
-                                       str(up_port)], tmp)
+    upstream_proc = spawn(
+        "upstream", [PYTHON, str(BENCH_DIR / "upstream.py"), "--port", str(up_port)], tmp
+    )
     upstream = f"http://{HOST}:{up_port}"
     timeout = aiohttp.ClientTimeout(total=180, sock_read=60)
     connector = aiohttp.TCPConnector(limit=0)
@@ -662,10 +758,10 @@ async def measure(params: Params, names: list[str], tmp: Path,
                     # What a saturated gateway sustains: calls until their records are stored.
                     arm.add(f"stored_rps_c{conc}", got.n_ok / (got.elapsed + drained))
                     if pid:
-                        arm.add(f"cpu_us_c{conc}", (cpu_seconds(pid) - cpu0)
-                                / params.tput_n[conc] * 1e6)
-                        arm.add(f"proxy_cpu_us_c{conc}", (own1 - own0)
-                                / params.tput_n[conc] * 1e6)
+                        arm.add(
+                            f"cpu_us_c{conc}", (cpu_seconds(pid) - cpu0) / params.tput_n[conc] * 1e6
+                        )
+                        arm.add(f"proxy_cpu_us_c{conc}", (own1 - own0) / params.tput_n[conc] * 1e6)
 
         log("streams: TTFT and chunk gap")
         per_round = max(1, params.stream_n // 2)
@@ -679,8 +775,9 @@ async def measure(params: Params, names: list[str], tmp: Path,
         log("streams: throughput")
         for _ in range(params.tput_rounds):
             for arm in arms:
-                got, elapsed = await streams(session, arm, params.stream_rps_n,
-                                             params.stream_conc, 0)
+                got, elapsed = await streams(
+                    session, arm, params.stream_rps_n, params.stream_conc, 0
+                )
                 arm.add("stream_rps", len(got) / elapsed)
                 await drain(session, arm)
 
@@ -752,31 +849,69 @@ class Row:
 
 
 ROWS = [
-    Row("latency p50, c=1 (ms)", "lat_p50_ms", "abs_ms", "<= +0.25 ms",
-        lambda d: d <= 0.25, lambda d: d <= 0.25, 3),
+    Row(
+        "latency p50, c=1 (ms)",
+        "lat_p50_ms",
+        "abs_ms",
+        "<= +0.25 ms",
+        lambda d: d <= 0.25,
+        lambda d: d <= 0.25,
+        3,
+    ),
     Row("latency p99, c=1 (ms)", "lat_p99_ms", "abs_ms", digits=3),
     Row("req/s, c=1", "rps_c1", "ratio"),
     Row("req/s, c=16", "rps_c16", "ratio"),
-    Row("req/s, c=64", "rps_c64", "ratio", ">= 0.8x sqlite, 0.7x pg",
-        lambda r: r >= 0.8, lambda r: r >= 0.7),
+    Row(
+        "req/s, c=64",
+        "rps_c64",
+        "ratio",
+        ">= 0.8x sqlite, 0.7x pg",
+        lambda r: r >= 0.8,
+        lambda r: r >= 0.7,
+    ),
     Row("req/s, c=256", "rps_c256", "ratio"),
     Row("req/s until stored, c=64", "stored_rps_c64", "ratio"),
-    Row("stream TTFT p50 (ms)", "ttft_p50_ms", "abs_ms", "<= +0.5 ms",
-        lambda d: d <= 0.5, lambda d: d <= 0.5, 3),
-    Row(f"stream mean chunk gap (ms, upstream {STREAM_GAP_MS})", "gap_mean_ms", "abs_ms",
-        digits=3),
+    Row(
+        "stream TTFT p50 (ms)",
+        "ttft_p50_ms",
+        "abs_ms",
+        "<= +0.5 ms",
+        lambda d: d <= 0.5,
+        lambda d: d <= 0.5,
+        3,
+    ),
+    Row(f"stream mean chunk gap (ms, upstream {STREAM_GAP_MS})", "gap_mean_ms", "abs_ms", digits=3),
     Row("stream calls/s, c=16", "stream_rps", "ratio"),
     Row("CPU us/request, c=1 (all processes)", "cpu_us_c1", "ratio"),
     Row("CPU us/request, c=64 (all processes)", "cpu_us_c64", "ratio"),
     Row("CPU us/request, c=64 (proxy process)", "proxy_cpu_us_c64", "ratio"),
-    Row("req/s, 100 KB bodies, c=16", "big_rps", "ratio", ">= 0.6x",
-        lambda r: r >= 0.6, lambda r: r >= 0.6),
-    Row("RSS growth, 1,000 open streams (MiB)", "rss_delta_mib", "mib", "<= 64 MiB",
-        lambda v: v <= 64, lambda v: v <= 64, 1),
+    Row(
+        "req/s, 100 KB bodies, c=16",
+        "big_rps",
+        "ratio",
+        ">= 0.6x",
+        lambda r: r >= 0.6,
+        lambda r: r >= 0.6,
+    ),
+    Row(
+        "RSS growth, 1,000 open streams (MiB)",
+        "rss_delta_mib",
+        "mib",
+        "<= 64 MiB",
+        lambda v: v <= 64,
+        lambda v: v <= 64,
+        1,
+    ),
     Row("RSS peak, 1,000 open streams (MiB)", "rss_peak_mib", "mib", digits=1),
     Row("writer drain after c=256 step (s)", "drain_s_c256", "plain", digits=2),
-    Row("records written / calls made", "records_ratio", "pct", "100%",
-        lambda v: v == 1.0, lambda v: v == 1.0),
+    Row(
+        "records written / calls made",
+        "records_ratio",
+        "pct",
+        "100%",
+        lambda v: v == 1.0,
+        lambda v: v == 1.0,
+    ),
 ]
 
 
@@ -786,8 +921,12 @@ def fmt(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
-def cell(row: Row, arm: Arm | None, bare: Arm | None, direct: Arm | None,
-         ) -> tuple[str, float | None]:
+def cell(
+    row: Row,
+    arm: Arm | None,
+    bare: Arm | None,
+    direct: Arm | None,
+) -> tuple[str, float | None]:
     """Text of one cell and the value its target is checked against."""
     if arm is None:
         return "-", None
@@ -820,8 +959,16 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
     by_name = {a.name: a for a in arms}
     direct, bare = by_name.get("direct"), by_name.get("bare")
     sqlite, pg = by_name.get("gateway-sqlite"), by_name.get("gateway-postgres")
-    header = ["metric", "direct", "bare", "gateway-sqlite", "gateway-postgres", "target",
-              "sqlite", "postgres"]
+    header = [
+        "metric",
+        "direct",
+        "bare",
+        "gateway-sqlite",
+        "gateway-postgres",
+        "target",
+        "sqlite",
+        "postgres",
+    ]
     lines: list[list[str]] = []
     verdicts: list[dict[str, Any]] = []
     for row in ROWS:
@@ -835,8 +982,10 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
                 text = "-"
             texts.append(text)
         verdict: dict[str, Any] = {"metric": row.label, "key": row.key, "target": row.target}
-        for arm, check, col in ((sqlite, row.check_sqlite, "sqlite"),
-                                (pg, row.check_pg, "postgres")):
+        for arm, check, col in (
+            (sqlite, row.check_sqlite, "sqlite"),
+            (pg, row.check_pg, "postgres"),
+        ):
             if check is None:
                 checks.append("")
                 continue
@@ -853,14 +1002,18 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
 
     def render(cols: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cols, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        ).rstrip()
 
     out = [render(header), render(["-" * w for w in widths])]
     out += [render(r) for r in lines]
     out.append("")
-    out.append("(x) and (+ms): bare vs direct; gateway columns vs bare. RSS growth = peak while "
-               "1,000 streams are open minus RSS before opening them.")
+    out.append(
+        "(x) and (+ms): bare vs direct; gateway columns vs bare. RSS growth = peak while "
+        "1,000 streams are open minus RSS before opening them."
+    )
     for arm in arms:  # arms beside the table's four (--journal off), each against bare
         if arm.kind != "gateway" or arm in (sqlite, pg) or bare is None:
             continue
@@ -872,10 +1025,14 @@ def report(arms: list[Arm], meta: dict[str, Any]) -> tuple[str, list[dict[str, A
         out.append(f"{arm.name}: " + "; ".join(parts))
     client = [a.metrics.get("client_cpu_c64") for a in arms if a.metrics.get("client_cpu_c64")]
     if client:
-        out.append(f"load generator CPU at c=64: {min(client):.0%}-{max(client):.0%} of one core "
-                   f"(near 100% means the client, not the proxy, caps req/s).")
-    out.append(f"mode {meta['mode']}, {meta['cpus']} CPUs, python {meta['python']}, "
-               f"aiohttp {meta['aiohttp']}, wall {meta.get('wall_s', 0):.0f}s")
+        out.append(
+            f"load generator CPU at c=64: {min(client):.0%}-{max(client):.0%} of one core "
+            f"(near 100% means the client, not the proxy, caps req/s)."
+        )
+    out.append(
+        f"mode {meta['mode']}, {meta['cpus']} CPUs, python {meta['python']}, "
+        f"aiohttp {meta['aiohttp']}, wall {meta.get('wall_s', 0):.0f}s"
+    )
     return "\n".join(out), verdicts
 
 
@@ -892,8 +1049,10 @@ def log_trouble(text: str) -> tuple[list[str], list[str]]:
             i += 1
             continue
         j = i + 1
-        while j < len(lines) and (lines[j].startswith((" ", "\t", "Traceback", "During ",
-                                                        "The above")) or not lines[j].strip()):
+        while j < len(lines) and (
+            lines[j].startswith((" ", "\t", "Traceback", "During ", "The above"))
+            or not lines[j].strip()
+        ):
             j += 1
         if j < len(lines) and j > i + 1 and ":" in lines[j] and not lines[j][:4].isdigit():
             j += 1  # the exception line that ends the traceback
@@ -918,36 +1077,49 @@ def problems(arms: list[Arm]) -> list[str]:
             continue
         m = arm.metrics
         if arm.errors:
-            found.append(f"{arm.name}: {arm.errors} failed calls of {arm.calls}; e.g. "
-                         + " | ".join(arm.error_samples[:3]))
+            found.append(
+                f"{arm.name}: {arm.errors} failed calls of {arm.calls}; e.g. "
+                + " | ".join(arm.error_samples[:3])
+            )
         if m.get("drain_stalls"):
             h = m.get("stalled_health", {})
-            found.append(f"{arm.name}: writer stopped short of the calls made {m['drain_stalls']} "
-                         f"time(s) (nothing moved for {STALL_SECONDS:.0f}s); first time healthz: "
-                         f"written={h.get('written_records')} queue={h.get('queue_depth')} "
-                         f"spool_bytes={h.get('spool_bytes')} "
-                         f"dropped={h.get('dropped_records')}")
+            found.append(
+                f"{arm.name}: writer stopped short of the calls made {m['drain_stalls']} "
+                f"time(s) (nothing moved for {STALL_SECONDS:.0f}s); first time healthz: "
+                f"written={h.get('written_records')} queue={h.get('queue_depth')} "
+                f"spool_bytes={h.get('spool_bytes')} "
+                f"dropped={h.get('dropped_records')}"
+            )
         if m.get("drain_timeouts"):
-            found.append(f"{arm.name}: writer did not drain within the timeout "
-                         f"{m['drain_timeouts']} time(s)")
+            found.append(
+                f"{arm.name}: writer did not drain within the timeout {m['drain_timeouts']} time(s)"
+            )
         if arm.kind == "gateway" and "recorded_calls" in m:
             h = m.get("health", {})
             if m["recorded_calls"] != arm.calls:
-                found.append(f"{arm.name}: {m['recorded_calls']} calls recorded of {arm.calls} "
-                             f"made; healthz: written={h.get('written_records')} "
-                             f"dropped={h.get('dropped_records')} "
-                             f"queue={h.get('queue_depth')} spool={h.get('spool_bytes')}")
+                found.append(
+                    f"{arm.name}: {m['recorded_calls']} calls recorded of {arm.calls} "
+                    f"made; healthz: written={h.get('written_records')} "
+                    f"dropped={h.get('dropped_records')} "
+                    f"queue={h.get('queue_depth')} spool={h.get('spool_bytes')}"
+                )
             if m.get("recorded_errors"):
-                found.append(f"{arm.name}: {m['recorded_errors']} recorded calls have an error "
-                             f"status or an incomplete state (all calls made got HTTP 200)")
+                found.append(
+                    f"{arm.name}: {m['recorded_errors']} recorded calls have an error "
+                    f"status or an incomplete state (all calls made got HTTP 200)"
+                )
             if h.get("database_errors"):
-                found.append(f"{arm.name}: {h['database_errors']} database errors, last: "
-                             f"{h.get('last_database_error')}")
+                found.append(
+                    f"{arm.name}: {h['database_errors']} database errors, last: "
+                    f"{h.get('last_database_error')}"
+                )
         held = m.get("open_streams")
         if held and held["held_at_upstream"] < held["requested"]:
-            found.append(f"{arm.name}: only {held['held_at_upstream']} of {held['requested']} "
-                         f"streams were open at the upstream at once (opening took "
-                         f"{held['open_seconds']:.1f}s)")
+            found.append(
+                f"{arm.name}: only {held['held_at_upstream']} of {held['requested']} "
+                f"streams were open at the upstream at once (opening took "
+                f"{held['open_seconds']:.1f}s)"
+            )
         if arm.proc is not None:
             if arm.proc.exit_code not in (0, None, -signal.SIGTERM):
                 found.append(f"{arm.name}: exit status {arm.proc.exit_code} after SIGTERM")
@@ -956,8 +1128,10 @@ def problems(arms: list[Arm]) -> list[str]:
             bad, excerpt = log_trouble(arm.proc.output(limit=500_000))
             if bad:
                 arm.metrics["log_excerpt"] = excerpt
-                found.append(f"{arm.name}: {len(bad)} warning/error log entries, e.g.:\n  "
-                             + "\n  ".join(b[:300] for b in bad[:4]))
+                found.append(
+                    f"{arm.name}: {len(bad)} warning/error log entries, e.g.:\n  "
+                    + "\n  ".join(b[:300] for b in bad[:4])
+                )
     return found
 
 
@@ -980,14 +1154,23 @@ def stop_all() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Gateway overhead benchmark (ratios to bare).")
     parser.add_argument("--quick", action="store_true", help="smaller counts (< 2 minutes)")
-    parser.add_argument("--arms", default="direct,bare,sqlite,postgres",
-                        help="comma list of direct, bare, sqlite, postgres, sqlite-nojournal, "
-                             "postgres-nojournal (the last two: --journal off)")
+    parser.add_argument(
+        "--arms",
+        default="direct,bare,sqlite,postgres",
+        help="comma list of direct, bare, sqlite, postgres, sqlite-nojournal, "
+        "postgres-nojournal (the last two: --journal off)",
+    )
     parser.add_argument("--output", default=str(BENCH_DIR / "results.json"))
     args = parser.parse_args()
     names = [n.strip() for n in args.arms.split(",") if n.strip()]
-    unknown = set(names) - {"direct", "bare", "sqlite", "postgres", "sqlite-nojournal",
-                              "postgres-nojournal"}
+    unknown = set(names) - {
+        "direct",
+        "bare",
+        "sqlite",
+        "postgres",
+        "sqlite-nojournal",
+        "postgres-nojournal",
+    }
     if unknown:
         parser.error(f"unknown arms: {', '.join(sorted(unknown))}")
     params = QUICK if args.quick else FULL
@@ -1001,9 +1184,12 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     meta: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full", "cpus": os.cpu_count(),
-        "python": platform.python_version(), "aiohttp": aiohttp.__version__,
-        "params": params.__dict__, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "mode": "quick" if args.quick else "full",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "params": params.__dict__,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     arms: list[Arm] = []
     start = time.monotonic()
@@ -1029,8 +1215,10 @@ def main() -> int:
     results = {
         "meta": meta,
         "arms": {a.name: {"start_error": a.start_error, **a.metrics} for a in arms},
-        "rounds": {a.name: {k: v for k, v in a.samples.items() if k not in ("lat", "ttft", "gap")}
-                   for a in arms},
+        "rounds": {
+            a.name: {k: v for k, v in a.samples.items() if k not in ("lat", "ttft", "gap")}
+            for a in arms
+        },
         "verdicts": verdicts,
         "problems": found,
     }

@@ -53,8 +53,7 @@ def full_diff(a: str, b: str) -> None:
 
 
 def difflib_diff(a: str, b: str, autojunk: bool) -> None:
-    matcher = difflib.SequenceMatcher(None, diff.tokens(a)[1], diff.tokens(b)[1],
-                                      autojunk=autojunk)
+    matcher = difflib.SequenceMatcher(None, diff.tokens(a)[1], diff.tokens(b)[1], autojunk=autojunk)
     matcher.get_opcodes()
     matcher.ratio()
 
@@ -89,15 +88,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kb", type=int, default=100, help="size of each output")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--slow", action="store_true",
-                        help="also time the cases that take minutes (difflib and "
-                             "diff-match-patch on unrelated texts)")
+    parser.add_argument(
+        "--slow",
+        action="store_true",
+        help="also time the cases that take minutes (difflib and "
+        "diff-match-patch on unrelated texts)",
+    )
     args = parser.parse_args()
     rng = random.Random(1)
     base = text(rng, args.kb)
-    cases = {"5% of words changed": edited(rng, base, 0.05),
-             "50% of words changed": edited(rng, base, 0.5),
-             "unrelated": text(rng, args.kb)}
+    cases = {
+        "5% of words changed": edited(rng, base, 0.05),
+        "50% of words changed": edited(rng, base, 0.5),
+        "unrelated": text(rng, args.kb),
+    }
     print(f"two outputs of {args.kb} KB ({len(diff.tokens(base)[1])} tokens each)")
     for name, other in cases.items():
         seconds = timed(lambda other=other: diff.text_diff(base, other), args.runs)
@@ -106,8 +110,7 @@ def main() -> None:
     for autojunk in (False, True):
         label = "difflib" + (" (autojunk: drops common words)" if autojunk else ", exact")
         for name in slow_cases:
-            seconds = timed(lambda name=name, aj=autojunk: difflib_diff(base, cases[name], aj),
-                            1)
+            seconds = timed(lambda name=name, aj=autojunk: difflib_diff(base, cases[name], aj), 1)
             print(f"  {label:40}{name:21} {seconds * 1000:9.1f} ms")
     try:
         for name in slow_cases:

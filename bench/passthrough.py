@@ -21,10 +21,22 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host", "content-length",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "content-length",
+    }
+)
 SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
@@ -54,16 +66,20 @@ class Passthrough:
         assert self.session is not None
         body = await request.read()
         async with self.session.request(
-            request.method, self.upstream + request.path_qs, data=body,
-            headers=forwarded(request.headers.items()), allow_redirects=False,
+            request.method,
+            self.upstream + request.path_qs,
+            data=body,
+            headers=forwarded(request.headers.items()),
+            allow_redirects=False,
         ) as upstream:
             pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
             headers = forwarded(pairs)
             length = upstream.content_length
             if length is not None:
                 headers["Content-Length"] = str(length)
-            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=headers)
+            resp = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
             await resp.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)

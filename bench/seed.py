@@ -40,12 +40,29 @@ from gateway.rollups import VALUES, Fact, aggregate
 from gateway.search import json_words, pg_document, search_text
 from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 
-MODELS = [("mistral-small-latest", 45), ("mistral-large-latest", 18), ("codestral-latest", 10),
-          ("mistral-medium-latest", 10), ("ministral-8b-latest", 8), ("mistral-embed", 5),
-          ("ft:open-mistral-7b:acme:support", 2), ("magistral-medium-latest", 2)]
+MODELS = [
+    ("mistral-small-latest", 45),
+    ("mistral-large-latest", 18),
+    ("codestral-latest", 10),
+    ("mistral-medium-latest", 10),
+    ("ministral-8b-latest", 8),
+    ("mistral-embed", 5),
+    ("ft:open-mistral-7b:acme:support", 2),
+    ("magistral-medium-latest", 2),
+]
 CONTEXT_MESSAGES = 5  # the system prompt plus the last five messages
-RUN_NAMES = ["nightly-eval", "support-bot", "code-review", "doc-summariser", "triage",
-             "sql-agent", "research-assistant", "translation", "onboarding-bot", "rag-qa"]
+RUN_NAMES = [
+    "nightly-eval",
+    "support-bot",
+    "code-review",
+    "doc-summariser",
+    "triage",
+    "sql-agent",
+    "research-assistant",
+    "translation",
+    "onboarding-bot",
+    "rag-qa",
+]
 AGENTS = ["ag_support_v3", "ag_research_2", "ag_coder_7", "ag_triage_1"]
 COMMON_TEXT = """
 the of and to a in is it you that he was for on are with as his they be at one have this
@@ -75,20 +92,48 @@ SYSTEM_PROMPTS = [
     "You triage incoming tickets into billing, bug, feature request or other, and give a "
     "priority from P0 to P3.",
 ]
-HEADERS_IN = [["content-type", "application/json"], ["authorization", "[redacted]"],
-              ["user-agent", "mistral-client-python/3.7.0"], ["accept", "application/json"]]
-HEADERS_OUT = [["content-type", "application/json"], ["mistral-correlation-id", ""],
-               ["x-ratelimit-remaining-tokens-minute", "1999000"]]
+HEADERS_IN = [
+    ["content-type", "application/json"],
+    ["authorization", "[redacted]"],
+    ["user-agent", "mistral-client-python/3.7.0"],
+    ["accept", "application/json"],
+]
+HEADERS_OUT = [
+    ["content-type", "application/json"],
+    ["mistral-correlation-id", ""],
+    ["x-ratelimit-remaining-tokens-minute", "1999000"],
+]
 
 
 class Words:
     """A long run of words (Zipf over a common list and a generated tail) to slice text from."""
 
     def __init__(self, rng: random.Random, size: int = 3_000_000) -> None:
-        syllables = ["ka", "lo", "mi", "ren", "tas", "vo", "qui", "bel", "dor", "nu", "sha",
-                     "pri", "gen", "tor", "lix", "ma", "ve", "zan", "o", "ru"]
-        tail = ["".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
-                for _ in range(20_000)]
+        syllables = [
+            "ka",
+            "lo",
+            "mi",
+            "ren",
+            "tas",
+            "vo",
+            "qui",
+            "bel",
+            "dor",
+            "nu",
+            "sha",
+            "pri",
+            "gen",
+            "tor",
+            "lix",
+            "ma",
+            "ve",
+            "zan",
+            "o",
+            "ru",
+        ]
+        tail = [
+            "".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))) for _ in range(20_000)
+        ]
         vocabulary = COMMON + tail
         weights = [1 / (rank + 1) ** 1.05 for rank in range(len(vocabulary))]
         self.text = " ".join(rng.choices(vocabulary, weights, k=size))
@@ -98,7 +143,7 @@ class Words:
         start = self.rng.randrange(0, len(self.text) - chars - 50)
         start = self.text.index(" ", start) + 1
         end = self.text.rfind(" ", start, start + chars)
-        return self.text[start:end if end > start else start + chars].capitalize() + "."
+        return self.text[start : end if end > start else start + chars].capitalize() + "."
 
 
 def iso(ms: int) -> datetime:
@@ -140,15 +185,29 @@ class Generator:
                 at += rng.randint(1, 2 * self.step_ms)
                 seq = (seq + 1) & 0xFFF
                 exchange_id = ((at - _EPOCH_MS) << 22) | (7 << 12) | seq
-                row, body, search, fact = self.one(exchange_id, at, model, system, history,
-                                                   step, name, agent)
+                row, body, search, fact = self.one(
+                    exchange_id, at, model, system, history, step, name, agent
+                )
                 if run is None:
-                    run = {"id": exchange_id, "name": name, "agent_id": agent, "user": None,
-                           "tags": None, "source": source, "started_at": iso(at),
-                           "last_seen_at": iso(at), "ended_at": iso(at), "status": "ok",
-                           "last_failed": False, "exchange_count": 0, "prompt_tokens": 0,
-                           "completion_tokens": 0, "total_tokens": 0, "total_cost_usd": 0.0,
-                           "config": orjson.dumps({"model": model}).decode()}
+                    run = {
+                        "id": exchange_id,
+                        "name": name,
+                        "agent_id": agent,
+                        "user": None,
+                        "tags": None,
+                        "source": source,
+                        "started_at": iso(at),
+                        "last_seen_at": iso(at),
+                        "ended_at": iso(at),
+                        "status": "ok",
+                        "last_failed": False,
+                        "exchange_count": 0,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                        "total_tokens": 0,
+                        "total_cost_usd": 0.0,
+                        "config": orjson.dumps({"model": model}).decode(),
+                    }
                     self.runs.append(run)
                 row["run_id"], row["run_source"], row["step"] = run["id"], source, step
                 run["exchange_count"] += 1
@@ -163,17 +222,27 @@ class Generator:
                 made += 1
                 yield row, body, search
 
-    def one(self, exchange_id: int, at: int, model: str, system: str,
-            history: list[dict[str, Any]], step: int, name: str | None,
-            agent: str | None) -> tuple[dict[str, Any], dict[str, Any], str, Fact]:
+    def one(
+        self,
+        exchange_id: int,
+        at: int,
+        model: str,
+        system: str,
+        history: list[dict[str, Any]],
+        step: int,
+        name: str | None,
+        agent: str | None,
+    ) -> tuple[dict[str, Any], dict[str, Any], str, Fact]:
         rng = self.rng
         embed = model == "mistral-embed"
-        endpoint = "embeddings" if embed else ("fim" if model == "codestral-latest"
-                                               and rng.random() < 0.3 else "chat")
+        endpoint = (
+            "embeddings"
+            if embed
+            else ("fim" if model == "codestral-latest" and rng.random() < 0.3 else "chat")
+        )
         streamed = endpoint == "chat" and rng.random() < 0.4
         roll = rng.random()
-        status = 200 if roll < 0.965 else (429 if roll < 0.985 else (400 if roll < 0.995
-                                                                     else 500))
+        status = 200 if roll < 0.965 else (429 if roll < 0.985 else (400 if roll < 0.995 else 500))
         state = "complete"
         if status == 200 and streamed and rng.random() < 0.01:
             state = "client_disconnected"
@@ -183,8 +252,7 @@ class Generator:
                 history.append({"role": "system", "content": system})
             history.append({"role": "user", "content": question})
             context = history[:1] + history[1:][-CONTEXT_MESSAGES:]  # agents trim context
-            request = {"model": model, "messages": context, "temperature": 0.3,
-                       "stream": streamed}
+            request = {"model": model, "messages": context, "temperature": 0.3, "stream": streamed}
         elif endpoint == "fim":
             request = {"model": model, "prompt": "def " + question[:400], "suffix": "\n"}
         else:
@@ -197,56 +265,137 @@ class Generator:
         if answer and endpoint == "chat":
             history.append({"role": "assistant", "content": answer})
         cost = self.prices.cost(model, prompt, completion, None, None)
-        latency = (rng.lognormvariate(6.9, 0.6) if not embed else rng.uniform(40, 200))
+        latency = rng.lognormvariate(6.9, 0.6) if not embed else rng.uniform(40, 200)
         if status == 429:
             latency = rng.uniform(5, 40)
         ttft = latency * rng.uniform(0.08, 0.3) if streamed and answer else None
         correlation = uuid.UUID(int=rng.getrandbits(128)).hex
-        response = ({"id": f"cmpl-{correlation[:16]}", "object": "chat.completion",
-                     "model": model, "choices": [{"index": 0, "finish_reason": "stop",
-                                                  "message": {"role": "assistant",
-                                                              "content": answer}}],
-                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                               "total_tokens": (prompt or 0) + (completion or 0)}}
-                    if status == 200 else {"object": "error", "message": "Rate limit exceeded",
-                                           "type": "rate_limited", "code": str(status)})
+        response = (
+            {
+                "id": f"cmpl-{correlation[:16]}",
+                "object": "chat.completion",
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": answer},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": (prompt or 0) + (completion or 0),
+                },
+            }
+            if status == 200
+            else {
+                "object": "error",
+                "message": "Rate limit exceeded",
+                "type": "rate_limited",
+                "code": str(status),
+            }
+        )
         request_text = orjson.dumps(request).decode()
         response_text = orjson.dumps(response).decode()
-        path = "/v1/chat/completions" if endpoint == "chat" else f"/v1/{endpoint}" \
-            if endpoint == "embeddings" else "/v1/fim/completions"
+        path = (
+            "/v1/chat/completions"
+            if endpoint == "chat"
+            else f"/v1/{endpoint}"
+            if endpoint == "embeddings"
+            else "/v1/fim/completions"
+        )
         row = {
-            "id": exchange_id, "started_at": iso(at), "provider": "mistral", "method": "POST",
-            "path": path, "client_path": f"/r/{name}{path}" if name else path, "query": "",
-            "status": status, "model": model, "request_model": model, "endpoint": endpoint,
-            "streamed": streamed, "state": state, "error": None, "prompt_tokens": prompt,
+            "id": exchange_id,
+            "started_at": iso(at),
+            "provider": "mistral",
+            "method": "POST",
+            "path": path,
+            "client_path": f"/r/{name}{path}" if name else path,
+            "query": "",
+            "status": status,
+            "model": model,
+            "request_model": model,
+            "endpoint": endpoint,
+            "streamed": streamed,
+            "state": state,
+            "error": None,
+            "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": None if prompt is None else prompt + (completion or 0),
-            "cached_tokens": None, "connector_tokens": None, "units": None,
-            "finish_reason": "stop" if answer else None, "output_text": answer,
-            "cost_usd": cost, "latency_ms": round(latency, 3),
+            "cached_tokens": None,
+            "connector_tokens": None,
+            "units": None,
+            "finish_reason": "stop" if answer else None,
+            "output_text": answer,
+            "cost_usd": cost,
+            "latency_ms": round(latency, 3),
             "ttfb_ms": round(latency * 0.05 if streamed else latency * 0.98, 3),
-            "ttft_ms": round(ttft, 3) if ttft else None, "correlation_id": correlation,
-            "key_fingerprint": "sha256:5d41402abc4b...9f2c", "truncated": False,
-            "parse_error": False, "omitted": False, "run_id": None, "replay_of": None,
-            "run_source": None, "step": step, "parent_id": None, "thread_key": None,
+            "ttft_ms": round(ttft, 3) if ttft else None,
+            "correlation_id": correlation,
+            "key_fingerprint": "sha256:5d41402abc4b...9f2c",
+            "truncated": False,
+            "parse_error": False,
+            "omitted": False,
+            "run_id": None,
+            "replay_of": None,
+            "run_source": None,
+            "step": step,
+            "parent_id": None,
+            "thread_key": None,
         }
-        body = {"exchange_id": exchange_id, "request_headers": orjson.dumps(HEADERS_IN).decode(),
-                "request_body": request_text, "request_body_encoding": "json",
-                "response_headers": orjson.dumps(HEADERS_OUT).decode(),
-                "response_body": response_text, "response_body_encoding": "json"}
-        search = search_text(json_words(request), json_words(response),  # as the writer does
-                             correlation)
-        fact = Fact(exchange_id, model, status, state, prompt, completion, row["total_tokens"],
-                    cost, row["latency_ms"], name, agent)
+        body = {
+            "exchange_id": exchange_id,
+            "request_headers": orjson.dumps(HEADERS_IN).decode(),
+            "request_body": request_text,
+            "request_body_encoding": "json",
+            "response_headers": orjson.dumps(HEADERS_OUT).decode(),
+            "response_body": response_text,
+            "response_body_encoding": "json",
+        }
+        search = search_text(
+            json_words(request),
+            json_words(response),  # as the writer does
+            correlation,
+        )
+        fact = Fact(
+            exchange_id,
+            model,
+            status,
+            state,
+            prompt,
+            completion,
+            row["total_tokens"],
+            cost,
+            row["latency_ms"],
+            name,
+            agent,
+        )
         return row, body, search, fact
 
     def rollup_rows(self) -> list[list[Any]]:
         return [[*key, *values] for key, values in aggregate(self.facts).items()]
 
 
-RUN_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at", "last_seen_at",
-               "ended_at", "status", "last_failed", "exchange_count", "prompt_tokens",
-               "completion_tokens", "total_tokens", "total_cost_usd", "config")
+RUN_COLUMNS = (
+    "id",
+    "name",
+    "agent_id",
+    "user",
+    "tags",
+    "source",
+    "started_at",
+    "last_seen_at",
+    "ended_at",
+    "status",
+    "last_failed",
+    "exchange_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "total_cost_usd",
+    "config",
+)
 ROLLUP_COLUMNS = ("dim", "hour", "value", *VALUES)
 
 
@@ -262,10 +411,14 @@ def seed_sqlite(path: str, gen: Generator, batch: int) -> None:
     db = sqlite3.connect(path)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA cache_size=-800000")
-    ex_sql = (f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
-              f"({', '.join('?' * len(EXCHANGE_COLUMNS))})")
-    body_sql = (f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(BODY_COLUMNS))})")
+    ex_sql = (
+        f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
+        f"({', '.join('?' * len(EXCHANGE_COLUMNS))})"
+    )
+    body_sql = (
+        f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
+        f"({', '.join('?' * len(BODY_COLUMNS))})"
+    )
     rows, bodies, search = [], [], []
 
     def flush() -> None:
@@ -288,8 +441,11 @@ def seed_sqlite(path: str, gen: Generator, batch: int) -> None:
     names = ", ".join('"user"' if c == "user" else c for c in RUN_COLUMNS)
     run_sql = f"INSERT INTO runs ({names}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
     db.executemany(run_sql, ([sqlite_value(r[c]) for c in RUN_COLUMNS] for r in gen.runs))
-    db.executemany(f"INSERT INTO rollups ({', '.join(ROLLUP_COLUMNS)}) VALUES "
-                   f"({', '.join('?' * len(ROLLUP_COLUMNS))})", gen.rollup_rows())
+    db.executemany(
+        f"INSERT INTO rollups ({', '.join(ROLLUP_COLUMNS)}) VALUES "
+        f"({', '.join('?' * len(ROLLUP_COLUMNS))})",
+        gen.rollup_rows(),
+    )
     db.commit()
     print("analyze ...", flush=True)
     db.execute("ANALYZE")
@@ -321,13 +477,17 @@ async def seed_postgres(url: str, gen: Generator, batch: int) -> None:
             await flush()
             progress.show(len(gen.facts))
     await flush()
-    await db.copy_records_to_table("runs", columns=RUN_COLUMNS, records=[
-        tuple(r[c] for c in RUN_COLUMNS) for r in gen.runs])
-    await db.copy_records_to_table("rollups", columns=ROLLUP_COLUMNS, records=[
-        tuple(v) for v in gen.rollup_rows()])
+    await db.copy_records_to_table(
+        "runs", columns=RUN_COLUMNS, records=[tuple(r[c] for c in RUN_COLUMNS) for r in gen.runs]
+    )
+    await db.copy_records_to_table(
+        "rollups", columns=ROLLUP_COLUMNS, records=[tuple(v) for v in gen.rollup_rows()]
+    )
     print("search vectors ...", flush=True)
-    await db.execute("INSERT INTO exchange_search (exchange_id, doc) SELECT exchange_id, "
-                     "body::tsvector FROM seed_search")
+    await db.execute(
+        "INSERT INTO exchange_search (exchange_id, doc) SELECT exchange_id, "
+        "body::tsvector FROM seed_search"
+    )
     await db.execute("DROP TABLE seed_search")
     print("search index ...", flush=True)
     await db.execute("SET maintenance_work_mem = '1GB'")
@@ -366,11 +526,13 @@ async def main() -> None:
     started = time.monotonic()
     gen = Generator(args.exchanges, args.days, args.seed)
     if store.dialect == "sqlite":
-        seed_sqlite(store.url[len("sqlite://"):], gen, args.batch)
+        seed_sqlite(store.url[len("sqlite://") :], gen, args.batch)
     else:
         await seed_postgres(store.url, gen, args.batch)
-    print(f"seeded {args.exchanges:,} exchanges in {len(gen.runs):,} runs into "
-          f"{store.dialect} in {time.monotonic() - started:.0f} s")
+    print(
+        f"seeded {args.exchanges:,} exchanges in {len(gen.runs):,} runs into "
+        f"{store.dialect} in {time.monotonic() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,14 @@ async def views(gw: Gateway) -> list[tuple[str, str, str]]:
     newest = (await store.rows("SELECT MAX(id) AS id FROM exchanges"))[0]["id"]
     oldest = (await store.rows("SELECT MIN(id) AS id FROM exchanges"))[0]["id"]
     middle = (newest + oldest) // 2
-    run = (await store.rows(
-        "SELECT id FROM runs WHERE exchange_count >= 8 ORDER BY id DESC LIMIT 1"))[0]["id"]
-    exchange = (await store.rows(
-        "SELECT id FROM exchanges WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run]))[0]["id"]
+    run = (
+        await store.rows("SELECT id FROM runs WHERE exchange_count >= 8 ORDER BY id DESC LIMIT 1")
+    )[0]["id"]
+    exchange = (
+        await store.rows(
+            "SELECT id FROM exchanges WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run]
+        )
+    )[0]["id"]
     week_ago = datetime.now(UTC) - timedelta(days=7)
     hour = week_ago.strftime("%Y-%m-%dT%H:00")
     hour_end = (week_ago + timedelta(hours=1)).strftime("%Y-%m-%dT%H:00")
@@ -65,10 +69,18 @@ async def views(gw: Gateway) -> list[tuple[str, str, str]]:
         ("search", "q=the (in almost every row)", "/?q=the"),
         ("search", "q=invoice", "/?q=invoice"),
         ("search", "q=refund timeout (two words)", "/?q=refund+timeout"),
-        ("search", "q=<correlation id> (one row)", "/?q=" + (await store.rows(
-            "SELECT correlation_id FROM exchanges WHERE id <= ? ORDER BY id DESC LIMIT 1",
-            [middle]) or
-            [{"correlation_id": "none"}])[0]["correlation_id"]),
+        (
+            "search",
+            "q=<correlation id> (one row)",
+            "/?q="
+            + (
+                await store.rows(
+                    "SELECT correlation_id FROM exchanges WHERE id <= ? ORDER BY id DESC LIMIT 1",
+                    [middle],
+                )
+                or [{"correlation_id": "none"}]
+            )[0]["correlation_id"],
+        ),
         ("search", "q=zzzunseen (no match)", "/?q=zzzunseen"),
         ("search", "q=invoice + model filter", "/?q=invoice&model=mistral-large-latest"),
         ("dashboard", "default (7 days)", "/dashboard"),
@@ -103,22 +115,33 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as spool:
-        settings = Settings(upstream="http://127.0.0.1:9", db=args.db, port=0, ui_port=0,
-                            spool_dir=spool, shutdown_grace=1.0)
+        settings = Settings(
+            upstream="http://127.0.0.1:9",
+            db=args.db,
+            port=0,
+            ui_port=0,
+            spool_dir=spool,
+            shutdown_grace=1.0,
+        )
         gw = Gateway(settings)
         started = time.monotonic()
         await gw.start()
         await gw.costs_filled  # start-up work that scans; not part of any page
         count = await gw.store.count()
-        print(f"{gw.store.dialect}: {count:,} exchanges; gateway ready in "
-              f"{time.monotonic() - started:.1f} s\n")
+        print(
+            f"{gw.store.dialect}: {count:,} exchanges; gateway ready in "
+            f"{time.monotonic() - started:.1f} s\n"
+        )
         try:
             async with aiohttp.ClientSession(gw.ui_url) as http:
                 print("| view | median ms | max ms | rows |\n|---|---|---|---|")
                 for group, label, path in await views(gw):
                     result = await measure(http, path, args.repeat)
-                    print(f"| {group}: {label} | {result['median']:.1f} | "
-                          f"{result['max']:.1f} | {result['rows']} |", flush=True)
+                    print(
+                        f"| {group}: {label} | {result['median']:.1f} | "
+                        f"{result['max']:.1f} | {result['rows']} |",
+                        flush=True,
+                    )
         finally:
             await gw.stop()
 

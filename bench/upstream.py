@@ -32,30 +32,54 @@ MODEL = "mistral-small-latest"
 COMPLETION_ID = "cmpl-e5cc70bb28c444948073e77776eb30ef"
 CREATED = int(time.time())
 
-CHAT_RESPONSE = json.dumps({
-    "id": COMPLETION_ID,
-    "object": "chat.completion",
-    "created": CREATED,
-    "model": MODEL,
-    "choices": [{
-        "index": 0,
-        "message": {
-            "role": "assistant",
-            "content": (
-                "The capital of France is Paris. It has been the country's capital since the "
-                "late 10th century and is home to about 2.1 million people in the city proper."
-            ),
-            "tool_calls": None,
-            "prefix": False,
-        },
-        "finish_reason": "stop",
-    }],
-    "usage": {"prompt_tokens": 24, "completion_tokens": 41, "total_tokens": 65},
-}).encode()
+CHAT_RESPONSE = json.dumps(
+    {
+        "id": COMPLETION_ID,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": (
+                        "The capital of France is Paris. It has been the country's capital "
+                        "since the late 10th century and is home to about 2.1 million people "
+                        "in the city proper."
+                    ),
+                    "tool_calls": None,
+                    "prefix": False,
+                },
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 24, "completion_tokens": 41, "total_tokens": 65},
+    }
+).encode()
 
-WORDS = ("The", " capital", " of", " France", " is", " Paris", ".", " It", " has", " been",
-         " the", " capital", " since", " the", " late", " 10th", " century", " and", " is",
-         " home")
+WORDS = (
+    "The",
+    " capital",
+    " of",
+    " France",
+    " is",
+    " Paris",
+    ".",
+    " It",
+    " has",
+    " been",
+    " the",
+    " capital",
+    " since",
+    " the",
+    " late",
+    " 10th",
+    " century",
+    " and",
+    " is",
+    " home",
+)
 
 
 def sse(payload: dict) -> bytes:
@@ -66,19 +90,28 @@ def content_chunk(index: int) -> bytes:
     delta: dict = {"content": WORDS[index % len(WORDS)]}
     if index == 0:
         delta["role"] = "assistant"
-    return sse({
-        "id": COMPLETION_ID, "object": "chat.completion.chunk", "created": CREATED,
-        "model": MODEL,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-    })
+    return sse(
+        {
+            "id": COMPLETION_ID,
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+    )
 
 
 CHUNKS = [content_chunk(i) for i in range(len(WORDS))]
-FINAL_CHUNK = sse({
-    "id": COMPLETION_ID, "object": "chat.completion.chunk", "created": CREATED, "model": MODEL,
-    "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 24, "completion_tokens": 20, "total_tokens": 44},
-})
+FINAL_CHUNK = sse(
+    {
+        "id": COMPLETION_ID,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 24, "completion_tokens": 20, "total_tokens": 44},
+    }
+)
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -42,8 +42,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json_error(cls: type[web.HTTPException], message: str, **extra: str) -> web.HTTPException:
-    return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json",
-               headers=extra or None)
+    return cls(
+        text=orjson.dumps({"error": message}).decode(),
+        content_type="application/json",
+        headers=extra or None,
+    )
 
 
 MACHINE_PATHS = frozenset({"/metrics"})  # scraped by programs: the Bearer header, never a login
@@ -107,7 +110,8 @@ def host_middleware(rules: HostRules) -> Middleware:
                 raise _json_error(
                     web.HTTPBadRequest,
                     f"Host header {host!r} is not allowed: open the UI through 127.0.0.1 or "
-                    "localhost, or add the name to AGENTOPS_ALLOWED_HOSTS / --allowed-hosts")
+                    "localhost, or add the name to AGENTOPS_ALLOWED_HOSTS / --allowed-hosts",
+                )
         return await handler(request)
 
     return check_host
@@ -143,10 +147,11 @@ def token_middleware(token: str) -> Middleware:
         if is_open(request) or request.path == LOGIN_PATH or signed_in(request, token):
             return await handler(request)
         if is_api(request):
-            raise _json_error(web.HTTPUnauthorized,
-                              "this API needs the token set with --ui-token: send "
-                              "Authorization: Bearer <token>",
-                              **{"WWW-Authenticate": 'Bearer realm="agentops"'})
+            raise _json_error(
+                web.HTTPUnauthorized,
+                "this API needs the token set with --ui-token: send Authorization: Bearer <token>",
+                **{"WWW-Authenticate": 'Bearer realm="agentops"'},
+            )
         login = f"{LOGIN_PATH}?next={quote(request.path_qs, safe='')}"
         if request.headers.get("HX-Request"):  # an htmx swap: send the whole page to login
             raise web.HTTPUnauthorized(headers={"HX-Redirect": login})
@@ -158,8 +163,15 @@ def token_middleware(token: str) -> Middleware:
 
 
 def set_session_cookie(response: web.StreamResponse, token: str, secure: bool) -> None:
-    response.set_cookie(COOKIE, session_value(token), max_age=SESSION_DAYS * 86400, path="/",
-                        httponly=True, samesite="Strict", secure=secure)
+    response.set_cookie(
+        COOKIE,
+        session_value(token),
+        max_age=SESSION_DAYS * 86400,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=secure,
+    )
 
 
 # -- 3. Cross-site writes -------------------------------------------------------------------------
@@ -198,11 +210,15 @@ async def guard_writes(request: web.Request, handler: Handler) -> web.StreamResp
             if is_api(request):
                 raise _json_error(web.HTTPForbidden, message)
             raise web.HTTPForbidden(text=message, content_type="text/plain")
-        if (is_api(request) and request.method != "DELETE"
-                and request.content_type != "application/json"):
-            raise _json_error(web.HTTPUnsupportedMediaType,
-                              f"Content-Type must be application/json, got "
-                              f"{request.content_type or 'none'!r}")
+        if (
+            is_api(request)
+            and request.method != "DELETE"
+            and request.content_type != "application/json"
+        ):
+            raise _json_error(
+                web.HTTPUnsupportedMediaType,
+                f"Content-Type must be application/json, got {request.content_type or 'none'!r}",
+            )
     return await handler(request)
 
 

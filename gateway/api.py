@@ -34,19 +34,22 @@ routes = web.RouteTableDef()
 
 class BadRequest(web.HTTPBadRequest):
     def __init__(self, message: str) -> None:
-        super().__init__(text=orjson.dumps({"error": message}).decode(),
-                         content_type="application/json")
+        super().__init__(
+            text=orjson.dumps({"error": message}).decode(), content_type="application/json"
+        )
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     # json_bytes: a captured body may nest deeper than orjson writes (see storable.py)
-    return web.Response(body=storable.json_bytes(data), status=status,
-                        content_type="application/json")
+    return web.Response(
+        body=storable.json_bytes(data), status=status, content_type="application/json"
+    )
 
 
 def not_found(what: str) -> web.HTTPNotFound:
-    return web.HTTPNotFound(text=orjson.dumps({"error": f"{what} not found"}).decode(),
-                            content_type="application/json")
+    return web.HTTPNotFound(
+        text=orjson.dumps({"error": f"{what} not found"}).decode(), content_type="application/json"
+    )
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
@@ -55,13 +58,13 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise BadRequest(f"{name} must be an ISO-8601 time such as 2026-01-31T12:00:00Z, "
-                         f"got {value!r}") from None
+        raise BadRequest(
+            f"{name} must be an ISO-8601 time such as 2026-01-31T12:00:00Z, got {value!r}"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def parse_int(name: str, value: str | None, *, low: int = 0,
-              high: int | None = None) -> int | None:
+def parse_int(name: str, value: str | None, *, low: int = 0, high: int | None = None) -> int | None:
     if value is None or value == "":
         return None
     try:
@@ -89,8 +92,9 @@ def exchange_filter(query: Any) -> ExchangeFilter:
         elif re.fullmatch(r"\d{3}", status_text):
             status = int(status_text)
         else:
-            raise BadRequest(f"status must be a code such as 429 or a class such as 4xx, "
-                             f"got {status_text!r}")
+            raise BadRequest(
+                f"status must be a code such as 429 or a class such as 4xx, got {status_text!r}"
+            )
     since = parse_time("since", query.get("since"))
     until = parse_time("until", query.get("until"))
     if since and until and since > until:
@@ -165,14 +169,22 @@ async def retry_quarantine(request: web.Request) -> web.Response:
     """`{"ids": [...]}` (all when absent): hand them to the writer again."""
     body = await json_body(request)
     ids = body.get("ids")
-    if ids is not None and (not isinstance(ids, list) or not all(
-            isinstance(i, (str, int)) and re.fullmatch(r"\d{1,19}", str(i)) for i in ids)):
+    if ids is not None and (
+        not isinstance(ids, list)
+        or not all(isinstance(i, (str, int)) and re.fullmatch(r"\d{1,19}", str(i)) for i in ids)
+    ):
         raise BadRequest("ids must be a list of quarantined record ids")
-    result = await quarantine.retry(request.app[STORE], request.app[RECORDER],
-                                    None if ids is None else [int(i) for i in ids])
-    return json_response({"retried": result.retried, "stored": result.stored,
-                          "refused_again": result.refused_again,
-                          "unknown": [str(i) for i in result.unknown]})
+    result = await quarantine.retry(
+        request.app[STORE], request.app[RECORDER], None if ids is None else [int(i) for i in ids]
+    )
+    return json_response(
+        {
+            "retried": result.retried,
+            "stored": result.stored,
+            "refused_again": result.refused_again,
+            "unknown": [str(i) for i in result.unknown],
+        }
+    )
 
 
 @routes.delete("/api/quarantine/{id}")
@@ -186,8 +198,10 @@ async def drop_quarantined(request: web.Request) -> web.Response:
 async def json_body(request: web.Request) -> dict[str, Any]:
     """A POST's JSON object (an empty body is {}), else 400 saying what is wrong."""
     if request.content_type != "application/json":
-        raise BadRequest('send the body as JSON with Content-Type: application/json, e.g. '
-                         '{"overrides": {"temperature": 0}}')
+        raise BadRequest(
+            "send the body as JSON with Content-Type: application/json, e.g. "
+            '{"overrides": {"temperature": 0}}'
+        )
     raw = await request.read()
     try:
         body = orjson.loads(raw) if raw.strip() else {}
@@ -206,8 +220,7 @@ async def list_exchanges(request: web.Request) -> web.Response:
     before = None
     if before_text:
         if not re.fullmatch(r"\d{1,19}", before_text):
-            raise BadRequest(f"before must be a cursor from a previous 'next', "
-                             f"got {before_text!r}")
+            raise BadRequest(f"before must be a cursor from a previous 'next', got {before_text!r}")
         before = int(before_text)
     items, cursor = await request.app[STORE].list_exchanges(exchange_filter(query), limit, before)
     return json_response({"items": items, "next": str(cursor) if cursor else None})
@@ -236,8 +249,7 @@ def exchange_detail(item: dict[str, Any]) -> dict[str, Any]:
     """A stored exchange with its headers, bodies and units decoded, as the API shows it."""
     for side in ("request", "response"):
         item[f"{side}_headers"] = orjson.loads(item[f"{side}_headers"] or "[]")
-        item[f"{side}_body"] = decode_body(item[f"{side}_body"],
-                                           item[f"{side}_body_encoding"])
+        item[f"{side}_body"] = decode_body(item[f"{side}_body"], item[f"{side}_body_encoding"])
     if item.get("units"):
         item["units"] = orjson.loads(item["units"])
     return item
@@ -246,6 +258,7 @@ def exchange_detail(item: dict[str, Any]) -> dict[str, Any]:
 def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed:
     """Parse a stored exchange (as exchange_detail returns it) again: its messages, tool
     calls and conversation entries, with streams reassembled."""
+
     def raw(side: str) -> bytes:
         body, encoding = item[f"{side}_body"], item[f"{side}_body_encoding"]
         if body is None or encoding in ("omitted", "base64", "digest"):
@@ -254,9 +267,15 @@ def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed:
 
     headers = {k.lower(): v for k, v in item["response_headers"]}
     headers.pop("content-encoding", None)  # stored bodies are already decoded
-    return provider.parse(item["method"], item["path"],
-                          {k.lower(): v for k, v in item["request_headers"]}, raw("request"),
-                          item["status"], headers, [raw("response")])
+    return provider.parse(
+        item["method"],
+        item["path"],
+        {k.lower(): v for k, v in item["request_headers"]},
+        raw("request"),
+        item["status"],
+        headers,
+        [raw("response")],
+    )
 
 
 def exchange_messages(parsed: Parsed) -> list[dict[str, Any]]:
@@ -264,9 +283,16 @@ def exchange_messages(parsed: Parsed) -> list[dict[str, Any]]:
     keys = ("role", "content", "tool_calls", "tool_call_id", "type")
     inputs = parsed.messages_in or parsed.entries_in or []
     outputs = ([parsed.message_out] if parsed.message_out else parsed.entries_out) or []
-    return [{"direction": direction, **({k: m.get(k) for k in keys} if isinstance(m, dict)
-                                        else {"role": None, "content": m})}
-            for direction, group in (("in", inputs), ("out", outputs)) for m in group]
+    return [
+        {
+            "direction": direction,
+            **(
+                {k: m.get(k) for k in keys} if isinstance(m, dict) else {"role": None, "content": m}
+            ),
+        }
+        for direction, group in (("in", inputs), ("out", outputs))
+        for m in group
+    ]
 
 
 @routes.delete("/api/exchanges/{id}")

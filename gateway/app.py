@@ -90,8 +90,11 @@ class Gateway:
         writer_settings = check_integrations(settings, os.environ)
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
-        self.metrics = (prometheus.MetricsEndpoint(self.recorder)
-                        if prometheus.enabled(settings, report=True) else None)
+        self.metrics = (
+            prometheus.MetricsEndpoint(self.recorder)
+            if prometheus.enabled(settings, report=True)
+            else None
+        )
         self.proxy: Proxy | None = None
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
@@ -120,13 +123,19 @@ class Gateway:
             self.recorder.unlock()
             raise
         self.session = client_session()
-        self.proxy = Proxy(self.settings.upstream, self.session, self.recorder.submit,
-                           timeout=self.settings.upstream_timeout,
-                           max_body_bytes=self.settings.max_body_bytes,
-                           routes=make_routes(self.settings), held_keys=self.held_keys,
-                           begin=self.recorder.begin)
-        self.replayer = Replayer(self.store, self.replay_store, self.recorder, self.proxy,
-                                 self.provider, self.replay_key)
+        self.proxy = Proxy(
+            self.settings.upstream,
+            self.session,
+            self.recorder.submit,
+            timeout=self.settings.upstream_timeout,
+            max_body_bytes=self.settings.max_body_bytes,
+            routes=make_routes(self.settings),
+            held_keys=self.held_keys,
+            begin=self.recorder.begin,
+        )
+        self.replayer = Replayer(
+            self.store, self.replay_store, self.recorder, self.proxy, self.provider, self.replay_key
+        )
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
@@ -140,9 +149,14 @@ class Gateway:
         self._tasks.append(self.costs_filled)
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
-        log.info("%s; UI on %s; database %s",
-                 f"proxy on {self.proxy_url} -> {self.settings.upstream}" if proxy
-                 else "no reverse proxy", self.ui_url or "(none)", self.store.dialect)
+        log.info(
+            "%s; UI on %s; database %s",
+            f"proxy on {self.proxy_url} -> {self.settings.upstream}"
+            if proxy
+            else "no reverse proxy",
+            self.ui_url or "(none)",
+            self.store.dialect,
+        )
 
     async def _listen_proxy(self) -> None:
         assert self.proxy is not None
@@ -150,17 +164,23 @@ class Gateway:
         # prints the raw request line or headers a malformed request quoted.
         server = web.Server(self.in_flight.wrap(self.proxy), access_log=None, logger=HTTP_LOG)
         self._proxy_runner = web.ServerRunner(
-            server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False)
+            server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False
+        )
         await self._proxy_runner.setup()
-        proxy_site = web.TCPSite(self._proxy_runner, self.settings.host, self.settings.port,
-                                 backlog=1024)
+        proxy_site = web.TCPSite(
+            self._proxy_runner, self.settings.host, self.settings.port, backlog=1024
+        )
         await proxy_site.start()
         self.proxy_url = _url(self._proxy_runner)
 
     async def _listen_ui(self) -> None:
-        self._ui_runner = web.AppRunner(create_ui_app(self), handle_signals=False,
-                                        access_log=None, logger=HTTP_LOG,
-                                        shutdown_timeout=self.settings.shutdown_grace)
+        self._ui_runner = web.AppRunner(
+            create_ui_app(self),
+            handle_signals=False,
+            access_log=None,
+            logger=HTTP_LOG,
+            shutdown_timeout=self.settings.shutdown_grace,
+        )
         await self._ui_runner.setup()
         ui_site = web.TCPSite(self._ui_runner, self.settings.ui_host, self.settings.ui_port)
         await ui_site.start()
@@ -175,9 +195,13 @@ class Gateway:
         if experiments is not None:
             await experiments.stop()
         # Both listeners at once: stop listening, wait up to the grace, cancel stragglers.
-        await asyncio.gather(*(runner.cleanup() for runner in (self._proxy_runner,
-                                                               self._ui_runner)
-                               if runner is not None))
+        await asyncio.gather(
+            *(
+                runner.cleanup()
+                for runner in (self._proxy_runner, self._ui_runner)
+                if runner is not None
+            )
+        )
         with contextlib.suppress(AttributeError):
             await self.session.close()
         await self.recorder.stop(timeout=max(5.0, self.settings.shutdown_grace))

@@ -120,8 +120,9 @@ def storable_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(text(k), text(v)) for k, v in pairs]
 
 
-def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
-               max_body_bytes: int) -> Rows:
+def build_rows(
+    exchange: Exchange, provider: Provider, prices: PriceTable, max_body_bytes: int
+) -> Rows:
     clipped: dict[str, int] = {}
     hints = storable_hints(exchange.hints, clipped)
     request_headers = header_dict(exchange.request_headers)
@@ -129,33 +130,50 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
     encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
     chunks, decoded = decode_chunks(exchange.response_chunks, encoding)
     try:
-        parsed = provider.parse(exchange.method, exchange.path, request_headers,
-                                exchange.request_body, exchange.status, response_headers,
-                                chunks if decoded else [])
+        parsed = provider.parse(
+            exchange.method,
+            exchange.path,
+            request_headers,
+            exchange.request_body,
+            exchange.status,
+            response_headers,
+            chunks if decoded else [],
+        )
     except Exception:  # a provider bug must not lose the record
         log.exception("provider %s failed on exchange %s", provider.name, exchange.id)
         parsed = Parsed(parse_error=True)
     response_body = b"".join(chunks)
     cost = parsed.cost_usd
     if cost is None:
-        cost = prices.cost(parsed.model, parsed.prompt_tokens, parsed.completion_tokens,
-                           parsed.cached_tokens, parsed.units or None)
-    correlation = next((response_headers[h] for h in CORRELATION_HEADERS
-                        if h in response_headers), None)
-    req_text, req_enc, req_trunc = _stored(exchange.request_body, request_headers,
-                                           parsed.request_json is not None, max_body_bytes)
+        cost = prices.cost(
+            parsed.model,
+            parsed.prompt_tokens,
+            parsed.completion_tokens,
+            parsed.cached_tokens,
+            parsed.units or None,
+        )
+    correlation = next(
+        (response_headers[h] for h in CORRELATION_HEADERS if h in response_headers), None
+    )
+    req_text, req_enc, req_trunc = _stored(
+        exchange.request_body, request_headers, parsed.request_json is not None, max_body_bytes
+    )
     if parsed.stored_response is not None:
         response_body = parsed.stored_response
-    resp_text, resp_enc, resp_trunc = _stored(response_body, response_headers,
-                                              parsed.response_json is not None, max_body_bytes)
+    resp_text, resp_enc, resp_trunc = _stored(
+        response_body, response_headers, parsed.response_json is not None, max_body_bytes
+    )
     if not decoded and resp_enc != "digest":
         resp_enc = "base64"
         resp_text = base64.b64encode(response_body[:max_body_bytes]).decode("ascii")
     truncated = req_trunc or resp_trunc or exchange.response_truncated
-    search = search_text(searchable(req_text, req_enc, parsed.request_json),
-                         parsed.output_text if parsed.streamed else
-                         searchable(resp_text, resp_enc, parsed.response_json),
-                         correlation)
+    search = search_text(
+        searchable(req_text, req_enc, parsed.request_json),
+        parsed.output_text
+        if parsed.streamed
+        else searchable(resp_text, resp_enc, parsed.response_json),
+        correlation,
+    )
     if exchange.omit_bodies:
         req_text, req_enc, resp_text, resp_enc = None, "omitted", None, "omitted"
         search = correlation or ""
@@ -214,15 +232,19 @@ def build_rows(exchange: Exchange, provider: Provider, prices: PriceTable,
     return Rows(row, bodies, storable.text(search), parsed, hints)
 
 
-def _stored(body: bytes, headers: dict[str, str], is_json: bool,
-            limit: int) -> tuple[str | None, str, bool]:
+def _stored(
+    body: bytes, headers: dict[str, str], is_json: bool, limit: int
+) -> tuple[str | None, str, bool]:
     """A body as stored: audio as its type, size and SHA-256 (never the sound), the rest as
     `encode_body` keeps it."""
     content_type = headers.get("content-type", "")
     if not content_type.lstrip().lower().startswith("audio/"):
         return encode_body(body, is_json, limit)
-    summary = {"content_type": content_type, "bytes": len(body),
-               "sha256": hashlib.sha256(body).hexdigest()}
+    summary = {
+        "content_type": content_type,
+        "bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
     return orjson.dumps(summary).decode(), "digest", False
 
 

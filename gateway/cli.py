@@ -47,15 +47,21 @@ def say(line: str) -> None:
 
 def setting_options(names: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
     """Decorate a command with one option per setting (flag, env var and default in --help)."""
+
     def decorate(func: Any) -> Any:
         for setting in reversed(SETTINGS):
             if names is not None and setting.name not in names:
                 continue
             default = "none" if setting.default is None else setting.default
             func = click.option(
-                setting.flag, setting.name, default=None, metavar=setting.kind.upper(),
-                help=f"{setting.help} [env {setting.env}; default {default}]")(func)
+                setting.flag,
+                setting.name,
+                default=None,
+                metavar=setting.kind.upper(),
+                help=f"{setting.help} [env {setting.env}; default {default}]",
+            )(func)
         return func
+
     return decorate
 
 
@@ -79,8 +85,12 @@ def main() -> None:
 
 @main.command()
 @setting_options()
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy and the UI/API in one process until SIGTERM or Ctrl-C."""
     settings = build_settings(flags)
@@ -101,8 +111,9 @@ def serve(log_level: str, **flags: Any) -> None:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # Tortoise logs every query with its values at DEBUG (captured bodies) and chatters at INFO.
     logging.getLogger("tortoise").setLevel(logging.WARNING)
 
@@ -119,11 +130,18 @@ async def _serve(settings: Settings) -> int | None:
         await gateway.stop()
         raise
     tune_gc()
-    say(f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream}, "
-        f"UI {gateway.ui_url}")
+    say(
+        f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream}, "
+        f"UI {gateway.ui_url}"
+    )
     await signals.first.wait()
-    return await signals.stop(gateway.stop(), lambda: len(gateway.in_flight),
-                              gateway.cut_in_flight, settings.shutdown_grace, say)
+    return await signals.stop(
+        gateway.stop(),
+        lambda: len(gateway.in_flight),
+        gateway.cut_in_flight,
+        settings.shutdown_grace,
+        say,
+    )
 
 
 async def on_store(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
@@ -137,8 +155,12 @@ async def on_store(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
 
 
 @main.command()
-@click.option("--older-than", required=True, metavar="AGE",
-              help="Delete exchanges older than this: 30d, 12h, or a number of days.")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE",
+    help="Delete exchanges older than this: 30d, 12h, or a number of days.",
+)
 @setting_options(("db",))
 def purge(older_than: str, **flags: Any) -> None:
     """Delete old exchanges (with their bodies and search index) in batches."""
@@ -162,37 +184,86 @@ def purge(older_than: str, **flags: Any) -> None:
 
 
 # Settings that mean nothing without the reverse proxy (mitm and import have none).
-CAPTURE_SETTINGS = tuple(s.name for s in SETTINGS if s.name not in (
-    "upstream", "host", "port", "upstream_timeout", "shutdown_grace", "elevenlabs_upstream"))
+CAPTURE_SETTINGS = tuple(
+    s.name
+    for s in SETTINGS
+    if s.name
+    not in ("upstream", "host", "port", "upstream_timeout", "shutdown_grace", "elevenlabs_upstream")
+)
 
 
 @main.command()
-@click.option("--port", "mitm_port", default=8082, show_default=True, envvar="AGENTOPS_MITM_PORT",
-              type=click.IntRange(0, 65535),
-              help="Port of the explicit proxy (HTTPS_PROXY) [env AGENTOPS_MITM_PORT].")
-@click.option("--listen-host", default="127.0.0.1", show_default=True,
-              envvar="AGENTOPS_MITM_HOST", help="Address it listens on [env AGENTOPS_MITM_HOST].")
-@click.option("--capture-host", "capture_hosts", multiple=True, default=("api.mistral.ai",),
-              show_default=True, envvar="AGENTOPS_CAPTURE_HOSTS",
-              help="Host (or host:port) whose calls are recorded; repeatable. Other hosts pass "
-                   "untouched, their TLS not decrypted [env AGENTOPS_CAPTURE_HOSTS, "
-                   "space-separated].")
-@click.option("--confdir", default="~/.mitmproxy", show_default=True,
-              envvar="AGENTOPS_MITM_CONFDIR",
-              help="mitmproxy's folder: its CA (created on first start) and the CA bundle "
-                   "for clients [env AGENTOPS_MITM_CONFDIR].")
-@click.option("--upstream-ca", default=None, metavar="PEM",
-              help="Also trust this CA for upstream servers (a private or test upstream).")
-@click.option("--save-flows", default=None, metavar="FILE",
-              help="Also write the raw flows to FILE as mitmproxy does (-w); `import` reads it.")
-@click.option("--ui/--no-ui", default=True, show_default=True,
-              help="Serve the UI/API on --ui-host/--ui-port as `serve` does.")
+@click.option(
+    "--port",
+    "mitm_port",
+    default=8082,
+    show_default=True,
+    envvar="AGENTOPS_MITM_PORT",
+    type=click.IntRange(0, 65535),
+    help="Port of the explicit proxy (HTTPS_PROXY) [env AGENTOPS_MITM_PORT].",
+)
+@click.option(
+    "--listen-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="AGENTOPS_MITM_HOST",
+    help="Address it listens on [env AGENTOPS_MITM_HOST].",
+)
+@click.option(
+    "--capture-host",
+    "capture_hosts",
+    multiple=True,
+    default=("api.mistral.ai",),
+    show_default=True,
+    envvar="AGENTOPS_CAPTURE_HOSTS",
+    help="Host (or host:port) whose calls are recorded; repeatable. Other hosts pass "
+    "untouched, their TLS not decrypted [env AGENTOPS_CAPTURE_HOSTS, "
+    "space-separated].",
+)
+@click.option(
+    "--confdir",
+    default="~/.mitmproxy",
+    show_default=True,
+    envvar="AGENTOPS_MITM_CONFDIR",
+    help="mitmproxy's folder: its CA (created on first start) and the CA bundle "
+    "for clients [env AGENTOPS_MITM_CONFDIR].",
+)
+@click.option(
+    "--upstream-ca",
+    default=None,
+    metavar="PEM",
+    help="Also trust this CA for upstream servers (a private or test upstream).",
+)
+@click.option(
+    "--save-flows",
+    default=None,
+    metavar="FILE",
+    help="Also write the raw flows to FILE as mitmproxy does (-w); `import` reads it.",
+)
+@click.option(
+    "--ui/--no-ui",
+    default=True,
+    show_default=True,
+    help="Serve the UI/API on --ui-host/--ui-port as `serve` does.",
+)
 @setting_options((*CAPTURE_SETTINGS, "shutdown_grace"))
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def mitm(mitm_port: int, listen_host: str, capture_hosts: tuple[str, ...], confdir: str,
-         upstream_ca: str | None, save_flows: str | None, ui: bool, log_level: str,
-         **flags: Any) -> None:
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def mitm(
+    mitm_port: int,
+    listen_host: str,
+    capture_hosts: tuple[str, ...],
+    confdir: str,
+    upstream_ca: str | None,
+    save_flows: str | None,
+    ui: bool,
+    log_level: str,
+    **flags: Any,
+) -> None:
     """Record an agent that cannot change its base URL: run mitmproxy as an explicit proxy
     (HTTPS_PROXY) that records the calls to the captured hosts into the store."""
     from gateway.mitm import MitmError
@@ -201,8 +272,9 @@ def mitm(mitm_port: int, listen_host: str, capture_hosts: tuple[str, ...], confd
     _logging(log_level)
     hosts = tuple(h for entry in capture_hosts for h in entry.replace(",", " ").split())
     try:
-        cut = asyncio.run(_mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca,
-                                save_flows, ui))
+        cut = asyncio.run(
+            _mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca, save_flows, ui)
+        )
     except Interrupted:
         interrupted("interrupted while starting")
         return
@@ -216,17 +288,31 @@ def mitm(mitm_port: int, listen_host: str, capture_hosts: tuple[str, ...], confd
         sys.exit(INTERRUPTED_STATUS)
 
 
-async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[str, ...],
-                confdir: str, upstream_ca: str | None, save_flows: str | None,
-                ui: bool) -> int | None:
+async def _mitm(
+    settings: Settings,
+    port: int,
+    host: str,
+    capture_hosts: tuple[str, ...],
+    confdir: str,
+    upstream_ca: str | None,
+    save_flows: str | None,
+    ui: bool,
+) -> int | None:
     from gateway.app import Gateway
     from gateway.mitm import MitmCapture, client_instructions, write_ca_bundle
 
     gateway = Gateway(settings)
-    capture = MitmCapture(gateway.recorder.submit, host=host, port=port,
-                          capture_hosts=capture_hosts, confdir=confdir,
-                          max_body_bytes=settings.max_body_bytes, upstream_ca=upstream_ca,
-                          save_flows=save_flows, held_keys=gateway.held_keys)
+    capture = MitmCapture(
+        gateway.recorder.submit,
+        host=host,
+        port=port,
+        capture_hosts=capture_hosts,
+        confdir=confdir,
+        max_body_bytes=settings.max_body_bytes,
+        upstream_ca=upstream_ca,
+        save_flows=save_flows,
+        held_keys=gateway.held_keys,
+    )
     signals = Signals()
 
     async def start() -> None:
@@ -248,8 +334,10 @@ async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[s
         await gateway.stop()
         raise
     bundle = write_ca_bundle(capture.confdir)
-    say(f"AgentOps Studio {__version__}: mitm proxy {capture.url} recording "
-        f"{', '.join(capture_hosts)}" + (f", UI {gateway.ui_url}" if ui else ""))
+    say(
+        f"AgentOps Studio {__version__}: mitm proxy {capture.url} recording "
+        f"{', '.join(capture_hosts)}" + (f", UI {gateway.ui_url}" if ui else "")
+    )
     say(client_instructions(capture.url, bundle))
     await signals.first.wait()
     return await signals.stop(stop(), capture.in_flight, cut, settings.shutdown_grace, say)
@@ -257,9 +345,14 @@ async def _mitm(settings: Settings, port: int, host: str, capture_hosts: tuple[s
 
 @main.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--capture-host", "capture_hosts", multiple=True,
-              default=("api.mistral.ai", "api.elevenlabs.io"), show_default=True,
-              help="Import the calls to this host (or host:port); repeatable.")
+@click.option(
+    "--capture-host",
+    "capture_hosts",
+    multiple=True,
+    default=("api.mistral.ai", "api.elevenlabs.io"),
+    show_default=True,
+    help="Import the calls to this host (or host:port); repeatable.",
+)
 @setting_options(CAPTURE_SETTINGS)
 def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
     """Load a mitmproxy flow dump or a HAR file into the store (importing twice stores each
@@ -298,6 +391,7 @@ async def _import(settings: Settings, exchanges: list[Any]) -> tuple[int, int]:
     finally:
         await gateway.stop()
 
+
 @main.command()
 @export_options
 @setting_options(("db",))
@@ -324,8 +418,11 @@ def export(**options: Any) -> None:
         fail(f"--out: cannot write {request.out}: {exc.strerror or exc}")
         return
     skipped = f" ({result.skipped} without an assistant reply left out)" if result.skipped else ""
-    click.echo(f"exported {result.written} {'runs' if request.runs else 'calls'} to "
-               f"{request.out}{skipped}", err=True)
+    click.echo(
+        f"exported {result.written} {'runs' if request.runs else 'calls'} to "
+        f"{request.out}{skipped}",
+        err=True,
+    )
 
 
 @main.command()
@@ -412,8 +509,9 @@ def quarantine_retry(ids: tuple[str, ...], **flags: Any) -> None:
     except USER_ERRORS as exc:
         fail(str(exc))
         return
-    click.echo(f"retried {result.retried}: {result.stored} stored, "
-               f"{result.refused_again} refused again")
+    click.echo(
+        f"retried {result.retried}: {result.stored} stored, {result.refused_again} refused again"
+    )
     if result.unknown:
         fail(f"not in quarantine: {', '.join(map(str, result.unknown))}")
 
@@ -428,7 +526,8 @@ def quarantine_drop(ids: tuple[str, ...], **flags: Any) -> None:
 
     try:
         dropped = run_interruptible(
-            on_store(settings.db, lambda store: store.quarantine_delete(wanted)))
+            on_store(settings.db, lambda store: store.quarantine_delete(wanted))
+        )
     except Interrupted:
         interrupted("interrupted")
         return

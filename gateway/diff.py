@@ -80,17 +80,24 @@ def text_diff(before: str, after: str) -> tuple[list[dict[str, str]], float]:
     return _merge(_by_lines(before, after)), similarity(before, after)
 
 
-def _align(pieces_a: list[str], keys_a: list[str], pieces_b: list[str],
-           keys_b: list[str]) -> tuple[list[dict[str, str]], int]:
+def _align(
+    pieces_a: list[str], keys_a: list[str], pieces_b: list[str], keys_b: list[str]
+) -> tuple[list[dict[str, str]], int]:
     ops: list[dict[str, str]] = []
     matched = 0
     for opcode in Indel.opcodes(keys_a, keys_b):
-        tag, i1, i2, j1, j2 = opcode.tag, opcode.src_start, opcode.src_end, opcode.dest_start, \
-            opcode.dest_end
+        tag, i1, i2, j1, j2 = (
+            opcode.tag,
+            opcode.src_start,
+            opcode.src_end,
+            opcode.dest_start,
+            opcode.dest_end,
+        )
         if tag == "equal":
             matched += i2 - i1
-        ops.append({"op": tag, "before": "".join(pieces_a[i1:i2]),
-                    "after": "".join(pieces_b[j1:j2])})
+        ops.append(
+            {"op": tag, "before": "".join(pieces_a[i1:i2]), "after": "".join(pieces_b[j1:j2])}
+        )
     return ops, matched
 
 
@@ -101,8 +108,13 @@ def _by_lines(before: str, after: str) -> list[dict[str, str]]:
     if len(lines_a) * len(lines_b) > MAX_PAIRS:
         return [{"op": "replace", "before": before, "after": after}]
     for opcode in Indel.opcodes(lines_a, lines_b):
-        tag, i1, i2, j1, j2 = opcode.tag, opcode.src_start, opcode.src_end, opcode.dest_start, \
-            opcode.dest_end
+        tag, i1, i2, j1, j2 = (
+            opcode.tag,
+            opcode.src_start,
+            opcode.src_end,
+            opcode.dest_start,
+            opcode.dest_end,
+        )
         block_a, block_b = "".join(lines_a[i1:i2]), "".join(lines_b[j1:j2])
         if tag == "equal":
             ops.append({"op": "equal", "before": block_a, "after": block_b})
@@ -157,15 +169,25 @@ def tool_calls(parsed: Parsed) -> list[dict[str, Any]]:
     for call in message.get("tool_calls") or ():
         if isinstance(call, dict):
             function = call["function"] if isinstance(call.get("function"), dict) else {}
-            out.append({"id": call.get("id"), "name": function.get("name"), "kind": "function",
-                        "arguments": parse_arguments(function.get("arguments"))})
+            out.append(
+                {
+                    "id": call.get("id"),
+                    "name": function.get("name"),
+                    "kind": "function",
+                    "arguments": parse_arguments(function.get("arguments")),
+                }
+            )
     for entry in parsed.entries_out or ():
         kind = entry.get("type")
         if kind in ("function.call", "tool.execution"):
-            out.append({"id": entry.get("tool_call_id") or entry.get("id"),
-                        "name": entry.get("name"),
-                        "kind": "function" if kind == "function.call" else "builtin",
-                        "arguments": parse_arguments(entry.get("arguments"))})
+            out.append(
+                {
+                    "id": entry.get("tool_call_id") or entry.get("id"),
+                    "name": entry.get("name"),
+                    "kind": "function" if kind == "function.call" else "builtin",
+                    "arguments": parse_arguments(entry.get("arguments")),
+                }
+            )
     return out
 
 
@@ -187,13 +209,24 @@ def compare_calls(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
         twin = next((c for c in left if c.get("name") == call.get("name")), None)
         if twin is not None:
             left.remove(twin)
-            changed.append({"name": call.get("name"), "kind": call.get("kind"),
-                            "before": twin.get("arguments"), "after": call.get("arguments")})
+            changed.append(
+                {
+                    "name": call.get("name"),
+                    "kind": call.get("kind"),
+                    "before": twin.get("arguments"),
+                    "after": call.get("arguments"),
+                }
+            )
         else:
             added.append(_public(call))
-    return {"same": same, "added": added, "removed": [_public(c) for c in left],
-            "changed": changed, "before": [_public(c) for c in before],
-            "after": [_public(c) for c in after]}
+    return {
+        "same": same,
+        "added": added,
+        "removed": [_public(c) for c in left],
+        "changed": changed,
+        "before": [_public(c) for c in before],
+        "after": [_public(c) for c in after],
+    }
 
 
 def _public(call: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +276,9 @@ def parameter_changes(a: Parsed, b: Parsed) -> list[dict[str, Any]]:
         change = {"field": key, "before": old, "after": new}
         if isinstance(old, list) and isinstance(new, list):
             start = 0
-            while (start < min(len(old), len(new))
-                   and _comparable(old[start]) == _comparable(new[start])):
+            while start < min(len(old), len(new)) and _comparable(old[start]) == _comparable(
+                new[start]
+            ):
                 start += 1
             change.update(before=old[start:], after=new[start:], from_index=start)
         changes.append(change)

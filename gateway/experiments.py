@@ -43,16 +43,19 @@ def output_hash(recorded: Recorded) -> str:
 
 def row_metrics(original: Recorded, replayed: Recorded, diff: dict[str, Any]) -> dict[str, Any]:
     calls = diff["tool_calls"]
-    return {"similarity": diff["similarity"], "identical": diff["identical"],
-            "tool_calls_before": len(calls["before"]),
-            "tool_calls_differing": diffs.differing_calls(calls),
-            "tokens_before": original.item.get("total_tokens"),
-            "tokens_after": replayed.item.get("total_tokens"),
-            "cost_before": original.item.get("cost_usd"),
-            "cost_after": replayed.item.get("cost_usd"),
-            "latency_before": original.item.get("latency_ms"),
-            "latency_after": replayed.item.get("latency_ms"),
-            "output_hash": output_hash(replayed)}
+    return {
+        "similarity": diff["similarity"],
+        "identical": diff["identical"],
+        "tool_calls_before": len(calls["before"]),
+        "tool_calls_differing": diffs.differing_calls(calls),
+        "tokens_before": original.item.get("total_tokens"),
+        "tokens_after": replayed.item.get("total_tokens"),
+        "cost_before": original.item.get("cost_usd"),
+        "cost_after": replayed.item.get("cost_usd"),
+        "latency_before": original.item.get("latency_ms"),
+        "latency_after": replayed.item.get("latency_ms"),
+        "output_hash": output_hash(replayed),
+    }
 
 
 def _sum(rows: list[dict[str, Any]], key: str) -> float:
@@ -68,43 +71,58 @@ def totals(rows: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     done = [r for r in rows if r["status"] == "ok"]
     cost_before, cost_after = _sum(done, "cost_before"), _sum(done, "cost_after")
     tokens_before, tokens_after = _sum(done, "tokens_before"), _sum(done, "tokens_after")
-    latency = [r["latency_after"] - r["latency_before"] for r in done
-               if r["latency_after"] is not None and r["latency_before"] is not None]
+    latency = [
+        r["latency_after"] - r["latency_before"]
+        for r in done
+        if r["latency_after"] is not None and r["latency_before"] is not None
+    ]
     similarities = [r["similarity"] for r in done if r["similarity"] is not None]
-    calls, differing = int(_sum(done, "tool_calls_before")), int(_sum(done,
-                                                                      "tool_calls_differing"))
+    calls, differing = int(_sum(done, "tool_calls_before")), int(_sum(done, "tool_calls_differing"))
     out: dict[str, Any] = {
         "replays": len(done),
-        "cost_before_usd": round(cost_before, 10), "cost_after_usd": round(cost_after, 10),
+        "cost_before_usd": round(cost_before, 10),
+        "cost_after_usd": round(cost_after, 10),
         "cost_change_pct": _change(cost_before, cost_after),
-        "tokens_before": int(tokens_before), "tokens_after": int(tokens_after),
+        "tokens_before": int(tokens_before),
+        "tokens_after": int(tokens_after),
         "tokens_change_pct": _change(tokens_before, tokens_after),
         "median_latency_delta_ms": round(statistics.median(latency), 3) if latency else None,
         "median_similarity": round(statistics.median(similarities), 4) if similarities else None,
         "identical": sum(1 for r in done if r["identical"]),
-        "tool_calls": calls, "tool_calls_differing": differing,
-        "tool_call_agreement": (round(sum(1 for r in done if not r["tool_calls_differing"])
-                                      / len(done), 4) if done else None),
+        "tool_calls": calls,
+        "tool_calls_differing": differing,
+        "tool_call_agreement": (
+            round(sum(1 for r in done if not r["tool_calls_differing"]) / len(done), 4)
+            if done
+            else None
+        ),
     }
     if repeat > 1:
         groups: dict[str, list[str]] = {}
         for row in done:
             groups.setdefault(row["exchange_id"], []).append(row["output_hash"])
-        determinism: list[dict[str, Any]] = [{"exchange_id": eid, "runs": len(hashes),
-                        "distinct_outputs": len(set(hashes)),
-                        "flakiness": (round((len(set(hashes)) - 1) / (len(hashes) - 1), 4)
-                                      if len(hashes) > 1 else 0.0)}
-                       for eid, hashes in groups.items()]
+        determinism: list[dict[str, Any]] = [
+            {
+                "exchange_id": eid,
+                "runs": len(hashes),
+                "distinct_outputs": len(set(hashes)),
+                "flakiness": (
+                    round((len(set(hashes)) - 1) / (len(hashes) - 1), 4) if len(hashes) > 1 else 0.0
+                ),
+            }
+            for eid, hashes in groups.items()
+        ]
         out["determinism"] = determinism
         out["distinct_outputs"] = max((d["distinct_outputs"] for d in determinism), default=0)
-        out["flakiness"] = (round(statistics.mean(d["flakiness"] for d in determinism), 4)
-                            if determinism else None)
+        out["flakiness"] = (
+            round(statistics.mean(d["flakiness"] for d in determinism), 4) if determinism else None
+        )
     out["summary"] = summary(out)
     return out
 
 
 def summary(t: dict[str, Any]) -> str:
-    """"cost -82%, median similarity 0.91, 2 of 40 tool calls differ"."""
+    """ "cost -82%, median similarity 0.91, 2 of 40 tool calls differ"."""
     parts = []
     if t["cost_change_pct"] is not None:
         parts.append(f"cost {t['cost_change_pct']:+.0f}%".replace("-", "\u2212"))
@@ -132,18 +150,21 @@ class Experiments:
             raise BadRequest("the body must be a JSON object")
         unknown = sorted(set(body) - FIELDS)
         if unknown:
-            raise BadRequest(f"unknown field(s): {', '.join(unknown)} (accepted: "
-                             f"{', '.join(sorted(FIELDS))})")
+            raise BadRequest(
+                f"unknown field(s): {', '.join(unknown)} (accepted: {', '.join(sorted(FIELDS))})"
+            )
         overrides = body.get("overrides", {})
         if not isinstance(overrides, dict):
-            raise BadRequest('overrides must be a JSON object, e.g. {"model": '
-                             '"mistral-small-latest"}')
+            raise BadRequest(
+                'overrides must be a JSON object, e.g. {"model": "mistral-small-latest"}'
+            )
         repeat = _bounded(body, "repeat", 1, 1, MAX_REPEAT)
         concurrency = _bounded(body, "concurrency", DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY)
         selection, ids = await self._select(body)
         if len(ids) * repeat > MAX_REPLAYS:
-            raise BadRequest(f"{len(ids)} exchanges x repeat {repeat} is more than "
-                             f"{MAX_REPLAYS} replays")
+            raise BadRequest(
+                f"{len(ids)} exchanges x repeat {repeat} is more than {MAX_REPLAYS} replays"
+            )
         key = self._key(body)
         rows = []
         for position, exchange_id in enumerate(ids):
@@ -155,19 +176,38 @@ class Experiments:
             except ReplayError as exc:
                 if exc.status != 409:
                     raise BadRequest(f"exchange {exchange_id}: {exc.message}") from None
-                rows.append({"position": position, "repeat_index": 0,
-                             "exchange_id": exchange_id, "status": "skipped",
-                             "error": exc.message})
+                rows.append(
+                    {
+                        "position": position,
+                        "repeat_index": 0,
+                        "exchange_id": exchange_id,
+                        "status": "skipped",
+                        "error": exc.message,
+                    }
+                )
                 continue
-            rows += [{"position": position, "repeat_index": n, "exchange_id": exchange_id,
-                      "status": "pending"} for n in range(repeat)]
-        experiment_id = await self.replay_store.create_experiment(selection, overrides, repeat,
-                                                                  concurrency, rows)
+            rows += [
+                {
+                    "position": position,
+                    "repeat_index": n,
+                    "exchange_id": exchange_id,
+                    "status": "pending",
+                }
+                for n in range(repeat)
+            ]
+        experiment_id = await self.replay_store.create_experiment(
+            selection, overrides, repeat, concurrency, rows
+        )
         self.tasks[experiment_id] = asyncio.create_task(
             self._run(experiment_id, overrides, key, concurrency),
-            name=f"agentops-experiment-{experiment_id}")
-        return {"id": str(experiment_id), "status": "running", "total": len(rows),
-                "url": f"/api/experiments/{experiment_id}"}
+            name=f"agentops-experiment-{experiment_id}",
+        )
+        return {
+            "id": str(experiment_id),
+            "status": "running",
+            "total": len(rows),
+            "url": f"/api/experiments/{experiment_id}",
+        }
 
     def _key(self, body: dict[str, Any]) -> SecretKey:
         try:
@@ -178,8 +218,10 @@ class Experiments:
     async def _select(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         chosen = [k for k in ("exchange_ids", "filter", "run_id") if k in body]
         if len(chosen) != 1:
-            raise BadRequest('give exactly one of "exchange_ids" (a list), "filter" (the '
-                             '/api/exchanges parameters) or "run_id"')
+            raise BadRequest(
+                'give exactly one of "exchange_ids" (a list), "filter" (the '
+                '/api/exchanges parameters) or "run_id"'
+            )
         kind = chosen[0]
         value = body[kind]
         if kind == "exchange_ids":
@@ -193,16 +235,19 @@ class Experiments:
             limit = MAX_EXCHANGES
         else:
             if not isinstance(value, dict):
-                raise BadRequest('filter must be an object of /api/exchanges parameters, e.g. '
-                                 '{"model": "mistral-large-latest", "limit": 20}')
+                raise BadRequest(
+                    "filter must be an object of /api/exchanges parameters, e.g. "
+                    '{"model": "mistral-large-latest", "limit": 20}'
+                )
             unknown = sorted(set(value) - FILTER_FIELDS)
             if unknown:
-                raise BadRequest(f"filter: unknown parameter(s) {', '.join(unknown)} "
-                                 f"(accepted: {', '.join(sorted(FILTER_FIELDS))})")
+                raise BadRequest(
+                    f"filter: unknown parameter(s) {', '.join(unknown)} "
+                    f"(accepted: {', '.join(sorted(FILTER_FIELDS))})"
+                )
             query = {k: str(v) for k, v in value.items() if v is not None}
             f = exchange_filter(query)
-            limit = parse_int("filter.limit", query.get("limit"), low=1,
-                              high=MAX_EXCHANGES) or 50
+            limit = parse_int("filter.limit", query.get("limit"), low=1, high=MAX_EXCHANGES) or 50
         items, _ = await self.store.list_exchanges(f, limit, None)
         # Replays of earlier experiments are results, not traffic to replay again.
         ids = sorted(int(i["id"]) for i in items if i.get("replay_of") is None)
@@ -210,8 +255,9 @@ class Experiments:
             raise BadRequest(f"{kind} selects no exchanges")
         return {kind: value}, ids
 
-    async def _run(self, experiment_id: int, overrides: dict[str, Any], key: SecretKey,
-                   concurrency: int) -> None:
+    async def _run(
+        self, experiment_id: int, overrides: dict[str, Any], key: SecretKey, concurrency: int
+    ) -> None:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(row: dict[str, Any]) -> None:
@@ -241,41 +287,53 @@ class Experiments:
         except Exception:  # reporting must not fail the experiment
             log.exception("experiment %s: could not report it", experiment_id)
 
-    async def _replay_row(self, experiment_id: int, row: dict[str, Any],
-                          overrides: dict[str, Any], key: SecretKey) -> None:
+    async def _replay_row(
+        self, experiment_id: int, row: dict[str, Any], overrides: dict[str, Any], key: SecretKey
+    ) -> None:
         try:
             original = await self.replayer.original(row["exchange_id"])
             replayed, diff = await self.replayer.replay(
-                row["exchange_id"], overrides, key, tags={"experiment": str(experiment_id)})
+                row["exchange_id"], overrides, key, tags={"experiment": str(experiment_id)}
+            )
         except ReplayError as exc:
             await self.replay_store.finish_row(row["id"], "error", error=exc.message)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one bad row must not end the experiment
-            log.exception("experiment %s: replay of %s failed", experiment_id,
-                          row["exchange_id"])
-            await self.replay_store.finish_row(row["id"], "error",
-                                               error=f"{type(exc).__name__}: {exc}")
+            log.exception("experiment %s: replay of %s failed", experiment_id, row["exchange_id"])
+            await self.replay_store.finish_row(
+                row["id"], "error", error=f"{type(exc).__name__}: {exc}"
+            )
             return
         failed = (replayed.item.get("status") or 0) >= 400
         await self.replay_store.finish_row(
-            row["id"], "error" if failed else "ok",
-            error=f"the replay failed with status {replayed.item.get('status')}" if failed
-            else None, replay_id=replayed.id, diff_id=int(diff["id"]),
-            metrics=row_metrics(original, replayed, diff))
+            row["id"],
+            "error" if failed else "ok",
+            error=f"the replay failed with status {replayed.item.get('status')}"
+            if failed
+            else None,
+            replay_id=replayed.id,
+            diff_id=int(diff["id"]),
+            metrics=row_metrics(original, replayed, diff),
+        )
 
     async def report(self, experiment_id: int) -> dict[str, Any] | None:
         experiment = await self.replay_store.get_experiment(experiment_id)
         if experiment is None:
             return None
         rows = experiment["rows"]
-        counts = {s: sum(1 for r in rows if r["status"] == s)
-                  for s in ("pending", "ok", "error", "skipped")}
+        counts = {
+            s: sum(1 for r in rows if r["status"] == s)
+            for s in ("pending", "ok", "error", "skipped")
+        }
         finished = experiment["total"] - counts["pending"]
         experiment["progress"] = {
-            "total": experiment["total"], "finished": finished, **counts,
-            "fraction": round(finished / experiment["total"], 4) if experiment["total"] else 1.0}
+            "total": experiment["total"],
+            "finished": finished,
+            **counts,
+            "fraction": round(finished / experiment["total"], 4) if experiment["total"] else 1.0,
+        }
         experiment["totals"] = totals(rows, experiment["repeat"])
         return experiment
 

@@ -29,15 +29,55 @@ from gateway.store import ExchangeFilter, Store
 
 FORMATS = ("mistral", "jsonl", "csv", "parquet", "hf")
 EXCHANGE_COLUMNS = (
-    "id", "started_at", "run_id", "step", "method", "path", "endpoint", "model",
-    "request_model", "status", "state", "error", "streamed", "prompt_tokens",
-    "completion_tokens", "total_tokens", "cached_tokens", "cost_usd", "latency_ms", "ttfb_ms",
-    "ttft_ms", "finish_reason", "correlation_id", "truncated", "omitted", "output_text",
-    "messages", "request_body", "response_body")
+    "id",
+    "started_at",
+    "run_id",
+    "step",
+    "method",
+    "path",
+    "endpoint",
+    "model",
+    "request_model",
+    "status",
+    "state",
+    "error",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttfb_ms",
+    "ttft_ms",
+    "finish_reason",
+    "correlation_id",
+    "truncated",
+    "omitted",
+    "output_text",
+    "messages",
+    "request_body",
+    "response_body",
+)
 RUN_COLUMNS = (
-    "id", "name", "agent_id", "user", "tags", "source", "started_at", "ended_at", "status",
-    "exchange_count", "prompt_tokens", "completion_tokens", "total_tokens", "total_cost_usd",
-    "evaluations", "final_exchange_id", "messages")
+    "id",
+    "name",
+    "agent_id",
+    "user",
+    "tags",
+    "source",
+    "started_at",
+    "ended_at",
+    "status",
+    "exchange_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "total_cost_usd",
+    "evaluations",
+    "final_exchange_id",
+    "messages",
+)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers
 
 
@@ -63,6 +103,7 @@ class ExportResult:
 
 # -- records ----------------------------------------------------------------------------------
 
+
 def exchange_record(item: dict[str, Any], messages: list[dict[str, Any]] | None) -> dict:
     record = {column: item.get(column) for column in EXCHANGE_COLUMNS}
     record["messages"] = messages
@@ -83,6 +124,7 @@ def run_record(run: dict[str, Any], messages: list[dict[str, Any]] | None) -> di
 
 
 # -- writers ------------------------------------------------------------------------------------
+
 
 class JsonlWriter:
     def __init__(self, stream: TextIO) -> None:
@@ -128,13 +170,31 @@ def _csv_cell(value: Any) -> Any:
 def arrow_schema(columns: tuple[str, ...]) -> Any:
     import pyarrow as pa
 
-    call = pa.struct([("id", pa.string()), ("type", pa.string()), ("function", pa.struct(
-        [("name", pa.string()), ("arguments", pa.string())]))])
-    message = pa.struct([("role", pa.string()), ("content", pa.string()),
-                         ("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()),
-                         ("name", pa.string())])
-    ints = {"step", "status", "prompt_tokens", "completion_tokens", "total_tokens",
-            "cached_tokens", "exchange_count"}
+    call = pa.struct(
+        [
+            ("id", pa.string()),
+            ("type", pa.string()),
+            ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+        ]
+    )
+    message = pa.struct(
+        [
+            ("role", pa.string()),
+            ("content", pa.string()),
+            ("tool_calls", pa.list_(call)),
+            ("tool_call_id", pa.string()),
+            ("name", pa.string()),
+        ]
+    )
+    ints = {
+        "step",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "exchange_count",
+    }
     floats = {"cost_usd", "total_cost_usd", "latency_ms", "ttfb_ms", "ttft_ms"}
     bools = {"streamed", "truncated", "omitted"}
 
@@ -168,8 +228,10 @@ class ParquetWriter:
 
 # -- the export ---------------------------------------------------------------------------------
 
-async def _records(reader: ExportReader, request: ExportRequest,
-                   result: ExportResult) -> AsyncIterator[list[dict[str, Any]]]:
+
+async def _records(
+    reader: ExportReader, request: ExportRequest, result: ExportResult
+) -> AsyncIterator[list[dict[str, Any]]]:
     """Batches of output records in the request's shape: a run is exported through its final
     exchange (whose messages hold the whole conversation), a call through itself."""
     provider = MistralProvider()
@@ -192,8 +254,9 @@ async def _records(reader: ExportReader, request: ExportRequest,
             yield [record for record in out if record is not None]
         return
     async for items in reader.exchanges(request.filter, request.failures):
-        out = [shaped(parse_stored(provider, item), partial(exchange_record, item))
-               for item in items]
+        out = [
+            shaped(parse_stored(provider, item), partial(exchange_record, item)) for item in items
+        ]
         yield [record for record in out if record is not None]
 
 
@@ -219,8 +282,9 @@ def _work_folder(out: Path | None) -> Path:
     try:
         return Path(tempfile.mkdtemp(prefix=".agentops-export-", dir=folder))
     except OSError as exc:
-        raise ExportError(f"--out: cannot write in {folder or tempfile.gettempdir()}: "
-                          f"{exc.strerror or exc}") from None
+        raise ExportError(
+            f"--out: cannot write in {folder or tempfile.gettempdir()}: {exc.strerror or exc}"
+        ) from None
 
 
 async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
@@ -233,8 +297,10 @@ async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
     out = None if stdout else _check_target(request)
     for package, formats in (("pyarrow", ("parquet", "hf")), ("datasets", ("hf",))):
         if request.format in formats and importlib.util.find_spec(package) is None:
-            raise ExportError(f"--format {request.format} needs the {package} package: "
-                              "pip install 'agentops-studio[hf]'")
+            raise ExportError(
+                f"--format {request.format} needs the {package} package: "
+                "pip install 'agentops-studio[hf]'"
+            )
     result = ExportResult()
     columns = RUN_COLUMNS if request.runs else EXCHANGE_COLUMNS
     work = _work_folder(out)
@@ -248,8 +314,7 @@ async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
             writer = ParquetWriter(partial, columns)
         else:
             stream = stream or open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
-            writer = (CsvWriter(stream, columns) if request.format == "csv"
-                      else JsonlWriter(stream))
+            writer = CsvWriter(stream, columns) if request.format == "csv" else JsonlWriter(stream)
         try:
             async for batch in _records(ExportReader(store), request, result):
                 writer.write(batch)
@@ -282,40 +347,72 @@ def save_dataset(parquet: Path, out: Path, work: Path, repo: str | None) -> None
             dataset.push_to_hub(repo, private=True)  # captured prompts: never public by default
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
-            raise ExportError(f"saved to {out}, but pushing to the Hub as {repo} failed: "
-                              f"{type(exc).__name__}: {first}") from None
+            raise ExportError(
+                f"saved to {out}, but pushing to the Hub as {repo} failed: "
+                f"{type(exc).__name__}: {first}"
+            ) from None
 
 
 # -- the command line ---------------------------------------------------------------------------
+
 
 def export_options(func: Any) -> Any:
     """The export command's options: format, target, preset, and the API's filters."""
     import click
 
     options = [
-        click.option("--format", "format_", required=True, type=click.Choice(FORMATS),
-                     help="mistral: fine-tuning JSONL; jsonl/csv/parquet: flat records; "
-                          "hf: a Hugging Face dataset folder."),
-        click.option("--out", required=True, metavar="PATH",
-                     help="File to write (a folder for hf; - for standard output)."),
-        click.option("--runs", is_flag=True,
-                     help="One record per run (its final conversation) instead of per call."),
-        click.option("--preset", type=click.Choice(["failures"]),
-                     help="failures: errored calls and runs, or ones scored below "
-                          "--score-below."),
-        click.option("--score-below", type=float, default=0.5, show_default=True,
-                     help="With --preset failures: an evaluation below this is a failure."),
-        click.option("--metric", metavar="NAME",
-                     help="With --preset failures: only this evaluation metric counts."),
-        click.option("--push-to-hub", metavar="REPO",
-                     help="With --format hf: also push the dataset to the Hub (HF_TOKEN)."),
+        click.option(
+            "--format",
+            "format_",
+            required=True,
+            type=click.Choice(FORMATS),
+            help="mistral: fine-tuning JSONL; jsonl/csv/parquet: flat records; "
+            "hf: a Hugging Face dataset folder.",
+        ),
+        click.option(
+            "--out",
+            required=True,
+            metavar="PATH",
+            help="File to write (a folder for hf; - for standard output).",
+        ),
+        click.option(
+            "--runs",
+            is_flag=True,
+            help="One record per run (its final conversation) instead of per call.",
+        ),
+        click.option(
+            "--preset",
+            type=click.Choice(["failures"]),
+            help="failures: errored calls and runs, or ones scored below --score-below.",
+        ),
+        click.option(
+            "--score-below",
+            type=float,
+            default=0.5,
+            show_default=True,
+            help="With --preset failures: an evaluation below this is a failure.",
+        ),
+        click.option(
+            "--metric",
+            metavar="NAME",
+            help="With --preset failures: only this evaluation metric counts.",
+        ),
+        click.option(
+            "--push-to-hub",
+            metavar="REPO",
+            help="With --format hf: also push the dataset to the Hub (HF_TOKEN).",
+        ),
     ]
-    for name, text in (("q", "Full-text search, words ANDed."), ("model", "Model name."),
-                       ("status", "Status code (429) or class (4xx)."),
-                       ("state", "complete, client_disconnected, upstream_error, ..."),
-                       ("endpoint", "chat, fim, agents, embeddings, conversations, ..."),
-                       ("run", "Run id."), ("since", "ISO-8601 time."),
-                       ("until", "ISO-8601 time.")):
+    for name, text in (
+        ("q", "Full-text search, words ANDed."),
+        ("model", "Model name."),
+        ("status", "Status code (429) or class (4xx)."),
+        ("state", "complete, client_disconnected, upstream_error, ..."),
+        ("endpoint", "chat, fim, agents, embeddings, conversations, ..."),
+        ("run", "Run id."),
+        ("since", "ISO-8601 time."),
+        ("until", "ISO-8601 time."),
+    ):
         options.append(click.option(f"--{name}", metavar=name.upper(), help=text))
     for option in reversed(options):
         func = option(func)
@@ -330,13 +427,17 @@ def export_request(options: dict[str, Any]) -> ExportRequest:
     try:
         f = exchange_filter({n: options.get(n) for n in names if options.get(n) is not None})
     except BadRequest as exc:
-        raise ValueError("--" + orjson.loads(exc.text or "{}").get("error", "bad filter")) \
-            from None
+        raise ValueError("--" + orjson.loads(exc.text or "{}").get("error", "bad filter")) from None
     failures = None
     if options.get("preset") == "failures":
         failures = Failures(options.get("score_below", 0.5), options.get("metric"))
     elif options.get("metric"):
         raise ValueError("--metric only applies with --preset failures")
-    return ExportRequest(format=options["format_"], out=options["out"], filter=f,
-                         runs=bool(options.get("runs")), failures=failures,
-                         push_to_hub=options.get("push_to_hub"))
+    return ExportRequest(
+        format=options["format_"],
+        out=options["out"],
+        filter=f,
+        runs=bool(options.get("runs")),
+        failures=failures,
+        push_to_hub=options.get("push_to_hub"),
+    )

@@ -14,8 +14,10 @@ from typing import Any
 from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
 
-BODY_SELECT = ("b.request_headers, b.request_body, b.request_body_encoding, "
-               "b.response_headers, b.response_body, b.response_body_encoding")
+BODY_SELECT = (
+    "b.request_headers, b.request_body, b.request_body_encoding, "
+    "b.response_headers, b.response_body, b.response_body_encoding"
+)
 FAILED_EXCHANGE = "(e.status >= 400 OR e.status IS NULL OR e.state <> 'complete')"
 
 
@@ -30,8 +32,10 @@ class Failures:
     def low_scores(self, column: str) -> tuple[str, list[Any]]:
         metric = " AND metric_name = ?" if self.metric else ""
         params: list[Any] = [self.score_below, *([self.metric] if self.metric else [])]
-        return (f"SELECT {column} FROM evaluations WHERE metric_value < ?{metric} "
-                f"AND {column} IS NOT NULL"), params
+        return (
+            f"SELECT {column} FROM evaluations WHERE metric_value < ?{metric} "
+            f"AND {column} IS NOT NULL"
+        ), params
 
 
 class ExportReader:
@@ -39,20 +43,23 @@ class ExportReader:
         self.store = store
         self.runs = RunStore(store)
 
-    def _exchange_where(self, f: ExchangeFilter,
-                        failures: Failures | None) -> tuple[list[str], list[Any]]:
+    def _exchange_where(
+        self, f: ExchangeFilter, failures: Failures | None
+    ) -> tuple[list[str], list[Any]]:
         clauses, params = self.store._where(f)
         if failures is not None:
             run_scores, run_params = failures.low_scores("run_id")
             exchange_scores, exchange_params = failures.low_scores("exchange_id")
             clauses.append(
                 f"({FAILED_EXCHANGE} OR e.run_id IN (SELECT id FROM runs WHERE status = 'error')"
-                f" OR e.run_id IN ({run_scores}) OR e.id IN ({exchange_scores}))")
+                f" OR e.run_id IN ({run_scores}) OR e.id IN ({exchange_scores}))"
+            )
             params += run_params + exchange_params
         return clauses, params
 
-    async def exchanges(self, f: ExchangeFilter, failures: Failures | None = None,
-                        batch_size: int = 100) -> AsyncIterator[list[dict[str, Any]]]:
+    async def exchanges(
+        self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 100
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         """Matching exchanges with their bodies, oldest first, `batch_size` at a time."""
         clauses, params = self._exchange_where(f, failures)
         after = -1
@@ -61,22 +68,26 @@ class ExportReader:
             found = await self.store.rows(
                 f"SELECT e.*, {BODY_SELECT} FROM exchanges e "
                 f"LEFT JOIN exchange_bodies b ON b.exchange_id = e.id "
-                f"WHERE {where} ORDER BY e.id LIMIT ?", [*params, after, batch_size])
+                f"WHERE {where} ORDER BY e.id LIMIT ?",
+                [*params, after, batch_size],
+            )
             if not found:
                 return
             after = found[-1]["id"]
             yield [self.store._item(row) for row in found]
 
-    async def run_ids(self, f: ExchangeFilter, failures: Failures | None = None,
-                      batch_size: int = 500) -> AsyncIterator[list[int]]:
+    async def run_ids(
+        self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 500
+    ) -> AsyncIterator[list[int]]:
         """Runs that hold a matching exchange (and, with the preset, that failed or scored
         low), oldest first."""
         clauses, params = self.store._where(f)
         run_clauses: list[str] = []
         run_params: list[Any] = []
         if clauses:
-            run_clauses.append("r.id IN (SELECT e.run_id FROM exchanges e WHERE "
-                               f"{' AND '.join(clauses)})")
+            run_clauses.append(
+                f"r.id IN (SELECT e.run_id FROM exchanges e WHERE {' AND '.join(clauses)})"
+            )
             run_params += params
         if failures is not None:
             scores, score_params = failures.low_scores("run_id")
@@ -87,7 +98,8 @@ class ExportReader:
             where = " AND ".join([*run_clauses, "r.id > ?"])
             found = await self.store.rows(
                 f"SELECT r.id FROM runs r WHERE {where} ORDER BY r.id LIMIT ?",
-                [*run_params, after, batch_size])
+                [*run_params, after, batch_size],
+            )
             if not found:
                 return
             after = found[-1]["id"]
@@ -99,15 +111,21 @@ class ExportReader:
         runs = await self.runs.summaries(run_ids)
         for run in runs:
             run_id = int(run["id"])
-            run["evaluations"] = {row["metric_name"]: row["metric_value"] for row in
-                                  await self.store.rows(
-                                      "SELECT metric_name, metric_value FROM evaluations "
-                                      "WHERE run_id = ? ORDER BY id", [run_id])}
+            run["evaluations"] = {
+                row["metric_name"]: row["metric_value"]
+                for row in await self.store.rows(
+                    "SELECT metric_name, metric_value FROM evaluations "
+                    "WHERE run_id = ? ORDER BY id",
+                    [run_id],
+                )
+            }
             last = await self.store.rows(
                 f"SELECT e.*, {BODY_SELECT} FROM exchanges e "
                 "LEFT JOIN exchange_bodies b ON b.exchange_id = e.id WHERE e.run_id = ? "
                 "ORDER BY CASE WHEN e.status >= 400 OR e.status IS NULL "
                 "OR e.state <> 'complete' THEN 2 WHEN e.endpoint IN ('chat', 'agents') THEN 0 "
-                "ELSE 1 END, e.id DESC LIMIT 1", [run_id])
+                "ELSE 1 END, e.id DESC LIMIT 1",
+                [run_id],
+            )
             run["final_exchange"] = self.store._item(last[0]) if last else None
         return runs

@@ -20,6 +20,7 @@ ROLES = ("system", "user", "assistant", "tool")
 
 def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed | None:
     """Parse a stored exchange (store row with bodies) again; None when bodies are gone."""
+
     def raw(side: str) -> bytes:
         body, encoding = item.get(f"{side}_body"), item.get(f"{side}_body_encoding")
         if body is None or encoding in ("omitted", "base64"):
@@ -40,8 +41,15 @@ def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed | None:
     response_headers = headers("response")
     response_headers.pop("content-encoding", None)  # stored bodies are already decoded
     try:
-        return provider.parse(item["method"], item["path"], headers("request"), request,
-                              item["status"], response_headers, [raw("response")])
+        return provider.parse(
+            item["method"],
+            item["path"],
+            headers("request"),
+            request,
+            item["status"],
+            response_headers,
+            [raw("response")],
+        )
     except Exception:  # a provider bug must not end an export
         return None
 
@@ -51,7 +59,8 @@ def text_of(content: Any) -> str | None:
     if content is None or isinstance(content, str):
         return content
     if isinstance(content, list) and all(
-            isinstance(c, dict) and c.get("type") == "text" for c in content):
+        isinstance(c, dict) and c.get("type") == "text" for c in content
+    ):
         return "".join(str(c.get("text") or "") for c in content)
     return orjson.dumps(content).decode()
 
@@ -62,8 +71,11 @@ def tool_call(call: Any) -> dict[str, Any]:
     arguments = fn.get("arguments")
     if not isinstance(arguments, str):
         arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-    return {"id": call.get("id") if isinstance(call, dict) else None, "type": "function",
-            "function": {"name": fn.get("name"), "arguments": arguments}}
+    return {
+        "id": call.get("id") if isinstance(call, dict) else None,
+        "type": "function",
+        "function": {"name": fn.get("name"), "arguments": arguments},
+    }
 
 
 def message(raw: dict[str, Any]) -> dict[str, Any]:

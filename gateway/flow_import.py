@@ -66,11 +66,11 @@ async def store_all(gateway: Any, exchanges: list[Exchange]) -> tuple[int, int]:
     exchanges = sorted(exchanges, key=lambda e: (e.started_at, e.id))
     known: set[int] = set()
     for start in range(0, len(exchanges), 500):
-        known |= await gateway.store.existing([e.id for e in exchanges[start:start + 500]])
+        known |= await gateway.store.existing([e.id for e in exchanges[start : start + 500]])
     fresh = [e for e in exchanges if e.id not in known]
     step = max(1, gateway.settings.queue_size // 2)  # never spill an import to the spool
     for start in range(0, len(fresh), step):
-        for exchange in fresh[start:start + step]:
+        for exchange in fresh[start : start + step]:
             gateway.recorder.submit(exchange)
         await gateway.recorder.drained()
     await gateway.finish_idle_runs()  # imported runs are old: settle them now
@@ -84,25 +84,33 @@ def _flows(path: str) -> Iterator[tuple[str, int, Exchange]]:
     try:
         from mitmproxy import exceptions, http, io
     except ImportError:
-        raise ImportFileError(f"{path}: reading mitmproxy flow dumps needs mitmproxy "
-                              "(Python 3.12+): pip install 'agentops-studio[mitm]'") from None
+        raise ImportFileError(
+            f"{path}: reading mitmproxy flow dumps needs mitmproxy "
+            "(Python 3.12+): pip install 'agentops-studio[mitm]'"
+        ) from None
     with open(path, "rb") as f:
         try:
             flows = list(io.FlowReader(f).stream())
         except (exceptions.FlowReadException, ValueError, KeyError, TypeError) as exc:
-            raise ImportFileError(f"{path}: neither a HAR file nor a mitmproxy flow dump "
-                                  f"({str(exc).rstrip('.')})") from None
+            raise ImportFileError(
+                f"{path}: neither a HAR file nor a mitmproxy flow dump ({str(exc).rstrip('.')})"
+            ) from None
     for flow in flows:
         if not isinstance(flow, http.HTTPFlow) or flow.websocket is not None:
             continue
         body = flow.response.raw_content if flow.response is not None else None
-        end = (flow.response.timestamp_end if flow.response is not None else None)
-        chunk_ms = [((end or flow.request.timestamp_start) - flow.request.timestamp_start)
-                    * 1000]
+        end = flow.response.timestamp_end if flow.response is not None else None
+        chunk_ms = [((end or flow.request.timestamp_start) - flow.request.timestamp_start) * 1000]
         hints = flow.metadata.get(HINTS_KEY) or hints_of(
-            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in flow.request.headers.fields])
-        exchange = exchange_of(flow, stable_id(flow.request.timestamp_start, flow.id),
-                               [body] if body else [], chunk_ms if body else [], hints)
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in flow.request.headers.fields]
+        )
+        exchange = exchange_of(
+            flow,
+            stable_id(flow.request.timestamp_start, flow.id),
+            [body] if body else [],
+            chunk_ms if body else [],
+            hints,
+        )
         yield flow.request.host.lower(), flow.request.port, exchange
 
 
@@ -116,17 +124,20 @@ def _har(path: str) -> Iterator[tuple[str, int, Exchange]]:
         if not isinstance(entries, list):
             raise TypeError("log.entries is not a list")
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ImportFileError(f"{path}: not a HAR file (JSON with log.entries): "
-                              f"{type(exc).__name__}: {exc}") from None
+        raise ImportFileError(
+            f"{path}: not a HAR file (JSON with log.entries): {type(exc).__name__}: {exc}"
+        ) from None
     for index, entry in enumerate(entries):
         try:
             yield _har_entry(entry)
         except KeyError as exc:
-            raise ImportFileError(f"{path}: HAR entry {index} is malformed: "
-                                  f"no {exc.args[0]!r}") from None
+            raise ImportFileError(
+                f"{path}: HAR entry {index} is malformed: no {exc.args[0]!r}"
+            ) from None
         except (TypeError, ValueError, AttributeError, binascii.Error) as exc:
-            raise ImportFileError(f"{path}: HAR entry {index} is malformed: "
-                                  f"{type(exc).__name__}: {exc}") from None
+            raise ImportFileError(
+                f"{path}: HAR entry {index} is malformed: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def _har_entry(entry: dict[str, Any]) -> tuple[str, int, Exchange]:
@@ -139,26 +150,46 @@ def _har_entry(entry: dict[str, Any]) -> tuple[str, int, Exchange]:
     body = ((request.get("postData") or {}).get("text") or "").encode()
     content = response.get("content") or {}
     text = content.get("text") or ""
-    response_body = (base64.b64decode(text) if content.get("encoding") == "base64"
-                     else text.encode())
+    response_body = base64.b64decode(text) if content.get("encoding") == "base64" else text.encode()
     # HAR keeps bodies already decoded: a Content-Encoding header no longer describes them.
-    response_pairs = [(h["name"], h["value"]) for h in response.get("headers") or ()
-                      if h["name"].lower() != "content-encoding"]
+    response_pairs = [
+        (h["name"], h["value"])
+        for h in response.get("headers") or ()
+        if h["name"].lower() != "content-encoding"
+    ]
     status = int(response.get("status") or 0) or None  # 0: no response (HAR's convention)
     total = float(entry.get("time") or 0)
-    identity = orjson.dumps([entry["startedDateTime"], request["method"], request["url"],
-                             body.decode(errors="replace"), status, text]).decode()
+    identity = orjson.dumps(
+        [
+            entry["startedDateTime"],
+            request["method"],
+            request["url"],
+            body.decode(errors="replace"),
+            status,
+            text,
+        ]
+    ).decode()
     hints = hints_of(pairs)
     exchange = Exchange(
-        id=stable_id(started, identity), started_at=started, method=request["method"],
-        client_path=url.path or "/", path=url.path or "/", query=redact.redact_query(url.query),
-        request_headers=redact.redact_headers(pairs), request_body=body,
-        provider=provider_of(host), key_fingerprint=redact.fingerprint(redact.key_of(pairs)),
-        hints=hints, omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
-        status=status, response_headers=redact.redact_headers(response_pairs),
+        id=stable_id(started, identity),
+        started_at=started,
+        method=request["method"],
+        client_path=url.path or "/",
+        path=url.path or "/",
+        query=redact.redact_query(url.query),
+        request_headers=redact.redact_headers(pairs),
+        request_body=body,
+        provider=provider_of(host),
+        key_fingerprint=redact.fingerprint(redact.key_of(pairs)),
+        hints=hints,
+        omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
+        status=status,
+        response_headers=redact.redact_headers(response_pairs),
         response_chunks=[response_body] if response_body else [],
-        chunk_ms=[total] if response_body else [], ttfb_ms=_ttfb(entry.get("timings")),
-        latency_ms=total or None)
+        chunk_ms=[total] if response_body else [],
+        ttfb_ms=_ttfb(entry.get("timings")),
+        latency_ms=total or None,
+    )
     if status is None:
         exchange.state, exchange.error = UPSTREAM_ERROR, "no response in the HAR entry"
     scrub.scrub_call(exchange, pairs, url.query, scrub.Keys())

@@ -48,8 +48,18 @@ INTERRUPTED_ERROR = (
     "flight: its client saw the connection break, and nothing more of the call is known"
 )
 # What a start entry keeps of a call: enough to show it, find its run and count it.
-START_FIELDS = ("id", "started_at", "method", "client_path", "path", "query", "provider",
-                "key_fingerprint", "hints", "replay_of")
+START_FIELDS = (
+    "id",
+    "started_at",
+    "method",
+    "client_path",
+    "path",
+    "query",
+    "provider",
+    "key_fingerprint",
+    "hints",
+    "replay_of",
+)
 
 
 def frame(*message: Any) -> bytes:
@@ -66,7 +76,7 @@ def read_frames(path: Path) -> Iterator[tuple[Any, ...]]:
     at = 0
     while at + _HEADER.size <= len(data):
         (length,) = _HEADER.unpack_from(data, at)
-        body = data[at + _HEADER.size:at + _HEADER.size + length]
+        body = data[at + _HEADER.size : at + _HEADER.size + length]
         if len(body) < length:
             return
         at += _HEADER.size + length
@@ -148,14 +158,17 @@ class Journal:
                 folder.mkdir(mode=0o700, exist_ok=True)
             self._inflight_fd = os.open(
                 self.folder / "inflight.bin",
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+                0o600,
+            )
             self._inflight_size = 0
             self.failed, self._failed_at = None, None
         except OSError as exc:
             self._fail(exc)
 
-    def write(self, records_frame: bytes | None, ids: list[int], starts: list[Exchange],
-              ends: list[int]) -> None:
+    def write(
+        self, records_frame: bytes | None, ids: list[int], starts: list[Exchange], ends: list[int]
+    ) -> None:
         """One hand-off window: the records' frame (the bytes sent to the writer), then the
         calls that started and ended in it. Never raises: a journal that cannot be written
         (a full disk) stops journaling and says so in `failed`."""
@@ -189,9 +202,14 @@ class Journal:
         """Stop journaling and give its disk space back (the spool may need it): what the
         journal held is only for a kill, and calls go on being recorded without it."""
         self.failed, self._failed_at = f"{type(exc).__name__}: {exc}", time.monotonic()
-        log.error("cannot write the journal in %s (%s): calls are still recorded, but a kill "
-                  "of the gateway could now lose more than its last few ms of them; trying "
-                  "again in %.0f s", self.folder, self.failed, RETRY_SECONDS)
+        log.error(
+            "cannot write the journal in %s (%s): calls are still recorded, but a kill "
+            "of the gateway could now lose more than its last few ms of them; trying "
+            "again in %.0f s",
+            self.folder,
+            self.failed,
+            RETRY_SECONDS,
+        )
         self.close(clean=True)
 
     def settled(self, ids: list[int]) -> None:
@@ -277,5 +295,6 @@ def _write_all(fd: int, data: bytes) -> None:
 def placeholder(values: tuple[Any, ...]) -> Exchange:
     """The record of a call the journal saw start and never end."""
     known = dict(zip(START_FIELDS, values, strict=True))
-    return Exchange(request_headers=[], request_body=b"", state=INTERRUPTED,
-                    error=INTERRUPTED_ERROR, **known)
+    return Exchange(
+        request_headers=[], request_body=b"", state=INTERRUPTED, error=INTERRUPTED_ERROR, **known
+    )

@@ -27,8 +27,7 @@ log = logging.getLogger("agentops.mitm")
 
 CA_CERT = "mitmproxy-ca-cert.pem"
 CA_BUNDLE = "agentops-ca-bundle.pem"
-INSTALL_HINT = ("mitm capture needs mitmproxy (Python 3.12+): "
-                "pip install 'agentops-studio[mitm]'")
+INSTALL_HINT = "mitm capture needs mitmproxy (Python 3.12+): pip install 'agentops-studio[mitm]'"
 
 
 class MitmError(RuntimeError):
@@ -66,10 +65,19 @@ class _Ready:
 class MitmCapture:
     """mitmproxy listening on host:port, recording the captured hosts through `submit`."""
 
-    def __init__(self, submit: Callable[[Exchange], None], *, host: str, port: int,
-                 capture_hosts: Sequence[str], confdir: str, max_body_bytes: int,
-                 upstream_ca: str | None = None, save_flows: str | None = None,
-                 held_keys: scrub.Keys | None = None) -> None:
+    def __init__(
+        self,
+        submit: Callable[[Exchange], None],
+        *,
+        host: str,
+        port: int,
+        capture_hosts: Sequence[str],
+        confdir: str,
+        max_body_bytes: int,
+        upstream_ca: str | None = None,
+        save_flows: str | None = None,
+        held_keys: scrub.Keys | None = None,
+    ) -> None:
         self.submit = submit
         self.held_keys = held_keys  # the gateway's own keys, scrubbed from records
         self.host, self.port = host, port
@@ -98,17 +106,23 @@ class MitmCapture:
         if not self.capture_hosts:
             raise MitmError("--capture-host: give at least one host to record")
         opts = options.Options(
-            listen_host=self.host, listen_port=self.port, confdir=str(self.confdir),
+            listen_host=self.host,
+            listen_port=self.port,
+            confdir=str(self.confdir),
             allow_hosts=[allow_pattern(h) for h in self.capture_hosts],
-            ssl_verify_upstream_trusted_ca=self.upstream_ca)
+            ssl_verify_upstream_trusted_ca=self.upstream_ca,
+        )
         errors = _StartupErrors()
         logging.getLogger("mitmproxy").addHandler(errors)
         try:
             self.master = Master(opts)
             ready = _Ready()
-            self.addon = CaptureAddon(self.submit, self.capture_hosts,
-                                      max_body_bytes=self.max_body_bytes,
-                                      held_keys=self.held_keys)
+            self.addon = CaptureAddon(
+                self.submit,
+                self.capture_hosts,
+                max_body_bytes=self.max_body_bytes,
+                held_keys=self.held_keys,
+            )
             self.master.addons.add(*default_addons(), ready, self.addon)
             # Lazy: the upstream is dialled once the request is read, so a failure to reach
             # it is an HTTP flow (a recorded 502), not a refused CONNECT nobody sees.
@@ -127,11 +141,13 @@ class MitmCapture:
         finally:
             logging.getLogger("mitmproxy").removeHandler(errors)
         if self._task.done() or not addresses:
-            crashed = (self._task.exception() if self._task.done()
-                       and not self._task.cancelled() else None)
+            crashed = (
+                self._task.exception() if self._task.done() and not self._task.cancelled() else None
+            )
             await self.stop()
             why = "; ".join(errors.messages) or (
-                f"{type(crashed).__name__}: {crashed}" if crashed else "no listening address")
+                f"{type(crashed).__name__}: {crashed}" if crashed else "no listening address"
+            )
             raise MitmError(f"mitmproxy could not listen on {self.host}:{self.port}: {why}")
         host, port = addresses[0][:2]
         self.port = port
@@ -209,7 +225,9 @@ def write_ca_bundle(confdir: str | Path) -> Path:
 
 def client_instructions(url: str, bundle: Path) -> str:
     """What an agent's environment needs, printed at start."""
-    return (f"set in the agent's environment:\n"
-            f"  export HTTPS_PROXY={url}\n"
-            f"  export SSL_CERT_FILE={bundle}\n"
-            f"  export REQUESTS_CA_BUNDLE={bundle}   # only for requests-based clients")
+    return (
+        f"set in the agent's environment:\n"
+        f"  export HTTPS_PROXY={url}\n"
+        f"  export SSL_CERT_FILE={bundle}\n"
+        f"  export REQUESTS_CA_BUNDLE={bundle}   # only for requests-based clients"
+    )

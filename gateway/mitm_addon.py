@@ -33,16 +33,21 @@ def header_pairs(headers: Any) -> list[tuple[str, str]]:
 
 
 def hints_of(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    return {k.lower()[len(HINT_PREFIX):]: v for k, v in pairs
-            if k.lower().startswith(HINT_PREFIX)}
+    return {k.lower()[len(HINT_PREFIX) :]: v for k, v in pairs if k.lower().startswith(HINT_PREFIX)}
 
 
 def provider_of(host: str) -> str:
     return PROVIDER_OF_HOST.get(host.lower(), "mistral")
 
 
-def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list[float],
-                hints: dict[str, str], held_keys: scrub.Keys | None = None) -> Exchange:
+def exchange_of(
+    flow: Any,
+    exchange_id: int,
+    chunks: list[bytes],
+    chunk_ms: list[float],
+    hints: dict[str, str],
+    held_keys: scrub.Keys | None = None,
+) -> Exchange:
     """A finished (or failed) mitmproxy HTTP flow as a capture record. Used live by the addon
     (with the chunks it saw) and by `import` (with the body a flow dump kept). The caller's
     keys and `held_keys` (the gateway's own) are scrubbed from it, as the proxy does."""
@@ -51,13 +56,21 @@ def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list
     path, _, query = request.path.partition("?")
     started = request.timestamp_start
     exchange = Exchange(
-        id=exchange_id, started_at=started, method=request.method, client_path=path,
-        path=path, query=redact.redact_query(query),
+        id=exchange_id,
+        started_at=started,
+        method=request.method,
+        client_path=path,
+        path=path,
+        query=redact.redact_query(query),
         request_headers=redact.redact_headers(pairs),
-        request_body=request.raw_content or b"", provider=provider_of(request.host),
-        key_fingerprint=redact.fingerprint(redact.key_of(pairs)), hints=dict(hints),
+        request_body=request.raw_content or b"",
+        provider=provider_of(request.host),
+        key_fingerprint=redact.fingerprint(redact.key_of(pairs)),
+        hints=dict(hints),
         omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
-        response_chunks=chunks, chunk_ms=chunk_ms)
+        response_chunks=chunks,
+        chunk_ms=chunk_ms,
+    )
     response = flow.response
     if response is not None:
         exchange.status = response.status_code
@@ -69,8 +82,9 @@ def exchange_of(flow: Any, exchange_id: int, chunks: list[bytes], chunk_ms: list
     if flow.error is not None:
         message = flow.error.msg or "connection failed"
         exchange.error = message
-        exchange.state = (CLIENT_DISCONNECTED if "client disconnected" in message.lower()
-                          else UPSTREAM_ERROR)
+        exchange.state = (
+            CLIENT_DISCONNECTED if "client disconnected" in message.lower() else UPSTREAM_ERROR
+        )
         if response is None:
             exchange.status = 502  # what mitmproxy answers the client
         ended = getattr(flow.error, "timestamp", None) or time.time()
@@ -108,8 +122,14 @@ class CaptureAddon:
     """mitmproxy hooks (requestheaders, responseheaders, response, error) that record the
     flows to `hosts` (names, or name:port) and hand each record to `submit`."""
 
-    def __init__(self, submit: Callable[[Exchange], None], hosts: Iterable[str], *,
-                 max_body_bytes: int, held_keys: scrub.Keys | None = None) -> None:
+    def __init__(
+        self,
+        submit: Callable[[Exchange], None],
+        hosts: Iterable[str],
+        *,
+        max_body_bytes: int,
+        held_keys: scrub.Keys | None = None,
+    ) -> None:
         self.submit = submit
         self.held_keys = held_keys or scrub.Keys()
         self.hosts = {h.strip().lower() for h in hosts if h.strip()}
@@ -131,8 +151,9 @@ class CaptureAddon:
         for name in {k for k, _ in pairs if k.lower().startswith(HINT_PREFIX)}:
             del request.headers[name]  # as the gateway does: hints never go upstream
         flow.metadata[HINTS_KEY] = hints
-        self.live[flow.id] = _Live(hints, self.max_body_bytes, started=request.timestamp_start,
-                                   flow=flow)
+        self.live[flow.id] = _Live(
+            hints, self.max_body_bytes, started=request.timestamp_start, flow=flow
+        )
 
     def responseheaders(self, flow: Any) -> None:
         live = self.live.get(flow.id)
@@ -154,8 +175,14 @@ class CaptureAddon:
         if live is None:
             return
         try:
-            exchange = exchange_of(flow, stable_id(flow.request.timestamp_start, flow.id),
-                                   live.chunks, live.chunk_ms, live.hints, self.held_keys)
+            exchange = exchange_of(
+                flow,
+                stable_id(flow.request.timestamp_start, flow.id),
+                live.chunks,
+                live.chunk_ms,
+                live.hints,
+                self.held_keys,
+            )
             exchange.response_truncated = live.truncated
             if cut:
                 exchange.state = SHUTDOWN

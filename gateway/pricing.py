@@ -18,8 +18,11 @@ from typing import Any
 
 CACHED_SHARE = 0.10  # Mistral bills cached input tokens at 10% of the input price
 TOKEN_KEYS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
-UNITS = {"page": ("pages", 1.0), "audio_minute": ("audio_seconds", 60.0),
-         "character": ("characters", 1.0)}  # unit -> (key in `units`, amount per unit)
+UNITS = {
+    "page": ("pages", 1.0),
+    "audio_minute": ("audio_seconds", 60.0),
+    "character": ("characters", 1.0),
+}  # unit -> (key in `units`, amount per unit)
 
 
 class PriceFileError(ValueError):
@@ -29,7 +32,8 @@ class PriceFileError(ValueError):
 def _read(path: str, text: str) -> dict[str, Any]:
     try:
         if path.lower().endswith(".json") or (
-                not path.lower().endswith(".toml") and text.lstrip().startswith("{")):
+            not path.lower().endswith(".toml") and text.lstrip().startswith("{")
+        ):
             data = json.loads(text)
         else:
             data = tomllib.loads(text)
@@ -57,11 +61,16 @@ def _entry(path: str, name: Any, entry: Any) -> dict[str, float | str]:
     for key, value in entry.items():
         if key == "unit":
             if value not in UNITS:
-                raise PriceFileError(f"{where}: unit must be one of {', '.join(UNITS)}, "
-                                     f"got {value!r}")
+                raise PriceFileError(
+                    f"{where}: unit must be one of {', '.join(UNITS)}, got {value!r}"
+                )
             out[key] = value
-        elif (isinstance(value, bool) or not isinstance(value, int | float)
-              or not math.isfinite(value) or value < 0):
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise PriceFileError(f"{where}: {key} must be a number >= 0, got {value!r}")
         else:
             out[key] = float(value)
@@ -111,21 +120,32 @@ class PriceTable:
             return None
         return self.models.get(model.strip())
 
-    def cost(self, model: str | None, prompt_tokens: int | None, completion_tokens: int | None,
-             cached_tokens: int | None = None,
-             units: dict[str, float] | None = None) -> float | None:
+    def cost(
+        self,
+        model: str | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cached_tokens: int | None = None,
+        units: dict[str, float] | None = None,
+    ) -> float | None:
         """USD cost of one call, or None when the model or every billed count is unknown."""
         entry = self.price(model)
         if entry is None:
             return None
         parts: list[float] = []
-        if "input_per_mtok" in entry and (prompt_tokens is not None
-                                          or completion_tokens is not None):
+        if "input_per_mtok" in entry and (
+            prompt_tokens is not None or completion_tokens is not None
+        ):
             prompt, completion = prompt_tokens or 0, completion_tokens or 0
             cached = min(cached_tokens or 0, prompt)
-            parts.append(((prompt - cached) * float(entry["input_per_mtok"])
-                          + cached * float(entry["cached_input_per_mtok"])
-                          + completion * float(entry["output_per_mtok"])) / 1_000_000)
+            parts.append(
+                (
+                    (prompt - cached) * float(entry["input_per_mtok"])
+                    + cached * float(entry["cached_input_per_mtok"])
+                    + completion * float(entry["output_per_mtok"])
+                )
+                / 1_000_000
+            )
         if "unit" in entry:
             key, per_unit = UNITS[str(entry["unit"])]
             amount = (units or {}).get(key)

@@ -33,10 +33,22 @@ from gateway.exchange import (
 
 log = logging.getLogger("agentops.proxy")
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host", "expect",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "expect",
+    }
+)
 HINT_PREFIX = "x-agentops-"
 # Let aiohttp's client add nothing the caller did not send.
 LARGE_BODY = 1024 * 1024
@@ -96,7 +108,8 @@ class Route:
 
 WEBSOCKET_NOT_PROXIED = (
     "WebSocket connections are not proxied by AgentOps Studio; connect to {upstream} directly "
-    "(the HTTP streaming endpoints are proxied and recorded)")
+    "(the HTTP streaming endpoints are proxied and recorded)"
+)
 
 
 class Proxy:
@@ -117,8 +130,9 @@ class Proxy:
         """`held_keys`: keys of the gateway's own (the replay key), scrubbed from every record
         as the caller's are."""
         self.upstream = upstream.rstrip("/")
-        self.routes = tuple(Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider)
-                            for r in routes)
+        self.routes = tuple(
+            Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider) for r in routes
+        )
         # One C-level startswith decides that a Mistral call is not routed elsewhere.
         self.route_prefixes = tuple(r.prefix for r in self.routes)
         self.session = session
@@ -154,8 +168,7 @@ class Proxy:
             exchange.request_body = body
             _, sep, query = path_qs.partition("?")
             url = URL(base + exchange.path + sep + query, encoded=True)
-            upstream = await self._open(exchange, request.method, url, pairs, body, started,
-                                        base)
+            upstream = await self._open(exchange, request.method, url, pairs, body, started, base)
             if isinstance(upstream, web.Response):
                 return upstream  # the 502/504, already recorded
             async with upstream:
@@ -166,11 +179,23 @@ class Proxy:
             raise
         finally:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self._finish(exchange, pairs, path_qs.partition("?")[2],
-                         failed=isinstance(upstream, web.Response))
+            self._finish(
+                exchange,
+                pairs,
+                path_qs.partition("?")[2],
+                failed=isinstance(upstream, web.Response),
+            )
 
-    async def send(self, method: str, path: str, pairs: list[tuple[str, str]], body: bytes, *,
-                   replay_of: int, hints: dict[str, str]) -> Exchange:
+    async def send(
+        self,
+        method: str,
+        path: str,
+        pairs: list[tuple[str, str]],
+        body: bytes,
+        *,
+        replay_of: int,
+        hints: dict[str, str],
+    ) -> Exchange:
         """Send one request of our own (a replay) the way a client's call is forwarded, and
         record it the same way. `path` is joined to the configured upstream and to nothing
         else: it must be a path, never a URL."""
@@ -184,11 +209,13 @@ class Proxy:
         self.begin(exchange)
         try:
             url = URL(self.upstream + path, encoded=True)
-            if (url.scheme, url.host, url.port) != (self._origin.scheme, self._origin.host,
-                                                    self._origin.port):
+            if (url.scheme, url.host, url.port) != (
+                self._origin.scheme,
+                self._origin.host,
+                self._origin.port,
+            ):
                 raise ValueError(f"{path!r} would leave the upstream")
-            upstream = await self._open(exchange, method, url, pairs, body, started,
-                                        self.upstream)
+            upstream = await self._open(exchange, method, url, pairs, body, started, self.upstream)
             if isinstance(upstream, web.Response):
                 return exchange
             async with upstream:
@@ -210,32 +237,41 @@ class Proxy:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
             self._finish(exchange, pairs, "", failed=isinstance(upstream, web.Response))
 
-    def _finish(self, exchange: Exchange, pairs: list[tuple[str, str]], query: str, *,
-                failed: bool) -> None:
+    def _finish(
+        self, exchange: Exchange, pairs: list[tuple[str, str]], query: str, *, failed: bool
+    ) -> None:
         """Scrub the keys out of the finished record (the client already has its response),
         then hand it on; a call that never reached the upstream is logged, scrubbed too."""
         scrub.scrub_call(exchange, pairs, query, self.held_keys)
         if failed:
-            log.warning("%s %s -> %s: %s", exchange.method, exchange.path, exchange.status,
-                        exchange.error)
+            log.warning(
+                "%s %s -> %s: %s", exchange.method, exchange.path, exchange.status, exchange.error
+            )
         self.submit(exchange)
 
-    def _begin(self, request: web.BaseRequest, path_qs: str,
-               pairs: list[tuple[str, str]]) -> Exchange:
+    def _begin(
+        self, request: web.BaseRequest, path_qs: str, pairs: list[tuple[str, str]]
+    ) -> Exchange:
         client_path, _, query = path_qs.partition("?")
         path, run_name = split_run_prefix(client_path)
         hints = {}
         for name, value in pairs:
             lower = name.lower()
             if lower.startswith(HINT_PREFIX):
-                hints[lower[len(HINT_PREFIX):]] = value
+                hints[lower[len(HINT_PREFIX) :]] = value
         if run_name:
             hints["run_prefix"] = run_name
         return self._record(request.method, client_path, path, query, pairs, hints)
 
     @staticmethod
-    def _record(method: str, client_path: str, path: str, query: str,
-                pairs: list[tuple[str, str]], hints: dict[str, str]) -> Exchange:
+    def _record(
+        method: str,
+        client_path: str,
+        path: str,
+        query: str,
+        pairs: list[tuple[str, str]],
+        hints: dict[str, str],
+    ) -> Exchange:
         return Exchange(
             id=new_id(),
             started_at=time.time(),
@@ -253,17 +289,17 @@ class Proxy:
     def _route(self, exchange: Exchange) -> Route | None:
         """The route whose prefix the path starts with (whole segments); strips the prefix."""
         for route in self.routes:
-            rest = exchange.path[len(route.prefix):]
+            rest = exchange.path[len(route.prefix) :]
             if exchange.path.startswith(route.prefix) and (not rest or rest[0] == "/"):
                 exchange.path = rest or "/"
                 exchange.provider = route.provider
                 return route
         return None
 
-    def _refuse_websocket(self, exchange: Exchange, upstream: str,
-                          started: float) -> web.Response:
+    def _refuse_websocket(self, exchange: Exchange, upstream: str, started: float) -> web.Response:
         message = WEBSOCKET_NOT_PROXIED.format(
-            upstream=upstream.replace("http", "ws", 1) + exchange.path)
+            upstream=upstream.replace("http", "ws", 1) + exchange.path
+        )
         body = orjson.dumps({"detail": {"status": "websocket_not_proxied", "message": message}})
         exchange.status, exchange.error = 501, message
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
@@ -272,8 +308,14 @@ class Proxy:
         return web.Response(status=501, body=body, content_type="application/json")
 
     async def _open(
-        self, exchange: Exchange, method: str, url: URL, pairs: list[tuple[str, str]],
-        body: bytes, started: float, base: str,
+        self,
+        exchange: Exchange,
+        method: str,
+        url: URL,
+        pairs: list[tuple[str, str]],
+        body: bytes,
+        started: float,
+        base: str,
     ) -> aiohttp.ClientResponse | web.Response:
         """The upstream's response, or (when it cannot be reached) the recorded 502/504."""
         headers = forwarded_headers(pairs)
@@ -282,26 +324,50 @@ class Proxy:
             data = io.BytesIO(body)  # aiohttp writes big bodies in pieces (and warns on bytes)
         try:
             return await self.session.request(
-                method, url, headers=headers, data=data,
-                allow_redirects=False, timeout=self.timeout,
+                method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self.timeout,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            return self._fail(exchange, 504, UPSTREAM_TIMEOUT, "upstream_timeout",
-                              f"upstream {base} did not answer in time", exc, started)
+            return self._fail(
+                exchange,
+                504,
+                UPSTREAM_TIMEOUT,
+                "upstream_timeout",
+                f"upstream {base} did not answer in time",
+                exc,
+                started,
+            )
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return self._fail(exchange, 502, UPSTREAM_ERROR, "upstream_unreachable",
-                              f"could not reach upstream {base}", exc, started)
+            return self._fail(
+                exchange,
+                502,
+                UPSTREAM_ERROR,
+                "upstream_unreachable",
+                f"could not reach upstream {base}",
+                exc,
+                started,
+            )
 
-    def _response_head(self, exchange: Exchange, upstream: aiohttp.ClientResponse,
-                       started: float) -> list[tuple[str, str]]:
+    def _response_head(
+        self, exchange: Exchange, upstream: aiohttp.ClientResponse, started: float
+    ) -> list[tuple[str, str]]:
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
         exchange.status = upstream.status
         pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
         exchange.response_headers = redact.redact_headers(pairs)
         return pairs
 
-    async def _pump(self, exchange: Exchange, upstream: aiohttp.ClientResponse, started: float,
-                    write: Callable[[bytes], Awaitable[None]] | None) -> BaseException | None:
+    async def _pump(
+        self,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+        started: float,
+        write: Callable[[bytes], Awaitable[None]] | None,
+    ) -> BaseException | None:
         """Copy the body as it arrives: keep it (up to --max-body-bytes) with arrival times,
         and hand each chunk to `write`. Returns the client's error when it went away."""
         chunks, times = exchange.response_chunks, exchange.chunk_ms
@@ -321,12 +387,16 @@ class Proxy:
         return None
 
     async def _relay(
-        self, request: web.BaseRequest, exchange: Exchange,
-        upstream: aiohttp.ClientResponse, started: float,
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+        started: float,
     ) -> web.StreamResponse:
         pairs = self._response_head(exchange, upstream, started)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=forwarded_headers(pairs))
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=forwarded_headers(pairs)
+        )
         try:
             await response.prepare(request)
         except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
@@ -347,8 +417,16 @@ class Proxy:
             return self._client_gone(exchange, exc, response)
         return response
 
-    def _fail(self, exchange: Exchange, status: int, state: str, kind: str, message: str,
-              exc: BaseException, started: float) -> web.Response:
+    def _fail(
+        self,
+        exchange: Exchange,
+        status: int,
+        state: str,
+        kind: str,
+        message: str,
+        exc: BaseException,
+        started: float,
+    ) -> web.Response:
         detail = f"{message}: {type(exc).__name__} {exc}".strip()
         exchange.state, exchange.error, exchange.status = state, detail, status
         body = error_body(detail, kind, status)
@@ -357,16 +435,23 @@ class Proxy:
         exchange.response_chunks, exchange.chunk_ms = [body], [exchange.ttfb_ms]
         return web.Response(status=status, body=body, content_type="application/json")
 
-    def _abort(self, request: web.BaseRequest, exchange: Exchange, state: str, message: str,
-               exc: BaseException) -> None:
+    def _abort(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        state: str,
+        message: str,
+        exc: BaseException,
+    ) -> None:
         """Headers are already sent: the only honest signal left is to drop the connection."""
         exchange.state, exchange.error = state, f"{message}: {type(exc).__name__} {exc}"
         if request.transport is not None:
             request.transport.close()
 
     @staticmethod
-    def _client_gone(exchange: Exchange, exc: BaseException,
-                     response: web.StreamResponse) -> web.StreamResponse:
+    def _client_gone(
+        exchange: Exchange, exc: BaseException, response: web.StreamResponse
+    ) -> web.StreamResponse:
         exchange.state = CLIENT_DISCONNECTED
         exchange.error = f"client disconnected: {type(exc).__name__}"
         return response
@@ -376,6 +461,9 @@ def client_session(limit: int = 0, **kwargs: Any) -> aiohttp.ClientSession:
     """The upstream session: no decompression (gzip passes through), no connection cap."""
     connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
     return aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=SKIP_AUTO, **kwargs,
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO,
+        **kwargs,
     )

@@ -38,9 +38,18 @@ Refusal = tuple[Exchange, str]  # a record the database refused, and why
 
 
 class Recorder:
-    def __init__(self, store: Store, spool: Spool, providers: Callable[[str], Provider],
-                 prices: PriceTable, *, max_body_bytes: int, queue_size: int,
-                 grouper: Grouper, run_store: RunStore) -> None:
+    def __init__(
+        self,
+        store: Store,
+        spool: Spool,
+        providers: Callable[[str], Provider],
+        prices: PriceTable,
+        *,
+        max_body_bytes: int,
+        queue_size: int,
+        grouper: Grouper,
+        run_store: RunStore,
+    ) -> None:
         self.store = store
         self.grouper = grouper
         self.run_store = run_store
@@ -105,8 +114,14 @@ class Recorder:
         rows, refused = [], []
         for n, exchange in enumerate(batch, 1):
             try:
-                rows.append(build_rows(exchange, self.providers(exchange.provider),
-                                       self.prices, self.max_body_bytes))
+                rows.append(
+                    build_rows(
+                        exchange,
+                        self.providers(exchange.provider),
+                        self.prices,
+                        self.max_body_bytes,
+                    )
+                )
             except Exception as exc:
                 log.exception("could not build rows for exchange %s", exchange.id)
                 refused.append((exchange, f"could not build rows: {describe(exc)}"))
@@ -158,10 +173,13 @@ class Recorder:
         """Set refused records aside in the database's quarantine table. If even that fails,
         the database is not usable: raise, and the batch is spooled and retried."""
         for exchange, error in refused:
-            log.error("exchange %s refused by the database, quarantined: %s", exchange.id,
-                      error)
-        await self.store.quarantine_add([(exchange.id, exchange.started_at, error,
-                                          encode(exchange)) for exchange, error in refused])
+            log.error("exchange %s refused by the database, quarantined: %s", exchange.id, error)
+        await self.store.quarantine_add(
+            [
+                (exchange.id, exchange.started_at, error, encode(exchange))
+                for exchange, error in refused
+            ]
+        )
         self.quarantined += len(refused)
 
     def _notify(self, rows: list[Rows]) -> None:
@@ -184,8 +202,9 @@ class Recorder:
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             try:
-                change = await self.grouper.assign(row.exchange, row.parsed, row.hints,
-                                                   self.run_store.next_step)
+                change = await self.grouper.assign(
+                    row.exchange, row.parsed, row.hints, self.run_store.next_step
+                )
             except Exception:  # a grouping bug must not lose the exchange itself
                 log.exception("could not place exchange %s in a run", row.exchange["id"])
                 continue
@@ -201,8 +220,9 @@ class Recorder:
         self.db_errors += 1
         self.db_ok = False
         self.last_db_error = f"{type(exc).__name__}: {exc}"
-        log.error("database write failed, spooling to %s: %s", self.spool.folder,
-                  self.last_db_error)
+        log.error(
+            "database write failed, spooling to %s: %s", self.spool.folder, self.last_db_error
+        )
 
     def _ensure_recovery(self) -> None:
         if self._recovery is None or self._recovery.done():
@@ -233,7 +253,7 @@ class Recorder:
         for path, records in self.spool.drain():
             for start in range(0, len(records), BATCH_SIZE):
                 try:
-                    await self._store_records(records[start:start + BATCH_SIZE])
+                    await self._store_records(records[start : start + BATCH_SIZE])
                 except Exception as exc:
                     self._db_failed(exc)
                     return False

@@ -13,16 +13,41 @@ from urllib.parse import parse_qsl, urlencode
 
 REDACTED = "[redacted]"
 
-_SECRET_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
-    "xi-api-key", "x-goog-api-key", "ocp-apim-subscription-key",
-})
+_SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "xi-api-key",
+        "x-goog-api-key",
+        "ocp-apim-subscription-key",
+    }
+)
 # Whole name segments (split on - and _), so "x-ratelimit-remaining-tokens-minute" stays visible
 # while "api_key", "x-auth-token" and "apikey" are hidden.
-_SECRET_SEGMENTS = frozenset({
-    "key", "apikey", "token", "secret", "password", "passwd", "auth", "authorization",
-    "signature", "sig", "credential", "credentials", "session", "cookie", "jwt", "bearer",
-})
+_SECRET_SEGMENTS = frozenset(
+    {
+        "key",
+        "apikey",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "auth",
+        "authorization",
+        "signature",
+        "sig",
+        "credential",
+        "credentials",
+        "session",
+        "cookie",
+        "jwt",
+        "bearer",
+    }
+)
 _SPLIT = re.compile(r"[-_.\s]+")
 
 

@@ -37,8 +37,14 @@ STORED_WAIT_SECONDS = 30.0
 MODELS_TTL_SECONDS = 600.0
 # Headers of the original that a replay does not copy: the transport's, the caller's
 # credentials (stored redacted anyway) and those the replay sets itself.
-NOT_COPIED = HOP_BY_HOP | {"content-length", "content-type", "authorization", "cookie",
-                           "accept", "accept-encoding"}
+NOT_COPIED = HOP_BY_HOP | {
+    "content-length",
+    "content-type",
+    "authorization",
+    "cookie",
+    "accept",
+    "accept-encoding",
+}
 
 
 class ReplayError(Exception):
@@ -101,23 +107,34 @@ class Plan:
     original: Recorded
 
 
-def replay_headers(original: list[tuple[str, str]], key: str,
-                   stream: bool) -> list[tuple[str, str]]:
+def replay_headers(
+    original: list[tuple[str, str]], key: str, stream: bool
+) -> list[tuple[str, str]]:
     """The original's headers (its SDK, its x- options) without credentials or transport
     headers, plus our JSON content type and the replay key."""
-    pairs = [(k, v) for k, v in original
-             if k.lower() not in NOT_COPIED and not k.lower().startswith(HINT_PREFIX)
-             and v != REDACTED]
-    pairs += [("Content-Type", "application/json"),
-              ("Accept", "text/event-stream" if stream else "application/json"),
-              ("Authorization", f"Bearer {key}")]
+    pairs = [
+        (k, v)
+        for k, v in original
+        if k.lower() not in NOT_COPIED and not k.lower().startswith(HINT_PREFIX) and v != REDACTED
+    ]
+    pairs += [
+        ("Content-Type", "application/json"),
+        ("Accept", "text/event-stream" if stream else "application/json"),
+        ("Authorization", f"Bearer {key}"),
+    ]
     return pairs
 
 
 class Replayer:
-    def __init__(self, store: Store, replay_store: ReplayStore, recorder: WriterProcess,
-                 proxy: Proxy, provider_of: Callable[[str], Provider],
-                 key: SecretKey | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        replay_store: ReplayStore,
+        recorder: WriterProcess,
+        proxy: Proxy,
+        provider_of: Callable[[str], Provider],
+        key: SecretKey | None,
+    ) -> None:
         self.store = store
         self.replay_store = replay_store
         self.proxy = proxy
@@ -139,10 +156,13 @@ class Replayer:
                 raise ReplayError(400, "api_key must be a non-empty string")
             return SecretKey(given.strip())
         if self._key is None:
-            raise ReplayError(400, "no API key to replay with: set AGENTOPS_REPLAY_API_KEY (or "
-                                   "MISTRAL_API_KEY) in the gateway's environment, or send "
-                                   '"api_key" in the request body (used for this replay only, '
-                                   "never stored)")
+            raise ReplayError(
+                400,
+                "no API key to replay with: set AGENTOPS_REPLAY_API_KEY (or "
+                "MISTRAL_API_KEY) in the gateway's environment, or send "
+                '"api_key" in the request body (used for this replay only, '
+                "never stored)",
+            )
         return self._key
 
     # -- reading and planning -------------------------------------------------------------
@@ -178,41 +198,58 @@ class Replayer:
             try:
                 body = shapes.conversation_start(body, original.item["path"], start, history)
             except shapes.NotReplayable as exc:
-                raise ReplayError(409, f"exchange {original.id} cannot be replayed: "
-                                       f"{exc}") from None
+                raise ReplayError(
+                    409, f"exchange {original.id} cannot be replayed: {exc}"
+                ) from None
         return Plan(route, shapes.merge(body, overrides, route), original)
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def send(self, path: str, body: dict[str, Any], key: SecretKey, *,
-                   replay_of: Recorded, hints: dict[str, str]) -> Recorded:
+    async def send(
+        self,
+        path: str,
+        body: dict[str, Any],
+        key: SecretKey,
+        *,
+        replay_of: Recorded,
+        hints: dict[str, str],
+    ) -> Recorded:
         """Send through the proxy's forwarding code and wait until the record is stored."""
-        pairs = replay_headers(replay_of.item["request_headers"], key.reveal(),
-                               bool(body.get("stream")))
-        exchange = await self.proxy.send("POST", path, pairs, orjson.dumps(body),
-                                         replay_of=replay_of.id, hints=hints)
+        pairs = replay_headers(
+            replay_of.item["request_headers"], key.reveal(), bool(body.get("stream"))
+        )
+        exchange = await self.proxy.send(
+            "POST", path, pairs, orjson.dumps(body), replay_of=replay_of.id, hints=hints
+        )
         # Spooled (database down) or failed to build: either way, look in the store once more.
         with contextlib.suppress(TimeoutError, WriterError):
             await self.recorder.wait_settled(exchange.id, STORED_WAIT_SECONDS)
         recorded = await self.load(exchange.id)
         if recorded is None:
-            raise ReplayError(503, f"the replay was sent (exchange {exchange.id}) but is not "
-                                   "stored yet: is the database down? See /healthz")
+            raise ReplayError(
+                503,
+                f"the replay was sent (exchange {exchange.id}) but is not "
+                "stored yet: is the database down? See /healthz",
+            )
         return recorded
 
-    async def replay(self, exchange_id: int, overrides: Any, key: SecretKey,
-                     tags: dict[str, str] | None = None) -> tuple[Recorded, dict[str, Any]]:
+    async def replay(
+        self, exchange_id: int, overrides: Any, key: SecretKey, tags: dict[str, str] | None = None
+    ) -> tuple[Recorded, dict[str, Any]]:
         """Replay one exchange into a run of its own; returns it with its stored diff."""
         original = await self.original(exchange_id)
         plan = await self.plan(original, overrides if overrides is not None else {})
-        tag_text = ",".join(f"{k}={v}" for k, v in {"replay_of": exchange_id,
-                                                     **(tags or {})}.items())
-        replayed = await self.send(plan.path, plan.body, key, replay_of=original,
-                                   hints={"tags": tag_text})
+        tag_text = ",".join(
+            f"{k}={v}" for k, v in {"replay_of": exchange_id, **(tags or {})}.items()
+        )
+        replayed = await self.send(
+            plan.path, plan.body, key, replay_of=original, hints={"tags": tag_text}
+        )
         return replayed, await self.diff(original, replayed, save=True)
 
-    async def diff(self, a: Recorded, b: Recorded, *, save: bool,
-                   run_id: int | None = None) -> dict[str, Any]:
+    async def diff(
+        self, a: Recorded, b: Recorded, *, save: bool, run_id: int | None = None
+    ) -> dict[str, Any]:
         computed = await asyncio.to_thread(diffs.compare, a.side(), b.side())
         if not save:
             return {"id": None, **computed}
@@ -230,19 +267,27 @@ class Replayer:
             return []
         try:
             async with self.proxy.session.get(
-                    f"{self.proxy.upstream}/v1/models", allow_redirects=False,
-                    headers={"Authorization": f"Bearer {self._key.reveal()}"},
-                    skip_auto_headers=("Accept-Encoding",),
-                    timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                f"{self.proxy.upstream}/v1/models",
+                allow_redirects=False,
+                headers={"Authorization": f"Bearer {self._key.reveal()}"},
+                skip_auto_headers=("Accept-Encoding",),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     return []
                 data = orjson.loads(raw).get("data") or []
-        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError,
-                AttributeError) as exc:
+        except (
+            aiohttp.ClientError,
+            OSError,
+            TimeoutError,
+            orjson.JSONDecodeError,
+            AttributeError,
+        ) as exc:
             log.info("could not list the upstream's models: %s", type(exc).__name__)
             return []
-        models = sorted({m["id"] for m in data if isinstance(m, dict)
-                         and isinstance(m.get("id"), str)})
+        models = sorted(
+            {m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        )
         self._models = (now, models)
         return models

@@ -30,17 +30,20 @@ routes = web.RouteTableDef()
 
 
 def error(status: int, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict,
-           502: web.HTTPBadGateway, 503: web.HTTPServiceUnavailable}.get(status,
-                                                                         web.HTTPBadRequest)
+    cls = {
+        400: web.HTTPBadRequest,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+        502: web.HTTPBadGateway,
+        503: web.HTTPServiceUnavailable,
+    }.get(status, web.HTTPBadRequest)
     return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
 
 
 def replay_fields(body: dict[str, Any]) -> tuple[Any, Any]:
     unknown = sorted(set(body) - {"overrides", "api_key"})
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)} (accepted: overrides, "
-                         "api_key)")
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)} (accepted: overrides, api_key)")
     return body.get("overrides", {}), body.get("api_key")
 
 
@@ -115,8 +118,7 @@ async def list_experiments(request: web.Request) -> web.Response:
 
 @routes.get("/api/experiments/{id}")
 async def get_experiment(request: web.Request) -> web.Response:
-    report = await request.app[EXPERIMENTS].report(
-        parse_id(request.match_info["id"], "experiment"))
+    report = await request.app[EXPERIMENTS].report(parse_id(request.match_info["id"], "experiment"))
     if report is None:
         raise not_found("experiment")
     return json_response(report)

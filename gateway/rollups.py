@@ -25,11 +25,39 @@ if TYPE_CHECKING:
 EPOCH_MS = 1_704_067_200_000  # gateway.exchange's id epoch: ids encode their start time
 HOUR_MS = 3_600_000
 # Upper bounds (ms) of the latency buckets; the last bucket is open-ended.
-BOUNDS: tuple[float, ...] = (10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000,
-                             4500, 6500, 10000, 15000, 25000, 40000, 60000)
+BOUNDS: tuple[float, ...] = (
+    10,
+    25,
+    50,
+    100,
+    200,
+    300,
+    500,
+    750,
+    1000,
+    1500,
+    2000,
+    3000,
+    4500,
+    6500,
+    10000,
+    15000,
+    25000,
+    40000,
+    60000,
+)
 BUCKETS = tuple(f"h{i:02d}" for i in range(len(BOUNDS) + 1))
-SUMS = ("calls", "errors", "unpriced", "prompt_tokens", "completion_tokens", "total_tokens",
-        "cost_usd", "latency_count", "latency_sum")
+SUMS = (
+    "calls",
+    "errors",
+    "unpriced",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "latency_count",
+    "latency_sum",
+)
 VALUES = SUMS + BUCKETS  # the additive columns, in this order everywhere
 LABEL_CACHE = 100_000  # runs whose name and agent the writer remembers
 _UPSERT_COLUMNS = ("dim", "hour", "value", *VALUES)
@@ -67,20 +95,31 @@ def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
     """(column index in VALUES, amount) pairs: only what this exchange adds."""
     failed = fact.status is None or fact.status >= 400 or fact.state != "complete"
     # as /api/prices counts them: a model, no cost, an answer below 400
-    unpriced = (fact.cost_usd is None and fact.model is not None and fact.status is not None
-                and fact.status < 400)
+    unpriced = (
+        fact.cost_usd is None
+        and fact.model is not None
+        and fact.status is not None
+        and fact.status < 400
+    )
     out: list[tuple[int, float]] = [(0, sign)]
     if failed:
         out.append((1, sign))
     if unpriced:
         out.append((2, sign))
-    for index, value in ((3, fact.prompt_tokens), (4, fact.completion_tokens),
-                         (5, fact.total_tokens), (6, fact.cost_usd)):
+    for index, value in (
+        (3, fact.prompt_tokens),
+        (4, fact.completion_tokens),
+        (5, fact.total_tokens),
+        (6, fact.cost_usd),
+    ):
         if value:
             out.append((index, sign * value))
     if fact.latency_ms is not None:
-        out += [(_LATENCY, sign), (_LATENCY + 1, sign * fact.latency_ms),
-                (len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms), sign)]
+        out += [
+            (_LATENCY, sign),
+            (_LATENCY + 1, sign * fact.latency_ms),
+            (len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms), sign),
+        ]
     return out
 
 
@@ -138,17 +177,28 @@ def backfill_sql(where: str = "") -> list[str]:
         high = f" AND e.latency_ms < {BOUNDS[index]}" if index < len(BOUNDS) else ""
         buckets.append(f"SUM(CASE WHEN {low}{high} THEN 1 ELSE 0 END) AS {name}")
     failed = "(e.status IS NULL OR e.status >= 400 OR e.state <> 'complete')"
-    sums = ", ".join([
-        "COUNT(*)", f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END)",
-        "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
-        "THEN 1 ELSE 0 END)",
-        "COALESCE(SUM(e.prompt_tokens), 0)", "COALESCE(SUM(e.completion_tokens), 0)",
-        "COALESCE(SUM(e.total_tokens), 0)", "COALESCE(SUM(e.cost_usd), 0)",
-        "COUNT(e.latency_ms)", "COALESCE(SUM(e.latency_ms), 0)", *buckets])
+    sums = ", ".join(
+        [
+            "COUNT(*)",
+            f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END)",
+            "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
+            "THEN 1 ELSE 0 END)",
+            "COALESCE(SUM(e.prompt_tokens), 0)",
+            "COALESCE(SUM(e.completion_tokens), 0)",
+            "COALESCE(SUM(e.total_tokens), 0)",
+            "COALESCE(SUM(e.cost_usd), 0)",
+            "COUNT(e.latency_ms)",
+            "COALESCE(SUM(e.latency_ms), 0)",
+            *buckets,
+        ]
+    )
     columns = ", ".join(_UPSERT_COLUMNS)
     statements = []
-    for dim, value in (("model", "COALESCE(e.model, '')"), ("run", "r.name"),
-                       ("agent", "r.agent_id")):
+    for dim, value in (
+        ("model", "COALESCE(e.model, '')"),
+        ("run", "r.name"),
+        ("agent", "r.agent_id"),
+    ):
         join = "" if dim == "model" else " JOIN runs r ON r.id = e.run_id"
         clauses = [f"{value} IS NOT NULL"] if dim != "model" else []
         if where:
@@ -156,7 +206,8 @@ def backfill_sql(where: str = "") -> list[str]:
         condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         statements.append(
             f"INSERT INTO rollups ({columns}) SELECT '{dim}', {hour_sql('e.id')}, {value}, "
-            f"{sums} FROM exchanges e{join}{condition} GROUP BY {hour_sql('e.id')}, {value}")
+            f"{sums} FROM exchanges e{join}{condition} GROUP BY {hour_sql('e.id')}, {value}"
+        )
     return statements
 
 
@@ -170,24 +221,26 @@ class Rollups:
         updates = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in VALUES)
         self._upsert = store.sql(
             f"INSERT INTO rollups ({', '.join(_UPSERT_COLUMNS)}) VALUES ({marks}) "
-            f"ON CONFLICT (dim, hour, value) DO UPDATE SET {updates}")
+            f"ON CONFLICT (dim, hour, value) DO UPDATE SET {updates}"
+        )
 
     # -- writing (always inside the caller's transaction) -----------------------------------
 
     async def apply(self, tx: BaseDBAsyncClient, sums: dict[Key, list[float]]) -> None:
         if sums:
-            await tx.execute_many(self._upsert, [[*key, *values]
-                                                 for key, values in sums.items()])
+            await tx.execute_many(self._upsert, [[*key, *values] for key, values in sums.items()])
 
-    async def labels(self, tx: BaseDBAsyncClient,
-                     run_ids: set[int]) -> dict[int, tuple[str | None, str | None]]:
+    async def labels(
+        self, tx: BaseDBAsyncClient, run_ids: set[int]
+    ) -> dict[int, tuple[str | None, str | None]]:
         """Each run's name and agent id: the run and agent dimensions' values."""
         if not run_ids:
             return {}
         ids = list(run_ids)
         marks = ", ".join("?" * len(ids))
-        _, rows = await tx.execute_query(self.store.sql(
-            f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids)
+        _, rows = await tx.execute_query(
+            self.store.sql(f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids
+        )
         return {row["id"]: (row["name"], row["agent_id"]) for row in rows}
 
     async def add_rows(self, tx: BaseDBAsyncClient, batch: list[Rows]) -> None:
@@ -197,8 +250,9 @@ class Rollups:
         stale = set()
         for row in batch:
             run_id = row.exchange["run_id"]
-            if run_id is not None and (run_id not in self._labels or row.hints.get("agent")
-                                       or row.parsed.agent_id):
+            if run_id is not None and (
+                run_id not in self._labels or row.hints.get("agent") or row.parsed.agent_id
+            ):
                 stale.add(run_id)
         if stale:
             await self._refresh(tx, stale, {row.exchange["id"] for row in batch})
@@ -206,13 +260,24 @@ class Rollups:
         for row in batch:
             e = row.exchange
             name, agent = self._labels.get(e["run_id"], (None, None))
-            facts.append(Fact(e["id"], e["model"], e["status"], e["state"], e["prompt_tokens"],
-                              e["completion_tokens"], e["total_tokens"], e["cost_usd"],
-                              e["latency_ms"], name, agent))
+            facts.append(
+                Fact(
+                    e["id"],
+                    e["model"],
+                    e["status"],
+                    e["state"],
+                    e["prompt_tokens"],
+                    e["completion_tokens"],
+                    e["total_tokens"],
+                    e["cost_usd"],
+                    e["latency_ms"],
+                    name,
+                    agent,
+                )
+            )
         await self.apply(tx, aggregate(facts))
 
-    async def _refresh(self, tx: BaseDBAsyncClient, run_ids: set[int],
-                       batch_ids: set[int]) -> None:
+    async def _refresh(self, tx: BaseDBAsyncClient, run_ids: set[int], batch_ids: set[int]) -> None:
         for run_id, (name, agent) in (await self.labels(tx, run_ids)).items():
             known = self._labels.get(run_id)
             if agent and known is not None and known[1] is None:
@@ -222,31 +287,44 @@ class Rollups:
         while len(self._labels) > LABEL_CACHE:
             self._labels.popitem(last=False)
 
-    async def _agent_arrived(self, tx: BaseDBAsyncClient, run_id: int, agent: str,
-                             batch_ids: set[int]) -> None:
+    async def _agent_arrived(
+        self, tx: BaseDBAsyncClient, run_id: int, agent: str, batch_ids: set[int]
+    ) -> None:
         """A run got its agent after some of its exchanges were counted: they count for
         the agent now too (deleting them later subtracts them from it)."""
-        _, rows = await tx.execute_query(self.store.sql(
-            "SELECT id, model, status, state, prompt_tokens, completion_tokens, total_tokens, "
-            "cost_usd, latency_ms FROM exchanges WHERE run_id = ?"), [run_id])
+        _, rows = await tx.execute_query(
+            self.store.sql(
+                "SELECT id, model, status, state, prompt_tokens, completion_tokens, total_tokens, "
+                "cost_usd, latency_ms FROM exchanges WHERE run_id = ?"
+            ),
+            [run_id],
+        )
         facts = [Fact(**row, agent=agent) for row in rows if row["id"] not in batch_ids]
-        await self.apply(tx, {key: sums for key, sums in aggregate(facts).items()
-                              if key[0] == "agent"})
+        await self.apply(
+            tx, {key: sums for key, sums in aggregate(facts).items() if key[0] == "agent"}
+        )
 
     async def remove(self, tx: BaseDBAsyncClient, ids: list[int]) -> None:
         """Subtract exchanges about to be deleted; rows left with no calls go."""
         marks = ", ".join("?" * len(ids))
-        _, rows = await tx.execute_query(self.store.sql(
-            "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
-            "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, "
-            "r.agent_id AS agent FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id "
-            f"WHERE e.id IN ({marks})"), ids)
+        _, rows = await tx.execute_query(
+            self.store.sql(
+                "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
+                "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, "
+                "r.agent_id AS agent FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id "
+                f"WHERE e.id IN ({marks})"
+            ),
+            ids,
+        )
         sums = aggregate((Fact(**row) for row in rows), sign=-1)
         await self.apply(tx, sums)
         if sums:
-            await tx.execute_many(self.store.sql(
-                "DELETE FROM rollups WHERE dim = ? AND hour = ? AND value = ? AND calls <= 0"),
-                [list(key) for key in sums])
+            await tx.execute_many(
+                self.store.sql(
+                    "DELETE FROM rollups WHERE dim = ? AND hour = ? AND value = ? AND calls <= 0"
+                ),
+                [list(key) for key in sums],
+            )
 
     async def add_costs(self, tx: BaseDBAsyncClient, priced: list[tuple[int, float]]) -> None:
         """Late pricing (a price added for a model seen unpriced): add the cost, and the
@@ -256,9 +334,13 @@ class Rollups:
         ids = [exchange_id for exchange_id, _ in priced]
         cost = dict(priced)
         marks = ", ".join("?" * len(ids))
-        _, rows = await tx.execute_query(self.store.sql(
-            "SELECT e.id, e.model, e.status, r.name, r.agent_id FROM exchanges e "
-            f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"), ids)
+        _, rows = await tx.execute_query(
+            self.store.sql(
+                "SELECT e.id, e.model, e.status, r.name, r.agent_id FROM exchanges e "
+                f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"
+            ),
+            ids,
+        )
         sums: dict[Key, list[float]] = {}
         for row in rows:
             hour = hour_of(row["id"])
@@ -280,18 +362,22 @@ class Rollups:
             "SELECT hour, SUM(calls) AS calls, SUM(errors) AS errors, "
             "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
             "SUM(cost_usd) AS cost_usd FROM rollups WHERE dim = 'model' AND hour >= ? "
-            "AND hour < ? GROUP BY hour ORDER BY hour", [since, until])
+            "AND hour < ? GROUP BY hour ORDER BY hour",
+            [since, until],
+        )
         return [_numbers(row) for row in rows]
 
-    async def by_value(self, dim: str, since: int, until: int,
-                       limit: int | None = None) -> list[dict[str, Any]]:
+    async def by_value(
+        self, dim: str, since: int, until: int, limit: int | None = None
+    ) -> list[dict[str, Any]]:
         """One dimension's values with their sums and histograms, costliest first."""
         sums = ", ".join(f"SUM({c}) AS {c}" for c in VALUES)
         tail = f" LIMIT {int(limit)}" if limit else ""
         rows = await self.store.rows(
             f"SELECT value, {sums} FROM rollups WHERE dim = ? AND hour >= ? AND hour < ? "
             f"GROUP BY value ORDER BY SUM(cost_usd) DESC, SUM(calls) DESC{tail}",
-            [dim, since, until])
+            [dim, since, until],
+        )
         out = []
         for row in rows:
             item = _numbers(row)
@@ -307,14 +393,15 @@ class Rollups:
 
     async def models(self) -> list[str]:
         rows = await self.store.rows(
-            "SELECT DISTINCT value FROM rollups WHERE dim = 'model' AND value <> '' "
-            "ORDER BY value")
+            "SELECT DISTINCT value FROM rollups WHERE dim = 'model' AND value <> '' ORDER BY value"
+        )
         return [row["value"] for row in rows]
 
     async def unpriced(self) -> list[dict[str, Any]]:
         rows = await self.store.rows(
             "SELECT value AS model, SUM(unpriced) AS calls FROM rollups WHERE dim = 'model' "
-            "AND value <> '' GROUP BY value HAVING SUM(unpriced) > 0 ORDER BY calls DESC")
+            "AND value <> '' GROUP BY value HAVING SUM(unpriced) > 0 ORDER BY calls DESC"
+        )
         return [{"model": row["model"], "calls": int(row["calls"])} for row in rows]
 
 

@@ -42,8 +42,9 @@ def id_map(recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]) -> di
     return mapping
 
 
-def divergence(step: int, recorded: list[dict[str, Any]],
-               replayed: list[dict[str, Any]]) -> str | None:
+def divergence(
+    step: int, recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]
+) -> str | None:
     """Why the replay's tool calls part from the recording's at this step, or None."""
     if Counter(map(diffs.call_key, recorded)) == Counter(map(diffs.call_key, replayed)):
         return None
@@ -71,28 +72,39 @@ class RunReplayer:
         """The run's calls that make its chain, checked to be one linear chain."""
         if await self.run_store.get_run_row(run_id) is None:
             raise ReplayError(404, f"run {run_id} not found")
-        items, _ = await self.store.list_exchanges(ExchangeFilter(run=run_id), MAX_STEPS + 1,
-                                                   None)
-        chosen = [i for i in sorted(items, key=lambda i: int(i["id"]))
-                  if i["method"] == "POST" and i["state"] == "complete"
-                  and (i["status"] or 0) < 400 and i["endpoint"] in STEP_ENDPOINTS]
+        items, _ = await self.store.list_exchanges(ExchangeFilter(run=run_id), MAX_STEPS + 1, None)
+        chosen = [
+            i
+            for i in sorted(items, key=lambda i: int(i["id"]))
+            if i["method"] == "POST"
+            and i["state"] == "complete"
+            and (i["status"] or 0) < 400
+            and i["endpoint"] in STEP_ENDPOINTS
+        ]
         if not chosen:
-            raise ReplayError(409, f"run {run_id} has no replayable step (chat, agents or "
-                                   "conversation calls that succeeded)")
+            raise ReplayError(
+                409,
+                f"run {run_id} has no replayable step (chat, agents or "
+                "conversation calls that succeeded)",
+            )
         if len(chosen) > MAX_STEPS:
             raise ReplayError(409, f"run {run_id} has more than {MAX_STEPS} steps")
         kinds = {STEP_ENDPOINTS[i["endpoint"]] for i in chosen}
         if len(kinds) > 1:
-            raise ReplayError(409, f"run {run_id} is not one linear chain: it mixes chat and "
-                                   "conversation calls")
+            raise ReplayError(
+                409, f"run {run_id} is not one linear chain: it mixes chat and conversation calls"
+            )
         kind = kinds.pop()
         steps = [await self.replayer.original(int(i["id"])) for i in chosen]
         for index in range(1, len(steps)):
             problem = self._continues(steps[index - 1], steps[index], kind)
             if problem:
-                raise ReplayError(409, f"run {run_id} is not one linear chain (several "
-                                       f"interleaved loops under one name?): step {index} "
-                                       f"{problem}")
+                raise ReplayError(
+                    409,
+                    f"run {run_id} is not one linear chain (several "
+                    f"interleaved loops under one name?): step {index} "
+                    f"{problem}",
+                )
         return steps
 
     @staticmethod
@@ -101,8 +113,9 @@ class RunReplayer:
             path = current.item["path"]
             wanted = f"/v1/conversations/{previous.parsed.conversation_id}"
             if path != wanted:
-                return (f"does not append to the conversation step {current.item['step']} "
-                        f"left ({path})")
+                return (
+                    f"does not append to the conversation step {current.item['step']} left ({path})"
+                )
             return None
         before = [*(previous.parsed.messages_in or []), _assistant(previous.parsed.message_out)]
         now = current.parsed.messages_in or []
@@ -110,8 +123,9 @@ class RunReplayer:
             return "does not continue the previous step's messages and reply"
         return None
 
-    async def replay(self, run_id: int, overrides: Any, key: SecretKey,
-                     steps: list[Recorded] | None = None) -> dict[str, Any]:
+    async def replay(
+        self, run_id: int, overrides: Any, key: SecretKey, steps: list[Recorded] | None = None
+    ) -> dict[str, Any]:
         steps = steps or await self.steps(run_id)
         first = await self.replayer.plan(steps[0], overrides if overrides is not None else {})
         overrides = overrides or {}
@@ -125,40 +139,62 @@ class RunReplayer:
             if index == 0:
                 path, body = first.path, first.body
             else:
-                path, body = self._next(steps[index - 1], step, replayed[-1], overrides,
-                                        mapping)
-            hints = {"replay_run": str(new_run), "replay_step": str(index),
-                     "tags": f"replay_of_run={run_id}"}
+                path, body = self._next(steps[index - 1], step, replayed[-1], overrides, mapping)
+            hints = {
+                "replay_run": str(new_run),
+                "replay_step": str(index),
+                "tags": f"replay_of_run={run_id}",
+            }
             new = await self.replayer.send(path, body, key, replay_of=step, hints=hints)
             replayed.append(new)
             stored_diffs.append(await self.replayer.diff(step, new, save=True, run_id=new_run))
-            builtin += [{"step": index, "name": c["name"], "arguments": c["arguments"],
-                         "server_side": True}
-                        for c in diffs.tool_calls(new.parsed) if c["kind"] == "builtin"]
+            builtin += [
+                {"step": index, "name": c["name"], "arguments": c["arguments"], "server_side": True}
+                for c in diffs.tool_calls(new.parsed)
+                if c["kind"] == "builtin"
+            ]
             status = new.item.get("status") or 0
             if status >= 400 or new.item.get("state") != "complete":
-                diverged = {"step": index, "reason": f"step {index} failed: status {status}, "
-                                                     f"{new.item.get('state')}"}
+                diverged = {
+                    "step": index,
+                    "reason": f"step {index} failed: status {status}, {new.item.get('state')}",
+                }
                 break
             recorded_calls, new_calls = function_calls(step), function_calls(new)
             reason = divergence(index, recorded_calls, new_calls)
             if reason is not None:
-                diverged = {"step": index, "reason": reason,
-                            "expected": [diffs._public(c) for c in recorded_calls],
-                            "got": [diffs._public(c) for c in new_calls]}
+                diverged = {
+                    "step": index,
+                    "reason": reason,
+                    "expected": [diffs._public(c) for c in recorded_calls],
+                    "got": [diffs._public(c) for c in new_calls],
+                }
                 break
             mapping = id_map(recorded_calls, new_calls)
         if diverged is not None:
-            diverged.update(original_exchange_id=str(steps[diverged["step"]].id),
-                            exchange_id=str(replayed[-1].id))
-        return {"run": await self.run_store.get_run(new_run), "diffs": stored_diffs,
-                "diverged_at": diverged["step"] if diverged else None, "divergence": diverged,
-                "original_run_id": str(run_id), "steps_recorded": len(steps),
-                "steps_replayed": len(replayed), "server_side_tools": builtin}
+            diverged.update(
+                original_exchange_id=str(steps[diverged["step"]].id),
+                exchange_id=str(replayed[-1].id),
+            )
+        return {
+            "run": await self.run_store.get_run(new_run),
+            "diffs": stored_diffs,
+            "diverged_at": diverged["step"] if diverged else None,
+            "divergence": diverged,
+            "original_run_id": str(run_id),
+            "steps_recorded": len(steps),
+            "steps_replayed": len(replayed),
+            "server_side_tools": builtin,
+        }
 
     @staticmethod
-    def _next(previous: Recorded, step: Recorded, last: Recorded, overrides: dict[str, Any],
-              mapping: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    def _next(
+        previous: Recorded,
+        step: Recorded,
+        last: Recorded,
+        overrides: dict[str, Any],
+        mapping: dict[str, str],
+    ) -> tuple[str, dict[str, Any]]:
         """The request of a later step: the replay's history plus what the recording added."""
         recorded = step.parsed.request_json
         if step.item["endpoint"] == "conversations":
@@ -169,13 +205,14 @@ class RunReplayer:
             if isinstance(inputs, str):
                 inputs = [{"type": "message.input", "role": "user", "content": inputs}]
             inputs = shapes.remap_tool_results(list(inputs or []), mapping)
-            return (f"/v1/conversations/{conversation}",
-                    shapes.append_body(recorded, overrides, inputs))
+            return (
+                f"/v1/conversations/{conversation}",
+                shapes.append_body(recorded, overrides, inputs),
+            )
         before = len(previous.parsed.messages_in or []) + 1
         added = shapes.remap_tool_results((step.parsed.messages_in or [])[before:], mapping)
         history = [*(last.parsed.messages_in or []), _assistant(last.parsed.message_out)]
         path = step.item["path"]
-        body = shapes.merge(recorded, {k: v for k, v in overrides.items() if k != "messages"},
-                            path)
+        body = shapes.merge(recorded, {k: v for k, v in overrides.items() if k != "messages"}, path)
         body["messages"] = history + added
         return path, body

@@ -19,18 +19,70 @@ from gateway.exchange import id_at, new_id
 from gateway.runs import RunChanges
 from gateway.store import ExchangeFilter, Store, iso_time, iso_z, time_bounds
 
-RUN_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at", "last_seen_at",
-               "ended_at", "status", "exchange_count", "prompt_tokens", "completion_tokens",
-               "total_tokens", "total_cost_usd")
-UPSERT_COLUMNS = ("id", "name", "agent_id", "user", "tags", "source", "started_at",
-                  "last_seen_at", "last_failed", "exchange_count", "prompt_tokens",
-                  "completion_tokens", "total_tokens", "total_cost_usd", "config")
+RUN_COLUMNS = (
+    "id",
+    "name",
+    "agent_id",
+    "user",
+    "tags",
+    "source",
+    "started_at",
+    "last_seen_at",
+    "ended_at",
+    "status",
+    "exchange_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "total_cost_usd",
+)
+UPSERT_COLUMNS = (
+    "id",
+    "name",
+    "agent_id",
+    "user",
+    "tags",
+    "source",
+    "started_at",
+    "last_seen_at",
+    "last_failed",
+    "exchange_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "total_cost_usd",
+    "config",
+)
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
-MESSAGE_COLUMNS = ("id", "run_id", "exchange_id", "step", "position", "direction", "role",
-                   "content", "tool_calls", "tool_call_id", "finish_reason", "prompt_tokens",
-                   "completion_tokens")
-TOOL_COLUMNS = ("id", "run_id", "exchange_id", "step", "call_id", "tool_name", "kind", "args",
-                "return_value", "result_exchange_id", "asked_at_ms", "latency_ms")
+MESSAGE_COLUMNS = (
+    "id",
+    "run_id",
+    "exchange_id",
+    "step",
+    "position",
+    "direction",
+    "role",
+    "content",
+    "tool_calls",
+    "tool_call_id",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+)
+TOOL_COLUMNS = (
+    "id",
+    "run_id",
+    "exchange_id",
+    "step",
+    "call_id",
+    "tool_name",
+    "kind",
+    "args",
+    "return_value",
+    "result_exchange_id",
+    "asked_at_ms",
+    "latency_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -59,45 +111,88 @@ class RunStore:
         if not changes:
             return
         await self._upsert_runs(tx, changes)
-        messages = storable.rows("messages", MESSAGE_COLUMNS[1:], [
-            [m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages])
+        messages = storable.rows(
+            "messages",
+            MESSAGE_COLUMNS[1:],
+            [[m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages],
+        )
         if messages:
-            await tx.execute_many(store.sql(
-                f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS[1:])}) VALUES "
-                f"({', '.join('?' * (len(MESSAGE_COLUMNS) - 1))})"), messages)
-        tools = storable.rows("tool_calls", TOOL_COLUMNS[1:], [
-            [t[c] for c in TOOL_COLUMNS[1:]] for ch in changes for t in ch.tool_calls])
+            await tx.execute_many(
+                store.sql(
+                    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS[1:])}) VALUES "
+                    f"({', '.join('?' * (len(MESSAGE_COLUMNS) - 1))})"
+                ),
+                messages,
+            )
+        tools = storable.rows(
+            "tool_calls",
+            TOOL_COLUMNS[1:],
+            [[t[c] for c in TOOL_COLUMNS[1:]] for ch in changes for t in ch.tool_calls],
+        )
         if tools:
-            await tx.execute_many(store.sql(
-                f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS[1:])}) VALUES "
-                f"({', '.join('?' * (len(TOOL_COLUMNS) - 1))})"), tools)
+            await tx.execute_many(
+                store.sql(
+                    f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS[1:])}) VALUES "
+                    f"({', '.join('?' * (len(TOOL_COLUMNS) - 1))})"
+                ),
+                tools,
+            )
         results = storable.rows(
-            "tool_calls", ("return_value", "result_exchange_id", "latency_ms", "run_id",
-                           "call_id"),
-            [[r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"],
-              r["call_id"]] for ch in changes for r in ch.tool_results if r["call_id"]])
+            "tool_calls",
+            ("return_value", "result_exchange_id", "latency_ms", "run_id", "call_id"),
+            [
+                [r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"], r["call_id"]]
+                for ch in changes
+                for r in ch.tool_results
+                if r["call_id"]
+            ],
+        )
         if results:
-            await tx.execute_many(store.sql(
-                "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
-                "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
-                "AND result_exchange_id IS NULL AND kind = 'function'"), results)
+            await tx.execute_many(
+                store.sql(
+                    "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
+                    "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
+                    "AND result_exchange_id IS NULL AND kind = 'function'"
+                ),
+                results,
+            )
         snapshots = storable.rows(
-            "memory_snapshots", ("run_id", "exchange_id", "step", "taken_at", "carried",
-                                 "appended"),
-            [[s["run_id"], s["exchange_id"], s["step"], store._value(s["taken_at"]),
-              s["carried"], storable.json_text(s["appended"])]
-             for ch in changes if (s := ch.snapshot) is not None])
+            "memory_snapshots",
+            ("run_id", "exchange_id", "step", "taken_at", "carried", "appended"),
+            [
+                [
+                    s["run_id"],
+                    s["exchange_id"],
+                    s["step"],
+                    store._value(s["taken_at"]),
+                    s["carried"],
+                    storable.json_text(s["appended"]),
+                ]
+                for ch in changes
+                if (s := ch.snapshot) is not None
+            ],
+        )
         if snapshots:
-            await tx.execute_many(store.sql(
-                "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
-                "appended) VALUES (?, ?, ?, ?, ?, ?)"), snapshots)
+            await tx.execute_many(
+                store.sql(
+                    "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
+                    "appended) VALUES (?, ?, ?, ?, ?, ?)"
+                ),
+                snapshots,
+            )
         links = {cid: rid for ch in changes for cid, rid in ch.conversations}
         if links:
-            await tx.execute_many(store.sql(
-                "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
-                "ON CONFLICT DO NOTHING"),
-                storable.rows("run_conversations", ("conversation_id", "run_id"),
-                              [[c, r] for c, r in links.items()]))
+            await tx.execute_many(
+                store.sql(
+                    "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                storable.rows(
+                    "run_conversations",
+                    ("conversation_id", "run_id"),
+                    [[c, r] for c, r in links.items()],
+                ),
+            )
 
     async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
         merged: dict[int, dict[str, Any]] = {}
@@ -107,8 +202,13 @@ class RunStore:
             if seen is None:
                 merged[delta["id"]] = dict(delta)
                 continue
-            for key in ("exchange_count", "prompt_tokens", "completion_tokens", "total_tokens",
-                        "total_cost_usd"):
+            for key in (
+                "exchange_count",
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "total_cost_usd",
+            ):
                 seen[key] += delta[key]
             seen["last_seen_at"], seen["last_failed"] = delta["last_seen_at"], delta["last_failed"]
             if seen["source"] == "single":
@@ -116,35 +216,55 @@ class RunStore:
             for key in ("agent_id", "user", "tags", "name", "config"):
                 seen[key] = seen[key] or delta[key]
         store = self.store
-        rows = storable.rows("runs", UPSERT_COLUMNS, [
-                [d["id"], d["name"], d["agent_id"], d["user"],
-                 storable.json_text(d["tags"]) if d["tags"] else None, d["source"],
-                 store._value(d["started_at"]), store._value(d["last_seen_at"]),
-                 store._value(d["last_failed"]), d["exchange_count"], d["prompt_tokens"],
-                 d["completion_tokens"], d["total_tokens"], d["total_cost_usd"],
-                 storable.json_text(d["config"]) if d["config"] else None]
-                for d in merged.values()])
-        await tx.execute_many(store.sql(
-            "INSERT INTO runs (id, name, agent_id, \"user\", tags, source, started_at, "
-            "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
-            "total_tokens, total_cost_usd, config, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
-            "ON CONFLICT (id) DO UPDATE SET "
-            "exchange_count = runs.exchange_count + excluded.exchange_count, "
-            "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
-            "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
-            "total_tokens = runs.total_tokens + excluded.total_tokens, "
-            "total_cost_usd = runs.total_cost_usd + excluded.total_cost_usd, "
-            "last_failed = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
-            "THEN excluded.last_failed ELSE runs.last_failed END, "
-            "last_seen_at = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
-            "THEN excluded.last_seen_at ELSE runs.last_seen_at END, "
-            "agent_id = COALESCE(runs.agent_id, excluded.agent_id), "
-            "\"user\" = COALESCE(runs.\"user\", excluded.\"user\"), "
-            "tags = COALESCE(runs.tags, excluded.tags), "
-            "source = CASE WHEN runs.source = 'single' THEN excluded.source "
-            "ELSE runs.source END, "
-            "ended_at = NULL, status = 'running'"), rows)
+        rows = storable.rows(
+            "runs",
+            UPSERT_COLUMNS,
+            [
+                [
+                    d["id"],
+                    d["name"],
+                    d["agent_id"],
+                    d["user"],
+                    storable.json_text(d["tags"]) if d["tags"] else None,
+                    d["source"],
+                    store._value(d["started_at"]),
+                    store._value(d["last_seen_at"]),
+                    store._value(d["last_failed"]),
+                    d["exchange_count"],
+                    d["prompt_tokens"],
+                    d["completion_tokens"],
+                    d["total_tokens"],
+                    d["total_cost_usd"],
+                    storable.json_text(d["config"]) if d["config"] else None,
+                ]
+                for d in merged.values()
+            ],
+        )
+        await tx.execute_many(
+            store.sql(
+                'INSERT INTO runs (id, name, agent_id, "user", tags, source, started_at, '
+                "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
+                "total_tokens, total_cost_usd, config, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
+                "ON CONFLICT (id) DO UPDATE SET "
+                "exchange_count = runs.exchange_count + excluded.exchange_count, "
+                "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
+                "total_tokens = runs.total_tokens + excluded.total_tokens, "
+                "total_cost_usd = runs.total_cost_usd + excluded.total_cost_usd, "
+                "last_failed = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
+                "THEN excluded.last_failed ELSE runs.last_failed END, "
+                "last_seen_at = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
+                "THEN excluded.last_seen_at ELSE runs.last_seen_at END, "
+                "agent_id = COALESCE(runs.agent_id, excluded.agent_id), "
+                '"user" = COALESCE(runs."user", excluded."user"), '
+                "tags = COALESCE(runs.tags, excluded.tags), "
+                "source = CASE WHEN runs.source = 'single' THEN excluded.source "
+                "ELSE runs.source END, "
+                "ended_at = NULL, status = 'running'"
+            ),
+            rows,
+        )
 
     async def finish_idle(self, cutoff: datetime) -> list[int]:
         """Settle runs with no exchange since `cutoff`: ended, and ok or error."""
@@ -152,7 +272,9 @@ class RunStore:
         finished = await store.rows(
             "UPDATE runs SET ended_at = last_seen_at, status = CASE WHEN last_failed "
             "THEN 'error' ELSE 'ok' END WHERE ended_at IS NULL AND last_seen_at < ? "
-            "RETURNING id", [store._value(cutoff)])
+            "RETURNING id",
+            [store._value(cutoff)],
+        )
         return [row["id"] for row in finished]
 
     # -- rebuilding the grouper at start -------------------------------------------------------
@@ -161,17 +283,21 @@ class RunStore:
         return await self.store.rows(
             "SELECT id, run_id, parent_id, thread_key, started_at FROM exchanges "
             "WHERE id >= ? AND (thread_key IS NOT NULL OR parent_id IS NOT NULL) "
-            "ORDER BY id DESC LIMIT ?", [id_at(int(since.timestamp() * 1000)), limit])
+            "ORDER BY id DESC LIMIT ?",
+            [id_at(int(since.timestamp() * 1000)), limit],
+        )
 
     async def open_named_runs(self) -> list[dict[str, Any]]:
         return await self.store.rows(
             "SELECT id, name, last_seen_at, exchange_count FROM runs "
-            "WHERE ended_at IS NULL AND name IS NOT NULL")
+            "WHERE ended_at IS NULL AND name IS NOT NULL"
+        )
 
     async def conversation_links(self, limit: int) -> list[dict[str, Any]]:
         return await self.store.rows(
             "SELECT conversation_id, run_id FROM run_conversations ORDER BY run_id DESC LIMIT ?",
-            [limit])
+            [limit],
+        )
 
     async def next_step(self, run_id: int) -> int:
         found = await self.store.rows("SELECT exchange_count FROM runs WHERE id = ?", [run_id])
@@ -179,12 +305,13 @@ class RunStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def list_runs(self, f: RunFilter, limit: int,
-                        before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+    async def list_runs(
+        self, f: RunFilter, limit: int, before: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
         store = self.store
         clauses: list[str] = []
         params: list[Any] = []
-        for column, value in (("name", f.name), ("agent_id", f.agent_id), ("\"user\"", f.user)):
+        for column, value in (("name", f.name), ("agent_id", f.agent_id), ('"user"', f.user)):
             if value is not None:
                 clauses.append(f"r.{column} = ?")
                 params.append(value)
@@ -204,7 +331,9 @@ class RunStore:
         while len(found) <= limit:
             batch = await store.rows(
                 f"SELECT {RUN_SELECT} FROM runs r {where}{' AND' if where else ' WHERE'} r.id < ? "
-                "ORDER BY r.id DESC LIMIT ?", [*params, cursor or 2**63 - 1, limit + 1])
+                "ORDER BY r.id DESC LIMIT ?",
+                [*params, cursor or 2**63 - 1, limit + 1],
+            )
             if not batch:
                 break
             cursor = batch[-1]["id"]
@@ -231,7 +360,9 @@ class RunStore:
         marks = ", ".join("?" * len(ids))
         links = await self.store.rows(
             f"SELECT conversation_id, run_id FROM run_conversations WHERE run_id IN ({marks}) "
-            "ORDER BY conversation_id", ids)
+            "ORDER BY conversation_id",
+            ids,
+        )
         by_run: dict[int, list[str]] = {}
         for link in links:
             by_run.setdefault(link["run_id"], []).append(link["conversation_id"])
@@ -254,26 +385,31 @@ class RunStore:
             return []
         marks = ", ".join("?" * len(run_ids))
         found = await self.store.rows(
-            f"SELECT {RUN_SELECT} FROM runs r WHERE r.id IN ({marks}) ORDER BY r.id", run_ids)
+            f"SELECT {RUN_SELECT} FROM runs r WHERE r.id IN ({marks}) ORDER BY r.id", run_ids
+        )
         items = []
         for row in found:
             item = self._item(row)
             last = await self.store.rows(
                 "SELECT started_at, latency_ms FROM exchanges WHERE run_id = ? "
-                "ORDER BY id DESC LIMIT 1", [row["id"]])
+                "ORDER BY id DESC LIMIT 1",
+                [row["id"]],
+            )
             item["ends_at"] = item["ended_at"] or item["last_seen_at"]
             if last:
                 started = last[0]["started_at"]
                 started = datetime.fromisoformat(started) if isinstance(started, str) else started
-                item["ends_at"] = iso_z(started + timedelta(
-                    milliseconds=last[0]["latency_ms"] or 0))
+                item["ends_at"] = iso_z(
+                    started + timedelta(milliseconds=last[0]["latency_ms"] or 0)
+                )
             items.append(item)
         return items
 
     async def get_run(self, run_id: int) -> dict[str, Any] | None:
         store = self.store
         found = await store.rows(
-            f"SELECT {RUN_SELECT}, r.config FROM runs r WHERE r.id = ?", [run_id])
+            f"SELECT {RUN_SELECT}, r.config FROM runs r WHERE r.id = ?", [run_id]
+        )
         if not found:
             return None
         run = self._item(found[0])
@@ -281,43 +417,75 @@ class RunStore:
         await self._attach_conversations([run])
         items, _ = await store.list_exchanges(ExchangeFilter(run=run_id), 10_000, None)
         run["exchanges"] = sorted(items, key=lambda item: int(item["id"]))
-        run["messages"] = [self._message(row) for row in await store.rows(
-            "SELECT * FROM messages WHERE run_id = ? ORDER BY step, position", [run_id])]
-        run["tool_calls"] = [self._tool(row) for row in await store.rows(
-            "SELECT * FROM tool_calls WHERE run_id = ? ORDER BY step, id", [run_id])]
-        run["memory_snapshots"] = self._snapshots(await store.rows(
-            "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]))
-        run["evaluations"] = [self._evaluation(row) for row in await store.rows(
-            "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id])]
+        run["messages"] = [
+            self._message(row)
+            for row in await store.rows(
+                "SELECT * FROM messages WHERE run_id = ? ORDER BY step, position", [run_id]
+            )
+        ]
+        run["tool_calls"] = [
+            self._tool(row)
+            for row in await store.rows(
+                "SELECT * FROM tool_calls WHERE run_id = ? ORDER BY step, id", [run_id]
+            )
+        ]
+        run["memory_snapshots"] = self._snapshots(
+            await store.rows(
+                "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]
+            )
+        )
+        run["evaluations"] = [
+            self._evaluation(row)
+            for row in await store.rows(
+                "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id]
+            )
+        ]
         # The LLM's cost beside the tools' (ElevenLabs) cost.
         run["cost_by_provider"] = [
-            {"provider": row["provider"], "calls": int(row["calls"]),
-             "cost_usd": round(float(row["cost_usd"] or 0), 10)}
+            {
+                "provider": row["provider"],
+                "calls": int(row["calls"]),
+                "cost_usd": round(float(row["cost_usd"] or 0), 10),
+            }
             for row in await store.rows(
                 "SELECT provider, COUNT(*) AS calls, COALESCE(SUM(cost_usd), 0) AS cost_usd "
                 "FROM exchanges WHERE run_id = ? GROUP BY provider ORDER BY cost_usd DESC",
-                [run_id])]
+                [run_id],
+            )
+        ]
         return run
 
     @staticmethod
     def _message(row: dict[str, Any]) -> dict[str, Any]:
-        return {"exchange_id": str(row["exchange_id"]), "step": row["step"],
-                "position": row["position"], "direction": row["direction"], "role": row["role"],
-                "content": _loads(row["content"]), "tool_calls": _loads(row["tool_calls"]),
-                "tool_call_id": row["tool_call_id"], "finish_reason": row["finish_reason"],
-                "prompt_tokens": row["prompt_tokens"],
-                "completion_tokens": row["completion_tokens"]}
+        return {
+            "exchange_id": str(row["exchange_id"]),
+            "step": row["step"],
+            "position": row["position"],
+            "direction": row["direction"],
+            "role": row["role"],
+            "content": _loads(row["content"]),
+            "tool_calls": _loads(row["tool_calls"]),
+            "tool_call_id": row["tool_call_id"],
+            "finish_reason": row["finish_reason"],
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+        }
 
     @staticmethod
     def _tool(row: dict[str, Any]) -> dict[str, Any]:
-        return {"tool_name": row["tool_name"], "args": _loads(row["args"]),
-                "return_value": row["return_value"], "call_id": row["call_id"],
-                "exchange_id": str(row["exchange_id"]), "step": row["step"],
-                "result_exchange_id": (str(row["result_exchange_id"])
-                                       if row["result_exchange_id"] is not None else None),
-                "latency_ms": (round(row["latency_ms"], 3)
-                               if row["latency_ms"] is not None else None),
-                "kind": row["kind"]}
+        return {
+            "tool_name": row["tool_name"],
+            "args": _loads(row["args"]),
+            "return_value": row["return_value"],
+            "call_id": row["call_id"],
+            "exchange_id": str(row["exchange_id"]),
+            "step": row["step"],
+            "result_exchange_id": (
+                str(row["result_exchange_id"]) if row["result_exchange_id"] is not None else None
+            ),
+            "latency_ms": (round(row["latency_ms"], 3) if row["latency_ms"] is not None else None),
+            "kind": row["kind"],
+        }
 
     @staticmethod
     def _snapshots(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -326,29 +494,47 @@ class RunStore:
         out = []
         for row in rows:
             state = state[: row["carried"]] + (_loads(row["appended"]) or [])
-            out.append({"exchange_id": str(row["exchange_id"]), "step": row["step"],
-                        "taken_at": iso_time(row["taken_at"]), "carried": row["carried"],
-                        "state": list(state)})
+            out.append(
+                {
+                    "exchange_id": str(row["exchange_id"]),
+                    "step": row["step"],
+                    "taken_at": iso_time(row["taken_at"]),
+                    "carried": row["carried"],
+                    "state": list(state),
+                }
+            )
         return out
 
     @staticmethod
     def _evaluation(row: dict[str, Any]) -> dict[str, Any]:
-        return {"id": str(row["id"]), "metric_name": row["metric_name"],
-                "metric_value": row["metric_value"],
-                "run_id": str(row["run_id"]) if row["run_id"] is not None else None,
-                "exchange_id": (str(row["exchange_id"])
-                                if row["exchange_id"] is not None else None),
-                "created_at": iso_time(row["created_at"])}
+        return {
+            "id": str(row["id"]),
+            "metric_name": row["metric_name"],
+            "metric_value": row["metric_value"],
+            "run_id": str(row["run_id"]) if row["run_id"] is not None else None,
+            "exchange_id": (str(row["exchange_id"]) if row["exchange_id"] is not None else None),
+            "created_at": iso_time(row["created_at"]),
+        }
 
-    async def add_evaluation(self, run_id: int | None, exchange_id: int | None, name: str,
-                             value: float) -> dict[str, Any]:
+    async def add_evaluation(
+        self, run_id: int | None, exchange_id: int | None, name: str, value: float
+    ) -> dict[str, Any]:
         store = self.store
-        row = {"id": new_id(), "run_id": run_id, "exchange_id": exchange_id,
-               "metric_name": name, "metric_value": value, "created_at": datetime.now(UTC)}
-        await store.conn.execute_query(store.sql(
-            "INSERT INTO evaluations (id, run_id, exchange_id, metric_name, metric_value, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?)"),
-            [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"])])
+        row = {
+            "id": new_id(),
+            "run_id": run_id,
+            "exchange_id": exchange_id,
+            "metric_name": name,
+            "metric_value": value,
+            "created_at": datetime.now(UTC),
+        }
+        await store.conn.execute_query(
+            store.sql(
+                "INSERT INTO evaluations (id, run_id, exchange_id, metric_name, metric_value, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"])],
+        )
         return self._evaluation(row)
 
     async def names(self, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -358,7 +544,8 @@ class RunStore:
             return {}
         marks = ", ".join("?" * len(ids))
         found = await self.store.rows(
-            f"SELECT id, name, agent_id, source FROM runs WHERE id IN ({marks})", ids)
+            f"SELECT id, name, agent_id, source FROM runs WHERE id IN ({marks})", ids
+        )
         return {row["id"]: row for row in found}
 
     async def last_exchanges(self, run_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -369,12 +556,19 @@ class RunStore:
         found = await self.store.rows(
             "SELECT run_id, started_at, latency_ms FROM exchanges WHERE id IN "
             f"(SELECT MAX(id) FROM exchanges WHERE run_id IN ({marks}) GROUP BY run_id)",
-            run_ids)
-        return {row["run_id"]: {"started_at": iso_time(row["started_at"]),
-                                "latency_ms": row["latency_ms"]} for row in found}
+            run_ids,
+        )
+        return {
+            row["run_id"]: {
+                "started_at": iso_time(row["started_at"]),
+                "latency_ms": row["latency_ms"],
+            }
+            for row in found
+        }
 
-    async def costliest(self, since: datetime | None, until: datetime | None,
-                        limit: int = 10) -> list[dict[str, Any]]:
+    async def costliest(
+        self, since: datetime | None, until: datetime | None, limit: int = 10
+    ) -> list[dict[str, Any]]:
         """The most expensive runs started in a time window."""
         clauses: list[str] = []
         params: list[Any] = []
@@ -382,7 +576,9 @@ class RunStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         found = await self.store.rows(
             f"SELECT {RUN_SELECT} FROM runs r {where} ORDER BY r.total_cost_usd DESC, r.id DESC "
-            "LIMIT ?", [*params, limit])
+            "LIMIT ?",
+            [*params, limit],
+        )
         return [self._item(row) for row in found]
 
     async def evaluations_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
@@ -390,13 +586,22 @@ class RunStore:
         if not run_ids:
             return []
         marks = ", ".join("?" * len(run_ids))
-        return [self._evaluation(row) for row in await self.store.rows(
-            f"SELECT * FROM evaluations WHERE run_id IN ({marks}) AND exchange_id IS NULL "
-            "ORDER BY id", run_ids)]
+        return [
+            self._evaluation(row)
+            for row in await self.store.rows(
+                f"SELECT * FROM evaluations WHERE run_id IN ({marks}) AND exchange_id IS NULL "
+                "ORDER BY id",
+                run_ids,
+            )
+        ]
 
     async def exchange_evaluations(self, exchange_id: int) -> list[dict[str, Any]]:
-        return [self._evaluation(row) for row in await self.store.rows(
-            "SELECT * FROM evaluations WHERE exchange_id = ? ORDER BY id", [exchange_id])]
+        return [
+            self._evaluation(row)
+            for row in await self.store.rows(
+                "SELECT * FROM evaluations WHERE exchange_id = ? ORDER BY id", [exchange_id]
+            )
+        ]
 
     async def get_run_row(self, run_id: int) -> dict[str, Any] | None:
         found = await self.store.rows("SELECT id FROM runs WHERE id = ?", [run_id])
@@ -412,14 +617,24 @@ class RunStore:
         if not found:
             return False
         while True:
-            ids = [r["id"] for r in await store.rows(
-                "SELECT id FROM exchanges WHERE run_id = ? LIMIT 500", [run_id])]
+            ids = [
+                r["id"]
+                for r in await store.rows(
+                    "SELECT id FROM exchanges WHERE run_id = ? LIMIT 500", [run_id]
+                )
+            ]
             if not ids:
                 break
             await store.delete_exchanges(ids)
-        for table in ("messages", "tool_calls", "memory_snapshots", "evaluations",
-                      "run_conversations"):
-            await store.conn.execute_query(store.sql(f"DELETE FROM {table} WHERE run_id = ?"),
-                                           [run_id])
+        for table in (
+            "messages",
+            "tool_calls",
+            "memory_snapshots",
+            "evaluations",
+            "run_conversations",
+        ):
+            await store.conn.execute_query(
+                store.sql(f"DELETE FROM {table} WHERE run_id = ?"), [run_id]
+            )
         await store.conn.execute_query(store.sql("DELETE FROM runs WHERE id = ?"), [run_id])
         return True

@@ -29,8 +29,14 @@ THREAD_SECONDS = 24 * 3600
 RUN_MEMORY_LIMIT = 20_000
 THREADED_ENDPOINTS = ("chat", "agents")
 
-PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = "prefix", "header", "conversation", \
-    "thread", "single", "replay"
+PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = (
+    "prefix",
+    "header",
+    "conversation",
+    "thread",
+    "single",
+    "replay",
+)
 
 
 # -- canonical messages -------------------------------------------------------------------
@@ -42,8 +48,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(c.get("text", "") for c in content
-                       if isinstance(c, dict) and isinstance(c.get("text"), str))
+        return "".join(
+            c.get("text", "")
+            for c in content
+            if isinstance(c, dict) and isinstance(c.get("text"), str)
+        )
     try:
         return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:  # nested past orjson's depth limit: compared by its stored form
@@ -71,8 +80,9 @@ def canonical(message: Any) -> bytes:
             function = call.get("function") or {}
             if not isinstance(function, dict):
                 function = {}
-            calls.append([function.get("name"), parse_arguments(function.get("arguments")),
-                          call.get("id")])
+            calls.append(
+                [function.get("name"), parse_arguments(function.get("arguments")), call.get("id")]
+            )
     key = [message.get("role"), _text(message.get("content")), calls, message.get("tool_call_id")]
     try:
         return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
@@ -181,8 +191,13 @@ class Grouper:
 
     # -- assignment -----------------------------------------------------------------------
 
-    async def assign(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str],
-                     steps: Callable[[int], Awaitable[int]]) -> RunChanges:
+    async def assign(
+        self,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        hints: dict[str, str],
+        steps: Callable[[int], Awaitable[int]],
+    ) -> RunChanges:
         """Place one exchange (its row dict, as built by capture) and say what it adds.
 
         `steps(run_id)` gives the next step of a run the grouper no longer remembers (the
@@ -194,31 +209,54 @@ class Grouper:
         at = exchange["started_at"].timestamp()
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         hashes = prefix_hashes(inputs) if inputs else []
-        run_id, source, parent, created, carried_hint = self._place(exchange, parsed, hints, at,
-                                                                    hashes)
+        run_id, source, parent, created, carried_hint = self._place(
+            exchange, parsed, hints, at, hashes
+        )
         if created or run_id in self.memory:
             memory = self._memory(run_id)
         else:
             memory = self._memory(run_id, await steps(run_id))
         step = memory.step
         memory.step += 1
-        changes = RunChanges(run=self._run_delta(run_id, source, created, exchange, parsed,
-                                                 hints, at))
-        changes.exchange = {"run_id": run_id, "run_source": source, "step": step,
-                            "parent_id": parent}
+        changes = RunChanges(
+            run=self._run_delta(run_id, source, created, exchange, parsed, hints, at)
+        )
+        changes.exchange = {
+            "run_id": run_id,
+            "run_source": source,
+            "step": step,
+            "parent_id": parent,
+        }
         ended_ms = at * 1000 + (exchange.get("latency_ms") or 0)
         if parsed.endpoint == "conversations":
             self._conversation(changes, memory, exchange, parsed, run_id, step, ended_ms)
         else:
-            self._chat(changes, memory, exchange, parsed, run_id, step, ended_ms, at,
-                       carried_hint, inputs, hashes)
+            self._chat(
+                changes,
+                memory,
+                exchange,
+                parsed,
+                run_id,
+                step,
+                ended_ms,
+                at,
+                carried_hint,
+                inputs,
+                hashes,
+            )
         self.done[exchange["id"]] = changes
         while len(self.done) > 10_000:
             self.done.popitem(last=False)
         return changes
 
-    def _place(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str],
-               at: float, hashes: list[str]) -> tuple[int, str, int | None, bool, int | None]:
+    def _place(
+        self,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        hints: dict[str, str],
+        at: float,
+        hashes: list[str],
+    ) -> tuple[int, str, int | None, bool, int | None]:
         """(run id, rule, parent exchange, run created?, matched prefix length)."""
         if exchange.get("replay_of") is not None:
             return self._replay_run(parsed, hints)
@@ -245,8 +283,9 @@ class Grouper:
                 return candidate.run_id, THREAD, candidate.exchange_id, False, length
         return new_id(), SINGLE, None, True, None
 
-    def _replay_run(self, parsed: Parsed,
-                    hints: dict[str, str]) -> tuple[int, str, int | None, bool, int | None]:
+    def _replay_run(
+        self, parsed: Parsed, hints: dict[str, str]
+    ) -> tuple[int, str, int | None, bool, int | None]:
         """A replay never joins the original's run (nor any run by name or threading): it
         gets a run of its own, or the one its whole-run replay made. Only the replay code
         sets replay_of, so a client's headers cannot steer an exchange here."""
@@ -288,13 +327,26 @@ class Grouper:
                 return (fresh or candidates)[-1], length
         return None
 
-    def _run_delta(self, run_id: int, source: str, created: bool, exchange: dict[str, Any],
-                   parsed: Parsed, hints: dict[str, str], at: float) -> dict[str, Any]:
+    def _run_delta(
+        self,
+        run_id: int,
+        source: str,
+        created: bool,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        hints: dict[str, str],
+        at: float,
+    ) -> dict[str, Any]:
         failed = (exchange.get("status") or 0) >= 400 or exchange.get("state") != "complete"
         when = datetime.fromtimestamp(at, UTC)
         delta = {
-            "id": run_id, "created": created, "source": source, "started_at": when,
-            "last_seen_at": when, "last_failed": failed, "exchange_count": 1,
+            "id": run_id,
+            "created": created,
+            "source": source,
+            "started_at": when,
+            "last_seen_at": when,
+            "last_failed": failed,
+            "exchange_count": 1,
             "prompt_tokens": exchange.get("prompt_tokens") or 0,
             "completion_tokens": exchange.get("completion_tokens") or 0,
             "total_tokens": exchange.get("total_tokens") or 0,
@@ -315,35 +367,60 @@ class Grouper:
 
     # -- chat and agents completions ----------------------------------------------------------
 
-    def _chat(self, changes: RunChanges, memory: RunMemory, exchange: dict[str, Any],
-              parsed: Parsed, run_id: int, step: int, ended_ms: float, at: float,
-              carried_hint: int | None, inputs: list[Any], hashes: list[str]) -> None:
-        carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes,
-                                                                               hashes)
+    def _chat(
+        self,
+        changes: RunChanges,
+        memory: RunMemory,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        run_id: int,
+        step: int,
+        ended_ms: float,
+        at: float,
+        carried_hint: int | None,
+        inputs: list[Any],
+        hashes: list[str],
+    ) -> None:
+        carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes, hashes)
         carried = min(carried, len(inputs))
         eid = exchange["id"]
         for position, message in enumerate(inputs[carried:], start=carried):
             changes.messages.append(_message_row(run_id, eid, step, position, "in", message))
             if isinstance(message, dict) and message.get("role") == "tool":
-                changes.tool_results.append({
-                    "run_id": run_id, "call_id": message.get("tool_call_id"),
-                    "return_value": _as_text(message.get("content")),
-                    "result_exchange_id": eid, "at_ms": at * 1000})
+                changes.tool_results.append(
+                    {
+                        "run_id": run_id,
+                        "call_id": message.get("tool_call_id"),
+                        "return_value": _as_text(message.get("content")),
+                        "result_exchange_id": eid,
+                        "at_ms": at * 1000,
+                    }
+                )
         out = parsed.message_out
         state_added = inputs[carried:]
         if out is not None:
             row = _message_row(run_id, eid, step, len(inputs), "out", out)
-            row.update(finish_reason=exchange.get("finish_reason"),
-                       prompt_tokens=exchange.get("prompt_tokens"),
-                       completion_tokens=exchange.get("completion_tokens"))
+            row.update(
+                finish_reason=exchange.get("finish_reason"),
+                prompt_tokens=exchange.get("prompt_tokens"),
+                completion_tokens=exchange.get("completion_tokens"),
+            )
             changes.messages.append(row)
             for call in out.get("tool_calls") or ():
                 if isinstance(call, dict):
-                    function = (call["function"] if isinstance(call.get("function"), dict)
-                                else {})
-                    changes.tool_calls.append(_tool_row(
-                        run_id, eid, step, call.get("id"), function.get("name"), "function",
-                        parse_arguments(function.get("arguments")), asked_at_ms=ended_ms))
+                    function = call["function"] if isinstance(call.get("function"), dict) else {}
+                    changes.tool_calls.append(
+                        _tool_row(
+                            run_id,
+                            eid,
+                            step,
+                            call.get("id"),
+                            function.get("name"),
+                            "function",
+                            parse_arguments(function.get("arguments")),
+                            asked_at_ms=ended_ms,
+                        )
+                    )
             state_added = [*state_added, out]
             full = hashes + prefix_hashes([out], after=hashes)
             key = full[-1]
@@ -356,14 +433,27 @@ class Grouper:
             memory.hashes = full
         else:
             memory.hashes = hashes
-        changes.snapshot = {"run_id": run_id, "exchange_id": eid, "step": step,
-                            "taken_at": exchange["started_at"], "carried": carried,
-                            "appended": state_added}
+        changes.snapshot = {
+            "run_id": run_id,
+            "exchange_id": eid,
+            "step": step,
+            "taken_at": exchange["started_at"],
+            "carried": carried,
+            "appended": state_added,
+        }
 
     # -- the Conversations API ------------------------------------------------------------
 
-    def _conversation(self, changes: RunChanges, memory: RunMemory, exchange: dict[str, Any],
-                      parsed: Parsed, run_id: int, step: int, ended_ms: float) -> None:
+    def _conversation(
+        self,
+        changes: RunChanges,
+        memory: RunMemory,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        run_id: int,
+        step: int,
+        ended_ms: float,
+    ) -> None:
         for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
             if conversation_id and (conversation_id, run_id) not in changes.conversations:
                 changes.conversations.append((conversation_id, run_id))
@@ -372,8 +462,7 @@ class Grouper:
         outputs = [e for e in (parsed.entries_out or []) if e is not None]
         if parsed.conversation_op == "restart":
             wanted = _request_field(parsed, "from_entry_id")
-            carried = (memory.entry_ids.index(wanted) + 1 if wanted in memory.entry_ids
-                       else 0)
+            carried = memory.entry_ids.index(wanted) + 1 if wanted in memory.entry_ids else 0
         elif parsed.conversation_op in ("history", "get") or exchange.get("method") == "GET":
             return  # reading a conversation adds nothing to it
         elif parsed.conversation_op == "start":
@@ -384,11 +473,15 @@ class Grouper:
         for entry in inputs:
             changes.messages.append(_entry_message(run_id, eid, step, position, "in", entry))
             if isinstance(entry, dict) and entry.get("type") == "function.result":
-                changes.tool_results.append({
-                    "run_id": run_id, "call_id": entry.get("tool_call_id"),
-                    "return_value": _as_text(entry.get("result")),
-                    "result_exchange_id": eid, "at_ms": exchange["started_at"].timestamp()
-                    * 1000})
+                changes.tool_results.append(
+                    {
+                        "run_id": run_id,
+                        "call_id": entry.get("tool_call_id"),
+                        "return_value": _as_text(entry.get("result")),
+                        "result_exchange_id": eid,
+                        "at_ms": exchange["started_at"].timestamp() * 1000,
+                    }
+                )
             position += 1
         for entry in outputs:
             changes.messages.append(_entry_message(run_id, eid, step, position, "out", entry))
@@ -397,10 +490,16 @@ class Grouper:
             if tool is not None:
                 changes.tool_calls.append(tool)
         memory.entry_ids = memory.entry_ids[:carried] + [
-            e.get("id") if isinstance(e, dict) else None for e in inputs + outputs]
-        changes.snapshot = {"run_id": run_id, "exchange_id": eid, "step": step,
-                            "taken_at": exchange["started_at"], "carried": carried,
-                            "appended": inputs + outputs}
+            e.get("id") if isinstance(e, dict) else None for e in inputs + outputs
+        ]
+        changes.snapshot = {
+            "run_id": run_id,
+            "exchange_id": eid,
+            "step": step,
+            "taken_at": exchange["started_at"],
+            "carried": carried,
+            "appended": inputs + outputs,
+        }
 
 
 def parse_tags(text: str | None) -> dict[str, str] | None:
@@ -430,72 +529,153 @@ def _json(value: Any) -> str | None:
     return None if value is None else storable.json_text(value)
 
 
-def _message_row(run_id: int, exchange_id: int, step: int, position: int, direction: str,
-                 message: Any) -> dict[str, Any]:
+def _message_row(
+    run_id: int, exchange_id: int, step: int, position: int, direction: str, message: Any
+) -> dict[str, Any]:
     if not isinstance(message, dict):
         message = {"content": message}
     role = message.get("role")
-    return {"run_id": run_id, "exchange_id": exchange_id, "step": step, "position": position,
-            "direction": direction, "role": role if isinstance(role, str) else None,
-            "content": _json(message.get("content")),
-            "tool_calls": _json(message.get("tool_calls") or None),
-            "tool_call_id": _clip(message.get("tool_call_id")),
-            "finish_reason": None, "prompt_tokens": None, "completion_tokens": None}
+    return {
+        "run_id": run_id,
+        "exchange_id": exchange_id,
+        "step": step,
+        "position": position,
+        "direction": direction,
+        "role": role if isinstance(role, str) else None,
+        "content": _json(message.get("content")),
+        "tool_calls": _json(message.get("tool_calls") or None),
+        "tool_call_id": _clip(message.get("tool_call_id")),
+        "finish_reason": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+    }
 
 
-def _entry_message(run_id: int, exchange_id: int, step: int, position: int, direction: str,
-                   entry: Any) -> dict[str, Any]:
+def _entry_message(
+    run_id: int, exchange_id: int, step: int, position: int, direction: str, entry: Any
+) -> dict[str, Any]:
     if not isinstance(entry, dict):
         return _message_row(run_id, exchange_id, step, position, direction, entry)
     kind = entry.get("type")
     if kind == "function.result":
-        message = {"role": "tool", "tool_call_id": entry.get("tool_call_id"),
-                   "content": entry.get("result")}
+        message = {
+            "role": "tool",
+            "tool_call_id": entry.get("tool_call_id"),
+            "content": entry.get("result"),
+        }
     elif kind == "function.call":
-        message = {"role": "assistant", "content": None, "tool_calls": [{
-            "id": entry.get("tool_call_id"), "type": "function",
-            "function": {"name": entry.get("name"), "arguments": entry.get("arguments")}}]}
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": entry.get("tool_call_id"),
+                    "type": "function",
+                    "function": {"name": entry.get("name"), "arguments": entry.get("arguments")},
+                }
+            ],
+        }
     elif kind == "tool.execution":
-        message = {"role": "tool", "content": {"name": entry.get("name"),
-                                               "arguments": entry.get("arguments"),
-                                               "info": entry.get("info")}}
+        message = {
+            "role": "tool",
+            "content": {
+                "name": entry.get("name"),
+                "arguments": entry.get("arguments"),
+                "info": entry.get("info"),
+            },
+        }
     elif kind == "agent.handoff":
-        message = {"role": "handoff", "content": {
-            k: entry.get(k) for k in ("previous_agent_id", "previous_agent_name",
-                                      "next_agent_id", "next_agent_name")}}
+        message = {
+            "role": "handoff",
+            "content": {
+                k: entry.get(k)
+                for k in (
+                    "previous_agent_id",
+                    "previous_agent_name",
+                    "next_agent_id",
+                    "next_agent_name",
+                )
+            },
+        }
     else:
-        message = {"role": entry.get("role") or ("assistant" if direction == "out" else
-                                                 "user"), "content": entry.get("content")}
+        message = {
+            "role": entry.get("role") or ("assistant" if direction == "out" else "user"),
+            "content": entry.get("content"),
+        }
     return _message_row(run_id, exchange_id, step, position, direction, message)
 
 
-def _entry_tool(run_id: int, exchange_id: int, step: int, entry: Any,
-                ended_ms: float) -> dict[str, Any] | None:
+def _entry_tool(
+    run_id: int, exchange_id: int, step: int, entry: Any, ended_ms: float
+) -> dict[str, Any] | None:
     if not isinstance(entry, dict):
         return None
     kind = entry.get("type")
     if kind == "function.call":
-        return _tool_row(run_id, exchange_id, step, entry.get("tool_call_id"), entry.get("name"),
-                         "function", parse_arguments(entry.get("arguments")), asked_at_ms=ended_ms)
+        return _tool_row(
+            run_id,
+            exchange_id,
+            step,
+            entry.get("tool_call_id"),
+            entry.get("name"),
+            "function",
+            parse_arguments(entry.get("arguments")),
+            asked_at_ms=ended_ms,
+        )
     if kind == "tool.execution":
-        row = _tool_row(run_id, exchange_id, step, entry.get("id"), entry.get("name"),
-                        "builtin", parse_arguments(entry.get("arguments")), asked_at_ms=ended_ms)
+        row = _tool_row(
+            run_id,
+            exchange_id,
+            step,
+            entry.get("id"),
+            entry.get("name"),
+            "builtin",
+            parse_arguments(entry.get("arguments")),
+            asked_at_ms=ended_ms,
+        )
         row["return_value"] = _as_text(entry.get("info"))
         return row
     if kind == "agent.handoff":
-        return _tool_row(run_id, exchange_id, step, entry.get("id"),
-                         entry.get("next_agent_name") or entry.get("next_agent_id"), "handoff",
-                         {"previous_agent_id": entry.get("previous_agent_id"),
-                          "next_agent_id": entry.get("next_agent_id")}, asked_at_ms=ended_ms)
+        return _tool_row(
+            run_id,
+            exchange_id,
+            step,
+            entry.get("id"),
+            entry.get("next_agent_name") or entry.get("next_agent_id"),
+            "handoff",
+            {
+                "previous_agent_id": entry.get("previous_agent_id"),
+                "next_agent_id": entry.get("next_agent_id"),
+            },
+            asked_at_ms=ended_ms,
+        )
     return None
 
 
-def _tool_row(run_id: int, exchange_id: int, step: int, call_id: Any, name: Any, kind: str,
-              args: Any, *, asked_at_ms: float) -> dict[str, Any]:
-    return {"run_id": run_id, "exchange_id": exchange_id, "step": step,
-            "call_id": _clip(call_id), "tool_name": _clip(name), "kind": kind,
-            "args": _json(args), "return_value": None, "result_exchange_id": None,
-            "asked_at_ms": asked_at_ms, "latency_ms": None}
+def _tool_row(
+    run_id: int,
+    exchange_id: int,
+    step: int,
+    call_id: Any,
+    name: Any,
+    kind: str,
+    args: Any,
+    *,
+    asked_at_ms: float,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "exchange_id": exchange_id,
+        "step": step,
+        "call_id": _clip(call_id),
+        "tool_name": _clip(name),
+        "kind": kind,
+        "args": _json(args),
+        "return_value": None,
+        "result_exchange_id": None,
+        "asked_at_ms": asked_at_ms,
+        "latency_ms": None,
+    }
 
 
 def _clip(value: Any, size: int = 200) -> str | None:

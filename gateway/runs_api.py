@@ -39,10 +39,15 @@ def run_filter(query: Any) -> RunFilter:
     status = query.get("status") or None
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    return RunFilter(name=query.get("name") or None, agent_id=query.get("agent_id") or None,
-                     user=query.get("user") or None, tag=tag, status=status,
-                     since=parse_time("since", query.get("since")),
-                     until=parse_time("until", query.get("until")))
+    return RunFilter(
+        name=query.get("name") or None,
+        agent_id=query.get("agent_id") or None,
+        user=query.get("user") or None,
+        tag=tag,
+        status=status,
+        since=parse_time("since", query.get("since")),
+        until=parse_time("until", query.get("until")),
+    )
 
 
 @routes.get("/api/runs")
@@ -52,8 +57,9 @@ async def list_runs(request: web.Request) -> web.Response:
     before = query.get("before")
     if before and not re.fullmatch(r"\d{1,19}", before):
         raise BadRequest(f"before must be a cursor from a previous 'next', got {before!r}")
-    items, cursor = await request.app[RUNS].list_runs(run_filter(query), limit,
-                                                      int(before) if before else None)
+    items, cursor = await request.app[RUNS].list_runs(
+        run_filter(query), limit, int(before) if before else None
+    )
     return json_response({"items": items, "next": str(cursor) if cursor else None})
 
 
@@ -79,8 +85,7 @@ async def evaluation_body(request: web.Request) -> tuple[str, float]:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body must be JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise BadRequest('the body must be an object: {"metric_name": "...", '
-                         '"metric_value": 0.9}')
+        raise BadRequest('the body must be an object: {"metric_name": "...", "metric_value": 0.9}')
     name, value = body.get("metric_name"), body.get("metric_value")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise BadRequest("metric_name must be a non-empty string of at most 200 characters")
@@ -107,5 +112,4 @@ async def evaluate_exchange(request: web.Request) -> web.Response:
     found, run_id = await runs.run_of_exchange(exchange_id)
     if not found:
         raise not_found("exchange")
-    return json_response(await runs.add_evaluation(run_id, exchange_id, name, value),
-                         status=201)
+    return json_response(await runs.add_evaluation(run_id, exchange_id, name, value), status=201)

@@ -26,73 +26,194 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("upstream", "--upstream", "AGENTOPS_UPSTREAM", "https://api.mistral.ai",
-            "Mistral API base URL that calls are forwarded to."),
-    Setting("db", "--db", "AGENTOPS_DB", "sqlite://agentops.db",
-            "Database URL: sqlite://PATH or postgres://user:pass@host:5432/name."),
+    Setting(
+        "upstream",
+        "--upstream",
+        "AGENTOPS_UPSTREAM",
+        "https://api.mistral.ai",
+        "Mistral API base URL that calls are forwarded to.",
+    ),
+    Setting(
+        "db",
+        "--db",
+        "AGENTOPS_DB",
+        "sqlite://agentops.db",
+        "Database URL: sqlite://PATH or postgres://user:pass@host:5432/name.",
+    ),
     Setting("host", "--host", "AGENTOPS_HOST", "127.0.0.1", "Proxy listen address."),
     Setting("port", "--port", "AGENTOPS_PORT", 8080, "Proxy listen port.", "int"),
     Setting("ui_host", "--ui-host", "AGENTOPS_UI_HOST", "127.0.0.1", "UI/API listen address."),
     Setting("ui_port", "--ui-port", "AGENTOPS_UI_PORT", 8081, "UI/API listen port.", "int"),
-    Setting("ui_token", "--ui-token", "AGENTOPS_UI_TOKEN", None,
-            "Token required by the UI and API; needed to bind the UI to a non-loopback address."),
-    Setting("allowed_hosts", "--allowed-hosts", "AGENTOPS_ALLOWED_HOSTS", None,
-            "Comma-separated host names the UI/API answers to besides loopback names and IP "
-            "addresses (DNS-rebinding check); '.example.com' also matches subdomains."),
-    Setting("prices", "--prices", "AGENTOPS_PRICES", None,
-            "TOML or JSON price file overriding or extending the bundled table."),
-    Setting("max_body_bytes", "--max-body-bytes", "AGENTOPS_MAX_BODY_BYTES", 10 * 1024 * 1024,
-            "Bodies above this size are truncated in storage (never in the proxied call).",
-            "bytes"),
-    Setting("upstream_timeout", "--upstream-timeout", "AGENTOPS_UPSTREAM_TIMEOUT", 300.0,
-            "Seconds allowed between bytes from the upstream (not a total limit).", "float"),
-    Setting("queue_size", "--queue-size", "AGENTOPS_QUEUE_SIZE", 10_000,
-            "Capture records held in memory before they spill to the spool.", "int"),
-    Setting("queue_max_bytes", "--queue-max-bytes", "AGENTOPS_QUEUE_MAX_BYTES", 256 * 1024**2,
-            "Bytes of bodies those records may hold in memory before they spill to the spool.",
-            "bytes"),
-    Setting("spool_dir", "--spool-dir", "AGENTOPS_SPOOL_DIR", "./agentops-spool",
-            "Folder for records that could not be written to the database yet."),
-    Setting("spool_max_bytes", "--spool-max-bytes", "AGENTOPS_SPOOL_MAX_BYTES", 1024**3,
-            "Spool size limit; past it records are dropped and counted.", "bytes"),
-    Setting("shutdown_grace", "--shutdown-grace", "AGENTOPS_SHUTDOWN_GRACE", 30.0,
-            "Seconds in-flight calls get to finish on SIGTERM.", "float"),
-    Setting("retention_days", "--retention-days", "AGENTOPS_RETENTION_DAYS", None,
-            "Delete exchanges older than this many days (default: keep everything).", "days"),
-    Setting("run_idle", "--run-idle", "AGENTOPS_RUN_IDLE", 300.0,
-            "Seconds without a new exchange after which a run is finished.", "float"),
-    Setting("elevenlabs_upstream", "--elevenlabs-upstream", "AGENTOPS_ELEVENLABS_UPSTREAM",
-            "https://api.elevenlabs.io",
-            "ElevenLabs API base URL that calls to /elevenlabs/... are forwarded to."),
-    Setting("elevenlabs_usd_per_credit", "--elevenlabs-usd-per-credit",
-            "AGENTOPS_ELEVENLABS_USD_PER_CREDIT", 0.0001,
-            "USD per ElevenLabs credit (the character-cost header counts credits).", "float"),
-    Setting("wandb_project", "--wandb-project", "AGENTOPS_WANDB_PROJECT", None,
-            "Log each finished run to this Weights & Biases project (W&B's own WANDB_* "
-            "environment gives the key, entity and mode)."),
-    Setting("wandb_group_by", "--wandb-group-by", "AGENTOPS_WANDB_GROUP_BY", "name",
-            "W&B grouping: 'name' groups the wandb runs of agent runs with the same name; "
-            "'run' logs each agent run on its own."),
-    Setting("otel_endpoint", "--otel-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", None,
-            "OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318): export each exchange and run "
-            "as an OpenTelemetry span."),
-    Setting("metrics", "--metrics", "AGENTOPS_METRICS", "auto",
-            "Prometheus metrics at /metrics on the UI port: on, off, or auto (on when "
-            "prometheus-client is installed)."),
-    Setting("journal", "--journal", "AGENTOPS_JOURNAL", "on",
-            "Journal hand-offs and call starts under --spool-dir so a killed gateway loses at "
-            "most its last 5 ms of calls and reports the calls it cut: on or off."),
+    Setting(
+        "ui_token",
+        "--ui-token",
+        "AGENTOPS_UI_TOKEN",
+        None,
+        "Token required by the UI and API; needed to bind the UI to a non-loopback address.",
+    ),
+    Setting(
+        "allowed_hosts",
+        "--allowed-hosts",
+        "AGENTOPS_ALLOWED_HOSTS",
+        None,
+        "Comma-separated host names the UI/API answers to besides loopback names and IP "
+        "addresses (DNS-rebinding check); '.example.com' also matches subdomains.",
+    ),
+    Setting(
+        "prices",
+        "--prices",
+        "AGENTOPS_PRICES",
+        None,
+        "TOML or JSON price file overriding or extending the bundled table.",
+    ),
+    Setting(
+        "max_body_bytes",
+        "--max-body-bytes",
+        "AGENTOPS_MAX_BODY_BYTES",
+        10 * 1024 * 1024,
+        "Bodies above this size are truncated in storage (never in the proxied call).",
+        "bytes",
+    ),
+    Setting(
+        "upstream_timeout",
+        "--upstream-timeout",
+        "AGENTOPS_UPSTREAM_TIMEOUT",
+        300.0,
+        "Seconds allowed between bytes from the upstream (not a total limit).",
+        "float",
+    ),
+    Setting(
+        "queue_size",
+        "--queue-size",
+        "AGENTOPS_QUEUE_SIZE",
+        10_000,
+        "Capture records held in memory before they spill to the spool.",
+        "int",
+    ),
+    Setting(
+        "queue_max_bytes",
+        "--queue-max-bytes",
+        "AGENTOPS_QUEUE_MAX_BYTES",
+        256 * 1024**2,
+        "Bytes of bodies those records may hold in memory before they spill to the spool.",
+        "bytes",
+    ),
+    Setting(
+        "spool_dir",
+        "--spool-dir",
+        "AGENTOPS_SPOOL_DIR",
+        "./agentops-spool",
+        "Folder for records that could not be written to the database yet.",
+    ),
+    Setting(
+        "spool_max_bytes",
+        "--spool-max-bytes",
+        "AGENTOPS_SPOOL_MAX_BYTES",
+        1024**3,
+        "Spool size limit; past it records are dropped and counted.",
+        "bytes",
+    ),
+    Setting(
+        "shutdown_grace",
+        "--shutdown-grace",
+        "AGENTOPS_SHUTDOWN_GRACE",
+        30.0,
+        "Seconds in-flight calls get to finish on SIGTERM.",
+        "float",
+    ),
+    Setting(
+        "retention_days",
+        "--retention-days",
+        "AGENTOPS_RETENTION_DAYS",
+        None,
+        "Delete exchanges older than this many days (default: keep everything).",
+        "days",
+    ),
+    Setting(
+        "run_idle",
+        "--run-idle",
+        "AGENTOPS_RUN_IDLE",
+        300.0,
+        "Seconds without a new exchange after which a run is finished.",
+        "float",
+    ),
+    Setting(
+        "elevenlabs_upstream",
+        "--elevenlabs-upstream",
+        "AGENTOPS_ELEVENLABS_UPSTREAM",
+        "https://api.elevenlabs.io",
+        "ElevenLabs API base URL that calls to /elevenlabs/... are forwarded to.",
+    ),
+    Setting(
+        "elevenlabs_usd_per_credit",
+        "--elevenlabs-usd-per-credit",
+        "AGENTOPS_ELEVENLABS_USD_PER_CREDIT",
+        0.0001,
+        "USD per ElevenLabs credit (the character-cost header counts credits).",
+        "float",
+    ),
+    Setting(
+        "wandb_project",
+        "--wandb-project",
+        "AGENTOPS_WANDB_PROJECT",
+        None,
+        "Log each finished run to this Weights & Biases project (W&B's own WANDB_* "
+        "environment gives the key, entity and mode).",
+    ),
+    Setting(
+        "wandb_group_by",
+        "--wandb-group-by",
+        "AGENTOPS_WANDB_GROUP_BY",
+        "name",
+        "W&B grouping: 'name' groups the wandb runs of agent runs with the same name; "
+        "'run' logs each agent run on its own.",
+    ),
+    Setting(
+        "otel_endpoint",
+        "--otel-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        None,
+        "OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318): export each exchange and run "
+        "as an OpenTelemetry span.",
+    ),
+    Setting(
+        "metrics",
+        "--metrics",
+        "AGENTOPS_METRICS",
+        "auto",
+        "Prometheus metrics at /metrics on the UI port: on, off, or auto (on when "
+        "prometheus-client is installed).",
+    ),
+    Setting(
+        "journal",
+        "--journal",
+        "AGENTOPS_JOURNAL",
+        "on",
+        "Journal hand-offs and call starts under --spool-dir so a killed gateway loses at "
+        "most its last 5 ms of calls and reports the calls it cut: on or off.",
+    ),
 )
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 
 
 def parse_bytes(text: str) -> int:
     """'10MB', '1GiB', '20000' -> bytes."""
     raw = text.strip().lower().replace("_", "")
     number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = raw[len(number):].strip()
+    unit = raw[len(number) :].strip()
     if unit not in _UNITS or not number:
         raise ValueError(f"not a size: {text!r} (use a number of bytes, or e.g. 10MB, 1GiB)")
     value = int(float(number) * _UNITS[unit])
@@ -179,14 +300,17 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for flag, url in (("--upstream", self.upstream),
-                          ("--elevenlabs-upstream", self.elevenlabs_upstream)):
+        for flag, url in (
+            ("--upstream", self.upstream),
+            ("--elevenlabs-upstream", self.elevenlabs_upstream),
+        ):
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{flag} must be an http(s) URL, got {url!r}")
         if not self.db.startswith(("sqlite://", "postgres://", "postgresql://")):
             raise ConfigError(
                 f"--db must be sqlite://PATH or postgres://user:pass@host:port/name, "
-                f"got {self.db!r}")
+                f"got {self.db!r}"
+            )
         for name in ("port", "ui_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0-65535")
@@ -195,22 +319,29 @@ class Settings:
         if self.queue_max_bytes < 1:
             raise ConfigError("--queue-max-bytes must be at least 1")
         if self.wandb_group_by not in ("run", "name"):
-            raise ConfigError(f"--wandb-group-by / AGENTOPS_WANDB_GROUP_BY must be run or name, "
-                              f"got {self.wandb_group_by!r}")
+            raise ConfigError(
+                f"--wandb-group-by / AGENTOPS_WANDB_GROUP_BY must be run or name, "
+                f"got {self.wandb_group_by!r}"
+            )
         if self.metrics not in ("on", "off", "auto"):
-            raise ConfigError(f"--metrics / AGENTOPS_METRICS must be on, off or auto, "
-                              f"got {self.metrics!r}")
+            raise ConfigError(
+                f"--metrics / AGENTOPS_METRICS must be on, off or auto, got {self.metrics!r}"
+            )
         if self.journal not in ("on", "off"):
-            raise ConfigError(f"--journal / AGENTOPS_JOURNAL must be on or off, "
-                              f"got {self.journal!r}")
+            raise ConfigError(
+                f"--journal / AGENTOPS_JOURNAL must be on or off, got {self.journal!r}"
+            )
         if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
-            raise ConfigError("--otel-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT must be an "
-                              f"http(s) URL such as http://127.0.0.1:4318, "
-                              f"got {self.otel_endpoint!r}")
+            raise ConfigError(
+                "--otel-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT must be an "
+                f"http(s) URL such as http://127.0.0.1:4318, "
+                f"got {self.otel_endpoint!r}"
+            )
         if not self.ui_token and not is_loopback(self.ui_host):
             raise ConfigError(
                 f"refusing to serve the UI on {self.ui_host} without a token: "
-                "set --ui-token / AGENTOPS_UI_TOKEN, or bind --ui-host 127.0.0.1")
+                "set --ui-token / AGENTOPS_UI_TOKEN, or bind --ui-host 127.0.0.1"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -47,12 +47,31 @@ def columns_of(model: type[Model]) -> tuple[str, ...]:
 EXCHANGE_COLUMNS = columns_of(models.Exchange)
 BODY_COLUMNS = columns_of(models.ExchangeBody)
 SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
-_CONVERTED = tuple(EXCHANGE_COLUMNS.index(c) for c in
-                   ("started_at", "streamed", "truncated", "parse_error", "omitted"))
+_CONVERTED = tuple(
+    EXCHANGE_COLUMNS.index(c)
+    for c in ("started_at", "streamed", "truncated", "parse_error", "omitted")
+)
 LIST_COLUMNS = (
-    "id", "started_at", "method", "path", "status", "model", "endpoint", "streamed", "state",
-    "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms",
-    "ttft_ms", "run_id", "error", "replay_of", "provider",
+    "id",
+    "started_at",
+    "method",
+    "path",
+    "status",
+    "model",
+    "endpoint",
+    "streamed",
+    "state",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttfb_ms",
+    "ttft_ms",
+    "run_id",
+    "error",
+    "replay_of",
+    "provider",
 )
 
 
@@ -74,8 +93,13 @@ class ExchangeFilter:
 def tortoise_config(url: str) -> dict[str, Any]:
     return {
         "connections": {"default": url},
-        "apps": {"models": {"models": ["gateway.models"], "default_connection": "default",
-                            "migrations": "gateway.migrations"}},
+        "apps": {
+            "models": {
+                "models": ["gateway.models"],
+                "default_connection": "default",
+                "migrations": "gateway.migrations",
+            }
+        },
         "use_tz": True,
         "timezone": "UTC",
     }
@@ -122,8 +146,9 @@ def prepare_sqlite(path: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise StoreError(f"cannot create the folder {folder} for the SQLite database "
-                         f"{path}: {_why(exc)}") from None
+        raise StoreError(
+            f"cannot create the folder {folder} for the SQLite database {path}: {_why(exc)}"
+        ) from None
     if os.path.isdir(path):
         raise StoreError(f"cannot open the SQLite database {path}: it is a folder")
     try:
@@ -148,7 +173,7 @@ def _why(exc: OSError) -> str:
 class Store:
     def __init__(self, url: str) -> None:
         if url.startswith("postgresql://"):
-            url = "postgres://" + url[len("postgresql://"):]
+            url = "postgres://" + url[len("postgresql://") :]
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite://") else "postgres"
         self._conn: BaseDBAsyncClient | None = None
@@ -171,8 +196,10 @@ class Store:
                     await self._conn.execute_script(f"PRAGMA {pragma}")
         except Exception as exc:
             await self.close()
-            raise StoreError(f"cannot open database {describe_url(self.url)}: "
-                             f"{type(exc).__name__}: {exc}".strip()) from exc
+            raise StoreError(
+                f"cannot open database {describe_url(self.url)}: "
+                f"{type(exc).__name__}: {exc}".strip()
+            ) from exc
 
     async def close(self) -> None:
         try:
@@ -220,35 +247,49 @@ class Store:
         found = await self.rows(f"SELECT id FROM exchanges WHERE id IN ({marks})", ids)
         return {row["id"] for row in found}
 
-    async def insert(self, batch: Iterable[Rows],
-                     also: Callable[[BaseDBAsyncClient], Awaitable[None]] | None = None) -> None:
+    async def insert(
+        self,
+        batch: Iterable[Rows],
+        also: Callable[[BaseDBAsyncClient], Awaitable[None]] | None = None,
+    ) -> None:
         """Insert a batch in one transaction (with `also`, the runs' rows); rows already
         present (spool replays) are skipped."""
         batch = list(batch)
         if not batch:
             return
         exchanges = [self._exchange_values(r.exchange) for r in batch]
-        bodies = storable.rows("exchange_bodies", BODY_COLUMNS,
-                               [[r.bodies[c] for c in BODY_COLUMNS] for r in batch])
+        bodies = storable.rows(
+            "exchange_bodies", BODY_COLUMNS, [[r.bodies[c] for c in BODY_COLUMNS] for r in batch]
+        )
         search = [[r.exchange["id"], r.search_text] for r in batch]
         conflict = "ON CONFLICT DO NOTHING"
         async with in_transaction("default") as tx:
-            await tx.execute_many(self.sql(
-                f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(EXCHANGE_COLUMNS))}) {conflict}"), exchanges)
-            await tx.execute_many(self.sql(
-                f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
-                f"({', '.join('?' * len(BODY_COLUMNS))}) {conflict}"), bodies)
+            await tx.execute_many(
+                self.sql(
+                    f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(EXCHANGE_COLUMNS))}) {conflict}"
+                ),
+                exchanges,
+            )
+            await tx.execute_many(
+                self.sql(
+                    f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(BODY_COLUMNS))}) {conflict}"
+                ),
+                bodies,
+            )
             if self.dialect == "sqlite":
                 # OR REPLACE keeps spool replays idempotent; a NOT EXISTS probe costs 4x more.
                 await tx.execute_many(
-                    "INSERT OR REPLACE INTO exchange_fts (rowid, body) VALUES (?, ?)", search)
+                    "INSERT OR REPLACE INTO exchange_fts (rowid, body) VALUES (?, ?)", search
+                )
             else:
                 # Words cut here, in the writer, not by to_tsvector in the server: search.py
                 await tx.execute_many(
                     "INSERT INTO exchange_search (exchange_id, doc) "
                     "VALUES ($1, $2::tsvector) ON CONFLICT DO NOTHING",
-                    [[exchange_id, pg_document(text)] for exchange_id, text in search])
+                    [[exchange_id, pg_document(text)] for exchange_id, text in search],
+                )
             if also is not None:
                 await also(tx)
             await self.rollups.add_rows(tx, batch)  # after the runs they name exist
@@ -276,20 +317,38 @@ class Store:
             if self.dialect == "sqlite":
                 await tx.execute_query(f"DELETE FROM exchange_fts WHERE rowid IN ({marks})", ids)
             else:
-                await tx.execute_query(self.sql(
-                    f"DELETE FROM exchange_search WHERE exchange_id IN ({marks})"), ids)
-            for table in ("exchange_bodies", "messages", "tool_calls", "memory_snapshots",
-                          "evaluations"):
-                await tx.execute_query(self.sql(
-                    f"DELETE FROM {table} WHERE exchange_id IN ({marks})"), ids)
+                await tx.execute_query(
+                    self.sql(f"DELETE FROM exchange_search WHERE exchange_id IN ({marks})"), ids
+                )
+            for table in (
+                "exchange_bodies",
+                "messages",
+                "tool_calls",
+                "memory_snapshots",
+                "evaluations",
+            ):
+                await tx.execute_query(
+                    self.sql(f"DELETE FROM {table} WHERE exchange_id IN ({marks})"), ids
+                )
             # Diffs quote both outputs: they go with either exchange.
-            await tx.execute_query(self.sql(
-                f"DELETE FROM diffs WHERE a IN ({marks}) OR b IN ({marks})"), ids + ids)
-            runs = [row["run_id"] for row in (await tx.execute_query(self.sql(
-                f"SELECT DISTINCT run_id FROM exchanges WHERE id IN ({marks}) "
-                "AND run_id IS NOT NULL"), ids))[1]]
-            deleted, _ = await tx.execute_query(self.sql(
-                f"DELETE FROM exchanges WHERE id IN ({marks})"), ids)
+            await tx.execute_query(
+                self.sql(f"DELETE FROM diffs WHERE a IN ({marks}) OR b IN ({marks})"), ids + ids
+            )
+            runs = [
+                row["run_id"]
+                for row in (
+                    await tx.execute_query(
+                        self.sql(
+                            f"SELECT DISTINCT run_id FROM exchanges WHERE id IN ({marks}) "
+                            "AND run_id IS NOT NULL"
+                        ),
+                        ids,
+                    )
+                )[1]
+            ]
+            deleted, _ = await tx.execute_query(
+                self.sql(f"DELETE FROM exchanges WHERE id IN ({marks})"), ids
+            )
             if runs:
                 await self._recount_runs(tx, runs)
         return int(deleted or 0)
@@ -300,21 +359,41 @@ class Store:
         sums = ", ".join(
             f"{column} = (SELECT COALESCE(SUM(e.{source}), 0) FROM exchanges e "
             "WHERE e.run_id = runs.id)"
-            for column, source in (("prompt_tokens", "prompt_tokens"),
-                                   ("completion_tokens", "completion_tokens"),
-                                   ("total_tokens", "total_tokens"),
-                                   ("total_cost_usd", "cost_usd")))
-        await tx.execute_query(self.sql(
-            "UPDATE runs SET exchange_count = (SELECT COUNT(*) FROM exchanges e "
-            f"WHERE e.run_id = runs.id), {sums} WHERE id IN ({marks})"), run_ids)
-        empty = [row["id"] for row in (await tx.execute_query(self.sql(
-            f"SELECT id FROM runs WHERE id IN ({marks}) AND exchange_count = 0"), run_ids))[1]]
+            for column, source in (
+                ("prompt_tokens", "prompt_tokens"),
+                ("completion_tokens", "completion_tokens"),
+                ("total_tokens", "total_tokens"),
+                ("total_cost_usd", "cost_usd"),
+            )
+        )
+        await tx.execute_query(
+            self.sql(
+                "UPDATE runs SET exchange_count = (SELECT COUNT(*) FROM exchanges e "
+                f"WHERE e.run_id = runs.id), {sums} WHERE id IN ({marks})"
+            ),
+            run_ids,
+        )
+        empty = [
+            row["id"]
+            for row in (
+                await tx.execute_query(
+                    self.sql(f"SELECT id FROM runs WHERE id IN ({marks}) AND exchange_count = 0"),
+                    run_ids,
+                )
+            )[1]
+        ]
         if empty:
             emarks = ", ".join("?" * len(empty))
-            for table in ("messages", "tool_calls", "memory_snapshots", "evaluations",
-                          "run_conversations"):
-                await tx.execute_query(self.sql(
-                    f"DELETE FROM {table} WHERE run_id IN ({emarks})"), empty)
+            for table in (
+                "messages",
+                "tool_calls",
+                "memory_snapshots",
+                "evaluations",
+                "run_conversations",
+            ):
+                await tx.execute_query(
+                    self.sql(f"DELETE FROM {table} WHERE run_id IN ({emarks})"), empty
+                )
             await tx.execute_query(self.sql(f"DELETE FROM runs WHERE id IN ({emarks})"), empty)
 
     async def purge(self, older_than: datetime, batch_size: int = 1000) -> int:
@@ -322,8 +401,9 @@ class Store:
         bound = id_at(int(older_than.timestamp() * 1000))
         total = 0
         while True:
-            found = await self.rows("SELECT id FROM exchanges WHERE id < ? ORDER BY id LIMIT ?",
-                                    [bound, batch_size])
+            found = await self.rows(
+                "SELECT id FROM exchanges WHERE id < ? ORDER BY id LIMIT ?", [bound, batch_size]
+            )
             if not found:
                 return total
             total += await self.delete_exchanges([row["id"] for row in found])
@@ -332,19 +412,23 @@ class Store:
         """Price exchanges of a newly priced model whose cost is still null (set costs stay)."""
         found = await self.rows(
             "SELECT id, prompt_tokens, completion_tokens, cached_tokens, units FROM exchanges "
-            "WHERE model = ? AND cost_usd IS NULL", [model])
+            "WHERE model = ? AND cost_usd IS NULL",
+            [model],
+        )
         updates = []
         for row in found:
             units = orjson.loads(row["units"]) if row["units"] else None
-            cost = price_of(model, row["prompt_tokens"], row["completion_tokens"],
-                            row["cached_tokens"], units)
+            cost = price_of(
+                model, row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"], units
+            )
             if cost is not None:
                 updates.append([cost, row["id"]])
         if updates:
             async with in_transaction("default") as tx:
-                await tx.execute_many(self.sql(
-                    "UPDATE exchanges SET cost_usd = ? WHERE id = ? AND cost_usd IS NULL"),
-                    updates)
+                await tx.execute_many(
+                    self.sql("UPDATE exchanges SET cost_usd = ? WHERE id = ? AND cost_usd IS NULL"),
+                    updates,
+                )
                 await self.rollups.add_costs(tx, [(i, c) for c, i in updates])
         return len(updates)
 
@@ -354,27 +438,52 @@ class Store:
         """Set records aside: (id, captured at, error, encoded record). A record refused
         again (a retry) replaces its earlier row."""
         now = datetime.now(UTC)
-        values = storable.rows("quarantine", ("id", "captured_at", "quarantined_at", "error",
-                                              "size_bytes", "record"), [
-            [exchange_id, self._value(datetime.fromtimestamp(at, UTC)), self._value(now),
-             error, len(record), record] for exchange_id, at, error, record in items])
+        values = storable.rows(
+            "quarantine",
+            ("id", "captured_at", "quarantined_at", "error", "size_bytes", "record"),
+            [
+                [
+                    exchange_id,
+                    self._value(datetime.fromtimestamp(at, UTC)),
+                    self._value(now),
+                    error,
+                    len(record),
+                    record,
+                ]
+                for exchange_id, at, error, record in items
+            ],
+        )
         async with in_transaction("default") as tx:
-            await tx.execute_many(self.sql(
-                "INSERT INTO quarantine (id, captured_at, quarantined_at, error, size_bytes, "
-                "record) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "quarantined_at = excluded.quarantined_at, error = excluded.error, "
-                "size_bytes = excluded.size_bytes, record = excluded.record"), values)
+            await tx.execute_many(
+                self.sql(
+                    "INSERT INTO quarantine (id, captured_at, quarantined_at, error, size_bytes, "
+                    "record) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "quarantined_at = excluded.quarantined_at, error = excluded.error, "
+                    "size_bytes = excluded.size_bytes, record = excluded.record"
+                ),
+                values,
+            )
 
-    async def quarantine_list(self, limit: int, before: int | None) -> tuple[
-            list[dict[str, Any]], int | None]:
+    async def quarantine_list(
+        self, limit: int, before: int | None
+    ) -> tuple[list[dict[str, Any]], int | None]:
         where, params = ("WHERE id < ?", [before]) if before is not None else ("", [])
         found = await self.rows(
             "SELECT id, captured_at, quarantined_at, error, size_bytes FROM quarantine "
-            f"{where} ORDER BY id DESC LIMIT ?", [*params, limit + 1])
+            f"{where} ORDER BY id DESC LIMIT ?",
+            [*params, limit + 1],
+        )
         more = len(found) > limit
-        items = [{"id": str(row["id"]), "captured_at": iso_time(row["captured_at"]),
-                  "quarantined_at": iso_time(row["quarantined_at"]), "error": row["error"],
-                  "size_bytes": int(row["size_bytes"])} for row in found[:limit]]
+        items = [
+            {
+                "id": str(row["id"]),
+                "captured_at": iso_time(row["captured_at"]),
+                "quarantined_at": iso_time(row["quarantined_at"]),
+                "error": row["error"],
+                "size_bytes": int(row["size_bytes"]),
+            }
+            for row in found[:limit]
+        ]
         return items, (found[limit - 1]["id"] if more else None)
 
     async def quarantine_records(self, ids: list[int] | None) -> list[tuple[int, bytes]]:
@@ -386,15 +495,15 @@ class Store:
         else:
             marks = ", ".join("?" * len(ids))
             found = await self.rows(
-                f"SELECT id, record FROM quarantine WHERE id IN ({marks}) ORDER BY id", ids)
+                f"SELECT id, record FROM quarantine WHERE id IN ({marks}) ORDER BY id", ids
+            )
         return [(row["id"], bytes(row["record"])) for row in found]
 
     async def quarantine_delete(self, ids: list[int]) -> int:
         if not ids:
             return 0
         marks = ", ".join("?" * len(ids))
-        found = await self.rows(f"DELETE FROM quarantine WHERE id IN ({marks}) RETURNING id",
-                                ids)
+        found = await self.rows(f"DELETE FROM quarantine WHERE id IN ({marks}) RETURNING id", ids)
         return len(found)
 
     async def quarantine_count(self) -> int:
@@ -407,8 +516,13 @@ class Store:
         search index's own id when a search drives the query)."""
         clauses: list[str] = []
         params: list[Any] = []
-        for column, value in (("model", f.model), ("status", f.status), ("state", f.state),
-                              ("endpoint", f.endpoint), ("run_id", f.run)):
+        for column, value in (
+            ("model", f.model),
+            ("status", f.status),
+            ("state", f.state),
+            ("endpoint", f.endpoint),
+            ("run_id", f.run),
+        ):
             if value is not None:
                 clauses.append(f"e.{column} = ?")
                 params.append(value)
@@ -424,11 +538,13 @@ class Store:
         if f.q and key == "e.id":  # list_exchanges joins the search index instead
             if self.dialect == "sqlite":
                 clauses.append(
-                    "e.id IN (SELECT rowid FROM exchange_fts WHERE exchange_fts MATCH ?)")
+                    "e.id IN (SELECT rowid FROM exchange_fts WHERE exchange_fts MATCH ?)"
+                )
                 params.append(fts5_query(f.q))
             else:
-                clauses.append("e.id IN (SELECT exchange_id FROM exchange_search "
-                               "WHERE doc @@ ?::tsquery)")
+                clauses.append(
+                    "e.id IN (SELECT exchange_id FROM exchange_search WHERE doc @@ ?::tsquery)"
+                )
                 params.append(pg_query(f.q))
         return clauses, params
 
@@ -443,14 +559,17 @@ class Store:
             source, key = "exchange_fts f JOIN exchanges e ON e.id = f.rowid", "f.rowid"
             match, term = "exchange_fts MATCH ?", fts5_query(f.q)
         else:
-            source, key = ("exchange_search s JOIN exchanges e ON e.id = s.exchange_id",
-                           "s.exchange_id")
+            source, key = (
+                "exchange_search s JOIN exchanges e ON e.id = s.exchange_id",
+                "s.exchange_id",
+            )
             match, term = "s.doc @@ ?::tsquery", pg_query(f.q)
         clauses, params = self._where(f, key)
         return source, key, [match, *clauses], [term, *params]
 
-    async def list_exchanges(self, f: ExchangeFilter, limit: int, before: int | None,
-                             after: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    async def list_exchanges(
+        self, f: ExchangeFilter, limit: int, before: int | None, after: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
         """Newest first, keyset-paged. The page's ids come from one index walk (covering
         where an index has the filter column), then only those rows are read: sorting ids
         of a rare status is cheap, sorting whole rows is not."""
@@ -468,16 +587,25 @@ class Store:
         if f.q and self.dialect == "postgres":
             # The same page, with the matches collected through the GIN index first.
             gin = page.replace(
-                source, "(SELECT exchange_id FROM exchange_search WHERE doc @@ "
+                source,
+                "(SELECT exchange_id FROM exchange_search WHERE doc @@ "
                 "?::tsquery OFFSET 0) s JOIN exchanges e "
-                "ON e.id = s.exchange_id", 1).replace(f"WHERE {clauses[0]}", "WHERE TRUE", 1)
+                "ON e.id = s.exchange_id",
+                1,
+            ).replace(f"WHERE {clauses[0]}", "WHERE TRUE", 1)
             ids = await self._postgres_search(gin, page, args)
-            found = await self.rows(
-                f"SELECT {columns} FROM exchanges e WHERE e.id = ANY(?) ORDER BY e.id DESC",
-                [ids]) if ids else []
+            found = (
+                await self.rows(
+                    f"SELECT {columns} FROM exchanges e WHERE e.id = ANY(?) ORDER BY e.id DESC",
+                    [ids],
+                )
+                if ids
+                else []
+            )
         else:
-            found = await self.rows(f"SELECT {columns} FROM exchanges e WHERE e.id IN "
-                                    f"({page}) ORDER BY e.id DESC", args)
+            found = await self.rows(
+                f"SELECT {columns} FROM exchanges e WHERE e.id IN ({page}) ORDER BY e.id DESC", args
+            )
         more = len(found) > limit
         found = found[:limit]
         return [self._item(row) for row in found], (found[-1]["id"] if more else None)
@@ -499,8 +627,9 @@ class Store:
         async with in_transaction("default") as tx:
             # Few matches: look each one up. A merge or hash join would read the whole
             # exchanges index to meet them (the planner cannot know how few there are).
-            await tx.execute_script("SET LOCAL enable_mergejoin = off; "
-                                    "SET LOCAL enable_hashjoin = off")
+            await tx.execute_script(
+                "SET LOCAL enable_mergejoin = off; SET LOCAL enable_hashjoin = off"
+            )
             _, rows = await tx.execute_query(self.sql(gin), args)
         return [row[0] for row in rows]
 
@@ -509,11 +638,14 @@ class Store:
             "SELECT e.*, b.request_headers, b.request_body, b.request_body_encoding, "
             "b.response_headers, b.response_body, b.response_body_encoding "
             "FROM exchanges e LEFT JOIN exchange_bodies b ON b.exchange_id = e.id "
-            "WHERE e.id = ?", [exchange_id])
+            "WHERE e.id = ?",
+            [exchange_id],
+        )
         return self._item(found[0]) if found else None
 
-    async def request_bodies(self, ids: list[int],
-                             max_chars: int = 512 * 1024) -> dict[int, tuple[str | None, str]]:
+    async def request_bodies(
+        self, ids: list[int], max_chars: int = 512 * 1024
+    ) -> dict[int, tuple[str | None, str]]:
         """Request bodies (text, encoding) of a page of exchanges, for the list's previews;
         bodies above `max_chars` come back as None so a huge prompt never slows a page."""
         if not ids:
@@ -522,36 +654,49 @@ class Store:
         found = await self.rows(
             "SELECT exchange_id, request_body_encoding AS encoding, CASE WHEN "
             "LENGTH(request_body) <= ? THEN request_body END AS body FROM exchange_bodies "
-            f"WHERE exchange_id IN ({marks})", [max_chars, *ids])
+            f"WHERE exchange_id IN ({marks})",
+            [max_chars, *ids],
+        )
         return {row["exchange_id"]: (row["body"], row["encoding"]) for row in found}
 
     async def neighbours(self, run_id: int, exchange_id: int) -> tuple[int | None, int | None]:
         """The previous and next exchange of the same run (one index probe each)."""
-        before = await self.rows("SELECT MAX(id) AS id FROM exchanges WHERE run_id = ? "
-                                 "AND id < ?", [run_id, exchange_id])
-        after = await self.rows("SELECT MIN(id) AS id FROM exchanges WHERE run_id = ? "
-                                "AND id > ?", [run_id, exchange_id])
+        before = await self.rows(
+            "SELECT MAX(id) AS id FROM exchanges WHERE run_id = ? AND id < ?", [run_id, exchange_id]
+        )
+        after = await self.rows(
+            "SELECT MIN(id) AS id FROM exchanges WHERE run_id = ? AND id > ?", [run_id, exchange_id]
+        )
         return before[0]["id"], after[0]["id"]
 
     async def stats(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
         clauses, params = self._where(ExchangeFilter(since=since, until=until))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sums = ("COUNT(*) AS calls, COALESCE(SUM(e.prompt_tokens), 0) AS prompt_tokens, "
-                "COALESCE(SUM(e.completion_tokens), 0) AS completion_tokens, "
-                "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
-                "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
-                "THEN 1 ELSE 0 END) AS errors, "
-                # calls cut by a kill of the gateway (journal.py): known only by their start
-                "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls")
+        sums = (
+            "COUNT(*) AS calls, COALESCE(SUM(e.prompt_tokens), 0) AS prompt_tokens, "
+            "COALESCE(SUM(e.completion_tokens), 0) AS completion_tokens, "
+            "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
+            "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
+            "THEN 1 ELSE 0 END) AS errors, "
+            # calls cut by a kill of the gateway (journal.py): known only by their start
+            "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls"
+        )
         totals = (await self.rows(f"SELECT {sums} FROM exchanges e {where}", params))[0]
         by_model = await self.rows(
             f"SELECT e.model AS model, {sums} FROM exchanges e {where} "
-            "GROUP BY e.model ORDER BY cost_usd DESC, calls DESC", params)
+            "GROUP BY e.model ORDER BY cost_usd DESC, calls DESC",
+            params,
+        )
         by_provider = await self.rows(
             f"SELECT e.provider AS provider, {sums} FROM exchanges e {where} "
-            "GROUP BY e.provider ORDER BY cost_usd DESC, calls DESC", params)
-        return {"totals": _numbers(totals), "by_model": [_numbers(r) for r in by_model],
-                "by_provider": [_numbers(r) for r in by_provider]}
+            "GROUP BY e.provider ORDER BY cost_usd DESC, calls DESC",
+            params,
+        )
+        return {
+            "totals": _numbers(totals),
+            "by_model": [_numbers(r) for r in by_model],
+            "by_provider": [_numbers(r) for r in by_provider],
+        }
 
     async def unpriced(self, known: Iterable[str]) -> list[dict[str, Any]]:
         """Models with successful calls but no cost, and how many: read from the rollups,
@@ -580,8 +725,13 @@ class Store:
         return item
 
 
-def time_bounds(column: str, since: datetime | None, until: datetime | None,
-                clauses: list[str], params: list[Any]) -> None:
+def time_bounds(
+    column: str,
+    since: datetime | None,
+    until: datetime | None,
+    clauses: list[str],
+    params: list[Any],
+) -> None:
     """A time window as an id range: ids are time-sortable, so this is one index walk."""
     if since is not None:
         clauses.append(f"{column} >= ?")

@@ -112,9 +112,17 @@ def process_context() -> Any:
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["gateway.writer", "gateway.recorder", "gateway.providers",
-                                         "gateway.integrations.host", "tortoise.backends.sqlite",
-                                         "tortoise.backends.asyncpg", "prometheus_client"])
+        _context.set_forkserver_preload(
+            [
+                "gateway.writer",
+                "gateway.recorder",
+                "gateway.providers",
+                "gateway.integrations.host",
+                "tortoise.backends.sqlite",
+                "tortoise.backends.asyncpg",
+                "prometheus_client",
+            ]
+        )
     return _context
 
 
@@ -142,8 +150,12 @@ class WriterError(RuntimeError):
 class WriterProcess:
     """What the proxy and the API see of the recorder: submit, drained, health, call, stop."""
 
-    def __init__(self, settings: Settings, log_level: int = logging.INFO,
-                 environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_level: int = logging.INFO,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.log_level = log_level
         # Forked from a forkserver started earlier, the child would see that server's
@@ -199,10 +211,15 @@ class WriterProcess:
             if not own_if_busy:
                 raise WriterError(
                     f"--spool-dir {folder} is in use by another gateway process (pid "
-                    f"{holder}): give each gateway its own --spool-dir") from None
+                    f"{holder}): give each gateway its own --spool-dir"
+                ) from None
             private = folder / f"oneshot-{os.getpid()}"
-            log.info("--spool-dir %s is in use by pid %s: this command spools to %s",
-                     folder, holder, private)
+            log.info(
+                "--spool-dir %s is in use by pid %s: this command spools to %s",
+                folder,
+                holder,
+                private,
+            )
             self.settings = self.settings.replace(spool_dir=str(private))
             self.overflow = Spool(overflow_dir(self.settings), self.settings.spool_max_bytes)
             self.journal = Journal(journal_dir(self.settings))
@@ -221,7 +238,8 @@ class WriterProcess:
         self._lock_fd = None
         folder = Path(self.settings.spool_dir)
         if folder.name.startswith("oneshot-") and not any(
-                p.is_file() and p.name != "lock" for p in folder.rglob("*")):
+            p.is_file() and p.name != "lock" for p in folder.rglob("*")
+        ):
             shutil.rmtree(folder, ignore_errors=True)
 
     def recover(self) -> None:
@@ -238,7 +256,10 @@ class WriterProcess:
             log.warning(
                 "the previous gateway process stopped without a clean shutdown: %d records "
                 "recovered from its journal; %d calls were in flight and are missing (recorded "
-                "with state `interrupted`)", self.recovered_records, self.missing_calls)
+                "with state `interrupted`)",
+                self.recovered_records,
+                self.missing_calls,
+            )
         self.overflow.close()
         self.journal.discard()
         if self.settings.journal == "on":
@@ -259,9 +280,10 @@ class WriterProcess:
         handoff = [str(p) for p in self.overflow.release(everything=True)]
         self._process = ctx.Process(
             target=child_main,
-            args=(self.settings, (down_theirs, up_theirs), self.log_level, handoff,
-                  self.environ),
-            name="agentops-writer", daemon=True)
+            args=(self.settings, (down_theirs, up_theirs), self.log_level, handoff, self.environ),
+            name="agentops-writer",
+            daemon=True,
+        )
         with _main_module_hidden():
             self._process.start()
         down_theirs.close()
@@ -350,8 +372,7 @@ class WriterProcess:
         # Its counts die with it: keep the drops it reported, or /healthz would forget them.
         self._dropped_by_lost += self._health.get("dropped_records", 0)
         self._health = {"database": self._health.get("database", "unknown")}
-        log.error("the writer process exited; spooling %d records it held; restarting",
-                  len(held))
+        log.error("the writer process exited; spooling %d records it held; restarting", len(held))
         if held:
             self._spill(held)
         self._restart_task = asyncio.get_running_loop().create_task(self._restart())
@@ -388,8 +409,11 @@ class WriterProcess:
             if pid is None:
                 continue
             if not self._boosted and lag > self.lag_seconds:
-                log.warning("records have waited %.0f s for the writer: giving it an ordinary "
-                            "CPU share until it catches up", lag)
+                log.warning(
+                    "records have waited %.0f s for the writer: giving it an ordinary "
+                    "CPU share until it catches up",
+                    lag,
+                )
                 self._boosted = set_group_nice(pid, 0)
             elif self._boosted and lag < self.lag_seconds / 10:
                 log.info("the writer has caught up: back to idle priority")
@@ -424,9 +448,12 @@ class WriterProcess:
         ids = [exchange.id for exchange in batch]
         writer = self._writer
         size = sum(map(body_bytes, batch))
-        if (writer is None or writer.is_closing()
-                or len(self._unsettled) + len(batch) > self.queue_size
-                or self._unsettled_bytes + size > self.queue_max_bytes):
+        if (
+            writer is None
+            or writer.is_closing()
+            or len(self._unsettled) + len(batch) > self.queue_size
+            or self._unsettled_bytes + size > self.queue_max_bytes
+        ):
             if batch:
                 self._spill(batch)  # the spool first: an end noted means a record kept
             self.journal.write(None, [], starts, ids)
@@ -496,22 +523,29 @@ class WriterProcess:
         health["queue_size"] = self.queue_size
         health["spool_bytes"] = health.get("spool_bytes", 0) + self.overflow.size
         health["spooled_records"] = health.get("spooled_records", 0) + self.overflow.spooled
-        health["dropped_records"] = (health.get("dropped_records", 0) + self.overflow.dropped
-                                     + self._dropped_by_lost)
+        health["dropped_records"] = (
+            health.get("dropped_records", 0) + self.overflow.dropped + self._dropped_by_lost
+        )
         health["writer_process"] = "ok" if self._writer is not None else "down"
         health["writer_pid"] = self.pid
         health["missing_calls"] = self.missing_calls
         health["recovered_records"] = self.recovered_records
-        health["journal"] = ("off" if self.settings.journal == "off" else
-                             "ok" if self.journal.failed is None else self.journal.failed)
+        health["journal"] = (
+            "off"
+            if self.settings.journal == "off"
+            else "ok"
+            if self.journal.failed is None
+            else self.journal.failed
+        )
         health.setdefault("database", "unknown")
         lag = self.lag()
         health["writer_lag_seconds"] = round(lag, 3)
         health["writer_lagging"] = lag > self.lag_seconds
         if health["dropped_records"] > self._dropped_seen:
             self._dropped_seen, self._dropped_at = health["dropped_records"], time.monotonic()
-        health["dropped_recently"] = (self._dropped_at is not None
-                                      and time.monotonic() - self._dropped_at < DROPPED_WINDOW)
+        health["dropped_recently"] = (
+            self._dropped_at is not None and time.monotonic() - self._dropped_at < DROPPED_WINDOW
+        )
         return health
 
     async def stop(self, timeout: float) -> None:
@@ -546,10 +580,14 @@ class WriterProcess:
         self.overflow.close()
         final = self.health()  # the last word on this process's counts, for the log
         if "written_records" in final:  # a writer ran (a failed start says why, elsewhere)
-            log.info("writer stopped: %s records stored, %s spooled, %s dropped and "
-                     "counted, %s quarantined", final["written_records"],
-                     final.get("spooled_records", 0), final.get("dropped_records", 0),
-                     final.get("quarantined_by_writer", 0))
+            log.info(
+                "writer stopped: %s records stored, %s spooled, %s dropped and "
+                "counted, %s quarantined",
+                final["written_records"],
+                final.get("spooled_records", 0),
+                final.get("dropped_records", 0),
+                final.get("quarantined_by_writer", 0),
+            )
         # Everything is stored or spooled: the journal has nothing more to keep (unless the
         # spool refused some, which then stay in the journal for the next start).
         self.journal.close(clean=kept == len(leftover))
@@ -609,8 +647,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def child_main(settings: Settings, conn: tuple[Connection, Connection], log_level: int,
-               handoff: list[str], environ: dict[str, str] | None = None) -> None:
+def child_main(
+    settings: Settings,
+    conn: tuple[Connection, Connection],
+    log_level: int,
+    handoff: list[str],
+    environ: dict[str, str] | None = None,
+) -> None:
     if environ is not None:
         os.environ.clear()
         os.environ.update(environ)
@@ -620,8 +663,9 @@ def child_main(settings: Settings, conn: tuple[Connection, Connection], log_leve
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setsid()  # a session (and so an autogroup) of its own: see step_aside
-    logging.basicConfig(level=log_level,
-                        format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s")
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s"
+    )
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Child(settings, conn, handoff).run())
@@ -630,8 +674,9 @@ def child_main(settings: Settings, conn: tuple[Connection, Connection], log_leve
 class Child:
     """The writer process's loop: read frames in order, feed the recorder, answer calls."""
 
-    def __init__(self, settings: Settings, conn: tuple[Connection, Connection],
-                 handoff: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, conn: tuple[Connection, Connection], handoff: list[str]
+    ) -> None:
         self.settings = settings
         self.conn = conn
         self.handoff = handoff
@@ -661,8 +706,7 @@ class Child:
             with contextlib.suppress(ConnectionError):
                 await self.out.drain()
             return
-        tasks = [asyncio.create_task(self._push_health()),
-                 asyncio.create_task(self._finish_runs())]
+        tasks = [asyncio.create_task(self._push_health()), asyncio.create_task(self._finish_runs())]
         try:
             for path in self.handoff:  # what the proxy spooled while no writer was running
                 size = _size(Path(path))
@@ -689,11 +733,15 @@ class Child:
         self.grouper = Grouper(self.settings.run_idle)
         await rebuild_grouper(self.grouper, self.run_store)
         self.recorder = Recorder(
-            self.store, Spool(self.settings.spool_dir, self.settings.spool_max_bytes),
+            self.store,
+            Spool(self.settings.spool_dir, self.settings.spool_max_bytes),
             lambda name: providers.get(name, providers["mistral"]),
-            PriceTable.load(self.settings.prices), max_body_bytes=self.settings.max_body_bytes,
-            queue_size=self.settings.queue_size, grouper=self.grouper,
-            run_store=self.run_store)
+            PriceTable.load(self.settings.prices),
+            max_body_bytes=self.settings.max_body_bytes,
+            queue_size=self.settings.queue_size,
+            grouper=self.grouper,
+            run_store=self.run_store,
+        )
         self.recorder.on_settled = self._settled
         self.recorder.start()
         from gateway.integrations.host import IntegrationHost
@@ -806,8 +854,9 @@ async def rebuild_grouper(grouper: Any, run_store: Any) -> None:
         if row["parent_id"] is not None:
             grouper.extended.add(row["parent_id"])
         if row["thread_key"]:
-            grouper.remember_thread(row["thread_key"], row["id"], row["run_id"],
-                                    _time(row["started_at"]).timestamp())
+            grouper.remember_thread(
+                row["thread_key"], row["id"], row["run_id"], _time(row["started_at"]).timestamp()
+            )
     for row in await run_store.open_named_runs():
         grouper.names[row["name"]] = (row["id"], _time(row["last_seen_at"]).timestamp())
     for row in reversed(await run_store.conversation_links(THREAD_LIMIT)):

@@ -77,13 +77,15 @@ async def _pg_available() -> str | None:
 
 
 TEMPLATES: dict[str, str] = {}  # "sqlite" -> migrated file, "postgres" -> template database
-MIGRATE = ("import asyncio, sys\n"
-           "from gateway.store import Store\n"
-           "async def main():\n"
-           "    store = Store(sys.argv[1])\n"
-           "    await store.open()\n"
-           "    await store.close()\n"
-           "asyncio.run(main())\n")
+MIGRATE = (
+    "import asyncio, sys\n"
+    "from gateway.store import Store\n"
+    "async def main():\n"
+    "    store = Store(sys.argv[1])\n"
+    "    await store.open()\n"
+    "    await store.close()\n"
+    "asyncio.run(main())\n"
+)
 
 
 def _migrate(url: str) -> None:
@@ -120,10 +122,12 @@ async def _pg_template(admin: asyncpg.Connection) -> str:
 def _drop_templates() -> Iterator[None]:
     yield
     if "postgres" in TEMPLATES:
+
         async def drop() -> None:
             admin = await asyncpg.connect(PG_DSN)
             await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATES["postgres"]}" WITH (FORCE)')
             await admin.close()
+
         asyncio.run(drop())
     if "sqlite" in TEMPLATES:
         shutil.rmtree(Path(TEMPLATES["sqlite"]).parent, ignore_errors=True)
@@ -189,14 +193,22 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settings:
     """Settings for a test gateway on ephemeral ports; a new SQLite file starts migrated."""
     if db.startswith("sqlite://"):
-        db = migrated_sqlite(Path(db[len("sqlite://"):]))
-    return Settings(upstream=upstream_url, db=db, port=0, ui_port=0,
-                    spool_dir=str(tmp_path / "spool"), shutdown_grace=2.0, **extra)
+        db = migrated_sqlite(Path(db[len("sqlite://") :]))
+    return Settings(
+        upstream=upstream_url,
+        db=db,
+        port=0,
+        ui_port=0,
+        spool_dir=str(tmp_path / "spool"),
+        shutdown_grace=2.0,
+        **extra,
+    )
 
 
 @asynccontextmanager
-async def running(settings: Settings,
-                  environ: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
+async def running(
+    settings: Settings, environ: dict[str, str] | None = None
+) -> AsyncIterator[Gateway]:
     """A real gateway on ephemeral ports for the length of the block (`environ`: what it
     reads its replay key from; the process's environment when None)."""
     gw = Gateway(settings, environ)
@@ -216,14 +228,21 @@ async def gateway(upstream: Upstream, db_url: str, tmp_path: Path) -> AsyncItera
 @pytest.fixture
 async def sqlite_gateway(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
     """SQLite only: for transport tests where the database does not matter."""
-    async with running(make_settings(upstream.url, migrated_sqlite(tmp_path / "gw.db"),
-                                     tmp_path)) as gw:
+    async with running(
+        make_settings(upstream.url, migrated_sqlite(tmp_path / "gw.db"), tmp_path)
+    ) as gw:
         yield gw
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -286,11 +305,18 @@ async def wait_for_health(url: str, proc: asyncio.subprocess.Process) -> None:
 
 async def calls(gw: Gateway, count: int, tag: str, key: str = CALL_KEY) -> list[int]:
     async def one(n: int) -> int:
-        payload = {"model": "mistral-small-latest",
-                   "messages": [{"role": "user", "content": f"{tag} {n}"}]}
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{gw.proxy_url}/v1/chat/completions", json=payload,
-                headers={"Authorization": f"Bearer {key}"}) as resp:
+        payload = {
+            "model": "mistral-small-latest",
+            "messages": [{"role": "user", "content": f"{tag} {n}"}],
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{gw.proxy_url}/v1/chat/completions",
+                json=payload,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp,
+        ):
             await resp.read()
             return resp.status
 

@@ -25,8 +25,12 @@ from aiohttp import web
 
 from tests.fake_mistral import REQUESTS, record_middleware
 
-CREDITS_PER_CHARACTER = {"eleven_flash_v2_5": 0.5, "eleven_turbo_v2_5": 0.5,
-                         "eleven_flash_v2": 0.5, "eleven_turbo_v2": 0.5}
+CREDITS_PER_CHARACTER = {
+    "eleven_flash_v2_5": 0.5,
+    "eleven_turbo_v2_5": 0.5,
+    "eleven_flash_v2": 0.5,
+    "eleven_turbo_v2": 0.5,
+}
 VOICES = (
     ("21m00Tcm4TlvDq8ikWAM", "Rachel", "premade", {"accent": "american", "gender": "female"}),
     ("JBFqnCBsd6RMkjVDRZzb", "George", "premade", {"accent": "british", "gender": "male"}),
@@ -47,8 +51,15 @@ def credits(text: str, model_id: str) -> int:
 
 
 def error(status: int, kind: str, message: str) -> web.Response:
-    body = {"detail": {"type": "error", "code": kind, "status": kind, "message": message,
-                       "request_id": uuid.uuid4().hex}}
+    body = {
+        "detail": {
+            "type": "error",
+            "code": kind,
+            "status": kind,
+            "message": message,
+            "request_id": uuid.uuid4().hex,
+        }
+    }
     return web.json_response(body, status=status, dumps=lambda v: orjson.dumps(v).decode())
 
 
@@ -74,14 +85,19 @@ async def _speech_request(request: web.Request) -> tuple[str, str, str] | web.Re
         return error(400, "invalid_json", "Request body is not valid JSON.")
     text = body.get("text") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text:
-        return web.json_response({"detail": [{"loc": ["body", "text"], "msg": "Field required",
-                                              "type": "missing"}]}, status=422)
+        return web.json_response(
+            {"detail": [{"loc": ["body", "text"], "msg": "Field required", "type": "missing"}]},
+            status=422,
+        )
     return voice_id, text, body.get("model_id") or "eleven_multilingual_v2"
 
 
 def _headers(request: web.Request, text: str, model_id: str) -> dict[str, str]:
-    headers = {"request-id": uuid.uuid4().hex, "current-concurrent-requests": "1",
-               "maximum-concurrent-requests": "5"}
+    headers = {
+        "request-id": uuid.uuid4().hex,
+        "current-concurrent-requests": "1",
+        "maximum-concurrent-requests": "5",
+    }
     if request.headers.get("x-fake-no-cost") != "1":
         headers["character-cost"] = str(credits(text, model_id))
     return headers
@@ -92,8 +108,11 @@ async def text_to_speech(request: web.Request) -> web.StreamResponse:
     if isinstance(parsed, web.Response):
         return parsed
     voice_id, text, model_id = parsed
-    return web.Response(body=audio_for(text, voice_id), content_type="audio/mpeg",
-                        headers=_headers(request, text, model_id))
+    return web.Response(
+        body=audio_for(text, voice_id),
+        content_type="audio/mpeg",
+        headers=_headers(request, text, model_id),
+    )
 
 
 async def text_to_speech_stream(request: web.Request) -> web.StreamResponse:
@@ -102,8 +121,9 @@ async def text_to_speech_stream(request: web.Request) -> web.StreamResponse:
         return parsed
     voice_id, text, model_id = parsed
     audio = audio_for(text, voice_id)
-    response = web.StreamResponse(headers={**_headers(request, text, model_id),
-                                           "Content-Type": "audio/mpeg"})
+    response = web.StreamResponse(
+        headers={**_headers(request, text, model_id), "Content-Type": "audio/mpeg"}
+    )
     response.enable_chunked_encoding()
     await response.prepare(request)
     delay = int(request.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
@@ -111,7 +131,7 @@ async def text_to_speech_stream(request: web.Request) -> web.StreamResponse:
     for start in range(0, len(audio), size):
         if delay and start:
             await asyncio.sleep(delay)
-        await response.write(audio[start:start + size])
+        await response.write(audio[start : start + size])
     await response.write_eof()
     return response
 
@@ -122,12 +142,21 @@ async def text_to_speech_with_timestamps(request: web.Request) -> web.StreamResp
         return parsed
     voice_id, text, model_id = parsed
     starts = [round(i * 0.07, 3) for i in range(len(text))]
-    alignment = {"characters": list(text), "character_start_times_seconds": starts,
-                 "character_end_times_seconds": [round(s + 0.07, 3) for s in starts]}
-    body = {"audio_base64": base64.b64encode(audio_for(text, voice_id)).decode(),
-            "alignment": alignment, "normalized_alignment": alignment}
-    return web.Response(body=orjson.dumps(body), content_type="application/json",
-                        headers=_headers(request, text, model_id))
+    alignment = {
+        "characters": list(text),
+        "character_start_times_seconds": starts,
+        "character_end_times_seconds": [round(s + 0.07, 3) for s in starts],
+    }
+    body = {
+        "audio_base64": base64.b64encode(audio_for(text, voice_id)).decode(),
+        "alignment": alignment,
+        "normalized_alignment": alignment,
+    }
+    return web.Response(
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=_headers(request, text, model_id),
+    )
 
 
 async def text_to_speech_stream_with_timestamps(request: web.Request) -> web.StreamResponse:
@@ -136,27 +165,47 @@ async def text_to_speech_stream_with_timestamps(request: web.Request) -> web.Str
     if isinstance(parsed, web.Response):
         return parsed
     voice_id, text, model_id = parsed
-    response = web.StreamResponse(headers={**_headers(request, text, model_id),
-                                           "Content-Type": "application/json"})
+    response = web.StreamResponse(
+        headers={**_headers(request, text, model_id), "Content-Type": "application/json"}
+    )
     response.enable_chunked_encoding()
     await response.prepare(request)
     audio, words = audio_for(text, voice_id), text.split(" ")
     size = math.ceil(len(audio) / len(words))
     for index, word in enumerate(words):
-        piece = audio[index * size:(index + 1) * size]
-        alignment = {"characters": list(word), "character_start_times_seconds": [0.0] * len(word),
-                     "character_end_times_seconds": [0.1] * len(word)}
-        await response.write(orjson.dumps({"audio_base64": base64.b64encode(piece).decode(),
-                                           "alignment": alignment,
-                                           "normalized_alignment": alignment}) + b"\n")
+        piece = audio[index * size : (index + 1) * size]
+        alignment = {
+            "characters": list(word),
+            "character_start_times_seconds": [0.0] * len(word),
+            "character_end_times_seconds": [0.1] * len(word),
+        }
+        await response.write(
+            orjson.dumps(
+                {
+                    "audio_base64": base64.b64encode(piece).decode(),
+                    "alignment": alignment,
+                    "normalized_alignment": alignment,
+                }
+            )
+            + b"\n"
+        )
     await response.write_eof()
     return response
 
 
 async def voices(request: web.Request) -> web.Response:
-    items = [{"voice_id": vid, "name": name, "category": category, "labels": labels,
-              "description": None, "preview_url": None, "settings": None}
-             for vid, name, category, labels in VOICES]
+    items = [
+        {
+            "voice_id": vid,
+            "name": name,
+            "category": category,
+            "labels": labels,
+            "description": None,
+            "preview_url": None,
+            "settings": None,
+        }
+        for vid, name, category, labels in VOICES
+    ]
     return web.Response(body=orjson.dumps({"voices": items}), content_type="application/json")
 
 
@@ -165,10 +214,13 @@ def make_app() -> web.Application:
     app[REQUESTS] = []
     app.router.add_post("/v1/text-to-speech/{voice_id}", text_to_speech)
     app.router.add_post("/v1/text-to-speech/{voice_id}/stream", text_to_speech_stream)
-    app.router.add_post("/v1/text-to-speech/{voice_id}/with-timestamps",
-                        text_to_speech_with_timestamps)
-    app.router.add_post("/v1/text-to-speech/{voice_id}/stream/with-timestamps",
-                        text_to_speech_stream_with_timestamps)
+    app.router.add_post(
+        "/v1/text-to-speech/{voice_id}/with-timestamps", text_to_speech_with_timestamps
+    )
+    app.router.add_post(
+        "/v1/text-to-speech/{voice_id}/stream/with-timestamps",
+        text_to_speech_stream_with_timestamps,
+    )
     app.router.add_get("/v1/voices", voices)
     return app
 

@@ -266,8 +266,14 @@ def _answer(sampling: Sampling, prompt: str, salt: object = 0, min_words: int = 
 
 
 def _thinking(sampling: Sampling, prompt: str, salt: object) -> str:
-    rng = _rng("think", sampling.model, sampling.temperature,
-               None if sampling.temperature <= 0 else sampling.seed, prompt, salt)
+    rng = _rng(
+        "think",
+        sampling.model,
+        sampling.temperature,
+        None if sampling.temperature <= 0 else sampling.seed,
+        prompt,
+        salt,
+    )
     return "Let me think. " + _compose(rng, rng.randint(8, 16))
 
 

@@ -60,12 +60,24 @@ def decode(body: bytes) -> list[Span]:
         resource = _attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for s in scope_spans.spans:
-                spans.append(Span(
-                    s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
-                    s.start_time_unix_nano, s.end_time_unix_nano, s.kind, s.status.code,
-                    _attributes(s.attributes),
-                    [(link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes))
-                     for link in s.links], resource))
+                spans.append(
+                    Span(
+                        s.name,
+                        s.trace_id.hex(),
+                        s.span_id.hex(),
+                        s.parent_span_id.hex(),
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        s.kind,
+                        s.status.code,
+                        _attributes(s.attributes),
+                        [
+                            (link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes))
+                            for link in s.links
+                        ],
+                        resource,
+                    )
+                )
     return spans
 
 
@@ -83,8 +95,10 @@ async def otlp_receiver() -> AsyncIterator[Receiver]:
             body = gzip.decompress(body)
         receiver.requests += 1
         receiver.spans += decode(body)
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)

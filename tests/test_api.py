@@ -22,12 +22,20 @@ async def ui(gateway: Gateway) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def call(gw: Gateway, content: str, *, model: str = "mistral-small-latest",
-               headers: dict[str, str] | None = None) -> int:
+async def call(
+    gw: Gateway,
+    content: str,
+    *,
+    model: str = "mistral-small-latest",
+    headers: dict[str, str] | None = None,
+) -> int:
     payload = {"model": model, "messages": [{"role": "user", "content": content}]}
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{gw.proxy_url}/v1/chat/completions", json=payload,
-            headers={**AUTH, **(headers or {})}) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json=payload, headers={**AUTH, **(headers or {})}
+        ) as resp,
+    ):
         await resp.read()
         return resp.status
 
@@ -39,8 +47,9 @@ async def get(ui: aiohttp.ClientSession, path: str, **params: str) -> tuple[int,
 
 async def test_list_filters_and_cursor(gateway: Gateway, ui):
     for n in range(7):
-        await call(gateway, f"question {n}", model="mistral-small-latest" if n % 2 else
-                   "codestral-latest")
+        await call(
+            gateway, f"question {n}", model="mistral-small-latest" if n % 2 else "codestral-latest"
+        )
     await call(gateway, "rate limited", headers={"x-fake-status": "429"})
     await gateway.recorder.drained(timeout=10)
 
@@ -54,9 +63,26 @@ async def test_list_filters_and_cursor(gateway: Gateway, ui):
     assert seen == sorted(seen, key=int, reverse=True)  # newest first
 
     item = page["items"][0]
-    for key in ("id", "started_at", "method", "path", "status", "model", "endpoint", "streamed",
-                "state", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd",
-                "latency_ms", "ttfb_ms", "ttft_ms", "run_id", "error"):
+    for key in (
+        "id",
+        "started_at",
+        "method",
+        "path",
+        "status",
+        "model",
+        "endpoint",
+        "streamed",
+        "state",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost_usd",
+        "latency_ms",
+        "ttfb_ms",
+        "ttft_ms",
+        "run_id",
+        "error",
+    ):
         assert key in item
 
     _, small = await get(ui, "/api/exchanges", model="mistral-small-latest")
@@ -71,8 +97,9 @@ async def test_list_filters_and_cursor(gateway: Gateway, ui):
     assert future["items"] == []
     _, past = await get(ui, "/api/exchanges", until="2000-01-01T00:00:00Z")
     assert past["items"] == []
-    _, window = await get(ui, "/api/exchanges", since="2000-01-01T00:00:00Z",
-                          until="2999-01-01T00:00:00+00:00")
+    _, window = await get(
+        ui, "/api/exchanges", since="2000-01-01T00:00:00Z", until="2999-01-01T00:00:00+00:00"
+    )
     assert len(window["items"]) == 8
 
 
@@ -105,10 +132,20 @@ async def test_detail_delete_and_errors(gateway: Gateway, ui):
     exchange_id = page["items"][0]["id"]
     status, detail = await get(ui, f"/api/exchanges/{exchange_id}")
     assert status == 200
-    for key in ("client_path", "request_model", "request_headers", "request_body",
-                "response_headers", "response_body", "request_body_encoding",
-                "response_body_encoding", "output_text", "finish_reason", "key_fingerprint",
-                "truncated"):
+    for key in (
+        "client_path",
+        "request_model",
+        "request_headers",
+        "request_body",
+        "response_headers",
+        "response_body",
+        "request_body_encoding",
+        "response_body_encoding",
+        "output_text",
+        "finish_reason",
+        "key_fingerprint",
+        "truncated",
+    ):
         assert key in detail
     assert detail["request_body"]["messages"][0]["content"] == "details please"
     assert ["Authorization", "[redacted]"] in detail["request_headers"]
@@ -122,10 +159,15 @@ async def test_detail_delete_and_errors(gateway: Gateway, ui):
     assert gone["items"] == []
 
     assert (await get(ui, "/api/exchanges/not-an-id"))[0] == 404
-    for params, word in (({"limit": "0"}, "limit"), ({"limit": "9999"}, "limit"),
-                         ({"limit": "ten"}, "limit"), ({"status": "teapot"}, "status"),
-                         ({"since": "yesterday"}, "since"), ({"before": "xyz"}, "before"),
-                         ({"run": "abc"}, "run")):
+    for params, word in (
+        ({"limit": "0"}, "limit"),
+        ({"limit": "9999"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"status": "teapot"}, "status"),
+        ({"since": "yesterday"}, "since"),
+        ({"before": "xyz"}, "before"),
+        ({"run": "abc"}, "run"),
+    ):
         status, body = await get(ui, "/api/exchanges", **params)
         assert status == 400 and word in body["error"], (params, body)
     status, body = await get(ui, "/api/stats", until="nope")
@@ -143,8 +185,14 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
     assert stats["totals"]["cost_usd"] > 0
     models = {row["model"]: row for row in stats["by_model"]}
     assert models["mistral-small-latest"]["calls"] == 2
-    assert set(stats["totals"]) == {"calls", "prompt_tokens", "completion_tokens", "cost_usd",
-                                    "errors", "missing_calls"}
+    assert set(stats["totals"]) == {
+        "calls",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "errors",
+        "missing_calls",
+    }
     assert stats["totals"]["missing_calls"] == 0
 
     _, prices = await get(ui, "/api/prices")
@@ -154,20 +202,27 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
 
     status, health = await get(ui, "/healthz")
     assert status == 200 and health["status"] == "ok" and health["reasons"] == []
-    for key in ("queue_depth", "spool_bytes", "dropped_records", "database", "quarantined",
-                "missing_calls", "writer_lag_seconds"):
+    for key in (
+        "queue_depth",
+        "spool_bytes",
+        "dropped_records",
+        "database",
+        "quarantined",
+        "missing_calls",
+        "writer_lag_seconds",
+    ):
         assert key in health
 
 
-async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstream,
-                                                               tmp_path: Path):
+async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstream, tmp_path: Path):
     db = f"sqlite://{tmp_path / 'keep.db'}"
     async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         await call(gw, "remember me", model="my-private-finetune")
         await gw.recorder.drained(timeout=10)
     prices = tmp_path / "prices.toml"
-    prices.write_text('[models."my-private-finetune"]\ninput_per_mtok = 1.0\n'
-                      'output_per_mtok = 2.0\n')
+    prices.write_text(
+        '[models."my-private-finetune"]\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n'
+    )
     async with running(make_settings(upstream.url, db, tmp_path, prices=str(prices))) as gw:
         await gw.costs_filled
         async with aiohttp.ClientSession(gw.ui_url) as ui:
@@ -179,8 +234,9 @@ async def test_restart_keeps_data_and_new_prices_fill_old_costs(upstream: Upstre
 
 
 async def test_token_guards_everything_but_health(upstream: Upstream, tmp_path: Path):
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'tok.db'}", tmp_path,
-                             ui_token="s3cret-token")
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'tok.db'}", tmp_path, ui_token="s3cret-token"
+    )
     async with running(settings) as gw, aiohttp.ClientSession(gw.ui_url) as ui:
         assert (await get(ui, "/healthz"))[0] == 200
         for path in ("/api/exchanges", "/api/stats"):
@@ -188,9 +244,9 @@ async def test_token_guards_everything_but_health(upstream: Upstream, tmp_path: 
                 assert resp.status == 401, path
         async with ui.get("/", allow_redirects=False) as resp:  # a page: to the login form
             assert resp.status == 303 and resp.headers["Location"].startswith("/login?next=")
-        async with ui.get("/api/exchanges",
-                          headers={"Authorization": "Bearer wrong"}) as resp:
+        async with ui.get("/api/exchanges", headers={"Authorization": "Bearer wrong"}) as resp:
             assert resp.status == 401
-        async with ui.get("/api/exchanges",
-                          headers={"Authorization": "Bearer s3cret-token"}) as resp:
+        async with ui.get(
+            "/api/exchanges", headers={"Authorization": "Bearer s3cret-token"}
+        ) as resp:
             assert resp.status == 200

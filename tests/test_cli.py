@@ -20,8 +20,13 @@ from tests.conftest import CLI, ROOT, Upstream, calls, free_port, running, wait_
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})}, cwd=ROOT)
+        *CLI,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -40,16 +45,19 @@ def test_readme_documents_every_setting():
         assert setting.env in readme, f"README does not document {setting.env}"
 
 
-@pytest.mark.parametrize(("args", "env", "expected"), [
-    (["serve", "--port", "eighty"], {}, "--port"),
-    (["serve", "--max-body-bytes", "lots"], {}, "--max-body-bytes"),
-    (["serve", "--upstream", "ftp://x"], {}, "--upstream"),
-    (["serve", "--db", "mysql://x"], {}, "--db"),
-    (["serve"], {"AGENTOPS_QUEUE_SIZE": "-3"}, "AGENTOPS_QUEUE_SIZE"),
-    (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
-    (["serve", "--no-such-flag"], {}, "no-such-flag"),
-    (["purge", "--older-than", "soon"], {}, "--older-than"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["serve", "--port", "eighty"], {}, "--port"),
+        (["serve", "--max-body-bytes", "lots"], {}, "--max-body-bytes"),
+        (["serve", "--upstream", "ftp://x"], {}, "--upstream"),
+        (["serve", "--db", "mysql://x"], {}, "--db"),
+        (["serve"], {"AGENTOPS_QUEUE_SIZE": "-3"}, "AGENTOPS_QUEUE_SIZE"),
+        (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
+        (["serve", "--no-such-flag"], {}, "no-such-flag"),
+        (["purge", "--older-than", "soon"], {}, "--older-than"),
+    ],
+)
 async def test_bad_input_gives_one_clear_line(args, env, expected):
     code, _, err = await run(*args, env=env)
     assert code == 2
@@ -59,9 +67,17 @@ async def test_bad_input_gives_one_clear_line(args, env, expected):
 
 async def test_unreachable_database_is_one_line(tmp_path: Path):
     port = free_port()
-    code, _, err = await run("serve", "--db", f"postgres://nobody@127.0.0.1:{port}/none",
-                             "--port", "0", "--ui-port", "0",
-                             "--spool-dir", str(tmp_path / "s"))
+    code, _, err = await run(
+        "serve",
+        "--db",
+        f"postgres://nobody@127.0.0.1:{port}/none",
+        "--port",
+        "0",
+        "--ui-port",
+        "0",
+        "--spool-dir",
+        str(tmp_path / "s"),
+    )
     assert code == 2
     assert "cannot open database" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -70,32 +86,56 @@ async def test_unreachable_database_is_one_line(tmp_path: Path):
 async def test_bad_price_file_is_one_line(tmp_path: Path):
     prices = tmp_path / "prices.toml"
     prices.write_text("[models.x]\ninput_per_mtok = 'free'\n")
-    code, _, err = await run("serve", "--prices", str(prices), "--db",
-                             f"sqlite://{tmp_path / 'p.db'}")
+    code, _, err = await run(
+        "serve", "--prices", str(prices), "--db", f"sqlite://{tmp_path / 'p.db'}"
+    )
     assert code == 2 and str(prices) in err and "Traceback" not in err
 
 
 @pytest.mark.slow
-async def test_sigterm_finishes_short_calls_and_records_long_ones(upstream: Upstream,
-                                                                  tmp_path: Path):
+async def test_sigterm_finishes_short_calls_and_records_long_ones(
+    upstream: Upstream, tmp_path: Path
+):
     port, ui_port = free_port(), free_port()
     db = f"sqlite://{tmp_path / 'term.db'}"
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--upstream", upstream.url, "--db", db, "--port", str(port),
-        "--ui-port", str(ui_port), "--shutdown-grace", "1.5",
-        "--spool-dir", str(tmp_path / "spool"), cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *CLI,
+        "serve",
+        "--upstream",
+        upstream.url,
+        "--db",
+        db,
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--shutdown-grace",
+        "1.5",
+        "--spool-dir",
+        str(tmp_path / "spool"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         await wait_for_health(f"http://127.0.0.1:{ui_port}", proc)
         proxy = f"http://127.0.0.1:{port}/v1/chat/completions"
 
         async def stream(chunks: int, delay_ms: int) -> tuple[int, bytes]:
-            payload = {"model": "mistral-small-latest", "stream": True,
-                       "messages": [{"role": "user", "content": "in flight"}]}
-            headers = {"Authorization": "Bearer k", "x-fake-chunks": str(chunks),
-                       "x-fake-chunk-delay-ms": str(delay_ms)}
-            async with aiohttp.ClientSession() as http, http.post(
-                    proxy, json=payload, headers=headers) as resp:
+            payload = {
+                "model": "mistral-small-latest",
+                "stream": True,
+                "messages": [{"role": "user", "content": "in flight"}],
+            }
+            headers = {
+                "Authorization": "Bearer k",
+                "x-fake-chunks": str(chunks),
+                "x-fake-chunk-delay-ms": str(delay_ms),
+            }
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(proxy, json=payload, headers=headers) as resp,
+            ):
                 body = b""
                 try:
                     async for chunk in resp.content.iter_any():
@@ -110,8 +150,10 @@ async def test_sigterm_finishes_short_calls_and_records_long_ones(upstream: Upst
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
         with pytest.raises(aiohttp.ClientError):  # new connections are refused
-            async with aiohttp.ClientSession() as http, http.get(
-                    f"http://127.0.0.1:{port}/v1/models"):
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}/v1/models"),
+            ):
                 pass
         status, body = await short
         assert status == 200 and b"[DONE]" in body

@@ -29,8 +29,7 @@ def instruction(name: str) -> list[str]:
 def image_env(data: Path) -> dict[str, str]:
     """The Dockerfile's AGENTOPS_* environment, with its /data volume mapped to `data`."""
     env = dict(line.split("=", 1) for line in instruction("ENV"))
-    return {k: v.replace("/data", str(data)) for k, v in env.items()
-            if k.startswith("AGENTOPS_")}
+    return {k: v.replace("/data", str(data)) for k, v in env.items() if k.startswith("AGENTOPS_")}
 
 
 def test_dockerfile_shape():
@@ -57,52 +56,73 @@ def test_compose_gateway_settings_are_valid():
     settings = Settings.build({}, {**image, **env})
     assert settings.ui_host == "0.0.0.0" and settings.ui_token == "token-from-the-user"
     pg = postgres["environment"]
-    assert settings.db == (f"postgres://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}"
-                           f"@postgres:5432/{pg['POSTGRES_DB']}")
+    assert settings.db == (
+        f"postgres://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{pg['POSTGRES_DB']}"
+    )
     assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert {"pgdata", "agentops-data"} <= set(compose["volumes"])
     assert settings.wandb_project is None and settings.otel_endpoint is None
 
 
 @pytest.mark.slow
-async def test_image_entrypoint_from_a_clean_venv(upstream: Upstream, tmp_path: Path,
-                                                  installed_wheel: Path):
+async def test_image_entrypoint_from_a_clean_venv(
+    upstream: Upstream, tmp_path: Path, installed_wheel: Path
+):
     bin_dir = installed_wheel  # built as the Dockerfile does: wheel, venv, pip install
     entrypoint = json.loads(instruction("ENTRYPOINT")[0])
     data = tmp_path / "data"  # the image's WORKDIR and volume
     data.mkdir()
-    env = {**image_env(data), "PATH": f"{bin_dir}:/usr/bin:/bin",
-           "AGENTOPS_UPSTREAM": upstream.url,
-           "AGENTOPS_PORT": str(free_port()), "AGENTOPS_UI_PORT": str(free_port())}
+    env = {
+        **image_env(data),
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "AGENTOPS_UPSTREAM": upstream.url,
+        "AGENTOPS_PORT": str(free_port()),
+        "AGENTOPS_UI_PORT": str(free_port()),
+    }
     command = [str(bin_dir / entrypoint[0]), *entrypoint[1:]]
 
-    refused = await asyncio.to_thread(subprocess.run, command, env=env, cwd=data,
-                                      capture_output=True, text=True, timeout=60)
+    refused = await asyncio.to_thread(
+        subprocess.run, command, env=env, cwd=data, capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 2 and "without a token" in refused.stderr
 
     env["AGENTOPS_UI_TOKEN"] = "docker-token"
-    proc = await asyncio.create_subprocess_exec(*command, env=env, cwd=data,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *command, env=env, cwd=data, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     ui = f"http://127.0.0.1:{env['AGENTOPS_UI_PORT']}"
     try:
         await wait_for_health(ui, proc)
         health = json.loads(instruction("HEALTHCHECK")[0].split(" CMD ", 1)[1])
         checked = await asyncio.to_thread(
-            subprocess.run, [str(bin_dir / health[0]), *health[1:]], env=env, cwd=data,
-            capture_output=True, text=True, timeout=30)
+            subprocess.run,
+            [str(bin_dir / health[0]), *health[1:]],
+            env=env,
+            cwd=data,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert checked.returncode == 0 and '"status"' in checked.stdout
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{ui}/api/exchanges") as resp:
                 assert resp.status == 401  # on 0.0.0.0, everything but /healthz needs it
-            async with http.get(f"{ui}/api/exchanges",
-                                headers={"Authorization": "Bearer docker-token"}) as resp:
+            async with http.get(
+                f"{ui}/api/exchanges", headers={"Authorization": "Bearer docker-token"}
+            ) as resp:
                 assert resp.status == 200
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
     assert (data / "agentops.db").exists()
     unhealthy = await asyncio.to_thread(
-        subprocess.run, [str(bin_dir / "agentops-studio"), "healthcheck"], env=env, cwd=data,
-        capture_output=True, text=True, timeout=30)
+        subprocess.run,
+        [str(bin_dir / "agentops-studio"), "healthcheck"],
+        env=env,
+        cwd=data,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert unhealthy.returncode == 1 and "unhealthy" in unhealthy.stderr

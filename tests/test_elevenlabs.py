@@ -47,51 +47,92 @@ async def api(gw: Gateway, path: str, **params: str) -> Any:
         return await resp.json()
 
 
-async def tts(http: aiohttp.ClientSession, gw: Gateway, text: str, *, prefix: str = "",
-              suffix: str = "", model: str | None = None,
-              headers: dict[str, str] | None = None) -> tuple[aiohttp.ClientResponse, bytes]:
+async def tts(
+    http: aiohttp.ClientSession,
+    gw: Gateway,
+    text: str,
+    *,
+    prefix: str = "",
+    suffix: str = "",
+    model: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[aiohttp.ClientResponse, bytes]:
     body: dict[str, Any] = {"text": text}
     if model:
         body["model_id"] = model
     url = f"{gw.proxy_url}{prefix}/elevenlabs/v1/text-to-speech/{VOICE}{suffix}"
-    async with http.post(url, json=body, params={"output_format": "mp3_44100_128"},
-                         headers={"xi-api-key": XI_KEY, **(headers or {})}) as resp:
+    async with http.post(
+        url,
+        json=body,
+        params={"output_format": "mp3_44100_128"},
+        headers={"xi-api-key": XI_KEY, **(headers or {})},
+    ) as resp:
         return resp, await resp.read()
 
 
 # -- the provider, table-driven -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "body", "status", "headers", "credits", "characters"), [
-    ("/v1/text-to-speech/v1d", {"text": "Hello there"}, 200, {"character-cost": "11"}, 11, 11),
-    ("/v1/text-to-speech/v1d", {"text": "Hello there", "model_id": "eleven_flash_v2_5"}, 200,
-     {}, 5.5, 11),
-    ("/v1/text-to-speech/v1d/stream", {"text": "abcd"}, 200, {}, 4, 4),
-    ("/v1/text-to-speech/v1d", {"text": "abcd", "model_id": "eleven_new_model"}, 200, {}, 4, 4),
-    ("/v1/text-to-speech/v1d", {"text": "abcd"}, 401, {"character-cost": "4"}, None, None),
-    ("/v1/text-to-speech/v1d", {"text": "abcd"}, 200, {"character-cost": "lots"}, 4, 4),
-    ("/v1/voices", None, 200, {}, None, None),
-    ("/v1/text-to-dialogue", {"inputs": [{"text": "Hi", "voice_id": "a"},
-                                         {"text": "Yo", "voice_id": "b"}]}, 200, {}, 4, 4),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "status", "headers", "credits", "characters"),
+    [
+        ("/v1/text-to-speech/v1d", {"text": "Hello there"}, 200, {"character-cost": "11"}, 11, 11),
+        (
+            "/v1/text-to-speech/v1d",
+            {"text": "Hello there", "model_id": "eleven_flash_v2_5"},
+            200,
+            {},
+            5.5,
+            11,
+        ),
+        ("/v1/text-to-speech/v1d/stream", {"text": "abcd"}, 200, {}, 4, 4),
+        ("/v1/text-to-speech/v1d", {"text": "abcd", "model_id": "eleven_new_model"}, 200, {}, 4, 4),
+        ("/v1/text-to-speech/v1d", {"text": "abcd"}, 401, {"character-cost": "4"}, None, None),
+        ("/v1/text-to-speech/v1d", {"text": "abcd"}, 200, {"character-cost": "lots"}, 4, 4),
+        ("/v1/voices", None, 200, {}, None, None),
+        (
+            "/v1/text-to-dialogue",
+            {"inputs": [{"text": "Hi", "voice_id": "a"}, {"text": "Yo", "voice_id": "b"}]},
+            200,
+            {},
+            4,
+            4,
+        ),
+    ],
+)
 def test_credits_and_cost(path, body, status, headers, credits, characters):
     raw = orjson.dumps(body) if body is not None else b""
     parsed = ElevenLabsProvider(RATE).parse(
-        "POST" if body else "GET", path, {"content-type": "application/json"}, raw, status,
-        {"content-type": "audio/mpeg", **headers}, [b"\xff\xfb audio"])
+        "POST" if body else "GET",
+        path,
+        {"content-type": "application/json"},
+        raw,
+        status,
+        {"content-type": "audio/mpeg", **headers},
+        [b"\xff\xfb audio"],
+    )
     assert parsed.units.get("credits") == credits
     assert parsed.units.get("characters") == characters
     assert parsed.cost_usd == (None if credits is None else round(credits * RATE, 10))
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'{"text": 5, "model_id": []}',
-                                 b'{"inputs": "x"}', b"\xff\xfe"])
-@pytest.mark.parametrize("path", ["/", "/v1", "/v1/text-to-speech", "/v1/text-to-speech/v/s",
-                                  "/v2/voices?x=1", "/nowhere"])
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"[1, 2]", b'{"text": 5, "model_id": []}', b'{"inputs": "x"}', b"\xff\xfe"]
+)
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/v1", "/v1/text-to-speech", "/v1/text-to-speech/v/s", "/v2/voices?x=1", "/nowhere"],
+)
 def test_hostile_input_never_raises(raw, path):
-    parsed = ElevenLabsProvider(RATE).parse("POST", path, {"content-type": "application/json"},
-                                            raw, 200, {"content-type": "application/json"},
-                                            [raw])
+    parsed = ElevenLabsProvider(RATE).parse(
+        "POST",
+        path,
+        {"content-type": "application/json"},
+        raw,
+        200,
+        {"content-type": "application/json"},
+        [raw],
+    )
     assert parsed.cost_usd is None or parsed.cost_usd >= 0
 
 
@@ -99,14 +140,22 @@ def test_hostile_input_never_raises(raw, path):
 
 
 async def test_tts_and_chat_share_a_run_and_split_cost_by_provider(
-        upstream: Upstream, eleven, db_url: str, tmp_path: Path):
+    upstream: Upstream, eleven, db_url: str, tmp_path: Path
+):
     eleven_url, eleven_app = eleven
-    async with running(settings_for(upstream, eleven_url, db_url, tmp_path)) as gw, \
-            aiohttp.ClientSession(auto_decompress=False) as http:
-        chat = {"model": "mistral-small-latest",
-                "messages": [{"role": "user", "content": "Write a greeting"}]}
-        async with http.post(f"{gw.proxy_url}/r/story/v1/chat/completions", json=chat,
-                             headers={"Authorization": "Bearer mistral-key"}) as resp:
+    async with (
+        running(settings_for(upstream, eleven_url, db_url, tmp_path)) as gw,
+        aiohttp.ClientSession(auto_decompress=False) as http,
+    ):
+        chat = {
+            "model": "mistral-small-latest",
+            "messages": [{"role": "user", "content": "Write a greeting"}],
+        }
+        async with http.post(
+            f"{gw.proxy_url}/r/story/v1/chat/completions",
+            json=chat,
+            headers={"Authorization": "Bearer mistral-key"},
+        ) as resp:
             assert resp.status == 200
         text = "Hello from the agent, spoken aloud."
         resp, audio = await tts(http, gw, text, prefix="/r/story")
@@ -118,8 +167,9 @@ async def test_tts_and_chat_share_a_run_and_split_cost_by_provider(
         assert seen["query"] == "output_format=mp3_44100_128"
         assert dict((k.lower(), v) for k, v in seen["headers"])["xi-api-key"] == XI_KEY
         # a second named call by header joins the same run
-        resp, _ = await tts(http, gw, "And goodbye.", model="eleven_flash_v2_5",
-                            headers={"X-AgentOps-Run": "story"})
+        resp, _ = await tts(
+            http, gw, "And goodbye.", model="eleven_flash_v2_5", headers={"X-AgentOps-Run": "story"}
+        )
         assert resp.status == 200
 
         (run,) = (await api(gw, "/api/runs", name="story"))["items"]
@@ -130,27 +180,33 @@ async def test_tts_and_chat_share_a_run_and_split_cost_by_provider(
         assert by_provider["elevenlabs"]["calls"] == 2
         assert by_provider["elevenlabs"]["cost_usd"] == pytest.approx(tts_cost)
         assert by_provider["mistral"]["cost_usd"] > 0
-        assert run["total_cost_usd"] == pytest.approx(
-            by_provider["mistral"]["cost_usd"] + tts_cost)
+        assert run["total_cost_usd"] == pytest.approx(by_provider["mistral"]["cost_usd"] + tts_cost)
 
         stats = await api(gw, "/api/stats")
         providers = {row["provider"]: row for row in stats["by_provider"]}
         assert providers["elevenlabs"]["cost_usd"] == pytest.approx(tts_cost)
         assert providers["mistral"]["calls"] == 1
-        assert {row["model"] for row in stats["by_model"]} >= {"eleven_multilingual_v2",
-                                                                "eleven_flash_v2_5"}
+        assert {row["model"] for row in stats["by_model"]} >= {
+            "eleven_multilingual_v2",
+            "eleven_flash_v2_5",
+        }
 
         items = (await api(gw, "/api/exchanges", limit="10"))["items"]
-        first_tts = next(i for i in items if i["provider"] == "elevenlabs"
-                         and i["model"] == "eleven_multilingual_v2")
+        first_tts = next(
+            i
+            for i in items
+            if i["provider"] == "elevenlabs" and i["model"] == "eleven_multilingual_v2"
+        )
         record = await api(gw, f"/api/exchanges/{first_tts['id']}")
         assert record["endpoint"] == "tts" and record["path"] == f"/v1/text-to-speech/{VOICE}"
         assert record["client_path"] == f"/r/story/elevenlabs/v1/text-to-speech/{VOICE}"
         assert record["units"] == {"characters": len(text), "credits": len(text)}
         assert record["response_body_encoding"] == "digest"
         assert record["response_body"] == {
-            "content_type": "audio/mpeg", "bytes": len(audio),
-            "sha256": hashlib.sha256(audio).hexdigest()}
+            "content_type": "audio/mpeg",
+            "bytes": len(audio),
+            "sha256": hashlib.sha256(audio).hexdigest(),
+        }
         assert record["request_body"] == {"text": text}
         headers = dict(record["request_headers"])
         assert headers["xi-api-key"] == "[redacted]"
@@ -166,8 +222,9 @@ async def test_stream_voices_estimate_and_websocket(upstream: Upstream, eleven, 
         text = "A streamed sentence that arrives in pieces."
         url = f"{gw.proxy_url}/elevenlabs/v1/text-to-speech/{VOICE}/stream"
         start, arrivals, audio = time.perf_counter(), [], b""
-        async with http.post(url, json={"text": text}, headers={
-                "xi-api-key": XI_KEY, "x-fake-chunk-delay-ms": "150"}) as resp:
+        async with http.post(
+            url, json={"text": text}, headers={"xi-api-key": XI_KEY, "x-fake-chunk-delay-ms": "150"}
+        ) as resp:
             assert resp.status == 200
             async for chunk in resp.content.iter_any():
                 arrivals.append(time.perf_counter() - start)
@@ -175,17 +232,25 @@ async def test_stream_voices_estimate_and_websocket(upstream: Upstream, eleven, 
         assert audio == audio_for(text, VOICE)
         assert arrivals[0] < arrivals[-1] - 0.3, arrivals  # relayed as it arrives
 
-        resp, _ = await tts(http, gw, "no header here", model="eleven_turbo_v2_5",
-                            headers={"x-fake-no-cost": "1"})
+        resp, _ = await tts(
+            http, gw, "no header here", model="eleven_turbo_v2_5", headers={"x-fake-no-cost": "1"}
+        )
         assert "character-cost" not in resp.headers
-        async with http.get(f"{gw.proxy_url}/elevenlabs/v1/voices",
-                            headers={"xi-api-key": XI_KEY}) as resp:
+        async with http.get(
+            f"{gw.proxy_url}/elevenlabs/v1/voices", headers={"xi-api-key": XI_KEY}
+        ) as resp:
             assert resp.status == 200 and len((await resp.json())["voices"]) == len(VOICES)
-        async with http.get(f"{gw.proxy_url}/elevenlabs/v1/text-to-speech/{VOICE}"
-                            "/stream-input?model_id=eleven_flash_v2_5", headers={
-                                "xi-api-key": XI_KEY, "Connection": "Upgrade",
-                                "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-                                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
+        async with http.get(
+            f"{gw.proxy_url}/elevenlabs/v1/text-to-speech/{VOICE}"
+            "/stream-input?model_id=eleven_flash_v2_5",
+            headers={
+                "xi-api-key": XI_KEY,
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        ) as resp:
             assert resp.status == 501
             message = (await resp.json())["detail"]["message"]
         assert "not proxied" in message
@@ -198,18 +263,26 @@ async def test_stream_voices_estimate_and_websocket(upstream: Upstream, eleven, 
             assert resp.status == 200 and b"audio_base64" in body
 
         async def stored_body(path: str) -> Any:
-            item = next(i for i in (await api(gw, "/api/exchanges", limit="20"))["items"]
-                        if i["path"] == f"/v1/text-to-speech/{VOICE}{path}")
+            item = next(
+                i
+                for i in (await api(gw, "/api/exchanges", limit="20"))["items"]
+                if i["path"] == f"/v1/text-to-speech/{VOICE}{path}"
+            )
             return (await api(gw, f"/api/exchanges/{item['id']}"))["response_body"]
 
         whole = await stored_body("/with-timestamps")  # JSON, audio as its size and hash
-        assert whole["audio_base64"] == {"bytes": len(audio_for(timed, VOICE)), "sha256":
-                                         hashlib.sha256(audio_for(timed, VOICE)).hexdigest()}
+        assert whole["audio_base64"] == {
+            "bytes": len(audio_for(timed, VOICE)),
+            "sha256": hashlib.sha256(audio_for(timed, VOICE)).hexdigest(),
+        }
         assert whole["alignment"]["characters"] == list(timed)
-        lines = [orjson.loads(line) for line in (await stored_body(
-            "/stream/with-timestamps")).splitlines()]
-        assert len(lines) == 4 and all(set(line["audio_base64"]) == {"bytes", "sha256"}
-                                       for line in lines)
+        lines = [
+            orjson.loads(line)
+            for line in (await stored_body("/stream/with-timestamps")).splitlines()
+        ]
+        assert len(lines) == 4 and all(
+            set(line["audio_base64"]) == {"bytes", "sha256"} for line in lines
+        )
 
         async with http.get(f"{gw.proxy_url}/elevenlabs-not/v1/models") as resp:
             assert resp.status == 404  # not the prefix: a Mistral path, to the Mistral upstream

@@ -32,30 +32,39 @@ from tests.conftest import Upstream, make_settings, running
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def chat(server_url: str, text: str, *, stream: bool = False,
-         headers: dict[str, str] | None = None) -> None:
+def chat(
+    server_url: str, text: str, *, stream: bool = False, headers: dict[str, str] | None = None
+) -> None:
     with Mistral(api_key=KEY, server_url=server_url) as client:
         messages: Any = [{"role": "user", "content": text}]
         if stream:
             for _ in client.chat.stream(model="mistral-small-latest", messages=messages):
                 pass
         else:
-            client.chat.complete(model="mistral-small-latest", messages=messages,
-                                 http_headers=headers)
+            client.chat.complete(
+                model="mistral-small-latest", messages=messages, http_headers=headers
+            )
 
 
 async def populate(upstream: Upstream, db: str, tmp_path: Path) -> dict[str, str]:
     """A good tool loop, a low-scored run with a formula for a name, a failed call, a stream."""
     async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         await asyncio.to_thread(tool_loop, gw, "Nice", server_url=f"{gw.proxy_url}/r/good")
-        await asyncio.to_thread(chat, gw.proxy_url, "tell me a joke",
-                                headers={"X-AgentOps-Run": "=SUM(1+1)"})
+        await asyncio.to_thread(
+            chat, gw.proxy_url, "tell me a joke", headers={"X-AgentOps-Run": "=SUM(1+1)"}
+        )
         await asyncio.to_thread(chat, gw.proxy_url, "stream a poem", stream=True)
-        async with aiohttp.ClientSession() as http, http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 f"{gw.proxy_url}/v1/chat/completions",
                 headers={"x-fake-status": "429", "Authorization": f"Bearer {KEY}"},
-                json={"model": "mistral-small-latest",
-                      "messages": [{"role": "user", "content": "too fast"}]}) as resp:
+                json={
+                    "model": "mistral-small-latest",
+                    "messages": [{"role": "user", "content": "too fast"}],
+                },
+            ) as resp,
+        ):
             assert resp.status == 429
         await gw.recorder.drained(timeout=20)
     # Evaluations, and the runs finished as the idle timer would, straight in the store.
@@ -78,22 +87,29 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def export(db: str, out: Path, fmt: str, **extra: Any) -> tuple[int, int]:
-    result = await run_export(db, ExportRequest(format=fmt, out=str(out),
-                                                filter=extra.pop("filter", ExchangeFilter()),
-                                                **extra))
+    result = await run_export(
+        db,
+        ExportRequest(
+            format=fmt, out=str(out), filter=extra.pop("filter", ExchangeFilter()), **extra
+        ),
+    )
     return result.written, result.skipped
 
 
-async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: str,
-                                                  tmp_path: Path):
+async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: str, tmp_path: Path):
     runs = await populate(upstream, db_url, tmp_path)
 
     # Mistral fine-tuning JSONL: every call with a reply; the failed one is left out.
     assert await export(db_url, tmp_path / "ft.jsonl", "mistral") == (4, 1)
     examples = lines(tmp_path / "ft.jsonl")
     loop = examples[1]
-    assert [m["role"] for m in loop["messages"]] == ["system", "user", "assistant", "tool",
-                                                     "assistant"]
+    assert [m["role"] for m in loop["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
     call = loop["messages"][2]["tool_calls"][0]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     assert isinstance(call["function"]["arguments"], str)
@@ -106,18 +122,21 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
 
     # The failures preset, per run: the low-scored run, and the failed call's run (which has
     # no reply to learn from, so it is counted as skipped).
-    assert await export(db_url, tmp_path / "fail.jsonl", "mistral", runs=True,
-                        failures=Failures()) == (1, 1)
+    assert await export(
+        db_url, tmp_path / "fail.jsonl", "mistral", runs=True, failures=Failures()
+    ) == (1, 1)
     (failure,) = lines(tmp_path / "fail.jsonl")
     assert failure["messages"][0]["content"] == "tell me a joke"
     # ... and per call, with a metric bound: the 429 and the low-scored run's call.
-    assert await export(db_url, tmp_path / "fail-calls.jsonl", "jsonl",
-                        failures=Failures(0.5, "success")) == (2, 0)
+    assert await export(
+        db_url, tmp_path / "fail-calls.jsonl", "jsonl", failures=Failures(0.5, "success")
+    ) == (2, 0)
     assert sorted(r["status"] for r in lines(tmp_path / "fail-calls.jsonl")) == [200, 429]
 
     # Flat JSONL with an API filter.
-    assert await export(db_url, tmp_path / "429.jsonl", "jsonl",
-                        filter=ExchangeFilter(status_class=4)) == (1, 0)
+    assert await export(
+        db_url, tmp_path / "429.jsonl", "jsonl", filter=ExchangeFilter(status_class=4)
+    ) == (1, 0)
     (record,) = lines(tmp_path / "429.jsonl")
     assert record["status"] == 429 and record["messages"] is None and record["cost_usd"] is None
     assert orjson.loads(record["request_body"])["messages"][0]["content"] == "too fast"
@@ -128,8 +147,7 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
     names = {row["id"]: row["name"] for row in rows}
     assert names[runs["=SUM(1+1)"]] == "'=SUM(1+1)" and names[runs["good"]] == "good"
     good = next(row for row in rows if row["name"] == "good")
-    assert good["exchange_count"] == "2" and orjson.loads(good["evaluations"]) == {
-        "success": 1.0}
+    assert good["exchange_count"] == "2" and orjson.loads(good["evaluations"]) == {"success": 1.0}
     assert [m["role"] for m in orjson.loads(good["messages"])][-1] == "assistant"
 
     # Parquet, typed, with the messages as nested structs.
@@ -144,10 +162,20 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
     assert not list(tmp_path.glob(".agentops-export-*"))  # no work files left behind
 
 
-@pytest.mark.parametrize(("value", "cell"), [
-    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@SUM(A1)", "'@SUM(A1)"),
-    ("\t=1", "'\t=1"), ("fine", "fine"), ("a=b", "a=b"), (-1, -1), (None, None),
-])
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("fine", "fine"),
+        ("a=b", "a=b"),
+        (-1, -1),
+        (None, None),
+    ],
+)
 def test_csv_formula_cells_are_neutralised(value, cell):
     assert neutralise(value) == cell
 
@@ -159,9 +187,23 @@ async def test_hf_dataset_saved_and_push_tried(upstream: Upstream, tmp_path: Pat
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     env.pop("HF_TOKEN", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "export", "--format", "hf", "--out", str(out),
-        "--db", db, "--push-to-hub", "someone/agent-calls", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "gateway",
+        "export",
+        "--format",
+        "hf",
+        "--out",
+        str(out),
+        "--db",
+        db,
+        "--push-to-hub",
+        "someone/agent-calls",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     message = err.decode().strip()
     # Pushing needs the network: here it fails in one line, after the dataset was saved.
@@ -175,26 +217,30 @@ async def test_hf_dataset_saved_and_push_tried(upstream: Upstream, tmp_path: Pat
     assert dataset[1]["messages"][-1]["role"] == "assistant"
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--format", "csv", "--out", "{tmp}/x.csv", "--status", "teapot"], "--status must be"),
-    (["--format", "csv", "--out", "{tmp}/x.csv", "--since", "yesterday"], "--since must be"),
-    (["--format", "csv", "--out", "{tmp}/missing/x.csv"], "does not exist"),
-    (["--format", "csv", "--out", "{tmp}"], "is a folder"),
-    (["--format", "csv", "--out", "{tmp}/x.csv", "--push-to-hub", "a/b"], "needs --format hf"),
-    (["--format", "parquet", "--out", "-"], "cannot go to standard output"),
-    (["--format", "csv", "--out", "{tmp}/x.csv", "--metric", "m"], "--preset failures"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--format", "csv", "--out", "{tmp}/x.csv", "--status", "teapot"], "--status must be"),
+        (["--format", "csv", "--out", "{tmp}/x.csv", "--since", "yesterday"], "--since must be"),
+        (["--format", "csv", "--out", "{tmp}/missing/x.csv"], "does not exist"),
+        (["--format", "csv", "--out", "{tmp}"], "is a folder"),
+        (["--format", "csv", "--out", "{tmp}/x.csv", "--push-to-hub", "a/b"], "needs --format hf"),
+        (["--format", "parquet", "--out", "-"], "cannot go to standard output"),
+        (["--format", "csv", "--out", "{tmp}/x.csv", "--metric", "m"], "--preset failures"),
+    ],
+)
 def test_bad_export_flags_are_one_line(tmp_path: Path, args: list[str], expected: str):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = CliRunner().invoke(main, ["export", *args, "--db",
-                                       f"sqlite://{tmp_path / 'e.db'}"])
+    result = CliRunner().invoke(main, ["export", *args, "--db", f"sqlite://{tmp_path / 'e.db'}"])
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.csv").exists()
 
 
 def test_export_to_stdout(tmp_path: Path):
-    result = CliRunner().invoke(main, ["export", "--format", "jsonl", "--out", "-", "--db",
-                                       f"sqlite://{tmp_path / 'empty.db'}"])
+    result = CliRunner().invoke(
+        main,
+        ["export", "--format", "jsonl", "--out", "-", "--db", f"sqlite://{tmp_path / 'empty.db'}"],
+    )
     assert result.exit_code == 0 and result.stdout == ""
     assert "exported 0 calls to -" in result.stderr

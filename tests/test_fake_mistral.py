@@ -136,6 +136,7 @@ async def test_answers_depend_on_model_temperature_and_seed(base: str) -> None:
     """Like a real model: models share much of an answer but not all, and at other lengths;
     hotter sampling strays further from the greedy answer; without a seed and with the
     x-fake-sampling knob, every call differs."""
+
     async def say(headers: dict[str, str] | None = None, **extra: Any) -> tuple[str, int]:
         _, _, raw = await post(f"{base}/v1/chat/completions", chat_body(**extra), headers)
         body = json.loads(raw)
@@ -148,14 +149,19 @@ async def test_answers_depend_on_model_temperature_and_seed(base: str) -> None:
     large, large_tokens = await say(model="mistral-large-latest", temperature=0)
     assert small != large and small_tokens != large_tokens
     assert 0.2 < ratio(small, large) < 0.95
-    warm = [(await say(model="mistral-small-latest", temperature=0.3, random_seed=s))[0]
-            for s in range(5)]
-    hot = [(await say(model="mistral-small-latest", temperature=1.5, random_seed=s))[0]
-           for s in range(5)]
+    warm = [
+        (await say(model="mistral-small-latest", temperature=0.3, random_seed=s))[0]
+        for s in range(5)
+    ]
+    hot = [
+        (await say(model="mistral-small-latest", temperature=1.5, random_seed=s))[0]
+        for s in range(5)
+    ]
     assert sum(ratio(small, w) for w in warm) > sum(ratio(small, h) for h in hot)
     assert len(set(warm)) > 1
-    assert (await say(temperature=0.5, random_seed=9)) == (await say(temperature=0.5,
-                                                                      random_seed=9))
+    assert (await say(temperature=0.5, random_seed=9)) == (
+        await say(temperature=0.5, random_seed=9)
+    )
     knob = {"x-fake-sampling": "random"}
     unseeded = {(await say(knob, temperature=0.7))[0] for _ in range(4)}
     assert len(unseeded) > 1

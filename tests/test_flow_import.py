@@ -33,63 +33,122 @@ def header_list(headers: Any) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in headers.items()]
 
 
-async def har_entry(http: aiohttp.ClientSession, upstream: Upstream, payload: dict,
-                    started: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+async def har_entry(
+    http: aiohttp.ClientSession,
+    upstream: Upstream,
+    payload: dict,
+    started: str,
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One HAR entry (as a browser or mitmproxy exports it) of a real call to the fake."""
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json",
-               **(extra or {})}
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": "application/json",
+        **(extra or {}),
+    }
     body = orjson.dumps(payload).decode()
-    async with http.post(f"{upstream.url}/v1/chat/completions", data=body,
-                         headers=headers) as resp:
+    async with http.post(f"{upstream.url}/v1/chat/completions", data=body, headers=headers) as resp:
         raw = await resp.read()
-        text = (gzip.decompress(raw) if resp.headers.get("Content-Encoding") == "gzip"
-                else raw).decode()  # HAR keeps bodies decoded
-        response = {"status": resp.status, "statusText": resp.reason,
-                    "headers": header_list(resp.headers),
-                    "content": {"size": len(text), "mimeType": resp.headers["Content-Type"],
-                                "text": text}}
-    return {"startedDateTime": started, "time": 42.5,
-            "request": {"method": "POST",
-                        "url": "https://api.mistral.ai/v1/chat/completions?x=1",
-                        "headers": header_list(headers),
-                        "postData": {"mimeType": "application/json", "text": body}},
-            "response": response,
-            "timings": {"blocked": -1, "dns": -1, "connect": 3, "ssl": 2, "send": 0.5,
-                        "wait": 20, "receive": 19}}
+        text = (
+            gzip.decompress(raw) if resp.headers.get("Content-Encoding") == "gzip" else raw
+        ).decode()  # HAR keeps bodies decoded
+        response = {
+            "status": resp.status,
+            "statusText": resp.reason,
+            "headers": header_list(resp.headers),
+            "content": {"size": len(text), "mimeType": resp.headers["Content-Type"], "text": text},
+        }
+    return {
+        "startedDateTime": started,
+        "time": 42.5,
+        "request": {
+            "method": "POST",
+            "url": "https://api.mistral.ai/v1/chat/completions?x=1",
+            "headers": header_list(headers),
+            "postData": {"mimeType": "application/json", "text": body},
+        },
+        "response": response,
+        "timings": {
+            "blocked": -1,
+            "dns": -1,
+            "connect": 3,
+            "ssl": 2,
+            "send": 0.5,
+            "wait": 20,
+            "receive": 19,
+        },
+    }
 
 
 async def make_har(upstream: Upstream, path: Path) -> bytes:
     async with aiohttp.ClientSession(auto_decompress=False) as http:
-        plain = await har_entry(http, upstream, {
-            "model": "mistral-small-latest",
-            "messages": [{"role": "user", "content": "imported from a HAR file"}]},
-            "2026-03-01T10:00:00.000Z", {"x-fake-gzip": "1", "X-AgentOps-Run": "har-run"})
-        streamed = await har_entry(http, upstream, {
-            "model": "mistral-small-latest", "stream": True,
-            "messages": [{"role": "user", "content": "a streamed HAR entry"}]},
-            "2026-03-01T10:00:01.500Z", {"X-AgentOps-Run": "har-run"})
+        plain = await har_entry(
+            http,
+            upstream,
+            {
+                "model": "mistral-small-latest",
+                "messages": [{"role": "user", "content": "imported from a HAR file"}],
+            },
+            "2026-03-01T10:00:00.000Z",
+            {"x-fake-gzip": "1", "X-AgentOps-Run": "har-run"},
+        )
+        streamed = await har_entry(
+            http,
+            upstream,
+            {
+                "model": "mistral-small-latest",
+                "stream": True,
+                "messages": [{"role": "user", "content": "a streamed HAR entry"}],
+            },
+            "2026-03-01T10:00:01.500Z",
+            {"X-AgentOps-Run": "har-run"},
+        )
     audio = audio_for("Spoken words", "voice1")
     speech = {
-        "startedDateTime": "2026-03-01T10:00:03.000+00:00", "time": 300,
-        "request": {"method": "POST", "url": "https://api.elevenlabs.io/v1/text-to-speech/voice1",
-                    "headers": [{"name": "xi-api-key", "value": KEY},
-                                {"name": "Content-Type", "value": "application/json"}],
-                    "postData": {"text": '{"text": "Spoken words"}'}},
-        "response": {"status": 200, "headers": [
-            {"name": "Content-Type", "value": "audio/mpeg"},
-            {"name": "character-cost", "value": "12"}],
-            "content": {"encoding": "base64", "text": base64.b64encode(audio).decode()}},
-        "timings": {"wait": 100, "receive": 200}}
-    other = {"startedDateTime": "2026-03-01T10:00:04Z", "time": 5,
-             "request": {"method": "GET", "url": "https://www.example.com/", "headers": []},
-             "response": {"status": 200, "headers": [], "content": {"text": "<html>"}}}
-    path.write_bytes(orjson.dumps({"log": {"version": "1.2", "creator": {"name": "test"},
-                                           "entries": [plain, streamed, speech, other]}}))
+        "startedDateTime": "2026-03-01T10:00:03.000+00:00",
+        "time": 300,
+        "request": {
+            "method": "POST",
+            "url": "https://api.elevenlabs.io/v1/text-to-speech/voice1",
+            "headers": [
+                {"name": "xi-api-key", "value": KEY},
+                {"name": "Content-Type", "value": "application/json"},
+            ],
+            "postData": {"text": '{"text": "Spoken words"}'},
+        },
+        "response": {
+            "status": 200,
+            "headers": [
+                {"name": "Content-Type", "value": "audio/mpeg"},
+                {"name": "character-cost", "value": "12"},
+            ],
+            "content": {"encoding": "base64", "text": base64.b64encode(audio).decode()},
+        },
+        "timings": {"wait": 100, "receive": 200},
+    }
+    other = {
+        "startedDateTime": "2026-03-01T10:00:04Z",
+        "time": 5,
+        "request": {"method": "GET", "url": "https://www.example.com/", "headers": []},
+        "response": {"status": 200, "headers": [], "content": {"text": "<html>"}},
+    }
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "log": {
+                    "version": "1.2",
+                    "creator": {"name": "test"},
+                    "entries": [plain, streamed, speech, other],
+                }
+            }
+        )
+    )
     return audio
 
 
-async def test_har_import_same_shape_and_idempotent(upstream: Upstream, db_url: str,
-                                                    tmp_path: Path):
+async def test_har_import_same_shape_and_idempotent(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
     har = tmp_path / "session.har"
     audio = await make_har(upstream, har)
     loaded = load(str(har), ["api.mistral.ai", "api.elevenlabs.io"])
@@ -125,17 +184,20 @@ async def test_har_import_same_shape_and_idempotent(upstream: Upstream, db_url: 
 NOT_A_DUMP = "neither a HAR file nor a mitmproxy flow dump"
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (None, "cannot read"),
-    (b"", "empty file"),
-    (b"   \n", "empty file"),
-    (b'{"not": "har"}', "not a HAR file"),
-    (b"{broken json", "not a HAR file"),
-    (b'{"log": {"entries": [{"request": {}}]}}', "HAR entry 0 is malformed: no 'url'"),
-    (b'{"log": {"entries": [{"request": {"url": 5}}]}}', "HAR entry 0 is malformed"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", NOT_A_DUMP),
-    (b"12:not a flow dump,", NOT_A_DUMP),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        (b"", "empty file"),
+        (b"   \n", "empty file"),
+        (b'{"not": "har"}', "not a HAR file"),
+        (b"{broken json", "not a HAR file"),
+        (b'{"log": {"entries": [{"request": {}}]}}', "HAR entry 0 is malformed: no 'url'"),
+        (b'{"log": {"entries": [{"request": {"url": 5}}]}}', "HAR entry 0 is malformed"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", NOT_A_DUMP),
+        (b"12:not a flow dump,", NOT_A_DUMP),
+    ],
+)
 def test_unreadable_files_get_one_clear_line(tmp_path: Path, content, expected):
     path = tmp_path / "input"
     if content is not None:
@@ -157,15 +219,27 @@ async def test_import_command(upstream: Upstream, tmp_path: Path):
 
     async def run(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "import", *args, "--db", db, cwd=tmp_path, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "gateway",
+            "import",
+            *args,
+            "--db",
+            db,
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         return proc.returncode or 0, out.decode(), err.decode()
 
     code, out, err = await run(str(har))
     assert code == 0, err
-    assert out.strip() == (f"imported 3 exchanges from har file {har}; skipped 1 calls to "
-                           "other hosts (www.example.com; see --capture-host)")
+    assert out.strip() == (
+        f"imported 3 exchanges from har file {har}; skipped 1 calls to "
+        "other hosts (www.example.com; see --capture-host)"
+    )
     (tmp_path / "bad.har").write_text('{"log": {}}')
     code, out, err = await run(str(tmp_path / "bad.har"))
     assert code == 2 and out == ""

@@ -25,8 +25,9 @@ async def reasons_become(gw, wanted: list[str], timeout: float = 15) -> dict:
         await asyncio.sleep(0.05)
 
 
-async def test_writer_lag_is_a_reason_until_the_writer_catches_up(upstream: Upstream,
-                                                                   tmp_path: Path):
+async def test_writer_lag_is_a_reason_until_the_writer_catches_up(
+    upstream: Upstream, tmp_path: Path
+):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'lag.db'}", tmp_path)
     async with running(settings) as gw:
         gw.recorder.lag_seconds = 0.3  # instead of 10 s
@@ -56,11 +57,22 @@ async def test_a_dead_writer_is_a_reason_until_it_is_back(upstream: Upstream, tm
 
 
 def test_each_reason_has_its_cause():
-    calm = {"database": "ok", "spool_bytes": 0, "quarantined": 0, "writer_lagging": False,
-            "writer_process": "ok", "dropped_recently": False}
+    calm = {
+        "database": "ok",
+        "spool_bytes": 0,
+        "quarantined": 0,
+        "writer_lagging": False,
+        "writer_process": "ok",
+        "dropped_recently": False,
+    }
     assert health_reasons(calm) == []
-    causes = {"database": {"database": "down"}, "spool": {"spool_bytes": 10},
-              "quarantined": {"quarantined": 2}, "writer_lag": {"writer_lagging": True},
-              "writer": {"writer_process": "down"}, "dropped": {"dropped_recently": True}}
+    causes = {
+        "database": {"database": "down"},
+        "spool": {"spool_bytes": 10},
+        "quarantined": {"quarantined": 2},
+        "writer_lag": {"writer_lagging": True},
+        "writer": {"writer_process": "down"},
+        "dropped": {"dropped_recently": True},
+    }
     for reason, cause in causes.items():
         assert health_reasons({**calm, **cause}) == [reason]

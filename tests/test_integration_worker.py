@@ -12,7 +12,8 @@ from gateway.integrations.worker import Worker
 
 
 async def test_full_queue_and_failing_backend_are_counted_and_logged_once(
-        caplog: pytest.LogCaptureFixture):
+    caplog: pytest.LogCaptureFixture,
+):
     release, entered = threading.Event(), threading.Event()
     failing = True
     delivered: list[int] = []

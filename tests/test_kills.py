@@ -39,10 +39,24 @@ async def serve(upstream: Upstream, db: str, tmp_path: Path) -> AsyncIterator[Se
     port, ui_port = free_port(), free_port()
     log = (tmp_path / "gateway.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--upstream", upstream.url, "--db", db, "--port", str(port),
-        "--ui-port", str(ui_port), "--spool-dir", str(tmp_path / "spool"),
-        "--shutdown-grace", "1", cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
-        stderr=log)
+        *CLI,
+        "serve",
+        "--upstream",
+        upstream.url,
+        "--db",
+        db,
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--spool-dir",
+        str(tmp_path / "spool"),
+        "--shutdown-grace",
+        "1",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=log,
+    )
     try:
         await wait_for_health(f"http://127.0.0.1:{ui_port}", proc)
         yield Served(proc, port, ui_port)
@@ -55,21 +69,31 @@ async def serve(upstream: Upstream, db: str, tmp_path: Path) -> AsyncIterator[Se
 
 async def chat(served: Served, text: str, **headers: str) -> int:
     payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": text}]}
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{served.proxy}/v1/chat/completions", json=payload,
-            headers={"Authorization": "Bearer sk-kill-test-000000", **headers}) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{served.proxy}/v1/chat/completions",
+            json=payload,
+            headers={"Authorization": "Bearer sk-kill-test-000000", **headers},
+        ) as resp,
+    ):
         await resp.read()
         return resp.status
 
 
 async def slow_stream(served: Served) -> None:
     """A stream of 10 s: in flight when the gateway is killed."""
-    payload = {"model": "mistral-small-latest", "stream": True,
-               "messages": [{"role": "user", "content": "in flight"}]}
+    payload = {
+        "model": "mistral-small-latest",
+        "stream": True,
+        "messages": [{"role": "user", "content": "in flight"}],
+    }
     headers = {"Authorization": "Bearer k", "x-fake-chunks": "100", "x-fake-chunk-delay-ms": "100"}
     with contextlib.suppress(aiohttp.ClientError):
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{served.proxy}/v1/chat/completions", json=payload, headers=headers) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{served.proxy}/v1/chat/completions", json=payload, headers=headers) as resp,
+        ):
             async for _ in resp.content.iter_any():
                 pass
 
@@ -101,8 +125,9 @@ async def stored(db: str) -> list[dict]:
         await store.close()
 
 
-async def test_sigkill_of_every_process_loses_nothing_handed_over(upstream: Upstream,
-                                                                  tmp_path: Path):
+async def test_sigkill_of_every_process_loses_nothing_handed_over(
+    upstream: Upstream, tmp_path: Path
+):
     db = migrated_sqlite(tmp_path / "kill.db")
     async with serve(upstream, db, tmp_path) as first:
         writer = (await first.health())["writer_pid"]
@@ -118,6 +143,7 @@ async def test_sigkill_of_every_process_loses_nothing_handed_over(upstream: Upst
     assert await stored(db) == []  # nothing reached the database before the kill
 
     async with serve(upstream, db, tmp_path) as second:
+
         async def settled() -> dict:
             for _ in range(200):
                 health = await second.health()
@@ -138,8 +164,9 @@ async def test_sigkill_of_every_process_loses_nothing_handed_over(upstream: Upst
     assert cut["path"] == "/v1/chat/completions" and "killed" in cut["error"]
 
 
-async def test_writer_stores_what_it_has_when_the_proxy_process_is_killed(upstream: Upstream,
-                                                                          tmp_path: Path):
+async def test_writer_stores_what_it_has_when_the_proxy_process_is_killed(
+    upstream: Upstream, tmp_path: Path
+):
     db = migrated_sqlite(tmp_path / "orphan.db")
     async with serve(upstream, db, tmp_path) as served:
         writer = (await served.health())["writer_pid"]

@@ -19,10 +19,15 @@ async def call(gw: Gateway, text: str, **extra: object) -> int:
     headers = {"Authorization": f"Bearer {KEY}"}
     if extra.pop("fail", False):
         headers["x-fake-status"] = "429"
-    payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": text}],
-               **extra}
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers) as resp:
+    payload = {
+        "model": "mistral-small-latest",
+        "messages": [{"role": "user", "content": text}],
+        **extra,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers) as resp,
+    ):
         await resp.read()
         return resp.status
 
@@ -30,8 +35,10 @@ async def call(gw: Gateway, text: str, **extra: object) -> int:
 async def scrape(gw: Gateway, token: str | None = None) -> tuple[int, dict]:
     await gw.recorder.drained(timeout=20)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.get(
-            "/metrics", headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession(gw.ui_url) as http,
+        http.get("/metrics", headers=headers) as resp,
+    ):
         text = await resp.text()
         if resp.status != 200:
             return resp.status, {}
@@ -48,12 +55,16 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 async def test_metrics_count_calls_tokens_cost_and_health(upstream: Upstream, tmp_path: Path):
-    a_settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'a.db'}", tmp_path,
-                               ui_token=TOKEN)
+    a_settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'a.db'}", tmp_path, ui_token=TOKEN
+    )
     b_settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'b.db'}", tmp_path / "b")
     async with running(a_settings) as a:
-        assert [await call(a, "one"), await call(a, "two", stream=True),
-                await call(a, "three", fail=True)] == [200, 200, 429]
+        assert [
+            await call(a, "one"),
+            await call(a, "two", stream=True),
+            await call(a, "three", fail=True),
+        ] == [200, 200, 429]
         assert (await scrape(a))[0] == 401  # behind the UI token, like the API
         status, got = await scrape(a, TOKEN)
         assert status == 200
@@ -75,8 +86,12 @@ async def test_metrics_count_calls_tokens_cost_and_health(upstream: Upstream, tm
     assert value(got, "agentops_request_latency_seconds_count", model=model) == 3
     assert value(got, "agentops_request_latency_seconds_sum", model=model) > 0
     assert value(got, "agentops_time_to_first_token_seconds_count", model=model) == 1
-    for name in ("agentops_queue_depth", "agentops_spool_bytes", "agentops_dropped_records_total",
-                 "agentops_database_errors_total"):
+    for name in (
+        "agentops_queue_depth",
+        "agentops_spool_bytes",
+        "agentops_dropped_records_total",
+        "agentops_database_errors_total",
+    ):
         assert (name, ()) in got and got[(name, ())] == 0
     assert got[("agentops_queue_capacity", ())] == a_settings.queue_size
     assert got[("agentops_written_records_total", ())] == 3
@@ -84,7 +99,6 @@ async def test_metrics_count_calls_tokens_cost_and_health(upstream: Upstream, tm
 
 
 async def test_metrics_off(upstream: Upstream, tmp_path: Path):
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'c.db'}", tmp_path,
-                             metrics="off")
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'c.db'}", tmp_path, metrics="off")
     async with running(settings) as gw:
         assert (await scrape(gw))[0] == 404

@@ -38,10 +38,26 @@ pytest.importorskip("mitmproxy", reason="the mitm extra needs Python 3.12+")
 
 KEY = "mitm-test-SECRET-key-0123456789ABCD"
 MODEL = "mistral-small-latest"
-SAME_SHAPE = ("endpoint", "model", "request_model", "prompt_tokens", "completion_tokens",
-              "total_tokens", "output_text", "cost_usd", "status", "state", "streamed",
-              "provider", "request_body", "request_body_encoding", "response_body_encoding",
-              "finish_reason", "path", "method")
+SAME_SHAPE = (
+    "endpoint",
+    "model",
+    "request_model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "output_text",
+    "cost_usd",
+    "status",
+    "state",
+    "streamed",
+    "provider",
+    "request_body",
+    "request_body_encoding",
+    "response_body_encoding",
+    "finish_reason",
+    "path",
+    "method",
+)
 
 
 @dataclass
@@ -67,16 +83,22 @@ async def tls_fake(tmp_path: Path) -> AsyncIterator[TlsFake]:
 
 
 @pytest.fixture
-async def mitm(upstream: Upstream, tls_fake: TlsFake, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Gateway, MitmCapture]]:
+async def mitm(
+    upstream: Upstream, tls_fake: TlsFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Gateway, MitmCapture]]:
     """A gateway (reverse proxy to the plain fake, for comparison) and mitmproxy recording
     localhost into the same recorder; the client environment a user would set."""
     gw = Gateway(make_settings(upstream.url, f"sqlite://{tmp_path / 'live.db'}", tmp_path))
-    capture = MitmCapture(gw.recorder.submit, host="127.0.0.1", port=0,
-                          capture_hosts=["localhost"], confdir=str(tmp_path / "mitmproxy"),
-                          max_body_bytes=gw.settings.max_body_bytes,
-                          upstream_ca=str(tls_fake.ca.ca_pem),
-                          save_flows=str(tmp_path / "flows.mitm"))
+    capture = MitmCapture(
+        gw.recorder.submit,
+        host="127.0.0.1",
+        port=0,
+        capture_hosts=["localhost"],
+        confdir=str(tmp_path / "mitmproxy"),
+        max_body_bytes=gw.settings.max_body_bytes,
+        upstream_ca=str(tls_fake.ca.ca_pem),
+        save_flows=str(tmp_path / "flows.mitm"),
+    )
     await gw.start()
     try:
         await capture.start()
@@ -102,8 +124,11 @@ def chat(content: str) -> list[dict[str, str]]:
 
 
 async def test_sdks_through_mitm_are_recorded_like_the_gateway(
-        mitm: tuple[Gateway, MitmCapture], tls_fake: TlsFake, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch):
+    mitm: tuple[Gateway, MitmCapture],
+    tls_fake: TlsFake,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
     gw, capture = mitm
     # REQUESTS_CA_BUNDLE alone is not enough for these SDKs (the README says so): refused.
     with monkeypatch.context() as env:
@@ -116,12 +141,16 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
     # SSL_CERT_FILE (set by the fixture) with no code change.
     async with Mistral(api_key=KEY, server_url=tls_fake.url) as client:
         answer = await client.chat.complete_async(
-            model=MODEL, messages=chat("Hello through mitmproxy"),
-            http_headers={"X-AgentOps-Run": "mitm-run"})
+            model=MODEL,
+            messages=chat("Hello through mitmproxy"),
+            http_headers={"X-AgentOps-Run": "mitm-run"},
+        )
         start, arrivals, text = time.perf_counter(), [], ""
         stream = await client.chat.stream_async(
-            model=MODEL, messages=chat("Stream through mitmproxy"),
-            http_headers={"x-fake-chunks": "5", "x-fake-chunk-delay-ms": "150"})
+            model=MODEL,
+            messages=chat("Stream through mitmproxy"),
+            http_headers={"x-fake-chunks": "5", "x-fake-chunk-delay-ms": "150"},
+        )
         async with stream:
             async for event in stream:
                 arrivals.append(time.perf_counter() - start)
@@ -140,8 +169,9 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
     # trusts only the fake's own CA here, so a mitmproxy certificate would fail).
     only_fake = ssl.create_default_context(cafile=str(tls_fake.ca.ca_pem))
     async with httpx2.AsyncClient(proxy=capture.url, verify=only_fake) as direct:
-        resp = await direct.get(f"https://127.0.0.1:{tls_fake.port}/v1/models",
-                                headers={"Authorization": "Bearer k"})
+        resp = await direct.get(
+            f"https://127.0.0.1:{tls_fake.port}/v1/models", headers={"Authorization": "Bearer k"}
+        )
         assert resp.status_code == 200
     # A captured host that does not answer: mitmproxy's 502, recorded as an upstream error.
     async with httpx2.AsyncClient(proxy=capture.url) as client:
@@ -155,8 +185,11 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
     assert len(rows) == 5  # 4 through mitmproxy, 1 through the gateway, none for 127.0.0.1
     (failed,) = [r for r in rows if r["path"] == "/v1/models"]
     assert failed["state"] == "upstream_error" and failed["status"] == 502 and failed["error"]
-    live = [r for r in rows if r["client_path"] == "/v1/chat/completions"
-            and r["id"] != max(r["id"] for r in rows)]
+    live = [
+        r
+        for r in rows
+        if r["client_path"] == "/v1/chat/completions" and r["id"] != max(r["id"] for r in rows)
+    ]
     via_gateway = next(r for r in rows if r["id"] == max(r["id"] for r in rows))
     via_mitm = next(r for r in live if r["output_text"] == answer.choices[0].message.content)
     assert set(via_mitm) == set(via_gateway)
@@ -180,13 +213,15 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
     assert loaded.kind == "mitmproxy" and len(loaded.exchanges) == 4
     assert await store_all(gw, loaded.exchanges) == (0, 4)
     # ...and the same rows in a fresh database, twice imported, once stored.
-    fresh = Gateway(make_settings("http://127.0.0.1:9", f"sqlite://{tmp_path / 'imp.db'}",
-                                  tmp_path / "imp"))
+    fresh = Gateway(
+        make_settings("http://127.0.0.1:9", f"sqlite://{tmp_path / 'imp.db'}", tmp_path / "imp")
+    )
     await fresh.start(proxy=False, ui=False)
     try:
         assert await store_all(fresh, loaded.exchanges) == (4, 0)
-        assert await store_all(fresh, load(str(tmp_path / "flows.mitm"),
-                                           ["localhost"]).exchanges) == (0, 4)
+        assert await store_all(
+            fresh, load(str(tmp_path / "flows.mitm"), ["localhost"]).exchanges
+        ) == (0, 4)
         imported = {r["id"]: r for r in await records(fresh)}
     finally:
         await fresh.stop()
@@ -200,11 +235,26 @@ async def test_mitm_command_runs_and_records(tls_fake: TlsFake, tmp_path: Path):
     """`agentops-studio mitm` as a user runs it: prints what to set, records, stops on SIGTERM."""
     db = tmp_path / "cli.db"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "mitm", "--port", "0", "--no-ui",
-        "--capture-host", "localhost", "--confdir", str(tmp_path / "conf"),
-        "--upstream-ca", str(tls_fake.ca.ca_pem), "--db", f"sqlite://{db}",
-        "--spool-dir", str(tmp_path / "spool"), stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if "PROXY" not in k.upper()})
+        sys.executable,
+        "-m",
+        "gateway",
+        "mitm",
+        "--port",
+        "0",
+        "--no-ui",
+        "--capture-host",
+        "localhost",
+        "--confdir",
+        str(tmp_path / "conf"),
+        "--upstream-ca",
+        str(tls_fake.ca.ca_pem),
+        "--db",
+        f"sqlite://{db}",
+        "--spool-dir",
+        str(tmp_path / "spool"),
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if "PROXY" not in k.upper()},
+    )
     assert proc.stderr is not None
     lines: list[str] = []
     try:
@@ -217,9 +267,11 @@ async def test_mitm_command_runs_and_records(tls_fake: TlsFake, tmp_path: Path):
         assert Path(bundle).read_text().count("BEGIN CERTIFICATE") > 1  # mitmproxy's + roots
         trust = ssl.create_default_context(cafile=bundle)
         async with httpx2.AsyncClient(proxy=proxy, verify=trust) as client:
-            resp = await client.post(f"{tls_fake.url}/v1/chat/completions",
-                                     json={"model": MODEL, "messages": chat("from the CLI")},
-                                     headers={"Authorization": f"Bearer {KEY}"})
+            resp = await client.post(
+                f"{tls_fake.url}/v1/chat/completions",
+                json={"model": MODEL, "messages": chat("from the CLI")},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
             assert resp.status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -239,27 +291,49 @@ async def test_port_in_use_is_one_clear_error(tmp_path: Path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        capture = MitmCapture(lambda exchange: None, host="127.0.0.1", port=port,
-                              capture_hosts=["api.mistral.ai"], confdir=str(tmp_path / "c"),
-                              max_body_bytes=1024)
+        capture = MitmCapture(
+            lambda exchange: None,
+            host="127.0.0.1",
+            port=port,
+            capture_hosts=["api.mistral.ai"],
+            confdir=str(tmp_path / "c"),
+            max_body_bytes=1024,
+        )
         with pytest.raises(MitmError) as info:
             await capture.start()
     message = str(info.value)
     assert f"could not listen on 127.0.0.1:{port}" in message and "\n" not in message
 
 
-async def test_mitm_second_ctrl_c_cuts_the_call_in_flight_and_records_it(tls_fake: TlsFake,
-                                                                         tmp_path: Path):
+async def test_mitm_second_ctrl_c_cuts_the_call_in_flight_and_records_it(
+    tls_fake: TlsFake, tmp_path: Path
+):
     """As `serve` does: the first Ctrl-C waits for the hanging call (up to --shutdown-grace)
     and says so, the second exits at once, and the call is stored with state `shutdown`."""
     db = tmp_path / "cut.db"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "mitm", "--port", "0", "--no-ui",
-        "--capture-host", "localhost", "--confdir", str(tmp_path / "conf"),
-        "--upstream-ca", str(tls_fake.ca.ca_pem), "--db", f"sqlite://{db}",
-        "--shutdown-grace", "60", "--spool-dir", str(tmp_path / "spool"),
+        sys.executable,
+        "-m",
+        "gateway",
+        "mitm",
+        "--port",
+        "0",
+        "--no-ui",
+        "--capture-host",
+        "localhost",
+        "--confdir",
+        str(tmp_path / "conf"),
+        "--upstream-ca",
+        str(tls_fake.ca.ca_pem),
+        "--db",
+        f"sqlite://{db}",
+        "--shutdown-grace",
+        "60",
+        "--spool-dir",
+        str(tmp_path / "spool"),
         stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if "PROXY" not in k.upper()})
+        env={k: v for k, v in os.environ.items() if "PROXY" not in k.upper()},
+    )
     assert proc.stderr is not None
 
     async def line_with(text: str) -> str:
@@ -274,9 +348,13 @@ async def test_mitm_second_ctrl_c_cuts_the_call_in_flight_and_records_it(tls_fak
         bundle = re.search(r"SSL_CERT_FILE=(\S+)", await line_with("SSL_CERT_FILE=")).group(1)  # type: ignore[union-attr]
         trust = ssl.create_default_context(cafile=bundle)
         async with httpx2.AsyncClient(proxy=proxy, verify=trust, timeout=60) as client:
-            call = asyncio.create_task(client.post(
-                f"{tls_fake.url}/v1/chat/completions", headers={"x-fake-hang": "1"},
-                json={"model": MODEL, "messages": chat("hang")}))
+            call = asyncio.create_task(
+                client.post(
+                    f"{tls_fake.url}/v1/chat/completions",
+                    headers={"x-fake-hang": "1"},
+                    json={"model": MODEL, "messages": chat("hang")},
+                )
+            )
             deadline = time.monotonic() + 20
             while not tls_fake.app[REQUESTS] and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

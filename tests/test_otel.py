@@ -26,16 +26,20 @@ TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 
 def traced_call(gw: Gateway) -> None:
     with Mistral(api_key=KEY, server_url=gw.proxy_url) as client:
-        client.chat.complete(model="mistral-small-latest", temperature=0.2,
-                             messages=[{"role": "user", "content": "traced hello"}],
-                             http_headers={"traceparent": TRACEPARENT,
-                                           "tracestate": "vendor=1"})
+        client.chat.complete(
+            model="mistral-small-latest",
+            temperature=0.2,
+            messages=[{"role": "user", "content": "traced hello"}],
+            http_headers={"traceparent": TRACEPARENT, "tracestate": "vendor=1"},
+        )
 
 
 async def exchanges(gw: Gateway) -> dict[str, dict]:
     await gw.recorder.drained(timeout=20)
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.get(
-            "/api/exchanges", params={"limit": "50"}) as resp:
+    async with (
+        aiohttp.ClientSession(gw.ui_url) as http,
+        http.get("/api/exchanges", params={"limit": "50"}) as resp,
+    ):
         return {item["id"]: item for item in (await resp.json())["items"]}
 
 
@@ -43,18 +47,30 @@ def _ns(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
-async def test_exchanges_and_runs_become_linked_spans(upstream: Upstream, db_url: str,
-                                                     tmp_path: Path):
-    async with otlp_receiver() as receiver, running(make_settings(
-            upstream.url, db_url, tmp_path, otel_endpoint=receiver.url, run_idle=0.3)) as gw:
+async def test_exchanges_and_runs_become_linked_spans(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    async with (
+        otlp_receiver() as receiver,
+        running(
+            make_settings(upstream.url, db_url, tmp_path, otel_endpoint=receiver.url, run_idle=0.3)
+        ) as gw,
+    ):
         await asyncio.to_thread(traced_call, gw)
         sent = [h for h in upstream.requests[-1]["headers"] if h[0].lower() == "traceparent"]
         assert sent == [("traceparent", TRACEPARENT)]  # forwarded unchanged
         await asyncio.to_thread(tool_loop, gw, "Oslo")
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{gw.proxy_url}/v1/chat/completions", headers={"x-fake-status": "429"},
-                json={"model": "mistral-small-latest",
-                      "messages": [{"role": "user", "content": "fail"}]}) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{gw.proxy_url}/v1/chat/completions",
+                headers={"x-fake-status": "429"},
+                json={
+                    "model": "mistral-small-latest",
+                    "messages": [{"role": "user", "content": "fail"}],
+                },
+            ) as resp,
+        ):
             assert resp.status == 429
         recorded = await exchanges(gw)
 
@@ -64,8 +80,11 @@ async def test_exchanges_and_runs_become_linked_spans(upstream: Upstream, db_url
 
         await wait_until(runs_exported)
 
-    exchange_spans = {s.attributes["agentops.exchange.id"]: s for s in receiver.spans
-                      if "agentops.exchange.id" in s.attributes}
+    exchange_spans = {
+        s.attributes["agentops.exchange.id"]: s
+        for s in receiver.spans
+        if "agentops.exchange.id" in s.attributes
+    }
     run_spans = {s.attributes["agentops.run.id"]: s for s in receiver.named("invoke_agent")}
     assert set(exchange_spans) == set(recorded)
     for exchange_id, span in exchange_spans.items():
@@ -75,7 +94,8 @@ async def test_exchanges_and_runs_become_linked_spans(upstream: Upstream, db_url
         assert a["gen_ai.provider.name"] == a["gen_ai.system"] == "mistral_ai"
         assert a["gen_ai.operation.name"] == "chat"
         assert a["gen_ai.request.model"] == "mistral-small-latest" or item["model"] != (
-            "mistral-small-latest")
+            "mistral-small-latest"
+        )
         assert span.name == f"chat {item['model']}"
         # the call's real times, to the millisecond the store keeps
         assert abs(span.start_ns - _ns(item["started_at"])) < 1_000_000
@@ -96,11 +116,16 @@ async def test_exchanges_and_runs_become_linked_spans(upstream: Upstream, db_url
     (traced_span,) = traced
     assert traced_span.parent_span_id == CLIENT_SPAN
     assert traced_span.attributes["gen_ai.request.temperature"] == 0.2
-    loop = [s for s in exchange_spans.values() if s.attributes["gen_ai.request.model"]
-            == "mistral-large-latest"]
+    loop = [
+        s
+        for s in exchange_spans.values()
+        if s.attributes["gen_ai.request.model"] == "mistral-large-latest"
+    ]
     assert len(loop) == 2 and len({s.links[0][1] for s in loop}) == 1
     assert sorted(s.attributes["gen_ai.response.finish_reasons"][0] for s in loop) == [
-        "stop", "tool_calls"]
+        "stop",
+        "tool_calls",
+    ]
     run = run_spans[loop[0].attributes["agentops.run.id"]]
     for span in loop:  # without a client trace, exchanges sit under their run's span
         assert (span.trace_id, span.parent_span_id) == (run.trace_id, run.span_id)
@@ -108,23 +133,31 @@ async def test_exchanges_and_runs_become_linked_spans(upstream: Upstream, db_url
     assert run.start_ns <= min(s.start_ns for s in loop)
     assert abs(run.end_ns - max(s.end_ns for s in loop)) < 1_000_000
     assert run.attributes["gen_ai.usage.input_tokens"] == sum(
-        s.attributes["gen_ai.usage.input_tokens"] for s in loop)
+        s.attributes["gen_ai.usage.input_tokens"] for s in loop
+    )
     assert run.resource["service.name"] == "agentops-studio"
 
 
 async def test_unreachable_collector_is_counted_not_felt(
-        upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     endpoint = f"http://127.0.0.1:{free_port()}"
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'o.db'}", tmp_path,
-                             otel_endpoint=endpoint)
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'o.db'}", tmp_path, otel_endpoint=endpoint
+    )
     async with running(settings) as gw:
-        payload = {"model": "mistral-small-latest",
-                   "messages": [{"role": "user", "content": "nobody listens"}]}
+        payload = {
+            "model": "mistral-small-latest",
+            "messages": [{"role": "user", "content": "nobody listens"}],
+        }
         async with aiohttp.ClientSession() as http:
             for _ in range(3):
-                async with http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload,
-                                     headers={"Authorization": f"Bearer {KEY}"}) as resp:
+                async with http.post(
+                    f"{gw.proxy_url}/v1/chat/completions",
+                    json=payload,
+                    headers={"Authorization": f"Bearer {KEY}"},
+                ) as resp:
                     assert resp.status == 200
         await gw.recorder.drained(timeout=20)
         otel = (await gw.recorder.call("integrations_drained"))["otel"]

@@ -32,8 +32,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def stored(gw: Gateway, exchange_id: str | None = None) -> list[dict]:
     await gw.recorder.drained(timeout=10)
-    items, _ = await gw.store.list_exchanges(ExchangeFilter(),
-                                             500, None)
+    items, _ = await gw.store.list_exchanges(ExchangeFilter(), 500, None)
     if exchange_id is None:
         return [await gw.store.get_exchange(int(i["id"])) for i in items]
     return [await gw.store.get_exchange(int(exchange_id))]
@@ -41,12 +40,22 @@ async def stored(gw: Gateway, exchange_id: str | None = None) -> list[dict]:
 
 async def test_request_forwarded_byte_for_byte(sqlite_gateway, upstream: Upstream, http):
     body = b'{"model": "mistral-small-latest",  "messages": [],\n "x": "\xc3\xa9"}'
-    headers = {**AUTH, "Content-Type": "application/json", "X-Custom": "Kept",
-               "X-AgentOps-Run": "hidden", "x-fake-echo": "1", "X-Hop": "named by Connection",
-               "Connection": "keep-alive, X-Hop"}
+    headers = {
+        **AUTH,
+        "Content-Type": "application/json",
+        "X-Custom": "Kept",
+        "X-AgentOps-Run": "hidden",
+        "x-fake-echo": "1",
+        "X-Hop": "named by Connection",
+        "Connection": "keep-alive, X-Hop",
+    }
     url = f"{sqlite_gateway.proxy_url}/v1/some/path?b=2&a=%20x&a=1"
-    async with http.post(url, data=body, headers=headers,
-                         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding")) as resp:
+    async with http.post(
+        url,
+        data=body,
+        headers=headers,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+    ) as resp:
         assert resp.status == 200
         await resp.read()
     seen = upstream.requests[-1]
@@ -77,10 +86,15 @@ async def test_response_identical_to_direct(sqlite_gateway, upstream: Upstream, 
 
 
 async def test_gzip_passes_through_still_compressed(sqlite_gateway, http):
-    payload = {"model": "mistral-small-latest",
-               "messages": [{"role": "user", "content": "hello gzip"}]}
-    async with http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions", json=payload,
-                         headers={**AUTH, "x-fake-gzip": "1"}) as resp:
+    payload = {
+        "model": "mistral-small-latest",
+        "messages": [{"role": "user", "content": "hello gzip"}],
+    }
+    async with http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions",
+        json=payload,
+        headers={**AUTH, "x-fake-gzip": "1"},
+    ) as resp:
         assert resp.headers["Content-Encoding"] == "gzip"
         raw = await resp.read()
     answer = orjson.loads(gzip.decompress(raw))
@@ -92,13 +106,17 @@ async def test_gzip_passes_through_still_compressed(sqlite_gateway, http):
 
 
 async def test_stream_is_not_buffered(sqlite_gateway, http):
-    payload = {"model": "mistral-small-latest", "stream": True,
-               "messages": [{"role": "user", "content": "count slowly"}]}
+    payload = {
+        "model": "mistral-small-latest",
+        "stream": True,
+        "messages": [{"role": "user", "content": "count slowly"}],
+    }
     headers = {**AUTH, "x-fake-chunks": "5", "x-fake-chunk-delay-ms": "250"}
     start = time.perf_counter()
     arrivals = []
-    async with http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions", json=payload,
-                         headers=headers) as resp:
+    async with http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions", json=payload, headers=headers
+    ) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         async for _ in resp.content.iter_any():
             arrivals.append(time.perf_counter() - start)
@@ -111,8 +129,11 @@ async def test_stream_is_not_buffered(sqlite_gateway, http):
 
 
 async def test_rate_limit_passes_with_retry_after(sqlite_gateway, http):
-    async with http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions", json={},
-                         headers={**AUTH, "x-fake-status": "429"}) as resp:
+    async with http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions",
+        json={},
+        headers={**AUTH, "x-fake-status": "429"},
+    ) as resp:
         assert resp.status == 429
         assert resp.headers["Retry-After"] == "7"
         body = orjson.loads(await resp.read())
@@ -123,16 +144,18 @@ async def test_rate_limit_passes_with_retry_after(sqlite_gateway, http):
 
 @pytest.mark.parametrize("status", [401, 500, 503])
 async def test_errors_pass_through(sqlite_gateway, http, status):
-    async with http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions", json={},
-                         headers={**AUTH, "x-fake-status": str(status)}) as resp:
+    async with http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions",
+        json={},
+        headers={**AUTH, "x-fake-status": str(status)},
+    ) as resp:
         assert resp.status == status
 
 
 async def test_upstream_down_is_502_and_recorded(tmp_path: Path, http):
     settings = make_settings("http://127.0.0.1:9", f"sqlite://{tmp_path / 'd.db'}", tmp_path)
     async with running(settings) as gw:
-        async with http.post(f"{gw.proxy_url}/v1/chat/completions", json={},
-                             headers=AUTH) as resp:
+        async with http.post(f"{gw.proxy_url}/v1/chat/completions", json={}, headers=AUTH) as resp:
             assert resp.status == 502
             body = orjson.loads(await resp.read())
         assert body["object"] == "error" and body["type"] == "upstream_unreachable"
@@ -144,15 +167,20 @@ async def test_upstream_down_is_502_and_recorded(tmp_path: Path, http):
 async def test_timeout_is_between_chunks_not_total(upstream: Upstream, tmp_path: Path, http):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 't.db'}", tmp_path)
     async with running(settings.replace(upstream_timeout=0.6)) as gw:
-        async with http.post(f"{gw.proxy_url}/v1/chat/completions", json={},
-                             headers={**AUTH, "x-fake-hang": "1"}) as resp:
+        async with http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json={}, headers={**AUTH, "x-fake-hang": "1"}
+        ) as resp:
             assert resp.status == 504
             assert orjson.loads(await resp.read())["type"] == "upstream_timeout"
-        payload = {"model": "mistral-small-latest", "stream": True,
-                   "messages": [{"role": "user", "content": "a long healthy stream"}]}
+        payload = {
+            "model": "mistral-small-latest",
+            "stream": True,
+            "messages": [{"role": "user", "content": "a long healthy stream"}],
+        }
         headers = {**AUTH, "x-fake-chunks": "8", "x-fake-chunk-delay-ms": "200"}
-        async with http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload,
-                             headers=headers) as resp:
+        async with http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers
+        ) as resp:
             text = await resp.text()
         assert "[DONE]" in text  # 1.6 s in total, never 0.6 s without a byte
         records = await stored(gw)
@@ -160,11 +188,15 @@ async def test_timeout_is_between_chunks_not_total(upstream: Upstream, tmp_path:
 
 
 async def test_client_disconnect_mid_stream_is_recorded(sqlite_gateway, http):
-    payload = {"model": "mistral-small-latest", "stream": True,
-               "messages": [{"role": "user", "content": "I will hang up"}]}
+    payload = {
+        "model": "mistral-small-latest",
+        "stream": True,
+        "messages": [{"role": "user", "content": "I will hang up"}],
+    }
     headers = {**AUTH, "x-fake-chunks": "20", "x-fake-chunk-delay-ms": "100"}
-    resp = await http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions", json=payload,
-                           headers=headers)
+    resp = await http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions", json=payload, headers=headers
+    )
     await resp.content.readany()
     resp.close()  # drop the connection mid-stream
     deadline = time.monotonic() + 10
@@ -184,8 +216,11 @@ async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tm
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'h.db'}", tmp_path)
     async with running(settings.replace(max_body_bytes=1024 * 1024)) as gw:
         body = b'{"model": "mistral-small-latest", "input": "' + b"x" * (20 * 1024 * 1024) + b'"}'
-        async with http.post(f"{gw.proxy_url}/v1/embeddings", data=io.BytesIO(body),
-                             headers={**AUTH, "Content-Type": "application/json"}) as resp:
+        async with http.post(
+            f"{gw.proxy_url}/v1/embeddings",
+            data=io.BytesIO(body),
+            headers={**AUTH, "Content-Type": "application/json"},
+        ) as resp:
             await resp.read()
         seen = upstream.requests[-1]["body"]
         assert hashlib.sha256(seen).digest() == hashlib.sha256(body).digest()
@@ -195,9 +230,11 @@ async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tm
 
 
 async def test_malformed_json_is_forwarded_and_flagged(sqlite_gateway, upstream, http):
-    async with http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions",
-                         data=b'{"model": "x", "messages": [', headers={
-                             **AUTH, "Content-Type": "application/json"}) as resp:
+    async with http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions",
+        data=b'{"model": "x", "messages": [',
+        headers={**AUTH, "Content-Type": "application/json"},
+    ) as resp:
         assert resp.status in (400, 422)
     assert upstream.requests[-1]["body"] == b'{"model": "x", "messages": ['
     (record,) = await stored(sqlite_gateway)
@@ -207,8 +244,9 @@ async def test_malformed_json_is_forwarded_and_flagged(sqlite_gateway, upstream,
 
 
 async def test_odd_method_and_unknown_path_forwarded(sqlite_gateway, upstream, http):
-    async with http.request("PROPFIND", f"{sqlite_gateway.proxy_url}/nowhere/at/all?x=1",
-                            headers=AUTH) as resp:
+    async with http.request(
+        "PROPFIND", f"{sqlite_gateway.proxy_url}/nowhere/at/all?x=1", headers=AUTH
+    ) as resp:
         assert resp.status == 404
     assert upstream.requests[-1]["method"] == "PROPFIND"
     assert upstream.requests[-1]["path"] == "/nowhere/at/all"
@@ -225,12 +263,14 @@ async def test_proxy_port_serves_no_ui_or_api(sqlite_gateway, upstream, http):
 
 async def test_key_never_stored_or_logged(sqlite_gateway, http, caplog, tmp_path):
     caplog.set_level("DEBUG")
-    payload = {"model": "mistral-small-latest",
-               "messages": [{"role": "user", "content": "keep my secret"}]}
+    payload = {
+        "model": "mistral-small-latest",
+        "messages": [{"role": "user", "content": "keep my secret"}],
+    }
     url = f"{sqlite_gateway.proxy_url}/v1/chat/completions?api_key={KEY}"
-    async with http.post(url, json=payload,
-                         headers={**AUTH, "Cookie": f"session={KEY}",
-                                  "X-Api-Key": KEY}) as resp:
+    async with http.post(
+        url, json=payload, headers={**AUTH, "Cookie": f"session={KEY}", "X-Api-Key": KEY}
+    ) as resp:
         assert resp.status == 200
     (record,) = await stored(sqlite_gateway)
     assert record["key_fingerprint"].endswith("WXYZ")
@@ -242,10 +282,15 @@ async def test_key_never_stored_or_logged(sqlite_gateway, http, caplog, tmp_path
 
 
 async def test_omit_bodies_keeps_usage(sqlite_gateway, http):
-    payload = {"model": "mistral-small-latest",
-               "messages": [{"role": "user", "content": "private"}]}
-    async with http.post(f"{sqlite_gateway.proxy_url}/v1/chat/completions", json=payload,
-                         headers={**AUTH, "X-AgentOps-Omit": "bodies"}) as resp:
+    payload = {
+        "model": "mistral-small-latest",
+        "messages": [{"role": "user", "content": "private"}],
+    }
+    async with http.post(
+        f"{sqlite_gateway.proxy_url}/v1/chat/completions",
+        json=payload,
+        headers={**AUTH, "X-AgentOps-Omit": "bodies"},
+    ) as resp:
         assert resp.status == 200
     (record,) = await stored(sqlite_gateway)
     assert record["omitted"] is True
@@ -259,11 +304,15 @@ async def test_omit_bodies_keeps_usage(sqlite_gateway, http):
 async def test_200_concurrent_calls_all_recorded(gateway, http):
     async def one(n: int) -> int:
         stream = n % 2 == 0
-        payload = {"model": "mistral-small-latest", "stream": stream,
-                   "messages": [{"role": "user", "content": f"call number {n}"}]}
+        payload = {
+            "model": "mistral-small-latest",
+            "stream": stream,
+            "messages": [{"role": "user", "content": f"call number {n}"}],
+        }
         headers = {**AUTH, "x-fake-chunks": "5", "x-fake-chunk-delay-ms": "5"}
-        async with http.post(f"{gateway.proxy_url}/v1/chat/completions", json=payload,
-                             headers=headers) as resp:
+        async with http.post(
+            f"{gateway.proxy_url}/v1/chat/completions", json=payload, headers=headers
+        ) as resp:
             await resp.read()
             return resp.status
 
@@ -277,8 +326,10 @@ async def test_200_concurrent_calls_all_recorded(gateway, http):
 async def test_absolute_form_target_goes_to_the_upstream_only(sqlite_gateway, upstream):
     port = int(sqlite_gateway.proxy_url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET http://evil.example/v1/models?x=1 HTTP/1.1\r\nHost: evil.example\r\n"
-                 b"Authorization: Bearer k\r\nConnection: close\r\n\r\n")
+    writer.write(
+        b"GET http://evil.example/v1/models?x=1 HTTP/1.1\r\nHost: evil.example\r\n"
+        b"Authorization: Bearer k\r\nConnection: close\r\n\r\n"
+    )
     status_line = await reader.readline()
     await reader.read()
     writer.close()
@@ -287,4 +338,3 @@ async def test_absolute_form_target_goes_to_the_upstream_only(sqlite_gateway, up
     assert upstream.requests[-1]["query"] == "x=1"
     (record,) = await stored(sqlite_gateway)
     assert record["path"] == "/v1/models" and record["state"] == "complete"
-

@@ -26,8 +26,9 @@ KEY = CALL_KEY
 
 
 @pytest.mark.postgres
-async def test_database_down_then_back_loses_nothing(upstream: Upstream, relayed_pg,
-                                                     tmp_path: Path):
+async def test_database_down_then_back_loses_nothing(
+    upstream: Upstream, relayed_pg, tmp_path: Path
+):
     db, relay = relayed_pg
     async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         assert await calls(gw, 5, "before") == [200] * 5
@@ -39,6 +40,7 @@ async def test_database_down_then_back_loses_nothing(upstream: Upstream, relayed
         async def spooling() -> bool:
             state = await health(gw)
             return state["database"] == "down" and state["spool_bytes"] > 0
+
         await wait_until(spooling)
         assert (await health(gw))["status"] == "degraded"
         spool_files = list((tmp_path / "spool").glob("spool-*.bin"))
@@ -66,7 +68,8 @@ async def test_full_queue_spills_to_spool_and_is_replayed(upstream: Upstream, tm
 
 
 async def test_bodies_past_queue_max_bytes_spill_to_spool_and_are_replayed(
-        upstream: Upstream, tmp_path: Path):
+    upstream: Upstream, tmp_path: Path
+):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'b.db'}", tmp_path)
     async with running(settings.replace(queue_max_bytes=1)) as gw:
         assert await calls(gw, 20, "heavy") == [200] * 20
@@ -88,6 +91,7 @@ async def test_spool_limit_drops_and_counts(upstream: Upstream, relayed_pg, tmp_
 
         async def dropping() -> bool:
             return (await health(gw))["dropped_records"] > 0
+
         await wait_until(dropping)
         state = await health(gw)
         assert state["status"] == "degraded" and state["spool_bytes"] <= 4096
@@ -96,8 +100,7 @@ async def test_spool_limit_drops_and_counts(upstream: Upstream, relayed_pg, tmp_
         await gw.stop()
 
 
-async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstream,
-                                                                tmp_path: Path):
+async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstream, tmp_path: Path):
     db = f"sqlite://{tmp_path / 'restart.db'}"
     async with running(make_settings(upstream.url, db, tmp_path)) as first:
         await calls(first, 3, "kept")
@@ -106,13 +109,30 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
         items, _ = await first.store.list_exchanges(ExchangeFilter(), 10, None)
     from gateway.exchange import Exchange, new_id
     from gateway.spool import Spool
+
     spool = Spool(tmp_path / "spool", 10**9)
-    orphan = Exchange(id=new_id(), started_at=time.time(), method="POST",
-                      client_path="/v1/chat/completions", path="/v1/chat/completions",
-                      query="", request_headers=[], request_body=b'{"model": "m"}', status=200)
-    duplicate = Exchange(id=int(items[0]["id"]), started_at=time.time(), method="POST",
-                         client_path="/x", path="/x", query="", request_headers=[],
-                         request_body=b"", status=200)
+    orphan = Exchange(
+        id=new_id(),
+        started_at=time.time(),
+        method="POST",
+        client_path="/v1/chat/completions",
+        path="/v1/chat/completions",
+        query="",
+        request_headers=[],
+        request_body=b'{"model": "m"}',
+        status=200,
+    )
+    duplicate = Exchange(
+        id=int(items[0]["id"]),
+        started_at=time.time(),
+        method="POST",
+        client_path="/x",
+        path="/x",
+        query="",
+        request_headers=[],
+        request_body=b"",
+        status=200,
+    )
     spool.append([orphan, duplicate])
     spool.close()
 

@@ -38,34 +38,54 @@ def chat(gw: Gateway, **kwargs: Any) -> Any:
 
 def last_request(upstream: Upstream) -> dict[str, Any]:
     request = upstream.requests[-1]
-    return {**request, "json": json.loads(request["body"]),
-            "header": {k.lower(): v for k, v in request["headers"]}}
+    return {
+        **request,
+        "json": json.loads(request["body"]),
+        "header": {k.lower(): v for k, v in request["headers"]},
+    }
 
 
 async def everything_stored(gw: Gateway) -> str:
     """Every text column of every table, to look for secrets."""
     text = []
-    for table in ("exchanges", "exchange_bodies", "runs", "diffs", "messages", "tool_calls",
-                  "memory_snapshots", "experiments", "experiment_rows"):
+    for table in (
+        "exchanges",
+        "exchange_bodies",
+        "runs",
+        "diffs",
+        "messages",
+        "tool_calls",
+        "memory_snapshots",
+        "experiments",
+        "experiment_rows",
+    ):
         for row in await gw.store.rows(f"SELECT * FROM {table}"):
             text += [str(v) for v in row.values()]
     return "\n".join(text)
 
 
 async def test_replay_with_overrides_is_recorded_sent_merged_and_diffed(
-        upstream: Upstream, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    upstream: Upstream, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     caplog.set_level(logging.DEBUG)
     async with running(make_settings(upstream.url, db_url, tmp_path), ENV) as gw:
         await asyncio.to_thread(
-            chat, gw, model="mistral-large-latest", temperature=0.7, random_seed=1,
-            max_tokens=500, messages=[{"role": "user", "content": "Describe a harbor."}])
+            chat,
+            gw,
+            model="mistral-large-latest",
+            temperature=0.7,
+            random_seed=1,
+            max_tokens=500,
+            messages=[{"role": "user", "content": "Describe a harbor."}],
+        )
         original_id = await latest_id(gw)
         _, original = await get(gw, f"/api/exchanges/{original_id}")
         sent = json.loads(upstream.requests[-1]["body"])
         overrides = {"model": "mistral-small-latest", "temperature": 0.2, "max_tokens": None}
 
-        status, body = await post(gw, f"/api/exchanges/{original_id}/replay",
-                                  {"overrides": overrides})
+        status, body = await post(
+            gw, f"/api/exchanges/{original_id}/replay", {"overrides": overrides}
+        )
         assert status == 201, body
         expected = {k: v for k, v in sent.items() if k != "max_tokens"}
         expected.update(model="mistral-small-latest", temperature=0.2)
@@ -90,7 +110,9 @@ async def test_replay_with_overrides_is_recorded_sent_merged_and_diffed(
         assert (diff["a"], diff["b"]) == (original_id, item["id"])
         assert {c["field"]: (c["before"], c["after"]) for c in diff["parameter_changed"]} == {
             "model": ("mistral-large-latest", "mistral-small-latest"),
-            "temperature": (0.7, 0.2), "max_tokens": (500, None)}
+            "temperature": (0.7, 0.2),
+            "max_tokens": (500, None),
+        }
         assert diff["before_output"] == original["output_text"]
         assert diff["after_output"] == stored["output_text"]
         assert "".join(op["before"] for op in diff["ops"]) == diff["before_output"]
@@ -99,31 +121,37 @@ async def test_replay_with_overrides_is_recorded_sent_merged_and_diffed(
         assert 0 < diff["similarity"] < 1 and diff["identical"] is False
         assert diff["deltas"]["tokens"] == stored["total_tokens"] - original["total_tokens"]
         assert diff["deltas"]["cost_usd"] == pytest.approx(
-            stored["cost_usd"] - original["cost_usd"])
+            stored["cost_usd"] - original["cost_usd"]
+        )
         assert diff["tool_calls"]["added"] == diff["tool_calls"]["removed"] == []
 
         status, again = await get(gw, f"/api/diffs/{diff['id']}")
         assert status == 200 and again == diff
         status, computed = await get(gw, "/api/diff", a=original_id, b=item["id"])
         assert status == 200 and computed["id"] is None
-        assert {k: v for k, v in computed.items() if k not in ("id", "run_id", "created_at")} \
-            == {k: v for k, v in diff.items() if k not in ("id", "run_id", "created_at")}
+        assert {k: v for k, v in computed.items() if k not in ("id", "run_id", "created_at")} == {
+            k: v for k, v in diff.items() if k not in ("id", "run_id", "created_at")
+        }
         assert (await get(gw, "/api/diffs/123"))[0] == 404
 
         stored_text = await everything_stored(gw)
         assert REPLAY_KEY not in stored_text and CLIENT_KEY not in stored_text
-        async with aiohttp.ClientSession(gw.ui_url) as http, http.delete(
-                f"/api/exchanges/{original_id}") as resp:
+        async with (
+            aiohttp.ClientSession(gw.ui_url) as http,
+            http.delete(f"/api/exchanges/{original_id}") as resp,
+        ):
             assert resp.status == 200
         assert (await get(gw, f"/api/diffs/{diff['id']}"))[0] == 404  # went with its exchange
     assert REPLAY_KEY not in caplog.text
 
 
-async def test_same_seed_is_identical_and_streams_replay_as_streams(gw: Gateway,
-                                                                    upstream: Upstream):
+async def test_same_seed_is_identical_and_streams_replay_as_streams(
+    gw: Gateway, upstream: Upstream
+):
     messages = [{"role": "user", "content": "Tell me about rivers."}]
-    await asyncio.to_thread(chat, gw, model="mistral-small-latest", temperature=0.9,
-                            random_seed=42, messages=messages)
+    await asyncio.to_thread(
+        chat, gw, model="mistral-small-latest", temperature=0.9, random_seed=42, messages=messages
+    )
     seeded = await latest_id(gw)
     status, body = await post(gw, f"/api/exchanges/{seeded}/replay", {"overrides": {}})
     assert status == 201
@@ -133,25 +161,37 @@ async def test_same_seed_is_identical_and_streams_replay_as_streams(gw: Gateway,
     # The replay's messages and reply equal the original's: continuing the conversation
     # must still thread into the original's run, never into the replay's.
     reply = (await get(gw, f"/api/exchanges/{seeded}"))[1]["response_body"]["choices"][0]
-    await asyncio.to_thread(chat, gw, model="mistral-small-latest", temperature=0.9,
-                            random_seed=42, messages=[*messages, {
-                                "role": "assistant", "content": reply["message"]["content"]},
-                                {"role": "user", "content": "And lakes?"}])
+    await asyncio.to_thread(
+        chat,
+        gw,
+        model="mistral-small-latest",
+        temperature=0.9,
+        random_seed=42,
+        messages=[
+            *messages,
+            {"role": "assistant", "content": reply["message"]["content"]},
+            {"role": "user", "content": "And lakes?"},
+        ],
+    )
     continued = (await get(gw, f"/api/exchanges/{await latest_id(gw)}"))[1]
     assert continued["run_id"] == (await get(gw, f"/api/exchanges/{seeded}"))[1]["run_id"]
     assert continued["run_id"] != body["exchange"]["run_id"]
-    status, other = await post(gw, f"/api/exchanges/{seeded}/replay",
-                               {"overrides": {"random_seed": 43}})
+    status, other = await post(
+        gw, f"/api/exchanges/{seeded}/replay", {"overrides": {"random_seed": 43}}
+    )
     assert status == 201 and other["diff"]["identical"] is False
     assert other["diff"]["parameter_changed"] == [
-        {"field": "random_seed", "before": 42, "after": 43}]
+        {"field": "random_seed", "before": 42, "after": 43}
+    ]
 
-    chunks = await asyncio.to_thread(chat, gw, model="mistral-small-latest", stream=True,
-                                     random_seed=7, messages=messages)
+    chunks = await asyncio.to_thread(
+        chat, gw, model="mistral-small-latest", stream=True, random_seed=7, messages=messages
+    )
     streamed_text = "".join(str(c.choices[0].delta.content or "") for c in chunks)
     streamed = await latest_id(gw)
-    status, body = await post(gw, f"/api/exchanges/{streamed}/replay",
-                              {"overrides": {"temperature": 0}})
+    status, body = await post(
+        gw, f"/api/exchanges/{streamed}/replay", {"overrides": {"temperature": 0}}
+    )
     assert status == 201, body
     received = last_request(upstream)
     assert received["json"]["stream"] is True
@@ -163,21 +203,33 @@ async def test_same_seed_is_identical_and_streams_replay_as_streams(gw: Gateway,
     assert replayed["response_body_encoding"] == "text"  # the SSE, reassembled above
 
 
-async def test_conversation_append_replays_as_a_new_conversation(gw: Gateway,
-                                                                  upstream: Upstream):
+async def test_conversation_append_replays_as_a_new_conversation(gw: Gateway, upstream: Upstream):
     auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
     async with aiohttp.ClientSession() as http:  # raw calls: the SDK's beta is slow to load
-        async with http.post(f"{gw.proxy_url}/v1/conversations", headers=auth, json={
-                "model": "mistral-medium-latest", "inputs": "Plan a trip.",
-                "instructions": "Be brief.", "completion_args": {"temperature": 0.5}}) as resp:
+        async with http.post(
+            f"{gw.proxy_url}/v1/conversations",
+            headers=auth,
+            json={
+                "model": "mistral-medium-latest",
+                "inputs": "Plan a trip.",
+                "instructions": "Be brief.",
+                "completion_args": {"temperature": 0.5},
+            },
+        ) as resp:
             conversation = (await resp.json())["conversation_id"]
-        async with http.post(f"{gw.proxy_url}/v1/conversations/{conversation}", headers=auth,
-                             json={"inputs": "Now by train."}) as resp:
+        async with http.post(
+            f"{gw.proxy_url}/v1/conversations/{conversation}",
+            headers=auth,
+            json={"inputs": "Now by train."},
+        ) as resp:
             assert resp.status == 200
     append_id = await latest_id(gw)
     entries_before = len(upstream.app[CONVERSATIONS][conversation]["entries"])
-    status, body = await post(gw, f"/api/exchanges/{append_id}/replay",
-                              {"overrides": {"random_seed": 5, "max_tokens": 50}})
+    status, body = await post(
+        gw,
+        f"/api/exchanges/{append_id}/replay",
+        {"overrides": {"random_seed": 5, "max_tokens": 50}},
+    )
     assert status == 201, body
     received = last_request(upstream)
     assert received["path"] == "/v1/conversations"  # a start, not an append
@@ -187,12 +239,14 @@ async def test_conversation_append_replays_as_a_new_conversation(gw: Gateway,
     first = sent["inputs"][0]
     assert (first["type"], first["content"]) == ("message.input", "Plan a trip.")
     assert sent["inputs"][1]["type"] == "message.output"
-    assert sent["inputs"][-1] == {"type": "message.input", "role": "user",
-                                  "content": "Now by train."}
+    assert sent["inputs"][-1] == {
+        "type": "message.input",
+        "role": "user",
+        "content": "Now by train.",
+    }
     assert len(upstream.app[CONVERSATIONS][conversation]["entries"]) == entries_before
     assert body["diff"]["after_output"]
-    bad, error = await post(gw, f"/api/exchanges/{append_id}/replay",
-                            {"overrides": {"stop": 7}})
+    bad, error = await post(gw, f"/api/exchanges/{append_id}/replay", {"overrides": {"stop": 7}})
     assert bad == 400 and "stop" in error["error"]
 
 
@@ -203,58 +257,87 @@ def upload_form() -> aiohttp.FormData:
 
 
 async def test_refusals_are_clear_and_send_nothing(upstream: Upstream, tmp_path: Path):
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'r.db'}", tmp_path,
-                             max_body_bytes=4096)
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'r.db'}", tmp_path, max_body_bytes=4096
+    )
     async with running(settings, {}) as gw:
-        await asyncio.to_thread(chat, gw, model="mistral-small-latest",
-                                messages=[{"role": "user", "content": "hi"}])
+        await asyncio.to_thread(
+            chat, gw, model="mistral-small-latest", messages=[{"role": "user", "content": "hi"}]
+        )
         good = await latest_id(gw)
         auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
         async with aiohttp.ClientSession() as http:
             for path, kwargs in (
-                    ("/v1/chat/completions", {"data": b"hello", "headers": {
-                        **auth, "Content-Type": "text/plain"}}),
-                    ("/v1/models", {}),
-                    ("/v1/files", {"data": upload_form(), "headers": auth}),
-                    ("/v1/chat/completions", {"json": {"model": "m", "messages": [
-                        {"role": "user", "content": "x" * 5000}]}, "headers": auth}),
-                    ("/v1/chat/completions", {"json": {"model": "m", "messages": [
-                        {"role": "user", "content": "secret"}]},
-                        "headers": {**auth, "X-AgentOps-Omit": "bodies"}})):
+                (
+                    "/v1/chat/completions",
+                    {"data": b"hello", "headers": {**auth, "Content-Type": "text/plain"}},
+                ),
+                ("/v1/models", {}),
+                ("/v1/files", {"data": upload_form(), "headers": auth}),
+                (
+                    "/v1/chat/completions",
+                    {
+                        "json": {
+                            "model": "m",
+                            "messages": [{"role": "user", "content": "x" * 5000}],
+                        },
+                        "headers": auth,
+                    },
+                ),
+                (
+                    "/v1/chat/completions",
+                    {
+                        "json": {"model": "m", "messages": [{"role": "user", "content": "secret"}]},
+                        "headers": {**auth, "X-AgentOps-Omit": "bodies"},
+                    },
+                ),
+            ):
                 method = http.get if path == "/v1/models" else http.post
                 async with method(f"{gw.proxy_url}{path}", **kwargs) as resp:
                     await resp.read()
         status, page = await get(gw, "/api/exchanges", limit="5")
-        not_json, models, upload, truncated, omitted = [i["id"] for i in
-                                                        reversed(page["items"])]
+        not_json, models, upload, truncated, omitted = [i["id"] for i in reversed(page["items"])]
         sent_before = len(upstream.requests)
-        for exchange_id, words in ((not_json, "not a JSON object"), (models, "GET"),
-                                   (upload, "multipart"), (truncated, "truncated"),
-                                   (omitted, "not recorded")):
+        for exchange_id, words in (
+            (not_json, "not a JSON object"),
+            (models, "GET"),
+            (upload, "multipart"),
+            (truncated, "truncated"),
+            (omitted, "not recorded"),
+        ):
             status, body = await post(gw, f"/api/exchanges/{exchange_id}/replay")
             assert status == 409 and words in body["error"], body
         for path, payload, code, words in (
-                (f"/api/exchanges/{good}/replay", {"overrides": {}}, 400,
-                 "AGENTOPS_REPLAY_API_KEY"),
-                ("/api/exchanges/999/replay", {}, 404, "not found"),
-                ("/api/exchanges/abc/replay", {}, 404, "not found"),
-                (f"/api/exchanges/{good}/replay", {"overrides": {"server_url": "http://x"}},
-                 400, "server_url"),
-                (f"/api/exchanges/{good}/replay", {"overrides": {"temperature": "hot"}}, 400,
-                 "temperature"),
-                (f"/api/exchanges/{good}/replay", {"overrides": {"model": None}}, 400,
-                 "model"),
-                (f"/api/exchanges/{good}/replay", {"overrides": [1]}, 400, "object"),
-                (f"/api/exchanges/{good}/replay", {"upstream": "http://x"}, 400, "upstream"),
-                (f"/api/exchanges/{good}/replay", {"api_key": ""}, 400, "api_key")):
+            (f"/api/exchanges/{good}/replay", {"overrides": {}}, 400, "AGENTOPS_REPLAY_API_KEY"),
+            ("/api/exchanges/999/replay", {}, 404, "not found"),
+            ("/api/exchanges/abc/replay", {}, 404, "not found"),
+            (
+                f"/api/exchanges/{good}/replay",
+                {"overrides": {"server_url": "http://x"}},
+                400,
+                "server_url",
+            ),
+            (
+                f"/api/exchanges/{good}/replay",
+                {"overrides": {"temperature": "hot"}},
+                400,
+                "temperature",
+            ),
+            (f"/api/exchanges/{good}/replay", {"overrides": {"model": None}}, 400, "model"),
+            (f"/api/exchanges/{good}/replay", {"overrides": [1]}, 400, "object"),
+            (f"/api/exchanges/{good}/replay", {"upstream": "http://x"}, 400, "upstream"),
+            (f"/api/exchanges/{good}/replay", {"api_key": ""}, 400, "api_key"),
+        ):
             status, body = await post(gw, path, payload)
             assert status == code and words in body["error"], (path, payload, body)
         async with aiohttp.ClientSession(gw.ui_url) as http:
-            async with http.post(f"/api/exchanges/{good}/replay", data="{}",
-                                 headers={"Content-Type": "text/plain"}) as resp:
+            async with http.post(
+                f"/api/exchanges/{good}/replay", data="{}", headers={"Content-Type": "text/plain"}
+            ) as resp:
                 assert resp.status == 415 and "application/json" in (await resp.json())["error"]
-            async with http.post(f"/api/exchanges/{good}/replay", json={},
-                                 headers={"Host": "rebind.example:8081"}) as resp:
+            async with http.post(
+                f"/api/exchanges/{good}/replay", json={}, headers={"Host": "rebind.example:8081"}
+            ) as resp:
                 body = await resp.json()
                 assert resp.status == 400 and "AGENTOPS_ALLOWED_HOSTS" in body["error"]
         assert len(upstream.requests) == sent_before  # nothing was sent
@@ -269,28 +352,43 @@ async def test_replay_never_reaches_another_host(gw: Gateway, upstream: Upstream
     runner, elsewhere_url, elsewhere = await start_fake()
     try:
         port = elsewhere_url.rsplit(":", 1)[1]
-        await asyncio.to_thread(chat, gw, model="mistral-small-latest",
-                                messages=[{"role": "user", "content": "hi"}])
+        await asyncio.to_thread(
+            chat, gw, model="mistral-small-latest", messages=[{"role": "user", "content": "hi"}]
+        )
         original = await latest_id(gw)
-        for forged in (f"//127.0.0.1:{port}/v1/chat/completions",
-                       f"@127.0.0.1:{port}/v1/chat/completions",
-                       f"http://127.0.0.1:{port}/v1/chat/completions",
-                       "/v1/chat/completions/../../x"):
-            await gw.store.rows("UPDATE exchanges SET path = ? WHERE id = ?",
-                                [forged, int(original)])
+        for forged in (
+            f"//127.0.0.1:{port}/v1/chat/completions",
+            f"@127.0.0.1:{port}/v1/chat/completions",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            "/v1/chat/completions/../../x",
+        ):
+            await gw.store.rows(
+                "UPDATE exchanges SET path = ? WHERE id = ?", [forged, int(original)]
+            )
             status, body = await post(gw, f"/api/exchanges/{original}/replay")
             assert status == 409 and "not a Mistral API route" in body["error"], forged
-        await gw.store.rows("UPDATE exchanges SET path = '/v1/chat/completions' WHERE id = ?",
-                            [int(original)])
-        forged_headers = json.dumps([["Host", f"127.0.0.1:{port}"],
-                                     ["X-Forwarded-Host", f"127.0.0.1:{port}"],
-                                     ["Content-Type", "application/json"]])
-        await gw.store.rows("UPDATE exchange_bodies SET request_headers = ? "
-                            "WHERE exchange_id = ?", [forged_headers, int(original)])
-        for overrides in ({"base_url": elsewhere_url}, {"server_url": elsewhere_url},
-                          {"path": "/x"}):
-            status, _ = await post(gw, f"/api/exchanges/{original}/replay",
-                                   {"overrides": overrides})
+        await gw.store.rows(
+            "UPDATE exchanges SET path = '/v1/chat/completions' WHERE id = ?", [int(original)]
+        )
+        forged_headers = json.dumps(
+            [
+                ["Host", f"127.0.0.1:{port}"],
+                ["X-Forwarded-Host", f"127.0.0.1:{port}"],
+                ["Content-Type", "application/json"],
+            ]
+        )
+        await gw.store.rows(
+            "UPDATE exchange_bodies SET request_headers = ? WHERE exchange_id = ?",
+            [forged_headers, int(original)],
+        )
+        for overrides in (
+            {"base_url": elsewhere_url},
+            {"server_url": elsewhere_url},
+            {"path": "/x"},
+        ):
+            status, _ = await post(
+                gw, f"/api/exchanges/{original}/replay", {"overrides": overrides}
+            )
             assert status == 400
         status, body = await post(gw, f"/api/exchanges/{original}/replay")
         assert status == 201, body

@@ -32,23 +32,35 @@ async def gw(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 async def hostile_exchange(gw: Gateway) -> str:
     """A call whose recorded output carries markup (the fake echoes the tool's result)."""
-    messages = [{"role": "user", "content": "Weather?"},
-                {"role": "assistant", "content": "", "tool_calls": [
-                    {"id": "abcdefghi", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "abcdefghi", "name": "get_weather",
-                 "content": HOSTILE}]
-    async with aiohttp.ClientSession() as http, http.post(
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "abcdefghi",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "abcdefghi", "name": "get_weather", "content": HOSTILE},
+    ]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"{gw.proxy_url}/v1/chat/completions",
             json={"model": "mistral-large-latest", "messages": messages},
-            headers={"Authorization": "Bearer k"}) as resp:
+            headers={"Authorization": "Bearer k"},
+        ) as resp,
+    ):
         assert resp.status == 200
     return await latest_id(gw)
 
 
 async def page(gw: Gateway, path: str, **headers: str) -> tuple[int, str, Any]:
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.get(path,
-                                                                  headers=headers) as resp:
+    async with aiohttp.ClientSession(gw.ui_url) as http, http.get(path, headers=headers) as resp:
         return resp.status, await resp.text(), resp.headers
 
 
@@ -73,29 +85,48 @@ async def test_form_replays_to_a_safe_side_by_side_diff(gw: Gateway, upstream: U
     async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
         async with http.get(f"/exchanges/{original}/replay") as resp:  # sets the CSRF cookie
             token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await resp.text())[1]
-        form = {"model": "mistral-small-latest", "temperature": "0.2", "random_seed": "",
-                "max_tokens": "", "overrides": '{"top_p": 0.5}', "csrf_token": token}
+        form = {
+            "model": "mistral-small-latest",
+            "temperature": "0.2",
+            "random_seed": "",
+            "max_tokens": "",
+            "overrides": '{"top_p": 0.5}',
+            "csrf_token": token,
+        }
         sent = len(upstream.requests)
-        async with http.post(f"/exchanges/{original}/replay",
-                             data={**form, "csrf_token": "0" * 64},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            f"/exchanges/{original}/replay",
+            data={**form, "csrf_token": "0" * 64},
+            allow_redirects=False,
+        ) as resp:
             assert resp.status == 403  # a forged form
-        async with http.post(f"/exchanges/{original}/replay", data=form,
-                             headers={"Origin": "http://evil.example"},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            f"/exchanges/{original}/replay",
+            data=form,
+            headers={"Origin": "http://evil.example"},
+            allow_redirects=False,
+        ) as resp:
             assert resp.status == 403
-        async with http.post(f"/exchanges/{original}/replay", data=form,
-                             headers={"Sec-Fetch-Site": "cross-site"},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            f"/exchanges/{original}/replay",
+            data=form,
+            headers={"Sec-Fetch-Site": "cross-site"},
+            allow_redirects=False,
+        ) as resp:
             assert resp.status == 403
         assert len(upstream.requests) == sent
-        async with http.post(f"/exchanges/{original}/replay",
-                             data={"temperature": "warm", "csrf_token": token},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            f"/exchanges/{original}/replay",
+            data={"temperature": "warm", "csrf_token": token},
+            allow_redirects=False,
+        ) as resp:
             assert resp.status == 400 and "temperature must be a number" in await resp.text()
-        async with http.post(f"/exchanges/{original}/replay", data=form,
-                             headers={"Origin": gw.ui_url, "Sec-Fetch-Site": "same-origin"},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            f"/exchanges/{original}/replay",
+            data=form,
+            headers={"Origin": gw.ui_url, "Sec-Fetch-Site": "same-origin"},
+            allow_redirects=False,
+        ) as resp:
             assert resp.status == 303, await resp.text()
             location = resp.headers["Location"]
     assert re.fullmatch(r"/diffs/\d+", location)
@@ -122,9 +153,17 @@ async def test_form_replays_to_a_safe_side_by_side_diff(gw: Gateway, upstream: U
 async def check_in_chromium(gw: Gateway, path: str) -> None:
     """Real Chromium: the page renders its diff, and the CSP blocks nothing it needs."""
     proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-        "--v=0", "--dump-dom", f"{gw.ui_url}{path}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--dump-dom",
+        f"{gw.ui_url}{path}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     dom, log = out.decode(), err.decode()
     assert "<del>" in dom and "<ins>" in dom and "Parameters" in dom
@@ -134,15 +173,26 @@ async def check_in_chromium(gw: Gateway, path: str) -> None:
 
 async def test_experiment_page_has_table_and_chart(gw: Gateway):
     for n in range(3):
-        async with aiohttp.ClientSession() as http, http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 f"{gw.proxy_url}/v1/chat/completions",
-                json={"model": "mistral-large-latest",
-                      "messages": [{"role": "user", "content": f"q{n} {HOSTILE}"}]},
-                headers={"Authorization": "Bearer k"}) as resp:
+                json={
+                    "model": "mistral-large-latest",
+                    "messages": [{"role": "user", "content": f"q{n} {HOSTILE}"}],
+                },
+                headers={"Authorization": "Bearer k"},
+            ) as resp,
+        ):
             assert resp.status == 200
-    status, created = await post(gw, "/api/experiments", {
-        "filter": {"model": "mistral-large-latest"},
-        "overrides": {"model": "mistral-small-latest"}})
+    status, created = await post(
+        gw,
+        "/api/experiments",
+        {
+            "filter": {"model": "mistral-large-latest"},
+            "overrides": {"model": "mistral-small-latest"},
+        },
+    )
     assert status == 202
     await finished(gw, created["id"])
     status, html, _ = await page(gw, f"/experiments/{created['id']}")
@@ -150,8 +200,9 @@ async def test_experiment_page_has_table_and_chart(gw: Gateway):
     assert_strict_html(html)
     assert html.count("<circle") == 3 and "<svg" in html and "<progress" in html
     assert "cost \u2212" in html and 'http-equiv="refresh"' not in html
-    status, partial, headers = await page(gw, f"/experiments/{created['id']}", **{
-        "HX-Request": "true"})
+    status, partial, headers = await page(
+        gw, f"/experiments/{created['id']}", **{"HX-Request": "true"}
+    )
     assert status == 200 and "<html" not in partial and "<circle" in partial
     assert headers["Vary"] == "HX-Request"
     status, listing, _ = await page(gw, "/experiments")
@@ -165,8 +216,9 @@ async def test_experiment_page_has_table_and_chart(gw: Gateway):
     async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
         async with http.get(f"/runs/{run_id}/replay") as resp:  # sets the CSRF cookie
             token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', await resp.text())[1]
-        async with http.post(f"/runs/{run_id}/replay",
-                             data={"random_seed": "4", "csrf_token": token}) as resp:
+        async with http.post(
+            f"/runs/{run_id}/replay", data={"random_seed": "4", "csrf_token": token}
+        ) as resp:
             assert resp.status == 201
             result = await resp.text()
     assert "Followed the recording to the end" in result and "/diffs/" in result

@@ -31,15 +31,18 @@ async def traffic(gw: Gateway) -> None:
     ]
     plan += [  # an agent that shows up on a later call of its run, in a later batch
         ("mistral-small-latest", {"X-AgentOps-Run": "late"}, False),
-        ("mistral-small-latest", {"X-AgentOps-Run": "late", "X-AgentOps-Agent": "late-bot"},
-         False),
+        ("mistral-small-latest", {"X-AgentOps-Run": "late", "X-AgentOps-Agent": "late-bot"}, False),
     ]
     async with aiohttp.ClientSession() as http:
         for n, (model, headers, stream) in enumerate(plan):
-            payload = {"model": model, "stream": stream,
-                       "messages": [{"role": "user", "content": f"rollup question {n}"}]}
-            async with http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload,
-                                 headers={**AUTH, **headers}) as resp:
+            payload = {
+                "model": model,
+                "stream": stream,
+                "messages": [{"role": "user", "content": f"rollup question {n}"}],
+            }
+            async with http.post(
+                f"{gw.proxy_url}/v1/chat/completions", json=payload, headers={**AUTH, **headers}
+            ) as resp:
                 await resp.read()
             await gw.recorder.drained(timeout=20)
 
@@ -53,9 +56,12 @@ async def recount(store: Store) -> dict[tuple[str, int, str], list[float]]:
     rows = await store.rows(
         "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
         "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, r.agent_id AS agent "
-        "FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id")
-    return {key: [float(v) for v in values]
-            for key, values in aggregate(Fact(**row) for row in rows).items()}
+        "FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id"
+    )
+    return {
+        key: [float(v) for v in values]
+        for key, values in aggregate(Fact(**row) for row in rows).items()
+    }
 
 
 def assert_same(have: dict, want: dict) -> None:
@@ -68,8 +74,9 @@ async def assert_rollups_true(store: Store) -> None:
     assert_same(await stored(store), await recount(store))
 
 
-async def test_writer_deletes_and_purges_keep_rollups_true(upstream: Upstream, db_url: str,
-                                                           tmp_path: Path):
+async def test_writer_deletes_and_purges_keep_rollups_true(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
     async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
         await traffic(gw)
         store = gw.store
@@ -78,8 +85,7 @@ async def test_writer_deletes_and_purges_keep_rollups_true(upstream: Upstream, d
         dims = {key[0] for key in have}
         assert dims == {"model", "run", "agent"}
         assert {key[2] for key in have if key[0] == "run"} == {"nightly", "late"}
-        assert {key[2] for key in have if key[0] == "agent"} == {"bot", "solo-agent",
-                                                                  "late-bot"}
+        assert {key[2] for key in have if key[0] == "agent"} == {"bot", "solo-agent", "late-bot"}
         late = [v for k, v in have.items() if k[0] == "agent" and k[2] == "late-bot"]
         assert sum(values[0] for values in late) == 2  # both calls of its run
         assert await store.rollups.unpriced() == [{"model": "my-private-finetune", "calls": 1}]
@@ -91,10 +97,16 @@ async def test_writer_deletes_and_purges_keep_rollups_true(upstream: Upstream, d
         (point,) = await store.rollups.series(hour - 1, hour + 2)
         assert point["calls"] == 8 and point["hour"] == hour
 
-        solo = (await store.rows("SELECT e.id FROM exchanges e JOIN runs r ON r.id = e.run_id "
-                                 "WHERE r.agent_id = 'solo-agent'"))[0]["id"]
-        async with aiohttp.ClientSession(gw.ui_url) as ui, \
-                ui.delete(f"/api/exchanges/{solo}") as resp:
+        solo = (
+            await store.rows(
+                "SELECT e.id FROM exchanges e JOIN runs r ON r.id = e.run_id "
+                "WHERE r.agent_id = 'solo-agent'"
+            )
+        )[0]["id"]
+        async with (
+            aiohttp.ClientSession(gw.ui_url) as ui,
+            ui.delete(f"/api/exchanges/{solo}") as resp,
+        ):
             assert resp.status == 200
         await assert_rollups_true(store)
         assert "solo-agent" not in {key[2] for key in await stored(store)}
@@ -107,16 +119,18 @@ async def test_late_pricing_moves_calls_out_of_unpriced(upstream: Upstream, tmp_
     async with running(make_settings(upstream.url, db, tmp_path)) as gw:
         await traffic(gw)
     prices = tmp_path / "prices.toml"
-    prices.write_text('[models."my-private-finetune"]\ninput_per_mtok = 1.0\n'
-                      'output_per_mtok = 2.0\n')
+    prices.write_text(
+        '[models."my-private-finetune"]\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n'
+    )
     async with running(make_settings(upstream.url, db, tmp_path, prices=str(prices))) as gw:
         await gw.costs_filled
         assert await gw.store.rollups.unpriced() == []
         await assert_rollups_true(gw.store)
 
 
-async def test_migration_backfills_existing_exchanges(upstream: Upstream, db_url: str,
-                                                      tmp_path: Path):
+async def test_migration_backfills_existing_exchanges(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
     async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
         await traffic(gw)
         before = await stored(gw.store)
@@ -131,15 +145,18 @@ async def test_migration_backfills_existing_exchanges(upstream: Upstream, db_url
         await store.close()
 
 
-@pytest.mark.parametrize(("histogram", "q", "expected"), [
-    ([], 0.5, None),
-    ([0] * 20, 0.5, None),
-    ([4] + [0] * 19, 0.5, 5.0),  # half of the [0, 10) bucket
-    ([0, 2, 2] + [0] * 17, 0.5, 25.0),  # the edge between two equal buckets
-    ([0, 2, 2] + [0] * 17, 0.75, 37.5),
-    ([0] * 19 + [3], 0.95, float(BOUNDS[-1])),  # the open bucket reports its lower bound
-    ([1] + [0] * 18 + [1], 0.95, float(BOUNDS[-1])),
-])
+@pytest.mark.parametrize(
+    ("histogram", "q", "expected"),
+    [
+        ([], 0.5, None),
+        ([0] * 20, 0.5, None),
+        ([4] + [0] * 19, 0.5, 5.0),  # half of the [0, 10) bucket
+        ([0, 2, 2] + [0] * 17, 0.5, 25.0),  # the edge between two equal buckets
+        ([0, 2, 2] + [0] * 17, 0.75, 37.5),
+        ([0] * 19 + [3], 0.95, float(BOUNDS[-1])),  # the open bucket reports its lower bound
+        ([1] + [0] * 18 + [1], 0.95, float(BOUNDS[-1])),
+    ],
+)
 def test_percentile_interpolates_inside_a_bucket(histogram, q, expected):
     assert percentile(histogram, q) == expected
 

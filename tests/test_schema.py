@@ -18,8 +18,11 @@ from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 
 
 def model_classes() -> list[type[Model]]:
-    return [v for v in vars(models).values()
-            if isinstance(v, type) and issubclass(v, Model) and v.__module__ == models.__name__]
+    return [
+        v
+        for v in vars(models).values()
+        if isinstance(v, type) and issubclass(v, Model) and v.__module__ == models.__name__
+    ]
 
 
 def described(model: type[Model]) -> dict[str, tuple[bool, int | None]]:
@@ -39,9 +42,12 @@ async def built(store: Store, table: str) -> dict[str, tuple[bool, int | None]]:
         return {r["name"]: (not r["notnull"] and not r["pk"], _length(r["type"])) for r in rows}
     rows = await store.rows(
         "SELECT column_name, is_nullable, character_maximum_length FROM "
-        "information_schema.columns WHERE table_name = ? AND table_schema = 'public'", [table])
-    return {r["column_name"]: (r["is_nullable"] == "YES", r["character_maximum_length"])
-            for r in rows}
+        "information_schema.columns WHERE table_name = ? AND table_schema = 'public'",
+        [table],
+    )
+    return {
+        r["column_name"]: (r["is_nullable"] == "YES", r["character_maximum_length"]) for r in rows
+    }
 
 
 def _length(declared: str) -> int | None:
@@ -67,11 +73,16 @@ def test_the_store_and_capture_use_the_models_columns():
     assert set(EXCHANGE_COLUMNS) == set(described(models.Exchange))
     assert set(BODY_COLUMNS) == set(described(models.ExchangeBody))
     assert set(storable.SCHEMA) == {m._meta.db_table for m in model_classes()}
-    record = Exchange(id=new_id(), started_at=1.8e9, method="POST", client_path="/v1/x",
-                      path="/v1/x", query="", request_headers=[], request_body=b"{}")
-    rows = build_rows(record, make_providers(Settings())["mistral"], PriceTable.load(None),
-                      1000)
+    record = Exchange(
+        id=new_id(),
+        started_at=1.8e9,
+        method="POST",
+        client_path="/v1/x",
+        path="/v1/x",
+        query="",
+        request_headers=[],
+        request_body=b"{}",
+    )
+    rows = build_rows(record, make_providers(Settings())["mistral"], PriceTable.load(None), 1000)
     assert set(rows.exchange) == set(EXCHANGE_COLUMNS)
     assert set(rows.bodies) == set(BODY_COLUMNS)
-
-

@@ -71,22 +71,40 @@ async def test_chat_complete_and_stream(gateway: Gateway):
 
 
 async def test_tool_calling_loop(gateway: Gateway):
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
 
     def run() -> Any:
         with mistral(gateway) as client:
             messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
-            first = client.chat.complete(model="mistral-large-latest", messages=messages,
-                                         tools=tools)
+            first = client.chat.complete(
+                model="mistral-large-latest", messages=messages, tools=tools
+            )
             call = first.choices[0].message.tool_calls[0]
-            messages += [first.choices[0].message,
-                         {"role": "tool", "tool_call_id": call.id, "name": call.function.name,
-                          "content": "sunny, 21C"}]
-            return client.chat.complete(model="mistral-large-latest", messages=messages,
-                                        tools=tools)
+            messages += [
+                first.choices[0].message,
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "name": call.function.name,
+                    "content": "sunny, 21C",
+                },
+            ]
+            return client.chat.complete(
+                model="mistral-large-latest", messages=messages, tools=tools
+            )
 
     final = await asyncio.to_thread(run)
     ask, answer = await records(gateway)
@@ -104,12 +122,15 @@ async def test_fim_embeddings_agents_models_files(gateway: Gateway, tmp_path):
         with mistral(gateway) as client:
             client.fim.complete(model="codestral-latest", prompt="def fib(n):", suffix="")
             client.embeddings.create(model="mistral-embed", inputs=["one", "two"])
-            client.agents.complete(agent_id="ag_0123456789abcdef",
-                                   messages=[{"role": "user", "content": "hello agent"}])
+            client.agents.complete(
+                agent_id="ag_0123456789abcdef",
+                messages=[{"role": "user", "content": "hello agent"}],
+            )
             client.models.list()
             with upload.open("rb") as handle:
-                client.files.upload(file={"file_name": "train.jsonl", "content": handle},
-                                    purpose="fine-tune")
+                client.files.upload(
+                    file={"file_name": "train.jsonl", "content": handle}, purpose="fine-tune"
+                )
 
     await asyncio.to_thread(run)
     fim, emb, agent, models, files = await records(gateway)
@@ -126,12 +147,15 @@ async def test_fim_embeddings_agents_models_files(gateway: Gateway, tmp_path):
 async def test_conversations_start_append_stream(gateway: Gateway):
     def run() -> str:
         with mistral(gateway) as client:
-            started = client.beta.conversations.start(model="mistral-medium-latest",
-                                                      inputs="Plan a trip to Rome")
-            client.beta.conversations.append(conversation_id=started.conversation_id,
-                                             inputs="Make it three days")
-            events = client.beta.conversations.start_stream(model="mistral-medium-latest",
-                                                            inputs="Stream me a haiku")
+            started = client.beta.conversations.start(
+                model="mistral-medium-latest", inputs="Plan a trip to Rome"
+            )
+            client.beta.conversations.append(
+                conversation_id=started.conversation_id, inputs="Make it three days"
+            )
+            events = client.beta.conversations.start_stream(
+                model="mistral-medium-latest", inputs="Stream me a haiku"
+            )
             list(events)
             return started.conversation_id
 
@@ -148,12 +172,13 @@ async def test_openai_sdk_with_v1_base_url(gateway: Gateway):
     def run() -> tuple[Any, str]:
         client = openai.OpenAI(api_key=KEY, base_url=f"{gateway.proxy_url}/v1", max_retries=0)
         with client:
-            answer = client.chat.completions.create(model="mistral-small-latest",
-                                                    messages=MESSAGES)
-            stream = client.chat.completions.create(model="mistral-small-latest",
-                                                    messages=MESSAGES, stream=True)
-            text = "".join(chunk.choices[0].delta.content or "" for chunk in stream
-                           if chunk.choices)
+            answer = client.chat.completions.create(model="mistral-small-latest", messages=MESSAGES)
+            stream = client.chat.completions.create(
+                model="mistral-small-latest", messages=MESSAGES, stream=True
+            )
+            text = "".join(
+                chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices
+            )
         return answer, text
 
     answer, text = await asyncio.to_thread(run)
@@ -167,8 +192,11 @@ async def test_sdk_error_reaches_caller_unchanged(gateway: Gateway):
     def run() -> Exception:
         with Mistral(api_key=KEY, server_url=gateway.proxy_url) as client:
             try:
-                client.chat.complete(model="mistral-small-latest", messages=MESSAGES,
-                                     http_headers={"x-fake-status": "429"})
+                client.chat.complete(
+                    model="mistral-small-latest",
+                    messages=MESSAGES,
+                    http_headers={"x-fake-status": "429"},
+                )
             except Exception as exc:  # the SDK's own error type, as against the real API
                 return exc
         raise AssertionError("no error raised")
@@ -182,17 +210,28 @@ async def test_sdk_error_reaches_caller_unchanged(gateway: Gateway):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_curl(gateway: Gateway):
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-f", f"{gateway.proxy_url}/v1/chat/completions",
-        "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: application/json",
-        "-d", '{"model": "mistral-small-latest", "messages": '
-              '[{"role": "user", "content": "hi from curl"}]}',
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "curl",
+        "-sS",
+        "-f",
+        f"{gateway.proxy_url}/v1/chat/completions",
+        "-H",
+        f"Authorization: Bearer {KEY}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        '{"model": "mistral-small-latest", "messages": '
+        '[{"role": "user", "content": "hi from curl"}]}',
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert b'"chat.completion"' in out
     (record,) = await records(gateway)
-    assert record["prompt_tokens"] and record["request_body"]["messages"][0]["content"] == \
-        "hi from curl"
+    assert (
+        record["prompt_tokens"]
+        and record["request_body"]["messages"][0]["content"] == "hi from curl"
+    )
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -200,11 +239,23 @@ async def test_curl_large_upload_with_expect_continue(gateway: Gateway, upstream
     body = b'{"model": "mistral-embed", "input": "' + b"word " * 400_000 + b'"}'
     (tmp_path / "big.json").write_bytes(body)
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-f", "-o", "/dev/null",
-        f"{gateway.proxy_url}/v1/embeddings", "-H", f"Authorization: Bearer {KEY}",
-        "-H", "Content-Type: application/json", "-H", "Expect: 100-continue",
-        "--data-binary", f"@{tmp_path / 'big.json'}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "curl",
+        "-sS",
+        "-f",
+        "-o",
+        "/dev/null",
+        f"{gateway.proxy_url}/v1/embeddings",
+        "-H",
+        f"Authorization: Bearer {KEY}",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        f"@{tmp_path / 'big.json'}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert upstream.requests[-1]["body"] == body

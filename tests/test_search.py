@@ -16,7 +16,18 @@ from gateway.search import (
 
 def test_words_are_letters_and_digits_case_folded_once_each():
     assert words("Get_Weather for api.mistral.ai, mistral-small-latest; Straße 0.3 get") == [
-        "get", "weather", "for", "api", "mistral", "ai", "small", "latest", "straße", "0", "3"]
+        "get",
+        "weather",
+        "for",
+        "api",
+        "mistral",
+        "ai",
+        "small",
+        "latest",
+        "straße",
+        "0",
+        "3",
+    ]
 
 
 def test_a_word_postgresql_cannot_hold_is_left_out():
@@ -31,10 +42,16 @@ def test_postgresql_literals():
 
 
 def test_json_words_in_document_order_with_escapes_undone():
-    document = {"model": "m", "messages": [{"role": "user", "content": "one\ntwo"}],
-                "temperature": 0.3, "stream": False, "stop": None}
+    document = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "one\ntwo"}],
+        "temperature": 0.3,
+        "stream": False,
+        "stop": None,
+    }
     assert json_words(document) == (
-        "model m messages role user content one\ntwo temperature 0.3 stream false stop null")
+        "model m messages role user content one\ntwo temperature 0.3 stream false stop null"
+    )
     assert "two" in words(json_words(document))
 
 
@@ -52,4 +69,10 @@ def test_fts5_query_quotes_each_word_and_never_makes_a_phrase():
 
 def test_words_outside_ascii_are_cut_like_the_regular_expression():
     assert words("naïve—really «quoted» 東京、大阪 x²") == [
-        "naïve", "really", "quoted", "東京", "大阪", "x²"]
+        "naïve",
+        "really",
+        "quoted",
+        "東京",
+        "大阪",
+        "x²",
+    ]

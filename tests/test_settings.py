@@ -19,14 +19,24 @@ def test_flags_beat_environment_beat_defaults():
     assert settings.max_body_bytes == 10 * 1024 * 1024
     assert settings.retention_days is None
     assert settings.elevenlabs_upstream == "https://api.elevenlabs.io"
-    assert Settings.build({}, {"AGENTOPS_ELEVENLABS_USD_PER_CREDIT": "0.0003"}
-                          ).elevenlabs_usd_per_credit == 0.0003
+    assert (
+        Settings.build(
+            {}, {"AGENTOPS_ELEVENLABS_USD_PER_CREDIT": "0.0003"}
+        ).elevenlabs_usd_per_credit
+        == 0.0003
+    )
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("10MB", 10_000_000), ("1GiB", 1024**3), ("20000", 20_000), ("1.5k", 1500),
-    ("64 MiB", 64 * 1024**2),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("10MB", 10_000_000),
+        ("1GiB", 1024**3),
+        ("20000", 20_000),
+        ("1.5k", 1500),
+        ("64 MiB", 64 * 1024**2),
+    ],
+)
 def test_sizes(text, value):
     assert parse_bytes(text) == value
 
@@ -36,13 +46,23 @@ def test_ages(text, value):
     assert parse_days(text) == value
 
 
-@pytest.mark.parametrize("flags", [
-    {"ui_host": "0.0.0.0"}, {"port": "70000"}, {"upstream": "api.mistral.ai"},
-    {"max_body_bytes": "0"}, {"upstream_timeout": "-1"}, {"db": "mysql://x"},
-    {"elevenlabs_upstream": "api.elevenlabs.io"}, {"elevenlabs_usd_per_credit": "-0.1"},
-    {"elevenlabs_usd_per_credit": "free"},
-    {"wandb_group_by": "team"}, {"metrics": "maybe"}, {"otel_endpoint": "collector:4318"},
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"ui_host": "0.0.0.0"},
+        {"port": "70000"},
+        {"upstream": "api.mistral.ai"},
+        {"max_body_bytes": "0"},
+        {"upstream_timeout": "-1"},
+        {"db": "mysql://x"},
+        {"elevenlabs_upstream": "api.elevenlabs.io"},
+        {"elevenlabs_usd_per_credit": "-0.1"},
+        {"elevenlabs_usd_per_credit": "free"},
+        {"wandb_group_by": "team"},
+        {"metrics": "maybe"},
+        {"otel_endpoint": "collector:4318"},
+    ],
+)
 def test_bad_settings_are_refused(flags):
     with pytest.raises(ConfigError):
         Settings.build(flags, {})
@@ -52,12 +72,23 @@ def test_public_ui_needs_a_token():
     assert Settings.build({"ui_host": "0.0.0.0", "ui_token": "t"}, {}).ui_host == "0.0.0.0"
 
 
-@pytest.mark.parametrize(("name", "secret"), [
-    ("Authorization", True), ("Cookie", True), ("X-Api-Key", True), ("xi-api-key", True),
-    ("api_key", True), ("access_token", True), ("X-Auth-Token", True), ("apikey", True),
-    ("Content-Type", False), ("x-ratelimit-remaining-tokens-minute", False),
-    ("mistral-correlation-id", False), ("x-ratelimit-tokens-query-cost", False),
-])
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("Authorization", True),
+        ("Cookie", True),
+        ("X-Api-Key", True),
+        ("xi-api-key", True),
+        ("api_key", True),
+        ("access_token", True),
+        ("X-Auth-Token", True),
+        ("apikey", True),
+        ("Content-Type", False),
+        ("x-ratelimit-remaining-tokens-minute", False),
+        ("mistral-correlation-id", False),
+        ("x-ratelimit-tokens-query-cost", False),
+    ],
+)
 def test_secret_names(name, secret):
     assert is_secret_name(name) is secret
 
@@ -65,8 +96,10 @@ def test_secret_names(name, secret):
 def test_redaction_and_fingerprint():
     key = "sk-abcdefghijklmnopqrstuvwxyz-1234"
     headers = [("Authorization", f"Bearer {key}"), ("Accept", "application/json")]
-    assert redact_headers(headers) == [("Authorization", "[redacted]"),
-                                       ("Accept", "application/json")]
+    assert redact_headers(headers) == [
+        ("Authorization", "[redacted]"),
+        ("Accept", "application/json"),
+    ]
     assert key_of(headers) == key
     assert fingerprint(key).endswith("...1234") and key not in fingerprint(key)
     assert fingerprint(None) is None

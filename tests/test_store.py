@@ -15,8 +15,9 @@ async def columns(store: Store, table: str) -> set[str]:
     if store.dialect == "sqlite":
         rows = await store.rows(f"PRAGMA table_info({table})")
         return {row["name"] for row in rows}
-    rows = await store.rows("SELECT column_name FROM information_schema.columns "
-                            "WHERE table_name = ?", [table])
+    rows = await store.rows(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+    )
     return {row["column_name"] for row in rows}
 
 
@@ -28,13 +29,20 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
         assert await columns(store, "exchanges") == set(EXCHANGE_COLUMNS)
         assert await columns(store, "exchange_bodies") == set(BODY_COLUMNS)
         applied = await store.rows("SELECT name FROM tortoise_migrations ORDER BY name")
-        assert [row["name"] for row in applied] == ["0001_initial", "0002_indexes_and_search",
-                                                     "0003_runs", "0004_rollups", "0005_replay",
-                                                     "0006_lz4", "0007_storable"]
+        assert [row["name"] for row in applied] == [
+            "0001_initial",
+            "0002_indexes_and_search",
+            "0003_runs",
+            "0004_rollups",
+            "0005_replay",
+            "0006_lz4",
+            "0007_storable",
+        ]
         if store.dialect == "postgres":  # this machine's server has LZ4
             found = await store.rows(
                 "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
-                "'exchange_bodies'::regclass AND attname IN ('request_body', 'response_body')")
+                "'exchange_bodies'::regclass AND attname IN ('request_body', 'response_body')"
+            )
             # attcompression is a "char": 'l' for LZ4
             assert {bytes(row["attcompression"]) for row in found} == {b"l"}
     finally:
@@ -52,6 +60,5 @@ async def test_retention_purges_old_exchanges(upstream: Upstream, db_url: str, t
         await calls(gw, 5, "young")
         await gw.recorder.drained(timeout=10)
         assert await gw.apply_retention() == 0
-        assert await gw.store.purge(datetime.now(UTC) + timedelta(seconds=1),
-                                    batch_size=2) == 5
+        assert await gw.store.purge(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 5
         assert await gw.store.count() == 0

@@ -24,8 +24,10 @@ async def one_call(gw: Gateway, content: str = "hello", run: str | None = None) 
     headers = {"Authorization": "Bearer sk-access-test-0000"}
     if run:
         headers["X-AgentOps-Run"] = run
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers) as resp,
+    ):
         assert resp.status == 200
     await gw.recorder.drained(timeout=10)
     rows = await gw.store.rows("SELECT id FROM exchanges ORDER BY id DESC LIMIT 1")
@@ -34,34 +36,49 @@ async def one_call(gw: Gateway, content: str = "hello", run: str | None = None) 
 
 @pytest.fixture
 async def open_gw(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'a.db'}", tmp_path,
-                             allowed_hosts="studio.example, .corp.example")
+    settings = make_settings(
+        upstream.url,
+        f"sqlite://{tmp_path / 'a.db'}",
+        tmp_path,
+        allowed_hosts="studio.example, .corp.example",
+    )
     async with running(settings) as gw:
         yield gw
 
 
 @pytest.fixture
 async def token_gw(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gateway]:
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 't.db'}", tmp_path,
-                             ui_token=TOKEN)
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 't.db'}", tmp_path, ui_token=TOKEN
+    )
     async with running(settings) as gw:
         yield gw
 
 
 async def status_of(gw: Gateway, method: str, path: str, **kwargs) -> tuple[int, str, dict]:
-    async with aiohttp.ClientSession(gw.ui_url) as http, http.request(
-            method, path, allow_redirects=False, **kwargs) as resp:
+    async with (
+        aiohttp.ClientSession(gw.ui_url) as http,
+        http.request(method, path, allow_redirects=False, **kwargs) as resp,
+    ):
         return resp.status, await resp.text(), dict(resp.headers)
 
 
 async def test_host_header_must_be_loopback_an_ip_or_allowed(open_gw: Gateway):
     port = open_gw.ui_url.rsplit(":", 1)[1]
-    for host, expected in (("127.0.0.1", 200), (f"localhost:{port}", 200),
-                           (f"[::1]:{port}", 200), ("app.localhost", 200),
-                           ("10.1.2.3:8081", 200), ("studio.example", 200),
-                           ("a.corp.example", 200), ("corp.example", 200),
-                           ("evil.example", 400), (f"rebind.evil.example:{port}", 400),
-                           ("studio.example.evil", 400), ("", 400)):
+    for host, expected in (
+        ("127.0.0.1", 200),
+        (f"localhost:{port}", 200),
+        (f"[::1]:{port}", 200),
+        ("app.localhost", 200),
+        ("10.1.2.3:8081", 200),
+        ("studio.example", 200),
+        ("a.corp.example", 200),
+        ("corp.example", 200),
+        ("evil.example", 400),
+        (f"rebind.evil.example:{port}", 400),
+        ("studio.example.evil", 400),
+        ("", 400),
+    ):
         status, body, _ = await status_of(open_gw, "GET", "/api/prices", headers={"Host": host})
         assert status == expected, host
         if expected == 400:
@@ -77,22 +94,26 @@ async def test_api_writes_refuse_cross_site_browsers_but_not_scripts(open_gw: Ga
     path = f"/api/exchanges/{exchange}/evaluations"
     body = {"metric_name": "ok", "metric_value": 1}
     for headers, expected in (
-            ({"Origin": "http://evil.example"}, 403),
-            ({"Origin": "null"}, 403),
-            ({"Sec-Fetch-Site": "cross-site"}, 403),
-            ({"Sec-Fetch-Site": "same-site"}, 403),
-            ({"Origin": open_gw.ui_url, "Sec-Fetch-Site": "same-origin"}, 201),
-            ({}, 201)):  # a script or an SDK sends neither header
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Origin": open_gw.ui_url, "Sec-Fetch-Site": "same-origin"}, 201),
+        ({}, 201),
+    ):  # a script or an SDK sends neither header
         status, text, _ = await status_of(open_gw, "POST", path, json=body, headers=headers)
         assert status == expected, (headers, text)
-    for data, content_type in (("metric_name=ok&metric_value=1",
-                                "application/x-www-form-urlencoded"),
-                               ('{"metric_name": "ok", "metric_value": 1}', "text/plain")):
-        status, text, _ = await status_of(open_gw, "POST", path, data=data,
-                                          headers={"Content-Type": content_type})
+    for data, content_type in (
+        ("metric_name=ok&metric_value=1", "application/x-www-form-urlencoded"),
+        ('{"metric_name": "ok", "metric_value": 1}', "text/plain"),
+    ):
+        status, text, _ = await status_of(
+            open_gw, "POST", path, data=data, headers={"Content-Type": content_type}
+        )
         assert status == 415 and "application/json" in text
-    status, _, _ = await status_of(open_gw, "DELETE", f"/api/exchanges/{exchange}",
-                                   headers={"Sec-Fetch-Site": "cross-site"})
+    status, _, _ = await status_of(
+        open_gw, "DELETE", f"/api/exchanges/{exchange}", headers={"Sec-Fetch-Site": "cross-site"}
+    )
     assert status == 403
     assert await open_gw.store.get_exchange(int(exchange)) is not None
     status, _, _ = await status_of(open_gw, "DELETE", f"/api/exchanges/{exchange}")
@@ -113,17 +134,26 @@ async def test_ui_forms_need_their_csrf_token(open_gw: Gateway):
         for form in ({}, {"csrf_token": "0" * 64}):
             async with http.post(delete, data=form, allow_redirects=False) as resp:
                 assert resp.status == 403 and "This form has expired" in await resp.text()
-        async with http.post(delete, data={"csrf_token": token}, allow_redirects=False,
-                             headers={"Origin": "http://evil.example"}) as resp:
+        async with http.post(
+            delete,
+            data={"csrf_token": token},
+            allow_redirects=False,
+            headers={"Origin": "http://evil.example"},
+        ) as resp:
             assert resp.status == 403  # a valid token does not excuse a cross-site post
         assert await open_gw.store.get_exchange(int(exchange)) is not None
-        async with http.post(delete, data={"csrf_token": token}, allow_redirects=False,
-                             headers={"Origin": open_gw.ui_url}) as resp:
-            assert resp.status == 303 and resp.headers["Location"].endswith(
-                f"?deleted={exchange}")
+        async with http.post(
+            delete,
+            data={"csrf_token": token},
+            allow_redirects=False,
+            headers={"Origin": open_gw.ui_url},
+        ) as resp:
+            assert resp.status == 303 and resp.headers["Location"].endswith(f"?deleted={exchange}")
     assert await open_gw.store.get_exchange(int(exchange)) is None
-    async with aiohttp.ClientSession(open_gw.ui_url) as fresh, fresh.post(
-            delete, data={"csrf_token": token}, allow_redirects=False) as resp:
+    async with (
+        aiohttp.ClientSession(open_gw.ui_url) as fresh,
+        fresh.post(delete, data={"csrf_token": token}, allow_redirects=False) as resp,
+    ):
         assert resp.status == 403  # the token belongs to the other browser's cookie
 
 
@@ -150,15 +180,19 @@ async def test_token_login_cookie_and_bearer(token_gw: Gateway):
         async with http.get("/login?next=/runs") as resp:
             form = await resp.text()
         csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', form).group(1)
-        async with http.post("/login", data={"token": TOKEN, "next": "/runs"},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            "/login", data={"token": TOKEN, "next": "/runs"}, allow_redirects=False
+        ) as resp:
             assert resp.status == 403  # no CSRF token: no login (login CSRF)
-        async with http.post("/login", data={"token": "wrong", "next": "/runs",
-                                             "csrf_token": csrf}) as resp:
+        async with http.post(
+            "/login", data={"token": "wrong", "next": "/runs", "csrf_token": csrf}
+        ) as resp:
             assert resp.status == 401 and "not the token" in await resp.text()
-        async with http.post("/login", data={"token": TOKEN, "next": "//evil.example/",
-                                             "csrf_token": csrf},
-                             allow_redirects=False) as resp:
+        async with http.post(
+            "/login",
+            data={"token": TOKEN, "next": "//evil.example/", "csrf_token": csrf},
+            allow_redirects=False,
+        ) as resp:
             assert resp.status == 303 and resp.headers["Location"] == "/"
             cookie = resp.headers["Set-Cookie"]
             assert "agentops_session=" in cookie and "HttpOnly" in cookie
@@ -170,16 +204,20 @@ async def test_token_login_cookie_and_bearer(token_gw: Gateway):
             assert resp.status == 401  # the API takes the Bearer header only
         async with http.get("/login", allow_redirects=False) as resp:
             assert resp.status == 303  # already signed in
-        async with http.post("/logout", data={"csrf_token": csrf},
-                             allow_redirects=False) as resp:
+        async with http.post("/logout", data={"csrf_token": csrf}, allow_redirects=False) as resp:
             assert resp.status == 303
         async with http.get("/runs", allow_redirects=False) as resp:
             assert resp.status == 303
 
 
 async def test_security_headers_on_every_answer(open_gw: Gateway):
-    for path, status in (("/", 200), ("/nowhere", 404), ("/api/exchanges", 200),
-                         ("/api/exchanges/1", 404), ("/static/app.css", 200)):
+    for path, status in (
+        ("/", 200),
+        ("/nowhere", 404),
+        ("/api/exchanges", 200),
+        ("/api/exchanges/1", 404),
+        ("/static/app.css", 200),
+    ):
         got, _, headers = await status_of(open_gw, "GET", path)
         assert got == status, path
         csp = headers["Content-Security-Policy"]
@@ -187,7 +225,8 @@ async def test_security_headers_on_every_answer(open_gw: Gateway):
         assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
         assert "frame-ancestors 'none'" in csp
         assert headers["X-Content-Type-Options"] == "nosniff"
-        assert headers["Cache-Control"] == ("no-cache" if path.startswith("/static/")
-                                            else "no-store")
+        assert headers["Cache-Control"] == (
+            "no-cache" if path.startswith("/static/") else "no-store"
+        )
     _, _, headers = await status_of(open_gw, "GET", "/")
     assert headers["Vary"] == "HX-Request"

@@ -22,8 +22,9 @@ TEMPLATES = sorted(template_dir().glob("*.html"))
 
 def test_vendored_files_match_their_recorded_sources():
     sources = (VENDOR / "SOURCES.txt").read_text().splitlines()
-    versions = dict(m.groups() for line in sources
-                    if (m := re.fullmatch(r"([a-z.]+) (\d+\.\d+\.\d+)", line)))
+    versions = dict(
+        m.groups() for line in sources if (m := re.fullmatch(r"([a-z.]+) (\d+\.\d+\.\d+)", line))
+    )
     assert versions["htmx.org"].startswith("2.")  # attribute semantics differ in 4.x
     assert versions["chart.js"].startswith("4.")
     hashes = [line.split() for line in sources if re.match(r"[0-9a-f]{64} ", line)]
@@ -56,8 +57,12 @@ def test_templates_are_safe_by_construction(path: Path):
 def test_htmx_is_configured_for_a_strict_csp():
     base = (template_dir() / "base.html").read_text()
     config = re.search(r'<meta name="htmx-config" content=\'([^\']+)\'', base).group(1)
-    for setting in ('"includeIndicatorStyles": false', '"allowEval": false',
-                    '"allowScriptTags": false', '"selfRequestsOnly": true'):
+    for setting in (
+        '"includeIndicatorStyles": false',
+        '"allowEval": false',
+        '"allowScriptTags": false',
+        '"selfRequestsOnly": true',
+    ):
         assert setting in config
 
 

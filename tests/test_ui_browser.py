@@ -54,13 +54,18 @@ def page(browser: Any) -> Iterator[Any]:
     context.route("**/*", guard)
     tab = context.new_page()
     tab.on("pageerror", lambda exc: watch.errors.append(f"page error: {exc}"))
-    tab.on("console", lambda msg: watch.errors.append(f"console: {msg.text}")
-           if msg.type == "error" else None)
+    tab.on(
+        "console",
+        lambda msg: watch.errors.append(f"console: {msg.text}") if msg.type == "error" else None,
+    )
     tab.watch = watch
     yield tab
     context.close()
-    outside = [u for u in watch.urls if urlsplit(u).hostname not in LOOPBACK
-               and not u.startswith(("data:", "blob:"))]
+    outside = [
+        u
+        for u in watch.urls
+        if urlsplit(u).hostname not in LOOPBACK and not u.startswith(("data:", "blob:"))
+    ]
     assert not outside, f"requests left 127.0.0.1: {outside}"
     assert not watch.errors, watch.errors
 
@@ -95,15 +100,16 @@ def test_every_page_renders_captured_traffic_in_both_themes(gw: ThreadedGateway,
             page.goto(gw.ui_url + path)
             page.get_by_text(text).first.wait_for()
             if name == "dashboard":
-                page.wait_for_function("() => [...document.querySelectorAll('canvas')]"
-                                       ".every(c => window.Chart && Chart.getChart(c))")
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('canvas')]"
+                    ".every(c => window.Chart && Chart.getChart(c))"
+                )
             shot(page, f"{name}-{theme}", full=theme == "light")
     assert any(u.endswith("/static/vendor/htmx.min.js") for u in page.watch.urls)
     assert any(u.endswith("/static/vendor/chart.umd.min.js") for u in page.watch.urls)
 
 
-def test_search_and_filters_swap_the_table_without_a_page_load(gw: ThreadedGateway,
-                                                               page: Any):
+def test_search_and_filters_swap_the_table_without_a_page_load(gw: ThreadedGateway, page: Any):
     page.goto(gw.ui_url + "/")
     page.evaluate("window.__sameDocument = true")
     rows = page.locator("#rows tr")
@@ -113,8 +119,7 @@ def test_search_and_filters_swap_the_table_without_a_page_load(gw: ThreadedGatew
     page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 1")
     assert "haiku" in rows.first.inner_text()
     page.fill("#q", "")
-    page.wait_for_function(
-        f"() => document.querySelectorAll('#rows tr').length === {total}")
+    page.wait_for_function(f"() => document.querySelectorAll('#rows tr').length === {total}")
     page.select_option("#f-model", "codestral-latest")
     page.wait_for_url(re.compile(r"model=codestral-latest"))
     page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 1")
@@ -132,7 +137,8 @@ def test_live_list_picks_up_a_new_call(gw: ThreadedGateway, page: Any):
     page.evaluate("window.__sameDocument = true")
     chat(gw, "a brand new question about tides")
     page.locator("#rows tr.fresh", has_text="brand new question about tides").wait_for(
-        timeout=10_000)
+        timeout=10_000
+    )
     assert page.evaluate("window.__sameDocument") is True
     first = page.locator("#rows tr").first.inner_text()
     assert "brand new question about tides" in first
@@ -142,9 +148,12 @@ def test_live_list_picks_up_a_new_call(gw: ThreadedGateway, page: Any):
 
 
 def test_hostile_prompt_is_text_and_runs_nothing(gw: ThreadedGateway, page: Any):
-    hostile = ids(gw, "SELECT e.id FROM exchanges e JOIN exchange_bodies b ON "
-                      "b.exchange_id = e.id WHERE b.request_body LIKE '%window.__pwned%' "
-                      "ORDER BY e.id DESC LIMIT 1")[0]
+    hostile = ids(
+        gw,
+        "SELECT e.id FROM exchanges e JOIN exchange_bodies b ON "
+        "b.exchange_id = e.id WHERE b.request_body LIKE '%window.__pwned%' "
+        "ORDER BY e.id DESC LIMIT 1",
+    )[0]
     for path in (f"/exchanges/{hostile}", "/?q=pwned"):
         asked = len(page.watch.urls)
         page.goto(gw.ui_url + path)
@@ -153,7 +162,8 @@ def test_hostile_prompt_is_text_and_runs_nothing(gw: ThreadedGateway, page: Any)
         assert page.locator("img[src=x]").count() == 0
         assert page.locator("[hx-trigger=load]").count() == 0
         assert "/exchanges/live?" not in " ".join(
-            u for u in page.watch.urls[asked:] if "after=" not in u)
+            u for u in page.watch.urls[asked:] if "after=" not in u
+        )
     page.goto(gw.ui_url + f"/exchanges/{hostile}")
     assert HOSTILE.split(" <img")[0] in page.locator("article.msg.role-user").inner_text()
     page.get_by_text("Request body").click()

@@ -24,26 +24,37 @@ HTMX = {"HX-Request": "true"}
 
 def sdk_traffic(gw: Gateway) -> None:
     with Mistral(api_key=KEY, server_url=gw.proxy_url) as client:
-        client.chat.complete(model="mistral-small-latest",
-                             messages=[{"role": "user", "content": "Write a haiku about rain"}])
-        for _ in client.chat.stream(model="codestral-latest", messages=[
-                {"role": "user", "content": "Explain recursion briefly"}]):
+        client.chat.complete(
+            model="mistral-small-latest",
+            messages=[{"role": "user", "content": "Write a haiku about rain"}],
+        )
+        for _ in client.chat.stream(
+            model="codestral-latest",
+            messages=[{"role": "user", "content": "Explain recursion briefly"}],
+        ):
             pass
-        client.chat.complete(model="my-private-finetune",
-                             messages=[{"role": "user", "content": "unpriced question"}])
-        client.chat.complete(model="mistral-small-latest",
-                             messages=[{"role": "user", "content": HOSTILE}])
+        client.chat.complete(
+            model="my-private-finetune", messages=[{"role": "user", "content": "unpriced question"}]
+        )
+        client.chat.complete(
+            model="mistral-small-latest", messages=[{"role": "user", "content": HOSTILE}]
+        )
         with contextlib.suppress(Exception):  # the SDK raises; the gateway recorded it
-            client.chat.complete(model="mistral-small-latest",
-                                 messages=[{"role": "user", "content": "limited"}],
-                                 http_headers={"x-fake-status": "429"})
+            client.chat.complete(
+                model="mistral-small-latest",
+                messages=[{"role": "user", "content": "limited"}],
+                http_headers={"x-fake-status": "429"},
+            )
     tool_loop(gw, "Lyon", server_url=gw.proxy_url + "/r/weather-agent")
 
 
-async def fetch(gw: Gateway, path: str, headers: dict[str, str] | None = None
-                ) -> tuple[int, str, Any]:
-    async with aiohttp.ClientSession(gw.ui_url) as http, \
-            http.get(path, headers=headers, allow_redirects=False) as resp:
+async def fetch(
+    gw: Gateway, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, str, Any]:
+    async with (
+        aiohttp.ClientSession(gw.ui_url) as http,
+        http.get(path, headers=headers, allow_redirects=False) as resp,
+    ):
         return resp.status, await resp.text(), resp.headers
 
 
@@ -65,8 +76,10 @@ async def list_and_exchange_pages(gateway: Gateway) -> None:
 
     status, page, headers = await fetch(gateway, "/")
     assert status == 200 and page.startswith("<!doctype html>") and rows(page) == 7
-    assert headers["Vary"] == "HX-Request" and "script-src 'self'" in \
-        headers["Content-Security-Policy"]
+    assert (
+        headers["Vary"] == "HX-Request"
+        and "script-src 'self'" in headers["Content-Security-Policy"]
+    )
     assert "Write a haiku about rain" in page and "weather-agent" in page
     assert "&lt;script&gt;window.__pwned" in page and "<script>window" not in page
     assert 'hx-get="/exchanges' not in page.split('id="rows"')[1].split("</tbody>")[0]
@@ -74,17 +87,30 @@ async def list_and_exchange_pages(gateway: Gateway) -> None:
     status, fragment, headers = await fetch(gateway, "/?q=haiku&model=", HTMX)
     assert status == 200 and "<html" not in fragment and rows(fragment) == 1
     assert headers["HX-Push-Url"] == "/?q=haiku" and headers["Vary"] == "HX-Request"
-    for query, count in (("model=codestral-latest", 1), ("status=4xx", 1), ("status=429", 1),
-                         ("status=2xx", 6), ("endpoint=chat", 7), ("range=1h", 7),
-                         ("q=recursion", 1), ("q=haiku+rain", 1), ("q=haiku+nothing", 0),
-                         (f"run={exchanges[-1]['run_id']}", 2),
-                         ("since=2099-01-01T00:00", 0), ("until=2000-01-01T00:00", 0)):
+    for query, count in (
+        ("model=codestral-latest", 1),
+        ("status=4xx", 1),
+        ("status=429", 1),
+        ("status=2xx", 6),
+        ("endpoint=chat", 7),
+        ("range=1h", 7),
+        ("q=recursion", 1),
+        ("q=haiku+rain", 1),
+        ("q=haiku+nothing", 0),
+        (f"run={exchanges[-1]['run_id']}", 2),
+        ("since=2099-01-01T00:00", 0),
+        ("until=2000-01-01T00:00", 0),
+    ):
         status, html, _ = await fetch(gateway, f"/?{query}", HTMX)
         assert status == 200 and rows(html) == count, query
         if count == 0:
             assert "Nothing matches" in html and "Clear the filters" in html
-    for query, message in (("status=abc", "status must be"), ("run=abc", "run must be"),
-                           ("range=1y", "range must be"), ("since=yesterday", "since must")):
+    for query, message in (
+        ("status=abc", "status must be"),
+        ("run=abc", "run must be"),
+        ("range=1y", "range must be"),
+        ("since=yesterday", "since must"),
+    ):
         status, html, _ = await fetch(gateway, f"/?{query}")
         assert status == 400 and message in html and "<!doctype html>" in html, query
 
@@ -103,9 +129,11 @@ async def list_and_exchange_pages(gateway: Gateway) -> None:
     for row in exchanges:
         status, html, _ = await fetch(gateway, f"/exchanges/{row['id']}")
         assert status == 200 and "Raw" in html and "Delete this exchange" in html
-    hostile_id = (await store.rows(
-        "SELECT exchange_id FROM exchange_bodies WHERE request_body LIKE ?",
-        ["%__pwned%"]))[0]["exchange_id"]
+    hostile_id = (
+        await store.rows(
+            "SELECT exchange_id FROM exchange_bodies WHERE request_body LIKE ?", ["%__pwned%"]
+        )
+    )[0]["exchange_id"]
     _, detail, _ = await fetch(gateway, f"/exchanges/{hostile_id}")
     assert "&lt;img src=x onerror=" in detail and "<img src=x" not in detail
     assert '&lt;div hx-get="/exchanges/live"' in detail.replace("&#34;", '"')
@@ -115,16 +143,19 @@ async def list_and_exchange_pages(gateway: Gateway) -> None:
     assert "get_weather" in step and "sunny in Lyon" in step
     for missing in ("/exchanges/12345", "/exchanges/abc", "/runs/12345", "/nowhere"):
         status, html, headers = await fetch(gateway, missing)
-        assert status == 404 and "<!doctype html>" in html and "Content-Security-Policy" in \
-            headers, missing
+        assert (
+            status == 404 and "<!doctype html>" in html and "Content-Security-Policy" in headers
+        ), missing
 
 
 async def runs_dashboard_and_prices(gateway: Gateway) -> None:
-    run_id = (await gateway.store.rows(
-        "SELECT id FROM runs WHERE name = 'weather-agent'"))[0]["id"]
-    async with aiohttp.ClientSession(gateway.ui_url) as http, http.post(
-            f"/api/runs/{run_id}/evaluations",
-            json={"metric_name": "success", "metric_value": 1}) as resp:
+    run_id = (await gateway.store.rows("SELECT id FROM runs WHERE name = 'weather-agent'"))[0]["id"]
+    async with (
+        aiohttp.ClientSession(gateway.ui_url) as http,
+        http.post(
+            f"/api/runs/{run_id}/evaluations", json={"metric_name": "success", "metric_value": 1}
+        ) as resp,
+    ):
         assert resp.status == 201
 
     status, html, _ = await fetch(gateway, "/runs")
@@ -140,8 +171,14 @@ async def runs_dashboard_and_prices(gateway: Gateway) -> None:
     assert "get_weather" in html and "sunny in Lyon" in html and "success" in html
     assert re.search(r"Memory: 5 items \(kept 3, added 2\)", html)
 
-    for query in ("", "?range=24h", "?range=30d", "?range=all", "?since=2020-01-01",
-                  "?since=2020-01-01&until=2099-01-01"):
+    for query in (
+        "",
+        "?range=24h",
+        "?range=30d",
+        "?range=all",
+        "?since=2020-01-01",
+        "?since=2020-01-01&until=2099-01-01",
+    ):
         status, html, _ = await fetch(gateway, f"/dashboard{query}")
         assert status == 200 and "data-chart=" in html, query
         assert "mistral-small-latest" in html and "weather-agent" in html
@@ -174,9 +211,11 @@ async def test_postgres_search_asks_the_gin_index_when_the_walk_runs_long(pg_url
     store = Store(pg_url)
     await store.open()
     try:  # a walk that outlasts its time limit: the GIN query answers instead
-        assert await store._postgres_search("SELECT 42 AS exchange_id",
-                                            "SELECT pg_sleep(2)", []) == [42]
-        assert await store._postgres_search("SELECT 42 AS exchange_id",
-                                            "SELECT 7 AS exchange_id", []) == [7]
+        assert await store._postgres_search(
+            "SELECT 42 AS exchange_id", "SELECT pg_sleep(2)", []
+        ) == [42]
+        assert await store._postgres_search(
+            "SELECT 42 AS exchange_id", "SELECT 7 AS exchange_id", []
+        ) == [7]
     finally:
         await store.close()

@@ -37,13 +37,13 @@ def records(path: Path) -> list[Any]:
         if left < 7:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:  # block padding
             pos += left
             continue
         if pos + 7 + length > len(data):  # still being written
             break
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             record = wandb_internal_pb2.Record()
@@ -53,8 +53,9 @@ def records(path: Path) -> list[Any]:
     return out
 
 
-def finished_records(folder: Path, run_id: str = "*",
-                     timeout: float = 20) -> tuple[Path, list[Any]]:
+def finished_records(
+    folder: Path, run_id: str = "*", timeout: float = 20
+) -> tuple[Path, list[Any]]:
     """The offline run's records, once wandb's service has written its exit record (the file
     is written by another process, which may still be flushing after finish())."""
     deadline = time.monotonic() + timeout
@@ -80,11 +81,16 @@ def offline_run(folder: Path, run_id: str = "*") -> dict[str, Any]:
             found["run"] = record.run
             found["config"] = {u.key: json.loads(u.value_json) for u in record.run.config.update}
         elif kind == "summary":
-            found["summary"].update({u.key: json.loads(u.value_json)
-                                     for u in record.summary.update if u.key})
+            found["summary"].update(
+                {u.key: json.loads(u.value_json) for u in record.summary.update if u.key}
+            )
         elif kind == "history":
-            found["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json)
-                                     for i in record.history.item})
+            found["history"].append(
+                {
+                    "/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
     return found
 
 
@@ -105,18 +111,22 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     wandb.teardown()  # wandb keeps its settings (WANDB_DIR) in a process-wide singleton
 
 
-async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Path,
-                                               offline: Path):
+async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Path, offline: Path):
     # The writer process finishes the run 2 s after its last call; the evaluation comes first.
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'w.db'}", tmp_path,
-                             wandb_project=PROJECT, run_idle=2.0)
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'w.db'}", tmp_path, wandb_project=PROJECT, run_idle=2.0
+    )
     async with running(settings) as gw:
         await asyncio.to_thread(tool_loop, gw, "Lyon", server_url=f"{gw.proxy_url}/r/nightly")
         await gw.recorder.drained(timeout=20)
         (run,) = await runs_of(gw)
-        async with aiohttp.ClientSession(gw.ui_url) as http, http.post(
+        async with (
+            aiohttp.ClientSession(gw.ui_url) as http,
+            http.post(
                 f"/api/runs/{run['id']}/evaluations",
-                json={"metric_name": "success", "metric_value": 0.25}) as resp:
+                json={"metric_name": "success", "metric_value": 0.25},
+            ) as resp,
+        ):
             assert resp.status == 201
 
         async def logged() -> bool:
@@ -126,8 +136,12 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
 
         await wait_until(logged, timeout=30)
         # Experiments reach the writer process's logger through the gateway.
-        assert await gw.log_experiment({"id": "7", "name": "sweep", "rows": [{"a": 1}],
-                                        "totals": {"calls": 1}}) is True
+        assert (
+            await gw.log_experiment(
+                {"id": "7", "name": "sweep", "rows": [{"a": 1}], "totals": {"calls": 1}}
+            )
+            is True
+        )
         stats = (await gw.recorder.call("integrations_drained"))["wandb"]
         assert stats["sent"] == 2, stats
 
@@ -163,11 +177,25 @@ async def runs_of(gw: Any) -> list[dict[str, Any]]:
 
 def test_experiment_comparison_table(offline: Path):
     experiment = {
-        "id": "123", "name": "temperature sweep", "base_exchange_id": "42",
-        "rows": [{"variant": "t=0", "model": "mistral-small-latest", "cost_usd": 0.001,
-                  "output": "hi", "score": 1},
-                 {"variant": "t=1", "model": "mistral-small-latest", "cost_usd": 0.002,
-                  "output": {"text": "hey"}, "score": None}],
+        "id": "123",
+        "name": "temperature sweep",
+        "base_exchange_id": "42",
+        "rows": [
+            {
+                "variant": "t=0",
+                "model": "mistral-small-latest",
+                "cost_usd": 0.001,
+                "output": "hi",
+                "score": 1,
+            },
+            {
+                "variant": "t=1",
+                "model": "mistral-small-latest",
+                "cost_usd": 0.002,
+                "output": {"text": "hey"},
+                "score": None,
+            },
+        ],
         "totals": {"calls": 2, "by_variant": {"t=0": {"cost_usd": 0.001}}},
     }
     run_id = wandb_logger.log_experiment(experiment, project=PROJECT)
@@ -180,39 +208,55 @@ def test_experiment_comparison_table(offline: Path):
     assert found["summary"]["by_variant/t=0/cost_usd"] == 0.001
     comparison = table(found, "comparison")
     assert comparison["columns"] == ["variant", "model", "cost_usd", "output", "score"]
-    assert comparison["data"][1] == ["t=1", "mistral-small-latest", 0.002, '{"text":"hey"}',
-                                     None]
+    assert comparison["data"][1] == ["t=1", "mistral-small-latest", 0.002, '{"text":"hey"}', None]
 
 
-async def test_online_without_a_key_is_one_line(upstream: Upstream, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                caplog: pytest.LogCaptureFixture):
+async def test_online_without_a_key_is_one_line(
+    upstream: Upstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'k.db'}", tmp_path,
-                             wandb_project=PROJECT)
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'k.db'}", tmp_path, wandb_project=PROJECT
+    )
     async with running(settings) as gw:
         assert await gw.recorder.call("integrations_drained") == {}
         assert await gw.log_experiment({"id": "1", "rows": [], "totals": {}}) is False
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{gw.proxy_url}/v1/chat/completions", headers={"Authorization": "Bearer k"},
-                json={"model": "mistral-small-latest",
-                      "messages": [{"role": "user", "content": "still works"}]}) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{gw.proxy_url}/v1/chat/completions",
+                headers={"Authorization": "Bearer k"},
+                json={
+                    "model": "mistral-small-latest",
+                    "messages": [{"role": "user", "content": "still works"}],
+                },
+            ) as resp,
+        ):
             assert resp.status == 200
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "W&B logging is off" in line and "WANDB_API_KEY" in line
 
 
 async def test_finished_experiment_is_logged(upstream: Upstream, tmp_path: Path, offline: Path):
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'x.db'}", tmp_path,
-                             wandb_project=PROJECT)
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'x.db'}", tmp_path, wandb_project=PROJECT
+    )
     async with running(settings, ENV) as gw:
         for n in range(2):
             await send(gw, n)
-        status, created = await post(gw, "/api/experiments", {
-            "filter": {"model": "mistral-large-latest"},
-            "overrides": {"model": "mistral-small-latest"}})
+        status, created = await post(
+            gw,
+            "/api/experiments",
+            {
+                "filter": {"model": "mistral-large-latest"},
+                "overrides": {"model": "mistral-small-latest"},
+            },
+        )
         assert status == 202, created
         report, _ = await finished(gw, created["id"])
         assert report["status"] == "done"

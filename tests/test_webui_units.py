@@ -16,37 +16,72 @@ from webui.timeline import build, memory_change
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (None, DASH), (0, "0"), (840, "840"), (1000, "1k"), (1234, "1.2k"), (12_345, "12k"),
-    (999_999, "1000k"), (3_400_000, "3.4M"), (2_000_000_000, "2B"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, DASH),
+        (0, "0"),
+        (840, "840"),
+        (1000, "1k"),
+        (1234, "1.2k"),
+        (12_345, "12k"),
+        (999_999, "1000k"),
+        (3_400_000, "3.4M"),
+        (2_000_000_000, "2B"),
+    ],
+)
 def test_tokens(value, text):
     assert formats.tokens(value) == text
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (None, DASH), (0, "$0"), (0.0031, "$0.0031"), (0.003149, "$0.0031"),
-    (0.00002355, "$0.000024"), (0.42, "$0.42"), (12.345, "$12.35"), (1234.5, "$1,234"),
-    (-0.5, "-$0.50"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, DASH),
+        (0, "$0"),
+        (0.0031, "$0.0031"),
+        (0.003149, "$0.0031"),
+        (0.00002355, "$0.000024"),
+        (0.42, "$0.42"),
+        (12.345, "$12.35"),
+        (1234.5, "$1,234"),
+        (-0.5, "-$0.50"),
+    ],
+)
 def test_usd(value, text):
     assert formats.usd(value) == text
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (None, DASH), (3.24, "3.2 ms"), (840.4, "840 ms"), (1300, "1.3 s"), (12_400, "12 s"),
-    (125_000, "2 min 5 s"), (120_000, "2 min"), (3_840_000, "1 h 4 min"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, DASH),
+        (3.24, "3.2 ms"),
+        (840.4, "840 ms"),
+        (1300, "1.3 s"),
+        (12_400, "12 s"),
+        (125_000, "2 min 5 s"),
+        (120_000, "2 min"),
+        (3_840_000, "1 h 4 min"),
+    ],
+)
 def test_durations(value, text):
     assert formats.duration_ms(value) == text
 
 
-@pytest.mark.parametrize(("delta", "text"), [
-    (timedelta(seconds=2), "just now"), (timedelta(seconds=42), "42 s ago"),
-    (timedelta(minutes=3, seconds=20), "3 min ago"), (timedelta(hours=5), "5 h ago"),
-    (timedelta(days=1, hours=2), "1 day ago"), (timedelta(days=3), "3 days ago"),
-    (timedelta(days=45), "2026-01-15"), (timedelta(seconds=-30), "in the future"),
-])
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (timedelta(seconds=2), "just now"),
+        (timedelta(seconds=42), "42 s ago"),
+        (timedelta(minutes=3, seconds=20), "3 min ago"),
+        (timedelta(hours=5), "5 h ago"),
+        (timedelta(days=1, hours=2), "1 day ago"),
+        (timedelta(days=3), "3 days ago"),
+        (timedelta(days=45), "2026-01-15"),
+        (timedelta(seconds=-30), "in the future"),
+    ],
+)
 def test_ago(delta, text):
     assert formats.ago((NOW - delta).isoformat(), now=NOW) == text
 
@@ -54,37 +89,67 @@ def test_ago(delta, text):
 def test_exact_time_percent_clip_and_price():
     assert formats.exact_time("2026-01-31T12:00:03.123Z") == "2026-01-31 12:00:03.123 UTC"
     assert formats.exact_time("not a time") == DASH
-    assert (formats.percent(0.123), formats.percent(0.05), formats.percent(0)) == \
-        ("12%", "5.0%", "0%")
+    assert (formats.percent(0.123), formats.percent(0.05), formats.percent(0)) == (
+        "12%",
+        "5.0%",
+        "0%",
+    )
     assert formats.clip("a\n  b   c", 10) == "a b c"
     assert formats.clip("x" * 20, 10) == "x" * 9 + "…"
-    assert (formats.price(1.6e-05), formats.price(2.0), formats.price(0.015)) == \
-        ("$0.000016", "$2.00", "$0.015")
+    assert (formats.price(1.6e-05), formats.price(2.0), formats.price(0.015)) == (
+        "$0.000016",
+        "$2.00",
+        "$0.015",
+    )
 
 
-@pytest.mark.parametrize(("value", "target"), [
-    ("/runs?x=1", "/runs?x=1"), ("//evil.example/", "/"), ("https://evil.example", "/"),
-    ("/\\evil.example", "/"), ("", "/"), (None, "/"),
-])
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("/runs?x=1", "/runs?x=1"),
+        ("//evil.example/", "/"),
+        ("https://evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("", "/"),
+        (None, "/"),
+    ],
+)
 def test_login_redirects_stay_on_this_site(value, target):
     assert safe_next(value) == target
 
 
 def test_message_shapes_become_text_parts():
     assert parts("hi") == [{"kind": "text", "text": "hi"}]
-    chunks = parts([{"type": "text", "text": "look"},
-                    {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
-                    {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
-                    {"type": "weird", "n": 1}])
+    chunks = parts(
+        [
+            {"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+            {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
+            {"type": "weird", "n": 1},
+        ]
+    )
     assert [c["kind"] for c in chunks] == ["text", "attachment", "thinking", "json"]
     assert "https://x/y.png" in chunks[1]["text"]
-    (item,) = chat_items([{"direction": "out", "role": "assistant", "content": None,
-                           "tool_calls": [{"id": "c1", "function": {
-                               "name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}])
+    (item,) = chat_items(
+        [
+            {
+                "direction": "out",
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            }
+        ]
+    )
     assert item["output"] and item["tool_calls"][0]["name"] == "get_weather"
     assert '"city": "Oslo"' in item["tool_calls"][0]["arguments"]
-    (entry,) = chat_items([{"direction": "in", "role": None, "type": "function.result",
-                            "content": "42"}])
+    (entry,) = chat_items(
+        [{"direction": "in", "role": None, "type": "function.result", "content": "42"}]
+    )
     assert entry["role"] == "tool"
     assert pretty_body(None, "omitted")["note"].startswith("not recorded")
     assert pretty_body("x" * 300_000, "text")["note"].startswith("cut at")
@@ -93,27 +158,55 @@ def test_message_shapes_become_text_parts():
 def test_timeline_geometry_and_memory():
     run = {
         "exchanges": [
-            {"id": "1", "started_at": "2026-03-01T12:00:00.000Z", "latency_ms": 1000,
-             "model": "m", "path": "/v1/chat/completions"},
-            {"id": "2", "started_at": "2026-03-01T12:00:03.000Z", "latency_ms": 1000,
-             "model": "m", "path": "/v1/chat/completions"},
+            {
+                "id": "1",
+                "started_at": "2026-03-01T12:00:00.000Z",
+                "latency_ms": 1000,
+                "model": "m",
+                "path": "/v1/chat/completions",
+            },
+            {
+                "id": "2",
+                "started_at": "2026-03-01T12:00:03.000Z",
+                "latency_ms": 1000,
+                "model": "m",
+                "path": "/v1/chat/completions",
+            },
         ],
-        "messages": [{"exchange_id": "1", "direction": "in", "role": "user", "content": "q"},
-                     {"exchange_id": "2", "direction": "in", "role": "tool", "content": "r"}],
-        "tool_calls": [{"exchange_id": "1", "tool_name": "t", "args": {"a": 1},
-                        "result_exchange_id": "2", "latency_ms": 2000, "kind": "function"}],
-        "memory_snapshots": [{"exchange_id": "1", "carried": 0, "state": [
-                                 {"role": "user", "content": "q"},
-                                 {"role": "assistant", "content": "a"}]},
-                             {"exchange_id": "2", "carried": 1, "state": [
-                                 {"role": "user", "content": "q"},
-                                 {"role": "tool", "content": "r"}]}],
+        "messages": [
+            {"exchange_id": "1", "direction": "in", "role": "user", "content": "q"},
+            {"exchange_id": "2", "direction": "in", "role": "tool", "content": "r"},
+        ],
+        "tool_calls": [
+            {
+                "exchange_id": "1",
+                "tool_name": "t",
+                "args": {"a": 1},
+                "result_exchange_id": "2",
+                "latency_ms": 2000,
+                "kind": "function",
+            }
+        ],
+        "memory_snapshots": [
+            {
+                "exchange_id": "1",
+                "carried": 0,
+                "state": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            },
+            {
+                "exchange_id": "2",
+                "carried": 1,
+                "state": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}],
+            },
+        ],
     }
     line = build(run)
     assert line.span_ms == 4000 and line.tool_count == 1
     first, second = line.steps
-    assert (first.bar.x, first.bar.width) == (0, 25) and (second.bar.x, second.bar.width) == \
-        (75, 25)
+    assert (first.bar.x, first.bar.width) == (0, 25) and (second.bar.x, second.bar.width) == (
+        75,
+        25,
+    )
     (tool,) = first.tool_bars
     assert (tool.x, tool.width) == (25, 50)
     assert second.memory["kept"] == 1

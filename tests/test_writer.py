@@ -17,14 +17,16 @@ from tests.conftest import Upstream, make_settings, running
 
 async def chat(http: aiohttp.ClientSession, url: str, text: str) -> int:
     payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": text}]}
-    async with http.post(f"{url}/v1/chat/completions", json=payload,
-                         headers={"Authorization": "Bearer sk-writer-test"}) as resp:
+    async with http.post(
+        f"{url}/v1/chat/completions",
+        json=payload,
+        headers={"Authorization": "Bearer sk-writer-test"},
+    ) as resp:
         await resp.read()
         return resp.status
 
 
-async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream,
-                                                           tmp_path: Path):
+async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream, tmp_path: Path):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'w.db'}", tmp_path)
     async with running(settings) as gw, aiohttp.ClientSession() as http:
         first = gw.recorder.pid
@@ -60,7 +62,8 @@ async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream,
 
 
 async def test_a_writer_left_behind_gets_an_ordinary_share_until_it_catches_up(
-        upstream: Upstream, tmp_path: Path):
+    upstream: Upstream, tmp_path: Path
+):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'lag.db'}", tmp_path)
     async with running(settings) as gw, aiohttp.ClientSession() as http:
         pid = gw.recorder.pid

@@ -23,13 +23,25 @@ from tests.fake_mistral import start_fake
 
 T = TypeVar("T")
 KEY = "ui-test-key-0000111122223333"
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}]
-HOSTILE = ('<script>window.__pwned = 1</script> <img src=x onerror="window.__pwned = 2"> '
-           '<div hx-get="/exchanges/live" hx-trigger="load" hx-target="body">hx payload</div> '
-           '{{ 7*7 }} </td></tr></table></main>')
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+HOSTILE = (
+    '<script>window.__pwned = 1</script> <img src=x onerror="window.__pwned = 2"> '
+    '<div hx-get="/exchanges/live" hx-trigger="load" hx-target="body">hx payload</div> '
+    "{{ 7*7 }} </td></tr></table></main>"
+)
 
 
 class ThreadedGateway:
@@ -39,8 +51,7 @@ class ThreadedGateway:
         self.folder = folder
         self.extra = settings
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="ui-gateway",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ui-gateway", daemon=True)
         self.gateway: Gateway | None = None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
@@ -49,9 +60,15 @@ class ThreadedGateway:
     def __enter__(self) -> ThreadedGateway:
         self.thread.start()
         self.runner, upstream, _ = self.call(start_fake())
-        settings = Settings(upstream=upstream, db=f"sqlite://{self.folder / 'ui.db'}", port=0,
-                            ui_port=0, spool_dir=str(self.folder / "spool"),
-                            shutdown_grace=1.0, **self.extra)
+        settings = Settings(
+            upstream=upstream,
+            db=f"sqlite://{self.folder / 'ui.db'}",
+            port=0,
+            ui_port=0,
+            spool_dir=str(self.folder / "spool"),
+            shutdown_grace=1.0,
+            **self.extra,
+        )
         self.gateway = Gateway(settings)
         self.call(self.gateway.start())
         return self
@@ -82,8 +99,15 @@ class ThreadedGateway:
         return Mistral(api_key=KEY, server_url=self.proxy_url + suffix)
 
 
-def chat(gw: ThreadedGateway, text: str, *, model: str = "mistral-small-latest",
-         suffix: str = "", stream: bool = False, headers: dict[str, str] | None = None) -> None:
+def chat(
+    gw: ThreadedGateway,
+    text: str,
+    *,
+    model: str = "mistral-small-latest",
+    suffix: str = "",
+    stream: bool = False,
+    headers: dict[str, str] | None = None,
+) -> None:
     with gw.client(suffix) as client:
         messages: list[Any] = [{"role": "user", "content": text}]
         if stream:
@@ -96,24 +120,34 @@ def chat(gw: ThreadedGateway, text: str, *, model: str = "mistral-small-latest",
 def tool_loop(gw: ThreadedGateway, city: str, suffix: str = "") -> None:
     """user -> tool call -> tool result -> answer, as an agent written with the SDK does it."""
     with gw.client(suffix) as client:
-        messages: list[Any] = [{"role": "system", "content": "You are a weather bot."},
-                               {"role": "user", "content": f"Weather in {city}?"}]
-        first = client.chat.complete(model="mistral-large-latest", messages=messages,
-                                     tools=TOOLS)
+        messages: list[Any] = [
+            {"role": "system", "content": "You are a weather bot."},
+            {"role": "user", "content": f"Weather in {city}?"},
+        ]
+        first = client.chat.complete(model="mistral-large-latest", messages=messages, tools=TOOLS)
         call = first.choices[0].message.tool_calls[0]
-        messages += [first.choices[0].message,
-                     {"role": "tool", "tool_call_id": call.id, "name": call.function.name,
-                      "content": f"sunny in {city}, 24 C"}]
+        messages += [
+            first.choices[0].message,
+            {
+                "role": "tool",
+                "tool_call_id": call.id,
+                "name": call.function.name,
+                "content": f"sunny in {city}, 24 C",
+            },
+        ]
         client.chat.complete(model="mistral-large-latest", messages=messages, tools=TOOLS)
 
 
 def seed_traffic(gw: ThreadedGateway) -> None:
     """A varied, realistic set of calls through the real SDK."""
     chat(gw, "Write a haiku about the sea")
-    chat(gw, "Summarise the plot of Hamlet in two lines", model="codestral-latest",
-         stream=True)
-    chat(gw, "What is the capital of Australia?", suffix="/r/nightly-eval",
-         headers={"X-AgentOps-Agent": "geo-bot"})
+    chat(gw, "Summarise the plot of Hamlet in two lines", model="codestral-latest", stream=True)
+    chat(
+        gw,
+        "What is the capital of Australia?",
+        suffix="/r/nightly-eval",
+        headers={"X-AgentOps-Agent": "geo-bot"},
+    )
     chat(gw, "And of New Zealand?", suffix="/r/nightly-eval")
     tool_loop(gw, "Paris", suffix="/r/weather-agent")
     with contextlib.suppress(Exception):  # the SDK raises on a 429; the gateway records it

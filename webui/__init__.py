@@ -15,9 +15,11 @@ from gateway.access import Handler, is_api
 from gateway.settings import Settings
 from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-       "base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
 
 
 @web.middleware
@@ -42,8 +44,9 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPNotFound:
         if is_api(request) or request.path.startswith("/static/"):
             raise
-        return render.error_page(request, 404, "Page not found",
-                                 "There is nothing at this address.")
+        return render.error_page(
+            request, 404, "Page not found", "There is nothing at this address."
+        )
 
 
 def _harden(request: web.Request, response: web.StreamResponse, started: float) -> None:

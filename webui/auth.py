@@ -25,9 +25,13 @@ async def check_csrf(request: web.Request, handler: Handler) -> web.StreamRespon
         form = await request.post()
         given = form.get(csrf.FIELD) or request.headers.get(csrf.HEADER)
         if not csrf.valid(request, given if isinstance(given, str) else None):
-            return error_page(request, 403, "This form has expired",
-                              "The page was open too long, or the gateway restarted. Go back, "
-                              "reload the page and try again.")
+            return error_page(
+                request,
+                403,
+                "This form has expired",
+                "The page was open too long, or the gateway restarted. Go back, "
+                "reload the page and try again.",
+            )
     response = await handler(request)
     csrf.set_cookie_if_new(request, response)
     return response
@@ -55,9 +59,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not token:
         raise web.HTTPSeeOther(target)
     if not hmac.compare_digest(str(form.get("token") or "").encode(), token.encode()):
-        return render(request, "login.html",
-                      {"next": target, "error": "That is not the token the gateway was "
-                                                "started with (--ui-token)."}, status=401)
+        return render(
+            request,
+            "login.html",
+            {
+                "next": target,
+                "error": "That is not the token the gateway was started with (--ui-token).",
+            },
+            status=401,
+        )
     response = web.HTTPSeeOther(target)
     access.set_session_cookie(response, token, request.secure)
     raise response

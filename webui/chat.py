@@ -46,8 +46,11 @@ def parts(content: Any) -> list[dict[str, str]]:
             out.append({"kind": "text", "text": chunk["text"]})
         elif isinstance(chunk, dict) and chunk.get("type") == "thinking":
             thought = chunk.get("thinking")
-            text = "".join(t.get("text", "") for t in thought if isinstance(t, dict)) \
-                if isinstance(thought, list) else str(thought or "")
+            text = (
+                "".join(t.get("text", "") for t in thought if isinstance(t, dict))
+                if isinstance(thought, list)
+                else str(thought or "")
+            )
             out.append({"kind": "thinking", "text": text})
         elif isinstance(chunk, dict) and chunk.get("type") in ("image_url", "document_url"):
             url = chunk.get(chunk["type"])
@@ -64,8 +67,13 @@ def tool_calls(calls: Any) -> list[dict[str, str]]:
         if not isinstance(call, dict):
             continue
         function = call["function"] if isinstance(call.get("function"), dict) else {}
-        out.append({"id": str(call.get("id") or ""), "name": str(function.get("name") or "?"),
-                    "arguments": arguments(function.get("arguments"))})
+        out.append(
+            {
+                "id": str(call.get("id") or ""),
+                "name": str(function.get("name") or "?"),
+                "arguments": arguments(function.get("arguments")),
+            }
+        )
     return out
 
 
@@ -75,9 +83,14 @@ def role_of(message: dict[str, Any]) -> str:
     if isinstance(role, str) and role:
         return role
     kind = str(message.get("type") or "")
-    return {"message.input": "user", "message.output": "assistant",
-            "function.call": "assistant", "function.result": "tool",
-            "tool.execution": "tool", "agent.handoff": "handoff"}.get(kind, kind or "message")
+    return {
+        "message.input": "user",
+        "message.output": "assistant",
+        "function.call": "assistant",
+        "function.result": "tool",
+        "tool.execution": "tool",
+        "agent.handoff": "handoff",
+    }.get(kind, kind or "message")
 
 
 def chat_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,13 +99,15 @@ def chat_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for message in messages:
         if not isinstance(message, dict):
             continue
-        items.append({
-            "role": role_of(message),
-            "output": message.get("direction") == "out",
-            "parts": parts(message.get("content")),
-            "tool_calls": tool_calls(message.get("tool_calls")),
-            "tool_call_id": str(message.get("tool_call_id") or ""),
-        })
+        items.append(
+            {
+                "role": role_of(message),
+                "output": message.get("direction") == "out",
+                "parts": parts(message.get("content")),
+                "tool_calls": tool_calls(message.get("tool_calls")),
+                "tool_call_id": str(message.get("tool_call_id") or ""),
+            }
+        )
     return items
 
 
@@ -103,11 +118,14 @@ def pretty_body(body: Any, encoding: str | None) -> dict[str, Any]:
     if body is None or body == "":
         return {"text": "", "note": "empty"}
     if encoding == "base64":
-        return {"text": str(body)[:2000], "note": "binary, shown as base64 (cut at 2,000 "
-                                                  "characters)"}
+        return {
+            "text": str(body)[:2000],
+            "note": "binary, shown as base64 (cut at 2,000 characters)",
+        }
     text = body if isinstance(body, str) else pretty_json(body)
     if len(text) > MAX_RAW_CHARS:
-        return {"text": text[:MAX_RAW_CHARS],
-                "note": f"cut at {MAX_RAW_CHARS:,} of {len(text):,} characters; the API has "
-                        "it whole"}
+        return {
+            "text": text[:MAX_RAW_CHARS],
+            "note": f"cut at {MAX_RAW_CHARS:,} of {len(text):,} characters; the API has it whole",
+        }
     return {"text": text, "note": ""}

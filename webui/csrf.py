@@ -44,5 +44,6 @@ def valid(request: web.Request, given: str | None) -> bool:
 
 def set_cookie_if_new(request: web.Request, response: web.StreamResponse) -> None:
     if request.get(NEW):
-        response.set_cookie(COOKIE, request[SEED], path="/", httponly=True,
-                            samesite="Strict", secure=request.secure)
+        response.set_cookie(
+            COOKIE, request[SEED], path="/", httponly=True, samesite="Strict", secure=request.secure
+        )

@@ -20,8 +20,13 @@ from gateway.rollups import BUCKETS, percentile
 from webui.formats import parse_time
 from webui.render import render
 
-RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30),
-          "90d": timedelta(days=90), "all": None}
+RANGES = {
+    "24h": timedelta(days=1),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "90d": timedelta(days=90),
+    "all": None,
+}
 DEFAULT_RANGE = "7d"
 HOURLY_UP_TO = 72  # hours: longer ranges are drawn per day, week or month
 
@@ -35,14 +40,22 @@ def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, dateti
         if until_text and len(until_text.strip()) == 10 and parse_time(until_text):
             until += timedelta(days=1)  # a date means the whole day
         if (since_text and since is None) or (until_text and parse_time(until_text) is None):
-            return DEFAULT_RANGE, now - timedelta(days=7), now, \
-                "since and until must be dates such as 2026-01-31 or 2026-01-31T12:00"
+            return (
+                DEFAULT_RANGE,
+                now - timedelta(days=7),
+                now,
+                "since and until must be dates such as 2026-01-31 or 2026-01-31T12:00",
+            )
         if since and since >= until:
             return DEFAULT_RANGE, now - timedelta(days=7), now, "since must be before until"
         return "custom", since, until, None
     if key not in RANGES:
-        return DEFAULT_RANGE, now - timedelta(days=7), now, \
-            f"range must be one of {', '.join(RANGES)}"
+        return (
+            DEFAULT_RANGE,
+            now - timedelta(days=7),
+            now,
+            f"range must be one of {', '.join(RANGES)}",
+        )
     span = RANGES[key]
     return key, (now - span if span else None), now, None
 
@@ -74,8 +87,9 @@ def bucket_start(at: datetime, unit: str) -> datetime:
 def next_start(at: datetime, unit: str) -> datetime:
     if unit == "month":
         return at.replace(year=at.year + at.month // 12, month=at.month % 12 + 1)
-    return at + {"hour": timedelta(hours=1), "day": timedelta(days=1),
-                 "week": timedelta(days=7)}[unit]
+    return (
+        at + {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}[unit]
+    )
 
 
 LABELS = {"hour": "%b %d %H:00", "day": "%b %d", "week": "week of %b %d", "month": "%b %Y"}
@@ -88,8 +102,14 @@ def buckets(series: list[dict[str, Any]], first: int, last: int) -> list[dict[st
     at = bucket_start(datetime.fromtimestamp(first * 3600, UTC), unit)
     end = datetime.fromtimestamp(last * 3600, UTC)
     while at <= end:
-        out[at] = {"label": at.strftime(LABELS[unit]), "calls": 0, "errors": 0,
-                   "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        out[at] = {
+            "label": at.strftime(LABELS[unit]),
+            "calls": 0,
+            "errors": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": 0.0,
+        }
         at = next_start(at, unit)
     for row in series:
         point = out.get(bucket_start(datetime.fromtimestamp(row["hour"] * 3600, UTC), unit))
@@ -102,43 +122,85 @@ def buckets(series: list[dict[str, Any]], first: int, last: int) -> list[dict[st
     return points
 
 
-def chart(kind: str, labels: list[str], datasets: list[dict[str, Any]], unit: str,
-          **options: Any) -> str:
-    return orjson.dumps({"type": kind, "labels": labels, "datasets": datasets, "unit": unit,
-                         **options}).decode()
+def chart(
+    kind: str, labels: list[str], datasets: list[dict[str, Any]], unit: str, **options: Any
+) -> str:
+    return orjson.dumps(
+        {"type": kind, "labels": labels, "datasets": datasets, "unit": unit, **options}
+    ).decode()
 
 
-def charts(points: list[dict[str, Any]], models: list[dict[str, Any]],
-           runs: list[dict[str, Any]], agents: list[dict[str, Any]]) -> dict[str, str]:
+def charts(
+    points: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    agents: list[dict[str, Any]],
+) -> dict[str, str]:
     labels = [p["label"] for p in points]
     model_names = [m["value"] or "(no model)" for m in models]
     return {
-        "calls": chart("bar", labels, [
-            {"label": "Calls", "data": [p["calls"] for p in points]},
-            {"label": "Errors", "data": [p["errors"] for p in points], "tone": "error"}],
-            "count"),
-        "tokens": chart("bar", labels, [
-            {"label": "Prompt tokens", "data": [p["prompt_tokens"] for p in points]},
-            {"label": "Completion tokens", "data": [p["completion_tokens"] for p in points]}],
-            "tokens", stacked=True),
-        "cost": chart("bar", labels, [
-            {"label": "Cost", "data": [round(p["cost_usd"], 8) for p in points]}], "usd"),
-        "error_rate": chart("line", labels, [
-            {"label": "Error rate", "data": [p["error_rate"] for p in points],
-             "tone": "error"}], "percent"),
-        "cost_by_model": chart("bar", model_names, [
-            {"label": "Cost", "data": [round(m["cost_usd"], 8) for m in models]}], "usd",
-            horizontal=True),
-        "latency_by_model": chart("bar", model_names, [
-            {"label": "p50", "data": [m["p50_ms"] for m in models]},
-            {"label": "p95", "data": [m["p95_ms"] for m in models], "tone": "warn"}], "ms",
-            horizontal=True),
-        "cost_by_run": chart("bar", [r["value"] for r in runs], [
-            {"label": "Cost", "data": [round(r["cost_usd"], 8) for r in runs]}], "usd",
-            horizontal=True),
-        "cost_by_agent": chart("bar", [a["value"] for a in agents], [
-            {"label": "Cost", "data": [round(a["cost_usd"], 8) for a in agents]}], "usd",
-            horizontal=True),
+        "calls": chart(
+            "bar",
+            labels,
+            [
+                {"label": "Calls", "data": [p["calls"] for p in points]},
+                {"label": "Errors", "data": [p["errors"] for p in points], "tone": "error"},
+            ],
+            "count",
+        ),
+        "tokens": chart(
+            "bar",
+            labels,
+            [
+                {"label": "Prompt tokens", "data": [p["prompt_tokens"] for p in points]},
+                {"label": "Completion tokens", "data": [p["completion_tokens"] for p in points]},
+            ],
+            "tokens",
+            stacked=True,
+        ),
+        "cost": chart(
+            "bar",
+            labels,
+            [{"label": "Cost", "data": [round(p["cost_usd"], 8) for p in points]}],
+            "usd",
+        ),
+        "error_rate": chart(
+            "line",
+            labels,
+            [{"label": "Error rate", "data": [p["error_rate"] for p in points], "tone": "error"}],
+            "percent",
+        ),
+        "cost_by_model": chart(
+            "bar",
+            model_names,
+            [{"label": "Cost", "data": [round(m["cost_usd"], 8) for m in models]}],
+            "usd",
+            horizontal=True,
+        ),
+        "latency_by_model": chart(
+            "bar",
+            model_names,
+            [
+                {"label": "p50", "data": [m["p50_ms"] for m in models]},
+                {"label": "p95", "data": [m["p95_ms"] for m in models], "tone": "warn"},
+            ],
+            "ms",
+            horizontal=True,
+        ),
+        "cost_by_run": chart(
+            "bar",
+            [r["value"] for r in runs],
+            [{"label": "Cost", "data": [round(r["cost_usd"], 8) for r in runs]}],
+            "usd",
+            horizontal=True,
+        ),
+        "cost_by_agent": chart(
+            "bar",
+            [a["value"] for a in agents],
+            [{"label": "Cost", "data": [round(a["cost_usd"], 8) for a in agents]}],
+            "usd",
+            horizontal=True,
+        ),
     }
 
 
@@ -154,31 +216,52 @@ async def dashboard(request: web.Request) -> web.Response:
     first = min(first, last)
     # Independent queries, run side by side (PostgreSQL's pool; SQLite takes them in turn).
     series, models, runs, agents, top_runs = await asyncio.gather(
-        rollups.series(first, last + 1), rollups.by_value("model", first, last + 1),
+        rollups.series(first, last + 1),
+        rollups.by_value("model", first, last + 1),
         rollups.by_value("run", first, last + 1, limit=10),
         rollups.by_value("agent", first, last + 1, limit=10),
-        request.app[api.RUNS].costliest(since, until, 10))
+        request.app[api.RUNS].costliest(since, until, 10),
+    )
     points = buckets(series, first, last)
     calls = sum(p["calls"] for p in points)
     histogram = [sum(m["histogram"][i] for m in models) for i in range(len(BUCKETS))]
     for m in models:
         m["error_rate"] = m["errors"] / m["calls"] if m["calls"] else None
     totals = {
-        "calls": calls, "errors": sum(p["errors"] for p in points),
+        "calls": calls,
+        "errors": sum(p["errors"] for p in points),
         "prompt_tokens": sum(p["prompt_tokens"] for p in points),
         "completion_tokens": sum(p["completion_tokens"] for p in points),
         "cost_usd": sum(p["cost_usd"] for p in points),
         "error_rate": sum(p["errors"] for p in points) / calls if calls else None,
-        "p50_ms": percentile(histogram, 0.5), "p95_ms": percentile(histogram, 0.95),
+        "p50_ms": percentile(histogram, 0.5),
+        "p95_ms": percentile(histogram, 0.95),
     }
-    context = {"range": key, "ranges": RANGES, "since": since, "until": until, "error": error,
-               "totals": totals, "models": models, "runs": runs, "agents": agents,
-               "top_runs": top_runs, "points": points, "charts": charts(points, models, runs,
-                                                                         agents),
-               "custom": {"since": request.query.get("since", ""),
-                          "until": request.query.get("until", "")}}
-    return render(request, "dashboard.html", context, partial="_dashboard_body.html",
-                  status=400 if error else 200)
+    context = {
+        "range": key,
+        "ranges": RANGES,
+        "since": since,
+        "until": until,
+        "error": error,
+        "totals": totals,
+        "models": models,
+        "runs": runs,
+        "agents": agents,
+        "top_runs": top_runs,
+        "points": points,
+        "charts": charts(points, models, runs, agents),
+        "custom": {
+            "since": request.query.get("since", ""),
+            "until": request.query.get("until", ""),
+        },
+    }
+    return render(
+        request,
+        "dashboard.html",
+        context,
+        partial="_dashboard_body.html",
+        status=400 if error else 200,
+    )
 
 
 def setup(app: web.Application) -> None:

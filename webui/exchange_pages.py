@@ -30,10 +30,25 @@ from webui.render import (
 
 PAGE_SIZE = 50
 FILTER_KEYS = ("q", "model", "status", "state", "endpoint", "run", "range", "since", "until")
-RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(days=1),
-          "7d": timedelta(days=7), "30d": timedelta(days=30)}
-ENDPOINTS = ("chat", "fim", "agents", "embeddings", "conversations", "files", "ocr",
-             "moderations", "audio", "other")
+RANGES = {
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "24h": timedelta(days=1),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+ENDPOINTS = (
+    "chat",
+    "fim",
+    "agents",
+    "embeddings",
+    "conversations",
+    "files",
+    "ocr",
+    "moderations",
+    "audio",
+    "other",
+)
 STATUSES = ("2xx", "4xx", "5xx", "429")
 STATES = ("complete", "client_disconnected", "upstream_error", "upstream_timeout", "shutdown")
 
@@ -103,19 +118,34 @@ async def list_context(request: web.Request, before: int | None) -> dict[str, An
     if filters["model"] and filters["model"] not in models:
         models.append(filters["model"])
     return {
-        "items": items, "next": cursor, "before": before, "filters": filters, "error": error,
-        "models": models, "endpoints": ENDPOINTS, "statuses": STATUSES, "states": STATES,
-        "ranges": RANGES, "live": before is None and not filters["until"] and error is None,
-        "newest": items[0]["id"] if items else "0", "filtered": any(filters.values()),
-        "proxy": request.app[PROXY_URL], "fresh": False,
+        "items": items,
+        "next": cursor,
+        "before": before,
+        "filters": filters,
+        "error": error,
+        "models": models,
+        "endpoints": ENDPOINTS,
+        "statuses": STATUSES,
+        "states": STATES,
+        "ranges": RANGES,
+        "live": before is None and not filters["until"] and error is None,
+        "newest": items[0]["id"] if items else "0",
+        "filtered": any(filters.values()),
+        "proxy": request.app[PROXY_URL],
+        "fresh": False,
     }
 
 
 async def exchange_list(request: web.Request) -> web.Response:
     before = parse_cursor(request.query.get("before"))
     context = await list_context(request, before)
-    response = render(request, "exchanges.html", context, partial="_exchange_results.html",
-                      status=400 if context["error"] else 200)
+    response = render(
+        request,
+        "exchanges.html",
+        context,
+        partial="_exchange_results.html",
+        status=400 if context["error"] else 200,
+    )
     if is_htmx(request):  # the address bar shows the view, without empty parameters
         response.headers["HX-Push-Url"] = "/" + query_string(context["filters"], before=before)
     return response
@@ -138,17 +168,20 @@ async def exchange_live(request: web.Request) -> web.Response:
         context = await list_context(request, None)
         return render_fragment(request, "_exchange_results.html", context)
     await decorate(request, items)
-    return render_fragment(request, "_exchange_live.html",
-                           {"items": items, "filters": filters, "newest": items[0]["id"],
-                            "fresh": True, "live": True})
+    return render_fragment(
+        request,
+        "_exchange_live.html",
+        {"items": items, "filters": filters, "newest": items[0]["id"], "fresh": True, "live": True},
+    )
 
 
 async def exchange_detail(request: web.Request) -> web.Response:
     exchange_id = parse_cursor(request.match_info["id"])
     item = await api.load_exchange(request.app, exchange_id) if exchange_id else None
     if item is None or exchange_id is None:
-        return error_page(request, 404, "No such exchange",
-                          "It may have been deleted, or removed by retention.")
+        return error_page(
+            request, 404, "No such exchange", "It may have been deleted, or removed by retention."
+        )
     runs = request.app[api.RUNS]
     run = previous = following = None
     if item.get("run_id"):
@@ -156,7 +189,10 @@ async def exchange_detail(request: web.Request) -> web.Response:
         run = (await runs.names([run_id])).get(run_id)
         previous, following = await request.app[api.STORE].neighbours(run_id, exchange_id)
     context = {
-        "e": item, "run": run, "previous": previous, "following": following,
+        "e": item,
+        "run": run,
+        "previous": previous,
+        "following": following,
         "chat": chat_items(item["messages"]),
         "request_headers": redact_headers([tuple(h) for h in item["request_headers"]]),
         "response_headers": redact_headers([tuple(h) for h in item["response_headers"]]),

@@ -145,6 +145,15 @@ def clip(text: Any, size: int = 120) -> str:
     return line if len(line) <= size else line[: size - 1].rstrip() + "…"
 
 
-FILTERS = {"tokens": tokens, "number": number, "usd": usd, "usd_exact": usd_exact, "price": price,
-           "ms": duration_ms, "percent": percent, "exact_time": exact_time, "ago": ago,
-           "clip": clip}
+FILTERS = {
+    "tokens": tokens,
+    "number": number,
+    "usd": usd,
+    "usd_exact": usd_exact,
+    "price": price,
+    "ms": duration_ms,
+    "percent": percent,
+    "exact_time": exact_time,
+    "ago": ago,
+    "clip": clip,
+}

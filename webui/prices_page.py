@@ -11,11 +11,17 @@ from webui.render import render
 
 async def prices(request: web.Request) -> web.Response:
     table = request.app[api.PRICES]
-    unpriced = [row for row in await request.app[api.STORE].rollups.unpriced()
-                if table.price(row["model"]) is None]
+    unpriced = [
+        row
+        for row in await request.app[api.STORE].rollups.unpriced()
+        if table.price(row["model"]) is None
+    ]
     models = sorted(table.models.items())
-    return render(request, "prices.html", {"models": models, "unpriced": unpriced,
-                                           "as_of": table.as_of, "source": table.source})
+    return render(
+        request,
+        "prices.html",
+        {"models": models, "unpriced": unpriced, "as_of": table.as_of, "source": table.source},
+    )
 
 
 def setup(app: web.Application) -> None:

@@ -22,8 +22,13 @@ JINJA = web.AppKey("jinja", jinja2.Environment)
 UI_TOKEN = web.AppKey("ui_token", str)
 SETTINGS = web.AppKey("settings", Settings)
 PROXY_URL = web.AppKey("proxy_url", str)
-NAV = (("/", "Exchanges"), ("/runs", "Runs"), ("/dashboard", "Dashboard"),
-       ("/experiments", "Experiments"), ("/prices", "Prices"))
+NAV = (
+    ("/", "Exchanges"),
+    ("/runs", "Runs"),
+    ("/dashboard", "Dashboard"),
+    ("/experiments", "Experiments"),
+    ("/prices", "Prices"),
+)
 
 
 class Row(dict):  # type: ignore[type-arg]
@@ -47,9 +52,13 @@ def template_dir() -> Path:
 
 
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir()),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(formats.FILTERS)
     env.globals["query"] = query_string
     return env
@@ -64,16 +73,33 @@ def query_string(params: dict[str, Any], **changes: Any) -> str:
 
 def is_htmx(request: web.Request) -> bool:
     """An htmx swap (not a history restore, which needs the whole page)."""
-    return (request.headers.get("HX-Request") == "true"
-            and request.headers.get("HX-History-Restore-Request") != "true")
+    return (
+        request.headers.get("HX-Request") == "true"
+        and request.headers.get("HX-History-Restore-Request") != "true"
+    )
 
 
-def render(request: web.Request, page: str, context: dict[str, Any], *,
-           partial: str | None = None, status: int = 200) -> web.Response:
+def render(
+    request: web.Request,
+    page: str,
+    context: dict[str, Any],
+    *,
+    partial: str | None = None,
+    status: int = 200,
+) -> web.Response:
     name = partial if partial is not None and is_htmx(request) else page
-    html = request.app[JINJA].get_template(name).render(
-        request=request, path=request.path, nav=NAV, csrf_token=csrf.token(request),
-        can_sign_out=UI_TOKEN in request.app, **context)
+    html = (
+        request.app[JINJA]
+        .get_template(name)
+        .render(
+            request=request,
+            path=request.path,
+            nav=NAV,
+            csrf_token=csrf.token(request),
+            can_sign_out=UI_TOKEN in request.app,
+            **context,
+        )
+    )
     response = web.Response(text=html, status=status, content_type="text/html")
     response.headers["Vary"] = "HX-Request"
     return response

@@ -41,8 +41,9 @@ def signed(value: Any, digits: int = 2) -> str:
 # -- the replay form ------------------------------------------------------------------------
 
 
-async def replay_form(request: web.Request, action: str,
-                      item: dict[str, Any] | None = None) -> dict[str, Any]:
+async def replay_form(
+    request: web.Request, action: str, item: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The context `_replay_form.html` needs, as `replay_form`: where it posts, the models
     the upstream offers, and the original's own values as placeholders."""
     replayer = request.app[REPLAYER]
@@ -53,8 +54,7 @@ async def replay_form(request: web.Request, action: str,
     models = await replayer.models()
     if current.get("model") and current["model"] not in models:
         models = [str(current["model"]), *models]
-    return {"action": action, "models": models, "current": current,
-            "has_key": replayer.has_key}
+    return {"action": action, "models": models, "current": current, "has_key": replayer.has_key}
 
 
 def form_overrides(form: Any) -> dict[str, Any]:
@@ -81,8 +81,9 @@ def form_overrides(form: Any) -> dict[str, Any]:
 
 
 def failure(request: web.Request, error: ReplayError) -> web.Response:
-    response = render(request, "replay_error.html", {"error": error.message,
-                                                     "status": error.status})
+    response = render(
+        request, "replay_error.html", {"error": error.message, "status": error.status}
+    )
     response.set_status(error.status)
     return response
 
@@ -93,9 +94,12 @@ async def exchange_replay_page(request: web.Request) -> web.Response:
     if recorded is None:
         return failure(request, ReplayError(404, f"exchange {exchange_id} not found"))
     form = await replay_form(request, f"/exchanges/{exchange_id}/replay", recorded.item)
-    return render(request, "replay_page.html", {"replay_form": form, "what": "exchange",
-                                                "target": str(exchange_id)},
-                  partial="_replay_form.html")
+    return render(
+        request,
+        "replay_page.html",
+        {"replay_form": form, "what": "exchange", "target": str(exchange_id)},
+        partial="_replay_form.html",
+    )
 
 
 async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
@@ -116,9 +120,12 @@ async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
 async def run_replay_page(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
     form = await replay_form(request, f"/runs/{run_id}/replay")
-    return render(request, "replay_page.html", {"replay_form": form, "what": "run",
-                                                "target": str(run_id)},
-                  partial="_replay_form.html")
+    return render(
+        request,
+        "replay_page.html",
+        {"replay_form": form, "what": "run", "target": str(run_id)},
+        partial="_replay_form.html",
+    )
 
 
 async def run_replay_submit(request: web.Request) -> web.Response:
@@ -157,8 +164,10 @@ async def compare_page(request: web.Request) -> web.Response:
     picked = request.query.getall("pick", [])
     if picked:
         if len(picked) != 2:
-            return failure(request, ReplayError(400, f"tick exactly two exchanges to compare "
-                                                     f"(got {len(picked)})"))
+            return failure(
+                request,
+                ReplayError(400, f"tick exactly two exchanges to compare (got {len(picked)})"),
+            )
         query["a"], query["b"] = sorted(picked, key=lambda v: (len(v), v))
     sides = []
     for name in ("a", "b"):
@@ -177,9 +186,14 @@ async def compare_page(request: web.Request) -> web.Response:
 
 def chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Cost change (x, %) against similarity (y) per replay, laid out for inline SVG."""
-    points = [(r, (r["cost_after"] - r["cost_before"]) / r["cost_before"] * 100)
-              for r in rows if r["status"] == "ok" and r["cost_before"]
-              and r["cost_after"] is not None and r["similarity"] is not None]
+    points = [
+        (r, (r["cost_after"] - r["cost_before"]) / r["cost_before"] * 100)
+        for r in rows
+        if r["status"] == "ok"
+        and r["cost_before"]
+        and r["cost_after"] is not None
+        and r["similarity"] is not None
+    ]
     c = CHART
     plot_w = c["width"] - c["left"] - c["right"]
     plot_h = c["height"] - c["top"] - c["bottom"]
@@ -194,15 +208,29 @@ def chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def y_of(value: float) -> float:
         return round(c["top"] + (1 - value) * plot_h, 1)
 
-    ticks_x = [{"x": x_of(v), "label": f"{v:+.0f}%"}
-               for v in _frange(low, high, step)]
+    ticks_x = [{"x": x_of(v), "label": f"{v:+.0f}%"} for v in _frange(low, high, step)]
     ticks_y = [{"y": y_of(v), "label": f"{v:.2f}"} for v in (0, 0.25, 0.5, 0.75, 1.0)]
-    dots = [{"x": x_of(x), "y": y_of(r["similarity"]), "diff_id": r["diff_id"],
-             "kind": "identical" if r["identical"] else "changed",
-             "title": f"exchange {r['exchange_id']}: cost {x:+.1f}%, similarity "
-                      f"{r['similarity']:.3f}"} for r, x in points]
-    return {**c, "plot_w": plot_w, "plot_h": plot_h, "dots": dots, "ticks_x": ticks_x,
-            "ticks_y": ticks_y, "zero_x": x_of(0), "bottom_y": c["top"] + plot_h}
+    dots = [
+        {
+            "x": x_of(x),
+            "y": y_of(r["similarity"]),
+            "diff_id": r["diff_id"],
+            "kind": "identical" if r["identical"] else "changed",
+            "title": f"exchange {r['exchange_id']}: cost {x:+.1f}%, similarity "
+            f"{r['similarity']:.3f}",
+        }
+        for r, x in points
+    ]
+    return {
+        **c,
+        "plot_w": plot_w,
+        "plot_h": plot_h,
+        "dots": dots,
+        "ticks_x": ticks_x,
+        "ticks_y": ticks_y,
+        "zero_x": x_of(0),
+        "bottom_y": c["top"] + plot_h,
+    }
 
 
 def _tick_step(span: float) -> float:

@@ -48,8 +48,11 @@ async def run_list(request: web.Request) -> web.Response:
     try:
         if values["range"]:
             if values["range"] not in RANGES:
-                raise web.HTTPBadRequest(text=orjson.dumps(
-                    {"error": f"range must be one of {', '.join(RANGES)}"}).decode())
+                raise web.HTTPBadRequest(
+                    text=orjson.dumps(
+                        {"error": f"range must be one of {', '.join(RANGES)}"}
+                    ).decode()
+                )
             values["since"] = (datetime.now(UTC) - RANGES[values["range"]]).isoformat()
         f = runs_api.run_filter(values)
         items, cursor = await request.app[api.RUNS].list_runs(f, PAGE_SIZE, before)
@@ -62,11 +65,19 @@ async def run_list(request: web.Request) -> web.Response:
         item["duration_ms"] = run_duration_ms(item, lasts.get(int(item["id"])))
         item["evaluations"] = summaries.get(item["id"], "")
     items = [Row(item) for item in items]
-    context = {"items": items, "next": cursor, "before": before, "filters": filters,
-               "error": error, "ranges": RANGES, "statuses": runs_api.STATUSES,
-               "filtered": any(filters.values())}
-    response = render(request, "runs.html", context, partial="_run_results.html",
-                      status=400 if error else 200)
+    context = {
+        "items": items,
+        "next": cursor,
+        "before": before,
+        "filters": filters,
+        "error": error,
+        "ranges": RANGES,
+        "statuses": runs_api.STATUSES,
+        "filtered": any(filters.values()),
+    }
+    response = render(
+        request, "runs.html", context, partial="_run_results.html", status=400 if error else 200
+    )
     if is_htmx(request):  # the address bar shows the view, without empty parameters
         response.headers["HX-Push-Url"] = "/runs" + query_string(filters, before=before)
     return response
@@ -76,13 +87,18 @@ async def run_detail(request: web.Request) -> web.Response:
     run_id = parse_cursor(request.match_info["id"])
     run = await request.app[api.RUNS].get_run(run_id) if run_id else None
     if run is None:
-        return error_page(request, 404, "No such run",
-                          "It may have been deleted, or emptied by retention.")
+        return error_page(
+            request, 404, "No such run", "It may have been deleted, or emptied by retention."
+        )
     steps = timeline.build(run)
     run["duration_ms"] = steps.span_ms if run["exchanges"] else None
-    context = {"run": run, "timeline": steps,
-               "config": orjson.dumps(run["config"], option=orjson.OPT_INDENT_2).decode()
-               if run.get("config") else ""}
+    context = {
+        "run": run,
+        "timeline": steps,
+        "config": orjson.dumps(run["config"], option=orjson.OPT_INDENT_2).decode()
+        if run.get("config")
+        else "",
+    }
     return render(request, "run.html", context)
 
 

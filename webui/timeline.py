@@ -52,8 +52,9 @@ def _percent(value: float, span: float) -> float:
 def _bar(start_ms: float, length_ms: float, span: float, label: str) -> Bar:
     x = _percent(start_ms, span)
     width = max(MIN_BAR_PERCENT, _percent(length_ms, span))
-    return Bar(x=min(x, 100 - MIN_BAR_PERCENT), width=min(width, 100 - x) or MIN_BAR_PERCENT,
-               label=label)
+    return Bar(
+        x=min(x, 100 - MIN_BAR_PERCENT), width=min(width, 100 - x) or MIN_BAR_PERCENT, label=label
+    )
 
 
 def memory_change(previous: list[Any], snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -61,9 +62,12 @@ def memory_change(previous: list[Any], snapshot: dict[str, Any]) -> dict[str, An
     rest of the previous state, added its new items."""
     state = snapshot.get("state") or []
     carried = int(snapshot.get("carried") or 0)
-    return {"size": len(state), "kept": carried,
-            "dropped": chat_items([m for m in previous[carried:] if isinstance(m, dict)]),
-            "added": chat_items([m for m in state[carried:] if isinstance(m, dict)])}
+    return {
+        "size": len(state),
+        "kept": carried,
+        "dropped": chat_items([m for m in previous[carried:] if isinstance(m, dict)]),
+        "added": chat_items([m for m in state[carried:] if isinstance(m, dict)]),
+    }
 
 
 def build(run: dict[str, Any]) -> Timeline:
@@ -75,7 +79,8 @@ def build(run: dict[str, Any]) -> Timeline:
     by_exchange: dict[str, dict[str, list[Any]]] = {}
     for message in run.get("messages") or []:
         by_exchange.setdefault(message["exchange_id"], {}).setdefault("messages", []).append(
-            {**message, "direction": message.get("direction")})
+            {**message, "direction": message.get("direction")}
+        )
     for call in run.get("tool_calls") or []:
         by_exchange.setdefault(call["exchange_id"], {}).setdefault("tools", []).append(call)
     snapshots = {s["exchange_id"]: s for s in run.get("memory_snapshots") or []}
@@ -86,21 +91,39 @@ def build(run: dict[str, Any]) -> Timeline:
         offset = starts[exchange["id"]] - origin
         latency = float(exchange.get("latency_ms") or 0)
         parts = by_exchange.get(exchange["id"], {})
-        step = Step(index=index, exchange=exchange, offset_ms=offset,
-                    bar=_bar(offset, latency, span,
-                             f"step {index + 1}: {exchange.get('model') or exchange['path']} "
-                             f"at +{duration_ms(offset)}, {duration_ms(latency)}"),
-                    messages=chat_items(parts.get("messages", [])))
+        step = Step(
+            index=index,
+            exchange=exchange,
+            offset_ms=offset,
+            bar=_bar(
+                offset,
+                latency,
+                span,
+                f"step {index + 1}: {exchange.get('model') or exchange['path']} "
+                f"at +{duration_ms(offset)}, {duration_ms(latency)}",
+            ),
+            messages=chat_items(parts.get("messages", [])),
+        )
         for call in parts.get("tools", []):
             tool_count += 1
             result_at = starts.get(call.get("result_exchange_id") or "")
             waited = (result_at - origin) - (offset + latency) if result_at is not None else None
-            step.tool_calls.append({**call, "arguments": arguments(call.get("args")),
-                                    "waited_ms": call.get("latency_ms")})
+            step.tool_calls.append(
+                {
+                    **call,
+                    "arguments": arguments(call.get("args")),
+                    "waited_ms": call.get("latency_ms"),
+                }
+            )
             if waited is not None and waited > 0:
-                step.tool_bars.append(_bar(offset + latency, waited, span,
-                                           f"tool {call.get('tool_name')}: "
-                                           f"{duration_ms(waited)}"))
+                step.tool_bars.append(
+                    _bar(
+                        offset + latency,
+                        waited,
+                        span,
+                        f"tool {call.get('tool_name')}: {duration_ms(waited)}",
+                    )
+                )
         snapshot = snapshots.get(exchange["id"])
         if snapshot is not None:
             step.memory = memory_change(previous_state, snapshot)

@@ -56,7 +56,8 @@ def require(package: str, extra: str) -> None:
     """Fail with the install command when an extra's package is missing (cheap: no import)."""
     if importlib.util.find_spec(package) is None:
         raise IntegrationError(
-            f"the {package!r} package is not installed: pip install 'agentops-studio[{extra}]'")
+            f"the {package!r} package is not installed: pip install 'agentops-studio[{extra}]'"
+        )
 
 
 # setting that switches it on -> (label, module); each module has check() and from_settings().
@@ -91,6 +92,7 @@ def load_integrations(settings: Settings, environ: Mapping[str, str]) -> list[In
         try:
             found.append(importlib.import_module(module_name).from_settings(settings, environ))
         except Exception as exc:  # never let an integration stop the writer
-            log.error("%s is off: %s: %s (the gateway runs on without it)", label,
-                      type(exc).__name__, exc)
+            log.error(
+                "%s is off: %s: %s (the gateway runs on without it)", label, type(exc).__name__, exc
+            )
     return found

@@ -37,9 +37,11 @@ def enabled(settings: Settings, *, report: bool = False) -> bool:
         return False
     if importlib.util.find_spec("prometheus_client") is None:
         if report and settings.metrics == "on":
-            log.error("Prometheus metrics are off: the 'prometheus-client' package is not "
-                      "installed: pip install 'agentops-studio[prometheus]' (the gateway runs "
-                      "on without it)")
+            log.error(
+                "Prometheus metrics are off: the 'prometheus-client' package is not "
+                "installed: pip install 'agentops-studio[prometheus]' (the gateway runs "
+                "on without it)"
+            )
         return False
     return True
 
@@ -52,19 +54,35 @@ class CallMetrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
         by = ["model", "status"]
-        self.requests = Counter("agentops_requests", "Calls recorded, by model and HTTP status "
-                                "(or the state, when there was no response).", by,
-                                registry=self.registry)
-        self.tokens = Counter("agentops_tokens", "Tokens used (type: input or output).",
-                              [*by, "type"], registry=self.registry)
-        self.cost = Counter("agentops_cost_usd", "Cost in USD of the recorded calls.", by,
-                            registry=self.registry)
-        self.latency = Histogram("agentops_request_latency_seconds",
-                                 "Time from request to the last response byte.", ["model"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.ttft = Histogram("agentops_time_to_first_token_seconds",
-                              "Time to the first content chunk of streamed calls.", ["model"],
-                              buckets=TTFT_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "agentops_requests",
+            "Calls recorded, by model and HTTP status (or the state, when there was no response).",
+            by,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "agentops_tokens",
+            "Tokens used (type: input or output).",
+            [*by, "type"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "agentops_cost_usd", "Cost in USD of the recorded calls.", by, registry=self.registry
+        )
+        self.latency = Histogram(
+            "agentops_request_latency_seconds",
+            "Time from request to the last response byte.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "agentops_time_to_first_token_seconds",
+            "Time to the first content chunk of streamed calls.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
         self._models: set[str] = set()
         self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any, Any]] = {}
 
@@ -83,11 +101,14 @@ class CallMetrics:
         key = (model, status)
         found = self._children.get(key)
         if found is None:
-            found = (self.requests.labels(model, status),
-                     self.tokens.labels(model, status, "input"),
-                     self.tokens.labels(model, status, "output"),
-                     self.cost.labels(model, status),
-                     self.latency.labels(model), self.ttft.labels(model))
+            found = (
+                self.requests.labels(model, status),
+                self.tokens.labels(model, status, "input"),
+                self.tokens.labels(model, status, "output"),
+                self.cost.labels(model, status),
+                self.latency.labels(model),
+                self.ttft.labels(model),
+            )
             self._children[key] = found
         return found
 
@@ -159,32 +180,51 @@ class PipelineCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         health = self.recorder.health()
-        yield GaugeMetricFamily("agentops_writer_up", "1 while the writer process runs.",
-                                value=1 if health.get("writer_process") == "ok" else 0)
-        yield GaugeMetricFamily("agentops_queue_depth", "Records waiting for the writer.",
-                                value=health["queue_depth"])
-        yield GaugeMetricFamily("agentops_queue_capacity", "Size of the in-memory queue.",
-                                value=health["queue_size"])
-        yield GaugeMetricFamily("agentops_spool_bytes", "Bytes waiting in the disk spool.",
-                                value=health["spool_bytes"])
-        yield GaugeMetricFamily("agentops_database_up", "1 when the last write succeeded.",
-                                value=1 if health["database"] == "ok" else 0)
+        yield GaugeMetricFamily(
+            "agentops_writer_up",
+            "1 while the writer process runs.",
+            value=1 if health.get("writer_process") == "ok" else 0,
+        )
+        yield GaugeMetricFamily(
+            "agentops_queue_depth", "Records waiting for the writer.", value=health["queue_depth"]
+        )
+        yield GaugeMetricFamily(
+            "agentops_queue_capacity", "Size of the in-memory queue.", value=health["queue_size"]
+        )
+        yield GaugeMetricFamily(
+            "agentops_spool_bytes", "Bytes waiting in the disk spool.", value=health["spool_bytes"]
+        )
+        yield GaugeMetricFamily(
+            "agentops_database_up",
+            "1 when the last write succeeded.",
+            value=1 if health["database"] == "ok" else 0,
+        )
         for name, key, text in (
-                ("agentops_written_records", "written_records", "Records stored."),
-                ("agentops_spooled_records", "spooled_records",
-                 "Records that went to the disk spool."),
-                ("agentops_dropped_records", "dropped_records",
-                 "Records lost: spool full, or unparseable."),
-                ("agentops_database_errors", "database_errors", "Failed database writes.")):
+            ("agentops_written_records", "written_records", "Records stored."),
+            ("agentops_spooled_records", "spooled_records", "Records that went to the disk spool."),
+            (
+                "agentops_dropped_records",
+                "dropped_records",
+                "Records lost: spool full, or unparseable.",
+            ),
+            ("agentops_database_errors", "database_errors", "Failed database writes."),
+        ):
             yield CounterMetricFamily(name, text, value=health.get(key, 0))
-        sent = CounterMetricFamily("agentops_integration_sent",
-                                   "Items delivered by each integration.", labels=["integration"])
-        dropped = CounterMetricFamily("agentops_integration_dropped",
-                                      "Items an integration dropped (queue full, or its backend "
-                                      "failed).", labels=["integration"])
-        queued = GaugeMetricFamily("agentops_integration_queue_depth",
-                                   "Items waiting in an integration's queue.",
-                                   labels=["integration"])
+        sent = CounterMetricFamily(
+            "agentops_integration_sent",
+            "Items delivered by each integration.",
+            labels=["integration"],
+        )
+        dropped = CounterMetricFamily(
+            "agentops_integration_dropped",
+            "Items an integration dropped (queue full, or its backend failed).",
+            labels=["integration"],
+        )
+        queued = GaugeMetricFamily(
+            "agentops_integration_queue_depth",
+            "Items waiting in an integration's queue.",
+            labels=["integration"],
+        )
         for name, stats in (health.get("integrations") or {}).items():
             sent.add_metric([name], stats["sent"])
             dropped.add_metric([name], stats["dropped"])

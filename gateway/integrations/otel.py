@@ -32,18 +32,43 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentops.otel")
 
 PROVIDER = "mistral_ai"
-OPERATIONS = {"chat": "chat", "fim": "text_completion", "embeddings": "embeddings",
-              "agents": "invoke_agent"}
+OPERATIONS = {
+    "chat": "chat",
+    "fim": "text_completion",
+    "embeddings": "embeddings",
+    "agents": "invoke_agent",
+}
 # request parameter -> GenAI attribute
-REQUEST_ATTRIBUTES = {"temperature": "gen_ai.request.temperature",
-                      "max_tokens": "gen_ai.request.max_tokens", "top_p": "gen_ai.request.top_p",
-                      "random_seed": "gen_ai.request.seed",
-                      "frequency_penalty": "gen_ai.request.frequency_penalty",
-                      "presence_penalty": "gen_ai.request.presence_penalty"}
-FIELDS = ("id", "started_at", "latency_ms", "method", "path", "status", "state", "error",
-          "model", "request_model", "endpoint", "prompt_tokens", "completion_tokens",
-          "cached_tokens", "finish_reason", "cost_usd", "ttft_ms", "run_id", "streamed",
-          "correlation_id")
+REQUEST_ATTRIBUTES = {
+    "temperature": "gen_ai.request.temperature",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "top_p": "gen_ai.request.top_p",
+    "random_seed": "gen_ai.request.seed",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+}
+FIELDS = (
+    "id",
+    "started_at",
+    "latency_ms",
+    "method",
+    "path",
+    "status",
+    "state",
+    "error",
+    "model",
+    "request_model",
+    "endpoint",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "finish_reason",
+    "cost_usd",
+    "ttft_ms",
+    "run_id",
+    "streamed",
+    "correlation_id",
+)
 
 
 def traces_endpoint(settings: Settings, environ: Mapping[str, str]) -> str:
@@ -98,8 +123,9 @@ def _nanos(value: Any) -> int:
 class OtelExporter(Integration):
     name = "otel"
 
-    def __init__(self, exporter: Any, endpoint: str, upstream: str, service: str, *,
-                 queue_size: int = 4096) -> None:
+    def __init__(
+        self, exporter: Any, endpoint: str, upstream: str, service: str, *, queue_size: int = 4096
+    ) -> None:
         super().__init__(Worker("otel", self._deliver, queue_size=queue_size, batch_size=256))
         from opentelemetry.propagators.textmap import DefaultGetter
         from opentelemetry.sdk.resources import Resource
@@ -109,10 +135,11 @@ class OtelExporter(Integration):
         self.exporter = exporter
         self.endpoint = endpoint
         upstream_url = urlparse(upstream)
-        self.server = (upstream_url.hostname or "", upstream_url.port
-                       or (443 if upstream_url.scheme == "https" else 80))
-        self.resource = Resource.create({"service.name": service,
-                                         "service.version": __version__})
+        self.server = (
+            upstream_url.hostname or "",
+            upstream_url.port or (443 if upstream_url.scheme == "https" else 80),
+        )
+        self.resource = Resource.create({"service.name": service, "service.version": __version__})
         self.scope = InstrumentationScope("agentops-studio", __version__)
         self.propagator = TraceContextTextMapPropagator()
         self.getter = DefaultGetter()
@@ -143,11 +170,15 @@ class OtelExporter(Integration):
     def _deliver(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        spans = [self.exchange_span(item) if kind == "exchange" else self.run_span(item)
-                 for kind, item in batch]
+        spans = [
+            self.exchange_span(item) if kind == "exchange" else self.run_span(item)
+            for kind, item in batch
+        ]
         if self.exporter.export(spans) != SpanExportResult.SUCCESS:
-            raise RuntimeError(f"the OTLP endpoint {self.endpoint} did not take {len(spans)} "
-                               "spans (unreachable, or refusing them)")
+            raise RuntimeError(
+                f"the OTLP endpoint {self.endpoint} did not take {len(spans)} "
+                "spans (unreachable, or refusing them)"
+            )
 
     def _parent(self, fields: dict[str, Any]) -> Any:
         """The client's span from its traceparent header, if it sent a valid one."""
@@ -172,46 +203,73 @@ class OtelExporter(Integration):
         run_id = f.get("run_id")
         run_context = None
         if run_id is not None:
-            run_context = SpanContext(run_trace_id(run_id), run_span_id(run_id), is_remote=False,
-                                      trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+            run_context = SpanContext(
+                run_trace_id(run_id),
+                run_span_id(run_id),
+                is_remote=False,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
         parent = self._parent(f) or run_context
         trace_id = parent.trace_id if parent else random.getrandbits(128) or 1
-        context = SpanContext(trace_id, exchange_span_id(f["id"]), is_remote=False,
-                              trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-                              trace_state=parent.trace_state if parent else None)
+        context = SpanContext(
+            trace_id,
+            exchange_span_id(f["id"]),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            trace_state=parent.trace_state if parent else None,
+        )
         start = _nanos(f["started_at"])
         end = start + int((f.get("latency_ms") or 0) * 1e6)
         operation = OPERATIONS.get(f["endpoint"]) or (
-            "invoke_agent" if f["endpoint"] == "conversations" and f.get("agent_id")
-            else "chat" if f["endpoint"] == "conversations" else f["endpoint"])
+            "invoke_agent"
+            if f["endpoint"] == "conversations" and f.get("agent_id")
+            else "chat"
+            if f["endpoint"] == "conversations"
+            else f["endpoint"]
+        )
         model = f.get("model") or f.get("request_model")
-        failed = (f.get("status") or 0) >= 400 or f.get("status") is None or (
-            f.get("state") != "complete")
+        failed = (
+            (f.get("status") or 0) >= 400
+            or f.get("status") is None
+            or (f.get("state") != "complete")
+        )
         links = [Link(run_context, {"agentops.link": "run"})] if run_context else []
         return ReadableSpan(
-            name=f"{operation} {model}" if model else operation, context=context,
-            parent=parent, resource=self.resource, attributes=self.exchange_attributes(
-                f, operation, failed), links=links, kind=SpanKind.CLIENT,
+            name=f"{operation} {model}" if model else operation,
+            context=context,
+            parent=parent,
+            resource=self.resource,
+            attributes=self.exchange_attributes(f, operation, failed),
+            links=links,
+            kind=SpanKind.CLIENT,
             status=Status(StatusCode.ERROR, f.get("error") or f"HTTP {f.get('status')}")
-            if failed else Status(StatusCode.UNSET),
-            start_time=start, end_time=end, instrumentation_scope=self.scope)
+            if failed
+            else Status(StatusCode.UNSET),
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=self.scope,
+        )
 
-    def exchange_attributes(self, f: dict[str, Any], operation: str,
-                            failed: bool) -> dict[str, Any]:
+    def exchange_attributes(
+        self, f: dict[str, Any], operation: str, failed: bool
+    ) -> dict[str, Any]:
         attributes: dict[str, Any] = {
-            "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER,
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.system": PROVIDER,
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": f.get("request_model"),
             "gen_ai.response.model": f.get("model"),
             "gen_ai.usage.input_tokens": f.get("prompt_tokens"),
             "gen_ai.usage.output_tokens": f.get("completion_tokens"),
             "gen_ai.usage.cache_read.input_tokens": f.get("cached_tokens"),
-            "gen_ai.response.finish_reasons": ([f["finish_reason"]] if f.get("finish_reason")
-                                               else None),
+            "gen_ai.response.finish_reasons": (
+                [f["finish_reason"]] if f.get("finish_reason") else None
+            ),
             "gen_ai.response.id": f.get("response_id"),
             "gen_ai.conversation.id": f.get("conversation_id"),
             "gen_ai.agent.id": f.get("agent_id"),
-            "server.address": self.server[0], "server.port": self.server[1],
+            "server.address": self.server[0],
+            "server.port": self.server[1],
             "http.request.method": f.get("method"),
             "http.response.status_code": f.get("status"),
             "url.path": f.get("path"),
@@ -228,8 +286,9 @@ class OtelExporter(Integration):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 attributes[name] = value
         if failed:
-            attributes["error.type"] = (str(f["status"]) if (f.get("status") or 0) >= 400
-                                        else f.get("state") or "error")
+            attributes["error.type"] = (
+                str(f["status"]) if (f.get("status") or 0) >= 400 else f.get("state") or "error"
+            )
         return {k: v for k, v in attributes.items() if v is not None}
 
     def run_span(self, run: dict[str, Any]) -> Any:
@@ -238,16 +297,23 @@ class OtelExporter(Integration):
         from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
         run_id = int(run["id"])
-        context = SpanContext(run_trace_id(run_id), run_span_id(run_id), is_remote=False,
-                              trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+        context = SpanContext(
+            run_trace_id(run_id),
+            run_span_id(run_id),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
         name = run.get("name")
         attributes = {
-            "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER,
-            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.system": PROVIDER,
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": name,
             "gen_ai.agent.id": run.get("agent_id"),
             "gen_ai.usage.input_tokens": run.get("prompt_tokens"),
             "gen_ai.usage.output_tokens": run.get("completion_tokens"),
-            "agentops.run.id": str(run_id), "agentops.run.status": run.get("status"),
+            "agentops.run.id": str(run_id),
+            "agentops.run.status": run.get("status"),
             "agentops.run.source": run.get("source"),
             "agentops.run.exchange_count": run.get("exchange_count"),
             "agentops.run.user": run.get("user"),
@@ -255,14 +321,19 @@ class OtelExporter(Integration):
         }
         end = run.get("ends_at") or run.get("ended_at") or run.get("last_seen_at")
         return ReadableSpan(
-            name=f"invoke_agent {name}" if name else "invoke_agent", context=context,
-            parent=None, resource=self.resource,
+            name=f"invoke_agent {name}" if name else "invoke_agent",
+            context=context,
+            parent=None,
+            resource=self.resource,
             attributes={k: v for k, v in attributes.items() if v is not None},
             kind=SpanKind.INTERNAL,
             status=Status(StatusCode.ERROR, "the run's last call failed")
-            if run.get("status") == "error" else Status(StatusCode.UNSET),
-            start_time=_nanos(run["started_at"]), end_time=_nanos(end),
-            instrumentation_scope=self.scope)
+            if run.get("status") == "error"
+            else Status(StatusCode.UNSET),
+            start_time=_nanos(run["started_at"]),
+            end_time=_nanos(end),
+            instrumentation_scope=self.scope,
+        )
 
     def stop(self, timeout: float) -> None:
         super().stop(timeout)

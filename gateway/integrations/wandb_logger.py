@@ -26,9 +26,23 @@ log = logging.getLogger("agentops.wandb")
 
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
 TEXT_LIMIT = 2000  # characters of a message kept in a table cell
-TABLE_COLUMNS = ("step", "exchange_id", "started_at", "model", "endpoint", "status", "state",
-                 "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "ttft_ms",
-                 "tool_calls", "output", "error")
+TABLE_COLUMNS = (
+    "step",
+    "exchange_id",
+    "started_at",
+    "model",
+    "endpoint",
+    "status",
+    "state",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "tool_calls",
+    "output",
+    "error",
+)
 
 
 def has_api_key(environ: Mapping[str, str]) -> bool:
@@ -50,14 +64,19 @@ def check(settings: Settings, environ: Mapping[str, str]) -> None:
     if mode not in OFFLINE_MODES and not has_api_key(environ):
         raise IntegrationError(
             f"project {settings.wandb_project!r} is set but no W&B API key was found "
-            "(set WANDB_API_KEY, run `wandb login`, or set WANDB_MODE=offline)")
+            "(set WANDB_API_KEY, run `wandb login`, or set WANDB_MODE=offline)"
+        )
 
 
 def from_settings(settings: Settings, environ: Mapping[str, str]) -> WandbLogger:
     mode = (environ.get("WANDB_MODE") or "online").lower()
     logger = WandbLogger(settings.wandb_project or "", settings.wandb_group_by)
-    log.info("W&B logging on: project %s, mode %s, grouped by %s", settings.wandb_project, mode,
-             settings.wandb_group_by)
+    log.info(
+        "W&B logging on: project %s, mode %s, grouped by %s",
+        settings.wandb_project,
+        mode,
+        settings.wandb_group_by,
+    )
     return logger
 
 
@@ -94,9 +113,16 @@ def _settings() -> Any:
     """Quiet runs: no console capture (the gateway's own logs), no system stats, no git."""
     import wandb
 
-    return wandb.Settings(silent=True, console="off", save_code=False, disable_git=True,
-                          disable_job_creation=True, x_disable_stats=True, x_disable_meta=True,
-                          x_disable_machine_info=True)
+    return wandb.Settings(
+        silent=True,
+        console="off",
+        save_code=False,
+        disable_git=True,
+        disable_job_creation=True,
+        x_disable_stats=True,
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+    )
 
 
 def log_run(run: dict[str, Any], *, project: str, group_by: str = "name") -> str:
@@ -108,23 +134,42 @@ def log_run(run: dict[str, Any], *, project: str, group_by: str = "name") -> str
     if group_by == "name":
         group = run.get("name") or run.get("agent_id") or "unnamed"
     wandb_id = f"agentops-{run['id']}"
-    with wandb.init(project=project, id=wandb_id, resume="allow", group=group,
-                    name=run.get("name") or f"run {run['id']}", job_type="agent-run",
-                    config=run_config(run), tags=run_tags(run), settings=_settings(),
-                    reinit="create_new") as wb:
-        wb.log({"exchanges": wandb.Table(columns=list(TABLE_COLUMNS),
-                                         data=exchange_table(run), allow_mixed_types=True)})
+    with wandb.init(
+        project=project,
+        id=wandb_id,
+        resume="allow",
+        group=group,
+        name=run.get("name") or f"run {run['id']}",
+        job_type="agent-run",
+        config=run_config(run),
+        tags=run_tags(run),
+        settings=_settings(),
+        reinit="create_new",
+    ) as wb:
+        wb.log(
+            {
+                "exchanges": wandb.Table(
+                    columns=list(TABLE_COLUMNS), data=exchange_table(run), allow_mixed_types=True
+                )
+            }
+        )
         for key, value in run_summary(run, exchanges).items():
             wb.summary[key] = value
     return wandb_id
 
 
 def run_config(run: dict[str, Any]) -> dict[str, Any]:
-    config = {"agentops_run_id": run["id"], "run_name": run.get("name"),
-              "agent_id": run.get("agent_id"), "user": run.get("user"),
-              "source": run.get("source"), "tags": run.get("tags") or {},
-              "conversation_ids": run.get("conversation_ids") or [],
-              "started_at": run.get("started_at"), "ended_at": run.get("ended_at")}
+    config = {
+        "agentops_run_id": run["id"],
+        "run_name": run.get("name"),
+        "agent_id": run.get("agent_id"),
+        "user": run.get("user"),
+        "source": run.get("source"),
+        "tags": run.get("tags") or {},
+        "conversation_ids": run.get("conversation_ids") or [],
+        "started_at": run.get("started_at"),
+        "ended_at": run.get("ended_at"),
+    }
     config.update(run.get("config") or {})  # model and sampling parameters of the first call
     return config
 
@@ -139,11 +184,14 @@ def run_summary(run: dict[str, Any], exchanges: list[dict[str, Any]]) -> dict[st
     ttfts = [e["ttft_ms"] for e in exchanges if e.get("ttft_ms") is not None]
     errors = sum(1 for e in exchanges if _failed(e))
     summary: dict[str, Any] = {
-        "status": run.get("status"), "steps": run.get("exchange_count", len(exchanges)),
-        "errors": errors, "tool_calls": len(run.get("tool_calls") or []),
+        "status": run.get("status"),
+        "steps": run.get("exchange_count", len(exchanges)),
+        "errors": errors,
+        "tool_calls": len(run.get("tool_calls") or []),
         "prompt_tokens": run.get("prompt_tokens", 0),
         "completion_tokens": run.get("completion_tokens", 0),
-        "total_tokens": run.get("total_tokens", 0), "cost_usd": run.get("total_cost_usd", 0.0),
+        "total_tokens": run.get("total_tokens", 0),
+        "cost_usd": run.get("total_cost_usd", 0.0),
         "latency_ms_total": round(sum(latencies), 3),
         "latency_ms_mean": round(sum(latencies) / len(latencies), 3) if latencies else None,
         "latency_ms_max": max(latencies) if latencies else None,
@@ -164,16 +212,29 @@ def exchange_table(run: dict[str, Any]) -> list[list[Any]]:
         tools.setdefault(call["exchange_id"], []).append(str(call.get("tool_name")))
     rows = []
     for step, e in enumerate(run.get("exchanges") or []):
-        rows.append([step, e["id"], e.get("started_at"), e.get("model"), e.get("endpoint"),
-                     e.get("status"), e.get("state"), e.get("prompt_tokens"),
-                     e.get("completion_tokens"), e.get("cost_usd"), e.get("latency_ms"),
-                     e.get("ttft_ms"), ", ".join(tools.get(e["id"], [])),
-                     outputs.get(e["id"], ""), e.get("error") or ""])
+        rows.append(
+            [
+                step,
+                e["id"],
+                e.get("started_at"),
+                e.get("model"),
+                e.get("endpoint"),
+                e.get("status"),
+                e.get("state"),
+                e.get("prompt_tokens"),
+                e.get("completion_tokens"),
+                e.get("cost_usd"),
+                e.get("latency_ms"),
+                e.get("ttft_ms"),
+                ", ".join(tools.get(e["id"], [])),
+                outputs.get(e["id"], ""),
+                e.get("error") or "",
+            ]
+        )
     return rows
 
 
-def log_experiment(experiment: dict[str, Any], *, project: str,
-                   entity: str | None = None) -> str:
+def log_experiment(experiment: dict[str, Any], *, project: str, entity: str | None = None) -> str:
     """Log an experiment's comparison: `rows` (a list of dicts, one per compared call or
     variant) become a table, `totals` (numbers, or dicts of numbers per variant) the summary,
     other keys the config. Returns the wandb run id. Blocks: call it from a thread, or use
@@ -187,13 +248,27 @@ def log_experiment(experiment: dict[str, Any], *, project: str,
     config = {k: v for k, v in experiment.items() if k not in ("rows", "totals")}
     name = str(experiment.get("name") or f"experiment {experiment.get('id') or ''}".strip())
     run_id = f"agentops-exp-{experiment['id']}" if experiment.get("id") else None
-    with wandb.init(project=project, entity=entity, id=run_id, resume="allow", name=name,
-                    group="experiments", job_type="experiment", config=config,
-                    settings=_settings(), reinit="create_new") as wb:
-        wb.log({"comparison": wandb.Table(
-            columns=list[str | int](columns),
-            data=[[_cell(row.get(c)) for c in columns] for row in rows],
-            allow_mixed_types=True)})
+    with wandb.init(
+        project=project,
+        entity=entity,
+        id=run_id,
+        resume="allow",
+        name=name,
+        group="experiments",
+        job_type="experiment",
+        config=config,
+        settings=_settings(),
+        reinit="create_new",
+    ) as wb:
+        wb.log(
+            {
+                "comparison": wandb.Table(
+                    columns=list[str | int](columns),
+                    data=[[_cell(row.get(c)) for c in columns] for row in rows],
+                    allow_mixed_types=True,
+                )
+            }
+        )
         for key, value in _flatten(experiment.get("totals") or {}).items():
             wb.summary[key] = value
         return wb.id

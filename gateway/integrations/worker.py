@@ -23,8 +23,14 @@ _STOP = object()
 
 
 class Worker:
-    def __init__(self, name: str, deliver: Callable[[list[Any]], None], *,
-                 queue_size: int = 1000, batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        name: str,
+        deliver: Callable[[list[Any]], None],
+        *,
+        queue_size: int = 1000,
+        batch_size: int = 100,
+    ) -> None:
         self.name = name
         self.deliver = deliver
         self.batch_size = batch_size
@@ -48,8 +54,11 @@ class Worker:
         except queue.Full:
             self.dropped_full += 1
             if self.dropped_full == 1:
-                log.warning("%s: queue full (%d items), dropping (and counting) what does not fit",
-                            self.name, self.queue.maxsize)
+                log.warning(
+                    "%s: queue full (%d items), dropping (and counting) what does not fit",
+                    self.name,
+                    self.queue.maxsize,
+                )
             return False
 
     def _loop(self) -> None:
@@ -84,8 +93,11 @@ class Worker:
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             if not self._failing:
                 self._failing = True
-                log.error("%s: delivery failed, dropping and counting until it works again: %s",
-                          self.name, self.last_error)
+                log.error(
+                    "%s: delivery failed, dropping and counting until it works again: %s",
+                    self.name,
+                    self.last_error,
+                )
             return
         self.sent += len(batch)
         if self._failing:
@@ -119,5 +131,9 @@ class Worker:
             log.warning("%s: %d items not delivered at shutdown", self.name, left)
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": self.queue.qsize(), "sent": self.sent, "dropped": self.dropped,
-                "last_error": self.last_error}
+        return {
+            "queued": self.queue.qsize(),
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }

@@ -27,8 +27,13 @@ POSTGRES = [
     "(exchange_id BIGINT PRIMARY KEY, doc TSVECTOR NOT NULL)",
     "CREATE INDEX IF NOT EXISTS exchange_search_doc ON exchange_search USING GIN (doc)",
 ]
-DROP = ["exchanges_model_id", "exchanges_endpoint_id", "exchanges_run_id", "exchanges_errors",
-        "exchanges_faults"]
+DROP = [
+    "exchanges_model_id",
+    "exchanges_endpoint_id",
+    "exchanges_run_id",
+    "exchanges_errors",
+    "exchanges_faults",
+]
 
 
 async def forward(apps, schema_editor) -> None:

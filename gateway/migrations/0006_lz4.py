@@ -17,8 +17,9 @@ COLUMNS = {
     "memory_snapshots": ("appended",),
     "tool_calls": ("args", "return_value"),
 }
-HAS_LZ4 = ("SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
-           "AND 'lz4' = ANY(enumvals)")
+HAS_LZ4 = (
+    "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+)
 
 
 async def _set(schema_editor, method: str) -> None:

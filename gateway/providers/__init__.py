@@ -9,5 +9,7 @@ from gateway.settings import Settings
 
 
 def make_providers(settings: Settings) -> dict[str, Provider]:
-    return {"mistral": MistralProvider(),
-            "elevenlabs": ElevenLabsProvider(settings.elevenlabs_usd_per_credit)}
+    return {
+        "mistral": MistralProvider(),
+        "elevenlabs": ElevenLabsProvider(settings.elevenlabs_usd_per_credit),
+    }

@@ -79,8 +79,9 @@ def request_text(body: Any) -> str | None:
         return body["text"]
     inputs = body.get("inputs")
     if isinstance(inputs, list):
-        texts = [i["text"] for i in inputs if isinstance(i, dict) and isinstance(i.get("text"),
-                                                                                   str)]
+        texts = [
+            i["text"] for i in inputs if isinstance(i, dict) and isinstance(i.get("text"), str)
+        ]
         return "".join(texts) if texts else None
     return None
 
@@ -98,9 +99,16 @@ class ElevenLabsProvider:
         text = request_json.get("text") if isinstance(request_json, dict) else None
         return text[:300] if isinstance(text, str) else None
 
-    def parse(self, method: str, path: str, request_headers: dict[str, str],
-              request_body: bytes, status: int | None, response_headers: dict[str, str],
-              response_chunks: list[bytes]) -> Parsed:
+    def parse(
+        self,
+        method: str,
+        path: str,
+        request_headers: dict[str, str],
+        request_body: bytes,
+        status: int | None,
+        response_headers: dict[str, str],
+        response_chunks: list[bytes],
+    ) -> Parsed:
         endpoint, streamed = endpoint_of(path)
         parsed = Parsed(endpoint=endpoint, streamed=streamed)
         is_json = "json" in request_headers.get("content-type", "")
@@ -139,8 +147,9 @@ class ElevenLabsProvider:
                 value = orjson.loads(document)
             except orjson.JSONDecodeError:  # unparsed, and maybe audio: keep its hash only
                 parsed.parse_error = True
-                parsed.stored_response = orjson.dumps({"unparsed": {
-                    "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}})
+                parsed.stored_response = orjson.dumps(
+                    {"unparsed": {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}}
+                )
                 return
             kept.append(_without_audio(value))
         if not streamed and kept:
@@ -148,8 +157,14 @@ class ElevenLabsProvider:
         if any(isinstance(v, dict) and "audio_base64" in v for v in kept):
             parsed.stored_response = b"\n".join(orjson.dumps(v) for v in kept)
 
-    def _bill(self, parsed: Parsed, endpoint: str, status: int | None,
-              headers: dict[str, str], text: str | None) -> None:
+    def _bill(
+        self,
+        parsed: Parsed,
+        endpoint: str,
+        status: int | None,
+        headers: dict[str, str],
+        text: str | None,
+    ) -> None:
         """Credits from the header, else estimated from the text; errors cost nothing."""
         if status is None or not 200 <= status < 300:
             return
@@ -172,8 +187,10 @@ def _without_audio(value: Any) -> Any:
         audio = base64.b64decode(value["audio_base64"], validate=True)
     except (binascii.Error, ValueError):
         audio = value["audio_base64"].encode()
-    return {**value, "audio_base64": {"bytes": len(audio),
-                                      "sha256": hashlib.sha256(audio).hexdigest()}}
+    return {
+        **value,
+        "audio_base64": {"bytes": len(audio), "sha256": hashlib.sha256(audio).hexdigest()},
+    }
 
 
 def _voice_id(path: str) -> str | None:

@@ -51,7 +51,11 @@ _ENTRY_FIELDS = {
     "function.call": ("tool_call_id", "name"),
     "tool.execution": ("name",),
     "agent.handoff": (
-        "previous_agent_id", "previous_agent_name", "next_agent_id", "next_agent_name"),
+        "previous_agent_id",
+        "previous_agent_name",
+        "next_agent_id",
+        "next_agent_name",
+    ),
 }
 
 
@@ -186,8 +190,11 @@ def _tool_call(call: dict) -> dict:
     if not isinstance(fn, dict):
         fn = {}
     kind = call.get("type")
-    return {"id": call.get("id"), "type": kind if isinstance(kind, str) else "function",
-            "function": {"name": fn.get("name"), "arguments": fn.get("arguments")}}
+    return {
+        "id": call.get("id"),
+        "type": kind if isinstance(kind, str) else "function",
+        "function": {"name": fn.get("name"), "arguments": fn.get("arguments")},
+    }
 
 
 def _message_out(message: Any) -> dict | None:
@@ -286,8 +293,21 @@ def _response(p: Parsed, resp: dict) -> None:
 class _Acc:
     """What a stream parse gathered; applied to Parsed at the end."""
 
-    __slots__ = ("agent_id", "by_id", "by_index", "call_at", "calls", "conv_id", "entries",
-                 "finish", "first", "model", "saw", "texts", "usage")
+    __slots__ = (
+        "agent_id",
+        "by_id",
+        "by_index",
+        "call_at",
+        "calls",
+        "conv_id",
+        "entries",
+        "finish",
+        "first",
+        "model",
+        "saw",
+        "texts",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.texts: list[str] = []
@@ -375,8 +395,11 @@ def _merge_calls(acc: _Acc, tool_calls: Any) -> None:
             slot = None
         if slot is None:
             kind = tc.get("type")
-            call = {"id": None, "type": kind if type(kind) is str else "function",
-                    "function": {"name": None, "arguments": None}}
+            call = {
+                "id": None,
+                "type": kind if type(kind) is str else "function",
+                "function": {"name": None, "arguments": None},
+            }
             slot = [call, []]
             acc.calls.append(slot)
             if index is not None:

@@ -25,38 +25,59 @@ def _keys(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-COMPLETION_ARGS = _keys("frequency_penalty max_tokens prediction presence_penalty random_seed "
-                        "reasoning_effort response_format stop temperature tool_choice top_p")
-CHAT = _keys("model messages stream temperature top_p max_tokens stop random_seed "
-             "presence_penalty frequency_penalty n response_format tools tool_choice "
-             "parallel_tool_calls prediction reasoning_effort prompt_mode metadata guardrails "
-             "prompt_cache_key service_tier safe_prompt")
-CONVERSATION_START = _keys("inputs stream store handoff_execution instructions tools "
-                           "completion_args name description metadata agent_id agent_version "
-                           "model guardrails")
-CONVERSATION_APPEND = _keys("inputs stream store handoff_execution completion_args "
-                            "tool_confirmations")
+COMPLETION_ARGS = _keys(
+    "frequency_penalty max_tokens prediction presence_penalty random_seed "
+    "reasoning_effort response_format stop temperature tool_choice top_p"
+)
+CHAT = _keys(
+    "model messages stream temperature top_p max_tokens stop random_seed "
+    "presence_penalty frequency_penalty n response_format tools tool_choice "
+    "parallel_tool_calls prediction reasoning_effort prompt_mode metadata guardrails "
+    "prompt_cache_key service_tier safe_prompt"
+)
+CONVERSATION_START = _keys(
+    "inputs stream store handoff_execution instructions tools "
+    "completion_args name description metadata agent_id agent_version "
+    "model guardrails"
+)
+CONVERSATION_APPEND = _keys(
+    "inputs stream store handoff_execution completion_args tool_confirmations"
+)
 # Replayable routes: path -> (endpoint, accepted keys, required keys).
 ROUTES: dict[str, tuple[str, frozenset[str], tuple[str, ...]]] = {
     "/v1/chat/completions": ("chat", CHAT, ("model", "messages")),
     "/v1/agents/completions": (
-        "agents", (CHAT - {"model", "temperature", "top_p", "safe_prompt"}) | {"agent_id"},
-        ("agent_id", "messages")),
-    "/v1/fim/completions": ("fim", _keys(
-        "model prompt suffix temperature top_p max_tokens min_tokens stop random_seed stream "
-        "metadata prompt_cache_key"), ("model", "prompt")),
-    "/v1/embeddings": ("embeddings", _keys(
-        "model input output_dimension output_dtype encoding_format metadata"),
-        ("model", "input")),
+        "agents",
+        (CHAT - {"model", "temperature", "top_p", "safe_prompt"}) | {"agent_id"},
+        ("agent_id", "messages"),
+    ),
+    "/v1/fim/completions": (
+        "fim",
+        _keys(
+            "model prompt suffix temperature top_p max_tokens min_tokens stop random_seed stream "
+            "metadata prompt_cache_key"
+        ),
+        ("model", "prompt"),
+    ),
+    "/v1/embeddings": (
+        "embeddings",
+        _keys("model input output_dimension output_dtype encoding_format metadata"),
+        ("model", "input"),
+    ),
     "/v1/moderations": ("moderations", _keys("model input metadata"), ("model", "input")),
     "/v1/classifications": ("moderations", _keys("model input metadata"), ("model", "input")),
     "/v1/chat/moderations": ("moderations", _keys("model input"), ("model", "input")),
     "/v1/chat/classifications": ("moderations", _keys("model input"), ("model", "input")),
-    "/v1/ocr": ("ocr", _keys(
-        "model document pages include_image_base64 image_limit image_min_size "
-        "bbox_annotation_format document_annotation_format document_annotation_prompt "
-        "table_format extract_header extract_footer include_blocks "
-        "confidence_scores_granularity"), ("model", "document")),
+    "/v1/ocr": (
+        "ocr",
+        _keys(
+            "model document pages include_image_base64 image_limit image_min_size "
+            "bbox_annotation_format document_annotation_format document_annotation_prompt "
+            "table_format extract_header extract_footer include_blocks "
+            "confidence_scores_granularity"
+        ),
+        ("model", "document"),
+    ),
     # Conversations: every replay is a start (an append or restart starts afresh).
     "/v1/conversations": ("conversations", CONVERSATION_START | COMPLETION_ARGS, ("inputs",)),
 }
@@ -69,8 +90,12 @@ ENTRY_FIELDS = {
     "function.call": ("tool_call_id", "name", "arguments"),
     "function.result": ("tool_call_id", "result"),
     "tool.execution": ("name", "arguments", "info"),
-    "agent.handoff": ("previous_agent_id", "previous_agent_name", "next_agent_id",
-                      "next_agent_name"),
+    "agent.handoff": (
+        "previous_agent_id",
+        "previous_agent_name",
+        "next_agent_id",
+        "next_agent_name",
+    ),
 }
 
 
@@ -78,31 +103,39 @@ def route_of(path: str) -> str:
     """The replay route of a recorded path: exact routes, or any conversation operation."""
     if path in ROUTES:
         return path
-    op, cid = conversation_path("POST", path) if path.startswith("/v1/conversations/") else (
-        None, None)
+    op, cid = (
+        conversation_path("POST", path) if path.startswith("/v1/conversations/") else (None, None)
+    )
     if op in ("append", "restart") and cid and CONVERSATION_ID.fullmatch(cid):
         return "/v1/conversations"
-    raise NotReplayable(f"{path} is not a Mistral API route that can be replayed "
-                        f"(replayable: {', '.join(sorted(ROUTES))} and conversation appends "
-                        "and restarts)")
+    raise NotReplayable(
+        f"{path} is not a Mistral API route that can be replayed "
+        f"(replayable: {', '.join(sorted(ROUTES))} and conversation appends "
+        "and restarts)"
+    )
 
 
 def check(item: dict[str, Any], request_json: Any) -> str:
     """Raise NotReplayable saying why, else return the route to send the replay to."""
     if item.get("provider") != "mistral":
-        raise NotReplayable(f"only Mistral calls can be replayed, this one went to "
-                            f"{item.get('provider')}")
+        raise NotReplayable(
+            f"only Mistral calls can be replayed, this one went to {item.get('provider')}"
+        )
     if item.get("omitted"):
         raise NotReplayable("its bodies were not recorded (X-AgentOps-Omit: bodies)")
     if item.get("truncated"):
-        raise NotReplayable("its recorded body was truncated at --max-body-bytes, so the "
-                            "original request is not known in full")
+        raise NotReplayable(
+            "its recorded body was truncated at --max-body-bytes, so the "
+            "original request is not known in full"
+        )
     headers = {k.lower(): v for k, v in item.get("request_headers") or []}
     if headers.get("content-type", "").lower().startswith("multipart/"):
         raise NotReplayable("it is a multipart upload; uploads are not replayed")
     if item.get("method") != "POST":
-        raise NotReplayable(f"it is a {item.get('method')} request; only POST calls that "
-                            "generate something are replayed")
+        raise NotReplayable(
+            f"it is a {item.get('method')} request; only POST calls that "
+            "generate something are replayed"
+        )
     route = route_of(item.get("path") or "")
     if item.get("request_body_encoding") != "json" or not isinstance(request_json, dict):
         raise NotReplayable("its request body is not a JSON object")
@@ -126,11 +159,17 @@ TYPE_CHECKS: dict[str, tuple[Any, str]] = {
     "random_seed": (lambda v: _integer(v) and v >= 0, "an integer, 0 or more"),
     "n": (lambda v: _integer(v) and v >= 1, "an integer, 1 or more"),
     "stream": (lambda v: isinstance(v, bool), "true or false"),
-    "messages": (lambda v: isinstance(v, list) and v and all(isinstance(m, dict) for m in v),
-                 "a non-empty list of message objects"),
+    "messages": (
+        lambda v: isinstance(v, list) and v and all(isinstance(m, dict) for m in v),
+        "a non-empty list of message objects",
+    ),
     "tools": (lambda v: isinstance(v, list), "a list of tools"),
-    "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(
-        isinstance(s, str) for s in v)), "a string or a list of strings"),
+    "stop": (
+        lambda v: (
+            isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
+        ),
+        "a string or a list of strings",
+    ),
     "inputs": (lambda v: isinstance(v, str | list), "a string or a list of entries"),
     "completion_args": (lambda v: isinstance(v, dict), "an object"),
 }
@@ -143,8 +182,10 @@ def validate(overrides: Any, route: str) -> None:
     _, accepted, required = ROUTES[route]
     unknown = sorted(k for k in overrides if k not in accepted)
     if unknown:
-        raise BadOverrides(f"overrides: {', '.join(unknown)} not accepted by {route} "
-                           f"(it accepts {', '.join(sorted(accepted))})")
+        raise BadOverrides(
+            f"overrides: {', '.join(unknown)} not accepted by {route} "
+            f"(it accepts {', '.join(sorted(accepted))})"
+        )
     for key, value in overrides.items():
         if value is None:
             if key in required:
@@ -154,8 +195,7 @@ def validate(overrides: Any, route: str) -> None:
         if check_value is not None and not check_value(value):
             raise BadOverrides(f"overrides: {key} must be {expected}, got {value!r}")
     if route == "/v1/conversations" and isinstance(overrides.get("completion_args"), dict):
-        validate({k: v for k, v in overrides["completion_args"].items()},
-                 "/v1/conversations")
+        validate({k: v for k, v in overrides["completion_args"].items()}, "/v1/conversations")
         wrong = sorted(k for k in overrides["completion_args"] if k not in COMPLETION_ARGS)
         if wrong:
             raise BadOverrides(f"overrides: completion_args.{', '.join(wrong)} not accepted")
@@ -209,23 +249,28 @@ def input_entries(entries: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def conversation_start(original: dict[str, Any], path: str, start: dict[str, Any] | None,
-                       history: list[Any] | None) -> dict[str, Any]:
+def conversation_start(
+    original: dict[str, Any], path: str, start: dict[str, Any] | None, history: list[Any] | None
+) -> dict[str, Any]:
     """The start request that replays a conversation call. A start is itself; an append or
     restart becomes a new conversation holding the recorded history plus its own inputs, with
     the model, agent, instructions and tools of the conversation's recorded start."""
     if path == "/v1/conversations":
         return dict(original)
     if start is None or history is None:
-        raise NotReplayable("the conversation's start or history was not recorded, so an "
-                            "append to it cannot be replayed")
+        raise NotReplayable(
+            "the conversation's start or history was not recorded, so an "
+            "append to it cannot be replayed"
+        )
     body = {k: v for k, v in start.items() if k in CONVERSATION_START and k != "inputs"}
     for key in ("stream", "store", "handoff_execution"):
         if key in original:
             body[key] = original[key]
     if isinstance(original.get("completion_args"), dict):
-        body["completion_args"] = {**(body.get("completion_args") or {}),
-                                   **original["completion_args"]}
+        body["completion_args"] = {
+            **(body.get("completion_args") or {}),
+            **original["completion_args"],
+        }
     new_inputs = original.get("inputs")
     if isinstance(new_inputs, str):
         new_inputs = [{"type": "message.input", "role": "user", "content": new_inputs}]
@@ -233,8 +278,9 @@ def conversation_start(original: dict[str, Any], path: str, start: dict[str, Any
     return body
 
 
-def append_body(recorded: dict[str, Any], overrides: dict[str, Any],
-                inputs: list[Any]) -> dict[str, Any]:
+def append_body(
+    recorded: dict[str, Any], overrides: dict[str, Any], inputs: list[Any]
+) -> dict[str, Any]:
     """A later step of a replayed conversation run: the recorded append with the replay's
     inputs; of the overrides only the sampling fields apply (the rest was set at start)."""
     body = {k: v for k, v in recorded.items() if k in CONVERSATION_APPEND}
