@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway import quarantine, storable
 from gateway.pricing import PriceTable
+from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
@@ -241,7 +242,12 @@ async def load_exchange(app: web.Application, exchange_id: int) -> dict[str, Any
     if item is None:
         return None
     item = exchange_detail(item)
-    item["messages"] = exchange_messages(parse_stored(app[PROVIDERS](item["provider"]), item))
+    try:
+        provider = app[PROVIDERS](item["provider"])
+    except UnknownProvider:  # written by another version: shown raw, never misparsed
+        item["messages"] = []
+        return item
+    item["messages"] = exchange_messages(parse_stored(provider, item))
     return item
 
 

@@ -25,7 +25,7 @@ from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.lifecycle import InFlight
 from gateway.pricing import PriceTable
-from gateway.providers import make_providers
+from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import Proxy, Route, client_session
 from gateway.replay import Replayer, key_from_environ
@@ -105,7 +105,7 @@ class Gateway:
         self.ui_url = ""
 
     def provider(self, name: str) -> Provider:
-        return self.providers.get(name, self.providers["mistral"])
+        return provider_named(self.providers, name)
 
     async def start(self, *, proxy: bool = True, ui: bool = True) -> None:
         """Open the store and start the writer; then the proxy and UI listeners, unless the

@@ -22,6 +22,7 @@ import orjson
 
 from gateway import diff as diffs
 from gateway.api import exchange_detail, parse_stored
+from gateway.providers import UnknownProvider
 from gateway.providers import mistral_replay as shapes
 from gateway.providers.base import Parsed, Provider
 from gateway.proxy import HINT_PREFIX, HOP_BY_HOP, Proxy
@@ -172,7 +173,11 @@ class Replayer:
         if item is None:
             return None
         item = exchange_detail(item)
-        return Recorded(item, parse_stored(self.provider_of(item["provider"]), item))
+        try:
+            provider = self.provider_of(item["provider"])
+        except UnknownProvider as exc:
+            raise ReplayError(409, f"exchange {exchange_id} cannot be replayed: {exc}") from None
+        return Recorded(item, parse_stored(provider, item))
 
     async def original(self, exchange_id: int) -> Recorded:
         recorded = await self.load(exchange_id)

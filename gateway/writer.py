@@ -40,6 +40,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -720,7 +721,7 @@ class Child:
 
     async def _open(self) -> None:
         from gateway.pricing import PriceTable
-        from gateway.providers import make_providers
+        from gateway.providers import make_providers, provider_named
         from gateway.recorder import Recorder
         from gateway.run_store import RunStore
         from gateway.runs import Grouper
@@ -735,7 +736,7 @@ class Child:
         self.recorder = Recorder(
             self.store,
             Spool(self.settings.spool_dir, self.settings.spool_max_bytes),
-            lambda name: providers.get(name, providers["mistral"]),
+            partial(provider_named, providers),
             PriceTable.load(self.settings.prices),
             max_body_bytes=self.settings.max_body_bytes,
             queue_size=self.settings.queue_size,

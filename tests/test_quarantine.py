@@ -198,3 +198,28 @@ def test_a_quarantined_record_round_trips_and_cannot_run_code():
     hostile = zlib.compress(pickle.dumps(subprocess.Popen))
     with pytest.raises(pickle.UnpicklingError):
         quarantine.decode(hostile)
+
+
+async def test_an_unknown_provider_is_quarantined_not_misparsed(upstream: Upstream, tmp_path: Path):
+    """A record naming a provider this gateway lacks (a spool from another version) is set
+    aside with the reason, never parsed as a Mistral call; the list previews each row with
+    its own provider (a TTS call by the text it speaks)."""
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'p.db'}", tmp_path)
+    async with running(settings) as gw:
+        stranger = record("/v1/chat/completions")
+        stranger.provider = "nonesuch"
+        tts = record("/v1/text-to-speech/voice", body=b'{"text": "Hello from the TTS row"}')
+        tts.provider = "elevenlabs"
+        tts.request_headers = [("content-type", "application/json")]
+        tts.response_headers = [("content-type", "audio/mpeg")]
+        for item in (stranger, tts):
+            gw.recorder.submit(item)
+        await gw.recorder.drained(timeout=30)
+        async with aiohttp.ClientSession() as http:
+            status, listed = await api(http, "GET", f"{gw.ui_url}/api/quarantine")
+            assert status == 200
+            async with http.get(f"{gw.ui_url}/") as resp:
+                page = await resp.text()
+    (item,) = listed["items"]
+    assert item["id"] == str(stranger.id) and "no provider named 'nonesuch'" in item["error"]
+    assert "Hello from the TTS row" in page

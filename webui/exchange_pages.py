@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from gateway import api
+from gateway.providers import UnknownProvider
 from gateway.redact import redact_headers
 from gateway.store import ExchangeFilter
 from webui.chat import chat_items, pretty_body
@@ -88,15 +89,16 @@ async def decorate(request: web.Request, items: list[dict[str, Any]]) -> None:
     ids = [int(item["id"]) for item in items]
     bodies = await app[api.STORE].request_bodies(ids)
     runs = await app[api.RUNS].names(int(i["run_id"]) for i in items if i.get("run_id"))
-    provider = app[api.PROVIDERS]("mistral")
+    providers = app[api.PROVIDERS]
     for item in items:
         body, encoding = bodies.get(int(item["id"]), (None, None))
         item["preview"] = None
         if encoding == "omitted":
             item["preview"] = "(bodies not recorded)"
         elif body and encoding == "json":
-            with contextlib.suppress(orjson.JSONDecodeError):
-                item["preview"] = provider.preview(orjson.loads(body))
+            with contextlib.suppress(orjson.JSONDecodeError, UnknownProvider):
+                # the row's own provider: a TTS call is previewed by the text it speaks
+                item["preview"] = providers(item["provider"]).preview(orjson.loads(body))
         run = runs.get(int(item["run_id"])) if item.get("run_id") else None
         item["run_name"] = (run["name"] or run["agent_id"]) if run else None
     items[:] = [Row(item) for item in items]

@@ -13,3 +13,16 @@ def make_providers(settings: Settings) -> dict[str, Provider]:
         "mistral": MistralProvider(),
         "elevenlabs": ElevenLabsProvider(settings.elevenlabs_usd_per_credit),
     }
+
+
+class UnknownProvider(LookupError):
+    """A record names a provider this gateway does not have (a spool or database written by
+    another version): never parsed as some other vendor's call."""
+
+
+def provider_named(providers: dict[str, Provider], name: str) -> Provider:
+    try:
+        return providers[name]
+    except KeyError:
+        known = ", ".join(sorted(providers))
+        raise UnknownProvider(f"no provider named {name!r} (known: {known})") from None
