@@ -14,6 +14,8 @@ import orjson
 from aiohttp import web
 
 from gateway import quarantine, storable
+from gateway.access import Handler, is_api
+from gateway.errors import AgentOpsError
 from gateway.pricing import PriceTable
 from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
@@ -38,6 +40,18 @@ class BadRequest(web.HTTPBadRequest):
         super().__init__(
             text=orjson.dumps({"error": message}).decode(), content_type="application/json"
         )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place the JSON API turns an error raised on purpose (gateway/errors.py) into
+    an answer: its status and `{"error": message}`. Pages map the same tree to HTML."""
+    try:
+        return await handler(request)
+    except AgentOpsError as exc:
+        if not is_api(request):
+            raise
+        return json_response({"error": str(exc)}, status=exc.status)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

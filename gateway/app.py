@@ -47,6 +47,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     settings = gateway.settings
     chain: list[Middleware] = [gateway.ui_in_flight.middleware]
     chain += access.middlewares(settings)
+    chain.append(api.json_errors)
     app = web.Application(middlewares=chain)
     app[api.STORE] = gateway.store
     app[api.RECORDER] = gateway.recorder

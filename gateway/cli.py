@@ -19,16 +19,16 @@ from typing import Any, TypeVar
 import click
 
 from gateway import __version__
-from gateway.export import ExportError, export_options, export_request
+from gateway.errors import AgentOpsError
+from gateway.export import export_options, export_request
 from gateway.gc_tuning import tune_gc
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
-from gateway.pricing import PriceFileError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
-from gateway.store import Store, StoreError
-from gateway.writer import WriterError
+from gateway.store import Store
 
 T = TypeVar("T")
-USER_ERRORS = (ConfigError, StoreError, PriceFileError, WriterError)
+# Every error raised on purpose (gateway/errors.py): one line on stderr and its exit code (2).
+USER_ERRORS = (AgentOpsError,)
 
 
 def fail(message: str) -> None:
@@ -266,7 +266,6 @@ def mitm(
 ) -> None:
     """Record an agent that cannot change its base URL: run mitmproxy as an explicit proxy
     (HTTPS_PROXY) that records the calls to the captured hosts into the store."""
-    from gateway.mitm import MitmError
 
     settings = build_settings(flags)
     _logging(log_level)
@@ -278,7 +277,7 @@ def mitm(
     except Interrupted:
         interrupted("interrupted while starting")
         return
-    except (*USER_ERRORS, MitmError) as exc:
+    except USER_ERRORS as exc:
         fail(str(exc))
         return
     except OSError as exc:
@@ -357,7 +356,7 @@ async def _mitm(
 def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
     """Load a mitmproxy flow dump or a HAR file into the store (importing twice stores each
     call once)."""
-    from gateway.flow_import import ImportFileError, load
+    from gateway.flow_import import load
 
     settings = build_settings(flags)
     logging.getLogger("tortoise").setLevel(logging.WARNING)
@@ -367,7 +366,7 @@ def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
     except Interrupted:
         interrupted()
         return
-    except (*USER_ERRORS, ImportFileError) as exc:
+    except USER_ERRORS as exc:
         fail(str(exc))
         return
     skipped = sum(loaded.skipped_hosts.values())
@@ -411,7 +410,7 @@ def export(**options: Any) -> None:
     except Interrupted:
         interrupted("interrupted: nothing was exported")
         return
-    except (*USER_ERRORS, ExportError) as exc:
+    except USER_ERRORS as exc:
         fail(str(exc))
         return
     except OSError as exc:

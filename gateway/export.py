@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway.errors import UserError
 from gateway.export_store import ExportReader, Failures
 from gateway.finetune import conversation, example, parse_stored
 from gateway.providers.mistral import MistralProvider
@@ -81,7 +82,7 @@ RUN_COLUMNS = (
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A user-fixable problem (bad path, missing extra): one line, exit 2."""
 
 

@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway import redact, scrub
+from gateway.errors import UserError
 from gateway.exchange import UPSTREAM_ERROR, Exchange, stable_id
 from gateway.mitm_addon import HINTS_KEY, exchange_of, hints_of, provider_of
 
 
-class ImportFileError(ValueError):
+class ImportFileError(UserError, ValueError):
     """A file that cannot be read as a flow dump or a HAR file; the message is one line."""
 
 

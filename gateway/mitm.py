@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import scrub
+from gateway.errors import UserError
 from gateway.exchange import Exchange
 from gateway.mitm_addon import CaptureAddon
 
@@ -30,7 +31,7 @@ CA_BUNDLE = "agentops-ca-bundle.pem"
 INSTALL_HINT = "mitm capture needs mitmproxy (Python 3.12+): pip install 'agentops-studio[mitm]'"
 
 
-class MitmError(RuntimeError):
+class MitmError(UserError, RuntimeError):
     """mitmproxy is missing or could not start; the message is one line."""
 
 

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import UserError
+
 CACHED_SHARE = 0.10  # Mistral bills cached input tokens at 10% of the input price
 TOKEN_KEYS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
 UNITS = {
@@ -25,7 +27,7 @@ UNITS = {
 }  # unit -> (key in `units`, amount per unit)
 
 
-class PriceFileError(ValueError):
+class PriceFileError(UserError, ValueError):
     """A price file that cannot be read or has a bad entry; the message is one line."""
 
 

@@ -22,6 +22,7 @@ import orjson
 
 from gateway import diff as diffs
 from gateway.api import exchange_detail, parse_stored
+from gateway.errors import AgentOpsError
 from gateway.providers import UnknownProvider
 from gateway.providers import mistral_replay as shapes
 from gateway.providers.base import Parsed, Provider
@@ -48,13 +49,14 @@ NOT_COPIED = HOP_BY_HOP | {
 }
 
 
-class ReplayError(Exception):
+class ReplayError(AgentOpsError):
     """A replay refused before anything was sent: the HTTP status and the reason."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.exit_code = 2
 
 
 class SecretKey:

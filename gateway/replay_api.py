@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.api import BadRequest, json_body, json_response, not_found, parse_id
 from gateway.experiments import Experiments
-from gateway.replay import Replayer, ReplayError
+from gateway.replay import Replayer
 from gateway.replay_store import ReplayStore
 from gateway.run_replay import RunReplayer
 
@@ -27,17 +26,6 @@ REPLAYS = web.AppKey("replay_store", ReplayStore)
 EXPERIMENTS = web.AppKey("experiments", Experiments)
 
 routes = web.RouteTableDef()
-
-
-def error(status: int, message: str) -> web.HTTPException:
-    cls = {
-        400: web.HTTPBadRequest,
-        404: web.HTTPNotFound,
-        409: web.HTTPConflict,
-        502: web.HTTPBadGateway,
-        503: web.HTTPServiceUnavailable,
-    }.get(status, web.HTTPBadRequest)
-    return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
 
 
 def replay_fields(body: dict[str, Any]) -> tuple[Any, Any]:
@@ -52,13 +40,10 @@ async def replay_exchange(request: web.Request) -> web.Response:
     exchange_id = parse_id(request.match_info["id"])
     overrides, given_key = replay_fields(await json_body(request))
     replayer = request.app[REPLAYER]
-    try:
-        original = await replayer.original(exchange_id)
-        await replayer.plan(original, overrides)  # 409/400 before the key is even looked at
-        key = replayer.key(given_key)
-        replayed, diff = await replayer.replay(exchange_id, overrides, key)
-    except ReplayError as exc:
-        raise error(exc.status, exc.message) from None
+    original = await replayer.original(exchange_id)
+    await replayer.plan(original, overrides)  # 409/400 before the key is even looked at
+    key = replayer.key(given_key)
+    replayed, diff = await replayer.replay(exchange_id, overrides, key)
     return json_response({"exchange": replayed.list_item(), "diff": diff}, status=201)
 
 
@@ -67,13 +52,10 @@ async def replay_run(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
     overrides, given_key = replay_fields(await json_body(request))
     runs = request.app[RUN_REPLAYER]
-    try:
-        steps = await runs.steps(run_id)
-        await runs.replayer.plan(steps[0], overrides)
-        key = runs.replayer.key(given_key)
-        result = await runs.replay(run_id, overrides, key, steps)
-    except ReplayError as exc:
-        raise error(exc.status, exc.message) from None
+    steps = await runs.steps(run_id)
+    await runs.replayer.plan(steps[0], overrides)
+    key = runs.replayer.key(given_key)
+    result = await runs.replay(run_id, overrides, key, steps)
     return json_response(result, status=201)
 
 

@@ -10,8 +10,10 @@ import ipaddress
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gateway.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """Bad configuration: reported as one line at start, never as a traceback."""
 
 

@@ -27,6 +27,7 @@ from tortoise.transactions import in_transaction
 
 from gateway import models, storable
 from gateway.capture import Rows
+from gateway.errors import Unavailable
 from gateway.exchange import id_at
 from gateway.rollups import Rollups
 from gateway.search import fts5_query, pg_document, pg_query
@@ -34,7 +35,7 @@ from gateway.search import fts5_query, pg_document, pg_query
 log = logging.getLogger("agentops.store")
 
 
-class StoreError(RuntimeError):
+class StoreError(Unavailable, RuntimeError):
     """The database cannot be used (unreachable, refused, bad URL); says which and why."""
 
 

@@ -45,6 +45,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import Unavailable
 from gateway.exchange import Exchange
 from gateway.gc_tuning import tune_gc
 from gateway.journal import Journal
@@ -141,7 +142,7 @@ def _main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = real
 
 
-class WriterError(RuntimeError):
+class WriterError(Unavailable, RuntimeError):
     """The writer process could not start (its database, most often); says why."""
 
 

@@ -12,6 +12,7 @@ import time
 from aiohttp import web
 
 from gateway.access import Handler, is_api
+from gateway.errors import AgentOpsError
 from gateway.settings import Settings
 from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages
 
@@ -47,6 +48,11 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return render.error_page(
             request, 404, "Page not found", "There is nothing at this address."
         )
+    except AgentOpsError as exc:  # the error tree (gateway/errors.py), as a page
+        if is_api(request):
+            raise
+        title = "Not found" if exc.status == 404 else "That did not work"
+        return render.error_page(request, exc.status, title, str(exc))
 
 
 def _harden(request: web.Request, response: web.StreamResponse, started: float) -> None:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.errors import UserError
 from gateway.integrations.worker import Worker
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentops.integrations")
 
 
-class IntegrationError(RuntimeError):
+class IntegrationError(UserError, RuntimeError):
     """Configuration that cannot work (no W&B key, bad endpoint): logged once, never fatal."""
 
 

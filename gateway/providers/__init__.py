@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.errors import Conflict
 from gateway.providers.base import Provider
 from gateway.providers.elevenlabs import ElevenLabsProvider
 from gateway.providers.mistral import MistralProvider
@@ -15,7 +16,7 @@ def make_providers(settings: Settings) -> dict[str, Provider]:
     }
 
 
-class UnknownProvider(LookupError):
+class UnknownProvider(Conflict, LookupError):
     """A record names a provider this gateway does not have (a spool or database written by
     another version): never parsed as some other vendor's call."""
 
