@@ -15,7 +15,16 @@ import pytest
 
 from gateway.settings import SETTINGS
 from gateway.store import ExchangeFilter, Store
-from tests.conftest import CLI, ROOT, Upstream, calls, free_port, running, wait_for_health
+from tests.conftest import (
+    CLI,
+    ROOT,
+    Upstream,
+    calls,
+    free_port,
+    running,
+    wait_for_health,
+    wait_until,
+)
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -92,6 +101,19 @@ async def test_bad_price_file_is_one_line(tmp_path: Path):
     assert code == 2 and str(prices) in err and "Traceback" not in err
 
 
+async def _answered(upstream: Upstream, count: int) -> bool:
+    return len(upstream.requests) >= count
+
+
+async def _refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
 @pytest.mark.slow
 async def test_sigterm_finishes_short_calls_and_records_long_ones(
     upstream: Upstream, tmp_path: Path
@@ -146,9 +168,9 @@ async def test_sigterm_finishes_short_calls_and_records_long_ones(
 
         short = asyncio.create_task(stream(4, 200))  # 0.8 s: inside the grace period
         long = asyncio.create_task(stream(100, 100))  # 10 s: cut at shutdown
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: _answered(upstream, 2))  # both streams have begun
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: _refused(port))
         with pytest.raises(aiohttp.ClientError):  # new connections are refused
             async with (
                 aiohttp.ClientSession() as http,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.store import ExchangeFilter
 from tests.conftest import Upstream, make_settings, running
@@ -35,8 +36,7 @@ async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream, 
         assert os.sched_getscheduler(first) == os.SCHED_IDLE
         assert os.getsid(first) == first != os.getsid(0)
         autogroup = Path(f"/proc/{first}/autogroup")
-        if autogroup.exists():
-            assert autogroup.read_text().split()[-1] == "19"  # "/autogroup-123 nice 19"
+        assert autogroup.read_text().split()[-1] == "19"  # "/autogroup-123 nice 19"
 
         assert await chat(http, gw.proxy_url, "before") == 200
         await gw.recorder.drained(timeout=10)
@@ -69,8 +69,8 @@ async def test_a_writer_left_behind_gets_an_ordinary_share_until_it_catches_up(
         pid = gw.recorder.pid
         assert pid is not None
         group = Path(f"/proc/{pid}/autogroup")
-        if not group.exists():
-            return  # no autogroup scheduling here: nothing to raise
+        if not group.exists():  # a skip, which CI counts as a failure (conftest.py)
+            pytest.skip("this kernel has no autogroup scheduling (/proc/PID/autogroup)")
         gw.recorder.lag_seconds, gw.recorder.lag_check_seconds = 0.3, 0.05
         os.kill(pid, signal.SIGSTOP)  # as starved as a writer can be
         try:
