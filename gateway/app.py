@@ -100,6 +100,7 @@ class Gateway:
         self._proxy_runner: web.ServerRunner | None = None
         self._ui_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._undo = contextlib.AsyncExitStack()  # how to undo each step of start (see stop)
         self.in_flight = InFlight()  # proxy calls being served
         self.ui_in_flight = InFlight()  # UI/API requests being served
         self.proxy_url = ""
@@ -111,19 +112,27 @@ class Gateway:
     async def start(self, *, proxy: bool = True, ui: bool = True) -> None:
         """Open the store and start the writer; then the proxy and UI listeners, unless the
         records come from elsewhere (`mitm` has no reverse proxy, `import` listens on nothing)."""
-        await self.store.open()
         try:
-            # A one-shot command (import, quarantine retry) beside a running gateway takes a
-            # spool folder of its own rather than refusing to run.
-            await self.recorder.start(own_spool_if_busy=not proxy and not ui)
+            await self._start(proxy=proxy, ui=ui)
         except Exception:
-            self.recorder.unlock()
-            await self.store.close()
+            await self.stop()  # what did start stops again, in reverse order
             raise
         except BaseException:  # cancelled (a signal during start): no awaiting now
-            self.recorder.unlock()
+            self.recorder.unlock()  # the caller's stop() does the rest
             raise
+
+    async def _start(self, *, proxy: bool, ui: bool) -> None:
+        """Each step registers how it is undone, so `stop` undoes exactly what was done."""
+        undo = self._undo
+        await self.store.open()
+        undo.push_async_callback(self.store.close)
+        undo.callback(self.recorder.unlock)  # after a failed start too (stop unlocks first)
+        # A one-shot command (import, quarantine retry) beside a running gateway takes a
+        # spool folder of its own rather than refusing to run.
+        await self.recorder.start(own_spool_if_busy=not proxy and not ui)
+        undo.push_async_callback(self.recorder.stop, max(5.0, self.settings.shutdown_grace))
         self.session = client_session()
+        undo.push_async_callback(self.session.close)
         self.proxy = Proxy(
             self.settings.upstream,
             self.session,
@@ -138,7 +147,9 @@ class Gateway:
             self.store, self.replay_store, self.recorder, self.proxy, self.provider, self.replay_key
         )
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
+        undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
+        undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
             self.experiments.on_finished = self.log_experiment
         await self.replay_store.interrupt_running()
@@ -146,6 +157,7 @@ class Gateway:
             await self._listen_proxy()
         if ui:
             await self._listen_ui()
+        undo.callback(self._cancel_tasks)
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)
         if self.settings.retention_days:
@@ -188,14 +200,18 @@ class Gateway:
         self.ui_url = _url(self._ui_runner)
 
     async def stop(self) -> None:
-        """Refuse new calls, give in-flight ones the grace period, then flush the queue.
-        `cut_in_flight` (a second Ctrl-C) during the wait ends it at once."""
+        """Undo what start did, last step first: background tasks, experiments, then refuse
+        new calls and give in-flight ones the grace period (`cut_in_flight`, a second Ctrl-C,
+        ends that at once), the upstream session, the writer (which flushes), the store.
+        Safe after a failed or partial start, and twice."""
+        await self._undo.aclose()
+
+    def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
-        experiments = getattr(self, "experiments", None)  # absent if start failed early
-        if experiments is not None:
-            await experiments.stop()
-        # Both listeners at once: stop listening, wait up to the grace, cancel stragglers.
+
+    async def _stop_listeners(self) -> None:
+        """Both listeners at once: stop listening, wait up to the grace, cancel stragglers."""
         await asyncio.gather(
             *(
                 runner.cleanup()
@@ -203,10 +219,6 @@ class Gateway:
                 if runner is not None
             )
         )
-        with contextlib.suppress(AttributeError):
-            await self.session.close()
-        await self.recorder.stop(timeout=max(5.0, self.settings.shutdown_grace))
-        await self.store.close()
 
     def cut_in_flight(self) -> int:
         """Cancel the calls in flight now (the proxy records each with state `shutdown` and
