@@ -21,6 +21,7 @@ from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.run_store import RunStore
 from gateway.store import ExchangeFilter, Store
+from gateway.stored import exchange_detail, parse_stored
 from gateway.writer import WriterProcess
 
 STORE = web.AppKey("store", Store)
@@ -125,17 +126,6 @@ def exchange_filter(query: Any) -> ExchangeFilter:
         since=since,
         until=until,
     )
-
-
-def decode_body(text: str | None, encoding: str | None) -> Any:
-    if text is None:
-        return None
-    if encoding in ("json", "digest"):  # digest: an audio body's type, size and SHA-256
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return text
-    return text
 
 
 @routes.get("/healthz")
@@ -263,39 +253,6 @@ async def load_exchange(app: web.Application, exchange_id: int) -> dict[str, Any
         return item
     item["messages"] = exchange_messages(parse_stored(provider, item))
     return item
-
-
-def exchange_detail(item: dict[str, Any]) -> dict[str, Any]:
-    """A stored exchange with its headers, bodies and units decoded, as the API shows it."""
-    for side in ("request", "response"):
-        item[f"{side}_headers"] = orjson.loads(item[f"{side}_headers"] or "[]")
-        item[f"{side}_body"] = decode_body(item[f"{side}_body"], item[f"{side}_body_encoding"])
-    if item.get("units"):
-        item["units"] = orjson.loads(item["units"])
-    return item
-
-
-def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed:
-    """Parse a stored exchange (as exchange_detail returns it) again: its messages, tool
-    calls and conversation entries, with streams reassembled."""
-
-    def raw(side: str) -> bytes:
-        body, encoding = item[f"{side}_body"], item[f"{side}_body_encoding"]
-        if body is None or encoding in ("omitted", "base64", "digest"):
-            return b""
-        return body.encode() if isinstance(body, str) else storable.json_bytes(body)
-
-    headers = {k.lower(): v for k, v in item["response_headers"]}
-    headers.pop("content-encoding", None)  # stored bodies are already decoded
-    return provider.parse(
-        item["method"],
-        item["path"],
-        {k.lower(): v for k, v in item["request_headers"]},
-        raw("request"),
-        item["status"],
-        headers,
-        [raw("response")],
-    )
 
 
 def exchange_messages(parsed: Parsed) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import orjson
 
 from gateway.errors import UserError
 from gateway.export_store import ExportReader, Failures
-from gateway.finetune import conversation, example, parse_stored
+from gateway.finetune import conversation, example, parse_for_export
 from gateway.providers.mistral import MistralProvider
 from gateway.store import ExchangeFilter, Store
 
@@ -250,13 +250,14 @@ async def _records(
             out = []
             for run in await reader.run_records(ids):
                 final = run["final_exchange"]
-                parsed = parse_stored(provider, final) if final else None
+                parsed = parse_for_export(provider, final) if final else None
                 out.append(shaped(parsed, partial(run_record, run)))
             yield [record for record in out if record is not None]
         return
     async for items in reader.exchanges(request.filter, request.failures):
         out = [
-            shaped(parse_stored(provider, item), partial(exchange_record, item)) for item in items
+            shaped(parse_for_export(provider, item), partial(exchange_record, item))
+            for item in items
         ]
         yield [record for record in out if record is not None]
 

@@ -14,44 +14,17 @@ from typing import Any
 import orjson
 
 from gateway.providers.base import Parsed, Provider
+from gateway.stored import parse_stored, stored_body
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def parse_stored(provider: Provider, item: dict[str, Any]) -> Parsed | None:
-    """Parse a stored exchange (store row with bodies) again; None when bodies are gone."""
-
-    def raw(side: str) -> bytes:
-        body, encoding = item.get(f"{side}_body"), item.get(f"{side}_body_encoding")
-        if body is None or encoding in ("omitted", "base64"):
-            return b""
-        return body.encode() if isinstance(body, str) else orjson.dumps(body)
-
-    request = raw("request")
-    if not request:
+def parse_for_export(provider: Provider, item: dict[str, Any]) -> Parsed | None:
+    """A stored exchange parsed again (gateway/stored.py); None when its request body is
+    gone (omitted, or not text), as there is nothing to learn from."""
+    if not stored_body(item, "request"):
         return None
-
-    def headers(side: str) -> dict[str, str]:
-        try:
-            pairs = orjson.loads(item.get(f"{side}_headers") or "[]")
-        except orjson.JSONDecodeError:
-            return {}
-        return {str(k).lower(): str(v) for k, v in pairs}
-
-    response_headers = headers("response")
-    response_headers.pop("content-encoding", None)  # stored bodies are already decoded
-    try:
-        return provider.parse(
-            item["method"],
-            item["path"],
-            headers("request"),
-            request,
-            item["status"],
-            response_headers,
-            [raw("response")],
-        )
-    except Exception:  # a provider bug must not end an export
-        return None
+    return parse_stored(provider, item)
 
 
 def text_of(content: Any) -> str | None:

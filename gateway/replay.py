@@ -21,7 +21,6 @@ import aiohttp
 import orjson
 
 from gateway import diff as diffs
-from gateway.api import exchange_detail, parse_stored
 from gateway.errors import AgentOpsError
 from gateway.providers import UnknownProvider
 from gateway.providers import mistral_replay as shapes
@@ -30,6 +29,7 @@ from gateway.proxy import HINT_PREFIX, HOP_BY_HOP, Proxy
 from gateway.redact import REDACTED
 from gateway.replay_store import ReplayStore
 from gateway.store import LIST_COLUMNS, Store
+from gateway.stored import exchange_detail, parse_stored
 from gateway.writer import WriterError, WriterProcess
 
 log = logging.getLogger("agentops.replay")
