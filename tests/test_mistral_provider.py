@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.providers.base import Parsed
 from gateway.providers.mistral import MistralProvider, endpoint_of, request_messages
@@ -1560,19 +1562,79 @@ HOSTILE_RESPONSES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/v1/chat/completions",
-        "/v1/agents/completions",
-        "/v1/fim/completions",
-        "/v1/conversations",
-        "/v1/conversations/conv_1/restart",
-    ],
+PATHS = [
+    "/v1/chat/completions",
+    "/v1/agents/completions",
+    "/v1/fim/completions",
+    "/v1/conversations",
+    "/v1/conversations/conv_1/restart",
+]
+# Any JSON value, nested a few levels: what a hostile client or upstream may put anywhere.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
 )
-@pytest.mark.parametrize("body", HOSTILE_BODIES)
-@pytest.mark.parametrize("resp", HOSTILE_RESPONSES)
-@pytest.mark.parametrize("headers", [JSON, SSE])
+FIELDS = [
+    "messages",
+    "inputs",
+    "tools",
+    "completion_args",
+    "choices",
+    "outputs",
+    "delta",
+    "tool_calls",
+    "function",
+    "content",
+    "role",
+    "type",
+    "id",
+    "conversation_id",
+    "info",
+    "arguments",
+    "index",
+    "output_index",
+    "usage",
+    "model",
+    "stream",
+]
+
+
+@st.composite
+def hostile_document(draw: st.DrawFn) -> bytes:
+    """A known hostile body, or a JSON object whose known fields hold any JSON at all."""
+    known = draw(st.sampled_from(HOSTILE_BODIES) | st.just(None))
+    if known is not None:
+        return known
+    fields = draw(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5))
+    return orjson.dumps(fields)
+
+
+@st.composite
+def hostile_answer(draw: st.DrawFn) -> list[bytes]:
+    known = draw(st.sampled_from(HOSTILE_RESPONSES) | st.just(None))
+    if known is not None:
+        return known
+    events = draw(
+        st.lists(
+            st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=4),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    if draw(st.booleans()):
+        return [sse(*events)]
+    return [orjson.dumps(events[0])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PATHS), hostile_document(), hostile_answer(), st.sampled_from([JSON, SSE]))
 def test_new_fields_never_raise(path, body, resp, headers):
     p = MistralProvider().parse("POST", path, JSON, body, 200, headers, resp)
     for value in (p.messages_in, p.entries_in, p.entries_out):
