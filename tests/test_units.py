@@ -1,0 +1,154 @@
+"""Unit tests that run in milliseconds, without a gateway: the capture step (raw record ->
+rows) and the run grouper, fed by the real Mistral provider (no mocks)."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import orjson
+
+from gateway.capture import Rows, build_rows
+from gateway.exchange import Exchange, new_id
+from gateway.pricing import PriceTable
+from gateway.providers.mistral import MistralProvider
+from gateway.runs import HEADER, SINGLE, THREAD, Grouper
+
+PRICES = PriceTable.load(None)
+JSON = [("content-type", "application/json")]
+
+
+def record(
+    request: Any,
+    answer: Any,
+    *,
+    at: float = 1.8e9,
+    headers: Any = None,
+    hints: dict[str, str] | None = None,
+    encoding: str | None = None,
+) -> Exchange:
+    body = orjson.dumps(answer)
+    response_headers = list(JSON)
+    if encoding == "gzip":
+        body = gzip.compress(body)
+        response_headers.append(("content-encoding", "gzip"))
+    return Exchange(
+        id=new_id(),
+        started_at=at,
+        method="POST",
+        client_path="/v1/chat/completions",
+        path="/v1/chat/completions",
+        query="",
+        request_headers=headers or list(JSON),
+        request_body=orjson.dumps(request),
+        hints=hints or {},
+        status=200,
+        response_headers=response_headers,
+        response_chunks=[body],
+        chunk_ms=[2.0],
+        latency_ms=3.0,
+    )
+
+
+def rows(exchange: Exchange, limit: int = 10_000) -> Rows:
+    return build_rows(exchange, MistralProvider(), PRICES, limit)
+
+
+def answer(content: str | None = None, tool: str | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool:
+        message["tool_calls"] = [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": tool, "arguments": '{"city": "Paris"}'},
+            }
+        ]
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "mistral-small-latest",
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if tool else "stop"}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+# -- capture ---------------------------------------------------------------------------------
+
+
+def test_capture_decodes_gzip_prices_and_keeps_bodies_exact():
+    built = rows(
+        record({"model": "mistral-small-latest", "messages": []}, answer("hi"), encoding="gzip")
+    )
+    assert built.exchange["output_text"] == "hi" and built.exchange["cost_usd"] > 0
+    assert built.bodies["response_body_encoding"] == "json"
+    assert orjson.loads(built.bodies["response_body"])["choices"][0]["message"]["content"] == "hi"
+
+
+def test_capture_stores_non_utf8_as_base64_and_truncates_with_a_flag():
+    raw = record({}, answer("x"))
+    raw.request_body = b"\xff\x00binary"
+    built = rows(raw)
+    assert built.bodies["request_body_encoding"] == "base64"
+    big = record({"model": "m", "messages": [{"role": "user", "content": "a" * 500}]}, answer("x"))
+    built = rows(big, limit=100)
+    assert built.exchange["truncated"] and len(built.bodies["request_body"]) <= 100
+
+
+def test_capture_clips_hints_and_records_their_length():
+    built = rows(
+        record({"model": "m", "messages": []}, answer("x"), hints={"run": "n" * 300, "agent": "ok"})
+    )
+    assert len(built.hints["run"]) == 200 and built.hints["agent"] == "ok"
+    assert orjson.loads(built.exchange["clipped"]) == {"hints.run": 300}
+
+
+# -- the grouper -----------------------------------------------------------------------------
+
+
+async def no_steps(run_id: int) -> int:
+    raise AssertionError("the grouper should know every run here")
+
+
+async def place(grouper: Grouper, exchange: Exchange) -> Any:
+    built = rows(exchange)
+    change = await grouper.assign(built.exchange, built.parsed, built.hints, no_steps)
+    return change
+
+
+async def test_a_tool_loop_threads_into_one_run():
+    grouper = Grouper(run_idle=300)
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    first = await place(grouper, record({"model": "m", "messages": ask}, answer(tool="weather")))
+    assistant = answer(tool="weather")["choices"][0]["message"]
+    follow = [*ask, assistant, {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    second = await place(
+        grouper, record({"model": "m", "messages": follow}, answer("Sunny."), at=1.8e9 + 1)
+    )
+    assert first.exchange["run_source"] == SINGLE and second.exchange["run_source"] == THREAD
+    assert second.exchange["run_id"] == first.exchange["run_id"]
+    assert (first.exchange["step"], second.exchange["step"]) == (0, 1)
+    assert [t["tool_name"] for t in first.tool_calls] == ["weather"]
+    assert [r["return_value"] for r in second.tool_results] == ["sunny"]
+
+
+async def test_a_named_run_ends_after_run_idle_and_the_name_starts_a_new_one():
+    grouper = Grouper(run_idle=10)
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    one = await place(grouper, record(ask, answer("a"), hints={"run": "nightly"}))
+    two = await place(grouper, record(ask, answer("b"), at=1.8e9 + 5, hints={"run": "nightly"}))
+    three = await place(grouper, record(ask, answer("c"), at=1.8e9 + 60, hints={"run": "nightly"}))
+    assert one.exchange["run_source"] == HEADER
+    assert one.exchange["run_id"] == two.exchange["run_id"] != three.exchange["run_id"]
+
+
+async def test_placing_the_same_exchange_again_changes_nothing():
+    """A spool replay or a batch split in halves (quarantine) places an exchange twice."""
+    grouper = Grouper(run_idle=300)
+    exchange = record({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, answer("a"))
+    built = rows(exchange)
+    first = await grouper.assign(built.exchange, built.parsed, built.hints, no_steps)
+    again = await grouper.assign(built.exchange, built.parsed, built.hints, no_steps)
+    assert again is first
