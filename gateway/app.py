@@ -3,7 +3,7 @@
 `Gateway(settings)` is what `agentops-studio serve` runs and what the tests start on
 ephemeral ports; there are no globals, so several can run in one process. The proxy and the
 UI/API share this process; parsing, run grouping and writes run in the writer process
-(gateway/writer.py), which this process starts and stops.
+(gateway/writer/), which this process starts and stops.
 """
 
 from __future__ import annotations

@@ -1,24 +1,5 @@
-"""The writer process: everything after capture runs beside the proxy, at a lower CPU priority.
-
-Parsing, run grouping, database writes and their indexes cost several times what forwarding a
-call does. In the proxy's process they would share its core and its GIL, so every record
-stored would be a call not served. Here the proxy's process only pickles finished records,
-a few milliseconds' worth at a time, onto a socket; a child process (at idle CPU priority, so
-the kernel serves calls first and capture gets the CPU they leave: see `step_aside`) owns
-the recorder, the run grouper and the writes.
-
-    proxy process                                  writer process (SCHED_IDLE)
-    Proxy -> WriterProcess.submit ==records==>  Recorder -> Grouper -> Store
-                                  <==settled, health, replies==
-
-Bounded and lossless: records sent but not yet stored or spooled by the child ("in transit",
-still referenced here until the child says they are settled) are at most --queue-size, and
-their bodies at most --queue-max-bytes (the writer yields the CPU to calls, so under a load
-that uses every core it falls behind and this is what fills); past
-that the proxy's process appends to its own spool folder (`<spool-dir>/proxy`) and hands each
-finished file to the child, which replays it in order. If the child dies, what it held is
-spooled here and a new child takes it over.
-"""
+"""The proxy's side of the writer: submit, hand-off frames, the journal, the overflow spool,
+health, calls into the child, restarts, stop."""
 
 from __future__ import annotations
 
@@ -28,73 +9,37 @@ import fcntl
 import itertools
 import logging
 import multiprocessing
-import operator
 import os
-import pickle
 import shutil
-import signal
-import socket
-import struct
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from functools import partial
-from multiprocessing.connection import Connection
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import Unavailable
 from gateway.exchange import Exchange
-from gateway.gc_tuning import tune_gc
 from gateway.journal import Journal
 from gateway.settings import Settings
 from gateway.spool import Spool
+from gateway.writer.child import child_main
+from gateway.writer.priority import WRITER_NICE, set_group_nice
+from gateway.writer.protocol import (
+    DROPPED_WINDOW,
+    FLUSH_SECONDS,
+    LAG_CHECK_SECONDS,
+    LAG_SECONDS,
+    RESTART_SECONDS,
+    START_TIMEOUT,
+    _socket,
+    body_bytes,
+    frame,
+    pack,
+    read_frame,
+)
 
 log = logging.getLogger("agentops.writer")
-
-WRITER_NICE = 19  # for the writer's autogroup, and where SCHED_IDLE is missing
-# Records leave the proxy's process in one frame per FLUSH_SECONDS at most: one write and one
-# wake-up of the writer for many calls instead of one per call (at concurrency 1 about a sixth
-# less writer CPU per record). A call or stop flushes at once.
-FLUSH_SECONDS = 0.005
-HEALTH_EVERY = 0.25
-# Idle priority must not mean never: when a record has waited this long for the writer (the
-# machine's cores are busy with other work), its group gets an ordinary share until it has
-# caught up.
-LAG_SECONDS = 10.0
-LAG_CHECK_SECONDS = 1.0
-START_TIMEOUT = 60.0
-# /healthz says `dropped` for this long after a record was last dropped.
-DROPPED_WINDOW = 300.0
-RESTART_SECONDS = 0.5
-_HEADER = struct.Struct(">I")
-_FIELDS = tuple(Exchange.__slots__)
-
-
-def body_bytes(exchange: Exchange) -> int:
-    """What a record holds in memory, near enough: its request and response bodies."""
-    return len(exchange.request_body) + sum(map(len, exchange.response_chunks))
-
-
-def frame(*message: Any) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    message: tuple[Any, ...] = pickle.loads(await reader.readexactly(length))
-    return message
-
-
-# A record as a bare tuple of its fields: pickles in microseconds, no field names repeated.
-pack: Callable[[Exchange], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)
-
-
-def unpack(values: tuple[Any, ...]) -> Exchange:
-    return Exchange(*values)  # the fields in declaration order, as `pack` reads them
 
 
 def overflow_dir(settings: Settings) -> Path:
@@ -144,9 +89,6 @@ def _main_module_hidden() -> Iterator[None]:
 
 class WriterError(Unavailable, RuntimeError):
     """The writer process could not start (its database, most often); says why."""
-
-
-# -- the proxy's side ------------------------------------------------------------------------
 
 
 class WriterProcess:
@@ -594,276 +536,3 @@ class WriterProcess:
         # spool refused some, which then stay in the journal for the next start).
         self.journal.close(clean=kept == len(leftover))
         self.unlock()
-
-
-# -- the writer's side -----------------------------------------------------------------------
-
-
-def step_aside() -> None:
-    """Let calls have the CPU first: this process gets what they leave.
-
-    `nice` alone is not enough on Linux. With autogroup scheduling (the default on desktop
-    and most server kernels) CPU is shared between sessions first and by nice only within a
-    session, so a niced writer in the proxy's session takes the whole session's share
-    whenever the proxy waits on a socket, and competes as an equal with the clients and
-    anything else on the machine. So the writer leaves the session for one of its own, sets
-    that group's nice to 19, and asks for SCHED_IDLE, under which any ordinary task that
-    wakes up preempts it at once. Each step is best effort: where one is missing (another OS,
-    no autogroup, a container that forbids it) the others still apply. Measured with
-    bench/bench.py at c=64 on 2 cores, SQLite: 0.67x -> 0.96x the bare passthrough's req/s.
-    Called once the database is open and the grouper rebuilt: that start runs at ordinary
-    priority, so a gateway or a restarted writer comes up quickly on a busy machine too.
-    """
-    set_group_nice(os.getpid(), WRITER_NICE)
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux: plain nice is what there is
-        with contextlib.suppress(OSError):
-            os.nice(WRITER_NICE)
-
-
-def set_group_nice(pid: int, nice: int) -> bool:
-    """Set the nice of the autogroup `pid` leads (the writer's own session). Unlike leaving
-    SCHED_IDLE, which needs CAP_SYS_NICE, any nice from 0 to 19 needs no privilege, so the
-    proxy's process can raise its writer's share and lower it again. False where there is no
-    autogroup or the kernel said no (it takes one change per 100 ms from unprivileged users)."""
-    try:
-        with open(f"/proc/{pid}/autogroup", "w") as group:
-            group.write(str(nice))
-        return True
-    except OSError:
-        return False
-
-
-def _socket(conn: Connection) -> socket.socket:
-    """The socket under a multiprocessing Pipe end, for asyncio (the Pipe end is closed)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
-    conn.close()
-    return sock
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def child_main(
-    settings: Settings,
-    conn: tuple[Connection, Connection],
-    log_level: int,
-    handoff: list[str],
-    environ: dict[str, str] | None = None,
-) -> None:
-    if environ is not None:
-        os.environ.clear()
-        os.environ.update(environ)
-    # The proxy's process decides when to stop (it flushes to us first): a Ctrl-C reaching
-    # the whole process group must not kill this process with records still in memory.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.setsid()  # a session (and so an autogroup) of its own: see step_aside
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s"
-    )
-    logging.getLogger("tortoise").setLevel(logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Child(settings, conn, handoff).run())
-
-
-class Child:
-    """The writer process's loop: read frames in order, feed the recorder, answer calls."""
-
-    def __init__(
-        self, settings: Settings, conn: tuple[Connection, Connection], handoff: list[str]
-    ) -> None:
-        self.settings = settings
-        self.conn = conn
-        self.handoff = handoff
-        # Bytes of hand-off files not yet replayed: reported as spooled, so /healthz does
-        # not say "drained" while they wait (the child is ready before it replays them).
-        self.handoff_bytes = sum(_size(Path(p)) for p in handoff)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.calls: dict[str, Callable[..., Any]] = {
-            "drained": self._drained,
-            "finish_idle_runs": self._finish_idle_runs,
-            # integrations (gateway/integrations/host.py)
-            "metrics": lambda: self.host.exposition(),
-            "log_experiment": lambda experiment: self.host.log_experiment(experiment),
-            "integrations_drained": lambda: self.host.drained(),
-        }
-
-    async def run(self) -> None:
-        down, up = self.conn
-        # Keep the unused halves: a StreamWriter closes its transport when collected.
-        reader, self._down = await asyncio.open_unix_connection(sock=_socket(down))
-        _, self.out = await asyncio.open_unix_connection(sock=_socket(up))
-        try:
-            await self._open()
-        except Exception as exc:
-            log.error("writer could not start: %s", exc)
-            self.out.write(frame("failed", f"{type(exc).__name__}: {exc}"))
-            with contextlib.suppress(ConnectionError):
-                await self.out.drain()
-            return
-        tasks = [asyncio.create_task(self._push_health()), asyncio.create_task(self._finish_runs())]
-        try:
-            for path in self.handoff:  # what the proxy spooled while no writer was running
-                size = _size(Path(path))
-                await self._replay_overflow(Path(path))
-                self.handoff_bytes = max(0, self.handoff_bytes - size)
-            await self._serve(reader)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await self.store.close()
-
-    async def _open(self) -> None:
-        from gateway.pricing import PriceTable
-        from gateway.providers import make_providers, provider_named
-        from gateway.recorder import Recorder
-        from gateway.run_store import RunStore
-        from gateway.runs import Grouper
-        from gateway.store import Store
-
-        self.store = Store(self.settings.db)
-        await self.store.open(migrate_schema=False)  # the proxy's process migrated it
-        providers = make_providers(self.settings)
-        self.run_store = RunStore(self.store)
-        self.grouper = Grouper(self.settings.run_idle)
-        await rebuild_grouper(self.grouper, self.run_store)
-        self.recorder = Recorder(
-            self.store,
-            Spool(self.settings.spool_dir, self.settings.spool_max_bytes),
-            partial(provider_named, providers),
-            PriceTable.load(self.settings.prices),
-            max_body_bytes=self.settings.max_body_bytes,
-            queue_size=self.settings.queue_size,
-            grouper=self.grouper,
-            run_store=self.run_store,
-        )
-        self.recorder.on_settled = self._settled
-        self.recorder.start()
-        from gateway.integrations.host import IntegrationHost
-
-        self.host = IntegrationHost(self.settings, os.environ)
-        self.host.attach(self.recorder)
-        step_aside()  # ready to store: from here on, calls come first
-        tune_gc()
-        # Ready before replaying what the proxy spooled while no writer ran (that can take
-        # a while at idle priority): the proxy can hand over and get health reports at once;
-        # records it sends meanwhile wait in the socket, so the order is kept.
-        self.out.write(frame("ready", self._health()))
-
-    async def _serve(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                kind, *rest = await read_frame(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                kind, rest = "stop", [self.settings.shutdown_grace]  # the proxy is gone
-            if kind == "records":
-                self._take([unpack(values) for values in rest[0]])
-            elif kind == "overflow":
-                await self._replay_overflow(Path(rest[0]))
-            elif kind == "call":
-                token, name, args = rest
-                task = asyncio.create_task(self._answer(token, name, args))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            elif kind == "stop":
-                await self.recorder.stop(timeout=max(5.0, float(rest[0])))
-                await self.host.stop()
-                with contextlib.suppress(ConnectionError):
-                    self.out.write(frame("stopped", self._health()))
-                    await self.out.drain()
-                return
-
-    def _take(self, records: list[Exchange]) -> None:
-        spooled = [record.id for record in records if not self.recorder.submit(record)]
-        if spooled:
-            self._settled(spooled)
-
-    async def _replay_overflow(self, path: Path) -> None:
-        """Feed a file the proxy spooled into the pipeline, in order, then delete it once the
-        recorder has stored or spooled every record in it."""
-        from gateway.spool import read_records
-
-        try:
-            records = list(read_records(path))
-        except FileNotFoundError:
-            return
-        for record in records:
-            self.recorder.submit(record)
-        await self.recorder.queue.join()
-        path.unlink(missing_ok=True)
-
-    def _settled(self, ids: list[int]) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.out.write(frame("settled", ids))
-
-    async def _answer(self, token: int, name: str, args: tuple[Any, ...]) -> None:
-        try:
-            value = await self.calls[name](*args)
-            message = frame("reply", token, True, value)
-        except Exception as exc:
-            message = frame("reply", token, False, f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.out.write(message)
-
-    async def _drained(self) -> dict[str, Any]:
-        await self.recorder.drained()
-        return self._health()
-
-    async def _finish_idle_runs(self) -> list[int]:
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.run_idle)
-        finished = await self.run_store.finish_idle(cutoff)
-        for run_id in finished:
-            self.grouper.forget_run(run_id)
-        await self.host.runs_finished(finished, self.run_store)
-        return finished
-
-    def _health(self) -> dict[str, Any]:
-        health = {**self.recorder.health(), **self.host.health()}
-        health["spool_bytes"] += self.handoff_bytes
-        return health
-
-    async def _push_health(self) -> None:
-        while True:
-            await asyncio.sleep(HEALTH_EVERY)
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.out.write(frame("health", self._health()))
-
-    async def _finish_runs(self) -> None:
-        """Settle runs that saw no exchange for --run-idle seconds (here, beside the grouper)."""
-        every = max(0.05, min(30.0, self.settings.run_idle / 4))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self._finish_idle_runs()
-            except Exception:
-                log.exception("could not finish idle runs")
-
-
-async def rebuild_grouper(grouper: Any, run_store: Any) -> None:
-    """Give the grouper back what it knew before a restart: recent threads (24 h or 100,000
-    exchanges), open named runs, and conversation links."""
-    from gateway.runs import THREAD_LIMIT, THREAD_SECONDS
-
-    since = datetime.now(UTC) - timedelta(seconds=THREAD_SECONDS)
-    for row in reversed(await run_store.recent_threads(since, THREAD_LIMIT)):
-        if row["parent_id"] is not None:
-            grouper.extended.add(row["parent_id"])
-        if row["thread_key"]:
-            grouper.remember_thread(
-                row["thread_key"], row["id"], row["run_id"], _time(row["started_at"]).timestamp()
-            )
-    for row in await run_store.open_named_runs():
-        grouper.names[row["name"]] = (row["id"], _time(row["last_seen_at"]).timestamp())
-    for row in reversed(await run_store.conversation_links(THREAD_LIMIT)):
-        grouper.remember_conversation(row["conversation_id"], row["run_id"])
-
-
-def _time(value: Any) -> datetime:
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
