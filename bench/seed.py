@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.exchange import _EPOCH_MS
 from gateway.pricing import PriceTable
-from gateway.rollups import VALUES, Fact, aggregate
 from gateway.search import json_words, pg_document, search_text
-from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
+from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
+from gateway.store.rollups import VALUES, Fact, aggregate
 
 MODELS = [
     ("mistral-small-latest", 45),

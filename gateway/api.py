@@ -19,8 +19,8 @@ from gateway.errors import AgentOpsError
 from gateway.pricing import PriceTable
 from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
-from gateway.run_store import RunStore
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.runs import RunStore
 from gateway.stored import exchange_detail, parse_stored
 from gateway.writer import WriterProcess
 

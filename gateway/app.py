@@ -29,12 +29,12 @@ from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import Proxy, Route, client_session
 from gateway.replay import Replayer, key_from_environ
-from gateway.replay_store import ReplayStore
 from gateway.run_replay import RunReplayer
-from gateway.run_store import RunStore
 from gateway.server_log import HTTP_LOG
 from gateway.settings import Settings
-from gateway.store import Store
+from gateway.store.exchanges import Store
+from gateway.store.replays import ReplayStore
+from gateway.store.runs import RunStore
 from gateway.writer import WriterProcess
 
 log = logging.getLogger("agentops")

@@ -24,7 +24,7 @@ from gateway.export import export_options, export_request
 from gateway.gc_tuning import tune_gc
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
-from gateway.store import Store
+from gateway.store.exchanges import Store
 
 T = TypeVar("T")
 # Every error raised on purpose (gateway/errors.py): one line on stderr and its exit code (2).

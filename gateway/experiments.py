@@ -20,8 +20,8 @@ import orjson
 from gateway import diff as diffs
 from gateway.api import BadRequest, exchange_filter, parse_int
 from gateway.replay import Recorded, Replayer, ReplayError, SecretKey
-from gateway.replay_store import ReplayStore
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.replays import ReplayStore
 
 log = logging.getLogger("agentops.experiments")
 

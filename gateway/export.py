@@ -23,10 +23,10 @@ from typing import Any, TextIO
 import orjson
 
 from gateway.errors import UserError
-from gateway.export_store import ExportReader, Failures
 from gateway.finetune import conversation, example, parse_for_export
 from gateway.providers.mistral import MistralProvider
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.exports import ExportReader, Failures
 
 FORMATS = ("mistral", "jsonl", "csv", "parquet", "hf")
 EXCHANGE_COLUMNS = (

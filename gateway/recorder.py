@@ -19,10 +19,10 @@ from gateway.exchange import Exchange
 from gateway.pricing import PriceTable
 from gateway.providers.base import Provider
 from gateway.quarantine import database_down, describe, encode
-from gateway.run_store import RunStore
 from gateway.runs import Grouper
 from gateway.spool import Spool
-from gateway.store import Store
+from gateway.store.exchanges import Store
+from gateway.store.runs import RunStore
 
 log = logging.getLogger("agentops.recorder")
 

@@ -27,8 +27,8 @@ from gateway.providers import mistral_replay as shapes
 from gateway.providers.base import Parsed, Provider
 from gateway.proxy import HINT_PREFIX, HOP_BY_HOP, Proxy
 from gateway.redact import REDACTED
-from gateway.replay_store import ReplayStore
-from gateway.store import LIST_COLUMNS, Store
+from gateway.store.exchanges import LIST_COLUMNS, Store
+from gateway.store.replays import ReplayStore
 from gateway.stored import exchange_detail, parse_stored
 from gateway.writer import WriterError, WriterProcess
 

@@ -17,8 +17,8 @@ from aiohttp import web
 from gateway.api import BadRequest, json_body, json_response, not_found, parse_id
 from gateway.experiments import Experiments
 from gateway.replay import Replayer
-from gateway.replay_store import ReplayStore
 from gateway.run_replay import RunReplayer
+from gateway.store.replays import ReplayStore
 
 REPLAYER = web.AppKey("replayer", Replayer)
 RUN_REPLAYER = web.AppKey("run_replayer", RunReplayer)

@@ -17,9 +17,9 @@ from gateway import diff as diffs
 from gateway.exchange import new_id
 from gateway.providers import mistral_replay as shapes
 from gateway.replay import Recorded, Replayer, ReplayError, SecretKey
-from gateway.run_store import RunStore
 from gateway.runs import canonical
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.runs import RunStore
 
 STEP_ENDPOINTS = {"chat": "chat", "agents": "chat", "conversations": "conversations"}
 MAX_STEPS = 200

@@ -23,7 +23,7 @@ from gateway.api import (
     parse_int,
     parse_time,
 )
-from gateway.run_store import RunFilter
+from gateway.store.runs import RunFilter
 
 routes = web.RouteTableDef()
 STATUSES = ("running", "ok", "error")

@@ -19,7 +19,7 @@ value fit before it reaches the database, the same way on SQLite and PostgreSQL:
   `BigIntField`), and numbers that are not integers where an integer goes, are stored as
   null: a token count of 10**30 is not a figure anyone can use.
 
-Limits come from the Tortoise models (`gateway/models.py`), the one description of the
+Limits come from the Tortoise models (`gateway/store/models.py`), the one description of the
 schema: `limit("runs", "name")` is the `max_length` of `Run.name`.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from tortoise import fields
 
-from gateway import models
+from gateway.store import models
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)

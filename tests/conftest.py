@@ -79,7 +79,7 @@ async def _pg_available() -> str | None:
 TEMPLATES: dict[str, str] = {}  # "sqlite" -> migrated file, "postgres" -> template database
 MIGRATE = (
     "import asyncio, sys\n"
-    "from gateway.store import Store\n"
+    "from gateway.store.exchanges import Store\n"
     "async def main():\n"
     "    store = Store(sys.argv[1])\n"
     "    await store.open()\n"

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.settings import SETTINGS
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
 from tests.conftest import (
     CLI,
     ROOT,

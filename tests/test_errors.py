@@ -14,7 +14,7 @@ from gateway.pricing import PriceFileError
 from gateway.providers import UnknownProvider
 from gateway.replay import ReplayError
 from gateway.settings import ConfigError
-from gateway.store import StoreError
+from gateway.store.exchanges import StoreError
 from gateway.writer import WriterError
 
 

@@ -22,9 +22,9 @@ from mistralai.client import Mistral
 
 from gateway.cli import main
 from gateway.export import ExportRequest, neutralise, run_export
-from gateway.export_store import Failures
-from gateway.run_store import RunFilter, RunStore
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.exports import Failures
+from gateway.store.runs import RunFilter, RunStore
 from tests.clients import RUNS_KEY as KEY
 from tests.clients import tool_loop
 from tests.conftest import Upstream, make_settings, running

@@ -20,8 +20,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.flow_import import ImportFileError, load, store_all
-from gateway.run_store import RunFilter
-from gateway.store import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter
+from gateway.store.runs import RunFilter
 from tests.conftest import Upstream, make_settings
 from tests.fake_elevenlabs import audio_for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
 from tests.conftest import CLI, ROOT, Upstream, free_port, migrated_sqlite, wait_for_health
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
 from tests.conftest import Upstream, free_port, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent

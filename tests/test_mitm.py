@@ -29,7 +29,7 @@ from openai import AsyncOpenAI
 from gateway.app import Gateway
 from gateway.flow_import import load, store_all
 from gateway.mitm import MitmCapture, MitmError, write_ca_bundle
-from gateway.store import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter
 from tests.conftest import Upstream, make_settings
 from tests.fake_mistral import REQUESTS, make_app
 from tests.tls import LocalCA, make_ca

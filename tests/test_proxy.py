@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from gateway.app import Gateway
-from gateway.store import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter
 from tests.conftest import Upstream, make_settings, running
 
 KEY = "sk-test-SECRET-0123456789abcdefWXYZ"

@@ -17,7 +17,7 @@ import pytest
 
 from gateway import quarantine
 from gateway.exchange import Exchange, new_id
-from gateway.store import Store
+from gateway.store.exchanges import Store
 from tests.conftest import Upstream, make_settings, running
 
 POISON_SQLITE = (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import Gateway
-from gateway.store import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter
 from tests.conftest import (
     CALL_KEY,
     Upstream,

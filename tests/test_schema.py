@@ -1,4 +1,4 @@
-"""One source for the schema: the Tortoise models in gateway/models.py. The committed
+"""One source for the schema: the Tortoise models in gateway/store/models.py. The committed
 migrations must build exactly what the models describe (the check `makemigrations --check`
 would make), on SQLite and PostgreSQL alike; the store's column lists and the capture's rows
 are read from, or checked against, the same models."""
@@ -8,13 +8,14 @@ from __future__ import annotations
 from tortoise import fields
 from tortoise.models import Model
 
-from gateway import models, storable
+from gateway import storable
 from gateway.capture import build_rows
 from gateway.exchange import Exchange, new_id
 from gateway.pricing import PriceTable
 from gateway.providers import make_providers
 from gateway.settings import Settings
-from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
+from gateway.store import models
+from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 
 
 def model_classes() -> list[type[Model]]:

@@ -77,7 +77,7 @@ def test_integers_outside_the_column_are_null():
 
 
 def test_limits_come_from_the_models():
-    from gateway.models import Run
+    from gateway.store.models import Run
 
     assert storable.limit("runs", "name") == Run._meta.fields_map["name"].max_length == 200
     assert storable.limit("messages", "role") == 32

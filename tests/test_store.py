@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.store import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
+from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 from tests.conftest import Upstream, calls, make_settings, running
 
 

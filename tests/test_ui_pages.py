@@ -15,7 +15,7 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
-from gateway.store import Store
+from gateway.store.exchanges import Store
 from tests.clients import tool_loop
 from tests.ui_server import HOSTILE, KEY
 

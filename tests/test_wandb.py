@@ -169,7 +169,7 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
 
 
 async def runs_of(gw: Any) -> list[dict[str, Any]]:
-    from gateway.run_store import RunFilter
+    from gateway.store.runs import RunFilter
 
     items, _ = await gw.run_store.list_runs(RunFilter(), 10, None)
     return items

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.store import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter
 from tests.conftest import Upstream, make_settings, running
 
 

@@ -1,5 +1,5 @@
 """The dashboard (`/dashboard`): totals and charts over a time range, read from the per-hour
-rollups (gateway/rollups.py), never from the exchanges table, so it stays fast at millions
+rollups (gateway/store/rollups.py), never from the exchanges table, so it stays fast at millions
 of exchanges. Only "most expensive runs" reads the runs table (one walk of a time window).
 
 Charts are drawn in the browser by Chart.js (served from /static/vendor) from JSON in a
@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway import api
-from gateway.rollups import BUCKETS, percentile
+from gateway.store.rollups import BUCKETS, percentile
 from webui.formats import parse_time
 from webui.render import render
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway import api
 from gateway.providers import UnknownProvider
 from gateway.redact import redact_headers
-from gateway.store import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter
 from webui.chat import chat_items, pretty_body
 from webui.render import (
     PROXY_URL,

@@ -19,8 +19,8 @@ from gateway.integrations.worker import Worker
 
 if TYPE_CHECKING:
     from gateway.capture import Rows
-    from gateway.run_store import RunStore
     from gateway.settings import Settings
+    from gateway.store.runs import RunStore
 
 log = logging.getLogger("agentops.integrations")
 

@@ -19,8 +19,8 @@ from gateway.integrations.wandb_logger import WandbLogger
 
 if TYPE_CHECKING:
     from gateway.recorder import Recorder
-    from gateway.run_store import RunStore
     from gateway.settings import Settings
+    from gateway.store.runs import RunStore
 
 log = logging.getLogger("agentops.integrations")
 

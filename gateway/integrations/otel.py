@@ -23,8 +23,8 @@ import orjson
 from gateway import __version__
 from gateway.integrations import Integration, IntegrationError, require
 from gateway.integrations.worker import Worker
-from gateway.run_store import RunStore
 from gateway.settings import Settings
+from gateway.store.runs import RunStore
 
 if TYPE_CHECKING:
     from gateway.capture import Rows

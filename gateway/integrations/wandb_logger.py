@@ -19,8 +19,8 @@ import orjson
 
 from gateway.integrations import Integration, IntegrationError, require
 from gateway.integrations.worker import Worker
-from gateway.run_store import RunStore
 from gateway.settings import Settings
+from gateway.store.runs import RunStore
 
 log = logging.getLogger("agentops.wandb")
 

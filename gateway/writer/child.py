@@ -106,9 +106,9 @@ class Child:
         from gateway.pricing import PriceTable
         from gateway.providers import make_providers, provider_named
         from gateway.recorder import Recorder
-        from gateway.run_store import RunStore
         from gateway.runs import Grouper
-        from gateway.store import Store
+        from gateway.store.exchanges import Store
+        from gateway.store.runs import RunStore
 
         self.store = Store(self.settings.db)
         await self.store.open(migrate_schema=False)  # the proxy's process migrated it

@@ -1,7 +1,7 @@
 """The export half of the store: keyset-paged reads of exchanges (with bodies) and runs, so an
 export walks a large database in batches instead of loading it.
 
-Kept beside store.py and run_store.py (like them, a place that builds queries) so the export
+Kept beside exchanges.py and runs.py (like them, a place that builds queries) so the export
 command does not grow the store's hot-path module.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.run_store import RunStore
-from gateway.store import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.runs import RunStore
 
 BODY_SELECT = (
     "b.request_headers, b.request_body, b.request_body_encoding, "

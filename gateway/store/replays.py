@@ -1,7 +1,7 @@
 """The replay half of the store: diffs, experiments and their rows, and the recorded history a
 replay needs (a conversation's start and its entries so far).
 
-Kept beside store.py and run_store.py, in the same way: the only place that builds replay
+Kept beside exchanges.py and runs.py, in the same way: the only place that builds replay
 queries.
 """
 
@@ -14,8 +14,8 @@ import orjson
 from tortoise.transactions import in_transaction
 
 from gateway.exchange import new_id
-from gateway.run_store import RunStore, iso_time
-from gateway.store import Store, iso_z
+from gateway.store.exchanges import Store, iso_z
+from gateway.store.runs import RunStore, iso_time
 
 ROW_METRICS = (
     "similarity",

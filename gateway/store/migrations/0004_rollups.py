@@ -1,10 +1,10 @@
-"""Per-hour rollups for the dashboard (see gateway/rollups.py), backfilled from the exchanges
+"""Per-hour rollups for the dashboard (see gateway/store/rollups.py), backfilled from the exchanges
 already stored so an upgraded database's dashboard is complete from the first page view."""
 
 from tortoise import fields, migrations
 from tortoise.migrations import operations as ops
 
-from gateway.rollups import backfill_sql
+from gateway.store.rollups import backfill_sql
 
 
 async def backfill(apps, schema_editor) -> None:
@@ -69,7 +69,7 @@ class Migration(migrations.Migration):
                 "app": "models",
                 "unique_together": (("dim", "hour", "value"),),
                 "pk_attr": "id",
-                "table_description": "Per-hour totals for the dashboard, kept by the writer: see gateway/rollups.py.",
+                "table_description": "Per-hour totals for the dashboard, kept by the writer: see gateway/store/rollups.py.",
             },
             bases=["Model"],
         ),

@@ -25,12 +25,13 @@ from tortoise.migrations.api import migrate
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from gateway import models, storable
+from gateway import storable
 from gateway.capture import Rows
 from gateway.errors import Unavailable
 from gateway.exchange import id_at
-from gateway.rollups import Rollups
 from gateway.search import fts5_query, pg_document, pg_query
+from gateway.store import models
+from gateway.store.rollups import Rollups
 
 log = logging.getLogger("agentops.store")
 
@@ -96,9 +97,9 @@ def tortoise_config(url: str) -> dict[str, Any]:
         "connections": {"default": url},
         "apps": {
             "models": {
-                "models": ["gateway.models"],
+                "models": ["gateway.store.models"],
                 "default_connection": "default",
-                "migrations": "gateway.migrations",
+                "migrations": "gateway.store.migrations",
             }
         },
         "use_tz": True,

@@ -174,7 +174,7 @@ class Evaluation(Model):
 
 
 class Rollup(Model):
-    """Per-hour totals for the dashboard, kept by the writer: see gateway/rollups.py.
+    """Per-hour totals for the dashboard, kept by the writer: see gateway/store/rollups.py.
 
     One row per (dim, hour, value): dim is model, run (name) or agent; hour counts hours
     since the Unix epoch; h00..h19 count calls per latency bucket (rollups.BOUNDS)."""

@@ -20,7 +20,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 if TYPE_CHECKING:
     from gateway.capture import Rows
-    from gateway.store import Store
+    from gateway.store.exchanges import Store
 
 EPOCH_MS = 1_704_067_200_000  # gateway.exchange's id epoch: ids encode their start time
 HOUR_MS = 3_600_000

@@ -1,7 +1,7 @@
 """The runs half of the store: writing what the grouper decided, and reading runs back.
 
-Kept beside store.py (which owns the connection and the exchange tables) so each file stays
-one concern; like store.py, this is the only place that builds run queries.
+Kept beside exchanges.py (which owns the connection and the exchange tables) so each file stays
+one concern; like exchanges.py, this is the only place that builds run queries.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway import storable
 from gateway.exchange import id_at, new_id
 from gateway.runs import RunChanges
-from gateway.store import ExchangeFilter, Store, iso_time, iso_z, time_bounds
+from gateway.store.exchanges import ExchangeFilter, Store, iso_time, iso_z, time_bounds
 
 RUN_COLUMNS = (
     "id",

@@ -1,0 +1,11 @@
+"""The store: every SQL statement, the schema (models and migrations), rollups, and the typed
+reads of exchanges, runs, replays and exports. SQLite or PostgreSQL, chosen by URL.
+
+    exchanges.py   the connection, writing batches, reading exchanges, the quarantine
+    runs.py        what the grouper decided, written; runs read back
+    replays.py     diffs and experiments
+    exports.py     keyset-paged reads for export
+    rollups.py     per-hour dashboard totals, kept in the writer's transactions
+    models.py      the schema, as Tortoise models (the one description: tests/test_schema.py)
+    migrations/    the committed migrations made from the models
+"""
