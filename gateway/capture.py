@@ -216,6 +216,7 @@ def build_rows(
         "parent_id": None,
         "thread_key": None,
         "clipped": None,
+        "preview": "" if exchange.omit_bodies else preview_of(provider, parsed),
     }
     storable.fit("exchanges", row, clipped)
     if clipped:
@@ -246,6 +247,19 @@ def _stored(
         "sha256": hashlib.sha256(body).hexdigest(),
     }
     return orjson.dumps(summary).decode(), "digest", False
+
+
+PREVIEW_CHARS = 300
+
+
+def preview_of(provider: Provider, parsed: Parsed) -> str:
+    """What the list shows of a call ("" for nothing): made once here, never at each render."""
+    try:
+        text = provider.preview(parsed.request_json)
+    except Exception:  # a provider bug must not lose the record
+        log.exception("provider %s failed to preview a call", provider.name)
+        return ""
+    return text[:PREVIEW_CHARS] if isinstance(text, str) else ""
 
 
 def _str(value: object) -> str | None:

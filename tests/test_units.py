@@ -97,6 +97,15 @@ def test_capture_stores_non_utf8_as_base64_and_truncates_with_a_flag():
     assert built.exchange["truncated"] and len(built.bodies["request_body"]) <= 100
 
 
+def test_capture_makes_the_list_preview_once():
+    ask = {"model": "m", "messages": [{"role": "user", "content": "Weather " + "x" * 400}]}
+    built = rows(record(ask, answer("hi")))
+    assert (
+        built.exchange["preview"].startswith("Weather ") and len(built.exchange["preview"]) == 300
+    )
+    assert rows(record({"model": "m", "messages": []}, answer("hi"))).exchange["preview"] == ""
+
+
 def test_capture_clips_hints_and_records_their_length():
     built = rows(
         record({"model": "m", "messages": []}, answer("x"), hints={"run": "n" * 300, "agent": "ok"})

@@ -86,13 +86,18 @@ def parse_cursor(value: str | None) -> int | None:
 async def decorate(request: web.Request, items: list[dict[str, Any]]) -> None:
     """Add each row's preview (its last user message) and run name."""
     app = request.app
-    ids = [int(item["id"]) for item in items]
-    bodies = await app[api.STORE].request_bodies(ids)
+    # Rows recorded before the writer made previews (preview null) are previewed from their
+    # request body, as they always were; newer rows carry theirs.
+    legacy = [int(item["id"]) for item in items if item.get("preview") is None]
+    bodies = await app[api.STORE].request_bodies(legacy) if legacy else {}
     runs = await app[api.RUNS].names(int(i["run_id"]) for i in items if i.get("run_id"))
     providers = app[api.PROVIDERS]
     for item in items:
+        if item.get("omitted"):
+            item["preview"] = "(bodies not recorded)"
+        elif item.get("preview") is not None:
+            item["preview"] = item["preview"] or None
         body, encoding = bodies.get(int(item["id"]), (None, None))
-        item["preview"] = None
         if encoding == "omitted":
             item["preview"] = "(bodies not recorded)"
         elif body and encoding == "json":

@@ -54,6 +54,8 @@ _CONVERTED = tuple(
     for c in ("started_at", "streamed", "truncated", "parse_error", "omitted")
 )
 LIST_COLUMNS = (
+    "preview",
+    "omitted",
     "id",
     "started_at",
     "method",

@@ -50,6 +50,9 @@ class Exchange(Model):
     thread_key = fields.CharField(max_length=32, null=True)  # hash of its messages + reply
     # JSON {"field": original length} of values clipped to fit (see gateway/storable.py)
     clipped = fields.TextField(null=True)
+    # what the list shows of the call (its provider's preview, at most 300 characters; "" for
+    # none), made once by the writer so pages never re-read bodies; null in older rows
+    preview = fields.TextField(null=True)
 
     class Meta:
         table = "exchanges"
