@@ -143,6 +143,19 @@ class Candidate:
     at: float
 
 
+CONVERSATION_ID_CHARS = storable.limit("run_conversations", "conversation_id") or 200
+
+
+def _conversation_ids(parsed: Parsed) -> list[str]:
+    """A call's conversation ids as stored (clipped like the run_conversations column), so
+    the grouper's memory and one rebuilt from the database agree on every id."""
+    return [
+        storable.clip(c, CONVERSATION_ID_CHARS)
+        for c in (parsed.path_conversation_id, parsed.conversation_id)
+        if c
+    ]
+
+
 class Grouper:
     """Assigns exchanges to runs. `assign` must see exchanges in the order they started."""
 
@@ -309,15 +322,14 @@ class Grouper:
         return run_id, True
 
     def _conversation_run(self, parsed: Parsed) -> int | None:
-        for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
-            if conversation_id and conversation_id in self.conversations:
+        for conversation_id in _conversation_ids(parsed):
+            if conversation_id in self.conversations:
                 return self.conversations[conversation_id]
         return None
 
     def _link_conversations(self, parsed: Parsed, run_id: int) -> None:
-        for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
-            if conversation_id:
-                self.remember_conversation(conversation_id, run_id)
+        for conversation_id in _conversation_ids(parsed):
+            self.remember_conversation(conversation_id, run_id)
 
     def _thread_match(self, hashes: list[str]) -> tuple[Candidate, int] | None:
         for length in range(len(hashes) - 1, 0, -1):  # longest earlier state first
@@ -454,8 +466,8 @@ class Grouper:
         step: int,
         ended_ms: float,
     ) -> None:
-        for conversation_id in (parsed.path_conversation_id, parsed.conversation_id):
-            if conversation_id and (conversation_id, run_id) not in changes.conversations:
+        for conversation_id in _conversation_ids(parsed):
+            if (conversation_id, run_id) not in changes.conversations:
                 changes.conversations.append((conversation_id, run_id))
         eid = exchange["id"]
         inputs = [e for e in (parsed.entries_in or []) if e is not None]

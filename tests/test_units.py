@@ -161,3 +161,15 @@ async def test_placing_the_same_exchange_again_changes_nothing():
     first = await grouper.assign(built.exchange, built.parsed, built.hints, no_steps)
     again = await grouper.assign(built.exchange, built.parsed, built.hints, no_steps)
     assert again is first
+
+
+async def test_a_long_conversation_id_is_remembered_as_it_is_stored():
+    """The grouper's memory and one rebuilt from the database (clipped ids) must agree."""
+    from gateway import storable
+    from gateway.providers.base import Parsed
+
+    long_id = "conv_" + "x" * 300
+    stored = storable.clip(long_id, 200)
+    grouper = Grouper(run_idle=300)
+    grouper.remember_conversation(stored, 42)  # as rebuild_grouper reads it back
+    assert grouper._conversation_run(Parsed(conversation_id=long_id)) == 42
