@@ -111,32 +111,12 @@ class RunStore:
         if not changes:
             return
         await self._upsert_runs(tx, changes)
-        messages = storable.rows(
-            "messages",
-            MESSAGE_COLUMNS[1:],
-            [[m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages],
+        await self._insert(
+            tx, "messages", MESSAGE_COLUMNS[1:], [m for ch in changes for m in ch.messages]
         )
-        if messages:
-            await tx.execute_many(
-                store.sql(
-                    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS[1:])}) VALUES "
-                    f"({', '.join('?' * (len(MESSAGE_COLUMNS) - 1))})"
-                ),
-                messages,
-            )
-        tools = storable.rows(
-            "tool_calls",
-            TOOL_COLUMNS[1:],
-            [[t[c] for c in TOOL_COLUMNS[1:]] for ch in changes for t in ch.tool_calls],
+        await self._insert(
+            tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
         )
-        if tools:
-            await tx.execute_many(
-                store.sql(
-                    f"INSERT INTO tool_calls ({', '.join(TOOL_COLUMNS[1:])}) VALUES "
-                    f"({', '.join('?' * (len(TOOL_COLUMNS) - 1))})"
-                ),
-                tools,
-            )
         results = storable.rows(
             "tool_calls",
             ("return_value", "result_exchange_id", "latency_ms", "run_id", "call_id"),
@@ -193,6 +173,22 @@ class RunStore:
                     [[c, r] for c, r in links.items()],
                 ),
             )
+
+    async def _insert(
+        self,
+        tx: BaseDBAsyncClient,
+        table: str,
+        columns: tuple[str, ...],
+        items: list[dict[str, Any]],
+    ) -> None:
+        """Insert row dicts into `table` in one executemany, their values made storable."""
+        if not items:
+            return
+        rows = storable.rows(table, columns, [[item[c] for c in columns] for item in items])
+        marks = ", ".join("?" * len(columns))
+        await tx.execute_many(
+            self.store.sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows
+        )
 
     async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
         merged: dict[int, dict[str, Any]] = {}
