@@ -76,7 +76,7 @@ from bench import (
     spawn,
     wait_ready,
 )
-from gateway.quarantine import decode
+from gateway.writer.quarantine import decode
 from tests.tcp_relay import TcpRelay
 
 CONCURRENCY = 32

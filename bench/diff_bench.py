@@ -1,8 +1,8 @@
-"""How fast the diff of two long outputs is: gateway.diff (RapidFuzz) against difflib and, when
-installed, diff-match-patch in word mode. Prints figures; asserts nothing.
+"""How fast the diff of two long outputs is: gateway.replay.diff (RapidFuzz) against
+difflib and, when installed, diff-match-patch in word mode. Prints figures; asserts nothing.
 
 The texts are word-like tokens with a Zipf distribution and punctuation, as model output has
-(a few very common words), tokenized the way gateway.diff does.
+(a few very common words), tokenized the way gateway.replay.diff does.
 
     .venv/bin/python bench/diff_bench.py            # 100 KB outputs
     .venv/bin/python bench/diff_bench.py --slow     # also the cases that take minutes
@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from gateway import diff
+from gateway.replay import diff
 
 VOCAB = [f"w{i}" for i in range(5000)]
 WEIGHTS = [1 / (rank + 1) for rank in range(len(VOCAB))]  # Zipf: a few words are everywhere
@@ -105,7 +105,9 @@ def main() -> None:
     print(f"two outputs of {args.kb} KB ({len(diff.tokens(base)[1])} tokens each)")
     for name, other in cases.items():
         seconds = timed(lambda other=other: diff.text_diff(base, other), args.runs)
-        print(f"  gateway.diff (RapidFuzz, exact LCS)     {name:21} {seconds * 1000:9.1f} ms")
+        print(
+            f"  gateway.replay.diff (RapidFuzz, exact LCS)     {name:21} {seconds * 1000:9.1f} ms"
+        )
     slow_cases = list(cases) if args.slow else ["5% of words changed"]
     for autojunk in (False, True):
         label = "difflib" + (" (autojunk: drops common words)" if autojunk else ", exact")

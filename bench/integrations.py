@@ -21,11 +21,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.capture import build_rows
-from gateway.exchange import Exchange, new_id
+from gateway.capture.exchange import Exchange, new_id
+from gateway.capture.pricing import PriceTable
+from gateway.capture.rows import build_rows
 from gateway.integrations.metrics import CallMetrics
 from gateway.integrations.otel import OtelExporter
-from gateway.pricing import PriceTable
 from gateway.providers.mistral import MistralProvider
 
 BATCH = 500

@@ -34,11 +34,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.exchange import _EPOCH_MS
-from gateway.pricing import PriceTable
-from gateway.search import json_words, pg_document, search_text
+from gateway.capture.exchange import _EPOCH_MS
+from gateway.capture.pricing import PriceTable
 from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 from gateway.store.rollups import VALUES, Fact, aggregate
+from gateway.store.search import json_words, pg_document, search_text
 
 MODELS = [
     ("mistral-small-latest", 45),
@@ -472,7 +472,9 @@ async def seed_postgres(url: str, gen: Generator, batch: int) -> None:
     for row, body, text in gen.exchanges():
         rows.append(tuple(row[c] for c in EXCHANGE_COLUMNS))
         bodies.append(tuple(body[c] for c in BODY_COLUMNS))
-        search.append((row["id"], pg_document(text)))  # as the writer does (gateway/search.py)
+        search.append(
+            (row["id"], pg_document(text))
+        )  # as the writer does (gateway/store/search.py)
         if len(rows) >= batch:
             await flush()
             progress.show(len(gen.facts))

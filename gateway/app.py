@@ -19,18 +19,22 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway import access, api, replay_api, runs_api, scrub
-from gateway.experiments import Experiments
+from gateway.api import access
+from gateway.api import exchanges as api
+from gateway.api import replay as replay_api
+from gateway.api import runs as runs_api
+from gateway.capture.pricing import PriceTable
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.lifecycle import InFlight
-from gateway.pricing import PriceTable
 from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
-from gateway.proxy import Proxy, Route, client_session
-from gateway.replay import Replayer, key_from_environ
-from gateway.run_replay import RunReplayer
-from gateway.server_log import HTTP_LOG
+from gateway.proxy import scrub
+from gateway.proxy.forward import Proxy, Route, client_session
+from gateway.proxy.server_log import HTTP_LOG
+from gateway.replay.experiments import Experiments
+from gateway.replay.replayer import Replayer, key_from_environ
+from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
 from gateway.store.exchanges import Store
 from gateway.store.replays import ReplayStore
@@ -81,7 +85,7 @@ class Gateway:
         """`environ` (default: the process's) is read once, for the replay key only."""
         self.settings = settings
         self.replay_key = key_from_environ(os.environ if environ is None else environ)
-        # Scrubbed from every record, as each caller's own key is (gateway/scrub.py).
+        # Scrubbed from every record, as each caller's own key is (gateway/proxy/scrub.py).
         self.held_keys = scrub.Keys([self.replay_key.reveal()] if self.replay_key else [])
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)

@@ -20,11 +20,11 @@ import click
 
 from gateway import __version__
 from gateway.errors import AgentOpsError
-from gateway.export import export_options, export_request
-from gateway.gc_tuning import tune_gc
+from gateway.export.exporter import export_options, export_request
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store.exchanges import Store
+from gateway.writer.gc_tuning import tune_gc
 
 T = TypeVar("T")
 # Every error raised on purpose (gateway/errors.py): one line on stderr and its exit code (2).
@@ -298,7 +298,7 @@ async def _mitm(
     ui: bool,
 ) -> int | None:
     from gateway.app import Gateway
-    from gateway.mitm import MitmCapture, client_instructions, write_ca_bundle
+    from gateway.proxy.mitm import MitmCapture, client_instructions, write_ca_bundle
 
     gateway = Gateway(settings)
     capture = MitmCapture(
@@ -356,7 +356,7 @@ async def _mitm(
 def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
     """Load a mitmproxy flow dump or a HAR file into the store (importing twice stores each
     call once)."""
-    from gateway.flow_import import load
+    from gateway.capture.flow_import import load
 
     settings = build_settings(flags)
     logging.getLogger("tortoise").setLevel(logging.WARNING)
@@ -381,7 +381,7 @@ def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
 
 async def _import(settings: Settings, exchanges: list[Any]) -> tuple[int, int]:
     from gateway.app import Gateway
-    from gateway.flow_import import store_all
+    from gateway.capture.flow_import import store_all
 
     gateway = Gateway(settings)
     try:
@@ -397,7 +397,7 @@ async def _import(settings: Settings, exchanges: list[Any]) -> tuple[int, int]:
 def export(**options: Any) -> None:
     """Export calls or runs: Mistral fine-tuning JSONL, JSONL, CSV, Parquet or a Hugging
     Face dataset. Filters are the API's; --preset failures picks what went wrong."""
-    from gateway.export import run_export
+    from gateway.export.exporter import run_export
 
     try:
         request = export_request(options)
@@ -489,7 +489,7 @@ def quarantine_retry(ids: tuple[str, ...], **flags: Any) -> None:
     """Store quarantined records again (all of them when no id is given); those refused
     again stay, with the new error."""
     from gateway.app import Gateway
-    from gateway.quarantine import RetryResult, retry
+    from gateway.writer.quarantine import RetryResult, retry
 
     wanted = _ids(ids) or None
     settings = build_settings(flags)

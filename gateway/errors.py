@@ -2,7 +2,7 @@
 
 Every such error derives from `AgentOpsError` and says, as class attributes, what an HTTP
 answer (`status`) and the command line (`exit_code`) make of it. The JSON API maps them in
-one middleware (`gateway/api.py`), the pages in another (`webui`), the CLI in one `except`
+one middleware (`gateway/api/exchanges.py`), the pages in another (`webui`), the CLI in one `except`
 (`gateway/cli.py`). Anything else that escapes is a bug: a 500 and a traceback in the log.
 
     AgentOpsError               500, exit 1

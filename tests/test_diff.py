@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from gateway import diff
 from gateway.providers.base import Parsed
+from gateway.replay import diff
 
 WORDS = (
     "alpha",

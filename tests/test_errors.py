@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.capture.flow_import import ImportFileError
+from gateway.capture.pricing import PriceFileError
 from gateway.errors import AgentOpsError, Conflict, Unavailable, UserError
-from gateway.export import ExportError
-from gateway.flow_import import ImportFileError
+from gateway.export.exporter import ExportError
 from gateway.integrations import IntegrationError
-from gateway.mitm import MitmError
-from gateway.pricing import PriceFileError
 from gateway.providers import UnknownProvider
-from gateway.replay import ReplayError
+from gateway.proxy.mitm import MitmError
+from gateway.replay.replayer import ReplayError
 from gateway.settings import ConfigError
 from gateway.store.exchanges import StoreError
 from gateway.writer import WriterError

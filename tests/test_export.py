@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from mistralai.client import Mistral
 
 from gateway.cli import main
-from gateway.export import ExportRequest, neutralise, run_export
+from gateway.export.exporter import ExportRequest, neutralise, run_export
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import Failures
 from gateway.store.runs import RunFilter, RunStore

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from gateway.app import Gateway
-from gateway.flow_import import ImportFileError, load, store_all
+from gateway.capture.flow_import import ImportFileError, load, store_all
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.runs import RunFilter
 from tests.conftest import Upstream, make_settings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.api import health_reasons
+from gateway.api.exchanges import health_reasons
 from tests.conftest import Upstream, calls, health, make_settings, running
 
 

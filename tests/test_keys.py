@@ -24,11 +24,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway import redact
 from gateway.app import Gateway
-from gateway.capture import decode_chunks
-from gateway.exchange import Exchange
-from gateway.spool import read_records
+from gateway.capture import redact
+from gateway.capture.exchange import Exchange
+from gateway.capture.rows import decode_chunks
+from gateway.writer.spool import read_records
 from tests.conftest import make_settings, running
 
 KEY = "sk-keys-test-SECRET-0123456789abcdefWXYZ"
@@ -372,8 +372,8 @@ def test_the_mitm_addon_scrubs_as_the_proxy_does():
     pytest.importorskip("mitmproxy", reason="the mitm extra needs Python 3.12+")
     from mitmproxy.test import tflow
 
-    from gateway.mitm_addon import CaptureAddon
-    from gateway.scrub import Keys
+    from gateway.proxy.mitm_addon import CaptureAddon
+    from gateway.proxy.scrub import Keys
 
     records: list[Exchange] = []
     addon = CaptureAddon(records.append, ["address"], max_body_bytes=10**6, held_keys=Keys([HELD]))

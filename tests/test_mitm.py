@@ -27,8 +27,8 @@ from mistralai.client import Mistral
 from openai import AsyncOpenAI
 
 from gateway.app import Gateway
-from gateway.flow_import import load, store_all
-from gateway.mitm import MitmCapture, MitmError, write_ca_bundle
+from gateway.capture.flow_import import load, store_all
+from gateway.proxy.mitm import MitmCapture, MitmError, write_ca_bundle
 from gateway.store.exchanges import ExchangeFilter
 from tests.conftest import Upstream, make_settings
 from tests.fake_mistral import REQUESTS, make_app

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pricing import PriceFileError, PriceTable
+from gateway.capture.pricing import PriceFileError, PriceTable
 
 TABLE = PriceTable.load()
 

@@ -15,9 +15,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway import quarantine
-from gateway.exchange import Exchange, new_id
+from gateway.capture.exchange import Exchange, new_id
 from gateway.store.exchanges import Store
+from gateway.writer import quarantine
 from tests.conftest import Upstream, make_settings, running
 
 POISON_SQLITE = (

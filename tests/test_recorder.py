@@ -107,8 +107,8 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
         await first.recorder.drained(timeout=10)
         # Records that were spooled but never replayed (say, the process was killed):
         items, _ = await first.store.list_exchanges(ExchangeFilter(), 10, None)
-    from gateway.exchange import Exchange, new_id
-    from gateway.spool import Spool
+    from gateway.capture.exchange import Exchange, new_id
+    from gateway.writer.spool import Spool
 
     spool = Spool(tmp_path / "spool", 10**9)
     orphan = Exchange(

@@ -162,7 +162,7 @@ def test_percentile_interpolates_inside_a_bucket(histogram, q, expected):
 
 
 def test_hour_of_matches_the_id_clock():
-    from gateway.exchange import id_at
+    from gateway.capture.exchange import id_at
 
     at = datetime(2026, 3, 1, 14, 59, 59, tzinfo=UTC)
     assert hour_of(id_at(int(at.timestamp() * 1000))) == int(at.timestamp()) // 3600

@@ -8,10 +8,10 @@ from __future__ import annotations
 from tortoise import fields
 from tortoise.models import Model
 
-from gateway import storable
-from gateway.capture import build_rows
-from gateway.exchange import Exchange, new_id
-from gateway.pricing import PriceTable
+from gateway.capture import storable
+from gateway.capture.exchange import Exchange, new_id
+from gateway.capture.pricing import PriceTable
+from gateway.capture.rows import build_rows
 from gateway.providers import make_providers
 from gateway.settings import Settings
 from gateway.store import models

@@ -1,5 +1,6 @@
-"""The key scrub (gateway/scrub.py): which values are keys, and that none survives in any field
-of a record, however the body was cut into chunks or encoded. Table tests plus a property test.
+"""The key scrub (gateway/proxy/scrub.py): which values are keys, and that none survives in any
+field of a record, however the body was cut into chunks or encoded.
+Table tests plus a property test.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import redact, scrub
-from gateway.capture import decode_chunks
-from gateway.exchange import Exchange
-from gateway.scrub import Keys, caller_keys, keys_for, scrub_exchange
+from gateway.capture import redact
+from gateway.capture.exchange import Exchange
+from gateway.capture.rows import decode_chunks
+from gateway.proxy import scrub
+from gateway.proxy.scrub import Keys, caller_keys, keys_for, scrub_exchange
 
 KEY = "sk-scrub-0123456789abcdefWXYZ"
 FP = redact.fingerprint(KEY)

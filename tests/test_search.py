@@ -1,9 +1,9 @@
 """What the search index holds of a call and how a user's words are cut: one function for
-both sides (gateway/search.py). The end-to-end searches are in test_api.py."""
+both sides (gateway/store/search.py). The end-to-end searches are in test_api.py."""
 
 from __future__ import annotations
 
-from gateway.search import (
+from gateway.store.search import (
     SEARCH_CHARS,
     fts5_query,
     json_words,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.redact import fingerprint, is_secret_name, key_of, redact_headers, redact_query
+from gateway.capture.redact import fingerprint, is_secret_name, key_of, redact_headers, redact_query
 from gateway.settings import ConfigError, Settings, parse_bytes, parse_days
 
 

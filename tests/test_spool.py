@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
-from gateway.exchange import Exchange
-from gateway.spool import Spool, read_records
+from gateway.capture.exchange import Exchange
+from gateway.writer.spool import Spool, read_records
 from tests.conftest import CALL_KEY as KEY
 from tests.conftest import Upstream, health, make_settings, migrated_sqlite, running, wait_until
 from tests.tcp_relay import TcpRelay

@@ -16,8 +16,8 @@ import orjson
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from gateway import storable
-from gateway.exchange import Exchange, new_id
+from gateway.capture import storable
+from gateway.capture.exchange import Exchange, new_id
 from tests.conftest import Upstream, make_settings, running
 
 # -- the rule, unit by unit ------------------------------------------------------------------

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from gateway.capture import Rows, build_rows
-from gateway.exchange import Exchange, new_id
-from gateway.pricing import PriceTable
+from gateway.capture.exchange import Exchange, new_id
+from gateway.capture.pricing import PriceTable
+from gateway.capture.rows import Rows, build_rows
 from gateway.providers.mistral import MistralProvider
-from gateway.runs import HEADER, SINGLE, THREAD, Grouper
+from gateway.runs.grouper import HEADER, SINGLE, THREAD, Grouper
 
 PRICES = PriceTable.load(None)
 JSON = [("content-type", "application/json")]
@@ -165,7 +165,7 @@ async def test_placing_the_same_exchange_again_changes_nothing():
 
 async def test_a_long_conversation_id_is_remembered_as_it_is_stored():
     """The grouper's memory and one rebuilt from the database (clipped ids) must agree."""
-    from gateway import storable
+    from gateway.capture import storable
     from gateway.providers.base import Parsed
 
     long_id = "conv_" + "x" * 300

@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from gateway.access import Handler, is_api
+from gateway.api.access import Handler, is_api
 from gateway.errors import AgentOpsError
 from gateway.settings import Settings
 from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages

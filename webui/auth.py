@@ -1,5 +1,5 @@
 """The browser's side of access: the login form (with `--ui-token`) and the CSRF check on
-every UI form that changes something. The gateway/access.py checks (host, token,
+every UI form that changes something. The gateway/api/access.py checks (host, token,
 cross-site writes) run before these.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import access
+from gateway.api import access
 from gateway.settings import Settings
 from webui import csrf
 from webui.render import UI_TOKEN, error_page, render

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from gateway import storable
+from gateway.capture import storable
 
 MAX_RAW_CHARS = 200_000  # a raw body longer than this is shown cut, with a note
 

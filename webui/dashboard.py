@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import api
+from gateway.api import exchanges as api
 from gateway.store.rollups import BUCKETS, percentile
 from webui.formats import parse_time
 from webui.render import render

@@ -14,10 +14,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import api
+from gateway.api import exchanges as api
+from gateway.capture.redact import redact_headers
+from gateway.errors import UserError
 from gateway.providers import UnknownProvider
-from gateway.redact import redact_headers
 from gateway.store.exchanges import ExchangeFilter
+from gateway.store.query import exchange_filter
 from webui.chat import chat_items, pretty_body
 from webui.render import (
     PROXY_URL,
@@ -72,9 +74,9 @@ def build_filter(filters: dict[str, str]) -> ExchangeFilter:
             since = datetime.now(UTC) - RANGES[values["range"]]
             values["since"] = since.isoformat()
     try:
-        return api.exchange_filter(values)
-    except web.HTTPBadRequest as exc:
-        raise FilterError(orjson.loads(exc.text or "{}").get("error", "bad filter")) from None
+        return exchange_filter(values)
+    except UserError as exc:
+        raise FilterError(str(exc)) from None
 
 
 def parse_cursor(value: str | None) -> int | None:

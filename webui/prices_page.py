@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import api
+from gateway.api import exchanges as api
 from webui.render import render
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import storable
-from gateway.api import parse_id
-from gateway.replay import ReplayError
-from gateway.replay_api import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
+from gateway.api.exchanges import parse_id
+from gateway.api.replay import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
+from gateway.capture import storable
+from gateway.replay.replayer import ReplayError
 from webui.render import JINJA, render
 
 CHART = {"width": 640, "height": 320, "left": 56, "right": 16, "top": 16, "bottom": 44}

@@ -10,7 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import api, runs_api
+from gateway.api import exchanges as api
+from gateway.errors import UserError
+from gateway.store import query
 from webui import timeline
 from webui.exchange_pages import RANGES, parse_cursor
 from webui.formats import parse_time
@@ -48,16 +50,12 @@ async def run_list(request: web.Request) -> web.Response:
     try:
         if values["range"]:
             if values["range"] not in RANGES:
-                raise web.HTTPBadRequest(
-                    text=orjson.dumps(
-                        {"error": f"range must be one of {', '.join(RANGES)}"}
-                    ).decode()
-                )
+                raise UserError(f"range must be one of {', '.join(RANGES)}")
             values["since"] = (datetime.now(UTC) - RANGES[values["range"]]).isoformat()
-        f = runs_api.run_filter(values)
+        f = query.run_filter(values)
         items, cursor = await request.app[api.RUNS].list_runs(f, PAGE_SIZE, before)
-    except web.HTTPBadRequest as exc:
-        error = orjson.loads(exc.text or "{}").get("error", "bad filter")
+    except UserError as exc:
+        error = str(exc)
     ids = [int(i["id"]) for i in items]
     summaries = await evaluation_summaries(request, ids)
     lasts = await request.app[api.RUNS].last_exchanges(ids)
@@ -72,7 +70,7 @@ async def run_list(request: web.Request) -> web.Response:
         "filters": filters,
         "error": error,
         "ranges": RANGES,
-        "statuses": runs_api.STATUSES,
+        "statuses": query.RUN_STATUSES,
         "filtered": any(filters.values()),
     }
     response = render(

@@ -18,7 +18,7 @@ from gateway.errors import UserError
 from gateway.integrations.worker import Worker
 
 if TYPE_CHECKING:
-    from gateway.capture import Rows
+    from gateway.capture.rows import Rows
     from gateway.settings import Settings
     from gateway.store.runs import RunStore
 

@@ -18,9 +18,9 @@ from gateway.integrations import metrics as prometheus
 from gateway.integrations.wandb_logger import WandbLogger
 
 if TYPE_CHECKING:
-    from gateway.recorder import Recorder
     from gateway.settings import Settings
     from gateway.store.runs import RunStore
+    from gateway.writer.recorder import Recorder
 
 log = logging.getLogger("agentops.integrations")
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from gateway.capture import Rows
+    from gateway.capture.rows import Rows
     from gateway.settings import Settings
     from gateway.writer import WriterProcess
 

@@ -27,7 +27,7 @@ from gateway.settings import Settings
 from gateway.store.runs import RunStore
 
 if TYPE_CHECKING:
-    from gateway.capture import Rows
+    from gateway.capture.rows import Rows
 
 log = logging.getLogger("agentops.otel")
 

@@ -25,13 +25,13 @@ from tortoise.migrations.api import migrate
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from gateway import storable
-from gateway.capture import Rows
+from gateway.capture import storable
+from gateway.capture.exchange import id_at
+from gateway.capture.rows import Rows
 from gateway.errors import Unavailable
-from gateway.exchange import id_at
-from gateway.search import fts5_query, pg_document, pg_query
 from gateway.store import models
 from gateway.store.rollups import Rollups
+from gateway.store.search import fts5_query, pg_document, pg_query
 
 log = logging.getLogger("agentops.store")
 

@@ -48,7 +48,7 @@ class Exchange(Model):
     step = fields.IntField(null=True)  # 0-based position in its run
     parent_id = fields.BigIntField(null=True)  # the exchange it continues (automatic threading)
     thread_key = fields.CharField(max_length=32, null=True)  # hash of its messages + reply
-    # JSON {"field": original length} of values clipped to fit (see gateway/storable.py)
+    # JSON {"field": original length} of values clipped to fit (see gateway/capture/storable.py)
     clipped = fields.TextField(null=True)
     # what the list shows of the call (its provider's preview, at most 300 characters; "" for
     # none), made once by the writer so pages never re-read bodies; null in older rows

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from tortoise.transactions import in_transaction
 
-from gateway.exchange import new_id
+from gateway.capture.exchange import new_id
 from gateway.store.exchanges import Store, iso_z
 from gateway.store.runs import RunStore, iso_time
 

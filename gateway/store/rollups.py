@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 if TYPE_CHECKING:
-    from gateway.capture import Rows
+    from gateway.capture.rows import Rows
     from gateway.store.exchanges import Store
 
-EPOCH_MS = 1_704_067_200_000  # gateway.exchange's id epoch: ids encode their start time
+EPOCH_MS = 1_704_067_200_000  # gateway.capture.exchange's id epoch: ids encode their start time
 HOUR_MS = 3_600_000
 # Upper bounds (ms) of the latency buckets; the last bucket is open-ended.
 BOUNDS: tuple[float, ...] = (

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from gateway import storable
-from gateway.exchange import id_at, new_id
-from gateway.runs import RunChanges
+from gateway.capture import storable
+from gateway.capture.exchange import id_at, new_id
+from gateway.runs.grouper import RunChanges
 from gateway.store.exchanges import ExchangeFilter, Store, iso_time, iso_z, time_bounds
 
 RUN_COLUMNS = (

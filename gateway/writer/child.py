@@ -14,12 +14,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from gateway.exchange import Exchange
-from gateway.gc_tuning import tune_gc
+from gateway.capture.exchange import Exchange
 from gateway.settings import Settings
-from gateway.spool import Spool
+from gateway.writer.gc_tuning import tune_gc
 from gateway.writer.priority import step_aside
 from gateway.writer.protocol import HEALTH_EVERY, _socket, frame, read_frame, unpack
+from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.writer")
 
@@ -103,12 +103,12 @@ class Child:
             await self.store.close()
 
     async def _open(self) -> None:
-        from gateway.pricing import PriceTable
+        from gateway.capture.pricing import PriceTable
         from gateway.providers import make_providers, provider_named
-        from gateway.recorder import Recorder
-        from gateway.runs import Grouper
+        from gateway.runs.grouper import Grouper
         from gateway.store.exchanges import Store
         from gateway.store.runs import RunStore
+        from gateway.writer.recorder import Recorder
 
         self.store = Store(self.settings.db)
         await self.store.open(migrate_schema=False)  # the proxy's process migrated it
@@ -170,7 +170,7 @@ class Child:
     async def _replay_overflow(self, path: Path) -> None:
         """Feed a file the proxy spooled into the pipeline, in order, then delete it once the
         recorder has stored or spooled every record in it."""
-        from gateway.spool import read_records
+        from gateway.writer.spool import read_records
 
         try:
             records = list(read_records(path))
@@ -231,7 +231,7 @@ class Child:
 async def rebuild_grouper(grouper: Any, run_store: Any) -> None:
     """Give the grouper back what it knew before a restart: recent threads (24 h or 100,000
     exchanges), open named runs, and conversation links."""
-    from gateway.runs import THREAD_LIMIT, THREAD_SECONDS
+    from gateway.runs.grouper import THREAD_LIMIT, THREAD_SECONDS
 
     since = datetime.now(UTC) - timedelta(seconds=THREAD_SECONDS)
     for row in reversed(await run_store.recent_threads(since, THREAD_LIMIT)):

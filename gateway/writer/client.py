@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gateway.capture.exchange import Exchange
 from gateway.errors import Unavailable
-from gateway.exchange import Exchange
-from gateway.journal import Journal
 from gateway.settings import Settings
-from gateway.spool import Spool
 from gateway.writer.child import child_main
+from gateway.writer.journal import Journal
 from gateway.writer.priority import WRITER_NICE, set_group_nice
 from gateway.writer.protocol import (
     DROPPED_WINDOW,
@@ -38,6 +37,7 @@ from gateway.writer.protocol import (
     pack,
     read_frame,
 )
+from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.writer")
 
@@ -62,7 +62,7 @@ def process_context() -> Any:
         _context.set_forkserver_preload(
             [
                 "gateway.writer",
-                "gateway.recorder",
+                "gateway.writer.recorder",
                 "gateway.providers",
                 "gateway.integrations.host",
                 "tortoise.backends.sqlite",

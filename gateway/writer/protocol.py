@@ -14,7 +14,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gateway.exchange import Exchange
+from gateway.capture.exchange import Exchange
 
 log = logging.getLogger("agentops.writer")
 

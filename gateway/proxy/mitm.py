@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import scrub
+from gateway.capture.exchange import Exchange
 from gateway.errors import UserError
-from gateway.exchange import Exchange
-from gateway.mitm_addon import CaptureAddon
+from gateway.proxy import scrub
+from gateway.proxy.mitm_addon import CaptureAddon
 
 log = logging.getLogger("agentops.mitm")
 

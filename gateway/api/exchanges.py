@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway import quarantine, storable
-from gateway.access import Handler, is_api
+from gateway.api.access import Handler, is_api
+from gateway.capture import storable
+from gateway.capture.pricing import PriceTable
 from gateway.errors import AgentOpsError
-from gateway.pricing import PriceTable
 from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
-from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.exchanges import Store
+from gateway.store.query import exchange_filter, parse_int, parse_time
 from gateway.store.runs import RunStore
-from gateway.stored import exchange_detail, parse_stored
-from gateway.writer import WriterProcess
+from gateway.store.stored import exchange_detail, parse_stored
+from gateway.writer import WriterProcess, quarantine
 
 STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", WriterProcess)
@@ -68,64 +68,10 @@ def not_found(what: str) -> web.HTTPNotFound:
     )
 
 
-def parse_time(name: str, value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(
-            f"{name} must be an ISO-8601 time such as 2026-01-31T12:00:00Z, got {value!r}"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def parse_int(name: str, value: str | None, *, low: int = 0, high: int | None = None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
-    if number < low or (high is not None and number > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadRequest(f"{name} must be {bound}, got {number}")
-    return number
-
-
 def parse_id(value: str, what: str = "exchange") -> int:
     if not re.fullmatch(r"\d{1,19}", value):
         raise not_found(what)
     return int(value)
-
-
-def exchange_filter(query: Any) -> ExchangeFilter:
-    status_text = (query.get("status") or "").strip().lower()
-    status = status_class = None
-    if status_text:
-        if re.fullmatch(r"[1-5]xx", status_text):
-            status_class = int(status_text[0])
-        elif re.fullmatch(r"\d{3}", status_text):
-            status = int(status_text)
-        else:
-            raise BadRequest(
-                f"status must be a code such as 429 or a class such as 4xx, got {status_text!r}"
-            )
-    since = parse_time("since", query.get("since"))
-    until = parse_time("until", query.get("until"))
-    if since and until and since > until:
-        raise BadRequest("since must not be after until")
-    return ExchangeFilter(
-        q=(query.get("q") or "").strip() or None,
-        model=query.get("model") or None,
-        status=status,
-        status_class=status_class,
-        state=query.get("state") or None,
-        endpoint=query.get("endpoint") or None,
-        run=parse_int("run", query.get("run")),
-        since=since,
-        until=until,
-    )
 
 
 @routes.get("/healthz")
@@ -162,7 +108,7 @@ def health_reasons(health: dict[str, Any]) -> list[str]:
 
 @routes.get("/api/quarantine")
 async def list_quarantine(request: web.Request) -> web.Response:
-    """Records the database refused, newest first (see gateway/quarantine.py)."""
+    """Records the database refused, newest first (see gateway/writer/quarantine.py)."""
     limit = parse_int("limit", request.query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
     before = parse_int("before", request.query.get("before"), high=2**63 - 1)
     items, cursor = await request.app[STORE].quarantine_list(limit, before)

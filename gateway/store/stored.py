@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gateway import storable
+from gateway.capture import storable
 from gateway.providers.base import Parsed, Provider
 
 log = logging.getLogger("agentops.stored")

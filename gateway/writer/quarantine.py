@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.exchange import Exchange
+from gateway.capture.exchange import Exchange
 
 # PostgreSQL SQLSTATE classes that say the database (not the record) is the problem:
 # 08 connection, 3D no such database, 40 transaction rollback (deadlock, serialization:

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import orjson
 
 from gateway.errors import UserError
-from gateway.finetune import conversation, example, parse_for_export
+from gateway.export.finetune import conversation, example, parse_for_export
 from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import ExportReader, Failures
@@ -423,13 +423,13 @@ def export_options(func: Any) -> Any:
 
 def export_request(options: dict[str, Any]) -> ExportRequest:
     """Validate the options like the API validates its query (ValueError names the flag)."""
-    from gateway.api import BadRequest, exchange_filter
+    from gateway.store.query import exchange_filter
 
     names = ("q", "model", "status", "state", "endpoint", "run", "since", "until")
     try:
         f = exchange_filter({n: options.get(n) for n in names if options.get(n) is not None})
-    except BadRequest as exc:
-        raise ValueError("--" + orjson.loads(exc.text or "{}").get("error", "bad filter")) from None
+    except UserError as exc:
+        raise ValueError(f"--{exc}") from None
     failures = None
     if options.get("preset") == "failures":
         failures = Failures(options.get("score_below", 0.5), options.get("metric"))

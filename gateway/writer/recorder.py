@@ -14,15 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.capture import Rows, build_rows
-from gateway.exchange import Exchange
-from gateway.pricing import PriceTable
+from gateway.capture.exchange import Exchange
+from gateway.capture.pricing import PriceTable
+from gateway.capture.rows import Rows, build_rows
 from gateway.providers.base import Provider
-from gateway.quarantine import database_down, describe, encode
-from gateway.runs import Grouper
-from gateway.spool import Spool
+from gateway.runs.grouper import Grouper
 from gateway.store.exchanges import Store
 from gateway.store.runs import RunStore
+from gateway.writer.quarantine import database_down, describe, encode
+from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.recorder")
 

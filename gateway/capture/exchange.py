@@ -2,7 +2,8 @@
 
 The proxy fills an `Exchange` on the hot path with raw bytes and timings only; the writer
 turns it into rows later. Secrets are already redacted here, and any key an upstream echoed is
-replaced by its fingerprint (gateway/scrub.py) before a record is queued, so it can be spooled.
+replaced by its fingerprint (gateway/proxy/scrub.py) before a record is queued, so it can be
+spooled.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Exchange:
     state: str = COMPLETE
     error: str | None = None
     replay_of: int | None = None
-    # The key scrub (gateway/scrub.py) found a key in a gzip/deflate body and stored the
+    # The key scrub (gateway/proxy/scrub.py) found a key in a gzip/deflate body and stored the
     # decoded chunks, key replaced: capture must not decode them again.
     response_decoded: bool = False
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import orjson
 
-from gateway import diff as diffs
-from gateway.api import BadRequest, exchange_filter, parse_int
-from gateway.replay import Recorded, Replayer, ReplayError, SecretKey
+from gateway.errors import UserError
+from gateway.replay import diff as diffs
+from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
 from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.query import exchange_filter, parse_int
 from gateway.store.replays import ReplayStore
 
 log = logging.getLogger("agentops.experiments")
@@ -147,22 +148,22 @@ class Experiments:
     async def create(self, body: Any) -> dict[str, Any]:
         """Check everything, write the experiment and its rows, start it; 400 on bad input."""
         if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
+            raise UserError("the body must be a JSON object")
         unknown = sorted(set(body) - FIELDS)
         if unknown:
-            raise BadRequest(
+            raise UserError(
                 f"unknown field(s): {', '.join(unknown)} (accepted: {', '.join(sorted(FIELDS))})"
             )
         overrides = body.get("overrides", {})
         if not isinstance(overrides, dict):
-            raise BadRequest(
+            raise UserError(
                 'overrides must be a JSON object, e.g. {"model": "mistral-small-latest"}'
             )
         repeat = _bounded(body, "repeat", 1, 1, MAX_REPEAT)
         concurrency = _bounded(body, "concurrency", DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY)
         selection, ids = await self._select(body)
         if len(ids) * repeat > MAX_REPLAYS:
-            raise BadRequest(
+            raise UserError(
                 f"{len(ids)} exchanges x repeat {repeat} is more than {MAX_REPLAYS} replays"
             )
         key = self._key(body)
@@ -170,12 +171,12 @@ class Experiments:
         for position, exchange_id in enumerate(ids):
             original = await self.replayer.load(exchange_id)
             if original is None:
-                raise BadRequest(f"exchange_ids: exchange {exchange_id} not found")
+                raise UserError(f"exchange_ids: exchange {exchange_id} not found")
             try:
                 await self.replayer.plan(original, overrides)
             except ReplayError as exc:
                 if exc.status != 409:
-                    raise BadRequest(f"exchange {exchange_id}: {exc.message}") from None
+                    raise UserError(f"exchange {exchange_id}: {exc.message}") from None
                 rows.append(
                     {
                         "position": position,
@@ -213,12 +214,12 @@ class Experiments:
         try:
             return self.replayer.key(body.get("api_key"))
         except ReplayError as exc:
-            raise BadRequest(exc.message) from None
+            raise UserError(exc.message) from None
 
     async def _select(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         chosen = [k for k in ("exchange_ids", "filter", "run_id") if k in body]
         if len(chosen) != 1:
-            raise BadRequest(
+            raise UserError(
                 'give exactly one of "exchange_ids" (a list), "filter" (the '
                 '/api/exchanges parameters) or "run_id"'
             )
@@ -226,7 +227,7 @@ class Experiments:
         value = body[kind]
         if kind == "exchange_ids":
             if not isinstance(value, list) or not value or len(value) > MAX_EXCHANGES:
-                raise BadRequest(f"exchange_ids must be a list of 1 to {MAX_EXCHANGES} ids")
+                raise UserError(f"exchange_ids must be a list of 1 to {MAX_EXCHANGES} ids")
             ids = [_id(v, "exchange_ids") for v in value]
             return {"exchange_ids": [str(i) for i in ids]}, ids
         if kind == "run_id":
@@ -235,13 +236,13 @@ class Experiments:
             limit = MAX_EXCHANGES
         else:
             if not isinstance(value, dict):
-                raise BadRequest(
+                raise UserError(
                     "filter must be an object of /api/exchanges parameters, e.g. "
                     '{"model": "mistral-large-latest", "limit": 20}'
                 )
             unknown = sorted(set(value) - FILTER_FIELDS)
             if unknown:
-                raise BadRequest(
+                raise UserError(
                     f"filter: unknown parameter(s) {', '.join(unknown)} "
                     f"(accepted: {', '.join(sorted(FILTER_FIELDS))})"
                 )
@@ -252,7 +253,7 @@ class Experiments:
         # Replays of earlier experiments are results, not traffic to replay again.
         ids = sorted(int(i["id"]) for i in items if i.get("replay_of") is None)
         if not ids:
-            raise BadRequest(f"{kind} selects no exchanges")
+            raise UserError(f"{kind} selects no exchanges")
         return {kind: value}, ids
 
     async def _run(
@@ -350,12 +351,12 @@ class Experiments:
 def _bounded(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        raise UserError(f"{name} must be an integer from {low} to {high}, got {value!r}")
     return value
 
 
 def _id(value: Any, name: str) -> int:
     text = str(value)
     if not text.isdigit() or len(text) > 19:
-        raise BadRequest(f"{name}: {orjson.dumps(value).decode()} is not an id")
+        raise UserError(f"{name}: {orjson.dumps(value).decode()} is not an id")
     return int(text)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.exchange import INTERRUPTED, Exchange
+from gateway.capture.exchange import INTERRUPTED, Exchange
 
 log = logging.getLogger("agentops.journal")
 

@@ -5,7 +5,7 @@ this addon turns each flow to a captured host into the same `Exchange` the rever
 builds (redacted the same way, submitted to the same recorder), so the rows are identical in
 shape. Responses are streamed through a callable that keeps a copy of each chunk: SSE reaches
 the client as it arrives. Every other flow passes untouched and unrecorded (and TLS to other
-hosts is not even decrypted: see `gateway/mitm.py`).
+hosts is not even decrypted: see `gateway/proxy/mitm.py`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import redact, scrub
-from gateway.exchange import CLIENT_DISCONNECTED, SHUTDOWN, UPSTREAM_ERROR, Exchange, stable_id
-from gateway.proxy import HINT_PREFIX
+from gateway.capture import redact
+from gateway.capture.exchange import (
+    CLIENT_DISCONNECTED,
+    SHUTDOWN,
+    UPSTREAM_ERROR,
+    Exchange,
+    stable_id,
+)
+from gateway.proxy import scrub
+from gateway.proxy.forward import HINT_PREFIX
 
 log = logging.getLogger("agentops.mitm")
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from gateway import diff as diffs
-from gateway.exchange import new_id
+from gateway.capture.exchange import new_id
 from gateway.providers import mistral_replay as shapes
-from gateway.replay import Recorded, Replayer, ReplayError, SecretKey
-from gateway.runs import canonical
+from gateway.replay import diff as diffs
+from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
+from gateway.runs.grouper import canonical
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.runs import RunStore
 

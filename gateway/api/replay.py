@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import BadRequest, json_body, json_response, not_found, parse_id
-from gateway.experiments import Experiments
-from gateway.replay import Replayer
-from gateway.run_replay import RunReplayer
+from gateway.api.exchanges import BadRequest, json_body, json_response, not_found, parse_id
+from gateway.replay.experiments import Experiments
+from gateway.replay.replayer import Replayer
+from gateway.replay.run import RunReplayer
 from gateway.store.replays import ReplayStore
 
 REPLAYER = web.AppKey("replayer", Replayer)

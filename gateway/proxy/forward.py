@@ -21,8 +21,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import redact, scrub
-from gateway.exchange import (
+from gateway.capture import redact
+from gateway.capture.exchange import (
     CLIENT_DISCONNECTED,
     SHUTDOWN,
     UPSTREAM_ERROR,
@@ -30,6 +30,7 @@ from gateway.exchange import (
     Exchange,
     new_id,
 )
+from gateway.proxy import scrub
 
 log = logging.getLogger("agentops.proxy")
 

@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway import redact, scrub
+from gateway.capture import redact
+from gateway.capture.exchange import UPSTREAM_ERROR, Exchange, stable_id
 from gateway.errors import UserError
-from gateway.exchange import UPSTREAM_ERROR, Exchange, stable_id
-from gateway.mitm_addon import HINTS_KEY, exchange_of, hints_of, provider_of
+from gateway.proxy import scrub
+from gateway.proxy.mitm_addon import HINTS_KEY, exchange_of, hints_of, provider_of
 
 
 class ImportFileError(UserError, ValueError):

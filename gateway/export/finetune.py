@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 
 from gateway.providers.base import Parsed, Provider
-from gateway.stored import parse_stored, stored_body
+from gateway.store.stored import parse_stored, stored_body
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
 def parse_for_export(provider: Provider, item: dict[str, Any]) -> Parsed | None:
-    """A stored exchange parsed again (gateway/stored.py); None when its request body is
+    """A stored exchange parsed again (gateway/store/stored.py); None when its request body is
     gone (omitted, or not text), as there is nothing to learn from."""
     if not stored_body(item, "request"):
         return None

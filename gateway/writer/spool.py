@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.exchange import Exchange
+from gateway.capture.exchange import Exchange
 
 log = logging.getLogger("agentops.spool")
 _HEADER = struct.Struct(">I")

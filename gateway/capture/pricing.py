@@ -99,8 +99,8 @@ class PriceTable:
     @classmethod
     def load(cls, path: str | None = None) -> PriceTable:
         """The bundled table, then the user file at `path` (if any) entry by entry over it."""
-        bundled = resources.files("gateway").joinpath("prices.toml")
-        tables = [("gateway/prices.toml", bundled.read_text(encoding="utf-8"))]
+        bundled = resources.files("gateway.capture").joinpath("prices.toml")
+        tables = [("gateway/capture/prices.toml", bundled.read_text(encoding="utf-8"))]
         if path:
             try:
                 tables.append((path, Path(path).read_text(encoding="utf-8")))

@@ -22,9 +22,9 @@ from functools import lru_cache
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
-from gateway import redact
-from gateway.capture import decode_chunks
-from gateway.exchange import Exchange
+from gateway.capture import redact
+from gateway.capture.exchange import Exchange
+from gateway.capture.rows import decode_chunks
 
 log = logging.getLogger("agentops.scrub")
 

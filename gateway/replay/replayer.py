@@ -20,16 +20,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway import diff as diffs
+from gateway.capture.redact import REDACTED
 from gateway.errors import AgentOpsError
 from gateway.providers import UnknownProvider
 from gateway.providers import mistral_replay as shapes
 from gateway.providers.base import Parsed, Provider
-from gateway.proxy import HINT_PREFIX, HOP_BY_HOP, Proxy
-from gateway.redact import REDACTED
+from gateway.proxy.forward import HINT_PREFIX, HOP_BY_HOP, Proxy
+from gateway.replay import diff as diffs
 from gateway.store.exchanges import LIST_COLUMNS, Store
 from gateway.store.replays import ReplayStore
-from gateway.stored import exchange_detail, parse_stored
+from gateway.store.stored import exchange_detail, parse_stored
 from gateway.writer import WriterError, WriterProcess
 
 log = logging.getLogger("agentops.replay")

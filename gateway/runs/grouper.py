@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from gateway import storable
-from gateway.exchange import new_id
+from gateway.capture import storable
+from gateway.capture.exchange import new_id
 from gateway.providers.base import Parsed
 
 THREAD_LIMIT = 100_000

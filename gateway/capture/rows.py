@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from gateway import storable
-from gateway.exchange import Exchange
-from gateway.pricing import PriceTable
+from gateway.capture import storable
+from gateway.capture.exchange import Exchange
+from gateway.capture.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
-from gateway.search import search_text, searchable
+from gateway.store.search import search_text, searchable
 
 log = logging.getLogger("agentops.capture")
 

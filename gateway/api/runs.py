@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.api import (
+from gateway.api.exchanges import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     RUNS,
@@ -20,34 +19,10 @@ from gateway.api import (
     json_response,
     not_found,
     parse_id,
-    parse_int,
-    parse_time,
 )
-from gateway.store.runs import RunFilter
+from gateway.store.query import parse_int, run_filter
 
 routes = web.RouteTableDef()
-STATUSES = ("running", "ok", "error")
-
-
-def run_filter(query: Any) -> RunFilter:
-    tag = None
-    if query.get("tag"):
-        key, sep, value = query["tag"].partition("=")
-        if not sep or not key:
-            raise BadRequest(f"tag must look like key=value, got {query['tag']!r}")
-        tag = (key, value)
-    status = query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    return RunFilter(
-        name=query.get("name") or None,
-        agent_id=query.get("agent_id") or None,
-        user=query.get("user") or None,
-        tag=tag,
-        status=status,
-        since=parse_time("since", query.get("since")),
-        until=parse_time("until", query.get("until")),
-    )
 
 
 @routes.get("/api/runs")

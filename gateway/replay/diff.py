@@ -17,7 +17,7 @@ import orjson
 from rapidfuzz.distance import Indel
 
 from gateway.providers.base import Parsed
-from gateway.runs import parse_arguments
+from gateway.runs.grouper import parse_arguments
 
 # Words and punctuation runs are tokens; whitespace rides along with the token before it, so
 # ops reassemble into the exact texts.

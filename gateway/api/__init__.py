@@ -1,0 +1,1 @@
+"""The JSON API, and who may use it."""

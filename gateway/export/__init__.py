@@ -1,0 +1,1 @@
+"""Datasets and fine-tuning files out of the store."""

@@ -1,0 +1,1 @@
+"""Forward every call unchanged and hand a key-free record to capture."""

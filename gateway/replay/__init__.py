@@ -1,0 +1,1 @@
+"""Re-send recorded calls and runs through the proxy; diff them; experiments."""

@@ -1,0 +1,1 @@
+"""Group exchanges into agent runs."""
