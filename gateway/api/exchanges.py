@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.api.access import Handler, is_api
 from gateway.capture import storable
 from gateway.capture.pricing import PriceTable
-from gateway.errors import AgentOpsError
+from gateway.errors import AgentOpsError, NotFound, UserError
 from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.exchanges import Store
@@ -34,13 +34,6 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 
 routes = web.RouteTableDef()
-
-
-class BadRequest(web.HTTPBadRequest):
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            text=orjson.dumps({"error": message}).decode(), content_type="application/json"
-        )
 
 
 @web.middleware
@@ -62,10 +55,8 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def not_found(what: str) -> web.HTTPNotFound:
-    return web.HTTPNotFound(
-        text=orjson.dumps({"error": f"{what} not found"}).decode(), content_type="application/json"
-    )
+def not_found(what: str) -> NotFound:
+    return NotFound(f"{what} not found")
 
 
 def parse_id(value: str, what: str = "exchange") -> int:
@@ -124,7 +115,7 @@ async def retry_quarantine(request: web.Request) -> web.Response:
         not isinstance(ids, list)
         or not all(isinstance(i, (str, int)) and re.fullmatch(r"\d{1,19}", str(i)) for i in ids)
     ):
-        raise BadRequest("ids must be a list of quarantined record ids")
+        raise UserError("ids must be a list of quarantined record ids")
     result = await quarantine.retry(
         request.app[STORE], request.app[RECORDER], None if ids is None else [int(i) for i in ids]
     )
@@ -149,7 +140,7 @@ async def drop_quarantined(request: web.Request) -> web.Response:
 async def json_body(request: web.Request) -> dict[str, Any]:
     """A POST's JSON object (an empty body is {}), else 400 saying what is wrong."""
     if request.content_type != "application/json":
-        raise BadRequest(
+        raise UserError(
             "send the body as JSON with Content-Type: application/json, e.g. "
             '{"overrides": {"temperature": 0}}'
         )
@@ -157,9 +148,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body must be JSON: {exc}") from None
+        raise UserError(f"the body must be JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise UserError("the body must be a JSON object")
     return body
 
 
@@ -171,7 +162,7 @@ async def list_exchanges(request: web.Request) -> web.Response:
     before = None
     if before_text:
         if not re.fullmatch(r"\d{1,19}", before_text):
-            raise BadRequest(f"before must be a cursor from a previous 'next', got {before_text!r}")
+            raise UserError(f"before must be a cursor from a previous 'next', got {before_text!r}")
         before = int(before_text)
     items, cursor = await request.app[STORE].list_exchanges(exchange_filter(query), limit, before)
     return json_response({"items": items, "next": str(cursor) if cursor else None})

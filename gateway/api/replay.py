@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.exchanges import BadRequest, json_body, json_response, not_found, parse_id
+from gateway.api.exchanges import json_body, json_response, not_found, parse_id
+from gateway.errors import UserError
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer
 from gateway.replay.run import RunReplayer
@@ -31,7 +32,7 @@ routes = web.RouteTableDef()
 def replay_fields(body: dict[str, Any]) -> tuple[Any, Any]:
     unknown = sorted(set(body) - {"overrides", "api_key"})
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)} (accepted: overrides, api_key)")
+        raise UserError(f"unknown field(s): {', '.join(unknown)} (accepted: overrides, api_key)")
     return body.get("overrides", {}), body.get("api_key")
 
 
@@ -79,7 +80,7 @@ async def diff_of(request: web.Request) -> dict[str, Any]:
     for name in ("a", "b"):
         value = request.query.get(name, "")
         if not value.isdigit() or len(value) > 19:
-            raise BadRequest(f"{name} must be an exchange id, got {value!r}")
+            raise UserError(f"{name} must be an exchange id, got {value!r}")
         recorded = await replayer.load(int(value))
         if recorded is None:
             raise not_found(f"exchange {value} ({name})")

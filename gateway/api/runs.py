@@ -15,11 +15,11 @@ from gateway.api.exchanges import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     RUNS,
-    BadRequest,
     json_response,
     not_found,
     parse_id,
 )
+from gateway.errors import UserError
 from gateway.store.query import parse_int, run_filter
 
 routes = web.RouteTableDef()
@@ -31,7 +31,7 @@ async def list_runs(request: web.Request) -> web.Response:
     limit = parse_int("limit", query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
     before = query.get("before")
     if before and not re.fullmatch(r"\d{1,19}", before):
-        raise BadRequest(f"before must be a cursor from a previous 'next', got {before!r}")
+        raise UserError(f"before must be a cursor from a previous 'next', got {before!r}")
     items, cursor = await request.app[RUNS].list_runs(
         run_filter(query), limit, int(before) if before else None
     )
@@ -58,14 +58,14 @@ async def evaluation_body(request: web.Request) -> tuple[str, float]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body must be JSON: {exc}") from None
+        raise UserError(f"the body must be JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise BadRequest('the body must be an object: {"metric_name": "...", "metric_value": 0.9}')
+        raise UserError('the body must be an object: {"metric_name": "...", "metric_value": 0.9}')
     name, value = body.get("metric_name"), body.get("metric_value")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise BadRequest("metric_name must be a non-empty string of at most 200 characters")
+        raise UserError("metric_name must be a non-empty string of at most 200 characters")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(f"metric_value must be a finite number, got {value!r}")
+        raise UserError(f"metric_value must be a finite number, got {value!r}")
     return name.strip(), float(value)
 
 
