@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.replay.experiments import totals
 from tests.clients import ENV, TOOLS, finished, get, post, send
 from tests.conftest import Upstream, make_settings, running
 
@@ -115,3 +116,109 @@ async def test_repeats_measure_determinism_and_bad_requests(upstream: Upstream, 
             status, error = await post(gw, "/api/experiments", payload)
             assert status == 400 and words in error["error"], (payload, error)
         assert (await get(gw, "/api/experiments/123"))[0] == 404
+
+
+def row(exchange_id: str, status: str = "ok", **values: object) -> dict[str, object]:
+    """An experiment row as the replay store reads it back (unset figures are None)."""
+    figures = (
+        "similarity identical tool_calls_before tool_calls_differing tokens_before tokens_after"
+        " cost_before cost_after latency_before latency_after output_hash"
+    )
+    return {
+        "exchange_id": exchange_id,
+        "status": status,
+        **dict.fromkeys(figures.split()),
+        **values,
+    }
+
+
+def test_totals_of_no_rows_and_of_rows_not_done():
+    empty = {
+        "replays": 0,
+        "cost_before_usd": 0,
+        "cost_after_usd": 0,
+        "cost_change_pct": None,
+        "tokens_before": 0,
+        "tokens_after": 0,
+        "tokens_change_pct": None,
+        "median_latency_delta_ms": None,
+        "median_similarity": None,
+        "identical": 0,
+        "tool_calls": 0,
+        "tool_calls_differing": 0,
+        "tool_call_agreement": None,
+        "summary": "nothing replayed yet",
+    }
+    assert totals([], 1) == empty
+    assert totals([row("1", "pending"), row("1", "error", cost_before=1.0)], 1) == empty
+    assert totals([], 3) == {**empty, "determinism": [], "distinct_outputs": 0, "flakiness": None}
+
+
+def test_totals_sum_only_done_rows_and_skip_missing_figures():
+    rows = [
+        row(
+            "1",
+            similarity=0.5,
+            identical=False,
+            tool_calls_before=2,
+            tool_calls_differing=1,
+            tokens_before=100,
+            tokens_after=50,
+            cost_before=0.002,
+            cost_after=0.0005,
+            latency_before=100.0,
+            latency_after=40.0,
+        ),
+        row(
+            "2",
+            similarity=1.0,
+            identical=True,
+            tool_calls_before=1,
+            tool_calls_differing=0,
+            tokens_before=100,
+            tokens_after=150,
+            cost_before=0.002,
+            cost_after=None,
+            latency_before=None,
+            latency_after=10.0,
+        ),
+        row("3", similarity=None, identical=False, latency_before=10.0, latency_after=30.0),
+        row("4", "skipped", cost_before=5.0, tokens_before=999),
+    ]
+    assert totals(rows, 1) == {
+        "replays": 3,
+        "cost_before_usd": 0.004,
+        "cost_after_usd": 0.0005,
+        "cost_change_pct": -87.5,
+        "tokens_before": 200,
+        "tokens_after": 200,
+        "tokens_change_pct": 0.0,
+        "median_latency_delta_ms": -20.0,
+        "median_similarity": 0.75,
+        "identical": 1,
+        "tool_calls": 3,
+        "tool_calls_differing": 1,
+        "tool_call_agreement": 0.6667,
+        "summary": "cost \u221288%, median similarity 0.75, 1 of 3 tool calls differ",
+    }
+
+
+def test_totals_measure_determinism_per_exchange_when_repeated():
+    rows = [
+        row("a", output_hash="x"),
+        row("a", output_hash="x"),
+        row("a", output_hash="y"),
+        row("b", output_hash="z"),
+        row("b", "error", output_hash="w"),
+        row("c", output_hash="p"),
+        row("c", output_hash="q"),
+    ]
+    found = totals(rows, 3)
+    assert found["determinism"] == [
+        {"exchange_id": "a", "runs": 3, "distinct_outputs": 2, "flakiness": 0.5},
+        {"exchange_id": "b", "runs": 1, "distinct_outputs": 1, "flakiness": 0.0},
+        {"exchange_id": "c", "runs": 2, "distinct_outputs": 2, "flakiness": 1.0},
+    ]
+    assert (found["distinct_outputs"], found["flakiness"]) == (2, 0.5)
+    assert found["summary"] == "2 distinct outputs, flakiness 0.50"
+    assert "determinism" not in totals(rows, 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.util
 import io
 import os
 import sys
@@ -21,7 +22,14 @@ from click.testing import CliRunner
 from mistralai.client import Mistral
 
 from gateway.cli import main
-from gateway.export.exporter import ExportRequest, neutralise, run_export
+from gateway.export.exporter import (
+    EXCHANGE_COLUMNS,
+    RUN_COLUMNS,
+    ExportError,
+    ExportRequest,
+    neutralise,
+    run_export,
+)
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import Failures
 from gateway.store.runs import RunFilter, RunStore
@@ -244,3 +252,52 @@ def test_export_to_stdout(tmp_path: Path):
     )
     assert result.exit_code == 0 and result.stdout == ""
     assert "exported 0 calls to -" in result.stderr
+
+
+@pytest.mark.parametrize(("runs", "columns"), [(False, EXCHANGE_COLUMNS), (True, RUN_COLUMNS)])
+async def test_an_empty_export_is_a_csv_header(
+    tmp_path: Path, runs: bool, columns: tuple[str, ...]
+):
+    out = tmp_path / "empty.csv"
+    assert await export(f"sqlite://{tmp_path / 'e.db'}", out, "csv", runs=runs) == (0, 0)
+    assert out.read_text().splitlines() == [",".join(columns)]
+    assert not list(tmp_path.glob(".agentops-export-*"))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "missing", "expected"),
+    [
+        ("parquet", {"pyarrow"}, "--format parquet needs the pyarrow package"),
+        ("hf", {"pyarrow", "datasets"}, "--format hf needs the pyarrow package"),
+        ("hf", {"datasets"}, "--format hf needs the datasets package"),
+    ],
+)
+async def test_export_names_a_missing_optional_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, missing: set[str], expected: str
+):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name in missing else find_spec(name)
+    )
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=expected):
+        await export(f"sqlite://{tmp_path / 'e.db'}", out, fmt)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the database
+
+
+@pytest.mark.parametrize(
+    ("fmt", "out", "push", "expected"),
+    [
+        ("jsonl", "x.jsonl", "a/b", "--push-to-hub needs --format hf"),
+        ("hf", "-", None, "--out -: hf cannot go to standard output"),
+        ("parquet", "-", None, "--out -: parquet cannot go to standard output"),
+    ],
+)
+async def test_export_refuses_impossible_targets_before_reading(
+    tmp_path: Path, fmt: str, out: str, push: str | None, expected: str
+):
+    target = out if out == "-" else str(tmp_path / out)
+    request = ExportRequest(format=fmt, out=target, filter=ExchangeFilter(), push_to_hub=push)
+    with pytest.raises(ExportError, match=expected):
+        await run_export(f"sqlite://{tmp_path / 'e.db'}", request)
+    assert list(tmp_path.iterdir()) == []

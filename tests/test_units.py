@@ -173,3 +173,162 @@ async def test_a_long_conversation_id_is_remembered_as_it_is_stored():
     grouper = Grouper(run_idle=300)
     grouper.remember_conversation(stored, 42)  # as rebuild_grouper reads it back
     assert grouper._conversation_run(Parsed(conversation_id=long_id)) == 42
+
+
+def conversation_call(method: str, path: str, request: Any, answer: Any, at: float) -> Exchange:
+    raw = record(request, answer, at=at)
+    raw.method, raw.client_path, raw.path = method, path, path
+    raw.request_body = b"" if request is None else orjson.dumps(request)
+    return raw
+
+
+def conversation_answer(conversation_id: str, *outputs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "conversation.response",
+        "conversation_id": conversation_id,
+        "outputs": list(outputs),
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def message_keys(change: Any) -> list[tuple[Any, ...]]:
+    return [(m["position"], m["direction"], m["role"], m["content"]) for m in change.messages]
+
+
+async def test_conversation_calls_add_entries_tools_and_memory():
+    """Start, append (a tool result in; a built-in tool, a handoff and a reply out), a history
+    read that adds nothing, and restarts from a known and an unknown entry."""
+    grouper = Grouper(run_idle=300)
+    asked = {"type": "function.call", "id": "e2", "tool_call_id": "call_1", "name": "weather"}
+    asked["arguments"] = '{"city": "Paris"}'
+    start = await place(
+        grouper,
+        conversation_call(
+            "POST",
+            "/v1/conversations",
+            {"model": "m", "inputs": "Weather?"},
+            conversation_answer("conv_1", asked),
+            1.8e9,
+        ),
+    )
+    run_id = start.exchange["run_id"]
+    assert start.conversations == [("conv_1", run_id)]
+    assert message_keys(start) == [(0, "in", "user", '"Weather?"'), (1, "out", "assistant", None)]
+    assert orjson.loads(start.messages[1]["tool_calls"])[0]["function"]["name"] == "weather"
+    (call,) = start.tool_calls
+    assert (call["call_id"], call["tool_name"], call["kind"], call["args"]) == (
+        "call_1",
+        "weather",
+        "function",
+        '{"city":"Paris"}',
+    )
+    assert call["asked_at_ms"] == 1.8e12 + 3.0 and start.tool_results == []
+    assert start.snapshot is not None
+    assert (start.snapshot["step"], start.snapshot["carried"], len(start.snapshot["appended"])) == (
+        0,
+        0,
+        2,
+    )
+
+    append = await place(
+        grouper,
+        conversation_call(
+            "POST",
+            "/v1/conversations/conv_1",
+            {"inputs": [{"type": "function.result", "tool_call_id": "call_1", "result": "sunny"}]},
+            conversation_answer(
+                "conv_1",
+                {"type": "tool.execution", "id": "e4", "name": "search", "info": {"hits": 2}},
+                {"type": "agent.handoff", "id": "e5", "next_agent_id": "a2"},
+                {"type": "message.output", "id": "e6", "role": "assistant", "content": "Sunny."},
+            ),
+            1.8e9 + 1,
+        ),
+    )
+    assert append.exchange["run_id"] == run_id and append.exchange["step"] == 1
+    assert append.conversations == [("conv_1", run_id)]  # path and body id: one link
+    assert [k[:3] for k in message_keys(append)] == [
+        (2, "in", "tool"),
+        (3, "out", "tool"),
+        (4, "out", "handoff"),
+        (5, "out", "assistant"),
+    ]
+    assert [(t["call_id"], t["kind"], t["return_value"]) for t in append.tool_calls] == [
+        ("e4", "builtin", '{"hits":2}'),
+        ("e5", "handoff", None),
+    ]
+    (result,) = append.tool_results
+    assert (result["call_id"], result["return_value"], result["at_ms"]) == (
+        "call_1",
+        "sunny",
+        1.8e12 + 1000,
+    )
+    assert append.snapshot is not None and append.snapshot["carried"] == 2
+    assert result["result_exchange_id"] == append.snapshot["exchange_id"]
+    assert grouper.memory[run_id].entry_ids == [None, "e2", None, "e4", "e5", "e6"]
+
+    history = await place(
+        grouper,
+        conversation_call(
+            "GET", "/v1/conversations/conv_1/history", None, {"entries": []}, 1.8e9 + 2
+        ),
+    )
+    assert history.exchange["run_id"] == run_id and history.exchange["step"] == 2
+    assert history.conversations == [("conv_1", run_id)]
+    assert (history.messages, history.tool_calls, history.snapshot) == ([], [], None)
+
+    restart = await place(
+        grouper,
+        conversation_call(
+            "POST",
+            "/v1/conversations/conv_1/restart",
+            {"inputs": "Rome instead", "from_entry_id": "e2"},
+            conversation_answer("conv_2", {"type": "message.output", "id": "e8", "content": "R"}),
+            1.8e9 + 3,
+        ),
+    )
+    assert restart.conversations == [("conv_1", run_id), ("conv_2", run_id)]
+    assert message_keys(restart) == [
+        (2, "in", "user", '"Rome instead"'),
+        (3, "out", "assistant", '"R"'),
+    ]
+    assert restart.snapshot is not None and restart.snapshot["carried"] == 2
+    assert grouper.memory[run_id].entry_ids == [None, "e2", None, "e8"]
+
+    unknown = await place(
+        grouper,
+        conversation_call(
+            "POST",
+            "/v1/conversations/conv_2/restart",
+            {"inputs": "Again", "from_entry_id": "nope"},
+            conversation_answer("conv_3", {"type": "message.output", "id": "e9", "content": "H"}),
+            1.8e9 + 4,
+        ),
+    )
+    assert [k[0] for k in message_keys(unknown)] == [0, 1]
+    assert unknown.snapshot is not None and unknown.snapshot["carried"] == 0
+    assert grouper.memory[run_id].entry_ids == [None, "e9"]
+
+
+async def test_conversation_entries_that_are_not_objects_are_kept_as_content():
+    from datetime import UTC, datetime
+
+    from gateway.providers.base import Parsed
+
+    grouper = Grouper(run_idle=300)
+    at = datetime.fromtimestamp(1.8e9, UTC)
+    exchange = {"id": new_id(), "started_at": at, "method": "POST", "latency_ms": 5.0}
+    parsed = Parsed(
+        endpoint="conversations",
+        conversation_op="append",
+        entries_in=["raw", None],
+        entries_out=[7, {"type": "message.output", "id": "e1", "content": "ok"}],
+    )
+    change = await grouper.assign(exchange, parsed, {}, no_steps)
+    assert change.conversations == [] and change.tool_calls == []
+    assert message_keys(change) == [
+        (0, "in", None, '"raw"'),
+        (1, "out", None, "7"),
+        (2, "out", "assistant", '"ok"'),
+    ]
+    assert grouper.memory[change.exchange["run_id"]].entry_ids == [None, None, "e1"]

@@ -4,6 +4,7 @@ message shapes, the run timeline's geometry and memory changes, safe redirects."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -214,3 +215,78 @@ def test_timeline_geometry_and_memory():
     assert [m["role"] for m in second.memory["added"]] == ["tool"]
     assert memory_change([], {"carried": 0, "state": []})["size"] == 0
     assert build({"exchanges": []}).steps == []
+
+
+def test_timeline_labels_tool_waits_and_steps_without_memory():
+    """Bars are labelled by model (else path); a tool gets a bar only when its result came in
+    a later call; a step without a snapshot leaves the previous state for the next one."""
+
+    def exchange(eid: str, second: int, latency: Any, model: Any, path: str) -> dict[str, Any]:
+        at = f"2026-03-01T12:00:0{second}.000Z"
+        return {"id": eid, "started_at": at, "latency_ms": latency, "model": model, "path": path}
+
+    def tool(eid: str, name: str, args: Any, result: Any, waited: Any) -> dict[str, Any]:
+        return {
+            "exchange_id": eid,
+            "tool_name": name,
+            "args": args,
+            "result_exchange_id": result,
+            "latency_ms": waited,
+        }
+
+    run = {
+        "exchanges": [
+            exchange("1", 0, 1000, None, "/v1/conversations"),
+            exchange("2", 2, None, "small", "/v1/chat/completions"),
+            exchange("3", 4, 1000, "large", "/v1/chat/completions"),
+        ],
+        "messages": [
+            {"exchange_id": "1", "role": "user", "content": "q"},
+            {"exchange_id": "1", "direction": "out", "role": "assistant", "content": "a"},
+            {"exchange_id": "3", "direction": "in", "role": "tool", "content": "r"},
+            {"exchange_id": "9", "direction": "in", "role": "user", "content": "stray"},
+        ],
+        "tool_calls": [
+            tool("1", "slow", '{"a": 1}', "3", 3000),
+            tool("1", "unanswered", None, None, None),
+            tool("1", "lost", "not json", "404", None),
+            tool("2", "early", {"b": 2}, "1", None),
+        ],
+        "memory_snapshots": [
+            {"exchange_id": "1", "carried": 0, "state": [{"role": "user"}, {"role": "assistant"}]},
+            {"exchange_id": "3", "carried": 1, "state": [{"role": "user"}, {"role": "tool"}]},
+        ],
+    }
+    line = build(run)
+    assert (line.span_ms, line.tool_count) == (5000, 4)
+    assert line.ticks == [
+        (0.0, "0.0 ms"),
+        (25.0, "1.2 s"),
+        (50.0, "2.5 s"),
+        (75.0, "3.8 s"),
+        (100.0, "5.0 s"),
+    ]
+    first, second, third = line.steps
+    assert [s.offset_ms for s in line.steps] == [0, 2000, 4000]
+    assert [(s.bar.x, s.bar.width, s.bar.label) for s in line.steps] == [
+        (0, 20, "step 1: /v1/conversations at +0.0 ms, 1.0 s"),
+        (40, 0.4, "step 2: small at +2.0 s, 0.0 ms"),
+        (80, 20, "step 3: large at +4.0 s, 1.0 s"),
+    ]
+    assert [(b.x, b.width, b.label) for b in first.tool_bars] == [(20, 60, "tool slow: 3.0 s")]
+    assert second.tool_bars == [] and third.tool_bars == []
+    assert [(c["tool_name"], c["arguments"], c["waited_ms"]) for c in first.tool_calls] == [
+        ("slow", '{\n  "a": 1\n}', 3000),
+        ("unanswered", "", None),
+        ("lost", "not json", None),
+    ]
+    assert [c["tool_name"] for c in second.tool_calls] == ["early"]
+    assert [(m["role"], m["output"]) for m in first.messages] == [
+        ("user", False),
+        ("assistant", True),
+    ]
+    assert second.messages == [] and [m["role"] for m in third.messages] == ["tool"]
+    assert first.memory is not None and second.memory is None and third.memory is not None
+    assert (first.memory["size"], first.memory["kept"], first.memory["dropped"]) == (2, 0, [])
+    assert [m["role"] for m in third.memory["dropped"]] == ["assistant"]
+    assert [m["role"] for m in third.memory["added"]] == ["tool"]

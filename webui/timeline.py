@@ -72,65 +72,95 @@ def memory_change(previous: list[Any], snapshot: dict[str, Any]) -> dict[str, An
 
 def build(run: dict[str, Any]) -> Timeline:
     exchanges = run.get("exchanges") or []
+    scale = _scale(exchanges)
+    messages = _grouped([{**m, "direction": m.get("direction")} for m in run.get("messages") or []])
+    tools = _grouped(run.get("tool_calls") or [])
+    steps = []
+    for index, exchange in enumerate(exchanges):
+        step = _step(index, exchange, scale, messages.get(exchange["id"], []))
+        for call in tools.get(exchange["id"], []):
+            _add_tool_call(step, call, scale)
+        steps.append(step)
+    _add_memory(steps, run.get("memory_snapshots") or [])
+    ticks = [(p * 100.0, duration_ms(scale.span * p)) for p in (0, 0.25, 0.5, 0.75, 1.0)]
+    tool_count = sum(len(step.tool_calls) for step in steps)
+    return Timeline(span_ms=scale.span, steps=steps, ticks=ticks, tool_count=tool_count)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """The run's clock: each exchange's start and the first one (ms since the epoch), and the
+    span from the first start to the last end, which bars are percents of."""
+
+    starts: dict[Any, float]
+    origin: float
+    span: float
+
+
+def _scale(exchanges: list[dict[str, Any]]) -> _Scale:
     starts = {e["id"]: _ms(e.get("started_at")) for e in exchanges}
     origin = min(starts.values(), default=0.0)
-    ends = [starts[e["id"]] - origin + float(e.get("latency_ms") or 0) for e in exchanges]
-    span = max([*ends, 1.0])
-    by_exchange: dict[str, dict[str, list[Any]]] = {}
-    for message in run.get("messages") or []:
-        by_exchange.setdefault(message["exchange_id"], {}).setdefault("messages", []).append(
-            {**message, "direction": message.get("direction")}
-        )
-    for call in run.get("tool_calls") or []:
-        by_exchange.setdefault(call["exchange_id"], {}).setdefault("tools", []).append(call)
-    snapshots = {s["exchange_id"]: s for s in run.get("memory_snapshots") or []}
-    steps = []
+    ends = [starts[e["id"]] - origin + _latency(e) for e in exchanges]
+    return _Scale(starts=starts, origin=origin, span=max([*ends, 1.0]))
+
+
+def _grouped(items: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Rows by the exchange they belong to, in their order."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item["exchange_id"], []).append(item)
+    return groups
+
+
+def _step(
+    index: int, exchange: dict[str, Any], scale: _Scale, messages: list[dict[str, Any]]
+) -> Step:
+    """A step with its call's bar and its new messages (tool calls and memory come next)."""
+    offset = scale.starts[exchange["id"]] - scale.origin
+    latency = _latency(exchange)
+    label = (
+        f"step {index + 1}: {exchange.get('model') or exchange['path']} "
+        f"at +{duration_ms(offset)}, {duration_ms(latency)}"
+    )
+    return Step(
+        index=index,
+        exchange=exchange,
+        offset_ms=offset,
+        bar=_bar(offset, latency, scale.span, label),
+        messages=chat_items(messages),
+    )
+
+
+def _add_tool_call(step: Step, call: dict[str, Any], scale: _Scale) -> None:
+    """A tool call the step asked for; and a bar for the wait, from the end of this call to
+    the start of the call that delivered its result, when that came later in the run."""
+    step.tool_calls.append(
+        {**call, "arguments": arguments(call.get("args")), "waited_ms": call.get("latency_ms")}
+    )
+    result_at = scale.starts.get(call.get("result_exchange_id") or "")
+    if result_at is None:
+        return
+    asked_at = step.offset_ms + _latency(step.exchange)
+    waited = (result_at - scale.origin) - asked_at
+    if waited > 0:
+        label = f"tool {call.get('tool_name')}: {duration_ms(waited)}"
+        step.tool_bars.append(_bar(asked_at, waited, scale.span, label))
+
+
+def _add_memory(steps: list[Step], snapshots: list[dict[str, Any]]) -> None:
+    """Each step with a memory snapshot: what it changed in the state of the last step that
+    had one."""
+    by_exchange = {s["exchange_id"]: s for s in snapshots}
     previous_state: list[Any] = []
-    tool_count = 0
-    for index, exchange in enumerate(exchanges):
-        offset = starts[exchange["id"]] - origin
-        latency = float(exchange.get("latency_ms") or 0)
-        parts = by_exchange.get(exchange["id"], {})
-        step = Step(
-            index=index,
-            exchange=exchange,
-            offset_ms=offset,
-            bar=_bar(
-                offset,
-                latency,
-                span,
-                f"step {index + 1}: {exchange.get('model') or exchange['path']} "
-                f"at +{duration_ms(offset)}, {duration_ms(latency)}",
-            ),
-            messages=chat_items(parts.get("messages", [])),
-        )
-        for call in parts.get("tools", []):
-            tool_count += 1
-            result_at = starts.get(call.get("result_exchange_id") or "")
-            waited = (result_at - origin) - (offset + latency) if result_at is not None else None
-            step.tool_calls.append(
-                {
-                    **call,
-                    "arguments": arguments(call.get("args")),
-                    "waited_ms": call.get("latency_ms"),
-                }
-            )
-            if waited is not None and waited > 0:
-                step.tool_bars.append(
-                    _bar(
-                        offset + latency,
-                        waited,
-                        span,
-                        f"tool {call.get('tool_name')}: {duration_ms(waited)}",
-                    )
-                )
-        snapshot = snapshots.get(exchange["id"])
+    for step in steps:
+        snapshot = by_exchange.get(step.exchange["id"])
         if snapshot is not None:
             step.memory = memory_change(previous_state, snapshot)
             previous_state = snapshot.get("state") or []
-        steps.append(step)
-    ticks = [(p * 100.0, duration_ms(span * p)) for p in (0, 0.25, 0.5, 0.75, 1.0)]
-    return Timeline(span_ms=span, steps=steps, ticks=ticks, tool_count=tool_count)
+
+
+def _latency(exchange: dict[str, Any]) -> float:
+    return float(exchange.get("latency_ms") or 0)
 
 
 def _ms(value: Any) -> float:

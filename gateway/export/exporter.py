@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
 
@@ -289,50 +289,96 @@ def _work_folder(out: Path | None) -> Path:
         ) from None
 
 
+ARROW_FORMATS = ("parquet", "hf")  # written as Parquet: a file, never standard output
+NEEDED_PACKAGES = (("pyarrow", ARROW_FORMATS), ("datasets", ("hf",)))
+
+
+class RecordWriter(Protocol):
+    def write(self, records: list[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
     """Write the export; raises ExportError for problems the user can fix."""
-    if request.push_to_hub and request.format != "hf":
-        raise ExportError("--push-to-hub needs --format hf")
-    stdout = request.out == "-"
-    if stdout and request.format in ("parquet", "hf"):
-        raise ExportError(f"--out -: {request.format} cannot go to standard output")
-    out = None if stdout else _check_target(request)
-    for package, formats in (("pyarrow", ("parquet", "hf")), ("datasets", ("hf",))):
-        if request.format in formats and importlib.util.find_spec(package) is None:
-            raise ExportError(
-                f"--format {request.format} needs the {package} package: "
-                "pip install 'agentops-studio[hf]'"
-            )
+    out = _check_request(request)
     result = ExportResult()
-    columns = RUN_COLUMNS if request.runs else EXCHANGE_COLUMNS
     work = _work_folder(out)
     store = Store(db_url)
     try:
         await store.open()
-        partial = work / ("data.parquet" if request.format in ("parquet", "hf") else "data")
-        stream = sys.stdout if stdout else None
-        writer: Any
-        if request.format in ("parquet", "hf"):
-            writer = ParquetWriter(partial, columns)
-        else:
-            stream = stream or open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
-            writer = CsvWriter(stream, columns) if request.format == "csv" else JsonlWriter(stream)
-        try:
-            async for batch in _records(ExportReader(store), request, result):
-                writer.write(batch)
-                result.written += len(batch)
-        finally:
-            writer.close()
-            if stream is not None and stream is not sys.stdout:
-                stream.close()
-        if out is not None and request.format == "hf":
-            save_dataset(partial, out, work, request.push_to_hub)
-        elif out is not None:
-            os.replace(partial, out)
+        staged = work / ("data.parquet" if request.format in ARROW_FORMATS else "data")
+        writer, stream = _open_writer(request, staged)
+        await _write_all(ExportReader(store), request, result, writer, stream)
+        if out is not None:
+            _move_into_place(request, staged, out, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         await store.close()
     return result
+
+
+def _check_request(request: ExportRequest) -> Path | None:
+    """The file to write (None for standard output), once the export is known to be possible;
+    nothing is created before."""
+    if request.push_to_hub and request.format != "hf":
+        raise ExportError("--push-to-hub needs --format hf")
+    out = None
+    if request.out == "-":
+        if request.format in ARROW_FORMATS:
+            raise ExportError(f"--out -: {request.format} cannot go to standard output")
+    else:
+        out = _check_target(request)
+    _check_packages(request.format)
+    return out
+
+
+def _check_packages(format_: str) -> None:
+    """The optional packages a format needs (the `hf` extra), named when missing."""
+    for package, formats in NEEDED_PACKAGES:
+        if format_ in formats and importlib.util.find_spec(package) is None:
+            raise ExportError(
+                f"--format {format_} needs the {package} package: pip install 'agentops-studio[hf]'"
+            )
+
+
+def _open_writer(request: ExportRequest, staged: Path) -> tuple[RecordWriter, TextIO | None]:
+    """The request's writer, and the text stream it writes to (standard output, or the staged
+    file); Parquet writes the staged file itself."""
+    columns = RUN_COLUMNS if request.runs else EXCHANGE_COLUMNS
+    if request.format in ARROW_FORMATS:
+        return ParquetWriter(staged, columns), None
+    stream: TextIO = sys.stdout
+    if request.out != "-":
+        stream = open(staged, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    writer = CsvWriter(stream, columns) if request.format == "csv" else JsonlWriter(stream)
+    return writer, stream
+
+
+async def _write_all(
+    reader: ExportReader,
+    request: ExportRequest,
+    result: ExportResult,
+    writer: RecordWriter,
+    stream: TextIO | None,
+) -> None:
+    """Every batch, written before the next is read; the writer and its file are closed even
+    when a batch fails (standard output stays open)."""
+    try:
+        async for batch in _records(reader, request, result):
+            writer.write(batch)
+            result.written += len(batch)
+    finally:
+        writer.close()
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+
+
+def _move_into_place(request: ExportRequest, staged: Path, out: Path, work: Path) -> None:
+    if request.format == "hf":
+        save_dataset(staged, out, work, request.push_to_hub)
+    else:
+        os.replace(staged, out)
 
 
 def save_dataset(parquet: Path, out: Path, work: Path, repo: str | None) -> None:

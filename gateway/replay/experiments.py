@@ -70,56 +70,88 @@ def _change(before: float, after: float) -> float | None:
 def totals(rows: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
     """The experiment in a few figures, from the rows done so far."""
     done = [r for r in rows if r["status"] == "ok"]
-    cost_before, cost_after = _sum(done, "cost_before"), _sum(done, "cost_after")
-    tokens_before, tokens_after = _sum(done, "tokens_before"), _sum(done, "tokens_after")
-    latency = [
+    similarities = [r["similarity"] for r in done if r["similarity"] is not None]
+    out: dict[str, Any] = {
+        "replays": len(done),
+        **_cost_figures(done),
+        **_token_figures(done),
+        "median_latency_delta_ms": _median(_latency_deltas(done), 3),
+        "median_similarity": _median(similarities, 4),
+        "identical": sum(1 for r in done if r["identical"]),
+        "tool_calls": int(_sum(done, "tool_calls_before")),
+        "tool_calls_differing": int(_sum(done, "tool_calls_differing")),
+        "tool_call_agreement": _agreement(done),
+    }
+    if repeat > 1:
+        out.update(_determinism(done))
+    out["summary"] = summary(out)
+    return out
+
+
+def _median(values: list[float], digits: int) -> float | None:
+    return round(statistics.median(values), digits) if values else None
+
+
+def _cost_figures(done: list[dict[str, Any]]) -> dict[str, Any]:
+    before, after = _sum(done, "cost_before"), _sum(done, "cost_after")
+    return {
+        "cost_before_usd": round(before, 10),
+        "cost_after_usd": round(after, 10),
+        "cost_change_pct": _change(before, after),
+    }
+
+
+def _token_figures(done: list[dict[str, Any]]) -> dict[str, Any]:
+    before, after = _sum(done, "tokens_before"), _sum(done, "tokens_after")
+    return {
+        "tokens_before": int(before),
+        "tokens_after": int(after),
+        "tokens_change_pct": _change(before, after),
+    }
+
+
+def _latency_deltas(done: list[dict[str, Any]]) -> list[float]:
+    """After minus before, for the rows that have both latencies."""
+    return [
         r["latency_after"] - r["latency_before"]
         for r in done
         if r["latency_after"] is not None and r["latency_before"] is not None
     ]
-    similarities = [r["similarity"] for r in done if r["similarity"] is not None]
-    calls, differing = int(_sum(done, "tool_calls_before")), int(_sum(done, "tool_calls_differing"))
-    out: dict[str, Any] = {
-        "replays": len(done),
-        "cost_before_usd": round(cost_before, 10),
-        "cost_after_usd": round(cost_after, 10),
-        "cost_change_pct": _change(cost_before, cost_after),
-        "tokens_before": int(tokens_before),
-        "tokens_after": int(tokens_after),
-        "tokens_change_pct": _change(tokens_before, tokens_after),
-        "median_latency_delta_ms": round(statistics.median(latency), 3) if latency else None,
-        "median_similarity": round(statistics.median(similarities), 4) if similarities else None,
-        "identical": sum(1 for r in done if r["identical"]),
-        "tool_calls": calls,
-        "tool_calls_differing": differing,
-        "tool_call_agreement": (
-            round(sum(1 for r in done if not r["tool_calls_differing"]) / len(done), 4)
-            if done
+
+
+def _agreement(done: list[dict[str, Any]]) -> float | None:
+    """The share of replays whose tool calls all matched the original's."""
+    if not done:
+        return None
+    return round(sum(1 for r in done if not r["tool_calls_differing"]) / len(done), 4)
+
+
+def _determinism(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """With repeats: how many distinct outputs each exchange gave, and how flaky it was."""
+    groups: dict[str, list[str]] = {}
+    for row in done:
+        groups.setdefault(row["exchange_id"], []).append(row["output_hash"])
+    per_exchange = [_repeatability(eid, hashes) for eid, hashes in groups.items()]
+    return {
+        "determinism": per_exchange,
+        "distinct_outputs": max((d["distinct_outputs"] for d in per_exchange), default=0),
+        "flakiness": (
+            round(statistics.mean(d["flakiness"] for d in per_exchange), 4)
+            if per_exchange
             else None
         ),
     }
-    if repeat > 1:
-        groups: dict[str, list[str]] = {}
-        for row in done:
-            groups.setdefault(row["exchange_id"], []).append(row["output_hash"])
-        determinism: list[dict[str, Any]] = [
-            {
-                "exchange_id": eid,
-                "runs": len(hashes),
-                "distinct_outputs": len(set(hashes)),
-                "flakiness": (
-                    round((len(set(hashes)) - 1) / (len(hashes) - 1), 4) if len(hashes) > 1 else 0.0
-                ),
-            }
-            for eid, hashes in groups.items()
-        ]
-        out["determinism"] = determinism
-        out["distinct_outputs"] = max((d["distinct_outputs"] for d in determinism), default=0)
-        out["flakiness"] = (
-            round(statistics.mean(d["flakiness"] for d in determinism), 4) if determinism else None
-        )
-    out["summary"] = summary(out)
-    return out
+
+
+def _repeatability(exchange_id: str, hashes: list[str]) -> dict[str, Any]:
+    """Flakiness: 0 when every repeat gave the same output, 1 when each gave its own."""
+    distinct = len(set(hashes))
+    return {
+        "exchange_id": exchange_id,
+        "runs": len(hashes),
+        "distinct_outputs": distinct,
+        "flakiness": round((distinct - 1) / (len(hashes) - 1), 4) if len(hashes) > 1 else 0.0,
+    }
 
 
 def summary(t: dict[str, Any]) -> str:

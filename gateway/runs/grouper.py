@@ -466,44 +466,24 @@ class Grouper:
         step: int,
         ended_ms: float,
     ) -> None:
-        for conversation_id in _conversation_ids(parsed):
-            if (conversation_id, run_id) not in changes.conversations:
-                changes.conversations.append((conversation_id, run_id))
-        eid = exchange["id"]
-        inputs = [e for e in (parsed.entries_in or []) if e is not None]
-        outputs = [e for e in (parsed.entries_out or []) if e is not None]
-        if parsed.conversation_op == "restart":
-            wanted = _request_field(parsed, "from_entry_id")
-            carried = memory.entry_ids.index(wanted) + 1 if wanted in memory.entry_ids else 0
-        elif parsed.conversation_op in ("history", "get") or exchange.get("method") == "GET":
+        _add_conversation_links(changes, parsed, run_id)
+        carried = _carried_entries(memory, exchange, parsed)
+        if carried is None:
             return  # reading a conversation adds nothing to it
-        elif parsed.conversation_op == "start":
-            carried = 0
-        else:
-            carried = len(memory.entry_ids)
-        position = carried
-        for entry in inputs:
+        eid = exchange["id"]
+        inputs, outputs = _present(parsed.entries_in), _present(parsed.entries_out)
+        at_ms = exchange["started_at"].timestamp() * 1000
+        for position, entry in enumerate(inputs, start=carried):
             changes.messages.append(_entry_message(run_id, eid, step, position, "in", entry))
-            if isinstance(entry, dict) and entry.get("type") == "function.result":
-                changes.tool_results.append(
-                    {
-                        "run_id": run_id,
-                        "call_id": entry.get("tool_call_id"),
-                        "return_value": _as_text(entry.get("result")),
-                        "result_exchange_id": eid,
-                        "at_ms": exchange["started_at"].timestamp() * 1000,
-                    }
-                )
-            position += 1
-        for entry in outputs:
+            result = _entry_result(run_id, eid, entry, at_ms)
+            if result is not None:
+                changes.tool_results.append(result)
+        for position, entry in enumerate(outputs, start=carried + len(inputs)):
             changes.messages.append(_entry_message(run_id, eid, step, position, "out", entry))
-            position += 1
             tool = _entry_tool(run_id, eid, step, entry, ended_ms)
             if tool is not None:
                 changes.tool_calls.append(tool)
-        memory.entry_ids = memory.entry_ids[:carried] + [
-            e.get("id") if isinstance(e, dict) else None for e in inputs + outputs
-        ]
+        memory.entry_ids = memory.entry_ids[:carried] + [_entry_id(e) for e in inputs + outputs]
         changes.snapshot = {
             "run_id": run_id,
             "exchange_id": eid,
@@ -512,6 +492,47 @@ class Grouper:
             "carried": carried,
             "appended": inputs + outputs,
         }
+
+
+def _add_conversation_links(changes: RunChanges, parsed: Parsed, run_id: int) -> None:
+    """Every conversation id a call names joins its run (reads included), each pair once."""
+    for conversation_id in _conversation_ids(parsed):
+        if (conversation_id, run_id) not in changes.conversations:
+            changes.conversations.append((conversation_id, run_id))
+
+
+def _carried_entries(memory: RunMemory, exchange: dict[str, Any], parsed: Parsed) -> int | None:
+    """How many remembered entries a Conversations API call keeps before its own: a restart
+    keeps up to its from_entry_id (none when unknown), a start none, an append all; None for
+    a read, which adds nothing."""
+    op = parsed.conversation_op
+    if op == "restart":
+        wanted = _request_field(parsed, "from_entry_id")
+        return memory.entry_ids.index(wanted) + 1 if wanted in memory.entry_ids else 0
+    if op in ("history", "get") or exchange.get("method") == "GET":
+        return None
+    return 0 if op == "start" else len(memory.entry_ids)
+
+
+def _present(entries: list[Any] | None) -> list[Any]:
+    return [e for e in entries or [] if e is not None]
+
+
+def _entry_id(entry: Any) -> str | None:
+    return entry.get("id") if isinstance(entry, dict) else None
+
+
+def _entry_result(run_id: int, exchange_id: int, entry: Any, at_ms: float) -> dict[str, Any] | None:
+    """The tool result a `function.result` input entry delivers, else None."""
+    if not isinstance(entry, dict) or entry.get("type") != "function.result":
+        return None
+    return {
+        "run_id": run_id,
+        "call_id": entry.get("tool_call_id"),
+        "return_value": _as_text(entry.get("result")),
+        "result_exchange_id": exchange_id,
+        "at_ms": at_ms,
+    }
 
 
 def parse_tags(text: str | None) -> dict[str, str] | None:
