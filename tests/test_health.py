@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.api.exchanges import health_reasons
+from gateway.writer.health import Health, WriterHealth
 from tests.conftest import Upstream, calls, health, make_settings, running
 
 
@@ -76,3 +77,56 @@ def test_each_reason_has_its_cause():
     }
     for reason, cause in causes.items():
         assert health_reasons({**calm, **cause}) == [reason]
+
+
+def test_the_typed_health_becomes_the_same_healthz_fields():
+    """Health is a dataclass until /healthz; the writer's own fields appear once it reported."""
+    report = WriterHealth(
+        queue_depth=9,  # the writer's own queue: /healthz counts the proxy's side
+        queue_size=10_000,
+        spool_bytes=100,
+        spooled_records=2,
+        dropped_records=1,
+        written_records=40,
+        database="ok",
+        database_errors=0,
+        quarantined_by_writer=3,
+        last_database_error=None,
+        checked_at=1.8e9,
+        integrations={"otel": {"queued": 0, "sent": 5, "dropped": 0, "last_error": None}},
+    )
+    proxy_side = {
+        "queue_depth": 4,
+        "queue_size": 10_000,
+        "spool_bytes": 150,
+        "spooled_records": 3,
+        "dropped_records": 1,
+    }
+    tail = {
+        "writer_process": "ok",
+        "writer_pid": 1234,
+        "missing_calls": 0,
+        "recovered_records": 2,
+        "journal": "ok",
+        "database": "ok",
+        "writer_lag_seconds": 0.0,
+        "writer_lagging": False,
+        "dropped_recently": True,
+    }
+    health = Health(writer=report, **proxy_side, **tail)
+    assert list(health.to_json().items()) == [
+        *proxy_side.items(),
+        ("written_records", 40),
+        ("database", "ok"),
+        ("database_errors", 0),
+        ("quarantined_by_writer", 3),
+        ("last_database_error", None),
+        ("checked_at", 1.8e9),
+        ("integrations", report.integrations),
+        *[(k, v) for k, v in tail.items() if k != "database"],
+    ]
+    lost = Health(writer=None, **proxy_side, **{**tail, "database": "unknown"})
+    assert list(lost.to_json().items()) == [
+        *proxy_side.items(),
+        *{**tail, "database": "unknown"}.items(),
+    ]

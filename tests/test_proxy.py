@@ -320,7 +320,7 @@ async def test_200_concurrent_calls_all_recorded(gateway, http):
     assert statuses == [200] * 200
     await gateway.recorder.drained(timeout=30)
     assert await gateway.store.count() == 200
-    assert gateway.recorder.health()["dropped_records"] == 0
+    assert gateway.recorder.health().dropped_records == 0
 
 
 async def test_absolute_form_target_goes_to_the_upstream_only(sqlite_gateway, upstream):

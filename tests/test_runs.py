@@ -314,7 +314,7 @@ async def test_malformed_messages_are_stored_as_they_are(gateway: Gateway, upstr
     assert sum(i["exchange_count"] for i in items) == 5
     status, page = await api(gateway, "/api/exchanges")
     assert status == 200 and len(page["items"]) == 5
-    assert gateway.recorder.health()["dropped_records"] == 0
+    assert gateway.recorder.health().dropped_records == 0
 
 
 async def test_idle_runs_finish_and_names_start_again(

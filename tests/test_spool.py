@@ -348,6 +348,6 @@ async def test_a_gateway_stops_at_once_with_its_database_down_and_its_spool_full
         await relay.restore()
     assert took < 8
     kept = sum(1 for p in tiny_fs.rglob("spool-*.bin") for _ in read_records(p))
-    dropped = gw.recorder.health()["dropped_records"]
+    dropped = gw.recorder.health().dropped_records
     assert kept > 0 and dropped > 0
     assert kept + dropped == 200  # every call is on disk or counted

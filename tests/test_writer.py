@@ -46,7 +46,7 @@ async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream, 
         assert statuses == [200] * 5
 
         deadline = time.monotonic() + 20
-        while gw.recorder.pid == first or gw.recorder.health()["writer_process"] != "ok":
+        while gw.recorder.pid == first or gw.recorder.health().writer_process != "ok":
             assert time.monotonic() < deadline, "the writer was not restarted"
             await asyncio.sleep(0.05)
         assert await chat(http, gw.proxy_url, "after") == 200

@@ -74,7 +74,7 @@ async def healthz(request: web.Request) -> web.Response:
     (records were dropped in the last DROPPED_WINDOW seconds)."""
     recorder = request.app[RECORDER]
     store = request.app[STORE]
-    health = recorder.health()
+    health = recorder.health().to_json()
     db_up = await store.ping()
     health["database"] = "ok" if db_up and recorder.db_ok else "down"
     try:

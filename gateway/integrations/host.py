@@ -49,8 +49,9 @@ class IntegrationHost:
             except Exception:
                 log.exception("%s: could not take finished runs", integration.name)
 
-    def health(self) -> dict[str, Any]:
-        return {"integrations": {i.name: i.stats() for i in self.integrations}}
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Each integration's queue and counts, for the writer's health report."""
+        return {i.name: i.stats() for i in self.integrations}
 
     # -- calls from the proxy's process ---------------------------------------------------------
 
@@ -69,7 +70,7 @@ class IntegrationHost:
         """Wait until every integration delivered (or dropped) what it was given."""
         for integration in self.integrations:
             await integration.worker.drained(timeout)
-        return self.health()["integrations"]
+        return self.stats()
 
     async def stop(self) -> None:
         for integration in self.integrations:  # each gets a few seconds to deliver its queue

@@ -180,36 +180,49 @@ class PipelineCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         health = self.recorder.health()
+        writer = health.writer  # None while no writer process has reported
         yield GaugeMetricFamily(
             "agentops_writer_up",
             "1 while the writer process runs.",
-            value=1 if health.get("writer_process") == "ok" else 0,
+            value=1 if health.writer_process == "ok" else 0,
         )
         yield GaugeMetricFamily(
-            "agentops_queue_depth", "Records waiting for the writer.", value=health["queue_depth"]
+            "agentops_queue_depth", "Records waiting for the writer.", value=health.queue_depth
         )
         yield GaugeMetricFamily(
-            "agentops_queue_capacity", "Size of the in-memory queue.", value=health["queue_size"]
+            "agentops_queue_capacity", "Size of the in-memory queue.", value=health.queue_size
         )
         yield GaugeMetricFamily(
-            "agentops_spool_bytes", "Bytes waiting in the disk spool.", value=health["spool_bytes"]
+            "agentops_spool_bytes", "Bytes waiting in the disk spool.", value=health.spool_bytes
         )
         yield GaugeMetricFamily(
             "agentops_database_up",
             "1 when the last write succeeded.",
-            value=1 if health["database"] == "ok" else 0,
+            value=1 if health.database == "ok" else 0,
         )
-        for name, key, text in (
-            ("agentops_written_records", "written_records", "Records stored."),
-            ("agentops_spooled_records", "spooled_records", "Records that went to the disk spool."),
+        for name, value, text in (
+            (
+                "agentops_written_records",
+                writer.written_records if writer else 0,
+                "Records stored.",
+            ),
+            (
+                "agentops_spooled_records",
+                health.spooled_records,
+                "Records that went to the disk spool.",
+            ),
             (
                 "agentops_dropped_records",
-                "dropped_records",
+                health.dropped_records,
                 "Records lost: spool full, or unparseable.",
             ),
-            ("agentops_database_errors", "database_errors", "Failed database writes."),
+            (
+                "agentops_database_errors",
+                writer.database_errors if writer else 0,
+                "Failed database writes.",
+            ),
         ):
-            yield CounterMetricFamily(name, text, value=health.get(key, 0))
+            yield CounterMetricFamily(name, text, value=value)
         sent = CounterMetricFamily(
             "agentops_integration_sent",
             "Items delivered by each integration.",
@@ -225,7 +238,7 @@ class PipelineCollector:
             "Items waiting in an integration's queue.",
             labels=["integration"],
         )
-        for name, stats in (health.get("integrations") or {}).items():
+        for name, stats in (writer.integrations if writer else {}).items():
             sent.add_metric([name], stats["sent"])
             dropped.add_metric([name], stats["dropped"])
             queued.add_metric([name], stats["queued"])

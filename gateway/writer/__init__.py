@@ -30,6 +30,7 @@ from gateway.writer.client import (
     overflow_dir,
     process_context,
 )
+from gateway.writer.health import Health, WriterHealth
 from gateway.writer.priority import WRITER_NICE, set_group_nice, step_aside
 from gateway.writer.protocol import (
     DROPPED_WINDOW,
@@ -55,7 +56,9 @@ __all__ = [
     "START_TIMEOUT",
     "WRITER_NICE",
     "Child",
+    "Health",
     "WriterError",
+    "WriterHealth",
     "WriterProcess",
     "body_bytes",
     "child_main",

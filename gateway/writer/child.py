@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from multiprocessing.connection import Connection
@@ -17,8 +18,27 @@ from typing import Any
 from gateway.capture.exchange import Exchange
 from gateway.settings import Settings
 from gateway.writer.gc_tuning import tune_gc
+from gateway.writer.health import WriterHealth
 from gateway.writer.priority import step_aside
-from gateway.writer.protocol import HEALTH_EVERY, _socket, frame, read_frame, unpack
+from gateway.writer.protocol import (
+    HEALTH_EVERY,
+    Call,
+    CallFailed,
+    Failed,
+    HealthReport,
+    Message,
+    Overflow,
+    Ready,
+    Records,
+    Reply,
+    Settled,
+    Stop,
+    Stopped,
+    _socket,
+    frame,
+    read_frame,
+    unpack,
+)
 from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.writer")
@@ -86,7 +106,7 @@ class Child:
             await self._open()
         except Exception as exc:
             log.error("writer could not start: %s", exc)
-            self.out.write(frame("failed", f"{type(exc).__name__}: {exc}"))
+            self.out.write(frame(Failed(f"{type(exc).__name__}: {exc}")))
             with contextlib.suppress(ConnectionError):
                 await self.out.drain()
             return
@@ -137,30 +157,34 @@ class Child:
         # Ready before replaying what the proxy spooled while no writer ran (that can take
         # a while at idle priority): the proxy can hand over and get health reports at once;
         # records it sends meanwhile wait in the socket, so the order is kept.
-        self.out.write(frame("ready", self._health()))
+        self.out.write(frame(Ready(self._health())))
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
         while True:
+            message: Message
             try:
-                kind, *rest = await read_frame(reader)
+                message = await read_frame(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
-                kind, rest = "stop", [self.settings.shutdown_grace]  # the proxy is gone
-            if kind == "records":
-                self._take([unpack(values) for values in rest[0]])
-            elif kind == "overflow":
-                await self._replay_overflow(Path(rest[0]))
-            elif kind == "call":
-                token, name, args = rest
-                task = asyncio.create_task(self._answer(token, name, args))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            elif kind == "stop":
-                await self.recorder.stop(timeout=max(5.0, float(rest[0])))
-                await self.host.stop()
-                with contextlib.suppress(ConnectionError):
-                    self.out.write(frame("stopped", self._health()))
-                    await self.out.drain()
-                return
+                message = Stop(self.settings.shutdown_grace)  # the proxy is gone
+            match message:
+                case Records(records):
+                    self._take([unpack(values) for values in records])
+                case Overflow(path):
+                    await self._replay_overflow(Path(path))
+                case Call(token, name, args):
+                    task = asyncio.create_task(self._answer(token, name, args))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                case Stop(timeout):
+                    await self._stop(timeout)
+                    return
+
+    async def _stop(self, timeout: float) -> None:
+        await self.recorder.stop(timeout=max(5.0, timeout))
+        await self.host.stop()
+        with contextlib.suppress(ConnectionError):
+            self.out.write(frame(Stopped(self._health())))
+            await self.out.drain()
 
     def _take(self, records: list[Exchange]) -> None:
         spooled = [record.id for record in records if not self.recorder.submit(record)]
@@ -183,18 +207,17 @@ class Child:
 
     def _settled(self, ids: list[int]) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            self.out.write(frame("settled", ids))
+            self.out.write(frame(Settled(ids)))
 
     async def _answer(self, token: int, name: str, args: tuple[Any, ...]) -> None:
         try:
-            value = await self.calls[name](*args)
-            message = frame("reply", token, True, value)
-        except Exception as exc:
-            message = frame("reply", token, False, f"{type(exc).__name__}: {exc}")
+            data = frame(Reply(token, await self.calls[name](*args)))
+        except Exception as exc:  # the call, or pickling what it returned
+            data = frame(CallFailed(token, f"{type(exc).__name__}: {exc}"))
         with contextlib.suppress(ConnectionError, RuntimeError):
-            self.out.write(message)
+            self.out.write(data)
 
-    async def _drained(self) -> dict[str, Any]:
+    async def _drained(self) -> WriterHealth:
         await self.recorder.drained()
         return self._health()
 
@@ -206,16 +229,19 @@ class Child:
         await self.host.runs_finished(finished, self.run_store)
         return finished
 
-    def _health(self) -> dict[str, Any]:
-        health = {**self.recorder.health(), **self.host.health()}
-        health["spool_bytes"] += self.handoff_bytes
-        return health
+    def _health(self) -> WriterHealth:
+        own = self.recorder.health()
+        return replace(
+            own,
+            spool_bytes=own.spool_bytes + self.handoff_bytes,
+            integrations=self.host.stats(),
+        )
 
     async def _push_health(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_EVERY)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                self.out.write(frame("health", self._health()))
+                self.out.write(frame(HealthReport(self._health())))
 
     async def _finish_runs(self) -> None:
         """Settle runs that saw no exchange for --run-idle seconds (here, beside the grouper)."""

@@ -22,6 +22,7 @@ from gateway.capture.exchange import Exchange
 from gateway.errors import Unavailable
 from gateway.settings import Settings
 from gateway.writer.child import child_main
+from gateway.writer.health import Health, WriterHealth
 from gateway.writer.journal import Journal
 from gateway.writer.priority import WRITER_NICE, set_group_nice
 from gateway.writer.protocol import (
@@ -31,6 +32,18 @@ from gateway.writer.protocol import (
     LAG_SECONDS,
     RESTART_SECONDS,
     START_TIMEOUT,
+    Call,
+    CallFailed,
+    Failed,
+    HealthReport,
+    Message,
+    Overflow,
+    Ready,
+    Records,
+    Reply,
+    Settled,
+    Stop,
+    Stopped,
     _socket,
     body_bytes,
     frame,
@@ -125,7 +138,8 @@ class WriterProcess:
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._settle_waiters: dict[int, asyncio.Future[None]] = {}
         self._tokens = itertools.count(1)
-        self._health: dict[str, Any] = {}
+        self._report: WriterHealth | None = None  # the writer's last, None since it was lost
+        self._database = "unknown"  # how its last write went, kept when it is lost
         self._ready: asyncio.Future[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -258,55 +272,80 @@ class WriterProcess:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while True:
-                kind, *rest = await read_frame(reader)
-                if kind == "settled":
-                    self.journal.settled(rest[0])
-                    for exchange_id in rest[0]:
-                        settled = self._unsettled.pop(exchange_id, None)
-                        if settled is not None:
-                            self._unsettled_bytes -= body_bytes(settled)
-                        waiter = self._settle_waiters.pop(exchange_id, None)
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(None)
-                elif kind == "health":
-                    self._health = rest[0]
-                elif kind == "ready":
-                    self._health = rest[0]
-                    if self._ready is not None and not self._ready.done():
-                        self._ready.set_result(None)
-                elif kind == "reply":
-                    token, ok, value = rest
-                    waiter = self._replies.pop(token, None)
-                    if waiter is not None and not waiter.done():
-                        if ok:
-                            waiter.set_result(value)
-                        else:
-                            waiter.set_exception(WriterError(value))
-                elif kind == "failed":
-                    if self._ready is not None and not self._ready.done():
-                        self._ready.set_exception(WriterError(rest[0]))
-                    return
-                elif kind == "stopped":
-                    self._health = rest[0]
-                    self._stopped.set()
-                    return
+            while self._receive(await read_frame(reader)):
+                pass
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_exception(WriterError("the writer process exited at start"))
-            elif not self._stopping:
+            if not self._start_failed("the writer process exited at start") and not self._stopping:
                 self._child_lost()
         finally:
-            if self._writer is not None and not self._stopping:
-                self._writer.close()  # the child is gone: nothing more can be sent to it
-            self._writer = None
-            if self._up is not None:
-                self._up.close()
-                self._up = None
-            for waiter in self._replies.values():
-                if not waiter.done():
-                    waiter.set_exception(WriterError("the writer process went away"))
-            self._replies.clear()
+            self._disconnected()
+
+    def _receive(self, message: Message) -> bool:
+        """Act on one message from the child; False after its last (failed, stopped)."""
+        match message:
+            case Settled(ids):
+                self._settled(ids)
+            case HealthReport(health):
+                self._reported(health)
+            case Ready(health):
+                self._reported(health)
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+            case Reply(token, value):
+                self._answered(token, value, None)
+            case CallFailed(token, error):
+                self._answered(token, None, WriterError(error))
+            case Failed(error):
+                self._start_failed(error)
+                return False
+            case Stopped(health):
+                self._reported(health)
+                self._stopped.set()
+                return False
+        return True
+
+    def _settled(self, ids: list[int]) -> None:
+        self.journal.settled(ids)
+        for exchange_id in ids:
+            settled = self._unsettled.pop(exchange_id, None)
+            if settled is not None:
+                self._unsettled_bytes -= body_bytes(settled)
+            waiter = self._settle_waiters.pop(exchange_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _reported(self, health: WriterHealth) -> None:
+        self._report = health
+        self._database = health.database
+
+    def _answered(self, token: int, value: Any, error: WriterError | None) -> None:
+        waiter = self._replies.pop(token, None)
+        if waiter is None or waiter.done():
+            return
+        if error is None:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(error)
+
+    def _start_failed(self, why: str) -> bool:
+        """Fail a start still waiting for the child's `Ready`; False when none waits."""
+        if self._ready is None or self._ready.done():
+            return False
+        self._ready.set_exception(WriterError(why))
+        return True
+
+    def _disconnected(self) -> None:
+        """The child's channel closed: nothing more can be sent, no reply will come."""
+        if self._writer is not None and not self._stopping:
+            self._writer.close()  # the child is gone: nothing more can be sent to it
+        self._writer = None
+        if self._up is not None:
+            self._up.close()
+            self._up = None
+        for waiter in self._replies.values():
+            if not waiter.done():
+                waiter.set_exception(WriterError("the writer process went away"))
+        self._replies.clear()
 
     def _child_lost(self) -> None:
         """The child died (killed, out of memory). This process still holds every record the
@@ -314,8 +353,9 @@ class WriterProcess:
         until a new child takes the files over (ids it already stored are skipped)."""
         held = self._release_unsettled()
         # Its counts die with it: keep the drops it reported, or /healthz would forget them.
-        self._dropped_by_lost += self._health.get("dropped_records", 0)
-        self._health = {"database": self._health.get("database", "unknown")}
+        if self._report is not None:
+            self._dropped_by_lost += self._report.dropped_records
+        self._report = None
         log.error("the writer process exited; spooling %d records it held; restarting", len(held))
         if held:
             self._spill(held)
@@ -402,7 +442,7 @@ class WriterProcess:
                 self._spill(batch)  # the spool first: an end noted means a record kept
             self.journal.write(None, [], starts, ids)
             return
-        message = frame("records", [pack(e) for e in batch]) if batch else None
+        message = frame(Records([pack(e) for e in batch])) if batch else None
         self.journal.write(message, ids, starts, ids)
         if self._overflowing:
             self._hand_over()
@@ -423,7 +463,7 @@ class WriterProcess:
         assert self._writer is not None
         self._overflowing = False
         for path in self.overflow.release():
-            self._writer.write(frame("overflow", str(path)))
+            self._writer.write(frame(Overflow(str(path))))
 
     # -- requests to the child -----------------------------------------------------------------
 
@@ -438,7 +478,7 @@ class WriterProcess:
         token = next(self._tokens)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[token] = waiter
-        writer.write(frame("call", token, name, args))
+        writer.write(frame(Call(token, name, args)))
         return await asyncio.wait_for(waiter, timeout)
 
     async def wait_settled(self, exchange_id: int, timeout: float) -> None:
@@ -455,42 +495,46 @@ class WriterProcess:
 
     async def drained(self, timeout: float | None = None) -> None:
         """Wait until everything submitted so far is stored (or spooled and replayed)."""
-        self._health = await self.call("drained", timeout=timeout)
+        report: WriterHealth = await self.call("drained", timeout=timeout)
+        self._reported(report)
 
     @property
     def db_ok(self) -> bool:
-        return self._health.get("database") == "ok"
+        return self._database == "ok"
 
-    def health(self) -> dict[str, Any]:
-        health = dict(self._health)
-        health["queue_depth"] = len(self._unsettled) + len(self._pending)
-        health["queue_size"] = self.queue_size
-        health["spool_bytes"] = health.get("spool_bytes", 0) + self.overflow.size
-        health["spooled_records"] = health.get("spooled_records", 0) + self.overflow.spooled
-        health["dropped_records"] = (
-            health.get("dropped_records", 0) + self.overflow.dropped + self._dropped_by_lost
+    def health(self) -> Health:
+        """Both processes' queue, spools and counts (`Health.to_json` is /healthz)."""
+        report, lag = self._report, self.lag()
+        dropped = self.overflow.dropped + self._dropped_by_lost
+        if report is not None:
+            dropped += report.dropped_records
+        if dropped > self._dropped_seen:
+            self._dropped_seen, self._dropped_at = dropped, time.monotonic()
+        return Health(
+            writer=report,
+            database=self._database,
+            queue_depth=len(self._unsettled) + len(self._pending),
+            queue_size=self.queue_size,
+            spool_bytes=self.overflow.size + (report.spool_bytes if report else 0),
+            spooled_records=self.overflow.spooled + (report.spooled_records if report else 0),
+            dropped_records=dropped,
+            writer_process="ok" if self._writer is not None else "down",
+            writer_pid=self.pid,
+            missing_calls=self.missing_calls,
+            recovered_records=self.recovered_records,
+            journal=self._journal_state(),
+            writer_lag_seconds=round(lag, 3),
+            writer_lagging=lag > self.lag_seconds,
+            dropped_recently=(
+                self._dropped_at is not None
+                and time.monotonic() - self._dropped_at < DROPPED_WINDOW
+            ),
         )
-        health["writer_process"] = "ok" if self._writer is not None else "down"
-        health["writer_pid"] = self.pid
-        health["missing_calls"] = self.missing_calls
-        health["recovered_records"] = self.recovered_records
-        health["journal"] = (
-            "off"
-            if self.settings.journal == "off"
-            else "ok"
-            if self.journal.failed is None
-            else self.journal.failed
-        )
-        health.setdefault("database", "unknown")
-        lag = self.lag()
-        health["writer_lag_seconds"] = round(lag, 3)
-        health["writer_lagging"] = lag > self.lag_seconds
-        if health["dropped_records"] > self._dropped_seen:
-            self._dropped_seen, self._dropped_at = health["dropped_records"], time.monotonic()
-        health["dropped_recently"] = (
-            self._dropped_at is not None and time.monotonic() - self._dropped_at < DROPPED_WINDOW
-        )
-        return health
+
+    def _journal_state(self) -> str:
+        if self.settings.journal == "off":
+            return "off"
+        return "ok" if self.journal.failed is None else self.journal.failed
 
     async def stop(self, timeout: float) -> None:
         """Flush to the child and let it finish; whatever it cannot store in time it spools."""
@@ -503,7 +547,7 @@ class WriterProcess:
             self._hand_over()
         writer = self._writer
         if writer is not None:
-            writer.write(frame("stop", timeout))
+            writer.write(frame(Stop(timeout)))
             with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(self._stopped.wait(), timeout + 10)
             writer.close()
@@ -523,14 +567,14 @@ class WriterProcess:
         kept = self.overflow.append(leftover) if leftover else 0
         self.overflow.close()
         final = self.health()  # the last word on this process's counts, for the log
-        if "written_records" in final:  # a writer ran (a failed start says why, elsewhere)
+        if final.writer is not None:  # a writer ran (a failed start says why, elsewhere)
             log.info(
                 "writer stopped: %s records stored, %s spooled, %s dropped and "
                 "counted, %s quarantined",
-                final["written_records"],
-                final.get("spooled_records", 0),
-                final.get("dropped_records", 0),
-                final.get("quarantined_by_writer", 0),
+                final.writer.written_records,
+                final.spooled_records,
+                final.dropped_records,
+                final.writer.quarantined_by_writer,
             )
         # Everything is stored or spooled: the journal has nothing more to keep (unless the
         # spool refused some, which then stay in the journal for the next start).

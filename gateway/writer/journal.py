@@ -67,7 +67,7 @@ def frame(*message: Any) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
-def read_frames(path: Path) -> Iterator[tuple[Any, ...]]:
+def read_frames(path: Path) -> Iterator[Any]:
     """The frames of a journal file; stops at a torn last one (a kill mid-write)."""
     try:
         data = path.read_bytes()
@@ -84,6 +84,15 @@ def read_frames(path: Path) -> Iterator[tuple[Any, ...]]:
             yield pickle.loads(body)
         except Exception:
             log.warning("unreadable entry in journal file %s; skipping it", path)
+
+
+def _records_in(entry: Any) -> Any:
+    """The packed records of a hand-off frame: a `gateway.writer.protocol.Records`, read by
+    its field (the writer imports the journal, not the other way round), or the tuple
+    `("records", [...])` a gateway before it wrote (a journal left by a kill, then an upgrade)."""
+    if isinstance(entry, tuple):
+        return entry[1] if entry[:1] == ("records",) else ()
+    return getattr(entry, "records", ())
 
 
 @dataclass
@@ -122,13 +131,12 @@ class Journal:
             return found
         seen: set[int] = set()
         for path in sorted(self.folder.glob("records-*.bin")):
-            for kind, *rest in read_frames(path):
-                if kind == "records":
-                    for values in rest[0]:
-                        record = Exchange(*values)
-                        if record.id not in seen:
-                            seen.add(record.id)
-                            found.records.append(record)
+            for entry in read_frames(path):
+                for values in _records_in(entry):
+                    record = Exchange(*values)
+                    if record.id not in seen:
+                        seen.add(record.id)
+                        found.records.append(record)
         started: dict[int, tuple[Any, ...]] = {}
         for kind, *rest in read_frames(self.folder / "inflight.bin"):
             if kind == "start":

@@ -21,6 +21,7 @@ from gateway.providers.base import Provider
 from gateway.runs.grouper import Grouper
 from gateway.store.exchanges import Store
 from gateway.store.runs import RunStore
+from gateway.writer.health import WriterHealth
 from gateway.writer.quarantine import database_down, describe, encode
 from gateway.writer.spool import Spool
 
@@ -293,17 +294,18 @@ class Recorder:
             self.spool.append(leftover)
         self.spool.close()
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "queue_depth": self.queue.qsize(),
-            "queue_size": self.queue.maxsize,
-            "spool_bytes": self.spool.size,
-            "spooled_records": self.spool.spooled,
-            "dropped_records": self.spool.dropped + self.failed,
-            "written_records": self.written,
-            "database": "ok" if self.db_ok else "down",
-            "database_errors": self.db_errors,
-            "quarantined_by_writer": self.quarantined,
-            "last_database_error": self.last_db_error,
-            "checked_at": time.time(),
-        }
+    def health(self) -> WriterHealth:
+        """This recorder's part of the writer's health report (integrations: the child's)."""
+        return WriterHealth(
+            queue_depth=self.queue.qsize(),
+            queue_size=self.queue.maxsize,
+            spool_bytes=self.spool.size,
+            spooled_records=self.spool.spooled,
+            dropped_records=self.spool.dropped + self.failed,
+            written_records=self.written,
+            database="ok" if self.db_ok else "down",
+            database_errors=self.db_errors,
+            quarantined_by_writer=self.quarantined,
+            last_database_error=self.last_db_error,
+            checked_at=time.time(),
+        )

@@ -1,0 +1,78 @@
+"""The capture pipeline's health, typed: what the writer process reports of itself
+(`WriterHealth`, sent over the wire) and what the proxy's side makes of it (`Health`), which
+becomes a JSON dict only at the HTTP edge (/healthz)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class WriterHealth:
+    """The writer process's own counts: its queue, spool, database and integrations."""
+
+    queue_depth: int
+    queue_size: int
+    spool_bytes: int  # its spool, plus hand-off files it has not replayed yet
+    spooled_records: int
+    dropped_records: int
+    written_records: int
+    database: str  # "ok", or "down" when its last write failed
+    database_errors: int
+    quarantined_by_writer: int
+    last_database_error: str | None
+    checked_at: float  # Unix time of the report
+    integrations: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> stats
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The pipeline as the proxy's process sees it: its own queue, overflow spool and journal,
+    and the writer's last report (`writer` is None until a writer reports, and again after
+    one is lost until its successor does)."""
+
+    writer: WriterHealth | None
+    database: str  # the writer's last word: "ok", "down", or "unknown"
+    queue_depth: int  # records pending here or in transit to the writer
+    queue_size: int
+    spool_bytes: int  # both spools: the writer's and the proxy's overflow
+    spooled_records: int
+    dropped_records: int  # both, and those a lost writer process had reported
+    writer_process: str  # "ok" or "down"
+    writer_pid: int | None
+    missing_calls: int
+    recovered_records: int
+    journal: str  # "ok", "off", or why journaling stopped
+    writer_lag_seconds: float
+    writer_lagging: bool
+    dropped_recently: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The /healthz fields, in their order; the writer's own appear only once it reported."""
+        data: dict[str, Any] = {
+            "queue_depth": self.queue_depth,
+            "queue_size": self.queue_size,
+            "spool_bytes": self.spool_bytes,
+            "spooled_records": self.spooled_records,
+            "dropped_records": self.dropped_records,
+        }
+        writer = self.writer
+        if writer is not None:
+            data["written_records"] = writer.written_records
+            data["database"] = self.database
+            data["database_errors"] = writer.database_errors
+            data["quarantined_by_writer"] = writer.quarantined_by_writer
+            data["last_database_error"] = writer.last_database_error
+            data["checked_at"] = writer.checked_at
+            data["integrations"] = writer.integrations
+        data["writer_process"] = self.writer_process
+        data["writer_pid"] = self.writer_pid
+        data["missing_calls"] = self.missing_calls
+        data["recovered_records"] = self.recovered_records
+        data["journal"] = self.journal
+        data["database"] = self.database  # keeps its place when the writer's fields came first
+        data["writer_lag_seconds"] = self.writer_lag_seconds
+        data["writer_lagging"] = self.writer_lagging
+        data["dropped_recently"] = self.dropped_recently
+        return data
