@@ -17,20 +17,10 @@ from typing import Any
 import orjson
 import sseclient
 
-from gateway.providers.base import Parsed
+from gateway.providers.base import Parsed, Replay
+from gateway.providers.mistral_paths import conversation_path, endpoint_of
+from gateway.providers.mistral_replay import MistralReplay
 
-_EXACT = {
-    "/v1/chat/completions": "chat",
-    "/v1/fim/completions": "fim",
-    "/v1/agents/completions": "agents",
-    "/v1/embeddings": "embeddings",
-    "/v1/ocr": "ocr",
-    "/v1/moderations": "moderations",
-    "/v1/chat/moderations": "moderations",
-    "/v1/classifications": "moderations",
-    "/v1/chat/classifications": "moderations",
-}
-_PREFIXES = (("/v1/conversations", "conversations"), ("/v1/files", "files"), ("/v1/audio", "audio"))
 _COMPLETIONS = frozenset({"chat", "fim", "agents"})
 _JSON_ENDPOINTS = _COMPLETIONS | {"embeddings", "conversations", "ocr", "moderations"}
 _MULTIPART_MODEL = b'form-data; name="model"'
@@ -66,20 +56,6 @@ _ENTRY_BODY = {
 }
 
 
-def endpoint_of(path: str) -> str:
-    """The endpoint kind of a forwarded path (query and fragment ignored)."""
-    p = path.split("?", 1)[0].split("#", 1)[0]
-    if len(p) > 1:
-        p = p.rstrip("/")
-    kind = _EXACT.get(p)
-    if kind:
-        return kind
-    for prefix, kind in _PREFIXES:
-        if p == prefix or p.startswith(prefix + "/"):
-            return kind
-    return "other"
-
-
 def request_messages(request_json: Any) -> list | None:
     """The `messages` list of a chat/agents request body, else None."""
     if isinstance(request_json, dict):
@@ -87,28 +63,6 @@ def request_messages(request_json: Any) -> list | None:
         if isinstance(messages, list):
             return messages
     return None
-
-
-def conversation_path(method: Any, path: str) -> tuple[str | None, str | None]:
-    """(operation, path conversation id) of a /v1/conversations... path."""
-    p = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    parts = p.split("/")[3:]  # after "", "v1", "conversations"
-    m = method.upper() if isinstance(method, str) else ""
-    if not parts:
-        return ("start" if m == "POST" else None), None
-    cid = parts[0] or None
-    if cid is None:
-        return None, None
-    rest = parts[1:]
-    op = None
-    if not rest:
-        op = {"POST": "append", "GET": "get"}.get(m)
-    elif len(rest) == 1:
-        if rest[0] == "restart" and m == "POST":
-            op = "restart"
-        elif rest[0] in ("history", "messages") and m == "GET":
-            op = "history"
-    return op, cid
 
 
 def _str(v: Any) -> str | None:
@@ -615,6 +569,7 @@ class MistralProvider:
     """Parses exchanges with api.mistral.ai (see /work/shared/mistral/API_NOTES.md)."""
 
     name = "mistral"
+    replay: Replay | None = MistralReplay()  # stateless: one for every instance
 
     def preview(self, request_json: Any) -> str | None:
         """The last user message (chat, agents), the last user input (conversations), the
