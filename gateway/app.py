@@ -148,7 +148,12 @@ class Gateway:
             begin=self.recorder.begin,
         )
         self.replayer = Replayer(
-            self.store, self.replay_store, self.recorder, self.proxy, self.provider, self.replay_key
+            self.store,
+            self.replay_store,
+            self.recorder,
+            self.proxy,
+            self.providers,
+            self.replay_key,
         )
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
         undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below

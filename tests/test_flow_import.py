@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from gateway.app import Gateway
-from gateway.capture.flow_import import ImportFileError, load, store_all
+from gateway.capture.exchange import UPSTREAM_ERROR
+from gateway.capture.flow_import import ImportFileError, _har_entry, load, store_all
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.runs import RunFilter
 from tests.conftest import Upstream, make_settings
@@ -179,6 +180,192 @@ async def test_har_import_same_shape_and_idempotent(
     assert KEY not in orjson.dumps(list(rows.values())).decode()
     (run,) = runs
     assert run["exchange_count"] == 2 and run["status"] == "ok"  # old, so settled
+
+
+# -- one HAR entry, without a gateway -------------------------------------------------------
+
+UNIT_KEY = "har-unit-SECRET-key-abcdefgh"
+ECHO = f'{{"echo": "{UNIT_KEY}"}}'.encode()
+FULL_ENTRY = {
+    "startedDateTime": "2026-03-01T10:00:00.250Z",
+    "time": 42.5,
+    "request": {
+        "method": "POST",
+        "url": "https://api.mistral.ai/v1/chat/completions?x=1&api_key=sk-SECRETSECRETSECRET",
+        "headers": [
+            {"name": "Authorization", "value": f"Bearer {UNIT_KEY}"},
+            {"name": "Content-Type", "value": "application/json"},
+            {"name": "X-AgentOps-Run", "value": "r1"},
+            {"name": "X-AgentOps-Omit", "value": " Bodies "},
+        ],
+        "postData": {"text": '{"model": "m", "messages": []}'},
+    },
+    "response": {
+        "status": 200,
+        "headers": [
+            {"name": "Content-Type", "value": "application/json"},
+            {"name": "Content-Encoding", "value": "gzip"},
+        ],
+        "content": {"encoding": "base64", "text": base64.b64encode(ECHO).decode()},
+    },
+    "timings": {"blocked": -1, "dns": 1, "connect": 3, "send": 0.5, "wait": 20, "receive": 19},
+}
+FULL_EXCHANGE = {
+    "id": 286437409820033939,  # stable: the same entry always gets the same id
+    "started_at": 1772359200.25,
+    "method": "POST",
+    "client_path": "/v1/chat/completions",
+    "path": "/v1/chat/completions",
+    "query": "x=1&api_key=%5Bredacted%5D",
+    "request_headers": [
+        ("Authorization", "[redacted]"),
+        ("Content-Type", "application/json"),
+        ("X-AgentOps-Run", "r1"),
+        ("X-AgentOps-Omit", " Bodies "),
+    ],
+    "request_body": b'{"model": "m", "messages": []}',
+    "provider": "mistral",
+    "key_fingerprint": "sha256:7e34e4db2d46...efgh",
+    "hints": {"omit": " Bodies ", "run": "r1"},
+    "omit_bodies": True,
+    "status": 200,
+    # HAR bodies are decoded: the Content-Encoding header goes
+    "response_headers": [("Content-Type", "application/json")],
+    "response_chunks": [b'{"echo": "sha256:7e34e4db2d46...efgh"}'],  # the echoed key scrubbed
+    "chunk_ms": [42.5],
+    "response_truncated": False,
+    "request_truncated": False,
+    "ttfb_ms": 24.5,  # every phase before receive, -1 counted as 0
+    "latency_ms": 42.5,
+    "state": "complete",
+    "error": None,
+    "replay_of": None,
+    "response_decoded": False,
+}
+NO_RESPONSE = {
+    "id": 286422309277392947,
+    "started_at": 1772355600.0,
+    "method": "GET",
+    "client_path": "/",
+    "path": "/",
+    "query": "",
+    "request_headers": [],
+    "request_body": b"",
+    "provider": "mistral",
+    "key_fingerprint": None,
+    "hints": {},
+    "omit_bodies": False,
+    "status": None,
+    "response_headers": [],
+    "response_chunks": [],
+    "chunk_ms": [],
+    "response_truncated": False,
+    "request_truncated": False,
+    "ttfb_ms": None,
+    "latency_ms": None,
+    "state": UPSTREAM_ERROR,
+    "error": "no response in the HAR entry",
+    "replay_of": None,
+    "response_decoded": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("entry", "where", "expected"),
+    [
+        (FULL_ENTRY, ("api.mistral.ai", 443), FULL_EXCHANGE),
+        (
+            {
+                "startedDateTime": "2026-03-01T10:00:00+01:00",
+                "request": {"method": "GET", "url": "http://LocalHost:8080"},
+                "response": {"status": 0},  # HAR's "no response"
+            },
+            ("localhost", 8080),
+            NO_RESPONSE,
+        ),
+        (
+            {
+                "startedDateTime": "2026-03-01T10:00:00Z",
+                "request": {"method": "GET", "url": "http://api.elevenlabs.io/v1/voices"},
+                "response": {"status": 404, "content": {"text": "gone"}},
+                "time": 0,
+            },
+            ("api.elevenlabs.io", 80),
+            {
+                **NO_RESPONSE,
+                "id": 286437408769000788,
+                "started_at": 1772359200.0,
+                "client_path": "/v1/voices",
+                "path": "/v1/voices",
+                "provider": "elevenlabs",
+                "status": 404,
+                "response_chunks": [b"gone"],
+                "chunk_ms": [0.0],
+                "state": "complete",
+                "error": None,
+            },
+        ),
+    ],
+)
+def test_har_entry(entry: dict[str, Any], where: tuple[str, int], expected: dict[str, Any]):
+    host, port, exchange = _har_entry(entry)
+    assert (host, port) == where
+    assert exchange.to_dict() == expected
+
+
+R = {"method": "POST", "url": "https://api.mistral.ai/v1/chat/completions"}
+T = "2026-03-01T10:00:00Z"
+BAD_B64 = {"encoding": "base64", "text": "a"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        # the first thing wrong, in the order the entry is read
+        ({}, "no 'request'"),
+        ({"request": {}}, "no 'url'"),
+        ({"request": {"url": "https://a:bad/"}}, "ValueError: Port could not be cast"),
+        ({"request": R}, "no 'startedDateTime'"),
+        ({"request": R, "startedDateTime": "now"}, "ValueError: Invalid isoformat string"),
+        (
+            {"request": {**R, "headers": [{"name": "a"}]}, "startedDateTime": T, "response": 5},
+            "no 'value'",
+        ),
+        ({"request": R, "startedDateTime": T, "response": {"content": BAD_B64}}, "Error: Invalid"),
+        (
+            {"request": R, "startedDateTime": T, "response": {"headers": [{"value": 1}]}},
+            "no 'name'",
+        ),
+        (
+            {
+                "request": R,
+                "startedDateTime": T,
+                # a Content-Encoding header is dropped before its value is read
+                "response": {"headers": [{"name": "content-encoding"}], "status": "abc"},
+            },
+            "ValueError: invalid literal for int()",
+        ),
+        (
+            {"request": R, "startedDateTime": T, "time": "slow"},
+            "ValueError: could not convert string to float: 'slow'",
+        ),
+        ({"request": {"url": R["url"]}, "startedDateTime": T}, "no 'method'"),
+        (
+            {"request": {**R, "postData": {"text": 5}}, "startedDateTime": T},
+            "AttributeError: 'int' object has no attribute 'encode'",
+        ),
+        (
+            {"request": {**R, "headers": [{"name": 5, "value": "x"}]}, "startedDateTime": T},
+            "AttributeError: 'int' object has no attribute 'lower'",
+        ),
+    ],
+)
+def test_malformed_har_entry_says_what(tmp_path: Path, entry: dict[str, Any], expected: str):
+    path = tmp_path / "x.har"
+    path.write_bytes(orjson.dumps({"log": {"entries": [FULL_ENTRY, entry]}}))
+    with pytest.raises(ImportFileError) as info:
+        load(str(path), ["api.mistral.ai"])
+    assert str(info.value).startswith(f"{path}: HAR entry 1 is malformed: {expected}")
 
 
 NOT_A_DUMP = "neither a HAR file nor a mitmproxy flow dump"

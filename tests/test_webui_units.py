@@ -1,5 +1,6 @@
 """The UI's pure parts, table-driven: number and time formats for people, chat rendering of
-message shapes, the run timeline's geometry and memory changes, safe redirects."""
+message shapes, the run timeline's geometry and memory changes, safe redirects, and the list's
+previews (each row by its own provider)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from gateway import api
+from gateway.providers import make_providers, provider_named
+from gateway.settings import Settings
 from webui import formats
 from webui.auth import safe_next
 from webui.chat import chat_items, parts, pretty_body
+from webui.exchange_pages import decorate
 from webui.formats import DASH
 from webui.timeline import build, memory_change
 
@@ -290,3 +297,44 @@ def test_timeline_labels_tool_waits_and_steps_without_memory():
     assert (first.memory["size"], first.memory["kept"], first.memory["dropped"]) == (2, 0, [])
     assert [m["role"] for m in third.memory["dropped"]] == ["assistant"]
     assert [m["role"] for m in third.memory["added"]] == ["tool"]
+
+
+class FakeBodies:
+    """The two store reads the list's decoration makes."""
+
+    def __init__(self, bodies: dict[int, tuple[str | None, str]]) -> None:
+        self.bodies = bodies
+        self.asked: list[int] = []
+
+    async def request_bodies(self, ids: list[int]) -> dict[int, tuple[str | None, str]]:
+        self.asked += ids
+        return {i: self.bodies[i] for i in ids if i in self.bodies}
+
+    async def names(self, run_ids) -> dict[int, dict]:
+        return {}
+
+
+async def test_list_previews_each_row_with_its_own_provider():
+    """Rows from before the writer made previews are previewed from their request body by
+    their own provider (a TTS call by the text it speaks); newer rows keep theirs."""
+    chat = '{"model": "m", "messages": [{"role": "user", "content": "a chat question"}]}'
+    fake = FakeBodies({1: ('{"text": "spoken words", "model_id": "m"}', "json"), 2: (chat, "json")})
+    providers = make_providers(Settings())
+    app = web.Application()
+    app[api.STORE] = fake
+    app[api.RUNS] = fake
+    app[api.PROVIDERS] = lambda name: provider_named(providers, name)
+    items = [
+        {"id": "1", "provider": "elevenlabs", "preview": None, "run_id": None},
+        {"id": "2", "provider": "mistral", "preview": None, "run_id": None},
+        {"id": "3", "provider": "mistral", "preview": "made by the writer", "run_id": None},
+        {"id": "4", "provider": "nonesuch", "preview": None, "run_id": None},
+    ]
+    await decorate(make_mocked_request("GET", "/", app=app), items)
+    assert [i["preview"] for i in items] == [
+        "spoken words",
+        "a chat question",
+        "made by the writer",
+        None,  # a provider this gateway lacks: no preview rather than another's
+    ]
+    assert fake.asked == [1, 2, 4]

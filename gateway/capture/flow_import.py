@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
@@ -142,60 +142,94 @@ def _har(path: str) -> Iterator[tuple[str, int, Exchange]]:
             ) from None
 
 
-def _har_entry(entry: dict[str, Any]) -> tuple[str, int, Exchange]:
-    request, response = entry["request"], entry.get("response") or {}
-    url = urlsplit(request["url"])
-    host = (url.hostname or "").lower()
-    port = url.port or (443 if url.scheme == "https" else 80)
-    started = datetime.fromisoformat(entry["startedDateTime"].replace("Z", "+00:00")).timestamp()
-    pairs = [(h["name"], h["value"]) for h in request.get("headers") or ()]
-    body = ((request.get("postData") or {}).get("text") or "").encode()
-    content = response.get("content") or {}
-    text = content.get("text") or ""
-    response_body = base64.b64decode(text) if content.get("encoding") == "base64" else text.encode()
-    # HAR keeps bodies already decoded: a Content-Encoding header no longer describes them.
-    response_pairs = [
-        (h["name"], h["value"])
-        for h in response.get("headers") or ()
-        if h["name"].lower() != "content-encoding"
-    ]
-    status = int(response.get("status") or 0) or None  # 0: no response (HAR's convention)
-    total = float(entry.get("time") or 0)
-    identity = orjson.dumps(
-        [
-            entry["startedDateTime"],
-            request["method"],
-            request["url"],
-            body.decode(errors="replace"),
-            status,
-            text,
+@dataclass
+class _HarRequest:
+    """What an entry says of its request, read in the order a malformed entry's error names
+    the first thing wrong (the method is read with the response, after it)."""
+
+    request: dict[str, Any]
+    url: SplitResult
+    host: str
+    port: int
+    started: float  # Unix time, seconds
+    pairs: list[tuple[str, str]]
+    body: bytes
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> _HarRequest:
+        request = entry["request"]
+        url = urlsplit(request["url"])
+        host = (url.hostname or "").lower()
+        port = url.port or (443 if url.scheme == "https" else 80)
+        started = datetime.fromisoformat(entry["startedDateTime"].replace("Z", "+00:00"))
+        pairs = [(h["name"], h["value"]) for h in request.get("headers") or ()]
+        body = ((request.get("postData") or {}).get("text") or "").encode()
+        return cls(request, url, host, port, started.timestamp(), pairs, body)
+
+
+@dataclass
+class _HarResponse:
+    """What an entry says of its response; status None when there was none (HAR says 0)."""
+
+    status: int | None
+    text: str  # the body as the file has it (base64 or not): part of the call's identity
+    body: bytes
+    pairs: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, response: dict[str, Any]) -> _HarResponse:
+        content = response.get("content") or {}
+        text = content.get("text") or ""
+        body = base64.b64decode(text) if content.get("encoding") == "base64" else text.encode()
+        # HAR keeps bodies already decoded: a Content-Encoding header no longer describes them.
+        pairs = [
+            (h["name"], h["value"])
+            for h in response.get("headers") or ()
+            if h["name"].lower() != "content-encoding"
         ]
-    ).decode()
-    hints = hints_of(pairs)
+        status = int(response.get("status") or 0) or None  # 0: no response (HAR's convention)
+        return cls(status, text, body, pairs)
+
+
+def _har_entry(entry: dict[str, Any]) -> tuple[str, int, Exchange]:
+    call = _HarRequest.of(entry)
+    answer = _HarResponse.of(entry.get("response") or {})
+    total = float(entry.get("time") or 0)
+    exchange_id = stable_id(call.started, _har_identity(entry, call, answer))
+    hints = hints_of(call.pairs)
+    path = call.url.path or "/"
     exchange = Exchange(
-        id=stable_id(started, identity),
-        started_at=started,
-        method=request["method"],
-        client_path=url.path or "/",
-        path=url.path or "/",
-        query=redact.redact_query(url.query),
-        request_headers=redact.redact_headers(pairs),
-        request_body=body,
-        provider=provider_of(host),
-        key_fingerprint=redact.fingerprint(redact.key_of(pairs)),
+        id=exchange_id,
+        started_at=call.started,
+        method=call.request["method"],
+        client_path=path,
+        path=path,
+        query=redact.redact_query(call.url.query),
+        request_headers=redact.redact_headers(call.pairs),
+        request_body=call.body,
+        provider=provider_of(call.host),
+        key_fingerprint=redact.fingerprint(redact.key_of(call.pairs)),
         hints=hints,
         omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
-        status=status,
-        response_headers=redact.redact_headers(response_pairs),
-        response_chunks=[response_body] if response_body else [],
-        chunk_ms=[total] if response_body else [],
+        status=answer.status,
+        response_headers=redact.redact_headers(answer.pairs),
+        response_chunks=[answer.body] if answer.body else [],
+        chunk_ms=[total] if answer.body else [],
         ttfb_ms=_ttfb(entry.get("timings")),
         latency_ms=total or None,
     )
-    if status is None:
+    if answer.status is None:
         exchange.state, exchange.error = UPSTREAM_ERROR, "no response in the HAR entry"
-    scrub.scrub_call(exchange, pairs, url.query, scrub.Keys())
-    return host, port, exchange
+    scrub.scrub_call(exchange, call.pairs, call.url.query, scrub.Keys())
+    return call.host, call.port, exchange
+
+
+def _har_identity(entry: dict[str, Any], call: _HarRequest, answer: _HarResponse) -> str:
+    """What makes a HAR entry this call and no other: its stable id is derived from it."""
+    request = call.request
+    body = call.body.decode(errors="replace")
+    fields = [entry["startedDateTime"], request["method"], request["url"], body]
+    return orjson.dumps([*fields, answer.status, answer.text]).decode()
 
 
 def _ttfb(timings: Any) -> float | None:

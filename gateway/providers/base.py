@@ -49,10 +49,82 @@ class Parsed:
     request_params: dict | None = None  # request config without the bulky keys, + tool names
 
 
+class NotReplayable(Exception):
+    """The original cannot be sent again; the message says why (an HTTP 409)."""
+
+
+class BadOverrides(ValueError):
+    """An override the endpoint does not accept, or of the wrong type (an HTTP 400)."""
+
+
+# A conversation's recorded start request and the entries that came before a call, as
+# `ReplayStore.conversation_history` reads them (either None when not recorded).
+History = tuple[Any, list[Any] | None]
+
+
+class Replay(Protocol):
+    """How a provider's recorded calls are sent again: which can be, which overrides each
+    route accepts, how bodies are rebuilt. Methods raise NotReplayable or BadOverrides with a
+    message for the user; replay (gateway/replay/replayer.py, run.py) only orchestrates."""
+
+    def route(self, item: dict[str, Any], request_json: Any) -> str:
+        """The path a replay of this stored call is sent to; NotReplayable says why none."""
+        ...
+
+    def validate(self, overrides: Any, route: str) -> None:
+        """BadOverrides unless every override is a field `route` accepts, of the right type."""
+        ...
+
+    def needs_history(self, path: str, route: str) -> bool:
+        """Whether the call continues a conversation, so `body` needs its recorded history."""
+        ...
+
+    def body(
+        self,
+        original: dict[str, Any],
+        path: str,
+        route: str,
+        overrides: dict[str, Any],
+        history: History | None,
+    ) -> dict[str, Any]:
+        """The body a replay sends: the original (rebuilt from `history` when it continued a
+        conversation) with the overrides merged, null removing a key."""
+        ...
+
+    # A run, step by step: each later step continues the replay's own conversation or chat.
+
+    def append_path(self, conversation_id: str) -> str | None:
+        """The path that continues a replayed conversation; None for an id unfit for a path."""
+        ...
+
+    def append_body(
+        self, recorded: dict[str, Any], overrides: dict[str, Any], id_map: dict[str, str]
+    ) -> dict[str, Any]:
+        """A later conversation step: the recorded inputs (tool results re-addressed by
+        `id_map`) with the overrides that apply after the start."""
+        ...
+
+    def chat_body(
+        self, recorded: dict[str, Any], path: str, overrides: dict[str, Any], messages: list[Any]
+    ) -> dict[str, Any]:
+        """A later chat step: the recorded request, the overrides but `messages`, and these
+        messages."""
+        ...
+
+    def remap_tool_results(self, items: list[Any], id_map: dict[str, str]) -> list[Any]:
+        """Tool results re-addressed to the tool call ids the replay's own response used."""
+        ...
+
+
 class Provider(Protocol):
-    """Parses one exchange of a vendor's API."""
+    """Parses one exchange of a vendor's API (and, optionally, replays it)."""
 
     name: str
+
+    @property
+    def replay(self) -> Replay | None:
+        """How this provider's calls are replayed; None when they cannot be."""
+        ...
 
     def parse(
         self,

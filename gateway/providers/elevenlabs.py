@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import Parsed
+from gateway.providers.base import Parsed, Replay
 
 DEFAULT_MODEL = "eleven_multilingual_v2"  # what the API uses when a request names none
 # Credits per character (ElevenLabs' pricing: v2/v3 models 1, Flash and Turbo 0.5).
@@ -90,6 +90,7 @@ class ElevenLabsProvider:
     """Parses ElevenLabs calls; prices them at `usd_per_credit`."""
 
     name = "elevenlabs"
+    replay: Replay | None = None  # speech is not replayed
 
     def __init__(self, usd_per_credit: float) -> None:
         self.usd_per_credit = usd_per_credit

@@ -11,26 +11,16 @@ parse) and must never raise: hostile or truncated input yields whatever could be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import sseclient
 
-from gateway.providers.base import Parsed
+from gateway.providers.base import Parsed, Replay
+from gateway.providers.mistral_paths import conversation_path, endpoint_of
+from gateway.providers.mistral_replay import MistralReplay
 
-_EXACT = {
-    "/v1/chat/completions": "chat",
-    "/v1/fim/completions": "fim",
-    "/v1/agents/completions": "agents",
-    "/v1/embeddings": "embeddings",
-    "/v1/ocr": "ocr",
-    "/v1/moderations": "moderations",
-    "/v1/chat/moderations": "moderations",
-    "/v1/classifications": "moderations",
-    "/v1/chat/classifications": "moderations",
-}
-_PREFIXES = (("/v1/conversations", "conversations"), ("/v1/files", "files"), ("/v1/audio", "audio"))
 _COMPLETIONS = frozenset({"chat", "fim", "agents"})
 _JSON_ENDPOINTS = _COMPLETIONS | {"embeddings", "conversations", "ocr", "moderations"}
 _MULTIPART_MODEL = b'form-data; name="model"'
@@ -57,20 +47,13 @@ _ENTRY_FIELDS = {
         "next_agent_name",
     ),
 }
-
-
-def endpoint_of(path: str) -> str:
-    """The endpoint kind of a forwarded path (query and fragment ignored)."""
-    p = path.split("?", 1)[0].split("#", 1)[0]
-    if len(p) > 1:
-        p = p.rstrip("/")
-    kind = _EXACT.get(p)
-    if kind:
-        return kind
-    for prefix, kind in _PREFIXES:
-        if p == prefix or p.startswith(prefix + "/"):
-            return kind
-    return "other"
+# ... and the fields an entry gathers from pieces (or, for a tool, as sent).
+_ENTRY_BODY = {
+    "message.output": ("content",),
+    "function.call": ("arguments",),
+    "tool.execution": ("arguments", "info"),
+    "agent.handoff": (),
+}
 
 
 def request_messages(request_json: Any) -> list | None:
@@ -80,28 +63,6 @@ def request_messages(request_json: Any) -> list | None:
         if isinstance(messages, list):
             return messages
     return None
-
-
-def conversation_path(method: Any, path: str) -> tuple[str | None, str | None]:
-    """(operation, path conversation id) of a /v1/conversations... path."""
-    p = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    parts = p.split("/")[3:]  # after "", "v1", "conversations"
-    m = method.upper() if isinstance(method, str) else ""
-    if not parts:
-        return ("start" if m == "POST" else None), None
-    cid = parts[0] or None
-    if cid is None:
-        return None, None
-    rest = parts[1:]
-    op = None
-    if not rest:
-        op = {"POST": "append", "GET": "get"}.get(m)
-    elif len(rest) == 1:
-        if rest[0] == "restart" and m == "POST":
-            op = "restart"
-        elif rest[0] in ("history", "messages") and m == "GET":
-            op = "history"
-    return op, cid
 
 
 def _str(v: Any) -> str | None:
@@ -262,32 +223,57 @@ def _response(p: Parsed, resp: dict) -> None:
     p.model = _str(resp.get("model")) or p.model
     _usage(p, resp.get("usage"))
     if p.endpoint in _COMPLETIONS or "choices" in resp:
-        choices = resp.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            p.finish_reason = _str(choices[0].get("finish_reason"))
-            message = choices[0].get("message")
-            if isinstance(message, dict):
-                p.output_text = _text(message.get("content"))
-            if p.endpoint in _COMPLETIONS:
-                p.message_out = _message_out(message)
-    elif p.endpoint == "conversations":
-        p.conversation_id = _str(resp.get("conversation_id")) or p.conversation_id
-        outputs = resp.get("outputs")
-        if isinstance(outputs, list):
-            p.entries_out = [e for e in outputs if isinstance(e, dict)]
-        for entry in reversed(outputs) if isinstance(outputs, list) else ():
-            if isinstance(entry, dict) and entry.get("type") == "message.output":
-                p.output_text = _text(entry.get("content"))
-                p.agent_id = p.agent_id or _str(entry.get("agent_id"))
-                p.model = _str(resp.get("model")) or _str(entry.get("model")) or p.model
-                break
-    elif p.endpoint == "ocr":
-        info = resp.get("usage_info")
-        pages = _int(info.get("pages_processed")) if isinstance(info, dict) else None
-        if pages is not None:
-            p.units["pages"] = float(pages)
-    elif p.endpoint == "audio":
-        p.output_text = _str(resp.get("text"))
+        _choices_response(p, resp)
+        return
+    facts = _RESPONSE_FACTS.get(p.endpoint)
+    if facts is not None:
+        facts(p, resp)
+
+
+def _choices_response(p: Parsed, resp: dict) -> None:
+    """Chat, FIM, agents (or any body with `choices`): the first choice's message."""
+    choices = resp.get("choices")
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        return
+    p.finish_reason = _str(choices[0].get("finish_reason"))
+    message = choices[0].get("message")
+    if isinstance(message, dict):
+        p.output_text = _text(message.get("content"))
+    if p.endpoint in _COMPLETIONS:
+        p.message_out = _message_out(message)
+
+
+def _conversation_response(p: Parsed, resp: dict) -> None:
+    """Conversations: the output entries; text, agent and model from the last message."""
+    p.conversation_id = _str(resp.get("conversation_id")) or p.conversation_id
+    outputs = resp.get("outputs")
+    if not isinstance(outputs, list):
+        return
+    p.entries_out = [e for e in outputs if isinstance(e, dict)]
+    last = next((e for e in reversed(p.entries_out) if e.get("type") == "message.output"), None)
+    if last is not None:
+        p.output_text = _text(last.get("content"))
+        p.agent_id = p.agent_id or _str(last.get("agent_id"))
+        p.model = _str(resp.get("model")) or _str(last.get("model")) or p.model
+
+
+def _ocr_response(p: Parsed, resp: dict) -> None:
+    info = resp.get("usage_info")
+    pages = _int(info.get("pages_processed")) if isinstance(info, dict) else None
+    if pages is not None:
+        p.units["pages"] = float(pages)
+
+
+def _audio_response(p: Parsed, resp: dict) -> None:
+    p.output_text = _str(resp.get("text"))
+
+
+# Endpoint -> what its non-streamed body tells (bodies with `choices` go to _choices_response).
+_RESPONSE_FACTS: dict[str, Callable[[Parsed, dict], None]] = {
+    "conversations": _conversation_response,
+    "ocr": _ocr_response,
+    "audio": _audio_response,
+}
 
 
 class _Acc:
@@ -372,49 +358,61 @@ def _feed(chunks: list[bytes], pos: list[int]) -> Iterator[bytes]:
 
 def _merge_calls(acc: _Acc, tool_calls: Any) -> None:
     """Merge streamed tool-call deltas by `index`: Mistral sends each call whole, OpenAI-style
-    streams send the id and name first and the arguments in pieces. A new non-empty id at a
-    used index starts a new call (some servers give every parallel call index 0)."""
+    streams send the id and name first and the arguments in pieces."""
     if type(tool_calls) is not list:
         return
     for tc in tool_calls:
-        if type(tc) is not dict:
-            continue
-        index = tc.get("index")
-        if type(index) is not int:
-            index = None
-        tid = tc.get("id") or None
-        fn = tc.get("function")
-        if type(fn) is not dict:
-            fn = {}
+        if type(tc) is dict:
+            _merge_call(acc, tc)
+
+
+def _merge_call(acc: _Acc, tc: dict) -> None:
+    index = tc.get("index")
+    if type(index) is not int:
+        index = None
+    tid = tc.get("id") or None
+    fn = tc.get("function")
+    _fill_call(_call_slot(acc, index, tid, tc), tid, fn if type(fn) is dict else {})
+
+
+def _call_slot(acc: _Acc, index: int | None, tid: Any, tc: dict) -> list:
+    """The [call, argument pieces] a delta continues: the one at its index; without index nor
+    id, the last call. A new non-empty id at a used index starts a new call (some servers give
+    every parallel call index 0)."""
+    slot = None
+    if index is not None:
+        slot = acc.call_at.get(index)
+    elif acc.calls and tid is None:
+        slot = acc.calls[-1]  # no index, no id: a continuation of the last call
+    if slot is not None and tid is not None and slot[0]["id"] and slot[0]["id"] != tid:
         slot = None
+    if slot is None:
+        kind = tc.get("type")
+        call = {
+            "id": None,
+            "type": kind if type(kind) is str else "function",
+            "function": {"name": None, "arguments": None},
+        }
+        slot = [call, []]
+        acc.calls.append(slot)
         if index is not None:
-            slot = acc.call_at.get(index)
-        elif acc.calls and tid is None:
-            slot = acc.calls[-1]  # no index, no id: a continuation of the last call
-        if slot is not None and tid is not None and slot[0]["id"] and slot[0]["id"] != tid:
-            slot = None
-        if slot is None:
-            kind = tc.get("type")
-            call = {
-                "id": None,
-                "type": kind if type(kind) is str else "function",
-                "function": {"name": None, "arguments": None},
-            }
-            slot = [call, []]
-            acc.calls.append(slot)
-            if index is not None:
-                acc.call_at[index] = slot
-        call, pieces = slot
-        if tid is not None and not call["id"]:
-            call["id"] = tid
-        name = fn.get("name")
-        if name and not call["function"]["name"]:
-            call["function"]["name"] = name
-        args = fn.get("arguments")
-        if type(args) is str:
-            pieces.append(args)
-        elif args is not None and not pieces:
-            call["function"]["arguments"] = args  # not a string: kept as sent
+            acc.call_at[index] = slot
+    return slot
+
+
+def _fill_call(slot: list, tid: Any, fn: dict) -> None:
+    """The first id and name win; string arguments are pieces, any other kept as sent."""
+    call, pieces = slot
+    if tid is not None and not call["id"]:
+        call["id"] = tid
+    name = fn.get("name")
+    if name and not call["function"]["name"]:
+        call["function"]["name"] = name
+    args = fn.get("arguments")
+    if type(args) is str:
+        pieces.append(args)
+    elif args is not None and not pieces:
+        call["function"]["arguments"] = args  # not a string: kept as sent
 
 
 def _on_entry(acc: _Acc, obj: dict, kind: str, etype: str) -> None:
@@ -424,31 +422,35 @@ def _on_entry(acc: _Acc, obj: dict, kind: str, etype: str) -> None:
         eid = None
     index = obj.get("output_index")
     key = (etype, index if type(index) is int else None)
+    slot = _entry_slot(acc, eid, key, etype)
+    if eid is not None:
+        if slot[0]["id"] is None:
+            slot[0]["id"] = eid
+        acc.by_id.setdefault(eid, slot)
+    acc.by_index[key] = slot
+    _fill_entry(slot, obj, kind, etype)
+
+
+def _entry_slot(acc: _Acc, eid: str | None, key: tuple, etype: str) -> list:
+    """The [entry, text pieces] an event continues: the one with its id, else the last at its
+    (type, output_index) unless that one has another id; a new entry when none is of its type."""
     slot = acc.by_id.get(eid) if eid is not None else None
     if slot is None:
         cand = acc.by_index.get(key)
         if cand is not None and (eid is None or cand[0]["id"] is None):
             slot = cand
-    if slot is not None and slot[0]["type"] != etype:
-        slot = None
-    if slot is None:
-        entry: dict[str, Any] = {"type": etype, "id": None}
-        for f in _ENTRY_FIELDS[etype]:
-            entry[f] = None
-        if etype == "message.output":
-            entry["content"] = None
-        elif etype in ("function.call", "tool.execution"):
-            entry["arguments"] = None
-            if etype == "tool.execution":
-                entry["info"] = None
+    if slot is None or slot[0]["type"] != etype:
+        entry = {"type": etype, "id": None}
+        entry.update(dict.fromkeys(_ENTRY_FIELDS[etype]))
+        entry.update(dict.fromkeys(_ENTRY_BODY[etype]))
         slot = [entry, []]
         acc.entries.append(slot)
+    return slot
+
+
+def _fill_entry(slot: list, obj: dict, kind: str, etype: str) -> None:
+    """The first non-empty value of each plain field wins; text and arguments are pieces."""
     entry, pieces = slot
-    if eid is not None:
-        if entry["id"] is None:
-            entry["id"] = eid
-        acc.by_id.setdefault(eid, slot)
-    acc.by_index[key] = slot
     for f in _ENTRY_FIELDS[etype]:
         v = obj.get(f)
         if v is not None and v != "" and entry[f] is None:
@@ -458,15 +460,21 @@ def _on_entry(acc: _Acc, obj: dict, kind: str, etype: str) -> None:
         if text:
             pieces.append(text)
     elif etype != "agent.handoff":
-        args = obj.get("arguments")
-        if type(args) is str:
-            if kind != "tool.execution.done" or not pieces:
-                pieces.append(args)
-        elif args is not None and not pieces:
-            entry["arguments"] = args
-        info = obj.get("info")
-        if etype == "tool.execution" and info is not None:
-            entry["info"] = info
+        _fill_arguments(entry, pieces, obj, kind == "tool.execution.done")
+
+
+def _fill_arguments(entry: dict, pieces: list, obj: dict, done: bool) -> None:
+    """Function calls and tool executions: string arguments are pieces (a done event repeats
+    them whole, so it counts only when no piece came), any other kept as sent; a tool's info."""
+    args = obj.get("arguments")
+    if type(args) is str:
+        if not done or not pieces:
+            pieces.append(args)
+    elif args is not None and not pieces:
+        entry["arguments"] = args
+    info = obj.get("info")
+    if entry["type"] == "tool.execution" and info is not None:
+        entry["info"] = info
 
 
 def _on_chunk(acc: _Acc, obj: dict, choices: Any) -> bool:
@@ -561,6 +569,7 @@ class MistralProvider:
     """Parses exchanges with api.mistral.ai (see /work/shared/mistral/API_NOTES.md)."""
 
     name = "mistral"
+    replay: Replay | None = MistralReplay()  # stateless: one for every instance
 
     def preview(self, request_json: Any) -> str | None:
         """The last user message (chat, agents), the last user input (conversations), the

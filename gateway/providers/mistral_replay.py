@@ -2,7 +2,8 @@
 endpoint accepts, and how the new body is built (Conversations included).
 
 Kept beside mistral.py (which reads recorded calls) because it is the same vendor knowledge,
-used the other way round; the key sets follow /work/shared/mistral/openapi.yaml.
+used the other way round; the key sets follow /work/shared/mistral/openapi.yaml. The
+provider's `replay` is a `MistralReplay`, the `Replay` interface over these functions.
 """
 
 from __future__ import annotations
@@ -10,15 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.providers.mistral import conversation_path
-
-
-class NotReplayable(Exception):
-    """The original cannot be sent again; the message says why (an HTTP 409)."""
-
-
-class BadOverrides(ValueError):
-    """An override the endpoint does not accept, or of the wrong type (an HTTP 400)."""
+from gateway.providers.base import BadOverrides, History, NotReplayable
+from gateway.providers.mistral_paths import conversation_path
 
 
 def _keys(text: str) -> frozenset[str]:
@@ -117,10 +111,6 @@ def route_of(path: str) -> str:
 
 def check(item: dict[str, Any], request_json: Any) -> str:
     """Raise NotReplayable saying why, else return the route to send the replay to."""
-    if item.get("provider") != "mistral":
-        raise NotReplayable(
-            f"only Mistral calls can be replayed, this one went to {item.get('provider')}"
-        )
     if item.get("omitted"):
         raise NotReplayable("its bodies were not recorded (X-AgentOps-Omit: bodies)")
     if item.get("truncated"):
@@ -302,3 +292,54 @@ def remap_tool_results(items: list[Any], id_map: dict[str, str]) -> list[Any]:
             item = {**item, "tool_call_id": id_map[item["tool_call_id"]]}
         out.append(item)
     return out
+
+
+class MistralReplay:
+    """The `Replay` of Mistral calls (see gateway/providers/base.py)."""
+
+    def route(self, item: dict[str, Any], request_json: Any) -> str:
+        return check(item, request_json)
+
+    def validate(self, overrides: Any, route: str) -> None:
+        validate(overrides, route)
+
+    def needs_history(self, path: str, route: str) -> bool:
+        """A conversation append or restart is replayed as a new conversation: it needs the
+        recorded start and the entries before it."""
+        return route == "/v1/conversations" and path != route
+
+    def body(
+        self,
+        original: dict[str, Any],
+        path: str,
+        route: str,
+        overrides: dict[str, Any],
+        history: History | None,
+    ) -> dict[str, Any]:
+        if route == "/v1/conversations":
+            start, entries = history or (None, None)
+            original = conversation_start(original, path, start, entries)
+        return merge(original, overrides, route)
+
+    def append_path(self, conversation_id: str) -> str | None:
+        if not CONVERSATION_ID.fullmatch(conversation_id):
+            return None
+        return f"/v1/conversations/{conversation_id}"
+
+    def append_body(
+        self, recorded: dict[str, Any], overrides: dict[str, Any], id_map: dict[str, str]
+    ) -> dict[str, Any]:
+        inputs = recorded.get("inputs")
+        if isinstance(inputs, str):
+            inputs = [{"type": "message.input", "role": "user", "content": inputs}]
+        return append_body(recorded, overrides, remap_tool_results(list(inputs or []), id_map))
+
+    def chat_body(
+        self, recorded: dict[str, Any], path: str, overrides: dict[str, Any], messages: list[Any]
+    ) -> dict[str, Any]:
+        body = merge(recorded, {k: v for k, v in overrides.items() if k != "messages"}, path)
+        body["messages"] = messages
+        return body
+
+    def remap_tool_results(self, items: list[Any], id_map: dict[str, str]) -> list[Any]:
+        return remap_tool_results(items, id_map)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,8 @@ import orjson
 
 from gateway.capture.redact import REDACTED
 from gateway.errors import AgentOpsError
-from gateway.providers import UnknownProvider
-from gateway.providers import mistral_replay as shapes
-from gateway.providers.base import Parsed, Provider
+from gateway.providers import UnknownProvider, provider_named
+from gateway.providers.base import BadOverrides, NotReplayable, Parsed, Provider, Replay
 from gateway.proxy.forward import HINT_PREFIX, HOP_BY_HOP, Proxy
 from gateway.replay import diff as diffs
 from gateway.store.exchanges import LIST_COLUMNS, Store
@@ -84,10 +83,11 @@ def key_from_environ(environ: Mapping[str, str]) -> SecretKey | None:
 
 @dataclass
 class Recorded:
-    """A stored exchange, decoded, with what its provider parses from it."""
+    """A stored exchange, decoded, with its provider and what that provider parses from it."""
 
     item: dict[str, Any]
     parsed: Parsed
+    provider: Provider
 
     @property
     def id(self) -> int:
@@ -135,13 +135,13 @@ class Replayer:
         replay_store: ReplayStore,
         recorder: WriterProcess,
         proxy: Proxy,
-        provider_of: Callable[[str], Provider],
+        providers: dict[str, Provider],
         key: SecretKey | None,
     ) -> None:
         self.store = store
         self.replay_store = replay_store
         self.proxy = proxy
-        self.provider_of = provider_of
+        self.providers = providers
         self._key = key
         self._models: tuple[float, list[str]] | None = None
         self.recorder = recorder
@@ -176,10 +176,10 @@ class Replayer:
             return None
         item = exchange_detail(item)
         try:
-            provider = self.provider_of(item["provider"])
+            provider = provider_named(self.providers, item["provider"])
         except UnknownProvider as exc:
             raise ReplayError(409, f"exchange {exchange_id} cannot be replayed: {exc}") from None
-        return Recorded(item, parse_stored(provider, item))
+        return Recorded(item, parse_stored(provider, item), provider)
 
     async def original(self, exchange_id: int) -> Recorded:
         recorded = await self.load(exchange_id)
@@ -187,28 +187,37 @@ class Replayer:
             raise ReplayError(404, f"exchange {exchange_id} not found")
         return recorded
 
+    def replay_of(self, recorded: Recorded) -> Replay:
+        """The replay of the call's own provider, or a 409 when that provider has none."""
+        if recorded.provider.replay is None:
+            able = ", ".join(sorted(n for n, p in self.providers.items() if p.replay))
+            raise ReplayError(
+                409,
+                f"exchange {recorded.id} cannot be replayed: only calls of {able} can be "
+                f"replayed, this one went to {recorded.provider.name}",
+            )
+        return recorded.provider.replay
+
     async def plan(self, original: Recorded, overrides: Any) -> Plan:
         """The request a replay sends, or a ReplayError (409 not replayable, 400 overrides)."""
+        replay = self.replay_of(original)
+        path, request_json = original.item["path"], original.parsed.request_json
         try:
-            route = shapes.check(original.item, original.parsed.request_json)
-        except shapes.NotReplayable as exc:
+            route = replay.route(original.item, request_json)
+        except NotReplayable as exc:
             raise ReplayError(409, f"exchange {original.id} cannot be replayed: {exc}") from None
         try:
-            shapes.validate(overrides, route)
-        except shapes.BadOverrides as exc:
+            replay.validate(overrides, route)
+        except BadOverrides as exc:
             raise ReplayError(400, str(exc)) from None
-        body = original.parsed.request_json
-        if route == "/v1/conversations":
-            start, history = None, None
-            if original.item["path"] != route:
-                start, history = await self.replay_store.conversation_history(original.id)
-            try:
-                body = shapes.conversation_start(body, original.item["path"], start, history)
-            except shapes.NotReplayable as exc:
-                raise ReplayError(
-                    409, f"exchange {original.id} cannot be replayed: {exc}"
-                ) from None
-        return Plan(route, shapes.merge(body, overrides, route), original)
+        history = None
+        if replay.needs_history(path, route):
+            history = await self.replay_store.conversation_history(original.id)
+        try:
+            body = replay.body(request_json, path, route, overrides, history)
+        except NotReplayable as exc:
+            raise ReplayError(409, f"exchange {original.id} cannot be replayed: {exc}") from None
+        return Plan(route, body, original)
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 from gateway.capture.exchange import new_id
-from gateway.providers import mistral_replay as shapes
 from gateway.replay import diff as diffs
 from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
 from gateway.runs.grouper import canonical
@@ -187,8 +186,8 @@ class RunReplayer:
             "server_side_tools": builtin,
         }
 
-    @staticmethod
     def _next(
+        self,
         previous: Recorded,
         step: Recorded,
         last: Recorded,
@@ -197,22 +196,14 @@ class RunReplayer:
     ) -> tuple[str, dict[str, Any]]:
         """The request of a later step: the replay's history plus what the recording added."""
         recorded = step.parsed.request_json
+        replay = self.replayer.replay_of(step)
         if step.item["endpoint"] == "conversations":
-            conversation = last.parsed.conversation_id or ""
-            if not shapes.CONVERSATION_ID.fullmatch(conversation):
+            path = replay.append_path(last.parsed.conversation_id or "")
+            if path is None:
                 raise ReplayError(502, "the replayed conversation has no usable id")
-            inputs = recorded.get("inputs")
-            if isinstance(inputs, str):
-                inputs = [{"type": "message.input", "role": "user", "content": inputs}]
-            inputs = shapes.remap_tool_results(list(inputs or []), mapping)
-            return (
-                f"/v1/conversations/{conversation}",
-                shapes.append_body(recorded, overrides, inputs),
-            )
+            return path, replay.append_body(recorded, overrides, mapping)
         before = len(previous.parsed.messages_in or []) + 1
-        added = shapes.remap_tool_results((step.parsed.messages_in or [])[before:], mapping)
+        added = replay.remap_tool_results((step.parsed.messages_in or [])[before:], mapping)
         history = [*(last.parsed.messages_in or []), _assistant(last.parsed.message_out)]
         path = step.item["path"]
-        body = shapes.merge(recorded, {k: v for k, v in overrides.items() if k != "messages"}, path)
-        body["messages"] = history + added
-        return path, body
+        return path, replay.chat_body(recorded, path, overrides, history + added)
