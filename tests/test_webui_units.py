@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway import api
+from gateway.api import exchanges as api
 from gateway.providers import make_providers, provider_named
 from gateway.settings import Settings
 from webui import formats
