@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.store.exchanges import ExchangeFilter
-from tests.conftest import Upstream, make_settings, running
+from tests.conftest import Upstream, make_settings, running, wait_until
 
 
 async def chat(http: aiohttp.ClientSession, url: str, text: str) -> int:
@@ -90,3 +90,42 @@ async def until(check, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def test_records_spilled_to_the_proxys_spool_are_stored_with_no_call_after_them(
+    upstream: Upstream, tmp_path: Path
+):
+    """A burst the writer could not take goes to the proxy's overflow spool; it must reach the
+    database, and /healthz go back to ok, with no further traffic to flush it."""
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'idle.db'}", tmp_path, queue_size=4
+    )
+    async with running(settings) as gw, aiohttp.ClientSession() as http:
+        pid = gw.recorder.pid
+        assert pid is not None
+        gw.recorder.lag_check_seconds = 0.05
+        os.kill(pid, signal.SIGSTOP)  # the writer takes nothing: the burst overflows
+        try:
+            sent = await asyncio.gather(
+                *(chat(http, gw.proxy_url, f"burst {n}") for n in range(20))
+            )
+            assert sent == [200] * 20
+
+            async def spilled() -> bool:
+                return gw.recorder.health().spooled_records > 0
+
+            await wait_until(spilled)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        async def all_stored() -> bool:
+            items, _ = await gw.store.list_exchanges(ExchangeFilter(), 50, None)
+            return len(items) == 20
+
+        await wait_until(all_stored)
+
+        async def healthy() -> bool:
+            async with http.get(f"{gw.ui_url}/healthz") as resp:
+                return (await resp.json())["status"] == "ok"
+
+        await wait_until(healthy)

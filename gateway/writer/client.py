@@ -387,8 +387,13 @@ class WriterProcess:
         return time.time() - oldest.started_at - (oldest.latency_ms or 0) / 1000
 
     async def _watch_lag(self) -> None:
+        """Once a LAG_CHECK_SECONDS: hand over what waits in the overflow spool even when no
+        call comes to flush it (records used to stay there, and /healthz `degraded`, until
+        the next call), and give a writer left behind an ordinary CPU share."""
         while True:
             await asyncio.sleep(self.lag_check_seconds)
+            if self._overflowing and self._flush_timer is None:
+                self._flush()
             lag, pid = self.lag(), self.pid
             if pid is None:
                 continue
