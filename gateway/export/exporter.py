@@ -27,6 +27,7 @@ from gateway.export.finetune import conversation, example, parse_for_export
 from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import ExportReader, Failures
+from gateway.store.records import StoredExchange
 
 FORMATS = ("mistral", "jsonl", "csv", "parquet", "hf")
 EXCHANGE_COLUMNS = (
@@ -105,12 +106,14 @@ class ExportResult:
 # -- records ----------------------------------------------------------------------------------
 
 
-def exchange_record(item: dict[str, Any], messages: list[dict[str, Any]] | None) -> dict:
-    record = {column: item.get(column) for column in EXCHANGE_COLUMNS}
+def exchange_record(item: StoredExchange, messages: list[dict[str, Any]] | None) -> dict:
+    """A call as a flat record: its columns as the API shows them, its bodies as stored."""
+    columns = item.columns_json()
+    record = {column: columns.get(column) for column in EXCHANGE_COLUMNS}
     record["messages"] = messages
     for side in ("request", "response"):
-        if item.get(f"{side}_body_encoding") == "omitted":
-            record[f"{side}_body"] = None
+        body, encoding = item.body(side)
+        record[f"{side}_body"] = None if encoding == "omitted" else body
     return record
 
 
@@ -119,7 +122,7 @@ def run_record(run: dict[str, Any], messages: list[dict[str, Any]] | None) -> di
     record["tags"] = orjson.dumps(run.get("tags") or {}).decode()
     record["evaluations"] = orjson.dumps(run.get("evaluations") or {}).decode()
     final = run.get("final_exchange")
-    record["final_exchange_id"] = final["id"] if final else None
+    record["final_exchange_id"] = str(final.id) if final else None
     record["messages"] = messages
     return record
 

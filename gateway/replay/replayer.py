@@ -27,9 +27,10 @@ from gateway.providers import mistral_replay as shapes
 from gateway.providers.base import Parsed, Provider
 from gateway.proxy.forward import HINT_PREFIX, HOP_BY_HOP, Proxy
 from gateway.replay import diff as diffs
-from gateway.store.exchanges import LIST_COLUMNS, Store
+from gateway.store.exchanges import Store
+from gateway.store.records import StoredExchange
 from gateway.store.replays import ReplayStore
-from gateway.store.stored import exchange_detail, parse_stored
+from gateway.store.stored import parse_stored
 from gateway.writer import WriterError, WriterProcess
 
 log = logging.getLogger("agentops.replay")
@@ -84,21 +85,21 @@ def key_from_environ(environ: Mapping[str, str]) -> SecretKey | None:
 
 @dataclass
 class Recorded:
-    """A stored exchange, decoded, with what its provider parses from it."""
+    """A stored exchange with what its provider parses from it."""
 
-    item: dict[str, Any]
+    item: StoredExchange
     parsed: Parsed
 
     @property
     def id(self) -> int:
-        return int(self.item["id"])
+        return self.item.id
 
     def side(self) -> diffs.Side:
         return diffs.Side(self.item, self.parsed)
 
     def list_item(self) -> dict[str, Any]:
         """The exchange as /api/exchanges lists it."""
-        return {k: self.item.get(k) for k in LIST_COLUMNS}
+        return self.item.summary().to_json()
 
 
 @dataclass
@@ -174,9 +175,8 @@ class Replayer:
         item = await self.store.get_exchange(exchange_id)
         if item is None:
             return None
-        item = exchange_detail(item)
         try:
-            provider = self.provider_of(item["provider"])
+            provider = self.provider_of(item.provider)
         except UnknownProvider as exc:
             raise ReplayError(409, f"exchange {exchange_id} cannot be replayed: {exc}") from None
         return Recorded(item, parse_stored(provider, item))
@@ -190,7 +190,8 @@ class Replayer:
     async def plan(self, original: Recorded, overrides: Any) -> Plan:
         """The request a replay sends, or a ReplayError (409 not replayable, 400 overrides)."""
         try:
-            route = shapes.check(original.item, original.parsed.request_json)
+            # the provider's check reads the exchange as the API shows it
+            route = shapes.check(original.item.to_json(), original.parsed.request_json)
         except shapes.NotReplayable as exc:
             raise ReplayError(409, f"exchange {original.id} cannot be replayed: {exc}") from None
         try:
@@ -200,10 +201,10 @@ class Replayer:
         body = original.parsed.request_json
         if route == "/v1/conversations":
             start, history = None, None
-            if original.item["path"] != route:
+            if original.item.path != route:
                 start, history = await self.replay_store.conversation_history(original.id)
             try:
-                body = shapes.conversation_start(body, original.item["path"], start, history)
+                body = shapes.conversation_start(body, original.item.path, start, history)
             except shapes.NotReplayable as exc:
                 raise ReplayError(
                     409, f"exchange {original.id} cannot be replayed: {exc}"
@@ -223,7 +224,7 @@ class Replayer:
     ) -> Recorded:
         """Send through the proxy's forwarding code and wait until the record is stored."""
         pairs = replay_headers(
-            replay_of.item["request_headers"], key.reveal(), bool(body.get("stream"))
+            list(replay_of.item.request_headers), key.reveal(), bool(body.get("stream"))
         )
         exchange = await self.proxy.send(
             "POST", path, pairs, orjson.dumps(body), replay_of=replay_of.id, hints=hints

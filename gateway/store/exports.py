@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.records import StoredExchange
 from gateway.store.runs import RunStore
 
 BODY_SELECT = (
@@ -59,7 +60,7 @@ class ExportReader:
 
     async def exchanges(
         self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 100
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncIterator[list[StoredExchange]]:
         """Matching exchanges with their bodies, oldest first, `batch_size` at a time."""
         clauses, params = self._exchange_where(f, failures)
         after = -1
@@ -74,7 +75,7 @@ class ExportReader:
             if not found:
                 return
             after = found[-1]["id"]
-            yield [self.store._item(row) for row in found]
+            yield [StoredExchange.from_row(row) for row in found]
 
     async def run_ids(
         self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 500
@@ -127,5 +128,5 @@ class ExportReader:
                 "ELSE 1 END, e.id DESC LIMIT 1",
                 [run_id],
             )
-            run["final_exchange"] = self.store._item(last[0]) if last else None
+            run["final_exchange"] = StoredExchange.from_row(last[0]) if last else None
         return runs

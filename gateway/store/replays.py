@@ -14,8 +14,9 @@ import orjson
 from tortoise.transactions import in_transaction
 
 from gateway.capture.exchange import new_id
-from gateway.store.exchanges import Store, iso_z
-from gateway.store.runs import RunStore, iso_time
+from gateway.store.exchanges import Store
+from gateway.store.records import iso_time, iso_z
+from gateway.store.runs import RunStore
 
 ROW_METRICS = (
     "similarity",

@@ -17,7 +17,8 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway.capture import storable
 from gateway.capture.exchange import id_at, new_id
 from gateway.runs.grouper import RunChanges
-from gateway.store.exchanges import ExchangeFilter, Store, iso_time, iso_z, time_bounds
+from gateway.store.exchanges import ExchangeFilter, Store, time_bounds
+from gateway.store.records import iso_time, iso_z
 
 RUN_COLUMNS = (
     "id",
@@ -412,7 +413,7 @@ class RunStore:
         run["config"] = _loads(found[0]["config"])
         await self._attach_conversations([run])
         items, _ = await store.list_exchanges(ExchangeFilter(run=run_id), 10_000, None)
-        run["exchanges"] = sorted(items, key=lambda item: int(item["id"]))
+        run["exchanges"] = [item.to_json() for item in sorted(items, key=lambda item: item.id)]
         run["messages"] = [
             self._message(row)
             for row in await store.rows(
