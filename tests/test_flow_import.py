@@ -179,7 +179,7 @@ async def test_har_import_same_shape_and_idempotent(
     assert orjson.loads(speech.response_body)["sha256"] == hashlib.sha256(audio).hexdigest()
     assert KEY not in orjson.dumps(list(rows.values())).decode()  # every field, as stored
     (run,) = runs
-    assert run["exchange_count"] == 2 and run["status"] == "ok"  # old, so settled
+    assert run.exchange_count == 2 and run.status == "ok"  # old, so settled
 
 
 NOT_A_DUMP = "neither a HAR file nor a mitmproxy flow dump"

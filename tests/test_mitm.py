@@ -203,7 +203,7 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
     assert via_mitm.key_fingerprint == via_gateway.key_fingerprint
     assert via_mitm.run_id is not None
     run = await gw.run_store.get_run(via_mitm.run_id)
-    assert run is not None and run["name"] == "mitm-run"
+    assert run is not None and run.name == "mitm-run"
     db = b"".join(p.read_bytes() for p in tmp_path.glob("live.db*"))
     assert db and KEY.encode() not in db
 

@@ -15,12 +15,21 @@ from gateway.capture import storable
 from gateway.store.exchanges import EXCHANGE_COLUMNS
 from gateway.store.records import (
     LIST_COLUMNS,
+    Evaluation,
     ExchangeSummary,
+    MemorySnapshot,
+    Message,
+    ProviderCost,
+    Run,
+    RunDetail,
+    RunSummary,
     StoredExchange,
+    ToolCall,
     iso_time,
 )
+from gateway.store.runs import RUN_COLUMNS
 from gateway.store.stored import stored_body
-from tests.rows import exchange_row
+from tests.rows import AT, exchange_row, run_row
 
 DIALECTS = ("sqlite", "postgres")
 BODY_KEYS = (
@@ -166,3 +175,153 @@ def test_odd_stored_values_survive(text: str, header: str, dialect: str, number:
     assert stored_body(item, "request") == text.encode()
     assert roundtrip(data) == data
     assert item.summary().to_json() == ExchangeSummary.from_row(row).to_json()
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_run_json_as_lists_and_the_dashboard_show_it(dialect: str):
+    row = run_row(dialect, tags='{"env": "prod"}', total_cost_usd=0.1 + 0.2, ended_at=AT)
+    listed = Run.from_row(row, ["conv-b", "conv-a"]).to_json()
+    assert tuple(listed) == (*RUN_COLUMNS, "conversation_ids")
+    assert listed["id"] == "387356712848797697" and listed["tags"] == {"env": "prod"}
+    assert listed["started_at"] == listed["ended_at"] == "2026-03-01T10:00:00.123Z"
+    assert listed["total_cost_usd"] == 0.3  # rounded to 10 places, as always
+    assert listed["conversation_ids"] == ["conv-b", "conv-a"]
+    assert tuple(Run.from_row(row).to_json()) == RUN_COLUMNS  # the costliest runs: none read
+    assert Run.from_row(run_row("sqlite", tags=None)).to_json()["tags"] == {}
+    assert roundtrip(listed) == listed
+    assert Run.from_row(run_row("sqlite")) == Run.from_row(run_row("postgres"))
+
+
+def test_run_summary_ends_when_its_last_call_ended():
+    row = run_row()
+    assert RunSummary.read(row, None).to_json()["ends_at"] == "2026-03-01T10:00:00.123Z"
+    last = {"started_at": "2026-03-01 10:00:01.000000+00:00", "latency_ms": 250.5}
+    data = RunSummary.read(row, last).to_json()
+    assert tuple(data) == (*RUN_COLUMNS, "ends_at")
+    assert data["ends_at"] == "2026-03-01T10:00:01.250Z"
+    no_latency = {"started_at": datetime(2026, 3, 1, 10, 0, 2, tzinfo=UTC), "latency_ms": None}
+    assert RunSummary.read(row, no_latency).to_json()["ends_at"] == "2026-03-01T10:00:02.000Z"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_run_detail_nests_its_children(dialect: str):
+    exchange = ExchangeSummary.from_row(exchange_row(dialect, run_id=7))
+    message = {
+        "id": 1,
+        "run_id": 7,
+        "exchange_id": 11,
+        "step": 0,
+        "position": 1,
+        "direction": "in",
+        "role": "user",
+        "content": '[{"type": "text", "text": "a\\u0000b"}]',
+        "tool_calls": None,
+        "tool_call_id": None,
+        "finish_reason": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+    }
+    tool = {
+        "id": 2,
+        "run_id": 7,
+        "exchange_id": 11,
+        "step": 0,
+        "call_id": "c1",
+        "tool_name": "get_weather",
+        "kind": "function",
+        "args": '{"city": "Paris"}',
+        "return_value": "sunny",
+        "result_exchange_id": 12,
+        "asked_at_ms": 1.0,
+        "latency_ms": 12.34567,
+    }
+    snapshots = [
+        {
+            "exchange_id": 11,
+            "step": 0,
+            "taken_at": AT.isoformat(sep=" "),
+            "carried": 0,
+            "appended": '["a", "b"]',
+        },
+        {"exchange_id": 12, "step": 1, "taken_at": AT, "carried": 1, "appended": '["c"]'},
+    ]
+    evaluation = {
+        "id": 3,
+        "run_id": 7,
+        "exchange_id": None,
+        "metric_name": "success",
+        "metric_value": 1,
+        "created_at": AT,
+    }
+    cost = {"provider": "mistral", "calls": 2, "cost_usd": None}
+    run = RunDetail.read(
+        run_row(dialect, config='{"model": "m"}'),
+        [],
+        exchanges=[exchange],
+        messages=[Message.from_row(message)],
+        tool_calls=[ToolCall.from_row(tool)],
+        memory_snapshots=MemorySnapshot.rebuild(snapshots),
+        evaluations=[Evaluation.from_row(evaluation)],
+        cost_by_provider=[ProviderCost.from_row(cost)],
+    )
+    data = run.to_json()
+    assert tuple(data) == (
+        *RUN_COLUMNS,
+        "config",
+        "conversation_ids",
+        "exchanges",
+        "messages",
+        "tool_calls",
+        "memory_snapshots",
+        "evaluations",
+        "cost_by_provider",
+    )
+    assert data["config"] == {"model": "m"} and data["conversation_ids"] == []
+    assert data["exchanges"] == [exchange.to_json()]
+    assert data["messages"][0]["exchange_id"] == "11"
+    assert data["messages"][0]["content"] == [{"type": "text", "text": "a\x00b"}]  # NUL
+    assert data["tool_calls"] == [
+        {
+            "tool_name": "get_weather",
+            "args": {"city": "Paris"},
+            "return_value": "sunny",
+            "call_id": "c1",
+            "exchange_id": "11",
+            "step": 0,
+            "result_exchange_id": "12",
+            "latency_ms": 12.346,
+            "kind": "function",
+        }
+    ]
+    assert [s["state"] for s in data["memory_snapshots"]] == [["a", "b"], ["a", "c"]]
+    assert data["memory_snapshots"][1] == {
+        "exchange_id": "12",
+        "step": 1,
+        "taken_at": "2026-03-01T10:00:00.123Z",
+        "carried": 1,
+        "state": ["a", "c"],
+    }
+    assert data["evaluations"] == [
+        {
+            "id": "3",
+            "metric_name": "success",
+            "metric_value": 1.0,
+            "run_id": "7",
+            "exchange_id": None,
+            "created_at": "2026-03-01T10:00:00.123Z",
+        }
+    ]
+    assert data["cost_by_provider"] == [{"provider": "mistral", "calls": 2, "cost_usd": 0.0}]
+    assert roundtrip(data) == data
+
+
+@given(name=ODD_TEXT, tag=ODD_TEXT, content=ODD_TEXT, dialect=st.sampled_from(DIALECTS))
+def test_odd_run_values_survive(name: str, tag: str, content: str, dialect: str):
+    row = run_row(dialect, name=name, user=name, tags=orjson.dumps({tag: content}).decode())
+    data = Run.from_row(row, [name]).to_json()
+    assert data["name"] == data["user"] == name and data["conversation_ids"] == [name]
+    assert data["tags"] == {tag: content}
+    assert roundtrip(data) == data

@@ -174,8 +174,9 @@ class RunReplayer:
                 original_exchange_id=str(steps[diverged["step"]].id),
                 exchange_id=str(replayed[-1].id),
             )
+        run = await self.run_store.get_run(new_run)
         return {
-            "run": await self.run_store.get_run(new_run),
+            "run": run.to_json() if run is not None else None,
             "diffs": stored_diffs,
             "diverged_at": diverged["step"] if diverged else None,
             "divergence": diverged,

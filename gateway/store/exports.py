@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.store.exchanges import ExchangeFilter, Store
-from gateway.store.records import StoredExchange
+from gateway.store.records import RunSummary, StoredExchange
 from gateway.store.runs import RunStore
 
 BODY_SELECT = (
@@ -37,6 +37,16 @@ class Failures:
             f"SELECT {column} FROM evaluations WHERE metric_value < ?{metric} "
             f"AND {column} IS NOT NULL"
         ), params
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRun:
+    """A run as the export writes it: its row, its scores (the latest value of each metric)
+    and the exchange that holds its final conversation."""
+
+    run: RunSummary
+    evaluations: dict[str, float]
+    final_exchange: StoredExchange | None
 
 
 class ExportReader:
@@ -106,18 +116,17 @@ class ExportReader:
             after = found[-1]["id"]
             yield [row["id"] for row in found]
 
-    async def run_records(self, run_ids: list[int]) -> list[dict[str, Any]]:
+    async def run_records(self, run_ids: list[int]) -> list[ExportRun]:
         """Runs with their evaluations and the exchange that holds their final conversation
         (the last call with a reply; a tool loop's last request carries the whole history)."""
-        runs = await self.runs.summaries(run_ids)
-        for run in runs:
-            run_id = int(run["id"])
-            run["evaluations"] = {
-                row["metric_name"]: row["metric_value"]
+        out = []
+        for run in await self.runs.summaries(run_ids):
+            evaluations = {
+                str(row["metric_name"]): float(row["metric_value"])
                 for row in await self.store.rows(
                     "SELECT metric_name, metric_value FROM evaluations "
                     "WHERE run_id = ? ORDER BY id",
-                    [run_id],
+                    [run.id],
                 )
             }
             last = await self.store.rows(
@@ -126,7 +135,8 @@ class ExportReader:
                 "ORDER BY CASE WHEN e.status >= 400 OR e.status IS NULL "
                 "OR e.state <> 'complete' THEN 2 WHEN e.endpoint IN ('chat', 'agents') THEN 0 "
                 "ELSE 1 END, e.id DESC LIMIT 1",
-                [run_id],
+                [run.id],
             )
-            run["final_exchange"] = StoredExchange.from_row(last[0]) if last else None
-        return runs
+            final = StoredExchange.from_row(last[0]) if last else None
+            out.append(ExportRun(run, evaluations, final))
+        return out

@@ -8,9 +8,9 @@ between the two (pages, replay, export) reads typed attributes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 
 import orjson
@@ -360,3 +360,333 @@ class StoredExchange:
             out[f"{side}_body"] = self.decoded_body(side)
             out[f"{side}_body_encoding"] = self.body(side)[1]
         return out
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as it first appeared in a run: a step's new inputs, and its output."""
+
+    exchange_id: int
+    step: int
+    position: int
+    direction: str  # in, out
+    role: str | None
+    content: Any  # parsed JSON: a string, or a list of chunks
+    tool_calls: Any
+    tool_call_id: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(
+            exchange_id=int(row["exchange_id"]),
+            step=int(row["step"]),
+            position=int(row["position"]),
+            direction=str(row["direction"]),
+            role=_opt_str(row["role"]),
+            content=_json(row["content"]),
+            tool_calls=_json(row["tool_calls"]),
+            tool_call_id=_opt_str(row["tool_call_id"]),
+            finish_reason=_opt_str(row["finish_reason"]),
+            prompt_tokens=_opt_int(row["prompt_tokens"]),
+            completion_tokens=_opt_int(row["completion_tokens"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exchange_id": str(self.exchange_id),
+            "step": self.step,
+            "position": self.position,
+            "direction": self.direction,
+            "role": self.role,
+            "content": self.content,
+            "tool_calls": self.tool_calls,
+            "tool_call_id": self.tool_call_id,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call a step asked for, with its result once a later call delivered it."""
+
+    tool_name: str | None
+    args: Any  # parsed arguments, or the raw string
+    return_value: str | None
+    call_id: str | None
+    exchange_id: int
+    step: int
+    result_exchange_id: int | None
+    latency_ms: float | None
+    kind: str  # function, builtin, handoff
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        latency = row["latency_ms"]
+        return cls(
+            tool_name=_opt_str(row["tool_name"]),
+            args=_json(row["args"]),
+            return_value=_opt_str(row["return_value"]),
+            call_id=_opt_str(row["call_id"]),
+            exchange_id=int(row["exchange_id"]),
+            step=int(row["step"]),
+            result_exchange_id=_opt_int(row["result_exchange_id"]),
+            latency_ms=None if latency is None else round(latency, 3),
+            kind=str(row["kind"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool_name": self.tool_name,
+            "args": self.args,
+            "return_value": self.return_value,
+            "call_id": self.call_id,
+            "exchange_id": str(self.exchange_id),
+            "step": self.step,
+            "result_exchange_id": _id_text(self.result_exchange_id),
+            "latency_ms": self.latency_ms,
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySnapshot:
+    """The state a run carried after a step, rebuilt from the stored delta."""
+
+    exchange_id: int
+    step: int
+    taken_at: datetime
+    carried: int  # how many items of the previous state were kept
+    state: tuple[Any, ...]
+
+    @classmethod
+    def from_row(cls, row: Row, previous: Sequence[Any] = ()) -> Self:
+        """A stored delta applied to the previous step's state: its first `carried` items,
+        then the appended ones."""
+        carried = int(row["carried"])
+        return cls(
+            exchange_id=int(row["exchange_id"]),
+            step=int(row["step"]),
+            taken_at=_time(row["taken_at"]),
+            carried=carried,
+            state=(*previous[:carried], *(_json(row["appended"]) or ())),
+        )
+
+    @classmethod
+    def rebuild(cls, rows: Iterable[Row]) -> tuple[Self, ...]:
+        """Each step's full state from the deltas, in step order."""
+        out: list[Self] = []
+        for row in rows:
+            out.append(cls.from_row(row, out[-1].state if out else ()))
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exchange_id": str(self.exchange_id),
+            "step": self.step,
+            "taken_at": iso_z(self.taken_at),
+            "carried": self.carried,
+            "state": list(self.state),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A score attached to a run, or to one of its exchanges."""
+
+    id: int
+    metric_name: str
+    metric_value: float
+    run_id: int | None
+    exchange_id: int | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(
+            id=int(row["id"]),
+            metric_name=str(row["metric_name"]),
+            metric_value=float(row["metric_value"]),
+            run_id=_opt_int(row["run_id"]),
+            exchange_id=_opt_int(row["exchange_id"]),
+            created_at=_time(row["created_at"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "metric_name": self.metric_name,
+            "metric_value": self.metric_value,
+            "run_id": _id_text(self.run_id),
+            "exchange_id": _id_text(self.exchange_id),
+            "created_at": iso_z(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCost:
+    """A run's calls and cost at one provider (the LLM's beside the tools')."""
+
+    provider: str
+    calls: int
+    cost_usd: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(
+            provider=str(row["provider"]),
+            calls=int(row["calls"]),
+            cost_usd=round(float(row["cost_usd"] or 0), 10),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"provider": self.provider, "calls": self.calls, "cost_usd": self.cost_usd}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One agent run's row: what lists show. `conversation_ids` is None where it was not
+    read (the dashboard's costliest runs, exports)."""
+
+    id: int
+    name: str | None
+    agent_id: str | None
+    user: str | None
+    tags: Mapping[str, str]
+    source: str  # prefix, header, conversation, thread, single
+    started_at: datetime
+    last_seen_at: datetime
+    ended_at: datetime | None
+    status: str  # running, ok, error
+    exchange_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    total_cost_usd: float
+    conversation_ids: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_row(cls, row: Row, conversation_ids: Sequence[str] | None = None) -> Self:
+        return cls(
+            id=int(row["id"]),
+            name=_opt_str(row["name"]),
+            agent_id=_opt_str(row["agent_id"]),
+            user=_opt_str(row["user"]),
+            tags=_json(row["tags"]) or {},
+            source=str(row["source"]),
+            started_at=_time(row["started_at"]),
+            last_seen_at=_time(row["last_seen_at"]),
+            ended_at=_opt_time(row["ended_at"]),
+            status=str(row["status"]),
+            exchange_count=int(row["exchange_count"]),
+            prompt_tokens=int(row["prompt_tokens"]),
+            completion_tokens=int(row["completion_tokens"]),
+            total_tokens=int(row["total_tokens"]),
+            total_cost_usd=round(float(row["total_cost_usd"] or 0), 10),
+            conversation_ids=None if conversation_ids is None else tuple(conversation_ids),
+        )
+
+    def columns_json(self) -> dict[str, Any]:
+        """The run's own columns as the API shows them."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "agent_id": self.agent_id,
+            "user": self.user,
+            "tags": dict(self.tags),
+            "source": self.source,
+            "started_at": iso_z(self.started_at),
+            "last_seen_at": iso_z(self.last_seen_at),
+            "ended_at": _opt_iso(self.ended_at),
+            "status": self.status,
+            "exchange_count": self.exchange_count,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "total_cost_usd": self.total_cost_usd,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.columns_json()
+        if self.conversation_ids is not None:
+            out["conversation_ids"] = list(self.conversation_ids)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary(Run):
+    """A run for exporters: with `ends_at`, when its last call ended (ended_at is when that
+    call started)."""
+
+    ends_at: datetime | None = None
+
+    @classmethod
+    def read(cls, row: Row, last_call: Row | None) -> Self:
+        """A run row with its last call's start and latency, if it has one."""
+        run = cls.from_row(row)
+        ends_at = run.ended_at or run.last_seen_at
+        if last_call is not None:
+            latency = timedelta(milliseconds=last_call["latency_ms"] or 0)
+            ends_at = _time(last_call["started_at"]) + latency
+        return replace(run, ends_at=ends_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**Run.to_json(self), "ends_at": _opt_iso(self.ends_at)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunDetail(Run):
+    """One run with everything in it: its calls, messages, tool calls, memory, scores."""
+
+    config: Any = None  # parsed JSON: model and sampling parameters of the first call
+    exchanges: tuple[ExchangeSummary, ...] = ()
+    messages: tuple[Message, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    memory_snapshots: tuple[MemorySnapshot, ...] = ()
+    evaluations: tuple[Evaluation, ...] = ()
+    cost_by_provider: tuple[ProviderCost, ...] = ()
+
+    @classmethod
+    def read(
+        cls,
+        row: Row,
+        conversation_ids: Sequence[str],
+        *,
+        exchanges: Iterable[ExchangeSummary],
+        messages: Iterable[Message],
+        tool_calls: Iterable[ToolCall],
+        memory_snapshots: Iterable[MemorySnapshot],
+        evaluations: Iterable[Evaluation],
+        cost_by_provider: Iterable[ProviderCost],
+    ) -> Self:
+        """A run row (with its `config` column) and what the store read of its children."""
+        return replace(
+            cls.from_row(row, conversation_ids),
+            config=_json(row["config"]),
+            exchanges=tuple(exchanges),
+            messages=tuple(messages),
+            tool_calls=tuple(tool_calls),
+            memory_snapshots=tuple(memory_snapshots),
+            evaluations=tuple(evaluations),
+            cost_by_provider=tuple(cost_by_provider),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.columns_json(),
+            "config": self.config,
+            "conversation_ids": list(self.conversation_ids or ()),
+            "exchanges": [e.to_json() for e in self.exchanges],
+            "messages": [m.to_json() for m in self.messages],
+            "tool_calls": [t.to_json() for t in self.tool_calls],
+            "memory_snapshots": [s.to_json() for s in self.memory_snapshots],
+            "evaluations": [e.to_json() for e in self.evaluations],
+            "cost_by_provider": [c.to_json() for c in self.cost_by_provider],
+        }
