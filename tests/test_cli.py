@@ -192,7 +192,7 @@ async def test_sigterm_finishes_short_calls_and_records_long_ones(
         items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
     finally:
         await store.close()
-    assert sorted(item["state"] for item in items) == ["complete", "shutdown"]
+    assert sorted(item.state for item in items) == ["complete", "shutdown"]
 
 
 async def test_purge(upstream: Upstream, tmp_path: Path):

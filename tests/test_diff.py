@@ -11,6 +11,8 @@ import pytest
 
 from gateway.providers.base import Parsed
 from gateway.replay import diff
+from gateway.store.records import StoredExchange
+from tests.rows import exchange_row
 
 WORDS = (
     "alpha",
@@ -222,26 +224,30 @@ def test_parameter_changes_ignore_ids_and_flatten_completion_args():
 
 
 def test_deltas_and_identical():
-    a = {
-        "id": 1,
-        "output_text": "same",
-        "total_tokens": 10,
-        "prompt_tokens": 4,
-        "completion_tokens": 6,
-        "cost_usd": 0.5,
-        "latency_ms": 100.0,
-        "ttft_ms": None,
-    }
-    b = {
-        "id": 2,
-        "output_text": "same",
-        "total_tokens": 7,
-        "prompt_tokens": 4,
-        "completion_tokens": 3,
-        "cost_usd": 0.2,
-        "latency_ms": 80.5,
-        "ttft_ms": 12.0,
-    }
+    a = StoredExchange.from_row(
+        exchange_row(
+            id=1,
+            output_text="same",
+            total_tokens=10,
+            prompt_tokens=4,
+            completion_tokens=6,
+            cost_usd=0.5,
+            latency_ms=100.0,
+            ttft_ms=None,
+        )
+    )
+    b = StoredExchange.from_row(
+        exchange_row(
+            id=2,
+            output_text="same",
+            total_tokens=7,
+            prompt_tokens=4,
+            completion_tokens=3,
+            cost_usd=0.2,
+            latency_ms=80.5,
+            ttft_ms=12.0,
+        )
+    )
     result = diff.compare(diff.Side(a, Parsed()), diff.Side(b, Parsed()))
     assert result["identical"] is True and result["similarity"] == 1.0
     assert result["deltas"] == {

@@ -80,7 +80,7 @@ async def populate(upstream: Upstream, db: str, tmp_path: Path) -> dict[str, str
     await store.open()
     try:
         run_store = RunStore(store)
-        runs = {r["name"]: r["id"] for r in (await run_store.list_runs(RunFilter(), 10, None))[0]}
+        runs = {r.name: str(r.id) for r in (await run_store.list_runs(RunFilter(), 10, None))[0]}
         for name, score in (("good", 1.0), ("=SUM(1+1)", 0.1)):
             await run_store.add_evaluation(int(runs[name]), None, "success", score)
         finished = await run_store.finish_idle(datetime.now(UTC) + timedelta(seconds=1))

@@ -162,24 +162,25 @@ async def test_har_import_same_shape_and_idempotent(
         assert await store_all(gw, again.exchanges) == (0, 3)
         assert await gw.store.count() == 3
         items, _ = await gw.store.list_exchanges(ExchangeFilter(), 10, None)
-        rows = {r["id"]: await gw.store.get_exchange(int(r["id"])) for r in items}
+        found = [await gw.store.get_exchange(r.id) for r in items]
+        rows = {r.id: r for r in found if r is not None}
         runs, _ = await gw.run_store.list_runs(RunFilter(name="har-run"), 10, None)
     finally:
         await gw.stop()
-    chat = next(r for r in rows.values() if r["provider"] == "mistral" and not r["streamed"])
-    assert chat["started_at"] == "2026-03-01T10:00:00.000Z"
-    assert chat["query"] == "x=1" and chat["endpoint"] == "chat"
-    assert chat["prompt_tokens"] and chat["cost_usd"] and chat["output_text"]
-    assert chat["ttfb_ms"] == 23.5 and chat["latency_ms"] == 42.5  # connect+send+wait
-    assert chat["response_body_encoding"] == "json" and chat["key_fingerprint"]
-    streamed = next(r for r in rows.values() if r["streamed"])
-    assert streamed["output_text"] and streamed["completion_tokens"]
-    speech = next(r for r in rows.values() if r["provider"] == "elevenlabs")
-    assert speech["provider"] == "elevenlabs" and speech["cost_usd"] == pytest.approx(0.0012)
-    assert orjson.loads(speech["response_body"])["sha256"] == hashlib.sha256(audio).hexdigest()
-    assert KEY not in orjson.dumps(list(rows.values())).decode()
+    chat = next(r for r in rows.values() if r.provider == "mistral" and not r.streamed)
+    assert chat.to_json()["started_at"] == "2026-03-01T10:00:00.000Z"
+    assert chat.query == "x=1" and chat.endpoint == "chat"
+    assert chat.prompt_tokens and chat.cost_usd and chat.output_text
+    assert chat.ttfb_ms == 23.5 and chat.latency_ms == 42.5  # connect+send+wait
+    assert chat.response_body_encoding == "json" and chat.key_fingerprint
+    streamed = next(r for r in rows.values() if r.streamed)
+    assert streamed.output_text and streamed.completion_tokens
+    speech = next(r for r in rows.values() if r.provider == "elevenlabs")
+    assert speech.provider == "elevenlabs" and speech.cost_usd == pytest.approx(0.0012)
+    assert orjson.loads(speech.response_body)["sha256"] == hashlib.sha256(audio).hexdigest()
+    assert KEY not in orjson.dumps(list(rows.values())).decode()  # every field, as stored
     (run,) = runs
-    assert run["exchange_count"] == 2 and run["status"] == "ok"  # old, so settled
+    assert run.exchange_count == 2 and run.status == "ok"  # old, so settled
 
 
 # -- one HAR entry, without a gateway -------------------------------------------------------

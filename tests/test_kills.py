@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.records import ExchangeSummary
 from tests.conftest import CLI, ROOT, Upstream, free_port, migrated_sqlite, wait_for_health
 
 pytestmark = pytest.mark.slow
@@ -115,7 +116,7 @@ async def wait_gone(pid: int, timeout: float = 20) -> None:
         await asyncio.sleep(0.05)
 
 
-async def stored(db: str) -> list[dict]:
+async def stored(db: str) -> list[ExchangeSummary]:
     store = Store(db)
     await store.open()
     try:
@@ -158,10 +159,10 @@ async def test_sigkill_of_every_process_loses_nothing_handed_over(
             stats = await resp.json()
         assert stats["totals"]["missing_calls"] == 1
         items = await stored(db)
-    states = sorted(item["state"] for item in items)
+    states = sorted(item.state for item in items)
     assert states == ["complete"] * 20 + ["interrupted"], states
-    (cut,) = [item for item in items if item["state"] == "interrupted"]
-    assert cut["path"] == "/v1/chat/completions" and "killed" in cut["error"]
+    (cut,) = [item for item in items if item.state == "interrupted"]
+    assert cut.path == "/v1/chat/completions" and "killed" in (cut.error or "")
 
 
 async def test_writer_stores_what_it_has_when_the_proxy_process_is_killed(

@@ -188,7 +188,7 @@ async def test_second_ctrl_c_cuts_the_call_in_flight_and_records_it(
         items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
     finally:
         await store.close()
-    assert [item["state"] for item in items] == ["shutdown"]
+    assert [item.state for item in items] == ["shutdown"]
 
 
 @pytest.mark.parametrize("target", ["/proc/x.csv", "missing/x.csv", "folder"])

@@ -17,10 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx2
-import orjson
 import pytest
 from aiohttp import web
 from mistralai.client import Mistral
@@ -30,6 +28,7 @@ from gateway.app import Gateway
 from gateway.capture.flow_import import load, store_all
 from gateway.proxy.mitm import MitmCapture, MitmError, write_ca_bundle
 from gateway.store.exchanges import ExchangeFilter
+from gateway.store.records import StoredExchange
 from tests.conftest import Upstream, make_settings
 from tests.fake_mistral import REQUESTS, make_app
 from tests.tls import LocalCA, make_ca
@@ -113,10 +112,11 @@ async def mitm(
         await gw.stop()
 
 
-async def records(gw: Gateway) -> list[dict[str, Any]]:
+async def records(gw: Gateway) -> list[StoredExchange]:
     await gw.recorder.drained(timeout=10)
     items, _ = await gw.store.list_exchanges(ExchangeFilter(), 500, None)
-    return [await gw.store.get_exchange(int(i["id"])) for i in items]
+    found = [await gw.store.get_exchange(i.id) for i in items]
+    return [record for record in found if record is not None]
 
 
 def chat(content: str) -> list[dict[str, str]]:
@@ -183,26 +183,27 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
 
     rows = await records(gw)
     assert len(rows) == 5  # 4 through mitmproxy, 1 through the gateway, none for 127.0.0.1
-    (failed,) = [r for r in rows if r["path"] == "/v1/models"]
-    assert failed["state"] == "upstream_error" and failed["status"] == 502 and failed["error"]
+    (failed,) = [r for r in rows if r.path == "/v1/models"]
+    assert failed.state == "upstream_error" and failed.status == 502 and failed.error
     live = [
         r
         for r in rows
-        if r["client_path"] == "/v1/chat/completions" and r["id"] != max(r["id"] for r in rows)
+        if r.client_path == "/v1/chat/completions" and r.id != max(r.id for r in rows)
     ]
-    via_gateway = next(r for r in rows if r["id"] == max(r["id"] for r in rows))
-    via_mitm = next(r for r in live if r["output_text"] == answer.choices[0].message.content)
-    assert set(via_mitm) == set(via_gateway)
+    via_gateway = next(r for r in rows if r.id == max(r.id for r in rows))
+    via_mitm = next(r for r in live if r.output_text == answer.choices[0].message.content)
+    assert set(via_mitm.to_json()) == set(via_gateway.to_json())
     for column in SAME_SHAPE:
-        assert via_mitm[column] == via_gateway[column], column
-    streamed = next(r for r in live if r["streamed"])
-    assert streamed["output_text"] == text and streamed["completion_tokens"]
-    assert streamed["ttft_ms"] is not None and streamed["ttft_ms"] < streamed["latency_ms"] - 400
-    sent = {k.lower(): v for k, v in orjson.loads(via_mitm["request_headers"])}
+        assert getattr(via_mitm, column) == getattr(via_gateway, column), column
+    streamed = next(r for r in live if r.streamed)
+    assert streamed.output_text == text and streamed.completion_tokens
+    assert streamed.ttft_ms is not None and streamed.ttft_ms < streamed.latency_ms - 400
+    sent = {k.lower(): v for k, v in via_mitm.request_headers}
     assert sent["authorization"] == "[redacted]" and "x-agentops-run" not in sent
-    assert via_mitm["key_fingerprint"] == via_gateway["key_fingerprint"]
-    run = await gw.run_store.get_run(int(via_mitm["run_id"]))
-    assert run is not None and run["name"] == "mitm-run"
+    assert via_mitm.key_fingerprint == via_gateway.key_fingerprint
+    assert via_mitm.run_id is not None
+    run = await gw.run_store.get_run(via_mitm.run_id)
+    assert run is not None and run.name == "mitm-run"
     db = b"".join(p.read_bytes() for p in tmp_path.glob("live.db*"))
     assert db and KEY.encode() not in db
 
@@ -222,13 +223,13 @@ async def test_sdks_through_mitm_are_recorded_like_the_gateway(
         assert await store_all(
             fresh, load(str(tmp_path / "flows.mitm"), ["localhost"]).exchanges
         ) == (0, 4)
-        imported = {r["id"]: r for r in await records(fresh)}
+        imported = {r.id: r for r in await records(fresh)}
     finally:
         await fresh.stop()
     for row in [*live, failed]:
-        twin = imported[row["id"]]
+        twin = imported[row.id]
         for column in (*SAME_SHAPE, "key_fingerprint"):
-            assert twin[column] == row[column], column
+            assert getattr(twin, column) == getattr(row, column), column
 
 
 async def test_mitm_command_runs_and_records(tls_fake: TlsFake, tmp_path: Path):
@@ -283,7 +284,7 @@ async def test_mitm_command_runs_and_records(tls_fake: TlsFake, tmp_path: Path):
         (row,) = await records(gw)
     finally:
         await gw.stop()
-    assert row["path"] == "/v1/chat/completions" and row["prompt_tokens"]
+    assert row.path == "/v1/chat/completions" and row.prompt_tokens
 
 
 async def test_port_in_use_is_one_clear_error(tmp_path: Path):
@@ -380,4 +381,4 @@ async def test_mitm_second_ctrl_c_cuts_the_call_in_flight_and_records_it(
         (row,) = await records(gw)
     finally:
         await gw.stop()
-    assert row["state"] == "shutdown" and row["path"] == "/v1/chat/completions"
+    assert row.state == "shutdown" and row.path == "/v1/chat/completions"

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.store.exchanges import ExchangeFilter
+from gateway.store.records import StoredExchange
 from tests.conftest import Upstream, make_settings, running
 
 KEY = "sk-test-SECRET-0123456789abcdefWXYZ"
@@ -30,12 +31,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def stored(gw: Gateway, exchange_id: str | None = None) -> list[dict]:
+async def stored(gw: Gateway, exchange_id: str | None = None) -> list[StoredExchange]:
     await gw.recorder.drained(timeout=10)
     items, _ = await gw.store.list_exchanges(ExchangeFilter(), 500, None)
     if exchange_id is None:
-        return [await gw.store.get_exchange(int(i["id"])) for i in items]
-    return [await gw.store.get_exchange(int(exchange_id))]
+        found = [await gw.store.get_exchange(i.id) for i in items]
+    else:
+        found = [await gw.store.get_exchange(int(exchange_id))]
+    return [record for record in found if record is not None]
 
 
 async def test_request_forwarded_byte_for_byte(sqlite_gateway, upstream: Upstream, http):
@@ -100,9 +103,9 @@ async def test_gzip_passes_through_still_compressed(sqlite_gateway, http):
     answer = orjson.loads(gzip.decompress(raw))
     assert answer["object"] == "chat.completion"
     (record,) = await stored(sqlite_gateway)
-    assert record["response_body_encoding"] == "json"
-    assert record["prompt_tokens"] == answer["usage"]["prompt_tokens"]
-    assert record["output_text"] == answer["choices"][0]["message"]["content"]
+    assert record.response_body_encoding == "json"
+    assert record.prompt_tokens == answer["usage"]["prompt_tokens"]
+    assert record.output_text == answer["choices"][0]["message"]["content"]
 
 
 async def test_stream_is_not_buffered(sqlite_gateway, http):
@@ -122,10 +125,10 @@ async def test_stream_is_not_buffered(sqlite_gateway, http):
             arrivals.append(time.perf_counter() - start)
     assert arrivals[0] < arrivals[-1] - 0.75, arrivals  # first token long before the end
     (record,) = await stored(sqlite_gateway)
-    assert record["streamed"] is True
-    assert record["state"] == "complete"
-    assert record["ttft_ms"] is not None and record["ttft_ms"] < record["latency_ms"] - 500
-    assert record["completion_tokens"] and record["output_text"]
+    assert record.streamed is True
+    assert record.state == "complete"
+    assert record.ttft_ms is not None and record.ttft_ms < record.latency_ms - 500
+    assert record.completion_tokens and record.output_text
 
 
 async def test_rate_limit_passes_with_retry_after(sqlite_gateway, http):
@@ -139,7 +142,7 @@ async def test_rate_limit_passes_with_retry_after(sqlite_gateway, http):
         body = orjson.loads(await resp.read())
     assert body["type"] == "rate_limited"
     (record,) = await stored(sqlite_gateway)
-    assert record["status"] == 429 and record["state"] == "complete"
+    assert record.status == 429 and record.state == "complete"
 
 
 @pytest.mark.parametrize("status", [401, 500, 503])
@@ -160,8 +163,8 @@ async def test_upstream_down_is_502_and_recorded(tmp_path: Path, http):
             body = orjson.loads(await resp.read())
         assert body["object"] == "error" and body["type"] == "upstream_unreachable"
         (record,) = await stored(gw)
-        assert record["state"] == "upstream_error" and record["status"] == 502
-        assert "could not reach upstream" in record["error"]
+        assert record.state == "upstream_error" and record.status == 502
+        assert "could not reach upstream" in record.error
 
 
 async def test_timeout_is_between_chunks_not_total(upstream: Upstream, tmp_path: Path, http):
@@ -184,7 +187,7 @@ async def test_timeout_is_between_chunks_not_total(upstream: Upstream, tmp_path:
             text = await resp.text()
         assert "[DONE]" in text  # 1.6 s in total, never 0.6 s without a byte
         records = await stored(gw)
-        assert sorted(r["state"] for r in records) == ["complete", "upstream_timeout"]
+        assert sorted(r.state for r in records) == ["complete", "upstream_timeout"]
 
 
 async def test_client_disconnect_mid_stream_is_recorded(sqlite_gateway, http):
@@ -207,9 +210,9 @@ async def test_client_disconnect_mid_stream_is_recorded(sqlite_gateway, http):
             break
         await asyncio.sleep(0.05)
     (record,) = records
-    assert record["state"] == "client_disconnected"
-    assert record["response_body"]  # what had arrived is kept
-    assert "[DONE]" not in record["response_body"]
+    assert record.state == "client_disconnected"
+    assert record.response_body  # what had arrived is kept
+    assert "[DONE]" not in record.response_body
 
 
 async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tmp_path, http):
@@ -225,8 +228,8 @@ async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tm
         seen = upstream.requests[-1]["body"]
         assert hashlib.sha256(seen).digest() == hashlib.sha256(body).digest()
         (record,) = await stored(gw)
-        assert record["truncated"] is True
-        assert len(record["request_body"]) <= 1024 * 1024
+        assert record.truncated is True
+        assert len(record.request_body) <= 1024 * 1024
 
 
 async def test_malformed_json_is_forwarded_and_flagged(sqlite_gateway, upstream, http):
@@ -238,9 +241,9 @@ async def test_malformed_json_is_forwarded_and_flagged(sqlite_gateway, upstream,
         assert resp.status in (400, 422)
     assert upstream.requests[-1]["body"] == b'{"model": "x", "messages": ['
     (record,) = await stored(sqlite_gateway)
-    assert record["parse_error"] is True
-    assert record["request_body"] == '{"model": "x", "messages": ['
-    assert record["request_body_encoding"] == "text"
+    assert record.parse_error is True
+    assert record.request_body == '{"model": "x", "messages": ['
+    assert record.request_body_encoding == "text"
 
 
 async def test_odd_method_and_unknown_path_forwarded(sqlite_gateway, upstream, http):
@@ -251,7 +254,7 @@ async def test_odd_method_and_unknown_path_forwarded(sqlite_gateway, upstream, h
     assert upstream.requests[-1]["method"] == "PROPFIND"
     assert upstream.requests[-1]["path"] == "/nowhere/at/all"
     (record,) = await stored(sqlite_gateway)
-    assert record["method"] == "PROPFIND" and record["endpoint"] == "other"
+    assert record.method == "PROPFIND" and record.endpoint == "other"
 
 
 async def test_proxy_port_serves_no_ui_or_api(sqlite_gateway, upstream, http):
@@ -273,7 +276,7 @@ async def test_key_never_stored_or_logged(sqlite_gateway, http, caplog, tmp_path
     ) as resp:
         assert resp.status == 200
     (record,) = await stored(sqlite_gateway)
-    assert record["key_fingerprint"].endswith("WXYZ")
+    assert record.key_fingerprint.endswith("WXYZ")
     assert KEY not in orjson.dumps(record).decode()
     assert KEY not in caplog.text
     db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("gw.db*"))
@@ -293,11 +296,11 @@ async def test_omit_bodies_keeps_usage(sqlite_gateway, http):
     ) as resp:
         assert resp.status == 200
     (record,) = await stored(sqlite_gateway)
-    assert record["omitted"] is True
-    assert record["request_body"] is None and record["response_body"] is None
-    assert record["request_body_encoding"] == "omitted"
-    assert record["output_text"] is None
-    assert record["prompt_tokens"] and record["cost_usd"] is not None
+    assert record.omitted is True
+    assert record.request_body is None and record.response_body is None
+    assert record.request_body_encoding == "omitted"
+    assert record.output_text is None
+    assert record.prompt_tokens and record.cost_usd is not None
 
 
 @pytest.mark.slow
@@ -337,4 +340,4 @@ async def test_absolute_form_target_goes_to_the_upstream_only(sqlite_gateway, up
     assert upstream.requests[-1]["path"] == "/v1/models"
     assert upstream.requests[-1]["query"] == "x=1"
     (record,) = await stored(sqlite_gateway)
-    assert record["path"] == "/v1/models" and record["state"] == "complete"
+    assert record.path == "/v1/models" and record.state == "complete"

@@ -123,7 +123,7 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
         status=200,
     )
     duplicate = Exchange(
-        id=int(items[0]["id"]),
+        id=items[0].id,
         started_at=time.time(),
         method="POST",
         client_path="/x",

@@ -169,10 +169,11 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
 
 
 async def runs_of(gw: Any) -> list[dict[str, Any]]:
+    """The runs as the API shows them (and as the logger receives them)."""
     from gateway.store.runs import RunFilter
 
     items, _ = await gw.run_store.list_runs(RunFilter(), 10, None)
-    return items
+    return [item.to_json() for item in items]
 
 
 def test_experiment_comparison_table(offline: Path):

@@ -55,7 +55,7 @@ async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream, 
         items, _ = await gw.store.list_exchanges(ExchangeFilter(), 50, None)
         stored = []
         for item in reversed(items):
-            async with http.get(f"{gw.ui_url}/api/exchanges/{item['id']}") as resp:
+            async with http.get(f"{gw.ui_url}/api/exchanges/{item.id}") as resp:
                 stored.append((await resp.json())["request_body"]["messages"][0]["content"])
         assert stored == ["before", *(f"while away {n}" for n in range(5)), "after"]
         assert not list((tmp_path / "spool" / "proxy").glob("spool-*.bin"))

@@ -8,6 +8,7 @@ rows; its previews come from the page's own request bodies only.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,10 +21,10 @@ from gateway.errors import UserError
 from gateway.providers import UnknownProvider
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.query import exchange_filter
+from gateway.store.records import ExchangeSummary
 from webui.chat import chat_items, pretty_body
 from webui.render import (
     PROXY_URL,
-    Row,
     error_page,
     is_htmx,
     query_string,
@@ -60,6 +61,15 @@ class FilterError(ValueError):
     """A filter the user typed cannot be used; the message says which and why."""
 
 
+@dataclass(frozen=True, slots=True)
+class ExchangeRow:
+    """One line of the list: the exchange, what it shows of the call, and its run's name."""
+
+    exchange: ExchangeSummary
+    preview: str | None
+    run_name: str | None
+
+
 def current_filters(query: Any) -> dict[str, str]:
     return {key: (query.get(key) or "").strip() for key in FILTER_KEYS}
 
@@ -85,42 +95,42 @@ def parse_cursor(value: str | None) -> int | None:
     return None
 
 
-async def decorate(request: web.Request, items: list[dict[str, Any]]) -> None:
-    """Add each row's preview (its last user message) and run name."""
+async def decorate(request: web.Request, items: list[ExchangeSummary]) -> list[ExchangeRow]:
+    """Each row with its preview (its last user message) and run name."""
     app = request.app
     # Rows recorded before the writer made previews (preview null) are previewed from their
     # request body, as they always were; newer rows carry theirs.
-    legacy = [int(item["id"]) for item in items if item.get("preview") is None]
+    legacy = [item.id for item in items if item.preview is None]
     bodies = await app[api.STORE].request_bodies(legacy) if legacy else {}
-    runs = await app[api.RUNS].names(int(i["run_id"]) for i in items if i.get("run_id"))
+    runs = await app[api.RUNS].names(item.run_id for item in items if item.run_id)
     providers = app[api.PROVIDERS]
+    rows = []
     for item in items:
-        if item.get("omitted"):
-            item["preview"] = "(bodies not recorded)"
-        elif item.get("preview") is not None:
-            item["preview"] = item["preview"] or None
-        body, encoding = bodies.get(int(item["id"]), (None, None))
+        preview = item.preview or None
+        if item.omitted:
+            preview = "(bodies not recorded)"
+        body, encoding = bodies.get(item.id, (None, None))
         if encoding == "omitted":
-            item["preview"] = "(bodies not recorded)"
+            preview = "(bodies not recorded)"
         elif body and encoding == "json":
             with contextlib.suppress(orjson.JSONDecodeError, UnknownProvider):
                 # the row's own provider: a TTS call is previewed by the text it speaks
-                item["preview"] = providers(item["provider"]).preview(orjson.loads(body))
-        run = runs.get(int(item["run_id"])) if item.get("run_id") else None
-        item["run_name"] = (run["name"] or run["agent_id"]) if run else None
-    items[:] = [Row(item) for item in items]
+                preview = providers(item.provider).preview(orjson.loads(body))
+        run = runs.get(item.run_id) if item.run_id else None
+        rows.append(ExchangeRow(item, preview, (run["name"] or run["agent_id"]) if run else None))
+    return rows
 
 
 async def list_context(request: web.Request, before: int | None) -> dict[str, Any]:
     """Everything the list's templates need: rows, cursor, filters, choices, live state."""
     filters = current_filters(request.query)
     error = None
-    items: list[dict[str, Any]] = []
+    items: list[ExchangeRow] = []
     cursor = None
     try:
         f = build_filter(filters)
-        items, cursor = await request.app[api.STORE].list_exchanges(f, PAGE_SIZE, before)
-        await decorate(request, items)
+        found, cursor = await request.app[api.STORE].list_exchanges(f, PAGE_SIZE, before)
+        items = await decorate(request, found)
     except FilterError as exc:
         error = str(exc)
     models = await request.app[api.STORE].rollups.models()
@@ -138,7 +148,7 @@ async def list_context(request: web.Request, before: int | None) -> dict[str, An
         "states": STATES,
         "ranges": RANGES,
         "live": before is None and not filters["until"] and error is None,
-        "newest": items[0]["id"] if items else "0",
+        "newest": items[0].exchange.id if items else 0,
         "filtered": any(filters.values()),
         "proxy": request.app[PROXY_URL],
         "fresh": False,
@@ -176,37 +186,42 @@ async def exchange_live(request: web.Request) -> web.Response:
     if request.query.get("into") == "results":
         context = await list_context(request, None)
         return render_fragment(request, "_exchange_results.html", context)
-    await decorate(request, items)
     return render_fragment(
         request,
         "_exchange_live.html",
-        {"items": items, "filters": filters, "newest": items[0]["id"], "fresh": True, "live": True},
+        {
+            "items": await decorate(request, items),
+            "filters": filters,
+            "newest": items[0].id,
+            "fresh": True,
+            "live": True,
+        },
     )
 
 
 async def exchange_detail(request: web.Request) -> web.Response:
     exchange_id = parse_cursor(request.match_info["id"])
-    item = await api.load_exchange(request.app, exchange_id) if exchange_id else None
-    if item is None or exchange_id is None:
+    found = await api.load_exchange(request.app, exchange_id) if exchange_id else None
+    if found is None or exchange_id is None:
         return error_page(
             request, 404, "No such exchange", "It may have been deleted, or removed by retention."
         )
+    item, messages = found
     runs = request.app[api.RUNS]
     run = previous = following = None
-    if item.get("run_id"):
-        run_id = int(item["run_id"])
-        run = (await runs.names([run_id])).get(run_id)
-        previous, following = await request.app[api.STORE].neighbours(run_id, exchange_id)
+    if item.run_id:
+        run = (await runs.names([item.run_id])).get(item.run_id)
+        previous, following = await request.app[api.STORE].neighbours(item.run_id, exchange_id)
     context = {
         "e": item,
         "run": run,
         "previous": previous,
         "following": following,
-        "chat": chat_items(item["messages"]),
-        "request_headers": redact_headers([tuple(h) for h in item["request_headers"]]),
-        "response_headers": redact_headers([tuple(h) for h in item["response_headers"]]),
-        "request_body": pretty_body(item["request_body"], item["request_body_encoding"]),
-        "response_body": pretty_body(item["response_body"], item["response_body_encoding"]),
+        "chat": chat_items(messages),
+        "request_headers": redact_headers(list(item.request_headers)),
+        "response_headers": redact_headers(list(item.response_headers)),
+        "request_body": pretty_body(item.decoded_body("request"), item.request_body_encoding),
+        "response_body": pretty_body(item.decoded_body("response"), item.response_body_encoding),
         "evaluations": await runs.exchange_evaluations(exchange_id),
     }
     return render(request, "exchange.html", context)

@@ -10,6 +10,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.store.records import iso_z
+
 DASH = "\u2013"  # an en dash
 
 
@@ -106,6 +108,11 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def iso(value: Any) -> str:
+    """A time for a `datetime` attribute: a stored time as the API writes it (text as is)."""
+    return iso_z(value) if isinstance(value, datetime) else str(value)
+
+
 def exact_time(value: Any) -> str:
     """2026-01-31 12:00:03.123 UTC: what a tooltip shows."""
     at = parse_time(value)
@@ -153,6 +160,7 @@ FILTERS = {
     "price": price,
     "ms": duration_ms,
     "percent": percent,
+    "iso": iso,
     "exact_time": exact_time,
     "ago": ago,
     "clip": clip,

@@ -18,6 +18,7 @@ from gateway.api.exchanges import parse_id
 from gateway.api.replay import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
 from gateway.capture import storable
 from gateway.replay.replayer import ReplayError
+from gateway.store.records import StoredExchange
 from webui.render import JINJA, render
 
 CHART = {"width": 640, "height": 320, "left": 56, "right": 16, "top": 16, "bottom": 44}
@@ -42,12 +43,12 @@ def signed(value: Any, digits: int = 2) -> str:
 
 
 async def replay_form(
-    request: web.Request, action: str, item: dict[str, Any] | None = None
+    request: web.Request, action: str, item: StoredExchange | None = None
 ) -> dict[str, Any]:
     """The context `_replay_form.html` needs, as `replay_form`: where it posts, the models
     the upstream offers, and the original's own values as placeholders."""
     replayer = request.app[REPLAYER]
-    body = (item or {}).get("request_body")
+    body = item.decoded_body("request") if item is not None else None
     body = body if isinstance(body, dict) else {}
     args = body["completion_args"] if isinstance(body.get("completion_args"), dict) else {}
     current = {k: body.get(k, args.get(k)) for k in ("model", *NUMBER_FIELDS)}

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,30 +14,44 @@ from aiohttp import web
 from gateway.api import exchanges as api
 from gateway.errors import UserError
 from gateway.store import query
+from gateway.store.records import Run, iso_z
 from webui import timeline
 from webui.exchange_pages import RANGES, parse_cursor
 from webui.formats import parse_time
-from webui.render import Row, error_page, is_htmx, query_string, render
+from webui.render import error_page, is_htmx, query_string, render
 
 PAGE_SIZE = 50
 FILTER_KEYS = ("name", "agent_id", "user", "status", "range")
 
 
-def run_duration_ms(run: dict[str, Any], last: dict[str, Any] | None) -> float | None:
-    """From the first call's start to the last call's last byte."""
-    start = parse_time(run.get("started_at"))
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One line of the runs list: the run, how long it took, its scores as text."""
+
+    run: Run
+    duration_ms: float | None
+    evaluations: str
+
+
+def run_duration_ms(run: Run, last: dict[str, Any] | None) -> float | None:
+    """From the first call's start to the last call's last byte (both times to the
+    millisecond, as the API gives them)."""
+    start = parse_time(iso_z(run.started_at))
     end = parse_time(last["started_at"]) if last else None
     if start is None or end is None or last is None:
         return None
     return (end - start).total_seconds() * 1000 + float(last.get("latency_ms") or 0)
 
 
-async def evaluation_summaries(request: web.Request, ids: list[int]) -> dict[str, str]:
+async def evaluation_summaries(request: web.Request, ids: list[int]) -> dict[int, str]:
     """`name=value` summaries of each run's evaluations, for the list."""
     found = await request.app[api.RUNS].evaluations_of(ids)
-    out: dict[str, list[str]] = {}
-    for row in found:
-        out.setdefault(row["run_id"], []).append(f"{row['metric_name']}={row['metric_value']:g}")
+    out: dict[int, list[str]] = {}
+    for evaluation in found:
+        if evaluation.run_id is not None:
+            out.setdefault(evaluation.run_id, []).append(
+                f"{evaluation.metric_name}={evaluation.metric_value:g}"
+            )
     return {run_id: ", ".join(items) for run_id, items in out.items()}
 
 
@@ -45,7 +60,7 @@ async def run_list(request: web.Request) -> web.Response:
     before = parse_cursor(request.query.get("before"))
     values = dict(filters)
     error = None
-    items: list[dict[str, Any]] = []
+    runs: list[Run] = []
     cursor = None
     try:
         if values["range"]:
@@ -53,16 +68,16 @@ async def run_list(request: web.Request) -> web.Response:
                 raise UserError(f"range must be one of {', '.join(RANGES)}")
             values["since"] = (datetime.now(UTC) - RANGES[values["range"]]).isoformat()
         f = query.run_filter(values)
-        items, cursor = await request.app[api.RUNS].list_runs(f, PAGE_SIZE, before)
+        runs, cursor = await request.app[api.RUNS].list_runs(f, PAGE_SIZE, before)
     except UserError as exc:
         error = str(exc)
-    ids = [int(i["id"]) for i in items]
+    ids = [run.id for run in runs]
     summaries = await evaluation_summaries(request, ids)
     lasts = await request.app[api.RUNS].last_exchanges(ids)
-    for item in items:
-        item["duration_ms"] = run_duration_ms(item, lasts.get(int(item["id"])))
-        item["evaluations"] = summaries.get(item["id"], "")
-    items = [Row(item) for item in items]
+    items = [
+        RunRow(run, run_duration_ms(run, lasts.get(run.id)), summaries.get(run.id, ""))
+        for run in runs
+    ]
     context = {
         "items": items,
         "next": cursor,
@@ -88,13 +103,13 @@ async def run_detail(request: web.Request) -> web.Response:
         return error_page(
             request, 404, "No such run", "It may have been deleted, or emptied by retention."
         )
-    steps = timeline.build(run)
-    run["duration_ms"] = steps.span_ms if run["exchanges"] else None
+    steps = timeline.build(run.to_json())  # the timeline reads the run as the API shows it
     context = {
         "run": run,
+        "duration_ms": steps.span_ms if run.exchanges else None,
         "timeline": steps,
-        "config": orjson.dumps(run["config"], option=orjson.OPT_INDENT_2).decode()
-        if run.get("config")
+        "config": orjson.dumps(run.config, option=orjson.OPT_INDENT_2).decode()
+        if run.config
         else "",
     }
     return render(request, "run.html", context)

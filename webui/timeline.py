@@ -3,8 +3,8 @@ took, and how long each tool took between the call that asked for it and the cal
 delivered its result), each step's new messages and tool calls, and its memory as what
 changed since the previous step.
 
-Pure functions over the run dict that RunStore.get_run returns, so they test without a
-database.
+Pure functions over a run as the API shows it (`RunDetail.to_json()`), so they test without
+a database.
 """
 
 from __future__ import annotations

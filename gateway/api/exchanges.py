@@ -20,8 +20,9 @@ from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.exchanges import Store
 from gateway.store.query import exchange_filter, parse_int, parse_time
+from gateway.store.records import StoredExchange
 from gateway.store.runs import RunStore
-from gateway.store.stored import exchange_detail, parse_stored
+from gateway.store.stored import parse_stored
 from gateway.writer import WriterProcess, quarantine
 
 STORE = web.AppKey("store", Store)
@@ -165,31 +166,32 @@ async def list_exchanges(request: web.Request) -> web.Response:
             raise UserError(f"before must be a cursor from a previous 'next', got {before_text!r}")
         before = int(before_text)
     items, cursor = await request.app[STORE].list_exchanges(exchange_filter(query), limit, before)
-    return json_response({"items": items, "next": str(cursor) if cursor else None})
+    return json_response(
+        {"items": [item.to_json() for item in items], "next": str(cursor) if cursor else None}
+    )
 
 
 @routes.get("/api/exchanges/{id}")
 async def get_exchange(request: web.Request) -> web.Response:
-    item = await load_exchange(request.app, parse_id(request.match_info["id"]))
-    if item is None:
+    found = await load_exchange(request.app, parse_id(request.match_info["id"]))
+    if found is None:
         raise not_found("exchange")
-    return json_response(item)
+    item, messages = found
+    return json_response({**item.to_json(), "messages": messages})
 
 
-async def load_exchange(app: web.Application, exchange_id: int) -> dict[str, Any] | None:
-    """One exchange with decoded headers, bodies and units, and its messages (the API and
-    the UI)."""
+async def load_exchange(
+    app: web.Application, exchange_id: int
+) -> tuple[StoredExchange, list[dict[str, Any]]] | None:
+    """One exchange and its messages as its provider parses them (the API and the UI)."""
     item = await app[STORE].get_exchange(exchange_id)
     if item is None:
         return None
-    item = exchange_detail(item)
     try:
-        provider = app[PROVIDERS](item["provider"])
+        provider = app[PROVIDERS](item.provider)
     except UnknownProvider:  # written by another version: shown raw, never misparsed
-        item["messages"] = []
-        return item
-    item["messages"] = exchange_messages(parse_stored(provider, item))
-    return item
+        return item, []
+    return item, exchange_messages(parse_stored(provider, item))
 
 
 def exchange_messages(parsed: Parsed) -> list[dict[str, Any]]:

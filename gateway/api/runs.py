@@ -35,7 +35,9 @@ async def list_runs(request: web.Request) -> web.Response:
     items, cursor = await request.app[RUNS].list_runs(
         run_filter(query), limit, int(before) if before else None
     )
-    return json_response({"items": items, "next": str(cursor) if cursor else None})
+    return json_response(
+        {"items": [item.to_json() for item in items], "next": str(cursor) if cursor else None}
+    )
 
 
 @routes.get("/api/runs/{id}")
@@ -43,7 +45,7 @@ async def get_run(request: web.Request) -> web.Response:
     run = await request.app[RUNS].get_run(parse_id(request.match_info["id"], "run"))
     if run is None:
         raise not_found("run")
-    return json_response(run)
+    return json_response(run.to_json())
 
 
 @routes.delete("/api/runs/{id}")
@@ -76,7 +78,8 @@ async def evaluate_run(request: web.Request) -> web.Response:
     runs = request.app[RUNS]
     if await runs.get_run_row(run_id) is None:
         raise not_found("run")
-    return json_response(await runs.add_evaluation(run_id, None, name, value), status=201)
+    evaluation = await runs.add_evaluation(run_id, None, name, value)
+    return json_response(evaluation.to_json(), status=201)
 
 
 @routes.post("/api/exchanges/{id}/evaluations")
@@ -87,4 +90,5 @@ async def evaluate_exchange(request: web.Request) -> web.Response:
     found, run_id = await runs.run_of_exchange(exchange_id)
     if not found:
         raise not_found("exchange")
-    return json_response(await runs.add_evaluation(run_id, exchange_id, name, value), status=201)
+    evaluation = await runs.add_evaluation(run_id, exchange_id, name, value)
+    return json_response(evaluation.to_json(), status=201)

@@ -26,7 +26,8 @@ from gateway.errors import UserError
 from gateway.export.finetune import conversation, example, parse_for_export
 from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import ExchangeFilter, Store
-from gateway.store.exports import ExportReader, Failures
+from gateway.store.exports import ExportReader, ExportRun, Failures
+from gateway.store.records import StoredExchange
 
 FORMATS = ("mistral", "jsonl", "csv", "parquet", "hf")
 EXCHANGE_COLUMNS = (
@@ -105,21 +106,25 @@ class ExportResult:
 # -- records ----------------------------------------------------------------------------------
 
 
-def exchange_record(item: dict[str, Any], messages: list[dict[str, Any]] | None) -> dict:
-    record = {column: item.get(column) for column in EXCHANGE_COLUMNS}
+def exchange_record(item: StoredExchange, messages: list[dict[str, Any]] | None) -> dict:
+    """A call as a flat record: its columns as the API shows them, its bodies as stored."""
+    columns = item.columns_json()
+    record = {column: columns.get(column) for column in EXCHANGE_COLUMNS}
     record["messages"] = messages
     for side in ("request", "response"):
-        if item.get(f"{side}_body_encoding") == "omitted":
-            record[f"{side}_body"] = None
+        body, encoding = item.body(side)
+        record[f"{side}_body"] = None if encoding == "omitted" else body
     return record
 
 
-def run_record(run: dict[str, Any], messages: list[dict[str, Any]] | None) -> dict:
-    record = {column: run.get(column) for column in RUN_COLUMNS}
-    record["tags"] = orjson.dumps(run.get("tags") or {}).decode()
-    record["evaluations"] = orjson.dumps(run.get("evaluations") or {}).decode()
-    final = run.get("final_exchange")
-    record["final_exchange_id"] = final["id"] if final else None
+def run_record(run: ExportRun, messages: list[dict[str, Any]] | None) -> dict:
+    """A run as a flat record: its columns as the API shows them, tags and scores as JSON."""
+    columns = run.run.to_json()
+    record = {column: columns.get(column) for column in RUN_COLUMNS}
+    record["tags"] = orjson.dumps(dict(run.run.tags)).decode()
+    record["evaluations"] = orjson.dumps(run.evaluations).decode()
+    final = run.final_exchange
+    record["final_exchange_id"] = str(final.id) if final else None
     record["messages"] = messages
     return record
 
@@ -249,7 +254,7 @@ async def _records(
         async for ids in reader.run_ids(request.filter, request.failures):
             out = []
             for run in await reader.run_records(ids):
-                final = run["final_exchange"]
+                final = run.final_exchange
                 parsed = parse_for_export(provider, final) if final else None
                 out.append(shaped(parsed, partial(run_record, run)))
             yield [record for record in out if record is not None]

@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 
 from gateway.providers.base import Parsed, Provider
+from gateway.store.records import StoredExchange
 from gateway.store.stored import parse_stored, stored_body
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def parse_for_export(provider: Provider, item: dict[str, Any]) -> Parsed | None:
+def parse_for_export(provider: Provider, item: StoredExchange) -> Parsed | None:
     """A stored exchange parsed again (gateway/store/stored.py); None when its request body is
     gone (omitted, or not text), as there is nothing to learn from."""
     if not stored_body(item, "request"):

@@ -163,7 +163,7 @@ class OtelExporter(Integration):
 
     async def runs_finished(self, run_ids: list[int], runs: RunStore) -> None:
         for run in await runs.summaries(run_ids):
-            self.worker.submit(("run", run))
+            self.worker.submit(("run", run.to_json()))
 
     # -- the worker thread ---------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ class WandbLogger(Integration):
                 continue
             run = await runs.get_run(run_id)
             if run is not None:
-                self.worker.submit(("run", run))
+                self.worker.submit(("run", run.to_json()))
 
     def submit_experiment(self, experiment: dict[str, Any]) -> bool:
         """Log an experiment's comparison table without waiting (see log_experiment)."""
@@ -126,7 +126,7 @@ def _settings() -> Any:
 
 
 def log_run(run: dict[str, Any], *, project: str, group_by: str = "name") -> str:
-    """Log one finished agent run (as returned by RunStore.get_run); returns the wandb run id."""
+    """Log one finished agent run (as /api/runs/{id} shows it); returns the wandb run id."""
     import wandb
 
     exchanges = run.get("exchanges") or []

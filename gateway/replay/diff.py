@@ -18,6 +18,7 @@ from rapidfuzz.distance import Indel
 
 from gateway.providers.base import Parsed
 from gateway.runs.grouper import parse_arguments
+from gateway.store.records import StoredExchange
 
 # Words and punctuation runs are tokens; whitespace rides along with the token before it, so
 # ops reassemble into the exact texts.
@@ -33,7 +34,7 @@ NOISY_KEYS = frozenset({"id", "tool_call_id", "created_at", "completed_at", "obj
 class Side:
     """One exchange as the diff sees it: its stored row and what its provider parsed."""
 
-    item: dict[str, Any]
+    item: StoredExchange
     parsed: Parsed
     calls: list[dict[str, Any]] = field(default_factory=list)
 
@@ -292,15 +293,15 @@ def _delta(a: Any, b: Any, digits: int) -> float | int | None:
     return round(value, digits) if isinstance(value, float) else value
 
 
-def deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deltas(a: StoredExchange, b: StoredExchange) -> dict[str, Any]:
     """after - before for usage, cost and timings (None when either side lacks the figure)."""
     return {
-        "tokens": _delta(a.get("total_tokens"), b.get("total_tokens"), 0),
-        "prompt_tokens": _delta(a.get("prompt_tokens"), b.get("prompt_tokens"), 0),
-        "completion_tokens": _delta(a.get("completion_tokens"), b.get("completion_tokens"), 0),
-        "cost_usd": _delta(a.get("cost_usd"), b.get("cost_usd"), 10),
-        "latency_ms": _delta(a.get("latency_ms"), b.get("latency_ms"), 3),
-        "ttft_ms": _delta(a.get("ttft_ms"), b.get("ttft_ms"), 3),
+        "tokens": _delta(a.total_tokens, b.total_tokens, 0),
+        "prompt_tokens": _delta(a.prompt_tokens, b.prompt_tokens, 0),
+        "completion_tokens": _delta(a.completion_tokens, b.completion_tokens, 0),
+        "cost_usd": _delta(a.cost_usd, b.cost_usd, 10),
+        "latency_ms": _delta(a.latency_ms, b.latency_ms, 3),
+        "ttft_ms": _delta(a.ttft_ms, b.ttft_ms, 3),
     }
 
 
@@ -309,13 +310,13 @@ def deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def compare(a: Side, b: Side) -> dict[str, Any]:
     """The diff of two exchanges, without its id (the store gives it one)."""
-    before = a.item.get("output_text") or ""
-    after = b.item.get("output_text") or ""
+    before = a.item.output_text or ""
+    after = b.item.output_text or ""
     calls = compare_calls(tool_calls(a.parsed), tool_calls(b.parsed))
     ops, similar = text_diff(before, after)
     return {
-        "a": str(a.item["id"]),
-        "b": str(b.item["id"]),
+        "a": str(a.item.id),
+        "b": str(b.item.id),
         "parameter_changed": parameter_changes(a.parsed, b.parsed),
         "before_output": before,
         "after_output": after,

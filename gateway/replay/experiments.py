@@ -38,7 +38,7 @@ FILTER_FIELDS = {"q", "model", "status", "state", "endpoint", "run", "since", "u
 def output_hash(recorded: Recorded) -> str:
     """What counts as 'the same output': the text and the tool calls asked for."""
     calls = sorted(diffs.call_key(c) for c in diffs.tool_calls(recorded.parsed))
-    text = (recorded.item.get("output_text") or "").encode()
+    text = (recorded.item.output_text or "").encode()
     return hashlib.sha256(text + b"\x00" + b"\x00".join(calls)).hexdigest()[:32]
 
 
@@ -49,12 +49,12 @@ def row_metrics(original: Recorded, replayed: Recorded, diff: dict[str, Any]) ->
         "identical": diff["identical"],
         "tool_calls_before": len(calls["before"]),
         "tool_calls_differing": diffs.differing_calls(calls),
-        "tokens_before": original.item.get("total_tokens"),
-        "tokens_after": replayed.item.get("total_tokens"),
-        "cost_before": original.item.get("cost_usd"),
-        "cost_after": replayed.item.get("cost_usd"),
-        "latency_before": original.item.get("latency_ms"),
-        "latency_after": replayed.item.get("latency_ms"),
+        "tokens_before": original.item.total_tokens,
+        "tokens_after": replayed.item.total_tokens,
+        "cost_before": original.item.cost_usd,
+        "cost_after": replayed.item.cost_usd,
+        "latency_before": original.item.latency_ms,
+        "latency_after": replayed.item.latency_ms,
         "output_hash": output_hash(replayed),
     }
 
@@ -283,7 +283,7 @@ class Experiments:
             limit = parse_int("filter.limit", query.get("limit"), low=1, high=MAX_EXCHANGES) or 50
         items, _ = await self.store.list_exchanges(f, limit, None)
         # Replays of earlier experiments are results, not traffic to replay again.
-        ids = sorted(int(i["id"]) for i in items if i.get("replay_of") is None)
+        ids = sorted(i.id for i in items if i.replay_of is None)
         if not ids:
             raise UserError(f"{kind} selects no exchanges")
         return {kind: value}, ids
@@ -339,13 +339,11 @@ class Experiments:
                 row["id"], "error", error=f"{type(exc).__name__}: {exc}"
             )
             return
-        failed = (replayed.item.get("status") or 0) >= 400
+        failed = (replayed.item.status or 0) >= 400
         await self.replay_store.finish_row(
             row["id"],
             "error" if failed else "ok",
-            error=f"the replay failed with status {replayed.item.get('status')}"
-            if failed
-            else None,
+            error=f"the replay failed with status {replayed.item.status}" if failed else None,
             replay_id=replayed.id,
             diff_id=int(diff["id"]),
             metrics=row_metrics(original, replayed, diff),

@@ -26,9 +26,10 @@ from gateway.providers import UnknownProvider, provider_named
 from gateway.providers.base import BadOverrides, NotReplayable, Parsed, Provider, Replay
 from gateway.proxy.forward import HINT_PREFIX, HOP_BY_HOP, Proxy
 from gateway.replay import diff as diffs
-from gateway.store.exchanges import LIST_COLUMNS, Store
+from gateway.store.exchanges import Store
+from gateway.store.records import StoredExchange
 from gateway.store.replays import ReplayStore
-from gateway.store.stored import exchange_detail, parse_stored
+from gateway.store.stored import parse_stored
 from gateway.writer import WriterError, WriterProcess
 
 log = logging.getLogger("agentops.replay")
@@ -85,20 +86,20 @@ def key_from_environ(environ: Mapping[str, str]) -> SecretKey | None:
 class Recorded:
     """A stored exchange, decoded, with its provider and what that provider parses from it."""
 
-    item: dict[str, Any]
+    item: StoredExchange
     parsed: Parsed
     provider: Provider
 
     @property
     def id(self) -> int:
-        return int(self.item["id"])
+        return self.item.id
 
     def side(self) -> diffs.Side:
         return diffs.Side(self.item, self.parsed)
 
     def list_item(self) -> dict[str, Any]:
         """The exchange as /api/exchanges lists it."""
-        return {k: self.item.get(k) for k in LIST_COLUMNS}
+        return self.item.summary().to_json()
 
 
 @dataclass
@@ -174,9 +175,8 @@ class Replayer:
         item = await self.store.get_exchange(exchange_id)
         if item is None:
             return None
-        item = exchange_detail(item)
         try:
-            provider = provider_named(self.providers, item["provider"])
+            provider = provider_named(self.providers, item.provider)
         except UnknownProvider as exc:
             raise ReplayError(409, f"exchange {exchange_id} cannot be replayed: {exc}") from None
         return Recorded(item, parse_stored(provider, item), provider)
@@ -201,9 +201,9 @@ class Replayer:
     async def plan(self, original: Recorded, overrides: Any) -> Plan:
         """The request a replay sends, or a ReplayError (409 not replayable, 400 overrides)."""
         replay = self.replay_of(original)
-        path, request_json = original.item["path"], original.parsed.request_json
+        path, request_json = original.item.path, original.parsed.request_json
         try:
-            route = replay.route(original.item, request_json)
+            route = replay.route(original.item.to_json(), request_json)  # as the API shows it
         except NotReplayable as exc:
             raise ReplayError(409, f"exchange {original.id} cannot be replayed: {exc}") from None
         try:
@@ -232,7 +232,7 @@ class Replayer:
     ) -> Recorded:
         """Send through the proxy's forwarding code and wait until the record is stored."""
         pairs = replay_headers(
-            replay_of.item["request_headers"], key.reveal(), bool(body.get("stream"))
+            list(replay_of.item.request_headers), key.reveal(), bool(body.get("stream"))
         )
         exchange = await self.proxy.send(
             "POST", path, pairs, orjson.dumps(body), replay_of=replay_of.id, hints=hints

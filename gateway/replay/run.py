@@ -74,11 +74,11 @@ class RunReplayer:
         items, _ = await self.store.list_exchanges(ExchangeFilter(run=run_id), MAX_STEPS + 1, None)
         chosen = [
             i
-            for i in sorted(items, key=lambda i: int(i["id"]))
-            if i["method"] == "POST"
-            and i["state"] == "complete"
-            and (i["status"] or 0) < 400
-            and i["endpoint"] in STEP_ENDPOINTS
+            for i in sorted(items, key=lambda i: i.id)
+            if i.method == "POST"
+            and i.state == "complete"
+            and (i.status or 0) < 400
+            and i.endpoint in STEP_ENDPOINTS
         ]
         if not chosen:
             raise ReplayError(
@@ -88,13 +88,13 @@ class RunReplayer:
             )
         if len(chosen) > MAX_STEPS:
             raise ReplayError(409, f"run {run_id} has more than {MAX_STEPS} steps")
-        kinds = {STEP_ENDPOINTS[i["endpoint"]] for i in chosen}
+        kinds = {STEP_ENDPOINTS[i.endpoint] for i in chosen}
         if len(kinds) > 1:
             raise ReplayError(
                 409, f"run {run_id} is not one linear chain: it mixes chat and conversation calls"
             )
         kind = kinds.pop()
-        steps = [await self.replayer.original(int(i["id"])) for i in chosen]
+        steps = [await self.replayer.original(i.id) for i in chosen]
         for index in range(1, len(steps)):
             problem = self._continues(steps[index - 1], steps[index], kind)
             if problem:
@@ -109,12 +109,10 @@ class RunReplayer:
     @staticmethod
     def _continues(previous: Recorded, current: Recorded, kind: str) -> str | None:
         if kind == "conversations":
-            path = current.item["path"]
+            path = current.item.path
             wanted = f"/v1/conversations/{previous.parsed.conversation_id}"
             if path != wanted:
-                return (
-                    f"does not append to the conversation step {current.item['step']} left ({path})"
-                )
+                return f"does not append to the conversation step {current.item.step} left ({path})"
             return None
         before = [*(previous.parsed.messages_in or []), _assistant(previous.parsed.message_out)]
         now = current.parsed.messages_in or []
@@ -152,11 +150,11 @@ class RunReplayer:
                 for c in diffs.tool_calls(new.parsed)
                 if c["kind"] == "builtin"
             ]
-            status = new.item.get("status") or 0
-            if status >= 400 or new.item.get("state") != "complete":
+            status = new.item.status or 0
+            if status >= 400 or new.item.state != "complete":
                 diverged = {
                     "step": index,
-                    "reason": f"step {index} failed: status {status}, {new.item.get('state')}",
+                    "reason": f"step {index} failed: status {status}, {new.item.state}",
                 }
                 break
             recorded_calls, new_calls = function_calls(step), function_calls(new)
@@ -175,8 +173,9 @@ class RunReplayer:
                 original_exchange_id=str(steps[diverged["step"]].id),
                 exchange_id=str(replayed[-1].id),
             )
+        run = await self.run_store.get_run(new_run)
         return {
-            "run": await self.run_store.get_run(new_run),
+            "run": run.to_json() if run is not None else None,
             "diffs": stored_diffs,
             "diverged_at": diverged["step"] if diverged else None,
             "divergence": diverged,
@@ -197,7 +196,7 @@ class RunReplayer:
         """The request of a later step: the replay's history plus what the recording added."""
         recorded = step.parsed.request_json
         replay = self.replayer.replay_of(step)
-        if step.item["endpoint"] == "conversations":
+        if step.item.endpoint == "conversations":
             path = replay.append_path(last.parsed.conversation_id or "")
             if path is None:
                 raise ReplayError(502, "the replayed conversation has no usable id")
@@ -205,5 +204,5 @@ class RunReplayer:
         before = len(previous.parsed.messages_in or []) + 1
         added = replay.remap_tool_results((step.parsed.messages_in or [])[before:], mapping)
         history = [*(last.parsed.messages_in or []), _assistant(last.parsed.message_out)]
-        path = step.item["path"]
+        path = step.item.path
         return path, replay.chat_body(recorded, path, overrides, history + added)

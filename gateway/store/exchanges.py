@@ -30,6 +30,7 @@ from gateway.capture.exchange import id_at
 from gateway.capture.rows import Rows
 from gateway.errors import Unavailable
 from gateway.store import models
+from gateway.store.records import LIST_COLUMNS, ExchangeSummary, StoredExchange, iso_time
 from gateway.store.rollups import Rollups
 from gateway.store.search import fts5_query, pg_document, pg_query
 
@@ -52,30 +53,6 @@ SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the
 _CONVERTED = tuple(
     EXCHANGE_COLUMNS.index(c)
     for c in ("started_at", "streamed", "truncated", "parse_error", "omitted")
-)
-LIST_COLUMNS = (
-    "preview",
-    "omitted",
-    "id",
-    "started_at",
-    "method",
-    "path",
-    "status",
-    "model",
-    "endpoint",
-    "streamed",
-    "state",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_usd",
-    "latency_ms",
-    "ttfb_ms",
-    "ttft_ms",
-    "run_id",
-    "error",
-    "replay_of",
-    "provider",
 )
 
 
@@ -573,7 +550,7 @@ class Store:
 
     async def list_exchanges(
         self, f: ExchangeFilter, limit: int, before: int | None, after: int | None = None
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[ExchangeSummary], int | None]:
         """Newest first, keyset-paged. The page's ids come from one index walk (covering
         where an index has the filter column), then only those rows are read: sorting ids
         of a rare status is cheap, sorting whole rows is not."""
@@ -612,7 +589,7 @@ class Store:
             )
         more = len(found) > limit
         found = found[:limit]
-        return [self._item(row) for row in found], (found[-1]["id"] if more else None)
+        return [ExchangeSummary.from_row(row) for row in found], (found[-1]["id"] if more else None)
 
     async def _postgres_search(self, gin: str, walk: str, args: list[Any]) -> list[int]:
         """PostgreSQL cannot walk a GIN index in id order, and its planner guesses a word's
@@ -637,7 +614,7 @@ class Store:
             _, rows = await tx.execute_query(self.sql(gin), args)
         return [row[0] for row in rows]
 
-    async def get_exchange(self, exchange_id: int) -> dict[str, Any] | None:
+    async def get_exchange(self, exchange_id: int) -> StoredExchange | None:
         found = await self.rows(
             "SELECT e.*, b.request_headers, b.request_body, b.request_body_encoding, "
             "b.response_headers, b.response_body, b.response_body_encoding "
@@ -645,7 +622,7 @@ class Store:
             "WHERE e.id = ?",
             [exchange_id],
         )
-        return self._item(found[0]) if found else None
+        return StoredExchange.from_row(found[0]) if found else None
 
     async def request_bodies(
         self, ids: list[int], max_chars: int = 512 * 1024
@@ -711,23 +688,6 @@ class Store:
     async def count(self) -> int:
         return int((await self.rows("SELECT COUNT(*) AS n FROM exchanges"))[0]["n"])
 
-    def _item(self, row: dict[str, Any]) -> dict[str, Any]:
-        item = dict(row)
-        for key in ("streamed", "truncated", "parse_error", "omitted"):
-            if key in item and item[key] is not None:
-                item[key] = bool(item[key])
-        started = item.get("started_at")
-        if isinstance(started, str):
-            started = datetime.fromisoformat(started)
-        if isinstance(started, datetime):
-            item["started_at"] = iso_z(started)
-        for key in ("id", "run_id", "replay_of"):
-            if item.get(key) is not None:
-                item[key] = str(item[key])
-        if "clipped" in item:
-            item["clipped"] = orjson.loads(item["clipped"]) if item["clipped"] else {}
-        return item
-
 
 def time_bounds(
     column: str,
@@ -743,22 +703,6 @@ def time_bounds(
     if until is not None:
         clauses.append(f"{column} < ?")
         params.append(id_at(int(until.timestamp() * 1000) + 1))
-
-
-def iso_time(value: Any) -> str | None:
-    """A stored time (a datetime, or SQLite's text) as ISO-8601 UTC with a Z."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return iso_z(value)
-
-
-def iso_z(value: datetime) -> str:
-    """ISO-8601 UTC with a Z, millisecond precision."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.records import RunSummary, StoredExchange
 from gateway.store.runs import RunStore
 
 BODY_SELECT = (
@@ -38,6 +39,16 @@ class Failures:
         ), params
 
 
+@dataclass(frozen=True, slots=True)
+class ExportRun:
+    """A run as the export writes it: its row, its scores (the latest value of each metric)
+    and the exchange that holds its final conversation."""
+
+    run: RunSummary
+    evaluations: dict[str, float]
+    final_exchange: StoredExchange | None
+
+
 class ExportReader:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -59,7 +70,7 @@ class ExportReader:
 
     async def exchanges(
         self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 100
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncIterator[list[StoredExchange]]:
         """Matching exchanges with their bodies, oldest first, `batch_size` at a time."""
         clauses, params = self._exchange_where(f, failures)
         after = -1
@@ -74,7 +85,7 @@ class ExportReader:
             if not found:
                 return
             after = found[-1]["id"]
-            yield [self.store._item(row) for row in found]
+            yield [StoredExchange.from_row(row) for row in found]
 
     async def run_ids(
         self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 500
@@ -105,18 +116,17 @@ class ExportReader:
             after = found[-1]["id"]
             yield [row["id"] for row in found]
 
-    async def run_records(self, run_ids: list[int]) -> list[dict[str, Any]]:
+    async def run_records(self, run_ids: list[int]) -> list[ExportRun]:
         """Runs with their evaluations and the exchange that holds their final conversation
         (the last call with a reply; a tool loop's last request carries the whole history)."""
-        runs = await self.runs.summaries(run_ids)
-        for run in runs:
-            run_id = int(run["id"])
-            run["evaluations"] = {
-                row["metric_name"]: row["metric_value"]
+        out = []
+        for run in await self.runs.summaries(run_ids):
+            evaluations = {
+                str(row["metric_name"]): float(row["metric_value"])
                 for row in await self.store.rows(
                     "SELECT metric_name, metric_value FROM evaluations "
                     "WHERE run_id = ? ORDER BY id",
-                    [run_id],
+                    [run.id],
                 )
             }
             last = await self.store.rows(
@@ -125,7 +135,8 @@ class ExportReader:
                 "ORDER BY CASE WHEN e.status >= 400 OR e.status IS NULL "
                 "OR e.state <> 'complete' THEN 2 WHEN e.endpoint IN ('chat', 'agents') THEN 0 "
                 "ELSE 1 END, e.id DESC LIMIT 1",
-                [run_id],
+                [run.id],
             )
-            run["final_exchange"] = self.store._item(last[0]) if last else None
-        return runs
+            final = StoredExchange.from_row(last[0]) if last else None
+            out.append(ExportRun(run, evaluations, final))
+        return out

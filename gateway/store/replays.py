@@ -14,8 +14,8 @@ import orjson
 from tortoise.transactions import in_transaction
 
 from gateway.capture.exchange import new_id
-from gateway.store.exchanges import Store, iso_z
-from gateway.store.runs import RunStore, iso_time
+from gateway.store.exchanges import Store
+from gateway.store.records import MemorySnapshot, iso_time, iso_z
 
 ROW_METRICS = (
     "similarity",
@@ -115,9 +115,9 @@ class ReplayStore:
             [run_id, step],
         )
         history = None
-        for snapshot in RunStore._snapshots(snapshots):
-            if snapshot["exchange_id"] == str(exchange_id):
-                history = snapshot["state"][: snapshot["carried"]]
+        for snapshot in MemorySnapshot.rebuild(snapshots):
+            if snapshot.exchange_id == exchange_id:
+                history = list(snapshot.state[: snapshot.carried])
         starts = await store.rows(
             "SELECT b.request_body FROM exchanges e JOIN exchange_bodies b "
             "ON b.exchange_id = e.id WHERE e.run_id = ? AND e.path = '/v1/conversations' "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,7 +17,18 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway.capture import storable
 from gateway.capture.exchange import id_at, new_id
 from gateway.runs.grouper import RunChanges
-from gateway.store.exchanges import ExchangeFilter, Store, iso_time, iso_z, time_bounds
+from gateway.store.exchanges import ExchangeFilter, Store, time_bounds
+from gateway.store.records import (
+    Evaluation,
+    MemorySnapshot,
+    Message,
+    ProviderCost,
+    Run,
+    RunDetail,
+    RunSummary,
+    ToolCall,
+    iso_time,
+)
 
 RUN_COLUMNS = (
     "id",
@@ -303,7 +314,7 @@ class RunStore:
 
     async def list_runs(
         self, f: RunFilter, limit: int, before: int | None
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[Run], int | None]:
         store = self.store
         clauses: list[str] = []
         params: list[Any] = []
@@ -338,8 +349,8 @@ class RunStore:
                 break
         more = len(found) > limit
         found = found[:limit]
-        items = [self._item(row) for row in found]
-        await self._attach_conversations(items)
+        conversations = await self._conversations([row["id"] for row in found])
+        items = [Run.from_row(row, conversations.get(row["id"], [])) for row in found]
         return items, (found[-1]["id"] if more else None)
 
     @staticmethod
@@ -349,32 +360,22 @@ class RunStore:
         tags = _loads(row.get("tags")) or {}
         return tags.get(tag[0]) == tag[1]
 
-    async def _attach_conversations(self, items: list[dict[str, Any]]) -> None:
-        if not items:
-            return
-        ids = [int(item["id"]) for item in items]
-        marks = ", ".join("?" * len(ids))
+    async def _conversations(self, run_ids: list[int]) -> dict[int, list[str]]:
+        """The conversation ids of some runs, in order."""
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
         links = await self.store.rows(
             f"SELECT conversation_id, run_id FROM run_conversations WHERE run_id IN ({marks}) "
             "ORDER BY conversation_id",
-            ids,
+            run_ids,
         )
         by_run: dict[int, list[str]] = {}
         for link in links:
             by_run.setdefault(link["run_id"], []).append(link["conversation_id"])
-        for item in items:
-            item["conversation_ids"] = by_run.get(int(item["id"]), [])
+        return by_run
 
-    def _item(self, row: dict[str, Any]) -> dict[str, Any]:
-        item = dict(row)
-        item["tags"] = _loads(item.get("tags")) or {}
-        item["total_cost_usd"] = round(float(item.get("total_cost_usd") or 0), 10)
-        for key in ("started_at", "last_seen_at", "ended_at"):
-            item[key] = iso_time(item.get(key))
-        item["id"] = str(item["id"])
-        return item
-
-    async def summaries(self, run_ids: list[int]) -> list[dict[str, Any]]:
+    async def summaries(self, run_ids: list[int]) -> list[RunSummary]:
         """Runs without their children (for exporters), each with `ends_at`: when its last
         call ended (ended_at is when that call started)."""
         if not run_ids:
@@ -385,136 +386,55 @@ class RunStore:
         )
         items = []
         for row in found:
-            item = self._item(row)
             last = await self.store.rows(
                 "SELECT started_at, latency_ms FROM exchanges WHERE run_id = ? "
                 "ORDER BY id DESC LIMIT 1",
                 [row["id"]],
             )
-            item["ends_at"] = item["ended_at"] or item["last_seen_at"]
-            if last:
-                started = last[0]["started_at"]
-                started = datetime.fromisoformat(started) if isinstance(started, str) else started
-                item["ends_at"] = iso_z(
-                    started + timedelta(milliseconds=last[0]["latency_ms"] or 0)
-                )
-            items.append(item)
+            items.append(RunSummary.read(row, last[0] if last else None))
         return items
 
-    async def get_run(self, run_id: int) -> dict[str, Any] | None:
+    async def get_run(self, run_id: int) -> RunDetail | None:
         store = self.store
         found = await store.rows(
             f"SELECT {RUN_SELECT}, r.config FROM runs r WHERE r.id = ?", [run_id]
         )
         if not found:
             return None
-        run = self._item(found[0])
-        run["config"] = _loads(found[0]["config"])
-        await self._attach_conversations([run])
-        items, _ = await store.list_exchanges(ExchangeFilter(run=run_id), 10_000, None)
-        run["exchanges"] = sorted(items, key=lambda item: int(item["id"]))
-        run["messages"] = [
-            self._message(row)
-            for row in await store.rows(
-                "SELECT * FROM messages WHERE run_id = ? ORDER BY step, position", [run_id]
-            )
-        ]
-        run["tool_calls"] = [
-            self._tool(row)
-            for row in await store.rows(
-                "SELECT * FROM tool_calls WHERE run_id = ? ORDER BY step, id", [run_id]
-            )
-        ]
-        run["memory_snapshots"] = self._snapshots(
-            await store.rows(
-                "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]
-            )
+        conversations = await self._conversations([run_id])
+        exchanges, _ = await store.list_exchanges(ExchangeFilter(run=run_id), 10_000, None)
+        messages = await store.rows(
+            "SELECT * FROM messages WHERE run_id = ? ORDER BY step, position", [run_id]
         )
-        run["evaluations"] = [
-            self._evaluation(row)
-            for row in await store.rows(
-                "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id]
-            )
-        ]
+        tools = await store.rows(
+            "SELECT * FROM tool_calls WHERE run_id = ? ORDER BY step, id", [run_id]
+        )
+        snapshots = await store.rows(
+            "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]
+        )
+        evaluations = await store.rows(
+            "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id]
+        )
         # The LLM's cost beside the tools' (ElevenLabs) cost.
-        run["cost_by_provider"] = [
-            {
-                "provider": row["provider"],
-                "calls": int(row["calls"]),
-                "cost_usd": round(float(row["cost_usd"] or 0), 10),
-            }
-            for row in await store.rows(
-                "SELECT provider, COUNT(*) AS calls, COALESCE(SUM(cost_usd), 0) AS cost_usd "
-                "FROM exchanges WHERE run_id = ? GROUP BY provider ORDER BY cost_usd DESC",
-                [run_id],
-            )
-        ]
-        return run
-
-    @staticmethod
-    def _message(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "exchange_id": str(row["exchange_id"]),
-            "step": row["step"],
-            "position": row["position"],
-            "direction": row["direction"],
-            "role": row["role"],
-            "content": _loads(row["content"]),
-            "tool_calls": _loads(row["tool_calls"]),
-            "tool_call_id": row["tool_call_id"],
-            "finish_reason": row["finish_reason"],
-            "prompt_tokens": row["prompt_tokens"],
-            "completion_tokens": row["completion_tokens"],
-        }
-
-    @staticmethod
-    def _tool(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "tool_name": row["tool_name"],
-            "args": _loads(row["args"]),
-            "return_value": row["return_value"],
-            "call_id": row["call_id"],
-            "exchange_id": str(row["exchange_id"]),
-            "step": row["step"],
-            "result_exchange_id": (
-                str(row["result_exchange_id"]) if row["result_exchange_id"] is not None else None
-            ),
-            "latency_ms": (round(row["latency_ms"], 3) if row["latency_ms"] is not None else None),
-            "kind": row["kind"],
-        }
-
-    @staticmethod
-    def _snapshots(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rebuild each step's full state from the stored deltas."""
-        state: list[Any] = []
-        out = []
-        for row in rows:
-            state = state[: row["carried"]] + (_loads(row["appended"]) or [])
-            out.append(
-                {
-                    "exchange_id": str(row["exchange_id"]),
-                    "step": row["step"],
-                    "taken_at": iso_time(row["taken_at"]),
-                    "carried": row["carried"],
-                    "state": list(state),
-                }
-            )
-        return out
-
-    @staticmethod
-    def _evaluation(row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": str(row["id"]),
-            "metric_name": row["metric_name"],
-            "metric_value": row["metric_value"],
-            "run_id": str(row["run_id"]) if row["run_id"] is not None else None,
-            "exchange_id": (str(row["exchange_id"]) if row["exchange_id"] is not None else None),
-            "created_at": iso_time(row["created_at"]),
-        }
+        costs = await store.rows(
+            "SELECT provider, COUNT(*) AS calls, COALESCE(SUM(cost_usd), 0) AS cost_usd "
+            "FROM exchanges WHERE run_id = ? GROUP BY provider ORDER BY cost_usd DESC",
+            [run_id],
+        )
+        return RunDetail.read(
+            found[0],
+            conversations.get(run_id, []),
+            exchanges=sorted(exchanges, key=lambda item: item.id),
+            messages=map(Message.from_row, messages),
+            tool_calls=map(ToolCall.from_row, tools),
+            memory_snapshots=MemorySnapshot.rebuild(snapshots),
+            evaluations=map(Evaluation.from_row, evaluations),
+            cost_by_provider=map(ProviderCost.from_row, costs),
+        )
 
     async def add_evaluation(
         self, run_id: int | None, exchange_id: int | None, name: str, value: float
-    ) -> dict[str, Any]:
+    ) -> Evaluation:
         store = self.store
         row = {
             "id": new_id(),
@@ -531,7 +451,7 @@ class RunStore:
             ),
             [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"])],
         )
-        return self._evaluation(row)
+        return Evaluation.from_row(row)
 
     async def names(self, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """Name, agent and source of some runs (for the exchange list's run column)."""
@@ -564,7 +484,7 @@ class RunStore:
 
     async def costliest(
         self, since: datetime | None, until: datetime | None, limit: int = 10
-    ) -> list[dict[str, Any]]:
+    ) -> list[Run]:
         """The most expensive runs started in a time window."""
         clauses: list[str] = []
         params: list[Any] = []
@@ -575,15 +495,15 @@ class RunStore:
             "LIMIT ?",
             [*params, limit],
         )
-        return [self._item(row) for row in found]
+        return [Run.from_row(row) for row in found]
 
-    async def evaluations_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
+    async def evaluations_of(self, run_ids: list[int]) -> list[Evaluation]:
         """Run-level evaluations of some runs (the runs list shows them)."""
         if not run_ids:
             return []
         marks = ", ".join("?" * len(run_ids))
         return [
-            self._evaluation(row)
+            Evaluation.from_row(row)
             for row in await self.store.rows(
                 f"SELECT * FROM evaluations WHERE run_id IN ({marks}) AND exchange_id IS NULL "
                 "ORDER BY id",
@@ -591,9 +511,9 @@ class RunStore:
             )
         ]
 
-    async def exchange_evaluations(self, exchange_id: int) -> list[dict[str, Any]]:
+    async def exchange_evaluations(self, exchange_id: int) -> list[Evaluation]:
         return [
-            self._evaluation(row)
+            Evaluation.from_row(row)
             for row in await self.store.rows(
                 "SELECT * FROM evaluations WHERE exchange_id = ? ORDER BY id", [exchange_id]
             )
