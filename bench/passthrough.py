@@ -80,10 +80,13 @@ class Passthrough:
             resp = web.StreamResponse(
                 status=upstream.status, reason=upstream.reason, headers=headers
             )
-            await resp.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except ConnectionResetError:
+                pass  # the client hung up (wrk cuts its calls in flight at its deadline)
             return resp
 
 

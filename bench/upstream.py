@@ -12,7 +12,8 @@ Per-request knobs travel in headers (a transparent proxy forwards them unchanged
   calls `GET /bench/release`; used to hold many streams open for the memory measurement.
 
 Bench-only endpoints (called directly, never through a proxy): `GET /bench/held` returns how
-many hold-streams are open, `GET /bench/release` lets them finish, `GET /bench/ping` is a
+many hold-streams are open, `GET /bench/release` lets them finish, `GET /bench/count` how many
+calls have arrived (the bench's count of calls a proxy forwarded), `GET /bench/ping` is a
 readiness probe.
 
 Run: `python bench/upstream.py --port 9000 [--chunks 20] [--chunk-delay-ms 0]`.
@@ -122,12 +123,14 @@ class Upstream:
         self.chunks = chunks
         self.delay_ms = delay_ms
         self.held = 0
+        self.count = 0
         self.release = asyncio.Event()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path.startswith("/bench/"):
             return self.control(path)
+        self.count += 1
         body = await request.read()
         if b'"stream": true' not in body and b'"stream":true' not in body:
             return web.Response(body=CHAT_RESPONSE, headers=JSON_HEADERS)
@@ -175,6 +178,8 @@ class Upstream:
             self.release.set()
             self.release = asyncio.Event()
             return web.json_response({"released": True})
+        if path == "/bench/count":
+            return web.json_response({"count": self.count})
         return web.json_response({"ok": True})
 
 
