@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.providers import make_providers
@@ -13,7 +14,9 @@ from gateway.providers.base import Provider
 from gateway.replay.replayer import Recorded, Replayer, ReplayError
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
+from gateway.store.records import StoredExchange
 from gateway.store.stored import parse_stored
+from tests.rows import exchange_row
 
 PROVIDERS = make_providers(Settings())
 START = {"model": "mistral-small-latest", "inputs": "first", "instructions": "be brief"}
@@ -48,23 +51,22 @@ def recorded(
     **item: Any,
 ) -> Recorded:
     """A stored call as `Replayer.load` gives it: its row, parsed by its own provider."""
-    row = {
-        "id": "7",
-        "provider": provider,
-        "method": method,
-        "path": path,
-        "request_headers": [["Content-Type", "application/json"]],
-        "request_body": body,
-        "request_body_encoding": "json",
-        "response_headers": [],
-        "response_body": None,
-        "response_body_encoding": "none",
-        "status": 200,
+    body_text = orjson.dumps(body).decode()
+    row = exchange_row(
+        id=7,
+        provider=provider,
+        method=method,
+        path=path,
+        client_path=path,
+        request_body=body_text,
+        response_body=None,
+        response_body_encoding="none",
         **item,
-    }
+    )
     chosen: Provider = PROVIDERS[provider]
-    parsed = parse_stored(chosen, row)
-    return Recorded({**row, "endpoint": parsed.endpoint}, parsed, chosen)
+    parsed = parse_stored(chosen, StoredExchange.from_row(row))
+    row["endpoint"] = parsed.endpoint
+    return Recorded(StoredExchange.from_row(row), parsed, chosen)
 
 
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}

@@ -14,6 +14,8 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.api import exchanges as api
 from gateway.providers import make_providers, provider_named
 from gateway.settings import Settings
+from gateway.store.records import ExchangeSummary
+from tests.rows import exchange_row
 from webui import formats
 from webui.auth import safe_next
 from webui.chat import chat_items, parts, pretty_body
@@ -325,13 +327,13 @@ async def test_list_previews_each_row_with_its_own_provider():
     app[api.RUNS] = fake
     app[api.PROVIDERS] = lambda name: provider_named(providers, name)
     items = [
-        {"id": "1", "provider": "elevenlabs", "preview": None, "run_id": None},
-        {"id": "2", "provider": "mistral", "preview": None, "run_id": None},
-        {"id": "3", "provider": "mistral", "preview": "made by the writer", "run_id": None},
-        {"id": "4", "provider": "nonesuch", "preview": None, "run_id": None},
+        ExchangeSummary.from_row(exchange_row(id=1, provider="elevenlabs", preview=None)),
+        ExchangeSummary.from_row(exchange_row(id=2, provider="mistral", preview=None)),
+        ExchangeSummary.from_row(exchange_row(id=3, preview="made by the writer")),
+        ExchangeSummary.from_row(exchange_row(id=4, provider="nonesuch", preview=None)),
     ]
-    await decorate(make_mocked_request("GET", "/", app=app), items)
-    assert [i["preview"] for i in items] == [
+    rows = await decorate(make_mocked_request("GET", "/", app=app), items)
+    assert [row.preview for row in rows] == [
         "spoken words",
         "a chat question",
         "made by the writer",
