@@ -372,6 +372,7 @@ class Generator:
             row["total_tokens"],
             cost,
             row["latency_ms"],
+            row["provider"],
             name,
             agent,
         )
