@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.capture.exchange import _EPOCH_MS
 from gateway.capture.pricing import PriceTable
+from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 from gateway.store.rollups import VALUES, Fact, aggregate
 from gateway.store.search import json_words, pg_document, search_text
@@ -157,6 +158,7 @@ class Generator:
         self.rng = random.Random(seed)
         self.words = Words(self.rng)
         self.prices = PriceTable.load(None)
+        self.provider = MistralProvider()
         self.count = count
         now_ms = int(time.time() * 1000)
         self.start_ms = now_ms - int(days * 86_400_000)
@@ -343,6 +345,8 @@ class Generator:
             "step": step,
             "parent_id": None,
             "thread_key": None,
+            "clipped": None,
+            "preview": (self.provider.preview(request) or "")[:300],  # as the writer makes it
         }
         body = {
             "exchange_id": exchange_id,
@@ -368,6 +372,7 @@ class Generator:
             row["total_tokens"],
             cost,
             row["latency_ms"],
+            row["provider"],
             name,
             agent,
         )

@@ -9,7 +9,8 @@ its start-up work to finish, then asks each view a few times and reads the serve
 queries, the previews and the template). Prints the median and the worst of the timed
 requests per view: the exchange list unfiltered, with each single filter, paged deep, and
 with full-text search (reported apart); the live poll; the dashboard per range; and the other
-pages for reference. All traffic stays on 127.0.0.1.
+pages for reference, and /api/stats over no range, the last day and an odd range. `--group api`
+(repeatable) measures one group only. All traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -47,9 +48,14 @@ async def views(gw: Gateway) -> list[tuple[str, str, str]]:
             "SELECT id FROM exchanges WHERE run_id = ? ORDER BY id DESC LIMIT 1", [run]
         )
     )[0]["id"]
-    week_ago = datetime.now(UTC) - timedelta(days=7)
+    now = datetime.now(UTC)
+    week_ago = now - timedelta(days=7)
     hour = week_ago.strftime("%Y-%m-%dT%H:00")
     hour_end = (week_ago + timedelta(hours=1)).strftime("%Y-%m-%dT%H:00")
+    day_ago = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    odd_since = (now - timedelta(days=10)).replace(minute=17, second=23, microsecond=456_000)
+    odd_until = (now - timedelta(days=3)).replace(minute=41, second=7, microsecond=891_000)
+    odd = f"since={odd_since:%Y-%m-%dT%H:%M:%S.%fZ}&until={odd_until:%Y-%m-%dT%H:%M:%S.%fZ}"
     return [
         ("list", "unfiltered, first page", "/"),
         ("list", "model=mistral-large-latest", "/?model=mistral-large-latest"),
@@ -87,6 +93,9 @@ async def views(gw: Gateway) -> list[tuple[str, str, str]]:
         ("dashboard", "24h", "/dashboard?range=24h"),
         ("dashboard", "30d", "/dashboard?range=30d"),
         ("dashboard", "all time", "/dashboard?range=all"),
+        ("api", "/api/stats, no range", "/api/stats"),
+        ("api", "/api/stats, last 24 h", f"/api/stats?since={day_ago}"),
+        ("api", "/api/stats, 10 d to 3 d ago at :17:23.456 / :41:07.891", f"/api/stats?{odd}"),
         ("other", "exchange page", f"/exchanges/{exchange}"),
         ("other", "run page (8+ steps)", f"/runs/{run}"),
         ("other", "runs list", "/runs"),
@@ -113,6 +122,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument(
+        "--group", action="append", help="only these groups (list, search, dashboard, api, other)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as spool:
         settings = Settings(
@@ -136,6 +148,8 @@ async def main() -> None:
             async with aiohttp.ClientSession(gw.ui_url) as http:
                 print("| view | median ms | max ms | rows |\n|---|---|---|---|")
                 for group, label, path in await views(gw):
+                    if args.group and group not in args.group:
+                        continue
                     result = await measure(http, path, args.repeat)
                     print(
                         f"| {group}: {label} | {result['median']:.1f} | "

@@ -1,5 +1,5 @@
 """Rollups always equal a recount of the exchanges table: after the writer's batches, deletes,
-purges, late pricing, and the 0004 migration's backfill. Percentiles interpolate the histogram.
+purges, late pricing, and the 0009 migration's rebuild. Percentiles interpolate the histogram.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ async def stored(store: Store) -> dict[tuple[str, int, str], list[float]]:
 async def recount(store: Store) -> dict[tuple[str, int, str], list[float]]:
     rows = await store.rows(
         "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
-        "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, r.agent_id AS agent "
+        "e.total_tokens, e.cost_usd, e.latency_ms, e.provider, r.name AS run_name, "
+        "r.agent_id AS agent "
         "FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id"
     )
     return {
@@ -83,7 +84,7 @@ async def test_writer_deletes_and_purges_keep_rollups_true(
         await assert_rollups_true(store)
         have = await stored(store)
         dims = {key[0] for key in have}
-        assert dims == {"model", "run", "agent"}
+        assert dims == {"model", "provider", "run", "agent"}
         assert {key[2] for key in have if key[0] == "run"} == {"nightly", "late"}
         assert {key[2] for key in have if key[0] == "agent"} == {"bot", "solo-agent", "late-bot"}
         late = [v for k, v in have.items() if k[0] == "agent" and k[2] == "late-bot"]
@@ -128,19 +129,28 @@ async def test_late_pricing_moves_calls_out_of_unpriced(upstream: Upstream, tmp_
         await assert_rollups_true(gw.store)
 
 
-async def test_migration_backfills_existing_exchanges(
-    upstream: Upstream, db_url: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "back_to",
+    [
+        "0003_runs",  # no rollups table at all
+        "0008_preview",  # rollups without the interrupted count, provider and nomodel rows
+    ],
+)
+async def test_migration_rebuilds_rollups_of_existing_exchanges(
+    upstream: Upstream, db_url: str, tmp_path: Path, back_to: str
 ):
     async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
         await traffic(gw)
         before = await stored(gw.store)
+        stats = await gw.store.stats(None, None)
     url = Store(db_url).url
-    await migrate(config=tortoise_config(url), target="models.0003_runs")  # drops rollups
+    await migrate(config=tortoise_config(url), target=f"models.{back_to}")
     store = Store(db_url)
-    await store.open()  # migrates forward again: 0004 creates and backfills
+    await store.open()  # migrates forward again: 0009 rebuilds every rollup row
     try:
         assert_same(await stored(store), before)
         await assert_rollups_true(store)
+        assert await store.stats(None, None) == stats
     finally:
         await store.close()
 

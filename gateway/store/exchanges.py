@@ -33,6 +33,7 @@ from gateway.store import models
 from gateway.store.records import LIST_COLUMNS, ExchangeSummary, StoredExchange, iso_time
 from gateway.store.rollups import Rollups
 from gateway.store.search import fts5_query, pg_document, pg_query
+from gateway.store.stats import read_stats
 
 log = logging.getLogger("agentops.store")
 
@@ -651,33 +652,8 @@ class Store:
         return before[0]["id"], after[0]["id"]
 
     async def stats(self, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-        clauses, params = self._where(ExchangeFilter(since=since, until=until))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sums = (
-            "COUNT(*) AS calls, COALESCE(SUM(e.prompt_tokens), 0) AS prompt_tokens, "
-            "COALESCE(SUM(e.completion_tokens), 0) AS completion_tokens, "
-            "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
-            "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
-            "THEN 1 ELSE 0 END) AS errors, "
-            # calls cut by a kill of the gateway (journal.py): known only by their start
-            "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls"
-        )
-        totals = (await self.rows(f"SELECT {sums} FROM exchanges e {where}", params))[0]
-        by_model = await self.rows(
-            f"SELECT e.model AS model, {sums} FROM exchanges e {where} "
-            "GROUP BY e.model ORDER BY cost_usd DESC, calls DESC",
-            params,
-        )
-        by_provider = await self.rows(
-            f"SELECT e.provider AS provider, {sums} FROM exchanges e {where} "
-            "GROUP BY e.provider ORDER BY cost_usd DESC, calls DESC",
-            params,
-        )
-        return {
-            "totals": _numbers(totals),
-            "by_model": [_numbers(r) for r in by_model],
-            "by_provider": [_numbers(r) for r in by_provider],
-        }
+        """Totals, per model and per provider: rollups for whole hours, rows at the edges."""
+        return await read_stats(self, since, until)
 
     async def unpriced(self, known: Iterable[str]) -> list[dict[str, Any]]:
         """Models with successful calls but no cost, and how many: read from the rollups,
@@ -703,15 +679,3 @@ def time_bounds(
     if until is not None:
         clauses.append(f"{column} < ?")
         params.append(id_at(int(until.timestamp() * 1000) + 1))
-
-
-def _numbers(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in row.items():
-        if key == "cost_usd":
-            out[key] = round(float(value or 0), 10)
-        elif key in ("model", "provider"):
-            out[key] = value
-        else:
-            out[key] = int(value or 0)
-    return out

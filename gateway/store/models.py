@@ -179,8 +179,9 @@ class Evaluation(Model):
 class Rollup(Model):
     """Per-hour totals for the dashboard, kept by the writer: see gateway/store/rollups.py.
 
-    One row per (dim, hour, value): dim is model, run (name) or agent; hour counts hours
-    since the Unix epoch; h00..h19 count calls per latency bucket (rollups.BOUNDS)."""
+    One row per (dim, hour, value): dim is model, provider, nomodel, run (name) or agent;
+    hour counts hours since the Unix epoch; h00..h19 count calls per latency bucket
+    (rollups.BOUNDS)."""
 
     id = fields.BigIntField(primary_key=True)
     dim = fields.CharField(max_length=8)
@@ -195,6 +196,8 @@ class Rollup(Model):
     cost_usd = fields.FloatField(default=0)
     latency_count = fields.BigIntField(default=0)
     latency_sum = fields.FloatField(default=0)
+    # calls cut by a kill of the gateway; db_default: rows from before 0009 get 0 too
+    interrupted = fields.BigIntField(default=0, db_default=0)
     h00 = fields.BigIntField(default=0)
     h01 = fields.BigIntField(default=0)
     h02 = fields.BigIntField(default=0)

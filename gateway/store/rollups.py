@@ -1,8 +1,10 @@
 """Per-hour rollups the dashboard reads instead of scanning exchanges.
 
-One row per (dimension, hour, value): dimension `model` (every exchange), `run` (the run's
-name, when it has one) and `agent` (the run's agent id, when it has one). Each row holds
-counts, tokens, cost and a fixed-bucket latency histogram from which percentiles are
+One row per (dimension, hour, value): dimension `model` (every exchange; no model counts as
+""), `run` (the run's name, when it has one), `agent` (the run's agent id, when it has one),
+`provider` (every exchange) and `nomodel` (exchanges without a model: "null" or "empty", so
+/api/stats can tell a missing model from an empty one). Each row holds counts, tokens, cost,
+interrupted calls and a fixed-bucket latency histogram from which percentiles are
 interpolated. The writer adds a batch's rows inside its own transaction, aggregated first so
 each key costs one upsert per batch; deletes, purges and late pricing subtract or add the
 same way, so the rollups always equal a recount of the exchanges table.
@@ -57,11 +59,13 @@ SUMS = (
     "cost_usd",
     "latency_count",
     "latency_sum",
+    "interrupted",  # calls cut by a kill of the gateway (writer/journal.py): /api/stats' missing
 )
 VALUES = SUMS + BUCKETS  # the additive columns, in this order everywhere
 LABEL_CACHE = 100_000  # runs whose name and agent the writer remembers
 _UPSERT_COLUMNS = ("dim", "hour", "value", *VALUES)
 _LATENCY = SUMS.index("latency_count")
+_INTERRUPTED = SUMS.index("interrupted")
 
 
 def hour_of(exchange_id: int) -> int:
@@ -87,6 +91,7 @@ class Fact:
     total_tokens: int | None
     cost_usd: float | None
     latency_ms: float | None
+    provider: str
     run_name: str | None = None
     agent: str | None = None
 
@@ -120,10 +125,26 @@ def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
             (_LATENCY + 1, sign * fact.latency_ms),
             (len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms), sign),
         ]
+    if fact.state == "interrupted":
+        out.append((_INTERRUPTED, sign))
     return out
 
 
 Key = tuple[str, int, str]
+
+
+def keys(
+    hour: int, model: str | None, provider: str, run_name: str | None, agent: str | None
+) -> list[Key]:
+    """The rows one exchange counts in."""
+    out = [("model", hour, model or ""), ("provider", hour, provider)]
+    if not model:
+        out.append(("nomodel", hour, "null" if model is None else "empty"))
+    if run_name:
+        out.append(("run", hour, run_name))
+    if agent:
+        out.append(("agent", hour, agent))
+    return out
 
 
 def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
@@ -134,12 +155,7 @@ def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
     for fact in facts:
         changes = deltas(fact, sign)
         hour = hour_of(fact.id)
-        keys = [("model", hour, fact.model or "")]
-        if fact.run_name:
-            keys.append(("run", hour, fact.run_name))
-        if fact.agent:
-            keys.append(("agent", hour, fact.agent))
-        for key in keys:
+        for key in keys(hour, fact.model, fact.provider, fact.run_name, fact.agent):
             sums = out.get(key)
             if sums is None:
                 sums = out[key] = [0] * width
@@ -169,8 +185,8 @@ def percentile(histogram: Sequence[float], q: float) -> float | None:
 
 
 def backfill_sql(where: str = "") -> list[str]:
-    """INSERT ... SELECT statements that rebuild rollups from stored exchanges (used by the
-    0004 migration for existing data and by bench/seed.py after a bulk load)."""
+    """INSERT ... SELECT statements that rebuild rollups from stored exchanges (the 0009
+    migration's rebuild of existing data)."""
     buckets = []
     for index, name in enumerate(BUCKETS):
         low = f"e.latency_ms >= {BOUNDS[index - 1]}" if index else "e.latency_ms IS NOT NULL"
@@ -189,18 +205,25 @@ def backfill_sql(where: str = "") -> list[str]:
             "COALESCE(SUM(e.cost_usd), 0)",
             "COUNT(e.latency_ms)",
             "COALESCE(SUM(e.latency_ms), 0)",
+            "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END)",
             *buckets,
         ]
     )
     columns = ", ".join(_UPSERT_COLUMNS)
     statements = []
-    for dim, value in (
-        ("model", "COALESCE(e.model, '')"),
-        ("run", "r.name"),
-        ("agent", "r.agent_id"),
+    for dim, value, condition in (
+        ("model", "COALESCE(e.model, '')", ""),
+        ("provider", "e.provider", ""),
+        (
+            "nomodel",
+            "CASE WHEN e.model IS NULL THEN 'null' ELSE 'empty' END",
+            "(e.model IS NULL OR e.model = '')",
+        ),
+        ("run", "r.name", "r.name IS NOT NULL AND r.name <> ''"),
+        ("agent", "r.agent_id", "r.agent_id IS NOT NULL AND r.agent_id <> ''"),
     ):
-        join = "" if dim == "model" else " JOIN runs r ON r.id = e.run_id"
-        clauses = [f"{value} IS NOT NULL"] if dim != "model" else []
+        join = " JOIN runs r ON r.id = e.run_id" if dim in ("run", "agent") else ""
+        clauses = [condition] if condition else []
         if where:
             clauses.append(where)
         condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -271,6 +294,7 @@ class Rollups:
                     e["total_tokens"],
                     e["cost_usd"],
                     e["latency_ms"],
+                    e["provider"],
                     name,
                     agent,
                 )
@@ -295,7 +319,7 @@ class Rollups:
         _, rows = await tx.execute_query(
             self.store.sql(
                 "SELECT id, model, status, state, prompt_tokens, completion_tokens, total_tokens, "
-                "cost_usd, latency_ms FROM exchanges WHERE run_id = ?"
+                "cost_usd, latency_ms, provider FROM exchanges WHERE run_id = ?"
             ),
             [run_id],
         )
@@ -310,7 +334,7 @@ class Rollups:
         _, rows = await tx.execute_query(
             self.store.sql(
                 "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
-                "e.total_tokens, e.cost_usd, e.latency_ms, r.name AS run_name, "
+                "e.total_tokens, e.cost_usd, e.latency_ms, e.provider, r.name AS run_name, "
                 "r.agent_id AS agent FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id "
                 f"WHERE e.id IN ({marks})"
             ),
@@ -336,7 +360,7 @@ class Rollups:
         marks = ", ".join("?" * len(ids))
         _, rows = await tx.execute_query(
             self.store.sql(
-                "SELECT e.id, e.model, e.status, r.name, r.agent_id FROM exchanges e "
+                "SELECT e.id, e.model, e.status, e.provider, r.name, r.agent_id FROM exchanges e "
                 f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"
             ),
             ids,
@@ -344,10 +368,7 @@ class Rollups:
         sums: dict[Key, list[float]] = {}
         for row in rows:
             hour = hour_of(row["id"])
-            keys = [("model", hour, row["model"] or "")]
-            keys += [("run", hour, row["name"])] if row["name"] else []
-            keys += [("agent", hour, row["agent_id"])] if row["agent_id"] else []
-            for key in keys:
+            for key in keys(hour, row["model"], row["provider"], row["name"], row["agent_id"]):
                 values = sums.setdefault(key, [0.0] * len(VALUES))
                 values[SUMS.index("cost_usd")] += cost[row["id"]]
                 if row["status"] is not None and row["status"] < 400:

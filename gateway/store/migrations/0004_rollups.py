@@ -1,15 +1,13 @@
-"""Per-hour rollups for the dashboard (see gateway/store/rollups.py), backfilled from the exchanges
-already stored so an upgraded database's dashboard is complete from the first page view."""
+"""Per-hour rollups for the dashboard (see gateway/store/rollups.py). The exchanges already
+stored are counted by 0009, which rebuilds every rollup row: the backfill speaks the current
+rollups schema, which has columns this migration does not create."""
 
 from tortoise import fields, migrations
 from tortoise.migrations import operations as ops
 
-from gateway.store.rollups import backfill_sql
-
 
 async def backfill(apps, schema_editor) -> None:
-    for statement in backfill_sql():
-        await schema_editor.client.execute_script(statement)
+    """Nothing: 0009_stats_rollups rebuilds the rollups of existing exchanges."""
 
 
 async def forget(apps, schema_editor) -> None:
