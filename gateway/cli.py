@@ -24,7 +24,7 @@ from gateway.export.exporter import export_options, export_request
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store.exchanges import Store
-from gateway.writer.gc_tuning import tune_gc
+from gateway.writer.memory import give_back, tune_gc
 
 T = TypeVar("T")
 # Every error raised on purpose (gateway/errors.py): one line on stderr and its exit code (2).
@@ -130,11 +130,13 @@ async def _serve(settings: Settings) -> int | None:
         await gateway.stop()
         raise
     tune_gc()
+    trimmer = asyncio.create_task(give_back(), name="agentops-trim")
     say(
         f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream}, "
         f"UI {gateway.ui_url}"
     )
     await signals.first.wait()
+    trimmer.cancel()
     return await signals.stop(
         gateway.stop(),
         lambda: len(gateway.in_flight),

@@ -12,7 +12,7 @@ from gateway.capture.exchange import Exchange, new_id
 from gateway.capture.pricing import PriceTable
 from gateway.capture.rows import Rows, build_rows
 from gateway.providers.mistral import MistralProvider
-from gateway.runs.grouper import HEADER, SINGLE, THREAD, Grouper
+from gateway.runs.grouper import DONE_BYTES, HEADER, SINGLE, THREAD, Grouper
 
 PRICES = PriceTable.load(None)
 JSON = [("content-type", "application/json")]
@@ -332,3 +332,21 @@ async def test_conversation_entries_that_are_not_objects_are_kept_as_content():
         (2, "out", "assistant", '"ok"'),
     ]
     assert grouper.memory[change.exchange["run_id"]].entry_ids == [None, None, "e1"]
+
+
+async def test_the_grouper_remembers_what_calls_added_within_a_byte_bound():
+    """Decisions are kept so a batch written again re-emits them, but not every 100 KB text:
+    10,000 of them used to keep 2 GB in the writer long after they were stored."""
+    grouper = Grouper(run_idle=300)
+    text = "x" * 100_000
+    placed = []
+    for n in range(300):
+        ask = {"model": "m", "messages": [{"role": "user", "content": f"{n} {text}"}]}
+        exchange = record(ask, answer("ok"), at=1.8e9 + n)
+        placed.append((exchange, await place(grouper, exchange)))
+    assert grouper.done_bytes <= DONE_BYTES
+    assert len(grouper.done) < 300
+    assert grouper.done_bytes == sum(c.weight() for c in grouper.done.values())
+    last_record, last_change = placed[-1]
+    built = rows(last_record)
+    assert await grouper.assign(built.exchange, built.parsed, built.hints, no_steps) is last_change

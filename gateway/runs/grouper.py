@@ -27,6 +27,8 @@ from gateway.providers.base import Parsed
 THREAD_LIMIT = 100_000
 THREAD_SECONDS = 24 * 3600
 RUN_MEMORY_LIMIT = 20_000
+DONE_LIMIT = 10_000
+DONE_BYTES = 16 * 1024 * 1024
 THREADED_ENDPOINTS = ("chat", "agents")
 
 PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = (
@@ -128,6 +130,15 @@ class RunChanges:
     conversations: list[tuple[str, int]] = field(default_factory=list)
     exchange: dict[str, Any] = field(default_factory=dict)  # run columns of the exchange
 
+    def weight(self) -> int:
+        """About how many bytes these rows hold (their texts; a snapshot's message texts)."""
+        rows = [*self.messages, *self.tool_calls, *self.tool_results]
+        size = 256 + sum(len(v) for row in rows for v in row.values() if isinstance(v, str))
+        for item in self.snapshot["appended"] if self.snapshot else ():
+            content = item.get("content") if isinstance(item, dict) else None
+            size += len(content) if isinstance(content, str) else 64
+        return size
+
 
 @dataclass
 class RunMemory:
@@ -167,6 +178,7 @@ class Grouper:
         self.extended: set[int] = set()
         self.memory: OrderedDict[int, RunMemory] = OrderedDict()
         self.done: OrderedDict[int, RunChanges] = OrderedDict()  # replays re-emit these
+        self.done_bytes = 0
 
     # -- state ------------------------------------------------------------------------------
 
@@ -257,10 +269,19 @@ class Grouper:
                 inputs,
                 hashes,
             )
-        self.done[exchange["id"]] = changes
-        while len(self.done) > 10_000:
-            self.done.popitem(last=False)
+        self._keep(exchange["id"], changes)
         return changes
+
+    def _keep(self, exchange_id: int, changes: RunChanges) -> None:
+        """Remember what an exchange added, so a batch that is written again re-emits it;
+        the latest DONE_LIMIT or DONE_BYTES of them (they hold message texts: 10,000 calls
+        of 100 KB used to keep 2 GB in the writer long after they were stored)."""
+        weight = changes.weight()
+        self.done[exchange_id] = changes
+        self.done_bytes += weight
+        while len(self.done) > DONE_LIMIT or (self.done_bytes > DONE_BYTES and len(self.done) > 1):
+            _, dropped = self.done.popitem(last=False)
+            self.done_bytes -= dropped.weight()
 
     def _place(
         self,

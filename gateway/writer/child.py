@@ -17,8 +17,8 @@ from typing import Any
 
 from gateway.capture.exchange import Exchange
 from gateway.settings import Settings
-from gateway.writer.gc_tuning import tune_gc
 from gateway.writer.health import WriterHealth
+from gateway.writer.memory import give_back, tune_gc
 from gateway.writer.priority import step_aside
 from gateway.writer.protocol import (
     HEALTH_EVERY,
@@ -88,6 +88,7 @@ class Child:
         # not say "drained" while they wait (the child is ready before it replays them).
         self.handoff_bytes = sum(_size(Path(p)) for p in handoff)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.trimmer: asyncio.Task[None] | None = None
         self.calls: dict[str, Callable[..., Any]] = {
             "drained": self._drained,
             "finish_idle_runs": self._finish_idle_runs,
@@ -154,6 +155,7 @@ class Child:
         self.host.attach(self.recorder)
         step_aside()  # ready to store: from here on, calls come first
         tune_gc()
+        self.trimmer = asyncio.create_task(give_back(), name="agentops-writer-trim")
         # Ready before replaying what the proxy spooled while no writer ran (that can take
         # a while at idle priority): the proxy can hand over and get health reports at once;
         # records it sends meanwhile wait in the socket, so the order is kept.
@@ -180,6 +182,8 @@ class Child:
                     return
 
     async def _stop(self, timeout: float) -> None:
+        if self.trimmer is not None:
+            self.trimmer.cancel()
         await self.recorder.stop(timeout=max(5.0, timeout))
         await self.host.stop()
         with contextlib.suppress(ConnectionError):
