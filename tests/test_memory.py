@@ -28,4 +28,3 @@ async def test_a_burst_of_bodies_is_given_back_once_it_is_over():
         assert pin
     finally:
         trimmer.cancel()
-
