@@ -1,0 +1,139 @@
+"""Sustained load at the gateway's maximum rate: does storage keep up, does the spool grow,
+is anything dropped, how long until every record is stored after the load?
+
+wrk (one connection pool of 64, bench/load.lua bodies) and the fake upstream on CPU 0, the
+gateway (proxy and writer) on CPU 1, like bench/bench.py. Prints /healthz every 10 s.
+
+    .venv/bin/python bench/sustained.py [SECONDS=300] [DB=sqlite:///tmp/...] [BODY_BYTES=1024]
+"""
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from drivers import make_pool  # noqa: E402 (a sibling module of this script)
+from procs import free_port  # noqa: E402
+
+ROOT = str(BENCH.parent)
+PY = sys.executable
+SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+TMP = Path(tempfile.mkdtemp(prefix="agentops-sustained-"))
+DB = sys.argv[2] if len(sys.argv) > 2 else f"sqlite://{TMP}/s.db"
+SIZE = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
+
+
+async def main():
+    tmp = TMP
+    pool = make_pool("p", SIZE, 256, tmp, 7)
+    up, gp, ui = free_port(), free_port(), free_port()
+    upp = subprocess.Popen(
+        ["taskset", "-c", "0", PY, str(BENCH / "upstream.py"), "--port", str(up)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = (tmp / "gw.log").open("w")
+    gw = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "1",
+            PY,
+            "-m",
+            "gateway",
+            "serve",
+            "--upstream",
+            f"http://127.0.0.1:{up}",
+            "--db",
+            DB,
+            "--port",
+            str(gp),
+            "--ui-port",
+            str(ui),
+            "--spool-dir",
+            str(tmp / "spool"),
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def health():
+                async with s.get(f"http://127.0.0.1:{ui}/healthz") as r:
+                    return await r.json()
+
+            for _ in range(300):
+                try:
+                    await health()
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            wrk = await asyncio.create_subprocess_exec(
+                "taskset",
+                "-c",
+                "0",
+                "wrk",
+                "-t1",
+                "-c64",
+                f"-d{SECONDS}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(BENCH / "load.lua"),
+                f"http://127.0.0.1:{gp}/v1/chat/completions",
+                "--",
+                str(pool.path),
+                "1",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            t0 = time.time()
+            while wrk.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wrk.wait(), 10)
+                h = await health()
+                print(
+                    f"t={time.time() - t0:5.0f}s written {h['written_records']:7} "
+                    f"spool {h['spool_bytes'] >> 20:5} MiB spooled {h['spooled_records']:7} "
+                    f"dropped {h['dropped_records']} lag {h['writer_lag_seconds']:.1f}s "
+                    f"in transit {h['queue_depth']}",
+                    flush=True,
+                )
+            out = (await wrk.stdout.read()).decode()
+            summary = [line for line in out.splitlines() if line.startswith("BENCH-JSON ")]
+            if not summary:
+                raise SystemExit(f"wrk said: {out[-500:]}")
+            sent = json.loads(summary[-1].removeprefix("BENCH-JSON "))["requests"]
+            print(f"wrk: {sent} calls in {SECONDS} s, {sent / SECONDS:.0f} req/s")
+            t1 = time.time()
+            while True:
+                h = await health()
+                if h["queue_depth"] == 0 and h["spool_bytes"] == 0 and h["writer_lag_seconds"] == 0:
+                    break
+                if time.time() - t1 > 600:
+                    print("not drained")
+                    break
+                await asyncio.sleep(1)
+            print(
+                f"drained {time.time() - t1:.0f} s after load; written {h['written_records']} "
+                f"of {sent} answered; dropped {h['dropped_records']}"
+            )
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(60)
+        log.close()
+        upp.kill()
+
+
+asyncio.run(main())
