@@ -356,6 +356,8 @@ class Generator:
             "response_headers": orjson.dumps(HEADERS_OUT).decode(),
             "response_body": response_text,
             "response_body_encoding": "json",
+            # seeded rows are in the older text form (bodies.py reads both)
+            **dict.fromkeys(("data", "data_base", "request_size", "response_size", "output_size")),
         }
         search = search_text(
             json_words(request),

@@ -78,6 +78,12 @@ def words(text: str) -> list[str]:
     return [w for w in found if len(w) < 512 or len(w.encode("utf-8")) <= MAX_LEXEME_BYTES]
 
 
+def fts5_document(text: str) -> str:
+    """What SQLite's index gets of a text: its words, each once (the index keeps no
+    positions, so repeats only cost the copy of the text FTS5 stores beside it)."""
+    return " ".join(words(text))
+
+
 def pg_document(text: str) -> str:
     """A `tsvector` literal of the text's words (letters and digits only: nothing to escape)."""
     found = words(text)
