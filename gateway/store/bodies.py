@@ -2,9 +2,9 @@
 previous one as a delta against it, so an agent loop that resends its whole history costs
 what it adds.
 
-The frame holds the request body, the response body and the output text, one after the other
-(`request_size`, `response_size` and `output_size` split them; null: absent). So an answer
-that quotes its prompt costs little, and one frame is decompressed per exchange. A delta is a
+The frame holds the request's headers and body, the response's, and the output text, after a
+first line of their sizes. So an answer that quotes its prompt costs little, headers that
+repeat the last step's cost nothing, and one frame is decompressed per exchange. A delta is a
 frame compressed with an earlier exchange's payload (its three parts) as a raw-content
 dictionary, a prefix the frame copies from, so it stays byte-exact; `data_base` names that
 exchange. The writer remembers each run's last payload (`BodyChains`, a bounded LRU in the
@@ -14,8 +14,9 @@ is cut by a full frame every FULL_EVERY steps or once its payloads pass CHAIN_BY
 base first re-encodes the frames that name it as full ones, in the same transaction
 (`Store.delete_exchanges`), so no delete makes another body unreadable.
 
-Rows from before this format keep their text columns (`request_body`, `response_body`,
-`exchanges.output_text`) and are read as they are.
+Rows from before this format keep their text columns (`request_headers`, `request_body`, ...,
+`exchanges.output_text`) and are read as they are; a row with a frame holds "" in its headers
+columns (they are not nullable) and null in the others.
 """
 
 from __future__ import annotations
@@ -77,29 +78,40 @@ def shown(raw: bytes | None, encoding: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Parts:
-    """An exchange's payload: its request and response bodies (the bytes kept) and its
-    output text, each None when absent."""
+    """What an exchange's frame holds: its headers (JSON text) and bodies (the bytes kept),
+    and its output text, each None when absent."""
 
+    request_headers: bytes | None
     request: bytes | None
+    response_headers: bytes | None
     response: bytes | None
-    output: str | None
+    output: bytes | None
 
-    def payload(self) -> tuple[bytes, list[int | None]]:
-        """The bytes a frame holds, and the sizes that split them again."""
-        output = None if self.output is None else self.output.encode("utf-8", "surrogatepass")
-        parts = (self.request, self.response, output)
-        return b"".join(p for p in parts if p), [None if p is None else len(p) for p in parts]
+    def payload(self) -> bytes:
+        """The bytes a frame holds: a first line of sizes ("-": absent), then the parts."""
+        parts = [getattr(self, name) for name in self.__slots__]
+        sizes = ",".join("-" if p is None else str(len(p)) for p in parts)
+        return sizes.encode() + b"\n" + b"".join(p for p in parts if p)
 
     @classmethod
-    def split(cls, payload: bytes, sizes: Sequence[int | None]) -> Parts:
+    def split(cls, payload: bytes) -> Parts:
+        line, _, rest = payload.partition(b"\n")
         found: list[bytes | None] = []
         at = 0
-        for size in sizes:
-            found.append(None if size is None else payload[at : at + size])
-            at += size or 0
-        output = found[2]
-        text = None if output is None else output.decode("utf-8", "surrogatepass")
-        return cls(found[0], found[1], text)
+        for size in line.split(b","):
+            if size == b"-":
+                found.append(None)
+                continue
+            found.append(rest[at : at + int(size)])
+            at += int(size)
+        return cls(*found)
+
+    def text(self, name: str) -> str | None:
+        value = getattr(self, name)
+        return None if value is None else value.decode("utf-8", "surrogatepass")
+
+    def empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__slots__)
 
 
 # -- writing: the writer's memory of each run's last payload ---------------------------------
@@ -121,7 +133,6 @@ class Frame:
 
     exchange_id: int
     payload: bytes
-    sizes: list[int | None]
     data: bytes | None
     base: int | None
 
@@ -151,9 +162,9 @@ class BodyChains:
     ) -> Frame:
         """Encode an exchange's payload: a delta when it extends its run's last one and the
         chain has room, else a full frame. `pending` collects the new tips until `commit`."""
-        payload, sizes = parts.payload()
-        if not any(size is not None for size in sizes):
-            return Frame(exchange_id, payload, sizes, None, None)
+        if parts.empty():
+            return Frame(exchange_id, b"", None, None)
+        payload = parts.payload()
         tip = None if run_id is None else pending.get(run_id) or self.tips.get(run_id)
         if (
             extends
@@ -162,12 +173,10 @@ class BodyChains:
             and tip.depth + 1 < FULL_EVERY
             and tip.chain_bytes + len(payload) <= CHAIN_BYTES
         ):
-            frame = Frame(
-                exchange_id, payload, sizes, compress(payload, tip.payload), tip.exchange_id
-            )
+            frame = Frame(exchange_id, payload, compress(payload, tip.payload), tip.exchange_id)
             new = Tip(exchange_id, payload, tip.depth + 1, tip.chain_bytes + len(payload))
         else:
-            frame = Frame(exchange_id, payload, sizes, compress(payload), None)
+            frame = Frame(exchange_id, payload, compress(payload), None)
             new = Tip(exchange_id, payload, 0, len(payload))
         if run_id is not None and parts.request is not None:
             pending[run_id] = new
@@ -192,12 +201,10 @@ class BodyChains:
 
 # -- reading -------------------------------------------------------------------------------
 
-FRAME_COLUMNS = "data, data_base, request_size, response_size, output_size"
 # The columns a read selects of `exchange_bodies b` (then `read_bodies` makes the API's texts).
 BODY_SELECT = (
     "b.request_headers, b.request_body, b.request_body_encoding, b.response_headers, "
-    "b.response_body, b.response_body_encoding, b.data, b.data_base, b.request_size, "
-    "b.response_size, b.output_size"
+    "b.response_body, b.response_body_encoding, b.data, b.data_base"
 )
 
 
@@ -251,21 +258,17 @@ class Frames:
             self.payloads[eid] = None if broken else decompress(data, prefix)
         return self.payloads[exchange_id]
 
-    def parts(self, exchange_id: int, row: Mapping[str, Any]) -> Parts | None:
-        """The parts of an exchange whose row holds its sizes."""
+    def parts(self, exchange_id: int) -> Parts | None:
         payload = self.payload(exchange_id)
-        if payload is None:
-            return None
-        sizes = [row["request_size"], row["response_size"], row["output_size"]]
-        return Parts.split(payload, sizes)
+        return None if payload is None else Parts.split(payload)
 
 
 async def read_bodies(
     rows: list[dict[str, Any]], fetch: Fetch, key: str = "id"
 ) -> list[dict[str, Any]]:
-    """Rows selected with `e.*` and BODY_SELECT (`key`: their exchange id), their bodies as
-    the API's texts (request_body, response_body) and their output_text, whichever form they
-    were stored in."""
+    """Rows selected with `e.*` and BODY_SELECT (`key`: their exchange id), with headers,
+    bodies (as the API's texts) and output text filled in from their frames; rows stored in
+    the older form are left as they are."""
     frames = Frames()
     frames.add(rows, key)
     await frames.complete(fetch)
@@ -273,12 +276,13 @@ async def read_bodies(
     for row in rows:
         row = dict(row)
         if row["data"] is not None:
-            parts = frames.parts(int(row[key]), row) or Parts(None, None, None)
+            parts = frames.parts(int(row[key])) or Parts(None, None, None, None, None)
+            row["request_headers"] = parts.text("request_headers")
             row["request_body"] = shown(parts.request, row["request_body_encoding"])
+            row["response_headers"] = parts.text("response_headers")
             row["response_body"] = shown(parts.response, row["response_body_encoding"])
-            if row["output_size"] is not None:
-                row["output_text"] = parts.output
-        for column in ("data", "data_base", "request_size", "response_size", "output_size"):
-            row.pop(column, None)
+            row["output_text"] = parts.text("output")
+        row.pop("data", None)
+        row.pop("data_base", None)
         out.append(row)
     return out

@@ -268,7 +268,7 @@ class Store:
             for r in batch
         ]
         exchanges = [
-            self._exchange_values(r.exchange, in_frame=f.sizes[2] is not None)
+            self._exchange_values(r.exchange, in_frame=f.data is not None)
             for r, f in zip(batch, frames, strict=True)
         ]
         search = [[r.exchange["id"], r.search_text()] for r in batch]
@@ -780,28 +780,32 @@ class Store:
 
 
 def _parts(rows: Rows) -> Parts:
-    """What an exchange's frame holds: its bodies (the bytes kept) and its output text."""
-    bodies = rows.bodies
-    return Parts(bodies["request_body"], bodies["response_body"], rows.exchange["output_text"])
+    """What an exchange's frame holds: headers, bodies (the bytes kept) and output text."""
+    bodies, output = rows.bodies, rows.exchange["output_text"]
+    return Parts(
+        bodies["request_headers"].encode(),
+        bodies["request_body"],
+        bodies["response_headers"].encode(),
+        bodies["response_body"],
+        None if output is None else output.encode("utf-8", "surrogatepass"),
+    )
 
 
 def _body_values(rows: Rows, frame: Frame) -> list[Any]:
-    """An exchange_bodies row, in BODY_COLUMNS order."""
+    """An exchange_bodies row, in BODY_COLUMNS order: the frame, or (bodies omitted) the
+    headers alone."""
     bodies = rows.bodies
-    request_size, response_size, output_size = frame.sizes
+    framed = frame.data is not None
     values = {
         "exchange_id": bodies["exchange_id"],
-        "request_headers": bodies["request_headers"],
+        "request_headers": "" if framed else bodies["request_headers"],
         "request_body": None,
         "request_body_encoding": bodies["request_body_encoding"],
-        "response_headers": bodies["response_headers"],
+        "response_headers": "" if framed else bodies["response_headers"],
         "response_body": None,
         "response_body_encoding": bodies["response_body_encoding"],
         "data": frame.data,
         "data_base": frame.base,
-        "request_size": request_size,
-        "response_size": response_size,
-        "output_size": output_size,
     }
     return [values[c] for c in BODY_COLUMNS]
 

@@ -59,23 +59,20 @@ class Exchange(Model):
 
 
 class ExchangeBody(Model):
-    """Headers and bodies. An exchange's request body, response body and output text are one
-    zstd frame (`data`), split by their sizes; a step that extends its run's previous one is
-    a delta against that exchange's frame (`data_base`): see gateway/store/bodies.py. Rows
-    from before hold text (`*_body`, `exchanges.output_text`) instead."""
+    """Headers and bodies. An exchange's headers, bodies and output text are one zstd frame
+    (`data`); a step that extends its run's previous one is a delta against that exchange's
+    frame (`data_base`): see gateway/store/bodies.py. Rows from before hold them as text
+    (`*_headers`, `*_body`, `exchanges.output_text`) instead."""
 
     exchange_id = fields.BigIntField(primary_key=True)
-    request_headers = fields.TextField()  # JSON list of [name, value], redacted
+    request_headers = fields.TextField()  # JSON list of [name, value], redacted ("": in data)
     request_body = fields.TextField(null=True)  # older rows: the body as the API shows it
     request_body_encoding = fields.CharField(max_length=8)  # json, text, base64, digest, omitted
     response_headers = fields.TextField()
     response_body = fields.TextField(null=True)
     response_body_encoding = fields.CharField(max_length=8)
-    data = fields.BinaryField(null=True)  # zstd frame: request, response, output text
+    data = fields.BinaryField(null=True)  # zstd frame: headers, bodies, output text
     data_base = fields.BigIntField(null=True)  # the exchange whose frame it is a delta against
-    request_size = fields.IntField(null=True)  # bytes of each part in the frame (null: none)
-    response_size = fields.IntField(null=True)
-    output_size = fields.IntField(null=True)
 
     class Meta:
         table = "exchange_bodies"

@@ -11,7 +11,7 @@ markers in; the rows then read as they always did.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -125,7 +125,7 @@ async def resolve(
     wanted |= {s["exchange_id"] for s in snapshots if s.get("appended_from")}
     parts = await _parts(store, run_id, wanted) if wanted else {}
     requests = {eid: _messages(p) for eid, p in parts.items()}
-    outputs = {eid: p.output for eid, p in parts.items() if p is not None}
+    outputs = {eid: p.text("output") for eid, p in parts.items() if p is not None}
     filled = [_fill_message(m, requests, outputs) for m in messages]
     by_exchange: dict[int, list[dict[str, Any]]] = {}
     for message in filled:
@@ -164,9 +164,8 @@ async def _parts(store: Store, run_id: int, wanted: set[int]) -> dict[int, Parts
     """The stored parts of some exchanges of a run. The run's frames are decompressed once
     each, bases first (a delta's base is in the same run)."""
     found = await store.rows(
-        "SELECT b.exchange_id, b.data, b.data_base, b.request_size, b.response_size, "
-        "b.output_size, b.request_body_encoding FROM exchanges e JOIN exchange_bodies b "
-        "ON b.exchange_id = e.id WHERE e.run_id = ? ORDER BY e.id",
+        "SELECT b.exchange_id, b.data, b.data_base, b.request_body_encoding FROM exchanges e "
+        "JOIN exchange_bodies b ON b.exchange_id = e.id WHERE e.run_id = ? ORDER BY e.id",
         [run_id],
     )
     frames = Frames()
@@ -176,9 +175,9 @@ async def _parts(store: Store, run_id: int, wanted: set[int]) -> dict[int, Parts
     for row in found:
         eid = row["exchange_id"]
         if eid in wanted:
-            parts = frames.parts(eid, row)
+            parts = frames.parts(eid)
             if parts is not None and row["request_body_encoding"] != "json":
-                parts = Parts(None, parts.response, parts.output)
+                parts = replace(parts, request=None)  # no messages to point into
             out[eid] = parts
     return out
 

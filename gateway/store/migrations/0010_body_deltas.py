@@ -1,4 +1,5 @@
-"""Storage that grows with new content: an exchange's bodies and output text as one zstd frame,
+"""Storage that grows with new content: an exchange's headers, bodies and output text as one
+zstd frame,
 a step that extends its run's previous one as a delta against it (gateway/store/bodies.py),
 and messages and memory snapshots that point into their exchange instead of copying it
 (run_refs.py).
@@ -38,15 +39,6 @@ class Migration(migrations.Migration):
         ops.AddField(model_name="ExchangeBody", name="data", field=fields.BinaryField(null=True)),
         ops.AddField(
             model_name="ExchangeBody", name="data_base", field=fields.BigIntField(null=True)
-        ),
-        ops.AddField(
-            model_name="ExchangeBody", name="request_size", field=fields.IntField(null=True)
-        ),
-        ops.AddField(
-            model_name="ExchangeBody", name="response_size", field=fields.IntField(null=True)
-        ),
-        ops.AddField(
-            model_name="ExchangeBody", name="output_size", field=fields.IntField(null=True)
         ),
         ops.AddField(
             model_name="Message",
