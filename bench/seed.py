@@ -357,7 +357,8 @@ class Generator:
             "response_body": response_text,
             "response_body_encoding": "json",
             # seeded rows are in the older text form (bodies.py reads both)
-            **dict.fromkeys(("data", "data_base", "request_size", "response_size", "output_size")),
+            "data": None,
+            "data_base": None,
         }
         search = search_text(
             json_words(request),
