@@ -19,7 +19,7 @@ from gateway.capture import storable
 from gateway.capture.exchange import Exchange
 from gateway.capture.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
-from gateway.store.search import json_words, search_text, searchable
+from gateway.store.search import distinct_terms, json_words, search_text, searchable
 
 log = logging.getLogger("agentops.capture")
 
@@ -47,11 +47,11 @@ class Rows:
         if self.exchange["omitted"]:
             return storable.text(self.correlation or "")
         new = self.new_messages()
-        if new is not None:
-            request = json_words(new)
-        else:
-            body, encoding = self.bodies["request_body"], self.bodies["request_body_encoding"]
-            request = searchable(_text(body, encoding), encoding, self.parsed.request_json)
+        if new is not None:  # a step of a loop: its answer often quotes what it was sent
+            text = search_text(json_words(new), self.search_response, self.correlation)
+            return storable.text(distinct_terms(text))
+        body, encoding = self.bodies["request_body"], self.bodies["request_body_encoding"]
+        request = searchable(_text(body, encoding), encoding, self.parsed.request_json)
         return storable.text(search_text(request, self.search_response, self.correlation))
 
     def new_messages(self) -> list[Any] | None:
