@@ -49,6 +49,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from bench import (
     spawn,
     wait_ready,
 )
+from gateway.store.bodies import BODY_SELECT, read_bodies
 from gateway.writer.quarantine import decode
 from tests.tcp_relay import TcpRelay
 
@@ -579,6 +581,13 @@ class Stored:
     runs_longest_name: int = 0
 
 
+async def _fetch(conn: Any, text: str, params: Any) -> list[dict[str, Any]]:
+    """Rows of a store query written with `?` marks, on an asyncpg connection."""
+    marks = iter(range(1, len(params) + 1))
+    rows = await conn.fetch(re.sub(r"\?", lambda _: f"${next(marks)}", text), *params)
+    return [dict(row) for row in rows]
+
+
 async def read_database(dsn: str, tally: Tally, lose: int = 0) -> Stored:
     """Match stored exchanges and quarantined records to calls by their markers. `lose`
     deletes that many stored exchanges first: a way to see the check fail."""
@@ -592,9 +601,15 @@ async def read_database(dsn: str, tally: Tally, lose: int = 0) -> Stored:
                 "(SELECT id FROM exchanges ORDER BY random() LIMIT $1)",
                 lose,
             )
-        rows = await conn.fetch(
-            "SELECT e.state, e.clipped, b.request_body FROM exchanges e "
-            "LEFT JOIN exchange_bodies b ON b.exchange_id = e.id"
+        rows = await read_bodies(
+            [
+                dict(row)
+                for row in await conn.fetch(
+                    f"SELECT e.id, e.state, e.clipped, {BODY_SELECT} FROM exchanges e "
+                    "LEFT JOIN exchange_bodies b ON b.exchange_id = e.id"
+                )
+            ],
+            partial(_fetch, conn),
         )
         for row in rows:
             stored.states[row["state"]] += 1

@@ -356,6 +356,9 @@ class Generator:
             "response_headers": orjson.dumps(HEADERS_OUT).decode(),
             "response_body": response_text,
             "response_body_encoding": "json",
+            # seeded rows are in the older text form (bodies.py reads both)
+            "data": None,
+            "data_base": None,
         }
         search = search_text(
             json_words(request),

@@ -5,10 +5,14 @@ imports from another."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
@@ -117,3 +121,53 @@ async def finished(gw: Gateway, experiment_id: str) -> tuple[dict[str, Any], int
         reads += 1
         assert time.monotonic() < deadline, report["progress"]
         await asyncio.sleep(0.05)
+
+
+@dataclass
+class Loop:
+    """What a growing tool loop sent and got: each request's and answer's bytes, and its
+    unique content (the bytes of each request's new messages and of each answer)."""
+
+    requests: list[bytes] = field(default_factory=list)
+    answers: list[bytes] = field(default_factory=list)
+    unique_bytes: int = 0
+
+
+async def growing_loop(
+    proxy_url: str, steps: int = 30, tool_bytes: int = 1700, seed: int = 0
+) -> Loop:
+    """An agent loop whose context grows at each step: every step resends the whole history
+    plus the model's last reply and a tool result of `tool_bytes` incompressible characters
+    (base64 of random bytes). The fake asks for the tool once, then answers each result by
+    quoting it, so the context grows by about twice `tool_bytes` a step."""
+    rng = random.Random(seed)
+    messages: list[Any] = [
+        {"role": "system", "content": "You are a field agent. Read every station."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    loop, sent, call_id = Loop(), 0, "call_0"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(steps):
+            body = orjson.dumps(
+                {"model": "mistral-large-latest", "messages": messages, "tools": TOOLS}
+            )
+            loop.unique_bytes += sum(len(orjson.dumps(m)) for m in messages[sent:])
+            sent = len(messages)
+            async with http.post(
+                f"{proxy_url}/v1/chat/completions",
+                data=body,
+                headers={**AUTH, "Content-Type": "application/json"},
+            ) as resp:
+                answer = await resp.read()
+                assert resp.status == 200, answer
+            loop.requests.append(body)
+            loop.answers.append(answer)
+            loop.unique_bytes += len(answer)
+            reply = orjson.loads(answer)["choices"][0]["message"]
+            call_id = (reply.get("tool_calls") or [{"id": call_id}])[0]["id"]
+            output = base64.b64encode(rng.randbytes(tool_bytes * 3 // 4)).decode()
+            messages += [
+                reply,
+                {"role": "tool", "tool_call_id": call_id, "name": "get_weather", "content": output},
+            ]
+    return loop

@@ -28,6 +28,7 @@ from gateway.app import Gateway
 from gateway.capture import redact
 from gateway.capture.exchange import Exchange
 from gateway.capture.rows import decode_chunks
+from gateway.store.bodies import Frames
 from gateway.writer.spool import read_records
 from tests.conftest import make_settings, running
 
@@ -196,25 +197,36 @@ async def details(gw: Gateway) -> list[str]:
 
 
 async def database_text(db: str) -> str:
-    """Every row of every table, as text."""
+    """Every row of every table, as text, and every body frame decompressed (compression
+    must not hide a key from this check)."""
     if db.startswith("sqlite://"):
         with sqlite3.connect(db[len("sqlite://") :]) as conn:
+            conn.row_factory = sqlite3.Row
             tables = [
                 r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             ]
-            return "\n".join(
-                repr(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"')
-            )
-    conn = await asyncpg.connect(db)
-    try:
-        tables = [
-            r[0]
-            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        ]
-        rows = [r[0] for t in tables for r in await conn.fetch(f'SELECT t::text FROM "{t}" t')]
-        return "\n".join(rows)
-    finally:
-        await conn.close()
+            rows = [
+                repr(tuple(row)) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"')
+            ]
+            frames = [dict(r) for r in conn.execute("SELECT * FROM exchange_bodies")]
+    else:
+        conn = await asyncpg.connect(db)
+        try:
+            tables = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )
+            ]
+            rows = [r[0] for t in tables for r in await conn.fetch(f'SELECT t::text FROM "{t}" t')]
+            frames = [dict(r) for r in await conn.fetch("SELECT * FROM exchange_bodies")]
+        finally:
+            await conn.close()
+    stored = Frames()
+    stored.add(frames)
+    payloads = [stored.payload(row["exchange_id"]) for row in frames if row["data"] is not None]
+    assert None not in payloads
+    return "\n".join(rows + [p.decode("utf-8", "replace") for p in payloads if p is not None])
 
 
 def spooled(folder: Path) -> list[Exchange]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gateway.store.search import (
     SEARCH_CHARS,
+    distinct_terms,
     fts5_query,
     json_words,
     pg_document,
@@ -76,3 +77,9 @@ def test_words_outside_ascii_are_cut_like_the_regular_expression():
         "大阪",
         "x²",
     ]
+
+
+def test_distinct_terms_keep_every_word_once():
+    text = "Sunny in Paris. Sunny, in paris! naïve—x_y 東京"
+    assert distinct_terms(text) == "Sunny in Paris paris naïve—x y 東京"
+    assert set(words(distinct_terms(text))) == set(words(text))

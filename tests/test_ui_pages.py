@@ -129,11 +129,9 @@ async def list_and_exchange_pages(gateway: Gateway) -> None:
     for row in exchanges:
         status, html, _ = await fetch(gateway, f"/exchanges/{row['id']}")
         assert status == 200 and "Raw" in html and "Delete this exchange" in html
-    hostile_id = (
-        await store.rows(
-            "SELECT exchange_id FROM exchange_bodies WHERE request_body LIKE ?", ["%__pwned%"]
-        )
-    )[0]["exchange_id"]
+    hostile_id = (  # bodies are compressed: found by the list's preview of its prompt
+        await store.rows("SELECT id FROM exchanges WHERE preview LIKE ?", ["%__pwned%"])
+    )[0]["id"]
     _, detail, _ = await fetch(gateway, f"/exchanges/{hostile_id}")
     assert "&lt;img src=x onerror=" in detail and "<img src=x" not in detail
     assert '&lt;div hx-get="/exchanges/live"' in detail.replace("&#34;", '"')

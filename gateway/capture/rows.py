@@ -6,7 +6,6 @@ a provider cannot make sense of is stored as it came, with a flag saying so.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import zlib
@@ -20,7 +19,7 @@ from gateway.capture import storable
 from gateway.capture.exchange import Exchange
 from gateway.capture.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
-from gateway.store.search import search_text, searchable
+from gateway.store.search import distinct_terms, json_words, search_text, searchable
 
 log = logging.getLogger("agentops.capture")
 
@@ -29,13 +28,38 @@ CORRELATION_HEADERS = ("mistral-correlation-id", "x-request-id", "request-id", "
 
 @dataclass(slots=True)
 class Rows:
-    """One exchange, ready to insert: its indexed columns, its bodies and its search text."""
+    """One exchange, ready to insert: its indexed columns, its bodies (headers as JSON text,
+    each body as the bytes kept: see `keep_body`) and what the search index gets of it."""
 
     exchange: dict[str, Any]
     bodies: dict[str, Any]
-    search_text: str
     parsed: Parsed
     hints: dict[str, str]
+    search_response: str = ""  # the response's searchable text (or a stream's)
+    correlation: str | None = None
+    # How many of the request's leading messages its run held already (set once the grouper
+    # placed it): such a request extends an earlier one, and only the rest is new.
+    repeats: int = 0
+
+    def search_text(self) -> str:
+        """The text indexed for the call: what its request adds (the whole request unless it
+        extends an earlier one of its run), the response, the correlation id."""
+        if self.exchange["omitted"]:
+            return storable.text(self.correlation or "")
+        new = self.new_messages()
+        if new is not None:  # a step of a loop: its answer often quotes what it was sent
+            text = search_text(json_words(new), self.search_response, self.correlation)
+            return storable.text(distinct_terms(text))
+        body, encoding = self.bodies["request_body"], self.bodies["request_body_encoding"]
+        request = searchable(_text(body, encoding), encoding, self.parsed.request_json)
+        return storable.text(search_text(request, self.search_response, self.correlation))
+
+    def new_messages(self) -> list[Any] | None:
+        """The request's messages its run had not seen (None: not an extending request)."""
+        inputs = self.parsed.messages_in
+        if self.repeats <= 0 or not inputs:
+            return None
+        return [m for m in inputs if m is not None][self.repeats :]
 
 
 def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool]:
@@ -59,25 +83,28 @@ def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool
         return chunks, False
 
 
-def encode_body(body: bytes, is_json: bool, limit: int) -> tuple[str | None, str, bool]:
-    """Store a body as (text, encoding, truncated); encoding is json, text or base64
-    (audio bodies never get here: they are stored as a digest, see `_stored`)."""
+def keep_body(body: bytes, is_json: bool, limit: int) -> tuple[bytes, str, bool]:
+    """What is kept of a body: (bytes, encoding, truncated). The encoding says how the API
+    shows the bytes: json or text (UTF-8 text), or base64 (anything else; audio bodies never
+    get here: they are stored as a digest, see `_stored`)."""
     truncated = len(body) > limit
     if truncated:
         body = body[:limit]
+        for cut in range(4):  # maybe we cut a multi-byte character in half
+            try:
+                text = body[: len(body) - cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            body = body[: len(body) - cut]
+            return body, ("base64" if "\x00" in text else "text"), truncated
+        return body, "base64", truncated
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        if truncated:  # maybe we cut a multi-byte character in half
-            try:
-                text = body[: max(0, len(body) - 3)].decode("utf-8", "strict")
-            except UnicodeDecodeError:
-                return base64.b64encode(body).decode("ascii"), "base64", truncated
-        else:
-            return base64.b64encode(body).decode("ascii"), "base64", truncated
+        return body, "base64", truncated
     if "\x00" in text:
-        return base64.b64encode(body).decode("ascii"), "base64", truncated
-    return text, ("json" if is_json and not truncated else "text"), truncated
+        return body, "base64", truncated
+    return body, ("json" if is_json else "text"), truncated
 
 
 def header_dict(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -155,28 +182,25 @@ def build_rows(
     correlation = next(
         (response_headers[h] for h in CORRELATION_HEADERS if h in response_headers), None
     )
-    req_text, req_enc, req_trunc = _stored(
+    req_body, req_enc, req_trunc = _stored(
         exchange.request_body, request_headers, parsed.request_json is not None, max_body_bytes
     )
     if parsed.stored_response is not None:
         response_body = parsed.stored_response
-    resp_text, resp_enc, resp_trunc = _stored(
+    resp_body, resp_enc, resp_trunc = _stored(
         response_body, response_headers, parsed.response_json is not None, max_body_bytes
     )
     if not decoded and resp_enc != "digest":
         resp_enc = "base64"
-        resp_text = base64.b64encode(response_body[:max_body_bytes]).decode("ascii")
+        resp_body = response_body[:max_body_bytes]
     truncated = req_trunc or resp_trunc or exchange.response_truncated
-    search = search_text(
-        searchable(req_text, req_enc, parsed.request_json),
-        parsed.output_text
-        if parsed.streamed
-        else searchable(resp_text, resp_enc, parsed.response_json),
-        correlation,
-    )
+    if parsed.streamed:
+        search_response = parsed.output_text or ""
+    else:
+        search_response = searchable(_text(resp_body, resp_enc), resp_enc, parsed.response_json)
+    bodies_kept: tuple[bytes | None, bytes | None] = (req_body, resp_body)
     if exchange.omit_bodies:
-        req_text, req_enc, resp_text, resp_enc = None, "omitted", None, "omitted"
-        search = correlation or ""
+        bodies_kept, req_enc, resp_enc = (None, None), "omitted", "omitted"
     row = {
         "id": exchange.id,
         "started_at": _iso(exchange.started_at),
@@ -224,29 +248,29 @@ def build_rows(
     bodies = {
         "exchange_id": exchange.id,
         "request_headers": orjson.dumps(storable_headers(exchange.request_headers)).decode(),
-        "request_body": req_text,
+        "request_body": bodies_kept[0],
         "request_body_encoding": req_enc,
         "response_headers": orjson.dumps(storable_headers(exchange.response_headers)).decode(),
-        "response_body": resp_text,
+        "response_body": bodies_kept[1],
         "response_body_encoding": resp_enc,
     }
-    return Rows(row, bodies, storable.text(search), parsed, hints)
+    return Rows(row, bodies, parsed, hints, search_response, correlation)
 
 
 def _stored(
     body: bytes, headers: dict[str, str], is_json: bool, limit: int
-) -> tuple[str | None, str, bool]:
+) -> tuple[bytes, str, bool]:
     """A body as stored: audio as its type, size and SHA-256 (never the sound), the rest as
-    `encode_body` keeps it."""
+    `keep_body` keeps it."""
     content_type = headers.get("content-type", "")
     if not content_type.lstrip().lower().startswith("audio/"):
-        return encode_body(body, is_json, limit)
+        return keep_body(body, is_json, limit)
     summary = {
         "content_type": content_type,
         "bytes": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
     }
-    return orjson.dumps(summary).decode(), "digest", False
+    return orjson.dumps(summary), "digest", False
 
 
 PREVIEW_CHARS = 300
@@ -260,6 +284,13 @@ def preview_of(provider: Provider, parsed: Parsed) -> str:
         log.exception("provider %s failed to preview a call", provider.name)
         return ""
     return text[:PREVIEW_CHARS] if isinstance(text, str) else ""
+
+
+def _text(body: bytes | None, encoding: str) -> str | None:
+    """A kept body as text (None for bytes that are not: base64)."""
+    if body is None or encoding == "base64":
+        return None
+    return body.decode("utf-8", "replace")
 
 
 def _str(value: object) -> str | None:

@@ -129,6 +129,9 @@ class RunChanges:
     snapshot: dict[str, Any] | None = None
     conversations: list[tuple[str, int]] = field(default_factory=list)
     exchange: dict[str, Any] = field(default_factory=dict)  # run columns of the exchange
+    # chat: how many leading request messages the run held already (its request extends the
+    # run's previous one; only the rest is new)
+    repeats: int = 0
 
     def weight(self) -> int:
         """About how many bytes these rows hold (their texts; a snapshot's message texts)."""
@@ -416,6 +419,7 @@ class Grouper:
     ) -> None:
         carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes, hashes)
         carried = min(carried, len(inputs))
+        changes.repeats = carried
         eid = exchange["id"]
         for position, message in enumerate(inputs[carried:], start=carried):
             changes.messages.append(_message_row(run_id, eid, step, position, "in", message))
@@ -583,22 +587,30 @@ def _json(value: Any) -> str | None:
     return None if value is None else storable.json_text(value)
 
 
-def _message_row(
-    run_id: int, exchange_id: int, step: int, position: int, direction: str, message: Any
-) -> dict[str, Any]:
+def message_fields(message: Any) -> dict[str, Any]:
+    """A message's role, content, tool_calls and tool_call_id as the messages table holds
+    them (content and tool calls as JSON text)."""
     if not isinstance(message, dict):
         message = {"content": message}
     role = message.get("role")
+    return {
+        "role": role if isinstance(role, str) else None,
+        "content": _json(message.get("content")),
+        "tool_calls": _json(message.get("tool_calls") or None),
+        "tool_call_id": _clip(message.get("tool_call_id")),
+    }
+
+
+def _message_row(
+    run_id: int, exchange_id: int, step: int, position: int, direction: str, message: Any
+) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "exchange_id": exchange_id,
         "step": step,
         "position": position,
         "direction": direction,
-        "role": role if isinstance(role, str) else None,
-        "content": _json(message.get("content")),
-        "tool_calls": _json(message.get("tool_calls") or None),
-        "tool_call_id": _clip(message.get("tool_call_id")),
+        **message_fields(message),
         "finish_reason": None,
         "prompt_tokens": None,
         "completion_tokens": None,

@@ -30,6 +30,16 @@ from gateway.capture.exchange import id_at
 from gateway.capture.rows import Rows
 from gateway.errors import Unavailable
 from gateway.store import models
+from gateway.store.bodies import (
+    BODY_SELECT,
+    BodyChains,
+    Frame,
+    Frames,
+    Parts,
+    Tip,
+    compress,
+    read_bodies,
+)
 from gateway.store.records import LIST_COLUMNS, ExchangeSummary, StoredExchange, iso_time
 from gateway.store.rollups import Rollups
 from gateway.store.search import fts5_query, pg_document, pg_query
@@ -51,6 +61,7 @@ def columns_of(model: type[Model]) -> tuple[str, ...]:
 EXCHANGE_COLUMNS = columns_of(models.Exchange)
 BODY_COLUMNS = columns_of(models.ExchangeBody)
 SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
+_OUTPUT = EXCHANGE_COLUMNS.index("output_text")
 _CONVERTED = tuple(
     EXCHANGE_COLUMNS.index(c)
     for c in ("started_at", "streamed", "truncated", "parse_error", "omitted")
@@ -121,6 +132,13 @@ def sqlite_path(url: str) -> str | None:
     return None if path == ":memory:" else path
 
 
+# A new SQLite database gets 8 KB pages (PostgreSQL's size) instead of 4 KB: bodies and search
+# text rows are a few KB each, and a 4 KB page holds only one row over 2 KB, leaving up to half
+# of each page empty (three 30-step loops of tests/clients.py: 1.58x their unique content with
+# 4 KB pages, 1.27x with 8 KB).
+SQLITE_PAGE_SIZE = 8192
+
+
 def prepare_sqlite(path: str) -> None:
     """Create the database's folder (parents too) and check the file can be opened, so that
     a bad path fails at once with the reason, before tortoise and the writer process try."""
@@ -137,6 +155,9 @@ def prepare_sqlite(path: str) -> None:
         conn = sqlite3.connect(path, timeout=5)
         try:
             conn.execute("PRAGMA schema_version").fetchone()  # reads the header
+            if os.path.getsize(path) == 0:  # a new database: choose its page size first
+                conn.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
+                conn.execute("VACUUM")
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -160,6 +181,7 @@ class Store:
         self.dialect = "sqlite" if url.startswith("sqlite://") else "postgres"
         self._conn: BaseDBAsyncClient | None = None
         self.rollups = Rollups(self)
+        self.chains = BodyChains()  # the writer's memory of each run's last request
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -239,11 +261,18 @@ class Store:
         batch = list(batch)
         if not batch:
             return
-        exchanges = [self._exchange_values(r.exchange) for r in batch]
-        bodies = storable.rows(
-            "exchange_bodies", BODY_COLUMNS, [[r.bodies[c] for c in BODY_COLUMNS] for r in batch]
-        )
-        search = [[r.exchange["id"], r.search_text] for r in batch]
+        pending: dict[int, Tip] = {}
+        frames = [
+            self.chains.encode(
+                r.exchange["id"], r.exchange["run_id"], _parts(r), r.repeats > 0, pending
+            )
+            for r in batch
+        ]
+        exchanges = [
+            self._exchange_values(r.exchange, in_frame=f.data is not None)
+            for r, f in zip(batch, frames, strict=True)
+        ]
+        search = [[r.exchange["id"], r.search_text()] for r in batch]
         conflict = "ON CONFLICT DO NOTHING"
         async with in_transaction("default") as tx:
             await tx.execute_many(
@@ -253,12 +282,17 @@ class Store:
                 ),
                 exchanges,
             )
+            await self._keep_bases(tx, frames)
             await tx.execute_many(
                 self.sql(
                     f"INSERT INTO exchange_bodies ({', '.join(BODY_COLUMNS)}) VALUES "
                     f"({', '.join('?' * len(BODY_COLUMNS))}) {conflict}"
                 ),
-                bodies,
+                storable.rows(
+                    "exchange_bodies",
+                    BODY_COLUMNS,
+                    [_body_values(r, f) for r, f in zip(batch, frames, strict=True)],
+                ),
             )
             if self.dialect == "sqlite":
                 # OR REPLACE keeps spool replays idempotent; a NOT EXISTS probe costs 4x more.
@@ -275,12 +309,84 @@ class Store:
             if also is not None:
                 await also(tx)
             await self.rollups.add_rows(tx, batch)  # after the runs they name exist
+        self.chains.commit(pending)
 
-    def _exchange_values(self, row: dict[str, Any]) -> list[Any]:
-        """Column values in order; only the few typed columns need converting."""
+    async def _keep_bases(self, tx: BaseDBAsyncClient, frames: list[Frame]) -> None:
+        """Deltas whose base is gone (deleted since the writer remembered it) are stored
+        whole instead. Asked after this transaction's first write: on SQLite it then holds
+        the write lock, on PostgreSQL FOR SHARE holds the bases until it commits, so a
+        delete (which locks them FOR UPDATE first) cannot slip in between."""
+        inside = {f.exchange_id for f in frames}
+        bases = sorted({f.base for f in frames if f.base is not None} - inside)
+        if not bases:
+            return
+        marks = ", ".join("?" * len(bases))
+        lock = " FOR SHARE" if self.dialect == "postgres" else ""
+        _, found = await tx.execute_query(
+            self.sql(f"SELECT exchange_id FROM exchange_bodies WHERE exchange_id IN ({marks})")
+            + lock,
+            bases,
+        )
+        kept = inside | {row["exchange_id"] for row in found}
+        for frame in frames:
+            if frame.base is not None and frame.base not in kept:
+                frame.full()
+
+    async def _rebase(self, tx: BaseDBAsyncClient, ids: list[int]) -> None:
+        """Before deleting these exchanges: the frames stored as deltas against them (and not
+        deleted with them) are stored whole, so they stay readable."""
+        marks = ", ".join("?" * len(ids))
+        fetch = self._fetch(tx)
+        deleted = set(ids)
+        dependants = [
+            row
+            for row in await fetch(
+                "SELECT exchange_id, data, data_base FROM exchange_bodies "
+                f"WHERE data_base IN ({marks}) AND data_base IS NOT NULL",
+                ids,
+            )
+            if row["exchange_id"] not in deleted
+        ]
+        if not dependants:
+            return
+        frames = Frames()
+        frames.add(dependants)
+        await frames.complete(fetch)
+        updates = []
+        for row in dependants:
+            payload = frames.payload(row["exchange_id"])
+            if payload is not None:
+                updates.append([compress(payload), row["exchange_id"]])
+        if updates:
+            await tx.execute_many(
+                self.sql(
+                    "UPDATE exchange_bodies SET data = ?, data_base = NULL WHERE exchange_id = ?"
+                ),
+                updates,
+            )
+
+    def _fetch(
+        self, conn: BaseDBAsyncClient | None = None
+    ) -> Callable[[str, Sequence[Any]], Awaitable[list[dict[str, Any]]]]:
+        """Rows of a query written with `?`, on `conn` (a transaction) or the store's."""
+
+        async def fetch(text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+            return await (conn or self.conn).execute_query_dict(self.sql(text), list(params))
+
+        return fetch
+
+    async def read_bodies(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows selected with `bodies.BODY_SELECT`, bodies as the API's texts."""
+        return await read_bodies(rows, self._fetch())
+
+    def _exchange_values(self, row: dict[str, Any], in_frame: bool = False) -> list[Any]:
+        """Column values in order; only the few typed columns need converting. An output text
+        kept in the exchange's frame (bodies.py) is not copied here."""
         values = [row[c] for c in EXCHANGE_COLUMNS]
         for index in _CONVERTED:
             values[index] = self._value(values[index])
+        if in_frame:
+            values[_OUTPUT] = None
         return values
 
     def _value(self, value: Any) -> Any:
@@ -295,13 +401,23 @@ class Store:
             return 0
         marks = ", ".join("?" * len(ids))
         async with in_transaction("default") as tx:
-            await self.rollups.remove(tx, ids)
+            # First a write (SQLite: the write lock from here on) or a lock on the bodies
+            # (PostgreSQL): no writer can add a delta against them until this commits.
             if self.dialect == "sqlite":
                 await tx.execute_query(f"DELETE FROM exchange_fts WHERE rowid IN ({marks})", ids)
             else:
                 await tx.execute_query(
+                    self.sql(
+                        f"SELECT exchange_id FROM exchange_bodies WHERE exchange_id IN ({marks}) "
+                        "FOR UPDATE"
+                    ),
+                    ids,
+                )
+                await tx.execute_query(
                     self.sql(f"DELETE FROM exchange_search WHERE exchange_id IN ({marks})"), ids
                 )
+            await self._rebase(tx, ids)
+            await self.rollups.remove(tx, ids)
             for table in (
                 "exchange_bodies",
                 "messages",
@@ -617,13 +733,11 @@ class Store:
 
     async def get_exchange(self, exchange_id: int) -> StoredExchange | None:
         found = await self.rows(
-            "SELECT e.*, b.request_headers, b.request_body, b.request_body_encoding, "
-            "b.response_headers, b.response_body, b.response_body_encoding "
-            "FROM exchanges e LEFT JOIN exchange_bodies b ON b.exchange_id = e.id "
-            "WHERE e.id = ?",
+            f"SELECT e.*, {BODY_SELECT} FROM exchanges e "
+            "LEFT JOIN exchange_bodies b ON b.exchange_id = e.id WHERE e.id = ?",
             [exchange_id],
         )
-        return StoredExchange.from_row(found[0]) if found else None
+        return StoredExchange.from_row((await self.read_bodies(found))[0]) if found else None
 
     async def request_bodies(
         self, ids: list[int], max_chars: int = 512 * 1024
@@ -663,6 +777,37 @@ class Store:
 
     async def count(self) -> int:
         return int((await self.rows("SELECT COUNT(*) AS n FROM exchanges"))[0]["n"])
+
+
+def _parts(rows: Rows) -> Parts:
+    """What an exchange's frame holds: headers, bodies (the bytes kept) and output text."""
+    bodies, output = rows.bodies, rows.exchange["output_text"]
+    return Parts(
+        bodies["request_headers"].encode(),
+        bodies["request_body"],
+        bodies["response_headers"].encode(),
+        bodies["response_body"],
+        None if output is None else output.encode("utf-8", "surrogatepass"),
+    )
+
+
+def _body_values(rows: Rows, frame: Frame) -> list[Any]:
+    """An exchange_bodies row, in BODY_COLUMNS order: the frame, or (bodies omitted) the
+    headers alone."""
+    bodies = rows.bodies
+    framed = frame.data is not None
+    values = {
+        "exchange_id": bodies["exchange_id"],
+        "request_headers": "" if framed else bodies["request_headers"],
+        "request_body": None,
+        "request_body_encoding": bodies["request_body_encoding"],
+        "response_headers": "" if framed else bodies["response_headers"],
+        "response_body": None,
+        "response_body_encoding": bodies["response_body_encoding"],
+        "data": frame.data,
+        "data_base": frame.base,
+    }
+    return [values[c] for c in BODY_COLUMNS]
 
 
 def time_bounds(

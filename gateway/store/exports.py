@@ -11,14 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.store.bodies import BODY_SELECT
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.records import RunSummary, StoredExchange
 from gateway.store.runs import RunStore
 
-BODY_SELECT = (
-    "b.request_headers, b.request_body, b.request_body_encoding, "
-    "b.response_headers, b.response_body, b.response_body_encoding"
-)
 FAILED_EXCHANGE = "(e.status >= 400 OR e.status IS NULL OR e.state <> 'complete')"
 
 
@@ -85,7 +82,7 @@ class ExportReader:
             if not found:
                 return
             after = found[-1]["id"]
-            yield [StoredExchange.from_row(row) for row in found]
+            yield [StoredExchange.from_row(row) for row in await self.store.read_bodies(found)]
 
     async def run_ids(
         self, f: ExchangeFilter, failures: Failures | None = None, batch_size: int = 500
@@ -137,6 +134,7 @@ class ExportReader:
                 "ELSE 1 END, e.id DESC LIMIT 1",
                 [run.id],
             )
+            last = await self.store.read_bodies(last)
             final = StoredExchange.from_row(last[0]) if last else None
             out.append(ExportRun(run, evaluations, final))
         return out

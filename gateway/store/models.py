@@ -59,13 +59,20 @@ class Exchange(Model):
 
 
 class ExchangeBody(Model):
+    """Headers and bodies. An exchange's headers, bodies and output text are one zstd frame
+    (`data`); a step that extends its run's previous one is a delta against that exchange's
+    frame (`data_base`): see gateway/store/bodies.py. Rows from before hold them as text
+    (`*_headers`, `*_body`, `exchanges.output_text`) instead."""
+
     exchange_id = fields.BigIntField(primary_key=True)
-    request_headers = fields.TextField()  # JSON list of [name, value], redacted
-    request_body = fields.TextField(null=True)
-    request_body_encoding = fields.CharField(max_length=8)  # json, text, base64, omitted
+    request_headers = fields.TextField()  # JSON list of [name, value], redacted ("": in data)
+    request_body = fields.TextField(null=True)  # older rows: the body as the API shows it
+    request_body_encoding = fields.CharField(max_length=8)  # json, text, base64, digest, omitted
     response_headers = fields.TextField()
     response_body = fields.TextField(null=True)
     response_body_encoding = fields.CharField(max_length=8)
+    data = fields.BinaryField(null=True)  # zstd frame: headers, bodies, output text
+    data_base = fields.BigIntField(null=True)  # the exchange whose frame it is a delta against
 
     class Meta:
         table = "exchange_bodies"
@@ -122,6 +129,10 @@ class Message(Model):
     finish_reason = fields.CharField(max_length=64, null=True)
     prompt_tokens = fields.IntField(null=True)
     completion_tokens = fields.IntField(null=True)
+    # Where content (and tool_calls) are read from instead of being copied: null (they are
+    # here), "request" (the exchange's request body, message `position`), "output" (content is
+    # the exchange's output_text). See gateway/store/run_refs.py.
+    content_from = fields.CharField(max_length=8, null=True)
 
     class Meta:
         table = "messages"
@@ -158,6 +169,9 @@ class MemorySnapshot(Model):
     taken_at = fields.DatetimeField()
     carried = fields.IntField()
     appended = fields.TextField()  # JSON list
+    # null: `appended` holds the items; "exchange": they are the exchange's request messages
+    # from position `carried` on, then its output message (`appended` is []).
+    appended_from = fields.CharField(max_length=8, null=True)
 
     class Meta:
         table = "memory_snapshots"

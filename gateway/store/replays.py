@@ -14,6 +14,8 @@ import orjson
 from tortoise.transactions import in_transaction
 
 from gateway.capture.exchange import new_id
+from gateway.store import run_refs
+from gateway.store.bodies import BODY_SELECT
 from gateway.store.exchanges import Store
 from gateway.store.records import MemorySnapshot, iso_time, iso_z
 
@@ -114,17 +116,24 @@ class ReplayStore:
             "SELECT * FROM memory_snapshots WHERE run_id = ? AND step <= ? ORDER BY step",
             [run_id, step],
         )
+        if any(s["appended_from"] for s in snapshots):
+            messages = await store.rows(
+                "SELECT * FROM messages WHERE run_id = ? AND step <= ? ORDER BY step, position",
+                [run_id, step],
+            )
+            _, snapshots = await run_refs.resolve(store, run_id, messages, snapshots)
         history = None
         for snapshot in MemorySnapshot.rebuild(snapshots):
             if snapshot.exchange_id == exchange_id:
                 history = list(snapshot.state[: snapshot.carried])
         starts = await store.rows(
-            "SELECT b.request_body FROM exchanges e JOIN exchange_bodies b "
+            f"SELECT e.id, {BODY_SELECT} FROM exchanges e JOIN exchange_bodies b "
             "ON b.exchange_id = e.id WHERE e.run_id = ? AND e.path = '/v1/conversations' "
             "AND e.method = 'POST' AND b.request_body_encoding = 'json' AND e.id <= ? "
             "ORDER BY e.id LIMIT 1",
             [run_id, exchange_id],
         )
+        starts = await store.read_bodies(starts)
         start = _loads(starts[0]["request_body"]) if starts else None
         return start, history
 

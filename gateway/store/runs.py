@@ -6,7 +6,7 @@ one concern; like exchanges.py, this is the only place that builds run queries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from gateway.capture import storable
 from gateway.capture.exchange import id_at, new_id
 from gateway.runs.grouper import RunChanges
+from gateway.store import run_refs
 from gateway.store.exchanges import ExchangeFilter, Store, time_bounds
 from gateway.store.records import (
     Evaluation,
@@ -117,13 +118,36 @@ class RunStore:
 
     # -- writing (inside the writer's transaction) -------------------------------------------
 
-    async def write(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
+    async def write(
+        self,
+        tx: BaseDBAsyncClient,
+        changes: list[RunChanges],
+        sources: Mapping[int, run_refs.Sources] | None = None,
+    ) -> None:
+        """Write what the grouper decided; `sources` (by exchange id) are what messages and
+        snapshots may point into instead of copying (see run_refs.py)."""
         store = self.store
         if not changes:
             return
+        sources = sources or {}
         await self._upsert_runs(tx, changes)
+        messages = [
+            dict(zip(MESSAGE_COLUMNS[1:], values, strict=True))
+            for values in storable.rows(
+                "messages",
+                MESSAGE_COLUMNS[1:],
+                [[m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages],
+            )
+        ]
+        outputs: dict[int, list[dict[str, Any]]] = {}
+        for message in messages:
+            if message["direction"] == "out":
+                outputs.setdefault(message["exchange_id"], []).append(message)
         await self._insert(
-            tx, "messages", MESSAGE_COLUMNS[1:], [m for ch in changes for m in ch.messages]
+            tx,
+            "messages",
+            (*MESSAGE_COLUMNS[1:], "content_from"),
+            [run_refs.refer_message(m, sources.get(m["exchange_id"])) for m in messages],
         )
         await self._insert(
             tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
@@ -149,7 +173,7 @@ class RunStore:
             )
         snapshots = storable.rows(
             "memory_snapshots",
-            ("run_id", "exchange_id", "step", "taken_at", "carried", "appended"),
+            ("run_id", "exchange_id", "step", "taken_at", "carried", "appended", "appended_from"),
             [
                 [
                     s["run_id"],
@@ -157,7 +181,9 @@ class RunStore:
                     s["step"],
                     store._value(s["taken_at"]),
                     s["carried"],
-                    storable.json_text(s["appended"]),
+                    *run_refs.refer_snapshot(
+                        s, outputs.get(s["exchange_id"], []), sources.get(s["exchange_id"])
+                    ),
                 ]
                 for ch in changes
                 if (s := ch.snapshot) is not None
@@ -167,7 +193,7 @@ class RunStore:
             await tx.execute_many(
                 store.sql(
                     "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
-                    "appended) VALUES (?, ?, ?, ?, ?, ?)"
+                    "appended, appended_from) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 ),
                 snapshots,
             )
@@ -412,6 +438,7 @@ class RunStore:
         snapshots = await store.rows(
             "SELECT * FROM memory_snapshots WHERE run_id = ? ORDER BY step", [run_id]
         )
+        messages, snapshots = await run_refs.resolve(store, run_id, messages, snapshots)
         evaluations = await store.rows(
             "SELECT * FROM evaluations WHERE run_id = ? ORDER BY id", [run_id]
         )

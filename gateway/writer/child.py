@@ -230,6 +230,7 @@ class Child:
         finished = await self.run_store.finish_idle(cutoff)
         for run_id in finished:
             self.grouper.forget_run(run_id)
+            self.store.chains.forget(run_id)
         await self.host.runs_finished(finished, self.run_store)
         return finished
 

@@ -20,6 +20,7 @@ from gateway.capture.rows import Rows, build_rows
 from gateway.providers.base import Provider
 from gateway.runs.grouper import Grouper
 from gateway.store.exchanges import Store
+from gateway.store.run_refs import Sources
 from gateway.store.runs import RunStore
 from gateway.writer.health import WriterHealth
 from gateway.writer.quarantine import database_down, describe, encode
@@ -210,10 +211,12 @@ class Recorder:
                 log.exception("could not place exchange %s in a run", row.exchange["id"])
                 continue
             row.exchange.update(change.exchange)
+            row.repeats = change.repeats
             changes.append(change)
+        sources = {row.exchange["id"]: Sources.of(row) for row in rows}
 
         async def write_runs(tx: Any) -> None:
-            await self.run_store.write(tx, changes)
+            await self.run_store.write(tx, changes, sources)
 
         await self.store.insert(rows, write_runs)
 
