@@ -60,26 +60,20 @@ import asyncpg
 # root gives `tests` (the relay) and `gateway` (the quarantine record decoder).
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from bench import (
-    BENCH_DIR,
-    CHAT_PATH,
-    HOST,
-    PG_ADMIN_DSN,
-    PG_BASE_DSN,
-    PG_DATABASES,
-    PYTHON,
-    Proc,
-    clean_up,
-    create_pg_db,
-    free_port,
-    port_open,
-    proc_tree,
-    spawn,
-    wait_ready,
-)
+from procs import HOST, Proc, free_port, port_open, proc_tree, wait_ready
+from procs import spawn as spawn_on
+from storage import PG_ADMIN_DSN, PG_BASE_DSN, create_pg_db
+
+from bench import BENCH_DIR, CHAT_PATH, PG_DATABASES, PYTHON, clean_up
 from gateway.store.bodies import BODY_SELECT, read_bodies
 from gateway.writer.quarantine import decode
 from tests.tcp_relay import TcpRelay
+
+
+def spawn(name: str, argv: list[str], log_dir: Path) -> Proc:
+    """A child process on whatever core the OS picks (the chaos run pins nothing)."""
+    return spawn_on(name, argv, log_dir, None)
+
 
 CONCURRENCY = 32
 SAMPLED = (
