@@ -7,6 +7,7 @@ gateway (proxy and writer) on CPU 1, like bench/bench.py. Prints /healthz every 
     .venv/bin/python bench/sustained.py [SECONDS=300] [DB=sqlite:///tmp/...] [BODY_BYTES=1024]
 """
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -26,10 +27,15 @@ from procs import free_port  # noqa: E402
 
 ROOT = str(BENCH.parent)
 PY = sys.executable
-SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+_ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_ARGS.add_argument("seconds", nargs="?", type=int, default=300, help="load duration (300)")
+_ARGS.add_argument("db", nargs="?", help="database URL (a new SQLite file)")
+_ARGS.add_argument("body_bytes", nargs="?", type=int, default=1024, help="body size (1024)")
+ARGS = _ARGS.parse_args()
+SECONDS = ARGS.seconds
 TMP = Path(tempfile.mkdtemp(prefix="agentops-sustained-"))
-DB = sys.argv[2] if len(sys.argv) > 2 else f"sqlite://{TMP}/s.db"
-SIZE = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
+DB = ARGS.db or f"sqlite://{TMP}/s.db"
+SIZE = ARGS.body_bytes
 
 
 async def main():
