@@ -14,6 +14,8 @@ import re
 import string
 from typing import Any
 
+import orjson
+
 # Per body: indexing costs about 6 us per KB on SQLite, so a long prompt is indexed by its
 # head and tail (system prompt, latest turns), not whole.
 SEARCH_CHARS = 16 * 1024
@@ -41,12 +43,29 @@ def searchable(text: str | None, encoding: str, parsed_json: Any) -> str:
     return text or ""
 
 
-def json_words(document: Any) -> str:
-    """The keys and values of a JSON document in document order, one space apart.
+# A JSON escape in orjson's output: it writes UTF-8, so only quotes, backslashes and control
+# characters are escaped, and none of them is part of a word.
+_ESCAPE = re.compile(r'\\(?:u[0-9a-fA-F]{4}|["\\/bfnrt])')
 
-    The raw JSON text holds the same words, except where an escape glues two together:
-    `"one\\ntwo"` holds the word "ntwo", so a line of a prompt or an answer could not be found
-    by its first word."""
+
+def json_words(document: Any) -> str:
+    """The keys and values of a JSON document in document order, as text whose words are the
+    document's words (punctuation between them is a separator to every tokenizer here).
+
+    The raw JSON text a client sent holds the same words, except where an escape glues two
+    together (`"one\\ntwo"` holds the word "ntwo", so a line of a prompt or an answer could
+    not be found by its first word) or hides a letter (`caf\\u00e9`). So the parsed document
+    is written again by orjson (UTF-8, in C) and its escapes become spaces: five times faster
+    than walking it in Python, which remains for what orjson does not write (nesting past 254
+    levels, integers past 64 bits)."""
+    try:
+        return _ESCAPE.sub(" ", orjson.dumps(document).decode())
+    except (orjson.JSONEncodeError, TypeError):
+        return _walk_words(document)
+
+
+def _walk_words(document: Any) -> str:
+    """The keys and values of a JSON document in document order, one space apart."""
     words: list[str] = []
     stack = [document]
     while stack:
