@@ -28,6 +28,7 @@ log = logging.getLogger("agentops.spool")
 _HEADER = struct.Struct(">I")
 _ROTATE_BYTES = 64 * 1024 * 1024
 SUMMARY_SECONDS = 60.0
+RELEASED_CHECK_SECONDS = 1.0
 
 
 class DropLog:
@@ -92,14 +93,31 @@ class Spool:
         self._file: Path | None = None
         self._handle: int | None = None
         self._offset = 0  # bytes in the current file: where its next record starts
-        self._released: set[Path] = set()
+        # Files handed to another process to replay: they still take disk, and count against
+        # the bound and in `size` until that process removes them (checked at most once per
+        # RELEASED_CHECK_SECONDS, and whenever the bound would refuse a record).
+        self._released: dict[Path, int] = {}
+        self._released_bytes = 0
+        self._released_checked = 0.0
         self._drops = DropLog(self.folder)
         self._size = _measure(self._files())
 
     @property
     def size(self) -> int:
-        """Bytes in the files this spool holds (not those released to another process)."""
-        return self._size
+        """Bytes on disk: the files this spool holds, and those it released to another
+        process that has not replayed them yet."""
+        return self._size + self._released_left()
+
+    def _released_left(self, now: bool = False) -> int:
+        """Bytes of released files still on disk (forgetting those that are gone)."""
+        if self._released and (
+            now or time.monotonic() - self._released_checked > RELEASED_CHECK_SECONDS
+        ):
+            self._released_checked = time.monotonic()
+            for path in [p for p in self._released if not p.exists()]:
+                del self._released[path]
+            self._released_bytes = sum(self._released.values())
+        return self._released_bytes
 
     def _files(self) -> list[Path]:
         if not self.folder.exists():
@@ -128,7 +146,9 @@ class Spool:
         """Put one record at the end of the current file, wholly or not at all; returns why
         it could not be, or None. A short write is continued; an error cuts the file back to
         where the record began (a reader stops at a partial record, losing what follows)."""
-        if self._size + len(entry) > self.max_bytes:
+        if self._size + self._released_bytes + len(entry) > self.max_bytes and (
+            self._size + self._released_left(now=True) + len(entry) > self.max_bytes
+        ):
             return f"--spool-max-bytes {self.max_bytes} reached"
         try:
             handle = self._open()
@@ -207,7 +227,10 @@ class Spool:
         if everything:
             self._released.clear()
         files = self._files()
-        self._released.update(files)
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                self._released[path] = path.stat().st_size
+        self._released_bytes = sum(self._released.values())
         self._size = 0
         self._drops.end()
         return files
