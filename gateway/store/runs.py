@@ -126,17 +126,33 @@ class RunStore:
     ) -> None:
         """Write what the grouper decided; `sources` (by exchange id) are what messages and
         snapshots may point into instead of copying (see run_refs.py)."""
-        store = self.store
         if not changes:
             return
         sources = sources or {}
         await self._upsert_runs(tx, changes)
+        outputs = await self._write_messages(tx, changes, sources)
+        await self._insert(
+            tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
+        )
+        await self._write_tool_results(tx, changes)
+        await self._write_snapshots(tx, changes, outputs, sources)
+        await self._write_conversation_links(tx, changes)
+
+    async def _write_messages(
+        self,
+        tx: BaseDBAsyncClient,
+        changes: list[RunChanges],
+        sources: Mapping[int, run_refs.Sources],
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Insert the messages; returns each exchange's output messages (snapshots refer to
+        them)."""
+        columns = MESSAGE_COLUMNS[1:]
         messages = [
-            dict(zip(MESSAGE_COLUMNS[1:], values, strict=True))
+            dict(zip(columns, values, strict=True))
             for values in storable.rows(
                 "messages",
-                MESSAGE_COLUMNS[1:],
-                [[m[c] for c in MESSAGE_COLUMNS[1:]] for ch in changes for m in ch.messages],
+                columns,
+                [[m[c] for c in columns] for ch in changes for m in ch.messages],
             )
         ]
         outputs: dict[int, list[dict[str, Any]]] = {}
@@ -146,12 +162,13 @@ class RunStore:
         await self._insert(
             tx,
             "messages",
-            (*MESSAGE_COLUMNS[1:], "content_from"),
+            (*columns, "content_from"),
             [run_refs.refer_message(m, sources.get(m["exchange_id"])) for m in messages],
         )
-        await self._insert(
-            tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
-        )
+        return outputs
+
+    async def _write_tool_results(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
+        """A tool's result, found in a later call, completes the call that asked for it."""
         results = storable.rows(
             "tool_calls",
             ("return_value", "result_exchange_id", "latency_ms", "run_id", "call_id"),
@@ -164,13 +181,22 @@ class RunStore:
         )
         if results:
             await tx.execute_many(
-                store.sql(
+                self.store.sql(
                     "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
                     "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
                     "AND result_exchange_id IS NULL AND kind = 'function'"
                 ),
                 results,
             )
+
+    async def _write_snapshots(
+        self,
+        tx: BaseDBAsyncClient,
+        changes: list[RunChanges],
+        outputs: Mapping[int, list[dict[str, Any]]],
+        sources: Mapping[int, run_refs.Sources],
+    ) -> None:
+        store = self.store
         snapshots = storable.rows(
             "memory_snapshots",
             ("run_id", "exchange_id", "step", "taken_at", "carried", "appended", "appended_from"),
@@ -197,10 +223,14 @@ class RunStore:
                 ),
                 snapshots,
             )
+
+    async def _write_conversation_links(
+        self, tx: BaseDBAsyncClient, changes: list[RunChanges]
+    ) -> None:
         links = {cid: rid for ch in changes for cid, rid in ch.conversations}
         if links:
             await tx.execute_many(
-                store.sql(
+                self.store.sql(
                     "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
                     "ON CONFLICT DO NOTHING"
                 ),
