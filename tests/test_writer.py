@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -45,10 +45,10 @@ async def test_writer_steps_aside_and_survives_being_killed(upstream: Upstream, 
         statuses = [await chat(http, gw.proxy_url, f"while away {n}") for n in range(5)]
         assert statuses == [200] * 5
 
-        deadline = time.monotonic() + 20
-        while gw.recorder.pid == first or gw.recorder.health().writer_process != "ok":
-            assert time.monotonic() < deadline, "the writer was not restarted"
-            await asyncio.sleep(0.05)
+        async def restarted() -> bool:
+            return gw.recorder.pid != first and gw.recorder.health().writer_process == "ok"
+
+        await wait_until(restarted, timeout=20)
         assert await chat(http, gw.proxy_url, "after") == 200
         await gw.recorder.drained(timeout=20)
 
@@ -75,21 +75,23 @@ async def test_a_writer_left_behind_gets_an_ordinary_share_until_it_catches_up(
         os.kill(pid, signal.SIGSTOP)  # as starved as a writer can be
         try:
             assert [await chat(http, gw.proxy_url, f"late {n}") for n in range(3)] == [200] * 3
-            await until(lambda: group.read_text().split()[-1] == "0")
+            await wait_until(nice_is(group, "0"))
         finally:
             os.kill(pid, signal.SIGCONT)
         await gw.recorder.drained(timeout=20)
-        await until(lambda: group.read_text().split()[-1] == "19")
+        await wait_until(nice_is(group, "19"))
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # never left the idle class
         items, _ = await gw.store.list_exchanges(ExchangeFilter(), 50, None)
         assert len(items) == 3
 
 
-async def until(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+def nice_is(group: Path, value: str) -> Callable[[], Awaitable[bool]]:
+    """A check for `wait_until`: the autogroup's nice value ("/autogroup-123 nice 19")."""
+
+    async def check() -> bool:
+        return group.read_text().split()[-1] == value
+
+    return check
 
 
 async def test_records_spilled_to_the_proxys_spool_are_stored_with_no_call_after_them(
