@@ -7,6 +7,7 @@ UI/API application that gateway/app.py builds.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from gateway.errors import AgentOpsError
 from gateway.settings import Settings
 from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages
 
+log = logging.getLogger(__name__)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -33,8 +35,21 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         _harden(request, exc, started)
         raise
+    except Exception:  # a bug: still a 500 with the headers, and the traceback in the log
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = _internal_error(request)
     _harden(request, response, started)
     return response
+
+
+def _internal_error(request: web.Request) -> web.StreamResponse:
+    message = "Something went wrong on our side; the log has the details."
+    if is_api(request):
+        return web.json_response({"error": message}, status=500)
+    try:
+        return render.error_page(request, 500, "Something went wrong", message)
+    except Exception:  # the page itself failed: plain text
+        return web.Response(text=message, status=500)
 
 
 @web.middleware

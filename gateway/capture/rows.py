@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.capture import storable
+from gateway.capture import failure, storable
 from gateway.capture.exchange import Exchange
 from gateway.capture.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
@@ -198,6 +198,14 @@ def build_rows(
         search_response = parsed.output_text or ""
     else:
         search_response = searchable(_text(resp_body, resp_enc), resp_enc, parsed.response_json)
+    failed = failure.of_call(
+        exchange.status,
+        exchange.error,
+        exchange.state,
+        parsed.response_json,
+        response_body,
+        parsed.response_unparsed,
+    )
     bodies_kept: tuple[bytes | None, bytes | None] = (req_body, resp_body)
     if exchange.omit_bodies:
         bodies_kept, req_enc, resp_enc = (None, None), "omitted", "omitted"
@@ -215,7 +223,9 @@ def build_rows(
         "endpoint": parsed.endpoint,
         "streamed": parsed.streamed,
         "state": exchange.state,
-        "error": exchange.error,
+        "error": None if failed is None else failed.message,
+        "error_type": None if failed is None else failed.type,
+        "error_code": None if failed is None else failed.code,
         "prompt_tokens": parsed.prompt_tokens,
         "completion_tokens": parsed.completion_tokens,
         "total_tokens": parsed.total_tokens,

@@ -22,6 +22,7 @@ class Parsed:
     request_json: Any = None  # the parsed request body, when it is JSON
     response_json: Any = None  # the parsed response body, when it is JSON (not for streams)
     parse_error: bool = False  # a body that should be JSON is not
+    response_unparsed: bool = False  # a successful answer that should be JSON is not: a failure
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None

@@ -147,7 +147,7 @@ class ElevenLabsProvider:
             try:
                 value = orjson.loads(document)
             except orjson.JSONDecodeError:  # unparsed, and maybe audio: keep its hash only
-                parsed.parse_error = True
+                parsed.parse_error = parsed.response_unparsed = True
                 parsed.stored_response = orjson.dumps(
                     {"unparsed": {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}}
                 )

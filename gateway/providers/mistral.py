@@ -620,11 +620,15 @@ class MistralProvider:
                     self._apply_stream(p, _stream(chunks))
                 return p
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            ok = status is None or status < 400
             if "json" in ctype or body[:256].lstrip()[:1] in (b"{", b"["):
                 try:
                     p.response_json = orjson.loads(body)
                 except orjson.JSONDecodeError:
+                    p.response_unparsed = ok and bool(body.strip())
                     return p
+            elif ok and p.endpoint in _JSON_ENDPOINTS and body.strip():
+                p.response_unparsed = True  # a JSON endpoint answered something else
             if isinstance(p.response_json, dict) and (status is None or status < 400):
                 _response(p, p.response_json)
         except Exception:  # never raise: return what was gathered

@@ -373,7 +373,17 @@ class Grouper:
         hints: dict[str, str],
         at: float,
     ) -> dict[str, Any]:
-        failed = (exchange.get("status") or 0) >= 400 or exchange.get("state") != "complete"
+        status = exchange.get("status")
+        failed = (
+            (status or 0) >= 400 or exchange.get("state") != "complete" or bool(exchange.get("error"))
+        )
+        # as the rollups count them: a model, no cost, an answer below 400
+        unpriced = (
+            exchange.get("cost_usd") is None
+            and exchange.get("model") is not None
+            and status is not None
+            and status < 400
+        )
         when = datetime.fromtimestamp(at, UTC)
         delta = {
             "id": run_id,
@@ -387,6 +397,8 @@ class Grouper:
             "completion_tokens": exchange.get("completion_tokens") or 0,
             "total_tokens": exchange.get("total_tokens") or 0,
             "total_cost_usd": exchange.get("cost_usd") or 0.0,
+            "error_count": int(failed),
+            "unpriced_calls": int(unpriced),
             "name": hints.get("run_prefix") or hints.get("run"),
             "agent_id": hints.get("agent") or parsed.agent_id,
             "user": hints.get("user"),

@@ -59,6 +59,14 @@ def columns_of(model: type[Model]) -> tuple[str, ...]:
 
 
 EXCHANGE_COLUMNS = columns_of(models.Exchange)
+# A run's failed and unpriced calls, recounted from its exchanges (as the grouper counts them).
+FAILED_SQL = "(e.status >= 400 OR e.state <> 'complete' OR e.error IS NOT NULL)"
+UNPRICED_SQL = "(e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400)"
+RUN_COUNTS = (
+    f"error_count = (SELECT COUNT(*) FROM exchanges e WHERE e.run_id = runs.id AND {FAILED_SQL}), "
+    "unpriced_calls = (SELECT COUNT(*) FROM exchanges e WHERE e.run_id = runs.id "
+    f"AND {UNPRICED_SQL})"
+)
 BODY_COLUMNS = columns_of(models.ExchangeBody)
 SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
 _OUTPUT = EXCHANGE_COLUMNS.index("output_text")
@@ -81,6 +89,7 @@ class ExchangeFilter:
     run: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    errors: bool = False  # only failed calls
 
 
 def tortoise_config(url: str) -> dict[str, Any]:
@@ -467,7 +476,7 @@ class Store:
         await tx.execute_query(
             self.sql(
                 "UPDATE runs SET exchange_count = (SELECT COUNT(*) FROM exchanges e "
-                f"WHERE e.run_id = runs.id), {sums} WHERE id IN ({marks})"
+                f"WHERE e.run_id = runs.id), {sums}, {RUN_COUNTS} WHERE id IN ({marks})"
             ),
             run_ids,
         )
@@ -629,6 +638,8 @@ class Store:
             clauses.append("e.status >= 400")
         if f.state is not None and f.state != "complete":
             clauses.append("e.state <> 'complete'")
+        if f.errors:
+            clauses.append(FAILED_SQL)
         if f.status_class is not None:
             clauses.append("e.status >= ? AND e.status < ?")
             params += [f.status_class * 100, f.status_class * 100 + 100]

@@ -24,7 +24,9 @@ class Exchange(Model):
     endpoint = fields.CharField(max_length=32)
     streamed = fields.BooleanField(default=False)
     state = fields.CharField(max_length=32)
-    error = fields.TextField(null=True)
+    error = fields.TextField(null=True)  # set for every failed call: see capture/failure.py
+    error_type = fields.CharField(max_length=64, null=True)  # the upstream's, or ours
+    error_code = fields.CharField(max_length=64, null=True)
     prompt_tokens = fields.IntField(null=True)
     completion_tokens = fields.IntField(null=True)
     total_tokens = fields.IntField(null=True)
@@ -96,7 +98,9 @@ class Run(Model):
     prompt_tokens = fields.BigIntField(default=0)
     completion_tokens = fields.BigIntField(default=0)
     total_tokens = fields.BigIntField(default=0)
-    total_cost_usd = fields.FloatField(default=0)
+    total_cost_usd = fields.FloatField(default=0)  # the priced calls' costs
+    error_count = fields.IntField(default=0, db_default=0)  # failed calls
+    unpriced_calls = fields.IntField(default=0, db_default=0)  # calls with no price (not $0)
     config = fields.TextField(null=True)  # JSON: model and sampling params of the first call
     # conversation_ids are not stored here: run_conversations holds them, one row each.
 

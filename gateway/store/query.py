@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.capture.exchange import MAX_ID
 from gateway.errors import UserError
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.runs import RunFilter
@@ -39,6 +40,26 @@ def parse_int(name: str, value: str | None, *, low: int = 0, high: int | None = 
     return number
 
 
+def parse_text(name: str, value: str | None) -> str | None:
+    """A text filter value; empty is none. A NUL is refused: no stored value holds one (the
+    writer escapes it) and PostgreSQL rejects it in a query."""
+    if not value:
+        return None
+    if "\x00" in value:
+        raise UserError(f"{name} must not contain a NUL character (%00)")
+    return value
+
+
+def parse_flag(name: str, value: str | None) -> bool:
+    """A yes/no filter: 1, true, yes or on; 0, false, no, off or empty."""
+    text = (value or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise UserError(f"{name} must be 1 or 0, got {value!r}")
+
+
 def exchange_filter(query: Any) -> ExchangeFilter:
     status_text = (query.get("status") or "").strip().lower()
     status = status_class = None
@@ -56,21 +77,22 @@ def exchange_filter(query: Any) -> ExchangeFilter:
     if since and until and since > until:
         raise UserError("since must not be after until")
     return ExchangeFilter(
-        q=(query.get("q") or "").strip() or None,
-        model=query.get("model") or None,
+        q=(parse_text("q", query.get("q")) or "").strip() or None,
+        model=parse_text("model", query.get("model")),
         status=status,
         status_class=status_class,
-        state=query.get("state") or None,
-        endpoint=query.get("endpoint") or None,
-        run=parse_int("run", query.get("run")),
+        state=parse_text("state", query.get("state")),
+        endpoint=parse_text("endpoint", query.get("endpoint")),
+        run=parse_int("run", query.get("run"), high=MAX_ID),
         since=since,
         until=until,
+        errors=parse_flag("errors", query.get("errors")),
     )
 
 
 def run_filter(query: Any) -> RunFilter:
     tag = None
-    if query.get("tag"):
+    if parse_text("tag", query.get("tag")):
         key, sep, value = query["tag"].partition("=")
         if not sep or not key:
             raise UserError(f"tag must look like key=value, got {query['tag']!r}")
@@ -79,11 +101,12 @@ def run_filter(query: Any) -> RunFilter:
     if status is not None and status not in RUN_STATUSES:
         raise UserError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     return RunFilter(
-        name=query.get("name") or None,
-        agent_id=query.get("agent_id") or None,
-        user=query.get("user") or None,
+        name=parse_text("name", query.get("name")),
+        agent_id=parse_text("agent_id", query.get("agent_id")),
+        user=parse_text("user", query.get("user")),
         tag=tag,
         status=status,
+        errors=parse_flag("errors", query.get("errors")),
         since=parse_time("since", query.get("since")),
         until=parse_time("until", query.get("until")),
     )

@@ -18,6 +18,7 @@ import orjson
 Side = Literal["request", "response"]
 Row = Mapping[str, Any]  # one database row, as the driver returns it
 Headers = tuple[tuple[str, str], ...]
+ACTIVE_SECONDS = 30  # a run with a call this recent is `active` (its `activity`)
 
 
 # -- values as the two databases return them ------------------------------------------------------
@@ -127,6 +128,8 @@ class ExchangeSummary:
     ttft_ms: float | None
     run_id: int | None
     error: str | None
+    error_type: str | None
+    error_code: str | None
     replay_of: int | None
     provider: str
 
@@ -153,6 +156,8 @@ class ExchangeSummary:
             ttft_ms=_opt_float(row["ttft_ms"]),
             run_id=_opt_int(row["run_id"]),
             error=_opt_str(row["error"]),
+            error_type=_opt_str(row["error_type"]),
+            error_code=_opt_str(row["error_code"]),
             replay_of=_opt_int(row["replay_of"]),
             provider=str(row["provider"]),
         )
@@ -179,6 +184,8 @@ class ExchangeSummary:
             "ttft_ms": self.ttft_ms,
             "run_id": _id_text(self.run_id),
             "error": self.error,
+            "error_type": self.error_type,
+            "error_code": self.error_code,
             "replay_of": _id_text(self.replay_of),
             "provider": self.provider,
         }
@@ -207,6 +214,8 @@ class StoredExchange:
     streamed: bool
     state: str
     error: str | None
+    error_type: str | None
+    error_code: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
@@ -258,6 +267,8 @@ class StoredExchange:
             streamed=bool(row["streamed"]),
             state=str(row["state"]),
             error=_opt_str(row["error"]),
+            error_type=_opt_str(row["error_type"]),
+            error_code=_opt_str(row["error_code"]),
             prompt_tokens=_opt_int(row["prompt_tokens"]),
             completion_tokens=_opt_int(row["completion_tokens"]),
             total_tokens=_opt_int(row["total_tokens"]),
@@ -325,6 +336,8 @@ class StoredExchange:
             "streamed": self.streamed,
             "state": self.state,
             "error": self.error,
+            "error_type": self.error_type,
+            "error_code": self.error_code,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
@@ -569,8 +582,11 @@ class Run:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    total_cost_usd: float
+    total_cost_usd: float  # the priced calls' costs; unpriced_calls says how many are not
     conversation_ids: tuple[str, ...] | None = None
+    error_count: int = 0  # failed calls
+    unpriced_calls: int = 0  # calls of a model with no price: never counted as $0
+    title: str | None = None  # what it was about (first user message, else the agent), if read
 
     @classmethod
     def from_row(cls, row: Row, conversation_ids: Sequence[str] | None = None) -> Self:
@@ -591,7 +607,17 @@ class Run:
             total_tokens=int(row["total_tokens"]),
             total_cost_usd=round(float(row["total_cost_usd"] or 0), 10),
             conversation_ids=None if conversation_ids is None else tuple(conversation_ids),
+            error_count=int(row.get("error_count") or 0),
+            unpriced_calls=int(row.get("unpriced_calls") or 0),
         )
+
+    @property
+    def activity(self) -> str:
+        """`active` when a call ran in the last ACTIVE_SECONDS, else `idle`."""
+        if self.ended_at is not None:
+            return "idle"
+        recent = datetime.now(UTC) - self.last_seen_at <= timedelta(seconds=ACTIVE_SECONDS)
+        return "active" if recent else "idle"
 
     def columns_json(self) -> dict[str, Any]:
         """The run's own columns as the API shows them."""
@@ -611,10 +637,15 @@ class Run:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "total_cost_usd": self.total_cost_usd,
+            "error_count": self.error_count,
+            "unpriced_calls": self.unpriced_calls,
+            "activity": self.activity,
         }
 
     def to_json(self) -> dict[str, Any]:
         out = self.columns_json()
+        if self.title is not None:
+            out["title"] = self.title
         if self.conversation_ids is not None:
             out["conversation_ids"] = list(self.conversation_ids)
         return out

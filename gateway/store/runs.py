@@ -7,7 +7,7 @@ one concern; like exchanges.py, this is the only place that builds run queries.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,8 @@ RUN_COLUMNS = (
     "completion_tokens",
     "total_tokens",
     "total_cost_usd",
+    "error_count",
+    "unpriced_calls",
 )
 UPSERT_COLUMNS = (
     "id",
@@ -63,8 +65,11 @@ UPSERT_COLUMNS = (
     "completion_tokens",
     "total_tokens",
     "total_cost_usd",
+    "error_count",
+    "unpriced_calls",
     "config",
 )
+TITLE_CHARS = 80  # an unnamed run's title, at most
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
 MESSAGE_COLUMNS = (
     "id",
@@ -104,6 +109,7 @@ class RunFilter:
     user: str | None = None
     tag: tuple[str, str] | None = None
     status: str | None = None
+    errors: bool = False  # only runs with a failed call
     since: datetime | None = None
     until: datetime | None = None
 
@@ -271,6 +277,8 @@ class RunStore:
                 "completion_tokens",
                 "total_tokens",
                 "total_cost_usd",
+                "error_count",
+                "unpriced_calls",
             ):
                 seen[key] += delta[key]
             seen["last_seen_at"], seen["last_failed"] = delta["last_seen_at"], delta["last_failed"]
@@ -298,6 +306,8 @@ class RunStore:
                     d["completion_tokens"],
                     d["total_tokens"],
                     d["total_cost_usd"],
+                    d["error_count"],
+                    d["unpriced_calls"],
                     storable.json_text(d["config"]) if d["config"] else None,
                 ]
                 for d in merged.values()
@@ -307,14 +317,16 @@ class RunStore:
             store.sql(
                 'INSERT INTO runs (id, name, agent_id, "user", tags, source, started_at, '
                 "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
-                "total_tokens, total_cost_usd, config, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
+                "total_tokens, total_cost_usd, error_count, unpriced_calls, config, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
                 "ON CONFLICT (id) DO UPDATE SET "
                 "exchange_count = runs.exchange_count + excluded.exchange_count, "
                 "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
                 "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
                 "total_tokens = runs.total_tokens + excluded.total_tokens, "
                 "total_cost_usd = runs.total_cost_usd + excluded.total_cost_usd, "
+                "error_count = runs.error_count + excluded.error_count, "
+                "unpriced_calls = runs.unpriced_calls + excluded.unpriced_calls, "
                 "last_failed = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
                 "THEN excluded.last_failed ELSE runs.last_failed END, "
                 "last_seen_at = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
@@ -383,6 +395,8 @@ class RunStore:
         elif f.status is not None:
             clauses.append("r.status = ?")
             params.append(f.status)
+        if f.errors:
+            clauses.append("r.error_count > 0")
         time_bounds("r.id", f.since, f.until, clauses, params)
         if before is not None:
             clauses.append("r.id < ?")
@@ -406,8 +420,34 @@ class RunStore:
         more = len(found) > limit
         found = found[:limit]
         conversations = await self._conversations([row["id"] for row in found])
-        items = [Run.from_row(row, conversations.get(row["id"], [])) for row in found]
+        titles = await self._titles([row for row in found if not row["name"]])
+        items = [
+            replace(
+                Run.from_row(row, conversations.get(row["id"], [])), title=titles.get(row["id"])
+            )
+            for row in found
+        ]
         return items, (found[-1]["id"] if more else None)
+
+    async def _titles(self, rows: list[dict[str, Any]]) -> dict[int, str]:
+        """What unnamed runs were about: their first call's user message (its preview), else
+        their agent's id."""
+        if not rows:
+            return {}
+        ids = [row["id"] for row in rows]
+        marks = ", ".join("?" * len(ids))
+        firsts = await self.store.rows(
+            "SELECT run_id, preview FROM exchanges WHERE id IN (SELECT MIN(id) FROM exchanges "
+            f"WHERE run_id IN ({marks}) GROUP BY run_id)",
+            ids,
+        )
+        previews = {row["run_id"]: row["preview"] for row in firsts if row["preview"]}
+        titles = {}
+        for row in rows:
+            title = previews.get(row["id"]) or row["agent_id"]
+            if title:
+                titles[row["id"]] = " ".join(title.split())[:TITLE_CHARS]
+        return titles
 
     @staticmethod
     def _tag_matches(row: dict[str, Any], tag: tuple[str, str] | None) -> bool:
