@@ -1,4 +1,4 @@
-"""The command line: `agentops-studio serve | mitm | import | purge | export |
+"""The command line: `agentops-studio serve | mitm | import | purge | reprice | export |
 healthcheck`. Flags come from the settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
@@ -183,6 +183,68 @@ def purge(older_than: str, **flags: Any) -> None:
         fail(str(exc))
         return
     click.echo(f"removed {removed} exchanges started before {cutoff.isoformat()}")
+
+
+@main.command()
+@click.option("--model", default=None, metavar="NAME", help="Only calls of this model.")
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="Only calls started since then: an ISO-8601 time (2026-01-31T00:00:00Z) or an age "
+    "(30d, 12h).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@setting_options(("db", "prices"))
+def reprice(model: str | None, since: str | None, dry_run: bool, **flags: Any) -> None:
+    """Recompute stored calls' costs from the current price table (bundled, then --prices),
+    with every total summed from them: run totals, unpriced counts, dashboard rollups."""
+    from gateway.capture.pricing import PriceTable
+    from gateway.store.repricing import Repriced
+    from gateway.store.repricing import reprice as run_reprice
+
+    if model is not None and (not model.strip() or "\x00" in model):
+        fail(f"--model: not a model name: {model!r}")
+    start = _since(since)
+    settings = build_settings(flags)
+    try:
+        prices = PriceTable.load(settings.prices)
+        done: Repriced = run_interruptible(
+            on_store(
+                settings.db,
+                lambda store: run_reprice(store, prices.cost, model, start, dry_run=dry_run),
+            )
+        )
+    except Interrupted:
+        interrupted("interrupted: batches repriced so far stay repriced")
+        return
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    verb = "would reprice" if dry_run else "repriced"
+    click.echo(
+        f"{verb} {done.changed} of {done.examined} calls ({done.newly_priced} newly priced, "
+        f"{done.newly_unpriced} now unpriced): ${done.cost_before:.6f} -> "
+        f"${done.cost_after:.6f}, {len(done.runs)} runs"
+    )
+    for name, count in sorted(done.models.items()):
+        click.echo(f"  {name or '(no model)'}: {count} calls")
+
+
+def _since(text: str | None) -> datetime | None:
+    """--since: an ISO-8601 time, or an age before now."""
+    if text is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(days=parse_days(text))
+    except (ValueError, OverflowError):
+        pass
+    try:
+        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since: not a time (2026-01-31T00:00:00Z) or an age (30d, 12h): {text!r}")
+        raise  # unreachable
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 # Settings that mean nothing without the reverse proxy (mitm and import have none).

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api import exchanges as api
-from gateway.store.rollups import BUCKETS, percentile
+from gateway.store.rollups import BUCKETS, EXACT_MAX, exact_percentile, percentile
 from webui.formats import parse_time
 from webui.render import render
 
@@ -236,7 +236,14 @@ async def dashboard(request: web.Request) -> web.Response:
         "error_rate": sum(p["errors"] for p in points) / calls if calls else None,
         "p50_ms": percentile(histogram, 0.5),
         "p95_ms": percentile(histogram, 0.95),
+        "percentiles": "histogram",
+        "unpriced_calls": sum(m["unpriced"] for m in models),
     }
+    if 0 < sum(m["latency_count"] for m in models) <= EXACT_MAX:
+        exact = await rollups.latencies(None, first, last + 1)
+        totals["p50_ms"] = exact_percentile(exact, 0.5)
+        totals["p95_ms"] = exact_percentile(exact, 0.95)
+        totals["percentiles"] = "exact"
     context = {
         "range": key,
         "ranges": RANGES,
@@ -250,6 +257,7 @@ async def dashboard(request: web.Request) -> web.Response:
         "top_runs": top_runs,
         "points": points,
         "charts": charts(points, models, runs, agents),
+        "exact_max": EXACT_MAX,
         "custom": {
             "since": request.query.get("since", ""),
             "until": request.query.get("until", ""),

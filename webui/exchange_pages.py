@@ -33,7 +33,18 @@ from webui.render import (
 )
 
 PAGE_SIZE = 50
-FILTER_KEYS = ("q", "model", "status", "state", "endpoint", "run", "range", "since", "until")
+FILTER_KEYS = (
+    "q",
+    "model",
+    "status",
+    "state",
+    "endpoint",
+    "run",
+    "range",
+    "since",
+    "until",
+    "errors",
+)
 RANGES = {
     "15m": timedelta(minutes=15),
     "1h": timedelta(hours=1),

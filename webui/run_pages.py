@@ -21,7 +21,7 @@ from webui.formats import parse_time
 from webui.render import error_page, is_htmx, query_string, render
 
 PAGE_SIZE = 50
-FILTER_KEYS = ("name", "agent_id", "user", "status", "range")
+FILTER_KEYS = ("name", "agent_id", "user", "status", "range", "errors")
 
 
 @dataclass(frozen=True, slots=True)

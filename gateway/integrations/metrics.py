@@ -1,5 +1,6 @@
 """Prometheus metrics at GET /metrics on the UI port: calls, tokens and cost by model and
-status, latency and TTFT histograms, and the capture pipeline's health.
+status, unpriced calls by model (a missing price is not $0), latency and TTFT histograms,
+and the capture pipeline's health.
 
 Two halves, one per process. In the writer process, CallMetrics is fed from the recorder's
 stored batches (aggregated per batch: a record costs a dict update and two histogram
@@ -69,6 +70,12 @@ class CallMetrics:
         self.cost = Counter(
             "agentops_cost_usd", "Cost in USD of the recorded calls.", by, registry=self.registry
         )
+        self.unpriced = Counter(
+            "agentops_unpriced_calls",
+            "Calls of a model with no price: agentops_cost_usd leaves them out (they are not $0).",
+            ["model"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "agentops_request_latency_seconds",
             "Time from request to the last response byte.",
@@ -125,6 +132,8 @@ class CallMetrics:
             sums[1] += e["prompt_tokens"] or 0
             sums[2] += e["completion_tokens"] or 0
             sums[3] += e["cost_usd"] or 0.0
+            if e["cost_usd"] is None and e["model"] is not None and (e["status"] or 500) < 400:
+                self.unpriced.labels(model).inc()
             series = self._series(model, status)
             if e["latency_ms"] is not None:
                 series[4].observe(e["latency_ms"] / 1000)

@@ -374,9 +374,8 @@ class Grouper:
         at: float,
     ) -> dict[str, Any]:
         status = exchange.get("status")
-        failed = (
-            (status or 0) >= 400 or exchange.get("state") != "complete" or bool(exchange.get("error"))
-        )
+        failed = (status or 0) >= 400 or exchange.get("state") != "complete"
+        failed = failed or bool(exchange.get("error"))  # an unparsable answer too
         # as the rollups count them: a model, no cost, an answer below 400
         unpriced = (
             exchange.get("cost_usd") is None

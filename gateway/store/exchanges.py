@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient, ConnectionWrapper
 from tortoise.backends.base.config_generator import expand_db_url
@@ -29,7 +28,7 @@ from gateway.capture import storable
 from gateway.capture.exchange import id_at
 from gateway.capture.rows import Rows
 from gateway.errors import Unavailable
-from gateway.store import models
+from gateway.store import models, repricing
 from gateway.store.bodies import (
     BODY_SELECT,
     BodyChains,
@@ -516,28 +515,10 @@ class Store:
             total += await self.delete_exchanges([row["id"] for row in found])
 
     async def fill_costs(self, model: str, price_of: Any) -> int:
-        """Price exchanges of a newly priced model whose cost is still null (set costs stay)."""
-        found = await self.rows(
-            "SELECT id, prompt_tokens, completion_tokens, cached_tokens, units FROM exchanges "
-            "WHERE model = ? AND cost_usd IS NULL",
-            [model],
-        )
-        updates = []
-        for row in found:
-            units = orjson.loads(row["units"]) if row["units"] else None
-            cost = price_of(
-                model, row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"], units
-            )
-            if cost is not None:
-                updates.append([cost, row["id"]])
-        if updates:
-            async with in_transaction("default") as tx:
-                await tx.execute_many(
-                    self.sql("UPDATE exchanges SET cost_usd = ? WHERE id = ? AND cost_usd IS NULL"),
-                    updates,
-                )
-                await self.rollups.add_costs(tx, [(i, c) for c, i in updates])
-        return len(updates)
+        """Price exchanges of a newly priced model whose cost is still null (set costs stay),
+        and what is summed from them: run totals, rollups (see repricing.py)."""
+        done = await repricing.reprice(self, price_of, model=model, only_unpriced=True)
+        return done.changed
 
     # -- quarantine (records the database refused: see quarantine.py) ----------------------
 
@@ -638,8 +619,8 @@ class Store:
             clauses.append("e.status >= 400")
         if f.state is not None and f.state != "complete":
             clauses.append("e.state <> 'complete'")
-        if f.errors:
-            clauses.append(FAILED_SQL)
+        if f.errors:  # every failed call has an error (capture/failure.py, migration 0011)
+            clauses.append("e.error IS NOT NULL")
         if f.status_class is not None:
             clauses.append("e.status >= ? AND e.status < ?")
             params += [f.status_class * 100, f.status_class * 100 + 100]

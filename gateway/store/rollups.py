@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from gateway.capture.exchange import id_at
+
 if TYPE_CHECKING:
     from gateway.capture.rows import Rows
     from gateway.store.exchanges import Store
@@ -182,6 +184,20 @@ def percentile(histogram: Sequence[float], q: float) -> float | None:
             return low + (target - seen) / count * (BOUNDS[index] - low)
         seen += count
     return float(BOUNDS[-1])
+
+
+EXACT_MAX = 2000  # a group with at most this many timed calls gets exact percentiles
+
+
+def exact_percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0-1) of sorted `values`, interpolated linearly between the two nearest
+    ranks (NumPy's default "linear" method); None with no data."""
+    if not values:
+        return None
+    rank = q * (len(values) - 1)
+    low = int(rank)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
 
 
 def backfill_sql(where: str = "") -> list[str]:
@@ -405,8 +421,31 @@ class Rollups:
             item["histogram"] = [item.pop(b) for b in BUCKETS]
             item["p50_ms"] = percentile(item["histogram"], 0.5)
             item["p95_ms"] = percentile(item["histogram"], 0.95)
+            item["percentiles"] = "histogram"
+            if dim == "model" and 0 < item["latency_count"] <= EXACT_MAX:
+                exact = await self.latencies(item["value"], since, until)
+                item["p50_ms"] = exact_percentile(exact, 0.5)
+                item["p95_ms"] = exact_percentile(exact, 0.95)
+                item["percentiles"] = "exact"
             out.append(item)
         return out
+
+    async def latencies(self, model: str | None, since: int, until: int) -> list[float]:
+        """Every latency of calls started in [since, until) (hours since the epoch), sorted;
+        of one model's calls ("" for none) unless `model` is None. The (model, id) index
+        makes a small group a short range scan."""
+        clauses = ["id >= ?", "id < ?", "latency_ms IS NOT NULL"]
+        params: list[Any] = [id_at(since * HOUR_MS), id_at(until * HOUR_MS)]
+        if model == "":
+            clauses.append("(model IS NULL OR model = '')")
+        elif model is not None:
+            clauses.append("model = ?")
+            params.append(model)
+        rows = await self.store.rows(
+            f"SELECT latency_ms FROM exchanges WHERE {' AND '.join(clauses)} ORDER BY latency_ms",
+            params,
+        )
+        return [float(row["latency_ms"]) for row in rows]
 
     async def first_hour(self) -> int | None:
         rows = await self.store.rows("SELECT MIN(hour) AS hour FROM rollups WHERE dim = 'model'")

@@ -174,12 +174,31 @@ class RunStore:
         return outputs
 
     async def _write_tool_results(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
-        """A tool's result, found in a later call, completes the call that asked for it."""
+        """A tool's result, found in a later call, completes the call that asked for it:
+        matched by (run, tool call id, order of appearance), so an id a provider reuses within
+        a run pairs its n-th result with its n-th ask, never with a later ask (which would
+        take a negative time). The latency is never below 0 (clocks of separate records)."""
         results = storable.rows(
             "tool_calls",
-            ("return_value", "result_exchange_id", "latency_ms", "run_id", "call_id"),
+            (
+                "return_value",
+                "result_exchange_id",
+                "latency_ms",
+                "latency_ms",
+                "run_id",
+                "call_id",
+                "result_exchange_id",
+            ),
             [
-                [r["return_value"], r["result_exchange_id"], r["at_ms"], r["run_id"], r["call_id"]]
+                [
+                    r["return_value"],
+                    r["result_exchange_id"],
+                    r["at_ms"],
+                    r["at_ms"],
+                    r["run_id"],
+                    r["call_id"],
+                    r["result_exchange_id"],
+                ]
                 for ch in changes
                 for r in ch.tool_results
                 if r["call_id"]
@@ -189,8 +208,10 @@ class RunStore:
             await tx.execute_many(
                 self.store.sql(
                     "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
-                    "latency_ms = ? - asked_at_ms WHERE run_id = ? AND call_id = ? "
-                    "AND result_exchange_id IS NULL AND kind = 'function'"
+                    "latency_ms = CASE WHEN ? >= asked_at_ms THEN ? - asked_at_ms ELSE 0 END "
+                    "WHERE id = (SELECT t.id FROM tool_calls t WHERE t.run_id = ? "
+                    "AND t.call_id = ? AND t.result_exchange_id IS NULL AND t.kind = 'function' "
+                    "AND t.exchange_id < ? ORDER BY t.id LIMIT 1)"
                 ),
                 results,
             )

@@ -27,6 +27,7 @@ _SUMS = (
     "cost_usd",
     "errors",
     "missing_calls",
+    "unpriced_calls",
 )  # the JSON's keys, in its order
 
 
@@ -79,6 +80,7 @@ class Sums:
     cost_usd: float = 0.0
     errors: int = 0
     missing_calls: int = 0
+    unpriced_calls: int = 0  # calls of a model with no price: not in cost_usd, never $0
 
     def add(self, row: dict[str, Any]) -> None:
         self.calls += int(row["calls"] or 0)
@@ -87,6 +89,7 @@ class Sums:
         self.cost_usd += float(row["cost_usd"] or 0)
         self.errors += int(row["errors"] or 0)
         self.missing_calls += int(row["missing_calls"] or 0)
+        self.unpriced_calls += int(row["unpriced_calls"] or 0)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class Sums:
             "cost_usd": round(self.cost_usd, 10) + 0.0,  # + 0.0: never -0.0 from drift
             "errors": self.errors,
             "missing_calls": self.missing_calls,
+            "unpriced_calls": self.unpriced_calls,
         }
 
 
@@ -113,7 +117,8 @@ def _rollup_part(span: Span, params: list[Any]) -> list[str]:
     return [
         "SELECT dim AS kind, value AS model, NULL AS provider, SUM(calls) AS calls, "
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
-        "SUM(cost_usd) AS cost_usd, SUM(errors) AS errors, SUM(interrupted) AS missing_calls "
+        "SUM(cost_usd) AS cost_usd, SUM(errors) AS errors, SUM(interrupted) AS missing_calls, "
+        "SUM(unpriced) AS unpriced_calls "
         f"FROM rollups WHERE {' AND '.join(clauses)} GROUP BY dim, value"
     ]
 
@@ -136,7 +141,10 @@ def _edge_part(edge: IdRange, params: list[Any]) -> str:
         "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
         "THEN 1 ELSE 0 END) AS errors, "
         # calls cut by a kill of the gateway (journal.py): known only by their start
-        "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls "
+        "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls, "
+        # as the rollups count them (rollups.deltas)
+        "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
+        "THEN 1 ELSE 0 END) AS unpriced_calls "
         f"FROM exchanges e {where} GROUP BY e.model, e.provider"
     )
 

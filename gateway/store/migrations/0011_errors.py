@@ -2,7 +2,8 @@
 its `error`, and a run's `error_count` and `unpriced_calls` (a missing price is never $0).
 
 Existing runs are counted from their exchanges; existing failed calls without an error get
-"HTTP <status>" (their bodies are not parsed again).
+"HTTP <status>" or "call ended <state>" (their bodies are not parsed again), so `error IS NOT
+NULL` is the list's "errors only" filter, on a partial index.
 """
 
 from tortoise import fields, migrations
@@ -13,6 +14,10 @@ UNPRICED = "(e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400)"
 STATEMENTS = (
     "UPDATE exchanges SET error = 'HTTP ' || CAST(status AS TEXT), error_type = 'http_error' "
     "WHERE status >= 400 AND error IS NULL",
+    "UPDATE exchanges SET error = 'call ended ' || REPLACE(state, '_', ' '), error_type = state "
+    "WHERE state <> 'complete' AND error IS NULL",
+    # the list's "errors only": failed calls are rare, so the index is partial
+    "CREATE INDEX IF NOT EXISTS exchanges_failed ON exchanges (id) WHERE error IS NOT NULL",
     f"UPDATE runs SET error_count = (SELECT COUNT(*) FROM exchanges e WHERE e.run_id = runs.id "
     f"AND {FAILED}), unpriced_calls = (SELECT COUNT(*) FROM exchanges e "
     f"WHERE e.run_id = runs.id AND {UNPRICED})",
@@ -25,7 +30,7 @@ async def forward(apps, schema_editor) -> None:
 
 
 async def backward(apps, schema_editor) -> None:
-    return None
+    await schema_editor.client.execute_script("DROP INDEX IF EXISTS exchanges_failed")
 
 
 class Migration(migrations.Migration):
