@@ -38,6 +38,8 @@ def exchange_row(dialect: str = "sqlite", **values: Any) -> dict[str, Any]:
         "streamed": _flag(values.pop("streamed", False), dialect),
         "state": "complete",
         "error": None,
+        "error_type": None,
+        "error_code": None,
         "prompt_tokens": 4,
         "completion_tokens": 6,
         "total_tokens": 10,

@@ -192,6 +192,7 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
         "cost_usd",
         "errors",
         "missing_calls",
+        "unpriced_calls",
     }
     assert stats["totals"]["missing_calls"] == 0
 

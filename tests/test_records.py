@@ -184,12 +184,13 @@ def test_odd_stored_values_survive(text: str, header: str, dialect: str, number:
 def test_run_json_as_lists_and_the_dashboard_show_it(dialect: str):
     row = run_row(dialect, tags='{"env": "prod"}', total_cost_usd=0.1 + 0.2, ended_at=AT)
     listed = Run.from_row(row, ["conv-b", "conv-a"]).to_json()
-    assert tuple(listed) == (*RUN_COLUMNS, "conversation_ids")
+    assert tuple(listed) == (*RUN_COLUMNS, "activity", "conversation_ids")
     assert listed["id"] == "387356712848797697" and listed["tags"] == {"env": "prod"}
     assert listed["started_at"] == listed["ended_at"] == "2026-03-01T10:00:00.123Z"
     assert listed["total_cost_usd"] == 0.3  # rounded to 10 places, as always
     assert listed["conversation_ids"] == ["conv-b", "conv-a"]
-    assert tuple(Run.from_row(row).to_json()) == RUN_COLUMNS  # the costliest runs: none read
+    # the costliest runs: no conversations read
+    assert tuple(Run.from_row(row).to_json()) == (*RUN_COLUMNS, "activity")
     assert Run.from_row(run_row("sqlite", tags=None)).to_json()["tags"] == {}
     assert roundtrip(listed) == listed
     assert Run.from_row(run_row("sqlite")) == Run.from_row(run_row("postgres"))
@@ -200,7 +201,7 @@ def test_run_summary_ends_when_its_last_call_ended():
     assert RunSummary.read(row, None).to_json()["ends_at"] == "2026-03-01T10:00:00.123Z"
     last = {"started_at": "2026-03-01 10:00:01.000000+00:00", "latency_ms": 250.5}
     data = RunSummary.read(row, last).to_json()
-    assert tuple(data) == (*RUN_COLUMNS, "ends_at")
+    assert tuple(data) == (*RUN_COLUMNS, "activity", "ends_at")
     assert data["ends_at"] == "2026-03-01T10:00:01.250Z"
     no_latency = {"started_at": datetime(2026, 3, 1, 10, 0, 2, tzinfo=UTC), "latency_ms": None}
     assert RunSummary.read(row, no_latency).to_json()["ends_at"] == "2026-03-01T10:00:02.000Z"
@@ -270,6 +271,7 @@ def test_run_detail_nests_its_children(dialect: str):
     data = run.to_json()
     assert tuple(data) == (
         *RUN_COLUMNS,
+        "activity",
         "config",
         "conversation_ids",
         "exchanges",

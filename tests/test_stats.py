@@ -144,7 +144,9 @@ async def row_level(store: Store, since: datetime | None, until: datetime | None
         "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
         "SUM(CASE WHEN e.status >= 400 OR e.status IS NULL OR e.state <> 'complete' "
         "THEN 1 ELSE 0 END) AS errors, "
-        "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls"
+        "SUM(CASE WHEN e.state = 'interrupted' THEN 1 ELSE 0 END) AS missing_calls, "
+        "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
+        "THEN 1 ELSE 0 END) AS unpriced_calls"
     )
 
     def numbers(row: dict[str, Any]) -> dict[str, Any]:
