@@ -31,6 +31,7 @@ Control knobs (request headers; the gateway forwards everything but X-AgentOps-*
   x-fake-cached-tokens: N      force prompt_tokens_details.cached_tokens
   x-fake-pages: N              pages processed by /v1/ocr when the body names none
   x-fake-sampling: random      without random_seed (and temperature > 0), answers vary per call
+  x-fake-tool-call-id: ID      a chat tool call gets this id (providers reuse short ids)
 """
 
 from __future__ import annotations
@@ -483,9 +484,9 @@ def _tool_arguments(function: Json, user_text: str) -> str:
     return orjson.dumps({name: user_text}).decode()
 
 
-def _tool_call(function: Json, user_text: str) -> Json:
+def _tool_call(function: Json, user_text: str, call_id: str | None = None) -> Json:
     return {
-        "id": _tool_call_id(),
+        "id": call_id or _tool_call_id(),
         "type": "function",
         "index": 0,
         "function": {
@@ -546,7 +547,7 @@ def plan_chat(request: web.Request, body: Json, model: str, salt: object = 0) ->
     user_text = _text_of(_last_message(messages, "user").get("content"))
     tool = _pick_tool(body.get("tools") or [], body.get("tool_choice"))
     if tool is not None and last.get("role") == "user":
-        plan.tool_calls = [_tool_call(tool, user_text)]
+        plan.tool_calls = [_tool_call(tool, user_text, request.headers.get("x-fake-tool-call-id"))]
         plan.finish_reason = "tool_calls"
         plan.completion_tokens = _words(plan.tool_calls[0]["function"]["arguments"]) + 4
     else:

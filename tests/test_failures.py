@@ -21,6 +21,7 @@ from gateway.capture import failure
 from gateway.errors import UserError
 from gateway.store.exchanges import Store
 from gateway.store.query import exchange_filter, run_filter
+from gateway.store.rollups import exact_percentile
 from gateway.store.runs import RunStore
 from tests.conftest import CLI, ROOT, Upstream, free_port, make_settings, running, wait_until
 
@@ -356,3 +357,108 @@ async def test_prices_added_later_and_reprice_update_every_total(
 async def test_reprice_refuses_bad_options(tmp_path: Path, args: list[str], says: str):
     code, out = await cli("reprice", "--db", f"sqlite://{tmp_path}/x.db", *args)
     assert code == 2 and says in out, out
+
+
+# -- exact where it matters -----------------------------------------------------------------
+
+
+async def _chat(gw: Gateway, messages: list[dict], headers: dict[str, str]) -> dict:
+    payload = {"model": "mistral-small-latest", "messages": messages, "tools": TOOLS}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json=payload, headers={**AUTH, **headers}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        return (await resp.json())["choices"][0]["message"]
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+async def test_a_reused_tool_call_id_pairs_each_ask_with_its_own_result(gateway: Gateway):
+    """Providers reuse short ids: the n-th result of an id answers its n-th ask, and no
+    tool call takes a negative time or points back to an earlier call."""
+    headers = {"X-AgentOps-Run": "reuse", "x-fake-tool-call-id": "abc123XYZ"}
+    messages: list[dict] = [{"role": "user", "content": "Weather in Paris?"}]
+    for city in ("Paris", "Lyon"):
+        asked = await _chat(gateway, messages, headers)
+        assert asked["tool_calls"][0]["id"] == "abc123XYZ"
+        messages += [
+            {"role": "assistant", "content": "", "tool_calls": asked["tool_calls"]},
+            {"role": "tool", "tool_call_id": "abc123XYZ", "name": "get_weather",
+             "content": f"sunny in {city}"},
+        ]  # fmt: skip
+        if city == "Paris":
+            messages.append({"role": "user", "content": "And in Lyon?"})
+    await _chat(gateway, messages, headers)
+    await gateway.recorder.drained(timeout=10)
+
+    _, page = await api(gateway, "/api/runs", name="reuse")
+    _, run = await api(gateway, f"/api/runs/{page['items'][0]['id']}")
+    steps = [e["id"] for e in sorted(run["exchanges"], key=lambda e: int(e["id"]))]
+    calls = sorted(run["tool_calls"], key=lambda t: t["step"])
+    assert [t["call_id"] for t in calls] == ["abc123XYZ", "abc123XYZ"]
+    assert [t["return_value"] for t in calls] == ["sunny in Paris", "sunny in Lyon"]
+    assert [t["exchange_id"] for t in calls] == steps[:2]
+    assert [t["result_exchange_id"] for t in calls] == steps[1:]
+    assert all(t["latency_ms"] is not None and t["latency_ms"] >= 0 for t in calls)
+
+
+def test_exact_percentiles_interpolate_between_ranks():
+    assert exact_percentile([], 0.5) is None
+    assert exact_percentile([1.1], 0.5) == exact_percentile([1.1], 0.95) == 1.1
+    assert exact_percentile([10.0, 20.0], 0.5) == 15.0
+    assert exact_percentile([float(v) for v in range(1, 101)], 0.95) == pytest.approx(95.05)
+
+
+async def test_small_groups_get_exact_percentiles_labelled_so(gateway: Gateway):
+    for n in range(3):
+        await call(gateway, f"quick {n}", model="codestral-latest")
+    await gateway.recorder.drained(timeout=10)
+    found = await gateway.store.rows(
+        "SELECT latency_ms FROM exchanges WHERE model = 'codestral-latest' ORDER BY latency_ms"
+    )
+    latencies = [row["latency_ms"] for row in found]
+    rollups = gateway.store.rollups
+    hour = await rollups.first_hour()
+    assert hour is not None
+    groups = await rollups.by_value("model", hour, hour + 2)
+    (group,) = [g for g in groups if g["value"] == "codestral-latest"]
+    assert group["percentiles"] == "exact"
+    assert group["p50_ms"] == pytest.approx(latencies[1])  # the middle one, not a bucket's
+    assert group["p95_ms"] == pytest.approx(latencies[1] + 0.9 * (latencies[2] - latencies[1]))
+    async with aiohttp.ClientSession(gateway.ui_url) as ui, ui.get("/dashboard") as resp:
+        html = await resp.text()
+    assert 'data-percentiles="exact"' in html and "p50 and p95 are exact" in html
+
+
+async def test_an_unhandled_error_is_a_500_with_the_security_headers():
+    """A bug is still answered with the headers (the 500 page used to lack them)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from webui import security_headers
+
+    async def broken(request: web.Request) -> web.Response:
+        raise KeyError("server_side")
+
+    app = web.Application(middlewares=[security_headers])
+    app.router.add_get("/api/broken", broken)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/api/broken")
+        assert resp.status == 500 and "server_side" not in await resp.text()
+        assert all(h in resp.headers for h in SECURITY_HEADERS)

@@ -102,3 +102,17 @@ async def test_metrics_off(upstream: Upstream, tmp_path: Path):
     settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'c.db'}", tmp_path, metrics="off")
     async with running(settings) as gw:
         assert (await scrape(gw))[0] == 404
+
+
+async def test_unpriced_calls_have_their_own_counter(upstream: Upstream, tmp_path: Path):
+    """A call of a model with no price is not $0: agentops_unpriced_calls counts it."""
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'u.db'}", tmp_path)
+    async with running(settings) as gw:
+        assert await call(gw, "priced") == 200
+        assert await call(gw, "no price", model="my-private-finetune") == 200
+        assert await call(gw, "no price, failed", model="my-private-finetune", fail=True) == 429
+        _, got = await scrape(gw)
+    assert value(got, "agentops_unpriced_calls_total", model="my-private-finetune") == 1
+    assert value(got, "agentops_unpriced_calls_total", model="mistral-small-latest") == 0
+    priced = {"model": "my-private-finetune", "status": "200"}
+    assert value(got, "agentops_cost_usd_total", **priced) == 0

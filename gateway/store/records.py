@@ -451,7 +451,8 @@ class ToolCall:
             exchange_id=int(row["exchange_id"]),
             step=int(row["step"]),
             result_exchange_id=_opt_int(row["result_exchange_id"]),
-            latency_ms=None if latency is None else round(latency, 3),
+            # never negative: rows paired with a later ask of a reused id before 0011 say none
+            latency_ms=None if latency is None or latency < 0 else round(latency, 3),
             kind=str(row["kind"]),
         )
 

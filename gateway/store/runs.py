@@ -539,7 +539,8 @@ class RunStore:
             "FROM exchanges WHERE run_id = ? GROUP BY provider ORDER BY cost_usd DESC",
             [run_id],
         )
-        return RunDetail.read(
+        titles = await self._titles([] if found[0]["name"] else found)
+        detail = RunDetail.read(
             found[0],
             conversations.get(run_id, []),
             exchanges=sorted(exchanges, key=lambda item: item.id),
@@ -549,6 +550,7 @@ class RunStore:
             evaluations=map(Evaluation.from_row, evaluations),
             cost_by_provider=map(ProviderCost.from_row, costs),
         )
+        return replace(detail, title=titles.get(run_id))
 
     async def add_evaluation(
         self, run_id: int | None, exchange_id: int | None, name: str, value: float
