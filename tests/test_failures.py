@@ -237,9 +237,24 @@ async def test_bad_filter_values_are_400_with_the_security_headers(gateway: Gate
             async with ui.get(path) as resp:
                 assert resp.status == 404, path
                 assert all(h in resp.headers for h in SECURITY_HEADERS)
-        for path in ("/api/exchanges/12345", f"/api/runs/{TOO_BIG}"):
+        for path in (
+            "/api/exchanges/12345",
+            f"/api/runs/{TOO_BIG}",
+            "/api/exchanges/9999999999999999999",  # 19 digits, past 63 bits
+            "/exchanges/9999999999999999999",
+        ):
             async with ui.get(path) as resp:
                 assert resp.status == 404, path
+        for path, query in [
+            ("/api/exchanges", {"before": "9999999999999999999"}),
+            ("/api/runs", {"before": "9999999999999999999"}),
+            ("/api/diff", {"a": "9999999999999999999", "b": "1"}),
+            ("/api/diff", {"a": "\u00b2", "b": "1"}),
+            ("/compare", {"a": "9999999999999999999", "b": "1"}),
+        ]:
+            async with ui.get(path, params=query) as resp:
+                assert resp.status == 400, (path, query)
+                assert all(h in resp.headers for h in SECURITY_HEADERS)
 
 
 FILTER_KEYS = ("q", "model", "state", "endpoint", "run", "status", "errors", "since")

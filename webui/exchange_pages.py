@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api import exchanges as api
+from gateway.capture.exchange import MAX_ID
 from gateway.capture.redact import redact_headers
 from gateway.errors import UserError
 from gateway.providers import UnknownProvider
@@ -101,8 +102,9 @@ def build_filter(filters: dict[str, str]) -> ExchangeFilter:
 
 
 def parse_cursor(value: str | None) -> int | None:
-    if value and value.isdigit() and len(value) <= 19:
-        return int(value)
+    if value and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        return number if number <= MAX_ID else None
     return None
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.api.exchanges import parse_id
 from gateway.api.replay import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
 from gateway.capture import storable
+from gateway.capture.exchange import is_id
 from gateway.replay.replayer import ReplayError
 from gateway.store.records import StoredExchange
 from webui.render import JINJA, render
@@ -173,7 +174,7 @@ async def compare_page(request: web.Request) -> web.Response:
     sides = []
     for name in ("a", "b"):
         value = query.get(name, "").strip()
-        if not value.isdigit() or len(value) > 19:
+        if not is_id(value):
             return failure(request, ReplayError(400, f"{name} must be an exchange id"))
         recorded = await replayer.load(int(value))
         if recorded is None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.api.access import Handler, is_api
 from gateway.capture import storable
+from gateway.capture.exchange import MAX_ID
 from gateway.capture.pricing import PriceTable
 from gateway.errors import AgentOpsError, NotFound, UserError
 from gateway.providers import UnknownProvider
@@ -61,7 +62,8 @@ def not_found(what: str) -> NotFound:
 
 
 def parse_id(value: str, what: str = "exchange") -> int:
-    if not re.fullmatch(r"\d{1,19}", value):
+    """An id in a path; anything that cannot be one (past 63 bits too) is not found."""
+    if not re.fullmatch(r"\d{1,19}", value) or int(value) > MAX_ID:
         raise not_found(what)
     return int(value)
 
@@ -162,7 +164,7 @@ async def list_exchanges(request: web.Request) -> web.Response:
     before_text = query.get("before")
     before = None
     if before_text:
-        if not re.fullmatch(r"\d{1,19}", before_text):
+        if not re.fullmatch(r"\d{1,19}", before_text) or int(before_text) > MAX_ID:
             raise UserError(f"before must be a cursor from a previous 'next', got {before_text!r}")
         before = int(before_text)
     items, cursor = await request.app[STORE].list_exchanges(exchange_filter(query), limit, before)

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.exchanges import json_body, json_response, not_found, parse_id
+from gateway.capture.exchange import is_id
 from gateway.errors import UserError
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer
@@ -79,7 +80,7 @@ async def diff_of(request: web.Request) -> dict[str, Any]:
     sides = []
     for name in ("a", "b"):
         value = request.query.get(name, "")
-        if not value.isdigit() or len(value) > 19:
+        if not is_id(value):
             raise UserError(f"{name} must be an exchange id, got {value!r}")
         recorded = await replayer.load(int(value))
         if recorded is None:

@@ -19,6 +19,7 @@ from gateway.api.exchanges import (
     not_found,
     parse_id,
 )
+from gateway.capture.exchange import MAX_ID
 from gateway.errors import UserError
 from gateway.store.query import parse_int, run_filter
 
@@ -30,7 +31,7 @@ async def list_runs(request: web.Request) -> web.Response:
     query = request.query
     limit = parse_int("limit", query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
     before = query.get("before")
-    if before and not re.fullmatch(r"\d{1,19}", before):
+    if before and (not re.fullmatch(r"\d{1,19}", before) or int(before) > MAX_ID):
         raise UserError(f"before must be a cursor from a previous 'next', got {before!r}")
     items, cursor = await request.app[RUNS].list_runs(
         run_filter(query), limit, int(before) if before else None

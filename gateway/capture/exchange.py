@@ -61,6 +61,11 @@ def stable_id(started_at: float, identity: str) -> int:
     return (ms << 22) | (int.from_bytes(digest, "big") & 0x3FFFFF)
 
 
+def is_id(text: str) -> bool:
+    """Whether `text` is an id as written in a URL or a body: ASCII digits, at most MAX_ID."""
+    return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_ID
+
+
 def id_at(unix_ms: int) -> int:
     """The smallest id that could have been issued at `unix_ms`."""
     return min(max(0, unix_ms - _EPOCH_MS) << 22, MAX_ID)

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.capture.exchange import is_id
 from gateway.errors import UserError
 from gateway.replay import diff as diffs
 from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
@@ -387,6 +388,6 @@ def _bounded(body: dict[str, Any], name: str, default: int, low: int, high: int)
 
 def _id(value: Any, name: str) -> int:
     text = str(value)
-    if not text.isdigit() or len(text) > 19:
+    if not is_id(text):
         raise UserError(f"{name}: {orjson.dumps(value).decode()} is not an id")
     return int(text)
