@@ -24,6 +24,7 @@ from gateway.store.query import exchange_filter, run_filter
 from gateway.store.rollups import exact_percentile
 from gateway.store.runs import RunStore
 from tests.conftest import CLI, ROOT, Upstream, free_port, make_settings, running, wait_until
+from tests.test_rollups import assert_rollups_true
 
 AUTH = {"Authorization": "Bearer key-for-failure-tests-1234"}
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options")
@@ -358,6 +359,12 @@ async def test_prices_added_later_and_reprice_update_every_total(
         assert run["total_cost_usd"] == pytest.approx(known + sum(halved))
         assert model["cost_usd"] == pytest.approx(sum(halved))
         assert totals["cost_usd"] == pytest.approx(known + sum(halved))
+        await assert_rollups_true(gw.store)  # every rollup row equals a recount
+        (recounted,) = await gw.store.rows(
+            "SELECT r.total_cost_usd AS kept, (SELECT SUM(cost_usd) FROM exchanges e "
+            "WHERE e.run_id = r.id) AS summed FROM runs r WHERE r.name = 'pricey'"
+        )
+        assert recounted["kept"] == pytest.approx(recounted["summed"])
 
 
 @pytest.mark.parametrize(

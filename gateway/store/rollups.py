@@ -422,6 +422,7 @@ class Rollups:
             item["p50_ms"] = percentile(item["histogram"], 0.5)
             item["p95_ms"] = percentile(item["histogram"], 0.95)
             item["percentiles"] = "histogram"
+            item["unpriced_calls"] = item["unpriced"]  # the name runs and /api/stats use
             if dim == "model" and 0 < item["latency_count"] <= EXACT_MAX:
                 exact = await self.latencies(item["value"], since, until)
                 item["p50_ms"] = exact_percentile(exact, 0.5)
