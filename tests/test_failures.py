@@ -15,11 +15,12 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from tortoise.migrations.api import migrate
 
 from gateway.app import Gateway
 from gateway.capture import failure
 from gateway.errors import UserError
-from gateway.store.exchanges import Store
+from gateway.store.exchanges import Store, tortoise_config
 from gateway.store.query import exchange_filter, run_filter
 from gateway.store.rollups import exact_percentile
 from gateway.store.runs import RunStore
@@ -484,3 +485,30 @@ async def test_an_unhandled_error_is_a_500_with_the_security_headers():
         resp = await client.get("/api/broken")
         assert resp.status == 500 and "server_side" not in await resp.text()
         assert all(h in resp.headers for h in SECURITY_HEADERS)
+
+
+async def test_migration_counts_the_failed_and_unpriced_calls_of_existing_runs(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
+        await call(gw, "fine", run="old")
+        await call(gw, "boom", run="old", headers={"x-fake-status": "500"})
+        await call(gw, "free?", run="old", model="my-private-finetune")
+        await gw.recorder.drained(timeout=10)
+    url = Store(db_url).url
+    await migrate(config=tortoise_config(url), target="models.0010_body_deltas")
+    store = Store(db_url)
+    await store.open(migrate_schema=False)  # as 0010 left them: no error for the 500
+    try:
+        await store.conn.execute_query("UPDATE exchanges SET error = NULL")
+    finally:
+        await store.close()
+    store = Store(db_url)
+    await store.open()  # 0011 again: counts and errors from the rows
+    try:
+        (run,) = await store.rows("SELECT error_count, unpriced_calls FROM runs")
+        assert (run["error_count"], run["unpriced_calls"]) == (1, 1)
+        failed = await store.rows("SELECT error, error_type FROM exchanges WHERE status >= 400")
+        assert failed == [{"error": "HTTP 500", "error_type": "http_error"}]
+    finally:
+        await store.close()
