@@ -9,12 +9,12 @@ and renamed into place at the end: a failed export leaves no half file.
 from __future__ import annotations
 
 import csv
-import unicodedata
 import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
