@@ -162,7 +162,9 @@ def test_message_shapes_become_text_parts():
     )
     assert entry["role"] == "tool"
     assert pretty_body(None, "omitted")["note"].startswith("not recorded")
-    assert pretty_body("x" * 300_000, "text")["note"].startswith("cut at")
+    assert pretty_body("x" * 300_000, "text", whole=True)["note"].startswith("cut at")
+    preview = pretty_body("x" * 300_000, "text")  # the page shows the start, loads the rest
+    assert (len(preview["text"]), preview["more"]) == (2_000, 300_000)
 
 
 def test_timeline_geometry_and_memory():
