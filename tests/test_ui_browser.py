@@ -338,3 +338,34 @@ def test_replay_form_error_stays_in_the_filled_form(gw: ThreadedGateway, page: A
     expected = "console: Failed to load resource: the server responded with a status of 400"
     assert [e for e in page.watch.errors if e.startswith(expected)] == page.watch.errors
     page.watch.errors.clear()
+
+
+def test_dashboard_labels_every_bar_and_fits_its_range(gw: ThreadedGateway, page: Any):
+    """Twelve models: each bar of the by-model charts keeps its label; a first hour of use in
+    the default 7-day range is drawn by the hour; the error rate is bars, not a dot."""
+    for n in range(8):
+        chat(gw, f"model number {n}", model=f"extra-model-with-a-long-name-{n}")
+    gw.drained()
+    page.goto(gw.ui_url + "/dashboard")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('canvas')]"
+        ".every(c => window.Chart && Chart.getChart(c))"
+    )
+    found = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('canvas[data-chart]')].map(c => {
+            const chart = Chart.getChart(c), spec = JSON.parse(c.dataset.chart);
+            const axis = spec.horizontal ? chart.scales.y : chart.scales.x;
+            return [c.getAttribute('aria-label').split(';')[0], {
+                type: chart.config.type, labels: spec.labels, ticks: axis.ticks.length}];
+        }))"""
+    )
+    by_model = found["Cost by model"]
+    assert len(by_model["labels"]) >= 12
+    assert by_model["ticks"] == len(by_model["labels"])
+    latency = found["Latency percentiles by model"]
+    assert latency["ticks"] == len(latency["labels"])
+    over_time = found["Calls and errors over time"]
+    assert 1 <= len(over_time["labels"]) <= 2  # this hour (and maybe the previous one)
+    assert all(re.fullmatch(r"[A-Z][a-z]{2} \d\d \d\d:00", label) for label in over_time["labels"])
+    assert found["Error rate over time"]["type"] == "bar"
+    shot(page, "dashboard-many-models")
