@@ -66,6 +66,29 @@ def test_usd(value, text):
     ("value", "text"),
     [
         (None, DASH),
+        (0.000013, "+$0.000013"),
+        (-0.0031, "\u2212$0.0031"),
+        (0.0, "$0"),
+        (-0.0, "$0"),
+        (1.5, "+$1.50"),
+    ],
+)
+def test_usd_delta_is_the_cost_format_with_a_sign(value, text):
+    assert formats.usd_delta(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(None, DASH), (-0.3, "0 ms"), (0.4, "0 ms"), (-40.2, "\u221240 ms"), (12.6, "+13 ms")],
+)
+def test_ms_delta_never_says_minus_zero(value, text):
+    assert formats.ms_delta(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, DASH),
         (3.24, "3.2 ms"),
         (840.4, "840 ms"),
         (1300, "1.3 s"),
