@@ -340,6 +340,35 @@ def test_replay_form_error_stays_in_the_filled_form(gw: ThreadedGateway, page: A
     page.watch.errors.clear()
 
 
+def test_experiment_page_reads_text_and_tool_calls_apart(gw: ThreadedGateway, page: Any):
+    """A model swap over a tool-calling run: the tool-call step counts for tool-call
+    agreement, the text answer for similarity; no "-0 ms", one title."""
+    from tests.clients import finished, post
+
+    assert gw.gateway is not None
+    status, created = gw.call(
+        post(
+            gw.gateway,
+            "/api/experiments",
+            {
+                "run_id": str(run_id(gw, "weather-agent")),
+                "overrides": {"model": "mistral-small-latest"},
+                "api_key": "a-key-for-this-experiment",
+            },
+        )
+    )
+    assert status == 202, created
+    gw.call(finished(gw.gateway, created["id"]), timeout=60)
+    page.goto(gw.ui_url + f"/experiments/{created['id']}")
+    summary = page.locator("p.summary").inner_text()
+    assert "text similarity" in summary and "(median of 1 step with text)" in summary
+    assert "same tool calls in 1 of 1 step" in summary
+    rows = page.locator("table.rows tbody").inner_text()
+    assert "no text" in rows and "-0 ms" not in page.content()
+    assert page.title() == f"Experiment {created['id']} · AgentOps Studio"
+    shot(page, "experiment-tool-steps")
+
+
 def test_dashboard_labels_every_bar_and_fits_its_range(gw: ThreadedGateway, page: Any):
     """Twelve models: each bar of the by-model charts keeps its label; a first hour of use in
     the default 7-day range is drawn by the hour; the error rate is bars, not a dot."""

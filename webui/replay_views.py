@@ -38,11 +38,13 @@ def json_text(value: Any, limit: int = 2000) -> str:
 
 
 def signed(value: Any, digits: int = 2) -> str:
+    """+12, \u221220, 0 (never +0 or -0), with a true minus sign like the other deltas."""
     if value is None:
         return "\u2013"
-    if isinstance(value, int):
-        return f"{value:+d}"
-    return f"{value:+.{digits}f}"
+    text = f"{value:+d}" if isinstance(value, int) else f"{value:+.{digits}f}"
+    if text.lstrip("+-").strip("0.") == "":
+        return text.lstrip("+-")
+    return text.replace("-", "\u2212")
 
 
 # -- the replay form ------------------------------------------------------------------------
