@@ -223,9 +223,6 @@ def log_evaluation(evaluation: dict[str, Any], *, project: str) -> str:
         reinit="create_new",
     ) as wb:
         wb.summary[f"eval/{evaluation['metric_name']}"] = evaluation["metric_value"]
-        if evaluation.get("exchange_id"):
-            key = f"eval/{evaluation['metric_name']}/exchange/{evaluation['exchange_id']}"
-            wb.summary[key] = evaluation["metric_value"]
     return wandb_id
 
 
