@@ -365,3 +365,28 @@ async def test_list_previews_each_row_with_its_own_provider():
         None,  # a provider this gateway lacks: no preview rather than another's
     ]
     assert fake.asked == [1, 2, 4]
+
+
+def test_request_view_of_hostile_bodies():
+    """Parameters and tools of any JSON a client sent, however deep or odd: text, never a 500."""
+    from webui.request_view import parameters, tools_offered
+
+    deep: object = 1
+    for _ in range(1_000):
+        deep = [deep]
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.2,
+        "model": "m",
+        "response_format": deep,
+        "completion_args": {"top_p": 0.9, "temperature": 1.0},
+        "x" * 10: "y" * 1_000,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}, "odd"],
+    }
+    found = dict(parameters(body))
+    assert next(iter(found)) == "model" and "messages" not in found and "tools" not in found
+    assert found["temperature"] == "0.2" and found["top_p"] == "0.9"  # request over args
+    assert len(found["response_format"]) <= 300 and len(found["x" * 10]) <= 300
+    ((tool),) = tools_offered(body)
+    assert tool["name"] == "f" and tool["parameters"]
+    assert parameters(["not", "a", "dict"]) == [] and tools_offered({"tools": "no"}) == []

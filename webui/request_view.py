@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from gateway.capture import storable
 from webui.chat import pretty_json
 
 # Fields that are the call's content (shown as the conversation), not its parameters.
@@ -34,7 +33,8 @@ def parameters(body: Any) -> list[tuple[str, str]]:
 
 
 def _value(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    # json_text: a hostile request nests past what orjson writes (a marker stands in)
+    text = value if isinstance(value, str) else storable.json_text(value)
     return text if len(text) <= VALUE_LIMIT else text[: VALUE_LIMIT - 1] + "…"
 
 
