@@ -59,14 +59,18 @@ async def test_cheaper_model_over_twenty_exchanges(upstream: Upstream, db_url: s
         )
         assert totals["cost_change_pct"] < -50  # small is much cheaper than large
         assert totals["tokens_after"] == sum(r["total_tokens"] for r in replays)
-        assert totals["median_similarity"] == pytest.approx(
-            statistics.median(r["similarity"] for r in rows), abs=1e-4
-        )
+        # The 4 tool-call steps have no text: they count for tool-call agreement, not for
+        # text similarity (two empty texts are not "identical answers").
+        texts = [r["similarity"] for r in rows if r["similarity"] is not None]
+        assert len(texts) == totals["text_steps"] == 16
+        assert totals["median_similarity"] == pytest.approx(statistics.median(texts), abs=1e-4)
         assert 0 < totals["median_similarity"] < 1
         assert (totals["tool_calls"], totals["tool_calls_differing"]) == (4, 0)
+        assert (totals["tool_call_steps"], totals["tool_call_steps_agreeing"]) == (4, 4)
         assert totals["tool_call_agreement"] == 1.0
         assert totals["summary"].startswith("cost \u2212")
-        assert "0 of 4 tool calls differ" in totals["summary"]
+        assert "(median of 16 steps with text)" in totals["summary"]
+        assert "same tool calls in 4 of 4 steps (0 of 4 tool calls differ)" in totals["summary"]
         status, listed = await get(gw, "/api/experiments")
         assert [i["id"] for i in listed["items"]] == [created["id"]]
 
@@ -143,9 +147,12 @@ def test_totals_of_no_rows_and_of_rows_not_done():
         "tokens_change_pct": None,
         "median_latency_delta_ms": None,
         "median_similarity": None,
+        "text_steps": 0,
         "identical": 0,
         "tool_calls": 0,
         "tool_calls_differing": 0,
+        "tool_call_steps": 0,
+        "tool_call_steps_agreeing": 0,
         "tool_call_agreement": None,
         "summary": "nothing replayed yet",
     }
@@ -195,11 +202,15 @@ def test_totals_sum_only_done_rows_and_skip_missing_figures():
         "tokens_change_pct": 0.0,
         "median_latency_delta_ms": -20.0,
         "median_similarity": 0.75,
+        "text_steps": 2,
         "identical": 1,
         "tool_calls": 3,
         "tool_calls_differing": 1,
-        "tool_call_agreement": 0.6667,
-        "summary": "cost \u221288%, median similarity 0.75, 1 of 3 tool calls differ",
+        "tool_call_steps": 2,
+        "tool_call_steps_agreeing": 1,
+        "tool_call_agreement": 0.5,
+        "summary": "cost \u221288%, text similarity 0.75 (median of 2 steps with text), "
+        "same tool calls in 1 of 2 steps (1 of 3 tool calls differ)",
     }
 
 
@@ -222,3 +233,23 @@ def test_totals_measure_determinism_per_exchange_when_repeated():
     assert (found["distinct_outputs"], found["flakiness"]) == (2, 0.5)
     assert found["summary"] == "2 distinct outputs, flakiness 0.50"
     assert "determinism" not in totals(rows, 1)
+
+
+def test_tool_call_steps_do_not_make_different_answers_look_identical():
+    """The issue's model swap: 9 tool-call steps without text (same calls) and 3 final answers
+    that all differ. The headline gives the answers' similarity, and tool calls apart."""
+    tool_steps = [
+        row(str(n), similarity=None, identical=True, tool_calls_before=1, tool_calls_differing=0)
+        for n in range(9)
+    ]
+    answers = [
+        row(f"a{n}", similarity=value, identical=False, tool_calls_before=0)
+        for n, value in enumerate((0.7, 0.71, 0.725))
+    ]
+    found = totals(tool_steps + answers, 1)
+    assert (found["median_similarity"], found["text_steps"]) == (0.71, 3)
+    assert (found["tool_call_steps"], found["tool_call_agreement"]) == (9, 1.0)
+    assert found["summary"] == (
+        "text similarity 0.71 (median of 3 steps with text), "
+        "same tool calls in 9 of 9 steps (0 of 9 tool calls differ)"
+    )

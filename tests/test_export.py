@@ -11,6 +11,7 @@ import importlib.util
 import io
 import os
 import sys
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import aiohttp
 import orjson
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from mistralai.client import Mistral
 
 from gateway.cli import main
@@ -178,6 +181,15 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
         ("-1", "'-1"),
         ("@SUM(A1)", "'@SUM(A1)"),
         ("\t=1", "'\t=1"),
+        ("\uff1dSUM(A1)", "'\uff1dSUM(A1)"),
+        ("\uff0b1", "'\uff0b1"),
+        ("\uff0d1", "'\uff0d1"),
+        ("\uff20A1", "'\uff20A1"),
+        ("\ufe66A1", "'\ufe66A1"),
+        (" =1+1", "' =1+1"),
+        ("\n=1+1", "'\n=1+1"),
+        ("\u00a0\u200b+1", "'\u00a0\u200b+1"),
+        ("  fine", "  fine"),
         ("fine", "fine"),
         ("a=b", "a=b"),
         (-1, -1),
@@ -186,6 +198,30 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
 )
 def test_csv_formula_cells_are_neutralised(value, cell):
     assert neutralise(value) == cell
+
+
+FORMULA_CHARS = "=+-@\uff1d\uff0b\uff0d\uff20\ufe62\ufe63\ufe66"
+LEADING = st.text(alphabet=" \t\r\n\u00a0\u2003\u3000\u200b\ufeff", max_size=4)
+
+
+@given(LEADING, st.sampled_from(FORMULA_CHARS), st.text(max_size=20))
+def test_csv_any_formula_is_quoted(lead, char, rest):
+    """Whatever comes before (whitespace, newlines, invisible characters) and whatever width
+    the formula character has, the cell is quoted."""
+    assert neutralise(lead + char + rest) == "'" + lead + char + rest
+
+
+@given(st.text(max_size=30))
+def test_csv_cells_are_kept_or_quoted_never_changed(text):
+    """Neutralising only ever adds a leading quote; what it leaves alone reads as text."""
+    cell = neutralise(text)
+    assert cell in (text, "'" + text)
+    if cell == text:
+        skipped = ("Zs", "Zl", "Zp", "Cc", "Cf")
+        meaningful = [c for c in text if unicodedata.category(c) not in skipped]
+        if meaningful:
+            assert unicodedata.normalize("NFKC", meaningful[0])[:1] not in "=+-@"
+        assert not text.startswith(("\t", "\r", "\n"))
 
 
 async def test_hf_dataset_saved_and_push_tried(upstream: Upstream, tmp_path: Path):

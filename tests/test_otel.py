@@ -14,9 +14,11 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from gateway.providers import genai_names
 from tests.clients import RUNS_KEY as KEY
 from tests.clients import tool_loop
 from tests.conftest import Upstream, free_port, make_settings, running, wait_until
+from tests.fake_elevenlabs import VOICES, start_fake_elevenlabs
 from tests.otlp_receiver import otlp_receiver
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -167,3 +169,55 @@ async def test_unreachable_collector_is_counted_not_felt(
     assert otel["dropped"] == 3 and otel["sent"] == 0 and endpoint in otel["last_error"]
     assert health["status"] == "ok"  # capture is fine; the collector's trouble is its own
     assert health["integrations"]["otel"]["dropped"] == 3
+
+
+@pytest.mark.parametrize(
+    ("provider", "endpoint", "agent", "names"),
+    [
+        ("mistral", "chat", False, ("mistral_ai", "chat")),
+        ("mistral", "fim", False, ("mistral_ai", "text_completion")),
+        ("mistral", "conversations", True, ("mistral_ai", "invoke_agent")),
+        ("mistral", "conversations", False, ("mistral_ai", "chat")),
+        ("mistral", "ocr", False, ("mistral_ai", "generate_content")),
+        ("mistral", "files", False, ("mistral_ai", "files")),
+        (None, "embeddings", False, ("mistral_ai", "embeddings")),
+        ("elevenlabs", "tts", False, ("elevenlabs", "generate_content")),
+        ("elevenlabs", "stt", False, ("elevenlabs", "generate_content")),
+        ("elevenlabs", "voices", False, ("elevenlabs", "voices")),
+        ("someone", "chat", False, ("someone", "chat")),
+    ],
+)
+def test_genai_names_come_from_the_provider(provider, endpoint, agent, names):
+    assert genai_names(provider, endpoint, agent) == names
+
+
+async def test_elevenlabs_spans_name_their_provider(upstream: Upstream, tmp_path: Path):
+    """A text-to-speech call is an ElevenLabs `generate_content` span, not a Mistral one."""
+    runner, eleven_url, _ = await start_fake_elevenlabs()
+    try:
+        async with otlp_receiver() as receiver:
+            settings = make_settings(
+                upstream.url, f"sqlite://{tmp_path / 'e.db'}", tmp_path, otel_endpoint=receiver.url
+            ).replace(elevenlabs_upstream=eleven_url)
+            async with running(settings) as gw, aiohttp.ClientSession() as http:
+                async with http.post(
+                    f"{gw.proxy_url}/elevenlabs/v1/text-to-speech/{VOICES[0][0]}",
+                    json={"text": "Spoken aloud.", "model_id": "eleven_flash_v2_5"},
+                    headers={"xi-api-key": "xi-key"},
+                ) as resp:
+                    assert resp.status == 200
+                await gw.recorder.drained(timeout=20)
+
+                async def exported() -> bool:
+                    await gw.recorder.call("integrations_drained")
+                    return any("agentops.exchange.id" in s.attributes for s in receiver.spans)
+
+                await wait_until(exported)
+    finally:
+        await runner.cleanup()
+    (span,) = [s for s in receiver.spans if "agentops.exchange.id" in s.attributes]
+    a = span.attributes
+    assert a["gen_ai.provider.name"] == a["gen_ai.system"] == "elevenlabs"
+    assert a["gen_ai.operation.name"] == "generate_content"
+    assert a["agentops.endpoint"] == "tts"
+    assert span.name == "generate_content eleven_flash_v2_5"

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
-from tests.clients import ENV, finished, get, latest_id, post
+from tests.clients import ENV, TOOLS, finished, get, latest_id, post, send
 from tests.conftest import Upstream, make_settings, running
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
@@ -222,3 +222,26 @@ async def test_experiment_page_has_table_and_chart(gw: Gateway):
             assert resp.status == 201
             result = await resp.text()
     assert "Followed the recording to the end" in result and "/diffs/" in result
+
+
+async def test_diff_of_a_tool_call_and_a_text_answer(gw: Gateway):
+    """A replay that answers in text where the original asked for a tool: the stored diff's
+    page shows the call as removed (it answered 500 before), in the one cost format, under
+    one title; the list marks the replay."""
+    await send(gw, 1, tools=TOOLS)
+    original = await latest_id(gw)
+    status, replayed = await post(
+        gw, f"/api/exchanges/{original}/replay", {"overrides": {"tool_choice": "none"}}
+    )
+    assert status == 201, replayed
+    diff_id = replayed["diff"]["id"]
+    status, html, _ = await page(gw, f"/diffs/{diff_id}")
+    assert status == 200, html
+    assert_strict_html(html)
+    assert re.search(r'<tr class="removed"><td>removed</td><td><code>get_weather</code>', html)
+    assert re.search(r"<title>Diff \d+ · AgentOps Studio</title>", html)
+    assert " $</td>" not in html and re.search(r">[+\u2212]\$[0-9.]+<|>\$0<", html)
+    status, compared, _ = await page(gw, f"/compare?a={original}&b={replayed['exchange']['id']}")
+    assert status == 200 and "get_weather" in compared
+    status, listing, _ = await page(gw, "/")
+    assert f'class="tag replay" href="/exchanges/{original}"' in listing

@@ -135,6 +135,14 @@ async def list_and_exchange_pages(gateway: Gateway) -> None:
     _, detail, _ = await fetch(gateway, f"/exchanges/{hostile_id}")
     assert "&lt;img src=x onerror=" in detail and "<img src=x" not in detail
     assert '&lt;div hx-get="/exchanges/live"' in detail.replace("&#34;", '"')
+    # the text and raw-body fragments a "show all" button loads: escaped text, nothing else
+    status, text, _ = await fetch(gateway, f"/exchanges/{hostile_id}/text?part=0-0", HTMX)
+    assert status == 200 and "&lt;script&gt;window.__pwned" in text and "<script>" not in text
+    status, raw, _ = await fetch(gateway, f"/exchanges/{hostile_id}/raw/request", HTMX)
+    assert status == 200 and "&lt;img src=x" in raw and "<img" not in raw
+    for path in ("text?part=9-9", "text?part=x", "raw/other"):
+        assert (await fetch(gateway, f"/exchanges/{hostile_id}/{path}", HTMX))[0] == 404, path
+    assert (await fetch(gateway, "/exchanges/12345/text?part=0-0", HTMX))[0] == 404
     second = exchanges[-1]["id"]
     _, step, _ = await fetch(gateway, f"/exchanges/{second}")
     assert "Previous step" in step and f"/runs/{exchanges[-1]['run_id']}" in step

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.integrations import wandb_logger
-from tests.clients import ENV, finished, post, send, tool_loop
+from tests.clients import ENV, finished, latest_id, post, send, tool_loop
 from tests.conftest import Upstream, make_settings, running, wait_until
 
 PROJECT = "agentops-test"
@@ -166,6 +166,12 @@ async def test_finished_run_is_logged_to_wandb(upstream: Upstream, tmp_path: Pat
     assert [r["step"] for r in rows] == [0, 1]
     assert rows[0]["tool_calls"] == "get_weather" and "Lyon" in rows[1]["output"]
     assert all(r["status"] == 200 and r["prompt_tokens"] > 0 for r in rows)
+    # a history row per call: tokens, latency and cost per step
+    calls = [h for h in found["history"] if "call/total_tokens" in h]
+    assert [c["call/prompt_tokens"] for c in calls] == [r["prompt_tokens"] for r in rows]
+    assert sum(c["call/total_tokens"] for c in calls) == run["total_tokens"]
+    assert sum(c["call/cost_usd"] for c in calls) == pytest.approx(run["total_cost_usd"])
+    assert all(c["call/latency_ms"] > 0 and c["call/failed"] == 0 for c in calls)
 
 
 async def runs_of(gw: Any) -> list[dict[str, Any]]:
@@ -203,7 +209,7 @@ def test_experiment_comparison_table(offline: Path):
     found = offline_run(offline)
     assert run_id == "agentops-exp-123" == found["run"].run_id
     assert found["run"].display_name == "temperature sweep"
-    assert found["run"].run_group == "experiments"
+    assert found["run"].run_group == "experiment-123"  # a group per experiment
     assert found["config"]["base_exchange_id"] == "42"
     assert found["summary"]["calls"] == 2
     assert found["summary"]["by_variant/t=0/cost_usd"] == 0.001
@@ -269,7 +275,101 @@ async def test_finished_experiment_is_logged(upstream: Upstream, tmp_path: Path,
 
     found = offline_run(offline, f"agentops-exp-{created['id']}")
     assert found["run"].display_name == f"experiment {created['id']}"
+    assert found["run"].run_group == f"experiment-{created['id']}"
+    history = [h for h in found["history"] if "call/tokens_after" in h]
+    assert len(history) == 2 and all(h["call/cost_after"] > 0 for h in history)
     assert found["config"]["overrides"] == {"model": "mistral-small-latest"}
     comparison = table(found, "comparison")
     assert len(comparison["data"]) == 2 and "exchange_id" in comparison["columns"]
     assert found["summary"]  # the experiment's totals
+
+
+def run_dirs(folder: Path, run_id: str) -> list[Path]:
+    return sorted(folder.glob(f"wandb/offline-run-*-{run_id}"))
+
+
+async def test_late_evaluation_and_replays(upstream: Upstream, tmp_path: Path, offline: Path):
+    """Scoring after the run ended resumes its wandb run; a single replay is logged in the
+    group `replays`; an experiment's replays are rows of the experiment, not runs."""
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'l.db'}", tmp_path, wandb_project=PROJECT, run_idle=0.3
+    )
+    async with running(settings, ENV) as gw:
+        await send(gw, 1)
+        exchange_id = await latest_id(gw)
+
+        async def sent(count: int) -> bool:
+            stats = (await gw.recorder.call("integrations_drained"))["wandb"]
+            assert stats["dropped"] == 0, stats
+            return stats["sent"] == count
+
+        await wait_until(lambda: sent(1), timeout=30)  # the run ended and was logged
+        (run,) = await runs_of(gw)
+        assert run["status"] == "ok"
+        status, _ = await post(
+            gw,
+            f"/api/runs/{run['id']}/evaluations",
+            {"metric_name": "judge", "metric_value": 0.8},
+        )
+        assert status == 201
+        await wait_until(lambda: sent(2), timeout=30)
+
+        status, replayed = await post(gw, f"/api/exchanges/{exchange_id}/replay", {})
+        assert status in (200, 201), replayed
+        await wait_until(lambda: sent(3), timeout=30)  # the replay's run ended and was logged
+
+        status, created = await post(
+            gw, "/api/experiments", {"run_id": run["id"], "overrides": {"temperature": 0.1}}
+        )
+        assert status == 202, created
+        await finished(gw, created["id"])
+        await wait_until(lambda: sent(4), timeout=30)  # the experiment
+
+        async def all_ended() -> bool:
+            await gw.recorder.call("finish_idle_runs")
+            return all(r["status"] != "running" for r in await runs_of(gw))
+
+        await wait_until(all_ended, timeout=30)
+        await gw.recorder.call("integrations_drained")
+        assert (await gw.recorder.call("integrations_drained"))["wandb"]["sent"] == 4
+
+    first, resumed = run_dirs(offline, f"agentops-{run['id']}")
+    _, got = finished_records_in(first)
+    assert not [
+        r
+        for r in got
+        if r.WhichOneof("record_type") == "summary"
+        and any(u.key == "eval/judge" for u in r.summary.update)
+    ]
+    _, got = finished_records_in(resumed)
+    summary = {}
+    for record in got:
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({u.key: json.loads(u.value_json) for u in record.summary.update})
+    assert summary["eval/judge"] == 0.8
+    replay_runs = [
+        d for d in offline.glob("wandb/offline-run-*") if not d.name.endswith(f"-{run['id']}")
+    ]
+    groups = {}
+    for folder in replay_runs:
+        _, got = finished_records_in(folder)
+        (record,) = [r.run for r in got if r.WhichOneof("record_type") == "run"]
+        groups[record.run_id] = (record.run_group, record.display_name)
+    assert groups.pop(f"agentops-exp-{created['id']}") == (
+        f"experiment-{created['id']}",
+        f"experiment {created['id']}",
+    )
+    ((group, name),) = groups.values()  # the single replay; none for the experiment's
+    assert group == "replays" and name == f"replay of exchange {exchange_id}"
+
+
+def finished_records_in(folder: Path, timeout: float = 20) -> tuple[Path, list[Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        (run_file,) = folder.glob("run-*.wandb")
+        got = records(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in got):
+            return run_file, got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no finished offline run in {folder}")
+        time.sleep(0.05)

@@ -66,6 +66,29 @@ def test_usd(value, text):
     ("value", "text"),
     [
         (None, DASH),
+        (0.000013, "+$0.000013"),
+        (-0.0031, "\u2212$0.0031"),
+        (0.0, "$0"),
+        (-0.0, "$0"),
+        (1.5, "+$1.50"),
+    ],
+)
+def test_usd_delta_is_the_cost_format_with_a_sign(value, text):
+    assert formats.usd_delta(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(None, DASH), (-0.3, "0 ms"), (0.4, "0 ms"), (-40.2, "\u221240 ms"), (12.6, "+13 ms")],
+)
+def test_ms_delta_never_says_minus_zero(value, text):
+    assert formats.ms_delta(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, DASH),
         (3.24, "3.2 ms"),
         (840.4, "840 ms"),
         (1300, "1.3 s"),
@@ -162,7 +185,9 @@ def test_message_shapes_become_text_parts():
     )
     assert entry["role"] == "tool"
     assert pretty_body(None, "omitted")["note"].startswith("not recorded")
-    assert pretty_body("x" * 300_000, "text")["note"].startswith("cut at")
+    assert pretty_body("x" * 300_000, "text", whole=True)["note"].startswith("cut at")
+    preview = pretty_body("x" * 300_000, "text")  # the page shows the start, loads the rest
+    assert (len(preview["text"]), preview["more"]) == (2_000, 300_000)
 
 
 def test_timeline_geometry_and_memory():
@@ -340,3 +365,28 @@ async def test_list_previews_each_row_with_its_own_provider():
         None,  # a provider this gateway lacks: no preview rather than another's
     ]
     assert fake.asked == [1, 2, 4]
+
+
+def test_request_view_of_hostile_bodies():
+    """Parameters and tools of any JSON a client sent, however deep or odd: text, never a 500."""
+    from webui.request_view import parameters, tools_offered
+
+    deep: object = 1
+    for _ in range(1_000):
+        deep = [deep]
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.2,
+        "model": "m",
+        "response_format": deep,
+        "completion_args": {"top_p": 0.9, "temperature": 1.0},
+        "x" * 10: "y" * 1_000,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}, "odd"],
+    }
+    found = dict(parameters(body))
+    assert next(iter(found)) == "model" and "messages" not in found and "tools" not in found
+    assert found["temperature"] == "0.2" and found["top_p"] == "0.9"  # request over args
+    assert len(found["response_format"]) <= 300 and len(found["x" * 10]) <= 300
+    ((tool),) = tools_offered(body)
+    assert tool["name"] == "f" and tool["parameters"]
+    assert parameters(["not", "a", "dict"]) == [] and tools_offered({"tools": "no"}) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from gateway.replay.replayer import KEY_VARIABLES
 from gateway.settings import Settings
 from tests.fake_mistral import start_fake
 
@@ -69,7 +71,9 @@ class ThreadedGateway:
             shutdown_grace=1.0,
             **self.extra,
         )
-        self.gateway = Gateway(settings)
+        # No replay key from the developer's environment: the pages show the keyless form.
+        environ = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
+        self.gateway = Gateway(settings, environ)
         self.call(self.gateway.start())
         return self
 
@@ -153,5 +157,7 @@ def seed_traffic(gw: ThreadedGateway) -> None:
     with contextlib.suppress(Exception):  # the SDK raises on a 429; the gateway records it
         chat(gw, "this one is rate limited", headers={"x-fake-status": "429"})
     chat(gw, "A model we have no price for", model="my-private-finetune")
+    # a 300 KB answer: the page shows its start, the rest on demand
+    chat(gw, "Tell me everything", headers={"x-fake-chunks": "50000"})
     chat(gw, HOSTILE)
     gw.drained()

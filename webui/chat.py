@@ -13,6 +13,9 @@ import orjson
 from gateway.capture import storable
 
 MAX_RAW_CHARS = 200_000  # a raw body longer than this is shown cut, with a note
+PART_LIMIT = 4_000  # characters of one message part a page shows before "show all"
+RAW_INLINE = 20_000  # a raw body longer than this is loaded on demand
+RAW_PREVIEW = 2_000  # ... and shows this much until then
 
 
 def pretty_json(value: Any) -> str:
@@ -93,17 +96,22 @@ def role_of(message: dict[str, Any]) -> str:
     }.get(kind, kind or "message")
 
 
-def chat_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The exchange's messages (input then output) ready to print."""
+def chat_items(messages: list[dict[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """The exchange's messages (input then output) ready to print. With a limit, a part
+    longer than it keeps its start, `more` (its whole length) and `index` (message, part),
+    so the page can load the rest on demand (see full_part)."""
     items = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if not isinstance(message, dict):
             continue
+        pieces = parts(message.get("content"))
+        if limit is not None:
+            pieces = [clipped(p, limit, (index, n)) for n, p in enumerate(pieces)]
         items.append(
             {
                 "role": role_of(message),
                 "output": message.get("direction") == "out",
-                "parts": parts(message.get("content")),
+                "parts": pieces,
                 "tool_calls": tool_calls(message.get("tool_calls")),
                 "tool_call_id": str(message.get("tool_call_id") or ""),
             }
@@ -111,8 +119,26 @@ def chat_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def pretty_body(body: Any, encoding: str | None) -> dict[str, Any]:
-    """A stored body for the raw view: {text, note}."""
+def clipped(part: dict[str, Any], limit: int, index: tuple[int, int]) -> dict[str, Any]:
+    text = part["text"]
+    if len(text) <= limit:
+        return part
+    return {**part, "text": text[:limit], "more": len(text), "index": f"{index[0]}-{index[1]}"}
+
+
+def full_part(messages: list[dict[str, Any]], index: str) -> str | None:
+    """The whole text of part "m-p" of message m, or None when there is no such part."""
+    m, _, n = index.partition("-")
+    if not (m.isdigit() and n.isdigit()) or int(m) >= len(messages):
+        return None
+    message = messages[int(m)]
+    pieces = parts(message.get("content")) if isinstance(message, dict) else []
+    return pieces[int(n)]["text"] if int(n) < len(pieces) else None
+
+
+def pretty_body(body: Any, encoding: str | None, *, whole: bool = False) -> dict[str, Any]:
+    """A stored body for the raw view: {text, note}, and `more` (its length) when only its
+    start is shown until asked (`whole` gives it up to MAX_RAW_CHARS)."""
     if encoding == "omitted":
         return {"text": "", "note": "not recorded (X-AgentOps-Omit: bodies)"}
     if body is None or body == "":
@@ -123,6 +149,12 @@ def pretty_body(body: Any, encoding: str | None) -> dict[str, Any]:
             "note": "binary, shown as base64 (cut at 2,000 characters)",
         }
     text = body if isinstance(body, str) else pretty_json(body)
+    if len(text) > RAW_INLINE and not whole:
+        return {
+            "text": text[:RAW_PREVIEW],
+            "note": f"{len(text):,} characters, the first {RAW_PREVIEW:,} shown",
+            "more": len(text),
+        }
     if len(text) > MAX_RAW_CHARS:
         return {
             "text": text[:MAX_RAW_CHARS],

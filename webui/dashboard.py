@@ -164,8 +164,8 @@ def charts(
             [{"label": "Cost", "data": [round(p["cost_usd"], 8) for p in points]}],
             "usd",
         ),
-        "error_rate": chart(
-            "line",
+        "error_rate": chart(  # bars: one period with calls is a bar, not a lone dot
+            "bar",
             labels,
             [{"label": "Error rate", "data": [p["error_rate"] for p in points], "tone": "error"}],
             "percent",
@@ -211,8 +211,10 @@ async def dashboard(request: web.Request) -> web.Response:
     last = hour_number(min(until, now))
     known = await rollups.first_hour()
     first = hour_number(since) if since else (known or last)
-    if known is not None and since is not None and key in ("custom", "all"):
-        first = max(first, known)  # a custom range from 1990 draws from the first call
+    if known is not None and since is not None:
+        # Charts start at the first call: a first day of use in a 7-day range is drawn hour
+        # by hour, not as one bar (a custom range from 1990 likewise).
+        first = max(first, known)
     first = min(first, last)
     # Independent queries, run side by side (PostgreSQL's pool; SQLite takes them in turn).
     series, models, runs, agents, top_runs = await asyncio.gather(

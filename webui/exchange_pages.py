@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -23,7 +23,7 @@ from gateway.providers import UnknownProvider
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.query import exchange_filter
 from gateway.store.records import ExchangeSummary
-from webui.chat import chat_items, pretty_body
+from webui.chat import PART_LIMIT, chat_items, full_part, pretty_body
 from webui.render import (
     PROXY_URL,
     error_page,
@@ -32,6 +32,7 @@ from webui.render import (
     render,
     render_fragment,
 )
+from webui.request_view import parameters, tools_offered
 
 PAGE_SIZE = 50
 FILTER_KEYS = (
@@ -225,19 +226,57 @@ async def exchange_detail(request: web.Request) -> web.Response:
     if item.run_id:
         run = (await runs.names([item.run_id])).get(item.run_id)
         previous, following = await request.app[api.STORE].neighbours(item.run_id, exchange_id)
+    request_json = item.decoded_body("request")
+    text = item.output_text or ""
+    output: dict[str, Any] = {"kind": "text", "text": text[:PART_LIMIT]}
+    if len(text) > PART_LIMIT:
+        output.update(more=len(text), index="output")
     context = {
         "e": item,
         "run": run,
         "previous": previous,
         "following": following,
-        "chat": chat_items(messages),
+        "chat": chat_items(messages, PART_LIMIT),
+        "output": output,
+        "parameters": parameters(request_json),
+        "tools": tools_offered(request_json),
         "request_headers": redact_headers(list(item.request_headers)),
         "response_headers": redact_headers(list(item.response_headers)),
-        "request_body": pretty_body(item.decoded_body("request"), item.request_body_encoding),
+        "request_body": pretty_body(request_json, item.request_body_encoding),
         "response_body": pretty_body(item.decoded_body("response"), item.response_body_encoding),
         "evaluations": await runs.exchange_evaluations(exchange_id),
     }
     return render(request, "exchange.html", context)
+
+
+async def exchange_text(request: web.Request) -> web.Response:
+    """The whole of a long message part (`part=m-p`, or `part=output`): what the page's
+    "show all" button swaps in, as escaped text."""
+    exchange_id = parse_cursor(request.match_info["id"])
+    found = await api.load_exchange(request.app, exchange_id) if exchange_id else None
+    if found is None:
+        return web.Response(status=404, text="no such exchange")
+    item, messages = found
+    index = request.query.get("part", "")
+    text = item.output_text if index == "output" else full_part(messages, index)
+    if text is None:
+        return web.Response(status=404, text="no such part")
+    return render_fragment(request, "_text.html", {"text": text})
+
+
+async def exchange_raw(request: web.Request) -> web.Response:
+    """A raw body in full (up to the raw view's cut), loaded when the reader asks for it."""
+    exchange_id = parse_cursor(request.match_info["id"])
+    side: Literal["request", "response"] = (
+        "request" if request.match_info["side"] == "request" else "response"
+    )
+    found = await api.load_exchange(request.app, exchange_id) if exchange_id else None
+    if found is None:
+        return web.Response(status=404, text="no such exchange")
+    item = found[0]
+    encoding = item.request_body_encoding if side == "request" else item.response_body_encoding
+    body = pretty_body(item.decoded_body(side), encoding, whole=True)
+    return render_fragment(request, "_text.html", body)
 
 
 async def exchange_delete(request: web.Request) -> web.StreamResponse:
@@ -257,4 +296,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", exchange_list)
     app.router.add_get("/exchanges/live", exchange_live)
     app.router.add_get(r"/exchanges/{id}", exchange_detail)
+    app.router.add_get(r"/exchanges/{id}/text", exchange_text)
+    app.router.add_get(r"/exchanges/{id}/raw/{side:request|response}", exchange_raw)
     app.router.add_post(r"/exchanges/{id}/delete", exchange_delete)

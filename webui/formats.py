@@ -13,6 +13,7 @@ from typing import Any
 from gateway.store.records import iso_z
 
 DASH = "\u2013"  # an en dash
+MINUS = "\u2212"
 
 
 def tokens(value: Any) -> str:
@@ -51,6 +52,26 @@ def usd(value: Any) -> str:
     if v < 1000:
         return f"{sign}${v:,.2f}"
     return f"{sign}${v:,.0f}"
+
+
+def usd_delta(value: Any) -> str:
+    """A cost change in the one cost format: +$0.000013, \u2212$0.0031, $0 (never -0)."""
+    if value is None:
+        return DASH
+    v = float(value)
+    if usd(abs(v)) == "$0":
+        return "$0"
+    return ("+" if v > 0 else MINUS) + usd(abs(v))
+
+
+def ms_delta(value: Any) -> str:
+    """A latency change rounded to whole milliseconds: +12 ms, \u221240 ms, 0 ms (never -0)."""
+    if value is None:
+        return DASH
+    rounded = round(float(value))
+    if rounded == 0:
+        return "0 ms"
+    return f"{'+' if rounded > 0 else MINUS}{abs(rounded)} ms"
 
 
 def price(value: Any) -> str:
@@ -157,6 +178,8 @@ FILTERS = {
     "number": number,
     "usd": usd,
     "usd_exact": usd_exact,
+    "usd_delta": usd_delta,
+    "ms_delta": ms_delta,
     "price": price,
     "ms": duration_ms,
     "percent": percent,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.api import exchanges as api
 from gateway.api.exchanges import parse_id
 from gateway.api.replay import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
 from gateway.capture import storable
@@ -24,6 +25,11 @@ from webui.render import JINJA, render
 
 CHART = {"width": 640, "height": 320, "left": 56, "right": 16, "top": 16, "bottom": 44}
 NUMBER_FIELDS = {"temperature": float, "random_seed": int, "max_tokens": int, "top_p": float}
+FORM_FIELDS = ("model", *NUMBER_FIELDS, "overrides")  # what a failed form is refilled with
+NO_KEY = (
+    "No API key to replay with: enter one in the API key field (used for this replay only, "
+    "never stored), or start the gateway with AGENTOPS_REPLAY_API_KEY set."
+)
 
 
 def json_text(value: Any, limit: int = 2000) -> str:
@@ -33,30 +39,64 @@ def json_text(value: Any, limit: int = 2000) -> str:
 
 
 def signed(value: Any, digits: int = 2) -> str:
+    """+12, \u221220, 0 (never +0 or -0), with a true minus sign like the other deltas."""
     if value is None:
         return "\u2013"
-    if isinstance(value, int):
-        return f"{value:+d}"
-    return f"{value:+.{digits}f}"
+    text = f"{value:+d}" if isinstance(value, int) else f"{value:+.{digits}f}"
+    if text.lstrip("+-").strip("0.") == "":
+        return text.lstrip("+-")
+    return text.replace("-", "\u2212")
 
 
 # -- the replay form ------------------------------------------------------------------------
 
 
 async def replay_form(
-    request: web.Request, action: str, item: StoredExchange | None = None
+    request: web.Request,
+    action: str,
+    item: StoredExchange | None = None,
+    *,
+    values: dict[str, str] | None = None,
+    error: str | None = None,
 ) -> dict[str, Any]:
-    """The context `_replay_form.html` needs, as `replay_form`: where it posts, the models
-    the upstream offers, and the original's own values as placeholders."""
+    """The context `_replay_form.html` needs, as `replay_form`: where it posts, the models to
+    pick from (grouped), the original's own values as placeholders, and after a failed
+    submission its error and what was typed (never the key)."""
     replayer = request.app[REPLAYER]
     body = item.decoded_body("request") if item is not None else None
     body = body if isinstance(body, dict) else {}
     args = body["completion_args"] if isinstance(body.get("completion_args"), dict) else {}
     current = {k: body.get(k, args.get(k)) for k in ("model", *NUMBER_FIELDS)}
-    models = await replayer.models()
-    if current.get("model") and current["model"] not in models:
-        models = [str(current["model"]), *models]
-    return {"action": action, "models": models, "current": current, "has_key": replayer.has_key}
+    return {
+        "action": action,
+        "model_groups": await model_groups(request, current.get("model")),
+        "current": current,
+        "has_key": replayer.has_key,
+        "values": {k: v for k, v in (values or {}).items() if k in FORM_FIELDS},
+        "error": error,
+    }
+
+
+async def model_groups(request: web.Request, current: Any) -> list[tuple[str, list[str]]]:
+    """Models to replay with, each once: those seen in the traffic, those with a price, and
+    what the upstream offers (asked with the gateway's key, when it has one)."""
+    seen = await request.app[api.STORE].rollups.models()
+    if current and str(current) not in seen:
+        seen = [str(current), *seen]
+    prices = request.app[api.PRICES].models
+    priced = sorted(name for name, entry in prices.items() if "input_per_mtok" in entry)
+    offered = await request.app[REPLAYER].models()
+    groups, shown = [], set()
+    for label, names in (
+        ("Seen in your traffic", seen),
+        ("With a price", priced),
+        ("Offered by the upstream", offered),
+    ):
+        fresh = [n for n in names if n not in shown]
+        shown.update(fresh)
+        if fresh:
+            groups.append((label, fresh))
+    return groups
 
 
 def form_overrides(form: Any) -> dict[str, Any]:
@@ -104,18 +144,53 @@ async def exchange_replay_page(request: web.Request) -> web.Response:
     )
 
 
+def form_key(replayer: Any, form: Any) -> Any:
+    """The key typed in the form, else the gateway's; the form's own words when neither."""
+    typed = str(form.get("api_key") or "").strip()
+    if not typed and not replayer.has_key:
+        raise ReplayError(400, NO_KEY)
+    return replayer.key(typed or None)
+
+
+async def form_failure(
+    request: web.Request,
+    error: ReplayError,
+    what: str,
+    target: int,
+    item: StoredExchange | None,
+    form: Any,
+) -> web.Response:
+    """The replay page again, its form filled as it was sent and the error inside it."""
+    if error.status == 404:
+        return failure(request, error)
+    values = {k: str(form.get(k) or "") for k in FORM_FIELDS} if form is not None else {}
+    context = {
+        "replay_form": await replay_form(
+            request, f"/{what}s/{target}/replay", item, values=values, error=error.message
+        ),
+        "what": what,
+        "target": str(target),
+    }
+    return render(
+        request, "replay_page.html", context, partial="_replay_form.html", status=error.status
+    )
+
+
 async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
     exchange_id = parse_id(request.match_info["id"])
     replayer = request.app[REPLAYER]
+    form = None
     try:
         form = await request.post()
         overrides = form_overrides(form)
         original = await replayer.original(exchange_id)
         await replayer.plan(original, overrides)
-        key = replayer.key(str(form.get("api_key") or "").strip() or None)
+        key = form_key(replayer, form)
         _, diff = await replayer.replay(exchange_id, overrides, key)
     except ReplayError as exc:
-        return failure(request, exc)
+        recorded = await replayer.load(exchange_id)
+        item = recorded.item if recorded is not None else None
+        return await form_failure(request, exc, "exchange", exchange_id, item, form)
     raise web.HTTPSeeOther(f"/diffs/{diff['id']}")
 
 
@@ -133,15 +208,16 @@ async def run_replay_page(request: web.Request) -> web.Response:
 async def run_replay_submit(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
     runs = request.app[RUN_REPLAYER]
+    form = None
     try:
         form = await request.post()
         overrides = form_overrides(form)
         steps = await runs.steps(run_id)
         await runs.replayer.plan(steps[0], overrides)
-        key = runs.replayer.key(str(form.get("api_key") or "").strip() or None)
+        key = form_key(runs.replayer, form)
         result = await runs.replay(run_id, overrides, key, steps)
     except ReplayError as exc:
-        return failure(request, exc)
+        return await form_failure(request, exc, "run", run_id, None, form)
     response = render(request, "run_replay.html", {"result": result})
     response.set_status(201)
     return response

@@ -5,8 +5,10 @@ Same conventions as api.py: 400 names the bad parameter or field, 404 for unknow
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -14,6 +16,7 @@ from aiohttp import web
 from gateway.api.exchanges import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    RECORDER,
     RUNS,
     json_response,
     not_found,
@@ -23,6 +26,7 @@ from gateway.capture.exchange import MAX_ID
 from gateway.errors import UserError
 from gateway.store.query import parse_int, run_filter
 
+log = logging.getLogger("agentops.api")
 routes = web.RouteTableDef()
 
 
@@ -80,6 +84,7 @@ async def evaluate_run(request: web.Request) -> web.Response:
     if await runs.get_run_row(run_id) is None:
         raise not_found("run")
     evaluation = await runs.add_evaluation(run_id, None, name, value)
+    await _late_evaluation(request, run_id, evaluation.to_json())
     return json_response(evaluation.to_json(), status=201)
 
 
@@ -92,4 +97,18 @@ async def evaluate_exchange(request: web.Request) -> web.Response:
     if not found:
         raise not_found("exchange")
     evaluation = await runs.add_evaluation(run_id, exchange_id, name, value)
+    if run_id is not None:
+        await _late_evaluation(request, run_id, evaluation.to_json())
     return json_response(evaluation.to_json(), status=201)
+
+
+async def _late_evaluation(request: web.Request, run_id: int, evaluation: dict[str, Any]) -> None:
+    """An evaluation of a run that already ended (and went to W&B without it) is sent on: the
+    usual order is to score an agent after it finished. Best effort, like all integrations."""
+    recorder = request.app[RECORDER]
+    if not recorder.settings.wandb_project or not await request.app[RUNS].run_ended(run_id):
+        return
+    try:
+        await recorder.call("log_evaluation", evaluation)
+    except Exception:
+        log.exception("run %s: could not pass a late evaluation to W&B", run_id)

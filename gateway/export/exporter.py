@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -81,6 +82,9 @@ RUN_COLUMNS = (
     "messages",
 )
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # spreadsheet formula triggers
+# Characters a spreadsheet skips before it looks for a formula character: whitespace (any
+# Unicode space, tab, newline) and invisible format characters (zero-width space, BOM).
+SKIPPED_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
 
 
 class ExportError(UserError, RuntimeError):
@@ -144,10 +148,24 @@ class JsonlWriter:
 
 
 def neutralise(value: Any) -> Any:
-    """CSV injection: a text cell that a spreadsheet would run as a formula gets a quote."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
+    """CSV injection: a text cell that a spreadsheet would run as a formula gets a quote.
+
+    A formula character is = + - @ in any width (fullwidth \uff1d \uff0b \uff0d \uff20 and
+    the small forms fold to them under NFKC), also after leading whitespace or a newline; a
+    cell that starts with a tab, CR or LF is quoted as well."""
+    if isinstance(value, str) and looks_like_formula(value):
         return "'" + value
     return value
+
+
+def looks_like_formula(text: str) -> bool:
+    if text.startswith(FORMULA_START) or text.startswith("\n"):
+        return True
+    for char in text:
+        if unicodedata.category(char) in SKIPPED_CATEGORIES:
+            continue
+        return unicodedata.normalize("NFKC", char)[:1] in FORMULA_START[:4]
+    return False
 
 
 class CsvWriter:

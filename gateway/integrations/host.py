@@ -66,6 +66,13 @@ class IntegrationHost:
                 return integration.submit_experiment(experiment)
         return False
 
+    async def log_evaluation(self, evaluation: dict[str, Any]) -> bool:
+        """Queue a late evaluation (its run already ended) for W&B; False without W&B."""
+        for integration in self.integrations:
+            if isinstance(integration, WandbLogger):
+                return integration.submit_evaluation(evaluation)
+        return False
+
     async def drained(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until every integration delivered (or dropped) what it was given."""
         for integration in self.integrations:

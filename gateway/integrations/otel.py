@@ -23,6 +23,7 @@ import orjson
 from gateway import __version__
 from gateway.integrations import Integration, IntegrationError, require
 from gateway.integrations.worker import Worker
+from gateway.providers import genai_names
 from gateway.settings import Settings
 from gateway.store.runs import RunStore
 
@@ -31,13 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentops.otel")
 
-PROVIDER = "mistral_ai"
-OPERATIONS = {
-    "chat": "chat",
-    "fim": "text_completion",
-    "embeddings": "embeddings",
-    "agents": "invoke_agent",
-}
+PROVIDER = "mistral_ai"  # run spans: a run is an agent, its calls say their own provider
 # request parameter -> GenAI attribute
 REQUEST_ATTRIBUTES = {
     "temperature": "gen_ai.request.temperature",
@@ -68,6 +63,7 @@ FIELDS = (
     "run_id",
     "streamed",
     "correlation_id",
+    "provider",
 )
 
 
@@ -220,12 +216,8 @@ class OtelExporter(Integration):
         )
         start = _nanos(f["started_at"])
         end = start + int((f.get("latency_ms") or 0) * 1e6)
-        operation = OPERATIONS.get(f["endpoint"]) or (
-            "invoke_agent"
-            if f["endpoint"] == "conversations" and f.get("agent_id")
-            else "chat"
-            if f["endpoint"] == "conversations"
-            else f["endpoint"]
+        provider, operation = genai_names(
+            f.get("provider"), f["endpoint"], agent=bool(f.get("agent_id"))
         )
         model = f.get("model") or f.get("request_model")
         failed = (
@@ -239,7 +231,7 @@ class OtelExporter(Integration):
             context=context,
             parent=parent,
             resource=self.resource,
-            attributes=self.exchange_attributes(f, operation, failed),
+            attributes=self.exchange_attributes(f, provider, operation, failed),
             links=links,
             kind=SpanKind.CLIENT,
             status=Status(StatusCode.ERROR, f.get("error") or f"HTTP {f.get('status')}")
@@ -251,12 +243,13 @@ class OtelExporter(Integration):
         )
 
     def exchange_attributes(
-        self, f: dict[str, Any], operation: str, failed: bool
+        self, f: dict[str, Any], provider: str, operation: str, failed: bool
     ) -> dict[str, Any]:
         attributes: dict[str, Any] = {
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.system": PROVIDER,
+            "gen_ai.provider.name": provider,
+            "gen_ai.system": provider,
             "gen_ai.operation.name": operation,
+            "agentops.endpoint": f["endpoint"],
             "gen_ai.request.model": f.get("request_model"),
             "gen_ai.response.model": f.get("model"),
             "gen_ai.usage.input_tokens": f.get("prompt_tokens"),

@@ -4,6 +4,12 @@ Finished runs are read from the store in the gateway's run-idle task, then hande
 thread that talks to W&B; the proxy and the writer never wait for it. wandb is imported
 lazily, in that thread (it takes about a second). W&B's own environment (WANDB_API_KEY,
 WANDB_MODE, WANDB_ENTITY, WANDB_DIR, WANDB_BASE_URL) applies as usual.
+
+Each wandb run has a history row per call (tokens, latency, cost) and the exchanges table.
+Replays made by an experiment are not wandb runs of their own: they are the rows (table and
+history) of the experiment's wandb run, in a group of its own (`experiment-<id>`); single and
+run replays go to the group `replays`. An evaluation posted after its run was logged resumes
+that wandb run and sets `eval/<metric>` in its summary.
 """
 
 from __future__ import annotations
@@ -94,8 +100,16 @@ class WandbLogger(Integration):
                 self.worker.dropped_full += 1
                 continue
             run = await runs.get_run(run_id)
-            if run is not None:
-                self.worker.submit(("run", run.to_json()))
+            if run is None:
+                continue
+            logged = run.to_json()
+            if "experiment" in (logged.get("tags") or {}):
+                continue  # a row of its experiment's wandb run (log_experiment)
+            self.worker.submit(("run", logged))
+
+    def submit_evaluation(self, evaluation: dict[str, Any]) -> bool:
+        """An evaluation of a run already logged: its wandb run is resumed (see log_evaluation)."""
+        return self.worker.submit(("evaluation", evaluation))
 
     def submit_experiment(self, experiment: dict[str, Any]) -> bool:
         """Log an experiment's comparison table without waiting (see log_experiment)."""
@@ -105,6 +119,8 @@ class WandbLogger(Integration):
         for kind, payload in batch:
             if kind == "run":
                 log_run(payload, project=self.project, group_by=self.group_by)
+            elif kind == "evaluation":
+                log_evaluation(payload, project=self.project)
             else:
                 log_experiment(payload, project=self.project)
 
@@ -130,22 +146,22 @@ def log_run(run: dict[str, Any], *, project: str, group_by: str = "name") -> str
     import wandb
 
     exchanges = run.get("exchanges") or []
-    group = None
-    if group_by == "name":
-        group = run.get("name") or run.get("agent_id") or "unnamed"
+    group, name, job_type = run_identity(run, group_by)
     wandb_id = f"agentops-{run['id']}"
     with wandb.init(
         project=project,
         id=wandb_id,
         resume="allow",
         group=group,
-        name=run.get("name") or f"run {run['id']}",
-        job_type="agent-run",
+        name=name,
+        job_type=job_type,
         config=run_config(run),
         tags=run_tags(run),
         settings=_settings(),
         reinit="create_new",
     ) as wb:
+        for row in call_history(exchanges):
+            wb.log(row)
         wb.log(
             {
                 "exchanges": wandb.Table(
@@ -155,6 +171,58 @@ def log_run(run: dict[str, Any], *, project: str, group_by: str = "name") -> str
         )
         for key, value in run_summary(run, exchanges).items():
             wb.summary[key] = value
+    return wandb_id
+
+
+def run_identity(run: dict[str, Any], group_by: str) -> tuple[str | None, str, str]:
+    """(group, display name, job type): replays go to the group `replays`, named for what
+    they replayed; other runs are grouped by name (or agent) when group_by is "name"."""
+    tags = run.get("tags") or {}
+    name = run.get("name") or f"run {run['id']}"
+    if "replay_of_run" in tags:
+        return "replays", f"replay of run {tags['replay_of_run']}", "replay"
+    if "replay_of" in tags:
+        return "replays", f"replay of exchange {tags['replay_of']}", "replay"
+    if group_by != "name":
+        return None, name, "agent-run"
+    return run.get("name") or run.get("agent_id") or "unnamed", name, "agent-run"
+
+
+def call_history(exchanges: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One history row per call, in order: W&B charts tokens, latency and cost per step."""
+    rows = []
+    for e in exchanges:
+        prompt, completion = e.get("prompt_tokens"), e.get("completion_tokens")
+        row = {
+            "call/prompt_tokens": prompt,
+            "call/completion_tokens": completion,
+            "call/total_tokens": (prompt or 0) + (completion or 0)
+            if prompt is not None or completion is not None
+            else None,
+            "call/latency_ms": e.get("latency_ms"),
+            "call/ttft_ms": e.get("ttft_ms"),
+            "call/cost_usd": e.get("cost_usd"),
+            "call/status": e.get("status"),
+            "call/failed": int(_failed(e)),
+        }
+        rows.append({k: v for k, v in row.items() if v is not None})
+    return rows
+
+
+def log_evaluation(evaluation: dict[str, Any], *, project: str) -> str:
+    """Resume the finished run's wandb run and put the evaluation in its summary (the latest
+    value of a metric wins, as when it is logged with the run)."""
+    import wandb
+
+    wandb_id = f"agentops-{evaluation['run_id']}"
+    with wandb.init(
+        project=project,
+        id=wandb_id,
+        resume="allow",
+        settings=_settings(),
+        reinit="create_new",
+    ) as wb:
+        wb.summary[f"eval/{evaluation['metric_name']}"] = evaluation["metric_value"]
     return wandb_id
 
 
@@ -254,12 +322,20 @@ def log_experiment(experiment: dict[str, Any], *, project: str, entity: str | No
         id=run_id,
         resume="allow",
         name=name,
-        group="experiments",
+        group=f"experiment-{experiment['id']}" if experiment.get("id") else "experiments",
         job_type="experiment",
         config=config,
         settings=_settings(),
         reinit="create_new",
     ) as wb:
+        for row in rows:  # one history row per replayed call, its numbers only
+            numbers = {
+                f"call/{k}": v
+                for k, v in row.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "id"
+            }
+            if numbers:
+                wb.log(numbers)
         wb.log(
             {
                 "comparison": wandb.Table(

@@ -16,6 +16,24 @@ def make_providers(settings: Settings) -> dict[str, Provider]:
     }
 
 
+# Providers as OpenTelemetry names them, by our provider name (the `provider` of a record).
+GENAI = {p.name: p for p in (MistralProvider, ElevenLabsProvider)}
+
+
+def genai_names(provider: str | None, endpoint: str, agent: bool) -> tuple[str, str]:
+    """(gen_ai.provider.name, gen_ai.operation.name) of a call. An endpoint with no GenAI
+    operation (files, models, voices, moderations...) keeps its own kind as the operation,
+    as the semantic conventions allow for a provider-specific one; an unknown provider is
+    named as we name it."""
+    kind = GENAI.get(provider or "mistral")
+    if kind is None:
+        return str(provider), endpoint
+    operation = kind.genai_operations.get(endpoint, endpoint)
+    if operation == "chat" and endpoint == "conversations" and agent:
+        operation = "invoke_agent"
+    return kind.genai_name, operation
+
+
 class UnknownProvider(Conflict, LookupError):
     """A record names a provider this gateway does not have (a spool or database written by
     another version): never parsed as some other vendor's call."""

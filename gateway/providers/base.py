@@ -121,6 +121,8 @@ class Provider(Protocol):
     """Parses one exchange of a vendor's API (and, optionally, replays it)."""
 
     name: str
+    genai_name: str  # gen_ai.provider.name in OpenTelemetry
+    genai_operations: dict[str, str]  # endpoint kind -> gen_ai.operation.name
 
     @property
     def replay(self) -> Replay | None:

@@ -91,6 +91,16 @@ class ElevenLabsProvider:
 
     name = "elevenlabs"
     replay: Replay | None = None  # speech is not replayed
+    # OpenTelemetry GenAI names: the provider, and each endpoint's operation (speech made or
+    # transcribed is content generation; the rest are plain API calls named by endpoint).
+    genai_name = "elevenlabs"
+    genai_operations = {
+        "tts": "generate_content",
+        "sts": "generate_content",
+        "stt": "generate_content",
+        "sound": "generate_content",
+        "dialogue": "generate_content",
+    }
 
     def __init__(self, usd_per_credit: float) -> None:
         self.usd_per_credit = usd_per_credit

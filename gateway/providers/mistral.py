@@ -570,6 +570,18 @@ class MistralProvider:
 
     name = "mistral"
     replay: Replay | None = MistralReplay()  # stateless: one for every instance
+    # OpenTelemetry GenAI names (semantic conventions' well-known values); conversations are
+    # `chat`, or `invoke_agent` when they name an agent.
+    genai_name = "mistral_ai"
+    genai_operations = {
+        "chat": "chat",
+        "conversations": "chat",
+        "fim": "text_completion",
+        "embeddings": "embeddings",
+        "agents": "invoke_agent",
+        "ocr": "generate_content",
+        "audio": "generate_content",
+    }
 
     def preview(self, request_json: Any) -> str | None:
         """The last user message (chat, agents), the last user input (conversations), the

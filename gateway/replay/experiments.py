@@ -43,10 +43,17 @@ def output_hash(recorded: Recorded) -> str:
     return hashlib.sha256(text + b"\x00" + b"\x00".join(calls)).hexdigest()[:32]
 
 
+def has_text(recorded: Recorded) -> bool:
+    return bool((recorded.item.output_text or "").strip())
+
+
 def row_metrics(original: Recorded, replayed: Recorded, diff: dict[str, Any]) -> dict[str, Any]:
+    """A replay's figures. Similarity is of the texts, so it is None for a step where neither
+    side wrote any (a tool-call step): two empty texts are not evidence of agreement."""
     calls = diff["tool_calls"]
+    text = has_text(original) or has_text(replayed)
     return {
-        "similarity": diff["similarity"],
+        "similarity": diff["similarity"] if text else None,
         "identical": diff["identical"],
         "tool_calls_before": len(calls["before"]),
         "tool_calls_differing": diffs.differing_calls(calls),
@@ -78,10 +85,11 @@ def totals(rows: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
         **_token_figures(done),
         "median_latency_delta_ms": _median(_latency_deltas(done), 3),
         "median_similarity": _median(similarities, 4),
+        "text_steps": len(similarities),
         "identical": sum(1 for r in done if r["identical"]),
         "tool_calls": int(_sum(done, "tool_calls_before")),
         "tool_calls_differing": int(_sum(done, "tool_calls_differing")),
-        "tool_call_agreement": _agreement(done),
+        **_agreement(done),
     }
     if repeat > 1:
         out.update(_determinism(done))
@@ -120,11 +128,21 @@ def _latency_deltas(done: list[dict[str, Any]]) -> list[float]:
     ]
 
 
-def _agreement(done: list[dict[str, Any]]) -> float | None:
-    """The share of replays whose tool calls all matched the original's."""
-    if not done:
-        return None
-    return round(sum(1 for r in done if not r["tool_calls_differing"]) / len(done), 4)
+def _has_calls(row: dict[str, Any]) -> bool:
+    """Tool calls on either side: the original asked for some, or the replay differs by some."""
+    return bool(row["tool_calls_before"]) or bool(row["tool_calls_differing"])
+
+
+def _agreement(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the steps with tool calls on either side: how many asked for the same tools with
+    the same parsed arguments as the original, and that share (None without such steps)."""
+    steps = [r for r in done if _has_calls(r)]
+    agreeing = sum(1 for r in steps if not r["tool_calls_differing"])
+    return {
+        "tool_call_steps": len(steps),
+        "tool_call_steps_agreeing": agreeing,
+        "tool_call_agreement": round(agreeing / len(steps), 4) if steps else None,
+    }
 
 
 def _determinism(done: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,14 +174,23 @@ def _repeatability(exchange_id: str, hashes: list[str]) -> dict[str, Any]:
 
 
 def summary(t: dict[str, Any]) -> str:
-    """ "cost -82%, median similarity 0.91, 2 of 40 tool calls differ"."""
+    """ "cost -82%, text similarity 0.91 (median of 3 steps with text), same tool calls in
+    8 of 9 steps (2 of 40 tool calls differ)": text and tool calls are judged apart."""
     parts = []
     if t["cost_change_pct"] is not None:
         parts.append(f"cost {t['cost_change_pct']:+.0f}%".replace("-", "\u2212"))
     if t["median_similarity"] is not None:
-        parts.append(f"median similarity {t['median_similarity']:.2f}")
-    if t["tool_calls"] or t["tool_calls_differing"]:
-        parts.append(f"{t['tool_calls_differing']} of {t['tool_calls']} tool calls differ")
+        steps = t["text_steps"]
+        parts.append(
+            f"text similarity {t['median_similarity']:.2f} "
+            f"(median of {steps} step{'' if steps == 1 else 's'} with text)"
+        )
+    if t["tool_call_steps"]:
+        parts.append(
+            f"same tool calls in {t['tool_call_steps_agreeing']} of {t['tool_call_steps']} "
+            f"step{'' if t['tool_call_steps'] == 1 else 's'} "
+            f"({t['tool_calls_differing']} of {t['tool_calls']} tool calls differ)"
+        )
     if "flakiness" in t and t["flakiness"] is not None:
         parts.append(f"{t['distinct_outputs']} distinct outputs, flakiness {t['flakiness']:.2f}")
     return ", ".join(parts) or "nothing replayed yet"

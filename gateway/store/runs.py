@@ -643,6 +643,11 @@ class RunStore:
         found = await self.store.rows("SELECT id FROM runs WHERE id = ?", [run_id])
         return found[0] if found else None
 
+    async def run_ended(self, run_id: int) -> bool:
+        """Whether the run has ended (its integrations were told it finished)."""
+        found = await self.store.rows("SELECT ended_at FROM runs WHERE id = ?", [run_id])
+        return bool(found) and found[0]["ended_at"] is not None
+
     async def run_of_exchange(self, exchange_id: int) -> tuple[bool, int | None]:
         found = await self.store.rows("SELECT run_id FROM exchanges WHERE id = ?", [exchange_id])
         return (True, found[0]["run_id"]) if found else (False, None)

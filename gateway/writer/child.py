@@ -95,6 +95,7 @@ class Child:
             # integrations (gateway/integrations/host.py)
             "metrics": lambda: self.host.exposition(),
             "log_experiment": lambda experiment: self.host.log_experiment(experiment),
+            "log_evaluation": lambda evaluation: self.host.log_evaluation(evaluation),
             "integrations_drained": lambda: self.host.drained(),
         }
 

@@ -75,4 +75,12 @@
     setInterval(refreshTimes, 15000);
   });
   document.addEventListener("htmx:afterSettle", refreshTimes);
+
+  // -- "show all": once the whole text is in, its button has done its job ------------------
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var source = event.detail && event.detail.requestConfig && event.detail.requestConfig.elt;
+    if (source && source.closest && source.closest(".show-all") && event.detail.successful) {
+      source.closest(".show-all").remove();
+    }
+  });
 })();

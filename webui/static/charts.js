@@ -3,6 +3,8 @@
 (function () {
   "use strict";
   var charts = new Map();
+  var LABEL_CHARS = 28;
+  var ROW_PX = 26;  // a horizontal chart grows with its bars, so each keeps its label
 
   function css(name) {
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -21,7 +23,8 @@
     var v = Number(value);
     if (unit === "usd") {
       if (v === 0) return "$0";
-      if (Math.abs(v) < 0.01) return "$" + String(parseFloat(v.toPrecision(2)));
+      // below $1 two significant digits, so axis ticks such as $0.015 and $0.02 stay apart
+      if (Math.abs(v) < 1) return "$" + String(parseFloat(v.toPrecision(2)));
       return "$" + v.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
     }
     if (unit === "ms") return v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s";
@@ -29,6 +32,14 @@
     if (Math.abs(v) >= 1e6) return (v / 1e6).toFixed(1).replace(/\.0$/, "") + "M";
     if (Math.abs(v) >= 1e3) return (v / 1e3).toFixed(1).replace(/\.0$/, "") + "k";
     return String(Math.round(v * 100) / 100);
+  }
+
+  // Long names keep their start and their end, where names that share a prefix differ.
+  function shorten(label) {
+    var text = String(label);
+    if (text.length <= LABEL_CHARS) return text;
+    var tail = Math.floor(LABEL_CHARS / 2) - 1;
+    return text.slice(0, LABEL_CHARS - tail - 1) + "…" + text.slice(-tail);
   }
 
   function config(spec) {
@@ -47,8 +58,13 @@
       beginAtZero: true, stacked: !!spec.stacked, grid: {color: colors.grid},
       ticks: {color: colors.text, callback: function (v) { return format(spec.unit, v); }}
     };
+    // A category per bar (models, runs, agents) is always labelled, cut to fit (the tooltip
+    // has it whole); a time axis may skip labels.
     var labelAxis = {stacked: !!spec.stacked, grid: {display: false},
-                     ticks: {color: colors.text, autoSkip: true, maxRotation: 0}};
+                     ticks: {color: colors.text, autoSkip: !horizontal, maxRotation: 0}};
+    if (horizontal) {
+      labelAxis.ticks.callback = function (value) { return shorten(this.getLabelForValue(value)); };
+    }
     return {
       type: spec.type,
       data: {labels: spec.labels, datasets: datasets},
@@ -72,7 +88,12 @@
     (root || document).querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
       if (charts.has(canvas)) return;
       try {
-        charts.set(canvas, new window.Chart(canvas, config(JSON.parse(canvas.dataset.chart))));
+        var spec = JSON.parse(canvas.dataset.chart);
+        if (spec.horizontal && canvas.parentElement) {
+          var bars = spec.labels.length * Math.max(1, spec.datasets.length);
+          canvas.parentElement.style.height = Math.max(220, bars * ROW_PX / 1.5 + 48) + "px";
+        }
+        charts.set(canvas, new window.Chart(canvas, config(spec)));
       } catch (e) {
         canvas.insertAdjacentText("afterend", "This chart could not be drawn.");
       }
