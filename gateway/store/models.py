@@ -304,6 +304,33 @@ class ExperimentRow(Model):
         indexes = (("experiment_id", "position", "repeat_index"),)
 
 
+class RunName(Model):
+    """An open named run (`/r/NAME` or X-AgentOps-Run), shared by every writer of every
+    replica: claimed by name in one statement per write batch (gateway/store/grouping.py), so
+    two replicas never make two runs of one name. `last_at` is the latest start (Unix seconds)
+    of its calls; a call starting more than --run-idle after it starts a new run."""
+
+    name = fields.CharField(max_length=200, primary_key=True)
+    run_id = fields.BigIntField()
+    last_at = fields.FloatField()
+
+    class Meta:
+        table = "run_names"
+
+
+class NodeLease(Model):
+    """Which process holds which 10-bit node of exchange ids (gateway/capture/exchange.py):
+    claimed at start, renewed while it runs, released at exit, so ids stay unique across
+    processes, forked workers and replicas."""
+
+    node = fields.IntField(primary_key=True)
+    holder = fields.CharField(max_length=200)
+    expires_at = fields.FloatField()  # Unix seconds
+
+    class Meta:
+        table = "node_leases"
+
+
 class Quarantine(Model):
     """A capture record the database refused even after storable.py made its values fit: set
     aside with the error instead of retried forever or blocking the records after it. Kept in
