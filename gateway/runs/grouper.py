@@ -157,6 +157,24 @@ class Candidate:
     at: float
 
 
+@dataclass
+class Wants:
+    """What placing one exchange needs to know that another writer may have stored: the name
+    of its named run, conversation ids not in memory, thread keys (longest first) longer
+    than any in memory. `continues`: it continues something (an assistant message in its
+    input, or a conversation it appends to), so finding nothing may mean its parent is not
+    stored yet."""
+
+    name: str | None = None
+    conversations: list[str] = field(default_factory=list)
+    threads: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    continues: bool = False
+
+
+PARENT_KEYS = 8  # thread keys looked up per exchange: its last assistant messages
+
+
 CONVERSATION_ID_CHARS = storable.limit("run_conversations", "conversation_id") or 200
 
 
@@ -182,6 +200,7 @@ class Grouper:
         self.memory: OrderedDict[int, RunMemory] = OrderedDict()
         self.done: OrderedDict[int, RunChanges] = OrderedDict()  # replays re-emit these
         self.done_bytes = 0
+        self.fresh: set[int] = set()  # named runs this writer's claim opened, not yet used
 
     # -- state ------------------------------------------------------------------------------
 
@@ -217,6 +236,61 @@ class Grouper:
             if open_id == run_id:
                 del self.names[name]
 
+    # -- what the database must tell (gateway/store/grouping.py) ----------------------------
+
+    def wants(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str]) -> Wants:
+        """What to look up before placing an exchange (mirrors `_place`)."""
+        if exchange.get("replay_of") is not None or exchange["id"] in self.done:
+            return Wants()
+        name = hints.get("run_prefix") or hints.get("run")
+        if name:
+            return Wants(name=name)
+        if parsed.endpoint == "conversations":
+            ids = _conversation_ids(parsed)
+            if parsed.conversation_op == "start" or any(c in self.conversations for c in ids):
+                return Wants()
+            return Wants(
+                conversations=ids,
+                continues=bool(ids) and parsed.conversation_op != "start",
+            )
+        inputs = [m for m in (parsed.messages_in or []) if m is not None]
+        if parsed.endpoint not in THREADED_ENDPOINTS or not inputs:
+            return Wants()
+        hashes = prefix_hashes(inputs)
+        keys: list[str] = []
+        for index in range(len(inputs) - 2, -1, -1):  # a parent's reply, then more input
+            message = inputs[index]
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                if hashes[index] in self.threads or len(keys) == PARENT_KEYS:
+                    break
+                keys.append(hashes[index])
+        return Wants(threads=keys, hashes=hashes, continues=bool(keys))
+
+    def learn_names(self, claimed: dict[str, tuple[int, float]], proposed: set[int]) -> None:
+        """The runs the database holds open for these names (`proposed`: the ids this writer
+        offered; a name that got one starts a run here)."""
+        for name, (run_id, last_at) in claimed.items():
+            self.names[name] = (run_id, last_at)
+            if run_id in proposed:
+                self.fresh.add(run_id)
+
+    def learn_parents(self, parents: list[Any]) -> None:
+        """Stored chat steps (grouping.Parent) other writers may have written."""
+        for parent in parents:
+            known = self.threads.get(parent.thread_key) or []
+            if all(c.exchange_id != parent.exchange_id for c in known):
+                self.remember_thread(
+                    parent.thread_key, parent.exchange_id, parent.run_id, parent.at
+                )
+
+    def has_parent(self, wants: Wants) -> bool:
+        """Whether an exchange that continues something would now find it."""
+        if wants.conversations:
+            return any(c in self.conversations for c in wants.conversations)
+        if wants.hashes:
+            return self._thread_match(wants.hashes) is not None
+        return True
+
     # -- assignment -----------------------------------------------------------------------
 
     async def assign(
@@ -225,6 +299,7 @@ class Grouper:
         parsed: Parsed,
         hints: dict[str, str],
         steps: Callable[[int], Awaitable[int]],
+        hashes: list[str] | None = None,
     ) -> RunChanges:
         """Place one exchange (its row dict, as built by capture) and say what it adds.
 
@@ -236,7 +311,8 @@ class Grouper:
             return previous
         at = exchange["started_at"].timestamp()
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
-        hashes = prefix_hashes(inputs) if inputs else []
+        if hashes is None or len(hashes) != len(inputs):
+            hashes = prefix_hashes(inputs) if inputs else []
         run_id, source, parent, created, carried_hint = self._place(
             exchange, parsed, hints, at, hashes
         )
@@ -340,6 +416,9 @@ class Grouper:
         known = self.names.get(name)
         if known is not None and at - known[1] <= self.run_idle:
             self.names[name] = (known[0], max(at, known[1]))
+            if known[0] in self.fresh:  # the database opened it for this writer's claim
+                self.fresh.discard(known[0])
+                return known[0], True
             return known[0], False
         run_id = new_id()
         self.names[name] = (run_id, at)

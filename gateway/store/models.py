@@ -312,6 +312,7 @@ class RunName(Model):
 
     name = fields.CharField(max_length=200, primary_key=True)
     run_id = fields.BigIntField()
+    started_at = fields.FloatField()  # the first start of its open run (Unix seconds)
     last_at = fields.FloatField()
 
     class Meta:

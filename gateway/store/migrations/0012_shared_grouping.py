@@ -31,6 +31,7 @@ class Migration(migrations.Migration):
             fields=[
                 ("name", fields.CharField(primary_key=True, max_length=200)),
                 ("run_id", fields.BigIntField()),
+                ("started_at", fields.FloatField()),
                 ("last_at", fields.FloatField()),
             ],
             options={"table": "run_names", "app": "models", "pk_attr": "name"},
