@@ -426,10 +426,16 @@ class Recorder:
 
     async def stop(self, timeout: float) -> None:
         """Flush the queue; whatever cannot be written in time is spooled, never lost."""
+        deadline = time.monotonic() + timeout
         try:
             await asyncio.wait_for(self.queue.join(), timeout)
         except TimeoutError:
             log.warning("writer did not finish in %.0fs; spooling the rest", timeout)
+        # A step waiting for its parent (another replica's writer may be storing it now)
+        # keeps waiting while the grace lasts, at most HOLD_SECONDS.
+        until = min(deadline, time.monotonic() + HOLD_SECONDS)
+        while self.waiting and time.monotonic() < until and self.db_ok:
+            await asyncio.sleep(HOLD_RETRY / 2)
         for task in (self._task, self._recovery):
             if task is not None:
                 task.cancel()
