@@ -129,7 +129,8 @@ async def balancer(replicas: list[Replica], tmp_path: Path) -> AsyncIterator[str
         async def up() -> bool:
             try:
                 async with httpx.AsyncClient() as http:
-                    resp = await http.get(f"{url}/v1/models", headers={"Authorization": KEY})
+                    auth = {"Authorization": f"Bearer {KEY}"}
+                    resp = await http.get(f"{url}/v1/models", headers=auth)
                     return resp.status_code == 200
             except httpx.HTTPError:
                 return False
@@ -172,32 +173,36 @@ def retried(call: Any) -> Any:
 
 def tool_loop(url: str, answers: Answers, task: str, server: str | None = None) -> None:
     """user -> tool call -> tool result -> answer -> another tool round -> answer."""
-    with Mistral(api_key=KEY, server_url=server or url, client=answers.client(task)) as client:
+    with (
+        answers.client(task) as http,
+        Mistral(api_key=KEY, server_url=server or url, client=http) as client,
+    ):
         messages: list[Any] = [
             {"role": "system", "content": "You are a weather bot."},
             {"role": "user", "content": f"Weather in {task}?"},
         ]
-        for _ in range(2):
-            first = retried(
-                lambda: client.chat.complete(
-                    model="mistral-large-latest", messages=messages, tools=TOOLS
-                )
+
+        def complete() -> Any:
+            return client.chat.complete(
+                model="mistral-large-latest", messages=list(messages), tools=TOOLS
             )
+
+        for _ in range(2):
+            first = retried(complete)
             call = first.choices[0].message.tool_calls[0]
             messages += [
                 first.choices[0].message,
                 {"role": "tool", "tool_call_id": call.id, "name": "get_weather", "content": "sun"},
             ]
-            answer = retried(
-                lambda: client.chat.complete(
-                    model="mistral-large-latest", messages=messages, tools=TOOLS
-                )
-            )
+            answer = retried(complete)
             messages += [answer.choices[0].message, {"role": "user", "content": "And tomorrow?"}]
 
 
 def chat_conversation(url: str, answers: Answers, task: str) -> str:
-    with Mistral(api_key=KEY, server_url=url, client=answers.client(task)) as client:
+    with (
+        answers.client(task) as http,
+        Mistral(api_key=KEY, server_url=url, client=http) as client,
+    ):
         started = retried(
             lambda: client.beta.conversations.start(
                 model="mistral-medium-latest", inputs=f"Plan {task}"
@@ -223,9 +228,12 @@ async def test_three_replicas_behind_haproxy_keep_every_run_whole(
         async with balancer(replicas, tmp_path) as url:
             gate = asyncio.Semaphore(8)
             done = 0
+            back = asyncio.Event()  # the second half of the load waits for the restart
 
             async def task(kind: str, n: int) -> Any:
                 nonlocal done
+                if n >= {"loop": LOOPS, "named": NAMED, "conv": CONVERSATIONS}[kind] // 2:
+                    await back.wait()
                 async with gate:
                     name = f"{kind}-{n}"
                     if kind == "loop":
@@ -246,12 +254,17 @@ async def test_three_replicas_behind_haproxy_keep_every_run_whole(
             load = asyncio.gather(*work)
 
             async def restart_one() -> None:
-                await wait_until(lambda: _true(done >= 8), timeout=120)
-                await stop(replicas[1])  # mid-load
-                await wait_until(lambda: _true(done >= 18), timeout=120)
+                await wait_until(lambda: _true(done >= 6), timeout=120)
+                await stop(replicas[1])  # mid-load: it finishes its calls and flushes
                 await start(replicas[1], upstream, pg_url, tmp_path)
+                back.set()
 
-            conversation_ids = [c for c in (await asyncio.gather(load, restart_one()))[0] if c]
+            results, _ = await asyncio.gather(load, restart_one())
+            conversation_ids = [c for c in results if c]
+            # the restarted replica took its share of the second half
+            async with httpx.AsyncClient() as http:
+                health = await http.get(f"http://127.0.0.1:{replicas[1].ui_port}/healthz")
+                assert health.json()["written_records"] > 0
     finally:
         await asyncio.gather(*(stop(r) for r in replicas))  # each flushes what it holds
     await check(pg_url, answers, conversation_ids)
@@ -276,7 +289,13 @@ async def check(db: str, answers: Answers, conversation_ids: list[str]) -> None:
         runs = {}
         for task, ids in answers.by_task.items():
             found = {by_correlation[c][0]["run_id"] for c in ids}
-            assert len(found) == 1, (task, found)
+            if len(found) != 1:
+                detail = await conn.fetch(
+                    "SELECT id, run_id, run_source, parent_id, step, thread_key, correlation_id "
+                    "FROM exchanges WHERE correlation_id = ANY($1) ORDER BY id",
+                    ids,
+                )
+                raise AssertionError((task, [dict(r) for r in detail]))
             runs[task] = found.pop()
         assert len(set(runs.values())) == len(runs)
         # each run's totals are its exchanges' (no writer counted one twice), steps unique

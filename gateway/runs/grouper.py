@@ -264,6 +264,7 @@ class Grouper:
                 if hashes[index] in self.threads or len(keys) == PARENT_KEYS:
                     break
                 keys.append(hashes[index])
+        # Continues: its parent (the call that gave its last assistant message) is not known.
         return Wants(threads=keys, hashes=hashes, continues=bool(keys))
 
     def learn_names(self, claimed: dict[str, tuple[int, float]], proposed: set[int]) -> None:
@@ -284,11 +285,14 @@ class Grouper:
                 )
 
     def has_parent(self, wants: Wants) -> bool:
-        """Whether an exchange that continues something would now find it."""
+        """Whether an exchange that continues something would now find it: a conversation's
+        run, or the very call that gave its last assistant message (not only an earlier one:
+        a step finds its own parent, not its grandparent, whichever writer stored it)."""
         if wants.conversations:
             return any(c in self.conversations for c in wants.conversations)
-        if wants.hashes:
-            return self._thread_match(wants.hashes) is not None
+        if wants.threads:
+            match = self._thread_match(wants.hashes)
+            return match is not None and wants.hashes[match[1] - 1] == wants.threads[0]
         return True
 
     # -- assignment -----------------------------------------------------------------------

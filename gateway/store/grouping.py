@@ -143,6 +143,7 @@ class NodeLease:
         self.holder = f"{role}:{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"[:200]
         self.node: int | None = None
         self.other_writers = 0
+        self.counted_at = 0.0  # time.monotonic() of the last count
         self._task: asyncio.Task[None] | None = None
 
     async def claim(self) -> int:
@@ -192,6 +193,12 @@ class NodeLease:
         else:
             await self._count_writers()
 
+    async def recount(self, max_age: float) -> None:
+        """Count the other writers again when the count is older than `max_age` seconds (a
+        replica that just started is seen before the next renewal)."""
+        if time.monotonic() - self.counted_at > max_age:
+            await self._count_writers()
+
     async def _count_writers(self) -> None:
         found = await self.store.rows(
             "SELECT COUNT(*) AS n FROM node_leases WHERE expires_at >= ? AND holder LIKE ? "
@@ -199,6 +206,7 @@ class NodeLease:
             [time.time(), f"{WRITER}:%", self.holder],
         )
         self.other_writers = int(found[0]["n"]) if found else 0
+        self.counted_at = time.monotonic()
 
     async def release(self) -> None:
         if self._task is not None:

@@ -41,6 +41,7 @@ YIELD_EVERY = 50
 # every HOLD_RETRY: then it is placed with what is known (a run of its own).
 HOLD_SECONDS = 5.0
 HOLD_RETRY = 0.1
+RECOUNT_SECONDS = 1.0  # how old the count of other writers may be when a step may wait
 
 Refusal = tuple[Exchange, str]  # a record the database refused, and why
 
@@ -248,7 +249,10 @@ class Recorder:
         rows = await self._new_rows(rows, by_id)
         wants = {row.exchange["id"]: self._wants(row) for row in rows}
         await self._look_up(rows, wants)
-        hold = self.holding and self.lease is not None and self.lease.other_writers > 0
+        hold = self.holding and self.lease is not None
+        if hold and self.lease is not None and any(w.continues for w in wants.values()):
+            await self.lease.recount(RECOUNT_SECONDS)  # a replica may have started since
+        hold = hold and self.lease is not None and self.lease.other_writers > 0
         now = time.time()
         changes, placed, held = [], [], []
         for n, row in enumerate(rows, 1):
