@@ -170,6 +170,8 @@ class Wants:
     threads: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     continues: bool = False
+    key: str | None = None  # the thread key it will have (its messages + reply)
+    parent: str | None = None  # the thread key of its parent
 
 
 PARENT_KEYS = 8  # thread keys looked up per exchange: its last assistant messages
@@ -238,8 +240,16 @@ class Grouper:
 
     # -- what the database must tell (gateway/store/grouping.py) ----------------------------
 
-    def wants(self, exchange: dict[str, Any], parsed: Parsed, hints: dict[str, str]) -> Wants:
-        """What to look up before placing an exchange (mirrors `_place`)."""
+    def wants(
+        self,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        hints: dict[str, str],
+        coming: set[str] | frozenset[str] = frozenset(),
+    ) -> Wants:
+        """What to look up before placing an exchange (mirrors `_place`). `coming`: the
+        thread keys of the exchanges placed before it in its batch (no need to ask for
+        those)."""
         if exchange.get("replay_of") is not None or exchange["id"] in self.done:
             return Wants()
         name = hints.get("run_prefix") or hints.get("run")
@@ -257,15 +267,26 @@ class Grouper:
         if parsed.endpoint not in THREADED_ENDPOINTS or not inputs:
             return Wants()
         hashes = prefix_hashes(inputs)
+        key = None
+        if parsed.message_out is not None and exchange.get("status") == 200:
+            key = prefix_hashes([parsed.message_out], after=hashes)[-1]
         keys: list[str] = []
+        parent = None  # the key of the call that gave its last assistant message
         for index in range(len(inputs) - 2, -1, -1):  # a parent's reply, then more input
             message = inputs[index]
             if isinstance(message, dict) and message.get("role") == "assistant":
-                if hashes[index] in self.threads or len(keys) == PARENT_KEYS:
+                parent = parent or hashes[index]
+                known = hashes[index] in self.threads or hashes[index] in coming
+                if known or len(keys) == PARENT_KEYS:
                     break
                 keys.append(hashes[index])
-        # Continues: its parent (the call that gave its last assistant message) is not known.
-        return Wants(threads=keys, hashes=hashes, continues=bool(keys))
+        return Wants(
+            threads=keys,
+            hashes=hashes,
+            continues=parent is not None and parent not in self.threads,
+            key=key,
+            parent=parent,
+        )
 
     def learn_names(self, claimed: dict[str, tuple[int, float]], proposed: set[int]) -> None:
         """The runs the database holds open for these names (`proposed`: the ids this writer
@@ -290,9 +311,9 @@ class Grouper:
         a step finds its own parent, not its grandparent, whichever writer stored it)."""
         if wants.conversations:
             return any(c in self.conversations for c in wants.conversations)
-        if wants.threads:
+        if wants.parent is not None:
             match = self._thread_match(wants.hashes)
-            return match is not None and wants.hashes[match[1] - 1] == wants.threads[0]
+            return match is not None and wants.hashes[match[1] - 1] == wants.parent
         return True
 
     # -- assignment -----------------------------------------------------------------------

@@ -247,7 +247,12 @@ class Recorder:
         new one. What other writers stored is looked up first (gateway/store/grouping.py); a
         step whose parent no writer stored yet waits for it (HOLD_SECONDS)."""
         rows = await self._new_rows(rows, by_id)
-        wants = {row.exchange["id"]: self._wants(row) for row in rows}
+        wants: dict[int, Wants] = {}
+        coming: set[str] = set()  # thread keys of the batch's rows so far
+        for row in rows:
+            want = wants[row.exchange["id"]] = self._wants(row, coming)
+            if want.key is not None:
+                coming.add(want.key)
         await self._look_up(rows, wants)
         hold = self.holding and self.lease is not None
         if hold and self.lease is not None and any(w.continues for w in wants.values()):
@@ -316,9 +321,9 @@ class Recorder:
             )
         return fresh
 
-    def _wants(self, row: Rows) -> Wants:
+    def _wants(self, row: Rows, coming: set[str]) -> Wants:
         try:
-            return self.grouper.wants(row.exchange, row.parsed, row.hints)
+            return self.grouper.wants(row.exchange, row.parsed, row.hints, coming)
         except Exception:  # placing it without help beats not storing it
             log.exception("could not tell what exchange %s continues", row.exchange["id"])
             return Wants()
