@@ -193,10 +193,17 @@ async def test_a_conversation_appended_before_its_start_is_stored_is_one_run(wri
     a.recorder.submit(start)
     await a.recorder.drained(10)
     await b.recorder.drained(10)
-    rows = await runs_of(store, [start.id, append.id])
-    assert rows[start.id]["run_id"] == rows[append.id]["run_id"]
-    assert (rows[start.id]["step"], rows[append.id]["step"]) == (0, 1)
+    # a third turn on the first writer, whose memory of the conversation is one turn old
+    again = conversation("/v1/conversations/conv_1", {"inputs": "again"}, "conv_1", time.time())
+    a.recorder.submit(again)
+    await a.recorder.drained(10)
+    rows = await runs_of(store, [start.id, append.id, again.id])
+    run_id = rows[start.id]["run_id"]
+    assert rows[append.id]["run_id"] == rows[again.id]["run_id"] == run_id
+    assert [rows[r.id]["step"] for r in (start, append, again)] == [0, 1, 2]
     assert await store.rows("SELECT COUNT(*) AS n FROM runs") == [{"n": 1}]
+    # its memory holds every turn: each adds an input and an output entry
+    assert len((await grouping.entry_ids(store, [run_id]))[run_id]) == 6
 
 
 async def test_one_name_through_two_writers_is_one_run_counted_once(writers):

@@ -305,6 +305,19 @@ class Grouper:
                     parent.thread_key, parent.exchange_id, parent.run_id, parent.at
                 )
 
+    def conversation_run(self, parsed: Parsed) -> int | None:
+        """The run of a Conversations API call that adds to a known conversation."""
+        if parsed.endpoint != "conversations" or parsed.conversation_op in ("start", None):
+            return None
+        if parsed.conversation_op in ("history", "get"):
+            return None
+        return self._conversation_run(parsed)
+
+    def learn_entries(self, entries: dict[int, list[str | None]]) -> None:
+        """Conversations' entry ids as stored (another writer may have added to them)."""
+        for run_id, ids in entries.items():
+            self._memory(run_id).entry_ids = list(ids)
+
     def has_parent(self, wants: Wants) -> bool:
         """Whether an exchange that continues something would now find it: a conversation's
         run, or the very call that gave its last assistant message (not only an earlier one:

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.capture import exchange as ids
 from gateway.capture import storable
 from gateway.store.exchanges import Store
@@ -117,6 +119,31 @@ async def parents(store: Store, keys: Iterable[str]) -> list[Parent]:
         Parent(int(r["id"]), int(r["run_id"]), r["thread_key"], _seconds(r["started_at"]))
         for r in found
     ]
+
+
+async def entry_ids(store: Store, run_ids: Iterable[int]) -> dict[int, list[str | None]]:
+    """Each run's Conversations API entry ids, in order, rebuilt from its memory snapshots
+    (each keeps `carried` items of the state before it, then adds its own): what the grouper
+    remembers of a conversation, for one whose previous step another writer stored."""
+    wanted = sorted(set(run_ids))
+    if not wanted:
+        return {}
+    marks = ", ".join("?" * len(wanted))
+    found = await store.rows(
+        "SELECT run_id, carried, appended FROM memory_snapshots "
+        f"WHERE run_id IN ({marks}) AND appended_from IS NULL ORDER BY run_id, step, id",
+        wanted,
+    )
+    states: dict[int, list[str | None]] = {run_id: [] for run_id in wanted}
+    for row in found:
+        try:
+            items = orjson.loads(row["appended"])
+        except orjson.JSONDecodeError:
+            items = []
+        added = [i.get("id") if isinstance(i, dict) else None for i in items]
+        state = states[int(row["run_id"])]
+        states[int(row["run_id"])] = state[: int(row["carried"])] + added
+    return states
 
 
 def _seconds(value: Any) -> float:

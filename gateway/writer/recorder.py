@@ -365,6 +365,13 @@ class Recorder:
         keys = [k for want in wants.values() for k in want.threads]
         if keys:
             self.grouper.learn_parents(await grouping.parents(self.store, keys))
+        if self.lease is not None and self.lease.other_writers > 0:
+            # another writer may have added the previous turn of a conversation
+            runs = {self.grouper.conversation_run(row.parsed) for row in rows}
+            runs.discard(None)
+            if runs:
+                entries = await grouping.entry_ids(self.store, [r for r in runs if r is not None])
+                self.grouper.learn_entries(entries)
 
     def _db_failed(self, exc: BaseException) -> None:
         self.db_errors += 1
