@@ -5,8 +5,11 @@ The rules, in order: a `/r/<name>` base-URL prefix, an `X-AgentOps-Run` header, 
 Conversations API's conversation id, then automatic threading: a chat request whose messages
 extend an earlier exchange's messages plus its reply continues that exchange's run. Messages
 are compared in a canonical form and hashed prefix by prefix, so a lookup is a few dict probes,
-never a scan. The grouper runs in the single writer, so its state needs no locks; it is bounded
-(the last 24 h or 100,000 exchanges) and rebuilt from the database at start.
+never a scan. Each writer has its own grouper, so its state needs no locks; it is bounded
+(the last 24 h or 100,000 exchanges) and rebuilt from the database at start. It is a cache:
+what other writers (workers, replicas) stored, the writer looks up in the database once per
+batch and teaches it (`wants`, `learn_*`; gateway/store/grouping.py), and the database
+numbers the steps.
 """
 
 from __future__ import annotations

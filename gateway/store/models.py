@@ -98,6 +98,9 @@ class Run(Model):
     total_tokens = fields.BigIntField(default=0)
     total_cost_usd = fields.FloatField(default=0)
     config = fields.TextField(null=True)  # JSON: model and sampling params of the first call
+    # Steps numbered so far: the next step's number. Unlike exchange_count it never goes down
+    # (an exchange deleted from a run), so writers of several replicas never reuse a step.
+    steps = fields.IntField(default=0, db_default=0)
     # conversation_ids are not stored here: run_conversations holds them, one row each.
 
     class Meta:

@@ -64,15 +64,17 @@ UPSERT_COLUMNS = (
     "total_tokens",
     "total_cost_usd",
     "config",
+    "steps",
 )
-UPSERT_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')"
+UPSERT_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')"
 UPSERT_CHUNK = 1000
 UPSERT = (
     'INSERT INTO runs (id, name, agent_id, "user", tags, source, started_at, '
     "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
-    "total_tokens, total_cost_usd, config, status) VALUES {} "
+    "total_tokens, total_cost_usd, config, steps, status) VALUES {} "
     "ON CONFLICT (id) DO UPDATE SET "
     "exchange_count = runs.exchange_count + excluded.exchange_count, "
+    "steps = runs.steps + excluded.steps, "
     "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
     "total_tokens = runs.total_tokens + excluded.total_tokens, "
@@ -90,7 +92,7 @@ UPSERT = (
     "source = CASE WHEN runs.source = 'single' THEN excluded.source "
     "ELSE runs.source END, "
     "ended_at = NULL, status = 'running' "
-    "RETURNING id, exchange_count"
+    "RETURNING id, steps"
 )
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
 MESSAGE_COLUMNS = (
@@ -347,6 +349,7 @@ class RunStore:
                     d["total_tokens"],
                     d["total_cost_usd"],
                     storable.json_text(d["config"]) if d["config"] else None,
+                    d["exchange_count"],  # as many steps as calls
                 ]
                 for d in sorted(merged.values(), key=lambda d: d["id"])  # one lock order
             ],
@@ -358,7 +361,7 @@ class RunStore:
                 store.sql(UPSERT.format(", ".join([UPSERT_MARKS] * len(chunk)))),
                 [value for row in chunk for value in row],
             )
-            counts.update({int(r["id"]): int(r["exchange_count"]) for r in found})
+            counts.update({int(r["id"]): int(r["steps"]) for r in found})
         _number_steps(changes, counts)
 
     async def finish_idle(self, cutoff: datetime) -> list[int]:
@@ -637,6 +640,7 @@ class RunStore:
             "memory_snapshots",
             "evaluations",
             "run_conversations",
+            "run_names",  # a name's next call opens a new run
         ):
             await store.conn.execute_query(
                 store.sql(f"DELETE FROM {table} WHERE run_id = ?"), [run_id]

@@ -1,5 +1,5 @@
 """Run grouping that every replica sees: open named runs by name (run_names), leases of the
-node bits of exchange ids (node_leases), and an index to find a step's parent by its thread
+node bits of exchange ids (node_leases), each run's step counter (runs.steps), and an index to find a step's parent by its thread
 key from any replica (gateway/store/grouping.py)."""
 
 from tortoise import fields, migrations
@@ -14,6 +14,7 @@ INDEX = (
 
 async def forward(apps, schema_editor) -> None:
     await schema_editor.client.execute_script(INDEX)
+    await schema_editor.client.execute_script("UPDATE runs SET steps = exchange_count")
 
 
 async def backward(apps, schema_editor) -> None:
@@ -46,6 +47,9 @@ class Migration(migrations.Migration):
             ],
             options={"table": "node_leases", "app": "models", "pk_attr": "node"},
             bases=["Model"],
+        ),
+        ops.AddField(
+            model_name="Run", name="steps", field=fields.IntField(default=0, db_default=0)
         ),
         ops.RunPython(forward, backward),
     ]
