@@ -30,7 +30,7 @@ import orjson
 
 from gateway.capture import exchange as ids
 from gateway.capture import storable
-from gateway.store.exchanges import Store
+from gateway.store.exchanges import Store, StoreError
 
 log = logging.getLogger("agentops.grouping")
 
@@ -196,7 +196,10 @@ class NodeLease:
                 ids.set_node(node)
                 await self._count_writers()
                 return node
-        raise RuntimeError("no free node for exchange ids: 1024 processes hold one")
+        raise StoreError(
+            f"no free node for exchange ids: {len(taken)} processes hold one (a lease ends "
+            f"{LEASE_SECONDS:.0f} s after its process stops renewing it)"
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._renew(), name="agentops-node-lease")
