@@ -315,6 +315,11 @@ async def check(db: str, answers: Answers, conversation_ids: list[str]) -> None:
             assert sorted(r["step"] for r in rows) == list(range(len(rows))), task
             if task.startswith("named"):
                 assert run["name"] == task
+            if not task.startswith("conv"):  # both tool calls of a loop got their results
+                tools = await conn.fetch(
+                    "SELECT return_value FROM tool_calls WHERE run_id = $1", run_id
+                )
+                assert [t["return_value"] for t in tools] == ["sun", "sun"], task
         named = await conn.fetch("SELECT name, COUNT(*) AS n FROM runs GROUP BY name")
         assert all(row["n"] == 1 for row in named if row["name"])
         linked = await conn.fetch(

@@ -171,6 +171,24 @@ async def test_a_step_stored_before_its_parent_joins_the_parents_run(writers):
     assert tool == [{"return_value": "sunny", "result_exchange_id": second.id}]
 
 
+async def test_a_named_step_stored_before_its_parent_completes_its_tool_call(writers):
+    store, a, b = writers
+    now = time.time()
+    first = chat(STEP_1_MESSAGES, STEP_1_REPLY, now - 1)
+    second = chat(STEP_2_MESSAGES, STEP_2_REPLY, now - 0.5)
+    first.hints = second.hints = {"run_prefix": "agent-7"}
+    b.recorder.submit(second)
+    await wait_until(lambda: _true(second.id in b.recorder.waiting))
+    a.recorder.submit(first)
+    await a.recorder.drained(10)
+    await b.recorder.drained(10)
+    rows = await runs_of(store, [first.id, second.id])
+    assert rows[first.id]["run_id"] == rows[second.id]["run_id"]
+    assert (rows[first.id]["step"], rows[second.id]["step"]) == (0, 1)
+    tool = await store.rows("SELECT return_value, result_exchange_id FROM tool_calls")
+    assert tool == [{"return_value": "sunny", "result_exchange_id": second.id}]
+
+
 async def test_a_step_whose_parent_never_comes_waits_a_bounded_time(writers, monkeypatch):
     store, _, b = writers
     monkeypatch.setattr("gateway.writer.recorder.HOLD_SECONDS", 0.5)

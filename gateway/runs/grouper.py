@@ -257,7 +257,11 @@ class Grouper:
             return Wants()
         name = hints.get("run_prefix") or hints.get("run")
         if name:
-            return Wants(name=name)
+            # a named run's step also waits for the call it continues (the tool results it
+            # sends complete that call's tool calls), but only that one is looked up
+            wants = self._chat_wants(exchange, parsed, coming)
+            wants.name, wants.threads = name, wants.threads[:1]
+            return wants
         if parsed.endpoint == "conversations":
             ids = _conversation_ids(parsed)
             if parsed.conversation_op == "start" or any(c in self.conversations for c in ids):
@@ -266,6 +270,12 @@ class Grouper:
                 conversations=ids,
                 continues=bool(ids) and parsed.conversation_op != "start",
             )
+        return self._chat_wants(exchange, parsed, coming)
+
+    def _chat_wants(
+        self, exchange: dict[str, Any], parsed: Parsed, coming: set[str] | frozenset[str]
+    ) -> Wants:
+        """A chat step's parent: the call that gave its last assistant message."""
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         if parsed.endpoint not in THREADED_ENDPOINTS or not inputs:
             return Wants()
