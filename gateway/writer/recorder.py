@@ -494,4 +494,6 @@ class Recorder:
             quarantined_by_writer=self.quarantined,
             last_database_error=self.last_db_error,
             checked_at=time.time(),
+            waiting_for_parent=len(self.waiting),
+            id_collisions=self.collisions,
         )
