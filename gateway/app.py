@@ -37,6 +37,7 @@ from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
 from gateway.store.exchanges import Store
+from gateway.store.grouping import NodeLease
 from gateway.store.replays import ReplayStore
 from gateway.store.runs import RunStore
 from gateway.writer import WriterProcess
@@ -130,6 +131,11 @@ class Gateway:
         undo = self._undo
         await self.store.open()
         undo.push_async_callback(self.store.close)
+        # Ids this process makes (exchanges, replays) use a node no other process holds.
+        lease = NodeLease(self.store, "proxy")
+        await lease.claim()
+        lease.start()
+        undo.push_async_callback(lease.release)
         undo.callback(self.recorder.unlock)  # after a failed start too (stop unlocks first)
         # A one-shot command (import, quarantine retry) beside a running gateway takes a
         # spool folder of its own rather than refusing to run.

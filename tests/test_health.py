@@ -123,6 +123,8 @@ def test_the_typed_health_becomes_the_same_healthz_fields():
         ("last_database_error", None),
         ("checked_at", 1.8e9),
         ("integrations", report.integrations),
+        ("waiting_for_parent", 0),
+        ("id_collisions", 0),
         *[(k, v) for k, v in tail.items() if k != "database"],
     ]
     lost = Health(writer=None, **proxy_side, **{**tail, "database": "unknown"})

@@ -108,6 +108,7 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
         # Records that were spooled but never replayed (say, the process was killed):
         items, _ = await first.store.list_exchanges(ExchangeFilter(), 10, None)
     from gateway.capture.exchange import Exchange, new_id
+    from gateway.store.exchanges import micros
     from gateway.writer.spool import Spool
 
     spool = Spool(tmp_path / "spool", 10**9)
@@ -122,8 +123,25 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
         request_body=b'{"model": "m"}',
         status=200,
     )
+    # The same record written again (a replay) is skipped; another record that has a stored
+    # id (two processes made one id) is stored under a new id, never dropped.
+    async with running(make_settings(upstream.url, db, tmp_path)) as peek:
+        stored = await peek.store.rows(
+            "SELECT started_at, client_path FROM exchanges WHERE id = ?", [items[0].id]
+        )
     duplicate = Exchange(
         id=items[0].id,
+        started_at=micros(stored[0]["started_at"]) / 1e6,
+        method="POST",
+        client_path=stored[0]["client_path"],
+        path="/x",
+        query="",
+        request_headers=[],
+        request_body=b"",
+        status=200,
+    )
+    colliding = Exchange(
+        id=items[1].id,
         started_at=time.time(),
         method="POST",
         client_path="/x",
@@ -133,10 +151,13 @@ async def test_spool_left_by_a_previous_run_is_written_at_start(upstream: Upstre
         request_body=b"",
         status=200,
     )
-    spool.append([orphan, duplicate])
+    spool.append([orphan, duplicate, colliding])
     spool.close()
 
     async with running(make_settings(upstream.url, db, tmp_path)) as second:
         await second.recorder.drained(timeout=10)
-        assert await second.store.count() == 4  # the orphan added, the duplicate skipped
+        # the orphan added, the duplicate skipped, the colliding record kept with a new id
+        assert await second.store.count() == 5
+        found = await second.store.rows("SELECT id FROM exchanges WHERE client_path = '/x'")
+        assert len(found) == 1 and found[0]["id"] != items[1].id
         assert not list((tmp_path / "spool").glob("spool-*.bin"))

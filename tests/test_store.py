@@ -41,6 +41,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
             "0009_stats_rollups",
             "0010_body_deltas",
             "0011_errors",
+            "0012_shared_grouping",
         ]
         if store.dialect == "sqlite":  # a new database gets 8 KB pages (exchanges.py)
             assert (await store.rows("PRAGMA page_size"))[0]["page_size"] == 8192

@@ -5,8 +5,11 @@ The rules, in order: a `/r/<name>` base-URL prefix, an `X-AgentOps-Run` header, 
 Conversations API's conversation id, then automatic threading: a chat request whose messages
 extend an earlier exchange's messages plus its reply continues that exchange's run. Messages
 are compared in a canonical form and hashed prefix by prefix, so a lookup is a few dict probes,
-never a scan. The grouper runs in the single writer, so its state needs no locks; it is bounded
-(the last 24 h or 100,000 exchanges) and rebuilt from the database at start.
+never a scan. Each writer has its own grouper, so its state needs no locks; it is bounded
+(the last 24 h or 100,000 exchanges) and rebuilt from the database at start. It is a cache:
+what other writers (workers, replicas) stored, the writer looks up in the database once per
+batch and teaches it (`wants`, `learn_*`; gateway/store/grouping.py), and the database
+numbers the steps.
 """
 
 from __future__ import annotations
@@ -157,6 +160,26 @@ class Candidate:
     at: float
 
 
+@dataclass
+class Wants:
+    """What placing one exchange needs to know that another writer may have stored: the name
+    of its named run, conversation ids not in memory, thread keys (longest first) longer
+    than any in memory. `continues`: it continues something (an assistant message in its
+    input, or a conversation it appends to), so finding nothing may mean its parent is not
+    stored yet."""
+
+    name: str | None = None
+    conversations: list[str] = field(default_factory=list)
+    threads: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    continues: bool = False
+    key: str | None = None  # the thread key it will have (its messages + reply)
+    parent: str | None = None  # the thread key of its parent
+
+
+PARENT_KEYS = 8  # thread keys looked up per exchange: its last assistant messages
+
+
 CONVERSATION_ID_CHARS = storable.limit("run_conversations", "conversation_id") or 200
 
 
@@ -182,6 +205,7 @@ class Grouper:
         self.memory: OrderedDict[int, RunMemory] = OrderedDict()
         self.done: OrderedDict[int, RunChanges] = OrderedDict()  # replays re-emit these
         self.done_bytes = 0
+        self.fresh: set[int] = set()  # named runs this writer's claim opened, not yet used
 
     # -- state ------------------------------------------------------------------------------
 
@@ -217,6 +241,107 @@ class Grouper:
             if open_id == run_id:
                 del self.names[name]
 
+    # -- what the database must tell (gateway/store/grouping.py) ----------------------------
+
+    def wants(
+        self,
+        exchange: dict[str, Any],
+        parsed: Parsed,
+        hints: dict[str, str],
+        coming: set[str] | frozenset[str] = frozenset(),
+    ) -> Wants:
+        """What to look up before placing an exchange (mirrors `_place`). `coming`: the
+        thread keys of the exchanges placed before it in its batch (no need to ask for
+        those)."""
+        if exchange.get("replay_of") is not None or exchange["id"] in self.done:
+            return Wants()
+        name = hints.get("run_prefix") or hints.get("run")
+        if name:
+            # a named run's step also waits for the call it continues (the tool results it
+            # sends complete that call's tool calls), but only that one is looked up
+            wants = self._chat_wants(exchange, parsed, coming)
+            wants.name, wants.threads = name, wants.threads[:1]
+            return wants
+        if parsed.endpoint == "conversations":
+            ids = _conversation_ids(parsed)
+            if parsed.conversation_op == "start" or any(c in self.conversations for c in ids):
+                return Wants()
+            return Wants(
+                conversations=ids,
+                continues=bool(ids) and parsed.conversation_op != "start",
+            )
+        return self._chat_wants(exchange, parsed, coming)
+
+    def _chat_wants(
+        self, exchange: dict[str, Any], parsed: Parsed, coming: set[str] | frozenset[str]
+    ) -> Wants:
+        """A chat step's parent: the call that gave its last assistant message."""
+        inputs = [m for m in (parsed.messages_in or []) if m is not None]
+        if parsed.endpoint not in THREADED_ENDPOINTS or not inputs:
+            return Wants()
+        hashes = prefix_hashes(inputs)
+        key = None
+        if parsed.message_out is not None and exchange.get("status") == 200:
+            key = prefix_hashes([parsed.message_out], after=hashes)[-1]
+        keys: list[str] = []
+        parent = None  # the key of the call that gave its last assistant message
+        for index in range(len(inputs) - 2, -1, -1):  # a parent's reply, then more input
+            message = inputs[index]
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                parent = parent or hashes[index]
+                known = hashes[index] in self.threads or hashes[index] in coming
+                if known or len(keys) == PARENT_KEYS:
+                    break
+                keys.append(hashes[index])
+        return Wants(
+            threads=keys,
+            hashes=hashes,
+            continues=parent is not None and parent not in self.threads,
+            key=key,
+            parent=parent,
+        )
+
+    def learn_names(self, claimed: dict[str, tuple[int, float]], proposed: set[int]) -> None:
+        """The runs the database holds open for these names (`proposed`: the ids this writer
+        offered; a name that got one starts a run here)."""
+        for name, (run_id, last_at) in claimed.items():
+            self.names[name] = (run_id, last_at)
+            if run_id in proposed:
+                self.fresh.add(run_id)
+
+    def learn_parents(self, parents: list[Any]) -> None:
+        """Stored chat steps (grouping.Parent) other writers may have written."""
+        for parent in parents:
+            known = self.threads.get(parent.thread_key) or []
+            if all(c.exchange_id != parent.exchange_id for c in known):
+                self.remember_thread(
+                    parent.thread_key, parent.exchange_id, parent.run_id, parent.at
+                )
+
+    def conversation_run(self, parsed: Parsed) -> int | None:
+        """The run of a Conversations API call that adds to a known conversation."""
+        if parsed.endpoint != "conversations" or parsed.conversation_op in ("start", None):
+            return None
+        if parsed.conversation_op in ("history", "get"):
+            return None
+        return self._conversation_run(parsed)
+
+    def learn_entries(self, entries: dict[int, list[str | None]]) -> None:
+        """Conversations' entry ids as stored (another writer may have added to them)."""
+        for run_id, ids in entries.items():
+            self._memory(run_id).entry_ids = list(ids)
+
+    def has_parent(self, wants: Wants) -> bool:
+        """Whether an exchange that continues something would now find it: a conversation's
+        run, or the very call that gave its last assistant message (not only an earlier one:
+        a step finds its own parent, not its grandparent, whichever writer stored it)."""
+        if wants.conversations:
+            return any(c in self.conversations for c in wants.conversations)
+        if wants.parent is not None:
+            match = self._thread_match(wants.hashes)
+            return match is not None and wants.hashes[match[1] - 1] == wants.parent
+        return True
+
     # -- assignment -----------------------------------------------------------------------
 
     async def assign(
@@ -225,6 +350,7 @@ class Grouper:
         parsed: Parsed,
         hints: dict[str, str],
         steps: Callable[[int], Awaitable[int]],
+        hashes: list[str] | None = None,
     ) -> RunChanges:
         """Place one exchange (its row dict, as built by capture) and say what it adds.
 
@@ -236,7 +362,8 @@ class Grouper:
             return previous
         at = exchange["started_at"].timestamp()
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
-        hashes = prefix_hashes(inputs) if inputs else []
+        if hashes is None or len(hashes) != len(inputs):
+            hashes = prefix_hashes(inputs) if inputs else []
         run_id, source, parent, created, carried_hint = self._place(
             exchange, parsed, hints, at, hashes
         )
@@ -340,6 +467,9 @@ class Grouper:
         known = self.names.get(name)
         if known is not None and at - known[1] <= self.run_idle:
             self.names[name] = (known[0], max(at, known[1]))
+            if known[0] in self.fresh:  # the database opened it for this writer's claim
+                self.fresh.discard(known[0])
+                return known[0], True
             return known[0], False
         run_id = new_id()
         self.names[name] = (run_id, at)

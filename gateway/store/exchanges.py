@@ -106,6 +106,15 @@ def tortoise_config(url: str) -> dict[str, Any]:
     }
 
 
+def micros(value: datetime | str) -> int:
+    """A stored time (SQLite: text, naive means UTC) as microseconds since the epoch."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return round(value.timestamp() * 1_000_000)
+
+
 def describe_url(url: str) -> str:
     """The URL without its password, for messages."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
@@ -259,13 +268,25 @@ class Store:
         found = await self.rows(f"SELECT id FROM exchanges WHERE id IN ({marks})", ids)
         return {row["id"] for row in found}
 
+    async def identities(self, ids: list[int]) -> dict[int, tuple[int, str]]:
+        """Of these exchange ids, those stored already, each with what tells a record written
+        again (a spool replay) from another with the same id: its start, in microseconds,
+        and its path."""
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        found = await self.rows(
+            f"SELECT id, started_at, client_path FROM exchanges WHERE id IN ({marks})", ids
+        )
+        return {row["id"]: (micros(row["started_at"]), row["client_path"]) for row in found}
+
     async def insert(
         self,
         batch: Iterable[Rows],
         also: Callable[[BaseDBAsyncClient], Awaitable[None]] | None = None,
     ) -> None:
-        """Insert a batch in one transaction (with `also`, the runs' rows); rows already
-        present (spool replays) are skipped."""
+        """Insert a batch in one transaction (with `also`, first, the runs' rows); rows
+        already present (spool replays) are skipped."""
         batch = list(batch)
         if not batch:
             return
@@ -276,13 +297,15 @@ class Store:
             )
             for r in batch
         ]
-        exchanges = [
-            self._exchange_values(r.exchange, in_frame=f.data is not None)
-            for r, f in zip(batch, frames, strict=True)
-        ]
         search = [[r.exchange["id"], r.search_text()] for r in batch]
         conflict = "ON CONFLICT DO NOTHING"
         async with in_transaction("default") as tx:
+            if also is not None:  # first: it numbers the steps the exchanges rows hold
+                await also(tx)
+            exchanges = [
+                self._exchange_values(r.exchange, in_frame=f.data is not None)
+                for r, f in zip(batch, frames, strict=True)
+            ]
             await tx.execute_many(
                 self.sql(
                     f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
@@ -314,8 +337,6 @@ class Store:
                     "VALUES ($1, $2::tsvector) ON CONFLICT DO NOTHING",
                     [[exchange_id, pg_document(text)] for exchange_id, text in search],
                 )
-            if also is not None:
-                await also(tx)
             await self.rollups.add_rows(tx, batch)  # after the runs they name exist
         self.chains.commit(pending)
 

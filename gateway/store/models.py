@@ -102,6 +102,9 @@ class Run(Model):
     error_count = fields.IntField(default=0, db_default=0)  # failed calls
     unpriced_calls = fields.IntField(default=0, db_default=0)  # calls with no price (not $0)
     config = fields.TextField(null=True)  # JSON: model and sampling params of the first call
+    # Steps numbered so far: the next step's number. Unlike exchange_count it never goes down
+    # (an exchange deleted from a run), so writers of several replicas never reuse a step.
+    steps = fields.IntField(default=0, db_default=0)
     # conversation_ids are not stored here: run_conversations holds them, one row each.
 
     class Meta:
@@ -306,6 +309,34 @@ class ExperimentRow(Model):
     class Meta:
         table = "experiment_rows"
         indexes = (("experiment_id", "position", "repeat_index"),)
+
+
+class RunName(Model):
+    """An open named run (`/r/NAME` or X-AgentOps-Run), shared by every writer of every
+    replica: claimed by name in one statement per write batch (gateway/store/grouping.py), so
+    two replicas never make two runs of one name. `last_at` is the latest start (Unix seconds)
+    of its calls; a call starting more than --run-idle after it starts a new run."""
+
+    name = fields.CharField(max_length=200, primary_key=True)
+    run_id = fields.BigIntField()
+    started_at = fields.FloatField()  # the first start of its open run (Unix seconds)
+    last_at = fields.FloatField()
+
+    class Meta:
+        table = "run_names"
+
+
+class NodeLease(Model):
+    """Which process holds which 10-bit node of exchange ids (gateway/capture/exchange.py):
+    claimed at start, renewed while it runs, released at exit, so ids stay unique across
+    processes, forked workers and replicas."""
+
+    node = fields.IntField(primary_key=True)
+    holder = fields.CharField(max_length=200)
+    expires_at = fields.FloatField()  # Unix seconds
+
+    class Meta:
+        table = "node_leases"
 
 
 class Quarantine(Model):

@@ -267,7 +267,9 @@ class Rollups:
 
     async def apply(self, tx: BaseDBAsyncClient, sums: dict[Key, list[float]]) -> None:
         if sums:
-            await tx.execute_many(self._upsert, [[*key, *values] for key, values in sums.items()])
+            # In key order: writers of several replicas lock the rows in one order (no deadlock)
+            ordered = sorted(sums.items(), key=lambda kv: tuple(map(str, kv[0])))
+            await tx.execute_many(self._upsert, [[*key, *values] for key, values in ordered])
 
     async def labels(
         self, tx: BaseDBAsyncClient, run_ids: set[int]

@@ -68,6 +68,38 @@ UPSERT_COLUMNS = (
     "error_count",
     "unpriced_calls",
     "config",
+    "steps",
+)
+UPSERT_MARKS = "(" + ", ".join(["?"] * 18) + ", 'running')"
+UPSERT_CHUNK = 1000
+UPSERT = (
+    'INSERT INTO runs (id, name, agent_id, "user", tags, source, started_at, '
+    "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
+    "total_tokens, total_cost_usd, error_count, unpriced_calls, config, steps, status) "
+    "VALUES {} "
+    "ON CONFLICT (id) DO UPDATE SET "
+    "exchange_count = runs.exchange_count + excluded.exchange_count, "
+    "steps = runs.steps + excluded.steps, "
+    "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
+    "total_tokens = runs.total_tokens + excluded.total_tokens, "
+    "total_cost_usd = runs.total_cost_usd + excluded.total_cost_usd, "
+    "error_count = runs.error_count + excluded.error_count, "
+    "unpriced_calls = runs.unpriced_calls + excluded.unpriced_calls, "
+    "last_failed = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
+    "THEN excluded.last_failed ELSE runs.last_failed END, "
+    "last_seen_at = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
+    "THEN excluded.last_seen_at ELSE runs.last_seen_at END, "
+    "started_at = CASE WHEN excluded.started_at < runs.started_at "
+    "THEN excluded.started_at ELSE runs.started_at END, "
+    "agent_id = COALESCE(runs.agent_id, excluded.agent_id), "
+    '"user" = COALESCE(runs."user", excluded."user"), '
+    "tags = COALESCE(runs.tags, excluded.tags), "
+    "config = COALESCE(runs.config, excluded.config), "
+    "source = CASE WHEN runs.source = 'single' THEN excluded.source "
+    "ELSE runs.source END, "
+    "ended_at = NULL, status = 'running' "
+    "RETURNING id, steps"
 )
 TITLE_CHARS = 80  # an unnamed run's title, at most
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
@@ -116,6 +148,24 @@ class RunFilter:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
+
+
+def _number_steps(changes: list[RunChanges], counts: dict[int, int]) -> None:
+    """Each change's step: its run's count before this batch, plus its place in the batch."""
+    batch: dict[int, int] = {}
+    for change in changes:
+        run_id = change.run["id"]
+        batch[run_id] = batch.get(run_id, 0) + 1
+    taken = {run_id: counts.get(run_id, n) - n for run_id, n in batch.items()}
+    for change in changes:
+        run_id = change.run["id"]
+        step = taken[run_id]
+        taken[run_id] = step + 1
+        change.exchange["step"] = step
+        for row in (*change.messages, *change.tool_calls):
+            row["step"] = step
+        if change.snapshot is not None:
+            change.snapshot["step"] = step
 
 
 class RunStore:
@@ -285,6 +335,9 @@ class RunStore:
         )
 
     async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
+        """Add the batch to its runs' totals (atomically: `x = x + excluded.x`, so writers of
+        several replicas never lose or double an update) and number its steps from the count
+        the database returns: steps are unique in a run whichever writer stored them."""
         merged: dict[int, dict[str, Any]] = {}
         for change in changes:
             delta = change.run
@@ -330,37 +383,20 @@ class RunStore:
                     d["error_count"],
                     d["unpriced_calls"],
                     storable.json_text(d["config"]) if d["config"] else None,
+                    d["exchange_count"],  # as many steps as calls
                 ]
-                for d in merged.values()
+                for d in sorted(merged.values(), key=lambda d: d["id"])  # one lock order
             ],
         )
-        await tx.execute_many(
-            store.sql(
-                'INSERT INTO runs (id, name, agent_id, "user", tags, source, started_at, '
-                "last_seen_at, last_failed, exchange_count, prompt_tokens, completion_tokens, "
-                "total_tokens, total_cost_usd, error_count, unpriced_calls, config, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
-                "ON CONFLICT (id) DO UPDATE SET "
-                "exchange_count = runs.exchange_count + excluded.exchange_count, "
-                "prompt_tokens = runs.prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = runs.completion_tokens + excluded.completion_tokens, "
-                "total_tokens = runs.total_tokens + excluded.total_tokens, "
-                "total_cost_usd = runs.total_cost_usd + excluded.total_cost_usd, "
-                "error_count = runs.error_count + excluded.error_count, "
-                "unpriced_calls = runs.unpriced_calls + excluded.unpriced_calls, "
-                "last_failed = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
-                "THEN excluded.last_failed ELSE runs.last_failed END, "
-                "last_seen_at = CASE WHEN excluded.last_seen_at >= runs.last_seen_at "
-                "THEN excluded.last_seen_at ELSE runs.last_seen_at END, "
-                "agent_id = COALESCE(runs.agent_id, excluded.agent_id), "
-                '"user" = COALESCE(runs."user", excluded."user"), '
-                "tags = COALESCE(runs.tags, excluded.tags), "
-                "source = CASE WHEN runs.source = 'single' THEN excluded.source "
-                "ELSE runs.source END, "
-                "ended_at = NULL, status = 'running'"
-            ),
-            rows,
-        )
+        counts: dict[int, int] = {}
+        for start in range(0, len(rows), UPSERT_CHUNK):
+            chunk = rows[start : start + UPSERT_CHUNK]
+            found = await tx.execute_query_dict(
+                store.sql(UPSERT.format(", ".join([UPSERT_MARKS] * len(chunk)))),
+                [value for row in chunk for value in row],
+            )
+            counts.update({int(r["id"]): int(r["steps"]) for r in found})
+        _number_steps(changes, counts)
 
     async def finish_idle(self, cutoff: datetime) -> list[int]:
         """Settle runs with no exchange since `cutoff`: ended, and ok or error."""
@@ -673,6 +709,7 @@ class RunStore:
             "memory_snapshots",
             "evaluations",
             "run_conversations",
+            "run_names",  # a name's next call opens a new run
         ):
             await store.conn.execute_query(
                 store.sql(f"DELETE FROM {table} WHERE run_id = ?"), [run_id]

@@ -122,6 +122,7 @@ class Child:
         finally:
             for task in tasks:
                 task.cancel()
+            await self.lease.release()
             await self.store.close()
 
     async def _open(self) -> None:
@@ -129,6 +130,7 @@ class Child:
         from gateway.providers import make_providers, provider_named
         from gateway.runs.grouper import Grouper
         from gateway.store.exchanges import Store
+        from gateway.store.grouping import WRITER, NodeLease
         from gateway.store.runs import RunStore
         from gateway.writer.recorder import Recorder
 
@@ -136,6 +138,11 @@ class Child:
         await self.store.open(migrate_schema=False)  # the proxy's process migrated it
         providers = make_providers(self.settings)
         self.run_store = RunStore(self.store)
+        # Run ids this writer makes use a node of its own; the lease also says whether other
+        # writers share the database (then a step may wait for its parent: recorder.py).
+        self.lease = NodeLease(self.store, WRITER)
+        await self.lease.claim()
+        self.lease.start()
         self.grouper = Grouper(self.settings.run_idle)
         await rebuild_grouper(self.grouper, self.run_store)
         self.recorder = Recorder(
@@ -149,6 +156,7 @@ class Child:
             run_store=self.run_store,
         )
         self.recorder.on_settled = self._settled
+        self.recorder.lease = self.lease
         self.recorder.start()
         from gateway.integrations.host import IntegrationHost
 

@@ -24,6 +24,9 @@ class WriterHealth:
     last_database_error: str | None
     checked_at: float  # Unix time of the report
     integrations: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> stats
+    # records waiting for a parent another replica's writer has not stored yet (recorder.py)
+    waiting_for_parent: int = 0
+    id_collisions: int = 0  # records whose id another record had: stored with a new id
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class Health:
             data["last_database_error"] = writer.last_database_error
             data["checked_at"] = writer.checked_at
             data["integrations"] = writer.integrations
+            data["waiting_for_parent"] = writer.waiting_for_parent
+            data["id_collisions"] = writer.id_collisions
         data["writer_process"] = self.writer_process
         data["writer_pid"] = self.writer_pid
         data["missing_calls"] = self.missing_calls

@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.capture.exchange import Exchange
+from gateway.capture.exchange import Exchange, new_id
 from gateway.capture.pricing import PriceTable
 from gateway.capture.rows import Rows, build_rows
 from gateway.providers.base import Provider
-from gateway.runs.grouper import Grouper
-from gateway.store.exchanges import Store
+from gateway.runs.grouper import Grouper, Wants
+from gateway.store import grouping
+from gateway.store.exchanges import Store, micros
 from gateway.store.run_refs import Sources
 from gateway.store.runs import RunStore
 from gateway.writer.health import WriterHealth
@@ -35,8 +36,26 @@ RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 # new records: let them in every few dozen records rather than after each (a yield costs a
 # loop turn, about as much as building a small record's rows).
 YIELD_EVERY = 50
+# With other writers on the database (replicas, workers), a step whose parent is not stored
+# yet (another writer has it in its queue) waits for it this long after it ended, retried
+# every HOLD_RETRY: then it is placed with what is known (a run of its own).
+HOLD_SECONDS = 5.0
+HOLD_RETRY = 0.1
+RECOUNT_SECONDS = 1.0  # how old the count of other writers may be when a step may wait
 
 Refusal = tuple[Exchange, str]  # a record the database refused, and why
+
+
+async def _no_step(run_id: int) -> int:
+    """Steps are numbered by the database when the batch is written (RunStore.write)."""
+    return 0
+
+
+def _young(row: Rows, now: float) -> bool:
+    """Whether a record ended less than HOLD_SECONDS ago (its parent may still come)."""
+    ended: float = row.exchange["started_at"].timestamp()
+    ended += (row.exchange.get("latency_ms") or 0) / 1000
+    return now < ended + HOLD_SECONDS
 
 
 class Recorder:
@@ -70,6 +89,11 @@ class Recorder:
         self._recovery: asyncio.Task[None] | None = None
         self.on_written: list[Callable[[list[Rows]], Any]] = []
         self.on_settled: Callable[[list[int]], None] | None = None  # ids stored or spooled
+        # Records built and waiting for their parent to be stored by another writer.
+        self.waiting: dict[int, tuple[Rows, Exchange]] = {}
+        self.lease: grouping.NodeLease | None = None  # tells how many other writers run
+        self.holding = True  # False once stopping: nothing waits any more
+        self.collisions = 0  # records whose id another record had: stored with a new id
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -92,13 +116,9 @@ class Recorder:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self.queue.get()]
-            if self.queue.qsize() < BATCH_SIZE:
-                # Linger briefly so a batch amortises its commit, and so the writer wakes
-                # rarely instead of competing with the proxy after every call.
-                await asyncio.sleep(LINGER_SECONDS)
-            while len(batch) < BATCH_SIZE and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            batch = await self._next_batch()
+            ids = [exchange.id for exchange in batch]
+            before = set(self.waiting)
             try:
                 await self._write(batch)
             except Exception:  # the writer must outlive any single bad batch
@@ -107,8 +127,26 @@ class Recorder:
             finally:
                 for _ in batch:
                     self.queue.task_done()
-                if self.on_settled is not None:
-                    self.on_settled([exchange.id for exchange in batch])
+                settled = [i for i in (*ids, *before) if i not in self.waiting]
+                if self.on_settled is not None and settled:
+                    self.on_settled(settled)
+
+    async def _next_batch(self) -> list[Exchange]:
+        """The next records (none when records wait for a parent and it is time to retry)."""
+        if self.waiting:
+            try:
+                batch = [await asyncio.wait_for(self.queue.get(), HOLD_RETRY)]
+            except TimeoutError:
+                return []
+        else:
+            batch = [await self.queue.get()]
+        if self.queue.qsize() < BATCH_SIZE:
+            # Linger briefly so a batch amortises its commit, and so the writer wakes
+            # rarely instead of competing with the proxy after every call.
+            await asyncio.sleep(LINGER_SECONDS)
+        while len(batch) < BATCH_SIZE and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
 
     async def _build(self, batch: list[Exchange]) -> tuple[list[Rows], list[Refusal]]:
         """Rows of each record; a record whose rows cannot be built is refused (quarantined)
@@ -132,7 +170,11 @@ class Recorder:
         return rows, refused
 
     async def _write(self, batch: list[Exchange]) -> None:
+        if not batch and not self.waiting:
+            return
         if not self.db_ok or self.spool.pending():
+            if not batch:
+                return
             self.spool.append(batch)  # keep order: older spooled records go in first
             self._ensure_recovery()
             return
@@ -149,7 +191,11 @@ class Recorder:
         rows, refused = await self._build(records)
         if refused:
             await self._quarantine(refused)
-        await self._store_or_split(rows, {record.id: record for record in records})
+        by_id = {record.id: record for record in records}
+        for _row, record in self.waiting.values():  # older: first
+            by_id[record.id] = record
+        waiting = [row for row, _ in self.waiting.values()]
+        await self._store_or_split([*waiting, *rows], by_id)
 
     async def _store_or_split(self, rows: list[Rows], by_id: dict[int, Exchange]) -> None:
         """Store a batch; when the database refuses it (a data error, not an outage), store
@@ -157,7 +203,7 @@ class Recorder:
         if not rows:
             return
         try:
-            await self._store(rows)
+            await self._store(rows, by_id)
         except Exception as exc:
             if database_down(exc):
                 raise
@@ -176,6 +222,7 @@ class Recorder:
         the database is not usable: raise, and the batch is spooled and retried."""
         for exchange, error in refused:
             log.error("exchange %s refused by the database, quarantined: %s", exchange.id, error)
+            self.waiting.pop(exchange.id, None)
         await self.store.quarantine_add(
             [
                 (exchange.id, exchange.started_at, error, encode(exchange))
@@ -192,33 +239,139 @@ class Recorder:
             except Exception:
                 log.exception("on_written callback failed")
 
-    async def _store(self, rows: list[Rows]) -> None:
+    async def _store(self, rows: list[Rows], by_id: dict[int, Exchange]) -> None:
         """Place new exchanges in runs, then write exchanges and run rows in one transaction.
 
         Ids already stored (a spool replayed after a crash) are left out before grouping, so
-        run totals never count an exchange twice."""
-        stored = await self.store.existing([r.exchange["id"] for r in rows])
-        rows = [r for r in rows if r.exchange["id"] not in stored]
-        changes = []
+        run totals never count an exchange twice; a different record with a stored id gets a
+        new one. What other writers stored is looked up first (gateway/store/grouping.py); a
+        step whose parent no writer stored yet waits for it (HOLD_SECONDS)."""
+        rows = await self._new_rows(rows, by_id)
+        wants: dict[int, Wants] = {}
+        coming: set[str] = set()  # thread keys of the batch's rows so far
+        for row in rows:
+            want = wants[row.exchange["id"]] = self._wants(row, coming)
+            if want.key is not None:
+                coming.add(want.key)
+        await self._look_up(rows, wants)
+        hold = self.holding and self.lease is not None
+        if hold and self.lease is not None and any(w.continues for w in wants.values()):
+            await self.lease.recount(RECOUNT_SECONDS)  # a replica may have started since
+        hold = hold and self.lease is not None and self.lease.other_writers > 0
+        now = time.time()
+        changes, placed, held = [], [], []
         for n, row in enumerate(rows, 1):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+            want = wants[row.exchange["id"]]
+            wait = hold and want.continues and _young(row, now)
+            if wait and not self.grouper.has_parent(want):
+                held.append(row)
+                continue
             try:
                 change = await self.grouper.assign(
-                    row.exchange, row.parsed, row.hints, self.run_store.next_step
+                    row.exchange, row.parsed, row.hints, _no_step, want.hashes or None
                 )
             except Exception:  # a grouping bug must not lose the exchange itself
                 log.exception("could not place exchange %s in a run", row.exchange["id"])
+                placed.append(row)
                 continue
             row.exchange.update(change.exchange)
             row.repeats = change.repeats
-            changes.append(change)
-        sources = {row.exchange["id"]: Sources.of(row) for row in rows}
+            changes.append((row, change))
+            placed.append(row)
+        sources = {row.exchange["id"]: Sources.of(row) for row in placed}
 
         async def write_runs(tx: Any) -> None:
-            await self.run_store.write(tx, changes, sources)
+            await self.run_store.write(tx, [change for _, change in changes], sources)
+            for row, change in changes:  # the steps the database numbered
+                row.exchange["step"] = change.exchange["step"]
 
-        await self.store.insert(rows, write_runs)
+        await self.store.insert(placed, write_runs)
+        for row in placed:
+            self.waiting.pop(row.exchange["id"], None)
+        for row in held:
+            eid = row.exchange["id"]
+            self.waiting.setdefault(eid, (row, by_id[eid]))
+
+    async def _new_rows(self, rows: list[Rows], by_id: dict[int, Exchange]) -> list[Rows]:
+        """The rows not stored yet. A record stored already is written again (a replay) and
+        left out; another record that has its id (two processes that made the same id) is
+        never dropped: it gets a new id."""
+        stored = await self.store.identities([r.exchange["id"] for r in rows])
+        fresh = []
+        for row in rows:
+            eid = row.exchange["id"]
+            if eid not in stored:
+                fresh.append(row)
+                continue
+            self.waiting.pop(eid, None)
+            started = micros(row.exchange["started_at"])
+            if stored[eid] == (started, row.exchange["client_path"]):
+                continue
+            record = by_id[eid]
+            record.id = new_id()
+            by_id[record.id] = record
+            self.collisions += 1
+            log.warning("exchange id %s was taken by another record; stored as %s", eid, record.id)
+            fresh.append(
+                build_rows(
+                    record, self.providers(record.provider), self.prices, self.max_body_bytes
+                )
+            )
+        return fresh
+
+    def _wants(self, row: Rows, coming: set[str]) -> Wants:
+        try:
+            return self.grouper.wants(row.exchange, row.parsed, row.hints, coming)
+        except Exception:  # placing it without help beats not storing it
+            log.exception("could not tell what exchange %s continues", row.exchange["id"])
+            return Wants()
+
+    async def _look_up(self, rows: list[Rows], wants: dict[int, Wants]) -> None:
+        """Ask the database, once per kind for the whole batch, what other writers stored:
+        the open run of each name (claimed), conversations' runs, steps' parents."""
+        claims: dict[str, grouping.NameClaim] = {}
+        names: dict[str, list[str]] = {}
+        for row in rows:
+            name = wants[row.exchange["id"]].name
+            if not name:
+                continue
+            key = grouping.clip_name(name)
+            names.setdefault(key, [])
+            if name not in names[key]:
+                names[key].append(name)
+            at = row.exchange["started_at"].timestamp()
+            seen = claims.get(key)
+            claims[key] = grouping.NameClaim(
+                key,
+                min(at, seen.first_at) if seen else at,
+                max(at, seen.last_at) if seen else at,
+                seen.proposed if seen else new_id(),
+            )
+        if claims:
+            claimed = await grouping.claim_names(
+                self.store, list(claims.values()), self.grouper.run_idle
+            )
+            self.grouper.learn_names(
+                {full: claimed[key] for key, fulls in names.items() for full in fulls},
+                {claim.proposed for claim in claims.values()},
+            )
+        conversations = [c for want in wants.values() for c in want.conversations]
+        if conversations:
+            found = await grouping.conversation_runs(self.store, conversations)
+            for conversation_id, run_id in found.items():
+                self.grouper.remember_conversation(conversation_id, run_id)
+        keys = [k for want in wants.values() for k in want.threads]
+        if keys:
+            self.grouper.learn_parents(await grouping.parents(self.store, keys))
+        if self.lease is not None and self.lease.other_writers > 0:
+            # another writer may have added the previous turn of a conversation
+            runs = {self.grouper.conversation_run(row.parsed) for row in rows}
+            runs.discard(None)
+            if runs:
+                entries = await grouping.entry_ids(self.store, [r for r in runs if r is not None])
+                self.grouper.learn_entries(entries)
 
     def _db_failed(self, exc: BaseException) -> None:
         self.db_errors += 1
@@ -276,26 +429,56 @@ class Recorder:
     async def _wait_idle(self) -> None:
         while True:
             await self.queue.join()
+            while self.waiting:  # a step waiting for its parent: stored within HOLD_SECONDS
+                await asyncio.sleep(HOLD_RETRY / 2)
             if self._recovery is not None and not self._recovery.done():
                 await asyncio.shield(self._recovery)
-            if self.queue.empty() and (self._recovery is None or self._recovery.done()):
+            if (
+                self.queue.empty()
+                and not self.waiting
+                and (self._recovery is None or self._recovery.done())
+            ):
                 return
 
     async def stop(self, timeout: float) -> None:
         """Flush the queue; whatever cannot be written in time is spooled, never lost."""
+        deadline = time.monotonic() + timeout
         try:
             await asyncio.wait_for(self.queue.join(), timeout)
         except TimeoutError:
             log.warning("writer did not finish in %.0fs; spooling the rest", timeout)
+        # A step waiting for its parent (another replica's writer may be storing it now)
+        # keeps waiting while the grace lasts, at most HOLD_SECONDS.
+        until = min(deadline, time.monotonic() + HOLD_SECONDS)
+        while self.waiting and time.monotonic() < until and self.db_ok:
+            await asyncio.sleep(HOLD_RETRY / 2)
         for task in (self._task, self._recovery):
             if task is not None:
                 task.cancel()
+        await self._flush_waiting()
         leftover = []
         while not self.queue.empty():
             leftover.append(self.queue.get_nowait())
         if leftover:
             self.spool.append(leftover)
         self.spool.close()
+
+    async def _flush_waiting(self) -> None:
+        """Stopping: records waiting for a parent are stored as they are (or spooled)."""
+        self.holding = False
+        if not self.waiting:
+            return
+        records = [record for _, record in self.waiting.values()]
+        try:
+            if not self.db_ok or self.spool.pending():
+                raise ConnectionError("the database is down")
+            await self._store_records([])
+        except Exception as exc:
+            log.warning("spooling %d records that waited for a parent: %s", len(records), exc)
+            self.spool.append(records)
+        if self.on_settled is not None:
+            self.on_settled([record.id for record in records])
+        self.waiting.clear()
 
     def health(self) -> WriterHealth:
         """This recorder's part of the writer's health report (integrations: the child's)."""
@@ -311,4 +494,6 @@ class Recorder:
             quarantined_by_writer=self.quarantined,
             last_database_error=self.last_db_error,
             checked_at=time.time(),
+            waiting_for_parent=len(self.waiting),
+            id_collisions=self.collisions,
         )
