@@ -10,6 +10,21 @@ from pathlib import Path
 from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 from tests.conftest import Upstream, calls, make_settings, running
 
+MIGRATIONS = [
+    "0001_initial",
+    "0002_indexes_and_search",
+    "0003_runs",
+    "0004_rollups",
+    "0005_replay",
+    "0006_lz4",
+    "0007_storable",
+    "0008_preview",
+    "0009_stats_rollups",
+    "0010_body_deltas",
+    "0011_errors",
+    "0012_shared_grouping",
+]
+
 
 async def columns(store: Store, table: str) -> set[str]:
     if store.dialect == "sqlite":
@@ -29,20 +44,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
         assert await columns(store, "exchanges") == set(EXCHANGE_COLUMNS)
         assert await columns(store, "exchange_bodies") == set(BODY_COLUMNS)
         applied = await store.rows("SELECT name FROM tortoise_migrations ORDER BY name")
-        assert [row["name"] for row in applied] == [
-            "0001_initial",
-            "0002_indexes_and_search",
-            "0003_runs",
-            "0004_rollups",
-            "0005_replay",
-            "0006_lz4",
-            "0007_storable",
-            "0008_preview",
-            "0009_stats_rollups",
-            "0010_body_deltas",
-            "0011_errors",
-            "0012_shared_grouping",
-        ]
+        assert [row["name"] for row in applied] == MIGRATIONS
         if store.dialect == "sqlite":  # a new database gets 8 KB pages (exchanges.py)
             assert (await store.rows("PRAGMA page_size"))[0]["page_size"] == 8192
         if store.dialect == "postgres":  # this machine's server has LZ4
@@ -63,7 +65,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
     again = Store(db_url)
     await again.open()  # already migrated: a no-op, not an error
     try:
-        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 11
+        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == len(MIGRATIONS)
     finally:
         await again.close()
 
