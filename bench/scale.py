@@ -29,8 +29,8 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import asyncpg  # noqa: E402
-
 from storage import PG_ADMIN_DSN, PG_BASE_DSN  # noqa: E402
+
 from gateway.capture.exchange import id_at  # noqa: E402
 from gateway.store.exchanges import ExchangeFilter, Store  # noqa: E402
 
@@ -72,9 +72,7 @@ async def fill(dsn: str, rows: int, days: float) -> float:
         for low in range(0, rows, CHUNK):
             high = min(rows, low + CHUNK) - 1
             await conn.execute(FILL, first, step_id, start.timestamp(), step_s, low, high)
-            await conn.execute(
-                FILL_BODIES, first + low * step_id, first + (high + 1) * step_id
-            )
+            await conn.execute(FILL_BODIES, first + low * step_id, first + (high + 1) * step_id)
             print(f"  {high + 1} rows, {time.perf_counter() - began:.0f} s", file=sys.stderr)
         await conn.execute("ANALYZE exchanges; ANALYZE exchange_bodies")
     finally:

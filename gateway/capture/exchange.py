@@ -31,6 +31,18 @@ _last_ms = 0
 _seq = 0
 
 
+def set_node(node: int) -> None:
+    """Use this 10-bit node number in new ids from now on. `serve --workers N` gives each
+    worker process its own (the supervisor's plus 1..N), so the processes of one gateway
+    never issue the same id in the same millisecond; a random one is picked at import."""
+    global _NODE
+    _NODE = node & 0x3FF
+
+
+def node() -> int:
+    return _NODE
+
+
 def new_id() -> int:
     """A 63-bit, time-sortable id (Snowflake layout: 41 bits ms, 10 bits node, 12 bits sequence).
 
