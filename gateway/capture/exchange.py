@@ -25,6 +25,9 @@ INTERRUPTED = "interrupted"  # the gateway was killed mid-call: see journal.py
 
 MAX_ID = 2**63 - 1
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+NODES = 1024  # 10 bits
+# Random until the process leases a node of its own (gateway/store/grouping.py NodeLease):
+# then ids are unique across processes, forked workers and replicas of one database.
 _NODE = int.from_bytes(os.urandom(2), "big") & 0x3FF
 _lock = threading.Lock()
 _last_ms = 0
@@ -32,15 +35,27 @@ _seq = 0
 
 
 def set_node(node: int) -> None:
-    """Use this 10-bit node number in new ids from now on. `serve --workers N` gives each
-    worker process its own (the supervisor's plus 1..N), so the processes of one gateway
-    never issue the same id in the same millisecond; a random one is picked at import."""
+    """Make `node` (0..1023, leased in the database) the node bits of this process's ids.
+    A forked worker must lease a node of its own (NodeLease.claim) before it makes ids."""
     global _NODE
-    _NODE = node & 0x3FF
+    if not 0 <= node < NODES:
+        raise ValueError(f"node {node} is not in 0..{NODES - 1}")
+    with _lock:
+        _NODE = node
 
 
 def node() -> int:
     return _NODE
+
+
+def _after_fork() -> None:
+    """A forked child starts on a random node (not its parent's) until it leases one."""
+    global _NODE, _lock
+    _lock = threading.Lock()
+    _NODE = int.from_bytes(os.urandom(2), "big") & 0x3FF
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_id() -> int:
