@@ -196,8 +196,11 @@ def summed(expositions: list[bytes]) -> bytes:
                 samples[key] = samples.get(key, 0.0) + sample.value
     lines = []
     for name, family in families.items():
+        if not values[name]:  # only `_created` samples
+            continue
         kind = {"counter": "counter", "histogram": "histogram"}.get(family.type, "gauge")
-        lines += [f"# HELP {name} {family.documentation}", f"# TYPE {name} {kind}"]
+        shown = f"{name}_total" if kind == "counter" else name  # as generate_latest names it
+        lines += [f"# HELP {shown} {family.documentation}", f"# TYPE {shown} {kind}"]
         for (series, labels), value in values[name].items():
             pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             lines.append(f"{series}{{{pairs}}} {value!r}" if pairs else f"{series} {value!r}")

@@ -40,7 +40,7 @@ log = logging.getLogger("agentops.workers")
 
 START_TIMEOUT = 60.0
 RESTART_SECONDS = 1.0
-STATS_EVERY = 1.0
+STATS_EVERY = 0.25
 
 
 class WorkerError(Unavailable, RuntimeError):
