@@ -241,12 +241,25 @@ async def db_bytes(arm: Arm) -> int:
     return await asyncio.to_thread(sqlite_bytes, arm.sqlite_path)
 
 
-def cpu_now(arm: Arm, writer_pid: int | None, pg_pids: list[int]) -> Cpu | None:
+def roles(arm: Arm, h: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(proxy pids, writer pids): with --workers N the workers are the proxy processes and
+    their writers (PostgreSQL) write beside the supervisor's (the supervisor serves the UI)."""
+    assert arm.proc is not None
+    writers = [h["writer_pid"]] if h.get("writer_pid") else []
+    workers = h.get("workers") or []
+    if not workers:
+        return [arm.proc.pid], writers
+    own = [(w.get("health") or {}).get("writer_pid") for w in workers]
+    return [w["pid"] for w in workers if w.get("pid")], writers + [p for p in own if p]
+
+
+def cpu_now(arm: Arm, h: dict[str, Any], pg_pids: list[int]) -> Cpu | None:
     if arm.proc is None:
         return None
+    proxies, writers = roles(arm, h)
     return Cpu(
-        proxy=cpu_of([arm.proc.pid]),
-        writer=cpu_of([writer_pid]) if writer_pid else 0.0,
+        proxy=cpu_of(proxies),
+        writer=cpu_of(writers) if writers else 0.0,
         tree=cpu_of(arm.tree()),
         pg=cpu_of(pg_pids),
     )
@@ -344,14 +357,14 @@ async def run_step(b: Bench, arm: Arm, step: Step, rnd: int) -> None:
     up0, count0, dropped0, h0 = await baseline(b, arm)
     pg_pids = await arm.pg.backend_pids() if arm.pg is not None else []
     size0 = await db_bytes(arm) if gateway else 0
-    cpu0 = cpu_now(arm, h0.get("writer_pid"), pg_pids)
+    cpu0 = cpu_now(arm, h0, pg_pids)
     pg0 = await arm.pg.work() if arm.pg is not None else None
     res = await drive(b, arm, step.pool, step.conc, step.seconds)
     stored_at: float | None = res.ended
     if gateway:
         rss_after_load = rss_of(arm.tree())
         stored_at = await until_stored(b, arm, res.ok, count0, dropped0)
-    cpu1 = cpu_now(arm, h0.get("writer_pid"), pg_pids)
+    cpu1 = cpu_now(arm, h0, pg_pids)
     calls = await upstream_calls(b) - up0
     arm.forwarded += calls
 

@@ -172,6 +172,19 @@ async def _upstream_saw(upstream: Upstream, count: int) -> bool:
     return len(upstream.requests) >= count
 
 
+async def test_workers_stop_when_the_supervisor_is_killed(upstream: Upstream, tmp_path: Path):
+    db = f"sqlite://{tmp_path / 'killed.db'}"
+    async with serve(upstream, db, tmp_path, "--workers", "2") as served:
+        pids = [w["pid"] for w in (await served.health())["workers"]]
+        served.proc.kill()
+        await served.proc.wait()
+
+        async def all_gone() -> bool:
+            return all(gone(pid) for pid in pids)
+
+        await wait_until(all_gone, timeout=30)
+
+
 async def test_port_in_use_exits_2(upstream: Upstream, tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

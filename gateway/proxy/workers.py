@@ -15,8 +15,9 @@ when asked. The pipe's end is the worker's stop signal too: if the supervisor di
 its workers stop gracefully. Workers ignore SIGINT (a Ctrl-C reaches the whole process group;
 the supervisor forwards it once as SIGTERM, a second Ctrl-C as a second SIGTERM, which cuts).
 
-A worker that exits on its own is restarted after RESTART_SECONDS; one that exits before it
-was ready (its start failed: a bad database, the port) stops the whole group, since every
+A worker that exits on its own is restarted after RESTART_SECONDS (a restart that fails, say
+while the database is down, is tried again with a growing delay, up to 30 s). A worker that
+fails the group's first start (a bad database, the port) stops the whole group, since every
 restart would fail the same way.
 """
 
@@ -97,6 +98,7 @@ class WorkerGroup:
         self._metrics: dict[int, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.restarted = 0
+        self.started = False  # every worker was ready once: failures now mean restarts
 
     async def start(self) -> None:
         for index in range(1, self.count + 1):
@@ -107,6 +109,7 @@ class WorkerGroup:
             )
         except TimeoutError:
             raise WorkerError("the worker processes did not start in time") from None
+        self.started = True
 
     def _start_one(self, index: int, restarts: int = 0) -> Worker:
         from gateway.writer.client import _main_module_hidden
@@ -164,21 +167,24 @@ class WorkerGroup:
         if self.stopping:
             return
         code = worker.process.exitcode
+        failed_start = not worker.ready.done() or worker.ready.exception() is not None
         if not worker.ready.done():
             worker.ready.set_exception(
                 WorkerError(f"worker {worker.index} exited at start (status {code})")
             )
-        if not worker.ready.done() or worker.ready.exception() is not None:
+        if failed_start and not self.started:
             self.why = self.why or f"worker {worker.index} could not start"
             self.gave_up.set()
             return
+        # A restart that fails (the database is down, say) is tried again, less often.
+        delay = min(30.0, RESTART_SECONDS * 2 ** min(worker.restarts, 5)) if failed_start else 0
         log.error(
             "worker %d (pid %s) exited with status %s; restarting it",
             worker.index,
             worker.pid,
             code,
         )
-        await asyncio.sleep(RESTART_SECONDS)
+        await asyncio.sleep(RESTART_SECONDS + delay)
         if not self.stopping:
             self.restarted += 1
             self._start_one(worker.index, worker.restarts + 1)

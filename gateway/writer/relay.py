@@ -33,6 +33,7 @@ class RelayWriter(WriterProcess):
         super().__init__(settings)
         self._send = send
         self._sent = 0
+        self.lost = 0  # records the supervisor was no longer there to take
 
     async def start(self, own_spool_if_busy: bool = False) -> None:
         """Nothing to start: the supervisor's writer is running before any worker."""
@@ -46,9 +47,15 @@ class RelayWriter(WriterProcess):
             self._flush_timer = None
         batch, self._pending = self._pending, []
         starts, self._starts = self._starts, []
-        if batch or starts:
+        if not batch and not starts:
+            return
+        try:
             self._send(("records", starts, batch))
-            self._sent += len(batch)
+        except OSError as exc:  # the supervisor is gone (killed): nothing can store them
+            self.lost += len(batch)
+            log.error("the supervisor is gone (%s): %d records lost", exc, len(batch))
+            return
+        self._sent += len(batch)
 
     def _schedule_flush(self) -> None:
         self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
@@ -73,7 +80,7 @@ class RelayWriter(WriterProcess):
             queue_size=self.queue_size,
             spool_bytes=0,
             spooled_records=0,
-            dropped_records=0,
+            dropped_records=self.lost,
             writer_process="relayed",
             writer_pid=None,
             missing_calls=0,
