@@ -93,7 +93,7 @@ def test_compose_replicas_profile_behind_haproxy():
             },
         ).db
     )
-    assert settings.workers >= 1 and env["AGENTOPS_WORKERS"] == "auto"
+    assert settings.workers >= 1 and "AGENTOPS_WORKERS" in env
     assert int(resolve(str(replica["deploy"]["replicas"]))) >= 2
     # One spool per replica: a shared folder would make all but one exit at start.
     assert not any("agentops-data" in str(v) for v in replica.get("volumes", []))
