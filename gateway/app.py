@@ -200,6 +200,8 @@ class Gateway:
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"
             if proxy
+            else "proxy in the worker processes"
+            if self.workers is not None
             else "no reverse proxy",
             self.ui_url or "(none)",
             self.store.dialect,
