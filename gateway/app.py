@@ -190,12 +190,8 @@ class Gateway:
         if ui:
             await self._listen_ui()
         undo.callback(self._cancel_tasks)
-        if self.worker:
-            return
-        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
-        self._tasks.append(self.costs_filled)
-        if self.settings.retention_days:
-            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
+        if not self.worker:
+            self._start_tasks()
         log.info(
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"
@@ -206,6 +202,13 @@ class Gateway:
             self.ui_url or "(none)",
             self.store.dialect,
         )
+
+    def _start_tasks(self) -> None:
+        """What runs once per gateway: pricing earlier calls, retention."""
+        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
+        self._tasks.append(self.costs_filled)
+        if self.settings.retention_days:
+            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
 
     async def _listen_proxy(self) -> None:
         assert self.proxy is not None
