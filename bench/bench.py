@@ -49,6 +49,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -97,6 +98,8 @@ NUDGE_SECONDS = 2.0  # records in the spool, none in transit, nothing stored mea
 STALL_SECONDS = 10.0
 STREAM_GAP_MS = 5
 ARM_NAMES = ("direct", "bare", "sqlite", "postgres", "sqlite-nojournal", "postgres-nojournal")
+# `serve --workers N`: sqlite-w2, postgres-w4, ... (any N)
+WORKERS_ARM = re.compile(r"^(sqlite|postgres)-w([1-9][0-9]*)$")
 PG_DATABASES: list[str] = []  # created by this run; dropped on exit whatever happens
 
 
@@ -205,9 +208,18 @@ def log(msg: str) -> None:
 # -- what the bench reads -------------------------------------------------------------------
 
 
+WORKER_SUMS = ("queue_depth", "spool_bytes", "written_records", "dropped_records")
+
+
 async def health(b: Bench, arm: Arm) -> dict[str, Any]:
+    """/healthz, with `--workers N`'s per-worker writers (PostgreSQL) and queues added in."""
     async with b.session.get(f"{arm.ui}/healthz") as resp:
-        return await resp.json()
+        h: dict[str, Any] = await resp.json()
+    for worker in h.get("workers", []):
+        own = worker.get("health") or {}
+        for key in WORKER_SUMS:
+            h[key] = h.get(key, 0) + own.get(key, 0)
+    return h
 
 
 async def upstream_calls(b: Bench) -> int:
@@ -229,12 +241,25 @@ async def db_bytes(arm: Arm) -> int:
     return await asyncio.to_thread(sqlite_bytes, arm.sqlite_path)
 
 
-def cpu_now(arm: Arm, writer_pid: int | None, pg_pids: list[int]) -> Cpu | None:
+def roles(arm: Arm, h: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(proxy pids, writer pids): with --workers N the workers are the proxy processes and
+    their writers (PostgreSQL) write beside the supervisor's (the supervisor serves the UI)."""
+    assert arm.proc is not None
+    writers = [h["writer_pid"]] if h.get("writer_pid") else []
+    workers = h.get("workers") or []
+    if not workers:
+        return [arm.proc.pid], writers
+    own = [(w.get("health") or {}).get("writer_pid") for w in workers]
+    return [w["pid"] for w in workers if w.get("pid")], writers + [p for p in own if p]
+
+
+def cpu_now(arm: Arm, h: dict[str, Any], pg_pids: list[int]) -> Cpu | None:
     if arm.proc is None:
         return None
+    proxies, writers = roles(arm, h)
     return Cpu(
-        proxy=cpu_of([arm.proc.pid]),
-        writer=cpu_of([writer_pid]) if writer_pid else 0.0,
+        proxy=cpu_of(proxies),
+        writer=cpu_of(writers) if writers else 0.0,
         tree=cpu_of(arm.tree()),
         pg=cpu_of(pg_pids),
     )
@@ -332,13 +357,14 @@ async def run_step(b: Bench, arm: Arm, step: Step, rnd: int) -> None:
     up0, count0, dropped0, h0 = await baseline(b, arm)
     pg_pids = await arm.pg.backend_pids() if arm.pg is not None else []
     size0 = await db_bytes(arm) if gateway else 0
-    cpu0 = cpu_now(arm, h0.get("writer_pid"), pg_pids)
+    cpu0 = cpu_now(arm, h0, pg_pids)
+    pg0 = await arm.pg.work() if arm.pg is not None else None
     res = await drive(b, arm, step.pool, step.conc, step.seconds)
     stored_at: float | None = res.ended
     if gateway:
         rss_after_load = rss_of(arm.tree())
         stored_at = await until_stored(b, arm, res.ok, count0, dropped0)
-    cpu1 = cpu_now(arm, h0.get("writer_pid"), pg_pids)
+    cpu1 = cpu_now(arm, h0, pg_pids)
     calls = await upstream_calls(b) - up0
     arm.forwarded += calls
 
@@ -360,6 +386,10 @@ async def run_step(b: Bench, arm: Arm, step: Step, rnd: int) -> None:
             arm.put(f"pg_cpu_{k}", rnd, (cpu1.pg - cpu0.pg) * per_call)
     if gateway:
         stored = await stored_count(arm) - count0
+        if arm.pg is not None and pg0 is not None and stored:
+            pg1 = await arm.pg.work()
+            arm.put(f"pg_xact_{k}", rnd, (pg1[0] - pg0[0]) / stored)
+            arm.put(f"pg_rows_{k}", rnd, (pg1[1] - pg0[1]) / stored)
         arm.put(f"bytes_{k}", rnd, (await db_bytes(arm) - size0) / stored if stored else None)
         if step.key == "100k":
             arm.metrics["rss_after_load"] = rss_after_load
@@ -459,6 +489,9 @@ def gateway_argv(
     name: str, upstream: str, db: str, port: int, ui_port: int, tmp: Path
 ) -> list[str]:
     extra = ["--journal", "off"] if name.endswith("-nojournal") else []
+    workers = WORKERS_ARM.match(name)
+    if workers:
+        extra += ["--workers", workers.group(2)]
     return [
         *(PYTHON, "-m", "gateway", "serve", "--upstream", upstream, "--db", db),
         *("--host", HOST, "--port", str(port), "--ui-port", str(ui_port)),
@@ -596,7 +629,7 @@ def parse_args() -> argparse.Namespace:
         "--arms",
         default="direct,bare,sqlite,postgres",
         help="comma list of direct, bare, sqlite, postgres, sqlite-nojournal, "
-        "postgres-nojournal (the last two: --journal off)",
+        "postgres-nojournal (--journal off), sqlite-wN, postgres-wN (--workers N)",
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     parser.add_argument(
@@ -609,7 +642,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default=str(BENCH_DIR / "results.json"))
     args = parser.parse_args()
     args.names = [n.strip() for n in args.arms.split(",") if n.strip()]
-    unknown = set(args.names) - set(ARM_NAMES)
+    unknown = {n for n in args.names if n not in ARM_NAMES and not WORKERS_ARM.match(n)}
     if unknown:
         parser.error(f"unknown arms: {', '.join(sorted(unknown))}")
     return args

@@ -59,6 +59,8 @@ ROWS = [
     ),
     Row("CPU us/call, 1 KB: all gateway processes", "all_cpu_1k", "cpu"),
     Row("CPU us/call, 1 KB: PostgreSQL backends", "pg_cpu_1k", "value"),
+    Row("PostgreSQL transactions/call stored, 1 KB", "pg_xact_1k", "value", 2),
+    Row("PostgreSQL rows written/call stored, 1 KB", "pg_rows_1k", "value", 1),
     Row("CPU us/call, 100 KB: proxy process", "proxy_cpu_100k", "cpu"),
     Row("CPU us/call, 100 KB: writer process", "writer_cpu_100k", "value"),
     Row("CPU us/call, 100 KB: all gateway processes", "all_cpu_100k", "cpu"),

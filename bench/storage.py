@@ -80,6 +80,18 @@ class PgProbe:
     async def count(self) -> int:
         return int(await (await self._connection()).fetchval("SELECT count(*) FROM exchanges"))
 
+    async def work(self) -> tuple[int, int]:
+        """(transactions, rows inserted/updated/deleted) so far in this database, from
+        pg_stat_database (round trips per call without pg_stat_statements, which needs a
+        server restart to load; each writer transaction is a few statements). Includes this
+        probe's own queries: a handful per step."""
+        row = await (await self._connection()).fetchrow(
+            "SELECT xact_commit + xact_rollback AS x, tup_inserted + tup_updated + tup_deleted "
+            "AS w FROM pg_stat_database WHERE datname = $1",
+            self.name,
+        )
+        return int(row["x"]), int(row["w"])
+
     async def backend_pids(self) -> list[int]:
         """The server processes serving the gateway (every connection to its database but ours)."""
         rows = await (await self._connection()).fetch(

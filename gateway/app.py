@@ -32,6 +32,7 @@ from gateway.providers.base import Provider
 from gateway.proxy import scrub
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
+from gateway.proxy.workers import WorkerGroup
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
@@ -63,6 +64,8 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.RUN_REPLAYER] = gateway.run_replayer
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
+    if gateway.workers is not None:
+        app[api.WORKERS] = gateway.workers.report
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
@@ -82,9 +85,21 @@ def make_routes(settings: Settings) -> tuple[Route, ...]:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-        """`environ` (default: the process's) is read once, for the replay key only."""
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        worker: bool = False,
+    ) -> None:
+        """`environ` (default: the process's) is read once, for the replay key only.
+        `worker`: one of `serve --workers N`'s proxy processes (gateway/proxy/workers.py):
+        it binds the proxy port beside its siblings (SO_REUSEPORT) and leaves what happens
+        once per gateway (retention, pricing earlier calls, interrupting replays left
+        running) to the supervisor."""
         self.settings = settings
+        self.worker = worker
+        self.workers: WorkerGroup | None = None  # the supervisor's, set by the CLI
         self.replay_key = key_from_environ(os.environ if environ is None else environ)
         # Scrubbed from every record, as each caller's own key is (gateway/proxy/scrub.py).
         self.held_keys = scrub.Keys([self.replay_key.reveal()] if self.replay_key else [])
@@ -97,7 +112,7 @@ class Gateway:
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
         self.metrics = (
-            prometheus.MetricsEndpoint(self.recorder)
+            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics)
             if prometheus.enabled(settings, report=True)
             else None
         )
@@ -110,6 +125,13 @@ class Gateway:
         self.ui_in_flight = InFlight()  # UI/API requests being served
         self.proxy_url = ""
         self.ui_url = ""
+
+    async def _worker_metrics(self) -> list[bytes]:
+        """The workers' writers' call metrics (PostgreSQL: a writer per worker; on SQLite
+        they relay to this process's writer, whose metrics cover every call)."""
+        if self.workers is None or self.store.dialect == "sqlite":
+            return []
+        return await self.workers.metrics(prometheus.CALL_TIMEOUT)
 
     def provider(self, name: str) -> Provider:
         return provider_named(self.providers, name)
@@ -167,24 +189,32 @@ class Gateway:
         undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
             self.experiments.on_finished = self.log_experiment
-        await self.replay_store.interrupt_running()
+        if not self.worker:
+            await self.replay_store.interrupt_running()
         if proxy:
             await self._listen_proxy()
         if ui:
             await self._listen_ui()
         undo.callback(self._cancel_tasks)
-        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
-        self._tasks.append(self.costs_filled)
-        if self.settings.retention_days:
-            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
+        if not self.worker:
+            self._start_tasks()
         log.info(
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"
             if proxy
+            else "proxy in the worker processes"
+            if self.workers is not None
             else "no reverse proxy",
             self.ui_url or "(none)",
             self.store.dialect,
         )
+
+    def _start_tasks(self) -> None:
+        """What runs once per gateway: pricing earlier calls, retention."""
+        self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
+        self._tasks.append(self.costs_filled)
+        if self.settings.retention_days:
+            self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
 
     async def _listen_proxy(self) -> None:
         assert self.proxy is not None
@@ -196,7 +226,11 @@ class Gateway:
         )
         await self._proxy_runner.setup()
         proxy_site = web.TCPSite(
-            self._proxy_runner, self.settings.host, self.settings.port, backlog=1024
+            self._proxy_runner,
+            self.settings.host,
+            self.settings.port,
+            backlog=1024,
+            reuse_port=self.worker or None,
         )
         await proxy_site.start()
         self.proxy_url = _url(self._proxy_runner)

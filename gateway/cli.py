@@ -9,11 +9,13 @@ command (see gateway/lifecycle.py): an interrupted one exits with status 130.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -22,6 +24,7 @@ from gateway import __version__
 from gateway.errors import AgentOpsError
 from gateway.export.exporter import export_options, export_request
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
+from gateway.proxy.workers import WorkerError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store.exchanges import Store
 from gateway.writer.memory import give_back, tune_gc
@@ -96,7 +99,10 @@ def serve(log_level: str, **flags: Any) -> None:
     settings = build_settings(flags)
     _logging(log_level)
     try:
-        cut = asyncio.run(_serve(settings))
+        if settings.workers > 1:
+            cut = asyncio.run(_serve_workers(settings, logging.getLogger().getEffectiveLevel()))
+        else:
+            cut = asyncio.run(_serve(settings))
     except Interrupted:
         interrupted("interrupted while starting")
         return
@@ -144,6 +150,163 @@ async def _serve(settings: Settings) -> int | None:
         settings.shutdown_grace,
         say,
     )
+
+
+async def _serve_workers(settings: Settings, log_level: int) -> int | None:
+    """`serve --workers N`: this process serves the UI/API and supervises N proxy processes
+    on one port (gateway/proxy/workers.py). On SQLite they relay their records to this
+    process's writer; on PostgreSQL each has a writer, and a spool folder, of its own."""
+    from gateway.app import Gateway
+    from gateway.capture.exchange import node
+    from gateway.proxy.workers import WorkerGroup, reserve_port
+
+    gateway = Gateway(settings)
+    reserved = reserve_port(settings.host, settings.port)
+    port = reserved.getsockname()[1]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    gateway.proxy_url = f"http://{host}:{port}"
+    relay = gateway.store.dialect == "sqlite"
+    base = settings.replace(port=port, workers=1, retention_days=None)
+
+    def spawn(index: int, conn: Any) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        own = base.replace(spool_dir=str(Path(settings.spool_dir) / f"worker-{index}"))
+        worker_node = (node() + index) & 0x3FF  # distinct from ours and each other's
+        return worker_main, (own, conn, worker_node, relay, log_level)
+
+    def relayed(starts: list[Any], finished: list[Any]) -> None:
+        for exchange in starts:
+            gateway.recorder.begin(exchange)
+        for exchange in finished:
+            gateway.recorder.submit(exchange)
+
+    group = WorkerGroup(settings.workers, spawn, relayed if relay else None)
+    gateway.workers = group
+    signals = Signals()
+
+    async def stop() -> None:
+        await group.stop(settings.shutdown_grace + 60)
+        await gateway.stop()  # after the workers: relayed records reach our writer first
+
+    try:
+        await signals.unless_stopped(gateway.start(proxy=False, ui=True))
+        await signals.unless_stopped(group.start())
+    except BaseException:
+        await stop()
+        reserved.close()
+        raise
+    say(
+        f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream} "
+        f"({settings.workers} worker processes), UI {gateway.ui_url}"
+    )
+    gave_up = asyncio.create_task(group.gave_up.wait())
+    first = asyncio.create_task(signals.first.wait())
+    await asyncio.wait([gave_up, first], return_when=asyncio.FIRST_COMPLETED)
+    first.cancel()
+    try:
+        if group.gave_up.is_set():
+            await stop()
+            raise WorkerError(f"{group.why}: stopping every worker")
+        return await signals.stop(stop(), group.in_flight, group.cut, settings.shutdown_grace, say)
+    finally:
+        gave_up.cancel()
+        reserved.close()
+
+
+def worker_main(
+    settings: Settings, conn: Any, worker_node: int, relay: bool, log_level: int
+) -> None:
+    """One proxy process of `serve --workers N` (spawned by gateway/proxy/workers.py)."""
+    import signal
+
+    from gateway.capture.exchange import set_node
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards Ctrl-C
+    logging.basicConfig(
+        level=log_level,
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s",
+    )
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+    set_node(worker_node)
+    try:
+        asyncio.run(_worker(settings, conn, relay))
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("failed", str(exc) or type(exc).__name__))
+        sys.exit(2)
+
+
+async def _worker(settings: Settings, conn: Any, relay: bool) -> None:
+    import signal
+
+    from gateway.app import Gateway
+    from gateway.writer.relay import RelayWriter
+
+    gateway = Gateway(settings, worker=True)
+    if relay:
+        gateway.recorder = RelayWriter(settings, conn.send)
+    signals = Signals()
+    loop = asyncio.get_running_loop()
+    loop.remove_signal_handler(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def from_supervisor() -> None:
+        try:
+            while conn.poll():
+                if conn.recv() == ("metrics",):
+                    metrics = asyncio.create_task(_send_metrics(gateway, conn))
+                    tasks.add(metrics)
+                    metrics.add_done_callback(tasks.discard)
+        except (EOFError, OSError):  # the supervisor is gone: stop as on SIGTERM
+            loop.remove_reader(conn.fileno())
+            signals.first.set()
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        await signals.unless_stopped(gateway.start(proxy=True, ui=False))
+    except BaseException:
+        await gateway.stop()
+        raise
+    conn.send(("ready", os.getpid()))
+    loop.add_reader(conn.fileno(), from_supervisor)
+    stats = asyncio.create_task(_send_stats(gateway, conn))
+    await signals.first.wait()
+    await signals.stop(
+        gateway.stop(), lambda: len(gateway.in_flight), gateway.cut_in_flight, 0, lambda _: None
+    )
+    stats.cancel()
+    _stats(gateway, conn)  # the last word: what it served
+    with contextlib.suppress(OSError):
+        loop.remove_reader(conn.fileno())
+
+
+def _stats(gateway: Any, conn: Any) -> None:
+    with contextlib.suppress(OSError):
+        conn.send(
+            (
+                "stats",
+                {
+                    "served": gateway.in_flight.served,
+                    "in_flight": len(gateway.in_flight),
+                    "health": gateway.recorder.health().to_json(),
+                },
+            )
+        )
+
+
+async def _send_stats(gateway: Any, conn: Any) -> None:
+    from gateway.proxy.workers import STATS_EVERY
+
+    while True:
+        _stats(gateway, conn)
+        await asyncio.sleep(STATS_EVERY)
+
+
+async def _send_metrics(gateway: Any, conn: Any) -> None:
+    text = b""
+    with contextlib.suppress(Exception):
+        text = await gateway.recorder.call("metrics", timeout=5.0)
+    with contextlib.suppress(OSError):
+        conn.send(("metrics", text))
 
 
 async def on_store(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
@@ -252,7 +415,15 @@ CAPTURE_SETTINGS = tuple(
     s.name
     for s in SETTINGS
     if s.name
-    not in ("upstream", "host", "port", "upstream_timeout", "shutdown_grace", "elevenlabs_upstream")
+    not in (
+        "upstream",
+        "host",
+        "port",
+        "workers",
+        "upstream_timeout",
+        "shutdown_grace",
+        "elevenlabs_upstream",
+    )
 )
 
 

@@ -34,6 +34,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.served = 0  # calls begun since the start (per worker in /healthz `workers`)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -48,6 +49,7 @@ class InFlight:
             task = asyncio.current_task()
             assert task is not None
             tasks.add(task)
+            self.served += 1
             try:
                 return await handler(request)
             finally:

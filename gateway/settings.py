@@ -7,6 +7,7 @@ README documents each one, so the table, the flags and the docs cannot drift apa
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -43,6 +44,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Database URL: sqlite://PATH or postgres://user:pass@host:5432/name.",
     ),
     Setting("host", "--host", "AGENTOPS_HOST", "127.0.0.1", "Proxy listen address."),
+    Setting(
+        "workers",
+        "--workers",
+        "AGENTOPS_WORKERS",
+        1,
+        "Proxy processes accepting on the proxy port (SO_REUSEPORT): a number, or auto "
+        "for one per core of this host.",
+        "workers",
+    ),
     Setting("port", "--port", "AGENTOPS_PORT", 8080, "Proxy listen port.", "int"),
     Setting("ui_host", "--ui-host", "AGENTOPS_UI_HOST", "127.0.0.1", "UI/API listen address."),
     Setting("ui_port", "--ui-port", "AGENTOPS_UI_PORT", 8081, "UI/API listen port.", "int"),
@@ -196,6 +206,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+MAX_WORKERS = 1024
 _UNITS = {
     "": 1,
     "b": 1,
@@ -235,6 +246,24 @@ def parse_days(text: str) -> float:
     return value
 
 
+def host_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def parse_workers(text: str) -> int:
+    """'auto' -> the host's cores; '4' -> 4 (1-1024)."""
+    raw = text.strip().lower()
+    if raw == "auto":
+        return host_cores()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS:
+        raise ValueError(f"use a number of processes from 1 to {MAX_WORKERS}, or auto")
+    return int(raw)
+
+
 def convert(setting: Setting, value: Any) -> Any:
     if value is None or value == "":
         return setting.default
@@ -255,6 +284,8 @@ def convert(setting: Setting, value: Any) -> Any:
             return parse_bytes(value)
         if setting.kind == "days":
             return parse_days(value)
+        if setting.kind == "workers":
+            return parse_workers(value)
     except ValueError as exc:
         raise ConfigError(f"{setting.flag} / {setting.env}: bad value {value!r}: {exc}") from None
     return value
@@ -266,6 +297,7 @@ class Settings:
     db: str = "sqlite://agentops.db"
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     ui_host: str = "127.0.0.1"
     ui_port: int = 8081
     ui_token: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,57 @@ def test_compose_gateway_settings_are_valid():
     assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert {"pgdata", "agentops-data"} <= set(compose["volumes"])
     assert settings.wandb_project is None and settings.otel_endpoint is None
+
+
+def test_compose_replicas_profile_behind_haproxy():
+    """Profile `replicas`: N gateways with valid settings on the compose PostgreSQL, each
+    with a spool of its own, behind HAProxy whose config (checked by haproxy itself when it
+    is installed) sends both ports to them and health-checks /healthz."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    replica, balancer = services["gateway-replica"], services["balancer"]
+    assert replica["profiles"] == ["replicas"] and balancer["profiles"] == ["replicas"]
+    assert "profiles" not in services["gateway"]  # `docker compose up` is unchanged
+
+    def resolve(value: str) -> str:
+        value = re.sub(r"\$\{AGENTOPS_UI_TOKEN:\?[^}]*\}", "token-from-the-user", value)
+        return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+    env = {k: resolve(str(v)) for k, v in replica["environment"].items()}
+    image = {k: v for k, v in image_env(Path("/data")).items() if k not in env}
+    settings = Settings.build({}, {**image, **env})
+    assert (
+        settings.db
+        == Settings.build(
+            {},
+            {
+                **image,
+                **{k: resolve(str(v)) for k, v in services["gateway"]["environment"].items()},
+            },
+        ).db
+    )
+    assert settings.workers >= 1 and "AGENTOPS_WORKERS" in env
+    assert int(resolve(str(replica["deploy"]["replicas"]))) >= 2
+    # One spool per replica: a shared folder would make all but one exit at start.
+    assert not any("agentops-data" in str(v) for v in replica.get("volumes", []))
+    assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert balancer["depends_on"] == ["gateway-replica"]
+    (mount,) = balancer["volumes"]
+    source, target = mount.split(":")[:2]
+    config = ROOT / source
+    assert config.is_file() and target == "/usr/local/etc/haproxy/haproxy.cfg"
+    text = config.read_text()
+    for port in ("8080", "8081"):
+        assert f"bind :{port}" in text
+        assert f"gateway-replica:{port}" in text
+        assert f"127.0.0.1:{port}:{port}" in balancer["ports"]
+    assert "option httpchk GET /healthz" in text and "check port 8081" in text
+    assert "balance roundrobin" in text
+    if shutil.which("haproxy"):
+        checked = subprocess.run(
+            ["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.slow

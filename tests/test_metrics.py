@@ -116,3 +116,35 @@ async def test_unpriced_calls_have_their_own_counter(upstream: Upstream, tmp_pat
     assert value(got, "agentops_unpriced_calls_total", model="mistral-small-latest") == 0
     priced = {"model": "my-private-finetune", "status": "200"}
     assert value(got, "agentops_cost_usd_total", **priced) == 0
+
+
+def test_workers_metrics_are_summed_by_name_and_labels():
+    """`serve --workers N` on PostgreSQL: each worker's writer renders its own call metrics;
+    /metrics adds them up, counters and histogram buckets alike, labels kept apart."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from gateway.integrations.metrics import summed
+
+    texts = []
+    for calls in (2, 3):
+        registry = CollectorRegistry()
+        requests = Counter("agentops_requests", "Calls.", ["model"], registry=registry)
+        latency = Histogram("agentops_latency", "Latency.", buckets=(1, 5), registry=registry)
+        requests.labels(model="small").inc(calls)
+        requests.labels(model='we"ird\nname').inc()
+        for _ in range(calls):
+            latency.observe(2)
+        texts.append(generate_latest(registry))
+    families = {f.name: f for f in text_string_to_metric_families(summed(texts).decode())}
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for s in families["agentops_requests"].samples
+    }
+    assert values[("agentops_requests_total", (("model", "small"),))] == 5
+    assert values[("agentops_requests_total", (("model", 'we"ird\nname'),))] == 2
+    latency = {(s.name, s.labels.get("le")): s.value for s in families["agentops_latency"].samples}
+    assert latency[("agentops_latency_bucket", "1.0")] == 0
+    assert latency[("agentops_latency_bucket", "5.0")] == 5
+    assert latency[("agentops_latency_count", None)] == 5
+    assert not any(s.name.endswith("_created") for f in families.values() for s in f.samples)
+    assert summed([b"", b""]) == b""

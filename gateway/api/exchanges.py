@@ -31,6 +31,8 @@ RECORDER = web.AppKey("recorder", WriterProcess)
 PRICES = web.AppKey("prices", PriceTable)
 RUNS = web.AppKey("runs", RunStore)
 PROVIDERS: web.AppKey[Callable[[str], Provider]] = web.AppKey("providers")
+# `serve --workers N`: each proxy process's state (gateway/proxy/workers.py)
+WORKERS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("workers")
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -84,6 +86,9 @@ async def healthz(request: web.Request) -> web.Response:
         health["quarantined"] = await store.quarantine_count() if db_up else None
     except Exception:  # the table is read like any other: a failure is the database's
         health["quarantined"] = None
+    workers = request.app.get(WORKERS)
+    if workers is not None:
+        health["workers"] = workers()
     health["reasons"] = health_reasons(health)
     return json_response({"status": "degraded" if health["reasons"] else "ok", **health})
 
@@ -96,8 +101,21 @@ def health_reasons(health: dict[str, Any]) -> list[str]:
         ("writer_lag", health.get("writer_lagging", False)),
         ("writer", health.get("writer_process") == "down"),
         ("dropped", health.get("dropped_recently", False)),
+        ("workers", any(_worker_degraded(w) for w in health.get("workers", ()))),
     )
     return [name for name, failing in checks if failing]
+
+
+def _worker_degraded(worker: dict[str, Any]) -> bool:
+    """A worker is down, or its own writer (PostgreSQL) is in trouble."""
+    own = worker.get("health") or {}
+    return worker.get("state") != "up" or bool(
+        own.get("spool_bytes")
+        or own.get("writer_lagging")
+        or own.get("writer_process") == "down"
+        or own.get("dropped_recently")
+        or own.get("database") not in (None, "ok", "relayed")
+    )
 
 
 @routes.get("/api/quarantine")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -158,10 +158,17 @@ class CallMetrics:
 class MetricsEndpoint:
     """The proxy's process's half: GET /metrics."""
 
-    def __init__(self, recorder: WriterProcess) -> None:
+    def __init__(
+        self,
+        recorder: WriterProcess,
+        others: Callable[[], Awaitable[list[bytes]]] | None = None,
+    ) -> None:
+        """`others`: more writers' call metrics to add in (`serve --workers N` on
+        PostgreSQL, where each worker has a writer of its own)."""
         from prometheus_client import CollectorRegistry
 
         self.recorder = recorder
+        self.others = others
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(PipelineCollector(recorder))
 
@@ -169,11 +176,48 @@ class MetricsEndpoint:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         body = generate_latest(self.registry)
+        calls = b""
         try:
-            body += await self.recorder.call("metrics", timeout=CALL_TIMEOUT)
+            calls = await self.recorder.call("metrics", timeout=CALL_TIMEOUT)
         except Exception:  # the writer is restarting: the pipeline's half still tells why
             log.warning("metrics: the writer process did not answer", exc_info=True)
+        if self.others is not None:
+            calls = summed([calls, *await self.others()])
+        body += calls
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def summed(expositions: list[bytes]) -> bytes:
+    """Several writers' call metrics as one exposition: samples with the same name and
+    labels added up (counters and histogram buckets, sums and counts all add)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Any] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in expositions:
+        for family in text_string_to_metric_families(text.decode()):
+            families.setdefault(family.name, family)
+            samples = values.setdefault(family.name, {})
+            for sample in family.samples:
+                if sample.name.endswith("_created"):  # a time, not a count
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] = samples.get(key, 0.0) + sample.value
+    lines = []
+    for name, family in families.items():
+        if not values[name]:  # only `_created` samples
+            continue
+        kind = {"counter": "counter", "histogram": "histogram"}.get(family.type, "gauge")
+        shown = f"{name}_total" if kind == "counter" else name  # as generate_latest names it
+        lines += [f"# HELP {shown} {family.documentation}", f"# TYPE {shown} {kind}"]
+        for (series, labels), value in values[name].items():
+            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(f"{series}{{{pairs}}} {value!r}" if pairs else f"{series} {value!r}")
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 class PipelineCollector:
