@@ -162,10 +162,9 @@ async def test_two_workers_store_every_call_once_and_stop_together(
     ids, named_runs = await stored(db_url)
     assert len(ids) == CALLS + NAMED + 6 and len(set(ids)) == len(ids)
     assert len(named_runs) == NAMED
-    if db_url.startswith("sqlite"):
-        # One writer groups every worker's calls: the named run is whole. (PostgreSQL: one
-        # writer per worker, whole once grouping lives in the database, issue 14 item 2.)
-        assert len(set(named_runs)) == 1, named_runs
+    # SQLite: one writer groups every worker's calls. PostgreSQL: a writer per worker, and
+    # the name is claimed in the database (gateway/store/grouping.py): whole either way.
+    assert len(set(named_runs)) == 1, named_runs
 
 
 async def _upstream_saw(upstream: Upstream, count: int) -> bool:
