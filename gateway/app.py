@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api import access
+from gateway.api import datasets as datasets_api
 from gateway.api import exchanges as api
 from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
@@ -36,6 +37,7 @@ from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
+from gateway.store.datasets import DatasetStore
 from gateway.store.exchanges import Store
 from gateway.store.replays import ReplayStore
 from gateway.store.runs import RunStore
@@ -62,11 +64,13 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.RUN_REPLAYER] = gateway.run_replayer
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
+    app[datasets_api.DATASETS] = gateway.datasets
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
+    app.add_routes(datasets_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -95,6 +99,7 @@ class Gateway:
         writer_settings = check_integrations(settings, os.environ)
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
+        self.datasets = DatasetStore(self.store)
         self.metrics = (
             prometheus.MetricsEndpoint(self.recorder)
             if prometheus.enabled(settings, report=True)

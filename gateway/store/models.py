@@ -304,6 +304,57 @@ class ExperimentRow(Model):
         indexes = (("experiment_id", "position", "repeat_index"),)
 
 
+class Dataset(Model):
+    """A named, versioned set of items (see gateway/store/datasets.py): `version` is the
+    latest; every earlier one stays readable from the items' added_in / removed_in."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=200, unique=True)
+    description = fields.TextField(default="")
+    version = fields.IntField(default=0)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "datasets"
+
+
+class DatasetVersion(Model):
+    """What made each version of a dataset: its source and how many items came and went."""
+
+    id = fields.BigIntField(primary_key=True)
+    dataset_id = fields.BigIntField()
+    version = fields.IntField()
+    created_at = fields.DatetimeField()
+    source = fields.CharField(max_length=16)  # created, exchanges, runs, filter, items, removed
+    added = fields.IntField(default=0)
+    removed = fields.IntField(default=0)
+    item_count = fields.IntField(default=0)
+
+    class Meta:
+        table = "dataset_versions"
+        unique_together = (("dataset_id", "version"),)
+
+
+class DatasetItem(Model):
+    """One item, stored once: in every version from `added_in` up to (not including)
+    `removed_in`. Input, expected output and metadata are JSON."""
+
+    id = fields.BigIntField(primary_key=True)
+    dataset_id = fields.BigIntField()
+    added_in = fields.IntField()
+    removed_in = fields.IntField(null=True)
+    input = fields.TextField()  # {"messages", "tools"?, "parameters"?}
+    expected_output = fields.TextField(null=True)
+    metadata = fields.TextField()
+    source_exchange_id = fields.BigIntField(null=True)
+    source_run_id = fields.BigIntField(null=True)
+
+    class Meta:
+        table = "dataset_items"
+        indexes = (("dataset_id", "id"),)
+
+
 class Quarantine(Model):
     """A capture record the database refused even after storable.py made its values fit: set
     aside with the error instead of retried forever or blocking the records after it. Kept in
