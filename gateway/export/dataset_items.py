@@ -69,7 +69,7 @@ class ItemSource:
         return [await self.from_exchange(i) for i in ids]
 
     async def from_run(self, run_id: int) -> NewItem:
-        run = await self.runs.get_run_row(run_id)
+        run = (await self.runs.names([run_id])).get(run_id)
         if run is None:
             raise NotFound(f"run {run_id} not found")
         steps, _ = await self.store.list_exchanges(ExchangeFilter(run=run_id), MAX_ITEMS, None)
@@ -85,7 +85,7 @@ class ItemSource:
                 "run_id": str(run_id),
                 "run_name": run["name"],
                 "agent": run["agent_id"],
-                "status": run["status"],
+                "source": run["source"],
                 "steps": len(calls),
                 "model": first_item.model,
             },
