@@ -75,7 +75,8 @@ async def test_datasets_from_calls_runs_search_and_items(
         # a search, and items given as JSON
         status, v3 = await post(gw, f"{base}/items", {"filter": {"q": "question", "limit": 2}})
         assert (status, v3["version"], v3["item_count"]) == (201, 3, 6), v3
-        given = {"input": {"messages": [{"role": "user", "content": "2+2?"}]}, "expected_output": "4"}
+        question = [{"role": "user", "content": "2+2?"}]
+        given = {"input": {"messages": question}, "expected_output": "4"}
         status, v4 = await post(gw, f"{base}/items", {"items": [given]})
         assert (status, v4["version"], v4["item_count"]) == (201, 4, 7), v4
 
