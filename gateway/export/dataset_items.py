@@ -43,7 +43,7 @@ class ItemSource:
         self.runs = runs
         self.providers = providers
 
-    async def _parsed(self, exchange_id: int) -> tuple[StoredExchange, Parsed]:
+    async def parsed(self, exchange_id: int) -> tuple[StoredExchange, Parsed]:
         item = await self.store.get_exchange(exchange_id)
         if item is None:
             raise NotFound(f"exchange {exchange_id} not found")
@@ -56,7 +56,7 @@ class ItemSource:
         return item, parse_stored(provider, item)
 
     async def from_exchange(self, exchange_id: int) -> NewItem:
-        item, parsed = await self._parsed(exchange_id)
+        item, parsed = await self.parsed(exchange_id)
         return NewItem(
             input=call_input(exchange_id, parsed),
             expected_output=reply(parsed),
@@ -76,8 +76,8 @@ class ItemSource:
         calls = sorted(s.id for s in steps if s.endpoint in ("chat", "agents", "conversations"))
         if not calls:
             raise UserError(f"run {run_id} has no chat, agents or conversations call")
-        first_item, first = await self._parsed(calls[0])
-        last = first if len(calls) == 1 else (await self._parsed(calls[-1]))[1]
+        first_item, first = await self.parsed(calls[0])
+        last = first if len(calls) == 1 else (await self.parsed(calls[-1]))[1]
         return NewItem(
             input=call_input(calls[0], first),
             expected_output=reply(last),

@@ -355,6 +355,19 @@ class DatasetItem(Model):
         indexes = (("dataset_id", "id"),)
 
 
+class Judge(Model):
+    """An LLM judge, kept as defined: Mistral's Observability judge shape (see
+    gateway/replay/judge.py), so it exports to La Plateforme unchanged."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=50, unique=True)
+    definition = fields.TextField()  # JSON, exactly as given
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "judges"
+
+
 class Quarantine(Model):
     """A capture record the database refused even after storable.py made its values fit: set
     aside with the error instead of retried forever or blocking the records after it. Kept in

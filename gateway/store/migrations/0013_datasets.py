@@ -1,6 +1,7 @@
-"""Datasets: named, versioned sets of items (input, expected output, metadata). An item is
+"""Datasets and judges. Datasets: named, versioned sets of items (input, expected output, metadata). An item is
 stored once with the version it was added in and the one it was removed in, so every
-version stays readable without copying the items it shares with the others.
+version stays readable without copying the items it shares with the others. Judges: LLM
+judge definitions in Mistral's Observability shape, kept as given.
 """
 
 from tortoise import fields, migrations
@@ -80,6 +81,22 @@ class Migration(migrations.Migration):
                 "indexes": [Index(fields=["dataset_id", "id"])],
                 "pk_attr": "id",
                 "table_description": "One item, stored once: in every version from `added_in` up to (not including)",
+            },
+            bases=["Model"],
+        ),
+        ops.CreateModel(
+            name="Judge",
+            fields=[
+                ("id", _id()),
+                ("name", fields.CharField(unique=True, max_length=50)),
+                ("definition", fields.TextField(unique=False)),
+                ("created_at", _time()),
+            ],
+            options={
+                "table": "judges",
+                "app": "models",
+                "pk_attr": "id",
+                "table_description": "An LLM judge, kept as defined: Mistral's Observability judge shape (see",
             },
             bases=["Model"],
         ),
