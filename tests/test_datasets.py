@@ -159,6 +159,9 @@ async def test_bad_requests_are_clear(upstream: Upstream, db_url: str, tmp_path:
     async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
         status, created = await post(gw, "/api/datasets", {"name": "d"})
         base = f"/api/datasets/{created['id']}"
+        deep: list[Any] = []
+        for _ in range(300):
+            deep = [deep]
         cases = [
             ("/api/datasets", {"name": ""}, 400, "name"),
             ("/api/datasets", {"name": "d"}, 409, "exists already"),
@@ -173,6 +176,7 @@ async def test_bad_requests_are_clear(upstream: Upstream, db_url: str, tmp_path:
             (f"{base}/items", {"filter": {"q": "nothing-like-this"}}, 400, "selects no"),
             (f"{base}/items", {"filter": {"colour": 1}}, 400, "unknown parameter"),
             (f"{base}/items", {"items": [{"input": "hi"}]}, 400, "items[0]: input must"),
+            (f"{base}/items", {"items": [{"input": {"messages": [deep]}}]}, 400, "as JSON"),
             (f"{base}/items", {"items": [{"input": {"messages": []}, "x": 1}]}, 400, "unknown"),
         ]
         for path, body, want, words in cases:

@@ -255,6 +255,8 @@ class Shouting:
         self.name = spec.get("name") or "shouting"
 
     def score(self, sample):
+        if self.name == "broken":
+            raise RuntimeError("a bug in the plugin")
         text = sample.output_text or ""
         return Score(self.name, sum(c.isupper() for c in text) / max(1, len(text)))
 """
@@ -283,8 +285,12 @@ async def test_custom_scorer_from_an_entry_point(
         status, answer = await post(
             gw,
             "/api/evaluations",
-            {"exchange_ids": [page["items"][0]["id"]], "scorers": [{"type": "shouting"}]},
+            {
+                "exchange_ids": [page["items"][0]["id"]],
+                "scorers": [{"type": "shouting"}, {"type": "shouting", "name": "broken"}],
+            },
         )
         assert status == 201, answer
-        (score,) = answer["results"][0]["scores"]
+        score, broken = answer["results"][0]["scores"]
         assert score["name"] == "shouting" and 0 <= score["value"] < 0.5
+        assert broken["value"] is None and "RuntimeError: a bug in the plugin" in broken["error"]

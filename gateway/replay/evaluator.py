@@ -145,6 +145,11 @@ class Evaluator:
             except UserError as exc:
                 scores.append({"name": scorer.name, "value": None, "error": str(exc)})
                 continue
+            except Exception as exc:  # a custom scorer's bug: its error, not a 500
+                log.exception("scorer %s failed on exchange %s", scorer.name, target.exchange_id)
+                error = f"the scorer failed: {type(exc).__name__}: {exc}"
+                scores.append({"name": scorer.name, "value": None, "error": error})
+                continue
             on_exchange = target.exchange_id if target.run_id is None else None
             stored = await runs.add_evaluation(target.run_id, on_exchange, score.name, score.value)
             scores.append({**score.to_json(), "evaluation_id": str(stored.id)})

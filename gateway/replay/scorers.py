@@ -23,6 +23,7 @@ import orjson
 from gateway.errors import UserError
 
 ENTRY_POINTS = "agentops_studio.scorers"
+MAX_NAME = 200  # evaluations.metric_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +280,8 @@ def make(spec: dict[str, Any]) -> Scorer:
 
 async def run(scorer: Scorer, sample: Sample) -> Score:
     """Score one sample, whether the scorer is plain or a coroutine; values are floats."""
+    if len(scorer.name) > MAX_NAME:
+        raise UserError(f"a scorer's name is longer than {MAX_NAME} characters")
     result = scorer.score(sample)
     if inspect.isawaitable(result):
         result = await result

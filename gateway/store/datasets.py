@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from gateway.capture.exchange import new_id
@@ -103,7 +104,10 @@ class Dataset:
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:  # nested deeper than 254 levels, say
+        raise UserError(f"an item cannot be stored as JSON: {exc}") from None
 
 
 def _item(row: dict[str, Any]) -> DatasetItem:
@@ -149,15 +153,18 @@ class DatasetStore:
         if await self.find(name) is not None:
             raise Conflict(f"a dataset named {name!r} exists already")
         dataset_id, now = new_id(), self._now()
-        async with in_transaction("default") as tx:
-            await tx.execute_query(
-                self.store.sql(
-                    "INSERT INTO datasets (id, name, description, version, created_at, "
-                    "updated_at) VALUES (?, ?, ?, 0, ?, ?)"
-                ),
-                [dataset_id, name, description, now, now],
-            )
-            await self._version(tx, dataset_id, 0, "created", 0, 0, 0)
+        try:
+            async with in_transaction("default") as tx:
+                await tx.execute_query(
+                    self.store.sql(
+                        "INSERT INTO datasets (id, name, description, version, created_at, "
+                        "updated_at) VALUES (?, ?, ?, 0, ?, ?)"
+                    ),
+                    [dataset_id, name, description, now, now],
+                )
+                await self._version(tx, dataset_id, 0, "created", 0, 0, 0)
+        except IntegrityError:  # created by someone else since the check above
+            raise Conflict(f"a dataset named {name!r} exists already") from None
         found = await self.get(dataset_id)
         assert found is not None
         return found

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from tortoise.exceptions import IntegrityError
 
 from gateway.capture.exchange import new_id
 from gateway.errors import Conflict, NotFound
@@ -22,17 +23,16 @@ class JudgeStore:
         name = definition["name"]
         if await self.store.rows("SELECT id FROM judges WHERE name = ?", [name]):
             raise Conflict(f"a judge named {name!r} exists already")
-        await self.store.conn.execute_query(
-            self.store.sql(
-                "INSERT INTO judges (id, name, definition, created_at) VALUES (?, ?, ?, ?)"
-            ),
-            [
-                new_id(),
-                name,
-                orjson.dumps(definition).decode(),
-                self.store._value(datetime.now(UTC)),
-            ],
-        )
+        values = [new_id(), name, orjson.dumps(definition).decode()]
+        try:
+            await self.store.conn.execute_query(
+                self.store.sql(
+                    "INSERT INTO judges (id, name, definition, created_at) VALUES (?, ?, ?, ?)"
+                ),
+                [*values, self.store._value(datetime.now(UTC))],
+            )
+        except IntegrityError:  # stored by someone else since the check above
+            raise Conflict(f"a judge named {name!r} exists already") from None
         return definition
 
     async def get(self, name: str) -> dict[str, Any]:
