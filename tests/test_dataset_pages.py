@@ -47,7 +47,8 @@ async def test_dataset_pages(gateway: Gateway):
         async with http.get("/datasets/add", params={"search": "1", "q": "question"}) as resp:
             html = await resp.text()
             assert resp.status == 200 and '<span class="tag">q: question</span>' in html
-        add = {"search": "1", "q": "question", "dataset": dataset_id, "csrf_token": csrf}
+        add = {"search": "1", "q": "question", "range": "24h", "dataset": dataset_id}
+        add["csrf_token"] = csrf
         async with http.post("/datasets/add", data=add, allow_redirects=False) as resp:
             assert resp.status == 303 and resp.headers["Location"].endswith("?added=3")
         # a run, from the run page's button

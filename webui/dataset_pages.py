@@ -106,11 +106,11 @@ async def selected_items(request: web.Request, chosen: dict[str, Any]) -> list[N
         return await source.from_exchanges(chosen["ids"])
     if chosen["kind"] == "runs":
         return await source.from_runs(chosen["ids"])
-    filters = dict(chosen["filters"])
-    if filters.get("range"):  # the list's relative range, made absolute as the list does
+    filters = {k: chosen["filters"].get(k, "") for k in FILTER_KEYS}
+    if filters["range"]:  # the list's relative range, made absolute as the list does
         since = build_filter(filters).since
-        filters.pop("range")
         filters["since"] = since.isoformat() if since else ""
+    filters.pop("range")
     return await source.from_filter({**filters, "limit": 200})
 
 
