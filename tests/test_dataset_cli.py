@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import CLI, ROOT, Upstream, calls, make_settings, running
+from tests.conftest import CLI, ROOT, Upstream, calls, free_port, make_settings, running
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_TOKEN": ""}
 
@@ -130,7 +130,7 @@ async def test_dataset_mistakes_are_one_line(tmp_path: Path):
         (("add", "d", "--jsonl", str(tmp_path / "missing.jsonl")), "cannot read"),
         (("add", "d", "--exchange", "12"), "exchange 12 not found"),
         (("add", "d", "--filter", "colour"), "key=value"),
-        (("add", "d", "--hf", "someone/some-dataset"), "from the Hugging Face Hub"),
+        (("add", "d", "--hf", "someone/some-dataset"), "Hugging Face Hub"),
         (("export", "d", "--out", str(tmp_path / "x"), "--version", "3"), "does not exist"),
         (("export", "d", "--out", str(tmp_path / "x"), "--push-to-hub", "me/d"), "needs --format"),
         (
@@ -147,8 +147,27 @@ async def test_dataset_mistakes_are_one_line(tmp_path: Path):
             "needs a token",
         ),
     ]
-    for args, words in cases:
-        code, _, err = await run("dataset", *args, "--db", db)
+    closed = f"http://127.0.0.1:{free_port()}"  # a Hub nobody answers for, as offline
+    hub_down = {"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "HF_ENDPOINT": closed}
+    cases += [
+        (("add", "d", "--hf", "someone/some-dataset"), "(127.0.0.1) is unreachable", hub_down),
+        (
+            (
+                "export",
+                "d",
+                "--format",
+                "hf",
+                "--out",
+                str(tmp_path / "p"),
+                "--push-to-hub",
+                "me/d",
+            ),
+            "cannot push to me/d: the Hugging Face Hub (127.0.0.1) is unreachable",
+            {**hub_down, "HF_TOKEN": "hf_not_a_real_token"},
+        ),
+    ]
+    for args, words, *env in cases:
+        code, _, err = await run("dataset", *args, "--db", db, env=env[0] if env else None)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and words in lines[0], (args, err)
         assert lines[0].startswith("agentops-studio: error: ")

@@ -10,10 +10,13 @@ are the item's metadata. Reading one back, a last assistant message is the expec
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -23,6 +26,7 @@ from gateway.store.datasets import DatasetItem, NewItem
 
 FORMATS = ("jsonl", "mistral", "hf", "parquet")
 HF_COLUMNS = ("input", "expected_output", "metadata")
+HUB_TIMEOUT = 5.0
 
 
 # -- records ------------------------------------------------------------------------------
@@ -181,6 +185,7 @@ def write_hf(items: list[DatasetItem], out: str, shape: str, repo: str | None = 
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     if repo:
+        check_hub(f"saved to {out}, but cannot push to {repo}:")
         try:
             table.push_to_hub(repo, private=True)  # captured prompts: never public by default
         except Exception as exc:  # offline, refused, no such org: one line, not a traceback
@@ -188,6 +193,23 @@ def write_hf(items: list[DatasetItem], out: str, shape: str, repo: str | None = 
                 f"saved to {out}, but the Hugging Face Hub refused or could not be reached "
                 f"({repo}): {_first_line(exc)}"
             ) from None
+
+
+def check_hub(what: str) -> None:
+    """Fail at once, in one line, when the Hub cannot be reached (offline mode, no DNS, no
+    route): huggingface_hub would otherwise retry for half a minute, printing each try."""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"{what} the Hugging Face Hub is off (HF_HUB_OFFLINE is set)")
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT).close()
+    except OSError as exc:
+        raise UserError(
+            f"{what} the Hugging Face Hub ({host}) is unreachable: {exc.strerror or exc}"
+        ) from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no line per retry
 
 
 def hub_token() -> str | None:
@@ -210,7 +232,10 @@ def read_hf(source: str, split: str = "train") -> list[NewItem]:
         elif path.is_file():
             loaded = datasets.Dataset.from_parquet(str(path))
         else:
+            check_hub(f"cannot load {source!r}: it is not a local folder or file, and")
             loaded = datasets.load_dataset(source, split=split)
+    except UserError:
+        raise
     except Exception as exc:
         where = "from disk" if path.exists() else "from the Hugging Face Hub"
         raise UserError(f"cannot load {source!r} {where}: {_first_line(exc)}") from None
