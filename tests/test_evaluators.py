@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -179,6 +180,18 @@ async def test_scoring_calls_and_a_run_through_the_gateway(
             "SELECT metric_name, metric_value FROM evaluations WHERE exchange_id = ?", [int(ids[1])]
         )
         assert {r["metric_name"] for r in rows} == set(by_name)
+        kept = {e.metric_name: e for e in await gw.run_store.exchange_evaluations(int(ids[1]))}
+        verdict = kept["judge:helpfulness"].detail or {}
+        assert verdict["answer"] == "helpful" and verdict["analysis"] == helpful["analysis"]
+        assert verdict["judge_cost_usd"] == helpful["judge_cost_usd"]
+        assert kept["bleu"].detail is None
+        async with (
+            aiohttp.ClientSession(gw.ui_url) as http,
+            http.get(f"/exchanges/{ids[1]}") as resp,
+        ):
+            html = await resp.text()
+        assert f'<a href="/exchanges/{judge_call}">the judge\'s call</a>' in html
+        assert '<span class="tag">helpful</span>' in html
 
         # a run is judged by its final answer; the evaluation is the run's
         await asyncio.to_thread(tool_loop, gw, "Rome")

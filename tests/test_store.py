@@ -40,6 +40,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
             "0008_preview",
             "0009_stats_rollups",
             "0010_body_deltas",
+            "0013_datasets",
         ]
         if store.dialect == "sqlite":  # a new database gets 8 KB pages (exchanges.py)
             assert (await store.rows("PRAGMA page_size"))[0]["page_size"] == 8192
@@ -61,7 +62,7 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
     again = Store(db_url)
     await again.open()  # already migrated: a no-op, not an error
     try:
-        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 10
+        assert len(await again.rows("SELECT name FROM tortoise_migrations")) == 11
     finally:
         await again.close()
 

@@ -151,7 +151,9 @@ class Evaluator:
                 scores.append({"name": scorer.name, "value": None, "error": error})
                 continue
             on_exchange = target.exchange_id if target.run_id is None else None
-            stored = await runs.add_evaluation(target.run_id, on_exchange, score.name, score.value)
+            stored = await runs.add_evaluation(
+                target.run_id, on_exchange, score.name, score.value, score.detail or None
+            )
             scores.append({**score.to_json(), "evaluation_id": str(stored.id)})
         return {
             "exchange_id": str(target.exchange_id),

@@ -185,6 +185,9 @@ class Evaluation(Model):
     metric_name = fields.CharField(max_length=200)
     metric_value = fields.FloatField()
     created_at = fields.DatetimeField()
+    # JSON, for scores an evaluator made: a judge's analysis and answer, the exchange id and
+    # cost of its call (gateway/replay/judge.py); null for scores posted by hand
+    detail = fields.TextField(null=True)
 
     class Meta:
         table = "evaluations"

@@ -1,7 +1,8 @@
 """Datasets and judges. Datasets: named, versioned sets of items (input, expected output, metadata). An item is
 stored once with the version it was added in and the one it was removed in, so every
 version stays readable without copying the items it shares with the others. Judges: LLM
-judge definitions in Mistral's Observability shape, kept as given.
+judge definitions in Mistral's Observability shape, kept as given; an evaluation's detail
+(a judge's analysis, answer and cost).
 """
 
 from tortoise import fields, migrations
@@ -84,6 +85,7 @@ class Migration(migrations.Migration):
             },
             bases=["Model"],
         ),
+        ops.AddField(model_name="Evaluation", name="detail", field=fields.TextField(null=True)),
         ops.CreateModel(
             name="Judge",
             fields=[
