@@ -115,6 +115,18 @@ async def test_scoring_calls_and_a_run_through_the_gateway(
         assert (status, again) == (200, JUDGE)  # exported unchanged
         status, listed = await get(gw, "/api/judges")
         assert listed["items"] == [JUDGE]
+        # one exported from La Plateforme (a Judge: id, dates, revisions) comes in unchanged
+        remote = {
+            **REGRESSION,
+            "name": "remote-judge",
+            "id": "0b6a5e1e-2f55-4a8e-9d0c-3c1f0a4b7e21",
+            "created_at": "2026-01-02T03:04:05Z",
+            "up_revision": None,
+        }
+        assert await post(gw, "/api/judges", remote) == (201, remote)
+        assert await get(gw, "/api/judges/remote-judge") == (200, remote)
+        status, create = await get(gw, "/api/judges/remote-judge", shape="create")
+        assert create == {**REGRESSION, "name": "remote-judge"}
         sent = len(upstream.requests)
 
         status, answer = await post(

@@ -11,13 +11,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.exchanges import json_body, json_response
+from gateway.errors import UserError
 from gateway.replay import scorers
 from gateway.replay.evaluator import Evaluator
-from gateway.replay.judge import check_judge
+from gateway.replay.judge import JUDGE_SCHEMA, check_judge
 from gateway.store.judges import JudgeStore
 
 EVALUATOR = web.AppKey("evaluator", Evaluator)
 JUDGES = web.AppKey("judges", JudgeStore)
+
+CREATE_FIELDS = tuple(JUDGE_SCHEMA["properties"])
 
 routes = web.RouteTableDef()
 
@@ -53,6 +56,12 @@ async def list_judges(request: web.Request) -> web.Response:
 
 @routes.get("/api/judges/{name}")
 async def get_judge(request: web.Request) -> web.Response:
-    """The definition exactly as stored: what La Plateforme's `POST /v1/observability/judges`
-    takes."""
-    return json_response(await request.app[JUDGES].get(request.match_info["name"]))
+    """The definition exactly as stored (one exported from La Plateforme keeps its id and
+    dates); `?shape=create` keeps only what `POST /v1/observability/judges` takes."""
+    definition = await request.app[JUDGES].get(request.match_info["name"])
+    shape = request.query.get("shape", "stored")
+    if shape not in ("stored", "create"):
+        raise UserError(f"shape must be stored or create, got {shape!r}")
+    if shape == "create":
+        definition = {k: v for k, v in definition.items() if k in CREATE_FIELDS}
+    return json_response(definition)
