@@ -103,3 +103,41 @@ async def test_dataset_pages(gateway: Gateway):
             assert resp.status == 404 and "exchange 12345 not found" in await resp.text()
     _, listed = await get(gateway, "/api/datasets")
     assert [d["name"] for d in listed["items"]] == ["<i>pages</i>"]  # nothing half-made
+
+
+async def test_score_form(gateway: Gateway):
+    await send(gateway, 1)
+    _, page = await get(gateway, "/api/exchanges")
+    exchange = page["items"][0]["id"]
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(gateway.ui_url, cookie_jar=jar) as http:
+        async with http.get(f"/exchanges/{exchange}/score", headers={"HX-Request": "true"}) as resp:
+            fragment = await resp.text()
+        assert "<html" not in fragment and 'value="bleu"' in fragment
+        csrf = TOKEN.search(fragment)[1]
+        form = [
+            ("scorer", "contains"),
+            ("contains", "question"),
+            ("scorer", "bleu"),
+            ("expected", "question one"),
+            ("csrf_token", csrf),
+        ]
+        async with http.post(f"/exchanges/{exchange}/score", data=form) as resp:
+            html = await resp.text()
+            assert resp.status == 200 and str(resp.url).endswith(f"/exchanges/{exchange}")
+        assert "<td>contains</td>" in html and "<td>bleu</td>" in html
+        for data, words in (
+            ([("csrf_token", csrf)], "tick at least one scorer"),
+            ([("scorer", "bleu"), ("csrf_token", csrf)], "needs an expected output"),
+            (
+                [("scorer", "judge:absent"), ("csrf_token", csrf)],
+                "judge &#39;absent&#39; not found",
+            ),
+            (
+                [("scorer", "embedding_cosine"), ("expected", "x"), ("csrf_token", csrf)],
+                "no API key",
+            ),
+        ):
+            async with http.post(f"/exchanges/{exchange}/score", data=data) as resp:
+                text = await resp.text()
+                assert resp.status in (400, 404) and words in text, (data, text[-400:])

@@ -258,6 +258,19 @@ def test_tick_three_calls_into_a_new_dataset(gw: ThreadedGateway, page: Any):
     assert rows.filter(has_text="window.__pwned = 1").count() == 1
     page.goto(gw.ui_url + f"/datasets/{dataset_id}?version=1")
     assert rows.count() == 3  # the older version, as it was
+    # score a call from its page: the form loads when its section opens
+    page.goto(gw.ui_url + f"/exchanges/{hostile}")
+    page.get_by_text("Score this call").click()
+    page.locator("form.score-form").wait_for()
+    page.get_by_label("valid JSON").check()
+    page.get_by_label("regular expression", exact=True).check()
+    page.fill("input[name=pattern]", "\\w+")
+    page.get_by_role("button", name="Score").click()
+    page.wait_for_url(re.compile(rf"/exchanges/{hostile}#evals-h$"))
+    evals = page.locator("section[aria-labelledby=evals-h] tbody tr")
+    assert evals.filter(has_text="json_valid").count() == 1
+    assert evals.filter(has_text="regex").locator("td.num").inner_text() == "1"
+    assert page.evaluate("window.__pwned") is None
     page.goto(gw.ui_url + "/datasets")
     page.get_by_role("link", name="picked <b>three</b>").wait_for()
     shot(page, "datasets")

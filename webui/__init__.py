@@ -14,7 +14,16 @@ from aiohttp import web
 from gateway.api.access import Handler, is_api
 from gateway.errors import AgentOpsError
 from gateway.settings import Settings
-from webui import auth, dashboard, dataset_pages, exchange_pages, prices_page, render, run_pages
+from webui import (
+    auth,
+    dashboard,
+    dataset_pages,
+    exchange_pages,
+    prices_page,
+    render,
+    run_pages,
+    score_pages,
+)
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -85,6 +94,7 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
     dashboard.setup(app)
     prices_page.setup(app)
     dataset_pages.setup(app)
+    score_pages.setup(app)
     app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 
