@@ -20,10 +20,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api import access
+from gateway.api import datasets as datasets_api
+from gateway.api import evaluations as evaluations_api
 from gateway.api import exchanges as api
 from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
 from gateway.capture.pricing import PriceTable
+from gateway.export.dataset_items import ItemSource
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.lifecycle import InFlight
@@ -33,12 +36,15 @@ from gateway.proxy import scrub
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
+from gateway.replay.evaluator import Evaluator
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
+from gateway.store.datasets import DatasetStore
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
+from gateway.store.judges import JudgeStore
 from gateway.store.replays import ReplayStore
 from gateway.store.runs import RunStore
 from gateway.writer import WriterProcess
@@ -66,11 +72,16 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.EXPERIMENTS] = gateway.experiments
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
+    app[datasets_api.DATASETS] = gateway.datasets
+    app[evaluations_api.EVALUATOR] = gateway.evaluator
+    app[evaluations_api.JUDGES] = gateway.judges
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
+    app.add_routes(datasets_api.routes)
+    app.add_routes(evaluations_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -111,6 +122,8 @@ class Gateway:
         writer_settings = check_integrations(settings, os.environ)
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
+        self.datasets = DatasetStore(self.store)
+        self.judges = JudgeStore(self.store)
         self.metrics = (
             prometheus.MetricsEndpoint(self.recorder, self._worker_metrics)
             if prometheus.enabled(settings, report=True)
@@ -184,6 +197,9 @@ class Gateway:
             self.replay_key,
         )
         self.run_replayer = RunReplayer(self.replayer, self.store, self.run_store)
+        self.evaluator = Evaluator(
+            ItemSource(self.store, self.run_store, self.provider), self.replayer, self.judges
+        )
         undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
         undo.push_async_callback(self.experiments.stop)

@@ -1,5 +1,5 @@
 """The command line: `agentops-studio serve | mitm | import | purge | reprice | export |
-healthcheck`. Flags come from the settings table.
+healthcheck | quarantine | dataset`. Flags come from the settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
 ends as one line on stderr and exit status 2, never a traceback. SIGINT and SIGTERM end every
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway import __version__
-from gateway.errors import AgentOpsError
+from gateway.errors import AgentOpsError, UserError
 from gateway.export.exporter import export_options, export_request
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
 from gateway.proxy.workers import WorkerError
@@ -771,6 +771,173 @@ def quarantine_drop(ids: tuple[str, ...], **flags: Any) -> None:
     click.echo(f"dropped {dropped} quarantined record{'' if dropped == 1 else 's'}")
     if dropped < len(set(wanted)):
         fail(f"{len(set(wanted)) - dropped} of the ids were not in quarantine")
+
+
+@main.group()
+def dataset() -> None:
+    """Datasets: named, versioned sets of items (input, expected output, metadata) built
+    from recorded calls or runs, JSONL, or a Hugging Face dataset; exported the same ways."""
+
+
+def _on_datasets(db: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(DatasetStore)` on the database; errors from the tree are one line, exit 2."""
+    from gateway.store.datasets import DatasetStore
+
+    try:
+        return run_interruptible(on_store(db, lambda store: work(DatasetStore(store))))
+    except Interrupted:
+        interrupted("interrupted: nothing was changed")
+        raise  # unreachable
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+def _line(found: Any) -> str:
+    return f"{found.id}  {found.name}  version {found.version}  {found.item_count} items"
+
+
+@dataset.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="What the dataset is for.")
+@setting_options(("db",))
+def dataset_create(name: str, description: str, **flags: Any) -> None:
+    """Create an empty dataset (version 0)."""
+    settings = build_settings(flags)
+    created = _on_datasets(settings.db, lambda d: d.create(name, description))
+    click.echo(_line(created))
+
+
+@dataset.command("list")
+@setting_options(("db",))
+def dataset_list(**flags: Any) -> None:
+    """Print one line per dataset: id, name, latest version, its item count."""
+    settings = build_settings(flags)
+    for found in _on_datasets(settings.db, lambda d: d.all()):
+        click.echo(_line(found))
+
+
+@dataset.command("add")
+@click.argument("name")
+@click.option("--exchange", "exchanges", multiple=True, metavar="ID", help="A recorded call.")
+@click.option("--run", "runs", multiple=True, metavar="ID", help="A recorded run.")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="The calls a search selects (the /api/exchanges parameters: q, model, status, "
+    "endpoint, run, since, until, limit); repeatable.",
+)
+@click.option("--jsonl", metavar="FILE", help="Items, Mistral records or chat lines.")
+@click.option(
+    "--hf", metavar="PATH", help="A Hugging Face dataset: a save_to_disk folder or Parquet."
+)
+@click.option("--split", default="train", show_default=True, help="The --hf split to read.")
+@setting_options(("db", "elevenlabs_usd_per_credit"))
+def dataset_add(
+    name: str,
+    exchanges: tuple[str, ...],
+    runs: tuple[str, ...],
+    filters: tuple[str, ...],
+    jsonl: str | None,
+    hf: str | None,
+    split: str,
+    **flags: Any,
+) -> None:
+    """Add items to dataset NAME (or id) from one source, as a new version."""
+    chosen = [bool(exchanges), bool(runs), bool(filters), bool(jsonl), bool(hf)]
+    if sum(chosen) != 1:
+        fail("give exactly one of --exchange, --run, --filter, --jsonl or --hf")
+    settings = build_settings(flags)
+
+    async def work(datasets: Any) -> Any:
+        from gateway.export import dataset_files
+        from gateway.export.dataset_items import ItemSource, parse_ids
+        from gateway.providers import make_providers, provider_named
+        from gateway.store.runs import RunStore
+
+        found = await datasets.named(name)
+        providers = make_providers(settings)
+        source = ItemSource(
+            datasets.store, RunStore(datasets.store), lambda p: provider_named(providers, p)
+        )
+        if exchanges:
+            items, kind = (
+                await source.from_exchanges(parse_ids(list(exchanges), "--exchange")),
+                "exchanges",
+            )
+        elif runs:
+            items, kind = await source.from_runs(parse_ids(list(runs), "--run")), "runs"
+        elif filters:
+            items, kind = await source.from_filter(_pairs(filters)), "filter"
+        elif jsonl:
+            items, kind = dataset_files.read_jsonl(jsonl), "jsonl"
+        else:
+            items, kind = dataset_files.read_hf(str(hf), split), "hf"
+        return await datasets.add(found.id, items, kind), len(items)
+
+    updated, added = _on_datasets(settings.db, work)
+    click.echo(f"added {added} items: {_line(updated)}")
+
+
+def _pairs(filters: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in filters:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--filter must look like key=value, got {pair!r}")
+        out[key] = value
+    return out
+
+
+@dataset.command("export")
+@click.argument("name")
+@click.option(
+    "--format",
+    "shape",
+    type=click.Choice(["jsonl", "mistral", "hf", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: our items; mistral: Observability dataset records (payload + properties) "
+    "for La Plateforme's imports/from-file; hf: a save_to_disk folder; parquet: one file.",
+)
+@click.option("--out", required=True, metavar="PATH", help="The file (or folder for hf).")
+@click.option("--version", "version", type=int, default=None, help="Default: the latest.")
+@click.option(
+    "--push-to-hub",
+    metavar="REPO",
+    default=None,
+    help="Also push (private) to the Hugging Face Hub; needs --format hf or parquet and a "
+    "token (HF_TOKEN or huggingface-cli login).",
+)
+@setting_options(("db",))
+def dataset_export(
+    name: str, shape: str, out: str, version: int | None, push_to_hub: str | None, **flags: Any
+) -> None:
+    """Write a version of dataset NAME (or id) to a file."""
+    from gateway.export import dataset_files
+
+    if push_to_hub and shape not in ("hf", "parquet"):
+        fail("--push-to-hub needs --format hf or parquet")
+    settings = build_settings(flags)
+
+    async def work(datasets: Any) -> tuple[Any, int, list[Any]]:
+        found = await datasets.named(name)
+        wanted = found.version if version is None else version
+        if not 0 <= wanted <= found.version:
+            raise UserError(f"--version {wanted} does not exist (the latest is {found.version})")
+        return found, wanted, await datasets.all_items(found.id, wanted)
+
+    found, wanted, items = _on_datasets(settings.db, work)
+    try:
+        if shape in ("jsonl", "mistral"):
+            dataset_files.write_jsonl(items, shape, out)
+        else:
+            dataset_files.write_hf(items, out, shape, push_to_hub)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    click.echo(f"exported {len(items)} items of {found.name} version {wanted} to {out}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

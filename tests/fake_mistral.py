@@ -520,9 +520,32 @@ def _plan_text(
     if _is_reasoning(plan.model, body):
         plan.thinking = _thinking(sampling, prompt, salt)
     fmt = body.get("response_format") or {}
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+    schema = (fmt.get("json_schema") or {}).get("schema") if isinstance(fmt, dict) else None
+    if isinstance(schema, dict) and fmt.get("type") == "json_schema":
+        text = orjson.dumps(_conforming(schema, text)).decode()  # structured outputs
+    elif isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         text = orjson.dumps({"answer": text}).decode()
     plan.text = text
+
+
+def _conforming(schema: Json, text: str) -> Any:
+    """A value the JSON schema accepts, as structured outputs give: the first enum value,
+    the middle of a number's range, the answer's words for a string."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: _conforming(v, text) for k, v in props.items() if isinstance(v, dict)}
+    if kind in ("number", "integer"):
+        low, high = schema.get("minimum", 0), schema.get("maximum", 1)
+        middle = (low + high) / 2
+        return int(middle) if kind == "integer" else middle
+    if kind == "array":
+        return []
+    if kind == "boolean":
+        return True
+    return text
 
 
 def _truncate(plan: Completion, max_tokens: Any) -> None:

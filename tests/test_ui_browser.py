@@ -225,6 +225,57 @@ def test_keyboard_and_theme(gw: ThreadedGateway, page: Any):
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == after
 
 
+def test_tick_three_calls_into_a_new_dataset(gw: ThreadedGateway, page: Any):
+    page.goto(gw.ui_url + "/")
+    picked = ("Write a haiku about the sea", "plot of Hamlet", "capital of Australia")
+    for text in picked:
+        page.locator("#rows tr", has_text=text).locator("input[name=pick]").check()
+    page.click("#add-ticked")
+    page.wait_for_url(re.compile(r"/datasets/add\?pick=\d+&pick=\d+&pick=\d+$"))
+    page.fill("#add-name", "picked <b>three</b>")
+    page.get_by_role("button", name="Add").click()
+    page.wait_for_url(re.compile(r"/datasets/\d+\?added=3$"))
+    page.get_by_text("Added 3 items: this is version 1.").wait_for()
+    assert page.locator(".dataset-name").inner_text() == "picked <b>three</b>"
+    rows = page.locator("table.dataset-items tbody tr")
+    assert rows.count() == 3
+    for text in picked:
+        assert rows.filter(has_text=text).count() == 1
+    dataset_id = page.url.rsplit("/", 1)[1].split("?")[0]
+    shot(page, "dataset")
+    # the hostile prompt, added from its exchange page, stays text on the dataset page
+    hostile = ids(
+        gw, "SELECT id FROM exchanges WHERE preview LIKE '%window.__pwned%' ORDER BY id LIMIT 1"
+    )[0]
+    page.goto(gw.ui_url + f"/exchanges/{hostile}")
+    page.get_by_role("link", name="Add to a dataset").click()
+    page.select_option("#add-dataset", dataset_id)
+    page.get_by_role("button", name="Add").click()
+    page.get_by_text("Added 1 item: this is version 2.").wait_for()
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img[src=x]").count() == 0
+    assert rows.filter(has_text="window.__pwned = 1").count() == 1
+    page.goto(gw.ui_url + f"/datasets/{dataset_id}?version=1")
+    assert rows.count() == 3  # the older version, as it was
+    # score a call from its page: the form loads when its section opens
+    page.goto(gw.ui_url + f"/exchanges/{hostile}")
+    page.get_by_text("Score this call").click()
+    page.locator("form.score-form").wait_for()
+    page.get_by_label("valid JSON").check()
+    page.get_by_label("regular expression", exact=True).check()
+    page.fill("input[name=pattern]", "\\w+")
+    page.get_by_role("button", name="Score").click()
+    page.wait_for_url(re.compile(rf"/exchanges/{hostile}#evals-h$"))
+    evals = page.locator("section[aria-labelledby=evals-h] tbody tr")
+    assert evals.filter(has_text="json_valid").count() == 1
+    assert evals.filter(has_text="regex").locator("td.num").inner_text() == "1"
+    assert page.evaluate("window.__pwned") is None
+    page.goto(gw.ui_url + "/datasets")
+    page.get_by_role("link", name="picked <b>three</b>").wait_for()
+    shot(page, "datasets")
+
+
 def test_login_form_sets_a_strict_httponly_cookie(browser: Any, tmp_path: Path):
     with ThreadedGateway(tmp_path, ui_token="correct horse battery") as server:
         context = browser.new_context()

@@ -15,7 +15,16 @@ from aiohttp import web
 from gateway.api.access import Handler, is_api
 from gateway.errors import AgentOpsError
 from gateway.settings import Settings
-from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages
+from webui import (
+    auth,
+    dashboard,
+    dataset_pages,
+    exchange_pages,
+    prices_page,
+    render,
+    run_pages,
+    score_pages,
+)
 
 log = logging.getLogger(__name__)
 CSP = (
@@ -99,6 +108,8 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
     run_pages.setup(app)
     dashboard.setup(app)
     prices_page.setup(app)
+    dataset_pages.setup(app)
+    score_pages.setup(app)
     app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 

@@ -26,6 +26,7 @@ NAV = (
     ("/", "Exchanges"),
     ("/runs", "Runs"),
     ("/dashboard", "Dashboard"),
+    ("/datasets", "Datasets"),
     ("/experiments", "Experiments"),
     ("/prices", "Prices"),
 )

@@ -43,6 +43,9 @@ PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = (
     "replay",
 )
 
+# Runs of the gateway's own calls, besides replays (only set with replay_of, never by a client).
+PURPOSES = ("evaluator", "experiment", "finetune")
+
 
 # -- canonical messages -------------------------------------------------------------------
 
@@ -461,7 +464,9 @@ class Grouper:
         created = not run_id or step == 0
         run_id = run_id or new_id()
         self._link_conversations(parsed, run_id)
-        return run_id, REPLAY, None, created, None
+        # Calls the gateway makes for itself say what for (a judge's: `evaluator`).
+        purpose = hints.get("purpose")
+        return run_id, purpose if purpose in PURPOSES else REPLAY, None, created, None
 
     def _named(self, name: str, at: float) -> tuple[int, bool]:
         known = self.names.get(name)

@@ -4,6 +4,8 @@ reads of exchanges, runs, replays and exports. SQLite or PostgreSQL, chosen by U
     exchanges.py   the connection, writing batches, reading exchanges, the quarantine
     runs.py        what the grouper decided, written; runs read back
     replays.py     diffs and experiments
+    datasets.py    datasets, their versions and items
+    judges.py      LLM judge definitions, kept as given
     exports.py     keyset-paged reads for export
     rollups.py     per-hour dashboard totals, kept in the writer's transactions
     models.py      the schema, as Tortoise models (the one description: tests/test_schema.py)

@@ -192,6 +192,9 @@ class Evaluation(Model):
     metric_name = fields.CharField(max_length=200)
     metric_value = fields.FloatField()
     created_at = fields.DatetimeField()
+    # JSON, for scores an evaluator made: a judge's analysis and answer, the exchange id and
+    # cost of its call (gateway/replay/judge.py); null for scores posted by hand
+    detail = fields.TextField(null=True)
 
     class Meta:
         table = "evaluations"
@@ -337,6 +340,70 @@ class NodeLease(Model):
 
     class Meta:
         table = "node_leases"
+
+
+class Dataset(Model):
+    """A named, versioned set of items (see gateway/store/datasets.py): `version` is the
+    latest; every earlier one stays readable from the items' added_in / removed_in."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=200, unique=True)
+    description = fields.TextField(default="")
+    version = fields.IntField(default=0)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "datasets"
+
+
+class DatasetVersion(Model):
+    """What made each version of a dataset: its source and how many items came and went."""
+
+    id = fields.BigIntField(primary_key=True)
+    dataset_id = fields.BigIntField()
+    version = fields.IntField()
+    created_at = fields.DatetimeField()
+    source = fields.CharField(max_length=16)  # created, exchanges, runs, filter, items, removed
+    added = fields.IntField(default=0)
+    removed = fields.IntField(default=0)
+    item_count = fields.IntField(default=0)
+
+    class Meta:
+        table = "dataset_versions"
+        unique_together = (("dataset_id", "version"),)
+
+
+class DatasetItem(Model):
+    """One item, stored once: in every version from `added_in` up to (not including)
+    `removed_in`. Input, expected output and metadata are JSON."""
+
+    id = fields.BigIntField(primary_key=True)
+    dataset_id = fields.BigIntField()
+    added_in = fields.IntField()
+    removed_in = fields.IntField(null=True)
+    input = fields.TextField()  # {"messages", "tools"?, "parameters"?}
+    expected_output = fields.TextField(null=True)
+    metadata = fields.TextField()
+    source_exchange_id = fields.BigIntField(null=True)
+    source_run_id = fields.BigIntField(null=True)
+
+    class Meta:
+        table = "dataset_items"
+        indexes = (("dataset_id", "id"),)
+
+
+class Judge(Model):
+    """An LLM judge, kept as defined: Mistral's Observability judge shape (see
+    gateway/replay/judge.py), so it exports to La Plateforme unchanged."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=50, unique=True)
+    definition = fields.TextField()  # JSON, exactly as given
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "judges"
 
 
 class Quarantine(Model):

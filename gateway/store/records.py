@@ -521,9 +521,11 @@ class Evaluation:
     run_id: int | None
     exchange_id: int | None
     created_at: datetime
+    detail: dict[str, Any] | None = None  # what an evaluator said beside the number
 
     @classmethod
     def from_row(cls, row: Row) -> Self:
+        detail = row.get("detail")
         return cls(
             id=int(row["id"]),
             metric_name=str(row["metric_name"]),
@@ -531,6 +533,7 @@ class Evaluation:
             run_id=_opt_int(row["run_id"]),
             exchange_id=_opt_int(row["exchange_id"]),
             created_at=_time(row["created_at"]),
+            detail=orjson.loads(detail) if isinstance(detail, str | bytes) else detail,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -541,6 +544,8 @@ class Evaluation:
             "run_id": _id_text(self.run_id),
             "exchange_id": _id_text(self.exchange_id),
             "created_at": iso_z(self.created_at),
+            # only an evaluator's scores have one: a hand-posted score's JSON is unchanged
+            **({"detail": self.detail} if self.detail is not None else {}),
         }
 
 

@@ -589,7 +589,12 @@ class RunStore:
         return replace(detail, title=titles.get(run_id))
 
     async def add_evaluation(
-        self, run_id: int | None, exchange_id: int | None, name: str, value: float
+        self,
+        run_id: int | None,
+        exchange_id: int | None,
+        name: str,
+        value: float,
+        detail: dict[str, Any] | None = None,
     ) -> Evaluation:
         store = self.store
         row = {
@@ -599,13 +604,15 @@ class RunStore:
             "metric_name": name,
             "metric_value": value,
             "created_at": datetime.now(UTC),
+            "detail": detail,
         }
+        text = None if detail is None else storable.json_text(detail)
         await store.conn.execute_query(
             store.sql(
                 "INSERT INTO evaluations (id, run_id, exchange_id, metric_name, metric_value, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                "created_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
             ),
-            [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"])],
+            [row["id"], run_id, exchange_id, name, value, store._value(row["created_at"]), text],
         )
         return Evaluation.from_row(row)
 
