@@ -27,7 +27,18 @@ from gateway.store.runs import RunStore
 from gateway.store.stored import parse_stored, stored_body
 
 MAX_ITEMS = 1000
-FILTER_FIELDS = {"q", "model", "status", "state", "endpoint", "run", "since", "until", "limit"}
+FILTER_FIELDS = {
+    "q",
+    "model",
+    "status",
+    "state",
+    "endpoint",
+    "run",
+    "since",
+    "until",
+    "errors",
+    "limit",
+}
 # Request fields that are how the call was sent, not what it asked: left out of parameters.
 TRANSPORT = {"messages", "tools", "stream", "stream_options", "inputs"}
 ITEM_FIELDS = {"input", "expected_output", "metadata"}
