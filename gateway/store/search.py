@@ -123,8 +123,8 @@ def pg_document(text: str) -> str:
         joined = b"' '".join(found)
         if joined.replace(b"' '", b"").isalnum() and max(map(len, found)) <= MAX_LEXEME_BYTES:
             return "'" + joined.decode() + "'"
-    found = words(text)
-    return "'" + "' '".join(found) + "'" if found else ""
+    cut = words(text)
+    return "'" + "' '".join(cut) + "'" if cut else ""
 
 
 def pg_query(text: str) -> str:
