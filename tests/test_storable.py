@@ -307,3 +307,33 @@ async def test_reported_poison_values_are_stored_clipped_or_escaped(
     assert all(len(r["name"]) == 200 and storable.is_clipped(r["name"]) for r in runs)
     assert {len(r["agent_id"]) for r in runs} == {200}
     assert health["status"] == "ok" and health["quarantined"] == 0, health
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=300),
+    st.binary(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_ANY_VALUE, table=st.sampled_from(sorted(storable.SCHEMA)), pick=st.integers(0, 99))
+def test_fast_paths_fit_as_the_rule_does(value: Any, table: str, pick: int) -> None:
+    """`rows` and `fit` answer common values first (writer CPU); whatever the value and the
+    column, the result is the general rule's (`value`), clipped lengths included."""
+    columns = sorted(storable.SCHEMA[table])
+    name = columns[pick % len(columns)]
+    column = storable.SCHEMA[table][name]
+    expected = storable.value(column, value) if value is not None else None
+    (got,) = storable.rows(table, [name], [[value]])[0]
+    assert type(got) is type(expected) and (got == expected or got != got)
+    row: dict[str, Any] = {name: value}
+    clipped: dict[str, int] = {}
+    storable.fit(table, row, clipped)
+    assert row[name] == expected or row[name] != row[name]
+    long = isinstance(value, str) and column.limit is not None and len(value) > column.limit
+    assert clipped == ({name: len(value)} if long else {})

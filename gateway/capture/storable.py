@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,28 +165,77 @@ def fit(table: str, row: dict[str, Any], clipped: dict[str, int], prefix: str = 
     """Make a row dict's values fit `table` in place; each text value clipped to its limit
     adds `{prefix + column: original length}` to `clipped`."""
     schema = SCHEMA[table]
+    fitters = _FITTERS[table]
     for name, item in row.items():
         column = schema.get(name)
         if column is None or item is None:
             continue
-        fitted = value(column, item)
-        if column.limit is not None and isinstance(item, str) and len(item) > column.limit:
-            clipped[prefix + name] = len(item)
-        row[name] = fitted
+        fitted = fitters[name](item)
+        if fitted is not item:
+            if column.limit is not None and isinstance(item, str) and len(item) > column.limit:
+                clipped[prefix + name] = len(item)
+            row[name] = fitted
 
 
 def rows(table: str, columns: Sequence[str], values: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Rows (values in `columns` order) made fit for `table`: the writer's last step before
     the database, so no value can make it refuse a batch. Columns the models do not know
     pass as they are."""
-    schema = [SCHEMA[table].get(c) for c in columns]
-    return [
-        [
-            item if col is None or item is None else value(col, item)
-            for col, item in zip(schema, items, strict=True)
-        ]
-        for items in values
-    ]
+    known = _FITTERS[table]
+    fitters = [known.get(c, _same) for c in columns]
+    return [[fitter(item) for fitter, item in zip(fitters, items, strict=True)] for items in values]
+
+
+def _same(item: Any) -> Any:
+    return item
+
+
+def _fitter(column: Column) -> Callable[[Any], Any]:
+    """`value(column, item)` with the common cases answered first: a short ASCII text, an
+    integer in range, a finite float (a third of the writer's time went to `value` before).
+    Anything else takes `value` itself, so the result is always the same."""
+    limit, low, high = column.limit if column.limit is not None else -1, column.low, column.high
+
+    if column.kind == "int":
+
+        def fit_int(item: Any) -> Any:
+            kind = type(item)
+            if kind is int and low <= item <= high:
+                return item
+            if item is None:
+                return None
+            if kind is str and item.isascii() and len(item) <= limit and "\x00" not in item:
+                return item
+            return value(column, item)
+
+        return fit_int
+
+    if column.kind == "float":
+
+        def fit_float(item: Any) -> Any:
+            if type(item) is float and math.isfinite(item):
+                return item
+            return None if item is None else value(column, item)
+
+        return fit_float
+
+    def fit_other(item: Any) -> Any:
+        kind = type(item)
+        if kind is str:
+            if item.isascii() and (limit < 0 or len(item) <= limit) and "\x00" not in item:
+                return item
+            return value(column, item)
+        if kind is int or kind is bytes or item is None:
+            return item  # a text or other column: only text is changed by value()
+        return value(column, item)
+
+    return fit_other
+
+
+_FITTERS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    table: {name: _fitter(column) for name, column in columns.items()}
+    for table, columns in SCHEMA.items()
+}
 
 
 MAX_JSON_DEPTH = 200  # orjson writes at most 254 levels; deeper values are cut here

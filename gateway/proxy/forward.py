@@ -157,7 +157,7 @@ class Proxy:
             route = self._route(exchange)
         base = route.upstream if route is not None else self.upstream
         upstream: aiohttp.ClientResponse | web.Response | None = None
-        scrub.scrub_start(exchange, pairs, path_qs.partition("?")[2], self.held_keys)
+        keys = scrub.scrub_start(exchange, pairs, path_qs.partition("?")[2], self.held_keys)
         self.begin(exchange)
         try:
             if route is not None and request.headers.get("Upgrade", "").lower() == "websocket":
@@ -185,6 +185,7 @@ class Proxy:
                 pairs,
                 path_qs.partition("?")[2],
                 failed=isinstance(upstream, web.Response),
+                keys=keys,
             )
 
     async def send(
@@ -206,7 +207,7 @@ class Proxy:
         exchange = self._record(method, path, path, "", pairs, hints)
         exchange.request_body, exchange.replay_of = body, replay_of
         upstream: aiohttp.ClientResponse | web.Response | None = None
-        scrub.scrub_start(exchange, pairs, "", self.held_keys)
+        keys = scrub.scrub_start(exchange, pairs, "", self.held_keys)
         self.begin(exchange)
         try:
             url = URL(self.upstream + path, encoded=True)
@@ -236,14 +237,20 @@ class Proxy:
             raise
         finally:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self._finish(exchange, pairs, "", failed=isinstance(upstream, web.Response))
+            self._finish(exchange, pairs, "", failed=isinstance(upstream, web.Response), keys=keys)
 
     def _finish(
-        self, exchange: Exchange, pairs: list[tuple[str, str]], query: str, *, failed: bool
+        self,
+        exchange: Exchange,
+        pairs: list[tuple[str, str]],
+        query: str,
+        *,
+        failed: bool,
+        keys: scrub.Keys | None,
     ) -> None:
         """Scrub the keys out of the finished record (the client already has its response),
         then hand it on; a call that never reached the upstream is logged, scrubbed too."""
-        scrub.scrub_call(exchange, pairs, query, self.held_keys)
+        scrub.scrub_call(exchange, pairs, query, self.held_keys, keys)
         if failed:
             log.warning(
                 "%s %s -> %s: %s", exchange.method, exchange.path, exchange.status, exchange.error

@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,7 @@ from gateway.store.bodies import (
 from gateway.store.records import LIST_COLUMNS, ExchangeSummary, StoredExchange, iso_time
 from gateway.store.rollups import Rollups
 from gateway.store.search import fts5_query, pg_document, pg_query
+from gateway.store.sqlite_batch import sqlite_batch
 from gateway.store.stats import read_stats
 
 log = logging.getLogger("agentops.store")
@@ -299,7 +301,7 @@ class Store:
         ]
         search = [[r.exchange["id"], r.search_text()] for r in batch]
         conflict = "ON CONFLICT DO NOTHING"
-        async with in_transaction("default") as tx:
+        async with self._batch() as tx:
             if also is not None:  # first: it numbers the steps the exchanges rows hold
                 await also(tx)
             exchanges = [
@@ -339,6 +341,13 @@ class Store:
                 )
             await self.rollups.add_rows(tx, batch)  # after the runs they name exist
         self.chains.commit(pending)
+
+    def _batch(self) -> AbstractAsyncContextManager[BaseDBAsyncClient]:
+        """The writer's transaction: on SQLite its statements reach the connection's thread
+        together (sqlite_batch.py), on PostgreSQL asyncpg pipelines them already."""
+        if self.dialect == "sqlite":
+            return sqlite_batch(self.conn)
+        return in_transaction("default")
 
     async def _keep_bases(self, tx: BaseDBAsyncClient, frames: list[Frame]) -> None:
         """Deltas whose base is gone (deleted since the writer remembered it) are stored

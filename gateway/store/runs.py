@@ -215,11 +215,11 @@ class RunStore:
         for message in messages:
             if message["direction"] == "out":
                 outputs.setdefault(message["exchange_id"], []).append(message)
-        await self._insert(
-            tx,
-            "messages",
-            (*columns, "content_from"),
-            [run_refs.refer_message(m, sources.get(m["exchange_id"])) for m in messages],
+        referred = [run_refs.refer_message(m, sources.get(m["exchange_id"])) for m in messages]
+        with_from = (*columns, "content_from")
+        # made storable above already (refer_message only blanks values or adds a marker)
+        await self._insert_fitted(
+            tx, "messages", with_from, [[m[c] for c in with_from] for m in referred]
         )
         return outputs
 
@@ -329,6 +329,14 @@ class RunStore:
         if not items:
             return
         rows = storable.rows(table, columns, [[item[c] for c in columns] for item in items])
+        await self._insert_fitted(tx, table, columns, rows)
+
+    async def _insert_fitted(
+        self, tx: BaseDBAsyncClient, table: str, columns: tuple[str, ...], rows: list[list[Any]]
+    ) -> None:
+        """Insert rows whose values are storable already, in one executemany."""
+        if not rows:
+            return
         marks = ", ".join("?" * len(columns))
         await tx.execute_many(
             self.store.sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows
