@@ -21,14 +21,17 @@ BLOCK_PX = 22  # a block's height, centred in its lane
 MIN_WIDTH = 0.5  # percent: a 2 ms call in a long run still shows
 NO_AGENT = ""  # the lane of calls no agent is known for
 PALETTE = 6  # lane colours (CSS classes lane-0 .. lane-5)
+TIME_PRECISION_MS = 1.0  # start times are kept to the millisecond: back to back is "after"
 
 
 @dataclass(frozen=True, slots=True)
 class Lane:
     index: int
     agent: str  # its id ("" for calls with no agent)
-    label: str
+    label: str  # name and id, for titles
     y: int  # top, in pixels
+    name: str = ""  # what the lane is called: the agent's name, else its id
+    detail: str = ""  # its id, under the name, when it has a name
 
     @property
     def middle(self) -> int:
@@ -87,6 +90,14 @@ def _label(agent: str, names: dict[str, str]) -> str:
     return f"{name} ({agent})" if name and name != agent else agent
 
 
+def _lane(index: int, agent: str, names: dict[str, str]) -> Lane:
+    label = _label(agent, names)
+    name = names.get(agent)
+    if agent == NO_AGENT or not name or name == agent:
+        return Lane(index, agent, label, index * LANE_PX, name=label)
+    return Lane(index, agent, label, index * LANE_PX, name=name, detail=agent)
+
+
 def build(run: dict[str, Any], calls: Sequence[CallAgents]) -> Lanes | None:
     """The lanes of a run, or None when fewer than two agents acted in it."""
     by_id = {str(c.exchange_id): c for c in calls}
@@ -103,7 +114,7 @@ def build(run: dict[str, Any], calls: Sequence[CallAgents]) -> Lanes | None:
             order.append(NO_AGENT)
     if len([a for a in order if a != NO_AGENT]) < 2:
         return None
-    lanes = {a: Lane(i, a, _label(a, names), i * LANE_PX) for i, a in enumerate(order)}
+    lanes = {a: _lane(i, a, names) for i, a in enumerate(order)}
     origin = min((_ms(e["started_at"]) for e in exchanges), default=0.0)
     span = max([_ms(e["started_at"]) - origin + _latency(e) for e in exchanges] + [1.0])
     layout = _Layout(lanes, names, origin, span)
@@ -152,7 +163,7 @@ class _Layout:
         for handoff in found.handoffs if found else ():
             x = _percent(start + latency * handoff.at, self.span)
             source, target = self.lanes[handoff.source], self.lanes[handoff.target]
-            title = f"step {step}: {source.label} handed over to {target.label}"
+            title = f"step {step}: {source.name} handed over to {target.name}"
             self.connectors.append(
                 self._connector("handoff", step, (x, source), (x, target), title)
             )
@@ -172,7 +183,7 @@ class _Layout:
         x = min(_percent(start, self.span), 100 - MIN_WIDTH)
         width = min(max(MIN_WIDTH, _percent(length, self.span)), 100 - x)
         title = (
-            f"step {step}: {lane.label}, {what} at +{duration_ms(start)}, {duration_ms(length)}"
+            f"step {step}: {lane.name}, {what} at +{duration_ms(start)}, {duration_ms(length)}"
             + (", failed" if failed else "")
         )
         self.blocks.append(Block(lane, x, width, step, str(exchange["id"]), failed, title))
@@ -183,15 +194,16 @@ class _Layout:
         previous = self.previous
         if previous is not None:
             before, ended, x_end = previous
-            if before != agent and start >= ended and NO_AGENT not in (before, agent):
+            after = start >= ended - TIME_PRECISION_MS
+            if before != agent and after and NO_AGENT not in (before, agent):
                 self.connectors.append(
                     self._connector(
                         "switch",
                         step,
                         (x_end, self.lanes[before]),
                         (_percent(start, self.span), self.lanes[agent]),
-                        f"step {step}: after {self.lanes[before].label}, "
-                        f"a call by {self.lanes[agent].label}",
+                        f"step {step}: after {self.lanes[before].name}, "
+                        f"a call by {self.lanes[agent].name}",
                     )
                 )
         end = start + latency
@@ -215,8 +227,8 @@ class _Layout:
             x2=x2,
             y2=b.middle - (gap + 2 if down else -(gap + 2)),
             step=step,
-            source=a.label,
-            target=b.label,
+            source=a.name,
+            target=b.name,
             title=title,
         )
 
