@@ -56,8 +56,8 @@ async def run_page(gw: Gateway, name: str) -> str:
             return await resp.text()
 
 
-async def test_handoffs_draw_two_lanes_and_arrows(upstream: Upstream, tmp_path: Path):
-    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'lanes.db'}", tmp_path)
+async def test_handoffs_draw_two_lanes_and_arrows(upstream: Upstream, db_url: str, tmp_path: Path):
+    settings = make_settings(upstream.url, db_url, tmp_path)
     async with running(settings) as gw:
         researcher = await asyncio.to_thread(handoff_run, gw)
         await gw.recorder.drained(timeout=20)

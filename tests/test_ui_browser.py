@@ -365,6 +365,9 @@ def test_experiment_page_reads_text_and_tool_calls_apart(gw: ThreadedGateway, pa
     assert "same tool calls in 1 of 1 step" in summary
     rows = page.locator("table.rows tbody").inner_text()
     assert "no text" in rows and "-0 ms" not in page.content()
+    # the tool-call step is on the chart too: a mark on the band's "same tools" row
+    assert page.locator("figure.chart path.dot.tool.same").count() == 1
+    assert "1 of 1" in page.locator("figure.chart figcaption").inner_text()
     assert page.title() == f"Experiment {created['id']} · AgentOps Studio"
     shot(page, "experiment-tool-steps")
 
@@ -403,7 +406,8 @@ def test_dashboard_labels_every_bar_and_fits_its_range(gw: ThreadedGateway, page
 def test_multi_agent_run_reads_as_lanes_with_handoffs(gw: ThreadedGateway, page: Any):
     """A triage agent hands over to a researcher, then (streamed) to a writer, then answers a
     follow-up itself: three lanes, two handoff arrows, dashed arrows back to triage (each
-    call starts with the conversation's agent); a block opens its call. Screenshot: test-artifacts/run-lanes.png."""
+    call starts with the conversation's agent); a block opens its call. Screenshots:
+    test-artifacts/run-lanes.png, run-lanes-section.png."""
     with gw.client() as client:
         researcher = client.beta.agents.create(model="mistral-small-latest", name="Researcher")
         writer = client.beta.agents.create(model="mistral-large-latest", name="Writer")
