@@ -119,7 +119,7 @@ async def run_detail(request: web.Request) -> web.Response:
 
 async def agent_lanes(request: web.Request, run: dict[str, Any]) -> lanes.Lanes | None:
     """The run's agent lanes, when two agents or more acted in it."""
-    if not run["exchanges"]:
+    if not run["exchanges"] or len(run["exchanges"]) > agents.MAX_CALLS:
         return None
     app = request.app
     calls = await agents.run_agents(app[api.STORE], app[api.PROVIDERS], int(run["id"]))

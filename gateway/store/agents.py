@@ -21,6 +21,9 @@ from gateway.store.records import StoredExchange
 from gateway.store.stored import parse_stored
 
 AGENT_HEADER = "x-agentops-agent"
+# Endpoints whose bodies name agents (Mistral's conversations and agents completions); other
+# calls are not parsed again: only their X-AgentOps-Agent header can name an agent.
+AGENT_ENDPOINTS = frozenset({"conversations", "agents"})
 MAX_CALLS = 2000  # a run longer than this is not read for its agents (one page load)
 _OWNED = ("message.output", "function.call", "tool.execution")  # entries an agent wrote
 
@@ -127,7 +130,9 @@ async def run_agents(
     reader = ExportReader(store)
     async for batch in reader.exchanges(ExchangeFilter(run=run_id), batch_size=500):
         for item in batch:
-            found.append(call_agents(item, parse_stored(provider_of(item.provider), item)))
+            named = item.endpoint in AGENT_ENDPOINTS
+            parsed = parse_stored(provider_of(item.provider), item) if named else Parsed()
+            found.append(call_agents(item, parsed))
         if len(found) > limit:
             return None
     return found
