@@ -445,5 +445,7 @@ def test_multi_agent_run_reads_as_lanes_with_handoffs(gw: ThreadedGateway, page:
         assert inside, (box, track)
     shot(page, "run-lanes", full=False)
     section.screenshot(path=str(ARTIFACTS / "run-lanes-section.png"))
+    page.emulate_media(color_scheme="dark")
+    section.screenshot(path=str(ARTIFACTS / "run-lanes-section-dark.png"))
     section.locator("rect.lane-block").first.click()
     page.wait_for_url("**/exchanges/*")
