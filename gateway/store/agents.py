@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import ExportReader
@@ -122,6 +123,17 @@ def call_agents(item: StoredExchange, parsed: Parsed) -> CallAgents:
     return CallAgents(item.id, tuple(turns), tuple(handoffs), _names(entries))
 
 
+def _parsed(provider_of: Callable[[str], Provider], item: StoredExchange) -> Parsed:
+    """The call parsed again when its body can name agents (else nothing: its header can)."""
+    if item.endpoint not in AGENT_ENDPOINTS:
+        return Parsed()
+    try:
+        provider = provider_of(item.provider)
+    except UnknownProvider:  # written by another version: its lane comes from its header
+        return Parsed()
+    return parse_stored(provider, item)
+
+
 async def run_agents(
     store: Store, provider_of: Callable[[str], Provider], run_id: int, limit: int = MAX_CALLS
 ) -> list[CallAgents] | None:
@@ -130,9 +142,7 @@ async def run_agents(
     reader = ExportReader(store)
     async for batch in reader.exchanges(ExchangeFilter(run=run_id), batch_size=500):
         for item in batch:
-            named = item.endpoint in AGENT_ENDPOINTS
-            parsed = parse_stored(provider_of(item.provider), item) if named else Parsed()
-            found.append(call_agents(item, parsed))
+            found.append(call_agents(item, _parsed(provider_of, item)))
         if len(found) > limit:
             return None
     return found
