@@ -32,6 +32,10 @@ Control knobs (request headers; the gateway forwards everything but X-AgentOps-*
   x-fake-pages: N              pages processed by /v1/ocr when the body names none
   x-fake-sampling: random      without random_seed (and temperature > 0), answers vary per call
   x-fake-tool-call-id: ID      a chat tool call gets this id (providers reuse short ids)
+
+Agents (POST /v1/agents) are kept in app[AGENTS]. A conversation with an agent that lists
+`handoffs` hands off (server-side, unless handoff_execution is "client") to the first of them
+whose name the user's input mentions: an `agent.handoff` entry, then that agent's answer.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from aiohttp import web
 # headers (list of (name, value) in wire order and case), body (raw bytes).
 REQUESTS = web.AppKey("requests", list[dict[str, Any]])
 CONVERSATIONS = web.AppKey("conversations", dict[str, dict[str, Any]])
+AGENTS = web.AppKey("agents", dict[str, dict[str, Any]])
 SEEN_CACHE_KEYS = web.AppKey("seen_cache_keys", set[str])
 
 
@@ -89,6 +94,12 @@ FIM_KEYS = frozenset(
     _names(
         "model prompt suffix temperature top_p max_tokens min_tokens stop random_seed stream "
         "metadata prompt_cache_key"
+    )
+)
+CREATE_AGENT_KEYS = frozenset(
+    _names(
+        "instructions tools completion_args guardrails model name description handoffs metadata "
+        "version_message"
     )
 )
 BUILTIN_CONNECTORS = frozenset(
@@ -948,7 +959,62 @@ class ConversationTurn:
     usage: Json
 
 
+def _handoff_target(conv: Json, agents: dict[str, Json], user_text: str) -> Json | None:
+    """The agent a conversation's agent hands off to: the first of its `handoffs` whose name
+    the user's words mention (a real model decides; the fake must be predictable)."""
+    agent = agents.get(conv.get("agent_id") or "")
+    if agent is None or conv.get("handoff_execution") == "client":
+        return None
+    words = user_text.lower()
+    for target_id in agent.get("handoffs") or ():
+        target = agents.get(target_id)
+        if target is not None and target["name"].lower() in words:
+            return target
+    return None
+
+
+def _handoff_entry(previous: Json, target: Json) -> Json:
+    now = _iso_now()
+    return {
+        "object": "entry",
+        "type": "agent.handoff",
+        "id": f"handoff_{_hex_id()}",
+        "previous_agent_id": previous["id"],
+        "previous_agent_name": previous["name"],
+        "next_agent_id": target["id"],
+        "next_agent_name": target["name"],
+        "created_at": now,
+        "completed_at": now,
+    }
+
+
+def _as_agent(conv: Json, agent: Json) -> Json:
+    """The conversation as the agent it was handed to answers it: its model, instructions,
+    tools and completion arguments."""
+    return {
+        **conv,
+        "agent_id": agent["id"],
+        "model": agent["model"],
+        "instructions": agent.get("instructions"),
+        "tools": agent.get("tools") or [],
+        "completion_args": {**(agent.get("completion_args") or {}), **conv["completion_args"]},
+    }
+
+
 def _conversation_turn(
+    conv: Json, new_entries: list[Json], request: web.Request | None = None
+) -> ConversationTurn:
+    agents = request.app[AGENTS] if request is not None else {}
+    last = new_entries[-1] if new_entries else {}
+    target = _handoff_target(conv, agents, _entry_text(last))
+    if target is None:
+        return _agent_turn(conv, new_entries, request)
+    handoff = _handoff_entry(agents[conv["agent_id"]], target)
+    turn = _agent_turn(_as_agent(conv, target), new_entries, request)
+    return ConversationTurn([handoff, *turn.outputs], turn.usage)
+
+
+def _agent_turn(
     conv: Json, new_entries: list[Json], request: web.Request | None = None
 ) -> ConversationTurn:
     args = conv.get("completion_args") or {}
@@ -1040,6 +1106,25 @@ def _output_events(index: int, entry: Json, n_chunks: int) -> list[bytes]:
             ),
             _sse_event("tool.execution.done", {**common, "name": entry["name"], "info": {}}),
         ]
+    if entry["type"] == "agent.handoff":
+        return [
+            _sse_event(
+                "agent.handoff.started",
+                {
+                    **common,
+                    "previous_agent_id": entry["previous_agent_id"],
+                    "previous_agent_name": entry["previous_agent_name"],
+                },
+            ),
+            _sse_event(
+                "agent.handoff.done",
+                {
+                    **common,
+                    "next_agent_id": entry["next_agent_id"],
+                    "next_agent_name": entry["next_agent_name"],
+                },
+            ),
+        ]
     owner = {"model": entry.get("model"), "agent_id": entry.get("agent_id")}
     if entry["type"] == "function.call":
         return [
@@ -1106,13 +1191,15 @@ async def start_conversation(request: web.Request) -> web.StreamResponse:
     _require(body, "inputs")
     if not body.get("model") and not body.get("agent_id"):
         return _bad_request("Either model or agent_id must be provided")
+    agent = request.app[AGENTS].get(body.get("agent_id") or "") or {}
     conv = {
         "id": f"conv_{_hex_id()}",
-        "model": body.get("model") or AGENT_MODEL,
+        "model": body.get("model") or agent.get("model") or AGENT_MODEL,
         "agent_id": body.get("agent_id"),
-        "instructions": body.get("instructions"),
-        "tools": body.get("tools") or [],
-        "completion_args": body.get("completion_args") or {},
+        "instructions": body.get("instructions") or agent.get("instructions"),
+        "tools": body.get("tools") or agent.get("tools") or [],
+        "completion_args": body.get("completion_args") or agent.get("completion_args") or {},
+        "handoff_execution": body.get("handoff_execution"),
         "entries": [],
     }
     return await _run_conversation(request, conv, body["inputs"], body)
@@ -1130,6 +1217,8 @@ async def append_conversation(request: web.Request) -> web.StreamResponse:
         return _not_found("Conversation not found")
     if body.get("completion_args"):
         conv["completion_args"] = body["completion_args"]
+    if body.get("handoff_execution"):
+        conv["handoff_execution"] = body["handoff_execution"]
     return await _run_conversation(request, conv, body["inputs"], body)
 
 
@@ -1157,6 +1246,45 @@ async def conversation_history(request: web.Request) -> web.StreamResponse:
         "entries": conv["entries"],
     }
     return _json_response(result, headers=_upstream_headers())
+
+
+# ---------------------------------------------------------------- agents (§6)
+
+
+async def create_agent(request: web.Request) -> web.StreamResponse:
+    """POST /v1/agents: an Agent (SPEC `Agent`), kept for conversations to run."""
+    body = await _json_body(request)
+    _check_keys(body, CREATE_AGENT_KEYS, ("model", "name"))
+    now = _iso_now()
+    agent = {
+        "object": "agent",
+        "id": f"ag_{_hex_id()}",
+        "name": body["name"],
+        "model": body["model"],
+        "instructions": body.get("instructions"),
+        "tools": body.get("tools") or [],
+        "completion_args": body.get("completion_args") or {},
+        "guardrails": body.get("guardrails"),
+        "description": body.get("description"),
+        "handoffs": body.get("handoffs"),
+        "metadata": body.get("metadata"),
+        "version": 0,
+        "versions": [0],
+        "created_at": now,
+        "updated_at": now,
+        "deployment_chat": False,
+        "source": "api",
+        "version_message": body.get("version_message"),
+    }
+    request.app[AGENTS][agent["id"]] = agent
+    return _json_response(agent, headers=_upstream_headers())
+
+
+async def get_agent(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENTS].get(request.match_info["agent_id"])
+    if agent is None:
+        return _not_found("Agent not found")
+    return _json_response(agent, headers=_upstream_headers())
 
 
 # ---------------------------------------------------------------- middlewares
@@ -1251,10 +1379,13 @@ def make_app(max_recorded: int | None = None) -> web.Application:
     )
     app[REQUESTS] = _BoundedList(max_recorded) if max_recorded else []
     app[CONVERSATIONS] = {}
+    app[AGENTS] = {}
     app[SEEN_CACHE_KEYS] = set()
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/fim/completions", fim_completions)
     app.router.add_post("/v1/agents/completions", agents_completions)
+    app.router.add_post("/v1/agents", create_agent)
+    app.router.add_get("/v1/agents/{agent_id}", get_agent)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/conversations", start_conversation)
     app.router.add_post("/v1/conversations/{conversation_id}", append_conversation)

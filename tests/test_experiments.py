@@ -12,6 +12,7 @@ import pytest
 from gateway.replay.experiments import totals
 from tests.clients import ENV, TOOLS, finished, get, post, send
 from tests.conftest import Upstream, make_settings, running
+from webui.replay_views import chart
 
 
 async def test_cheaper_model_over_twenty_exchanges(upstream: Upstream, db_url: str, tmp_path: Path):
@@ -253,3 +254,38 @@ def test_tool_call_steps_do_not_make_different_answers_look_identical():
         "text similarity 0.71 (median of 3 steps with text), "
         "same tool calls in 9 of 9 steps (0 of 9 tool calls differ)"
     )
+
+
+def test_chart_puts_tool_call_steps_in_their_own_band():
+    """Text steps are dots by similarity; tool-call-only steps are marks on a band, by whether
+    they asked for the same tools and arguments; failed or unpriced replays are left out."""
+    rows = [
+        row("t", similarity=0.5, identical=False, cost_before=1.0, cost_after=0.5, diff_id=1),
+        row(
+            "same",
+            tool_calls_before=1,
+            tool_calls_differing=0,
+            cost_before=1.0,
+            cost_after=1.0,
+            diff_id=2,
+        ),
+        row(
+            "other",
+            tool_calls_before=2,
+            tool_calls_differing=1,
+            cost_before=1.0,
+            cost_after=2.0,
+            diff_id=3,
+        ),
+        row("free", tool_calls_before=1, tool_calls_differing=0, cost_before=0, cost_after=0),
+        row("failed", "error", tool_calls_before=1, cost_before=1.0, cost_after=1.0),
+    ]
+    drawn = chart(rows)
+    assert [d["diff_id"] for d in drawn["dots"]] == [1]
+    band = drawn["band"]
+    assert [(m["diff_id"], m["kind"]) for m in band["marks"]] == [(2, "same"), (3, "differ")]
+    assert (band["agreeing"], band["count"]) == (1, 2)
+    assert band["marks"][0]["y"] < band["marks"][1]["y"]  # "same" is the top row
+    assert "differ (1 of 2)" in band["marks"][1]["title"]
+    assert drawn["below_y"] == band["bottom"] > drawn["bottom_y"]
+    assert drawn["height"] > chart(rows[:1])["height"] and chart(rows[:1])["band"] is None

@@ -151,6 +151,19 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
     (record,) = lines(tmp_path / "429.jsonl")
     assert record["status"] == 429 and record["messages"] is None and record["cost_usd"] is None
     assert orjson.loads(record["request_body"])["messages"][0]["content"] == "too fast"
+    # The failure's kind beside its message (the fake sends Mistral's rate-limit body).
+    assert (record["error_type"], record["error_code"]) == ("rate_limited", "1300")
+    assert record["error"] == "HTTP 429: Rate limit exceeded"
+
+    # CSV of calls: the columns as before, error_type and error_code added at the end.
+    assert await export(
+        db_url, tmp_path / "429.csv", "csv", filter=ExchangeFilter(status_class=4)
+    ) == (1, 0)
+    (row,) = list(csv.DictReader(io.StringIO((tmp_path / "429.csv").read_text())))
+    assert list(row) == list(EXCHANGE_COLUMNS)
+    assert EXCHANGE_COLUMNS[-3:] == ("response_body", "error_type", "error_code")
+    assert EXCHANGE_COLUMNS.index("error") == 11  # where readers of older files find it
+    assert (row["error_type"], row["error_code"]) == ("rate_limited", "1300")
 
     # CSV of runs: a name a spreadsheet would run as a formula is neutralised.
     assert await export(db_url, tmp_path / "runs.csv", "csv", runs=True) == (4, 0)

@@ -276,6 +276,35 @@ async def test_conversation_restart(mistral: Mistral) -> None:
     assert again.conversation_id != start.conversation_id
 
 
+async def test_agents_and_handoffs(mistral: Mistral, base: str) -> None:
+    """Agents as the SPEC's `Agent`; a conversation hands off to the agent of `handoffs` its
+    input names (server-side), never with handoff_execution "client" or no name."""
+    agents = mistral.beta.agents
+    helper = await in_thread(lambda: agents.create(model="mistral-small-latest", name="Helper"))
+    boss = await in_thread(
+        lambda: agents.create(model="mistral-large-latest", name="Boss", handoffs=[helper.id])
+    )
+    assert (boss.object, boss.version, boss.handoffs) == ("agent", 0, [helper.id])
+    assert (await in_thread(lambda: agents.get(agent_id=helper.id))).name == "Helper"
+    conv = mistral.beta.conversations
+    handed = await in_thread(lambda: conv.start(agent_id=boss.id, inputs="Ask the helper"))
+    handoff, answer = handed.outputs
+    assert (handoff.type, handoff.previous_agent_id, handoff.next_agent_name) == (
+        "agent.handoff",
+        boss.id,
+        "Helper",
+    )
+    assert (answer.agent_id, answer.model) == (helper.id, "mistral-small-latest")
+    kept = await in_thread(lambda: conv.start(agent_id=boss.id, inputs="Answer yourself"))
+    assert [o.agent_id for o in kept.outputs] == [boss.id]
+    client = await in_thread(
+        lambda: conv.start(agent_id=boss.id, inputs="Ask the helper", handoff_execution="client")
+    )
+    assert [o.type for o in client.outputs] == ["message.output"]
+    status, _, raw = await post(base + "/v1/agents", b'{"model": "m", "name": "n", "x": 1}')
+    assert status == 422 and json.loads(raw)["message"]["detail"][0]["loc"] == ["body", "x"]
+
+
 async def test_files_upload(mistral: Mistral, recorded: list[dict[str, Any]]) -> None:
     content = b'{"a": 1}\n{"b": 2}\n'
     res = await in_thread(

@@ -14,6 +14,7 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from gateway.integrations.otel import run_provider
 from gateway.providers import genai_names
 from tests.clients import RUNS_KEY as KEY
 from tests.clients import tool_loop
@@ -192,32 +193,74 @@ def test_genai_names_come_from_the_provider(provider, endpoint, agent, names):
 
 
 async def test_elevenlabs_spans_name_their_provider(upstream: Upstream, tmp_path: Path):
-    """A text-to-speech call is an ElevenLabs `generate_content` span, not a Mistral one."""
+    """A text-to-speech call is an ElevenLabs `generate_content` span, not a Mistral one; its
+    run's span says ElevenLabs too, and a run whose calls went to both names neither."""
     runner, eleven_url, _ = await start_fake_elevenlabs()
     try:
         async with otlp_receiver() as receiver:
             settings = make_settings(
-                upstream.url, f"sqlite://{tmp_path / 'e.db'}", tmp_path, otel_endpoint=receiver.url
+                upstream.url,
+                f"sqlite://{tmp_path / 'e.db'}",
+                tmp_path,
+                otel_endpoint=receiver.url,
+                run_idle=0.3,
             ).replace(elevenlabs_upstream=eleven_url)
             async with running(settings) as gw, aiohttp.ClientSession() as http:
+                for run in (None, "mixed"):
+                    async with http.post(
+                        f"{gw.proxy_url}/elevenlabs/v1/text-to-speech/{VOICES[0][0]}",
+                        json={"text": "Spoken aloud.", "model_id": "eleven_flash_v2_5"},
+                        headers={
+                            "xi-api-key": "xi-key",
+                            **({"X-AgentOps-Run": run} if run else {}),
+                        },
+                    ) as resp:
+                        assert resp.status == 200
                 async with http.post(
-                    f"{gw.proxy_url}/elevenlabs/v1/text-to-speech/{VOICES[0][0]}",
-                    json={"text": "Spoken aloud.", "model_id": "eleven_flash_v2_5"},
-                    headers={"xi-api-key": "xi-key"},
+                    f"{gw.proxy_url}/v1/chat/completions",
+                    json={
+                        "model": "mistral-small-latest",
+                        "messages": [{"role": "user", "content": "Write what to say."}],
+                    },
+                    headers={"Authorization": "Bearer k", "X-AgentOps-Run": "mixed"},
                 ) as resp:
                     assert resp.status == 200
                 await gw.recorder.drained(timeout=20)
 
                 async def exported() -> bool:
                     await gw.recorder.call("integrations_drained")
-                    return any("agentops.exchange.id" in s.attributes for s in receiver.spans)
+                    return len(receiver.named("invoke_agent")) == 2
 
                 await wait_until(exported)
     finally:
         await runner.cleanup()
-    (span,) = [s for s in receiver.spans if "agentops.exchange.id" in s.attributes]
+    span = next(
+        s
+        for s in receiver.spans
+        if "agentops.exchange.id" in s.attributes and "elevenlabs" in str(s.attributes)
+    )
     a = span.attributes
     assert a["gen_ai.provider.name"] == a["gen_ai.system"] == "elevenlabs"
     assert a["gen_ai.operation.name"] == "generate_content"
     assert a["agentops.endpoint"] == "tts"
     assert span.name == "generate_content eleven_flash_v2_5"
+    runs = {
+        s.attributes.get("agentops.run.exchange_count"): s for s in receiver.named("invoke_agent")
+    }
+    alone, mixed = runs[1].attributes, runs[2].attributes
+    assert alone["gen_ai.provider.name"] == alone["gen_ai.system"] == "elevenlabs"
+    assert "gen_ai.provider.name" not in mixed and "gen_ai.system" not in mixed
+    assert list(mixed["agentops.run.providers"]) == ["elevenlabs", "mistral_ai"]
+
+
+@pytest.mark.parametrize(
+    ("providers", "attributes"),
+    [
+        (("mistral",), {"gen_ai.provider.name": "mistral_ai", "gen_ai.system": "mistral_ai"}),
+        (("elevenlabs",), {"gen_ai.provider.name": "elevenlabs", "gen_ai.system": "elevenlabs"}),
+        (("elevenlabs", "mistral"), {"agentops.run.providers": ["elevenlabs", "mistral_ai"]}),
+        ((), {}),
+    ],
+)
+def test_run_spans_name_their_calls_provider(providers, attributes):
+    assert run_provider(providers) == attributes

@@ -245,3 +245,26 @@ async def test_diff_of_a_tool_call_and_a_text_answer(gw: Gateway):
     assert status == 200 and "get_weather" in compared
     status, listing, _ = await page(gw, "/")
     assert f'class="tag replay" href="/exchanges/{original}"' in listing
+
+
+async def test_experiment_chart_shows_tool_call_steps(gw: Gateway):
+    """A model swap over steps that only asked for a tool: no text to compare, so no dot on
+    the similarity plot; each is a diamond on the band's "same tools" row instead."""
+    for n in range(2):
+        await send(gw, n, tools=TOOLS)
+    status, created = await post(
+        gw,
+        "/api/experiments",
+        {
+            "filter": {"model": "mistral-large-latest"},
+            "overrides": {"model": "mistral-small-latest"},
+        },
+    )
+    assert status == 202
+    await finished(gw, created["id"])
+    status, html, _ = await page(gw, f"/experiments/{created['id']}")
+    assert status == 200
+    assert_strict_html(html)
+    assert "<circle" not in html
+    assert html.count('class="dot tool same"') == 2 and 'class="dot tool differ"' not in html
+    assert "same tools" in html and "2 of 2" in html

@@ -416,6 +416,9 @@ def test_experiment_page_reads_text_and_tool_calls_apart(gw: ThreadedGateway, pa
     assert "same tool calls in 1 of 1 step" in summary
     rows = page.locator("table.rows tbody").inner_text()
     assert "no text" in rows and "-0 ms" not in page.content()
+    # the tool-call step is on the chart too: a mark on the band's "same tools" row
+    assert page.locator("figure.chart path.dot.tool.same").count() == 1
+    assert "1 of 1" in page.locator("figure.chart figcaption").inner_text()
     assert page.title() == f"Experiment {created['id']} · AgentOps Studio"
     shot(page, "experiment-tool-steps")
 
@@ -449,3 +452,51 @@ def test_dashboard_labels_every_bar_and_fits_its_range(gw: ThreadedGateway, page
     assert all(re.fullmatch(r"[A-Z][a-z]{2} \d\d \d\d:00", label) for label in over_time["labels"])
     assert found["Error rate over time"]["type"] == "bar"
     shot(page, "dashboard-many-models")
+
+
+def test_multi_agent_run_reads_as_lanes_with_handoffs(gw: ThreadedGateway, page: Any):
+    """A triage agent hands over to a researcher, then (streamed) to a writer, then answers a
+    follow-up itself: three lanes, two handoff arrows, dashed arrows back to triage (each
+    call starts with the conversation's agent); a block opens its call. Screenshots:
+    test-artifacts/run-lanes.png, run-lanes-section.png."""
+    with gw.client() as client:
+        researcher = client.beta.agents.create(model="mistral-small-latest", name="Researcher")
+        writer = client.beta.agents.create(model="mistral-large-latest", name="Writer")
+        triage = client.beta.agents.create(
+            model="mistral-medium-latest", name="Triage", handoffs=[researcher.id, writer.id]
+        )
+    with gw.client("/r/newsroom") as client:
+        started = client.beta.conversations.start(
+            agent_id=triage.id, inputs="Ask the researcher when the Rhine was first mapped"
+        )
+        list(
+            client.beta.conversations.append_stream(
+                conversation_id=started.conversation_id,
+                inputs="Now have the writer turn it into two lines",
+            )
+        )
+        client.beta.conversations.append(
+            conversation_id=started.conversation_id, inputs="Thanks, that is all"
+        )
+    gw.drained()
+    page.goto(gw.ui_url + f"/runs/{run_id(gw, 'newsroom')}")
+    section = page.locator("section.lanes")
+    labels = section.locator("ol.lane-labels li").all_inner_texts()
+    assert [label.split("\n")[0] for label in labels] == ["Triage", "Researcher", "Writer"]
+    assert section.locator("line.lane-link.handoff").count() == 2
+    assert section.locator("line.lane-link.switch").count() == 2
+    assert section.locator("table.handoffs tbody tr").count() == 2
+    # every block sits inside the track and on its own lane's band
+    track = section.locator("svg.lane-track").bounding_box()
+    for block in section.locator("rect.lane-block").all():
+        box = block.bounding_box()
+        inside = (
+            track["x"] - 1 <= box["x"] <= box["x"] + box["width"] <= track["x"] + track["width"] + 1
+        )
+        assert inside, (box, track)
+    shot(page, "run-lanes", full=False)
+    section.screenshot(path=str(ARTIFACTS / "run-lanes-section.png"))
+    page.emulate_media(color_scheme="dark")
+    section.screenshot(path=str(ARTIFACTS / "run-lanes-section-dark.png"))
+    section.locator("rect.lane-block").first.click()
+    page.wait_for_url("**/exchanges/*")

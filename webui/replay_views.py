@@ -23,7 +23,7 @@ from gateway.replay.replayer import ReplayError
 from gateway.store.records import StoredExchange
 from webui.render import JINJA, render
 
-CHART = {"width": 640, "height": 320, "left": 56, "right": 16, "top": 16, "bottom": 44}
+CHART = {"width": 640, "height": 320, "left": 80, "right": 16, "top": 16, "bottom": 44}
 NUMBER_FIELDS = {"temperature": float, "random_seed": int, "max_tokens": int, "top_p": float}
 FORM_FIELDS = ("model", *NUMBER_FIELDS, "overrides")  # what a failed form is refilled with
 NO_KEY = (
@@ -262,21 +262,37 @@ async def compare_page(request: web.Request) -> web.Response:
 # -- experiments ------------------------------------------------------------------------------
 
 
+def _cost_change(r: dict[str, Any]) -> float | None:
+    """A done replay's cost change in percent, when both costs are known."""
+    if r["status"] != "ok" or not r["cost_before"] or r["cost_after"] is None:
+        return None
+    return float((r["cost_after"] - r["cost_before"]) / r["cost_before"] * 100)
+
+
+def _tool_step(r: dict[str, Any]) -> bool:
+    """A step with no text on either side that asked for tools: judged by its tool calls."""
+    return r["similarity"] is None and bool(r["tool_calls_before"] or r["tool_calls_differing"])
+
+
 def chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Cost change (x, %) against similarity (y) per replay, laid out for inline SVG."""
-    points = [
-        (r, (r["cost_after"] - r["cost_before"]) / r["cost_before"] * 100)
-        for r in rows
-        if r["status"] == "ok"
-        and r["cost_before"]
-        and r["cost_after"] is not None
-        and r["similarity"] is not None
-    ]
+    """Cost change (x, %) against similarity (y) per replay, laid out for inline SVG. Steps
+    that only asked for tools have no text to compare: they sit in a band under the plot,
+    on a "same tools" or a "different tools" row (tool-call agreement)."""
+    text_points, tool_points = [], []
+    for r in rows:
+        x = _cost_change(r)
+        if x is None:
+            continue
+        if r["similarity"] is not None:
+            text_points.append((r, x))
+        elif _tool_step(r):
+            tool_points.append((r, x))
     c = CHART
     plot_w = c["width"] - c["left"] - c["right"]
     plot_h = c["height"] - c["top"] - c["bottom"]
-    low = min([x for _, x in points] + [0.0 if points else -100.0, -10.0])
-    high = max([x for _, x in points] + [10.0])
+    xs = [x for _, x in text_points + tool_points]
+    low = min([*xs, 0.0 if xs else -100.0, -10.0])
+    high = max([*xs, 10.0])
     step = _tick_step(high - low)
     low, high = math.floor(low / step) * step, math.ceil(high / step) * step
 
@@ -286,6 +302,9 @@ def chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def y_of(value: float) -> float:
         return round(c["top"] + (1 - value) * plot_h, 1)
 
+    bottom_y = c["top"] + plot_h
+    band = _tool_band(tool_points, x_of, bottom_y) if tool_points else None
+    below = band["bottom"] if band else bottom_y
     ticks_x = [{"x": x_of(v), "label": f"{v:+.0f}%"} for v in _frange(low, high, step)]
     ticks_y = [{"y": y_of(v), "label": f"{v:.2f}"} for v in (0, 0.25, 0.5, 0.75, 1.0)]
     dots = [
@@ -297,17 +316,59 @@ def chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "title": f"exchange {r['exchange_id']}: cost {x:+.1f}%, similarity "
             f"{r['similarity']:.3f}",
         }
-        for r, x in points
+        for r, x in text_points
     ]
     return {
         **c,
+        "height": below + c["bottom"],
         "plot_w": plot_w,
         "plot_h": plot_h,
         "dots": dots,
+        "band": band,
         "ticks_x": ticks_x,
         "ticks_y": ticks_y,
         "zero_x": x_of(0),
-        "bottom_y": c["top"] + plot_h,
+        "bottom_y": bottom_y,
+        "below_y": below,
+    }
+
+
+TOOL_ROW_PX = 22  # each row of the tool-call band
+
+
+def _tool_band(
+    points: list[tuple[dict[str, Any], float]], x_of: Any, plot_bottom: float
+) -> dict[str, Any]:
+    """The band of tool-call steps: a diamond per replay, on the row of same tools and
+    arguments (agreement) or of different ones."""
+    top = plot_bottom + 10
+    rows = {"same": top + TOOL_ROW_PX / 2, "differ": top + TOOL_ROW_PX * 1.5}
+    marks = []
+    for r, x in points:
+        agrees = not r["tool_calls_differing"]
+        marks.append(
+            {
+                "x": x_of(x),
+                "y": rows["same" if agrees else "differ"],
+                "diff_id": r["diff_id"],
+                "kind": "same" if agrees else "differ",
+                "title": f"exchange {r['exchange_id']}: cost {x:+.1f}%, tool calls "
+                + (
+                    "the same"
+                    if agrees
+                    else f"differ ({r['tool_calls_differing']} of {r['tool_calls_before']})"
+                ),
+            }
+        )
+    agreeing = sum(1 for m in marks if m["kind"] == "same")
+    return {
+        "top": top,
+        "height": TOOL_ROW_PX * 2,
+        "bottom": top + TOOL_ROW_PX * 2,
+        "rows": rows,
+        "marks": marks,
+        "agreeing": agreeing,
+        "count": len(marks),
     }
 
 

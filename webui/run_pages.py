@@ -13,9 +13,9 @@ from aiohttp import web
 
 from gateway.api import exchanges as api
 from gateway.errors import UserError
-from gateway.store import query
+from gateway.store import agents, query
 from gateway.store.records import Run, iso_z
-from webui import timeline
+from webui import lanes, timeline
 from webui.exchange_pages import RANGES, parse_cursor
 from webui.formats import parse_time
 from webui.render import error_page, is_htmx, query_string, render
@@ -103,8 +103,10 @@ async def run_detail(request: web.Request) -> web.Response:
         return error_page(
             request, 404, "No such run", "It may have been deleted, or emptied by retention."
         )
-    steps = timeline.build(run.to_json())  # the timeline reads the run as the API shows it
+    shown = run.to_json()  # the timeline and the lanes read the run as the API shows it
+    steps = timeline.build(shown)
     context = {
+        "lanes": await agent_lanes(request, shown),
         "run": run,
         "duration_ms": steps.span_ms if run.exchanges else None,
         "timeline": steps,
@@ -113,6 +115,15 @@ async def run_detail(request: web.Request) -> web.Response:
         else "",
     }
     return render(request, "run.html", context)
+
+
+async def agent_lanes(request: web.Request, run: dict[str, Any]) -> lanes.Lanes | None:
+    """The run's agent lanes, when two agents or more acted in it."""
+    if not run["exchanges"] or len(run["exchanges"]) > agents.MAX_CALLS:
+        return None
+    app = request.app
+    calls = await agents.run_agents(app[api.STORE], app[api.PROVIDERS], int(run["id"]))
+    return None if calls is None else lanes.build(run, calls)
 
 
 def setup(app: web.Application) -> None:

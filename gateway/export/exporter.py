@@ -61,6 +61,9 @@ EXCHANGE_COLUMNS = (
     "messages",
     "request_body",
     "response_body",
+    # added later: at the end, so existing readers' column positions hold
+    "error_type",
+    "error_code",
 )
 RUN_COLUMNS = (
     "id",

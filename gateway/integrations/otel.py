@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentops.otel")
 
-PROVIDER = "mistral_ai"  # run spans: a run is an agent, its calls say their own provider
 # request parameter -> GenAI attribute
 REQUEST_ATTRIBUTES = {
     "temperature": "gen_ai.request.temperature",
@@ -65,6 +64,16 @@ FIELDS = (
     "correlation_id",
     "provider",
 )
+
+
+def run_provider(providers: Sequence[str]) -> dict[str, Any]:
+    """A run span's provider attributes: its calls' provider when they share one; none when
+    they went to several (the semantic conventions give a span one provider), which
+    `agentops.run.providers` then lists."""
+    names = sorted({genai_names(p, "chat", agent=False)[0] for p in providers})
+    if len(names) == 1:
+        return {"gen_ai.provider.name": names[0], "gen_ai.system": names[0]}
+    return {"agentops.run.providers": names} if names else {}
 
 
 def traces_endpoint(settings: Settings, environ: Mapping[str, str]) -> str:
@@ -158,8 +167,9 @@ class OtelExporter(Integration):
             self.worker.submit(("exchange", fields))
 
     async def runs_finished(self, run_ids: list[int], runs: RunStore) -> None:
+        providers = await runs.providers(run_ids)
         for run in await runs.summaries(run_ids):
-            self.worker.submit(("run", run.to_json()))
+            self.worker.submit(("run", {**run.to_json(), "providers": providers.get(run.id, ())}))
 
     # -- the worker thread ---------------------------------------------------------------------
 
@@ -298,8 +308,7 @@ class OtelExporter(Integration):
         )
         name = run.get("name")
         attributes = {
-            "gen_ai.provider.name": PROVIDER,
-            "gen_ai.system": PROVIDER,
+            **run_provider(run.get("providers") or ()),
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": name,
             "gen_ai.agent.id": run.get("agent_id"),

@@ -635,6 +635,20 @@ class RunStore:
         )
         return {row["id"]: row for row in found}
 
+    async def providers(self, run_ids: list[int]) -> dict[int, tuple[str, ...]]:
+        """The providers each run's calls went to (sorted): a run span's provider."""
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
+        found = await self.store.rows(
+            f"SELECT DISTINCT run_id, provider FROM exchanges WHERE run_id IN ({marks})",
+            run_ids,
+        )
+        out: dict[int, list[str]] = {}
+        for row in found:
+            out.setdefault(int(row["run_id"]), []).append(str(row["provider"]))
+        return {run_id: tuple(sorted(names)) for run_id, names in out.items()}
+
     async def last_exchanges(self, run_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Each run's last exchange (start and latency): where its timeline ends."""
         if not run_ids:
