@@ -20,12 +20,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api import access
+from gateway.api import alerts as alerts_api
 from gateway.api import exchanges as api
 from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
 from gateway.capture.pricing import PriceTable
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
+from gateway.integrations.alerts import AlertEvaluator
+from gateway.integrations.webhooks import Webhooks
 from gateway.lifecycle import InFlight
 from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
@@ -37,6 +40,7 @@ from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
+from gateway.store.alerts import AlertStore
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
 from gateway.store.replays import ReplayStore
@@ -64,6 +68,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.RUN_REPLAYER] = gateway.run_replayer
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
+    app[alerts_api.ALERTS] = gateway.alert_store
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
     app.add_routes(api.routes)
@@ -71,6 +76,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
+    app.add_routes(alerts_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -111,8 +117,14 @@ class Gateway:
         writer_settings = check_integrations(settings, os.environ)
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
+        # Alerts: evaluated in this process (never in a worker), delivered from queues.
+        self.alert_store = AlertStore(self.store)
+        self.webhooks = Webhooks()
+        self.alerts = AlertEvaluator(
+            self.alert_store, self.webhooks, settings.alert_interval, self.recorder.health
+        )
         self.metrics = (
-            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics)
+            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics, self.alerts.firing_now)
             if prometheus.enabled(settings, report=True)
             else None
         )
@@ -195,9 +207,10 @@ class Gateway:
             await self._listen_proxy()
         if ui:
             await self._listen_ui()
+        undo.push_async_callback(self.webhooks.close)  # after the evaluator is cancelled
         undo.callback(self._cancel_tasks)
         if not self.worker:
-            self._start_tasks()
+            self._start_tasks(alerts=ui)
         log.info(
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"
@@ -209,10 +222,13 @@ class Gateway:
             self.store.dialect,
         )
 
-    def _start_tasks(self) -> None:
-        """What runs once per gateway: pricing earlier calls, retention."""
+    def _start_tasks(self, *, alerts: bool) -> None:
+        """What runs once per gateway: pricing earlier calls, retention, alert evaluation
+        (in the process serving the UI)."""
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)
+        if alerts:
+            self._tasks.append(asyncio.create_task(self.alerts.run(), name="agentops-alerts"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
 
