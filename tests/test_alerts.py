@@ -1,0 +1,356 @@
+"""Alerts end to end: rules through /api/alert-rules, real calls through the real gateway to
+the fake upstream, notices to a local webhook receiver (once while firing, then resolved),
+retried while the receiver is down, Slack's shape, the unpriced-model rule, the history at
+/api/alerts and the Prometheus gauge. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.app import Gateway
+from gateway.integrations.alerts import AlertEvaluator
+from gateway.integrations.webhooks import Webhooks
+from gateway.store.alerts import AlertRule, AlertStore
+from tests.conftest import Upstream, free_port, make_settings, running, wait_until
+from tests.webhook_receiver import Receiver
+
+AUTH = {"Authorization": "Bearer key-for-alert-tests-1234"}
+SECRET = "T0000/B0000/XXXXsecretXXXX"
+
+
+@pytest.fixture
+async def gw(upstream: Upstream, db_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with running(make_settings(upstream.url, db_url, tmp_path, alert_interval=0.1)) as gw:
+        gw.webhooks.retry_base = 0.1
+        yield gw
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = await Receiver().start()
+    yield receiver
+    await receiver.stop()
+
+
+async def call(gw: Gateway, *, status: int = 200, model: str = "mistral-small-latest") -> int:
+    headers = dict(AUTH)
+    if status != 200:
+        headers["x-fake-status"] = str(status)
+    payload = {"model": model, "messages": [{"role": "user", "content": "hello there"}]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers) as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+async def api(gw: Gateway, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(gw.ui_url) as http,
+        http.request(method, path, json=body) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def create(gw: Gateway, **rule: Any) -> dict[str, Any]:
+    status, body = await api(gw, "POST", "/api/alert-rules", rule)
+    assert status == 201, body
+    return body
+
+
+async def evaluated(gw: Gateway, times: int = 3) -> None:
+    """Let the evaluator run `times` more rounds."""
+    start = gw.alerts.evaluations
+    await wait_until(lambda: _at_least(gw, start + times))
+
+
+async def _at_least(gw: Gateway, count: int) -> bool:
+    return gw.alerts.evaluations >= count
+
+
+async def test_error_rate_fires_once_then_resolves(
+    gw: Gateway, receiver: Receiver, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG, logger="agentops")
+    rule = await create(
+        gw,
+        name="chat errors",
+        kind="error_rate",
+        scope={"kind": "model", "value": "mistral-small-latest"},
+        window_seconds=600,
+        threshold=0.5,
+        webhook_url=receiver.url(f"/services/{SECRET}"),
+    )
+    assert rule["webhook_url"] == "http://127.0.0.1/…"  # the secret path is never shown
+    path = f"/services/{SECRET}"
+    assert [await call(gw, status=500) for _ in range(2)] == [500, 500]
+
+    async def notices(count: int) -> bool:
+        return len(receiver.bodies(path)) >= count
+
+    await wait_until(lambda: notices(1))
+    await evaluated(gw)  # still failing: no second notice while it fires
+    assert len(receiver.bodies(path)) == 1
+    firing = receiver.bodies(path)[0]
+    assert firing["event"] == "firing" and firing["alert"]["value"] == 1.0
+    assert firing["rule"]["name"] == "chat errors" and "2 of 2 calls failed" in firing["text"]
+    _, history = await api(gw, "GET", "/api/alerts")
+    [item] = history["items"]
+    assert {k: item[k] for k in ("rule", "state", "value", "threshold", "resolved_at")} == {
+        "rule": rule["id"],
+        "state": "firing",
+        "value": 1.0,
+        "threshold": 0.5,
+        "resolved_at": None,
+    }
+    assert item["id"] and item["started_at"]
+    await assert_gauge(gw, "chat errors", 1.0)
+
+    assert [await call(gw) for _ in range(3)] == [200] * 3  # 2 of 5 failed: below 0.5
+    await wait_until(lambda: notices(2))
+    resolved = receiver.bodies(path)[1]
+    assert resolved["event"] == "resolved" and resolved["alert"]["resolved_at"]
+    await evaluated(gw)
+    assert len(receiver.bodies(path)) == 2
+    _, history = await api(gw, "GET", f"/api/alerts?rule={rule['id']}&state=resolved")
+    assert [i["state"] for i in history["items"]] == ["resolved"]
+    await assert_gauge(gw, "chat errors", 0.0)
+    assert SECRET not in caplog.text
+
+
+async def assert_gauge(gw: Gateway, rule: str, expected: float) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession(gw.ui_url) as http, http.get("/metrics") as resp:
+        text = await resp.text()
+    values = {
+        sample.labels["rule"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "agentops_alerts_firing"
+    }
+    assert values[rule] == expected
+
+
+async def test_a_webhook_that_is_down_gets_the_notice_after_retry(gw: Gateway):
+    port = free_port()
+    late = Receiver(port)
+    await create(
+        gw,
+        name="any spend",
+        kind="spend",
+        window_seconds=600,
+        threshold=0,
+        webhook_url=late.url("/late"),
+    )
+    assert await call(gw) == 200
+
+    async def failed_once() -> bool:
+        return gw.webhooks.failed_tries >= 1
+
+    await wait_until(failed_once)
+    await late.start()
+    try:
+
+        async def delivered() -> bool:
+            return bool(late.bodies("/late"))
+
+        await wait_until(delivered)
+        assert late.bodies("/late")[0]["event"] == "firing"
+    finally:
+        await late.stop()
+
+
+async def test_a_dead_webhook_never_slows_the_proxy(gw: Gateway):
+    """A webhook that never answers: the calls that fire the alert are not held up by it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        held.append(writer)
+
+    hang = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = hang.sockets[0].getsockname()[1]
+    try:
+        await create(
+            gw,
+            name="hanging hook",
+            kind="spend",
+            window_seconds=600,
+            threshold=0,
+            webhook_url=f"http://127.0.0.1:{port}/never",
+        )
+        assert await call(gw) == 200
+
+        async def firing() -> bool:
+            return 1 in gw.alerts.firing.values()
+
+        await wait_until(firing)
+        started = asyncio.get_running_loop().time()
+        assert [await call(gw) for _ in range(5)] == [200] * 5
+        assert asyncio.get_running_loop().time() - started < 2.5
+    finally:
+        await gw.webhooks.close()  # before the silent server goes: no retry in flight
+        for writer in held:
+            writer.close()
+        hang.close()
+        await hang.wait_closed()
+
+
+async def test_slack_shape(gw: Gateway, receiver: Receiver):
+    await create(
+        gw,
+        name="spend watch",
+        kind="spend",
+        window_seconds=600,
+        threshold=0,
+        webhook_url=receiver.url("/slack"),
+        webhook_format="slack",
+    )
+    assert await call(gw) == 200
+
+    async def got() -> bool:
+        return bool(receiver.bodies("/slack"))
+
+    await wait_until(got)
+    [body] = receiver.bodies("/slack")
+    assert list(body) == ["text"]
+    assert body["text"].startswith("[FIRING] spend watch: spend of gateway over 600 s is ")
+
+
+async def test_unpriced_model_rule(gw: Gateway, receiver: Receiver):
+    rule = await create(
+        gw,
+        name="no price",
+        kind="unpriced_model",
+        window_seconds=3600,
+        threshold=0,
+        webhook_url=receiver.url("/unpriced"),
+    )
+    assert await call(gw) == 200  # priced: nothing fires
+    await evaluated(gw)
+    assert receiver.bodies("/unpriced") == []
+    assert await call(gw, model="my-private-finetune") == 200
+
+    async def got() -> bool:
+        return bool(receiver.bodies("/unpriced"))
+
+    await wait_until(got)
+    [body] = receiver.bodies("/unpriced")
+    assert body["alert"]["rule"] == rule["id"] and body["alert"]["value"] == 1.0
+    assert "no price for my-private-finetune" in body["text"]
+
+
+async def test_rules_api_validation_and_crud(gw: Gateway):
+    bad = [
+        ({"kind": "spend", "threshold": 1}, "name is required"),
+        ({"name": "x", "kind": "nope", "threshold": 1}, "kind must be one of"),
+        ({"name": "x", "kind": "spend"}, "threshold is required"),
+        ({"name": "x", "kind": "spend", "threshold": -1}, "threshold must not be negative"),
+        ({"name": "x", "kind": "spend", "threshold": "1"}, "threshold must be a finite number"),
+        ({"name": "x", "kind": "error_rate", "threshold": 5}, "fraction"),
+        ({"name": "x", "kind": "spend", "threshold": 1, "window_seconds": 0}, "window_seconds"),
+        ({"name": "x", "kind": "spend", "threshold": 1, "scope": {"kind": "team"}}, "scope.kind"),
+        ({"name": "x", "kind": "spend", "threshold": 1, "scope": {"kind": "model"}}, "scope.value"),
+        ({"name": "x", "kind": "spend", "threshold": 1, "webhook_url": "ftp://h/x"}, "webhook_url"),
+        ({"name": "x", "kind": "spend", "threshold": 1, "webhook_format": "xml"}, "webhook_format"),
+        (
+            {"name": "x", "kind": "spend", "threshold": 1, "colour": "red"},
+            "unknown field(s): colour",
+        ),
+        ([1, 2], "object"),
+    ]
+    for body, message in bad:
+        status, answer = await api(gw, "POST", "/api/alert-rules", body)
+        assert status == 400 and message in answer["error"], (body, answer)
+
+    hook = f"https://hooks.slack.com/services/{SECRET}"
+    rule = await create(
+        gw,
+        name="p95",
+        kind="p95_latency",
+        threshold=2000,
+        webhook_url=hook,
+        webhook_format="slack",
+        scope={"kind": "run", "value": "nightly"},
+    )
+    assert rule["webhook_url"] == "https://hooks.slack.com/…"
+    assert rule["scope"] == {"kind": "run", "value": "nightly"} and rule["window_seconds"] == 300
+    rid = rule["id"]
+    status, listed = await api(gw, "GET", "/api/alert-rules")
+    assert [r["id"] for r in listed["items"]] == [rid] and SECRET not in str(listed)
+
+    status, patched = await api(gw, "PATCH", f"/api/alert-rules/{rid}", {"threshold": 3000})
+    assert status == 200 and patched["threshold"] == 3000 and patched["name"] == "p95"
+    stored = await gw.alert_store.get_rule(rid)
+    assert stored is not None and stored.webhook_url == hook  # a masked URL sent back keeps it
+    status, put = await api(gw, "PUT", f"/api/alert-rules/{rid}", {**patched, "enabled": False})
+    assert status == 200 and put["enabled"] is False
+    stored = await gw.alert_store.get_rule(rid)
+    assert stored is not None and stored.webhook_url == hook and stored.threshold == 3000
+    status, answer = await api(gw, "PUT", f"/api/alert-rules/{rid}", {"name": "only"})
+    assert status == 400 and "kind is required" in answer["error"]
+
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        status, answer = await api(gw, method, "/api/alert-rules/99999", {"threshold": 1})
+        assert status == 404 and answer["error"] == "alert rule not found", method
+    status, answer = await api(gw, "GET", "/api/alert-rules/abc")
+    assert status == 404
+    status, answer = await api(gw, "GET", "/api/alerts?state=open")
+    assert status == 400 and "state must be firing or resolved" in answer["error"]
+    status, answer = await api(gw, "GET", "/api/alerts?limit=0")
+    assert status == 400 and "limit" in answer["error"]
+
+    status, answer = await api(gw, "DELETE", f"/api/alert-rules/{rid}")
+    assert status == 200 and answer == {"deleted": rid}
+    status, _ = await api(gw, "GET", f"/api/alert-rules/{rid}")
+    assert status == 404
+
+
+async def test_replicas_open_one_alert_and_send_one_notice(db_url: str, receiver: Receiver):
+    """Evaluators of two replicas over one database: the unique open alert lets one win."""
+    from gateway.store.exchanges import Store
+
+    store = Store(db_url)
+    await store.open()
+    hooks = [Webhooks(), Webhooks()]
+    try:
+        alerts = AlertStore(store)
+        rule = await alerts.create_rule(
+            AlertRule(
+                name="loss",
+                kind="capture_loss",
+                window_seconds=60,
+                threshold=-1,
+                webhook_url=receiver.url("/replicas"),
+            )
+        )
+        evaluators = [AlertEvaluator(alerts, hook, 1.0) for hook in hooks]
+        await asyncio.gather(*(e.evaluate() for e in evaluators))
+        await asyncio.gather(*(e.evaluate() for e in evaluators))
+
+        async def got() -> bool:
+            return bool(receiver.bodies("/replicas"))
+
+        await wait_until(got)
+        for hook in hooks:
+            await wait_until(lambda hook=hook: _drained(hook))
+        assert len(receiver.bodies("/replicas")) == 1
+        [alert] = await alerts.history(rule.id)
+        assert alert.state == "firing"
+        assert all(e.firing == {(rule.id, "loss"): 1} for e in evaluators)
+    finally:
+        for hook in hooks:
+            await hook.close()
+        await store.close()
+
+
+async def _drained(hook: Webhooks) -> bool:
+    return hook.pending() == 0
