@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,61 @@ async def test_replicas_open_one_alert_and_send_one_notice(db_url: str, receiver
 
 async def _drained(hook: Webhooks) -> bool:
     return hook.pending() == 0
+
+
+async def test_alerts_page_shows_rules_and_history(gw: Gateway, receiver: Receiver):
+    hostile = "<script>alert(1)</script>"
+    await create(
+        gw,
+        name=hostile,
+        kind="spend",
+        window_seconds=600,
+        threshold=0,
+        webhook_url=receiver.url(f"/services/{SECRET}"),
+    )
+    assert await call(gw) == 200
+
+    async def fired() -> bool:
+        return bool(receiver.bodies(f"/services/{SECRET}"))
+
+    await wait_until(fired)
+    jar = aiohttp.CookieJar(unsafe=True)  # keep the CSRF cookie for 127.0.0.1
+    async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+        async with http.get("/") as resp:
+            assert '<a href="/alerts"' in await resp.text()  # in the nav
+        async with http.get("/alerts") as resp:
+            page = await resp.text()
+        assert resp.status == 200
+        assert hostile not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert SECRET not in page and "http://127.0.0.1/…" in page
+        assert 'class="badge s5xx">firing' in page
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+        assert token is not None
+        form = {
+            "name": "slow chats",
+            "kind": "p95_latency",
+            "threshold": "2500",
+            "window_seconds": "120",
+            "scope_kind": "model",
+            "scope_value": "mistral-small-latest",
+            "webhook_url": "",
+            "webhook_format": "json",
+            "csrf_token": token[1],
+        }
+        async with http.post("/alerts/rules", data=form, allow_redirects=False) as resp:
+            assert resp.status == 303
+        async with http.post(
+            "/alerts/rules", data={**form, "threshold": "fast"}, allow_redirects=False
+        ) as resp:
+            assert resp.status == 400 and "threshold must be a number" in await resp.text()
+        _, listed = await api(gw, "GET", "/api/alert-rules")
+        added = listed["items"][-1]
+        assert added["name"] == "slow chats" and added["scope"]["value"] == "mistral-small-latest"
+        async with http.post(
+            f"/alerts/rules/{added['id']}/delete",
+            data={"csrf_token": token[1]},
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 303
+        _, listed = await api(gw, "GET", "/api/alert-rules")
+        assert [r["name"] for r in listed["items"]] == [hostile]
