@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from gateway.app import Gateway
 from gateway.integrations.alerts import AlertEvaluator
 from gateway.integrations.webhooks import Webhooks
 from gateway.store.alerts import AlertRule, AlertStore
+from gateway.store.rollups import EPOCH_MS
 from tests.conftest import Upstream, free_port, make_settings, running, wait_until
 from tests.webhook_receiver import Receiver
 
@@ -413,3 +416,52 @@ async def test_alerts_page_shows_rules_and_history(gw: Gateway, receiver: Receiv
             assert resp.status == 303
         _, listed = await api(gw, "GET", "/api/alert-rules")
         assert [r["name"] for r in listed["items"]] == [hostile]
+
+
+async def test_spend_spike_and_p95_measured_over_their_windows(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    """Evaluated at chosen times (the background task idles: a long interval), so the
+    windows hold exactly the calls meant: one call, a second later the same call again."""
+    settings = make_settings(upstream.url, db_url, tmp_path, alert_interval=3600)
+    async with running(settings) as gw:
+        spike = await create(
+            gw,
+            name="spike",
+            kind="spend_spike",
+            window_seconds=1,
+            baseline_windows=1,
+            threshold=0.5,
+        )
+        slow = await create(
+            gw, name="slow", kind="p95_latency", window_seconds=60, threshold=0, min_calls=2
+        )
+        quiet = await create(
+            gw, name="quiet", kind="p95_latency", window_seconds=1, threshold=0, min_calls=2
+        )
+        assert await call(gw) == 200
+        await gw.recorder.drained(timeout=20)
+        [first] = await gw.store.rows("SELECT id, latency_ms FROM exchanges")
+        first_ms = started_ms(int(first["id"]))
+
+        async def a_second_later() -> bool:
+            return time.time() * 1000 >= first_ms + 1050
+
+        await wait_until(a_second_later)
+        assert await call(gw) == 200
+        await gw.recorder.drained(timeout=20)
+        rows = await gw.store.rows("SELECT id, latency_ms FROM exchanges ORDER BY id")
+        second_ms = started_ms(int(rows[1]["id"]))
+        assert 1000 <= second_ms - first_ms < 1900  # the first is in the window before
+        await gw.alerts.evaluate(datetime.fromtimestamp((second_ms + 1) / 1000, UTC))
+        _, history = await api(gw, "GET", "/api/alerts")
+        by_rule = {item["rule"]: item for item in history["items"]}
+        assert set(by_rule) == {spike["id"], slow["id"]}  # one timed call: quiet has too few
+        assert by_rule[spike["id"]]["value"] == pytest.approx(1.0)  # the same call's cost
+        latencies = sorted(float(row["latency_ms"]) for row in rows)
+        assert latencies[0] <= by_rule[slow["id"]]["value"] <= latencies[1]
+        assert quiet["id"] not in by_rule
+
+
+def started_ms(exchange_id: int) -> int:
+    return (exchange_id >> 22) + EPOCH_MS
