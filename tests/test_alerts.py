@@ -465,3 +465,26 @@ async def test_spend_spike_and_p95_measured_over_their_windows(
 
 def started_ms(exchange_id: int) -> int:
     return (exchange_id >> 22) + EPOCH_MS
+
+
+async def test_capture_loss_fires_on_quarantine_and_resolves(gw: Gateway, receiver: Receiver):
+    await create(
+        gw,
+        name="capture",
+        kind="capture_loss",
+        window_seconds=60,
+        threshold=0,
+        webhook_url=receiver.url("/loss"),
+    )
+    await evaluated(gw)
+    assert receiver.bodies("/loss") == []
+    await gw.store.quarantine_add([(424242, time.time(), "refused on purpose", b"x")])
+
+    async def notices(count: int) -> bool:
+        return len(receiver.bodies("/loss")) >= count
+
+    await wait_until(lambda: notices(1))
+    assert "1 quarantined, 0 dropped" in receiver.bodies("/loss")[0]["text"]
+    await gw.store.quarantine_delete([424242])
+    await wait_until(lambda: notices(2))
+    assert [b["event"] for b in receiver.bodies("/loss")] == ["firing", "resolved"]
