@@ -121,7 +121,7 @@ class Gateway:
         self.alert_store = AlertStore(self.store)
         self.webhooks = Webhooks()
         self.alerts = AlertEvaluator(
-            self.alert_store, self.webhooks, settings.alert_interval, self.recorder.health
+            self.alert_store, self.webhooks, settings.alert_interval, lambda: self.recorder.health()
         )
         self.metrics = (
             prometheus.MetricsEndpoint(self.recorder, self._worker_metrics, self.alerts.firing_now)
