@@ -228,6 +228,18 @@ async def test_slack_shape(gw: Gateway, receiver: Receiver):
     assert list(body) == ["text"]
     assert body["text"].startswith("[FIRING] spend watch: spend of gateway over 600 s is ")
 
+    rule_id = (await api(gw, "GET", "/api/alert-rules"))[1]["items"][0]["id"]
+    status, _ = await api(gw, "PATCH", f"/api/alert-rules/{rule_id}", {"enabled": False})
+    assert status == 200
+
+    async def closed() -> bool:
+        _, history = await api(gw, "GET", "/api/alerts?state=firing")
+        return history["items"] == []
+
+    await wait_until(closed)  # paused while firing: closed without a notice
+    await evaluated(gw)
+    assert len(receiver.bodies("/slack")) == 1
+
 
 async def test_unpriced_model_rule(gw: Gateway, receiver: Receiver):
     rule = await create(

@@ -169,6 +169,9 @@ class AlertEvaluator:
             alert = open_alerts.get(rule.id)
             if rule.enabled:
                 alert = await self._evaluate(rule, alert, now, now_ms)
+            elif alert is not None:  # paused while firing: closed, without a notice
+                await self.alerts.resolve(alert, now)
+                alert = None
             firing[(rule.id, rule.name)] = int(alert is not None and alert.state == "firing")
         self.firing = firing
         self.evaluations += 1
