@@ -21,7 +21,7 @@ from gateway.app import Gateway
 from gateway.integrations.alerts import AlertEvaluator
 from gateway.integrations.webhooks import Webhooks
 from gateway.store.alerts import AlertRule, AlertStore
-from gateway.store.rollups import EPOCH_MS
+from gateway.store.rollups import EPOCH_MS, HOUR_MS, hour_of
 from tests.conftest import Upstream, free_port, make_settings, running, wait_until
 from tests.webhook_receiver import Receiver
 
@@ -500,3 +500,38 @@ async def test_capture_loss_fires_on_quarantine_and_resolves(gw: Gateway, receiv
     await gw.store.quarantine_delete([424242])
     await wait_until(lambda: notices(2))
     assert [b["event"] for b in receiver.bodies("/loss")] == ["firing", "resolved"]
+
+
+async def test_long_windows_read_the_rollups_for_whole_hours(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    """A 3-hour window evaluated two hours on: the calls' hour is read from the rollups, and
+    the answer is what the exchanges say."""
+    settings = make_settings(upstream.url, db_url, tmp_path, alert_interval=3600)
+    async with running(settings) as gw:
+        spend = await create(gw, name="spend", kind="spend", window_seconds=3 * 3600, threshold=0)
+        errors = await create(
+            gw,
+            name="errors",
+            kind="error_rate",
+            window_seconds=3 * 3600,
+            threshold=0,
+            scope={"kind": "model", "value": "mistral-small-latest"},
+        )
+        assert [await call(gw), await call(gw, status=500)] == [200, 500]
+        await gw.recorder.drained(timeout=20)
+        rows = await gw.store.rows("SELECT id, cost_usd FROM exchanges")
+        hours = {hour_of(int(row["id"])) for row in rows}
+        later_ms = (max(hours) + 2) * HOUR_MS + 1000
+        window = await gw.alert_store.window(
+            AlertRule(name="w", kind="spend", window_seconds=3 * 3600, threshold=0),
+            later_ms - 3 * 3600 * 1000,
+            later_ms,
+        )
+        assert (window.calls, window.errors) == (2, 1)
+        await gw.alerts.evaluate(datetime.fromtimestamp(later_ms / 1000, UTC))
+        _, history = await api(gw, "GET", "/api/alerts")
+        by_rule = {item["rule"]: item["value"] for item in history["items"]}
+        cost = sum(float(row["cost_usd"] or 0) for row in rows)
+        assert cost > 0 and by_rule[spend["id"]] == pytest.approx(cost)
+        assert by_rule[errors["id"]] == 0.5

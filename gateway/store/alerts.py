@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.capture.exchange import id_at
+from gateway.store.stats import IdRange, split
 
 if TYPE_CHECKING:
     from gateway.store.exchanges import Store
@@ -24,6 +25,8 @@ KINDS = ("spend", "spend_spike", "error_rate", "p95_latency", "unpriced_model", 
 SCOPES = ("gateway", "model", "agent", "run")  # run: the run's name
 FAILED_SQL = "(e.status IS NULL OR e.status >= 400 OR e.state <> 'complete')"
 UNPRICED_SQL = "(e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400)"
+# The rollup dimension that counts a scope's calls once each (gateway: every call has a provider)
+DIMS = {"gateway": "provider", "model": "model", "agent": "agent", "run": "run"}
 RULE_COLUMNS = (
     "name",
     "kind",
@@ -95,6 +98,14 @@ class Window:
     errors: int
     cost_usd: float
     latency_count: int = 0
+
+    def __add__(self, other: Window) -> Window:
+        return Window(
+            self.calls + other.calls,
+            self.errors + other.errors,
+            self.cost_usd + other.cost_usd,
+            self.latency_count + other.latency_count,
+        )
 
 
 def as_time(value: Any) -> datetime:
@@ -249,10 +260,10 @@ class AlertStore:
 
     # -- measures ---------------------------------------------------------------------------
 
-    def _scope(self, rule: AlertRule, since_ms: int, until_ms: int) -> tuple[str, list[Any]]:
-        """FROM and WHERE of a rule's calls started in [since_ms, until_ms) (Unix ms)."""
+    def _scope(self, rule: AlertRule, ids: IdRange) -> tuple[str, list[Any]]:
+        """FROM and WHERE of a rule's calls with ids in [low, high)."""
         where = ["e.id >= ?", "e.id < ?"]
-        params: list[Any] = [id_at(since_ms), id_at(until_ms)]
+        params: list[Any] = list(ids)
         source = "exchanges e"
         if rule.scope_kind == "model":
             where.append("e.model = ?")
@@ -264,7 +275,32 @@ class AlertStore:
         return f"FROM {source} WHERE {' AND '.join(where)}", params
 
     async def window(self, rule: AlertRule, since_ms: int, until_ms: int) -> Window:
-        tail, params = self._scope(rule, since_ms, until_ms)
+        """A scope's calls started in [since_ms, until_ms) (Unix ms): the whole hours inside
+        from the rollups, the rest (under an hour at either end) from the exchanges, as
+        /api/stats counts (gateway/store/stats.py)."""
+        span = split(id_at(since_ms), id_at(until_ms))
+        total = Window(0, 0, 0.0, 0)
+        if span.hours is not None:
+            total += await self._rollup_window(rule, span.hours)
+        for edge in span.edges:
+            total += await self._rows_window(rule, edge)
+        return total
+
+    async def _rollup_window(self, rule: AlertRule, hours: IdRange) -> Window:
+        where, params = ["dim = ?", "hour >= ?", "hour < ?"], [DIMS[rule.scope_kind], *hours]
+        if rule.scope_kind != "gateway":
+            where.append("value = ?")
+            params.append(rule.scope_value)
+        rows = await self.store.rows(
+            "SELECT COALESCE(SUM(calls), 0) AS calls, COALESCE(SUM(errors), 0) AS errors, "
+            "COALESCE(SUM(cost_usd), 0) AS cost_usd, COALESCE(SUM(latency_count), 0) AS timed "
+            f"FROM rollups WHERE {' AND '.join(where)}",
+            params,
+        )
+        return _window(rows[0])
+
+    async def _rows_window(self, rule: AlertRule, ids: IdRange) -> Window:
+        tail, params = self._scope(rule, ids)
         rows = await self.store.rows(
             "SELECT COUNT(*) AS calls, "
             f"COALESCE(SUM(CASE WHEN {FAILED_SQL} THEN 1 ELSE 0 END), 0) AS errors, "
@@ -272,16 +308,13 @@ class AlertStore:
             f"{tail}",
             params,
         )
-        row = rows[0]
-        return Window(
-            int(row["calls"]), int(row["errors"]), float(row["cost_usd"]), int(row["timed"])
-        )
+        return _window(rows[0])
 
     async def latency_rank(
         self, rule: AlertRule, since_ms: int, until_ms: int, rank: int
     ) -> list[float]:
         """The latencies at `rank` and the next one in the window's sorted latencies."""
-        tail, params = self._scope(rule, since_ms, until_ms)
+        tail, params = self._scope(rule, (id_at(since_ms), id_at(until_ms)))
         rows = await self.store.rows(
             f"SELECT e.latency_ms {tail} AND e.latency_ms IS NOT NULL "
             "ORDER BY e.latency_ms LIMIT 2 OFFSET ?",
@@ -293,10 +326,16 @@ class AlertStore:
         self, rule: AlertRule, since_ms: int, until_ms: int
     ) -> dict[str, int]:
         """Models answering without a price in the window, with their calls."""
-        tail, params = self._scope(rule, since_ms, until_ms)
+        tail, params = self._scope(rule, (id_at(since_ms), id_at(until_ms)))
         rows = await self.store.rows(
             f"SELECT e.model AS model, COUNT(*) AS calls {tail} AND {UNPRICED_SQL} "
             "GROUP BY e.model ORDER BY e.model",
             params,
         )
         return {row["model"]: int(row["calls"]) for row in rows}
+
+
+def _window(row: dict[str, Any]) -> Window:
+    return Window(
+        int(row["calls"]), int(row["errors"]), float(row["cost_usd"] or 0), int(row["timed"])
+    )
