@@ -535,3 +535,17 @@ async def test_long_windows_read_the_rollups_for_whole_hours(
         cost = sum(float(row["cost_usd"] or 0) for row in rows)
         assert cost > 0 and by_rule[spend["id"]] == pytest.approx(cost)
         assert by_rule[errors["id"]] == 0.5
+
+
+async def test_only_the_main_process_evaluates(upstream: Upstream, tmp_path: Path):
+    """A `serve --workers N` proxy process never runs the evaluator; the supervisor does."""
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'w.db'}", tmp_path)
+    worker = Gateway(settings.replace(spool_dir=str(tmp_path / "worker-spool")), worker=True)
+    await worker.start(ui=False)
+    try:
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        assert "agentops-alerts" not in names
+    finally:
+        await worker.stop()
+    async with running(settings):
+        assert "agentops-alerts" in {task.get_name() for task in asyncio.all_tasks()}
