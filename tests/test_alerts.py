@@ -22,6 +22,7 @@ from gateway.integrations.alerts import AlertEvaluator
 from gateway.integrations.webhooks import Webhooks
 from gateway.store.alerts import AlertRule, AlertStore
 from gateway.store.rollups import EPOCH_MS, HOUR_MS, hour_of
+from gateway.writer.health import Health
 from tests.conftest import Upstream, free_port, make_settings, running, wait_until
 from tests.webhook_receiver import Receiver
 
@@ -549,3 +550,48 @@ async def test_only_the_main_process_evaluates(upstream: Upstream, tmp_path: Pat
         await worker.stop()
     async with running(settings):
         assert "agentops-alerts" in {task.get_name() for task in asyncio.all_tasks()}
+
+
+def health_with(dropped: int) -> Health:
+    return Health(
+        writer=None,
+        database="ok",
+        queue_depth=0,
+        queue_size=10,
+        spool_bytes=0,
+        spooled_records=0,
+        dropped_records=dropped,
+        writer_process="ok",
+        writer_pid=None,
+        missing_calls=0,
+        recovered_records=0,
+        journal="ok",
+        writer_lag_seconds=0.0,
+        writer_lagging=False,
+        dropped_recently=dropped > 0,
+    )
+
+
+async def test_capture_loss_counts_records_dropped_within_the_window(pg_url: str):
+    from gateway.store.exchanges import Store
+
+    store = Store(pg_url)
+    await store.open()
+    dropped = [3]  # dropped before the gateway's first look: not counted
+    evaluator = AlertEvaluator(AlertStore(store), Webhooks(), 1.0, lambda: health_with(dropped[0]))
+    try:
+        rule = await evaluator.alerts.create_rule(
+            AlertRule(name="drops", kind="capture_loss", window_seconds=3600, threshold=0)
+        )
+        await evaluator.evaluate()
+        assert evaluator.firing == {(rule.id, "drops"): 0}
+        dropped[0] = 5
+        await evaluator.evaluate()
+        assert evaluator.firing == {(rule.id, "drops"): 1}
+        [alert] = await evaluator.alerts.history(rule.id)
+        assert alert.value == 2 and alert.detail == "0 quarantined, 2 dropped"
+        assert evaluator.dropped_since(time.monotonic() + 1) == 0  # none after the window
+        assert len(evaluator._dropped) == 2  # a sample per change, not per evaluation
+    finally:
+        await evaluator.webhooks.close()
+        await store.close()

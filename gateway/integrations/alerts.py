@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from gateway.integrations.alert_rules import UNITS, rule_json
+from gateway.integrations.alert_rules import MAX_WINDOW, UNITS, rule_json
 from gateway.integrations.webhooks import Notice, Webhooks
 from gateway.store.alerts import Alert, AlertRule, AlertStore
 
@@ -143,18 +143,26 @@ class AlertEvaluator:
             await asyncio.sleep(self.interval)
 
     def dropped_since(self, since: float) -> int:
-        """Records dropped since `since` (monotonic), from the health reports sampled."""
+        """Records dropped since `since` (monotonic), from the health reports sampled: the
+        count then is that of the last change at or before it (or the first sample's)."""
         if not self._dropped:
             return 0
-        first = next((count for at, count in self._dropped if at >= since), self._dropped[-1][1])
-        return self._dropped[-1][1] - first
+        base = self._dropped[0][1]
+        for at, count in self._dropped:
+            if at > since:
+                break
+            base = count
+        return self._dropped[-1][1] - base
 
     def _sample_health(self) -> None:
+        """Keep the dropped-records count at each change (a few samples, not one a tick)."""
         if self.health is None:
             return
         now = time.monotonic()
-        self._dropped.append((now, self.health().dropped_records))
-        while len(self._dropped) > 2 and self._dropped[0][0] < now - 32 * 86400:
+        count = self.health().dropped_records
+        if not self._dropped or self._dropped[-1][1] != count:
+            self._dropped.append((now, count))
+        while len(self._dropped) > 1 and self._dropped[1][0] < now - MAX_WINDOW:
             self._dropped.popleft()
 
     async def evaluate(self, now: datetime | None = None) -> None:
@@ -168,7 +176,10 @@ class AlertEvaluator:
         for rule in rules:
             alert = open_alerts.get(rule.id)
             if rule.enabled:
-                alert = await self._evaluate(rule, alert, now, now_ms)
+                try:
+                    alert = await self._evaluate(rule, alert, now, now_ms)
+                except Exception:  # one rule's failure leaves the others evaluated
+                    log.exception("alert rule %r could not be evaluated", rule.name)
             elif alert is not None:  # paused while firing: closed, without a notice
                 await self.alerts.resolve(alert, now)
                 alert = None
