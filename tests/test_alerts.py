@@ -595,3 +595,45 @@ async def test_capture_loss_counts_records_dropped_within_the_window(pg_url: str
     finally:
         await evaluator.webhooks.close()
         await store.close()
+
+
+async def call_in_run(gw: Gateway, run: str, *, status: int = 200) -> int:
+    headers = dict(AUTH)
+    if status != 200:
+        headers["x-fake-status"] = str(status)
+    payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.proxy_url}/r/{run}/v1/chat/completions", json=payload, headers=headers
+        ) as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+async def test_a_run_scope_counts_only_its_runs_calls(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    settings = make_settings(upstream.url, db_url, tmp_path, alert_interval=3600)
+    async with running(settings) as gw:
+        run_rule = await create(
+            gw,
+            name="nightly",
+            kind="error_rate",
+            threshold=0.2,
+            scope={"kind": "run", "value": "nightly"},
+        )
+        all_rule = await create(gw, name="all", kind="error_rate", threshold=0.5)
+        assert [await call_in_run(gw, "nightly") for _ in range(2)] == [200, 200]
+        assert [await call(gw, status=500) for _ in range(3)] == [500] * 3
+
+        async def firing() -> set[int]:
+            await gw.recorder.drained(timeout=20)
+            await gw.alerts.evaluate()
+            _, history = await api(gw, "GET", "/api/alerts?state=firing")
+            return {item["rule"] for item in history["items"]}
+
+        assert await firing() == {all_rule["id"]}  # 3 of 5 failed, none of nightly's
+        assert await call_in_run(gw, "nightly", status=500) == 500
+        assert await firing() == {all_rule["id"], run_rule["id"]}  # 1 of nightly's 3
