@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api import access
+from gateway.api import alerts as alerts_api
 from gateway.api import datasets as datasets_api
 from gateway.api import evaluations as evaluations_api
 from gateway.api import exchanges as api
@@ -29,6 +30,8 @@ from gateway.capture.pricing import PriceTable
 from gateway.export.dataset_items import ItemSource
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
+from gateway.integrations.alerts import AlertEvaluator
+from gateway.integrations.webhooks import Webhooks
 from gateway.lifecycle import InFlight
 from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
@@ -41,6 +44,7 @@ from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
+from gateway.store.alerts import AlertStore
 from gateway.store.datasets import DatasetStore
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
@@ -70,6 +74,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.RUN_REPLAYER] = gateway.run_replayer
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
+    app[alerts_api.ALERTS] = gateway.alert_store
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
     app[datasets_api.DATASETS] = gateway.datasets
@@ -82,6 +87,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app.add_routes(replay_api.routes)
     app.add_routes(datasets_api.routes)
     app.add_routes(evaluations_api.routes)
+    app.add_routes(alerts_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -124,8 +130,14 @@ class Gateway:
         self.replay_store = ReplayStore(self.store)
         self.datasets = DatasetStore(self.store)
         self.judges = JudgeStore(self.store)
+        # Alerts: evaluated in this process (never in a worker), delivered from queues.
+        self.alert_store = AlertStore(self.store)
+        self.webhooks = Webhooks()
+        self.alerts = AlertEvaluator(
+            self.alert_store, self.webhooks, settings.alert_interval, lambda: self.recorder.health()
+        )
         self.metrics = (
-            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics)
+            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics, self.alerts.firing_now)
             if prometheus.enabled(settings, report=True)
             else None
         )
@@ -211,9 +223,10 @@ class Gateway:
             await self._listen_proxy()
         if ui:
             await self._listen_ui()
+        undo.push_async_callback(self.webhooks.close)  # after the evaluator is cancelled
         undo.callback(self._cancel_tasks)
         if not self.worker:
-            self._start_tasks()
+            self._start_tasks(alerts=ui)
         log.info(
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"
@@ -225,10 +238,13 @@ class Gateway:
             self.store.dialect,
         )
 
-    def _start_tasks(self) -> None:
-        """What runs once per gateway: pricing earlier calls, retention."""
+    def _start_tasks(self, *, alerts: bool) -> None:
+        """What runs once per gateway: pricing earlier calls, retention, alert evaluation
+        (in the process serving the UI)."""
         self.costs_filled = asyncio.create_task(self._fill_costs(), name="agentops-fill-costs")
         self._tasks.append(self.costs_filled)
+        if alerts:
+            self._tasks.append(asyncio.create_task(self.alerts.run(), name="agentops-alerts"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
 

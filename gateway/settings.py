@@ -142,6 +142,14 @@ SETTINGS: tuple[Setting, ...] = (
         "days",
     ),
     Setting(
+        "alert_interval",
+        "--alert-interval",
+        "AGENTOPS_ALERT_INTERVAL",
+        10.0,
+        "Seconds between evaluations of the alert rules.",
+        "float",
+    ),
+    Setting(
         "run_idle",
         "--run-idle",
         "AGENTOPS_RUN_IDLE",
@@ -311,6 +319,7 @@ class Settings:
     spool_max_bytes: int = 1024**3
     shutdown_grace: float = 30.0
     retention_days: float | None = None
+    alert_interval: float = 10.0
     run_idle: float = 300.0
     elevenlabs_upstream: str = "https://api.elevenlabs.io"
     elevenlabs_usd_per_credit: float = 0.0001

@@ -24,6 +24,7 @@ MIGRATIONS = [
     "0011_errors",
     "0012_shared_grouping",
     "0013_datasets",
+    "0015_alerts",
 ]
 
 

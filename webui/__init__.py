@@ -16,6 +16,7 @@ from gateway.api.access import Handler, is_api
 from gateway.errors import AgentOpsError
 from gateway.settings import Settings
 from webui import (
+    alerts_page,
     auth,
     dashboard,
     dataset_pages,
@@ -110,6 +111,7 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
     prices_page.setup(app)
     dataset_pages.setup(app)
     score_pages.setup(app)
+    alerts_page.setup(app)
     app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 

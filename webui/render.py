@@ -29,6 +29,7 @@ NAV = (
     ("/datasets", "Datasets"),
     ("/experiments", "Experiments"),
     ("/prices", "Prices"),
+    ("/alerts", "Alerts"),
 )
 
 

@@ -4,6 +4,9 @@ fed from the writer process (stored batches, finished runs), never from the prox
 An integration whose extra is not installed, or whose configuration cannot work, is reported
 in one log line at start (by the proxy's process, which checks the settings) and left out; the
 gateway runs on without it. See host.py for their place in the writer process.
+
+Alerts (alerts.py, alert_rules.py, webhooks.py) are the exception: configured through the
+API, evaluated from the database in the gateway's main process, delivered to webhooks.
 """
 
 from __future__ import annotations

@@ -162,6 +162,7 @@ class MetricsEndpoint:
         self,
         recorder: WriterProcess,
         others: Callable[[], Awaitable[list[bytes]]] | None = None,
+        alerts: Callable[[], dict[tuple[int, str], int]] | None = None,
     ) -> None:
         """`others`: more writers' call metrics to add in (`serve --workers N` on
         PostgreSQL, where each worker has a writer of its own)."""
@@ -171,6 +172,8 @@ class MetricsEndpoint:
         self.others = others
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(PipelineCollector(recorder))
+        if alerts is not None:
+            self.registry.register(AlertsCollector(alerts))
 
     async def handle(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -296,3 +299,26 @@ class PipelineCollector:
             dropped.add_metric([name], stats["dropped"])
             queued.add_metric([name], stats["queued"])
         yield from (sent, dropped, queued)
+
+
+class AlertsCollector:
+    """`agentops_alerts_firing`: 1 per rule while its alert fires, else 0 (as of the last
+    evaluation, gateway/integrations/alerts.py)."""
+
+    def __init__(self, firing: Callable[[], dict[tuple[int, str], int]]) -> None:
+        self.firing = firing
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        gauge = GaugeMetricFamily(
+            "agentops_alerts_firing",
+            "1 while the alert rule's alert is firing, else 0.",
+            labels=["rule", "rule_id"],
+        )
+        for (rule_id, name), value in sorted(self.firing().items()):
+            gauge.add_metric([name, str(rule_id)], value)
+        yield gauge

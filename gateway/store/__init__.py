@@ -8,6 +8,7 @@ reads of exchanges, runs, replays and exports. SQLite or PostgreSQL, chosen by U
     judges.py      LLM judge definitions, kept as given
     exports.py     keyset-paged reads for export
     rollups.py     per-hour dashboard totals, kept in the writer's transactions
+    alerts.py      alert rules, the alerts they raised, and the windows they measure
     models.py      the schema, as Tortoise models (the one description: tests/test_schema.py)
     migrations/    the committed migrations made from the models
 """

@@ -421,3 +421,45 @@ class Quarantine(Model):
 
     class Meta:
         table = "quarantine"
+
+
+class AlertRule(Model):
+    """When to raise an alert and where to send it (gateway/integrations/alerts.py evaluates
+    them). `threshold` reads by kind: USD (spend), a factor (spend_spike), a fraction of calls
+    (error_rate), milliseconds (p95_latency), calls (unpriced_model), records (capture_loss)."""
+
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=200)
+    kind = fields.CharField(max_length=32)
+    scope_kind = fields.CharField(max_length=16, default="gateway")  # gateway, model, agent, run
+    scope_value = fields.CharField(max_length=200, null=True)
+    window_seconds = fields.IntField()
+    threshold = fields.FloatField()
+    baseline_windows = fields.IntField(default=24)  # spend_spike: windows in the trailing mean
+    min_calls = fields.IntField(default=1)  # error_rate, p95_latency: fewer calls never fire
+    webhook_url = fields.TextField(null=True)  # a secret (Slack's are): shown masked
+    webhook_format = fields.CharField(max_length=8, default="json")  # json, slack
+    enabled = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "alert_rules"
+
+
+class Alert(Model):
+    """One firing of a rule, until it resolves. `open_rule` is the rule's id while firing and
+    null after: unique, so replicas that evaluate the same rule open one alert, not several,
+    and only the one whose insert won sends the notice."""
+
+    id = fields.IntField(primary_key=True)
+    rule_id = fields.IntField(db_index=True)
+    state = fields.CharField(max_length=16)  # firing, resolved
+    started_at = fields.DatetimeField()
+    resolved_at = fields.DatetimeField(null=True)
+    value = fields.FloatField()
+    threshold = fields.FloatField()
+    detail = fields.TextField(null=True)  # what fired it, in words (the unpriced models)
+    open_rule = fields.IntField(null=True, unique=True)
+
+    class Meta:
+        table = "alerts"
