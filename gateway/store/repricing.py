@@ -27,7 +27,7 @@ TABLE_PRICED = ("mistral",)  # providers whose calls the price table prices
 BATCH = 1000
 _COLUMNS = (
     "e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, e.total_tokens, "
-    "e.cached_tokens, e.units, e.cost_usd, e.latency_ms, e.provider, e.run_id, "
+    "e.cached_tokens, e.units, e.cost_usd, e.latency_ms, e.provider, e.category, e.run_id, "
     "r.name AS run_name, r.agent_id AS agent"
 )
 
@@ -66,6 +66,7 @@ def _fact(row: dict[str, Any], cost: float | None) -> Fact:
         row["provider"],
         row["run_name"],
         row["agent"],
+        row["category"],
     )
 
 
@@ -88,7 +89,11 @@ async def reprice(
     out = Repriced()
     after = id_at(int(since.timestamp() * 1000)) - 1 if since is not None else -1
     while True:
-        clauses = ["e.id > ?", f"e.provider IN ({', '.join('?' * len(TABLE_PRICED))})"]
+        clauses = [
+            "e.id > ?",
+            f"e.provider IN ({', '.join('?' * len(TABLE_PRICED))})",
+            "e.category = 'llm'",  # a fine-tuning job is priced from its job, not its tokens
+        ]
         params: list[Any] = [after, *TABLE_PRICED]
         if model is not None:
             clauses.append("e.model = ?")
