@@ -169,3 +169,18 @@ async def _apply(
             for index, value in enumerate(values):
                 into[index] += value
     await store.rollups.apply(tx, sums)
+
+
+async def set_cost(store: Store, exchange_id: int, cost: float) -> bool:
+    """Put `cost` on one stored call (a fine-tuning job's, once it reports its trained tokens)
+    with every total summed from it; False when the call is not stored."""
+    rows = await store.rows(
+        f"SELECT {_COLUMNS} FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id WHERE e.id = ?",
+        [exchange_id],
+    )
+    if not rows:
+        return False
+    if not _same(rows[0]["cost_usd"], cost):
+        async with in_transaction("default") as tx:
+            await _apply(store, tx, [(rows[0], cost)])
+    return True
