@@ -161,7 +161,7 @@ class ExchangeSummary:
             error_code=_opt_str(row["error_code"]),
             replay_of=_opt_int(row["replay_of"]),
             provider=str(row["provider"]),
-            category=str(row["category"] or "llm"),
+            category=str(row.get("category") or "llm"),
         )
 
     def to_json(self) -> dict[str, Any]:
