@@ -14,9 +14,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from tortoise.migrations.api import migrate
 
 from gateway.app import Gateway
 from gateway.export.failures import problems_of
+from gateway.store.exchanges import Store, tortoise_config
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
 
 KEY = "sk-finetune-test-key-0000111122223333"
@@ -255,3 +257,39 @@ async def test_fake_jobs_progress_and_refuse_like_mistral(upstream: Upstream):
         async with http.post(f"{upstream.url}/v1/fine_tuning/jobs", json={"model": "x"}) as resp:
             assert resp.status == 422
             assert (await resp.json())["message"]["detail"][0]["loc"] == ["body", "training_files"]
+
+
+async def test_migration_fills_categories_and_their_rollups(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
+        async with aiohttp.ClientSession() as http:
+            for n in range(3):
+                await chat(gw, http, f"old call {n}", "old")
+        await gw.recorder.drained(timeout=10)
+    url = Store(db_url).url
+    await migrate(config=tortoise_config(url), target="models.0012_shared_grouping")
+    store = Store(db_url)
+    await store.open(migrate_schema=False)  # as 0012 left them: no category anywhere
+    try:
+        (row,) = await store.rows("SELECT MIN(id) AS id FROM exchanges")
+        await store.rows(
+            "UPDATE exchanges SET provider = 'elevenlabs', cost_usd = 0.25 WHERE id = ?",
+            [row["id"]],
+        )
+    finally:
+        await store.close()
+    store = Store(db_url)
+    await store.open()  # 0016 again: categories from the providers, their rollups rebuilt
+    try:
+        rows = await store.rows("SELECT provider, category, cost_usd FROM exchanges")
+        assert sorted((r["provider"], r["category"]) for r in rows) == [
+            ("elevenlabs", "tool"),
+            ("mistral", "llm"),
+            ("mistral", "llm"),
+        ]
+        llm = sum(r["cost_usd"] or 0 for r in rows if r["category"] == "llm")
+        costs = (await store.stats(None, None))["totals"]["cost_by_category"]
+        assert costs == {"llm": pytest.approx(llm), "tool": 0.25, "fine-tuning": 0.0}
+    finally:
+        await store.close()
