@@ -59,9 +59,13 @@ def _inputs(provider: Provider, item: Any) -> tuple[list[dict[str, Any]], list[A
 
 
 async def _expected(
-    store: Store, provider: Provider, call: FailingCall, messages: list[dict[str, Any]]
+    store: Store,
+    provider: Provider,
+    call: FailingCall,
+    messages: list[dict[str, Any]],
+    min_score: float | None,
 ) -> tuple[dict[str, Any] | None, int | None]:
-    for exchange_id in await later_answers(store, call):
+    for exchange_id in await later_answers(store, call, min_score):
         item = await store.get_exchange(exchange_id)
         parsed = parse_for_export(provider, item) if item is not None else None
         if parsed is None or parsed.messages_in is None or parsed.message_out is None:
@@ -87,7 +91,7 @@ async def failures(
         messages, tools = _inputs(provider, item)
         if not messages:
             continue  # bodies omitted or not a chat request: nothing to learn from
-        expected, source = await _expected(store, provider, call, messages)
+        expected, source = await _expected(store, provider, call, messages, min_score)
         yield Failure(call, messages, tools, expected, source)
 
 

@@ -106,10 +106,12 @@ async def failing_turn(store: Store, run_id: int, low: int = 0) -> int | None:
     return None
 
 
-async def later_answers(store: Store, call: FailingCall) -> list[int]:
+async def later_answers(
+    store: Store, call: FailingCall, min_score: float | None = None
+) -> list[int]:
     """Calls after `call` that may be its retry (same run, or the same key soon after),
-    answered without an error: the export compares their messages to find the expected
-    output."""
+    answered without an error nor an evaluation under `min_score`: the export compares their
+    messages to find the expected output."""
     rows = await store.rows(
         "SELECT e.run_id, e.key_fingerprint FROM exchanges e WHERE e.id = ?", [call.exchange_id]
     )
@@ -117,10 +119,17 @@ async def later_answers(store: Store, call: FailingCall) -> list[int]:
         return []
     key = rows[0]["key_fingerprint"]
     high = call.exchange_id + (RETRY_WINDOW_MS << 22)  # ids are time-sortable: see id_at
+    scored, params = "", []
+    if min_score is not None:
+        scored = (
+            " AND NOT EXISTS (SELECT 1 FROM evaluations v WHERE v.exchange_id = e.id "
+            "AND v.metric_value < ?)"
+        )
+        params = [min_score]
     answers = await store.rows(
         f"SELECT e.id FROM exchanges e WHERE e.id > ? AND {USERS_CALL} AND e.error IS NULL "
         "AND e.status = 200 AND ((e.run_id IS NOT NULL AND e.run_id = ?) "
-        "OR (e.id < ? AND e.key_fingerprint = ?)) ORDER BY e.id LIMIT ?",
-        [call.exchange_id, rows[0]["run_id"], high, key, RETRY_CANDIDATES],
+        f"OR (e.id < ? AND e.key_fingerprint = ?)){scored} ORDER BY e.id LIMIT ?",
+        [call.exchange_id, rows[0]["run_id"], high, key, *params, RETRY_CANDIDATES],
     )
     return [int(r["id"]) for r in answers]
