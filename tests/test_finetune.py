@@ -17,8 +17,11 @@ import pytest
 from tortoise.migrations.api import migrate
 
 from gateway.app import Gateway
-from gateway.export.failures import problems_of
+from gateway.capture.pricing import PriceTable
+from gateway.export.failures import failures, problems_of
+from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import Store, tortoise_config
+from gateway.store.failures import failing_calls
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
 
 KEY = "sk-finetune-test-key-0000111122223333"
@@ -293,3 +296,65 @@ async def test_migration_fills_categories_and_their_rollups(
         assert costs == {"llm": pytest.approx(llm), "tool": 0.25, "fine-tuning": 0.0}
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "response", "expected"),
+    [
+        ("POST", "/v1/fine_tuning/jobs", 200, {"id": "j", "trained_tokens": None}, (True, None)),
+        ("POST", "/v1/fine_tuning/jobs/", 200, {"id": "j", "trained_tokens": 7}, (True, 7)),
+        ("POST", "/v1/fine_tuning/jobs", 422, {"detail": []}, (False, None)),
+        ("GET", "/v1/fine_tuning/jobs/j", 200, {"id": "j", "trained_tokens": 9}, (False, 9)),
+        ("POST", "/v1/fine_tuning/jobs/j/cancel", 200, {"id": "j"}, (False, None)),
+    ],
+)
+def test_mistral_provider_tells_fine_tuning_calls(
+    method: str, path: str, status: int, response: dict[str, Any], expected: tuple[Any, ...]
+):
+    body = orjson.dumps({"model": "open-mistral-nemo", "training_files": []})
+    parsed = MistralProvider().parse(
+        method,
+        path,
+        {"content-type": "application/json"},
+        body if method == "POST" else b"",
+        status,
+        {"content-type": "application/json"},
+        [orjson.dumps({"model": "open-mistral-nemo", **response})],
+    )
+    assert parsed.category == "fine-tuning" and parsed.endpoint == "fine_tuning"
+    assert (parsed.job_created, parsed.trained_tokens) == expected
+    cost = PriceTable.load().job_cost(parsed)
+    assert cost == (PriceTable.load().fine_tuning.job_cost("open-mistral-nemo", expected[1])
+                    if expected[0] else 0.0)  # fmt: skip
+    chat = MistralProvider().parse("POST", "/v1/chat/completions", {}, b"{}", 200, {}, [b"{}"])
+    assert chat.category == "llm"
+
+
+async def test_a_failed_run_exports_its_failing_turn(upstream: Upstream, tmp_path: Path):
+    """A run judged low without an error: its last step is the failing turn; with an error in
+    the middle, that call is, not the successful turn after it."""
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'turn.db'}", tmp_path)
+    async with running(settings, ENV) as gw, aiohttp.ClientSession() as http:
+        await chat(gw, http, "step one", "judged")
+        await chat(gw, http, "step two", "judged")
+        await chat(gw, http, "mid one", "broken")
+        await chat(gw, http, "mid two", "broken", **{"x-fake-status": "500"})
+        await chat(gw, http, "mid three", "broken")
+        await gw.recorder.drained(timeout=20)
+        items = {e["preview"]: e for e in await exchanges(gw, http)}
+        for name in ("step two", "mid three"):
+            async with http.post(
+                f"{gw.ui_url}/api/runs/{items[name]['run_id']}/evaluations",
+                json={"metric_name": "task_success", "metric_value": 0.0},
+            ) as resp:
+                assert resp.status == 201
+        found = await failing_calls(gw.store, min_score=0.5, metric="task_success")
+        by_id = {str(c.exchange_id): c.reason for c in found}
+        assert by_id == {
+            items["step two"]["id"]: "run score task_success=0 < 0.5",
+            items["mid two"]["id"]: "error: HTTP 500: Internal Server Error",
+        }
+        assert await failing_calls(gw.store, min_score=0.5, metric="other") != found
+        provider = MistralProvider()
+        got = [f async for f in failures(gw.store, provider, min_score=0.5)]
+        assert [f.messages[-1]["content"] for f in got] == ["step two", "mid two"]
