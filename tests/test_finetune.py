@@ -137,7 +137,9 @@ async def test_finetune_loop_through_the_gateway(upstream: Upstream, db_url: str
         after = await exchanges(gw, http)
         ours = [e for e in after if e["id"] not in {b["id"] for b in before}]
         jobs = [e for e in ours if e["path"].startswith("/v1/fine_tuning/jobs")]
-        assert len(jobs) >= 3 and {e["category"] for e in jobs} == {"fine-tuning"}
+        assert len(jobs) >= 3 and {e["category"] for e in ours} == {"fine-tuning"}
+        (upload,) = [e for e in ours if e["path"] == "/v1/files"]
+        assert upload["cost_usd"] == 0.0  # the training file: part of the job, free
         created = [e for e in jobs if e["method"] == "POST"]
         assert [e["cost_usd"] for e in created] == [pytest.approx(trained * 1.0)]
         assert sum(e["cost_usd"] for e in jobs) == pytest.approx(trained * 1.0)  # looks are free

@@ -227,7 +227,7 @@ class PriceTable:
         """A fine-tuning call's cost: the job's (see FineTuningPrices.job_cost) on the call
         that created it, $0 on the calls that only look at or list jobs (they are free)."""
         if not parsed.job_created:
-            return 0.0
+            return 0.0  # a training file's upload, a look at a job, a list of jobs
         return self.fine_tuning.job_cost(parsed.model, parsed.trained_tokens)
 
     def to_api(self) -> dict[str, Any]:

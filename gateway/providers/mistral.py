@@ -24,6 +24,7 @@ from gateway.providers.mistral_replay import MistralReplay
 _COMPLETIONS = frozenset({"chat", "fim", "agents"})
 _JSON_ENDPOINTS = _COMPLETIONS | {"embeddings", "conversations", "ocr", "moderations"}
 _MULTIPART_MODEL = b'form-data; name="model"'
+_MULTIPART_PURPOSE = b'form-data; name="purpose"'
 # Request keys left out of `request_params`: content, not configuration.
 _BULKY = frozenset({"messages", "inputs", "prompt", "suffix", "input", "tools", "documents"})
 # Streamed conversation event type -> the entry type it builds, and that entry's plain fields.
@@ -185,8 +186,8 @@ def _usage(p: Parsed, usage: Any) -> None:
         p.units["audio_seconds"] = float(seconds)
 
 
-def _multipart_model(body: bytes) -> str | None:
-    at = body.find(_MULTIPART_MODEL)
+def _multipart_model(body: bytes, field: bytes = _MULTIPART_MODEL) -> str | None:
+    at = body.find(field)
     if at < 0:
         return None
     start = body.find(b"\r\n\r\n", at)
@@ -200,6 +201,8 @@ def _request(p: Parsed, headers: dict[str, str], body: bytes) -> None:
     ctype = headers.get("content-type", "").lower()
     if ctype.startswith("multipart/"):
         p.request_model = _multipart_model(body)
+        if p.endpoint == "files" and _multipart_model(body, _MULTIPART_PURPOSE) == "fine-tune":
+            p.category = "fine-tuning"  # a training file: free, but part of a job's work
         return
     head = body[:256].lstrip()[:1]
     if not head and not body.strip():
