@@ -1,5 +1,5 @@
 """The command line: `agentops-studio serve | mitm | import | purge | reprice | export |
-healthcheck | quarantine | dataset`. Flags come from the settings table.
+finetune | healthcheck | quarantine | dataset`. Flags come from the settings table.
 
 Every failure a user can cause (bad flag, unreachable database, port in use, bad price file)
 ends as one line on stderr and exit status 2, never a traceback. SIGINT and SIGTERM end every
@@ -657,6 +657,143 @@ def export(**options: Any) -> None:
         f"{request.out}{skipped}",
         err=True,
     )
+
+
+@main.command()
+@click.option(
+    "--model",
+    default="open-mistral-nemo",
+    show_default=True,
+    metavar="NAME",
+    help="The base model to fine-tune.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="Only failures since then: an ISO-8601 time or an age (30d, 12h).",
+)
+@click.option(
+    "--min-score",
+    type=float,
+    default=None,
+    metavar="X",
+    help="Calls and runs with an evaluation under X count as failures too (errors always do).",
+)
+@click.option("--metric", default=None, metavar="NAME", help="Only evaluations of this metric.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The training file to write [default: agentops-finetune-TIME.jsonl].",
+)
+@click.option("--dry-run", is_flag=True, help="Export and validate only; print the file's path.")
+@click.option("--no-wait", is_flag=True, help="Create the job and return without following it.")
+@click.option("--suffix", default=None, help="A suffix for the fine-tuned model's name.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--training-steps", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--poll-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds between looks at the job.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=86400.0,
+    show_default=True,
+    help="Seconds to follow the job before returning (it keeps running).",
+)
+@click.option(
+    "--gateway",
+    "gateway_url",
+    default=None,
+    metavar="URL",
+    help="The gateway's proxy URL [default: http://HOST:PORT from --host and --port].",
+)
+@setting_options(("db", "prices", "host", "port"))
+def finetune(**options: Any) -> None:
+    """Fine-tune a model on the failures: export them as Mistral fine-tuning JSONL (each line
+    validated), upload it and create a job through the gateway (both calls recorded, in a run
+    of source finetune), follow the job, record its cost (category fine-tuning) and register
+    the resulting model for experiments (GET /api/models)."""
+    from gateway.replay.finetuning import Options, Outcome, export, train
+    from gateway.replay.replayer import key_from_environ
+
+    flags = {k: options.pop(k) for k in ("db", "prices", "host", "port")}
+    settings = build_settings(flags)
+    model = options["model"].strip()
+    if not model or "\x00" in model:
+        fail(f"--model: not a model name: {options['model']!r}")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    opts = Options(
+        model=model,
+        out=Path(options["out"] or f"agentops-finetune-{stamp}.jsonl"),
+        since=_since(options["since"]),
+        min_score=options["min_score"],
+        metric=options["metric"],
+        dry_run=options["dry_run"],
+        wait=not options["no_wait"],
+        suffix=options["suffix"],
+        epochs=options["epochs"],
+        training_steps=options["training_steps"],
+        poll_every=options["poll_every"],
+        timeout=options["timeout"],
+    )
+    key = key_from_environ(os.environ)
+    if key is None and not opts.dry_run:
+        fail("no API key to fine-tune with: set AGENTOPS_REPLAY_API_KEY (or MISTRAL_API_KEY)")
+        return
+    gateway = options["gateway_url"] or f"http://{settings.host}:{settings.port}"
+    outcome = Outcome(opts.out)
+
+    async def loop(store: Store) -> None:
+        from gateway.capture.pricing import PriceTable
+
+        prices = PriceTable.load(settings.prices)
+        await export(store, opts, outcome)
+        if opts.dry_run or not outcome.examples or key is None:
+            return
+        await train(store, prices, opts, outcome, gateway, key.reveal(), say)
+
+    try:
+        run_interruptible(on_store(settings.db, loop))
+    except Interrupted:
+        interrupted("interrupted: a job already created keeps running")
+        return
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        return
+    except OSError as exc:
+        fail(f"--out: cannot write {opts.out}: {exc.strerror or exc}")
+        return
+    _finetune_report(outcome, opts)
+
+
+def _finetune_report(outcome: Any, opts: Any) -> None:
+    left = outcome.without_expected
+    say(
+        f"{outcome.examples} training examples in {outcome.path}"
+        + (f" ({left} failures without a known expected output left out)" if left else "")
+    )
+    if opts.dry_run:
+        click.echo(str(outcome.path))
+        return
+    if not outcome.examples:
+        fail("no failure with a known expected output: nothing to fine-tune on")
+    job = outcome.job
+    for note in outcome.notes:
+        say(note)
+    click.echo(f"job {job.id}: {job.status} (run {outcome.run_name})")
+    if outcome.registered:
+        click.echo(
+            f"model {outcome.registered}: {job.trained_tokens} trained tokens, "
+            f"${outcome.cost_usd:.4f} (fine-tuning)"
+        )
+    if job.done and job.status != "SUCCESS":
+        sys.exit(1)
 
 
 @main.command()

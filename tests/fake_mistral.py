@@ -68,6 +68,8 @@ REQUESTS = web.AppKey("requests", list[dict[str, Any]])
 CONVERSATIONS = web.AppKey("conversations", dict[str, dict[str, Any]])
 AGENTS = web.AppKey("agents", dict[str, dict[str, Any]])
 SEEN_CACHE_KEYS = web.AppKey("seen_cache_keys", set[str])
+# Uploaded files by id: their metadata and content (fine-tuning jobs read them: fake_finetune.py)
+FILES = web.AppKey("files", dict[str, tuple[dict[str, Any], bytes]])
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -920,6 +922,7 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
         "expires_at": None,
         "visibility": _form_text(parts, "visibility", "workspace"),
     }
+    request.app[FILES][result["id"]] = (result, payload)
     return _json_response(result, headers=_upstream_headers())
 
 
@@ -1381,6 +1384,7 @@ def make_app(max_recorded: int | None = None) -> web.Application:
     app[CONVERSATIONS] = {}
     app[AGENTS] = {}
     app[SEEN_CACHE_KEYS] = set()
+    app[FILES] = {}
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/fim/completions", fim_completions)
     app.router.add_post("/v1/agents/completions", agents_completions)
@@ -1395,6 +1399,9 @@ def make_app(max_recorded: int | None = None) -> web.Application:
     app.router.add_post("/v1/files", upload_file)
     app.router.add_post("/v1/ocr", ocr)
     app.router.add_post("/v1/moderations", moderations)
+    from tests.fake_finetune import add_routes  # it builds on this module's helpers
+
+    add_routes(app)
     return app
 
 

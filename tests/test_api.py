@@ -193,8 +193,12 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
         "errors",
         "missing_calls",
         "unpriced_calls",
+        "cost_by_category",
     }
     assert stats["totals"]["missing_calls"] == 0
+    costs = stats["totals"]["cost_by_category"]
+    assert set(costs) == {"llm", "tool", "fine-tuning"}
+    assert costs["llm"] == pytest.approx(stats["totals"]["cost_usd"])
 
     _, prices = await get(ui, "/api/prices")
     assert prices["models"]["mistral-small-latest"]["input_per_mtok"] > 0

@@ -186,12 +186,21 @@ async def test_tts_and_chat_share_a_run_and_split_cost_by_provider(
         providers = {row["provider"]: row for row in stats["by_provider"]}
         assert providers["elevenlabs"]["cost_usd"] == pytest.approx(tts_cost)
         assert providers["mistral"]["calls"] == 1
+        # cost categories: ElevenLabs is a tool's cost, Mistral's chat an LLM's
+        costs = stats["totals"]["cost_by_category"]
+        assert costs["tool"] == pytest.approx(tts_cost)
+        assert costs["llm"] == pytest.approx(providers["mistral"]["cost_usd"])
+        assert costs["fine-tuning"] == 0
         assert {row["model"] for row in stats["by_model"]} >= {
             "eleven_multilingual_v2",
             "eleven_flash_v2_5",
         }
 
         items = (await api(gw, "/api/exchanges", limit="10"))["items"]
+        assert {i["provider"]: i["category"] for i in items} == {
+            "elevenlabs": "tool",
+            "mistral": "llm",
+        }
         first_tts = next(
             i
             for i in items

@@ -16,7 +16,7 @@ def test_bundled_table_has_date_and_source() -> None:
     assert TABLE.as_of == "2026-08-21"
     assert "docs.mistral.ai" in TABLE.source
     api = TABLE.to_api()
-    assert set(api) == {"models", "as_of", "source"}
+    assert set(api) == {"models", "as_of", "source", "fine_tuning"}
     assert api["models"]["mistral-large-latest"]["input_per_mtok"] == 0.5
 
 
@@ -241,3 +241,25 @@ def test_bad_file(tmp_path: Path, filename: str, text: str | None, message: str)
     assert message in error
     assert "\n" not in error
     assert isinstance(info.value, ValueError)
+
+
+def test_fine_tuning_prices_minimum_fee_and_overrides(tmp_path):
+    table = PriceTable.load()
+    ft = table.fine_tuning
+    assert ft.as_of and ft.minimum_fee_usd == 4.0
+    assert ft.job_cost("open-mistral-nemo", None) == 4.0  # tokens unknown: the minimum fee
+    assert ft.job_cost("open-mistral-nemo", 1_000) == 4.0  # under the minimum
+    assert ft.job_cost("open-mistral-nemo", 10_000_000) == pytest.approx(10.0)
+    assert ft.job_cost("no-such-base", 10_000_000) == 4.0
+    path = tmp_path / "p.toml"
+    path.write_text(
+        "[models]\n[fine_tuning]\nminimum_fee_usd = 1.5\n"
+        '[fine_tuning.models]\n"x" = { training_per_mtok = 2, storage_per_month_usd = 1 }\n'
+    )
+    table = PriceTable.load(str(path))
+    assert table.fine_tuning.minimum_fee_usd == 1.5
+    assert table.fine_tuning.job_cost("x", 1_000_000) == 2.0
+    assert table.fine_tuning.job_cost("open-mistral-nemo", None) == 1.5
+    path.write_text('[models]\n[fine_tuning.models]\n"x" = { training_per_mtok = -1 }\n')
+    with pytest.raises(PriceFileError, match="fine-tuning model 'x'"):
+        PriceTable.load(str(path))

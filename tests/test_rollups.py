@@ -56,7 +56,7 @@ async def recount(store: Store) -> dict[tuple[str, int, str], list[float]]:
     rows = await store.rows(
         "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
         "e.total_tokens, e.cost_usd, e.latency_ms, e.provider, r.name AS run_name, "
-        "r.agent_id AS agent "
+        "r.agent_id AS agent, e.category "
         "FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id"
     )
     return {
@@ -84,7 +84,7 @@ async def test_writer_deletes_and_purges_keep_rollups_true(
         await assert_rollups_true(store)
         have = await stored(store)
         dims = {key[0] for key in have}
-        assert dims == {"model", "provider", "run", "agent"}
+        assert dims == {"model", "provider", "run", "agent", "category"}
         assert {key[2] for key in have if key[0] == "run"} == {"nightly", "late"}
         assert {key[2] for key in have if key[0] == "agent"} == {"bot", "solo-agent", "late-bot"}
         late = [v for k, v in have.items() if k[0] == "agent" and k[2] == "late-bot"]

@@ -172,8 +172,15 @@ async def row_level(store: Store, since: datetime | None, until: datetime | None
         f"SELECT e.provider AS provider, {sums} FROM exchanges e {where} GROUP BY e.provider",
         params,
     )
+    by_category = await store.rows(
+        f"SELECT e.category AS category, COALESCE(SUM(e.cost_usd), 0) AS cost "
+        f"FROM exchanges e {where} GROUP BY e.category",
+        params,
+    )
+    costs = {"llm": 0.0, "tool": 0.0, "fine-tuning": 0.0}
+    costs.update({r["category"]: round(float(r["cost"]), 10) + 0.0 for r in by_category})
     return {
-        "totals": numbers(totals),
+        "totals": {**numbers(totals), "cost_by_category": costs},
         "by_model": ordered("model", by_model),
         "by_provider": ordered("provider", by_provider),
     }

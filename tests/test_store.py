@@ -25,6 +25,7 @@ MIGRATIONS = [
     "0012_shared_grouping",
     "0013_datasets",
     "0015_alerts",
+    "0016_cost_category",
 ]
 
 

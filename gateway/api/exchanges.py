@@ -20,6 +20,7 @@ from gateway.errors import AgentOpsError, NotFound, UserError
 from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.exchanges import Store
+from gateway.store.finetuned import fine_tuned_models
 from gateway.store.query import exchange_filter, parse_int, parse_time
 from gateway.store.records import StoredExchange
 from gateway.store.runs import RunStore
@@ -244,6 +245,14 @@ async def stats(request: web.Request) -> web.Response:
     since = parse_time("since", request.query.get("since"))
     until = parse_time("until", request.query.get("until"))
     return json_response(await request.app[STORE].stats(since, until))
+
+
+@routes.get("/api/models")
+async def models(request: web.Request) -> web.Response:
+    """The models `agentops-studio finetune` made, newest first: experiments select them as
+    variants beside their base model."""
+    tuned = await fine_tuned_models(request.app[STORE])
+    return json_response({"items": [model.to_json() for model in tuned]})
 
 
 @routes.get("/api/prices")

@@ -14,9 +14,12 @@ import math
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import UserError
+
+if TYPE_CHECKING:
+    from gateway.providers.base import Parsed
 
 CACHED_SHARE = 0.10  # Mistral bills cached input tokens at 10% of the input price
 TOKEN_KEYS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok")
@@ -88,6 +91,68 @@ def _entry(path: str, name: Any, entry: Any) -> dict[str, float | str]:
     return out
 
 
+FINE_TUNING_KEYS = ("training_per_mtok", "storage_per_month_usd")
+
+
+def _number(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PriceFileError(f"{where}: {key} must be a number >= 0, got {value!r}")
+    if value < 0:
+        raise PriceFileError(f"{where}: {key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _fine_tuning(path: str, section: Any, into: FineTuningPrices) -> None:
+    """A file's [fine_tuning] table over `into`: as_of, minimum_fee_usd, and per base model
+    training_per_mtok and storage_per_month_usd."""
+    if not isinstance(section, dict):
+        raise PriceFileError(f"{path}: fine_tuning must be a table")
+    unknown = set(section) - {"as_of", "minimum_fee_usd", "models"}
+    if unknown:
+        raise PriceFileError(f"{path}: fine_tuning: unknown key(s) {', '.join(sorted(unknown))}")
+    if "as_of" in section:
+        if not isinstance(section["as_of"], str):
+            raise PriceFileError(f"{path}: fine_tuning.as_of must be a string")
+        into.as_of = section["as_of"]
+    if "minimum_fee_usd" in section:
+        into.minimum_fee_usd = _number(
+            f"{path}: fine_tuning", "minimum_fee_usd", section["minimum_fee_usd"]
+        )
+    models = section.get("models", {})
+    if not isinstance(models, dict):
+        raise PriceFileError(f"{path}: fine_tuning.models must be a table")
+    for name, entry in models.items():
+        where = f"{path}: fine-tuning model {name!r}"
+        if not isinstance(entry, dict) or set(entry) != set(FINE_TUNING_KEYS):
+            raise PriceFileError(f"{where}: needs exactly {' and '.join(FINE_TUNING_KEYS)}")
+        into.models[str(name).strip()] = {k: _number(where, k, entry[k]) for k in FINE_TUNING_KEYS}
+
+
+class FineTuningPrices:
+    """Training price per base model, the minimum fee per job, storage per model-month."""
+
+    def __init__(self) -> None:
+        self.as_of = ""
+        self.minimum_fee_usd = 0.0
+        self.models: dict[str, dict[str, float]] = {}
+
+    def job_cost(self, base_model: str | None, trained_tokens: int | None) -> float:
+        """A job's cost: its trained tokens at the base model's training price, at least the
+        minimum fee; the minimum fee alone while the tokens are unknown (or unpriced)."""
+        entry = self.models.get((base_model or "").strip())
+        if entry is None or trained_tokens is None:
+            return self.minimum_fee_usd
+        trained = trained_tokens * entry["training_per_mtok"] / 1_000_000
+        return round(max(self.minimum_fee_usd, trained), 10)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of,
+            "minimum_fee_usd": self.minimum_fee_usd,
+            "models": dict(self.models),
+        }
+
+
 class PriceTable:
     """Prices per model name (exact, case-sensitive) and the cost of a call."""
 
@@ -95,6 +160,7 @@ class PriceTable:
         self.as_of = as_of
         self.source = source
         self.models = models
+        self.fine_tuning = FineTuningPrices()
 
     @classmethod
     def load(cls, path: str | None = None) -> PriceTable:
@@ -111,6 +177,8 @@ class PriceTable:
         for i, (name, text) in enumerate(tables):
             data = _read(name, text)
             table.models.update({k.strip(): _entry(name, k, v) for k, v in data["models"].items()})
+            if "fine_tuning" in data:
+                _fine_tuning(name, data["fine_tuning"], table.fine_tuning)
             table.as_of = data.get("as_of", table.as_of)
             source = data.get("source", name)
             table.source = f"{table.source}; overrides: {source}" if i else source
@@ -155,6 +223,18 @@ class PriceTable:
                 parts.append(amount / per_unit * float(entry["per_unit_usd"]))
         return round(sum(parts), 10) if parts else None
 
+    def job_cost(self, parsed: Parsed) -> float | None:
+        """A fine-tuning call's cost: the job's (see FineTuningPrices.job_cost) on the call
+        that created it, $0 on the calls that only look at or list jobs (they are free)."""
+        if not parsed.job_created:
+            return 0.0  # a training file's upload, a look at a job, a list of jobs
+        return self.fine_tuning.job_cost(parsed.model, parsed.trained_tokens)
+
     def to_api(self) -> dict[str, Any]:
         """The body of GET /api/prices (the caller adds "unpriced")."""
-        return {"models": dict(self.models), "as_of": self.as_of, "source": self.source}
+        return {
+            "models": dict(self.models),
+            "as_of": self.as_of,
+            "source": self.source,
+            "fine_tuning": self.fine_tuning.to_api(),
+        }

@@ -171,7 +171,9 @@ def build_rows(
         parsed = Parsed(parse_error=True)
     response_body = b"".join(chunks)
     cost = parsed.cost_usd
-    if cost is None:
+    if parsed.category == "fine-tuning":
+        cost = prices.job_cost(parsed) if cost is None else cost
+    elif cost is None:
         cost = prices.cost(
             parsed.model,
             parsed.prompt_tokens,
@@ -235,6 +237,7 @@ def build_rows(
         "finish_reason": _str(parsed.finish_reason),
         "output_text": None if exchange.omit_bodies else parsed.output_text,
         "cost_usd": cost,
+        "category": parsed.category,
         "latency_ms": _round(exchange.latency_ms),
         "ttfb_ms": _round(exchange.ttfb_ms),
         "ttft_ms": ttft(exchange, parsed),

@@ -35,6 +35,13 @@ class Parsed:
     # A cost the provider knows itself (a vendor billing in credits at a configured rate);
     # when None, the price table prices the call from the model and the counts above.
     cost_usd: float | None = None
+    # What the cost is for: "llm" (a model call), "tool" (a tool vendor: ElevenLabs) or
+    # "fine-tuning" (a training job; priced by the price table's fine_tuning section).
+    category: str = "llm"
+    # A fine-tuning job's answer: whether it is the job's creation (the call the job's cost
+    # is put on) and its trained tokens, once the job reports them.
+    job_created: bool = False
+    trained_tokens: int | None = None
     # The response body to store in place of the one received, when storing it as it came is
     # wrong (base64 audio inside JSON, replaced by its size and hash). None: store it as is.
     stored_response: bytes | None = None

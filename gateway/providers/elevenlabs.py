@@ -121,7 +121,7 @@ class ElevenLabsProvider:
         response_chunks: list[bytes],
     ) -> Parsed:
         endpoint, streamed = endpoint_of(path)
-        parsed = Parsed(endpoint=endpoint, streamed=streamed)
+        parsed = Parsed(endpoint=endpoint, streamed=streamed, category="tool")
         is_json = "json" in request_headers.get("content-type", "")
         if request_body and is_json:
             try:

@@ -18,12 +18,13 @@ import orjson
 import sseclient
 
 from gateway.providers.base import Parsed, Replay
-from gateway.providers.mistral_paths import conversation_path, endpoint_of
+from gateway.providers.mistral_paths import FINE_TUNING_JOBS, conversation_path, endpoint_of
 from gateway.providers.mistral_replay import MistralReplay
 
 _COMPLETIONS = frozenset({"chat", "fim", "agents"})
 _JSON_ENDPOINTS = _COMPLETIONS | {"embeddings", "conversations", "ocr", "moderations"}
 _MULTIPART_MODEL = b'form-data; name="model"'
+_MULTIPART_PURPOSE = b'form-data; name="purpose"'
 # Request keys left out of `request_params`: content, not configuration.
 _BULKY = frozenset({"messages", "inputs", "prompt", "suffix", "input", "tools", "documents"})
 # Streamed conversation event type -> the entry type it builds, and that entry's plain fields.
@@ -185,8 +186,8 @@ def _usage(p: Parsed, usage: Any) -> None:
         p.units["audio_seconds"] = float(seconds)
 
 
-def _multipart_model(body: bytes) -> str | None:
-    at = body.find(_MULTIPART_MODEL)
+def _multipart_model(body: bytes, field: bytes = _MULTIPART_MODEL) -> str | None:
+    at = body.find(field)
     if at < 0:
         return None
     start = body.find(b"\r\n\r\n", at)
@@ -200,6 +201,8 @@ def _request(p: Parsed, headers: dict[str, str], body: bytes) -> None:
     ctype = headers.get("content-type", "").lower()
     if ctype.startswith("multipart/"):
         p.request_model = _multipart_model(body)
+        if p.endpoint == "files" and _multipart_model(body, _MULTIPART_PURPOSE) == "fine-tune":
+            p.category = "fine-tuning"  # a training file: free, but part of a job's work
         return
     head = body[:256].lstrip()[:1]
     if not head and not body.strip():
@@ -269,7 +272,23 @@ def _audio_response(p: Parsed, resp: dict) -> None:
 
 
 # Endpoint -> what its non-streamed body tells (bodies with `choices` go to _choices_response).
+def _job_call(p: Parsed, method: str, path: str, status: int | None) -> None:
+    """Fine-tuning jobs cost category `fine-tuning`; the job's creation carries its cost."""
+    p.category = "fine-tuning"
+    plain = path.split("?", 1)[0].rstrip("/")
+    created = method.upper() == "POST" and plain == FINE_TUNING_JOBS
+    p.job_created = created and status is not None and status < 400
+
+
+def _job_response(p: Parsed, resp: dict) -> None:
+    """A fine-tuning job (created, or looked at): its trained tokens once it reports them."""
+    tokens = resp.get("trained_tokens")
+    if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+        p.trained_tokens = tokens
+
+
 _RESPONSE_FACTS: dict[str, Callable[[Parsed, dict], None]] = {
+    "fine_tuning": _job_response,
     "conversations": _conversation_response,
     "ocr": _ocr_response,
     "audio": _audio_response,
@@ -624,6 +643,8 @@ class MistralProvider:
                     p.conversation_id = cid
             _request(p, request_headers or {}, request_body or b"")
             p.model = p.request_model
+            if p.endpoint == "fine_tuning":
+                _job_call(p, method, path, status)
             ctype = (response_headers or {}).get("content-type", "").lower()
             p.streamed = "text/event-stream" in ctype
             chunks = response_chunks or []

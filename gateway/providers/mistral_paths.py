@@ -19,7 +19,13 @@ _EXACT = {
     "/v1/classifications": "moderations",
     "/v1/chat/classifications": "moderations",
 }
-_PREFIXES = (("/v1/conversations", "conversations"), ("/v1/files", "files"), ("/v1/audio", "audio"))
+_PREFIXES = (
+    ("/v1/conversations", "conversations"),
+    ("/v1/files", "files"),
+    ("/v1/audio", "audio"),
+    ("/v1/fine_tuning/jobs", "fine_tuning"),
+)
+FINE_TUNING_JOBS = "/v1/fine_tuning/jobs"  # POST: create a job (the call its cost is put on)
 
 
 def endpoint_of(path: str) -> str:

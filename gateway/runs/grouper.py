@@ -34,6 +34,10 @@ DONE_LIMIT = 10_000
 DONE_BYTES = 8 * 1024 * 1024
 THREADED_ENDPOINTS = ("chat", "agents")
 
+# Calls the gateway's own tools make (X-AgentOps-Purpose; a replay's purpose comes with its
+# replay_of): a run of their own, by source, never a thread a user's call continues (nor one
+# they continue). A client that sends the header only takes its own calls out of threading.
+PURPOSES = ("evaluator", "experiment", "finetune")
 PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = (
     "prefix",
     "header",
@@ -42,9 +46,6 @@ PREFIX, HEADER, CONVERSATION, THREAD, SINGLE, REPLAY = (
     "single",
     "replay",
 )
-
-# Runs of the gateway's own calls, besides replays (only set with replay_of, never by a client).
-PURPOSES = ("evaluator", "experiment", "finetune")
 
 
 # -- canonical messages -------------------------------------------------------------------
@@ -259,6 +260,8 @@ class Grouper:
         if exchange.get("replay_of") is not None or exchange["id"] in self.done:
             return Wants()
         name = hints.get("run_prefix") or hints.get("run")
+        if hints.get("purpose") in PURPOSES:
+            return Wants(name=name)
         if name:
             # a named run's step also waits for the call it continues (the tool results it
             # sends complete that call's tool calls), but only that one is looked up
@@ -428,6 +431,10 @@ class Grouper:
         if exchange.get("replay_of") is not None:
             return self._replay_run(parsed, hints)
         name = hints.get("run_prefix") or hints.get("run")
+        purpose = hints.get("purpose")
+        if purpose in PURPOSES:
+            run_id, created = self._named(name, at) if name else (new_id(), True)
+            return run_id, str(purpose), None, created, None
         if name:
             source = PREFIX if hints.get("run_prefix") else HEADER
             run_id, created = self._named(name, at)
@@ -609,7 +616,7 @@ class Grouper:
             key = full[-1]
             # A replay is never a thread to continue: a later real call matching its messages
             # belongs with the original traffic, not in the replay's run.
-            if exchange.get("replay_of") is None:
+            if exchange.get("replay_of") is None and changes.exchange["run_source"] not in PURPOSES:
                 changes.exchange["thread_key"] = key
                 if parsed.endpoint in THREADED_ENDPOINTS and exchange.get("status") == 200:
                     self.remember_thread(key, eid, run_id, at)

@@ -36,6 +36,8 @@ class Exchange(Model):
     finish_reason = fields.CharField(max_length=64, null=True)
     output_text = fields.TextField(null=True)
     cost_usd = fields.FloatField(null=True)
+    # what the cost is for: llm, tool, fine-tuning (the provider decides: capture/rows.py)
+    category = fields.CharField(max_length=16, default="llm", db_default="llm")
     latency_ms = fields.FloatField(null=True)
     ttfb_ms = fields.FloatField(null=True)
     ttft_ms = fields.FloatField(null=True)
@@ -463,3 +465,20 @@ class Alert(Model):
 
     class Meta:
         table = "alerts"
+
+
+class FineTunedModel(Model):
+    """A model a fine-tuning job made (`agentops-studio finetune`), so an experiment can
+    select it as a variant and compare it with its base on the same data."""
+
+    name = fields.CharField(max_length=200, primary_key=True)  # the job's fine_tuned_model
+    base_model = fields.CharField(max_length=200)
+    job_id = fields.CharField(max_length=200)
+    run_id = fields.BigIntField(null=True)  # the finetune run that recorded the job's calls
+    trained_tokens = fields.BigIntField(null=True)
+    cost_usd = fields.FloatField(null=True)  # the job's training cost
+    examples = fields.IntField(default=0)  # lines of the uploaded training file
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "fine_tuned_models"

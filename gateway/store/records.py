@@ -132,6 +132,7 @@ class ExchangeSummary:
     error_code: str | None
     replay_of: int | None
     provider: str
+    category: str  # what the cost is for: llm, tool, fine-tuning
 
     @classmethod
     def from_row(cls, row: Row) -> Self:
@@ -160,6 +161,7 @@ class ExchangeSummary:
             error_code=_opt_str(row["error_code"]),
             replay_of=_opt_int(row["replay_of"]),
             provider=str(row["provider"]),
+            category=str(row.get("category") or "llm"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -188,6 +190,7 @@ class ExchangeSummary:
             "error_code": self.error_code,
             "replay_of": _id_text(self.replay_of),
             "provider": self.provider,
+            "category": self.category,
         }
 
 
@@ -225,6 +228,7 @@ class StoredExchange:
     finish_reason: str | None
     output_text: str | None
     cost_usd: float | None
+    category: str
     latency_ms: float | None
     ttfb_ms: float | None
     ttft_ms: float | None
@@ -278,6 +282,7 @@ class StoredExchange:
             finish_reason=_opt_str(row["finish_reason"]),
             output_text=_opt_str(row["output_text"]),
             cost_usd=_opt_float(row["cost_usd"]),
+            category=str(row.get("category") or "llm"),
             latency_ms=_opt_float(row["latency_ms"]),
             ttfb_ms=_opt_float(row["ttfb_ms"]),
             ttft_ms=_opt_float(row["ttft_ms"]),
@@ -347,6 +352,7 @@ class StoredExchange:
             "finish_reason": self.finish_reason,
             "output_text": self.output_text,
             "cost_usd": self.cost_usd,
+            "category": self.category,
             "latency_ms": self.latency_ms,
             "ttfb_ms": self.ttfb_ms,
             "ttft_ms": self.ttft_ms,

@@ -27,7 +27,7 @@ TABLE_PRICED = ("mistral",)  # providers whose calls the price table prices
 BATCH = 1000
 _COLUMNS = (
     "e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, e.total_tokens, "
-    "e.cached_tokens, e.units, e.cost_usd, e.latency_ms, e.provider, e.run_id, "
+    "e.cached_tokens, e.units, e.cost_usd, e.latency_ms, e.provider, e.category, e.run_id, "
     "r.name AS run_name, r.agent_id AS agent"
 )
 
@@ -66,6 +66,7 @@ def _fact(row: dict[str, Any], cost: float | None) -> Fact:
         row["provider"],
         row["run_name"],
         row["agent"],
+        row["category"],
     )
 
 
@@ -88,7 +89,11 @@ async def reprice(
     out = Repriced()
     after = id_at(int(since.timestamp() * 1000)) - 1 if since is not None else -1
     while True:
-        clauses = ["e.id > ?", f"e.provider IN ({', '.join('?' * len(TABLE_PRICED))})"]
+        clauses = [
+            "e.id > ?",
+            f"e.provider IN ({', '.join('?' * len(TABLE_PRICED))})",
+            "e.category = 'llm'",  # a fine-tuning job is priced from its job, not its tokens
+        ]
         params: list[Any] = [after, *TABLE_PRICED]
         if model is not None:
             clauses.append("e.model = ?")
@@ -164,3 +169,18 @@ async def _apply(
             for index, value in enumerate(values):
                 into[index] += value
     await store.rollups.apply(tx, sums)
+
+
+async def set_cost(store: Store, exchange_id: int, cost: float) -> bool:
+    """Put `cost` on one stored call (a fine-tuning job's, once it reports its trained tokens)
+    with every total summed from it; False when the call is not stored."""
+    rows = await store.rows(
+        f"SELECT {_COLUMNS} FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id WHERE e.id = ?",
+        [exchange_id],
+    )
+    if not rows:
+        return False
+    if not _same(rows[0]["cost_usd"], cost):
+        async with in_transaction("default") as tx:
+            await _apply(store, tx, [(rows[0], cost)])
+    return True

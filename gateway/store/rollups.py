@@ -2,7 +2,8 @@
 
 One row per (dimension, hour, value): dimension `model` (every exchange; no model counts as
 ""), `run` (the run's name, when it has one), `agent` (the run's agent id, when it has one),
-`provider` (every exchange) and `nomodel` (exchanges without a model: "null" or "empty", so
+`provider` (every exchange), `category` (every exchange: llm, tool, fine-tuning) and
+`nomodel` (exchanges without a model: "null" or "empty", so
 /api/stats can tell a missing model from an empty one). Each row holds counts, tokens, cost,
 interrupted calls and a fixed-bucket latency histogram from which percentiles are
 interpolated. The writer adds a batch's rows inside its own transaction, aggregated first so
@@ -96,6 +97,7 @@ class Fact:
     provider: str
     run_name: str | None = None
     agent: str | None = None
+    category: str = "llm"
 
 
 def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
@@ -136,10 +138,19 @@ Key = tuple[str, int, str]
 
 
 def keys(
-    hour: int, model: str | None, provider: str, run_name: str | None, agent: str | None
+    hour: int,
+    model: str | None,
+    provider: str,
+    run_name: str | None,
+    agent: str | None,
+    category: str | None = None,
 ) -> list[Key]:
     """The rows one exchange counts in."""
-    out = [("model", hour, model or ""), ("provider", hour, provider)]
+    out = [
+        ("model", hour, model or ""),
+        ("provider", hour, provider),
+        ("category", hour, category or "llm"),
+    ]
     if not model:
         out.append(("nomodel", hour, "null" if model is None else "empty"))
     if run_name:
@@ -157,7 +168,7 @@ def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
     for fact in facts:
         changes = deltas(fact, sign)
         hour = hour_of(fact.id)
-        for key in keys(hour, fact.model, fact.provider, fact.run_name, fact.agent):
+        for key in keys(hour, fact.model, fact.provider, fact.run_name, fact.agent, fact.category):
             sums = out.get(key)
             if sums is None:
                 sums = out[key] = [0] * width
@@ -200,9 +211,12 @@ def exact_percentile(values: Sequence[float], q: float) -> float | None:
     return values[low] + (values[high] - values[low]) * (rank - low)
 
 
-def backfill_sql(where: str = "") -> list[str]:
-    """INSERT ... SELECT statements that rebuild rollups from stored exchanges (the 0009
-    migration's rebuild of existing data)."""
+DIMS = ("model", "provider", "nomodel", "run", "agent")  # the 0009 migration's dimensions
+
+
+def backfill_sql(where: str = "", dims: tuple[str, ...] = DIMS) -> list[str]:
+    """INSERT ... SELECT statements that rebuild rollups of `dims` from stored exchanges (the
+    0009 migration's rebuild of existing data; 0016's of the category dimension)."""
     buckets = []
     for index, name in enumerate(BUCKETS):
         low = f"e.latency_ms >= {BOUNDS[index - 1]}" if index else "e.latency_ms IS NOT NULL"
@@ -237,7 +251,10 @@ def backfill_sql(where: str = "") -> list[str]:
         ),
         ("run", "r.name", "r.name IS NOT NULL AND r.name <> ''"),
         ("agent", "r.agent_id", "r.agent_id IS NOT NULL AND r.agent_id <> ''"),
+        ("category", "e.category", ""),
     ):
+        if dim not in dims:
+            continue
         join = " JOIN runs r ON r.id = e.run_id" if dim in ("run", "agent") else ""
         clauses = [condition] if condition else []
         if where:
@@ -315,6 +332,7 @@ class Rollups:
                     e["provider"],
                     name,
                     agent,
+                    e["category"],
                 )
             )
         await self.apply(tx, aggregate(facts))
@@ -337,7 +355,7 @@ class Rollups:
         _, rows = await tx.execute_query(
             self.store.sql(
                 "SELECT id, model, status, state, prompt_tokens, completion_tokens, total_tokens, "
-                "cost_usd, latency_ms, provider FROM exchanges WHERE run_id = ?"
+                "cost_usd, latency_ms, provider, category FROM exchanges WHERE run_id = ?"
             ),
             [run_id],
         )
@@ -352,7 +370,8 @@ class Rollups:
         _, rows = await tx.execute_query(
             self.store.sql(
                 "SELECT e.id, e.model, e.status, e.state, e.prompt_tokens, e.completion_tokens, "
-                "e.total_tokens, e.cost_usd, e.latency_ms, e.provider, r.name AS run_name, "
+                "e.total_tokens, e.cost_usd, e.latency_ms, e.provider, e.category, "
+                "r.name AS run_name, "
                 "r.agent_id AS agent FROM exchanges e LEFT JOIN runs r ON r.id = e.run_id "
                 f"WHERE e.id IN ({marks})"
             ),
@@ -378,7 +397,8 @@ class Rollups:
         marks = ", ".join("?" * len(ids))
         _, rows = await tx.execute_query(
             self.store.sql(
-                "SELECT e.id, e.model, e.status, e.provider, r.name, r.agent_id FROM exchanges e "
+                "SELECT e.id, e.model, e.status, e.provider, e.category, r.name, r.agent_id "
+                "FROM exchanges e "
                 f"LEFT JOIN runs r ON r.id = e.run_id WHERE e.id IN ({marks})"
             ),
             ids,
@@ -386,7 +406,8 @@ class Rollups:
         sums: dict[Key, list[float]] = {}
         for row in rows:
             hour = hour_of(row["id"])
-            for key in keys(hour, row["model"], row["provider"], row["name"], row["agent_id"]):
+            labels = (row["name"], row["agent_id"], row["category"])
+            for key in keys(hour, row["model"], row["provider"], *labels):
                 values = sums.setdefault(key, [0.0] * len(VALUES))
                 values[SUMS.index("cost_usd")] += cost[row["id"]]
                 if row["status"] is not None and row["status"] < 400:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.store.exchanges import Store
 
 IdRange = tuple[int | None, int | None]  # [low, high) of exchange ids; None: unbounded
+CATEGORIES = ("llm", "tool", "fine-tuning")  # what a cost is for (exchanges.category)
 NO_MODEL = {"null": None, "empty": ""}  # the nomodel dimension's values: which "no model"
 _SUMS = (
     "calls",
@@ -106,7 +107,7 @@ class Sums:
 def _rollup_part(span: Span, params: list[Any]) -> list[str]:
     if span.hours is None:
         return []
-    clauses = ["dim IN ('model', 'provider', 'nomodel')"]
+    clauses = ["dim IN ('model', 'provider', 'nomodel', 'category')"]
     first, end = span.hours
     if first is not None:
         clauses.append("hour >= ?")
@@ -115,7 +116,8 @@ def _rollup_part(span: Span, params: list[Any]) -> list[str]:
         clauses.append("hour < ?")
         params.append(end)
     return [
-        "SELECT dim AS kind, value AS model, NULL AS provider, SUM(calls) AS calls, "
+        "SELECT dim AS kind, value AS model, NULL AS provider, NULL AS category, "
+        "SUM(calls) AS calls, "
         "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
         "SUM(cost_usd) AS cost_usd, SUM(errors) AS errors, SUM(interrupted) AS missing_calls, "
         "SUM(unpriced) AS unpriced_calls "
@@ -134,7 +136,8 @@ def _edge_part(edge: IdRange, params: list[Any]) -> str:
         params.append(high)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     return (
-        "SELECT 'row' AS kind, e.model AS model, e.provider AS provider, COUNT(*) AS calls, "
+        "SELECT 'row' AS kind, e.model AS model, e.provider AS provider, "
+        "e.category AS category, COUNT(*) AS calls, "
         "COALESCE(SUM(e.prompt_tokens), 0) AS prompt_tokens, "
         "COALESCE(SUM(e.completion_tokens), 0) AS completion_tokens, "
         "COALESCE(SUM(e.cost_usd), 0) AS cost_usd, "
@@ -145,7 +148,7 @@ def _edge_part(edge: IdRange, params: list[Any]) -> str:
         # as the rollups count them (rollups.deltas)
         "SUM(CASE WHEN e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400 "
         "THEN 1 ELSE 0 END) AS unpriced_calls "
-        f"FROM exchanges e {where} GROUP BY e.model, e.provider"
+        f"FROM exchanges e {where} GROUP BY e.model, e.provider, e.category"
     )
 
 
@@ -162,9 +165,12 @@ def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
     totals = Sums()
     models: dict[str | None, Sums] = {}
     providers: dict[str | None, Sums] = {}
+    costs = dict.fromkeys(CATEGORIES, 0.0)
     for row in rows:
         kind = row["kind"]
-        if kind == "model":
+        if kind == "category":
+            costs[row["model"]] = costs.get(row["model"], 0.0) + float(row["cost_usd"] or 0)
+        elif kind == "model":
             if row["model"]:  # "" is both no-model kinds: the nomodel rows tell them apart
                 models.setdefault(row["model"], Sums()).add(row)
         elif kind == "nomodel":
@@ -176,8 +182,13 @@ def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
             totals.add(row)
             models.setdefault(row["model"], Sums()).add(row)
             providers.setdefault(row["provider"], Sums()).add(row)
+            category = row["category"] or "llm"
+            costs[category] = costs.get(category, 0.0) + float(row["cost_usd"] or 0)
     return {
-        "totals": totals.as_json(),
+        "totals": {
+            **totals.as_json(),
+            "cost_by_category": {k: round(v, 10) + 0.0 for k, v in costs.items()},
+        },
         "by_model": _groups("model", models),
         "by_provider": _groups("provider", providers),
     }
