@@ -172,8 +172,10 @@ async def test_no_wait_leaves_the_minimum_fee(upstream: Upstream, tmp_path: Path
         assert code == 0, stderr
         assert "QUEUED" in stdout and "model " not in stdout
         await gw.recorder.drained(timeout=20)
-        jobs = [e for e in await exchanges(gw, http) if e["category"] == "fine-tuning"]
-        assert [e["cost_usd"] for e in jobs] == [4.0]  # the bundled minimum fee per job
+        tuning = [e for e in await exchanges(gw, http) if e["category"] == "fine-tuning"]
+        # the training file's upload is fine-tuning too, at no cost; the job its minimum fee
+        costs = {e["path"]: e["cost_usd"] for e in tuning}
+        assert costs == {"/v1/files": 0.0, "/v1/fine_tuning/jobs": 4.0}
         async with http.get(f"{gw.ui_url}/api/models") as resp:
             assert (await resp.json())["items"] == []
 
