@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.api import access
+from gateway.api import budgets as budgets_api
 from gateway.api import exchanges as api
 from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
@@ -30,6 +31,7 @@ from gateway.lifecycle import InFlight
 from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import scrub
+from gateway.proxy.budgets import BudgetGuard
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
@@ -37,6 +39,7 @@ from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
+from gateway.store.budgets import BudgetStore, load_file, timezone
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
 from gateway.store.replays import ReplayStore
@@ -64,6 +67,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.RUN_REPLAYER] = gateway.run_replayer
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
+    app[budgets_api.GUARD] = gateway.guard
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
     app.add_routes(api.routes)
@@ -71,6 +75,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
+    app.add_routes(budgets_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -111,8 +116,19 @@ class Gateway:
         writer_settings = check_integrations(settings, os.environ)
         self.recorder = WriterProcess(writer_settings, logging.getLogger().getEffectiveLevel())
         self.replay_store = ReplayStore(self.store)
+        # Budgets: a bad file fails here, at start; the workers read them from the database.
+        self.budget_file = load_file(settings.budgets) if settings.budgets and not worker else []
+        self.guard = BudgetGuard(
+            BudgetStore(self.store),
+            timezone(settings.budget_timezone),
+            self.prices,
+            self.provider,
+            announce=not worker,
+        )
         self.metrics = (
-            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics)
+            prometheus.MetricsEndpoint(
+                self.recorder, self._worker_metrics, lambda: self.guard.standings
+            )
             if prometheus.enabled(settings, report=True)
             else None
         )
@@ -174,6 +190,7 @@ class Gateway:
             routes=make_routes(self.settings),
             held_keys=self.held_keys,
             begin=self.recorder.begin,
+            guard=self.guard,
         )
         self.replayer = Replayer(
             self.store,
@@ -191,6 +208,7 @@ class Gateway:
             self.experiments.on_finished = self.log_experiment
         if not self.worker:
             await self.replay_store.interrupt_running()
+        await self._start_budgets()
         if proxy:
             await self._listen_proxy()
         if ui:
@@ -208,6 +226,16 @@ class Gateway:
             self.ui_url or "(none)",
             self.store.dialect,
         )
+
+    async def _start_budgets(self) -> None:
+        """Store the --budgets file's budgets, read every budget's spend once (so the first
+        call is already checked), then keep the totals fresh."""
+        for budget in self.budget_file:
+            await self.guard.store.put(budget)
+        if self.budget_file:
+            log.info("loaded %d budgets from %s", len(self.budget_file), self.settings.budgets)
+        await self.guard.refresh()
+        self._tasks.append(asyncio.create_task(self.guard.run(), name="agentops-budgets"))
 
     def _start_tasks(self) -> None:
         """What runs once per gateway: pricing earlier calls, retention."""

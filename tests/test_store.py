@@ -23,6 +23,7 @@ MIGRATIONS = [
     "0010_body_deltas",
     "0011_errors",
     "0012_shared_grouping",
+    "0014_budgets",
 ]
 
 
