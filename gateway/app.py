@@ -122,7 +122,6 @@ class Gateway:
             BudgetStore(self.store),
             timezone(settings.budget_timezone),
             self.prices,
-            self.provider,
             announce=not worker,
         )
         self.metrics = (

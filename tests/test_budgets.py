@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mistralai.client.errors import MistralError
 
 from gateway.app import Gateway
 from gateway.capture.exchange import Exchange, new_id
-from gateway.proxy.budgets import Crossing, body_string
+from gateway.proxy.budgets import Crossing, body_string, usage_of
 from gateway.settings import ConfigError, Settings
 from gateway.store.budgets import (
     BudgetError,
@@ -105,7 +106,7 @@ async def test_a_hard_budget_refuses_before_the_upstream_and_records_the_refusal
     (item,) = listing["items"]
     assert item["state"] == "exceeded" and item["crossed"] == [0.8, 1.0]
 
-    status, gone = await api(gateway, "DELETE", f"/api/budgets/{made['id']}")
+    status, _ = await api(gateway, "DELETE", f"/api/budgets/{made['id']}")
     assert status == 200
     await asyncio.to_thread(complete, base)  # no budget, no refusal
     assert len(upstream.requests) == seen + 2
@@ -413,3 +414,52 @@ def test_the_check_costs_nothing_while_no_hard_budget_is_used_up() -> None:
         new_id(), 0.0, "POST", "/v1/chat/completions", "/v1/chat/completions", "", [], b""
     )
     assert guard.refusing(exchange, b"{}") is None
+
+
+async def test_the_budgets_page_lists_adds_and_deletes(sqlite_gateway: Gateway) -> None:
+    gw = sqlite_gateway
+    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies for 127.0.0.1
+    async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+        async with http.get("/budgets") as resp:
+            assert resp.status == 200
+            html = await resp.text()
+        assert "No budgets yet" in html and 'href="/budgets"' in html
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', html)[1]  # type: ignore[index]
+        form = {
+            "name": "<b>team</b>",
+            "kind": "user",
+            "value": "ann",
+            "period": "month",
+            "limit_usd": "25",
+            "hard": "on",
+            "csrf_token": token,
+        }
+        async with http.post("/budgets", data={**form, "limit_usd": "-1"}) as resp:
+            assert resp.status == 400 and "limit_usd" in await resp.text()
+        async with http.post("/budgets", data=form) as resp:  # follows the 303
+            html = await resp.text()
+        assert resp.status == 200 and "&lt;b&gt;team&lt;/b&gt;" in html and "<b>team" not in html
+        assert "<meter" in html and "$25.00" in html
+        (budget,) = (await api(gw, "GET", "/api/budgets"))[1]["items"]
+        assert budget["hard"] is True and budget["scope"] == {"kind": "user", "value": "ann"}
+        async with http.post(f"/budgets/{budget['id']}/delete", data={"csrf_token": token}) as resp:
+            assert resp.status == 200 and "No budgets yet" in await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("tail", "usage"),
+    [
+        (b'{"id": "a", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}', (3, 4)),
+        (
+            b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6, '
+            b'"prompt_tokens_details": {"cached_tokens": 1}}}\n\ndata: [DONE]\n\n',
+            (5, 6),
+        ),
+        (b'{"id": "a"}', None),
+        (b'{"usage": {"prompt_tokens": 3', None),
+    ],
+)
+def test_the_local_estimate_reads_usage_alone(tail: bytes, usage: tuple[int, int] | None) -> None:
+    found = usage_of(tail)
+    got = None if found is None else (found["prompt_tokens"], found["completion_tokens"])
+    assert got == usage

@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.api.access import Handler, is_api
 from gateway.errors import AgentOpsError
 from gateway.settings import Settings
-from webui import auth, dashboard, exchange_pages, prices_page, render, run_pages
+from webui import auth, budgets_page, dashboard, exchange_pages, prices_page, render, run_pages
 
 log = logging.getLogger(__name__)
 CSP = (
@@ -99,6 +99,7 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
     run_pages.setup(app)
     dashboard.setup(app)
     prices_page.setup(app)
+    budgets_page.setup(app)
     app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 

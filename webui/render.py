@@ -28,6 +28,7 @@ NAV = (
     ("/dashboard", "Dashboard"),
     ("/experiments", "Experiments"),
     ("/prices", "Prices"),
+    ("/budgets", "Budgets"),
 )
 
 

@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from gateway.capture.exchange import Exchange
-from gateway.capture.rows import decode_chunks, header_dict
 from gateway.store.budgets import THRESHOLDS, Budget, BudgetStore, period_end, period_start
 
 if TYPE_CHECKING:
     from gateway.capture.pricing import PriceTable
-    from gateway.providers.base import Provider
 
 log = logging.getLogger("agentops.budgets")
 
@@ -105,7 +105,6 @@ class BudgetGuard:
         store: BudgetStore,
         zone: ZoneInfo,
         prices: PriceTable,
-        provider: Callable[[str], Provider],
         *,
         announce: bool = True,
         interval: float = REFRESH_SECONDS,
@@ -115,11 +114,11 @@ class BudgetGuard:
         self.store = store
         self.zone = zone
         self.prices = prices
-        self.provider = provider
         self.announce = announce
         self.interval = interval
         self.standings: list[Standing] = []
         self.blocked: tuple[Budget, ...] = ()  # hard budgets used up: all the hot path reads
+        self._blocked_kinds: frozenset[str] = frozenset()
         self.on_crossing: list[Callable[[Crossing], None]] = []
         self._pending: dict[int, Pending] = {}
         self._lock = asyncio.Lock()
@@ -133,7 +132,7 @@ class BudgetGuard:
         blocked = self.blocked
         if not blocked:
             return None
-        call = call_of(exchange, body, {b.scope.kind for b in blocked})
+        call = call_of(exchange, body, self._blocked_kinds)
         for budget in blocked:
             if matches(budget, call):
                 return budget
@@ -160,36 +159,33 @@ class BudgetGuard:
         self._settle()
 
     def _priced(self, exchange: Exchange) -> tuple[float, Call] | None:
-        response_headers = header_dict(exchange.response_headers)
-        encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
-        chunks, decoded = decode_chunks(exchange.response_chunks, encoding)
-        parsed = self.provider(exchange.provider).parse(
-            exchange.method,
-            exchange.path,
-            header_dict(exchange.request_headers),
-            exchange.request_body,
-            exchange.status,
-            response_headers,
-            chunks if decoded else [],
+        """An estimate of the call's cost from its `usage` object alone (the writer parses
+        the whole call later; the database total replaces this estimate within a second).
+        None when it cannot tell cheaply: another provider, a compressed body, no usage."""
+        if exchange.provider != "mistral" or exchange.response_decoded:
+            return None
+        tail = b"".join(exchange.response_chunks[-2:])
+        usage = usage_of(tail)
+        if usage is None:
+            return None
+        model = body_string(exchange.request_body, b'"model"')
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        cost = self.prices.cost(
+            model,
+            _count_of(usage.get("prompt_tokens")),
+            _count_of(usage.get("completion_tokens")),
+            _count_of(cached),
         )
-        cost = parsed.cost_usd
-        if cost is None:
-            cost = self.prices.cost(
-                parsed.model,
-                parsed.prompt_tokens,
-                parsed.completion_tokens,
-                parsed.cached_tokens,
-                parsed.units or None,
-            )
         if not cost:
             return None
         hints = exchange.hints
         call = Call(
             run=hints.get("run_prefix") or hints.get("run"),
-            agent=hints.get("agent") or parsed.agent_id,
+            agent=hints.get("agent") or body_string(exchange.request_body, b'"agent_id"'),
             user=hints.get("user"),
             key=exchange.key_fingerprint,
-            model=parsed.request_model or parsed.model,
+            model=model,
             provider=exchange.provider,
         )
         return cost, call
@@ -226,9 +222,11 @@ class BudgetGuard:
 
     def _settle(self) -> None:
         """Recompute what is blocked; announce thresholds newly reached."""
-        self.blocked = tuple(
+        blocked = tuple(
             s.budget for s in self.standings if s.budget.hard and s.spent_usd >= s.budget.limit_usd
         )
+        self._blocked_kinds = frozenset(b.scope.kind for b in blocked)
+        self.blocked = blocked
         for standing in self.standings:
             ratio = standing.spent_usd / standing.budget.limit_usd
             for threshold in THRESHOLDS:
@@ -277,7 +275,7 @@ class BudgetGuard:
             await asyncio.sleep(self.interval)
 
 
-def call_of(exchange: Exchange, body: bytes, kinds: set[str]) -> Call:
+def call_of(exchange: Exchange, body: bytes, kinds: frozenset[str]) -> Call:
     """The call's scope values, reading the body only when a model or agent budget needs it."""
     hints = exchange.hints
     agent = hints.get("agent")
@@ -291,6 +289,35 @@ def call_of(exchange: Exchange, body: bytes, kinds: set[str]) -> Call:
         model=body_string(body, b'"model"') if "model" in kinds else None,
         provider=exchange.provider,
     )
+
+
+def usage_of(tail: bytes) -> dict[str, Any] | None:
+    """The last `"usage": {...}` object in the end of a response (a JSON body, or the last
+    events of a stream), parsed alone."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = tail.find(b"{", at)
+    if start < 0:
+        return None
+    depth = 0
+    for end in range(start, min(len(tail), start + 2000)):
+        byte = tail[end]
+        if byte == 0x7B:
+            depth += 1
+        elif byte == 0x7D:
+            depth -= 1
+            if depth == 0:
+                try:
+                    found = orjson.loads(tail[start : end + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return found if isinstance(found, dict) else None
+    return None
+
+
+def _count_of(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def body_string(body: bytes, key: bytes) -> str | None:
