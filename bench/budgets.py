@@ -46,8 +46,12 @@ SCOPES = [
 ]
 
 
-def budgets(hard: bool) -> list[Budget]:
-    return [Budget(new_id(), f"b{i}", s, "day", 10.0, hard) for i, s in enumerate(SCOPES)]
+def budgets(hard: bool, every: int = 1) -> list[Budget]:
+    """Ten budgets; with `hard`, every `every`-th one is hard."""
+    return [
+        Budget(new_id(), f"b{i}", s, "day", 1e6, hard and i % every == 0)
+        for i, s in enumerate(SCOPES)
+    ]
 
 
 def micro(number: int = 200_000) -> dict[str, float]:
@@ -101,7 +105,7 @@ async def p50(gw: Gateway, calls: int) -> float:
 
 async def end_to_end(calls: int, rounds: int) -> dict[str, Any]:
     runner, url, _ = await start_fake()
-    results: dict[str, list[float]] = {"off": [], "on": []}
+    results: dict[str, list[float]] = {"off": [], "soft": [], "hard": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings(
@@ -121,23 +125,26 @@ async def end_to_end(calls: int, rounds: int) -> dict[str, Any]:
                         await gw.guard.store.delete(budget.id)
                     await gw.guard.refresh()
                     results["off"].append(await p50(gw, calls))
-                    for budget in budgets(False):
-                        await gw.guard.store.put(budget)
-                    await gw.guard.refresh()
-                    assert len(gw.guard.standings) == 10
-                    results["on"].append(await p50(gw, calls))
+                    for arm, hard in (("soft", False), ("hard", True)):
+                        for budget in budgets(hard, every=2):
+                            await gw.guard.store.put(budget)
+                        await gw.guard.refresh()
+                        assert len(gw.guard.standings) == 10
+                        results[arm].append(await p50(gw, calls))
             finally:
                 await gw.stop()
     finally:
         await runner.cleanup()
-    off, on = statistics.median(results["off"]), statistics.median(results["on"])
+    off, soft, hard = (statistics.median(results[arm]) for arm in ("off", "soft", "hard"))
     return {
         "calls_per_arm_round": calls,
         "rounds": rounds,
         "p50_us_budgets_off": round(off, 1),
-        "p50_us_10_budgets_on": round(on, 1),
-        "p50_added_us": round(on - off, 1),
-        "rounds_us": results,
+        "p50_us_10_soft_budgets": round(soft, 1),
+        "p50_us_10_budgets_5_hard": round(hard, 1),
+        "p50_added_us_soft": round(soft - off, 1),
+        "p50_added_us_hard": round(hard - off, 1),
+        "rounds_us": {arm: [round(x, 1) for x in values] for arm, values in results.items()},
     }
 
 

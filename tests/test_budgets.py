@@ -76,7 +76,11 @@ async def test_a_hard_budget_refuses_before_the_upstream_and_records_the_refusal
     assert status == 201 and made["spent_usd"] == 0 and made["hard"] is True and made["id"]
     base = f"{gateway.proxy_url}/r/capped-run"
     await asyncio.to_thread(complete, base)  # under the limit: goes through, costs more
-    assert await spent(gateway, "small cap") > 1e-7
+    await gateway.recorder.drained(timeout=20)
+    (stored,) = await gateway.store.rows("SELECT cost_usd FROM exchanges")
+    # counted once: the local estimate is dropped once the database holds the call
+    assert stored["cost_usd"] > 1e-7
+    assert await spent(gateway, "small cap") == pytest.approx(stored["cost_usd"])
     seen = len(upstream.requests)
 
     with pytest.raises(MistralError) as refused:
@@ -463,3 +467,53 @@ def test_the_local_estimate_reads_usage_alone(tail: bytes, usage: tuple[int, int
     found = usage_of(tail)
     got = None if found is None else (found["prompt_tokens"], found["completion_tokens"])
     assert got == usage
+
+
+def test_a_finished_call_counts_at_once_against_hard_budgets() -> None:
+    """Between refreshes the proxy adds its own calls' cost, so a hard budget shuts at once."""
+    from gateway.capture.pricing import PriceTable
+    from gateway.proxy.budgets import BudgetGuard, Standing
+
+    guard = BudgetGuard(None, timezone("UTC"), PriceTable.load(None))  # type: ignore[arg-type]
+    cap = parse_budget(
+        {
+            "name": "cap",
+            "scope": {"kind": "user", "value": "ann"},
+            "period": "day",
+            "limit_usd": 1e-6,
+            "hard": True,
+        }
+    )
+    now = datetime.now(UTC)
+    guard.standings = [Standing(cap, now, now)]
+    guard._settle()
+    assert guard.blocked == ()
+    exchange = Exchange(
+        new_id(),
+        0.0,
+        "POST",
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "",
+        [],
+        b'{"model": "mistral-small-latest"}',
+        hints={"user": "ann"},
+    )
+    exchange.status = 200
+    exchange.response_chunks = [b'{"usage": {"prompt_tokens": 1000, "completion_tokens": 1000}}']
+    guard._count(exchange)
+    assert guard.standings[0].local_usd == pytest.approx((1000 * 0.15 + 1000 * 0.6) / 1e6)
+    assert guard.blocked == (cap,)
+    assert guard.refusing(exchange, exchange.request_body) == cap
+    bob = Exchange(
+        new_id(),
+        0.0,
+        "POST",
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "",
+        [],
+        b"{}",
+        hints={"user": "bob"},
+    )
+    assert guard.refusing(bob, b"{}") is None

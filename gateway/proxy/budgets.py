@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from gateway.capture.exchange import Exchange
 from gateway.store.budgets import THRESHOLDS, Budget, BudgetStore, period_end, period_start
@@ -119,6 +118,7 @@ class BudgetGuard:
         self.standings: list[Standing] = []
         self.blocked: tuple[Budget, ...] = ()  # hard budgets used up: all the hot path reads
         self._blocked_kinds: frozenset[str] = frozenset()
+        self._count_locally = False  # only hard budgets need spend faster than the refresh
         self.on_crossing: list[Callable[[Crossing], None]] = []
         self._pending: dict[int, Pending] = {}
         self._lock = asyncio.Lock()
@@ -139,8 +139,9 @@ class BudgetGuard:
         return None
 
     def completed(self, exchange: Exchange) -> None:
-        """A call finished: count its cost (off the response path) until the database has it."""
-        if self.standings and exchange.status is not None and exchange.status < 400:
+        """A call finished: while there are hard budgets, count its cost (after the response
+        went out) until the database has it; soft budgets wait for the next refresh."""
+        if self._count_locally and exchange.status is not None and exchange.status < 400:
             asyncio.get_running_loop().call_soon(self._count, exchange)
 
     def _count(self, exchange: Exchange) -> None:
@@ -169,13 +170,8 @@ class BudgetGuard:
         if usage is None:
             return None
         model = body_string(exchange.request_body, b'"model"')
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
         cost = self.prices.cost(
-            model,
-            _count_of(usage.get("prompt_tokens")),
-            _count_of(usage.get("completion_tokens")),
-            _count_of(cached),
+            model, usage["prompt_tokens"], usage["completion_tokens"], usage.get("cached_tokens")
         )
         if not cost:
             return None
@@ -226,6 +222,7 @@ class BudgetGuard:
             s.budget for s in self.standings if s.budget.hard and s.spent_usd >= s.budget.limit_usd
         )
         self._blocked_kinds = frozenset(b.scope.kind for b in blocked)
+        self._count_locally = any(s.budget.hard for s in self.standings)
         self.blocked = blocked
         for standing in self.standings:
             ratio = standing.spent_usd / standing.budget.limit_usd
@@ -240,7 +237,7 @@ class BudgetGuard:
     def _announce(self, crossing: Crossing) -> None:
         budget = crossing.budget
         log.warning(
-            "budget %r (%s %s, %s): spent $%.4f of $%.2f, %d%% reached%s",
+            "budget %r (%s %s, %s): spent $%.6g of $%.6g, %d%% reached%s",
             budget.name,
             budget.scope.kind,
             budget.scope.value or "",
@@ -291,33 +288,19 @@ def call_of(exchange: Exchange, body: bytes, kinds: frozenset[str]) -> Call:
     )
 
 
-def usage_of(tail: bytes) -> dict[str, Any] | None:
-    """The last `"usage": {...}` object in the end of a response (a JSON body, or the last
-    events of a stream), parsed alone."""
+_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)"\s*:\s*(\d+)')
+
+
+def usage_of(tail: bytes) -> dict[str, int] | None:
+    """The token counts of the last `"usage"` object in the end of a response (a JSON body,
+    or the last events of a stream), read with one regular expression, not a JSON parse."""
     at = tail.rfind(b'"usage"')
     if at < 0:
         return None
-    start = tail.find(b"{", at)
-    if start < 0:
+    counts = {m[1].decode(): int(m[2]) for m in _TOKENS.finditer(tail, at, at + 600)}
+    if "prompt_tokens" not in counts or "completion_tokens" not in counts:
         return None
-    depth = 0
-    for end in range(start, min(len(tail), start + 2000)):
-        byte = tail[end]
-        if byte == 0x7B:
-            depth += 1
-        elif byte == 0x7D:
-            depth -= 1
-            if depth == 0:
-                try:
-                    found = orjson.loads(tail[start : end + 1])
-                except orjson.JSONDecodeError:
-                    return None
-                return found if isinstance(found, dict) else None
-    return None
-
-
-def _count_of(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return counts
 
 
 def body_string(body: bytes, key: bytes) -> str | None:
