@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,10 @@ async def test_spend_follows_each_scope(gateway: Gateway) -> None:
         "other-key": 0,
     }
     assert got == pytest.approx(want)
+    # a minute on, the calls are summed once into the settled totals, then only newer ones
+    for later in (45, 50, 200):
+        standings = await gateway.guard.refresh(datetime.now(UTC) + timedelta(seconds=later))
+        assert {s.budget.name: s.spent_usd for s in standings} == pytest.approx(want), later
 
 
 async def test_a_soft_budget_warns_at_80_and_100_percent_and_refuses_nothing(

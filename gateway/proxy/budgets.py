@@ -20,8 +20,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from gateway.capture.exchange import Exchange
-from gateway.store.budgets import THRESHOLDS, Budget, BudgetStore, period_end, period_start
+from gateway.capture.exchange import Exchange, id_at
+from gateway.store.budgets import (
+    THRESHOLDS,
+    Budget,
+    BudgetStore,
+    first_id,
+    period_end,
+    period_start,
+)
 
 if TYPE_CHECKING:
     from gateway.capture.pricing import PriceTable
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentops.budgets")
 
 REFRESH_SECONDS = 1.0
+SETTLED_SECONDS = 30.0  # calls older than this are summed once, not at every refresh
+FULL_SECONDS = 60.0  # then everything is summed again (late rows, re-pricing, deletions)
 PENDING_SECONDS = 120.0  # a local call the database never showed (dropped) stops counting
 
 
@@ -122,6 +131,9 @@ class BudgetGuard:
         self.on_crossing: list[Callable[[Crossing], None]] = []
         self._pending: dict[int, Pending] = {}
         self._lock = asyncio.Lock()
+        self._settled: dict[tuple[int, int], float] = {}  # (budget, first id) -> spend to _mark
+        self._mark = 0  # settled sums cover ids below this
+        self._full_at = -FULL_SECONDS
         self._failing = False
 
     # -- the hot path -------------------------------------------------------------------
@@ -193,20 +205,15 @@ class BudgetGuard:
         async with self._lock:
             now = now or datetime.now(UTC)
             budgets = await self.store.all()
-            pending = self._pending
-            if pending:
-                for exchange_id in await self.store.stored(list(pending)):
-                    pending.pop(exchange_id, None)
-                stale = time.monotonic() - PENDING_SECONDS
-                for exchange_id in [i for i, p in pending.items() if p.at < stale]:
-                    pending.pop(exchange_id)
+            await self._forget_stored()
             starts = [period_start(b.period, now, self.zone) for b in budgets]
-            spent = await self.store.spend(budgets, starts)
+            stored = await self._stored_spend(budgets, starts, now)
             before = {(s.budget.id, s.start): s.crossed for s in self.standings}
+            pending = self._pending
             standings = []
-            for budget, start, stored in zip(budgets, starts, spent, strict=True):
+            for budget, start, spent in zip(budgets, starts, stored, strict=True):
                 standing = Standing(budget, start, period_end(budget.period, now, self.zone))
-                standing.stored_usd = stored
+                standing.stored_usd = spent
                 standing.local_usd = sum(
                     p.cost for p in pending.values() if matches(budget, p.call)
                 )
@@ -215,6 +222,44 @@ class BudgetGuard:
             self.standings = standings
             self._settle()
             return standings
+
+    async def _forget_stored(self) -> None:
+        """Local counts of the calls the database holds now (or never will) stop counting."""
+        pending = self._pending
+        if not pending:
+            return
+        for exchange_id in await self.store.stored(list(pending)):
+            pending.pop(exchange_id, None)
+        stale = time.monotonic() - PENDING_SECONDS
+        for exchange_id in [i for i, p in pending.items() if p.at < stale]:
+            pending.pop(exchange_id)
+
+    async def _stored_spend(
+        self, budgets: list[Budget], starts: list[datetime], now: datetime
+    ) -> list[float]:
+        """Spend since each start: calls older than SETTLED_SECONDS are summed once (and
+        again in full every FULL_SECONDS, for late rows and re-pricing), so a refresh scans
+        only the last seconds of calls, whatever the period's length."""
+        firsts = [first_id(start) for start in starts]
+        mark = id_at(int((now.timestamp() - SETTLED_SECONDS) * 1000))
+        keys = [(b.id, f) for b, f in zip(budgets, firsts, strict=True)]
+        settled = self._settled
+        full = time.monotonic() - self._full_at >= FULL_SECONDS or any(
+            k not in settled for k in keys
+        )
+        if full:
+            old = await self.store.spend(budgets, firsts, mark)
+            settled = dict(zip(keys, old, strict=True))
+            self._full_at = time.monotonic()
+        elif mark > self._mark:
+            since = [max(first, self._mark) for first in firsts]
+            added = await self.store.spend(budgets, since, mark)
+            settled = {k: settled[k] + a for k, a in zip(keys, added, strict=True)}
+        else:
+            settled = {k: settled[k] for k in keys}
+        self._settled, self._mark = settled, mark if full else max(mark, self._mark)
+        recent = await self.store.spend(budgets, [max(f, self._mark) for f in firsts])
+        return [settled[k] + r for k, r in zip(keys, recent, strict=True)]
 
     def _settle(self) -> None:
         """Recompute what is blocked; announce thresholds newly reached."""

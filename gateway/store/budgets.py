@@ -201,6 +201,11 @@ def period_end(period: str, now: datetime, zone: ZoneInfo) -> datetime:
     return datetime(later.year, later.month, later.day, tzinfo=zone).astimezone(UTC)
 
 
+def first_id(start: datetime) -> int:
+    """The smallest exchange id of a call started at or after `start`."""
+    return id_at(int(start.timestamp() * 1000))
+
+
 # -- the table ------------------------------------------------------------------------
 
 
@@ -260,14 +265,16 @@ class BudgetStore:
         if not gone:
             raise NotFound(f"no budget with id {budget_id}")
 
-    async def spend(self, budgets: list[Budget], starts: list[datetime]) -> list[float]:
-        """Each budget's spend since its start: one scan of the exchanges since the earliest."""
+    async def spend(
+        self, budgets: list[Budget], firsts: list[int], until: int | None = None
+    ) -> list[float]:
+        """Each budget's spend over the exchanges with ids from its `firsts` entry (see
+        `first_id`) up to `until` (excluded; None: no end): one scan for all budgets."""
         if not budgets:
             return []
         columns: list[str] = []
         params: list[Any] = []
-        for budget, start in zip(budgets, starts, strict=True):
-            first = id_at(int(start.timestamp() * 1000))
+        for budget, first in zip(budgets, firsts, strict=True):
             condition = _SCOPE_SQL[budget.scope.kind]
             columns.append(
                 f"SUM(CASE WHEN e.id >= ? AND {condition} THEN e.cost_usd ELSE 0 END) "
@@ -278,10 +285,13 @@ class BudgetStore:
         join = ""
         if any(b.scope.kind in _RUN_KINDS for b in budgets):
             join = " LEFT JOIN runs r ON r.id = e.run_id"
-        earliest = id_at(int(min(starts).timestamp() * 1000))
+        where = "e.id >= ?"
+        params.append(min(firsts))
+        if until is not None:
+            where += " AND e.id < ?"
+            params.append(until)
         rows = await self.store.rows(
-            f"SELECT {', '.join(columns)} FROM exchanges e{join} WHERE e.id >= ?",
-            [*params, earliest],
+            f"SELECT {', '.join(columns)} FROM exchanges e{join} WHERE {where}", params
         )
         row = rows[0] if rows else {}
         return [float(row.get(f"b{i}") or 0.0) for i in range(len(budgets))]
