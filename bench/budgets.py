@@ -70,7 +70,7 @@ def micro(number: int = 200_000) -> dict[str, float]:
     guard._settle()
     none_used_up = timeit.timeit(check, number=number) / number * 1e9
     for standing in guard.standings[1:]:  # all but the gateway-wide one: none matches
-        standing.stored_usd = 11.0
+        standing.stored_usd = 2e6
     guard._settle()
     assert len(guard.blocked) == 9
     worst = timeit.timeit(check, number=number) / number * 1e9

@@ -28,7 +28,7 @@ from gateway.store.budgets import (
     period_start,
     timezone,
 )
-from tests.conftest import Upstream, make_settings, running, wait_until
+from tests.conftest import CLI, ROOT, Upstream, free_port, make_settings, running, wait_until
 
 KEY = "budget-test-key-000011112222"
 SMALL = "mistral-small-latest"
@@ -521,3 +521,75 @@ def test_a_finished_call_counts_at_once_against_hard_budgets() -> None:
         hints={"user": "bob"},
     )
     assert guard.refusing(bob, b"{}") is None
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_every_worker_enforces_from_the_shared_totals(
+    upstream: Upstream, pg_url: str, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: a budget from the file, spend from one worker's call, and then
+    both workers refuse (each reads the shared database totals)."""
+    path = tmp_path / "budgets.toml"
+    path.write_text(
+        '[[budget]]\nname = "all"\nperiod = "day"\nlimit_usd = 1e-7\nhard = true\n'
+        'scope = { kind = "gateway" }\n'
+    )
+    port, ui_port = free_port(), free_port()
+    log = (tmp_path / "gateway.log").open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        *("--upstream", upstream.url, "--db", pg_url, "--port", str(port), "--workers", "2"),
+        *("--ui-port", str(ui_port), "--spool-dir", str(tmp_path / "spool")),
+        *("--budgets", str(path), "--budget-timezone", "Asia/Kolkata"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=log,
+    )
+    proxy = f"http://127.0.0.1:{port}"
+
+    async def workers_up() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{ui_port}/healthz") as resp,
+            ):
+                workers = (await resp.json()).get("workers", [])
+        except aiohttp.ClientError:
+            return False
+        return len(workers) == 2 and all(w["state"] == "up" for w in workers)
+
+    async def statuses() -> list[int]:
+        async def one() -> int:
+            async with (
+                aiohttp.ClientSession() as http,  # a connection each: both workers take some
+                http.post(
+                    f"{proxy}/v1/chat/completions",
+                    json={"model": SMALL, "messages": [{"role": "user", "content": "x"}]},
+                    headers={"Authorization": f"Bearer {KEY}"},
+                ) as resp,
+            ):
+                await resp.read()
+                return resp.status
+
+        return list(await asyncio.gather(*(one() for _ in range(8))))
+
+    try:
+        await wait_until(workers_up, timeout=60)
+        assert await statuses() != [429] * 8  # nothing spent yet: answered
+
+        async def all_refused() -> bool:
+            return await statuses() == [429] * 8
+
+        await wait_until(all_refused, timeout=20)
+        seen = len(upstream.requests)
+        assert await statuses() == [429] * 8 and len(upstream.requests) == seen
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        log.close()
