@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentops.budgets")
 
 REFRESH_SECONDS = 1.0
-SETTLED_SECONDS = 30.0  # calls older than this are summed once, not at every refresh
+SETTLED_SECONDS = 5.0  # calls older than this are summed once, not at every refresh
 FULL_SECONDS = 60.0  # then everything is summed again (late rows, re-pricing, deletions)
 PENDING_SECONDS = 120.0  # a local call the database never showed (dropped) stops counting
 
@@ -61,6 +61,11 @@ class Call:
     key: str | None = None
     model: str | None = None
     provider: str = "mistral"
+
+
+def next_threshold(crossed: float) -> float:
+    """The next threshold after `crossed` (past the last: the limit again)."""
+    return next((t for t in THRESHOLDS if t > crossed), THRESHOLDS[-1])
 
 
 def matches(budget: Budget, call: Call) -> bool:
@@ -166,10 +171,16 @@ class BudgetGuard:
             return
         cost, call = found
         self._pending[exchange.id] = Pending(cost, call)
+        changed = False
         for standing in self.standings:
             if matches(standing.budget, call):
                 standing.local_usd += cost
-        self._settle()
+                # only a threshold newly reached changes what is blocked or announced
+                changed |= standing.spent_usd >= standing.budget.limit_usd * next_threshold(
+                    standing.crossed
+                )
+        if changed:
+            self._settle()
 
     def _priced(self, exchange: Exchange) -> tuple[float, Call] | None:
         """An estimate of the call's cost from its `usage` object alone (the writer parses
