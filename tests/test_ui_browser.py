@@ -93,6 +93,7 @@ def test_every_page_renders_captured_traffic_in_both_themes(gw: ThreadedGateway,
         "run": (f"/runs/{run_id(gw, 'weather-agent')}", "sunny in Paris"),
         "dashboard": ("/dashboard", "Most expensive runs"),
         "prices": ("/prices", "my-private-finetune"),
+        "budgets": ("/budgets", "Add a budget"),
     }
     for theme in ("light", "dark"):
         page.emulate_media(color_scheme=theme)
