@@ -234,7 +234,8 @@ class Gateway:
         if self.budget_file:
             log.info("loaded %d budgets from %s", len(self.budget_file), self.settings.budgets)
         await self.guard.refresh()
-        self._tasks.append(asyncio.create_task(self.guard.run(), name="agentops-budgets"))
+        task = asyncio.create_task(self.guard.run(), name="agentops-budgets")
+        self._undo.callback(task.cancel)  # also when a later step of start fails
 
     def _start_tasks(self) -> None:
         """What runs once per gateway: pricing earlier calls, retention."""
