@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from gateway.api import access
 from gateway.api import alerts as alerts_api
+from gateway.api import budgets as budgets_api
 from gateway.api import datasets as datasets_api
 from gateway.api import evaluations as evaluations_api
 from gateway.api import exchanges as api
@@ -36,6 +37,7 @@ from gateway.lifecycle import InFlight
 from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import scrub
+from gateway.proxy.budgets import BudgetGuard
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
@@ -45,6 +47,7 @@ from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
 from gateway.store.alerts import AlertStore
+from gateway.store.budgets import BudgetStore, load_file, timezone
 from gateway.store.datasets import DatasetStore
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
@@ -75,6 +78,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
     app[alerts_api.ALERTS] = gateway.alert_store
+    app[budgets_api.GUARD] = gateway.guard
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
     app[datasets_api.DATASETS] = gateway.datasets
@@ -88,6 +92,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app.add_routes(datasets_api.routes)
     app.add_routes(evaluations_api.routes)
     app.add_routes(alerts_api.routes)
+    app.add_routes(budgets_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -136,8 +141,21 @@ class Gateway:
         self.alerts = AlertEvaluator(
             self.alert_store, self.webhooks, settings.alert_interval, lambda: self.recorder.health()
         )
+        # Budgets: a bad file fails here, at start; the workers read them from the database.
+        self.budget_file = load_file(settings.budgets) if settings.budgets and not worker else []
+        self.guard = BudgetGuard(
+            BudgetStore(self.store),
+            timezone(settings.budget_timezone),
+            self.prices,
+            announce=not worker,
+        )
         self.metrics = (
-            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics, self.alerts.firing_now)
+            prometheus.MetricsEndpoint(
+                self.recorder,
+                self._worker_metrics,
+                alerts=self.alerts.firing_now,
+                budgets=lambda: self.guard.standings,
+            )
             if prometheus.enabled(settings, report=True)
             else None
         )
@@ -199,6 +217,7 @@ class Gateway:
             routes=make_routes(self.settings),
             held_keys=self.held_keys,
             begin=self.recorder.begin,
+            guard=self.guard,
         )
         self.replayer = Replayer(
             self.store,
@@ -219,6 +238,7 @@ class Gateway:
             self.experiments.on_finished = self.log_experiment
         if not self.worker:
             await self.replay_store.interrupt_running()
+        await self._start_budgets()
         if proxy:
             await self._listen_proxy()
         if ui:
@@ -237,6 +257,17 @@ class Gateway:
             self.ui_url or "(none)",
             self.store.dialect,
         )
+
+    async def _start_budgets(self) -> None:
+        """Store the --budgets file's budgets, read every budget's spend once (so the first
+        call is already checked), then keep the totals fresh."""
+        for budget in self.budget_file:
+            await self.guard.store.put(budget)
+        if self.budget_file:
+            log.info("loaded %d budgets from %s", len(self.budget_file), self.settings.budgets)
+        await self.guard.refresh()
+        task = asyncio.create_task(self.guard.run(), name="agentops-budgets")
+        self._undo.callback(task.cancel)  # also when a later step of start fails
 
     def _start_tasks(self, *, alerts: bool) -> None:
         """What runs once per gateway: pricing earlier calls, retention, alert evaluation

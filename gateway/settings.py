@@ -10,6 +10,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, fields
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.errors import UserError
 
@@ -205,6 +206,21 @@ SETTINGS: tuple[Setting, ...] = (
         "prometheus-client is installed).",
     ),
     Setting(
+        "budgets",
+        "--budgets",
+        "AGENTOPS_BUDGETS",
+        None,
+        "TOML file of budgets loaded at start ([[budget]] tables: name, scope, period, "
+        "limit_usd, hard); each replaces the stored budget of its name.",
+    ),
+    Setting(
+        "budget_timezone",
+        "--budget-timezone",
+        "AGENTOPS_BUDGET_TIMEZONE",
+        "UTC",
+        "IANA time zone whose calendar days, weeks (from Monday) and months budget periods follow.",
+    ),
+    Setting(
         "journal",
         "--journal",
         "AGENTOPS_JOURNAL",
@@ -328,6 +344,8 @@ class Settings:
     otel_endpoint: str | None = None
     metrics: str = "auto"
     journal: str = "on"
+    budgets: str | None = None
+    budget_timezone: str = "UTC"
 
     @classmethod
     def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:
@@ -374,6 +392,13 @@ class Settings:
             raise ConfigError(
                 f"--journal / AGENTOPS_JOURNAL must be on or off, got {self.journal!r}"
             )
+        try:
+            ZoneInfo(self.budget_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"--budget-timezone / AGENTOPS_BUDGET_TIMEZONE: unknown time zone "
+                f"{self.budget_timezone!r} (use an IANA name such as UTC or Europe/Paris)"
+            ) from None
         if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
             raise ConfigError(
                 "--otel-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT must be an "

@@ -30,6 +30,7 @@ NAV = (
     ("/experiments", "Experiments"),
     ("/prices", "Prices"),
     ("/alerts", "Alerts"),
+    ("/budgets", "Budgets"),
 )
 
 

@@ -482,3 +482,20 @@ class FineTunedModel(Model):
 
     class Meta:
         table = "fine_tuned_models"
+
+
+class Budget(Model):
+    """A spend limit for a scope and a calendar period (gateway/store/budgets.py), shared by
+    every worker and replica; the proxies read them every second (gateway/proxy/budgets.py)."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=200, unique=True)
+    scope_kind = fields.CharField(max_length=16)  # gateway, run, agent, user, key, model, provider
+    scope_value = fields.CharField(max_length=200, null=True)
+    period = fields.CharField(max_length=8)  # day, week, month
+    limit_usd = fields.FloatField()
+    hard = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "budgets"
