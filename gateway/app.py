@@ -29,6 +29,7 @@ from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
 from gateway.capture.pricing import PriceTable
 from gateway.export.dataset_items import ItemSource
+from gateway.export.failures_rule import FailuresRule
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.integrations.alerts import AlertEvaluator
@@ -135,6 +136,18 @@ class Gateway:
         self.replay_store = ReplayStore(self.store)
         self.datasets = DatasetStore(self.store)
         self.judges = JudgeStore(self.store)
+        failures_name = settings.failures_dataset.strip()
+        self.failures_rule = (
+            FailuresRule(
+                self.store,
+                self.datasets,
+                provider_named(self.providers, "mistral"),
+                failures_name,
+                settings.failures_min_score,
+            )
+            if failures_name and failures_name != "off"
+            else None
+        )
         # Alerts: evaluated in this process (never in a worker), delivered from queues.
         self.alert_store = AlertStore(self.store)
         self.webhooks = Webhooks()
@@ -276,6 +289,9 @@ class Gateway:
         self._tasks.append(self.costs_filled)
         if alerts:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="agentops-alerts"))
+        if alerts and self.failures_rule is not None:
+            rule = self.failures_rule.run()
+            self._tasks.append(asyncio.create_task(rule, name="agentops-failures"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
 

@@ -151,6 +151,21 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
     ),
     Setting(
+        "failures_dataset",
+        "--failures-dataset",
+        "AGENTOPS_FAILURES_DATASET",
+        "failures",
+        "Dataset kept filled with failing calls as they arrive (off: none).",
+    ),
+    Setting(
+        "failures_min_score",
+        "--failures-min-score",
+        "AGENTOPS_FAILURES_MIN_SCORE",
+        None,
+        "A call or run evaluated under this score is a failure too (default: errors only).",
+        "float",
+    ),
+    Setting(
         "run_idle",
         "--run-idle",
         "AGENTOPS_RUN_IDLE",
@@ -336,6 +351,8 @@ class Settings:
     shutdown_grace: float = 30.0
     retention_days: float | None = None
     alert_interval: float = 10.0
+    failures_dataset: str = "failures"
+    failures_min_score: float | None = None
     run_idle: float = 300.0
     elevenlabs_upstream: str = "https://api.elevenlabs.io"
     elevenlabs_usd_per_credit: float = 0.0001
