@@ -26,6 +26,7 @@ MIGRATIONS = [
     "0013_datasets",
     "0015_alerts",
     "0016_cost_category",
+    "0019_campaigns",
 ]
 
 
