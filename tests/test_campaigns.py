@@ -6,6 +6,7 @@ deleted, the dashboard's score series averages the evaluations, and bad input is
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,56 @@ async def test_a_campaign_needs_a_replay_key(upstream: Upstream, tmp_path: Path)
         body = {"name": "c", "judge": "helpfulness", "max_nb_events": 2}
         status, answer = await post(gw, "/api/campaigns", body)
         assert status == 400 and "AGENTOPS_REPLAY_API_KEY" in answer["error"]
+
+
+async def test_campaigns_page_and_dashboard_scores(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'db.sqlite3'}", tmp_path)
+    async with running(settings, ENV) as gw:
+        await send(gw, 1, headers={"X-AgentOps-Agent": "<b>support</b>"})
+        assert (await post(gw, "/api/judges", JUDGE))[0] == 201
+        jar = aiohttp.CookieJar(unsafe=True)  # keep the CSRF cookie for 127.0.0.1
+        async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+            async with http.get("/dashboard") as resp:
+                page = await resp.text()
+            assert "No scores in this range" in page and '<a href="/campaigns"' in page
+            async with http.get("/campaigns") as resp:
+                page = await resp.text()
+            assert resp.status == 200 and '<option value="helpfulness">' in page
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+            assert token is not None
+            form = {
+                "name": "<i>weekly</i>",
+                "judge": "helpfulness",
+                "since": "7d",
+                "agent": "<b>support</b>",
+                "max_nb_events": "5",
+                "mode": "batch",
+                "csrf_token": token[1],
+            }
+            async with http.post("/campaigns", data=form, allow_redirects=False) as resp:
+                assert resp.status == 303
+            bad = {**form, "max_nb_events": "many"}
+            async with http.post("/campaigns", data=bad, allow_redirects=False) as resp:
+                assert resp.status == 400 and "whole number" in await resp.text()
+            _, listed = await get(gw, "/api/campaigns")
+            made = listed["items"][0]
+            assert made["filter"] == {"agent": "<b>support</b>", "since": "7d"}
+
+            async def done() -> bool:
+                return (await progress(gw, made["id"]))["progress"]["scored"] == 1
+
+            await wait_until(done, 30)
+            async with http.get("/campaigns") as resp:
+                page = await resp.text()
+            assert "<i>weekly</i>" not in page and "&lt;i&gt;weekly&lt;/i&gt;" in page
+            async with http.get("/dashboard") as resp:
+                page = await resp.text()
+            assert "Scores over time" in page and "No scores in this range" not in page
+            assert "<b>support</b>" not in page and "judge:helpfulness" in page
+            async with http.post(
+                f"/campaigns/{made['id']}/delete",
+                data={"csrf_token": token[1]},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 303
+            assert (await get(gw, "/api/campaigns"))[1]["items"] == []

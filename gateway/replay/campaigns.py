@@ -171,7 +171,7 @@ class Campaigns:
                 "judge must name a stored judge or a built-in scorer, or be a scorer spec"
             )
         no_value = spec["type"] == "contains" and spec.get("value") is None
-        if spec["type"] in NEEDS_EXPECTED or no_value:
+        if spec["type"] in (*NEEDS_EXPECTED, "tool_calls") or no_value:
             raise UserError(f"{spec['type']} needs an expected output: recorded calls have none")
         if spec["type"] == "judge":
             await self.evaluator.definition(spec)
