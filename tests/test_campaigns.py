@@ -72,6 +72,8 @@ async def test_batch_campaign_judges_a_sample_of_one_agents_calls(
             status, judged = await get(gw, f"/api/exchanges/{row['exchange_id']}")
             status, run = await get(gw, f"/api/runs/{judged['run_id']}")
             assert run["agent_id"] == "support"
+            shown = [e["metric_name"] for e in run["evaluations"]]
+            assert shown == ["judge:helpfulness"]  # on the call's run too
             status, call = await get(gw, f"/api/exchanges/{detail['judge_exchange_id']}")
             status, own = await get(gw, f"/api/runs/{call['run_id']}")
             assert own["source"] == "evaluator"  # the judge's call, in a run of its own

@@ -103,8 +103,9 @@ class Evaluator:
         detail (campaigns); a scorer failing on it raises."""
         sample = await self._sample(Target(exchange_id, None), None)
         score = await scorers.run(scorer, sample)
+        _, run_id = await self.source.runs.run_of_exchange(exchange_id)  # shown on the run too
         await self.source.runs.add_evaluation(
-            None, exchange_id, score.name, score.value, {**score.detail, **tag}
+            run_id, exchange_id, score.name, score.value, {**score.detail, **tag}
         )
         return score.value
 
