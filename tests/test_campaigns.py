@@ -134,6 +134,10 @@ async def test_live_campaign_judges_new_calls_until_deleted(
         assert [str(r["exchange_id"]) for r in rows] == [latest["items"][0]["id"]]
         assert campaign["progress"]["mean_score"] == 0.0
         assert gw.campaigns.tasks  # the live task runs
+        # replicas sharing the database: a selection is claimed once, by whoever read last
+        row = await gw.campaigns.store.get(int(made["id"]))
+        assert await gw.campaigns.store.claim(row, 1, row.seen_id + 1)
+        assert not await gw.campaigns.store.claim(row, 1, row.seen_id + 1)
         assert await delete(gw, f"/api/campaigns/{made['id']}") == 204
         await wait_until(lambda: _empty(gw), 10)
         assert (await get(gw, f"/api/campaigns/{made['id']}"))[0] == 404
@@ -227,3 +231,22 @@ async def test_campaigns_page_and_dashboard_scores(upstream: Upstream, tmp_path:
             ) as resp:
                 assert resp.status == 303
             assert (await get(gw, "/api/campaigns"))[1]["items"] == []
+
+
+async def test_a_live_campaign_resumes_after_a_restart(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'db.sqlite3'}", tmp_path)
+    body = {"name": "resumed", "judge": "json_valid", "max_nb_events": 1, "mode": "live"}
+    async with running(settings, ENV) as gw:
+        status, made = await post(gw, "/api/campaigns", body)
+        assert status == 201
+    async with running(settings, ENV) as gw:
+        gw.campaigns.poll_seconds = 0.2
+        assert int(made["id"]) in gw.campaigns.tasks
+        await send(gw, 1)
+
+        async def done() -> bool:
+            return (await progress(gw, made["id"]))["status"] == "done"
+
+        await wait_until(done, 20)
+        assert (await progress(gw, made["id"]))["progress"]["scored"] == 1
+        await wait_until(lambda: _empty(gw), 10)  # a finished campaign's task ends

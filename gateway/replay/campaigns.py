@@ -23,7 +23,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.errors import UserError
+from gateway.errors import NotFound, UserError
 from gateway.replay import scorers
 from gateway.replay.evaluator import CALLS, NEEDS_EXPECTED, Evaluator
 from gateway.replay.judge import EMBEDDING_MODEL, EmbeddingCosine, GatewayCaller, Judge
@@ -193,10 +193,11 @@ class Campaigns:
 
     async def _batch(self, campaign: CampaignRow) -> None:
         try:
-            if campaign.selected == 0:
+            if campaign.selected == 0 and campaign.seen_id == 0:
                 found = await self._matching(campaign, None)
                 chosen = sorted(random.sample(found, min(len(found), campaign.max_nb_events)))
-                await self.store.add_selected(campaign.id, len(chosen), max(found, default=0))
+                if not await self.store.claim(campaign, len(chosen), max(found, default=1)):
+                    return  # another replica runs it
             else:  # resumed: the calls it has not judged yet
                 chosen = await self._unjudged(campaign)
             for exchange_id in chosen:
@@ -211,20 +212,21 @@ class Campaigns:
 
     async def _live(self, campaign: CampaignRow) -> None:
         try:
-            seen, left = campaign.seen_id, campaign.max_nb_events - campaign.selected
-            while left > 0:
-                found = sorted(await self._matching(campaign, seen))[:left]
-                if found:
-                    seen = found[-1]
-                    await self.store.add_selected(campaign.id, len(found), seen)
-                    left -= len(found)
+            while campaign.selected < campaign.max_nb_events:
+                left = campaign.max_nb_events - campaign.selected
+                found = sorted(await self._matching(campaign, campaign.seen_id))[:left]
+                if found and await self.store.claim(campaign, len(found), found[-1]):
                     for exchange_id in found:
                         if not await self._judge(campaign, exchange_id):
                             return
-                await asyncio.sleep(self.poll_seconds)
+                else:
+                    await asyncio.sleep(self.poll_seconds)
+                campaign = await self.store.get(campaign.id)  # 404 once deleted: stops
             await self.store.finish(campaign.id, "done")
         except asyncio.CancelledError:
             raise
+        except NotFound:
+            return  # deleted
         except Exception as exc:
             log.exception("campaign %s failed", campaign.id)
             await self.store.finish(campaign.id, "failed", f"{type(exc).__name__}: {exc}")

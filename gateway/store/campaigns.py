@@ -143,11 +143,15 @@ class CampaignStore:
         await self.get(campaign_id)  # 404 first
         await self._run("DELETE FROM campaigns WHERE id = ?", [campaign_id])
 
-    async def add_selected(self, campaign_id: int, count: int, seen_id: int) -> None:
-        await self._run(
-            "UPDATE campaigns SET selected = selected + ?, seen_id = ? WHERE id = ?",
-            [count, seen_id, campaign_id],
+    async def claim(self, campaign: CampaignRow, count: int, seen_id: int) -> bool:
+        """Count `count` more selected calls, up to `seen_id`, if nobody did since this
+        campaign row was read: replicas sharing the database judge each call once."""
+        claimed = await self.store.rows(
+            "UPDATE campaigns SET selected = selected + ?, seen_id = ? "
+            "WHERE id = ? AND selected = ? AND seen_id = ? RETURNING id",
+            [count, seen_id, campaign.id, campaign.selected, campaign.seen_id],
         )
+        return bool(claimed)
 
     async def count_score(self, campaign_id: int, value: float | None) -> None:
         """One judged call: scored (with its value) or failed (None)."""
