@@ -6,6 +6,7 @@ deleted, the dashboard's score series averages the evaluations, and bad input is
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import aiohttp
 import orjson
 
 from gateway.app import Gateway
-from tests.clients import ENV, REPLAY_KEY, get, post, send
+from tests.clients import AUTH, ENV, REPLAY_KEY, get, post, send
 from tests.conftest import Upstream, make_settings, running, wait_until
 from tests.test_evaluators import JUDGE
 
@@ -134,10 +135,12 @@ async def test_live_campaign_judges_new_calls_until_deleted(
         assert [str(r["exchange_id"]) for r in rows] == [latest["items"][0]["id"]]
         assert campaign["progress"]["mean_score"] == 0.0
         assert gw.campaigns.tasks  # the live task runs
-        # replicas sharing the database: a selection is claimed once, by whoever read last
+        # replicas sharing the database: each call is taken once, and no more than asked
         row = await gw.campaigns.store.get(int(made["id"]))
-        assert await gw.campaigns.store.claim(row, 1, row.seen_id + 1)
-        assert not await gw.campaigns.store.claim(row, 1, row.seen_id + 1)
+        judged = int(latest["items"][0]["id"])
+        assert await gw.campaigns.store.taken(row.id, [judged, 1]) == {judged}
+        assert not await gw.campaigns.store.take(row, judged)
+        assert await gw.campaigns.store.take(row, 1) and not await gw.campaigns.store.take(row, 1)
         assert await delete(gw, f"/api/campaigns/{made['id']}") == 204
         await wait_until(lambda: _empty(gw), 10)
         assert (await get(gw, f"/api/campaigns/{made['id']}"))[0] == 404
@@ -250,3 +253,50 @@ async def test_a_live_campaign_resumes_after_a_restart(upstream: Upstream, tmp_p
         await wait_until(done, 20)
         assert (await progress(gw, made["id"]))["progress"]["scored"] == 1
         await wait_until(lambda: _empty(gw), 10)  # a finished campaign's task ends
+
+
+async def test_a_live_campaign_judges_a_long_call_recorded_after_newer_ones(
+    upstream: Upstream, tmp_path: Path
+):
+    """A call is recorded when it ends: a slow stream that started first appears after a
+    quick call that started later (a smaller id behind a bigger one) and is judged too."""
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'db.sqlite3'}", tmp_path)
+    async with running(settings, ENV) as gw:
+        gw.campaigns.poll_seconds = 0.1
+        body = {"name": "all new", "judge": "json_valid", "max_nb_events": 5, "mode": "live"}
+        status, made = await post(gw, "/api/campaigns", body)
+        assert status == 201
+
+        async def slow() -> None:
+            payload = {
+                "model": "mistral-large-latest",
+                "stream": True,
+                "messages": [{"role": "user", "content": "a long story please"}],
+            }
+            headers = {**AUTH, "x-fake-chunk-delay-ms": "60"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{gw.proxy_url}/v1/chat/completions", json=payload, headers=headers
+                ) as resp,
+            ):
+                assert resp.status == 200
+                await resp.read()
+
+        streaming = asyncio.create_task(slow())
+        await asyncio.sleep(0.05)  # the slow call starts first (a smaller id)
+        await send(gw, 1)
+
+        async def quick_judged() -> bool:
+            return (await progress(gw, made["id"]))["progress"]["scored"] >= 1
+
+        await wait_until(quick_judged, 20)
+        await streaming
+
+        async def both() -> bool:
+            return (await progress(gw, made["id"]))["progress"]["scored"] == 2
+
+        await wait_until(both, 20)
+        rows = await gw.store.rows("SELECT exchange_id FROM evaluations ORDER BY id")
+        judged = [int(r["exchange_id"]) for r in rows]
+        assert judged[1] < judged[0]  # the slow call: started first, judged second

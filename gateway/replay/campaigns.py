@@ -20,9 +20,11 @@ import contextlib
 import logging
 import random
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.capture.exchange import first_id_at
 from gateway.errors import NotFound, UserError
 from gateway.replay import scorers
 from gateway.replay.evaluator import CALLS, NEEDS_EXPECTED, Evaluator
@@ -52,6 +54,7 @@ MODES = ("batch", "live")
 MAX_EVENTS = 10_000
 MAX_CANDIDATES = 50_000  # a batch samples from at most this many matching calls
 PAGE = 500
+LOOKBACK_SECONDS = 900.0  # longer than any call lasts (see --upstream-timeout)
 RELATIVE = re.compile(r"^(\d{1,5})([mhd])$")
 UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
@@ -213,13 +216,7 @@ class Campaigns:
     async def _live(self, campaign: CampaignRow) -> None:
         try:
             while campaign.selected < campaign.max_nb_events:
-                left = campaign.max_nb_events - campaign.selected
-                found = sorted(await self._matching(campaign, campaign.seen_id))[:left]
-                if found and await self.store.claim(campaign, len(found), found[-1]):
-                    for exchange_id in found:
-                        if not await self._judge(campaign, exchange_id):
-                            return
-                else:
+                if not await self._poll(campaign):
                     await asyncio.sleep(self.poll_seconds)
                 campaign = await self.store.get(campaign.id)  # 404 once deleted: stops
             await self.store.finish(campaign.id, "done")
@@ -230,6 +227,26 @@ class Campaigns:
         except Exception as exc:
             log.exception("campaign %s failed", campaign.id)
             await self.store.finish(campaign.id, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _poll(self, campaign: CampaignRow) -> bool:
+        """Judge the matching calls recorded since the last look; True if it judged one.
+        A call is recorded when it ends, so one that started long ago may appear after newer
+        ones: each look covers the calls started in the last LOOKBACK_SECONDS (and after the
+        campaign began), skipping those taken already."""
+        low = max(campaign.seen_id, first_id_at(time.time() - LOOKBACK_SECONDS))
+        found = sorted(await self._matching(campaign, low))
+        taken = await self.store.taken(campaign.id, found)
+        judged = False
+        for exchange_id in (i for i in found if i not in taken):
+            if not await self.store.take(campaign, exchange_id):
+                current = await self.store.get(campaign.id)
+                if current.selected >= current.max_nb_events:
+                    break
+                continue  # another replica took it
+            judged = True
+            if not await self._judge(campaign, exchange_id):
+                break
+        return judged
 
     async def _matching(self, campaign: CampaignRow, after: int | None) -> list[int]:
         """Ids of the recorded calls the campaign's filter selects (newer than `after`):

@@ -142,6 +142,39 @@ class CampaignStore:
     async def delete(self, campaign_id: int) -> None:
         await self.get(campaign_id)  # 404 first
         await self._run("DELETE FROM campaigns WHERE id = ?", [campaign_id])
+        await self._run("DELETE FROM campaign_calls WHERE campaign_id = ?", [campaign_id])
+
+    async def taken(self, campaign_id: int, exchange_ids: list[int]) -> set[int]:
+        """Which of these calls the campaign took already (a live campaign's claims)."""
+        found: set[int] = set()
+        for start in range(0, len(exchange_ids), 500):
+            keys = [f"{campaign_id}:{i}" for i in exchange_ids[start : start + 500]]
+            marks = ", ".join("?" * len(keys))
+            rows = await self.store.rows(
+                f"SELECT key FROM campaign_calls WHERE key IN ({marks})", keys
+            )
+            found.update(int(str(r["key"]).split(":")[1]) for r in rows)
+        return found
+
+    async def take(self, campaign: CampaignRow, exchange_id: int) -> bool:
+        """Claim one call for a live campaign: False when it was taken already (by another
+        replica) or the campaign has its `max_nb_events`."""
+        key = f"{campaign.id}:{exchange_id}"
+        claimed = await self.store.rows(
+            "INSERT INTO campaign_calls (key, campaign_id) VALUES (?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING key",
+            [key, campaign.id],
+        )
+        if not claimed:
+            return False
+        counted = await self.store.rows(
+            "UPDATE campaigns SET selected = selected + 1 "
+            "WHERE id = ? AND selected < max_nb_events RETURNING id",
+            [campaign.id],
+        )
+        if not counted:
+            await self._run("DELETE FROM campaign_calls WHERE key = ?", [key])
+        return bool(counted)
 
     async def claim(self, campaign: CampaignRow, count: int, seen_id: int) -> bool:
         """Count `count` more selected calls, up to `seen_id`, if nobody did since this

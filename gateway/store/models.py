@@ -450,6 +450,17 @@ class Campaign(Model):
         table = "campaigns"
 
 
+class CampaignCall(Model):
+    """A call a live campaign took to judge: one row per (campaign, call), so a call is judged
+    once however late it is recorded and however many replicas poll."""
+
+    key = fields.CharField(max_length=48, primary_key=True)  # "<campaign id>:<exchange id>"
+    campaign_id = fields.BigIntField(db_index=True)
+
+    class Meta:
+        table = "campaign_calls"
+
+
 class AlertRule(Model):
     """When to raise an alert and where to send it (gateway/integrations/alerts.py evaluates
     them). `threshold` reads by kind: USD (spend), a factor (spend_spike), a fraction of calls

@@ -37,4 +37,16 @@ class Migration(migrations.Migration):
             options={"table": "campaigns", "app": "models", "pk_attr": "id"},
             bases=["Model"],
         ),
+        ops.CreateModel(
+            name="CampaignCall",
+            fields=[
+                (
+                    "key",
+                    fields.CharField(primary_key=True, unique=True, db_index=True, max_length=48),
+                ),
+                ("campaign_id", fields.BigIntField(db_index=True)),
+            ],
+            options={"table": "campaign_calls", "app": "models", "pk_attr": "key"},
+            bases=["Model"],
+        ),
     ]
