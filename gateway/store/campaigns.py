@@ -208,6 +208,6 @@ class CampaignStore:
             "SELECT v.created_at, v.metric_name, v.metric_value, e.model, r.agent_id "
             "FROM evaluations v JOIN exchanges e ON e.id = v.exchange_id "
             "LEFT JOIN runs r ON r.id = e.run_id WHERE v.created_at >= ? "
-            "ORDER BY v.created_at LIMIT 50000",
+            "ORDER BY v.created_at DESC LIMIT 50000",  # the newest, if more
             [self.store._value(since)],
         )
