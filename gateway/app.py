@@ -22,6 +22,7 @@ from aiohttp.typedefs import Middleware
 from gateway.api import access
 from gateway.api import alerts as alerts_api
 from gateway.api import budgets as budgets_api
+from gateway.api import campaigns as campaigns_api
 from gateway.api import datasets as datasets_api
 from gateway.api import evaluations as evaluations_api
 from gateway.api import exchanges as api
@@ -42,6 +43,7 @@ from gateway.proxy.budgets import BudgetGuard
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
+from gateway.replay.campaigns import Campaigns
 from gateway.replay.evaluator import Evaluator
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
@@ -49,6 +51,7 @@ from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
 from gateway.store.alerts import AlertStore
 from gateway.store.budgets import BudgetStore, load_file, timezone
+from gateway.store.campaigns import CampaignStore
 from gateway.store.datasets import DatasetStore
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
@@ -85,12 +88,14 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[datasets_api.DATASETS] = gateway.datasets
     app[evaluations_api.EVALUATOR] = gateway.evaluator
     app[evaluations_api.JUDGES] = gateway.judges
+    app[campaigns_api.CAMPAIGNS] = gateway.campaigns
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
     app.add_routes(datasets_api.routes)
+    app.add_routes(campaigns_api.routes)  # before /api/evaluations/{...} routes, if any
     app.add_routes(evaluations_api.routes)
     app.add_routes(alerts_api.routes)
     app.add_routes(budgets_api.routes)
@@ -244,7 +249,9 @@ class Gateway:
         self.evaluator = Evaluator(
             ItemSource(self.store, self.run_store, self.provider), self.replayer, self.judges
         )
+        self.campaigns = Campaigns(CampaignStore(self.store), self.evaluator, self.replay_key)
         undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below
+        undo.push_async_callback(self.campaigns.stop)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
         undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
@@ -260,6 +267,8 @@ class Gateway:
         undo.callback(self._cancel_tasks)
         if not self.worker:
             self._start_tasks(alerts=ui)
+            if ui:  # campaigns run beside the UI that creates them, never in a proxy worker
+                await self.campaigns.start()
         log.info(
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"

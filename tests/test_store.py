@@ -27,6 +27,7 @@ MIGRATIONS = [
     "0015_alerts",
     "0016_cost_category",
     "0017_budgets",
+    "0018_campaigns",
 ]
 
 

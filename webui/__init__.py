@@ -19,6 +19,7 @@ from webui import (
     alerts_page,
     auth,
     budgets_page,
+    campaign_pages,
     dashboard,
     dataset_pages,
     exchange_pages,
@@ -114,6 +115,7 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
     score_pages.setup(app)
     alerts_page.setup(app)
     budgets_page.setup(app)
+    campaign_pages.setup(app)
     app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 

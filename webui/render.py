@@ -28,6 +28,7 @@ NAV = (
     ("/dashboard", "Dashboard"),
     ("/datasets", "Datasets"),
     ("/experiments", "Experiments"),
+    ("/campaigns", "Campaigns"),
     ("/prices", "Prices"),
     ("/alerts", "Alerts"),
     ("/budgets", "Budgets"),
