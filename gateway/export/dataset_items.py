@@ -21,24 +21,13 @@ from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.datasets import NewItem
 from gateway.store.exchanges import ExchangeFilter, Store
-from gateway.store.query import exchange_filter, parse_int
+from gateway.store.query import EXCHANGE_FILTER_FIELDS, exchange_filter, parse_int
 from gateway.store.records import StoredExchange
 from gateway.store.runs import RunStore
 from gateway.store.stored import parse_stored, stored_body
 
 MAX_ITEMS = 1000
-FILTER_FIELDS = {
-    "q",
-    "model",
-    "status",
-    "state",
-    "endpoint",
-    "run",
-    "since",
-    "until",
-    "errors",
-    "limit",
-}
+FILTER_FIELDS = EXCHANGE_FILTER_FIELDS | {"limit"}
 # Request fields that are how the call was sent, not what it asked: left out of parameters.
 TRANSPORT = {"messages", "tools", "stream", "stream_options", "inputs"}
 ITEM_FIELDS = {"input", "expected_output", "metadata"}

@@ -32,24 +32,13 @@ from gateway.replay.judge import EMBEDDING_MODEL, EmbeddingCosine, GatewayCaller
 from gateway.replay.replayer import ReplayError, SecretKey
 from gateway.store.campaigns import CampaignRow, CampaignStore
 from gateway.store.exchanges import ExchangeFilter
-from gateway.store.query import exchange_filter, parse_text
+from gateway.store.query import EXCHANGE_FILTER_FIELDS, exchange_filter, parse_text
 from gateway.store.records import ExchangeSummary
 
 log = logging.getLogger("agentops.campaigns")
 
 FIELDS = {"name", "description", "judge", "filter", "max_nb_events", "mode"}
-FILTER_FIELDS = {
-    "q",
-    "model",
-    "status",
-    "state",
-    "endpoint",
-    "run",
-    "since",
-    "until",
-    "errors",
-    "agent",
-}
+FILTER_FIELDS = EXCHANGE_FILTER_FIELDS | {"agent"}
 MODES = ("batch", "live")
 MAX_EVENTS = 10_000
 MAX_CANDIDATES = 50_000  # a batch samples from at most this many matching calls

@@ -22,7 +22,7 @@ from gateway.errors import UserError
 from gateway.replay import diff as diffs
 from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
 from gateway.store.exchanges import ExchangeFilter, Store
-from gateway.store.query import exchange_filter, parse_int
+from gateway.store.query import EXCHANGE_FILTER_FIELDS, exchange_filter, parse_int
 from gateway.store.replays import ReplayStore
 
 log = logging.getLogger("agentops.experiments")
@@ -33,7 +33,7 @@ MAX_REPLAYS = 2000
 MAX_CONCURRENCY = 16
 DEFAULT_CONCURRENCY = 4
 FIELDS = {"exchange_ids", "filter", "run_id", "overrides", "repeat", "concurrency", "api_key"}
-FILTER_FIELDS = {"q", "model", "status", "state", "endpoint", "run", "since", "until", "limit"}
+FILTER_FIELDS = EXCHANGE_FILTER_FIELDS | {"limit"}
 
 
 def output_hash(recorded: Recorded) -> str:

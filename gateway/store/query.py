@@ -13,6 +13,11 @@ from gateway.store.exchanges import ExchangeFilter
 from gateway.store.runs import RunFilter
 
 RUN_STATUSES = ("running", "ok", "error")
+# What a filter of recorded calls may say: /api/exchanges's parameters (`exchange_filter`), the
+# ones datasets, experiments and campaigns take in their JSON.
+EXCHANGE_FILTER_FIELDS = frozenset(
+    {"q", "model", "status", "state", "endpoint", "run", "since", "until", "errors"}
+)
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
