@@ -39,6 +39,7 @@ from gateway.proxy import scrub
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
+from gateway.replay.dataset_experiments import DatasetExperiments
 from gateway.replay.evaluator import Evaluator
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
@@ -214,11 +215,15 @@ class Gateway:
         )
         undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
+        self.experiments.datasets = DatasetExperiments(
+            self.replayer, self.replay_store, self.datasets, self.run_store, self.judges
+        )
         undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
             self.experiments.on_finished = self.log_experiment
         if not self.worker:
             await self.replay_store.interrupt_running()
+            await self.experiments.datasets.resume()  # rows left pending by a stop
         if proxy:
             await self._listen_proxy()
         if ui:
