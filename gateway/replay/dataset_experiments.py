@@ -66,6 +66,7 @@ MAX_RETRY_AFTER = 30.0
 STORED_WAIT_SECONDS = 30.0
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 16
+TEXT_CACHE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +280,18 @@ class DatasetExperiments:
         self.runs = runs
         self.judges = judges
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        # Output texts of the calls made (they never change once stored; a page polls).
+        self.text_cache: dict[int, str | None] = {}
+
+    async def _texts(self, call_ids: list[int]) -> dict[int, str | None]:
+        missing = [i for i in call_ids if i not in self.text_cache]
+        if len(self.text_cache) + len(missing) > TEXT_CACHE:
+            self.text_cache.clear()
+        for call_id in missing:
+            item = await self.replayer.store.get_exchange(call_id)
+            if item is not None:
+                self.text_cache[call_id] = item.output_text
+        return {i: self.text_cache.get(i) for i in call_ids}
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(body) - FIELDS)
@@ -538,7 +551,7 @@ class DatasetExperiments:
         names = [v["name"] for v in plan["variants"]]
         rows = experiment["rows"]
         call_ids = [int(r["replay_id"]) for r in rows if r["replay_id"]]
-        texts = await self.replay_store.output_texts(call_ids)
+        texts = await self._texts(call_ids)
         scores = await self.replay_store.experiment_scores(call_ids)
         items: dict[str, dict[str, Any]] = {}
         for row in rows:

@@ -303,17 +303,6 @@ class ReplayStore:
         )
         return [int(r["id"]) for r in found if "dataset_id" in (_loads(r["selection"]) or {})]
 
-    async def output_texts(self, exchange_ids: list[int]) -> dict[int, str | None]:
-        out: dict[int, str | None] = {}
-        for start in range(0, len(exchange_ids), 500):
-            chunk = exchange_ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for row in await self.store.rows(
-                f"SELECT id, output_text FROM exchanges WHERE id IN ({marks})", chunk
-            ):
-                out[int(row["id"])] = row["output_text"]
-        return out
-
     async def experiment_scores(self, exchange_ids: list[int]) -> dict[int, dict[str, float]]:
         """The evaluations of some calls, as {exchange id: {scorer: value}}."""
         out: dict[int, dict[str, float]] = {}
