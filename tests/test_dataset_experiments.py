@@ -7,6 +7,7 @@ requests are 400/404 with a message.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import statistics
 from pathlib import Path
@@ -16,7 +17,7 @@ import orjson
 
 from gateway.replay.dataset_experiments import bootstrap_ci, percentile, retry_after
 from tests.clients import ENV, finished, get, post, send
-from tests.conftest import Upstream, make_settings, running
+from tests.conftest import CLI, ROOT, Upstream, make_settings, running
 
 VARIANTS = [
     {"name": "large", "model": "mistral-large-latest", "params": {"temperature": 0}},
@@ -173,6 +174,44 @@ async def test_resumes_after_a_restart(upstream: Upstream, tmp_path: Path):
         assert report["status"] == "done", report["progress"]
         assert report["progress"]["ok"] == 12
         assert all(r["replay_id"] for r in report["rows"])
+
+
+async def test_cli_runs_an_experiment_with_a_progress_bar(upstream: Upstream, tmp_path: Path):
+    async with running(
+        make_settings(upstream.url, f"sqlite://{tmp_path / 'x.db'}", tmp_path), ENV
+    ) as gw:
+        await dataset_of_calls(gw, 3)
+        code, out, err = await run_cli(
+            "dataset", "experiment", "calls",
+            "--variant", "large=mistral-large-latest",
+            "--variant", orjson.dumps(SMALL).decode(),
+            "--scorer", "bleu", "--url", gw.ui_url,
+        )  # fmt: skip
+        assert code == 0, err
+        assert "calls [" in err and "6/6 100%" in err  # progress, on stderr
+        lines = out.splitlines()
+        assert lines[0].startswith("large: bleu ") and lines[1].startswith("small: bleu ")
+        assert "0 errors" in lines[1]
+        code, _, err = await run_cli(
+            "dataset", "experiment", "calls", "--variant", "x=m", "--scorer", "nope",
+            "--url", gw.ui_url,
+        )  # fmt: skip
+        assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+        code, _, err = await run_cli(
+            "dataset", "experiment", "other", "--variant", "x=m", "--url", gw.ui_url
+        )
+        assert code == 2 and "dataset 'other' not found" in err
+
+
+SMALL = {"name": "small", "model": "mistral-small-latest", "params": {"temperature": 0}}
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
 def test_statistics():
