@@ -28,6 +28,7 @@ from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
 from gateway.capture.pricing import PriceTable
 from gateway.export.dataset_items import ItemSource
+from gateway.export.experiment_results import wandb_payloads
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.integrations.alerts import AlertEvaluator
@@ -221,6 +222,7 @@ class Gateway:
         undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
             self.experiments.on_finished = self.log_experiment
+            self.experiments.datasets.on_finished = self.log_dataset_experiment
         if not self.worker:
             await self.replay_store.interrupt_running()
             await self.experiments.datasets.resume()  # rows left pending by a stop
@@ -327,6 +329,11 @@ class Gateway:
         does this on its own every run_idle / 4 seconds)."""
         finished: list[int] = await self.recorder.call("finish_idle_runs")
         return finished
+
+    async def log_dataset_experiment(self, report: dict[str, Any]) -> bool:
+        """An experiment over a dataset to W&B: one run per variant, in a group of its own."""
+        queued = [await self.log_experiment(p) for p in wandb_payloads(report)]
+        return all(queued)
 
     async def log_experiment(self, experiment: dict[str, Any]) -> bool:
         """Log an experiment's comparison ({"id", "name", "rows": [...], "totals": {...}}) to

@@ -1098,10 +1098,7 @@ def dataset_experiment(
     import time
 
     settings = build_settings(flags)
-    if url is None:
-        host = settings.ui_host if settings.ui_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        url = f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}"
-    url, token = url.rstrip("/"), settings.ui_token
+    url, token = (url or _ui_url(settings)).rstrip("/"), settings.ui_token
     found = [
         d for d in _api(url, "/api/datasets", token)["items"] if name in (d["name"], str(d["id"]))
     ]
@@ -1145,6 +1142,36 @@ def dataset_experiment(
         )
     if report["status"] != "done":
         fail(f"experiment {created['id']} is {report['status']}")
+
+
+@dataset.command("experiment-export")
+@click.argument("experiment_id")
+@click.option("--out", required=True, help="A folder (hf) or a .parquet file.")
+@click.option("--format", "shape", type=click.Choice(["hf", "parquet"]), default="hf")
+@click.option("--url", default=None, help="The gateway's UI/API URL (default: --ui-host/port).")
+@setting_options(("ui_host", "ui_port", "ui_token"))
+def dataset_experiment_export(
+    experiment_id: str, out: str, shape: str, url: str | None, **flags: Any
+) -> None:
+    """Save an experiment over a dataset's results (a row per item and variant: output,
+    scores, cost, latency) as a Hugging Face dataset: save_to_disk folder or Parquet."""
+    from gateway.export.experiment_results import write_results
+
+    settings = build_settings(flags)
+    url = (url or _ui_url(settings)).rstrip("/")
+    if not experiment_id.isdigit():
+        fail(f"{experiment_id!r} is not an experiment id")
+    report = _api(url, f"/api/experiments/{experiment_id}", settings.ui_token)
+    try:
+        count = write_results(report, out, shape)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    click.echo(f"{count} rows written to {out}")
+
+
+def _ui_url(settings: Settings) -> str:
+    host = settings.ui_host if settings.ui_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}"
 
 
 @dataset.command("export")

@@ -192,6 +192,22 @@ async def test_cli_runs_an_experiment_with_a_progress_bar(upstream: Upstream, tm
         lines = out.splitlines()
         assert lines[0].startswith("large: bleu ") and lines[1].startswith("small: bleu ")
         assert "0 errors" in lines[1]
+        experiment_id = err.split(":")[0].split()[-1]
+        for shape, target in (("hf", tmp_path / "results"), ("parquet", tmp_path / "r.parquet")):
+            code, out, err = await run_cli(
+                "dataset", "experiment-export", experiment_id, "--format", shape,
+                "--out", str(target), "--url", gw.ui_url,
+            )  # fmt: skip
+            assert code == 0, err
+            assert out.strip() == f"6 rows written to {target}"
+        import datasets
+
+        saved = datasets.load_from_disk(str(tmp_path / "results"))
+        assert len(saved) == 6 and set(saved["variant"]) == {"large", "small"}
+        assert all(isinstance(v, float) for v in saved["score/bleu"])
+        assert all(saved["output_text"])
+        parquet = datasets.Dataset.from_parquet(str(tmp_path / "r.parquet"))
+        assert parquet["item_id"] == saved["item_id"]
         code, _, err = await run_cli(
             "dataset", "experiment", "calls", "--variant", "x=m", "--scorer", "nope",
             "--url", gw.ui_url,

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import statistics
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,6 +283,8 @@ class DatasetExperiments:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         # Output texts of the calls made (they never change once stored; a page polls).
         self.text_cache: dict[int, str | None] = {}
+        # Called with the finished experiment's report (the gateway logs it to W&B).
+        self.on_finished: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
 
     async def _texts(self, call_ids: list[int]) -> dict[int, str | None]:
         missing = [i for i in call_ids if i not in self.text_cache]
@@ -416,6 +419,7 @@ class DatasetExperiments:
             rows = await self.replay_store.pending_rows(experiment_id)
             await asyncio.gather(*(one(row) for row in rows))
             await self.replay_store.finish_experiment(experiment_id, "done")
+            await self._report_finished(experiment_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -423,6 +427,16 @@ class DatasetExperiments:
             await self.replay_store.finish_experiment(experiment_id, "failed")
         finally:
             self.tasks.pop(experiment_id, None)
+
+    async def _report_finished(self, experiment_id: int) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            experiment = await self.replay_store.get_experiment(experiment_id)
+            if experiment is not None:
+                await self.on_finished(await self.report(experiment))
+        except Exception:  # reporting must not fail the experiment
+            log.exception("dataset experiment %s: could not report it", experiment_id)
 
     async def _row(
         self,
