@@ -142,6 +142,12 @@ async def test_two_variants_scoreboard_and_what_got_worse(
                 "concurrency",
             ),
         ]
+        status, empty = await post(gw, "/api/datasets", {"name": "empty"})
+        assert status == 201
+        bad.append(({"dataset_id": empty["id"], "variants": VARIANTS}, 400, "no items yet"))
+        bad.append(
+            ({"dataset_id": dataset_id, "variants": [{"name": "a", "tools": {}}]}, 400, "tools")
+        )
         for body, code, words in bad:
             status, answer = await post(gw, "/api/experiments", body)
             assert status == code, (body, answer)

@@ -58,7 +58,7 @@ PARAMS = {
 }
 MAX_VARIANTS = 10
 NEEDS_EXPECTED = ("exact_match", "bleu", "chrf", "rouge_l", "embedding_cosine", "tool_call_match")
-MAX_ITEMS = 1000
+MAX_CALLS = 2000
 MAX_SCORERS = 20
 MAX_CONCURRENCY = 16
 DEFAULT_CONCURRENCY = 4
@@ -306,6 +306,8 @@ class DatasetExperiments:
         dataset = await self.datasets.get(_id(body["dataset_id"], "dataset_id"))
         if dataset is None:
             raise NotFound(f"dataset {body['dataset_id']} not found")
+        if dataset.version == 0:
+            raise UserError(f"dataset {dataset.id} has no items yet: add some first")
         version = body.get("version", dataset.version)
         if isinstance(version, bool) or not isinstance(version, int):
             raise UserError(f"version must be an integer, got {version!r}")
@@ -323,8 +325,10 @@ class DatasetExperiments:
         items = await self.datasets.all_items(dataset.id, version)
         if not items:
             raise UserError(f"dataset {dataset.id} version {version} has no items")
-        if len(items) * len(variants) > MAX_ITEMS * 2:
-            raise UserError(f"{len(items)} items x {len(variants)} variants is too many calls")
+        if len(items) * len(variants) > MAX_CALLS:
+            raise UserError(
+                f"{len(items)} items x {len(variants)} variants is more than {MAX_CALLS} calls"
+            )
         for item in items:
             for variant in variants:
                 try:
