@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 from gateway.replay.dataset_experiments import bootstrap_ci, percentile, retry_after
 from tests.clients import ENV, finished, get, post, send
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
+from tests.fake_mistral import THROTTLE
 
 VARIANTS = [
     {"name": "large", "model": "mistral-large-latest", "params": {"temperature": 0}},
@@ -234,6 +236,24 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_429_is_retried_after_its_retry_after(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'r.db'}", tmp_path)
+    async with running(settings, ENV) as gw:
+        dataset_id = await dataset_of_calls(gw, 1)
+        upstream.app[THROTTLE].update(remaining=2, retry_after="1")
+        started = time.monotonic()
+        status, created = await post(
+            gw, "/api/experiments", {"dataset_id": dataset_id, "variants": VARIANTS[:1]}
+        )
+        assert status == 202, created
+        report, _ = await finished(gw, created["id"])
+        assert time.monotonic() - started >= 2.0  # waited Retry-After twice
+        assert report["status"] == "done" and report["progress"]["ok"] == 1
+        status, page = await get(gw, "/api/exchanges", limit="10", status="429")
+        assert status == 200 and len(page["items"]) == 2  # both tries are recorded too
+        assert upstream.app[THROTTLE]["remaining"] == 0
 
 
 def test_statistics():
