@@ -20,6 +20,7 @@ from gateway.replay.dataset_experiments import bootstrap_ci, percentile, retry_a
 from tests.clients import ENV, finished, get, post, send
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
 from tests.fake_mistral import THROTTLE
+from tests.test_evaluators import REGRESSION
 
 VARIANTS = [
     {"name": "large", "model": "mistral-large-latest", "params": {"temperature": 0}},
@@ -30,6 +31,7 @@ VARIANTS = [
         "system": "Answer in one short sentence.",
     },
 ]
+JUDGE = {**REGRESSION, "name": "quality-judge"}
 SCORERS = [{"type": "bleu"}, {"type": "exact_match"}, {"type": "rouge_l"}]
 
 
@@ -245,12 +247,19 @@ async def test_a_429_is_retried_after_its_retry_after(upstream: Upstream, tmp_pa
         upstream.app[THROTTLE].update(remaining=2, retry_after="1")
         started = time.monotonic()
         status, created = await post(
-            gw, "/api/experiments", {"dataset_id": dataset_id, "variants": VARIANTS[:1]}
+            gw,
+            "/api/experiments",
+            {
+                "dataset_id": dataset_id,
+                "variants": VARIANTS[:1],
+                "scorers": [{"type": "judge", "definition": JUDGE}],
+            },
         )
         assert status == 202, created
         report, _ = await finished(gw, created["id"])
         assert time.monotonic() - started >= 2.0  # waited Retry-After twice
         assert report["status"] == "done" and report["progress"]["ok"] == 1
+        assert report["scoreboard"][0]["scores"]["judge:quality-judge"]["n"] == 1
         status, page = await get(gw, "/api/exchanges", limit="10", status="429")
         assert status == 200 and len(page["items"]) == 2  # both tries are recorded too
         assert upstream.app[THROTTLE]["remaining"] == 0
