@@ -101,6 +101,7 @@ async def test_two_variants_scoreboard_and_what_got_worse(
         # items side by side, and what got worse from large to small-terse
         item = report["items"][0]
         assert set(item["outputs"]) == {"large", "small-terse"}
+        assert item["question"] in {f"question {n}" for n in range(4)} and item["expected"]
         large = item["outputs"]["large"]
         status, made = await get(gw, f"/api/exchanges/{large['exchange_id']}")
         assert large["output_text"] and large["output_text"] == made["output_text"]

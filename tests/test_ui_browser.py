@@ -532,6 +532,11 @@ def test_tick_three_calls_then_an_experiment_with_two_variants(gw: ThreadedGatew
         ".every(c => window.Chart && Chart.getChart(c)) && "
         "document.querySelectorAll('figure.cost-score canvas').length >= 1"
     )
-    assert page.locator("table.side-by-side tbody tr").count() == 3
+    items = page.locator("table.side-by-side tbody tr")
+    assert items.count() == 3
+    assert items.filter(has_text="capital of Australia").count() == 1
     page.get_by_text("What got worse from large to small").wait_for()
     shot(page, "dataset-experiment")
+    items.first.get_by_role("link", name="diff with large").click()
+    page.wait_for_url(re.compile(r"/compare\?a=\d+&b=\d+$"))
+    assert page.locator("table.deltas").count() == 1

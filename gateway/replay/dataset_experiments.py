@@ -68,6 +68,7 @@ STORED_WAIT_SECONDS = 30.0
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 16
 TEXT_CACHE = 20_000
+PREVIEW = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,6 +564,28 @@ class DatasetExperiments:
 
     # -- reading ------------------------------------------------------------------------
 
+    async def _inputs(self, selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each item's last user message and expected text, shortened, by item id."""
+        found = await self.datasets.all_items(
+            int(selection["dataset_id"]), int(selection["version"])
+        )
+        out = {}
+        for item in found:
+            users = [
+                m.get("content")
+                for m in item.input.get("messages") or []
+                if isinstance(m, dict) and m.get("role") == "user"
+            ]
+            question = users[-1] if users else None
+            if question is not None and not isinstance(question, str):
+                question = orjson.dumps(question).decode()
+            expected = scorers.Sample(None, expected=item.expected_output).expected_text()
+            out[str(item.id)] = {
+                "question": None if question is None else question[:PREVIEW],
+                "expected": None if expected is None else expected[:PREVIEW],
+            }
+        return out
+
     async def report(self, experiment: dict[str, Any]) -> dict[str, Any]:
         """The experiment with its progress, scoreboard and items side by side."""
         plan = experiment["overrides"]
@@ -572,6 +595,7 @@ class DatasetExperiments:
         texts = await self._texts(call_ids)
         scores = await self.replay_store.experiment_scores(call_ids)
         items: dict[str, dict[str, Any]] = {}
+        inputs = await self._inputs(experiment["selection"])
         for row in rows:
             row["item_id"] = row["exchange_id"]
             row["variant"] = names[row["repeat_index"]]
@@ -580,7 +604,12 @@ class DatasetExperiments:
             row["output_text"] = texts.get(call) if call else None
             entry = items.setdefault(
                 row["item_id"],
-                {"item_id": row["item_id"], "position": row["position"], "outputs": {}},
+                {
+                    "item_id": row["item_id"],
+                    "position": row["position"],
+                    **inputs.get(row["item_id"], {"question": None, "expected": None}),
+                    "outputs": {},
+                },
             )
             entry["outputs"][row["variant"]] = {
                 "status": row["status"],
