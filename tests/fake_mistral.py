@@ -72,6 +72,9 @@ AGENTS = web.AppKey("agents", dict[str, dict[str, Any]])
 # Rate limiting a test turns on: the next `remaining` requests answer 429 with this
 # Retry-After ({"remaining": 0, "retry_after": "7"}: off).
 THROTTLE = web.AppKey("throttle", dict[str, Any])
+# Requests being answered now, and the most at once ({"now", "max"}), and a delay a test
+# sets to hold each answer ({"delay": seconds}) so concurrency shows.
+IN_FLIGHT = web.AppKey("in_flight", dict[str, Any])
 SEEN_CACHE_KEYS = web.AppKey("seen_cache_keys", set[str])
 # Uploaded files by id: their metadata and content (fine-tuning jobs read them: fake_finetune.py)
 FILES = web.AppKey("files", dict[str, tuple[dict[str, Any], bytes]])
@@ -1318,7 +1321,15 @@ async def record_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Record every request (any method, any path) before anything else looks at it."""
     body = await request.read()
     request.app[REQUESTS].append(_record_of(request, body))
-    return await handler(request)
+    flight = request.app[IN_FLIGHT]
+    flight["now"] += 1
+    flight["max"] = max(flight["max"], flight["now"])
+    try:
+        if flight["delay"]:
+            await asyncio.sleep(flight["delay"])
+        return await handler(request)
+    finally:
+        flight["now"] -= 1
 
 
 def _echo(request: web.Request) -> web.Response:
@@ -1395,6 +1406,7 @@ def make_app(max_recorded: int | None = None) -> web.Application:
     app[CONVERSATIONS] = {}
     app[AGENTS] = {}
     app[THROTTLE] = {"remaining": 0, "retry_after": "7"}
+    app[IN_FLIGHT] = {"now": 0, "max": 0, "delay": 0.0}
     app[SEEN_CACHE_KEYS] = set()
     app[FILES] = {}
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -19,7 +19,7 @@ import orjson
 from gateway.replay.dataset_experiments import bootstrap_ci, percentile, retry_after
 from tests.clients import ENV, finished, get, post, send
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
-from tests.fake_mistral import THROTTLE
+from tests.fake_mistral import IN_FLIGHT, THROTTLE
 from tests.test_evaluators import REGRESSION
 
 VARIANTS = [
@@ -239,6 +239,25 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_concurrency_is_a_limit(upstream: Upstream, tmp_path: Path):
+    settings = make_settings(upstream.url, f"sqlite://{tmp_path / 'c.db'}", tmp_path)
+    async with running(settings, ENV) as gw:
+        dataset_id = await dataset_of_calls(gw, 8)
+        flight = upstream.app[IN_FLIGHT]
+        for concurrency in (1, 3):
+            flight.update(max=0, delay=0.05)
+            status, created = await post(
+                gw,
+                "/api/experiments",
+                {"dataset_id": dataset_id, "variants": VARIANTS, "concurrency": concurrency},
+            )
+            assert status == 202, created
+            report, _ = await finished(gw, created["id"])
+            assert report["progress"]["ok"] == 16
+            assert flight["max"] == concurrency
+        flight.update(delay=0.0)
 
 
 async def test_a_429_is_retried_after_its_retry_after(upstream: Upstream, tmp_path: Path):
