@@ -21,6 +21,8 @@ from aiohttp.typedefs import Middleware
 
 from gateway.api import access
 from gateway.api import alerts as alerts_api
+from gateway.api import budgets as budgets_api
+from gateway.api import campaigns as campaigns_api
 from gateway.api import datasets as datasets_api
 from gateway.api import evaluations as evaluations_api
 from gateway.api import exchanges as api
@@ -29,6 +31,7 @@ from gateway.api import runs as runs_api
 from gateway.capture.pricing import PriceTable
 from gateway.export.dataset_items import ItemSource
 from gateway.export.experiment_results import wandb_payloads
+from gateway.export.failures_rule import FailuresRule
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
 from gateway.integrations.alerts import AlertEvaluator
@@ -37,9 +40,11 @@ from gateway.lifecycle import InFlight
 from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import scrub
+from gateway.proxy.budgets import BudgetGuard
 from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
+from gateway.replay.campaigns import Campaigns
 from gateway.replay.dataset_experiments import DatasetExperiments
 from gateway.replay.evaluator import Evaluator
 from gateway.replay.experiments import Experiments
@@ -47,6 +52,8 @@ from gateway.replay.replayer import Replayer, key_from_environ
 from gateway.replay.run import RunReplayer
 from gateway.settings import Settings
 from gateway.store.alerts import AlertStore
+from gateway.store.budgets import BudgetStore, load_file, timezone
+from gateway.store.campaigns import CampaignStore
 from gateway.store.datasets import DatasetStore
 from gateway.store.exchanges import Store
 from gateway.store.grouping import NodeLease
@@ -77,19 +84,23 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.REPLAYS] = gateway.replay_store
     app[replay_api.EXPERIMENTS] = gateway.experiments
     app[alerts_api.ALERTS] = gateway.alert_store
+    app[budgets_api.GUARD] = gateway.guard
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
     app[datasets_api.DATASETS] = gateway.datasets
     app[evaluations_api.EVALUATOR] = gateway.evaluator
     app[evaluations_api.JUDGES] = gateway.judges
+    app[campaigns_api.CAMPAIGNS] = gateway.campaigns
     app.add_routes(api.routes)
     if gateway.metrics is not None:
         app.router.add_get("/metrics", gateway.metrics.handle)
     app.add_routes(runs_api.routes)
     app.add_routes(replay_api.routes)
     app.add_routes(datasets_api.routes)
+    app.add_routes(campaigns_api.routes)  # before /api/evaluations/{...} routes, if any
     app.add_routes(evaluations_api.routes)
     app.add_routes(alerts_api.routes)
+    app.add_routes(budgets_api.routes)
     try:
         from webui import setup as setup_webui
     except ImportError:  # pragma: no cover - the UI package ships with the gateway
@@ -132,14 +143,39 @@ class Gateway:
         self.replay_store = ReplayStore(self.store)
         self.datasets = DatasetStore(self.store)
         self.judges = JudgeStore(self.store)
+        failures_name = settings.failures_dataset.strip()
+        self.failures_rule = (
+            FailuresRule(
+                self.store,
+                self.datasets,
+                provider_named(self.providers, "mistral"),
+                failures_name,
+                settings.failures_min_score,
+            )
+            if failures_name and failures_name != "off"
+            else None
+        )
         # Alerts: evaluated in this process (never in a worker), delivered from queues.
         self.alert_store = AlertStore(self.store)
         self.webhooks = Webhooks()
         self.alerts = AlertEvaluator(
             self.alert_store, self.webhooks, settings.alert_interval, lambda: self.recorder.health()
         )
+        # Budgets: a bad file fails here, at start; the workers read them from the database.
+        self.budget_file = load_file(settings.budgets) if settings.budgets and not worker else []
+        self.guard = BudgetGuard(
+            BudgetStore(self.store),
+            timezone(settings.budget_timezone),
+            self.prices,
+            announce=not worker,
+        )
         self.metrics = (
-            prometheus.MetricsEndpoint(self.recorder, self._worker_metrics, self.alerts.firing_now)
+            prometheus.MetricsEndpoint(
+                self.recorder,
+                self._worker_metrics,
+                alerts=self.alerts.firing_now,
+                budgets=lambda: self.guard.standings,
+            )
             if prometheus.enabled(settings, report=True)
             else None
         )
@@ -201,6 +237,7 @@ class Gateway:
             routes=make_routes(self.settings),
             held_keys=self.held_keys,
             begin=self.recorder.begin,
+            guard=self.guard,
         )
         self.replayer = Replayer(
             self.store,
@@ -214,7 +251,9 @@ class Gateway:
         self.evaluator = Evaluator(
             ItemSource(self.store, self.run_store, self.provider), self.replayer, self.judges
         )
+        self.campaigns = Campaigns(CampaignStore(self.store), self.evaluator, self.replay_key)
         undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below
+        undo.push_async_callback(self.campaigns.stop)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
         self.experiments.datasets = DatasetExperiments(
             self.replayer, self.replay_store, self.datasets, self.run_store, self.judges
@@ -226,6 +265,7 @@ class Gateway:
         if not self.worker:
             await self.replay_store.interrupt_running()
             await self.experiments.datasets.resume()  # rows left pending by a stop
+        await self._start_budgets()
         if proxy:
             await self._listen_proxy()
         if ui:
@@ -234,6 +274,8 @@ class Gateway:
         undo.callback(self._cancel_tasks)
         if not self.worker:
             self._start_tasks(alerts=ui)
+            if ui:  # campaigns run beside the UI that creates them, never in a proxy worker
+                await self.campaigns.start()
         log.info(
             "%s; UI on %s; database %s",
             f"proxy on {self.proxy_url} -> {self.settings.upstream}"
@@ -245,6 +287,17 @@ class Gateway:
             self.store.dialect,
         )
 
+    async def _start_budgets(self) -> None:
+        """Store the --budgets file's budgets, read every budget's spend once (so the first
+        call is already checked), then keep the totals fresh."""
+        for budget in self.budget_file:
+            await self.guard.store.put(budget)
+        if self.budget_file:
+            log.info("loaded %d budgets from %s", len(self.budget_file), self.settings.budgets)
+        await self.guard.refresh()
+        task = asyncio.create_task(self.guard.run(), name="agentops-budgets")
+        self._undo.callback(task.cancel)  # also when a later step of start fails
+
     def _start_tasks(self, *, alerts: bool) -> None:
         """What runs once per gateway: pricing earlier calls, retention, alert evaluation
         (in the process serving the UI)."""
@@ -252,6 +305,9 @@ class Gateway:
         self._tasks.append(self.costs_filled)
         if alerts:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="agentops-alerts"))
+        if alerts and self.failures_rule is not None:
+            rule = self.failures_rule.run()
+            self._tasks.append(asyncio.create_task(rule, name="agentops-failures"))
         if self.settings.retention_days:
             self._tasks.append(asyncio.create_task(self._retention(), name="agentops-retention"))
 

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, fields
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.errors import UserError
 
@@ -150,6 +151,21 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
     ),
     Setting(
+        "failures_dataset",
+        "--failures-dataset",
+        "AGENTOPS_FAILURES_DATASET",
+        "failures",
+        "Dataset kept filled with failing calls as they arrive (off: none).",
+    ),
+    Setting(
+        "failures_min_score",
+        "--failures-min-score",
+        "AGENTOPS_FAILURES_MIN_SCORE",
+        None,
+        "A call or run evaluated under this score is a failure too (default: errors only).",
+        "float",
+    ),
+    Setting(
         "run_idle",
         "--run-idle",
         "AGENTOPS_RUN_IDLE",
@@ -203,6 +219,21 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "Prometheus metrics at /metrics on the UI port: on, off, or auto (on when "
         "prometheus-client is installed).",
+    ),
+    Setting(
+        "budgets",
+        "--budgets",
+        "AGENTOPS_BUDGETS",
+        None,
+        "TOML file of budgets loaded at start ([[budget]] tables: name, scope, period, "
+        "limit_usd, hard); each replaces the stored budget of its name.",
+    ),
+    Setting(
+        "budget_timezone",
+        "--budget-timezone",
+        "AGENTOPS_BUDGET_TIMEZONE",
+        "UTC",
+        "IANA time zone whose calendar days, weeks (from Monday) and months budget periods follow.",
     ),
     Setting(
         "journal",
@@ -320,6 +351,8 @@ class Settings:
     shutdown_grace: float = 30.0
     retention_days: float | None = None
     alert_interval: float = 10.0
+    failures_dataset: str = "failures"
+    failures_min_score: float | None = None
     run_idle: float = 300.0
     elevenlabs_upstream: str = "https://api.elevenlabs.io"
     elevenlabs_usd_per_credit: float = 0.0001
@@ -328,6 +361,8 @@ class Settings:
     otel_endpoint: str | None = None
     metrics: str = "auto"
     journal: str = "on"
+    budgets: str | None = None
+    budget_timezone: str = "UTC"
 
     @classmethod
     def build(cls, flags: dict[str, Any], environ: dict[str, str]) -> Settings:
@@ -374,6 +409,13 @@ class Settings:
             raise ConfigError(
                 f"--journal / AGENTOPS_JOURNAL must be on or off, got {self.journal!r}"
             )
+        try:
+            ZoneInfo(self.budget_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"--budget-timezone / AGENTOPS_BUDGET_TIMEZONE: unknown time zone "
+                f"{self.budget_timezone!r} (use an IANA name such as UTC or Europe/Paris)"
+            ) from None
         if self.otel_endpoint and not self.otel_endpoint.startswith(("http://", "https://")):
             raise ConfigError(
                 "--otel-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT must be an "

@@ -172,8 +172,10 @@ async def test_no_wait_leaves_the_minimum_fee(upstream: Upstream, tmp_path: Path
         assert code == 0, stderr
         assert "QUEUED" in stdout and "model " not in stdout
         await gw.recorder.drained(timeout=20)
-        jobs = [e for e in await exchanges(gw, http) if e["category"] == "fine-tuning"]
-        assert [e["cost_usd"] for e in jobs] == [4.0]  # the bundled minimum fee per job
+        tuning = [e for e in await exchanges(gw, http) if e["category"] == "fine-tuning"]
+        # the training file's upload is fine-tuning too, at no cost; the job its minimum fee
+        costs = {e["path"]: e["cost_usd"] for e in tuning}
+        assert costs == {"/v1/files": 0.0, "/v1/fine_tuning/jobs": 4.0}
         async with http.get(f"{gw.ui_url}/api/models") as resp:
             assert (await resp.json())["items"] == []
 
@@ -360,3 +362,34 @@ async def test_a_failed_run_exports_its_failing_turn(upstream: Upstream, tmp_pat
         provider = MistralProvider()
         got = [f async for f in failures(gw.store, provider, min_score=0.5)]
         assert [f.messages[-1]["content"] for f in got] == ["step two", "mid two"]
+
+
+async def test_the_failures_dataset_fills_as_calls_arrive(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    settings = make_settings(upstream.url, db_url, tmp_path, failures_min_score=0.5)
+    async with running(settings, ENV) as gw, aiohttp.ClientSession() as http:
+        rule = gw.failures_rule
+        assert rule is not None and rule.name == "failures"
+        rule.settle = 0.0  # take calls at once (a retry has had 30 s to come by default)
+        await traffic(gw)
+        assert await rule.fill() == 3  # the 500, the low score, the 503
+        assert await rule.fill() == 0  # never twice
+        async with http.get(f"{gw.ui_url}/api/datasets") as resp:
+            dataset = next(d for d in (await resp.json())["items"] if d["name"] == "failures")
+        async with http.get(f"{gw.ui_url}/api/datasets/{dataset['id']}/items") as resp:
+            items = (await resp.json())["items"]
+    by_text = {i["input"]["messages"][-1]["content"]: i for i in items}
+    assert set(by_text) == {"what is our refund window?", "summarise ticket 42", "never answered"}
+    retried = by_text["what is our refund window?"]
+    assert retried["metadata"]["reason"].startswith("error")
+    assert retried["expected_output"]["role"] == "assistant"  # what its retry answered
+    assert by_text["summarise ticket 42"]["metadata"]["reason"].startswith("score judge=0.2")
+    assert by_text["never answered"]["expected_output"] is None
+
+
+def test_failures_dataset_off(tmp_path: Path):
+    settings = make_settings(
+        "http://127.0.0.1:9", "sqlite://x.db", tmp_path, failures_dataset="off"
+    )
+    assert Gateway(settings).failures_rule is None

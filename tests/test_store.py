@@ -26,6 +26,8 @@ MIGRATIONS = [
     "0013_datasets",
     "0015_alerts",
     "0016_cost_category",
+    "0017_budgets",
+    "0018_campaigns",
 ]
 
 

@@ -94,6 +94,7 @@ def test_every_page_renders_captured_traffic_in_both_themes(gw: ThreadedGateway,
         "dashboard": ("/dashboard", "Most expensive runs"),
         "prices": ("/prices", "my-private-finetune"),
         "alerts": ("/alerts", "No rules yet"),
+        "budgets": ("/budgets", "Add a budget"),
     }
     for theme in ("light", "dark"):
         page.emulate_media(color_scheme=theme)

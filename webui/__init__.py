@@ -18,6 +18,8 @@ from gateway.settings import Settings
 from webui import (
     alerts_page,
     auth,
+    budgets_page,
+    campaign_pages,
     dashboard,
     dataset_pages,
     exchange_pages,
@@ -112,6 +114,8 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
     dataset_pages.setup(app)
     score_pages.setup(app)
     alerts_page.setup(app)
+    budgets_page.setup(app)
+    campaign_pages.setup(app)
     app.router.add_static("/static/", render.HERE / "static")
     from webui import replay_views  # imports this module: set up after it is complete
 

@@ -16,6 +16,9 @@ import orjson
 from aiohttp import web
 
 from gateway.api import exchanges as api
+from gateway.api.campaigns import BUCKETS as SCORE_BUCKETS
+from gateway.api.campaigns import CAMPAIGNS
+from gateway.api.campaigns import series as score_series
 from gateway.store.rollups import BUCKETS, EXACT_MAX, exact_percentile, percentile
 from webui.formats import parse_time
 from webui.render import render
@@ -204,6 +207,38 @@ def charts(
     }
 
 
+SCORE_SERIES = 8  # lines in the score chart: the series with the most evaluations
+
+
+async def score_chart(
+    request: web.Request, since: datetime | None, until: datetime
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Mean score per metric, agent and model over time (campaigns' and other evaluations of
+    recorded calls): hourly up to 3 days, daily beyond; (chart JSON or None, the series)."""
+    start = since or until - timedelta(days=365)
+    unit = "hour" if (until - start) <= timedelta(hours=HOURLY_UP_TO) else "day"
+    rows = await request.app[CAMPAIGNS].store.score_series(start)
+    rows = [r for r in rows if _time(r["created_at"]) <= until]
+    found = score_series(rows, SCORE_BUCKETS[unit])
+    found.sort(key=lambda s: -sum(p["count"] for p in s["points"]))
+    found = found[:SCORE_SERIES]
+    if not found:
+        return None, []
+    times = sorted({p["t"] for s in found for p in s["points"]})
+    labels = [t[:13].replace("T", " ") + "h" if unit == "hour" else t[:10] for t in times]
+    datasets = []
+    for s in found:
+        means = {p["t"]: p["mean"] for p in s["points"]}
+        name = f"{s['metric']} · {s['agent'] or '(no agent)'} · {s['model'] or '(no model)'}"
+        datasets.append({"label": name, "data": [means.get(t) for t in times]})
+    return chart("line", labels, datasets, "count"), found
+
+
+def _time(value: Any) -> datetime:
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 async def dashboard(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     key, since, until, error = parse_range(request.query, now)
@@ -225,6 +260,7 @@ async def dashboard(request: web.Request) -> web.Response:
         request.app[api.RUNS].costliest(since, until, 10),
     )
     points = buckets(series, first, last)
+    scores_chart, scores = await score_chart(request, since, until)
     calls = sum(p["calls"] for p in points)
     histogram = [sum(m["histogram"][i] for m in models) for i in range(len(BUCKETS))]
     for m in models:
@@ -260,6 +296,8 @@ async def dashboard(request: web.Request) -> web.Response:
         "points": points,
         "charts": charts(points, models, runs, agents),
         "exact_max": EXACT_MAX,
+        "scores_chart": scores_chart,
+        "scores": scores,
         "custom": {
             "since": request.query.get("since", ""),
             "until": request.query.get("until", ""),

@@ -28,8 +28,10 @@ NAV = (
     ("/dashboard", "Dashboard"),
     ("/datasets", "Datasets"),
     ("/experiments", "Experiments"),
+    ("/campaigns", "Campaigns"),
     ("/prices", "Prices"),
     ("/alerts", "Alerts"),
+    ("/budgets", "Budgets"),
 )
 
 

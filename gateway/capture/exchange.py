@@ -58,6 +58,11 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def first_id_at(seconds: float) -> int:
+    """The smallest id `new_id` gives at a Unix time: ids below it started earlier."""
+    return max(0, int(seconds * 1000) - _EPOCH_MS) << 22
+
+
 def new_id() -> int:
     """A 63-bit, time-sortable id (Snowflake layout: 41 bits ms, 10 bits node, 12 bits sequence).
 

@@ -10,7 +10,7 @@ teach anything (Mistral's format ends on the assistant message) and is counted, 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,9 +82,14 @@ async def failures(
     since: datetime | None = None,
     min_score: float | None = None,
     metric: str | None = None,
+    *,
+    skip: Callable[[FailingCall], bool] | None = None,
 ) -> AsyncIterator[Failure]:
-    """Every failing request since `since`, oldest first, with its expected output if known."""
+    """Every failing request since `since`, oldest first, with its expected output if known;
+    `skip` leaves calls out before their bodies are read (the failures rule's: those it has)."""
     for call in await failing_calls(store, since, min_score, metric):
+        if skip is not None and skip(call):
+            continue
         item = await store.get_exchange(call.exchange_id)
         if item is None:
             continue  # deleted meanwhile

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -163,9 +163,11 @@ class MetricsEndpoint:
         recorder: WriterProcess,
         others: Callable[[], Awaitable[list[bytes]]] | None = None,
         alerts: Callable[[], dict[tuple[int, str], int]] | None = None,
+        budgets: Callable[[], Sequence[BudgetLike]] | None = None,
     ) -> None:
         """`others`: more writers' call metrics to add in (`serve --workers N` on
-        PostgreSQL, where each worker has a writer of its own)."""
+        PostgreSQL, where each worker has a writer of its own). `budgets`: the budgets'
+        standings now (gateway/proxy/budgets.py), shown as spend and limit gauges."""
         from prometheus_client import CollectorRegistry
 
         self.recorder = recorder
@@ -174,6 +176,8 @@ class MetricsEndpoint:
         self.registry.register(PipelineCollector(recorder))
         if alerts is not None:
             self.registry.register(AlertsCollector(alerts))
+        if budgets is not None:
+            self.registry.register(BudgetCollector(budgets))
 
     async def handle(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -221,6 +225,47 @@ def summed(expositions: list[bytes]) -> bytes:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class BudgetLike(Protocol):
+    """A budget's standing as the gauges read it (gateway/proxy/budgets.py Standing)."""
+
+    @property
+    def spent_usd(self) -> float: ...
+
+    @property
+    def budget(self) -> Any: ...
+
+
+class BudgetCollector:
+    """Spend in the current period and limit per budget, read at scrape time."""
+
+    def __init__(self, standings: Callable[[], Sequence[BudgetLike]]) -> None:
+        self.standings = standings
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["budget", "scope", "period", "hard"]
+        spend = GaugeMetricFamily(
+            "agentops_budget_spend_usd",
+            "Spend in USD in the budget's current period (database totals, refreshed every "
+            "second, plus this process's calls not yet stored).",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "agentops_budget_limit_usd", "The budget's limit in USD per period.", labels=labels
+        )
+        for standing in self.standings():
+            budget = standing.budget
+            scope = budget.scope.kind + (f":{budget.scope.value}" if budget.scope.value else "")
+            values = [budget.name, scope, budget.period, "true" if budget.hard else "false"]
+            spend.add_metric(values, standing.spent_usd)
+            limit.add_metric(values, budget.limit_usd)
+        yield from (spend, limit)
 
 
 class PipelineCollector:

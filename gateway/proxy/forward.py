@@ -31,6 +31,8 @@ from gateway.capture.exchange import (
     new_id,
 )
 from gateway.proxy import scrub
+from gateway.proxy.budgets import BudgetGuard
+from gateway.store.budgets import Budget
 
 log = logging.getLogger("agentops.proxy")
 
@@ -54,6 +56,18 @@ HINT_PREFIX = "x-agentops-"
 # Let aiohttp's client add nothing the caller did not send.
 LARGE_BODY = 1024 * 1024
 SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+BUDGET_EXCEEDED = "budget_exceeded"
+BUDGET_HEADER = "X-AgentOps-Budget"
+
+
+def budget_header(budget: Budget) -> str:
+    """The budget's name as a header value (non-Latin-1 and control characters escaped)."""
+    name = budget.name
+    if name.isascii() and name.isprintable():
+        return name
+    return name.encode("unicode_escape").decode("ascii")
 
 
 def error_body(message: str, kind: str, code: int) -> bytes:
@@ -127,9 +141,10 @@ class Proxy:
         routes: Sequence[Route] = (),
         held_keys: scrub.Keys | None = None,
         begin: Callable[[Exchange], None] | None = None,
+        guard: BudgetGuard | None = None,
     ) -> None:
         """`held_keys`: keys of the gateway's own (the replay key), scrubbed from every record
-        as the caller's are."""
+        as the caller's are. `guard`: the budgets, checked before a call goes upstream."""
         self.upstream = upstream.rstrip("/")
         self.routes = tuple(
             Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider) for r in routes
@@ -145,6 +160,7 @@ class Proxy:
         )
         self.max_body_bytes = max_body_bytes
         self.held_keys = held_keys or scrub.Keys()
+        self.guard = guard
         self._origin = URL(self.upstream)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -167,6 +183,10 @@ class Proxy:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await request.content.read()
             exchange.request_body = body
+            if self.guard is not None and self.guard.blocked:
+                budget = self.guard.refusing(exchange, body)
+                if budget is not None:
+                    return self._refuse_budget(exchange, budget, started)
             _, sep, query = path_qs.partition("?")
             url = URL(base + exchange.path + sep + query, encoded=True)
             upstream = await self._open(exchange, request.method, url, pairs, body, started, base)
@@ -256,6 +276,8 @@ class Proxy:
                 "%s %s -> %s: %s", exchange.method, exchange.path, exchange.status, exchange.error
             )
         self.submit(exchange)
+        if self.guard is not None:
+            self.guard.completed(exchange)
 
     def _begin(
         self, request: web.BaseRequest, path_qs: str, pairs: list[tuple[str, str]]
@@ -314,6 +336,22 @@ class Proxy:
         exchange.response_headers = [("Content-Type", "application/json")]
         exchange.response_chunks, exchange.chunk_ms = [body], [exchange.ttfb_ms]
         return web.Response(status=501, body=body, content_type="application/json")
+
+    def _refuse_budget(self, exchange: Exchange, budget: Budget, started: float) -> web.Response:
+        """429 before anything goes upstream; recorded like any answer (the writer reads
+        `budget_exceeded` from the body as the call's error_type)."""
+        scope = budget.scope.kind + (f" {budget.scope.value}" if budget.scope.value else "")
+        message = (
+            f"budget {budget.name!r} ({scope}, ${budget.limit_usd:g} per {budget.period}) "
+            "is used up: calls in its scope are refused until the period ends"
+        )
+        body = error_body(message, BUDGET_EXCEEDED, 429)
+        headers = [("Content-Type", "application/json"), (BUDGET_HEADER, budget_header(budget))]
+        exchange.status = 429
+        exchange.ttfb_ms = (time.perf_counter() - started) * 1000
+        exchange.response_headers = headers
+        exchange.response_chunks, exchange.chunk_ms = [body], [exchange.ttfb_ms]
+        return web.Response(status=429, body=body, headers=dict(headers))
 
     async def _open(
         self,

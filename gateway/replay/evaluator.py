@@ -96,6 +96,23 @@ class Evaluator:
         except ReplayError as exc:
             raise UserError(exc.message) from None
 
+    async def score_call(
+        self, exchange_id: int, scorer: scorers.Scorer, tag: dict[str, Any]
+    ) -> float:
+        """Score one recorded call and keep the score as its evaluation, `tag` added to the
+        detail (campaigns); a scorer failing on it raises."""
+        sample = await self._sample(Target(exchange_id, None), None)
+        score = await scorers.run(scorer, sample)
+        _, run_id = await self.source.runs.run_of_exchange(exchange_id)  # shown on the run too
+        await self.source.runs.add_evaluation(
+            run_id, exchange_id, score.name, score.value, {**score.detail, **tag}
+        )
+        return score.value
+
+    async def definition(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The judge a judge scorer spec names or gives."""
+        return await self._judge(spec)
+
     async def _judge(self, spec: dict[str, Any]) -> dict[str, Any]:
         if isinstance(spec.get("definition"), dict):
             return check_judge(spec["definition"])

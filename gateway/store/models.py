@@ -425,6 +425,42 @@ class Quarantine(Model):
         table = "quarantine"
 
 
+class Campaign(Model):
+    """A judge run over a saved search of recorded calls (gateway/replay/campaigns.py), once
+    (`batch`) or on each new matching call (`live`); its scores are evaluations whose detail
+    names the campaign. The counters are its progress."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=200)
+    description = fields.TextField(default="")
+    judge = fields.TextField()  # JSON: the scorer spec, e.g. {"type": "judge", "judge": name}
+    search = fields.TextField()  # JSON: the /api/exchanges parameters, plus agent
+    max_nb_events = fields.IntField()
+    mode = fields.CharField(max_length=8)  # batch, live
+    status = fields.CharField(max_length=16)  # running, done, failed
+    seen_id = fields.BigIntField(default=0)  # live: the newest exchange id looked at
+    selected = fields.IntField(default=0)
+    scored = fields.IntField(default=0)
+    failed = fields.IntField(default=0)
+    score_sum = fields.FloatField(default=0)
+    error = fields.TextField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "campaigns"
+
+
+class CampaignCall(Model):
+    """A call a live campaign took to judge: one row per (campaign, call), so a call is judged
+    once however late it is recorded and however many replicas poll."""
+
+    key = fields.CharField(max_length=48, primary_key=True)  # "<campaign id>:<exchange id>"
+    campaign_id = fields.BigIntField(db_index=True)
+
+    class Meta:
+        table = "campaign_calls"
+
+
 class AlertRule(Model):
     """When to raise an alert and where to send it (gateway/integrations/alerts.py evaluates
     them). `threshold` reads by kind: USD (spend), a factor (spend_spike), a fraction of calls
@@ -482,3 +518,20 @@ class FineTunedModel(Model):
 
     class Meta:
         table = "fine_tuned_models"
+
+
+class Budget(Model):
+    """A spend limit for a scope and a calendar period (gateway/store/budgets.py), shared by
+    every worker and replica; the proxies read them every second (gateway/proxy/budgets.py)."""
+
+    id = fields.BigIntField(primary_key=True)  # always supplied: see exchange.new_id()
+    name = fields.CharField(max_length=200, unique=True)
+    scope_kind = fields.CharField(max_length=16)  # gateway, run, agent, user, key, model, provider
+    scope_value = fields.CharField(max_length=200, null=True)
+    period = fields.CharField(max_length=8)  # day, week, month
+    limit_usd = fields.FloatField()
+    hard = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "budgets"
