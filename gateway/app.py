@@ -30,6 +30,7 @@ from gateway.api import replay as replay_api
 from gateway.api import runs as runs_api
 from gateway.capture.pricing import PriceTable
 from gateway.export.dataset_items import ItemSource
+from gateway.export.experiment_results import wandb_payloads
 from gateway.export.failures_rule import FailuresRule
 from gateway.integrations import check_integrations
 from gateway.integrations import metrics as prometheus
@@ -44,6 +45,7 @@ from gateway.proxy.forward import Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
 from gateway.replay.campaigns import Campaigns
+from gateway.replay.dataset_experiments import DatasetExperiments
 from gateway.replay.evaluator import Evaluator
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer, key_from_environ
@@ -253,11 +255,16 @@ class Gateway:
         undo.push_async_callback(self._stop_listeners)  # after experiments stop, as below
         undo.push_async_callback(self.campaigns.stop)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
+        self.experiments.datasets = DatasetExperiments(
+            self.replayer, self.replay_store, self.datasets, self.run_store, self.judges
+        )
         undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment
             self.experiments.on_finished = self.log_experiment
+            self.experiments.datasets.on_finished = self.log_dataset_experiment
         if not self.worker:
             await self.replay_store.interrupt_running()
+            await self.experiments.datasets.resume()  # rows left pending by a stop
         await self._start_budgets()
         if proxy:
             await self._listen_proxy()
@@ -378,6 +385,11 @@ class Gateway:
         does this on its own every run_idle / 4 seconds)."""
         finished: list[int] = await self.recorder.call("finish_idle_runs")
         return finished
+
+    async def log_dataset_experiment(self, report: dict[str, Any]) -> bool:
+        """An experiment over a dataset to W&B: one run per variant, in a group of its own."""
+        queued = [await self.log_experiment(p) for p in wandb_payloads(report)]
+        return all(queued)
 
     async def log_experiment(self, experiment: dict[str, Any]) -> bool:
         """Log an experiment's comparison ({"id", "name", "rows": [...], "totals": {...}}) to

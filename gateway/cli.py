@@ -1028,6 +1028,152 @@ def _pairs(filters: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _variant(text: str) -> dict[str, Any]:
+    """--variant: a JSON object, or NAME=MODEL for the common case."""
+    import orjson
+
+    if text.lstrip().startswith("{"):
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            fail(f"--variant {text!r}: not JSON ({exc})")
+        return dict(value) if isinstance(value, dict) else {"name": value}
+    name, sep, model = text.partition("=")
+    if not sep or not name or not model:
+        fail(f"--variant {text!r}: give NAME=MODEL or a JSON object")
+    return {"name": name, "model": model}
+
+
+def _api(url: str, path: str, token: str | None, body: Any = None) -> Any:
+    """One JSON call to a running gateway's API; an error answer is one line, exit 2."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else orjson.dumps(body)
+    request = urllib.request.Request(url + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = orjson.loads(exc.read()).get("error") or exc.reason
+        except (orjson.JSONDecodeError, AttributeError):
+            message = exc.reason
+        fail(f"{path}: {exc.code}: {message}")
+    except OSError as exc:
+        fail(f"the gateway at {url} is unreachable: {exc}")
+
+
+@dataset.command("experiment")
+@click.argument("name")
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    required=True,
+    metavar="NAME=MODEL|JSON",
+    help='A variant: NAME=MODEL, or {"name", "model", "params", "system", "tools"}; repeatable.',
+)
+@click.option("--scorer", "scorer_types", multiple=True, metavar="TYPE", help="e.g. bleu.")
+@click.option("--version", "version", type=int, default=None, help="Default: the latest.")
+@click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--url", default=None, help="The gateway's UI/API URL (default: --ui-host/port).")
+@setting_options(("ui_host", "ui_port", "ui_token"))
+def dataset_experiment(
+    name: str,
+    variants: tuple[str, ...],
+    scorer_types: tuple[str, ...],
+    version: int | None,
+    concurrency: int,
+    url: str | None,
+    **flags: Any,
+) -> None:
+    """Run dataset NAME (or id) against variants on a running gateway, with a progress bar;
+    prints the scoreboard (the page /experiments/ID has the chart and the items)."""
+    import time
+
+    settings = build_settings(flags)
+    url, token = (url or _ui_url(settings)).rstrip("/"), settings.ui_token
+    found = [
+        d for d in _api(url, "/api/datasets", token)["items"] if name in (d["name"], str(d["id"]))
+    ]
+    if not found:
+        fail(f"dataset {name!r} not found")
+    body: dict[str, Any] = {
+        "dataset_id": str(found[0]["id"]),
+        "variants": [_variant(v) for v in variants],
+        "scorers": [{"type": t} for t in scorer_types],
+        "concurrency": concurrency,
+    }
+    if version is not None:
+        body["version"] = version
+    created = _api(url, "/api/experiments", token, body)
+    click.echo(f"experiment {created['id']}: {url}/experiments/{created['id']}", err=True)
+    total, shown, tty = created["total"], -1, sys.stderr.isatty()
+    while True:
+        report = _api(url, f"/api/experiments/{created['id']}", token)
+        finished = report["progress"]["finished"]
+        if finished != shown:  # a bar on a terminal, a line per step elsewhere
+            shown = finished
+            filled = round(30 * finished / total) if total else 30
+            bar = f"calls [{'#' * filled}{'-' * (30 - filled)}] {finished}/{total} "
+            bar += f"{round(100 * finished / total) if total else 100}%"
+            click.echo(("\r" + bar) if tty else bar, err=True, nl=not tty)
+        if report["status"] != "running":
+            break
+        time.sleep(0.5)
+    if tty:
+        click.echo("", err=True)
+    for entry in report["scoreboard"]:
+        scores = ", ".join(
+            f"{metric} {f['mean']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
+            for metric, f in entry["scores"].items()
+            if f["mean"] is not None
+        )
+        click.echo(
+            f"{entry['variant']}: {scores or 'no scores'}; ${entry['cost_usd']:.6f}, "
+            f"{entry['tokens']} tokens, p50 {entry['latency_p50_ms']} ms, "
+            f"p95 {entry['latency_p95_ms']} ms, {entry['errors']} errors"
+        )
+    if report["status"] != "done":
+        fail(f"experiment {created['id']} is {report['status']}")
+
+
+@dataset.command("experiment-export")
+@click.argument("experiment_id")
+@click.option("--out", required=True, help="A folder (hf) or a .parquet file.")
+@click.option("--format", "shape", type=click.Choice(["hf", "parquet"]), default="hf")
+@click.option("--url", default=None, help="The gateway's UI/API URL (default: --ui-host/port).")
+@setting_options(("ui_host", "ui_port", "ui_token"))
+def dataset_experiment_export(
+    experiment_id: str, out: str, shape: str, url: str | None, **flags: Any
+) -> None:
+    """Save an experiment over a dataset's results (a row per item and variant: output,
+    scores, cost, latency) as a Hugging Face dataset: save_to_disk folder or Parquet."""
+    from gateway.export.experiment_results import write_results
+
+    settings = build_settings(flags)
+    url = (url or _ui_url(settings)).rstrip("/")
+    if not experiment_id.isdigit():
+        fail(f"{experiment_id!r} is not an experiment id")
+    report = _api(url, f"/api/experiments/{experiment_id}", settings.ui_token)
+    try:
+        count = write_results(report, out, shape)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    click.echo(f"{count} rows written to {out}")
+
+
+def _ui_url(settings: Settings) -> str:
+    host = settings.ui_host if settings.ui_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}"
+
+
 @dataset.command("export")
 @click.argument("name")
 @click.option(

@@ -32,6 +32,8 @@ Control knobs (request headers; the gateway forwards everything but X-AgentOps-*
   x-fake-pages: N              pages processed by /v1/ocr when the body names none
   x-fake-sampling: random      without random_seed (and temperature > 0), answers vary per call
   x-fake-tool-call-id: ID      a chat tool call gets this id (providers reuse short ids)
+A test rate-limits the next N requests (429 with Retry-After: S) with
+app[THROTTLE].update(remaining=N, retry_after="S").
 
 Agents (POST /v1/agents) are kept in app[AGENTS]. A conversation with an agent that lists
 `handoffs` hands off (server-side, unless handoff_execution is "client") to the first of them
@@ -67,6 +69,12 @@ from aiohttp import web
 REQUESTS = web.AppKey("requests", list[dict[str, Any]])
 CONVERSATIONS = web.AppKey("conversations", dict[str, dict[str, Any]])
 AGENTS = web.AppKey("agents", dict[str, dict[str, Any]])
+# Rate limiting a test turns on: the next `remaining` requests answer 429 with this
+# Retry-After ({"remaining": 0, "retry_after": "7"}: off).
+THROTTLE = web.AppKey("throttle", dict[str, Any])
+# Requests being answered now, and the most at once ({"now", "max"}), and a delay a test
+# sets to hold each answer ({"delay": seconds}) so concurrency shows.
+IN_FLIGHT = web.AppKey("in_flight", dict[str, Any])
 SEEN_CACHE_KEYS = web.AppKey("seen_cache_keys", set[str])
 # Uploaded files by id: their metadata and content (fine-tuning jobs read them: fake_finetune.py)
 FILES = web.AppKey("files", dict[str, tuple[dict[str, Any], bytes]])
@@ -1313,7 +1321,15 @@ async def record_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Record every request (any method, any path) before anything else looks at it."""
     body = await request.read()
     request.app[REQUESTS].append(_record_of(request, body))
-    return await handler(request)
+    flight = request.app[IN_FLIGHT]
+    flight["now"] += 1
+    flight["max"] = max(flight["max"], flight["now"])
+    try:
+        if flight["delay"]:
+            await asyncio.sleep(flight["delay"])
+        return await handler(request)
+    finally:
+        flight["now"] -= 1
 
 
 def _echo(request: web.Request) -> web.Response:
@@ -1340,6 +1356,12 @@ async def _knob_or_handler(request: web.Request, handler: Handler) -> web.Stream
     status = _int_header(request, "x-fake-status")
     if status >= 400:
         return error_response(status)
+    throttle = request.app[THROTTLE]
+    if throttle["remaining"] > 0:
+        throttle["remaining"] -= 1
+        response = error_response(429)
+        response.headers["Retry-After"] = throttle["retry_after"]
+        return response
     return await _route(request, handler)
 
 
@@ -1383,6 +1405,8 @@ def make_app(max_recorded: int | None = None) -> web.Application:
     app[REQUESTS] = _BoundedList(max_recorded) if max_recorded else []
     app[CONVERSATIONS] = {}
     app[AGENTS] = {}
+    app[THROTTLE] = {"remaining": 0, "retry_after": "7"}
+    app[IN_FLIGHT] = {"now": 0, "max": 0, "delay": 0.0}
     app[SEEN_CACHE_KEYS] = set()
     app[FILES] = {}
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -502,3 +502,42 @@ def test_multi_agent_run_reads_as_lanes_with_handoffs(gw: ThreadedGateway, page:
     section.screenshot(path=str(ARTIFACTS / "run-lanes-section-dark.png"))
     section.locator("rect.lane-block").first.click()
     page.wait_for_url("**/exchanges/*")
+
+
+def test_tick_three_calls_then_an_experiment_with_two_variants(gw: ThreadedGateway, page: Any):
+    page.goto(gw.ui_url + "/")
+    for text in ("Write a haiku about the sea", "plot of Hamlet", "capital of Australia"):
+        page.locator("#rows tr", has_text=text).locator("input[name=pick]").check()
+    page.click("#add-ticked")
+    page.wait_for_url(re.compile(r"/datasets/add\?pick=\d+&pick=\d+&pick=\d+$"))
+    page.fill("#add-name", "experiment three")
+    page.get_by_role("button", name="Add").click()
+    page.wait_for_url(re.compile(r"/datasets/\d+\?added=3$"))
+    page.get_by_text("Run an experiment over this dataset").click()
+    page.fill("#v1-name", "large")
+    page.fill("#v1-model", "mistral-large-latest")
+    page.fill("#v1-temperature", "0")
+    page.fill("#v2-name", "small")
+    page.fill("#v2-model", "mistral-small-latest")
+    page.fill("#v2-system", "Answer briefly.")
+    page.fill("#x-api-key", "browser-key-1234")
+    page.get_by_role("button", name="Start the experiment").click()
+    page.wait_for_url(re.compile(r"/experiments/\d+$"))
+    page.locator("#experiment-live .badge", has_text="done").wait_for(timeout=30_000)
+    board = page.locator("table.scoreboard tbody tr")
+    assert board.count() == 2
+    assert board.filter(has_text="large").count() == 1
+    assert board.filter(has_text="small").count() == 1
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('figure.cost-score canvas')]"
+        ".every(c => window.Chart && Chart.getChart(c)) && "
+        "document.querySelectorAll('figure.cost-score canvas').length >= 1"
+    )
+    items = page.locator("table.side-by-side tbody tr")
+    assert items.count() == 3
+    assert items.filter(has_text="capital of Australia").count() == 1
+    page.get_by_text("What got worse from large to small").wait_for()
+    shot(page, "dataset-experiment")
+    items.first.get_by_role("link", name="diff with large").click()
+    page.wait_for_url(re.compile(r"/compare\?a=\d+&b=\d+$"))
+    assert page.locator("table.deltas").count() == 1

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.integrations import wandb_logger
-from tests.clients import ENV, finished, latest_id, post, send, tool_loop
+from tests.clients import ENV, finished, get, latest_id, post, send, tool_loop
 from tests.conftest import Upstream, make_settings, running, wait_until
 
 PROJECT = "agentops-test"
@@ -282,6 +282,48 @@ async def test_finished_experiment_is_logged(upstream: Upstream, tmp_path: Path,
     comparison = table(found, "comparison")
     assert len(comparison["data"]) == 2 and "exchange_id" in comparison["columns"]
     assert found["summary"]  # the experiment's totals
+
+
+async def test_dataset_experiment_is_a_run_per_variant(
+    upstream: Upstream, tmp_path: Path, offline: Path
+):
+    settings = make_settings(
+        upstream.url, f"sqlite://{tmp_path / 'd.db'}", tmp_path, wandb_project=PROJECT
+    )
+    async with running(settings, ENV) as gw:
+        for n in range(3):
+            await send(gw, n, temperature=0)
+        status, dataset = await post(gw, "/api/datasets", {"name": "wb"})
+        assert status == 201
+        status, page = await get(gw, "/api/exchanges", limit="10")
+        ids = [i["id"] for i in page["items"]]
+        status, _ = await post(gw, f"/api/datasets/{dataset['id']}/items", {"exchange_ids": ids})
+        assert status == 201
+        variants = [{"name": "large", "model": "mistral-large-latest"}]
+        variants.append({"name": "small", "model": "mistral-small-latest"})
+        status, created = await post(
+            gw,
+            "/api/experiments",
+            {"dataset_id": dataset["id"], "variants": variants, "scorers": [{"type": "bleu"}]},
+        )
+        assert status == 202, created
+        report, _ = await finished(gw, created["id"])
+        assert report["status"] == "done"
+
+        async def logged() -> bool:
+            return (await gw.recorder.call("integrations_drained"))["wandb"]["sent"] == 2
+
+        await wait_until(logged, timeout=30)
+
+    for index, name in enumerate(("large", "small")):
+        found = offline_run(offline, f"agentops-exp-{created['id']}-v{index}")
+        assert found["run"].run_group == f"experiment-{created['id']}"
+        assert found["run"].display_name == f"experiment {created['id']} · {name}"
+        assert found["config"]["variant"]["name"] == name
+        assert found["summary"]["scores/bleu/mean"] is not None
+        assert found["summary"]["errors"] == 0 and found["summary"]["cost_usd"] > 0
+        results = table(found, "comparison")
+        assert len(results["data"]) == 3 and "score/bleu" in results["columns"]
 
 
 def run_dirs(folder: Path, run_id: str) -> list[Path]:

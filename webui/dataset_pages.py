@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.api import exchanges as api
 from gateway.api.datasets import DATASETS, item_source, version_of
+from gateway.api.replay import EXPERIMENTS
 from gateway.errors import UserError
 from gateway.export.dataset_files import parse_jsonl
 from gateway.export.dataset_items import parse_ids
@@ -61,6 +62,8 @@ async def dataset_detail(request: web.Request) -> web.Response:
         "next": following,
         "paged": cursor is not None,
         "added": request.query.get("added"),
+        "form_variants": range(1, FORM_VARIANTS + 1),
+        "form_scorers": FORM_SCORERS,
     }
     return render(request, "dataset.html", context, partial="_dataset_items.html")
 
@@ -139,6 +142,70 @@ async def add_submit(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/datasets/{dataset.id}?added={len(items)}")
 
 
+# -- an experiment over a dataset ----------------------------------------------------------
+
+FORM_VARIANTS = 3
+FORM_SCORERS = ("bleu", "chrf", "rouge_l", "exact_match", "tool_call_match", "json_valid")
+
+
+def _number(form: Any, name: str, kind: type) -> Any:
+    text = str(form.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"{name.replace('-', ' ')}: {text!r} is not a number") from None
+
+
+def experiment_body(dataset: Dataset, form: Any) -> dict[str, Any]:
+    """The API request the dataset page's experiment form stands for."""
+    variants = []
+    for n in range(1, FORM_VARIANTS + 1):
+        name = str(form.get(f"v{n}-name") or "").strip()
+        if not name:
+            continue
+        variant: dict[str, Any] = {"name": name}
+        model = str(form.get(f"v{n}-model") or "").strip()
+        if model:
+            variant["model"] = model
+        system = str(form.get(f"v{n}-system") or "").strip()
+        if system:
+            variant["system"] = system
+        params = {
+            key: value
+            for key, value in (
+                ("temperature", _number(form, f"v{n}-temperature", float)),
+                ("top_p", _number(form, f"v{n}-top_p", float)),
+                ("max_tokens", _number(form, f"v{n}-max_tokens", int)),
+            )
+            if value is not None
+        }
+        if params:
+            variant["params"] = params
+        variants.append(variant)
+    if not variants:
+        raise UserError("name at least one variant")
+    chosen = [s for s in form.getall("scorer", []) if s in FORM_SCORERS]
+    body = {
+        "dataset_id": str(dataset.id),
+        "variants": variants,
+        "scorers": [{"type": s} for s in chosen],
+        "concurrency": int(_number(form, "concurrency", int) or 4),
+    }
+    key = str(form.get("api_key") or "").strip()
+    if key:  # for this experiment only, never stored
+        body["api_key"] = key
+    return body
+
+
+async def experiment_submit(request: web.Request) -> web.StreamResponse:
+    dataset = await _dataset(request)
+    form = await request.post()
+    created = await request.app[EXPERIMENTS].create(experiment_body(dataset, form))
+    raise web.HTTPSeeOther(f"/experiments/{created['id']}")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/datasets", dataset_list)
     app.router.add_post("/datasets", dataset_create)
@@ -146,3 +213,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/datasets/add", add_submit)
     app.router.add_get(r"/datasets/{id:\d+}", dataset_detail)
     app.router.add_post(r"/datasets/{id:\d+}/upload", dataset_upload)
+    app.router.add_post(r"/datasets/{id:\d+}/experiment", experiment_submit)

@@ -19,6 +19,7 @@ from gateway.api.exchanges import parse_id
 from gateway.api.replay import EXPERIMENTS, REPLAYER, REPLAYS, RUN_REPLAYER
 from gateway.capture import storable
 from gateway.capture.exchange import is_id
+from gateway.replay.dataset_experiments import worse as dataset_worse
 from gateway.replay.replayer import ReplayError
 from gateway.store.records import StoredExchange
 from webui.render import JINJA, render
@@ -389,8 +390,49 @@ async def experiment_page(request: web.Request) -> web.Response:
     report = await request.app[EXPERIMENTS].report(experiment_id)
     if report is None:
         return failure(request, ReplayError(404, f"experiment {experiment_id} not found"))
+    if report.get("kind") == "dataset":
+        return render(
+            request,
+            "dataset_experiment.html",
+            dataset_experiment_context(report),
+            partial="_dataset_experiment_live.html",
+        )
     context = {"experiment": report, "chart": chart(report["rows"])}
     return render(request, "experiment.html", context, partial="_experiment_table.html")
+
+
+def cost_score_charts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One Chart.js scatter per scorer: a point per variant at (cost, mean score)."""
+    board = report["scoreboard"]
+    metrics = sorted({m for b in board for m in b["scores"]})
+    out = []
+    for metric in metrics:
+        datasets = [
+            {
+                "label": b["variant"],
+                "data": [{"x": b["cost_usd"], "y": b["scores"][metric]["mean"]}],
+            }
+            for b in board
+            if b["scores"].get(metric, {}).get("mean") is not None
+        ]
+        spec = {"type": "scatter", "unit": "usd", "y_label": metric, "datasets": datasets}
+        out.append({"metric": metric, "spec": orjson.dumps(spec).decode()})
+    return out
+
+
+def dataset_experiment_context(report: dict[str, Any]) -> dict[str, Any]:
+    names = [v["name"] for v in report["variants"]]
+    worse = [
+        {"base": names[0], "variant": other, "items": dataset_worse(report, names[0], other)}
+        for other in names[1:]
+    ]
+    return {
+        "experiment": report,
+        "names": names,
+        "charts": cost_score_charts(report),
+        "metrics": sorted({m for b in report["scoreboard"] for m in b["scores"]}),
+        "worse": worse,
+    }
 
 
 async def experiments_page(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.api.exchanges import json_body, json_response, not_found, parse_id
 from gateway.capture.exchange import is_id
 from gateway.errors import UserError
+from gateway.replay.dataset_experiments import worse
 from gateway.replay.experiments import Experiments
 from gateway.replay.replayer import Replayer
 from gateway.replay.run import RunReplayer
@@ -106,3 +107,17 @@ async def get_experiment(request: web.Request) -> web.Response:
     if report is None:
         raise not_found("experiment")
     return json_response(report)
+
+
+@routes.get("/api/experiments/{id}/worse")
+async def experiment_worse(request: web.Request) -> web.Response:
+    """What got worse from variant `base` to variant `variant` of a dataset experiment."""
+    report = await request.app[EXPERIMENTS].report(parse_id(request.match_info["id"], "experiment"))
+    if report is None:
+        raise not_found("experiment")
+    if report.get("kind") != "dataset":
+        raise UserError("only an experiment over a dataset has variants to compare")
+    base, other = request.query.get("base"), request.query.get("variant")
+    if not base or not other:
+        raise UserError("give ?base=VARIANT&variant=VARIANT (the variants' names)")
+    return json_response({"base": base, "variant": other, "items": worse(report, base, other)})

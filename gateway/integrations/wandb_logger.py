@@ -313,16 +313,24 @@ def log_experiment(experiment: dict[str, Any], *, project: str, entity: str | No
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    config = {k: v for k, v in experiment.items() if k not in ("rows", "totals")}
+    config = {
+        k: v for k, v in experiment.items() if k not in ("rows", "totals", "wandb_id", "group")
+    }
     name = str(experiment.get("name") or f"experiment {experiment.get('id') or ''}".strip())
-    run_id = f"agentops-exp-{experiment['id']}" if experiment.get("id") else None
+    run_id = experiment.get("wandb_id") or (
+        f"agentops-exp-{experiment['id']}" if experiment.get("id") else None
+    )
+    # An experiment over a dataset is a run per variant (wandb_id, group given).
+    group = experiment.get("group") or (
+        f"experiment-{experiment['id']}" if experiment.get("id") else "experiments"
+    )
     with wandb.init(
         project=project,
         entity=entity,
         id=run_id,
         resume="allow",
         name=name,
-        group=f"experiment-{experiment['id']}" if experiment.get("id") else "experiments",
+        group=group,
         job_type="experiment",
         config=config,
         settings=_settings(),

@@ -20,6 +20,7 @@ import orjson
 from gateway.capture.exchange import is_id
 from gateway.errors import UserError
 from gateway.replay import diff as diffs
+from gateway.replay.dataset_experiments import DatasetExperiments, is_dataset_experiment
 from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.query import EXCHANGE_FILTER_FIELDS, exchange_filter, parse_int
@@ -204,11 +205,15 @@ class Experiments:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         # Called with the finished experiment's report (the gateway logs it to W&B).
         self.on_finished: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
+        # Experiments over datasets (`dataset_id` in the body): see dataset_experiments.py.
+        self.datasets: DatasetExperiments | None = None
 
     async def create(self, body: Any) -> dict[str, Any]:
         """Check everything, write the experiment and its rows, start it; 400 on bad input."""
         if not isinstance(body, dict):
             raise UserError("the body must be a JSON object")
+        if "dataset_id" in body and self.datasets is not None:
+            return await self.datasets.create(body)
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise UserError(
@@ -381,6 +386,8 @@ class Experiments:
         experiment = await self.replay_store.get_experiment(experiment_id)
         if experiment is None:
             return None
+        if is_dataset_experiment(experiment) and self.datasets is not None:
+            return await self.datasets.report(experiment)
         rows = experiment["rows"]
         counts = {
             s: sum(1 for r in rows if r["status"] == s)
@@ -398,11 +405,12 @@ class Experiments:
 
     async def stop(self) -> None:
         """Cancel what is running; the rows done so far stay, the experiment is interrupted."""
+        stopped = await self.datasets.stop() if self.datasets is not None else 0
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if tasks:
+        if tasks or stopped:
             await self.replay_store.interrupt_running()
 
 

@@ -290,3 +290,31 @@ class ReplayStore:
         if out["identical"] is not None:
             out["identical"] = bool(out["identical"])
         return out
+
+    # -- experiments over datasets (gateway/replay/dataset_experiments.py) ------------------
+
+    async def unfinished_dataset_experiments(self) -> list[int]:
+        """Dataset experiments a stopped gateway left with rows still to send."""
+        found = await self.store.rows(
+            "SELECT x.id, x.selection FROM experiments x WHERE x.status IN "
+            "('running', 'interrupted') AND EXISTS (SELECT 1 FROM experiment_rows r "
+            "WHERE r.experiment_id = x.id AND r.status = 'pending') ORDER BY x.id",
+            [],
+        )
+        return [int(r["id"]) for r in found if "dataset_id" in (_loads(r["selection"]) or {})]
+
+    async def experiment_scores(self, exchange_ids: list[int]) -> dict[int, dict[str, float]]:
+        """The evaluations of some calls, as {exchange id: {scorer: value}}."""
+        out: dict[int, dict[str, float]] = {}
+        for start in range(0, len(exchange_ids), 500):
+            chunk = exchange_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row in await self.store.rows(
+                "SELECT exchange_id, metric_name, metric_value FROM evaluations "
+                f"WHERE exchange_id IN ({marks}) ORDER BY id",
+                chunk,
+            ):
+                out.setdefault(int(row["exchange_id"]), {})[row["metric_name"]] = row[
+                    "metric_value"
+                ]
+        return out

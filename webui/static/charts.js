@@ -42,7 +42,38 @@
     return text.slice(0, LABEL_CHARS - tail - 1) + "…" + text.slice(-tail);
   }
 
+  // A scatter (an experiment's cost against a score): one coloured point per variant.
+  function scatter(spec) {
+    var colors = palette();
+    var datasets = spec.datasets.map(function (d, i) {
+      var color = colors.series[i % colors.series.length];
+      return {label: d.label, data: d.data, backgroundColor: color, borderColor: color,
+              pointRadius: 7, pointHoverRadius: 9};
+    });
+    function axis(unit, title) {
+      return {type: "linear", grace: "10%", grid: {color: colors.grid},
+              title: {display: true, text: title, color: colors.text},
+              ticks: {color: colors.text, callback: function (v) { return format(unit, v); }}};
+    }
+    return {
+      type: "scatter",
+      data: {datasets: datasets},
+      options: {
+        responsive: true, maintainAspectRatio: false, animation: false,
+        scales: {x: axis("usd", "cost"), y: axis("", spec.y_label || "score")},
+        plugins: {
+          legend: {display: true, labels: {color: colors.text, boxWidth: 12}},
+          tooltip: {callbacks: {label: function (ctx) {
+            return " " + ctx.dataset.label + ": " + format("usd", ctx.parsed.x) + ", " +
+                   (spec.y_label || "score") + " " + format("", ctx.parsed.y);
+          }}}
+        }
+      }
+    };
+  }
+
   function config(spec) {
+    if (spec.type === "scatter") return scatter(spec);
     var colors = palette();
     var horizontal = !!spec.horizontal;
     var datasets = spec.datasets.map(function (d, i) {
@@ -116,6 +147,8 @@
 
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
   document.addEventListener("htmx:beforeSwap", function (e) { forget(e.detail.target); });
-  document.addEventListener("htmx:afterSettle", function (e) { draw(e.detail.target); });
+  // The whole document: an outerHTML swap's target is the element it replaced (charts
+  // already drawn are skipped).
+  document.addEventListener("htmx:afterSettle", function () { draw(document); });
   document.addEventListener("agentops:theme", redrawAll);
 })();
