@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
 from gateway.app import Gateway
+from gateway.integrations.alerts import AlertEvaluator
+from gateway.integrations.webhooks import Webhooks
 from tests.conftest import Upstream, make_settings, running, wait_until
 from tests.webhook_receiver import Receiver
 
@@ -91,6 +94,10 @@ async def test_soft_budget_crossings_reach_history_and_webhook_once_per_period(
     assert "budget 'team' (day)" in first["text"]
     for _ in range(3):  # still over 80%: told once
         await gw.alerts.evaluate()
+    # a restarted gateway or a replica (a new evaluator, nothing in memory) tells it no more
+    replica = AlertEvaluator(gw.alert_store, Webhooks(), 3600, zone=ZoneInfo("UTC"))
+    await replica.evaluate()
+    assert replica.firing == {(rule["id"], "spend caps"): 1}
     [item] = await history(gw)
     assert set(item) >= ITEM_FIELDS
     assert (item["rule"], item["state"], item["threshold"]) == (rule["id"], "firing", 0.8)
