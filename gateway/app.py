@@ -159,7 +159,11 @@ class Gateway:
         self.alert_store = AlertStore(self.store)
         self.webhooks = Webhooks()
         self.alerts = AlertEvaluator(
-            self.alert_store, self.webhooks, settings.alert_interval, lambda: self.recorder.health()
+            self.alert_store,
+            self.webhooks,
+            settings.alert_interval,
+            lambda: self.recorder.health(),
+            timezone(settings.budget_timezone),
         )
         # Budgets: a bad file fails here, at start; the workers read them from the database.
         self.budget_file = load_file(settings.budgets) if settings.budgets and not worker else []

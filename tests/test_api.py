@@ -5,12 +5,14 @@ health; clear 400s and 404s. On SQLite and PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gateway.app import Gateway
+from gateway.store.finetuned import MONTH_SECONDS, FineTuned, register
 from tests.conftest import Upstream, make_settings, running
 
 AUTH = {"Authorization": "Bearer key-for-api-tests-1234"}
@@ -194,11 +196,18 @@ async def test_stats_prices_and_health(gateway: Gateway, ui):
         "missing_calls",
         "unpriced_calls",
         "cost_by_category",
+        "storage_usd",
     }
     assert stats["totals"]["missing_calls"] == 0
     costs = stats["totals"]["cost_by_category"]
     assert set(costs) == {"llm", "tool", "fine-tuning"}
     assert costs["llm"] == pytest.approx(stats["totals"]["cost_usd"])
+    assert stats["totals"]["storage_usd"] == 0  # no fine-tuned model registered
+    assert [(g["category"], g["cost_usd"]) for g in stats["by_category"]] == [
+        ("llm", costs["llm"]),
+        ("tool", 0.0),
+        ("fine-tuning", 0.0),
+    ]
 
     _, prices = await get(ui, "/api/prices")
     assert prices["models"]["mistral-small-latest"]["input_per_mtok"] > 0
@@ -255,3 +264,28 @@ async def test_token_guards_everything_but_health(upstream: Upstream, tmp_path: 
             "/api/exchanges", headers={"Authorization": "Bearer s3cret-token"}
         ) as resp:
             assert resp.status == 200
+
+
+async def test_stats_accrue_the_storage_of_fine_tuned_models(gateway: Gateway, ui):
+    """A registered fine-tuned model costs its base model's storage_per_month_usd ($2 for
+    open-mistral-7b) per mean calendar month (MONTH_SECONDS) it was registered within the
+    range: fine-tuning cost in `by_category`, beside the calls' `cost_by_category`."""
+    now = datetime.now(UTC)
+    month = timedelta(seconds=MONTH_SECONDS)
+    created = now - month / 2
+    tuned = FineTuned("ft:open-mistral-7b:x", "open-mistral-7b", "job-1", None, 10, 4.0, 3, created)
+    await register(gateway.store, tuned)
+    unknown = FineTuned("ft:who:y", "no-such-base", "job-2", None, 10, 4.0, 3, created)
+    await register(gateway.store, unknown)  # no storage price: no fee
+    status, stats = await get(ui, "/api/stats")
+    assert status == 200
+    assert stats["totals"]["storage_usd"] == pytest.approx(1.0, abs=1e-4)
+    assert stats["totals"]["cost_by_category"]["fine-tuning"] == 0  # the calls' cost only
+    groups = {g["category"]: g for g in stats["by_category"]}
+    assert groups["fine-tuning"]["cost_usd"] == pytest.approx(1.0, abs=1e-4)
+    assert groups["fine-tuning"]["storage_usd"] == stats["totals"]["storage_usd"]
+    since = (created + month / 4).isoformat()
+    _, stats = await get(ui, "/api/stats", since=since)
+    assert stats["totals"]["storage_usd"] == pytest.approx(0.5, abs=1e-4)
+    _, stats = await get(ui, "/api/stats", until=(created - month).isoformat())
+    assert stats["totals"]["storage_usd"] == 0  # before it was registered

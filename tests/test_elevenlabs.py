@@ -181,6 +181,15 @@ async def test_tts_and_chat_share_a_run_and_split_cost_by_provider(
         assert by_provider["elevenlabs"]["cost_usd"] == pytest.approx(tts_cost)
         assert by_provider["mistral"]["cost_usd"] > 0
         assert run["total_cost_usd"] == pytest.approx(by_provider["mistral"]["cost_usd"] + tts_cost)
+        by_category = {(c["category"], c["provider"]): c for c in detail["cost_by_category"]}
+        assert set(by_category) == {("llm", "mistral"), ("tool", "elevenlabs")}
+        assert by_category["tool", "elevenlabs"]["cost_usd"] == pytest.approx(tts_cost)
+        assert by_category["llm", "mistral"]["calls"] == 1
+        async with aiohttp.ClientSession(gw.ui_url) as page, page.get(f"/runs/{run['id']}") as resp:
+            html = await resp.text()
+        table = html.split('id="run-cost-by-category"')[1].split("</table>")[0]
+        assert '<th scope="row">tool</th><td>elevenlabs</td>' in table
+        assert '<th scope="row">llm</th><td>mistral</td>' in table
 
         stats = await api(gw, "/api/stats")
         providers = {row["provider"]: row for row in stats["by_provider"]}

@@ -280,6 +280,7 @@ def test_run_detail_nests_its_children(dialect: str):
         "memory_snapshots",
         "evaluations",
         "cost_by_provider",
+        "cost_by_category",
     )
     assert data["config"] == {"model": "m"} and data["conversation_ids"] == []
     assert data["exchanges"] == [exchange.to_json()]

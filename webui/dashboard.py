@@ -16,10 +16,13 @@ import orjson
 from aiohttp import web
 
 from gateway.api import exchanges as api
+from gateway.api.budgets import GUARD
 from gateway.api.campaigns import BUCKETS as SCORE_BUCKETS
 from gateway.api.campaigns import CAMPAIGNS
 from gateway.api.campaigns import series as score_series
 from gateway.store.rollups import BUCKETS, EXACT_MAX, exact_percentile, percentile
+from gateway.store.spending import MonthSpend, month_spend, storage_between
+from gateway.store.stats import by_category
 from webui.formats import parse_time
 from webui.render import render
 
@@ -239,6 +242,57 @@ def _time(value: Any) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+def category_chart(month: MonthSpend) -> str:
+    """This month's spend by category, stacked in one bar beside the projected month."""
+    projected = month.projected_usd
+    return chart(
+        "bar",
+        ["Month to date", "Projected month"],
+        [
+            {
+                "label": category,
+                "data": [
+                    round(cost, 8),
+                    None
+                    if projected is None or not month.elapsed
+                    else round(cost / month.elapsed, 8),
+                ],
+            }
+            for category, cost in month.by_category.items()
+        ],
+        "usd",
+        stacked=True,
+        horizontal=True,
+    )
+
+
+async def spend_parts(
+    request: web.Request,
+    first: int,
+    last: int,
+    since: datetime | None,
+    until: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    """Cost by category (storage included) and provider in the range, and this month's spend
+    in --budget-timezone's calendar (gateway/store/spending.py)."""
+    rollups = request.app[api.STORE].rollups
+    categories, providers = await asyncio.gather(
+        rollups.by_value("category", first, last + 1),
+        rollups.by_value("provider", first, last + 1),
+    )
+    store, per_month = request.app[api.STORE], request.app[api.PRICES].fine_tuning.storage_per_month
+    storage = await storage_between(store, per_month, since, until)
+    month = await month_spend(store, per_month, request.app[GUARD].zone, now)
+    return {
+        "charts": {"cost_by_category": category_chart(month)},
+        "categories": by_category({c["value"]: c["cost_usd"] for c in categories}, storage),
+        "providers": providers,
+        "storage_usd": storage,
+        "month": month,
+    }
+
+
 async def dashboard(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     key, since, until, error = parse_range(request.query, now)
@@ -259,6 +313,7 @@ async def dashboard(request: web.Request) -> web.Response:
         rollups.by_value("agent", first, last + 1, limit=10),
         request.app[api.RUNS].costliest(since, until, 10),
     )
+    spend = await spend_parts(request, first, last, since, min(until, now), now)
     points = buckets(series, first, last)
     scores_chart, scores = await score_chart(request, since, until)
     calls = sum(p["calls"] for p in points)
@@ -294,7 +349,8 @@ async def dashboard(request: web.Request) -> web.Response:
         "agents": agents,
         "top_runs": top_runs,
         "points": points,
-        "charts": charts(points, models, runs, agents),
+        "charts": {**charts(points, models, runs, agents), **spend.pop("charts")},
+        **spend,
         "exact_max": EXACT_MAX,
         "scores_chart": scores_chart,
         "scores": scores,

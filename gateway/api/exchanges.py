@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,10 +21,11 @@ from gateway.errors import AgentOpsError, NotFound, UserError
 from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.exchanges import Store
-from gateway.store.finetuned import fine_tuned_models
+from gateway.store.finetuned import fine_tuned_models, storage_usd
 from gateway.store.query import exchange_filter, parse_int, parse_time
 from gateway.store.records import StoredExchange
 from gateway.store.runs import RunStore
+from gateway.store.stats import by_category
 from gateway.store.stored import parse_stored
 from gateway.writer import WriterProcess, quarantine
 
@@ -244,7 +246,18 @@ async def delete_exchange(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     since = parse_time("since", request.query.get("since"))
     until = parse_time("until", request.query.get("until"))
-    return json_response(await request.app[STORE].stats(since, until))
+    store = request.app[STORE]
+    body = await store.stats(since, until)
+    now = datetime.now(UTC)
+    storage = storage_usd(
+        await fine_tuned_models(store),
+        request.app[PRICES].fine_tuning.storage_per_month,
+        since,
+        min(until, now) if until else now,
+    )
+    body["totals"]["storage_usd"] = storage
+    body["by_category"] = by_category(body["totals"]["cost_by_category"], storage)
+    return json_response(body)
 
 
 @routes.get("/api/models")

@@ -145,6 +145,11 @@ class FineTuningPrices:
         trained = trained_tokens * entry["training_per_mtok"] / 1_000_000
         return round(max(self.minimum_fee_usd, trained), 10)
 
+    def storage_per_month(self, base_model: str) -> float | None:
+        """A fine-tuned model's monthly storage fee (by its base model); None: no price."""
+        entry = self.models.get(base_model.strip())
+        return None if entry is None else entry["storage_per_month_usd"]
+
     def to_api(self) -> dict[str, Any]:
         return {
             "as_of": self.as_of,

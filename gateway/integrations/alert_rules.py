@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from gateway.errors import UserError
 from gateway.store.alerts import KINDS, SCOPES, AlertRule
+from gateway.store.budgets import THRESHOLDS
 
 FORMATS = ("json", "slack")
 FIELDS = (
@@ -34,6 +35,7 @@ UNITS = {
     "p95_latency": "milliseconds",
     "unpriced_model": "calls of models with no price",
     "capture_loss": "records quarantined or dropped",
+    "budget": "fraction of a budget's limit spent this period (0.8 or 1)",
 }
 
 
@@ -118,6 +120,19 @@ def _check(rule: AlertRule) -> None:
         raise UserError("threshold of a spend_spike rule is a factor above 0, e.g. 3")
     if rule.kind in ("capture_loss",) and rule.scope_kind != "gateway":
         raise UserError("a capture_loss rule's scope is the whole gateway")
+    if rule.kind == "budget":
+        if rule.scope_kind not in ("gateway", "budget"):
+            raise UserError(
+                "a budget rule's scope is the gateway (every budget) or one budget: "
+                '{"kind": "budget", "value": NAME}'
+            )
+        if rule.threshold not in THRESHOLDS:
+            raise UserError(
+                f"threshold of a budget rule is the first level it tells: 0.8 or 1, "
+                f"got {rule.threshold}"
+            )
+    elif rule.scope_kind == "budget":
+        raise UserError("only a budget rule has a budget scope")
 
 
 def _text(value: Any, name: str) -> str:

@@ -4,8 +4,15 @@ the rule's webhook when this process's statement took effect (gateway/store/aler
 replicas sharing a database send each notice once.
 
 A measure returns the rule's value now (None: not enough data, which never fires) and, for
-some kinds, what fired it in words. A new kind (budget crossings, issue 17 item 1) is one more
-entry in MEASURES.
+some kinds, what fired it in words. A new kind is one more entry in MEASURES.
+
+A `budget` rule tells a budget's 80% and 100% crossings (those at or above its threshold):
+its value is the spent fraction of the limit in the budget's current period (read from the
+database, as every worker's BudgetGuard reads it); its alert's threshold is the level
+reached. Reaching 100% while the 80% alert is open closes that one quietly and opens the
+100% one (with a notice); a new period (or a raised limit) resolves it (with a notice). The
+open alert is the record of what was told, so a level is told once per period, across
+restarts and replicas.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from gateway.integrations.alert_rules import MAX_WINDOW, UNITS, rule_json
 from gateway.integrations.webhooks import Notice, Webhooks
 from gateway.store.alerts import Alert, AlertRule, AlertStore
+from gateway.store.budgets import THRESHOLDS, BudgetStore, first_id, period_start
 
 if TYPE_CHECKING:
     from gateway.writer.health import Health
@@ -76,6 +86,11 @@ async def unpriced_model(self: AlertEvaluator, rule: AlertRule, now_ms: int) -> 
     return float(sum(models.values())), "no price for " + ", ".join(sorted(models))
 
 
+async def budget(self: AlertEvaluator, rule: AlertRule, now_ms: int) -> Measured:
+    standing = await self.budget_standing(rule, datetime.fromtimestamp(now_ms / 1000, UTC))
+    return (None, None) if standing is None else (standing.ratio, standing.detail)
+
+
 async def capture_loss(self: AlertEvaluator, rule: AlertRule, now_ms: int) -> Measured:
     """Records in quarantine now, plus records dropped within the window."""
     quarantined = await self.alerts.store.quarantine_count()
@@ -90,7 +105,22 @@ MEASURES: dict[str, Measure] = {
     "p95_latency": p95_latency,
     "unpriced_model": unpriced_model,
     "capture_loss": capture_loss,
+    "budget": budget,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStanding:
+    """The budget of a rule's scope with the largest spent fraction now."""
+
+    ratio: float
+    period_start: datetime
+    detail: str
+
+    def level(self, lowest: float) -> float | None:
+        """The highest crossing level reached, of those at or above `lowest`."""
+        reached = [t for t in THRESHOLDS if lowest <= t <= self.ratio]
+        return max(reached) if reached else None
 
 
 def describe(rule: AlertRule) -> str:
@@ -122,8 +152,12 @@ class AlertEvaluator:
         webhooks: Webhooks,
         interval: float,
         health: Callable[[], Health] | None = None,
+        zone: ZoneInfo | None = None,
     ) -> None:
+        """`zone`: the calendar of budget periods (--budget-timezone)."""
         self.alerts = alerts
+        self.budgets = BudgetStore(alerts.store)
+        self.zone = zone or ZoneInfo("UTC")
         self.webhooks = webhooks
         self.interval = interval
         self.health = health
@@ -187,9 +221,57 @@ class AlertEvaluator:
         self.firing = firing
         self.evaluations += 1
 
+    async def budget_standing(self, rule: AlertRule, now: datetime) -> BudgetStanding | None:
+        """The spent fraction of the rule's budget (scope gateway: of the budget nearest or
+        furthest past its limit) in its current period; None when there is no such budget."""
+        budgets = [
+            b
+            for b in await self.budgets.all()
+            if rule.scope_kind == "gateway" or b.name == rule.scope_value
+        ]
+        if not budgets:
+            return None
+        starts = [period_start(b.period, now, self.zone) for b in budgets]
+        spent = await self.budgets.spend(budgets, [first_id(start) for start in starts])
+        ratio, at = max(
+            (s / b.limit_usd, i) for i, (b, s) in enumerate(zip(budgets, spent, strict=True))
+        )
+        b = budgets[at]
+        detail = f"budget {b.name!r} ({b.period}): ${spent[at]:.4f} of ${b.limit_usd:g} spent"
+        return BudgetStanding(ratio, starts[at], detail)
+
+    async def _evaluate_budget(
+        self, rule: AlertRule, alert: Alert | None, now: datetime
+    ) -> Alert | None:
+        standing = await self.budget_standing(rule, now)
+        level = None if standing is None else standing.level(rule.threshold)
+        if alert is not None and (
+            level is None or (standing is not None and alert.started_at < standing.period_start)
+        ):  # back under (a raised limit, a deleted budget) or a new period: resolved
+            closed = await self.alerts.resolve(alert, now)
+            if closed is not None:
+                log.info("alert %r resolved", rule.name)
+                self._notify(rule, closed)
+            alert = None
+        if standing is None or level is None:
+            return alert
+        if alert is not None and alert.threshold < level:  # 80% told, now 100%
+            await self.alerts.resolve(alert, now)
+            alert = None
+        if alert is not None:
+            return alert
+        opened = await self.alerts.fire(rule, standing.ratio, standing.detail, now, level)
+        if opened is None:
+            return (await self.alerts.open_alerts()).get(rule.id)
+        log.warning("alert %r firing: %s", rule.name, notice_text(rule, opened))
+        self._notify(rule, opened)
+        return opened
+
     async def _evaluate(
         self, rule: AlertRule, alert: Alert | None, now: datetime, now_ms: int
     ) -> Alert | None:
+        if rule.kind == "budget":
+            return await self._evaluate_budget(rule, alert, now)
         value, detail = await MEASURES[rule.kind](self, rule, now_ms)
         breached = value is not None and value > rule.threshold
         if breached and alert is None:

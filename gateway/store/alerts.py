@@ -19,10 +19,17 @@ from gateway.store.stats import IdRange, split
 if TYPE_CHECKING:
     from gateway.store.exchanges import Store
 
-# A rule kind for budget crossings (issue 17 item 1) goes here too: add it to KINDS, give
-# it a measure in gateway/integrations/alerts.py (MEASURES) and the rest follows.
-KINDS = ("spend", "spend_spike", "error_rate", "p95_latency", "unpriced_model", "capture_loss")
-SCOPES = ("gateway", "model", "agent", "run")  # run: the run's name
+# A new kind: add it to KINDS, give it a measure in gateway/integrations/alerts.py (MEASURES).
+KINDS = (
+    "spend",
+    "spend_spike",
+    "error_rate",
+    "p95_latency",
+    "unpriced_model",
+    "capture_loss",
+    "budget",  # a budget's 80% and 100% crossings (gateway/integrations/alerts.py)
+)
+SCOPES = ("gateway", "model", "agent", "run", "budget")  # run: the run's name; budget: its name
 FAILED_SQL = "(e.status IS NULL OR e.status >= 400 OR e.state <> 'complete')"
 UNPRICED_SQL = "(e.cost_usd IS NULL AND e.model IS NOT NULL AND e.status < 400)"
 # The rollup dimension that counts a scope's calls once each (gateway: every call has a provider)
@@ -207,13 +214,20 @@ class AlertStore:
         return {int(row["rule_id"]): _alert(row) for row in rows}
 
     async def fire(
-        self, rule: AlertRule, value: float, detail: str | None, now: datetime
+        self,
+        rule: AlertRule,
+        value: float,
+        detail: str | None,
+        now: datetime,
+        threshold: float | None = None,
     ) -> Alert | None:
-        """Open the rule's alert; None when one is open already (another replica's)."""
+        """Open the rule's alert (at `threshold`, the rule's unless given); None when one is
+        open already (another replica's)."""
+        threshold = rule.threshold if threshold is None else threshold
         rows = await self.store.rows(
             "INSERT INTO alerts (rule_id, state, started_at, value, threshold, detail, "
             "open_rule) VALUES (?, 'firing', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            [rule.id, self._time(now), value, rule.threshold, detail, rule.id],
+            [rule.id, self._time(now), value, threshold, detail, rule.id],
         )
         if not rows:
             return None
@@ -224,7 +238,7 @@ class AlertStore:
             now,
             None,
             value,
-            rule.threshold,
+            threshold,
             detail,
             rule.name,
         )

@@ -3,6 +3,7 @@ variant beside their base model, and the job's creation call, whose cost the job
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -92,3 +93,25 @@ async def job_call(store: Store, run_name: str) -> tuple[int, int] | None:
         [run_name, JOBS],
     )
     return (int(rows[0]["id"]), int(rows[0]["run_id"])) if rows else None
+
+
+MONTH_SECONDS = 365.25 / 12 * 86400  # a storage month: the mean calendar month, 30.4375 days
+
+
+def storage_usd(
+    models: list[FineTuned],
+    per_month: Callable[[str], float | None],
+    since: datetime | None,
+    until: datetime,
+) -> float:
+    """The storage fee the fine-tuned `models` accrued in [since, until]: each model's
+    `per_month` price (by its base model; None: no price, no fee) times the months, or the
+    fraction of one, it was registered within the range (a month being MONTH_SECONDS)."""
+    total = 0.0
+    for model in models:
+        price = per_month(model.base_model)
+        start = model.created_at if since is None else max(since, model.created_at)
+        if not price or start >= until:
+            continue
+        total += price * (until - start).total_seconds() / MONTH_SECONDS
+    return round(total, 10)

@@ -576,6 +576,33 @@ class ProviderCost:
 
 
 @dataclass(frozen=True, slots=True)
+class CategoryCost:
+    """A run's calls and cost in one category (llm, tool, fine-tuning) at one provider."""
+
+    category: str
+    provider: str
+    calls: int
+    cost_usd: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(
+            category=str(row["category"] or "llm"),
+            provider=str(row["provider"]),
+            calls=int(row["calls"]),
+            cost_usd=round(float(row["cost_usd"] or 0), 10),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "provider": self.provider,
+            "calls": self.calls,
+            "cost_usd": self.cost_usd,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     """One agent run's row: what lists show. `conversation_ids` is None where it was not
     read (the dashboard's costliest runs, exports)."""
@@ -695,6 +722,7 @@ class RunDetail(Run):
     memory_snapshots: tuple[MemorySnapshot, ...] = ()
     evaluations: tuple[Evaluation, ...] = ()
     cost_by_provider: tuple[ProviderCost, ...] = ()
+    cost_by_category: tuple[CategoryCost, ...] = ()
 
     @classmethod
     def read(
@@ -708,6 +736,7 @@ class RunDetail(Run):
         memory_snapshots: Iterable[MemorySnapshot],
         evaluations: Iterable[Evaluation],
         cost_by_provider: Iterable[ProviderCost],
+        cost_by_category: Iterable[CategoryCost] = (),
     ) -> Self:
         """A run row (with its `config` column) and what the store read of its children."""
         return replace(
@@ -719,6 +748,7 @@ class RunDetail(Run):
             memory_snapshots=tuple(memory_snapshots),
             evaluations=tuple(evaluations),
             cost_by_provider=tuple(cost_by_provider),
+            cost_by_category=tuple(cost_by_category),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -732,4 +762,5 @@ class RunDetail(Run):
             "memory_snapshots": [s.to_json() for s in self.memory_snapshots],
             "evaluations": [e.to_json() for e in self.evaluations],
             "cost_by_provider": [c.to_json() for c in self.cost_by_provider],
+            "cost_by_category": [c.to_json() for c in self.cost_by_category],
         }

@@ -20,6 +20,7 @@ from gateway.runs.grouper import RunChanges
 from gateway.store import run_refs
 from gateway.store.exchanges import ExchangeFilter, Store, time_bounds
 from gateway.store.records import (
+    CategoryCost,
     Evaluation,
     MemorySnapshot,
     Message,
@@ -583,6 +584,12 @@ class RunStore:
             "FROM exchanges WHERE run_id = ? GROUP BY provider ORDER BY cost_usd DESC",
             [run_id],
         )
+        categories = await store.rows(
+            "SELECT category, provider, COUNT(*) AS calls, COALESCE(SUM(cost_usd), 0) AS cost_usd "
+            "FROM exchanges WHERE run_id = ? GROUP BY category, provider "
+            "ORDER BY cost_usd DESC, category, provider",
+            [run_id],
+        )
         titles = await self._titles([] if found[0]["name"] else found)
         detail = RunDetail.read(
             found[0],
@@ -593,6 +600,7 @@ class RunStore:
             memory_snapshots=MemorySnapshot.rebuild(snapshots),
             evaluations=map(Evaluation.from_row, evaluations),
             cost_by_provider=map(ProviderCost.from_row, costs),
+            cost_by_category=map(CategoryCost.from_row, categories),
         )
         return replace(detail, title=titles.get(run_id))
 

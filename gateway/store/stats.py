@@ -209,3 +209,21 @@ async def read_stats(
         return combine([])
     text, params = statement(span)
     return combine(await store.rows(text, params))
+
+
+def by_category(costs: dict[str, float], storage_usd: float) -> list[dict[str, Any]]:
+    """Cost per category, in CATEGORIES' order: the calls' cost (`cost_by_category`) plus, for
+    fine-tuning, the storage fee its models accrued (`storage_usd`, not a call's cost)."""
+    groups = []
+    for category in (*CATEGORIES, *sorted(set(costs) - set(CATEGORIES))):
+        calls = costs.get(category, 0.0)
+        storage = storage_usd if category == "fine-tuning" else 0.0
+        groups.append(
+            {
+                "category": category,
+                "cost_usd": round(calls + storage, 10) + 0.0,
+                "calls_usd": calls,
+                "storage_usd": storage,
+            }
+        )
+    return groups
