@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -24,6 +25,7 @@ from gateway.settings import ConfigError, Settings
 from tests.clients import ENV, finished, get, post, send
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
 from tests.fake_mistral import IN_FLIGHT, REQUESTS, THROTTLE, start_fake
+from tests.test_dataset_pages import TOKEN
 from tests.test_evaluators import REGRESSION
 
 VARIANTS = [
@@ -368,6 +370,27 @@ async def test_a_variant_on_an_alternative_upstream(upstream: Upstream, tmp_path
             assert ALT_KEY not in orjson.dumps(call).decode()
             status, run = await get(gw, f"/api/runs/{call['run_id']}")
             assert run["source"] == "experiment", run
+
+            # the dataset page's form offers the configured names, and sends the choice
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+                async with http.get(f"/datasets/{dataset_id}") as resp:
+                    html = await resp.text()
+                assert '<option value="self-hosted">self-hosted</option>' in html
+                form = {
+                    "csrf_token": TOKEN.search(html)[1],  # type: ignore[index]
+                    "v1-name": "via-page",
+                    "v1-model": "mistral-small-latest",
+                    "v1-upstream": "self-hosted",
+                }
+                path = f"/datasets/{dataset_id}/experiment"
+                async with http.post(path, data=form, allow_redirects=False) as resp:
+                    assert resp.status == 303, await resp.text()
+                    page_id = resp.headers["Location"].rsplit("/", 1)[1]
+            report, _ = await finished(gw, page_id)
+            assert report["scoreboard"][0]["upstream"] == "self-hosted"
+            assert report["progress"]["ok"] == 3
+            assert len([r for r in alt_app[REQUESTS] if r["path"] == "/v1/chat/completions"]) == 6
     finally:
         await runner.cleanup()
 
