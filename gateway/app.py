@@ -48,9 +48,9 @@ from gateway.replay.campaigns import Campaigns
 from gateway.replay.dataset_experiments import DatasetExperiments
 from gateway.replay.evaluator import Evaluator
 from gateway.replay.experiments import Experiments
-from gateway.replay.replayer import Replayer, key_from_environ
+from gateway.replay.replayer import Replayer, SecretKey, key_from_environ
 from gateway.replay.run import RunReplayer
-from gateway.settings import Settings
+from gateway.settings import Settings, alt_key_variable
 from gateway.store.alerts import AlertStore
 from gateway.store.budgets import BudgetStore, load_file, timezone
 from gateway.store.campaigns import CampaignStore
@@ -114,6 +114,12 @@ def make_routes(settings: Settings) -> tuple[Route, ...]:
     return (Route("/elevenlabs", settings.elevenlabs_upstream, "elevenlabs"),)
 
 
+def alt_key(environ: Mapping[str, str], name: str) -> SecretKey | None:
+    """The alternative upstream's own key (AGENTOPS_UPSTREAM_ALT_KEY_<NAME>), if set."""
+    value = (environ.get(alt_key_variable(name)) or "").strip()
+    return SecretKey(value) if value else None
+
+
 class Gateway:
     def __init__(
         self,
@@ -130,9 +136,14 @@ class Gateway:
         self.settings = settings
         self.worker = worker
         self.workers: WorkerGroup | None = None  # the supervisor's, set by the CLI
-        self.replay_key = key_from_environ(os.environ if environ is None else environ)
+        environ = os.environ if environ is None else environ
+        self.replay_key = key_from_environ(environ)
+        self.alt_upstreams = settings.upstream_alts()
+        # name -> its own key (AGENTOPS_UPSTREAM_ALT_KEY_<NAME>), or None: the replay key
+        self.alt_keys = {name: alt_key(environ, name) for name in self.alt_upstreams}
+        own = [k.reveal() for k in (self.replay_key, *self.alt_keys.values()) if k is not None]
         # Scrubbed from every record, as each caller's own key is (gateway/proxy/scrub.py).
-        self.held_keys = scrub.Keys([self.replay_key.reveal()] if self.replay_key else [])
+        self.held_keys = scrub.Keys(own)
         self.prices = PriceTable.load(settings.prices)
         self.store = Store(settings.db)
         self.providers = make_providers(settings)
@@ -242,6 +253,7 @@ class Gateway:
             held_keys=self.held_keys,
             begin=self.recorder.begin,
             guard=self.guard,
+            alternatives=self.alt_upstreams,
         )
         self.replayer = Replayer(
             self.store,
@@ -260,7 +272,12 @@ class Gateway:
         undo.push_async_callback(self.campaigns.stop)
         self.experiments = Experiments(self.replayer, self.replay_store, self.store)
         self.experiments.datasets = DatasetExperiments(
-            self.replayer, self.replay_store, self.datasets, self.run_store, self.judges
+            self.replayer,
+            self.replay_store,
+            self.datasets,
+            self.run_store,
+            self.judges,
+            alternatives=self.alt_keys,
         )
         undo.push_async_callback(self.experiments.stop)
         if self.recorder.settings.wandb_project:  # W&B logs each finished experiment

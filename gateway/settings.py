@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.errors import UserError
@@ -36,6 +38,15 @@ SETTINGS: tuple[Setting, ...] = (
         "AGENTOPS_UPSTREAM",
         "https://api.mistral.ai",
         "Mistral API base URL that calls are forwarded to.",
+    ),
+    Setting(
+        "upstream_alt",
+        "--upstream-alt",
+        "AGENTOPS_UPSTREAM_ALT",
+        None,
+        "Alternative OpenAI-compatible upstreams a dataset experiment's variant may name "
+        '("upstream": NAME): NAME=URL[,NAME=URL...]; the key is AGENTOPS_UPSTREAM_ALT_KEY_'
+        "<NAME> when set, else the replay key.",
     ),
     Setting(
         "db",
@@ -285,6 +296,36 @@ def parse_days(text: str) -> float:
     return value
 
 
+ALT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
+ALT_KEY_PREFIX = "AGENTOPS_UPSTREAM_ALT_KEY_"
+
+
+def alt_key_variable(name: str) -> str:
+    """The environment variable holding an alternative upstream's key: `local-vllm` ->
+    AGENTOPS_UPSTREAM_ALT_KEY_LOCAL_VLLM."""
+    return ALT_KEY_PREFIX + name.upper().replace("-", "_")
+
+
+def parse_upstream_alt(text: str) -> dict[str, str]:
+    """'local=http://10.0.0.5:8000,b=https://x' -> {name: base URL without trailing /}."""
+    where = "--upstream-alt / AGENTOPS_UPSTREAM_ALT"
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, url = (s.strip() for s in part.partition("="))
+        if not sep or not ALT_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: bad entry {part!r}: use NAME=URL[,NAME=URL...], NAME of letters, "
+                "digits, _ and - starting with a letter"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}: {name}: the URL must be http(s), got {url!r}")
+        if alt_key_variable(name) in {alt_key_variable(n) for n in out}:
+            raise ConfigError(f"{where}: {name!r} is named twice")
+        out[name] = url.rstrip("/")
+    return out
+
+
 def host_cores() -> int:
     """The cores this process may run on (its CPU affinity), else the machine's count."""
     try:
@@ -333,6 +374,7 @@ def convert(setting: Setting, value: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     upstream: str = "https://api.mistral.ai"
+    upstream_alt: str | None = None
     db: str = "sqlite://agentops.db"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -384,6 +426,7 @@ class Settings:
         ):
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{flag} must be an http(s) URL, got {url!r}")
+        self.upstream_alts()
         if not self.db.startswith(("sqlite://", "postgres://", "postgresql://")):
             raise ConfigError(
                 f"--db must be sqlite://PATH or postgres://user:pass@host:port/name, "
@@ -427,6 +470,10 @@ class Settings:
                 f"refusing to serve the UI on {self.ui_host} without a token: "
                 "set --ui-token / AGENTOPS_UI_TOKEN, or bind --ui-host 127.0.0.1"
             )
+
+    def upstream_alts(self) -> dict[str, str]:
+        """--upstream-alt as {name: base URL}; ConfigError for a bad value."""
+        return parse_upstream_alt(self.upstream_alt or "")
 
     def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -8,18 +8,24 @@ requests are 400/404 with a message.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import pytest
 
 from gateway.replay.dataset_experiments import bootstrap_ci, percentile, retry_after
+from gateway.settings import ConfigError, Settings
 from tests.clients import ENV, finished, get, post, send
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
-from tests.fake_mistral import IN_FLIGHT, THROTTLE
+from tests.fake_mistral import IN_FLIGHT, REQUESTS, THROTTLE, start_fake
+from tests.test_dataset_pages import TOKEN
 from tests.test_evaluators import REGRESSION
 
 VARIANTS = [
@@ -297,3 +303,118 @@ def test_statistics():
     assert retry_after([("Retry-After", "7")], 0) == 7.0
     assert retry_after([("retry-after", "999")], 0) == 30.0
     assert retry_after([], 2) == 2.0
+
+
+ALT_KEY = "alt-upstream-key-7777"
+
+
+def _auth(request: dict[str, Any]) -> str:
+    return next(v for k, v in request["headers"] if k.lower() == "authorization")
+
+
+async def test_a_variant_on_an_alternative_upstream(upstream: Upstream, tmp_path: Path):
+    """--upstream-alt names a second OpenAI-compatible server: the variant that names it is
+    sent there (with its own key), the other to the default upstream, both recorded."""
+    runner, alt_url, alt_app = await start_fake()
+    try:
+        settings = make_settings(
+            upstream.url,
+            f"sqlite://{tmp_path / 'x.db'}",
+            tmp_path,
+            upstream_alt=f"self-hosted={alt_url}/",
+        )
+        env = {**ENV, "AGENTOPS_UPSTREAM_ALT_KEY_SELF_HOSTED": ALT_KEY}
+        async with running(settings, env) as gw:
+            dataset_id = await dataset_of_calls(gw, 3)
+            before = len(upstream.requests)
+            variants = [
+                {"name": "hosted", "model": "mistral-large-latest"},
+                {"name": "local", "model": "mistral-small-latest", "upstream": "self-hosted"},
+            ]
+            status, answer = await post(
+                gw,
+                "/api/experiments",
+                {"dataset_id": dataset_id, "variants": [{"name": "x", "upstream": "nope"}]},
+            )
+            assert status == 400 and "self-hosted" in answer["error"], answer
+            status, created = await post(
+                gw, "/api/experiments", {"dataset_id": dataset_id, "variants": variants}
+            )
+            assert status == 202, created
+            report, _ = await finished(gw, created["id"])
+            assert report["progress"]["ok"] == 6, report["progress"]
+            board = {b["variant"]: b for b in report["scoreboard"]}
+            assert (board["hosted"]["upstream"], board["local"]["upstream"]) == (
+                None,
+                "self-hosted",
+            )
+            assert [v["upstream"] for v in report["variants"]] == [None, "self-hosted"]
+
+            alt_calls = [r for r in alt_app[REQUESTS] if r["path"] == "/v1/chat/completions"]
+            main_calls = [
+                r for r in upstream.requests[before:] if r["path"] == "/v1/chat/completions"
+            ]
+            assert [orjson.loads(r["body"])["model"] for r in alt_calls] == [
+                "mistral-small-latest"
+            ] * 3
+            assert {orjson.loads(r["body"])["model"] for r in main_calls} == {
+                "mistral-large-latest"
+            }
+            assert len(main_calls) == 3
+            assert {_auth(r) for r in alt_calls} == {f"Bearer {ALT_KEY}"}
+            assert ALT_KEY not in {_auth(r) for r in main_calls}.pop()
+
+            local = next(r for r in report["rows"] if r["variant"] == "local")
+            status, call = await get(gw, f"/api/exchanges/{local['replay_id']}")
+            assert status == 200 and call["model"] == "mistral-small-latest"
+            assert ALT_KEY not in orjson.dumps(call).decode()
+            status, run = await get(gw, f"/api/runs/{call['run_id']}")
+            assert run["source"] == "experiment", run
+
+            # the dataset page's form offers the configured names, and sends the choice
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(gw.ui_url, cookie_jar=jar) as http:
+                async with http.get(f"/datasets/{dataset_id}") as resp:
+                    html = await resp.text()
+                assert '<option value="self-hosted">self-hosted</option>' in html
+                form = {
+                    "csrf_token": TOKEN.search(html)[1],  # type: ignore[index]
+                    "v1-name": "via-page",
+                    "v1-model": "mistral-small-latest",
+                    "v1-upstream": "self-hosted",
+                }
+                path = f"/datasets/{dataset_id}/experiment"
+                async with http.post(path, data=form, allow_redirects=False) as resp:
+                    assert resp.status == 303, await resp.text()
+                    page_id = resp.headers["Location"].rsplit("/", 1)[1]
+            report, _ = await finished(gw, page_id)
+            assert report["scoreboard"][0]["upstream"] == "self-hosted"
+            assert report["progress"]["ok"] == 3
+            assert len([r for r in alt_app[REQUESTS] if r["path"] == "/v1/chat/completions"]) == 6
+    finally:
+        await runner.cleanup()
+
+
+def test_a_bad_upstream_alt_is_refused_at_start(tmp_path: Path):
+    for value, words in (
+        ("self-hosted", "NAME=URL"),
+        ("local=ftp://10.0.0.5", "http(s)"),
+        ("a=http://x,a=http://y", "twice"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            Settings.build({"upstream_alt": value}, {})
+    assert Settings.build(
+        {}, {"AGENTOPS_UPSTREAM_ALT": "a=http://x/,b-2=https://y"}
+    ).upstream_alts() == {
+        "a": "http://x",
+        "b-2": "https://y",
+    }
+    proc = subprocess.run(
+        [*CLI, "serve", "--upstream-alt", "x=ftp://h", "--db", f"sqlite://{tmp_path / 'x.db'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--upstream-alt" in proc.stderr and "Traceback" not in proc.stderr

@@ -20,7 +20,7 @@ from gateway.export.dataset_files import parse_jsonl
 from gateway.export.dataset_items import parse_ids
 from gateway.store.datasets import Dataset, NewItem
 from webui.exchange_pages import FILTER_KEYS, FilterError, build_filter
-from webui.render import render
+from webui.render import SETTINGS, render
 
 PAGE_SIZE = 25
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -64,6 +64,7 @@ async def dataset_detail(request: web.Request) -> web.Response:
         "added": request.query.get("added"),
         "form_variants": range(1, FORM_VARIANTS + 1),
         "form_scorers": FORM_SCORERS,
+        "form_upstreams": sorted(request.app[SETTINGS].upstream_alts()),
     }
     return render(request, "dataset.html", context, partial="_dataset_items.html")
 
@@ -172,6 +173,9 @@ def experiment_body(dataset: Dataset, form: Any) -> dict[str, Any]:
         system = str(form.get(f"v{n}-system") or "").strip()
         if system:
             variant["system"] = system
+        upstream = str(form.get(f"v{n}-upstream") or "").strip()
+        if upstream:  # a configured name; the API refuses any other
+            variant["upstream"] = upstream
         params = {
             key: value
             for key, value in (

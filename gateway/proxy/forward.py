@@ -11,7 +11,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,10 +142,14 @@ class Proxy:
         held_keys: scrub.Keys | None = None,
         begin: Callable[[Exchange], None] | None = None,
         guard: BudgetGuard | None = None,
+        alternatives: Mapping[str, str] | None = None,
     ) -> None:
         """`held_keys`: keys of the gateway's own (the replay key), scrubbed from every record
-        as the caller's are. `guard`: the budgets, checked before a call goes upstream."""
+        as the caller's are. `guard`: the budgets, checked before a call goes upstream.
+        `alternatives`: the operator's other upstreams by name (--upstream-alt), which only
+        the gateway's own calls (`send`) may name; clients' calls never reach them."""
         self.upstream = upstream.rstrip("/")
+        self.alternatives = {k: v.rstrip("/") for k, v in (alternatives or {}).items()}
         self.routes = tuple(
             Route(r.prefix.rstrip("/"), r.upstream.rstrip("/"), r.provider) for r in routes
         )
@@ -161,7 +165,6 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.held_keys = held_keys or scrub.Keys()
         self.guard = guard
-        self._origin = URL(self.upstream)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -217,12 +220,19 @@ class Proxy:
         *,
         replay_of: int,
         hints: dict[str, str],
+        upstream_name: str | None = None,
     ) -> Exchange:
         """Send one request of our own (a replay) the way a client's call is forwarded, and
-        record it the same way. `path` is joined to the configured upstream and to nothing
-        else: it must be a path, never a URL."""
+        record it the same way. `path` is joined to the configured upstream (or to the
+        alternative named `upstream_name`) and to nothing else: it must be a path, never a
+        URL."""
         if not path.startswith("/") or path.startswith("//"):
             raise ValueError(f"not a path: {path!r}")
+        base = self.upstream
+        if upstream_name is not None:
+            if upstream_name not in self.alternatives:
+                raise ValueError(f"no alternative upstream named {upstream_name!r}")
+            base = self.alternatives[upstream_name]
         started = time.perf_counter()
         exchange = self._record(method, path, path, "", pairs, hints)
         exchange.request_body, exchange.replay_of = body, replay_of
@@ -230,14 +240,11 @@ class Proxy:
         keys = scrub.scrub_start(exchange, pairs, "", self.held_keys)
         self.begin(exchange)
         try:
-            url = URL(self.upstream + path, encoded=True)
-            if (url.scheme, url.host, url.port) != (
-                self._origin.scheme,
-                self._origin.host,
-                self._origin.port,
-            ):
+            url = URL(base + path, encoded=True)
+            origin = URL(base)
+            if (url.scheme, url.host, url.port) != (origin.scheme, origin.host, origin.port):
                 raise ValueError(f"{path!r} would leave the upstream")
-            upstream = await self._open(exchange, method, url, pairs, body, started, self.upstream)
+            upstream = await self._open(exchange, method, url, pairs, body, started, base)
             if isinstance(upstream, web.Response):
                 return exchange
             async with upstream:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ log = logging.getLogger("agentops.dataset_experiments")
 PURPOSE = "experiment"
 PATH = "/v1/chat/completions"
 FIELDS = {"dataset_id", "version", "variants", "scorers", "concurrency", "api_key"}
-VARIANT_FIELDS = {"name", "model", "params", "system", "tools"}
+VARIANT_FIELDS = {"name", "model", "params", "system", "tools", "upstream"}
 PARAMS = {
     "temperature": (int, float),
     "top_p": (int, float),
@@ -78,6 +78,7 @@ class Variant:
     params: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     tools: list[Any] | None = None
+    upstream: str | None = None  # an alternative upstream's name (--upstream-alt)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ class Variant:
             "params": self.params,
             "system": self.system,
             "tools": self.tools,
+            "upstream": self.upstream,
         }
 
 
@@ -102,7 +104,7 @@ def check_variant(value: Any, index: int) -> Variant:
     name = value.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise UserError(f"{where}: name must be a non-empty string of at most 100 characters")
-    for key in ("model", "system"):
+    for key in ("model", "system", "upstream"):
         if value.get(key) is not None and not isinstance(value[key], str):
             raise UserError(f"{where}: {key} must be a string")
     tools = value.get("tools")
@@ -114,6 +116,7 @@ def check_variant(value: Any, index: int) -> Variant:
         _params(value.get("params"), where),
         value.get("system"),
         tools,
+        value.get("upstream"),
     )
 
 
@@ -275,8 +278,13 @@ class DatasetExperiments:
         datasets: DatasetStore,
         runs: RunStore,
         judges: JudgeStore,
+        *,
+        alternatives: Mapping[str, SecretKey | None] | None = None,
     ) -> None:
+        """`alternatives`: the operator's other upstreams by name (--upstream-alt), each with
+        its own key or None (then the experiment's key goes there too)."""
         self.replayer = replayer
+        self.alternatives = dict(alternatives or {})
         self.replay_store = replay_store
         self.datasets = datasets
         self.runs = runs
@@ -315,6 +323,7 @@ class DatasetExperiments:
         if not 1 <= version <= dataset.version:
             raise NotFound(f"dataset {dataset.id} has no version {version}")
         variants = check_variants(body.get("variants"))
+        self._check_upstreams(variants)
         specs = await self._specs(body.get("scorers", []))
         concurrency = body.get("concurrency", DEFAULT_CONCURRENCY)
         if (
@@ -354,6 +363,15 @@ class DatasetExperiments:
             "total": len(rows),
             "url": f"/api/experiments/{experiment_id}",
         }
+
+    def _check_upstreams(self, variants: list[Variant]) -> None:
+        known = sorted(self.alternatives)
+        for variant in variants:
+            if variant.upstream is not None and variant.upstream not in self.alternatives:
+                raise UserError(
+                    f"variant {variant.name}: no upstream named {variant.upstream!r} "
+                    f"(configured with --upstream-alt: {', '.join(known) or 'none'})"
+                )
 
     async def _specs(self, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list) or len(value) > MAX_SCORERS:
@@ -490,6 +508,8 @@ class DatasetExperiments:
         self, experiment_id: int, item: DatasetItem, variant: Variant, key: SecretKey
     ) -> Any:
         body = orjson.dumps(request_body(item.input, variant))
+        if variant.upstream is not None:
+            key = self.alternatives.get(variant.upstream) or key
         pairs = [
             ("Content-Type", "application/json"),
             ("Accept", "application/json"),
@@ -499,6 +519,8 @@ class DatasetExperiments:
             f"purpose={PURPOSE},experiment={experiment_id},"
             f"variant={variant.name.replace(',', ' ')},item={item.id}"
         )
+        if variant.upstream is not None:
+            tags += f",upstream={variant.upstream}"
         for attempt in range(MAX_ATTEMPTS):
             exchange = await self.replayer.proxy.send(
                 "POST",
@@ -507,6 +529,7 @@ class DatasetExperiments:
                 body,
                 replay_of=item.exchange_id or 0,
                 hints={"purpose": PURPOSE, "tags": tags},
+                upstream_name=variant.upstream,
             )
             if exchange.status != 429 or attempt == MAX_ATTEMPTS - 1:
                 break
@@ -637,7 +660,10 @@ class DatasetExperiments:
                     "error": sum(1 for r in rows if r["status"] == "error"),
                     "fraction": round((total - pending) / total, 4) if total else 1.0,
                 },
-                "scoreboard": scoreboard(names, rows),
+                "scoreboard": [
+                    {**entry, "upstream": v.get("upstream")}
+                    for entry, v in zip(scoreboard(names, rows), plan["variants"], strict=True)
+                ],
                 "items": sorted(items.values(), key=lambda i: i["position"]),
             }
         )
