@@ -27,8 +27,12 @@
       if (Math.abs(v) < 1) return "$" + String(parseFloat(v.toPrecision(2)));
       return "$" + v.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
     }
-    if (unit === "ms") return v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s";
-    if (unit === "percent") return (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%";
+    if (unit === "ms") {
+      // under 10 ms one decimal, so ticks such as 0.5 ms and 1.5 ms do not both read "1 ms"
+      if (Math.abs(v) < 10) return String(parseFloat(v.toFixed(1))) + " ms";
+      return v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s";
+    }
+    if (unit === "percent") return String(parseFloat((v * 100).toFixed(v < 0.1 ? 1 : 0))) + "%";
     if (Math.abs(v) >= 1e6) return (v / 1e6).toFixed(1).replace(/\.0$/, "") + "M";
     if (Math.abs(v) >= 1e3) return (v / 1e3).toFixed(1).replace(/\.0$/, "") + "k";
     return String(Math.round(v * 100) / 100);
