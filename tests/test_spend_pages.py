@@ -94,3 +94,12 @@ async def test_dashboard_breaks_cost_down_by_category_with_month_to_date(gw: Gat
         assert exact(projected) == pytest.approx((llm + storage_mtd) / elapsed, rel=1e-3)
     assert exact(cells["fine-tuning"][3]) == pytest.approx(storage_mtd, abs=1e-4)  # this month
     assert "data-chart=" in html.split("By category")[1].split("</figure>")[0]
+
+
+async def test_most_expensive_runs_say_what_unnamed_runs_were_about(gw: Gateway) -> None:
+    await chat(gw)  # one unnamed run, whose first user message is "hi"
+    await gw.recorder.drained(timeout=20)
+    async with aiohttp.ClientSession(gw.ui_url) as http, http.get("/dashboard") as resp:
+        html = await resp.text()
+    table = html.split("Most expensive runs")[1].split("</table>")[0]
+    assert re.search(r'<a href="/runs/\d+">hi</a>', table), table

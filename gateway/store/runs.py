@@ -688,7 +688,8 @@ class RunStore:
             "LIMIT ?",
             [*params, limit],
         )
-        return [Run.from_row(row) for row in found]
+        titles = await self._titles([row for row in found if not row["name"]])
+        return [replace(Run.from_row(row), title=titles.get(row["id"])) for row in found]
 
     async def evaluations_of(self, run_ids: list[int]) -> list[Evaluation]:
         """Run-level evaluations of some runs (the runs list shows them)."""
