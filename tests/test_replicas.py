@@ -276,6 +276,12 @@ async def test_three_replicas_behind_haproxy_keep_every_run_whole(
     await check(pg_url, answers, conversation_ids)
 
 
+def before_restart(task: str) -> bool:
+    """Tasks of the load's first half run while one replica stops and starts again."""
+    kind, n = task.rsplit("-", 1)
+    return int(n) < {"loop": LOOPS, "named": NAMED, "conv": CONVERSATIONS}[kind] // 2
+
+
 async def check(db: str, answers: Answers, conversation_ids: list[str]) -> None:
     import asyncpg
 
@@ -317,9 +323,16 @@ async def check(db: str, answers: Answers, conversation_ids: list[str]) -> None:
                 assert run["name"] == task
             if not task.startswith("conv"):  # both tool calls of a loop got their results
                 tools = await conn.fetch(
-                    "SELECT return_value FROM tool_calls WHERE run_id = $1", run_id
+                    "SELECT return_value FROM tool_calls WHERE run_id = $1 ORDER BY id", run_id
                 )
-                assert [t["return_value"] for t in tools] == ["sun", "sun"], task
+                got = [t["return_value"] for t in tools]
+                if before_restart(task):
+                    # a loop running while a replica stopped: its asking call may be stored
+                    # only at that replica's next start, past the 5 s a result waits for it
+                    # (README, Replicas): the result then stays unlinked, the run whole
+                    assert len(got) == 2 and "sun" in got and set(got) <= {"sun", None}, task
+                else:
+                    assert got == ["sun", "sun"], task
         named = await conn.fetch("SELECT name, COUNT(*) AS n FROM runs GROUP BY name")
         assert all(row["n"] == 1 for row in named if row["name"])
         linked = await conn.fetch(
