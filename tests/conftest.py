@@ -338,3 +338,22 @@ async def relayed_pg() -> AsyncIterator[tuple[str, TcpRelay]]:
             yield f"postgres://postgres@127.0.0.1:{relay.port}/{name}", relay
         finally:
             await relay.close()
+
+
+def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
+    """aiosqlite's worker threads are not daemons: a connection a test left open (a store
+    some code path never closed, held by tortoise's registry) would keep the test process
+    alive after the summary. Stop them, and say how many there were."""
+    import gc
+
+    import aiosqlite
+
+    left = [
+        c
+        for c in gc.get_objects()
+        if isinstance(c, aiosqlite.Connection) and c._running
+    ]
+    for connection in left:
+        connection.stop()
+    if left:
+        print(f"\nconftest: stopped {len(left)} SQLite connection(s) left open by tests")
