@@ -348,6 +348,9 @@ async def test_late_evaluation_and_replays(upstream: Upstream, tmp_path: Path, o
         await wait_until(lambda: sent(1), timeout=30)  # the run ended and was logged
         (run,) = await runs_of(gw)
         assert run["status"] == "ok"
+        # wandb names an offline run's folder by the second it started: the resumed run gets
+        # a folder of its own only in a later second (not a wait for the gateway)
+        await asyncio.sleep(1.05 - time.time() % 1)
         status, _ = await post(
             gw,
             f"/api/runs/{run['id']}/evaluations",
