@@ -348,11 +348,7 @@ def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
 
     import aiosqlite
 
-    left = [
-        c
-        for c in gc.get_objects()
-        if isinstance(c, aiosqlite.Connection) and c._running
-    ]
+    left = [c for c in gc.get_objects() if isinstance(c, aiosqlite.Connection) and c._running]
     for connection in left:
         connection.stop()
     if left:
