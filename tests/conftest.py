@@ -340,6 +340,30 @@ async def relayed_pg() -> AsyncIterator[tuple[str, TcpRelay]]:
             await relay.close()
 
 
+_CURRENT_TEST: list[str] = [""]
+
+
+def pytest_runtest_setup(item):  # type: ignore[no-untyped-def]
+    _CURRENT_TEST[0] = item.nodeid
+
+
+def _note_opener() -> None:
+    """Tag each aiosqlite connection with the test that opened it, so the report below can
+    name the test that left it open."""
+    import aiosqlite
+
+    init = aiosqlite.Connection.__init__
+
+    def tagged(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        self._opened_by = _CURRENT_TEST[0]
+
+    aiosqlite.Connection.__init__ = tagged  # type: ignore[method-assign]
+
+
+_note_opener()
+
+
 def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
     """aiosqlite's worker threads are not daemons: a connection a test left open (a store
     some code path never closed, held by tortoise's registry) would keep the test process
@@ -352,4 +376,5 @@ def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
     for connection in left:
         connection.stop()
     if left:
-        print(f"\nconftest: stopped {len(left)} SQLite connection(s) left open by tests")
+        openers = sorted({getattr(c, "_opened_by", "?") for c in left})
+        print(f"\nconftest: stopped {len(left)} SQLite connection(s) left open by: {openers}")
