@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +46,29 @@ def interrupted(what: str = "interrupted") -> None:
 
 def say(line: str) -> None:
     click.echo(line, err=True)
+
+
+def _run(
+    work: Coroutine[Any, Any, T],
+    when_interrupted: str = "interrupted",
+    cannot_write: str | None = None,
+) -> T:
+    """Run a command's coroutine; an interruption, an error of the tree (and, where the
+    command writes a file, an OSError naming it) end the command with one line and its
+    exit code."""
+    try:
+        return run_interruptible(work)
+    except Interrupted:
+        interrupted(when_interrupted)
+        raise  # unreachable: interrupted() exits
+    except USER_ERRORS as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+    except OSError as exc:
+        if cannot_write is None:
+            raise
+        fail(f"{cannot_write}: {exc.strerror or exc}")
+        raise
 
 
 def setting_options(names: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
@@ -98,11 +121,17 @@ def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy and the UI/API in one process until SIGTERM or Ctrl-C."""
     settings = build_settings(flags)
     _logging(log_level)
+    if settings.workers > 1:
+        _listen(_serve_workers(settings, logging.getLogger().getEffectiveLevel()))
+    else:
+        _listen(_serve(settings))
+
+
+def _listen(work: Coroutine[Any, Any, object | None]) -> None:
+    """Run a listening command until it is stopped: a failure to start is one line (exit 2),
+    a second Ctrl-C (`work` returns what cut it) exits as an interrupted command does."""
     try:
-        if settings.workers > 1:
-            cut = asyncio.run(_serve_workers(settings, logging.getLogger().getEffectiveLevel()))
-        else:
-            cut = asyncio.run(_serve(settings))
+        cut = asyncio.run(work)
     except Interrupted:
         interrupted("interrupted while starting")
         return
@@ -337,14 +366,10 @@ def purge(older_than: str, **flags: Any) -> None:
     settings = build_settings(flags)
     cutoff = datetime.now(UTC) - timedelta(days=days)
 
-    try:
-        removed = run_interruptible(on_store(settings.db, lambda store: store.purge(cutoff)))
-    except Interrupted:
-        interrupted("interrupted: exchanges removed so far stay removed")
-        return
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
+    removed = _run(
+        on_store(settings.db, lambda store: store.purge(cutoff)),
+        "interrupted: exchanges removed so far stay removed",
+    )
     click.echo(f"removed {removed} exchanges started before {cutoff.isoformat()}")
 
 
@@ -372,18 +397,16 @@ def reprice(model: str | None, since: str | None, dry_run: bool, **flags: Any) -
     settings = build_settings(flags)
     try:
         prices = PriceTable.load(settings.prices)
-        done: Repriced = run_interruptible(
-            on_store(
-                settings.db,
-                lambda store: run_reprice(store, prices.cost, model, start, dry_run=dry_run),
-            )
-        )
-    except Interrupted:
-        interrupted("interrupted: batches repriced so far stay repriced")
-        return
     except USER_ERRORS as exc:
         fail(str(exc))
         return
+    done: Repriced = _run(
+        on_store(
+            settings.db,
+            lambda store: run_reprice(store, prices.cost, model, start, dry_run=dry_run),
+        ),
+        "interrupted: batches repriced so far stay repriced",
+    )
     verb = "would reprice" if dry_run else "repriced"
     click.echo(
         f"{verb} {done.changed} of {done.examined} calls ({done.newly_priced} newly priced, "
@@ -505,21 +528,7 @@ def mitm(
     settings = build_settings(flags)
     _logging(log_level)
     hosts = tuple(h for entry in capture_hosts for h in entry.replace(",", " ").split())
-    try:
-        cut = asyncio.run(
-            _mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca, save_flows, ui)
-        )
-    except Interrupted:
-        interrupted("interrupted while starting")
-        return
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
-    except OSError as exc:
-        fail(f"cannot listen: {exc.strerror or exc}")
-        return
-    if cut is not None:  # a second Ctrl-C
-        sys.exit(INTERRUPTED_STATUS)
+    _listen(_mitm(settings, mitm_port, listen_host, hosts, confdir, upstream_ca, save_flows, ui))
 
 
 async def _mitm(
@@ -597,13 +606,10 @@ def import_(file: str, capture_hosts: tuple[str, ...], **flags: Any) -> None:
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     try:
         loaded = load(file, capture_hosts)
-        stored, known = run_interruptible(_import(settings, loaded.exchanges))
-    except Interrupted:
-        interrupted()
-        return
     except USER_ERRORS as exc:
         fail(str(exc))
         return
+    stored, known = _run(_import(settings, loaded.exchanges))
     skipped = sum(loaded.skipped_hosts.values())
     line = f"imported {stored} exchanges from {loaded.kind} file {file}"
     if known:
@@ -640,17 +646,11 @@ def export(**options: Any) -> None:
         fail(str(exc))
         return
     settings = build_settings({"db": options.get("db")})
-    try:
-        result = run_interruptible(run_export(settings.db, request))
-    except Interrupted:
-        interrupted("interrupted: nothing was exported")
-        return
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
-    except OSError as exc:
-        fail(f"--out: cannot write {request.out}: {exc.strerror or exc}")
-        return
+    result = _run(
+        run_export(settings.db, request),
+        "interrupted: nothing was exported",
+        cannot_write=f"--out: cannot write {request.out}",
+    )
     skipped = f" ({result.skipped} without an assistant reply left out)" if result.skipped else ""
     click.echo(
         f"exported {result.written} {'runs' if request.runs else 'calls'} to "
@@ -758,17 +758,11 @@ def finetune(**options: Any) -> None:
             return
         await train(store, prices, opts, outcome, gateway, key.reveal(), say)
 
-    try:
-        run_interruptible(on_store(settings.db, loop))
-    except Interrupted:
-        interrupted("interrupted: a job already created keeps running")
-        return
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
-    except OSError as exc:
-        fail(f"--out: cannot write {opts.out}: {exc.strerror or exc}")
-        return
+    _run(
+        on_store(settings.db, loop),
+        "interrupted: a job already created keeps running",
+        cannot_write=f"--out: cannot write {opts.out}",
+    )
     _finetune_report(outcome, opts)
 
 
@@ -840,14 +834,7 @@ def quarantine_list(**flags: Any) -> None:
             items += more
         return items
 
-    try:
-        items = run_interruptible(on_store(settings.db, listed))
-    except Interrupted:
-        interrupted("interrupted")
-        return
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
+    items = _run(on_store(settings.db, listed))
     for item in items:
         error = item["error"].replace("\n", " ")
         click.echo(f"{item['id']}  {item['captured_at']}  {item['size_bytes']} bytes  {error}")
@@ -895,16 +882,7 @@ def quarantine_drop(ids: tuple[str, ...], **flags: Any) -> None:
     wanted = _ids(ids)
     settings = build_settings(flags)
 
-    try:
-        dropped = run_interruptible(
-            on_store(settings.db, lambda store: store.quarantine_delete(wanted))
-        )
-    except Interrupted:
-        interrupted("interrupted")
-        return
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        return
+    dropped = _run(on_store(settings.db, lambda store: store.quarantine_delete(wanted)))
     click.echo(f"dropped {dropped} quarantined record{'' if dropped == 1 else 's'}")
     if dropped < len(set(wanted)):
         fail(f"{len(set(wanted)) - dropped} of the ids were not in quarantine")
@@ -920,14 +898,9 @@ def _on_datasets(db: str, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(DatasetStore)` on the database; errors from the tree are one line, exit 2."""
     from gateway.store.datasets import DatasetStore
 
-    try:
-        return run_interruptible(on_store(db, lambda store: work(DatasetStore(store))))
-    except Interrupted:
-        interrupted("interrupted: nothing was changed")
-        raise  # unreachable
-    except USER_ERRORS as exc:
-        fail(str(exc))
-        raise  # unreachable
+    return _run(
+        on_store(db, lambda store: work(DatasetStore(store))), "interrupted: nothing was changed"
+    )
 
 
 def _line(found: Any) -> str:
