@@ -450,6 +450,8 @@ async def test_the_budgets_page_lists_adds_and_deletes(sqlite_gateway: Gateway) 
         assert "<meter" in html and "$25.00" in html
         (budget,) = (await api(gw, "GET", "/api/budgets"))[1]["items"]
         assert budget["hard"] is True and budget["scope"] == {"kind": "user", "value": "ann"}
+        assert f'action="/budgets/{budget["id"]}/delete"' in html
+        assert 'aria-label="Delete budget &lt;b&gt;team&lt;/b&gt;"' in html
         async with http.post(f"/budgets/{budget['id']}/delete", data={"csrf_token": token}) as resp:
             assert resp.status == 200 and "No budgets yet" in await resp.text()
 
