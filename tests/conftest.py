@@ -356,7 +356,14 @@ def _note_opener() -> None:
 
     def tagged(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         init(self, *args, **kwargs)
-        self._opened_by = _CURRENT_TEST[0]
+        import traceback
+
+        where = [
+            f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}"
+            for f in traceback.extract_stack(limit=12)
+            if "/gateway/" in f.filename or "/tests/" in f.filename
+        ]
+        self._opened_by = f"{_CURRENT_TEST[0]} ({' < '.join(reversed(where[-4:]))})"
 
     aiosqlite.Connection.__init__ = tagged  # type: ignore[method-assign]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Coroutine
@@ -53,11 +54,20 @@ class ThreadedGateway:
         self.folder = folder
         self.extra = settings
         self.loop = asyncio.new_event_loop()
+        self.context = contextvars.Context()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ui-gateway", daemon=True)
         self.gateway: Gateway | None = None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """Run `coro` on the gateway's loop, in one context for every call: tortoise keeps its
+        connections in a context variable, so the stop must see what the start opened (in a
+        context of its own it closed nothing, and the SQLite connection's thread outlived the
+        test session)."""
+
+        async def in_context() -> T:
+            return await self.loop.create_task(coro, context=self.context)
+
+        return asyncio.run_coroutine_threadsafe(in_context(), self.loop).result(timeout)
 
     def __enter__(self) -> ThreadedGateway:
         self.thread.start()
