@@ -26,6 +26,7 @@ import orjson
 from gateway.capture.exchange import is_id
 from gateway.errors import NotFound, UserError
 from gateway.replay import scorers
+from gateway.replay.batch import DoRow, run_pending
 from gateway.replay.judge import (
     EMBEDDING_MODEL,
     EmbeddingCosine,
@@ -419,7 +420,7 @@ class DatasetExperiments:
         return resumed
 
     async def _run(self, experiment_id: int, key: SecretKey) -> None:
-        try:
+        async def prepare() -> tuple[DoRow, int]:
             experiment = await self.replay_store.get_experiment(experiment_id)
             assert experiment is not None
             selection, plan = experiment["selection"], experiment["overrides"]
@@ -431,25 +432,20 @@ class DatasetExperiments:
                 )
             }
             caller = GatewayCaller(self.replayer, key)
-            gate = asyncio.Semaphore(int(experiment["concurrency"]))
 
-            async def one(row: dict[str, Any]) -> None:
-                async with gate:
-                    await self._row(
-                        experiment_id, row, items, variants, plan["scorers"], key, caller
-                    )
+            async def do_row(row: dict[str, Any]) -> None:
+                await self._row(experiment_id, row, items, variants, plan["scorers"], key, caller)
 
-            rows = await self.replay_store.pending_rows(experiment_id)
-            await asyncio.gather(*(one(row) for row in rows))
-            await self.replay_store.finish_experiment(experiment_id, "done")
-            await self._report_finished(experiment_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("dataset experiment %s failed", experiment_id)
-            await self.replay_store.finish_experiment(experiment_id, "failed")
-        finally:
-            self.tasks.pop(experiment_id, None)
+            return do_row, int(experiment["concurrency"])
+
+        await run_pending(
+            self.replay_store,
+            experiment_id,
+            prepare,
+            self._report_finished,
+            self.tasks,
+            "dataset experiment",
+        )
 
     async def _report_finished(self, experiment_id: int) -> None:
         if self.on_finished is None:

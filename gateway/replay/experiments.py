@@ -20,6 +20,7 @@ import orjson
 from gateway.capture.exchange import is_id
 from gateway.errors import UserError
 from gateway.replay import diff as diffs
+from gateway.replay.batch import DoRow, run_pending
 from gateway.replay.dataset_experiments import DatasetExperiments, is_dataset_experiment
 from gateway.replay.replayer import Recorded, Replayer, ReplayError, SecretKey
 from gateway.store.exchanges import ExchangeFilter, Store
@@ -324,24 +325,15 @@ class Experiments:
     async def _run(
         self, experiment_id: int, overrides: dict[str, Any], key: SecretKey, concurrency: int
     ) -> None:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(row: dict[str, Any]) -> None:
-            async with gate:
+        async def prepare() -> tuple[DoRow, int]:
+            async def do_row(row: dict[str, Any]) -> None:
                 await self._replay_row(experiment_id, row, overrides, key)
 
-        try:
-            rows = await self.replay_store.pending_rows(experiment_id)
-            await asyncio.gather(*(one(row) for row in rows))
-            await self.replay_store.finish_experiment(experiment_id, "done")
-            await self._report_finished(experiment_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("experiment %s failed", experiment_id)
-            await self.replay_store.finish_experiment(experiment_id, "failed")
-        finally:
-            self.tasks.pop(experiment_id, None)
+            return do_row, concurrency
+
+        await run_pending(
+            self.replay_store, experiment_id, prepare, self._report_finished, self.tasks
+        )
 
     async def _report_finished(self, experiment_id: int) -> None:
         if self.on_finished is None:
