@@ -177,7 +177,7 @@ def _derived_inputs(messages: Sequence[Any], snapshot: Mapping[str, Any]) -> lis
     pointing into it (content and tool calls filled in when read)."""
     rows = []
     for position in range(max(int(snapshot["carried"]), 0), len(messages)):
-        fields = message_fields(messages[position])
+        fields = _identity(messages[position])
         rows.append(
             {
                 "position": position,
@@ -193,6 +193,16 @@ def _derived_inputs(messages: Sequence[Any], snapshot: Mapping[str, Any]) -> lis
             }
         )
     return rows
+
+
+def _identity(message: Any) -> dict[str, Any]:
+    """A message's role and tool_call_id as message_fields gives them, without writing its
+    content as JSON (the content is filled in from the request when read)."""
+    if not isinstance(message, dict):
+        return {"role": None, "tool_call_id": None}
+    return message_fields(
+        {"role": message.get("role"), "tool_call_id": message.get("tool_call_id")}
+    )
 
 
 def _derived_output(
