@@ -5,14 +5,14 @@
   so (`inputs_from`) and reading a run derives them (gateway/store/run_refs.py). Existing
   rows keep their message rows (`inputs_from` null) and are read as they are.
 - PostgreSQL: the search index's GIN pending list is cut from the server's default (4 MB)
-  to 256 kB. New entries wait there unsorted, several times larger than in the index
+  to 128 kB. New entries wait there unsorted, several times larger than in the index
   proper, until it fills; a smaller list is merged sooner, for the same server CPU.
 """
 
 from tortoise import fields, migrations
 from tortoise.migrations import operations as ops
 
-PENDING = "ALTER INDEX exchange_search_doc SET (gin_pending_list_limit = 256)"
+PENDING = "ALTER INDEX exchange_search_doc SET (gin_pending_list_limit = 128)"
 
 
 async def forward(apps, schema_editor) -> None:
