@@ -170,7 +170,9 @@ async def _singles(proxy_url: str, body_size: int, calls: int, seed: int) -> int
     return sent
 
 
-async def _measure_db(kind: str, folder: Path) -> list[tuple[str, int, int, int]]:
+async def _measure_db(
+    kind: str, folder: Path, loop_runs: int = LOOP_RUNS
+) -> list[tuple[str, int, int, int, int]]:
     """(scenario, units, bytes grown, the same without free pages, unique content bytes) on
     one fresh database."""
     import uuid
@@ -221,12 +223,12 @@ async def _measure_db(kind: str, folder: Path) -> list[tuple[str, int, int, int]
             results.append((f"single {label} calls", calls, grown, used, unique))
 
         async def loops() -> int:
-            done = [await growing_loop(url, steps=LOOP_STEPS, seed=s) for s in range(LOOP_RUNS)]
+            done = [await growing_loop(url, steps=LOOP_STEPS, seed=s) for s in range(loop_runs)]
             return sum(loop.unique_bytes for loop in done)
 
         grown, used, unique = await _growth(gateway, size, loops)
         label = f"{LOOP_STEPS}-step growing tool loop (runs)"
-        results.append((label, LOOP_RUNS, grown, used, unique))
+        results.append((label, loop_runs, grown, used, unique))
     finally:
         await gateway.stop()
         await runner.cleanup()
@@ -244,6 +246,13 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     parser = argparse.ArgumentParser(description="Bytes the database stores per call and run.")
     parser.add_argument("--db", default="sqlite,postgres", help="sqlite, postgres or both")
+    parser.add_argument(
+        "--loop-runs",
+        type=int,
+        default=LOOP_RUNS,
+        help="loop runs measured (more: less of what merges at the window's ends, such as "
+        "PostgreSQL's GIN pending list or an FTS5 segment merge, in the figure)",
+    )
     args = parser.parse_args()
     print(
         f"{'database':<10} {'scenario':<38} {'bytes/unit':>10} {'unique/unit':>11} "
@@ -251,7 +260,8 @@ def main() -> None:
     )
     for kind in args.db.split(","):
         with tempfile.TemporaryDirectory(prefix="agentops-storage-") as tmp:
-            for label, units, grown, used, unique in asyncio.run(_measure_db(kind, Path(tmp))):
+            measured = asyncio.run(_measure_db(kind, Path(tmp), args.loop_runs))
+            for label, units, grown, used, unique in measured:
                 print(
                     f"{kind:<10} {label:<38} {grown / units:>10,.0f} {unique / units:>11,.0f} "
                     f"{grown / unique:>6.2f} {used / unique:>10.2f}"

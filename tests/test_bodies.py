@@ -176,11 +176,15 @@ async def _stored_run(tmp_path: Path, name: str, records: list[Exchange]) -> dic
         marked = await store.rows(
             "SELECT COUNT(*) AS n FROM messages WHERE content_from IS NOT NULL"
         )
+        folded = await store.rows(
+            "SELECT inputs_from, COUNT(*) AS n FROM memory_snapshots GROUP BY inputs_from"
+        )
         found = detail.to_json()
         found.pop("id")  # the run's own id is new in each database
         for exchange in found["exchanges"]:
             exchange.pop("run_id")
         found["marked"] = marked[0]["n"]
+        found["folded"] = {row["inputs_from"]: row["n"] for row in folded}
         return found
     finally:
         await store.close()
@@ -194,7 +198,12 @@ async def test_messages_and_snapshots_read_back_as_if_copied(
     with monkeypatch.context() as patch:  # nothing to point into: everything copied
         patch.setattr(run_refs.Sources, "of", classmethod(lambda cls, rows: cls(None, None)))
         copied = await _stored_run(tmp_path, "copies", records)
-    assert referred.pop("marked") > 10 and copied.pop("marked") == 0
+    # pointing into the exchange: markers, and steps whose message rows are derived
+    assert referred.pop("marked") > 3 and copied.pop("marked") == 0
+    # plain answers: no message row ("exchange"); answers asking for a tool keep their
+    # output row ("request"); a reshaped reply or a non-message entry keeps them all (None)
+    assert referred.pop("folded") == {"exchange": 2, "request": 2, None: 2}
+    assert copied.pop("folded") == {None: 6}
     assert referred == copied
     states = [s["state"] for s in referred["memory_snapshots"]]
     assert "not a message" not in states[-1] and states[-1][0]["extra"] == {"kept": True}

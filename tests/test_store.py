@@ -28,6 +28,7 @@ MIGRATIONS = [
     "0016_cost_category",
     "0017_budgets",
     "0018_campaigns",
+    "0020_fewer_rows",
 ]
 
 
@@ -65,6 +66,11 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
                 "'exchange_bodies'::regclass AND attname = 'data'"
             )
             assert {bytes(row["attstorage"]) for row in found} == {b"e"}
+            # the search index's pending list is merged at 128 kB, not the default 4 MB
+            found = await store.rows(
+                "SELECT reloptions FROM pg_class WHERE relname = 'exchange_search_doc'"
+            )
+            assert found[0]["reloptions"] == ["gin_pending_list_limit=128"]
     finally:
         await store.close()
     again = Store(db_url)

@@ -181,6 +181,9 @@ class MemorySnapshot(Model):
     # null: `appended` holds the items; "exchange": they are the exchange's request messages
     # from position `carried` on, then its output message (`appended` is []).
     appended_from = fields.CharField(max_length=8, null=True)
+    # null: the step's new input messages are rows of `messages`; "request": they are not
+    # stored, being exactly its request's messages from position `carried` on (run_refs.py).
+    inputs_from = fields.CharField(max_length=8, null=True)
 
     class Meta:
         table = "memory_snapshots"

@@ -11,7 +11,7 @@ markers in; the rows then read as they always did.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -23,8 +23,11 @@ from gateway.store.bodies import Frames, Parts
 from gateway.store.exchanges import Store
 
 REQUEST = "request"  # a message's content and tool calls: its request's message `position`
+# (and as a snapshot's `inputs_from`: the step's new input messages are not rows at all)
 OUTPUT = "output"  # a message's content: its exchange's output_text
 EXCHANGE = "exchange"  # a snapshot's items: its request's messages from `carried`, its outputs
+# (and as its `inputs_from`: the step's input and output messages are not rows at all)
+ANSWER = ("finish_reason", "prompt_tokens", "completion_tokens")  # exchange columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class Sources:
 
     messages: Sequence[Any] | None
     output_text: str | None
+    answer: Mapping[str, Any] = field(default_factory=dict)  # finish_reason and tokens
 
     @classmethod
     def of(cls, rows: Rows) -> Sources:
@@ -42,7 +46,9 @@ class Sources:
         if isinstance(request, dict) and rows.bodies["request_body_encoding"] == "json":
             found = request.get("messages")
             messages = found if isinstance(found, list) else None
-        return cls(messages, rows.exchange["output_text"])
+        exchange = rows.exchange
+        answer = {key: exchange.get(key) for key in ANSWER}
+        return cls(messages, exchange["output_text"], answer)
 
 
 def _text(value: str | None) -> str | None:
@@ -114,6 +120,110 @@ def refer_snapshot(
     return ("[]", EXCHANGE) if same else (appended, None)
 
 
+def fold_rows(
+    messages: list[dict[str, Any]],
+    snapshots: Mapping[int, Mapping[str, Any]],
+    sources: Mapping[int, Sources],
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """(the message rows to store, each folded exchange's snapshot `inputs_from`).
+
+    A step's input rows are left out when they are exactly what reading derives from its
+    request (its messages from the snapshot's `carried` on, each pointing into the request):
+    REQUEST. Its output row too when it is a plain answer (no tool calls) whose content,
+    finish reason and tokens are its exchange's: EXCHANGE. One row less per message, and its
+    index entries."""
+    inputs: dict[int, list[dict[str, Any]]] = {}
+    outputs: dict[int, list[dict[str, Any]]] = {}
+    for row in messages:
+        (inputs if row["direction"] == "in" else outputs).setdefault(row["exchange_id"], []).append(
+            row
+        )
+    folded: dict[int, str] = {}
+    for eid, snapshot in snapshots.items():
+        source = sources.get(eid)
+        if source is None or source.messages is None:
+            continue
+        if not _same(inputs.get(eid, []), _derived_inputs(source.messages, snapshot), snapshot):
+            continue
+        out = outputs.get(eid, [])
+        derived = _derived_output(len(source.messages), snapshot, source.answer)
+        folded[eid] = EXCHANGE if out and _same(out, [derived], snapshot) else REQUEST
+    if not folded:
+        return messages, folded
+    kept = [
+        m
+        for m in messages
+        if m["exchange_id"] not in folded
+        or (m["direction"] == "out" and folded[m["exchange_id"]] == REQUEST)
+    ]
+    return kept, folded
+
+
+def _same(
+    rows: Sequence[Mapping[str, Any]],
+    derived: Sequence[Mapping[str, Any]],
+    snapshot: Mapping[str, Any],
+) -> bool:
+    return len(rows) == len(derived) and all(
+        row["run_id"] == snapshot["run_id"]
+        and row["step"] == snapshot["step"]
+        and all(row[key] == value for key, value in found.items())
+        for row, found in zip(rows, derived, strict=True)
+    )
+
+
+def _derived_inputs(messages: Sequence[Any], snapshot: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The input message rows a step's request gives from its snapshot's `carried` on,
+    pointing into it (content and tool calls filled in when read)."""
+    rows = []
+    for position in range(max(int(snapshot["carried"]), 0), len(messages)):
+        fields = _identity(messages[position])
+        rows.append(
+            {
+                "position": position,
+                "direction": "in",
+                "role": fields["role"],
+                "content": None,
+                "tool_calls": None,
+                "tool_call_id": fields["tool_call_id"],
+                "finish_reason": None,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "content_from": REQUEST,
+            }
+        )
+    return rows
+
+
+def _identity(message: Any) -> dict[str, Any]:
+    """A message's role and tool_call_id as message_fields gives them, without writing its
+    content as JSON (the content is filled in from the request when read)."""
+    if not isinstance(message, dict):
+        return {"role": None, "tool_call_id": None}
+    return message_fields(
+        {"role": message.get("role"), "tool_call_id": message.get("tool_call_id")}
+    )
+
+
+def _derived_output(
+    position: int, snapshot: Mapping[str, Any], answer: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A plain answer's output row, pointing into its exchange's output text; its finish
+    reason and tokens (`answer`) are its exchange's columns."""
+    return {
+        "position": position,
+        "direction": "out",
+        "role": "assistant",
+        "content": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "finish_reason": answer.get("finish_reason"),
+        "prompt_tokens": answer.get("prompt_tokens"),
+        "completion_tokens": answer.get("completion_tokens"),
+        "content_from": OUTPUT,
+    }
+
+
 # -- reading ----------------------------------------------------------------------------------
 
 
@@ -123,15 +233,46 @@ async def resolve(
     """A run's messages and snapshot rows with their markers filled in, as if copied."""
     wanted = {m["exchange_id"] for m in messages if m.get("content_from")}
     wanted |= {s["exchange_id"] for s in snapshots if s.get("appended_from")}
+    folded = [s for s in snapshots if s.get("inputs_from")]
+    wanted |= {s["exchange_id"] for s in folded}
     parts = await _parts(store, run_id, wanted) if wanted else {}
     requests = {eid: _messages(p) for eid, p in parts.items()}
     outputs = {eid: p.text("output") for eid, p in parts.items() if p is not None}
+    if folded:
+        messages = await _with_folded(store, run_id, messages, folded, requests)
     filled = [_fill_message(m, requests, outputs) for m in messages]
     by_exchange: dict[int, list[dict[str, Any]]] = {}
     for message in filled:
         if message["direction"] == "out":
             by_exchange.setdefault(message["exchange_id"], []).append(message)
     return filled, [_fill_snapshot(s, requests, by_exchange) for s in snapshots]
+
+
+async def _with_folded(
+    store: Store,
+    run_id: int,
+    messages: list[dict[str, Any]],
+    folded: list[dict[str, Any]],
+    requests: Mapping[int, Sequence[Any] | None],
+) -> list[dict[str, Any]]:
+    """A run's message rows with the folded ones derived (markers still to fill), in the
+    order the rows would have been read: step, position."""
+    answers: dict[int, dict[str, Any]] = {}
+    if any(s["inputs_from"] == EXCHANGE for s in folded):
+        found = await store.rows(
+            f"SELECT id, {', '.join(ANSWER)} FROM exchanges WHERE run_id = ?", [run_id]
+        )
+        answers = {int(row["id"]): row for row in found}
+    derived = []
+    for snapshot in folded:
+        eid = snapshot["exchange_id"]
+        request = requests.get(eid) or ()
+        rows = _derived_inputs(request, snapshot)
+        if snapshot["inputs_from"] == EXCHANGE and eid in answers:
+            rows.append(_derived_output(len(request), snapshot, answers[eid]))
+        keys = {"run_id": snapshot["run_id"], "exchange_id": eid, "step": snapshot["step"]}
+        derived += [{**keys, **row} for row in rows]
+    return sorted([*messages, *derived], key=lambda m: (m["step"], m["position"]))
 
 
 def _fill_message(

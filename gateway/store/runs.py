@@ -187,12 +187,12 @@ class RunStore:
             return
         sources = sources or {}
         await self._upsert_runs(tx, changes)
-        outputs = await self._write_messages(tx, changes, sources)
+        outputs, folded = await self._write_messages(tx, changes, sources)
         await self._insert(
             tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
         )
         await self._write_tool_results(tx, changes)
-        await self._write_snapshots(tx, changes, outputs, sources)
+        await self._write_snapshots(tx, changes, outputs, sources, folded)
         await self._write_conversation_links(tx, changes)
 
     async def _write_messages(
@@ -200,9 +200,9 @@ class RunStore:
         tx: BaseDBAsyncClient,
         changes: list[RunChanges],
         sources: Mapping[int, run_refs.Sources],
-    ) -> dict[int, list[dict[str, Any]]]:
+    ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, str]]:
         """Insert the messages; returns each exchange's output messages (snapshots refer to
-        them)."""
+        them) and the exchanges whose messages were left out (run_refs.fold_rows)."""
         columns = MESSAGE_COLUMNS[1:]
         messages = [
             dict(zip(columns, values, strict=True))
@@ -217,12 +217,14 @@ class RunStore:
             if message["direction"] == "out":
                 outputs.setdefault(message["exchange_id"], []).append(message)
         referred = [run_refs.refer_message(m, sources.get(m["exchange_id"])) for m in messages]
+        snapshots = {s["exchange_id"]: s for ch in changes if (s := ch.snapshot) is not None}
+        referred, folded = run_refs.fold_rows(referred, snapshots, sources)
         with_from = (*columns, "content_from")
         # made storable above already (refer_message only blanks values or adds a marker)
         await self._insert_fitted(
             tx, "messages", with_from, [[m[c] for c in with_from] for m in referred]
         )
-        return outputs
+        return outputs, folded
 
     async def _write_tool_results(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
         """A tool's result, found in a later call, completes the call that asked for it:
@@ -273,11 +275,21 @@ class RunStore:
         changes: list[RunChanges],
         outputs: Mapping[int, list[dict[str, Any]]],
         sources: Mapping[int, run_refs.Sources],
+        folded: Mapping[int, str],
     ) -> None:
         store = self.store
         snapshots = storable.rows(
             "memory_snapshots",
-            ("run_id", "exchange_id", "step", "taken_at", "carried", "appended", "appended_from"),
+            (
+                "run_id",
+                "exchange_id",
+                "step",
+                "taken_at",
+                "carried",
+                "appended",
+                "appended_from",
+                "inputs_from",
+            ),
             [
                 [
                     s["run_id"],
@@ -288,6 +300,7 @@ class RunStore:
                     *run_refs.refer_snapshot(
                         s, outputs.get(s["exchange_id"], []), sources.get(s["exchange_id"])
                     ),
+                    folded.get(s["exchange_id"]),
                 ]
                 for ch in changes
                 if (s := ch.snapshot) is not None
@@ -297,7 +310,7 @@ class RunStore:
             await tx.execute_many(
                 store.sql(
                     "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
-                    "appended, appended_from) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "appended, appended_from, inputs_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 snapshots,
             )
