@@ -170,6 +170,7 @@ class NodeLease:
         self.holder = f"{role}:{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"[:200]
         self.node: int | None = None
         self.other_writers = 0
+        self.orphans = 0  # steps stored without their parent, not merged yet
         self.counted_at = 0.0  # time.monotonic() of the last count
         self._task: asyncio.Task[None] | None = None
 
@@ -231,11 +232,14 @@ class NodeLease:
 
     async def _count_writers(self) -> None:
         found = await self.store.rows(
-            "SELECT COUNT(*) AS n FROM node_leases WHERE expires_at >= ? AND holder LIKE ? "
-            "AND holder <> ?",
+            "SELECT COUNT(*) AS n, (SELECT COUNT(*) FROM run_orphans) AS orphans "
+            "FROM node_leases WHERE expires_at >= ? AND holder LIKE ? AND holder <> ?",
             [time.time(), f"{WRITER}:%", self.holder],
         )
         self.other_writers = int(found[0]["n"]) if found else 0
+        # steps waiting for a late parent (merging.py): while there are, writers look for
+        # their parents after each batch and in a sweep
+        self.orphans = int(found[0]["orphans"] or 0) if found else 0
         self.counted_at = time.monotonic()
 
     async def release(self) -> None:
