@@ -225,9 +225,9 @@ async def merge(store: Store, wanted: Merge) -> Merge | None:
 
 
 async def _current(store: Store, wanted: Merge) -> tuple[int | None, int | None]:
-    if wanted.orphan is None:
-        found = await moved(store, [wanted.source, wanted.target])
-        return _follow(found, wanted.source), _follow(found, wanted.target)
+    if wanted.orphan is None:  # the source as it is (brought back, it is a run again)
+        found = await moved(store, [wanted.target])
+        return wanted.source, _follow(found, wanted.target)
     ids = [wanted.orphan.exchange_id, wanted.parent_id]
     rows = await store.rows(
         "SELECT id, run_id FROM exchanges WHERE id IN (?, ?) AND run_id IS NOT NULL", ids
@@ -240,13 +240,12 @@ async def _current_in(
     store: Store, tx: BaseDBAsyncClient, wanted: Merge
 ) -> tuple[int | None, int | None]:
     if wanted.orphan is None:
-        marks = "?, ?"
         rows = await tx.execute_query_dict(
-            store.sql(f"SELECT run_id, into_run_id FROM run_merges WHERE run_id IN ({marks})"),
-            [wanted.source, wanted.target],
+            store.sql("SELECT run_id, into_run_id FROM run_merges WHERE run_id = ?"),
+            [wanted.target],
         )
         found = {int(r["run_id"]): int(r["into_run_id"]) for r in rows}
-        source, target = _follow(found, wanted.source), _follow(found, wanted.target)
+        source, target = wanted.source, _follow(found, wanted.target)
         present = await tx.execute_query_dict(
             store.sql("SELECT id FROM runs WHERE id IN (?, ?)"), [source, target]
         )
@@ -351,7 +350,8 @@ async def _adopt(
     only its new input messages kept, the tool results it sent linked to the calls asking."""
     await tx.execute_query(
         store.sql(
-            "UPDATE exchanges SET parent_id = CASE WHEN run_source = 'single' THEN ? "
+            "UPDATE exchanges SET parent_id = CASE WHEN run_source IN ('single', 'thread') "
+            "THEN ? "
             "ELSE parent_id END, run_source = CASE WHEN run_source = 'single' "
             "THEN 'thread' ELSE run_source END WHERE id = ?"
         ),
@@ -374,6 +374,18 @@ async def _adopt(
         )
     for result in orphan.results:
         if not result.get("call_id"):
+            continue
+        position = result.get("position")
+        if position is not None and position < orphan.carried:
+            # a result its parent sent (the orphan, placed after an older call, repeated it
+            # and got the link): the parent's
+            await tx.execute_query(
+                store.sql(
+                    "UPDATE tool_calls SET result_exchange_id = ? WHERE run_id = ? "
+                    "AND result_exchange_id = ? AND call_id = ?"
+                ),
+                [parent_id, run_id, orphan.exchange_id, result["call_id"]],
+            )
             continue
         at_ms = result.get("at_ms") or 0
         await tx.execute_query(

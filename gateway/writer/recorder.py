@@ -64,9 +64,17 @@ def _orphan(row: Rows, change: RunChanges, want: Wants) -> merging.Orphan:
     """What a step placed without its parent leaves for that parent's writer: the key it
     waited for, how many of its messages the parent's state holds, its tool results."""
     carried = want.hashes.index(want.parent) + 1 if want.parent in want.hashes else 0
+    # a chat step's tool results, in the order of its tool messages (where they are)
+    tools = [m for m in change.messages if m["direction"] == "in" and m["role"] == "tool"]
+    places = [m["position"] for m in tools] if len(tools) == len(change.tool_results) else []
     results = [
-        {k: r.get(k) for k in ("call_id", "return_value", "at_ms")}
-        for r in change.tool_results
+        {
+            "call_id": r.get("call_id"),
+            "return_value": r.get("return_value"),
+            "at_ms": r.get("at_ms"),
+            "position": places[n] if places else None,
+        }
+        for n, r in enumerate(change.tool_results)
         if r.get("call_id")
     ]
     return merging.Orphan(row.exchange["id"], str(want.parent), carried, results)
