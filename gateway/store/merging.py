@@ -79,6 +79,9 @@ class Merge:
     orphan: Orphan | None = None
     parent_id: int | None = None  # the orphan's parent exchange
     conversation: bool = False
+    # tool results the source's steps sent that found no call in it (theirs moved on): each
+    # (exchange id, call id, return value, at_ms), linked in the target
+    results: tuple[tuple[int, str, Any, float], ...] = ()
 
 
 # -- remembering orphans (inside the writer's batch transaction) ------------------------------
@@ -203,7 +206,10 @@ async def merge(store: Store, wanted: Merge) -> Merge | None:
         done = Merge(source, target, wanted.orphan, wanted.parent_id, wanted.conversation)
         async with _transaction(store) as tx:
             await _lock(store, tx, sorted({source, target}))
-            if await _current_in(store, tx, wanted) != (source, target):
+            now = await _current_in(store, tx, wanted)
+            if now[0] is None or now[1] is None:
+                return None  # merged already
+            if now != (source, target):
                 continue  # a run moved between the look and the lock: look again
             if wanted.orphan is not None:
                 claimed = await tx.execute_query_dict(
@@ -216,8 +222,10 @@ async def merge(store: Store, wanted: Merge) -> Merge | None:
                 await _move(store, tx, source, target)
             if wanted.orphan is not None:
                 await _adopt(store, tx, target, wanted.orphan, wanted.parent_id)
-            elif wanted.conversation and source != target:
-                await _carry_conversation(store, tx, target, source)
+            elif source != target:
+                await _carry_conversation(store, tx, target)
+            for exchange_id, call_id, value, at_ms in wanted.results:
+                await _link(store, tx, target, exchange_id, call_id, value, at_ms)
             await _renumber(store, tx, target)
         return done
     log.warning("could not merge run %s into %s: it kept moving", wanted.source, wanted.target)
@@ -387,38 +395,43 @@ async def _adopt(
                 [parent_id, run_id, orphan.exchange_id, result["call_id"]],
             )
             continue
-        at_ms = result.get("at_ms") or 0
-        await tx.execute_query(
-            store.sql(
-                "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
-                "latency_ms = CASE WHEN ? >= asked_at_ms THEN ? - asked_at_ms ELSE 0 END "
-                "WHERE id = (SELECT t.id FROM tool_calls t WHERE t.run_id = ? "
-                "AND t.call_id = ? AND t.result_exchange_id IS NULL AND t.kind = 'function' "
-                "AND t.exchange_id < ? ORDER BY t.id LIMIT 1)"
-            ),
-            [
-                result.get("return_value"),
-                orphan.exchange_id,
-                at_ms,
-                at_ms,
-                run_id,
-                result["call_id"],
-                orphan.exchange_id,
-            ],
-        )
+        value, at_ms = result.get("return_value"), result.get("at_ms") or 0
+        await _link(store, tx, run_id, orphan.exchange_id, result["call_id"], value, at_ms)
 
 
-async def _carry_conversation(
-    store: Store, tx: BaseDBAsyncClient, run_id: int, source: int
+async def _link(
+    store: Store,
+    tx: BaseDBAsyncClient,
+    run_id: int,
+    exchange_id: int,
+    call_id: str,
+    value: Any,
+    at_ms: float,
 ) -> None:
-    """The first turn of the moved run appended to the conversation, though its writer knew
-    none of it: its snapshot keeps every entry before it (what an append does)."""
-    del source
+    """A tool result completes the first call of the run that asked for it and has none (as
+    RunStore._write_tool_results does)."""
+    await tx.execute_query(
+        store.sql(
+            "UPDATE tool_calls SET return_value = ?, result_exchange_id = ?, "
+            "latency_ms = CASE WHEN ? >= asked_at_ms THEN ? - asked_at_ms ELSE 0 END "
+            "WHERE id = (SELECT t.id FROM tool_calls t WHERE t.run_id = ? "
+            "AND t.call_id = ? AND t.result_exchange_id IS NULL AND t.kind = 'function' "
+            "AND t.exchange_id < ? ORDER BY t.id LIMIT 1)"
+        ),
+        [value, exchange_id, at_ms, at_ms, run_id, call_id, exchange_id],
+    )
+
+
+async def _carry_conversation(store: Store, tx: BaseDBAsyncClient, run_id: int) -> None:
+    """A Conversations API turn of the moved run appended to the conversation though its
+    writer knew none of it (carried 0): its snapshot keeps every entry before it, as an
+    append does."""
     rows = await tx.execute_query_dict(
         store.sql(
             "SELECT s.id, s.exchange_id, s.carried, s.appended, e.started_at "
             "FROM memory_snapshots s JOIN exchanges e ON e.id = s.exchange_id WHERE s.run_id = ? "
-            "AND s.appended_from IS NULL ORDER BY e.started_at, e.id"
+            "AND s.appended_from IS NULL AND e.endpoint = 'conversations' "
+            "ORDER BY e.started_at, e.id"
         ),
         [run_id],
     )

@@ -340,11 +340,13 @@ class Recorder:
         if orphans and self.lease is not None:
             self.lease.orphans += len(orphans)
         if placed:
-            await self._converge(placed, written)
+            await self._converge(placed, [change for _, change in changes], written)
 
     # -- late parents (gateway/store/merging.py) ---------------------------------------------
 
-    async def _converge(self, placed: list[Rows], written: Written) -> None:
+    async def _converge(
+        self, placed: list[Rows], changes: list[RunChanges], written: Written
+    ) -> None:
         """After a batch: merge what it showed split. Runs it brought back (merged away while
         this writer's memory named them), conversations it found in two runs, and, while
         steps wait for a late parent, those whose parent this batch stored. Nothing to do,
@@ -353,7 +355,15 @@ class Recorder:
             wanted: list[merging.Merge] = []
             if written.revived:
                 found = await merging.moved(self.store, written.revived)
-                wanted += [merging.Merge(run, into) for run, into in found.items()]
+                for run, into in found.items():
+                    results = tuple(
+                        (r["result_exchange_id"], r["call_id"], r["return_value"], r["at_ms"])
+                        for change in changes
+                        if change.run["id"] == run
+                        for r in change.tool_results
+                        if r.get("call_id")
+                    )
+                    wanted.append(merging.Merge(run, into, results=results))
             if written.split:
                 wanted += await merging.conversation_runs(
                     self.store, [(cid, ours) for cid, ours, _ in written.split]
