@@ -191,10 +191,13 @@ class RunStore:
         tx: BaseDBAsyncClient,
         changes: list[RunChanges],
         sources: Mapping[int, run_refs.Sources] | None = None,
+        shared: bool = True,
     ) -> Written:
         """Write what the grouper decided; `sources` (by exchange id) are what messages and
         snapshots may point into instead of copying (see run_refs.py). Says which runs may
-        have been merged away (gateway/store/merging.py) from what the statements answered."""
+        have been merged away (gateway/store/merging.py) from what the statements answered;
+        `shared`: other writers may link the same conversations (a writer alone on SQLite
+        keeps its links in the batch's one hand-off instead of asking)."""
         if not changes:
             return Written()
         sources = sources or {}
@@ -205,7 +208,7 @@ class RunStore:
         )
         await self._write_tool_results(tx, changes)
         await self._write_snapshots(tx, changes, outputs, sources)
-        split = await self._write_conversation_links(tx, changes)
+        split = await self._write_conversation_links(tx, changes, shared)
         return Written(revived, split)
 
     async def _write_messages(
@@ -316,7 +319,7 @@ class RunStore:
             )
 
     async def _write_conversation_links(
-        self, tx: BaseDBAsyncClient, changes: list[RunChanges]
+        self, tx: BaseDBAsyncClient, changes: list[RunChanges], shared: bool = True
     ) -> list[tuple[str, int, int]]:
         """Link conversations to runs (the first link stays). Returns the conversations
         linked to another run than this batch's (conversation id, this run, the linked run):
@@ -329,6 +332,15 @@ class RunStore:
         rows = storable.rows(
             "run_conversations", ("conversation_id", "run_id"), [[c, r] for c, r in links.items()]
         )
+        if not shared and self.store.dialect == "sqlite":
+            await tx.execute_many(
+                self.store.sql(
+                    "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                rows,
+            )
+            return []
         ours = {c: r for c, r in rows}
         split = []
         for start in range(0, len(rows), UPSERT_CHUNK):

@@ -326,7 +326,9 @@ class Recorder:
 
         async def write_runs(tx: Any) -> None:
             nonlocal written
-            written = await self.run_store.write(tx, [change for _, change in changes], sources)
+            written = await self.run_store.write(
+                tx, [change for _, change in changes], sources, shared
+            )
             for row, change in changes:  # the steps the database numbered
                 row.exchange["step"] = change.exchange["step"]
             await merging.add_orphans(self.store, tx, [_orphan(*orphan) for orphan in orphans])
