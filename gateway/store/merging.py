@@ -110,16 +110,22 @@ async def add_orphans(store: Store, tx: BaseDBAsyncClient, orphans: Sequence[Orp
 # -- finding what to merge ------------------------------------------------------------------
 
 
-async def found_parents(store: Store, keys: Iterable[str] | None = None) -> list[Merge]:
-    """Orphans whose parent is stored now (only those waiting for `keys`, when given): each
-    with its parent's run, the latest call with that key that started before it."""
-    clause, params = "", []
+async def found_parents(
+    store: Store, keys: Iterable[str] | None = None, since: float | None = None
+) -> list[Merge]:
+    """Orphans whose parent is stored now (only those waiting for `keys`, when given; only
+    those stored after `since`, when given): each with its parent's run, the latest call
+    with that key that started before it."""
+    clause, params = "", list[Any]()
     if keys is not None:
         wanted = sorted(set(keys))
         if not wanted:
             return []
         clause = f" AND o.parent_key IN ({', '.join('?' * len(wanted))})"
-        params = wanted
+        params = list(wanted)
+    if since is not None:
+        clause += " AND o.at >= ?"
+        params = [*params, since]
     found = await store.rows(
         "SELECT o.exchange_id, o.parent_key, o.carried, o.results, c.run_id AS source, "
         "p.id AS parent_id, p.run_id AS target FROM run_orphans o "

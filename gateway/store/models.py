@@ -340,7 +340,7 @@ class RunOrphan(Model):
     parent_key = fields.CharField(max_length=32, db_index=True)
     carried = fields.IntField(default=0)
     results = fields.TextField(null=True)
-    at = fields.FloatField()
+    at = fields.FloatField(db_index=True)  # when it was stored (the sweep looks at the latest)
 
     class Meta:
         table = "run_orphans"

@@ -42,7 +42,11 @@ YIELD_EVERY = 50
 HOLD_SECONDS = 5.0
 HOLD_RETRY = 0.1
 SWEEP_SECONDS = 1.0  # while steps wait for a late parent, how often to look for them
-PRUNE_EVERY = 600  # sweeps between two prunings of orphans whose parent never came
+# A writer that stores a parent looks for its orphans itself once its count of them (renewed
+# every RENEW_SECONDS) says some wait: the sweep need only look at orphans younger than this,
+# but looks at all of them every FULL_SWEEP_EVERY sweeps (and prunes those too old).
+SWEEP_WINDOW = 60.0
+FULL_SWEEP_EVERY = 300
 RECOUNT_SECONDS = 1.0  # how old the count of other writers may be when a step may wait
 
 Refusal = tuple[Exchange, str]  # a record the database refused, and why
@@ -387,9 +391,11 @@ class Recorder:
                 self.grouper.moved(done.source, done.target)
                 log.info("merged run %s into run %s (a late parent)", done.source, done.target)
 
-    async def sweep(self) -> None:
-        """Merge every step whose late parent is stored now (whichever writer stored it)."""
-        await self._merge(await merging.found_parents(self.store))
+    async def sweep(self, window: float | None = None) -> None:
+        """Merge the steps whose late parent is stored now (whichever writer stored it):
+        those that became orphans in the last `window` seconds, or all."""
+        since = None if window is None else time.time() - window
+        await self._merge(await merging.found_parents(self.store, since=since))
         if self.lease is not None:
             self.lease.orphans = await merging.pending(self.store)
 
@@ -402,10 +408,12 @@ class Recorder:
             if self.lease is None or self.lease.orphans <= 0 or not self.db_ok:
                 continue
             try:
-                await self.sweep()
                 sweeps += 1
-                if sweeps % PRUNE_EVERY == 0:
+                if sweeps % FULL_SWEEP_EVERY == 0:
                     await merging.prune(self.store)
+                    await self.sweep()
+                else:
+                    await self.sweep(SWEEP_WINDOW)
             except Exception:
                 log.exception("could not look for late parents")
 

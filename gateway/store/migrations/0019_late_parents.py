@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
                 ("parent_key", fields.CharField(max_length=32, db_index=True)),
                 ("carried", fields.IntField(default=0)),
                 ("results", fields.TextField(null=True)),
-                ("at", fields.FloatField()),
+                ("at", fields.FloatField(db_index=True)),
             ],
             options={"table": "run_orphans", "app": "models", "pk_attr": "exchange_id"},
             bases=["Model"],
