@@ -171,6 +171,7 @@ class NodeLease:
         self.node: int | None = None
         self.other_writers = 0
         self.orphans = 0  # steps stored without their parent, not merged yet
+        self.shared_at: float | None = None  # time.monotonic() other writers were last seen
         self.counted_at = 0.0  # time.monotonic() of the last count
         self._task: asyncio.Task[None] | None = None
 
@@ -237,10 +238,19 @@ class NodeLease:
             [time.time(), f"{WRITER}:%", self.holder],
         )
         self.other_writers = int(found[0]["n"]) if found else 0
+        if self.other_writers:
+            self.shared_at = time.monotonic()
         # steps waiting for a late parent (merging.py): while there are, writers look for
         # their parents after each batch and in a sweep
         self.orphans = int(found[0]["orphans"] or 0) if found else 0
         self.counted_at = time.monotonic()
+
+    def shared(self, within: float) -> bool:
+        """Whether other writers run, or ran in the last `within` seconds (one that stopped
+        may come back and store what it spooled)."""
+        if self.other_writers > 0:
+            return True
+        return self.shared_at is not None and time.monotonic() - self.shared_at < within
 
     async def release(self) -> None:
         if self._task is not None:

@@ -130,9 +130,9 @@ async def found_parents(
         "SELECT o.exchange_id, o.parent_key, o.carried, o.results, c.run_id AS source, "
         "p.id AS parent_id, p.run_id AS target FROM run_orphans o "
         "JOIN exchanges c ON c.id = o.exchange_id "
-        "JOIN exchanges p ON p.thread_key = o.parent_key AND p.id < o.exchange_id "
-        "AND p.status = 200 AND p.run_id IS NOT NULL "
-        f"WHERE c.run_id IS NOT NULL{clause} ORDER BY o.exchange_id, p.id",
+        "JOIN exchanges p ON p.thread_key = o.parent_key AND p.started_at <= c.started_at "
+        "AND p.id <> o.exchange_id AND p.status = 200 AND p.run_id IS NOT NULL "
+        f"WHERE c.run_id IS NOT NULL{clause} ORDER BY o.exchange_id, p.started_at, p.id",
         params,
     )
     latest: dict[int, dict[str, Any]] = {}

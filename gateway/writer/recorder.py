@@ -46,6 +46,7 @@ SWEEP_SECONDS = 1.0  # while steps wait for a late parent, how often to look for
 # every RENEW_SECONDS) says some wait: the sweep need only look at orphans younger than this,
 # but looks at all of them every FULL_SWEEP_EVERY sweeps (and prunes those too old).
 SWEEP_WINDOW = 60.0
+SHARED_SECONDS = 3600.0
 FULL_SWEEP_EVERY = 300
 RECOUNT_SECONDS = 1.0  # how old the count of other writers may be when a step may wait
 
@@ -294,7 +295,9 @@ class Recorder:
         now = time.time()
         changes, placed, held = [], [], []
         orphans: list[tuple[Rows, RunChanges, Wants]] = []
-        shared = self.lease is not None and self.lease.other_writers > 0
+        # a step placed without its parent is remembered while other writers run, and for an
+        # hour after the last one stopped (it may store the parent from its spool at its start)
+        shared = self.lease is not None and self.lease.shared(SHARED_SECONDS)
         for n, row in enumerate(rows, 1):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
