@@ -343,7 +343,6 @@ async def check(db: str, answers: Answers, conversation_ids: list[str]) -> None:
         await conn.close()
 
 
-@pytest.mark.skipif(not Path(HAPROXY).exists(), reason=f"no HAProxy at {HAPROXY}")
 async def test_a_parent_a_replica_stores_from_its_spool_at_its_next_start_merges_the_run(
     upstream: Upstream, pg_url: str, tmp_path: Path
 ):
