@@ -233,15 +233,16 @@ class NodeLease:
 
     async def _count_writers(self) -> None:
         found = await self.store.rows(
-            "SELECT COUNT(*) AS n, (SELECT COUNT(*) FROM run_orphans) AS orphans "
+            "SELECT COUNT(*) AS n, (SELECT COUNT(*) FROM (SELECT 1 FROM run_orphans LIMIT 1) o) "
+            "AS orphans "
             "FROM node_leases WHERE expires_at >= ? AND holder LIKE ? AND holder <> ?",
             [time.time(), f"{WRITER}:%", self.holder],
         )
         self.other_writers = int(found[0]["n"]) if found else 0
         if self.other_writers:
             self.shared_at = time.monotonic()
-        # steps waiting for a late parent (merging.py): while there are, writers look for
-        # their parents after each batch and in a sweep
+        # whether steps wait for a late parent (merging.py; 0 or 1, not a count: the table
+        # is not scanned): while they do, writers look for their parents after each batch
         self.orphans = int(found[0]["orphans"] or 0) if found else 0
         self.counted_at = time.monotonic()
 
