@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from gateway.capture.pricing import PriceTable
 from gateway.providers import provider_named
 from gateway.providers.mistral import MistralProvider
 from gateway.runs.grouper import Grouper
-from gateway.store import grouping
+from gateway.store import grouping, merging
 from gateway.store.exchanges import Store
 from gateway.store.runs import RunStore
 from gateway.writer.recorder import Recorder
@@ -497,6 +498,33 @@ async def test_a_conversation_turn_stored_before_its_late_start_is_merged(late):
     assert (run["exchange_count"], run["total_tokens"]) == (3, 12)
     assert await store.rows("SELECT COUNT(*) AS n FROM runs") == [{"n": 1}]
     assert len((await grouping.entry_ids(store, [run_id]))[run_id]) == 6
+
+
+async def test_two_settled_runs_merge_their_totals_and_end(late):
+    """merging.merge on its own: every total added, the later end kept, the source gone."""
+    store, a, _ = late
+    now = time.time()
+    one = chat([{"role": "user", "content": "one"}], STEP_2_REPLY, now - 20)
+    two = chat([{"role": "user", "content": "two"}], STEP_2_REPLY, now - 10)
+    a.recorder.submit(one)
+    a.recorder.submit(two)
+    await a.recorder.drained(10)
+    await RunStore(store).finish_idle(datetime.now(UTC))
+    rows = await runs_of(store, [one.id, two.id])
+    source, target = rows[two.id]["run_id"], rows[one.id]["run_id"]
+    before = {r["id"]: r for r in await store.rows("SELECT * FROM runs")}
+    done = await merging.merge(store, merging.Merge(source, target))
+    assert done is not None and (done.source, done.target) == (source, target)
+    runs = await store.rows("SELECT * FROM runs")
+    assert [r["id"] for r in runs] == [target]
+    run = runs[0]
+    for column in ("exchange_count", "total_tokens", "prompt_tokens", "completion_tokens"):
+        assert run[column] == before[source][column] + before[target][column]
+    assert run["ended_at"] == before[source]["ended_at"] and run["status"] == "ok"
+    after = await runs_of(store, [one.id, two.id])
+    assert (after[one.id]["step"], after[two.id]["step"]) == (0, 1)
+    assert await store.rows("SELECT into_run_id FROM run_merges") == [{"into_run_id": target}]
+    assert await merging.merge(store, merging.Merge(source, target)) is None  # done already
 
 
 async def _all_whole(store: Store, groups: list[list[Exchange]]) -> bool:

@@ -345,8 +345,11 @@ async def _move(store: Store, tx: BaseDBAsyncClient, source: int, target: int) -
         params.append(old["last_failed"])
     if running:
         sets.append("ended_at = NULL, status = 'running'")
-    elif old["status"] == "error":
-        sets.append("status = 'error'")
+    else:  # both settled: ended when the later ended, an error if either was
+        sets.append("ended_at = CASE WHEN ? > ended_at THEN ? ELSE ended_at END")
+        params += [old["ended_at"], old["ended_at"]]
+        if old["status"] == "error":
+            sets.append("status = 'error'")
     for column in ("agent_id", '"user"', "tags", "config"):
         sets.append(f"{column} = COALESCE({column}, ?)")
         params.append(old[column.strip('"')])
