@@ -8,8 +8,10 @@ The same with real gateway processes behind a real HAProxy: tests/test_replicas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from gateway.capture.pricing import PriceTable
 from gateway.providers import provider_named
 from gateway.providers.mistral import MistralProvider
 from gateway.runs.grouper import Grouper
-from gateway.store import grouping
+from gateway.store import grouping, merging
 from gateway.store.exchanges import Store
 from gateway.store.runs import RunStore
 from gateway.writer.recorder import Recorder
@@ -99,7 +101,7 @@ def conversation(path: str, body: dict[str, Any], conversation_id: str, at: floa
 class Writer:
     """One replica's writer: a recorder with its grouper and a writer lease."""
 
-    def __init__(self, store: Store, folder: Path) -> None:
+    def __init__(self, store: Store, folder: Path, hold: float | None = None) -> None:
         self.lease = grouping.NodeLease(store, grouping.WRITER)
         self.recorder = Recorder(
             store,
@@ -110,6 +112,7 @@ class Writer:
             queue_size=1000,
             grouper=Grouper(300.0),
             run_store=RunStore(store),
+            hold_seconds=hold,
         )
         self.recorder.lease = self.lease
 
@@ -122,11 +125,13 @@ class Writer:
         await self.lease.release()
 
 
-@pytest.fixture
-async def writers(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Writer, Writer]]:
+@contextlib.asynccontextmanager
+async def two_writers(
+    db_url: str, tmp_path: Path, hold: float | None = None
+) -> AsyncIterator[tuple[Store, Writer, Writer]]:
     store = Store(make_settings("http://unused", db_url, tmp_path).db)
     await store.open(migrate_schema=False)
-    a, b = Writer(store, tmp_path / "a"), Writer(store, tmp_path / "b")
+    a, b = Writer(store, tmp_path / "a", hold), Writer(store, tmp_path / "b", hold)
     await a.start()
     await b.start()
     await a.lease.renew()  # a learns that b is there
@@ -137,6 +142,20 @@ async def writers(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Wri
         await a.stop()
         await b.stop()
         await store.close()
+
+
+@pytest.fixture
+async def writers(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Writer, Writer]]:
+    async with two_writers(db_url, tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+async def late(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Writer, Writer]]:
+    """Writers whose steps wait 0.2 s for their parent (HOLD_SECONDS is 5): a parent stored
+    later than that is late, without a test sleeping 5 s."""
+    async with two_writers(db_url, tmp_path, 0.2) as found:
+        yield found
 
 
 async def runs_of(store: Store, ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -289,6 +308,229 @@ async def test_node_leases_are_unique_and_a_stale_one_is_taken_again(db_url: str
         assert await store.rows("SELECT COUNT(*) AS n FROM node_leases") == [{"n": 0}]
     finally:
         await store.close()
+
+
+# -- a parent stored past the window: the runs merge when it comes (gateway/store/merging.py)
+
+
+def loop(task: str, steps: int, at: float) -> list[Exchange]:
+    """A tool loop's calls: each but the last asks for a tool, the next sends its result."""
+    messages: list[Any] = [{"role": "user", "content": f"Weather for {task}?"}]
+    records = []
+    for k in range(steps):
+        call_id = f"call_{task}_{k}"
+        if k < steps - 1:
+            call = {**TOOL_CALL, "id": call_id}
+            reply: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": [call]}
+        else:
+            reply = {"role": "assistant", "content": f"Done with {task}."}
+        records.append(chat(list(messages), reply, at + k * 0.1))
+        result = {"role": "tool", "tool_call_id": call_id, "name": "weather", "content": f"r{k}"}
+        messages += [reply, result]
+    return records
+
+
+async def stored(store: Store, record: Exchange) -> bool:
+    return bool(await store.rows("SELECT id FROM exchanges WHERE id = ?", [record.id]))
+
+
+async def whole(store: Store, records: list[Exchange]) -> bool:
+    """Whether the records are one run, and no step waits for a late parent any more (a step
+    placed in its grandparent's run is in the right run, but its parent is still due)."""
+    rows = await runs_of(store, [r.id for r in records])
+    if len(rows) != len(records) or len({row["run_id"] for row in rows.values()}) != 1:
+        return False
+    marks = ", ".join("?" * len(records))
+    waiting = await store.rows(
+        f"SELECT COUNT(*) AS n FROM run_orphans WHERE exchange_id IN ({marks})",
+        [r.id for r in records],
+    )
+    return waiting == [{"n": 0}]
+
+
+async def check_whole(store: Store, records: list[Exchange], source: str = "thread") -> int:
+    """One run: totals equal to its exchanges', steps 0..n-1 in start order, each step
+    threaded from the one before, every tool call with its result; nothing left waiting."""
+    rows = await runs_of(store, [r.id for r in records])
+    run_ids = {row["run_id"] for row in rows.values()}
+    assert len(run_ids) == 1, rows
+    run_id = run_ids.pop()
+    run = (await store.rows("SELECT * FROM runs WHERE id = ?", [run_id]))[0]
+    sums = await store.rows(
+        "SELECT COUNT(*) AS n, SUM(total_tokens) AS tokens, SUM(cost_usd) AS cost "
+        "FROM exchanges WHERE run_id = ?",
+        [run_id],
+    )
+    assert (run["exchange_count"], run["total_tokens"]) == (sums[0]["n"], sums[0]["tokens"])
+    assert run["exchange_count"] == len(records) and run["steps"] == len(records)
+    assert run["total_cost_usd"] == pytest.approx(sums[0]["cost"] or 0)
+    assert [rows[r.id]["step"] for r in records] == list(range(len(records)))
+    if source == "thread":
+        assert [rows[r.id]["parent_id"] for r in records[1:]] == [r.id for r in records[:-1]]
+        assert {rows[r.id]["run_source"] for r in records[1:]} == {"thread"}
+    for table in ("messages", "tool_calls", "memory_snapshots"):
+        steps = await store.rows(
+            f"SELECT DISTINCT exchange_id, step FROM {table} WHERE run_id = ?", [run_id]
+        )
+        assert all(row["step"] == rows[row["exchange_id"]]["step"] for row in steps), table
+    tools = await store.rows(
+        "SELECT call_id, return_value, result_exchange_id FROM tool_calls WHERE run_id = ? "
+        "ORDER BY step, id",
+        [run_id],
+    )
+    assert [t["return_value"] for t in tools] == [f"r{k}" for k in range(len(records) - 1)]
+    assert [t["result_exchange_id"] for t in tools] == [r.id for r in records[1:]]
+    return int(run_id)
+
+
+async def test_a_parent_stored_past_the_window_merges_the_steps_run(late):
+    store, a, b = late
+    first, second = loop("paris", 2, time.time() - 1)
+    b.recorder.submit(second)  # its parent is late: it is stored in a run of its own
+    await b.recorder.drained(10)
+    assert (await runs_of(store, [second.id]))[second.id]["run_source"] == "single"
+    assert await store.rows("SELECT COUNT(*) AS n FROM run_orphans") == [{"n": 1}]
+    a.recorder.submit(first)  # stored later by the other writer
+    await a.recorder.drained(10)
+    await wait_until(lambda: whole(store, [first, second]))  # a, or b's sweep, merged them
+    run_id = await check_whole(store, [first, second])
+    assert await store.rows("SELECT COUNT(*) AS n FROM runs") == [{"n": 1}]
+    assert await store.rows("SELECT COUNT(*) AS n FROM run_orphans") == [{"n": 0}]
+    # its messages as the run shows them: each once, as if step 2 had been placed in time
+    detail = await RunStore(store).get_run(run_id)
+    assert detail is not None
+    assert [(m.exchange_id, m.step, m.position, m.direction) for m in detail.messages] == [
+        (first.id, 0, 0, "in"),
+        (first.id, 0, 1, "out"),
+        (second.id, 1, 2, "in"),
+        (second.id, 1, 3, "out"),
+    ]
+    assert [len(s.state) for s in detail.memory_snapshots] == [2, 4]
+
+
+async def test_a_parent_stored_by_a_writer_that_knows_merges_in_its_batch(late):
+    store, a, b = late
+    first, second = loop("lyon", 2, time.time() - 1)
+    b.recorder.submit(second)
+    await b.recorder.drained(10)
+    await a.lease.renew()  # a counts the step waiting for its parent
+    assert a.lease.orphans == 1
+    a.recorder.submit(first)
+    await a.recorder.drained(10)  # merged right after the parent's batch, by a
+    assert a.recorder.merges == 1
+    await check_whole(store, [first, second])
+
+
+async def test_a_late_middle_step_joins_its_loop_whole(late):
+    store, a, b = late
+    steps = loop("nice", 3, time.time() - 2)
+    a.recorder.submit(steps[0])
+    await a.recorder.drained(10)
+    b.recorder.submit(steps[2])  # finds no parent (step 2 is late): a run of its own
+    await b.recorder.drained(10)
+    a.recorder.submit(steps[1])  # continues step 1, and is step 3's late parent
+    await a.recorder.drained(10)
+    await wait_until(lambda: whole(store, steps))
+    await check_whole(store, steps)
+    assert await store.rows("SELECT COUNT(*) AS n FROM runs") == [{"n": 1}]
+
+
+async def test_concurrent_writers_merge_late_parents_and_follow_merged_runs(late):
+    """Loops whose step 2 is late while both writers store steps: step 3 in a run of its own,
+    step 4 continues it on the other writer, step 2 comes (the runs merge), then step 5 goes
+    to the writer whose memory still names step 3's run (written there, it is merged again).
+    """
+    store, a, b = late
+    now = time.time() - 5
+    loops = [loop(f"city{n}", 5, now + n * 0.01) for n in range(8)]
+
+    async def phase(which: int, writer: Writer) -> None:
+        for steps in loops:
+            writer.recorder.submit(steps[which])
+        await writer.recorder.drained(10)
+
+    await asyncio.gather(phase(0, a), phase(2, b))
+    await phase(3, a)  # step 4 on a: its parent (step 3) is b's, found in the database
+    await asyncio.gather(phase(1, b), b.lease.renew(), a.lease.renew())  # the late parents
+    await wait_until(lambda: _all_whole(store, [steps[:4] for steps in loops]))
+    await phase(4, a)  # a may still remember step 4 in the run merged away
+    await wait_until(lambda: _all_whole(store, loops))
+    for steps in loops:
+        await check_whole(store, steps)
+    assert await store.rows("SELECT COUNT(*) AS n FROM runs") == [{"n": len(loops)}]
+    assert await store.rows("SELECT COUNT(*) AS n FROM run_orphans") == [{"n": 0}]
+
+
+async def test_a_named_step_stored_before_its_late_asking_call_gets_linked(late):
+    store, a, b = late
+    first, second = loop("bordeaux", 2, time.time() - 1)
+    first.hints = second.hints = {"run_prefix": "agent-9"}
+    b.recorder.submit(second)  # its named run, but the tool call it answers is not stored
+    await b.recorder.drained(10)
+    a.recorder.submit(first)
+    await a.recorder.drained(10)
+    await wait_until(lambda: _no_orphans(store))
+    await check_whole(store, [first, second], source="prefix")
+
+
+async def test_a_conversation_turn_stored_before_its_late_start_is_merged(late):
+    store, a, b = late
+    now = time.time()
+    start = conversation("/v1/conversations", {"inputs": "hi", "model": "m"}, "conv_9", now - 2)
+    append = conversation("/v1/conversations/conv_9", {"inputs": "more"}, "conv_9", now - 1)
+    b.recorder.submit(append)  # its conversation is not stored: a run of its own
+    await b.recorder.drained(10)
+    a.recorder.submit(start)  # the start finds the conversation in another run: merged
+    await a.recorder.drained(10)
+    again = conversation("/v1/conversations/conv_9", {"inputs": "again"}, "conv_9", now)
+    b.recorder.submit(again)  # b's memory named the run merged away
+    await b.recorder.drained(10)
+    await wait_until(lambda: whole(store, [start, append, again]))
+    rows = await runs_of(store, [start.id, append.id, again.id])
+    run_id = rows[start.id]["run_id"]
+    assert [rows[r.id]["step"] for r in (start, append, again)] == [0, 1, 2]
+    run = (await store.rows("SELECT * FROM runs WHERE id = ?", [run_id]))[0]
+    assert (run["exchange_count"], run["total_tokens"]) == (3, 12)
+    assert await store.rows("SELECT COUNT(*) AS n FROM runs") == [{"n": 1}]
+    assert len((await grouping.entry_ids(store, [run_id]))[run_id]) == 6
+
+
+async def test_two_settled_runs_merge_their_totals_and_end(late):
+    """merging.merge on its own: every total added, the later end kept, the source gone."""
+    store, a, _ = late
+    now = time.time()
+    one = chat([{"role": "user", "content": "one"}], STEP_2_REPLY, now - 20)
+    two = chat([{"role": "user", "content": "two"}], STEP_2_REPLY, now - 10)
+    a.recorder.submit(one)
+    a.recorder.submit(two)
+    await a.recorder.drained(10)
+    await RunStore(store).finish_idle(datetime.now(UTC))
+    rows = await runs_of(store, [one.id, two.id])
+    source, target = rows[two.id]["run_id"], rows[one.id]["run_id"]
+    before = {r["id"]: r for r in await store.rows("SELECT * FROM runs")}
+    done = await merging.merge(store, merging.Merge(source, target))
+    assert done is not None and (done.source, done.target) == (source, target)
+    runs = await store.rows("SELECT * FROM runs")
+    assert [r["id"] for r in runs] == [target]
+    run = runs[0]
+    for column in ("exchange_count", "total_tokens", "prompt_tokens", "completion_tokens"):
+        assert run[column] == before[source][column] + before[target][column]
+    assert run["ended_at"] == before[source]["ended_at"] and run["status"] == "ok"
+    after = await runs_of(store, [one.id, two.id])
+    assert (after[one.id]["step"], after[two.id]["step"]) == (0, 1)
+    assert await store.rows("SELECT into_run_id FROM run_merges") == [{"into_run_id": target}]
+    assert await merging.merge(store, merging.Merge(source, target)) is None  # done already
+
+
+async def _all_whole(store: Store, groups: list[list[Exchange]]) -> bool:
+    for records in groups:
+        if not await whole(store, records):
+            return False
+    return True
+
+
+async def _no_orphans(store: Store) -> bool:
+    return await store.rows("SELECT COUNT(*) AS n FROM run_orphans") == [{"n": 0}]
 
 
 async def _true(value: bool) -> bool:

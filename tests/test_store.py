@@ -28,6 +28,7 @@ MIGRATIONS = [
     "0016_cost_category",
     "0017_budgets",
     "0018_campaigns",
+    "0019_late_parents",
     "0020_fewer_rows",
 ]
 

@@ -210,6 +210,8 @@ class Grouper:
         self.done: OrderedDict[int, RunChanges] = OrderedDict()  # replays re-emit these
         self.done_bytes = 0
         self.fresh: set[int] = set()  # named runs this writer's claim opened, not yet used
+        # runs merged into others (a late parent: gateway/store/merging.py): where they went
+        self.merged: OrderedDict[int, int] = OrderedDict()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -238,6 +240,29 @@ class Grouper:
         self.conversations.move_to_end(conversation_id)
         while len(self.conversations) > THREAD_LIMIT:
             self.conversations.popitem(last=False)
+
+    def moved(self, run_id: int, into: int) -> None:
+        """Run `run_id` was merged into `into`: what this memory says of it goes there."""
+        if run_id == into:
+            return
+        self.merged[run_id] = into
+        self.merged.move_to_end(run_id)
+        while len(self.merged) > THREAD_LIMIT:
+            self.merged.popitem(last=False)
+        self.memory.pop(run_id, None)
+        for name, (open_id, seen) in list(self.names.items()):
+            if open_id == run_id:
+                self.names[name] = (into, seen)
+        for conversation_id, linked in list(self.conversations.items()):
+            if linked == run_id:
+                self.conversations[conversation_id] = into
+
+    def _now_in(self, run_id: int) -> int:
+        """The run a remembered run is part of now (itself, unless merged)."""
+        seen = 0
+        while run_id in self.merged and seen < 16:
+            run_id, seen = self.merged[run_id], seen + 1
+        return run_id
 
     def forget_run(self, run_id: int) -> None:
         self.memory.pop(run_id, None)
@@ -454,7 +479,8 @@ class Grouper:
             if match is not None:
                 candidate, length = match
                 self.extended.add(candidate.exchange_id)
-                return candidate.run_id, THREAD, candidate.exchange_id, False, length
+                run_id = self._now_in(candidate.run_id)
+                return run_id, THREAD, candidate.exchange_id, False, length
         return new_id(), SINGLE, None, True, None
 
     def _replay_run(
@@ -490,7 +516,7 @@ class Grouper:
     def _conversation_run(self, parsed: Parsed) -> int | None:
         for conversation_id in _conversation_ids(parsed):
             if conversation_id in self.conversations:
-                return self.conversations[conversation_id]
+                return self._now_in(self.conversations[conversation_id])
         return None
 
     def _link_conversations(self, parsed: Parsed, run_id: int) -> None:

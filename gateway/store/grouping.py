@@ -170,6 +170,8 @@ class NodeLease:
         self.holder = f"{role}:{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"[:200]
         self.node: int | None = None
         self.other_writers = 0
+        self.orphans = 0  # steps stored without their parent, not merged yet
+        self.shared_at: float | None = None  # time.monotonic() other writers were last seen
         self.counted_at = 0.0  # time.monotonic() of the last count
         self._task: asyncio.Task[None] | None = None
 
@@ -231,12 +233,25 @@ class NodeLease:
 
     async def _count_writers(self) -> None:
         found = await self.store.rows(
-            "SELECT COUNT(*) AS n FROM node_leases WHERE expires_at >= ? AND holder LIKE ? "
-            "AND holder <> ?",
+            "SELECT COUNT(*) AS n, (SELECT COUNT(*) FROM (SELECT 1 FROM run_orphans LIMIT 1) o) "
+            "AS orphans "
+            "FROM node_leases WHERE expires_at >= ? AND holder LIKE ? AND holder <> ?",
             [time.time(), f"{WRITER}:%", self.holder],
         )
         self.other_writers = int(found[0]["n"]) if found else 0
+        if self.other_writers:
+            self.shared_at = time.monotonic()
+        # whether steps wait for a late parent (merging.py; 0 or 1, not a count: the table
+        # is not scanned): while they do, writers look for their parents after each batch
+        self.orphans = int(found[0]["orphans"] or 0) if found else 0
         self.counted_at = time.monotonic()
+
+    def shared(self, within: float) -> bool:
+        """Whether other writers run, or ran in the last `within` seconds (one that stopped
+        may come back and store what it spooled)."""
+        if self.other_writers > 0:
+            return True
+        return self.shared_at is not None and time.monotonic() - self.shared_at < within
 
     async def release(self) -> None:
         if self._task is not None:

@@ -334,6 +334,32 @@ class RunName(Model):
         table = "run_names"
 
 
+class RunOrphan(Model):
+    """A step placed without its parent (it waited HOLD_SECONDS for it): the thread key of
+    the call it continues, how many of its input messages that call's state holds, and the
+    tool results it sent (JSON), linked when that call is stored (gateway/store/merging.py)."""
+
+    exchange_id = fields.BigIntField(primary_key=True)
+    parent_key = fields.CharField(max_length=32, db_index=True)
+    carried = fields.IntField(default=0)
+    results = fields.TextField(null=True)
+    at = fields.FloatField(db_index=True)  # when it was stored (the sweep looks at the latest)
+
+    class Meta:
+        table = "run_orphans"
+
+
+class RunMerge(Model):
+    """A run merged into another (its steps' late parent was stored): where it went."""
+
+    run_id = fields.BigIntField(primary_key=True)
+    into_run_id = fields.BigIntField()
+    at = fields.FloatField()
+
+    class Meta:
+        table = "run_merges"
+
+
 class NodeLease(Model):
     """Which process holds which 10-bit node of exchange ids (gateway/capture/exchange.py):
     claimed at start, renewed while it runs, released at exit, so ids stay unique across

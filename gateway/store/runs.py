@@ -7,7 +7,7 @@ one concern; like exchanges.py, this is the only place that builds run queries.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +147,17 @@ class RunFilter:
     until: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Written:
+    """What writing a batch's runs found that may need a merge (gateway/store/merging.py):
+    runs inserted again though the grouper knew them (a merged run a writer's memory still
+    names), and conversations linked to another run than the batch's (conversation id, this
+    batch's run, the linked run)."""
+
+    revived: list[int] = field(default_factory=list)
+    split: list[tuple[str, int, int]] = field(default_factory=list)
+
+
 def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
@@ -180,20 +191,25 @@ class RunStore:
         tx: BaseDBAsyncClient,
         changes: list[RunChanges],
         sources: Mapping[int, run_refs.Sources] | None = None,
-    ) -> None:
+        shared: bool = True,
+    ) -> Written:
         """Write what the grouper decided; `sources` (by exchange id) are what messages and
-        snapshots may point into instead of copying (see run_refs.py)."""
+        snapshots may point into instead of copying (see run_refs.py). Says which runs may
+        have been merged away (gateway/store/merging.py) from what the statements answered;
+        `shared`: other writers may link the same conversations (a writer alone on SQLite
+        keeps its links in the batch's one hand-off instead of asking)."""
         if not changes:
-            return
+            return Written()
         sources = sources or {}
-        await self._upsert_runs(tx, changes)
+        revived = await self._upsert_runs(tx, changes)
         outputs, folded = await self._write_messages(tx, changes, sources)
         await self._insert(
             tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
         )
         await self._write_tool_results(tx, changes)
         await self._write_snapshots(tx, changes, outputs, sources, folded)
-        await self._write_conversation_links(tx, changes)
+        split = await self._write_conversation_links(tx, changes, shared)
+        return Written(revived, split)
 
     async def _write_messages(
         self,
@@ -316,21 +332,48 @@ class RunStore:
             )
 
     async def _write_conversation_links(
-        self, tx: BaseDBAsyncClient, changes: list[RunChanges]
-    ) -> None:
+        self, tx: BaseDBAsyncClient, changes: list[RunChanges], shared: bool = True
+    ) -> list[tuple[str, int, int]]:
+        """Link conversations to runs (the first link stays). Returns the conversations
+        linked to another run than this batch's (conversation id, this run, the linked run):
+        a turn stored before its start put them in two runs, to merge (merging.py). A link
+        that is already there is not written again (the WHERE), so nothing is returned for
+        the usual case."""
         links = {cid: rid for ch in changes for cid, rid in ch.conversations}
-        if links:
+        if not links:
+            return []
+        rows = storable.rows(
+            "run_conversations", ("conversation_id", "run_id"), [[c, r] for c, r in links.items()]
+        )
+        if not shared and self.store.dialect == "sqlite":
             await tx.execute_many(
                 self.store.sql(
                     "INSERT INTO run_conversations (conversation_id, run_id) VALUES (?, ?) "
                     "ON CONFLICT DO NOTHING"
                 ),
-                storable.rows(
-                    "run_conversations",
-                    ("conversation_id", "run_id"),
-                    [[c, r] for c, r in links.items()],
-                ),
+                rows,
             )
+            return []
+        ours = {c: r for c, r in rows}
+        split = []
+        for start in range(0, len(rows), UPSERT_CHUNK):
+            chunk = rows[start : start + UPSERT_CHUNK]
+            found = await tx.execute_query_dict(
+                self.store.sql(
+                    "INSERT INTO run_conversations (conversation_id, run_id) VALUES "
+                    + ", ".join(["(?, ?)"] * len(chunk))
+                    + " ON CONFLICT (conversation_id) DO UPDATE SET "
+                    "run_id = run_conversations.run_id "
+                    "WHERE run_conversations.run_id <> excluded.run_id "
+                    "RETURNING conversation_id, run_id"
+                ),
+                [value for row in chunk for value in row],
+            )
+            for row in found:
+                cid, linked = row["conversation_id"], int(row["run_id"])
+                if linked != ours.get(cid):
+                    split.append((cid, int(ours[cid]), linked))
+        return split
 
     async def _insert(
         self,
@@ -356,13 +399,16 @@ class RunStore:
             self.store.sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows
         )
 
-    async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
+    async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> list[int]:
         """Add the batch to its runs' totals (atomically: `x = x + excluded.x`, so writers of
         several replicas never lose or double an update) and number its steps from the count
         the database returns: steps are unique in a run whichever writer stored them."""
         merged: dict[int, dict[str, Any]] = {}
+        created: set[int] = set()
         for change in changes:
             delta = change.run
+            if delta["created"]:
+                created.add(delta["id"])
             seen = merged.get(delta["id"])
             if seen is None:
                 merged[delta["id"]] = dict(delta)
@@ -419,6 +465,13 @@ class RunStore:
             )
             counts.update({int(r["id"]): int(r["steps"]) for r in found})
         _number_steps(changes, counts)
+        # A run the grouper knew (not created here) whose counter holds only this batch's
+        # steps was inserted again: it was merged away (or deleted) since the grouper saw it.
+        return [
+            run_id
+            for run_id, delta in merged.items()
+            if run_id not in created and counts.get(run_id) == delta["exchange_count"]
+        ]
 
     async def finish_idle(self, cutoff: datetime) -> list[int]:
         """Settle runs with no exchange since `cutoff`: ended, and ok or error."""

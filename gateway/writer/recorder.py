@@ -18,11 +18,11 @@ from gateway.capture.exchange import Exchange, new_id
 from gateway.capture.pricing import PriceTable
 from gateway.capture.rows import Rows, build_rows
 from gateway.providers.base import Provider
-from gateway.runs.grouper import Grouper, Wants
-from gateway.store import grouping
+from gateway.runs.grouper import Grouper, RunChanges, Wants
+from gateway.store import grouping, merging
 from gateway.store.exchanges import Store, micros
 from gateway.store.run_refs import Sources
-from gateway.store.runs import RunStore
+from gateway.store.runs import RunStore, Written
 from gateway.writer.health import WriterHealth
 from gateway.writer.quarantine import database_down, describe, encode
 from gateway.writer.spool import Spool
@@ -41,6 +41,13 @@ YIELD_EVERY = 50
 # every HOLD_RETRY: then it is placed with what is known (a run of its own).
 HOLD_SECONDS = 5.0
 HOLD_RETRY = 0.1
+SWEEP_SECONDS = 1.0  # while steps wait for a late parent, how often to look for them
+# A writer that stores a parent looks for its orphans itself once its count of them (renewed
+# every RENEW_SECONDS) says some wait: the sweep need only look at orphans younger than this,
+# but looks at all of them every FULL_SWEEP_EVERY sweeps (and prunes those too old).
+SWEEP_WINDOW = 60.0
+SHARED_SECONDS = 3600.0
+FULL_SWEEP_EVERY = 300
 RECOUNT_SECONDS = 1.0  # how old the count of other writers may be when a step may wait
 
 Refusal = tuple[Exchange, str]  # a record the database refused, and why
@@ -51,11 +58,31 @@ async def _no_step(run_id: int) -> int:
     return 0
 
 
-def _young(row: Rows, now: float) -> bool:
+def _young(row: Rows, now: float, hold: float | None = None) -> bool:
     """Whether a record ended less than HOLD_SECONDS ago (its parent may still come)."""
     ended: float = row.exchange["started_at"].timestamp()
     ended += (row.exchange.get("latency_ms") or 0) / 1000
-    return now < ended + HOLD_SECONDS
+    return now < ended + (HOLD_SECONDS if hold is None else hold)
+
+
+def _orphan(row: Rows, change: RunChanges, want: Wants) -> merging.Orphan:
+    """What a step placed without its parent leaves for that parent's writer: the key it
+    waited for, how many of its messages the parent's state holds, its tool results."""
+    carried = want.hashes.index(want.parent) + 1 if want.parent in want.hashes else 0
+    # a chat step's tool results, in the order of its tool messages (where they are)
+    tools = [m for m in change.messages if m["direction"] == "in" and m["role"] == "tool"]
+    places = [m["position"] for m in tools] if len(tools) == len(change.tool_results) else []
+    results = [
+        {
+            "call_id": r.get("call_id"),
+            "return_value": r.get("return_value"),
+            "at_ms": r.get("at_ms"),
+            "position": places[n] if places else None,
+        }
+        for n, r in enumerate(change.tool_results)
+        if r.get("call_id")
+    ]
+    return merging.Orphan(row.exchange["id"], str(want.parent), carried, results)
 
 
 class Recorder:
@@ -70,6 +97,7 @@ class Recorder:
         queue_size: int,
         grouper: Grouper,
         run_store: RunStore,
+        hold_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.grouper = grouper
@@ -94,6 +122,10 @@ class Recorder:
         self.lease: grouping.NodeLease | None = None  # tells how many other writers run
         self.holding = True  # False once stopping: nothing waits any more
         self.collisions = 0  # records whose id another record had: stored with a new id
+        # how long a step waits for its parent (None: HOLD_SECONDS); tests shorten it
+        self.hold_seconds = hold_seconds
+        self.merges = 0  # runs this writer merged into another (a late parent)
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -111,6 +143,8 @@ class Recorder:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="agentops-writer")
+        if self.lease is not None:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="agentops-late-parents")
         if self.spool.pending():
             self._ensure_recovery()
 
@@ -260,14 +294,26 @@ class Recorder:
         hold = hold and self.lease is not None and self.lease.other_writers > 0
         now = time.time()
         changes, placed, held = [], [], []
+        orphans: list[tuple[Rows, RunChanges, Wants]] = []
+        # a step placed without its parent is remembered while other writers run, and for an
+        # hour after the last one stopped (it may store the parent from its spool at its start)
+        shared = self.lease is not None and self.lease.shared(SHARED_SECONDS)
         for n, row in enumerate(rows, 1):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             want = wants[row.exchange["id"]]
-            wait = hold and want.continues and _young(row, now)
+            wait = hold and want.continues and _young(row, now, self.hold_seconds)
             if wait and not self.grouper.has_parent(want):
                 held.append(row)
                 continue
+            # placed without the call it continues: remembered, so that call merges it
+            # when another writer stores it, however late (gateway/store/merging.py)
+            orphan = (
+                shared
+                and want.continues
+                and want.parent is not None
+                and not self.grouper.has_parent(want)
+            )
             try:
                 change = await self.grouper.assign(
                     row.exchange, row.parsed, row.hints, _no_step, want.hashes or None
@@ -280,12 +326,19 @@ class Recorder:
             row.repeats = change.repeats
             changes.append((row, change))
             placed.append(row)
+            if orphan:
+                orphans.append((row, change, want))
         sources = {row.exchange["id"]: Sources.of(row) for row in placed}
+        written = Written()
 
         async def write_runs(tx: Any) -> None:
-            await self.run_store.write(tx, [change for _, change in changes], sources)
+            nonlocal written
+            written = await self.run_store.write(
+                tx, [change for _, change in changes], sources, shared
+            )
             for row, change in changes:  # the steps the database numbered
                 row.exchange["step"] = change.exchange["step"]
+            await merging.add_orphans(self.store, tx, [_orphan(*orphan) for orphan in orphans])
 
         await self.store.insert(placed, write_runs)
         for row in placed:
@@ -293,6 +346,79 @@ class Recorder:
         for row in held:
             eid = row.exchange["id"]
             self.waiting.setdefault(eid, (row, by_id[eid]))
+        if orphans and self.lease is not None:
+            self.lease.orphans += len(orphans)
+        if placed:
+            await self._converge(placed, [change for _, change in changes], written)
+
+    # -- late parents (gateway/store/merging.py) ---------------------------------------------
+
+    async def _converge(
+        self, placed: list[Rows], changes: list[RunChanges], written: Written
+    ) -> None:
+        """After a batch: merge what it showed split. Runs it brought back (merged away while
+        this writer's memory named them), conversations it found in two runs, and, while
+        steps wait for a late parent, those whose parent this batch stored. Nothing to do,
+        and no query, in the usual case."""
+        try:
+            wanted: list[merging.Merge] = []
+            if written.revived:
+                found = await merging.moved(self.store, written.revived)
+                for run, into in found.items():
+                    results = tuple(
+                        (r["result_exchange_id"], r["call_id"], r["return_value"], r["at_ms"])
+                        for change in changes
+                        if change.run["id"] == run
+                        for r in change.tool_results
+                        if r.get("call_id")
+                    )
+                    wanted.append(merging.Merge(run, into, results=results))
+            if written.split:
+                wanted += await merging.conversation_runs(
+                    self.store, [(cid, ours) for cid, ours, _ in written.split]
+                )
+            keys = [row.exchange.get("thread_key") for row in placed]
+            if self.lease is not None and self.lease.orphans > 0 and any(keys):
+                wanted += await merging.found_parents(self.store, [k for k in keys if k])
+            await self._merge(wanted)
+        except Exception:  # the batch is stored; a sweep or a later batch merges the rest
+            log.exception("could not merge runs after a batch")
+
+    async def _merge(self, wanted: list[merging.Merge]) -> None:
+        for merge in wanted:
+            done = await merging.merge(self.store, merge)
+            if done is None:
+                continue
+            if done.source != done.target:
+                self.merges += 1
+                self.grouper.moved(done.source, done.target)
+                log.info("merged run %s into run %s (a late parent)", done.source, done.target)
+
+    async def sweep(self, window: float | None = None) -> None:
+        """Merge the steps whose late parent is stored now (whichever writer stored it):
+        those that became orphans in the last `window` seconds, or all."""
+        since = None if window is None else time.time() - window
+        await self._merge(await merging.found_parents(self.store, since=since))
+        if self.lease is not None:
+            self.lease.orphans = await merging.pending(self.store)
+
+    async def _sweep_loop(self) -> None:
+        """While steps wait for a late parent: a sweep every SWEEP_SECONDS (a parent whose
+        writer did not know orphans were waiting when it stored it is found here)."""
+        sweeps = 0
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            if self.lease is None or self.lease.orphans <= 0 or not self.db_ok:
+                continue
+            try:
+                sweeps += 1
+                if sweeps % FULL_SWEEP_EVERY == 0:
+                    await merging.prune(self.store)
+                    await self.sweep()
+                else:
+                    await self.sweep(SWEEP_WINDOW)
+            except Exception:
+                log.exception("could not look for late parents")
 
     async def _new_rows(self, rows: list[Rows], by_id: dict[int, Exchange]) -> list[Rows]:
         """The rows not stored yet. A record stored already is written again (a replay) and
@@ -452,10 +578,16 @@ class Recorder:
         until = min(deadline, time.monotonic() + HOLD_SECONDS)
         while self.waiting and time.monotonic() < until and self.db_ok:
             await asyncio.sleep(HOLD_RETRY / 2)
-        for task in (self._task, self._recovery):
+        for task in (self._task, self._recovery, self._sweeper):
             if task is not None:
                 task.cancel()
         await self._flush_waiting()
+        if self.lease is not None and self.db_ok:
+            # a step stored now may find the parent another writer just stored
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("could not look for late parents at stop: %s", exc)
         leftover = []
         while not self.queue.empty():
             leftover.append(self.queue.get_nowait())

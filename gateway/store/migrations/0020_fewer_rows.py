@@ -30,7 +30,7 @@ async def backward(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0018_campaigns")]
+    dependencies = [("models", "0019_late_parents")]
 
     initial = False
 
