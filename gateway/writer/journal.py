@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import pickle
 import struct
@@ -60,6 +61,7 @@ START_FIELDS = (
     "hints",
     "replay_of",
 )
+start_entry = operator.attrgetter(*START_FIELDS)  # an Exchange -> its START_FIELDS, as a tuple
 
 
 def frame(*message: Any) -> bytes:
@@ -187,11 +189,6 @@ class Journal:
         if self._inflight_fd is None:
             return
         try:
-            if starts:
-                entries = [tuple(getattr(e, f) for f in START_FIELDS) for e in starts]
-                for entry in entries:
-                    self._inflight[entry[0]] = entry
-                self._append_inflight(frame("start", entries))
             if records_frame is not None and ids:
                 segment = self._segment()
                 _write_all(segment.fd, records_frame)
@@ -199,10 +196,22 @@ class Journal:
                 segment.open_records += len(ids)
                 for exchange_id in ids:
                     self._where[exchange_id] = segment
+            # The window's starts and ends in one write, after its records: an end is never
+            # on disk before its record (a kill between the two loses only this window's
+            # starts, as a kill just before the window would).
+            entries = b""
+            if starts:
+                started = list(map(start_entry, starts))
+                inflight = self._inflight
+                for entry in started:
+                    inflight[entry[0]] = entry
+                entries = frame("start", started)
             if ends:
                 for exchange_id in ends:
                     self._inflight.pop(exchange_id, None)
-                self._append_inflight(frame("end", ends))
+                entries += frame("end", ends)
+            if entries:
+                self._append_inflight(entries)
         except OSError as exc:
             self._fail(exc)
 
