@@ -194,7 +194,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.held_keys = held_keys or scrub.Keys()
         self.guard = guard
-        self.in_flight = in_flight or InFlight()
+        self.in_flight = in_flight if in_flight is not None else InFlight()  # (empty is falsy)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
