@@ -456,7 +456,12 @@ class WriterProcess:
             for exchange in batch:
                 self._unsettled[exchange.id] = exchange
             self._unsettled_bytes += size
-            writer.writelines(message)
+            if writer.transport.get_write_buffer_size():
+                # backed up (the writer is behind): queue both parts, no futile send
+                writer.write(message[0])
+                writer.write(message[1])
+            else:
+                writer.writelines(message)  # one sendmsg of both parts
 
     def _spill(self, batch: list[Exchange]) -> None:
         self._overflowing = True
