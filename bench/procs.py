@@ -111,14 +111,19 @@ class Proc:
     """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(
-        self, name: str, argv: list[str], log_dir: Path, cpus: frozenset[int] | None
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        cpus: frozenset[int] | None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -158,8 +163,10 @@ class Proc:
 PROCS: list[Proc] = []
 
 
-def spawn(name: str, argv: list[str], log_dir: Path, cpus: frozenset[int] | None) -> Proc:
-    proc = Proc(name, argv, log_dir, cpus)
+def spawn(
+    name: str, argv: list[str], log_dir: Path, cpus: frozenset[int] | None, cwd: Path = ROOT
+) -> Proc:
+    proc = Proc(name, argv, log_dir, cpus, cwd)
     PROCS.append(proc)
     return proc
 

@@ -254,6 +254,7 @@ class Gateway:
             begin=self.recorder.begin,
             guard=self.guard,
             alternatives=self.alt_upstreams,
+            in_flight=self.in_flight,
         )
         self.replayer = Replayer(
             self.store,
@@ -336,7 +337,8 @@ class Gateway:
         assert self.proxy is not None
         # No access log (query strings may hold keys); errors through HTTP_LOG, which never
         # prints the raw request line or headers a malformed request quoted.
-        server = web.Server(self.in_flight.wrap(self.proxy), access_log=None, logger=HTTP_LOG)
+        # The proxy registers its calls in self.in_flight itself (see Proxy).
+        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG)
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False
         )

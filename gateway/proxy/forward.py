@@ -11,8 +11,9 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from gateway.capture.exchange import (
     Exchange,
     new_id,
 )
+from gateway.lifecycle import InFlight
 from gateway.proxy import scrub
 from gateway.proxy.budgets import BudgetGuard
 from gateway.store.budgets import Budget
@@ -77,13 +79,27 @@ def error_body(message: str, kind: str, code: int) -> bytes:
     )
 
 
-def forwarded_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
-    """Request or response headers minus hop-by-hop ones (and those Connection names)."""
+@lru_cache(maxsize=4096)  # header names repeat on every call
+def header_kind(name: str) -> tuple[str, bool, bool, bool]:
+    """What a header name is to the proxy: (lower-case, not forwarded (hop-by-hop or a hint),
+    secret (redacted, and read for the call's keys), an X-AgentOps- hint)."""
+    lower = name.lower()
+    hint = lower.startswith(HINT_PREFIX)
+    return lower, lower in HOP_BY_HOP or hint, redact.is_secret_name(name), hint
+
+
+def forwarded_headers(
+    pairs: Iterable[tuple[str, str]], redacted: list[tuple[str, str]] | None = None
+) -> CIMultiDict[str]:
+    """Request or response headers minus hop-by-hop ones (and those Connection names);
+    `redacted`, when given, gets every header, redacted, in the same pass (for the record)."""
     out: CIMultiDict[str] = CIMultiDict()
     named: set[str] = set()
     for name, value in pairs:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower.startswith(HINT_PREFIX):
+        lower, dropped, secret, _ = header_kind(name)
+        if redacted is not None:
+            redacted.append((name, redact.REDACTED if secret else value))
+        if dropped:
             if lower == "connection":
                 named.update(token.strip().lower() for token in value.split(","))
             continue
@@ -121,6 +137,16 @@ class Route:
     provider: str
 
 
+class SizedResponse(web.StreamResponse):
+    """A response whose length the upstream gave (Content-Length): its head goes out with the
+    first body bytes, in one send, rather than in a send of its own (aiohttp's StreamResponse
+    sends the head at `prepare`). The client sees the same bytes; a 1 KB call costs one
+    system call fewer. Streams (no Content-Length: SSE, chunked) keep the head sent at once,
+    so a client sees the status as soon as the upstream sends it."""
+
+    _send_headers_immediately = False
+
+
 WEBSOCKET_NOT_PROXIED = (
     "WebSocket connections are not proxied by AgentOps Studio; connect to {upstream} directly "
     "(the HTTP streaming endpoints are proxied and recorded)"
@@ -143,11 +169,14 @@ class Proxy:
         begin: Callable[[Exchange], None] | None = None,
         guard: BudgetGuard | None = None,
         alternatives: Mapping[str, str] | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         """`held_keys`: keys of the gateway's own (the replay key), scrubbed from every record
         as the caller's are. `guard`: the budgets, checked before a call goes upstream.
         `alternatives`: the operator's other upstreams by name (--upstream-alt), which only
-        the gateway's own calls (`send`) may name; clients' calls never reach them."""
+        the gateway's own calls (`send`) may name; clients' calls never reach them.
+        `in_flight`: where each call registers while it is served (for the stop), done here
+        rather than by `InFlight.wrap`, which would add a coroutine frame to every resume."""
         self.upstream = upstream.rstrip("/")
         self.alternatives = {k: v.rstrip("/") for k, v in (alternatives or {}).items()}
         self.routes = tuple(
@@ -165,19 +194,25 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.held_keys = held_keys or scrub.Keys()
         self.guard = guard
+        self.in_flight = in_flight if in_flight is not None else InFlight()  # (empty is falsy)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         path_qs = target(request)
         pairs = list(request.headers.items())  # read once, for the record and for upstream
-        exchange = self._begin(request, path_qs, pairs)
+        exchange, secrets = self._begin(request, path_qs, pairs)
         route = None
         if exchange.path.startswith(self.route_prefixes):
             route = self._route(exchange)
         base = route.upstream if route is not None else self.upstream
         upstream: aiohttp.ClientResponse | web.Response | None = None
-        keys = scrub.scrub_start(exchange, pairs, path_qs.partition("?")[2], self.held_keys)
+        _, sep, query = path_qs.partition("?")
+        keys = scrub.scrub_start(exchange, pairs, query, self.held_keys, secrets)
         self.begin(exchange)
+        in_flight = self.in_flight
+        task = asyncio.current_task()
+        in_flight.tasks.add(task)  # type: ignore[arg-type]  # aiohttp runs each in a task
+        in_flight.served += 1
         try:
             if route is not None and request.headers.get("Upgrade", "").lower() == "websocket":
                 return self._refuse_websocket(exchange, base, started)
@@ -190,7 +225,6 @@ class Proxy:
                 budget = self.guard.refusing(exchange, body)
                 if budget is not None:
                     return self._refuse_budget(exchange, budget, started)
-            _, sep, query = path_qs.partition("?")
             url = URL(base + exchange.path + sep + query, encoded=True)
             upstream = await self._open(exchange, request.method, url, pairs, body, started, base)
             if isinstance(upstream, web.Response):
@@ -202,13 +236,10 @@ class Proxy:
             exchange.error = exchange.error or "gateway shut down before the call finished"
             raise
         finally:
+            in_flight.tasks.discard(task)  # type: ignore[arg-type]
             exchange.latency_ms = (time.perf_counter() - started) * 1000
             self._finish(
-                exchange,
-                pairs,
-                path_qs.partition("?")[2],
-                failed=isinstance(upstream, web.Response),
-                keys=keys,
+                exchange, pairs, query, failed=isinstance(upstream, web.Response), keys=keys
             )
 
     async def send(
@@ -234,7 +265,8 @@ class Proxy:
                 raise ValueError(f"no alternative upstream named {upstream_name!r}")
             base = self.alternatives[upstream_name]
         started = time.perf_counter()
-        exchange = self._record(method, path, path, "", pairs, hints)
+        key = redact.fingerprint(redact.key_of(pairs))
+        exchange = self._record(method, path, path, "", redact.redact_headers(pairs), key, hints)
         exchange.request_body, exchange.replay_of = body, replay_of
         upstream: aiohttp.ClientResponse | web.Response | None = None
         keys = scrub.scrub_start(exchange, pairs, "", self.held_keys)
@@ -288,17 +320,29 @@ class Proxy:
 
     def _begin(
         self, request: web.BaseRequest, path_qs: str, pairs: list[tuple[str, str]]
-    ) -> Exchange:
+    ) -> tuple[Exchange, tuple[tuple[str, str], ...]]:
+        """The call's record, and its secret-named headers (for its keys): one pass over the
+        headers redacts them, picks out those and the X-AgentOps- hints."""
         client_path, _, query = path_qs.partition("?")
         path, run_name = split_run_prefix(client_path)
         hints = {}
+        redacted = []
+        secrets = []
         for name, value in pairs:
-            lower = name.lower()
-            if lower.startswith(HINT_PREFIX):
+            lower, _, secret, hint = header_kind(name)
+            if secret:
+                secrets.append((name, value))
+                redacted.append((name, redact.REDACTED))
+            else:
+                redacted.append((name, value))
+            if hint:
                 hints[lower[len(HINT_PREFIX) :]] = value
         if run_name:
             hints["run_prefix"] = run_name
-        return self._record(request.method, client_path, path, query, pairs, hints)
+        found = tuple(secrets)
+        key = redact.fingerprint(redact.key_of(secrets)) if secrets else None
+        exchange = self._record(request.method, client_path, path, query, redacted, key, hints)
+        return exchange, found
 
     @staticmethod
     def _record(
@@ -306,21 +350,23 @@ class Proxy:
         client_path: str,
         path: str,
         query: str,
-        pairs: list[tuple[str, str]],
+        redacted: list[tuple[str, str]],
+        key_fingerprint: str | None,
         hints: dict[str, str],
     ) -> Exchange:
+        """A new record; `redacted`: the request headers, already redacted."""
         return Exchange(
             id=new_id(),
             started_at=time.time(),
             method=method,
             client_path=client_path,
             path=path,
-            query=redact.redact_query(query),
-            request_headers=redact.redact_headers(pairs),
+            query=redact.redact_query(query) if query else "",
+            request_headers=redacted,
             request_body=b"",
-            key_fingerprint=redact.fingerprint(redact.key_of(pairs)),
+            key_fingerprint=key_fingerprint,
             hints=hints,
-            omit_bodies=hints.get("omit", "").strip().lower() == "bodies",
+            omit_bodies="omit" in hints and hints["omit"].strip().lower() == "bodies",
         )
 
     def _route(self, exchange: Exchange) -> Route | None:
@@ -407,12 +453,15 @@ class Proxy:
 
     def _response_head(
         self, exchange: Exchange, upstream: aiohttp.ClientResponse, started: float
-    ) -> list[tuple[str, str]]:
+    ) -> CIMultiDict[str]:
+        """Note the response's status and (redacted) headers; returns the headers to send on."""
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
         exchange.status = upstream.status
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-        exchange.response_headers = redact.redact_headers(pairs)
-        return pairs
+        redacted: list[tuple[str, str]] = []
+        pairs = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers)
+        headers = forwarded_headers(pairs, redacted)
+        exchange.response_headers = redacted
+        return headers
 
     async def _pump(
         self,
@@ -446,10 +495,9 @@ class Proxy:
         upstream: aiohttp.ClientResponse,
         started: float,
     ) -> web.StreamResponse:
-        pairs = self._response_head(exchange, upstream, started)
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=forwarded_headers(pairs)
-        )
+        headers = self._response_head(exchange, upstream, started)
+        kind = SizedResponse if upstream.content_length is not None else web.StreamResponse
+        response = kind(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
         except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:

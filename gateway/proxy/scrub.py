@@ -97,7 +97,10 @@ class Keys:
         """Whether any key is in the chunks' concatenation, a key cut across chunks included."""
         if not self._data or not chunks:
             return False
-        if len(chunks) == 1 or sum(map(len, chunks)) <= JOIN_BYTES:
+        if len(chunks) == 1:
+            data = chunks[0]
+            return any(raw in data for raw, _ in self._data)
+        if sum(map(len, chunks)) <= JOIN_BYTES:
             data = b"".join(chunks)  # one copy and one search beat a search per boundary
             return any(raw in data for raw, _ in self._data)
         return any(_found(chunks, raw) for raw, _ in self._data)
@@ -161,39 +164,63 @@ def scrub_call(
 ) -> None:
     """Scrub a finished call's record of the keys its request carried (`pairs`, the request
     headers, and `query`, as received) and of `held`, the gateway's own; `keys`: those keys,
-    as `scrub_start` returned them for the same call (found again when None)."""
+    as `scrub_start` returned them for the same call, which scrubbed the fields known at the
+    start (found again, and every field scrubbed, when None)."""
     if keys is None:
         try:
             keys = keys_for(pairs, query, held)
         except Exception:
             _give_up(exchange)
             return
-    scrub_exchange(exchange, keys)
+        scrub_exchange(exchange, keys)
+        return
+    if keys:
+        try:
+            _scrub_end(exchange, keys)
+        except Exception:
+            _give_up(exchange)
 
 
 def scrub_start(
-    exchange: Exchange, pairs: Sequence[tuple[str, str]], query: str, held: Keys
+    exchange: Exchange,
+    pairs: Sequence[tuple[str, str]],
+    query: str,
+    held: Keys,
+    secrets: tuple[tuple[str, str], ...] | None = None,
 ) -> Keys | None:
-    """Scrub what is known of a call as it starts (its path, query and hints), which the
-    journal keeps until it ends (see journal.py). Returns the call's keys for `scrub_call`
-    (finding them was a tenth of the proxy's own work per call, done twice); None when the
-    scrub failed."""
-    keys = None
+    """Scrub what is known of a call as it starts (its path, query, hints and request
+    headers), which the journal keeps until it ends (see journal.py), and which does not
+    change after. Returns the call's keys for `scrub_call`, which then scrubs only the rest
+    (finding the keys, and searching these fields, was a third of the proxy's own work per
+    call, done twice); None when the scrub failed. `secrets`: the request's secret-named
+    headers, when the caller has picked them out already (see `secret_keys`)."""
     try:
-        keys = keys_for(pairs, query, held)
+        if secrets is None:
+            keys = keys_for(pairs, query, held)
+        else:
+            keys = secret_keys(secrets, query, held)
         if not keys:
             return keys
         fields = [exchange.client_path, exchange.path, exchange.query]
         fields += [part for pair in exchange.hints.items() for part in pair]
+        fields += [part for pair in exchange.request_headers for part in pair]
         if keys.found_in_text("\x00".join(fields)):
             text = keys.scrub
             exchange.client_path, exchange.path = text(exchange.client_path), text(exchange.path)
             exchange.query = text(exchange.query)
             exchange.hints = {text(k): text(v) for k, v in exchange.hints.items()}
+            exchange.request_headers = [(text(k), text(v)) for k, v in exchange.request_headers]
     except Exception:
         _give_up(exchange)
         return None
     return keys
+
+
+@lru_cache(maxsize=256)  # an agent sends the same credentials on every call (memory only)
+def secret_keys(secrets: tuple[tuple[str, str], ...], query: str, held: Keys) -> Keys:
+    """`keys_for` from the request's secret-named headers alone (the only ones it reads),
+    cached on them: the proxy has them from its one pass over the headers."""
+    return Keys(caller_keys(secrets, query)) + held
 
 
 def scrub_exchange(exchange: Exchange, keys: Keys) -> None:
@@ -228,14 +255,32 @@ def _scrub(exchange: Exchange, keys: Keys) -> None:
         exchange.response_headers = [(text(k), text(v)) for k, v in exchange.response_headers]
         exchange.hints = {text(k): text(v) for k, v in exchange.hints.items()}
         exchange.error = text(exchange.error) if exchange.error else exchange.error
+    _scrub_bodies(exchange, keys)
+
+
+def _scrub_end(exchange: Exchange, keys: Keys) -> None:
+    """What `scrub_start` did not see: the response's headers, the error, the bodies."""
+    parts = [part for pair in exchange.response_headers for part in pair]
+    if exchange.error:
+        parts.append(exchange.error)
+    if keys.found_in_text("\x00".join(parts)):
+        text = keys.scrub
+        exchange.response_headers = [(text(k), text(v)) for k, v in exchange.response_headers]
+        exchange.error = text(exchange.error) if exchange.error else exchange.error
+    _scrub_bodies(exchange, keys)
+
+
+def _scrub_bodies(exchange: Exchange, keys: Keys) -> None:
     exchange.request_body = keys.scrub(exchange.request_body)
     chunks = exchange.response_chunks
-    encoding = (
-        next((v for k, v in exchange.response_headers if k.lower() == "content-encoding"), "")
-        .strip()
-        .lower()
-    )
-    if chunks and encoding not in ("", "identity") and not exchange.response_decoded:
+    if not chunks:
+        return
+    encoding = ""
+    for name, value in exchange.response_headers:
+        if name.lower() == "content-encoding":
+            encoding = value.strip().lower()
+            break
+    if encoding not in ("", "identity") and not exchange.response_decoded:
         decoded, ok = decode_chunks(chunks, encoding)
         if ok and keys.found_in(decoded):
             tail = decoded.pop()  # the decoder's flush: part of the last chunk

@@ -47,6 +47,7 @@ from gateway.writer.protocol import (
     _socket,
     body_bytes,
     frame,
+    frame_parts,
     pack,
     read_frame,
 )
@@ -447,7 +448,7 @@ class WriterProcess:
                 self._spill(batch)  # the spool first: an end noted means a record kept
             self.journal.write(None, [], starts, ids)
             return
-        message = frame(Records([pack(e) for e in batch])) if batch else None
+        message = frame_parts(Records([pack(e) for e in batch])) if batch else None
         self.journal.write(message, ids, starts, ids)
         if self._overflowing:
             self._hand_over()
@@ -455,7 +456,12 @@ class WriterProcess:
             for exchange in batch:
                 self._unsettled[exchange.id] = exchange
             self._unsettled_bytes += size
-            writer.write(message)
+            if writer.transport.get_write_buffer_size():
+                # backed up (the writer is behind): queue both parts, no futile send
+                writer.write(message[0])
+                writer.write(message[1])
+            else:
+                writer.writelines(message)  # one sendmsg of both parts
 
     def _spill(self, batch: list[Exchange]) -> None:
         self._overflowing = True

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import pickle
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ START_FIELDS = (
     "hints",
     "replay_of",
 )
+start_entry = operator.attrgetter(*START_FIELDS)  # an Exchange -> its START_FIELDS, as a tuple
 
 
 def frame(*message: Any) -> bytes:
@@ -175,9 +177,14 @@ class Journal:
             self._fail(exc)
 
     def write(
-        self, records_frame: bytes | None, ids: list[int], starts: list[Exchange], ends: list[int]
+        self,
+        records_frame: bytes | Sequence[bytes] | None,
+        ids: list[int],
+        starts: list[Exchange],
+        ends: list[int],
     ) -> None:
-        """One hand-off window: the records' frame (the bytes sent to the writer), then the
+        """One hand-off window: the records' frame (the bytes sent to the writer, whole or in
+        parts as `protocol.frame_parts` gives them), then the
         calls that started and ended in it. Never raises: a journal that cannot be written
         (a full disk) stops journaling and says so in `failed`."""
         if self.failed is not None:
@@ -187,22 +194,30 @@ class Journal:
         if self._inflight_fd is None:
             return
         try:
-            if starts:
-                entries = [tuple(getattr(e, f) for f in START_FIELDS) for e in starts]
-                for entry in entries:
-                    self._inflight[entry[0]] = entry
-                self._append_inflight(frame("start", entries))
             if records_frame is not None and ids:
+                parts = [records_frame] if isinstance(records_frame, bytes) else records_frame
                 segment = self._segment()
-                _write_all(segment.fd, records_frame)
-                segment.size += len(records_frame)
+                _write_all(segment.fd, *parts)
+                segment.size += sum(map(len, parts))
                 segment.open_records += len(ids)
                 for exchange_id in ids:
                     self._where[exchange_id] = segment
+            # The window's starts and ends in one write, after its records: an end is never
+            # on disk before its record (a kill between the two loses only this window's
+            # starts, as a kill just before the window would).
+            entries = b""
+            if starts:
+                started = list(map(start_entry, starts))
+                inflight = self._inflight
+                for entry in started:
+                    inflight[entry[0]] = entry
+                entries = frame("start", started)
             if ends:
                 for exchange_id in ends:
                     self._inflight.pop(exchange_id, None)
-                self._append_inflight(frame("end", ends))
+                entries += frame("end", ends)
+            if entries:
+                self._append_inflight(entries)
         except OSError as exc:
             self._fail(exc)
 
@@ -291,13 +306,19 @@ class Journal:
         self._inflight_size = len(data)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write the parts in order, in one gathered write unless the kernel takes fewer bytes."""
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        written = os.writev(fd, views)
         if written <= 0:
             raise OSError("the journal accepted no bytes")
-        view = view[written:]
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0] = views[0][written:]
+                written = 0
 
 
 def placeholder(values: tuple[Any, ...]) -> Exchange:

@@ -154,6 +154,13 @@ def frame(message: Message) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+def frame_parts(message: Message) -> tuple[bytes, bytes]:
+    """`frame` as its two parts (length, pickle), for a gathered write: a frame of 100 KB
+    bodies is not copied once more just to be joined (the proxy writes each twice)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)), data
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Message:
     """The next message; IncompleteReadError when the stream ends, even within a frame."""
     (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))

@@ -1,0 +1,76 @@
+"""The proxy's one pass over a call's headers (gateway/proxy/forward.py): it must give what the
+separate steps it replaced gave (redaction, hop-by-hop filtering, hints, the caller's keys).
+Property tests over header lists drawn from the names that matter."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.capture import redact
+from gateway.proxy import scrub
+from gateway.proxy.forward import HINT_PREFIX, HOP_BY_HOP, forwarded_headers, header_kind
+
+NAMES = st.sampled_from(
+    [
+        "Content-Type",
+        "content-length",
+        "Authorization",
+        "X-Api-Key",
+        "Cookie",
+        "Connection",
+        "Keep-Alive",
+        "Transfer-Encoding",
+        "X-AgentOps-Run",
+        "x-agentops-api-key",
+        "X-Custom",
+        "x-custom",
+        "X-Session-Token",
+        "Host",
+        "TE",
+    ]
+)
+VALUES = st.sampled_from(
+    ["application/json", "Bearer sk-forward-0123456789", "x-custom, close", "keep-alive", "v1"]
+)
+PAIRS = st.lists(st.tuples(NAMES, VALUES), max_size=12)
+
+
+def reference(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The filtering as it was written before the one pass (lower() per header)."""
+    out, named = [], set()
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower.startswith(HINT_PREFIX):
+            if lower == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
+            continue
+        out.append((name, value))
+    gone = named - HOP_BY_HOP
+    return [(n, v) for n, v in out if n.lower() not in gone]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=PAIRS)
+def test_one_pass_forwards_and_redacts_as_the_separate_steps_did(pairs):
+    redacted: list[tuple[str, str]] = []
+    forwarded = forwarded_headers(iter(pairs), redacted)
+    assert list(forwarded.items()) == reference(pairs)
+    assert redacted == redact.redact_headers(pairs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=PAIRS, query=st.sampled_from(["", "key=sk-query-0123456789", "model=m"]))
+def test_keys_from_the_secret_headers_alone_are_the_calls_keys(pairs, query):
+    secrets = tuple((n, v) for n, v in pairs if header_kind(n)[2])
+    held = scrub.Keys(["held-key-0123456789"])
+    mine = scrub.secret_keys(secrets, query, held)
+    assert mine._data == scrub.keys_for(pairs, query, held)._data
+    assert redact.key_of(list(secrets)) == redact.key_of(pairs)
+
+
+def test_a_header_kind_is_what_each_step_decides():
+    assert header_kind("X-AgentOps-Api-Key") == ("x-agentops-api-key", True, True, True)
+    assert header_kind("Content-Type") == ("content-type", False, False, False)
+    assert header_kind("Connection") == ("connection", True, False, False)
+    assert header_kind("Authorization")[2] and not header_kind("Authorization")[1]
