@@ -35,6 +35,7 @@ from gateway.writer.protocol import (
     Stop,
     Stopped,
     _socket,
+    body_bytes,
     frame,
     read_frame,
     unpack,
@@ -42,6 +43,7 @@ from gateway.writer.protocol import (
 from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.writer")
+REPLAY_BATCHES = 4  # of the recorder's batches (by bytes) in its queue while a file replays
 
 
 def _size(path: Path) -> int:
@@ -171,24 +173,31 @@ class Child:
         self.out.write(frame(Ready(self._health())))
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            message: Message
-            try:
-                message = await read_frame(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                message = Stop(self.settings.shutdown_grace)  # the proxy is gone
-            match message:
-                case Records(records):
-                    self._take([unpack(values) for values in records])
-                case Overflow(path):
-                    await self._replay_overflow(Path(path))
-                case Call(token, name, args):
-                    task = asyncio.create_task(self._answer(token, name, args))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-                case Stop(timeout):
-                    await self._stop(timeout)
-                    return
+        while await self._handle(await self._next(reader)):
+            pass
+
+    async def _next(self, reader: asyncio.StreamReader) -> Message:
+        try:
+            return await read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return Stop(self.settings.shutdown_grace)  # the proxy is gone
+
+    async def _handle(self, message: Message) -> bool:
+        """Act on one frame; False after the last. (A method of its own, so that no frame
+        stays referenced while the loop waits for the next one.)"""
+        match message:
+            case Records(records):
+                self._take([unpack(values) for values in records])
+            case Overflow(path):
+                await self._replay_overflow(Path(path))
+            case Call(token, name, args):
+                task = asyncio.create_task(self._answer(token, name, args))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            case Stop(timeout):
+                await self._stop(timeout)
+                return False
+        return True
 
     async def _stop(self, timeout: float) -> None:
         if self.trimmer is not None:
@@ -206,15 +215,21 @@ class Child:
 
     async def _replay_overflow(self, path: Path) -> None:
         """Feed a file the proxy spooled into the pipeline, in order, then delete it once the
-        recorder has stored or spooled every record in it."""
+        recorder has stored or spooled every record in it. Read a few batches at a time, not
+        whole (a file holds up to 64 MiB of bodies): memory stays bounded while it replays."""
+        from gateway.writer.recorder import BATCH_BYTES
         from gateway.writer.spool import read_records
 
+        held = 0
         try:
-            records = list(read_records(path))
+            for record in read_records(path):
+                self.recorder.submit(record)
+                held += body_bytes(record)
+                if held >= REPLAY_BATCHES * BATCH_BYTES:
+                    await self.recorder.queue.join()
+                    held = 0
         except FileNotFoundError:
             return
-        for record in records:
-            self.recorder.submit(record)
         await self.recorder.queue.join()
         path.unlink(missing_ok=True)
 
