@@ -47,17 +47,16 @@ def body_bytes(exchange: Exchange) -> int:
 
 
 def bounded(records: Iterable[Exchange], count: int, size: int) -> Iterator[list[Exchange]]:
-    """`records` in order, in lists of at most `count` records and, past their first record,
-    at most `size` bytes of bodies (a record larger than `size` goes alone)."""
+    """`records` in order, in lists closed once they hold `count` records or `size` bytes of
+    bodies (as the recorder's batches: gateway/writer/recorder.py)."""
     batch: list[Exchange] = []
     held = 0
     for record in records:
-        n = body_bytes(record)
-        if batch and (len(batch) >= count or held + n > size):
+        batch.append(record)
+        held += body_bytes(record)
+        if len(batch) >= count or held >= size:
             yield batch
             batch, held = [], 0
-        batch.append(record)
-        held += n
     if batch:
         yield batch
 
