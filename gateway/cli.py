@@ -136,7 +136,7 @@ async def _serve(settings: Settings) -> int | None:
         await gateway.stop()
         raise
     tune_gc()
-    trimmer = asyncio.create_task(give_back(), name="agentops-trim")
+    trimmer = asyncio.create_task(give_back(settings.malloc_trim == "on"), name="agentops-trim")
     say(
         f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream}, "
         f"UI {gateway.ui_url}"

@@ -166,7 +166,9 @@ class Child:
         self.host.attach(self.recorder)
         step_aside()  # ready to store: from here on, calls come first
         tune_gc()
-        self.trimmer = asyncio.create_task(give_back(), name="agentops-writer-trim")
+        self.trimmer = asyncio.create_task(
+            give_back(self.settings.malloc_trim == "on"), name="agentops-writer-trim"
+        )
         # Ready before replaying what the proxy spooled while no writer ran (that can take
         # a while at idle priority): the proxy can hand over and get health reports at once;
         # records it sends meanwhile wait in the socket, so the order is kept.

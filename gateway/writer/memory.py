@@ -58,11 +58,13 @@ def _glibc_trim() -> Any:
     return trim
 
 
-async def give_back(every: float = TRIM_EVERY, slack: int = TRIM_SLACK) -> None:
+async def give_back(
+    enabled: bool = True, every: float = TRIM_EVERY, slack: int = TRIM_SLACK
+) -> None:
     """Run for the life of the process: once a burst is over (RSS more than `slack` above the
     lowest it has been, and no longer growing), trim the heap once. Never during the burst:
-    a trim holds malloc's locks for milliseconds."""
-    trim = _glibc_trim()
+    a trim holds malloc's locks for milliseconds. `enabled`: --malloc-trim."""
+    trim = _glibc_trim() if enabled else None
     if trim is None or not rss_bytes():
         return
     floor = last = rss_bytes()
