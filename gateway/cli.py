@@ -27,7 +27,7 @@ from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_inte
 from gateway.proxy.workers import WorkerError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store.exchanges import Store
-from gateway.writer.memory import give_back, tune_gc
+from gateway.writer.memory import give_back, limit_arenas, tune_gc
 
 T = TypeVar("T")
 # Every error raised on purpose (gateway/errors.py): one line on stderr and its exit code (2).
@@ -98,6 +98,7 @@ def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy and the UI/API in one process until SIGTERM or Ctrl-C."""
     settings = build_settings(flags)
     _logging(log_level)
+    limit_arenas()
     try:
         if settings.workers > 1:
             cut = asyncio.run(_serve_workers(settings, logging.getLogger().getEffectiveLevel()))

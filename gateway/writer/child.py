@@ -18,7 +18,7 @@ from typing import Any
 from gateway.capture.exchange import Exchange
 from gateway.settings import Settings
 from gateway.writer.health import WriterHealth
-from gateway.writer.memory import give_back, tune_gc
+from gateway.writer.memory import give_back, limit_arenas, tune_gc
 from gateway.writer.priority import step_aside
 from gateway.writer.protocol import (
     HEALTH_EVERY,
@@ -63,6 +63,7 @@ def child_main(
     if environ is not None:
         os.environ.clear()
         os.environ.update(environ)
+    limit_arenas()
     # The proxy's process decides when to stop (it flushes to us first): a Ctrl-C reaching
     # the whole process group must not kill this process with records still in memory.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -29,6 +29,8 @@ GEN0_THRESHOLD = 20_000
 TRIM_EVERY = 5.0  # seconds between RSS checks
 TRIM_SLACK = 16 * 1024 * 1024  # growth since the last trim that is worth a trim
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+ARENAS = 2  # malloc arenas per process: the event loop's thread and one more (aiosqlite's)
+_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def tune_gc() -> None:
@@ -37,6 +39,20 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GEN0_THRESHOLD, 20, 20)
+
+
+def limit_arenas(arenas: int = ARENAS) -> None:
+    """Call first thing in a process, before it starts threads: glibc's malloc gives each
+    thread that contends for a lock an arena of its own (up to 8 per core), whose freed pages
+    stay apart. MALLOC_ARENA_MAX in the environment, read by glibc itself, wins."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_ARENA_MAX, arenas)
 
 
 def rss_bytes() -> int:
@@ -62,8 +78,8 @@ async def give_back(
     enabled: bool = True, every: float = TRIM_EVERY, slack: int = TRIM_SLACK
 ) -> None:
     """Run for the life of the process: once a burst is over (RSS more than `slack` above the
-    lowest it has been, and no longer growing), trim the heap once. Never during the burst:
-    a trim holds malloc's locks for milliseconds. `enabled`: --malloc-trim."""
+    lowest it has been since the last trim, and no longer growing), trim the heap once. Never
+    during the burst: a trim holds malloc's locks for milliseconds. `enabled`: --malloc-trim."""
     trim = _glibc_trim() if enabled else None
     if trim is None or not rss_bytes():
         return
@@ -73,6 +89,6 @@ async def give_back(
         rss = rss_bytes()
         if floor + slack < rss <= last:
             trim(0)
-            rss = rss_bytes()
+            rss = floor = rss_bytes()  # what it kept is live: no trim again until it grows
             log.debug("trimmed the heap: RSS %d -> %d MiB", last >> 20, rss >> 20)
         floor, last = min(floor, rss), rss
