@@ -224,6 +224,9 @@ class Child:
         from gateway.writer.spool import read_records
 
         held = 0
+        # No frame is read until the file is stored: a batch that lingered for more records
+        # would wait 50 ms for nothing, once per file (the proxy hands over many small ones).
+        self.recorder.lingers = False
         try:
             for record in read_records(path):
                 self.recorder.submit(record)
@@ -231,9 +234,11 @@ class Child:
                 if held >= REPLAY_BATCHES * BATCH_BYTES:
                     await self.recorder.queue.join()
                     held = 0
+            await self.recorder.queue.join()
         except FileNotFoundError:
             return
-        await self.recorder.queue.join()
+        finally:
+            self.recorder.lingers = True
         path.unlink(missing_ok=True)
 
     def _settled(self, ids: list[int]) -> None:

@@ -99,6 +99,8 @@ class Recorder:
         self.lease: grouping.NodeLease | None = None  # tells how many other writers run
         self.holding = True  # False once stopping: nothing waits any more
         self.collisions = 0  # records whose id another record had: stored with a new id
+        # False while the writer replays a file into the queue: nothing more comes meanwhile.
+        self.lingers = True
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -148,7 +150,7 @@ class Recorder:
         else:
             batch = [await self.queue.get()]
         size = self._fill(batch, body_bytes(batch[0]))
-        if len(batch) < BATCH_SIZE and size < BATCH_BYTES:
+        if self.lingers and len(batch) < BATCH_SIZE and size < BATCH_BYTES:
             # Linger briefly so a batch amortises its commit, and so the writer wakes
             # rarely instead of competing with the proxy after every call.
             await asyncio.sleep(LINGER_SECONDS)
