@@ -27,7 +27,7 @@ from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_inte
 from gateway.proxy.workers import WorkerError
 from gateway.settings import SETTINGS, ConfigError, Settings, parse_days
 from gateway.store.exchanges import Store
-from gateway.writer.memory import give_back, tune_gc
+from gateway.writer.memory import give_back, limit_arenas, tune_gc
 
 T = TypeVar("T")
 # Every error raised on purpose (gateway/errors.py): one line on stderr and its exit code (2).
@@ -121,6 +121,7 @@ def serve(log_level: str, **flags: Any) -> None:
     """Run the proxy and the UI/API in one process until SIGTERM or Ctrl-C."""
     settings = build_settings(flags)
     _logging(log_level)
+    limit_arenas()
     if settings.workers > 1:
         _listen(_serve_workers(settings, logging.getLogger().getEffectiveLevel()))
     else:
@@ -165,7 +166,7 @@ async def _serve(settings: Settings) -> int | None:
         await gateway.stop()
         raise
     tune_gc()
-    trimmer = asyncio.create_task(give_back(), name="agentops-trim")
+    trimmer = asyncio.create_task(give_back(settings.malloc_trim == "on"), name="agentops-trim")
     say(
         f"AgentOps Studio {__version__}: proxy {gateway.proxy_url} -> {settings.upstream}, "
         f"UI {gateway.ui_url}"

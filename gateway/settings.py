@@ -118,7 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
         "queue_max_bytes",
         "--queue-max-bytes",
         "AGENTOPS_QUEUE_MAX_BYTES",
-        256 * 1024**2,
+        32 * 1024**2,
         "Bytes of bodies those records may hold in memory before they spill to the spool.",
         "bytes",
     ),
@@ -254,6 +254,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Journal hand-offs and call starts under --spool-dir so a killed gateway loses at "
         "most its last 5 ms of calls and reports the calls it cut: on or off.",
     ),
+    Setting(
+        "malloc_trim",
+        "--malloc-trim",
+        "AGENTOPS_MALLOC_TRIM",
+        "on",
+        "After a burst, give the heap pages glibc keeps back to the system (malloc_trim): "
+        "on or off.",
+    ),
 )
 
 MAX_WORKERS = 1024
@@ -387,7 +395,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     upstream_timeout: float = 300.0
     queue_size: int = 10_000
-    queue_max_bytes: int = 256 * 1024**2
+    queue_max_bytes: int = 32 * 1024**2
     spool_dir: str = "./agentops-spool"
     spool_max_bytes: int = 1024**3
     shutdown_grace: float = 30.0
@@ -403,6 +411,7 @@ class Settings:
     otel_endpoint: str | None = None
     metrics: str = "auto"
     journal: str = "on"
+    malloc_trim: str = "on"
     budgets: str | None = None
     budget_timezone: str = "UTC"
 
@@ -451,6 +460,10 @@ class Settings:
         if self.journal not in ("on", "off"):
             raise ConfigError(
                 f"--journal / AGENTOPS_JOURNAL must be on or off, got {self.journal!r}"
+            )
+        if self.malloc_trim not in ("on", "off"):
+            raise ConfigError(
+                f"--malloc-trim / AGENTOPS_MALLOC_TRIM must be on or off, got {self.malloc_trim!r}"
             )
         try:
             ZoneInfo(self.budget_timezone)

@@ -19,7 +19,7 @@ from gateway.providers.mistral import MistralProvider
 from gateway.runs.grouper import Grouper
 from gateway.store.exchanges import Store
 from gateway.store.runs import RunStore
-from gateway.writer.recorder import Recorder
+from gateway.writer.recorder import BATCH_BYTES, Recorder
 from gateway.writer.spool import Spool
 from tests.conftest import migrated_sqlite
 
@@ -62,12 +62,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await store.close()
 
 
-def recorder(store: Store, tmp_path: Path, queue_size: int = 100) -> Recorder:
+def recorder(
+    store: Store, tmp_path: Path, queue_size: int = 100, spool_bytes: int = 10_000_000
+) -> Recorder:
     """A recorder as the writer process builds one (gateway/writer/child.py)."""
     run_store = RunStore(store)
     return Recorder(
         store,
-        Spool(tmp_path / "spool", 10_000_000),
+        Spool(tmp_path / "spool", spool_bytes),
         partial(provider_named, {"mistral": MistralProvider()}),
         PRICES,
         max_body_bytes=1_000_000,
@@ -170,4 +172,22 @@ async def test_a_database_down_spools_then_the_spool_is_replayed(store: Store, t
     health = rec.health()
     assert health.database == "ok" and health.spool_bytes == 0
     assert await store.count() == 1
+    await rec.stop(timeout=1)
+
+
+async def test_batches_are_bounded_by_the_bytes_of_their_bodies(store: Store, tmp_path: Path):
+    """A batch closes at BATCH_BYTES of bodies, from the spool and from the queue alike: 500
+    records of 100 KB in one batch made the writer's heap grow by hundreds of MiB."""
+    big = BATCH_BYTES * 3 // 16  # in the request and the answer: three reach the bound
+    rec = recorder(store, tmp_path, spool_bytes=100 * BATCH_BYTES)
+    batches: list[int] = []
+    rec.on_written.append(lambda rows: batches.append(len(rows)))
+    rec.spool.append([record(f"s{n} " + "x" * big) for n in range(8)])
+    rec.start()
+    await rec.drained(timeout=30)
+    assert batches == [3, 3, 2]
+    assert all(rec.submit(record(f"q{n} " + "x" * big)) for n in range(5))
+    await rec.drained(timeout=30)
+    assert batches == [3, 3, 2, 3, 2]
+    assert await store.count() == 13
     await rec.stop(timeout=1)

@@ -18,7 +18,7 @@ from typing import Any
 from gateway.capture.exchange import Exchange
 from gateway.settings import Settings
 from gateway.writer.health import WriterHealth
-from gateway.writer.memory import give_back, tune_gc
+from gateway.writer.memory import give_back, limit_arenas, tune_gc
 from gateway.writer.priority import step_aside
 from gateway.writer.protocol import (
     HEALTH_EVERY,
@@ -35,6 +35,7 @@ from gateway.writer.protocol import (
     Stop,
     Stopped,
     _socket,
+    body_bytes,
     frame,
     read_frame,
     unpack,
@@ -42,6 +43,7 @@ from gateway.writer.protocol import (
 from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.writer")
+REPLAY_BATCHES = 4  # of the recorder's batches (by bytes) in its queue while a file replays
 
 
 def _size(path: Path) -> int:
@@ -61,6 +63,7 @@ def child_main(
     if environ is not None:
         os.environ.clear()
         os.environ.update(environ)
+    limit_arenas()
     # The proxy's process decides when to stop (it flushes to us first): a Ctrl-C reaching
     # the whole process group must not kill this process with records still in memory.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -164,31 +167,40 @@ class Child:
         self.host.attach(self.recorder)
         step_aside()  # ready to store: from here on, calls come first
         tune_gc()
-        self.trimmer = asyncio.create_task(give_back(), name="agentops-writer-trim")
+        self.trimmer = asyncio.create_task(
+            give_back(self.settings.malloc_trim == "on"), name="agentops-writer-trim"
+        )
         # Ready before replaying what the proxy spooled while no writer ran (that can take
         # a while at idle priority): the proxy can hand over and get health reports at once;
         # records it sends meanwhile wait in the socket, so the order is kept.
         self.out.write(frame(Ready(self._health())))
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            message: Message
-            try:
-                message = await read_frame(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                message = Stop(self.settings.shutdown_grace)  # the proxy is gone
-            match message:
-                case Records(records):
-                    self._take([unpack(values) for values in records])
-                case Overflow(path):
-                    await self._replay_overflow(Path(path))
-                case Call(token, name, args):
-                    task = asyncio.create_task(self._answer(token, name, args))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-                case Stop(timeout):
-                    await self._stop(timeout)
-                    return
+        while await self._handle(await self._next(reader)):
+            pass
+
+    async def _next(self, reader: asyncio.StreamReader) -> Message:
+        try:
+            return await read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return Stop(self.settings.shutdown_grace)  # the proxy is gone
+
+    async def _handle(self, message: Message) -> bool:
+        """Act on one frame; False after the last. (A method of its own, so that no frame
+        stays referenced while the loop waits for the next one.)"""
+        match message:
+            case Records(records):
+                self._take([unpack(values) for values in records])
+            case Overflow(path):
+                await self._replay_overflow(Path(path))
+            case Call(token, name, args):
+                task = asyncio.create_task(self._answer(token, name, args))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            case Stop(timeout):
+                await self._stop(timeout)
+                return False
+        return True
 
     async def _stop(self, timeout: float) -> None:
         if self.trimmer is not None:
@@ -206,16 +218,27 @@ class Child:
 
     async def _replay_overflow(self, path: Path) -> None:
         """Feed a file the proxy spooled into the pipeline, in order, then delete it once the
-        recorder has stored or spooled every record in it."""
+        recorder has stored or spooled every record in it. Read a few batches at a time, not
+        whole (a file holds up to 64 MiB of bodies): memory stays bounded while it replays."""
+        from gateway.writer.recorder import BATCH_BYTES
         from gateway.writer.spool import read_records
 
+        held = 0
+        # No frame is read until the file is stored: a batch that lingered for more records
+        # would wait 50 ms for nothing, once per file (the proxy hands over many small ones).
+        self.recorder.lingers = False
         try:
-            records = list(read_records(path))
+            for record in read_records(path):
+                self.recorder.submit(record)
+                held += body_bytes(record)
+                if held >= REPLAY_BATCHES * BATCH_BYTES:
+                    await self.recorder.queue.join()
+                    held = 0
+            await self.recorder.queue.join()
         except FileNotFoundError:
             return
-        for record in records:
-            self.recorder.submit(record)
-        await self.recorder.queue.join()
+        finally:
+            self.recorder.lingers = True
         path.unlink(missing_ok=True)
 
     def _settled(self, ids: list[int]) -> None:

@@ -10,8 +10,13 @@ Bodies of 100 KB are allocated by glibc's malloc, not Python's small-object allo
 burst they are freed, but glibc keeps the pages (its mmap threshold grows past such sizes
 after the first free, so later bodies come from its heaps, which it trims only at the top).
 Measured after 10 s of 100 KB bodies at c=16, the gateway stayed at 5-7x its idle RSS. So
-each process checks its RSS every few seconds and, when it has grown since the last check
-by more than a slack, asks glibc to return every free page (`malloc_trim(0)`, a few ms).
+each process checks its RSS every few seconds and, when it has grown since the last trim
+by more than a slack, asks glibc to return every free page (`malloc_trim(0)`, a few ms);
+`--malloc-trim off` leaves them (bench/rss.py: then the gateway stays at its peak, 1.8-1.9x
+idle, for good). Limiting each process to two malloc arenas (`limit_arenas`) saves another
+10-20 MiB in the writer, whose database thread would otherwise get arenas of its own; alone,
+without the trim, it gives nothing back. What bounds the peak in the first place is
+elsewhere: the bytes in transit (--queue-max-bytes) and in a batch (recorder.BATCH_BYTES).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import ctypes
 import gc
 import logging
 import os
+import time
 from typing import Any
 
 log = logging.getLogger("agentops.memory")
@@ -28,7 +34,10 @@ log = logging.getLogger("agentops.memory")
 GEN0_THRESHOLD = 20_000
 TRIM_EVERY = 5.0  # seconds between RSS checks
 TRIM_SLACK = 16 * 1024 * 1024  # growth since the last trim that is worth a trim
+TRIM_BACKOFF = 60.0  # longest wait after trims that gave nothing back
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+ARENAS = 2  # malloc arenas per process: the event loop's thread and one more (aiosqlite's)
+_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def tune_gc() -> None:
@@ -37,6 +46,20 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GEN0_THRESHOLD, 20, 20)
+
+
+def limit_arenas(arenas: int = ARENAS) -> None:
+    """Call first thing in a process, before it starts threads: glibc's malloc gives each
+    thread that contends for a lock an arena of its own (up to 8 per core), whose freed pages
+    stay apart. MALLOC_ARENA_MAX in the environment, read by glibc itself, wins."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_ARENA_MAX, arenas)
 
 
 def rss_bytes() -> int:
@@ -58,19 +81,30 @@ def _glibc_trim() -> Any:
     return trim
 
 
-async def give_back(every: float = TRIM_EVERY, slack: int = TRIM_SLACK) -> None:
+async def give_back(
+    enabled: bool = True, every: float = TRIM_EVERY, slack: int = TRIM_SLACK
+) -> None:
     """Run for the life of the process: once a burst is over (RSS more than `slack` above the
-    lowest it has been, and no longer growing), trim the heap once. Never during the burst:
-    a trim holds malloc's locks for milliseconds."""
-    trim = _glibc_trim()
+    lowest it has been, and no longer growing), trim the heap. Never during the burst: a
+    trim holds malloc's locks for milliseconds. A trim that gave back less than `slack`
+    (what is left is live) waits twice as long before the next, up to TRIM_BACKOFF, until
+    RSS grows past what it left; an idle process does not pause its loop every few seconds
+    for nothing. `enabled`: --malloc-trim."""
+    trim = _glibc_trim() if enabled else None
     if trim is None or not rss_bytes():
         return
-    floor = last = rss_bytes()
+    floor = last = kept = rss_bytes()
+    wait, next_at = every, 0.0
     while True:
         await asyncio.sleep(every)
-        rss = rss_bytes()
-        if floor + slack < rss <= last:
+        rss, now = rss_bytes(), time.monotonic()
+        if rss > kept + slack:  # grown since the last trim: a new burst
+            wait, next_at = every, 0.0
+        if floor + slack < rss <= last and now >= next_at:
             trim(0)
-            rss = rss_bytes()
-            log.debug("trimmed the heap: RSS %d -> %d MiB", last >> 20, rss >> 20)
+            kept = rss_bytes()
+            wait = every if rss - kept >= slack else min(2 * wait, TRIM_BACKOFF)
+            next_at = now + wait
+            log.debug("trimmed the heap: RSS %d -> %d MiB", rss >> 20, kept >> 20)
+            rss = kept
         floor, last = min(floor, rss), rss

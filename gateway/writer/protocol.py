@@ -11,7 +11,7 @@ import os
 import pickle
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -44,6 +44,21 @@ _FIELDS = tuple(Exchange.__slots__)
 def body_bytes(exchange: Exchange) -> int:
     """What a record holds in memory, near enough: its request and response bodies."""
     return len(exchange.request_body) + sum(map(len, exchange.response_chunks))
+
+
+def bounded(records: Iterable[Exchange], count: int, size: int) -> Iterator[list[Exchange]]:
+    """`records` in order, in lists closed once they hold `count` records or `size` bytes of
+    bodies (as the recorder's batches: gateway/writer/recorder.py)."""
+    batch: list[Exchange] = []
+    held = 0
+    for record in records:
+        batch.append(record)
+        held += body_bytes(record)
+        if len(batch) >= count or held >= size:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,12 +24,17 @@ from gateway.store.exchanges import Store, micros
 from gateway.store.run_refs import Sources
 from gateway.store.runs import RunStore, Written
 from gateway.writer.health import WriterHealth
+from gateway.writer.protocol import body_bytes, bounded
 from gateway.writer.quarantine import database_down, describe, encode
 from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.recorder")
 
 BATCH_SIZE = 500
+# A batch is bounded by its bodies' bytes too: what a batch builds (parsed JSON, search text,
+# frames, message rows) is a few times its bodies, and 500 records of 100 KB made the writer's
+# heap grow by hundreds of MiB, which glibc keeps (gateway/writer/memory.py).
+BATCH_BYTES = 8 * 1024 * 1024
 LINGER_SECONDS = 0.05
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 # The writer process's loop also answers the proxy's calls (drained, metrics) and takes in
@@ -126,6 +131,8 @@ class Recorder:
         self.hold_seconds = hold_seconds
         self.merges = 0  # runs this writer merged into another (a late parent)
         self._sweeper: asyncio.Task[None] | None = None
+        # False while the writer replays a file into the queue: nothing more comes meanwhile.
+        self.lingers = True
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -164,6 +171,8 @@ class Recorder:
                 settled = [i for i in (*ids, *before) if i not in self.waiting]
                 if self.on_settled is not None and settled:
                     self.on_settled(settled)
+            # Not kept while waiting for the next batch: the last one would stay in memory.
+            del batch, ids, before, settled
 
     async def _next_batch(self) -> list[Exchange]:
         """The next records (none when records wait for a parent and it is time to retry)."""
@@ -174,13 +183,21 @@ class Recorder:
                 return []
         else:
             batch = [await self.queue.get()]
-        if self.queue.qsize() < BATCH_SIZE:
+        size = self._fill(batch, body_bytes(batch[0]))
+        if self.lingers and len(batch) < BATCH_SIZE and size < BATCH_BYTES:
             # Linger briefly so a batch amortises its commit, and so the writer wakes
             # rarely instead of competing with the proxy after every call.
             await asyncio.sleep(LINGER_SECONDS)
-        while len(batch) < BATCH_SIZE and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
+            self._fill(batch, size)
         return batch
+
+    def _fill(self, batch: list[Exchange], size: int) -> int:
+        """Add queued records while the batch holds under BATCH_SIZE records and BATCH_BYTES
+        of bodies; the bytes it then holds."""
+        while len(batch) < BATCH_SIZE and size < BATCH_BYTES and not self.queue.empty():
+            batch.append(record := self.queue.get_nowait())
+            size += body_bytes(record)
+        return size
 
     async def _build(self, batch: list[Exchange]) -> tuple[list[Rows], list[Refusal]]:
         """Rows of each record; a record whose rows cannot be built is refused (quarantined)
@@ -534,9 +551,9 @@ class Recorder:
         """One pass over the spool files, oldest first; True when it removed at least one."""
         progressed = False
         for path, records in self.spool.drain():
-            for start in range(0, len(records), BATCH_SIZE):
+            for batch in bounded(records, BATCH_SIZE, BATCH_BYTES):
                 try:
-                    await self._store_records(records[start : start + BATCH_SIZE])
+                    await self._store_records(batch)
                 except Exception as exc:
                     self._db_failed(exc)
                     return False
