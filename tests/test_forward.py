@@ -4,12 +4,21 @@ Property tests over header lists drawn from the names that matter."""
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.capture import redact
 from gateway.proxy import scrub
-from gateway.proxy.forward import HINT_PREFIX, HOP_BY_HOP, forwarded_headers, header_kind
+from gateway.proxy.forward import (
+    HINT_PREFIX,
+    HOP_BY_HOP,
+    forwarded_headers,
+    header_kind,
+    read_body,
+)
 
 NAMES = st.sampled_from(
     [
@@ -74,3 +83,41 @@ def test_a_header_kind_is_what_each_step_decides():
     assert header_kind("Content-Type") == ("content-type", False, False, False)
     assert header_kind("Connection") == ("connection", True, False, False)
     assert header_kind("Authorization")[2] and not header_kind("Authorization")[1]
+
+
+class _Protocol:
+    """What a StreamReader asks of its connection: flow control, here a no-op."""
+
+    _reading_paused = False
+    connected = True
+
+    def pause_reading(self, *args: object, **kwargs: object) -> None: ...
+
+    def resume_reading(self, *args: object, **kwargs: object) -> None: ...
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=64), max_size=6), st.booleans())
+def test_read_body_keeps_every_byte_that_came_and_says_why_it_ended(
+    chunks: list[bytes], broken: bool
+) -> None:
+    """Whole, it is what StreamReader.read() gives; cut off (the client went away), the bytes
+    that came before and the error."""
+
+    async def read() -> tuple[bytes, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        content = aiohttp.StreamReader(_Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
+        reading = asyncio.create_task(read_body(content))
+        for chunk in chunks:  # each chunk arrives while the body is being read
+            content.feed_data(chunk)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        if broken:
+            content.set_exception(ConnectionResetError("Connection lost"))
+        else:
+            content.feed_eof()
+        return await reading
+
+    body, why = asyncio.run(read())
+    assert body == b"".join(chunks)
+    assert isinstance(why, ConnectionResetError) if broken else why is None

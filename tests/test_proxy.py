@@ -5,6 +5,7 @@ and each call is recorded. Real gateway, real fake upstream, raw aiohttp client.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import io
@@ -19,7 +20,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.records import StoredExchange
-from tests.conftest import Upstream, make_settings, running
+from tests.conftest import Upstream, make_settings, running, wait_until
 
 KEY = "sk-test-SECRET-0123456789abcdefWXYZ"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -213,6 +214,49 @@ async def test_client_disconnect_mid_stream_is_recorded(sqlite_gateway, http):
     assert record.state == "client_disconnected"
     assert record.response_body  # what had arrived is kept
     assert "[DONE]" not in record.response_body
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 9\r\n",  # 8 of 9 bytes come
+        b"Transfer-Encoding: chunked\r\n",  # the last chunk never comes
+    ],
+)
+async def test_a_client_gone_while_sending_its_body_is_recorded_with_what_came(
+    sqlite_gateway, upstream: Upstream, head: bytes
+):
+    """No traceback, nothing upstream, and a record: state client_disconnected, the bytes
+    that came (odd ones too), the header that was not UTF-8."""
+    before = len(upstream.requests)
+    host, port = sqlite_gateway.proxy_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    body = b'{"a":\x00\xff}'
+    if b"chunked" in head:
+        body = b"%x\r\n%s\r\n" % (len(body), body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Odd: \xff\xfe\r\n"
+        b"Content-Type: application/json\r\n" + head + b"\r\n" + body
+    )
+    await writer.drain()
+    await wait_until(lambda: _in_flight(sqlite_gateway))  # the proxy is reading the body
+    writer.close()
+
+    async def one_stored() -> bool:
+        return len(await stored(sqlite_gateway)) == 1
+
+    await wait_until(one_stored)
+    (record,) = await stored(sqlite_gateway)
+    assert record.state == "client_disconnected" and record.status is None
+    assert record.error_type == "client_disconnected"
+    assert "while sending the request body, after 8 bytes" in (record.error or "")
+    assert record.request_body_encoding == "base64"  # not UTF-8: kept as bytes
+    assert base64.b64decode(record.request_body) == b'{"a":\x00\xff}'  # whatever the framing
+    assert len(upstream.requests) == before  # nothing was forwarded
+
+
+async def _in_flight(gateway: Gateway) -> bool:
+    return bool(gateway.in_flight.tasks)
 
 
 async def test_huge_body_forwarded_whole_stored_truncated(upstream: Upstream, tmp_path, http):

@@ -219,8 +219,10 @@ class Proxy:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 # curl asks before large uploads; answer it here rather than relay it
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await request.content.read()
+            body, broken = await read_body(request.content)
             exchange.request_body = body
+            if broken is not None:
+                return self._client_gone_sending(exchange, broken, started)
             if self.guard is not None and self.guard.blocked:
                 budget = self.guard.refusing(exchange, body)
                 if budget is not None:
@@ -550,12 +552,46 @@ class Proxy:
             request.transport.close()
 
     @staticmethod
+    def _client_gone_sending(
+        exchange: Exchange, exc: BaseException, started: float
+    ) -> web.StreamResponse:
+        """The client left while sending its request: nothing went upstream, nobody is left
+        to answer; the record keeps the bytes that came."""
+        exchange.state = CLIENT_DISCONNECTED
+        exchange.error = (
+            f"client disconnected while sending the request body, after "
+            f"{len(exchange.request_body or b'')} bytes: {type(exc).__name__}"
+        )
+        return web.Response(status=400)
+
+    @staticmethod
     def _client_gone(
         exchange: Exchange, exc: BaseException, response: web.StreamResponse
     ) -> web.StreamResponse:
         exchange.state = CLIENT_DISCONNECTED
         exchange.error = f"client disconnected: {type(exc).__name__}"
         return response
+
+
+# What reading a request's body raises when its client goes away before the body is whole: the
+# connection lost, or a body cut short of its Content-Length or its last chunk.
+BODY_BROKEN = (
+    ConnectionError,
+    aiohttp.ClientPayloadError,
+    aiohttp.http_exceptions.HttpProcessingError,
+)
+
+
+async def read_body(content: aiohttp.StreamReader) -> tuple[bytes, BaseException | None]:
+    """The request body, as `StreamReader.read()` gives it, or, when the client went away
+    before sending it whole, the bytes that came and why it ended (the record keeps them)."""
+    chunks: list[bytes] = []
+    try:
+        while chunk := await content.readany():
+            chunks.append(chunk)
+    except BODY_BROKEN as exc:
+        return b"".join(chunks), exc
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), None
 
 
 def client_session(limit: int = 0, **kwargs: Any) -> aiohttp.ClientSession:
