@@ -347,7 +347,8 @@ async def test_idle_runs_finish_and_names_start_again(
             )
         second, older = await runs(gw, name="batch")  # newest first
         assert older["id"] == first["id"] and second["id"] != first["id"]
-        assert second["status"] == "running"
+        # running until --run-idle (0.3 s) passes, which a loaded machine may already have seen
+        assert second["status"] in ("running", "ok")
 
         async def second_done() -> bool:
             return (await runs(gw, name="batch"))[0]["status"] == "ok"
