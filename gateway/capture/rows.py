@@ -98,11 +98,14 @@ def keep_body(body: bytes, is_json: bool, limit: int) -> tuple[bytes, str, bool]
             body = body[: len(body) - cut]
             return body, ("base64" if "\x00" in text else "text"), truncated
         return body, "base64", truncated
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return body, "base64", truncated
-    if "\x00" in text:
+    if body.isascii():  # valid UTF-8 already: only a NUL makes it binary (a memchr)
+        binary = b"\x00" in body
+    else:
+        try:
+            binary = "\x00" in body.decode("utf-8")
+        except UnicodeDecodeError:
+            binary = True
+    if binary:
         return body, "base64", truncated
     return body, ("json" if is_json else "text"), truncated
 
