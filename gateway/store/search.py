@@ -182,10 +182,12 @@ def distinct_terms(text: str) -> str:
 def pg_document(text: str) -> str:
     """A `tsvector` literal of the text's words (letters and digits only: nothing to escape).
     An ASCII text whose tokens are all words is cut as bytes, in C but for one loop over the
-    distinct words (the writer's costliest step per call on PostgreSQL before: `words`)."""
+    distinct words (the writer's costliest step per call on PostgreSQL before: `words`).
+    The words come in no particular order there: `tsvector` sorts its lexemes (and a set
+    takes 2,500 words of a 100 KB call's 16 KB search text about 30 us faster than a dict)."""
     lowered = text.lower()
     if lowered.isascii():
-        found = dict.fromkeys(lowered.encode().translate(_BYTE_SEPARATORS).split())
+        found = set(lowered.encode().translate(_BYTE_SEPARATORS).split())
         if not found:
             return ""
         joined = b"' '".join(found)
