@@ -3,6 +3,9 @@ chat records (fresh runs: single calls) on a fresh SQLite or PostgreSQL database
 whole process (the SQLite connection's thread included) per record.
 
     python bench/writer_inprocess.py [--db sqlite|postgres] [--batch 100] [--batches 20]
+                                     [--size 1024]
+
+`--size` sets the request body's bytes (e.g. 100000 for the 100 KB calls of `bench.py`).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def record(body: bytes, n: int) -> Exchange:
     )
 
 
-async def run(db: str, batch: int, batches: int, folder: Path) -> float:
+async def run(db: str, batch: int, batches: int, folder: Path, size: int) -> float:
     store = Store(db)
     await store.open()
     recorder = Recorder(
@@ -83,7 +86,7 @@ async def run(db: str, batch: int, batches: int, folder: Path) -> float:
         run_store=RunStore(store),
     )
     rng = random.Random(1)
-    pool = [chat_body(rng, 1024) for _ in range(50)]
+    pool = [chat_body(rng, size) for _ in range(50)]
     n = 0
     try:
         for _ in range(3):  # warm-up
@@ -106,19 +109,22 @@ async def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1024, help="request body bytes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentops-writer-") as tmp:
         if args.db == "sqlite":
             db = f"sqlite://{Path(tmp) / 'w.db'}"
-            per = await run(db, args.batch, args.batches, Path(tmp))
+            per = await run(db, args.batch, args.batches, Path(tmp), args.size)
         else:
             name = f"agentops_writer_{uuid.uuid4().hex[:8]}"
             await create_pg_db(name)
             try:
-                per = await run(f"{PG_BASE_DSN}/{name}", args.batch, args.batches, Path(tmp))
+                per = await run(
+                    f"{PG_BASE_DSN}/{name}", args.batch, args.batches, Path(tmp), args.size
+                )
             finally:
                 await drop_pg_db(name)
-    print(f"{args.db} batch {args.batch}: {per:.0f} us per record")
+    print(f"{args.db} batch {args.batch} size {args.size}: {per:.0f} us per record")
 
 
 if __name__ == "__main__":

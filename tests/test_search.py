@@ -3,14 +3,16 @@ both sides (gateway/store/search.py). The end-to-end searches are in test_api.py
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.store.search import (
     SEARCH_CHARS,
+    _head_and_tail,
     _walk_words,
     distinct_terms,
     fts5_query,
+    json_search_words,
     json_words,
     pg_document,
     pg_query,
@@ -40,10 +42,19 @@ def test_a_word_postgresql_cannot_hold_is_left_out():
 
 
 def test_postgresql_literals():
-    assert pg_document("Hello, hello world") == "'hello' 'world'"
+    assert pg_document("Hello, hello world") in ("'hello' 'world'", "'world' 'hello'")
+    assert pg_document("naïve Naïve x") == "'naïve' 'x'"  # not ASCII: words, in order
     assert pg_query("brown  Fox") == "'brown' & 'fox'"
     assert pg_query('" AND * (') == "'and'"
     assert pg_query("* ( )") == ""
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200) | st.text(max_size=50))
+def test_pg_document_holds_the_words_each_once(text):
+    """The literal's lexemes, in whatever order (the tsvector sorts them), are `words`."""
+    literal = pg_document(text)
+    lexemes = literal[1:-1].split("' '") if literal else []
+    assert sorted(lexemes) == sorted(words(text)) and len(set(lexemes)) == len(lexemes)
 
 
 def test_json_words_in_document_order_with_escapes_undone():
@@ -76,6 +87,38 @@ JSON_VALUES = st.recursive(
 def test_json_words_finds_the_words_a_walk_of_the_document_finds(document):
     """orjson's text with its escapes blanked has the words of the document, in order."""
     assert words(json_words(document)) == words(_walk_words(document))
+
+
+# Text dense in what JSON escapes (quotes, backslashes, control characters) and in what an
+# escape is made of (hex digits, the letters of \\n \\t \\u...), so that cut points fall inside,
+# beside and between escapes.
+ESCAPY = st.text(alphabet=st.sampled_from('\n\t"\\\x01\x1f/ubfnrt0aFe9 xé東-'), max_size=60)
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(st.tuples(ESCAPY, st.integers(1, 40)), max_size=6),
+    st.integers(2, 200),
+)
+def test_json_search_words_is_the_head_and_tail_of_json_words(pieces, chars):
+    """Cut before unescaping, the same text as unescaping all of it and then cutting."""
+    document = {"messages": [{"content": text * times} for text, times in pieces]}
+    assert json_search_words(document, chars) == _head_and_tail(json_words(document), chars)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ESCAPY, st.integers(1, 4000), st.text(max_size=40))
+def test_json_search_words_on_bodies_past_the_search_size(text, times, tail):
+    document = {"model": "m", "messages": [{"role": "user", "content": text * times + tail}]}
+    assert json_search_words(document) == _head_and_tail(json_words(document))
+
+
+def test_json_search_words_of_what_orjson_cannot_write():
+    deep: list = ["x\ny"]
+    for _ in range(300):
+        deep = [deep]
+    assert json_search_words(deep, 8) == _head_and_tail(json_words(deep), 8)
+    assert json_search_words({"n": 2**70}) == json_words({"n": 2**70})
 
 
 def test_search_text_keeps_head_and_tail_of_a_long_body():

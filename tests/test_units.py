@@ -4,15 +4,26 @@ rows) and the run grouper, fed by the real Mistral provider (no mocks)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.capture.exchange import Exchange, new_id
 from gateway.capture.pricing import PriceTable
-from gateway.capture.rows import Rows, build_rows
+from gateway.capture.rows import Rows, build_rows, keep_body
 from gateway.providers.mistral import MistralProvider
-from gateway.runs.grouper import DONE_BYTES, HEADER, SINGLE, THREAD, Grouper
+from gateway.runs.grouper import (
+    DONE_BYTES,
+    HEADER,
+    SINGLE,
+    THREAD,
+    Grouper,
+    canonical,
+    prefix_hashes,
+)
 
 PRICES = PriceTable.load(None)
 JSON = [("content-type", "application/json")]
@@ -95,6 +106,33 @@ def test_capture_stores_non_utf8_as_base64_and_truncates_with_a_flag():
     big = record({"model": "m", "messages": [{"role": "user", "content": "a" * 500}]}, answer("x"))
     built = rows(big, limit=100)
     assert built.exchange["truncated"] and len(built.bodies["request_body"]) <= 100
+
+
+@given(
+    st.binary(max_size=64)
+    | st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    | st.text(alphabet=st.characters(max_codepoint=127), max_size=64).map(str.encode),
+    st.booleans(),
+)
+def test_keep_body_tells_text_from_binary_as_decoding_does(body, is_json):
+    """The ASCII shortcut (no decoding) answers as decoding the body would."""
+    try:
+        binary = "\x00" in body.decode("utf-8")
+    except UnicodeDecodeError:
+        binary = True
+    expected = "base64" if binary else "json" if is_json else "text"
+    assert keep_body(body, is_json, 1_000) == (body, expected, False)
+
+
+def test_prefix_hashes_chain_blake2b_over_each_canonical_message():
+    """The thread keys stored in exchanges.thread_key: they must not change."""
+    messages = [{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "y"}]
+    digest, expected = b"", []
+    for message in messages:
+        digest = hashlib.blake2b(digest + canonical(message), digest_size=16).digest()
+        expected.append(digest.hex())
+    assert prefix_hashes(messages) == expected
+    assert prefix_hashes(messages[1:], after=expected[:1]) == expected[1:]
 
 
 def test_capture_makes_the_list_preview_once():

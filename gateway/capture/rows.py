@@ -19,7 +19,7 @@ from gateway.capture import failure, storable
 from gateway.capture.exchange import Exchange
 from gateway.capture.pricing import PriceTable
 from gateway.providers.base import Parsed, Provider
-from gateway.store.search import distinct_terms, json_words, search_text, searchable
+from gateway.store.search import distinct_terms, json_search_words, search_text, searchable
 
 log = logging.getLogger("agentops.capture")
 
@@ -48,10 +48,10 @@ class Rows:
             return storable.text(self.correlation or "")
         new = self.new_messages()
         if new is not None:  # a step of a loop: its answer often quotes what it was sent
-            text = search_text(json_words(new), self.search_response, self.correlation)
+            text = search_text(json_search_words(new), self.search_response, self.correlation)
             return storable.text(distinct_terms(text))
         body, encoding = self.bodies["request_body"], self.bodies["request_body_encoding"]
-        request = searchable(_text(body, encoding), encoding, self.parsed.request_json)
+        request = searchable(body, encoding, self.parsed.request_json)
         return storable.text(search_text(request, self.search_response, self.correlation))
 
     def new_messages(self) -> list[Any] | None:
@@ -98,11 +98,14 @@ def keep_body(body: bytes, is_json: bool, limit: int) -> tuple[bytes, str, bool]
             body = body[: len(body) - cut]
             return body, ("base64" if "\x00" in text else "text"), truncated
         return body, "base64", truncated
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return body, "base64", truncated
-    if "\x00" in text:
+    if body.isascii():  # valid UTF-8 already: only a NUL makes it binary (a memchr)
+        binary = b"\x00" in body
+    else:
+        try:
+            binary = "\x00" in body.decode("utf-8")
+        except UnicodeDecodeError:
+            binary = True
+    if binary:
         return body, "base64", truncated
     return body, ("json" if is_json else "text"), truncated
 
@@ -199,7 +202,7 @@ def build_rows(
     if parsed.streamed:
         search_response = parsed.output_text or ""
     else:
-        search_response = searchable(_text(resp_body, resp_enc), resp_enc, parsed.response_json)
+        search_response = searchable(resp_body, resp_enc, parsed.response_json)
     failed = failure.of_call(
         exchange.status,
         exchange.error,
@@ -297,13 +300,6 @@ def preview_of(provider: Provider, parsed: Parsed) -> str:
         log.exception("provider %s failed to preview a call", provider.name)
         return ""
     return text[:PREVIEW_CHARS] if isinstance(text, str) else ""
-
-
-def _text(body: bytes | None, encoding: str) -> str | None:
-    """A kept body as text (None for bytes that are not: base64)."""
-    if body is None or encoding == "base64":
-        return None
-    return body.decode("utf-8", "replace")
 
 
 def _str(value: object) -> str | None:

@@ -105,7 +105,9 @@ def prefix_hashes(messages: list[Any], after: list[str] | None = None) -> list[s
     digest = bytes.fromhex(after[-1]) if after else b""
     out = []
     for message in messages:
-        digest = hashlib.blake2b(digest + canonical(message), digest_size=16).digest()
+        hashed = hashlib.blake2b(digest, digest_size=16)  # the same as hashing them joined,
+        hashed.update(canonical(message))  # without copying a long message first
+        digest = hashed.digest()
         out.append(digest.hex())
     return out
 

@@ -97,7 +97,8 @@ class Parts:
         """The bytes a frame holds: a first line of sizes ("-": absent), then the parts."""
         parts = [getattr(self, name) for name in self.__slots__]
         sizes = ",".join("-" if p is None else str(len(p)) for p in parts)
-        return sizes.encode() + b"\n" + b"".join(p for p in parts if p)
+        # one join: a 100 KB request is copied once, not twice
+        return b"".join([sizes.encode(), b"\n", *(p for p in parts if p)])
 
     @classmethod
     def split(cls, payload: bytes) -> Parts:

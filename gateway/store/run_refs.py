@@ -109,15 +109,15 @@ def refer_snapshot(
     """(appended, appended_from) of a snapshot: "[]" and EXCHANGE when its items are its
     request's messages from `carried` on, then its output messages (`outputs`: the exchange's
     out rows, made storable, in position order), else the items themselves."""
-    appended = storable.json_text(snapshot["appended"])
+    appended = storable.json_bytes(snapshot["appended"])  # json_text, not yet decoded
     if source is None or source.messages is None:
-        return appended, None
+        return appended.decode(), None
     rebuilt = [*source.messages[snapshot["carried"] :], *map(_item, outputs)]
     try:
-        same = orjson.dumps(rebuilt) == appended.encode()
+        same = orjson.dumps(rebuilt) == appended
     except TypeError:  # nested too deep for orjson: keep the copy
         same = False
-    return ("[]", EXCHANGE) if same else (appended, None)
+    return ("[]", EXCHANGE) if same else (appended.decode(), None)
 
 
 def fold_rows(
