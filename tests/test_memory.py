@@ -4,8 +4,10 @@ the system (gateway/writer/memory.py). A real allocation, a real trim, /proc for
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
-from gateway.writer.memory import _glibc_trim, give_back, rss_bytes
+from gateway.writer.memory import _glibc_trim, collections_deferred, give_back, rss_bytes
 from tests.conftest import wait_until
 
 MIB = 1024 * 1024
@@ -29,3 +31,42 @@ async def test_a_burst_of_bodies_is_given_back_once_it_is_over():
         assert pin
     finally:
         trimmer.cancel()
+
+
+def test_collections_wait_for_the_batch_and_come_after_it():
+    """Within `collections_deferred` the young objects a batch builds are not collected (the
+    batch frees them itself); after it the usual thresholds apply again, and garbage cycles
+    made within are collected all the same."""
+    usual = gc.get_threshold()
+    collected: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected.append(info["generation"])
+
+    gc.set_threshold(700, 10, 10)
+    gc.callbacks.append(note)
+    try:
+        with collections_deferred(threshold=1_000_000):
+            assert gc.get_threshold() == (1_000_000, 10, 10)
+            rows = [{"n": n, "items": [n]} for n in range(20_000)]  # 40,000 containers alive
+            cycle: list[object] = []
+            cycle.append(cycle)
+            probe = weakref.ref(Node())
+            assert not collected
+            del rows, cycle
+        assert gc.get_threshold() == (700, 10, 10)
+        [{"n": n} for n in range(2_000)]  # the next allocations collect what was left
+        assert collected and probe() is None
+        with collections_deferred(threshold=500):  # already above: left as it is
+            assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.callbacks.remove(note)
+        gc.set_threshold(*usual)
+
+
+class Node:
+    """An object in a reference cycle of its own: only a collection frees it."""
+
+    def __init__(self) -> None:
+        self.me = self

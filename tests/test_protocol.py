@@ -1,10 +1,12 @@
 """The writer's wire (gateway/writer/protocol.py), without a gateway or a writer process: every
-message kind through `frame`/`read_frame` over a real socket pair, torn frames, and records
-of any field values through `pack`/`unpack`."""
+message kind through `frame`/`read_frame` (the proxy's end) and `Frames` (the writer's) over a
+real socket pair, torn frames, frames cut into any reads, and records of any field values
+through `pack`/`unpack`."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pickle
 import socket
@@ -35,6 +37,7 @@ from gateway.writer.protocol import (
     Call,
     CallFailed,
     Failed,
+    Frames,
     HealthReport,
     Message,
     Overflow,
@@ -227,6 +230,116 @@ def test_pack_and_unpack_keep_every_field(exchange: Exchange):
     assert length == len(data) - 4
     message = pickle.loads(data[4:])
     assert isinstance(message, Records) and unpack(message.records[0]) == exchange
+
+
+async def test_every_message_kind_reaches_the_writers_frames_intact():
+    ours, theirs = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    transport, frames = await loop.create_unix_connection(Frames, sock=ours)
+    _, writer = await asyncio.open_unix_connection(sock=theirs)
+    for message in MESSAGES:
+        writer.write(frame(message))
+    writer.close()
+    for sent in MESSAGES:
+        received = await frames.next()
+        assert type(received) is type(sent) and received == sent
+    with pytest.raises(asyncio.IncompleteReadError):  # the end of the stream
+        await frames.next()
+    transport.close()
+
+
+class Reading(asyncio.Transport):
+    """A transport that only notes when `Frames` pauses and resumes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        assert not self.paused
+        self.paused, self.pauses = True, self.pauses + 1
+
+    def resume_reading(self) -> None:
+        assert self.paused
+        self.paused = False
+
+
+def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    edges = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(MESSAGES) - 1), max_size=12),
+    cuts=st.lists(st.integers(0, 4000), max_size=20),
+    torn=st.integers(0, 60),
+    pause=st.integers(1, 3000),
+)
+def test_frames_cut_into_any_reads_come_out_whole_and_in_order(picks, cuts, torn, pause):
+    """However the kernel cuts the stream, and wherever reading pauses: each message once, in
+    order; a frame the stream ends within is an IncompleteReadError after them."""
+    sent = [MESSAGES[i] for i in picks]
+    data = b"".join(frame(m) for m in sent)
+    last = frame(Settled([9, 9]))
+    data += last[: min(torn, len(last) - 1)]
+
+    async def read() -> list[Message]:
+        frames, transport = Frames(pause_bytes=pause), Reading()
+        frames.connection_made(transport)
+        received = []
+        for chunk in _chunks(data, cuts):
+            frames.data_received(chunk)
+            while transport.paused:  # the loop reads no more until the writer catches up
+                received.append(await frames.next())
+        frames.eof_received()
+        frames.connection_lost(None)
+        while True:
+            try:
+                received.append(await frames.next())
+            except asyncio.IncompleteReadError:
+                return received
+
+    assert asyncio.run(read()) == sent
+
+
+async def test_frames_wait_for_the_next_and_raise_what_closed_the_connection():
+    frames = Frames()
+    frames.connection_made(Reading())
+    waiting = asyncio.create_task(frames.next())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    frames.data_received(frame(Settled([1])))
+    assert await waiting == Settled([1])
+    frames.data_received(frame(Stop(1.0)))
+    frames.connection_lost(ConnectionResetError("reset"))
+    assert await frames.next() == Stop(1.0)  # what came before the error first
+    with pytest.raises(ConnectionResetError):
+        await frames.next()
+
+
+async def test_frames_pause_reading_past_their_bound_only():
+    transport, frames = Reading(), Frames(pause_bytes=10_000)
+    frames.connection_made(transport)
+    one, held = frame(Records([pack(RECORD)] * 20)), 0
+    while not transport.paused:
+        frames.data_received(one)
+        held += len(one) - 4
+        assert transport.paused == (held >= 10_000)
+    assert transport.pauses == 1
+    while transport.paused:
+        await frames.next()
+    assert transport.pauses == 1 and not transport.paused
+
+
+async def test_the_writers_frames_refuse_what_is_not_a_message():
+    data = pickle.dumps(("settled", [1]), protocol=pickle.HIGHEST_PROTOCOL)
+    frames = Frames()
+    frames.connection_made(Reading())
+    frames.data_received(struct.pack(">I", len(data)) + data)
+    with pytest.raises(TypeError, match="not a writer message"):
+        await frames.next()
 
 
 def test_the_journal_recovers_records_frames_and_older_tuple_frames(tmp_path):

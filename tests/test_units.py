@@ -385,6 +385,7 @@ async def test_the_grouper_remembers_what_calls_added_within_a_byte_bound():
     assert grouper.done_bytes <= DONE_BYTES
     assert len(grouper.done) < 300
     assert grouper.done_bytes == sum(c.weight() for c in grouper.done.values())
+    assert grouper.done_weights == {i: c.weight() for i, c in grouper.done.items()}
     last_record, last_change = placed[-1]
     built = rows(last_record)
     assert await grouper.assign(built.exchange, built.parsed, built.hints, no_steps) is last_change

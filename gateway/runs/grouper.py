@@ -211,6 +211,7 @@ class Grouper:
         self.memory: OrderedDict[int, RunMemory] = OrderedDict()
         self.done: OrderedDict[int, RunChanges] = OrderedDict()  # replays re-emit these
         self.done_bytes = 0
+        self.done_weights: dict[int, int] = {}  # each one's weight(), counted once
         self.fresh: set[int] = set()  # named runs this writer's claim opened, not yet used
         # runs merged into others (a late parent: gateway/store/merging.py): where they went
         self.merged: OrderedDict[int, int] = OrderedDict()
@@ -441,10 +442,11 @@ class Grouper:
         of 100 KB used to keep 2 GB in the writer long after they were stored)."""
         weight = changes.weight()
         self.done[exchange_id] = changes
-        self.done_bytes += weight
+        self.done_bytes += weight - self.done_weights.get(exchange_id, 0)
+        self.done_weights[exchange_id] = weight
         while len(self.done) > DONE_LIMIT or (self.done_bytes > DONE_BYTES and len(self.done) > 1):
-            _, dropped = self.done.popitem(last=False)
-            self.done_bytes -= dropped.weight()
+            dropped, _ = self.done.popitem(last=False)
+            self.done_bytes -= self.done_weights.pop(dropped)
 
     def _place(
         self,

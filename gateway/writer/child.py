@@ -25,6 +25,7 @@ from gateway.writer.protocol import (
     Call,
     CallFailed,
     Failed,
+    Frames,
     HealthReport,
     Message,
     Overflow,
@@ -37,7 +38,6 @@ from gateway.writer.protocol import (
     _socket,
     body_bytes,
     frame,
-    read_frame,
     unpack,
 )
 from gateway.writer.spool import Spool
@@ -104,8 +104,11 @@ class Child:
 
     async def run(self) -> None:
         down, up = self.conn
-        # Keep the unused halves: a StreamWriter closes its transport when collected.
-        reader, self._down = await asyncio.open_unix_connection(sock=_socket(down))
+        # Records come through `Frames` (split as they arrive); keep the unused half of the
+        # other way: a StreamWriter closes its transport when collected.
+        self._down, reader = await asyncio.get_running_loop().create_unix_connection(
+            Frames, sock=_socket(down)
+        )
         _, self.out = await asyncio.open_unix_connection(sock=_socket(up))
         try:
             await self._open()
@@ -175,13 +178,13 @@ class Child:
         # records it sends meanwhile wait in the socket, so the order is kept.
         self.out.write(frame(Ready(self._health())))
 
-    async def _serve(self, reader: asyncio.StreamReader) -> None:
+    async def _serve(self, reader: Frames) -> None:
         while await self._handle(await self._next(reader)):
             pass
 
-    async def _next(self, reader: asyncio.StreamReader) -> Message:
+    async def _next(self, reader: Frames) -> Message:
         try:
-            return await read_frame(reader)
+            return await reader.next()
         except (asyncio.IncompleteReadError, ConnectionError):
             return Stop(self.settings.shutdown_grace)  # the proxy is gone
 

@@ -24,6 +24,7 @@ from gateway.store.exchanges import Store, micros
 from gateway.store.run_refs import Sources
 from gateway.store.runs import RunStore, Written
 from gateway.writer.health import WriterHealth
+from gateway.writer.memory import collections_deferred
 from gateway.writer.protocol import body_bytes, bounded
 from gateway.writer.quarantine import database_down, describe, encode
 from gateway.writer.spool import Spool
@@ -161,7 +162,8 @@ class Recorder:
             ids = [exchange.id for exchange in batch]
             before = set(self.waiting)
             try:
-                await self._write(batch)
+                with collections_deferred():  # the batch's objects die with it (memory.py)
+                    await self._write(batch)
             except Exception:  # the writer must outlive any single bad batch
                 log.exception("writer failed on a batch of %d", len(batch))
                 self.failed += len(batch)
