@@ -116,7 +116,7 @@ async def parents(store: Store, keys: Iterable[str]) -> list[Parent]:
         wanted,
     )
     return [
-        Parent(int(r["id"]), int(r["run_id"]), r["thread_key"], _seconds(r["started_at"]))
+        Parent(int(r["id"]), int(r["run_id"]), r["thread_key"], seconds(r["started_at"]))
         for r in found
     ]
 
@@ -146,7 +146,8 @@ async def entry_ids(store: Store, run_ids: Iterable[int]) -> dict[int, list[str 
     return states
 
 
-def _seconds(value: Any) -> float:
+def seconds(value: Any) -> float:
+    """A timestamp column's value (a datetime, or ISO text on SQLite) in epoch seconds."""
     from datetime import UTC, datetime
 
     if isinstance(value, str):

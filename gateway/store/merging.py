@@ -30,21 +30,14 @@ from tortoise.transactions import in_transaction
 
 from gateway.capture import storable
 from gateway.store.exchanges import Store
+from gateway.store.grouping import seconds
+from gateway.store.runs import RUN_TOTALS
 from gateway.store.sqlite_batch import sqlite_batch
 
 log = logging.getLogger("agentops.merging")
 
 ORPHAN_SECONDS = 7 * 24 * 3600.0  # an orphan whose parent never came is forgotten after this
 ATTEMPTS = 5  # a merge retried when another moved one of its runs meanwhile
-TOTALS = (
-    "exchange_count",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "total_cost_usd",
-    "error_count",
-    "unpriced_calls",
-)
 # Tables whose rows name a run (besides exchanges and runs): they follow a merged run.
 RUN_TABLES = (
     ("messages", "run_id"),
@@ -181,7 +174,7 @@ async def conversation_runs(store: Store, links: Iterable[tuple[str, int]]) -> l
         starts = await store.rows("SELECT started_at FROM runs WHERE id = ?", [ours])
         if not starts:
             continue
-        later = _seconds(starts[0]["started_at"]) >= _seconds(row["started_at"])
+        later = seconds(starts[0]["started_at"]) >= seconds(row["started_at"])
         source, target = (ours, linked) if later else (linked, ours)
         merges.append(Merge(source, target, conversation=True))
     return merges
@@ -304,7 +297,7 @@ async def _move(store: Store, tx: BaseDBAsyncClient, source: int, target: int) -
     """Everything of run `source` into run `target`; its totals added; `source` deleted."""
     rows = await tx.execute_query_dict(
         store.sql(
-            f"SELECT id, {', '.join(TOTALS)}, started_at, last_seen_at, ended_at, status, "
+            f"SELECT id, {', '.join(RUN_TOTALS)}, started_at, last_seen_at, ended_at, status, "
             'last_failed, source, agent_id, "user", tags, config FROM runs WHERE id IN (?, ?)'
         ),
         [source, target],
@@ -331,10 +324,10 @@ async def _move(store: Store, tx: BaseDBAsyncClient, source: int, target: int) -
     if new is None:  # the target run's row is gone (deleted): the source's becomes it
         await tx.execute_query(store.sql("UPDATE runs SET id = ? WHERE id = ?"), [target, source])
         return
-    later = _seconds(old["last_seen_at"]) > _seconds(new["last_seen_at"])
+    later = seconds(old["last_seen_at"]) > seconds(new["last_seen_at"])
     running = old["ended_at"] is None or new["ended_at"] is None
-    sets = [f"{c} = {c} + ?" for c in TOTALS]
-    params: list[Any] = [old[c] or 0 for c in TOTALS]
+    sets = [f"{c} = {c} + ?" for c in RUN_TOTALS]
+    params: list[Any] = [old[c] or 0 for c in RUN_TOTALS]
     sets += [
         "started_at = CASE WHEN ? < started_at THEN ? ELSE started_at END",
         "last_seen_at = CASE WHEN ? > last_seen_at THEN ? ELSE last_seen_at END",
@@ -479,13 +472,3 @@ async def _renumber(store: Store, tx: BaseDBAsyncClient, run_id: int) -> None:
                 store.sql(f"UPDATE {table} SET step = ? WHERE {column} = ?"), changed
             )
     await tx.execute_query(store.sql("UPDATE runs SET steps = ? WHERE id = ?"), [len(rows), run_id])
-
-
-def _seconds(value: Any) -> float:
-    from datetime import UTC, datetime
-
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return float(value.timestamp())

@@ -32,6 +32,16 @@ from gateway.store.records import (
     iso_time,
 )
 
+# A run's totals: added up as its calls are stored, and added together when runs merge.
+RUN_TOTALS = (
+    "exchange_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "total_cost_usd",
+    "error_count",
+    "unpriced_calls",
+)
 RUN_COLUMNS = (
     "id",
     "name",
@@ -43,13 +53,7 @@ RUN_COLUMNS = (
     "last_seen_at",
     "ended_at",
     "status",
-    "exchange_count",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "total_cost_usd",
-    "error_count",
-    "unpriced_calls",
+    *RUN_TOTALS,
 )
 UPSERT_COLUMNS = (
     "id",
