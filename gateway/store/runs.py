@@ -411,15 +411,7 @@ class RunStore:
             if seen is None:
                 merged[delta["id"]] = dict(delta)
                 continue
-            for key in (
-                "exchange_count",
-                "prompt_tokens",
-                "completion_tokens",
-                "total_tokens",
-                "total_cost_usd",
-                "error_count",
-                "unpriced_calls",
-            ):
+            for key in RUN_TOTALS:
                 seen[key] += delta[key]
             seen["last_seen_at"], seen["last_failed"] = delta["last_seen_at"], delta["last_failed"]
             if seen["source"] == "single":
