@@ -222,7 +222,7 @@ class Proxy:
             body, broken = await read_body(request.content)
             exchange.request_body = body
             if broken is not None:
-                return self._client_gone_sending(exchange, broken, started)
+                return self._client_gone_sending(exchange, broken)
             if self.guard is not None and self.guard.blocked:
                 budget = self.guard.refusing(exchange, body)
                 if budget is not None:
@@ -552,9 +552,7 @@ class Proxy:
             request.transport.close()
 
     @staticmethod
-    def _client_gone_sending(
-        exchange: Exchange, exc: BaseException, started: float
-    ) -> web.StreamResponse:
+    def _client_gone_sending(exchange: Exchange, exc: BaseException) -> web.StreamResponse:
         """The client left while sending its request: nothing went upstream, nobody is left
         to answer; the record keeps the bytes that came."""
         exchange.state = CLIENT_DISCONNECTED
