@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import string
+import zlib
 from typing import Any
 
 import orjson
@@ -153,16 +154,19 @@ def _walk_words(document: Any) -> str:
     return " ".join(words)
 
 
-def words(text: str) -> list[str]:
-    """The distinct words of a text, lower-cased, in first-seen order."""
+def words(text: str, limit: int | None = MAX_LEXEME_BYTES) -> list[str]:
+    """The distinct words of a text, lower-cased, in first-seen order; none longer than
+    `limit` bytes (PostgreSQL's own limit) unless it is None."""
     found: dict[str, None] = {}
     for token in dict.fromkeys(text.lower().translate(_ASCII_SEPARATORS).split()):
         if token.isalnum():  # the same test as [^\W_]
             found[token] = None
         else:  # other punctuation or symbols: "naïve—really" -> naïve, really
             found.update(dict.fromkeys(_WORD.findall(token)))
-    # A character is at most 4 bytes: only a word of 512 or more can be too long.
-    return [w for w in found if len(w) < 512 or len(w.encode("utf-8")) <= MAX_LEXEME_BYTES]
+    if limit is None:
+        return list(found)
+    # A character is at most 4 bytes: only a word of limit / 4 or more can be too long.
+    return [w for w in found if len(w) * 4 <= limit or len(w.encode("utf-8")) <= limit]
 
 
 _BYTE_SEPARATORS = bytes.maketrans(
@@ -179,8 +183,31 @@ def distinct_terms(text: str) -> str:
     return b" ".join(found).decode("utf-8", "surrogatepass")
 
 
+# A long word is held in PostgreSQL's index by its head and a checksum of the whole: random
+# tokens (ids, base64 in tool outputs) are most of an agent's distinct words and each is an
+# index entry of its own, so their length is what the GIN index and its `tsvector` column
+# grow by. A search for the word asks for the same short form; two long words meet only
+# where their first LEXEME_HEAD characters and their CRC-32 are the same.
+LONG_WORD = 14
+LEXEME_HEAD = 6
+
+
+def lexeme(word: str) -> str:
+    """The word as PostgreSQL's index holds it: itself, or its head and the CRC-32 of it
+    whole (14 characters) when it is longer than LONG_WORD."""
+    if len(word) <= LONG_WORD:
+        return word
+    return f"{word[:LEXEME_HEAD]}{zlib.crc32(word.encode('utf-8', 'surrogatepass')):08x}"
+
+
+def _short_bytes(word: bytes) -> bytes:
+    """`lexeme` of an ASCII word, as bytes."""
+    return b"%s%08x" % (word[:LEXEME_HEAD], zlib.crc32(word))
+
+
 def pg_document(text: str) -> str:
-    """A `tsvector` literal of the text's words (letters and digits only: nothing to escape).
+    """A `tsvector` literal of the text's words (letters and digits only: nothing to escape),
+    long words as `lexeme` shortens them.
     An ASCII text whose tokens are all words is cut as bytes, in C but for one loop over the
     distinct words (the writer's costliest step per call on PostgreSQL before: `words`).
     The words come in no particular order there: `tsvector` sorts its lexemes (and a set
@@ -191,15 +218,29 @@ def pg_document(text: str) -> str:
         if not found:
             return ""
         joined = b"' '".join(found)
-        if joined.replace(b"' '", b"").isalnum() and max(map(len, found)) <= MAX_LEXEME_BYTES:
+        if joined.replace(b"' '", b"").isalnum():
+            if max(map(len, found)) > LONG_WORD:
+                long = {w for w in found if len(w) > LONG_WORD}
+                found = (found - long) | {_short_bytes(w) for w in long}
+                joined = b"' '".join(found)
             return "'" + joined.decode() + "'"
-    cut = words(text)
+    cut = dict.fromkeys(lexeme(w) for w in words(text, None))
     return "'" + "' '".join(cut) + "'" if cut else ""
 
 
 def pg_query(text: str) -> str:
-    """A `tsquery` literal that ANDs the user's words; empty when there are none."""
-    return " & ".join(f"'{w}'" for w in words(text))
+    """A `tsquery` literal that ANDs the user's words; empty when there are none. A long word
+    asks for its short form or, for rows stored before words were shortened, itself."""
+    terms = []
+    for word in words(text, None):
+        short = lexeme(word)
+        if short == word:
+            terms.append(f"'{word}'")
+        elif len(word.encode("utf-8", "surrogatepass")) <= MAX_LEXEME_BYTES:
+            terms.append(f"('{short}' | '{word}')")
+        else:
+            terms.append(f"'{short}'")
+    return " & ".join(terms)
 
 
 def fts5_query(text: str) -> str:
