@@ -95,10 +95,16 @@ class Parts:
 
     def payload(self) -> bytes:
         """The bytes a frame holds: a first line of sizes ("-": absent), then the parts."""
-        parts = [getattr(self, name) for name in self.__slots__]
-        sizes = ",".join("-" if p is None else str(len(p)) for p in parts)
+        parts = (
+            self.request_headers,
+            self.request,
+            self.response_headers,
+            self.response,
+            self.output,
+        )
+        sizes = ",".join(["-" if p is None else str(len(p)) for p in parts])
         # one join: a 100 KB request is copied once, not twice
-        return b"".join([sizes.encode(), b"\n", *(p for p in parts if p)])
+        return b"".join([sizes.encode(), b"\n", *[p for p in parts if p]])
 
     @classmethod
     def split(cls, payload: bytes) -> Parts:
@@ -118,7 +124,13 @@ class Parts:
         return None if value is None else value.decode("utf-8", "surrogatepass")
 
     def empty(self) -> bool:
-        return all(getattr(self, name) is None for name in self.__slots__)
+        return (
+            self.request_headers is None
+            and self.request is None
+            and self.response_headers is None
+            and self.response is None
+            and self.output is None
+        )
 
 
 # -- writing: the writer's memory of each run's last payload ---------------------------------
