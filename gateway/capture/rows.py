@@ -196,9 +196,11 @@ def build_rows(
             parsed.cached_tokens,
             parsed.units or None,
         )
-    correlation = next(
-        (response_headers[h] for h in CORRELATION_HEADERS if h in response_headers), None
-    )
+    correlation = None
+    for header in CORRELATION_HEADERS:
+        if header in response_headers:
+            correlation = response_headers[header]
+            break
     req_body, req_enc, req_trunc = _stored(
         exchange.request_body, request_headers, parsed.request_json is not None, max_body_bytes
     )

@@ -202,12 +202,15 @@ class BodyChains:
         return frame
 
     def commit(self, pending: Mapping[int, Tip]) -> None:
+        tips, size = self.tips, self.size
         for run_id, tip in pending.items():
-            self.forget(run_id)
-            if len(tip.payload) > self.max_bytes:
-                continue
-            self.tips[run_id] = tip
-            self.size += len(tip.payload)
+            old = tips.pop(run_id, None)  # forget(run_id)
+            if old is not None:
+                size -= len(old.payload)
+            if len(tip.payload) <= self.max_bytes:
+                tips[run_id] = tip
+                size += len(tip.payload)
+        self.size = size
         while self.tips and (len(self.tips) > self.runs or self.size > self.max_bytes):
             _, old = self.tips.popitem(last=False)
             self.size -= len(old.payload)
