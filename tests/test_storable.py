@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -309,14 +313,33 @@ async def test_reported_poison_values_are_stored_clipped_or_escaped(
     assert health["status"] == "ok" and health["quarantined"] == 0, health
 
 
-_ANY_VALUE = st.one_of(
+_KINDS = (
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=-(2**31), max_value=2**31 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=300),
     st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=300),
     st.binary(max_size=20),
+    st.text(alphabet=st.characters(exclude_categories=()), max_size=300),  # NUL, surrogates
+    st.datetimes(),
+    st.integers(0, 600).map(lambda n: "a" * n),  # around the columns' limits
+)
+_ANY_VALUE = st.one_of(*_KINDS)
+# One (table, column) of each kind of column the schema has (its limit or range included).
+_EACH_KIND = sorted(
+    {
+        column: (table, name)
+        for table, columns in storable.SCHEMA.items()
+        for name, column in sorted(columns.items())
+    }.values()
+)
+# A column of a batch: values of one kind (with nulls), or of any kinds.
+_COLUMN = st.one_of(
+    *(st.lists(st.one_of(st.none(), kind), min_size=1, max_size=6) for kind in _KINDS),
+    st.lists(_ANY_VALUE, min_size=1, max_size=6),
 )
 
 
@@ -334,6 +357,54 @@ def test_fast_paths_fit_as_the_rule_does(value: Any, table: str, pick: int) -> N
     row: dict[str, Any] = {name: value}
     clipped: dict[str, int] = {}
     storable.fit(table, row, clipped)
-    assert row[name] == expected or row[name] != row[name]
+    assert type(row[name]) is type(expected) and (row[name] == expected or row[name] != row[name])
     long = isinstance(value, str) and column.limit is not None and len(value) > column.limit
     assert clipped == ({name: len(value)} if long else {})
+
+
+def _check_batch(values: list[Any], others: list[Any], pick: Callable[[list[str]], str]) -> None:
+    """`rows` of two columns of every kind equal each value's `value`."""
+    pairs = [list(pair) for pair in zip(values, others, strict=True)]
+    for table, name in _EACH_KIND:
+        names = [name, pick([*sorted(storable.SCHEMA[table]), "unknown"])]
+        got = storable.rows(table, names, pairs)
+        for row, pair in zip(got, pairs, strict=True):
+            for column_name, item, fitted in zip(names, pair, row, strict=True):
+                column = storable.SCHEMA[table].get(column_name)
+                expected = item if column is None or item is None else storable.value(column, item)
+                assert type(fitted) is type(expected) and (fitted == expected or fitted != fitted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=_COLUMN, data=st.data())
+def test_batches_fit_as_each_value_does(values: list[Any], data: st.DataObject) -> None:
+    """`rows` looks at a batch's column whole and fits value by value only a column that
+    needs it: the result is still each value's `value`, in its row and column, whatever the
+    column."""
+    others = data.draw(st.lists(_ANY_VALUE, min_size=len(values), max_size=len(values)))
+    _check_batch(values, others, lambda names: data.draw(st.sampled_from(names)))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["a\x00", None, "b"],
+        ["plain", "é"],
+        ["x" * 600, None],
+        ["\udcff", "ok"],
+        [1.5, None, math.nan],
+        [2.0, math.inf],
+        [1.0, 2],
+        [0, -(2**31) - 1],
+        [2**31, 0],
+        [-(2**63) - 1, None],
+        [2**63],
+        [True, False, None],
+        [b"\x00", None],
+        [datetime(2026, 1, 1), None],
+    ],
+)
+def test_batch_edges_fit_as_each_value_does(values: list[Any]) -> None:
+    """Columns whose whole look must send them to the values' rule (NUL, non-ASCII, too
+    long, a surrogate, NaN or infinite, an int in a float column, out of range, bools)."""
+    _check_batch(values, values[::-1], lambda names: names[0])

@@ -28,8 +28,9 @@ CORRELATION_HEADERS = ("mistral-correlation-id", "x-request-id", "request-id", "
 
 @dataclass(slots=True)
 class Rows:
-    """One exchange, ready to insert: its indexed columns, its bodies (headers as JSON text,
-    each body as the bytes kept: see `keep_body`) and what the search index gets of it."""
+    """One exchange, ready to insert: its indexed columns, its bodies (headers as JSON, in
+    UTF-8 bytes; each body as the bytes kept: see `keep_body`) and what the search index gets
+    of it."""
 
     exchange: dict[str, Any]
     bodies: dict[str, Any]
@@ -150,6 +151,17 @@ def storable_headers(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(text(k), text(v)) for k, v in pairs]
 
 
+def headers_json(pairs: list[tuple[str, str]]) -> bytes:
+    """`storable_headers(pairs)` as JSON. Most headers need no escaping: orjson refuses a lone
+    surrogate and writes NUL as \\u0000, so when it writes them at once without one, they are
+    the storable pairs already (a `\\u0000` written for a backslash takes the long way too)."""
+    try:
+        data = orjson.dumps(pairs)
+    except TypeError:
+        return orjson.dumps(storable_headers(pairs))
+    return data if b"\\u0000" not in data else orjson.dumps(storable_headers(pairs))
+
+
 def build_rows(
     exchange: Exchange, provider: Provider, prices: PriceTable, max_body_bytes: int
 ) -> Rows:
@@ -184,9 +196,11 @@ def build_rows(
             parsed.cached_tokens,
             parsed.units or None,
         )
-    correlation = next(
-        (response_headers[h] for h in CORRELATION_HEADERS if h in response_headers), None
-    )
+    correlation = None
+    for header in CORRELATION_HEADERS:
+        if header in response_headers:
+            correlation = response_headers[header]
+            break
     req_body, req_enc, req_trunc = _stored(
         exchange.request_body, request_headers, parsed.request_json is not None, max_body_bytes
     )
@@ -263,10 +277,10 @@ def build_rows(
         row["clipped"] = orjson.dumps(clipped).decode()
     bodies = {
         "exchange_id": exchange.id,
-        "request_headers": orjson.dumps(storable_headers(exchange.request_headers)).decode(),
+        "request_headers": headers_json(exchange.request_headers),
         "request_body": bodies_kept[0],
         "request_body_encoding": req_enc,
-        "response_headers": orjson.dumps(storable_headers(exchange.response_headers)).decode(),
+        "response_headers": headers_json(exchange.response_headers),
         "response_body": bodies_kept[1],
         "response_body_encoding": resp_enc,
     }

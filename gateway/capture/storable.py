@@ -26,7 +26,9 @@ schema: `limit("runs", "name")` is the `max_length` of `Run.name`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -163,14 +165,34 @@ def real(item: Any) -> float | None:
 
 def fit(table: str, row: dict[str, Any], clipped: dict[str, int], prefix: str = "") -> None:
     """Make a row dict's values fit `table` in place; each text value clipped to its limit
-    adds `{prefix + column: original length}` to `clipped`."""
+    adds `{prefix + column: original length}` to `clipped`. (`value` for each, with the
+    common cases answered inline: a call per column was most of a record's fitting.)"""
     schema = SCHEMA[table]
-    fitters = _FITTERS[table]
     for name, item in row.items():
-        column = schema.get(name)
-        if column is None or item is None:
+        if item is None:
             continue
-        fitted = fitters[name](item)
+        column = schema.get(name)
+        if column is None:
+            continue
+        kind = type(item)
+        if kind is str:
+            limit = column.limit
+            if item.isascii() and "\x00" not in item and (limit is None or len(item) <= limit):
+                continue
+        elif kind is int:
+            if column.kind == "int":
+                if column.low <= item <= column.high:
+                    continue
+            elif column.kind != "float":
+                continue
+        elif kind is float:
+            if column.kind == "float" and math.isfinite(item):
+                continue
+            if column.kind != "int" and column.kind != "float":
+                continue
+        elif column.kind != "int" and column.kind != "float" and not isinstance(item, str):
+            continue  # value() changes only text in a text or other column
+        fitted = value(column, item)
         if fitted is not item:
             if column.limit is not None and isinstance(item, str) and len(item) > column.limit:
                 clipped[prefix + name] = len(item)
@@ -180,10 +202,51 @@ def fit(table: str, row: dict[str, Any], clipped: dict[str, int], prefix: str = 
 def rows(table: str, columns: Sequence[str], values: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Rows (values in `columns` order) made fit for `table`: the writer's last step before
     the database, so no value can make it refuse a batch. Columns the models do not know
-    pass as they are."""
-    known = _FITTERS[table]
-    fitters = [known.get(c, _same) for c in columns]
-    return [[fitter(item) for fitter, item in zip(fitters, items, strict=True)] for items in values]
+    pass as they are. A column is looked at whole first (`_column_fits`): most batches hold
+    nothing to change, and then no value is fitted one by one."""
+    if not values:
+        return []
+    out = [list(items) for items in values]
+    held = list(zip(*values, strict=True))
+    if len(held) != len(columns):
+        raise ValueError(f"rows of {len(held)} values for {len(columns)} columns")
+    schema, known = SCHEMA[table], _FITTERS[table]
+    for index, (name, column_values) in enumerate(zip(columns, held, strict=True)):
+        column = schema.get(name)
+        if column is None or _column_fits(column, column_values):
+            continue
+        fitter = known[name]
+        for row in out:
+            row[index] = fitter(row[index])
+    return out
+
+
+_NULS = itertools.repeat("\x00")
+_NONE = type(None)
+
+
+def _column_fits(column: Column, items: Sequence[Any]) -> bool:
+    """True when `value(column, item)` is each item itself (so the column needs no fitting);
+    False means look at each (the rule itself decides)."""
+    kinds = set(map(type, items))
+    if _NONE in kinds:  # left out, with zeros and "" (which no column changes)
+        kinds.discard(_NONE)
+        items = list(filter(None, items))
+    if not kinds:
+        return True
+    if kinds == {str}:  # in any column, only text that is not plain or too long changes
+        if not all(map(str.isascii, items)) or any(map(operator.contains, items, _NULS)):
+            return False
+        return column.limit is None or max(map(len, items), default=0) <= column.limit
+    if column.kind == "int":
+        return (
+            kinds == {int}
+            and column.low <= min(items, default=0)
+            and max(items, default=0) <= column.high
+        )
+    if column.kind == "float":  # a sum of finite floats that is finite: none is NaN or infinite
+        return kinds == {float} and math.isfinite(sum(items))
+    return not any(issubclass(kind, str) for kind in kinds)  # text, other: only text changes
 
 
 def _same(item: Any) -> Any:
@@ -220,14 +283,12 @@ def _fitter(column: Column) -> Callable[[Any], Any]:
         return fit_float
 
     def fit_other(item: Any) -> Any:
-        kind = type(item)
-        if kind is str:
+        if type(item) is str:
             if item.isascii() and (limit < 0 or len(item) <= limit) and "\x00" not in item:
                 return item
             return value(column, item)
-        if kind is int or kind is bytes or item is None:
-            return item  # a text or other column: only text is changed by value()
-        return value(column, item)
+        # a text or other column: only text is changed by value()
+        return value(column, item) if isinstance(item, str) else item
 
     return fit_other
 

@@ -95,10 +95,16 @@ class Parts:
 
     def payload(self) -> bytes:
         """The bytes a frame holds: a first line of sizes ("-": absent), then the parts."""
-        parts = [getattr(self, name) for name in self.__slots__]
-        sizes = ",".join("-" if p is None else str(len(p)) for p in parts)
+        parts = (
+            self.request_headers,
+            self.request,
+            self.response_headers,
+            self.response,
+            self.output,
+        )
+        sizes = ",".join(["-" if p is None else str(len(p)) for p in parts])
         # one join: a 100 KB request is copied once, not twice
-        return b"".join([sizes.encode(), b"\n", *(p for p in parts if p)])
+        return b"".join([sizes.encode(), b"\n", *[p for p in parts if p]])
 
     @classmethod
     def split(cls, payload: bytes) -> Parts:
@@ -118,7 +124,13 @@ class Parts:
         return None if value is None else value.decode("utf-8", "surrogatepass")
 
     def empty(self) -> bool:
-        return all(getattr(self, name) is None for name in self.__slots__)
+        return (
+            self.request_headers is None
+            and self.request is None
+            and self.response_headers is None
+            and self.response is None
+            and self.output is None
+        )
 
 
 # -- writing: the writer's memory of each run's last payload ---------------------------------
@@ -190,12 +202,15 @@ class BodyChains:
         return frame
 
     def commit(self, pending: Mapping[int, Tip]) -> None:
+        tips, size = self.tips, self.size
         for run_id, tip in pending.items():
-            self.forget(run_id)
-            if len(tip.payload) > self.max_bytes:
-                continue
-            self.tips[run_id] = tip
-            self.size += len(tip.payload)
+            old = tips.pop(run_id, None)  # forget(run_id)
+            if old is not None:
+                size -= len(old.payload)
+            if len(tip.payload) <= self.max_bytes:
+                tips[run_id] = tip
+                size += len(tip.payload)
+        self.size = size
         while self.tips and (len(self.tips) > self.runs or self.size > self.max_bytes):
             _, old = self.tips.popitem(last=False)
             self.size -= len(old.payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -71,6 +72,7 @@ RUN_COUNTS = (
 BODY_COLUMNS = columns_of(models.ExchangeBody)
 SEARCH_WALK_MS = 30  # PostgreSQL search: how long to walk ids before asking the GIN index
 _OUTPUT = EXCHANGE_COLUMNS.index("output_text")
+_EXCHANGE_ITEMS = operator.itemgetter(*EXCHANGE_COLUMNS)
 _CONVERTED = tuple(
     EXCHANGE_COLUMNS.index(c)
     for c in ("started_at", "streamed", "truncated", "parse_error", "omitted")
@@ -418,11 +420,17 @@ class Store:
         return await read_bodies(rows, self._fetch())
 
     def _exchange_values(self, row: dict[str, Any], in_frame: bool = False) -> list[Any]:
-        """Column values in order; only the few typed columns need converting. An output text
-        kept in the exchange's frame (bodies.py) is not copied here."""
-        values = [row[c] for c in EXCHANGE_COLUMNS]
-        for index in _CONVERTED:
-            values[index] = self._value(values[index])
+        """Column values in order; only the few typed columns need converting, and only on
+        SQLite (asyncpg takes datetimes and bools). An output text kept in the exchange's
+        frame (bodies.py) is not copied here."""
+        values = list(_EXCHANGE_ITEMS(row))
+        if self.dialect == "sqlite":
+            for index in _CONVERTED:
+                item = values[index]
+                if item is True or item is False:
+                    values[index] = int(item)
+                elif isinstance(item, datetime):
+                    values[index] = item.isoformat(sep=" ")
         if in_frame:
             values[_OUTPUT] = None
         return values
@@ -805,9 +813,9 @@ def _parts(rows: Rows) -> Parts:
     """What an exchange's frame holds: headers, bodies (the bytes kept) and output text."""
     bodies, output = rows.bodies, rows.exchange["output_text"]
     return Parts(
-        bodies["request_headers"].encode(),
+        bodies["request_headers"],
         bodies["request_body"],
-        bodies["response_headers"].encode(),
+        bodies["response_headers"],
         bodies["response_body"],
         None if output is None else output.encode("utf-8", "surrogatepass"),
     )
@@ -820,10 +828,10 @@ def _body_values(rows: Rows, frame: Frame) -> list[Any]:
     framed = frame.data is not None
     values = {
         "exchange_id": bodies["exchange_id"],
-        "request_headers": "" if framed else bodies["request_headers"],
+        "request_headers": "" if framed else bodies["request_headers"].decode(),
         "request_body": None,
         "request_body_encoding": bodies["request_body_encoding"],
-        "response_headers": "" if framed else bodies["response_headers"],
+        "response_headers": "" if framed else bodies["response_headers"].decode(),
         "response_body": None,
         "response_body_encoding": bodies["response_body_encoding"],
         "data": frame.data,

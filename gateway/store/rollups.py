@@ -102,34 +102,44 @@ class Fact:
 
 def deltas(fact: Fact, sign: int = 1) -> list[tuple[int, float]]:
     """(column index in VALUES, amount) pairs: only what this exchange adds."""
-    failed = fact.status is None or fact.status >= 400 or fact.state != "complete"
-    # as /api/prices counts them: a model, no cost, an answer below 400
-    unpriced = (
-        fact.cost_usd is None
-        and fact.model is not None
-        and fact.status is not None
-        and fact.status < 400
+    return _deltas(
+        fact.model,
+        fact.status,
+        fact.state,
+        (fact.prompt_tokens, fact.completion_tokens, fact.total_tokens, fact.cost_usd),
+        fact.latency_ms,
+        sign,
     )
+
+
+def _deltas(
+    model: str | None,
+    status: int | None,
+    state: str,
+    amounts: tuple[int | None, int | None, int | None, float | None],
+    latency_ms: float | None,
+    sign: int,
+) -> list[tuple[int, float]]:
+    """`deltas` of an exchange's values; `amounts`: its tokens (prompt, completion, total)
+    and cost, VALUES' columns 3 to 6."""
+    failed = status is None or status >= 400 or state != "complete"
+    # as /api/prices counts them: a model, no cost, an answer below 400
+    unpriced = amounts[3] is None and model is not None and status is not None and status < 400
     out: list[tuple[int, float]] = [(0, sign)]
     if failed:
         out.append((1, sign))
     if unpriced:
         out.append((2, sign))
-    for index, value in (
-        (3, fact.prompt_tokens),
-        (4, fact.completion_tokens),
-        (5, fact.total_tokens),
-        (6, fact.cost_usd),
-    ):
+    for index, value in enumerate(amounts, 3):
         if value:
             out.append((index, sign * value))
-    if fact.latency_ms is not None:
+    if latency_ms is not None:
         out += [
             (_LATENCY, sign),
-            (_LATENCY + 1, sign * fact.latency_ms),
-            (len(SUMS) + bisect.bisect_right(BOUNDS, fact.latency_ms), sign),
+            (_LATENCY + 1, sign * latency_ms),
+            (len(SUMS) + bisect.bisect_right(BOUNDS, latency_ms), sign),
         ]
-    if fact.state == "interrupted":
+    if state == "interrupted":
         out.append((_INTERRUPTED, sign))
     return out
 
@@ -164,17 +174,21 @@ def aggregate(facts: Iterable[Fact], sign: int = 1) -> dict[Key, list[float]]:
     """Sum facts per (dimension, hour, value): the writer's per-batch work, a few list
     additions per record."""
     out: dict[Key, list[float]] = {}
-    width = len(VALUES)
     for fact in facts:
-        changes = deltas(fact, sign)
         hour = hour_of(fact.id)
-        for key in keys(hour, fact.model, fact.provider, fact.run_name, fact.agent, fact.category):
-            sums = out.get(key)
-            if sums is None:
-                sums = out[key] = [0] * width
-            for index, amount in changes:
-                sums[index] += amount
+        labels = (fact.run_name, fact.agent, fact.category)
+        _add(out, deltas(fact, sign), keys(hour, fact.model, fact.provider, *labels))
     return out
+
+
+def _add(out: dict[Key, list[float]], changes: list[tuple[int, float]], into: list[Key]) -> None:
+    """Add one exchange's changes to the sums of the rows it counts in."""
+    for key in into:
+        sums = out.get(key)
+        if sums is None:
+            sums = out[key] = [0] * len(VALUES)
+        for index, amount in changes:
+            sums[index] += amount
 
 
 def percentile(histogram: Sequence[float], q: float) -> float | None:
@@ -314,28 +328,17 @@ class Rollups:
                 stale.add(run_id)
         if stale:
             await self._refresh(tx, stale, {row.exchange["id"] for row in batch})
-        facts = []
-        for row in batch:
+        sums: dict[Key, list[float]] = {}
+        labels, none = self._labels, (None, None)
+        for row in batch:  # aggregate() of their facts, without making each Fact
             e = row.exchange
-            name, agent = self._labels.get(e["run_id"], (None, None))
-            facts.append(
-                Fact(
-                    e["id"],
-                    e["model"],
-                    e["status"],
-                    e["state"],
-                    e["prompt_tokens"],
-                    e["completion_tokens"],
-                    e["total_tokens"],
-                    e["cost_usd"],
-                    e["latency_ms"],
-                    e["provider"],
-                    name,
-                    agent,
-                    e["category"],
-                )
-            )
-        await self.apply(tx, aggregate(facts))
+            model = e["model"]
+            name, agent = labels.get(e["run_id"], none)
+            amounts = (e["prompt_tokens"], e["completion_tokens"], e["total_tokens"], e["cost_usd"])
+            changes = _deltas(model, e["status"], e["state"], amounts, e["latency_ms"], 1)
+            into = keys(hour_of(e["id"]), model, e["provider"], name, agent, e["category"])
+            _add(sums, changes, into)
+        await self.apply(tx, sums)
 
     async def _refresh(self, tx: BaseDBAsyncClient, run_ids: set[int], batch_ids: set[int]) -> None:
         for run_id, (name, agent) in (await self.labels(tx, run_ids)).items():

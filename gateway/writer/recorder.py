@@ -205,16 +205,10 @@ class Recorder:
         """Rows of each record; a record whose rows cannot be built is refused (quarantined)
         rather than lost."""
         rows, refused = [], []
+        providers, prices, limit = self.providers, self.prices, self.max_body_bytes
         for n, exchange in enumerate(batch, 1):
             try:
-                rows.append(
-                    build_rows(
-                        exchange,
-                        self.providers(exchange.provider),
-                        self.prices,
-                        self.max_body_bytes,
-                    )
-                )
+                rows.append(build_rows(exchange, providers(exchange.provider), prices, limit))
             except Exception as exc:
                 log.exception("could not build rows for exchange %s", exchange.id)
                 refused.append((exchange, f"could not build rows: {describe(exc)}"))
