@@ -370,3 +370,29 @@ async def test_a_gateway_stops_at_once_with_its_database_down_and_its_spool_full
     dropped = gw.recorder.health().dropped_records
     assert kept > 0 and dropped > 0
     assert kept + dropped == 200  # every call is on disk or counted
+
+
+def test_a_batch_is_written_as_the_same_bytes_as_its_records_one_by_one(tmp_path: Path):
+    together, alone = Spool(tmp_path / "together", 10**9), Spool(tmp_path / "alone", 10**9)
+    records = [record(n) for n in range(50)]
+    assert together.append(records) == 50
+    for r in records:
+        assert alone.append([r]) == 1
+    together.close()
+    alone.close()
+    (a,), (b,) = (tmp_path / "together").glob("spool-*.bin"), (tmp_path / "alone").glob("*.bin")
+    assert a.read_bytes() == b.read_bytes()
+    assert together.size == alone.size == a.stat().st_size
+    assert [r.to_dict() for r in read_records(a)] == [r.to_dict() for r in records]
+
+
+def test_a_batch_over_the_size_limit_keeps_the_records_that_fit(tmp_path: Path):
+    records = [record(n) for n in range(30)]
+    alone = Spool(tmp_path / "alone", 20_000)
+    kept_alone = sum(alone.append([r]) for r in records)
+    together = Spool(tmp_path / "together", 20_000)
+    assert together.append(records) == kept_alone < 30
+    assert together.dropped == alone.dropped == 30 - kept_alone
+    assert together.size == alone.size == on_disk(tmp_path / "together")
+    together.close()
+    alone.close()
