@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import resource
 import signal
 import subprocess
@@ -396,3 +397,23 @@ def test_a_batch_over_the_size_limit_keeps_the_records_that_fit(tmp_path: Path):
     assert together.size == alone.size == on_disk(tmp_path / "together")
     together.close()
     alone.close()
+
+
+def test_records_another_version_wrote_read_back_by_their_fields(tmp_path: Path):
+    """A record's dict with a field this version lacks, or without one it has, reads back as
+    `Exchange.from_dict` makes it; one with exactly this version's fields, by position."""
+    whole = record(1).to_dict()
+    older = {k: v for k, v in whole.items() if k != "response_decoded"}
+    newer = {**whole, "a_later_field": 1}
+    path = tmp_path / "spool-00000000000000000001-1.bin"
+    path.write_bytes(
+        b"".join(
+            len(data).to_bytes(4, "big") + data
+            for data in (
+                pickle.dumps(d, protocol=pickle.HIGHEST_PROTOCOL) for d in (whole, older, newer)
+            )
+        )
+    )
+    back = list(read_records(path))
+    assert back == [record(1), Exchange.from_dict(older), Exchange.from_dict(newer)]
+    assert back[0] == back[1] == back[2]  # the missing field has its default
