@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import resource
 import signal
 import subprocess
@@ -370,3 +371,49 @@ async def test_a_gateway_stops_at_once_with_its_database_down_and_its_spool_full
     dropped = gw.recorder.health().dropped_records
     assert kept > 0 and dropped > 0
     assert kept + dropped == 200  # every call is on disk or counted
+
+
+def test_a_batch_is_written_as_the_same_bytes_as_its_records_one_by_one(tmp_path: Path):
+    together, alone = Spool(tmp_path / "together", 10**9), Spool(tmp_path / "alone", 10**9)
+    records = [record(n) for n in range(50)]
+    assert together.append(records) == 50
+    for r in records:
+        assert alone.append([r]) == 1
+    together.close()
+    alone.close()
+    (a,), (b,) = (tmp_path / "together").glob("spool-*.bin"), (tmp_path / "alone").glob("*.bin")
+    assert a.read_bytes() == b.read_bytes()
+    assert together.size == alone.size == a.stat().st_size
+    assert [r.to_dict() for r in read_records(a)] == [r.to_dict() for r in records]
+
+
+def test_a_batch_over_the_size_limit_keeps_the_records_that_fit(tmp_path: Path):
+    records = [record(n) for n in range(30)]
+    alone = Spool(tmp_path / "alone", 20_000)
+    kept_alone = sum(alone.append([r]) for r in records)
+    together = Spool(tmp_path / "together", 20_000)
+    assert together.append(records) == kept_alone < 30
+    assert together.dropped == alone.dropped == 30 - kept_alone
+    assert together.size == alone.size == on_disk(tmp_path / "together")
+    together.close()
+    alone.close()
+
+
+def test_records_another_version_wrote_read_back_by_their_fields(tmp_path: Path):
+    """A record's dict with a field this version lacks, or without one it has, reads back as
+    `Exchange.from_dict` makes it; one with exactly this version's fields, by position."""
+    whole = record(1).to_dict()
+    older = {k: v for k, v in whole.items() if k != "response_decoded"}
+    newer = {**whole, "a_later_field": 1}
+    path = tmp_path / "spool-00000000000000000001-1.bin"
+    path.write_bytes(
+        b"".join(
+            len(data).to_bytes(4, "big") + data
+            for data in (
+                pickle.dumps(d, protocol=pickle.HIGHEST_PROTOCOL) for d in (whole, older, newer)
+            )
+        )
+    )
+    back = list(read_records(path))
+    assert back == [record(1), Exchange.from_dict(older), Exchange.from_dict(newer)]
+    assert back[0] == back[1] == back[2]  # the missing field has its default
