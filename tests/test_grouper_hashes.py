@@ -156,6 +156,7 @@ def test_chains_give_the_digests_of_prefix_hashes(histories: list[Any], limit: i
     for messages in [*histories, *grown, *histories]:
         expected = outcome(prefix_hashes_before, messages)
         assert outcome(chains.hashes, messages) == expected
+        assert outcome(chains.hashes, messages, None, False) == expected  # not looked up
         if isinstance(expected, list) and expected:  # continuing a chain, as a reply is
             # hashed after its request
             assert outcome(chains.hashes, messages[:1], expected) == outcome(

@@ -139,8 +139,14 @@ class Chains:
         self.old: dict[Any, bytes] = {}
         self.size = 0  # the young generation's
 
-    def hashes(self, messages: list[Any], after: list[str] | None = None) -> list[str]:
-        """What prefix_hashes(messages, after) gives."""
+    def hashes(
+        self, messages: list[Any], after: list[str] | None = None, remember: bool = True
+    ) -> list[str]:
+        """What prefix_hashes(messages, after) gives; without `remember`, it is computed
+        so, neither looked up nor kept (a single call: its messages are rarely sent again,
+        and probing costs a fresh message a third more)."""
+        if not remember:
+            return prefix_hashes(messages, after)
         digest = bytes.fromhex(after[-1]) if after else b""
         out = []
         for message in messages:
@@ -180,6 +186,15 @@ def _plain_key(digest: bytes, message: Any) -> tuple[bytes, Any, str, Any] | Non
     if content.__class__ is not str or role.__class__ not in _PLAIN or call.__class__ not in _PLAIN:
         return None
     return (digest, role, content, call)
+
+
+def _continues(inputs: list[Any]) -> bool:
+    """Whether a chat step's input holds an assistant message: it continues an earlier
+    call, and its own next step, if any, will send it all again (with its reply)."""
+    for message in inputs:
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            return True
+    return False
 
 
 def _key_size(key: Any) -> int:
@@ -395,10 +410,11 @@ class Grouper:
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         if parsed.endpoint not in THREADED_ENDPOINTS or not inputs:
             return Wants()
-        hashes = self.chains.hashes(inputs)
+        remember = _continues(inputs)
+        hashes = self.chains.hashes(inputs, remember=remember)
         key = None
         if parsed.message_out is not None and exchange.get("status") == 200:
-            key = self.chains.hashes([parsed.message_out], after=hashes)[-1]
+            key = self.chains.hashes([parsed.message_out], hashes, remember)[-1]
         keys: list[str] = []
         parent = None  # the key of the call that gave its last assistant message
         for index in range(len(inputs) - 2, -1, -1):  # a parent's reply, then more input
@@ -479,7 +495,7 @@ class Grouper:
         at = exchange["started_at"].timestamp()
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         if hashes is None or len(hashes) != len(inputs):
-            hashes = self.chains.hashes(inputs)
+            hashes = self.chains.hashes(inputs, remember=_continues(inputs))
         run_id, source, parent, created, carried_hint = self._place(
             exchange, parsed, hints, at, hashes
         )
@@ -726,7 +742,7 @@ class Grouper:
                         )
                     )
             state_added = [*state_added, out]
-            full = hashes + self.chains.hashes([out], after=hashes)
+            full = hashes + self.chains.hashes([out], hashes, _continues(inputs))
             key = full[-1]
             # A replay is never a thread to continue: a later real call matching its messages
             # belongs with the original traffic, not in the replay's run.
