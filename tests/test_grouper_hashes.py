@@ -181,13 +181,23 @@ def test_messages_nested_past_orjson_limit_hash_as_before():
     assert outcome(chains.hashes, lone) is outcome(prefix_hashes_before, lone) is TypeError
 
 
+def test_texts_alike_in_length_and_head_keep_their_own_digests():
+    """A plain message is found by its text's length and head, then compared whole: two
+    tool results that differ only past their head (a retry, a replay) are never confused."""
+    chains = Chains()
+    head = [{"role": "user", "content": "Weather?"}]
+    for tail in ("a", "b", "a", "c", "b"):
+        messages = [*head, {"role": "tool", "tool_call_id": "c1", "content": "x" * 64 + tail}]
+        assert chains.hashes(messages) == prefix_hashes_before(messages)
+
+
 def test_chains_keep_about_their_limit():
     """A generation holds up to half the limit, then becomes the old one and a new one
     starts: what is remembered stays under the limit, plus one entry."""
     chains = Chains(64 * 1024)
     for n in range(2_000):
         chains.hashes([{"role": "user", "content": f"{n} " + "x" * 500}])
-    held = sum(len(key[2]) for key in (*chains.young, *chains.old))
+    held = sum(key[3] for key in (*chains.young, *chains.old))
     assert 16 * 1024 < held < 64 * 1024
     assert chains.size <= 32 * 1024
 

@@ -125,9 +125,10 @@ def prefix_hashes(messages: list[Any], after: list[str] | None = None) -> list[s
 class Chains:
     """`prefix_hashes` with a memory. Each step of an agent loop resends its whole history,
     whose digests the step before computed already (its input, then its reply): finding
-    them again is a dict probe, a third of hashing them. Exact: the key is the previous digest
-    and what `canonical` writes of the message (a plain message's role, text and
-    tool_call_id themselves, else the canonical bytes), so a hit is what hashing gives.
+    them again costs a dict probe and a comparison, a fraction of hashing them. Exact: a
+    digest is found by the previous digest and what `canonical` writes of the message (a
+    plain message's role and tool_call_id, and its text, compared whole; else the canonical
+    bytes), so a hit is what hashing gives.
 
     It holds about CHAIN_BYTES, in two generations: what was used since the last turn-over,
     and what was used in the turn before (kept while the young one fills to half, then
@@ -135,8 +136,9 @@ class Chains:
 
     def __init__(self, limit: int = CHAIN_BYTES) -> None:
         self.limit = limit
-        self.young: dict[Any, bytes] = {}
-        self.old: dict[Any, bytes] = {}
+        # key -> (the text of a plain message (else None), the digest)
+        self.young: dict[Any, tuple[str | None, bytes]] = {}
+        self.old: dict[Any, tuple[str | None, bytes]] = {}
         self.size = 0  # the young generation's
 
     def hashes(
@@ -151,41 +153,46 @@ class Chains:
         out = []
         for message in messages:
             key: Any = _plain_key(digest, message)
-            data = None
             if key is None:  # keyed by the very bytes hashed
-                data = key = digest + canonical(message)
-            found = self.young.get(key)
-            if found is None:
-                found = self.old.get(key)
-                if found is None:
-                    if data is None:
-                        data = digest + canonical(message)
-                    found = hashlib.blake2b(data, digest_size=16).digest()
-                self._add(key, found)
-            digest = found
-            out.append(found.hex())
+                data: bytes | None = digest + canonical(message)
+                key, text = data, None
+            else:
+                data, text = None, message["content"]
+            entry = young = self.young.get(key)
+            if entry is None:
+                entry = self.old.get(key)
+            if entry is None or entry[0] != text:
+                if data is None:
+                    data = digest + canonical(message)
+                entry = (text, hashlib.blake2b(data, digest_size=16).digest())
+                self._add(key, entry)
+            elif young is None:
+                self._add(key, entry)  # used again: young
+            digest = entry[1]
+            out.append(digest.hex())
         return out
 
-    def _add(self, key: Any, digest: bytes) -> None:
-        self.young[key] = digest
+    def _add(self, key: Any, entry: tuple[str | None, bytes]) -> None:
+        self.young[key] = entry
         self.size += _key_size(key) + CHAIN_ENTRY_BYTES
         if self.size > self.limit // 2:
             self.old, self.young, self.size = self.young, {}, 0
 
 
 _PLAIN = (str, type(None))
+TEXT_HEAD = 32  # characters of a plain message's text in its Chains key
 
 
-def _plain_key(digest: bytes, message: Any) -> tuple[bytes, Any, str, Any] | None:
-    """The key of a message whose canonical form is its role, text and tool_call_id alone
-    (text content, no tool calls; role and tool_call_id strings or absent): those, without
-    writing them as JSON. None for any other."""
+def _plain_key(digest: bytes, message: Any) -> tuple[bytes, Any, Any, int, str] | None:
+    """The Chains key of a message whose canonical form is its role, text and tool_call_id
+    alone (text content, no tool calls; role and tool_call_id strings or absent): those,
+    with only its text's length and head (hashing a long text costs a fifth of blake2b)."""
     if message.__class__ is not dict or message.get("tool_calls"):
         return None
     content, role, call = message.get("content"), message.get("role"), message.get("tool_call_id")
     if content.__class__ is not str or role.__class__ not in _PLAIN or call.__class__ not in _PLAIN:
         return None
-    return (digest, role, content, call)
+    return (digest, role, call, len(content), content[:TEXT_HEAD])
 
 
 def _continues(inputs: list[Any]) -> bool:
@@ -198,8 +205,8 @@ def _continues(inputs: list[Any]) -> bool:
 
 
 def _key_size(key: Any) -> int:
-    """About how many bytes a Chains key holds (a plain key: its digest and its text)."""
-    return len(key) if key.__class__ is bytes else 16 + len(key[2])
+    """About how many bytes a Chains entry holds (a plain message's: its digest and text)."""
+    return len(key) if key.__class__ is bytes else 16 + key[3]
 
 
 def common_prefix(a: list[str], b: list[str]) -> int:
