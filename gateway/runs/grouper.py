@@ -33,8 +33,8 @@ RUN_MEMORY_LIMIT = 20_000
 DONE_LIMIT = 10_000
 DONE_BYTES = 8 * 1024 * 1024
 ROW_BYTES = 64  # what RunChanges.weight counts for a row's values other than its long texts
-# The prefix digests the grouper remembers (`Chains`): up to this many bytes of canonical
-# messages, each entry counted with CHAIN_ENTRY_BYTES more for the objects around it.
+# The prefix digests the grouper remembers (`Chains`): up to this many bytes of messages
+# (their texts, or canonical forms), each counted with CHAIN_ENTRY_BYTES more for its key.
 CHAIN_BYTES = 8 * 1024 * 1024
 CHAIN_ENTRY_BYTES = 160
 THREADED_ENDPOINTS = ("chat", "agents")
@@ -144,9 +144,9 @@ class Chains:
     def hashes(
         self, messages: list[Any], after: list[str] | None = None, remember: bool = True
     ) -> list[str]:
-        """What prefix_hashes(messages, after) gives; without `remember`, it is computed
-        so, neither looked up nor kept (a single call: its messages are rarely sent again,
-        and probing costs a fresh message a third more)."""
+        """What prefix_hashes(messages, after) gives. Without `remember` it is computed so,
+        neither looked up nor kept: a single call's messages are rarely sent again, and
+        looking them up and keeping them would only add to their hashing."""
         if not remember:
             return prefix_hashes(messages, after)
         digest = bytes.fromhex(after[-1]) if after else b""
