@@ -32,6 +32,13 @@ THREAD_SECONDS = 24 * 3600
 RUN_MEMORY_LIMIT = 20_000
 DONE_LIMIT = 10_000
 DONE_BYTES = 8 * 1024 * 1024
+ROW_BYTES = 64  # what RunChanges.weight counts for a row's values other than its long texts
+# The prefix digests the grouper remembers (`Chains`): about this many bytes of messages
+# (their texts, or canonical forms), each counted with CHAIN_ENTRY_BYTES more for the objects
+# around it (key, entry, dict slot). 50 loops of 30 steps with 1.7 KB tool results need
+# 5 MB: with half of it young, 8 MB found 87% of the digests, 16 MB all but the new ones.
+CHAIN_BYTES = 16 * 1024 * 1024
+CHAIN_ENTRY_BYTES = 400
 THREADED_ENDPOINTS = ("chat", "agents")
 
 # Calls the gateway's own tools make (X-AgentOps-Purpose; a replay's purpose comes with its
@@ -83,8 +90,9 @@ def canonical(message: Any) -> bytes:
     calls (name, parsed arguments, id) and tool_call_id. Other keys and spacing are ignored."""
     if not isinstance(message, dict):
         return orjson.dumps(["?", repr(message)])
+    get = message.get
     calls = []
-    for call in message.get("tool_calls") or ():
+    for call in get("tool_calls") or ():
         if isinstance(call, dict):
             function = call.get("function") or {}
             if not isinstance(function, dict):
@@ -92,7 +100,9 @@ def canonical(message: Any) -> bytes:
             calls.append(
                 [function.get("name"), parse_arguments(function.get("arguments")), call.get("id")]
             )
-    key = [message.get("role"), _text(message.get("content")), calls, message.get("tool_call_id")]
+    content = get("content")
+    text = content if content.__class__ is str else _text(content)
+    key = [get("role"), text, calls, get("tool_call_id")]
     try:
         return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # arguments nested past orjson's depth limit
@@ -101,15 +111,104 @@ def canonical(message: Any) -> bytes:
 
 def prefix_hashes(messages: list[Any], after: list[str] | None = None) -> list[str]:
     """h[i] identifies messages[: i + 1] (continuing the chain `after`, when given); equal
-    hashes mean equal prefixes."""
+    hashes mean equal prefixes: h[i] = blake2b(h[i - 1] + canonical(messages[i])), 16 bytes,
+    in hex."""
     digest = bytes.fromhex(after[-1]) if after else b""
     out = []
+    blake2b = hashlib.blake2b
     for message in messages:
-        hashed = hashlib.blake2b(digest, digest_size=16)  # the same as hashing them joined,
+        hashed = blake2b(digest, digest_size=16)  # the same as hashing them joined,
         hashed.update(canonical(message))  # without copying a long message first
         digest = hashed.digest()
         out.append(digest.hex())
     return out
+
+
+class Chains:
+    """`prefix_hashes` with a memory. Each step of an agent loop resends its whole history,
+    whose digests the step before computed already (its input, then its reply): finding
+    them again costs a dict probe and a comparison, a fraction of hashing them. Exact: a
+    digest is found by the previous digest and what `canonical` writes of the message (a
+    plain message's role and tool_call_id, and its text, compared whole; else the canonical
+    bytes), so a hit is what hashing gives.
+
+    It holds about CHAIN_BYTES, in two generations: what was used since the last turn-over,
+    and what was used in the turn before (kept while the young one fills to half, then
+    dropped at once; a digest found there is used again, so it moves to the young one)."""
+
+    def __init__(self, limit: int = CHAIN_BYTES) -> None:
+        self.limit = limit
+        # key -> (the text of a plain message (else None), the digest)
+        self.young: dict[Any, tuple[str | None, bytes]] = {}
+        self.old: dict[Any, tuple[str | None, bytes]] = {}
+        self.size = 0  # the young generation's
+
+    def hashes(
+        self, messages: list[Any], after: list[str] | None = None, remember: bool = True
+    ) -> list[str]:
+        """What prefix_hashes(messages, after) gives. Without `remember` it is computed so,
+        neither looked up nor kept: a single call's messages are rarely sent again, and
+        looking them up and keeping them would only add to their hashing."""
+        if not remember:
+            return prefix_hashes(messages, after)
+        digest = bytes.fromhex(after[-1]) if after else b""
+        out = []
+        for message in messages:
+            key: Any = _plain_key(digest, message)
+            if key is None:  # keyed by the very bytes hashed
+                data: bytes | None = digest + canonical(message)
+                key, text = data, None
+            else:
+                data, text = None, message["content"]
+            entry = young = self.young.get(key)
+            if entry is None:
+                entry = self.old.get(key)
+            if entry is None or entry[0] != text:
+                if data is None:
+                    data = digest + canonical(message)
+                entry = (text, hashlib.blake2b(data, digest_size=16).digest())
+                self._add(key, entry)
+            elif young is None:
+                self._add(key, entry)  # used again: young
+            digest = entry[1]
+            out.append(digest.hex())
+        return out
+
+    def _add(self, key: Any, entry: tuple[str | None, bytes]) -> None:
+        self.young[key] = entry
+        self.size += _key_size(key) + CHAIN_ENTRY_BYTES
+        if self.size > self.limit // 2:
+            self.old, self.young, self.size = self.young, {}, 0
+
+
+_PLAIN = (str, type(None))
+TEXT_HEAD = 32  # characters of a plain message's text in its Chains key
+
+
+def _plain_key(digest: bytes, message: Any) -> tuple[bytes, Any, Any, int, str] | None:
+    """The Chains key of a message whose canonical form is its role, text and tool_call_id
+    alone (text content, no tool calls; role and tool_call_id strings or absent): those,
+    with only its text's length and head (hashing a long text costs a fifth of blake2b)."""
+    if message.__class__ is not dict or message.get("tool_calls"):
+        return None
+    content, role, call = message.get("content"), message.get("role"), message.get("tool_call_id")
+    if content.__class__ is not str or role.__class__ not in _PLAIN or call.__class__ not in _PLAIN:
+        return None
+    return (digest, role, call, len(content), content[:TEXT_HEAD])
+
+
+def _continues(inputs: list[Any]) -> bool:
+    """Whether a chat step's input holds an assistant message: it continues an earlier
+    call, and its own next step, if any, will send it all again (with its reply)."""
+    for message in inputs:
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            return True
+    return False
+
+
+def _key_size(key: Any) -> int:
+    """About how many bytes a Chains entry holds (a plain message's: its digest and text)."""
+    return len(key) if key.__class__ is bytes else 16 + key[3]
 
 
 def common_prefix(a: list[str], b: list[str]) -> int:
@@ -127,7 +226,7 @@ def common_prefix(a: list[str], b: list[str]) -> int:
 # -- what an exchange adds to its run -------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class RunChanges:
     """The rows one exchange adds; kept per exchange so a replayed batch re-emits the same."""
 
@@ -143,30 +242,36 @@ class RunChanges:
     repeats: int = 0
 
     def weight(self) -> int:
-        """About how many bytes these rows hold (their texts; a snapshot's message texts)."""
-        rows = [*self.messages, *self.tool_calls, *self.tool_results]
-        size = 256 + sum(len(v) for row in rows for v in row.values() if isinstance(v, str))
+        """About how many bytes these rows hold: their texts (ROW_BYTES for each row's
+        short ones) and a snapshot's message texts."""
+        size = 256
+        for row in self.messages:
+            size += ROW_BYTES + len(row["content"] or "") + len(row["tool_calls"] or "")
+        for row in self.tool_calls:
+            size += ROW_BYTES + len(row["args"] or "") + len(row["return_value"] or "")
+        for row in self.tool_results:
+            size += ROW_BYTES + len(row["return_value"] or "")
         for item in self.snapshot["appended"] if self.snapshot else ():
             content = item.get("content") if isinstance(item, dict) else None
             size += len(content) if isinstance(content, str) else 64
         return size
 
 
-@dataclass
+@dataclass(slots=True)
 class RunMemory:
     step: int = 0  # the next step number
     hashes: list[str] = field(default_factory=list)  # chat: prefix hashes of the state
     entry_ids: list[str | None] = field(default_factory=list)  # conversations: entry ids
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     exchange_id: int
     run_id: int
     at: float
 
 
-@dataclass
+@dataclass(slots=True)
 class Wants:
     """What placing one exchange needs to know that another writer may have stored: the name
     of its named run, conversation ids not in memory, thread keys (longest first) longer
@@ -215,6 +320,7 @@ class Grouper:
         self.fresh: set[int] = set()  # named runs this writer's claim opened, not yet used
         # runs merged into others (a late parent: gateway/store/merging.py): where they went
         self.merged: OrderedDict[int, int] = OrderedDict()
+        self.chains = Chains()  # prefix_hashes, remembered
 
     # -- state ------------------------------------------------------------------------------
 
@@ -313,10 +419,11 @@ class Grouper:
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         if parsed.endpoint not in THREADED_ENDPOINTS or not inputs:
             return Wants()
-        hashes = prefix_hashes(inputs)
+        remember = _continues(inputs)
+        hashes = self.chains.hashes(inputs, remember=remember)
         key = None
         if parsed.message_out is not None and exchange.get("status") == 200:
-            key = prefix_hashes([parsed.message_out], after=hashes)[-1]
+            key = self.chains.hashes([parsed.message_out], hashes, remember)[-1]
         keys: list[str] = []
         parent = None  # the key of the call that gave its last assistant message
         for index in range(len(inputs) - 2, -1, -1):  # a parent's reply, then more input
@@ -397,7 +504,7 @@ class Grouper:
         at = exchange["started_at"].timestamp()
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         if hashes is None or len(hashes) != len(inputs):
-            hashes = prefix_hashes(inputs) if inputs else []
+            hashes = self.chains.hashes(inputs, remember=_continues(inputs))
         run_id, source, parent, created, carried_hint = self._place(
             exchange, parsed, hints, at, hashes
         )
@@ -555,7 +662,9 @@ class Grouper:
             and status is not None
             and status < 400
         )
-        when = datetime.fromtimestamp(at, UTC)
+        when = exchange["started_at"]  # capture makes it in UTC: `at` read back
+        if when.tzinfo is not UTC:
+            when = datetime.fromtimestamp(at, UTC)
         delta = {
             "id": run_id,
             "created": created,
@@ -642,7 +751,7 @@ class Grouper:
                         )
                     )
             state_added = [*state_added, out]
-            full = hashes + prefix_hashes([out], after=hashes)
+            full = hashes + self.chains.hashes([out], hashes, _continues(inputs))
             key = full[-1]
             # A replay is never a thread to continue: a later real call matching its messages
             # belongs with the original traffic, not in the replay's run.
@@ -787,13 +896,21 @@ def message_fields(message: Any) -> dict[str, Any]:
 def _message_row(
     run_id: int, exchange_id: int, step: int, position: int, direction: str, message: Any
 ) -> dict[str, Any]:
+    """A messages row: its place, then message_fields (built in place: one dict a row)."""
+    if not isinstance(message, dict):
+        message = {"content": message}
+    get = message.get
+    role, content = get("role"), get("content")
     return {
         "run_id": run_id,
         "exchange_id": exchange_id,
         "step": step,
         "position": position,
         "direction": direction,
-        **message_fields(message),
+        "role": role if isinstance(role, str) else None,
+        "content": None if content is None else storable.json_text(content),
+        "tool_calls": _json(get("tool_calls") or None),
+        "tool_call_id": _clip(get("tool_call_id")),
         "finish_reason": None,
         "prompt_tokens": None,
         "completion_tokens": None,
