@@ -158,7 +158,7 @@ def _exchange_of(change: RunChanges) -> int | None:
         return None
     for row in change.messages:
         found = row["exchange_id"]
-        if type(found) is not int or found != eid:
+        if found is not eid and (type(found) is not int or found != eid):
             return None
     return eid
 
@@ -279,15 +279,21 @@ def _inputs_derived(
     if len(rows) != max(len(messages) - start, 0):
         return False
     run_id, step = snapshot["run_id"], snapshot["step"]
+    if not (_int_is(run_id, run_id, INT64) and _int_is(step, step, INT32)):
+        return False
     for position, row in enumerate(rows, start):
         message = messages[position]
         if type(message) is not dict:
             return False
         fields = message_fields(message)  # as refer_message and _derived_inputs read it
+        found_run, found_step, found_position = row["run_id"], row["step"], row["position"]
         if not (
-            _int_is(row["run_id"], run_id, INT64)
-            and _int_is(row["step"], step, INT32)
-            and _int_is(row["position"], position, INT32)
+            type(found_run) is int
+            and found_run == run_id
+            and type(found_step) is int
+            and found_step == step
+            and type(found_position) is int
+            and found_position == position  # (an int32: the request has fewer messages)
             and _text_is(row["role"], fields["role"], ROLE_CHARS)
             and _text_is(row["tool_call_id"], fields["tool_call_id"], CALL_ID_CHARS)
             and row["finish_reason"] is None
