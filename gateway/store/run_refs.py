@@ -18,7 +18,7 @@ import orjson
 
 from gateway.capture import storable
 from gateway.capture.rows import Rows
-from gateway.runs.grouper import message_fields
+from gateway.runs.grouper import RunChanges, message_fields
 from gateway.store.bodies import Frames, Parts
 from gateway.store.exchanges import Store
 
@@ -82,6 +82,286 @@ def _item(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- writing ----------------------------------------------------------------------------------
+
+MESSAGE_COLUMNS = (
+    "run_id",
+    "exchange_id",
+    "step",
+    "position",
+    "direction",
+    "role",
+    "content",
+    "tool_calls",
+    "tool_call_id",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+)
+WITH_FROM = (*MESSAGE_COLUMNS, "content_from")
+ITEM_COLUMNS = ("role", "content", "tool_calls")  # what a snapshot's output item reads
+INT32, INT64 = storable.INT32, storable.INT64
+ROLE_CHARS = storable.limit("messages", "role") or 0
+CALL_ID_CHARS = storable.limit("messages", "tool_call_id") or 0
+REASON_CHARS = storable.limit("messages", "finish_reason") or 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunRows:
+    """What a batch of run changes stores of its messages and snapshots (RunStore.write)."""
+
+    messages: list[list[Any]]  # rows to insert, values in WITH_FROM order, made storable
+    snapshots: list[tuple[str, str | None, str | None]]  # for each change with a snapshot, in
+    # order: its appended, appended_from and inputs_from
+
+
+def run_rows(changes: Sequence[RunChanges], sources: Mapping[int, Sources]) -> RunRows:
+    """The message rows to store and each snapshot's columns, as `fold_rows`, `refer_message`
+    and `refer_snapshot` decide them over the whole batch. Each change is decided alone (its
+    rows and snapshot carry one exchange id of their own, as the grouper makes them), and the
+    common case first: a step whose rows are all derived is found on the grouper's values
+    without making them storable, where the storable rules would keep them as they are;
+    anything else takes the general way. A batch whose changes share an exchange id, or carry
+    one the rules would change, takes it all along."""
+    ids = [_exchange_of(change) for change in changes]
+    present = [eid for eid in ids if eid != _EMPTY]
+    if None in present or len(set(present)) != len(present):
+        return _general(changes, sources)
+    messages: list[list[Any]] = []
+    snapshots = []
+    for change, eid in zip(changes, ids, strict=True):
+        if eid == _EMPTY:
+            continue
+        assert eid is not None
+        source = sources.get(eid)
+        rows, outputs, inputs_from = _change_rows(change, source)
+        messages += rows
+        if change.snapshot is not None:
+            snapshots.append((*_snapshot(change.snapshot, outputs, source), inputs_from))
+    return RunRows(messages, snapshots)
+
+
+_EMPTY = -1  # not an exchange id (new_id is positive): a change with no rows nor snapshot
+
+
+def _exchange_of(change: RunChanges) -> int | None:
+    """The exchange id all of a change's message rows and its snapshot carry, when it is an
+    integer the storable rules keep as it is (_EMPTY: the change has none; None: anything
+    else)."""
+    snapshot = change.snapshot
+    if snapshot is not None:
+        eid = snapshot["exchange_id"]
+    elif change.messages:
+        eid = change.messages[0]["exchange_id"]
+    else:
+        return _EMPTY
+    if type(eid) is not int or not 0 <= eid <= INT64[1]:
+        return None
+    for row in change.messages:
+        found = row["exchange_id"]
+        if found is not eid and (type(found) is not int or found != eid):
+            return None
+    return eid
+
+
+def _change_rows(
+    change: RunChanges, source: Sources | None
+) -> tuple[list[list[Any]], list[dict[str, Any]], str | None]:
+    """(rows to store, its output rows made storable (role, content and tool calls: what
+    its snapshot reads), its snapshot's inputs_from) of one change, as `_general` decides
+    them."""
+    snapshot = change.snapshot
+    rows = change.messages
+    if snapshot is None or source is None or source.messages is None:
+        return _general_change(change, source)
+    inputs = [row for row in rows if row["direction"] == "in"]
+    if not _inputs_derived(inputs, source.messages, snapshot):
+        return _general_change(change, source)
+    others = [row for row in rows if row["direction"] != "in"] if len(inputs) < len(rows) else []
+    if _output_derived(others, len(source.messages), snapshot, source):
+        # made storable: the role and no tool calls are kept as they are (checked)
+        answer = {"role": "assistant", "content": storable.text(others[0]["content"])}
+        return [], [{**answer, "tool_calls": None}], EXCHANGE
+    outputs = _outputs(others)
+    fitted = _fitted(others)
+    referred = [refer_message(row, source) for row in fitted]
+    derived = _derived_output(len(source.messages), snapshot, source.answer)
+    if referred and _same(referred, [derived], snapshot):
+        return [], outputs, EXCHANGE
+    kept = [[row[c] for c in WITH_FROM] for row in referred if row["direction"] == "out"]
+    return kept, outputs, REQUEST
+
+
+def _general_change(
+    change: RunChanges, source: Sources | None
+) -> tuple[list[list[Any]], list[dict[str, Any]], str | None]:
+    """`_general` for one change whose rows and snapshot carry one exchange id alone."""
+    fitted = _fitted(change.messages)
+    outputs = [row for row in fitted if row["direction"] == "out"]
+    referred = [refer_message(row, source) for row in fitted]
+    snapshot = change.snapshot
+    if snapshot is None:
+        return [[row[c] for c in WITH_FROM] for row in referred], outputs, None
+    eid = snapshot["exchange_id"]
+    kept, folded = fold_rows(referred, {eid: snapshot}, {} if source is None else {eid: source})
+    return [[row[c] for c in WITH_FROM] for row in kept], outputs, folded.get(eid)
+
+
+def _general(changes: Sequence[RunChanges], sources: Mapping[int, Sources]) -> RunRows:
+    """`run_rows` over the whole batch at once, for any rows."""
+    fitted = _fitted([m for ch in changes for m in ch.messages])
+    outputs: dict[int, list[dict[str, Any]]] = {}
+    for message in fitted:
+        if message["direction"] == "out":
+            outputs.setdefault(message["exchange_id"], []).append(message)
+    referred = [refer_message(m, sources.get(m["exchange_id"])) for m in fitted]
+    snapshots = {s["exchange_id"]: s for ch in changes if (s := ch.snapshot) is not None}
+    kept, folded = fold_rows(referred, snapshots, sources)
+    return RunRows(
+        [[m[c] for c in WITH_FROM] for m in kept],
+        [
+            (
+                *refer_snapshot(
+                    s, outputs.get(s["exchange_id"], []), sources.get(s["exchange_id"])
+                ),
+                folded.get(s["exchange_id"]),
+            )
+            for ch in changes
+            if (s := ch.snapshot) is not None
+        ],
+    )
+
+
+def _fitted(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Message rows with their values made storable."""
+    if not rows:
+        return []
+    values = storable.rows(
+        "messages", MESSAGE_COLUMNS, [[m[c] for c in MESSAGE_COLUMNS] for m in rows]
+    )
+    return [dict(zip(MESSAGE_COLUMNS, found, strict=True)) for found in values]
+
+
+def _outputs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The output rows among `rows`, of what `_item` reads, made storable."""
+    outs = [[row[c] for c in ITEM_COLUMNS] for row in rows if row["direction"] == "out"]
+    if not outs:
+        return []
+    found = storable.rows("messages", ITEM_COLUMNS, outs)
+    return [dict(zip(ITEM_COLUMNS, values, strict=True)) for values in found]
+
+
+def _int_is(value: Any, expected: Any, bounds: tuple[int, int]) -> bool:
+    """Whether `value` made storable equals `expected`, known for an integer kept as it is."""
+    return type(value) is int and value == expected and bounds[0] <= value <= bounds[1]
+
+
+def _text_is(value: Any, expected: str | None, limit: int) -> bool:
+    """Whether `value` made storable equals `expected` (text of at most `limit` characters),
+    known where the storable rules keep it as it is: else False, for the general way."""
+    if expected is None:
+        return value is None
+    return (
+        value == expected
+        and type(expected) is str
+        and expected.isascii()
+        and len(expected) <= limit
+        and "\x00" not in expected
+    )
+
+
+def _inputs_derived(
+    rows: Sequence[Mapping[str, Any]], messages: Sequence[Any], snapshot: Mapping[str, Any]
+) -> bool:
+    """True when a step's in rows (as the grouper made them) are what `fold_rows` leaves
+    out: each its request's message, by position from `carried` on, that `refer_message`
+    points into. False also where only the general way can tell."""
+    start = max(int(snapshot["carried"]), 0)
+    if len(rows) != max(len(messages) - start, 0):
+        return False
+    run_id, step = snapshot["run_id"], snapshot["step"]
+    if not (_int_is(run_id, run_id, INT64) and _int_is(step, step, INT32)):
+        return False
+    for position, row in enumerate(rows, start):
+        message = messages[position]
+        if type(message) is not dict:
+            return False
+        fields = message_fields(message)  # as refer_message and _derived_inputs read it
+        found_run, found_step, found_position = row["run_id"], row["step"], row["position"]
+        if not (
+            type(found_run) is int
+            and found_run == run_id
+            and type(found_step) is int
+            and found_step == step
+            and type(found_position) is int
+            and found_position == position  # (an int32: the request has fewer messages)
+            and _text_is(row["role"], fields["role"], ROLE_CHARS)
+            and _text_is(row["tool_call_id"], fields["tool_call_id"], CALL_ID_CHARS)
+            and row["finish_reason"] is None
+            and row["prompt_tokens"] is None
+            and row["completion_tokens"] is None
+            and row["content"] == fields["content"]
+            and row["tool_calls"] == fields["tool_calls"]
+        ):
+            return False
+    return True
+
+
+def _output_derived(
+    rows: Sequence[Mapping[str, Any]], position: int, snapshot: Mapping[str, Any], source: Sources
+) -> bool:
+    """True when a step's other rows are the one plain answer `fold_rows` derives from its
+    exchange (EXCHANGE). False also where only the general way can tell."""
+    if len(rows) != 1 or source.output_text is None:
+        return False
+    row, answer = rows[0], source.answer
+    prompt, completion = answer.get("prompt_tokens"), answer.get("completion_tokens")
+    return (
+        row["direction"] == "out"
+        and _int_is(row["run_id"], snapshot["run_id"], INT64)
+        and _int_is(row["step"], snapshot["step"], INT32)
+        and _int_is(row["position"], position, INT32)
+        and type(row["role"]) is str
+        and row["role"] == "assistant"
+        and row["tool_calls"] is None
+        and row["tool_call_id"] is None
+        and _text_is(row["finish_reason"], answer.get("finish_reason"), REASON_CHARS)
+        and (_int_is(row["prompt_tokens"], prompt, INT32) or row["prompt_tokens"] is prompt is None)
+        and (
+            _int_is(row["completion_tokens"], completion, INT32)
+            or row["completion_tokens"] is completion is None
+        )
+        and type(row["content"]) is str
+        and row["content"] == storable.json_text(source.output_text)
+    )
+
+
+def _snapshot(
+    snapshot: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]], source: Sources | None
+) -> tuple[str, str | None]:
+    """`refer_snapshot`, written once where the grouper's items are its request's messages
+    themselves (the same objects): then only the output items are compared."""
+    if source is None or source.messages is None:
+        return refer_snapshot(snapshot, outputs, source)
+    appended, carried = snapshot["appended"], snapshot["carried"]
+    resent = source.messages[carried:]
+    count = len(resent)
+    if (
+        type(appended) is not list
+        or len(appended) != count + len(outputs)
+        or not all(a is b for a, b in zip(appended, resent, strict=False))
+    ):
+        return refer_snapshot(snapshot, outputs, source)
+    try:  # what refer_snapshot writes of both, but once
+        orjson.dumps(resent)
+        tail = orjson.dumps(appended[count:], default=str)
+    except TypeError:  # too deep: its other way
+        return refer_snapshot(snapshot, outputs, source)
+    items = [_item(row) for row in outputs]
+    try:
+        same = orjson.dumps(items) == tail
+    except TypeError:
+        same = False
+    return ("[]", EXCHANGE) if same else (storable.json_text(appended), None)
 
 
 def refer_message(row: dict[str, Any], source: Sources | None) -> dict[str, Any]:

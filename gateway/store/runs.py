@@ -102,21 +102,6 @@ UPSERT = (
 )
 TITLE_CHARS = 80  # an unnamed run's title, at most
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
-MESSAGE_COLUMNS = (
-    "id",
-    "run_id",
-    "exchange_id",
-    "step",
-    "position",
-    "direction",
-    "role",
-    "content",
-    "tool_calls",
-    "tool_call_id",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-)
 TOOL_COLUMNS = (
     "id",
     "run_id",
@@ -181,6 +166,16 @@ def _number_steps(changes: list[RunChanges], counts: dict[int, int]) -> None:
 class RunStore:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._upserts: dict[int, str] = {}  # the runs upsert of n rows, for the database
+
+    def _upsert(self, count: int) -> str:
+        """The runs upsert of `count` rows in the database's style (made once: PostgreSQL's
+        numbering of 18 marks a row is most of a batch's cost otherwise)."""
+        found = self._upserts.get(count)
+        if found is None:
+            found = self.store.sql(UPSERT.format(", ".join([UPSERT_MARKS] * count)))
+            self._upserts[count] = found
+        return found
 
     # -- writing (inside the writer's transaction) -------------------------------------------
 
@@ -200,45 +195,19 @@ class RunStore:
             return Written()
         sources = sources or {}
         revived = await self._upsert_runs(tx, changes)
-        outputs, folded = await self._write_messages(tx, changes, sources)
+        rows = run_refs.run_rows(changes, sources)
+        await self._write_messages(tx, rows)
         await self._insert(
             tx, "tool_calls", TOOL_COLUMNS[1:], [t for ch in changes for t in ch.tool_calls]
         )
         await self._write_tool_results(tx, changes)
-        await self._write_snapshots(tx, changes, outputs, sources, folded)
+        await self._write_snapshots(tx, changes, rows)
         split = await self._write_conversation_links(tx, changes, shared)
         return Written(revived, split)
 
-    async def _write_messages(
-        self,
-        tx: BaseDBAsyncClient,
-        changes: list[RunChanges],
-        sources: Mapping[int, run_refs.Sources],
-    ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, str]]:
-        """Insert the messages; returns each exchange's output messages (snapshots refer to
-        them) and the exchanges whose messages were left out (run_refs.fold_rows)."""
-        columns = MESSAGE_COLUMNS[1:]
-        messages = [
-            dict(zip(columns, values, strict=True))
-            for values in storable.rows(
-                "messages",
-                columns,
-                [[m[c] for c in columns] for ch in changes for m in ch.messages],
-            )
-        ]
-        outputs: dict[int, list[dict[str, Any]]] = {}
-        for message in messages:
-            if message["direction"] == "out":
-                outputs.setdefault(message["exchange_id"], []).append(message)
-        referred = [run_refs.refer_message(m, sources.get(m["exchange_id"])) for m in messages]
-        snapshots = {s["exchange_id"]: s for ch in changes if (s := ch.snapshot) is not None}
-        referred, folded = run_refs.fold_rows(referred, snapshots, sources)
-        with_from = (*columns, "content_from")
-        # made storable above already (refer_message only blanks values or adds a marker)
-        await self._insert_fitted(
-            tx, "messages", with_from, [[m[c] for c in with_from] for m in referred]
-        )
-        return outputs, folded
+    async def _write_messages(self, tx: BaseDBAsyncClient, rows: run_refs.RunRows) -> None:
+        """Insert the messages (run_refs.run_rows left out those read from the exchange)."""
+        await self._insert_fitted(tx, "messages", run_refs.WITH_FROM, rows.messages)
 
     async def _write_tool_results(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> None:
         """A tool's result, found in a later call, completes the call that asked for it:
@@ -284,13 +253,10 @@ class RunStore:
             )
 
     async def _write_snapshots(
-        self,
-        tx: BaseDBAsyncClient,
-        changes: list[RunChanges],
-        outputs: Mapping[int, list[dict[str, Any]]],
-        sources: Mapping[int, run_refs.Sources],
-        folded: Mapping[int, str],
+        self, tx: BaseDBAsyncClient, changes: list[RunChanges], rows: run_refs.RunRows
     ) -> None:
+        """Insert the snapshots, their appended items and markers as run_refs.run_rows
+        decided (one for each change with a snapshot, in order)."""
         store = self.store
         snapshots = storable.rows(
             "memory_snapshots",
@@ -311,13 +277,13 @@ class RunStore:
                     s["step"],
                     store._value(s["taken_at"]),
                     s["carried"],
-                    *run_refs.refer_snapshot(
-                        s, outputs.get(s["exchange_id"], []), sources.get(s["exchange_id"])
-                    ),
-                    folded.get(s["exchange_id"]),
+                    *refs,
                 ]
-                for ch in changes
-                if (s := ch.snapshot) is not None
+                for s, refs in zip(
+                    [ch.snapshot for ch in changes if ch.snapshot is not None],
+                    rows.snapshots,
+                    strict=True,
+                )
             ],
         )
         if snapshots:
@@ -403,14 +369,19 @@ class RunStore:
         the database returns: steps are unique in a run whichever writer stored them."""
         merged: dict[int, dict[str, Any]] = {}
         created: set[int] = set()
+        copied: set[int] = set()  # the merged deltas that are copies (a run's first is not)
         for change in changes:
             delta = change.run
+            run_id = delta["id"]
             if delta["created"]:
-                created.add(delta["id"])
-            seen = merged.get(delta["id"])
+                created.add(run_id)
+            seen = merged.get(run_id)
             if seen is None:
-                merged[delta["id"]] = dict(delta)
+                merged[run_id] = delta
                 continue
+            if run_id not in copied:
+                copied.add(run_id)
+                seen = merged[run_id] = dict(seen)
             for key in RUN_TOTALS:
                 seen[key] += delta[key]
             seen["last_seen_at"], seen["last_failed"] = delta["last_seen_at"], delta["last_failed"]
@@ -430,8 +401,10 @@ class RunStore:
                     d["user"],
                     storable.json_text(d["tags"]) if d["tags"] else None,
                     d["source"],
-                    store._value(d["started_at"]),
-                    store._value(d["last_seen_at"]),
+                    (started := store._value(d["started_at"])),
+                    started
+                    if d["last_seen_at"] is d["started_at"]
+                    else store._value(d["last_seen_at"]),
                     store._value(d["last_failed"]),
                     d["exchange_count"],
                     d["prompt_tokens"],
@@ -450,7 +423,7 @@ class RunStore:
         for start in range(0, len(rows), UPSERT_CHUNK):
             chunk = rows[start : start + UPSERT_CHUNK]
             found = await tx.execute_query_dict(
-                store.sql(UPSERT.format(", ".join([UPSERT_MARKS] * len(chunk)))),
+                self._upsert(len(chunk)),
                 [value for row in chunk for value in row],
             )
             counts.update({int(r["id"]): int(r["steps"]) for r in found})
