@@ -155,9 +155,9 @@ class OtelExporter(Integration):
         for row in rows:
             e = row.exchange
             fields = {k: e.get(k) for k in FIELDS}
-            headers = row.bodies.get("request_headers") or ""
-            if "traceparent" in headers or "Traceparent" in headers or "TRACEPARENT" in headers:
-                fields["trace_headers"] = headers
+            headers = row.bodies.get("request_headers") or b""  # JSON bytes (capture/rows.py)
+            if b"traceparent" in headers or b"Traceparent" in headers or b"TRACEPARENT" in headers:
+                fields["trace_headers"] = headers.decode()
             parsed = row.parsed
             fields["params"] = parsed.request_params
             fields["conversation_id"] = parsed.conversation_id
