@@ -181,6 +181,42 @@ async def test_a_tool_loop_threads_into_one_run():
     assert [r["return_value"] for r in second.tool_results] == ["sunny"]
 
 
+def _without_ids(change: Any) -> tuple[Any, ...]:
+    """What a change holds, its run and exchange ids aside (new runs get random ids)."""
+
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if k not in ("run_id", "id")}
+
+    return (
+        plain(change.exchange),
+        [plain(m) for m in change.messages],
+        [plain(t) for t in change.tool_calls],
+        [plain(r) for r in change.tool_results],
+        change.repeats,
+    )
+
+
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=4), st.booleans())
+async def test_assign_with_what_wants_found_places_as_without(texts: list[str], tool: bool):
+    """The recorder hands `assign` the prefix hashes and thread key `wants` computed: the
+    same changes and memory as a grouper that computes them again."""
+    helped, alone = Grouper(run_idle=300), Grouper(run_idle=300)
+    messages: list[Any] = []
+    for n, text in enumerate(texts):
+        messages = [*messages, {"role": "user", "content": text}]
+        reply = answer(text.upper(), tool="weather" if tool else None)
+        built = rows(record({"model": "m", "messages": messages}, reply, at=1.8e9 + n))
+        want = helped.wants(built.exchange, built.parsed, built.hints)
+        one = await helped.assign(
+            built.exchange, built.parsed, built.hints, no_steps, want.hashes or None, want.key
+        )
+        two = await alone.assign(dict(built.exchange), built.parsed, built.hints, no_steps)
+        assert _without_ids(one) == _without_ids(two)
+        assert helped.memory[one.run["id"]].hashes == alone.memory[two.run["id"]].hashes
+        messages = [*messages, reply["choices"][0]["message"]]
+    assert list(helped.threads) == list(alone.threads)
+
+
 async def test_a_named_run_ends_after_run_idle_and_the_name_starts_a_new_one():
     grouper = Grouper(run_idle=10)
     ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -492,11 +492,13 @@ class Grouper:
         hints: dict[str, str],
         steps: Callable[[int], Awaitable[int]],
         hashes: list[str] | None = None,
+        key: str | None = None,
     ) -> RunChanges:
         """Place one exchange (its row dict, as built by capture) and say what it adds.
 
         `steps(run_id)` gives the next step of a run the grouper no longer remembers (the
-        writer asks the database); it is only called on that rare miss.
+        writer asks the database); it is only called on that rare miss. `hashes` and `key`:
+        what `wants` found (its prefix hashes and thread key), not computed again.
         """
         previous = self.done.get(exchange["id"])
         if previous is not None:
@@ -504,7 +506,7 @@ class Grouper:
         at = exchange["started_at"].timestamp()
         inputs = [m for m in (parsed.messages_in or []) if m is not None]
         if hashes is None or len(hashes) != len(inputs):
-            hashes = self.chains.hashes(inputs, remember=_continues(inputs))
+            hashes, key = self.chains.hashes(inputs, remember=_continues(inputs)), None
         run_id, source, parent, created, carried_hint = self._place(
             exchange, parsed, hints, at, hashes
         )
@@ -539,6 +541,7 @@ class Grouper:
                 carried_hint,
                 inputs,
                 hashes,
+                key,
             )
         self._keep(exchange["id"], changes)
         return changes
@@ -708,7 +711,9 @@ class Grouper:
         carried_hint: int | None,
         inputs: list[Any],
         hashes: list[str],
+        key: str | None = None,
     ) -> None:
+        """`key`: the thread key `wants` found for these hashes and the reply, if it did."""
         carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes, hashes)
         carried = min(carried, len(inputs))
         changes.repeats = carried
@@ -751,8 +756,9 @@ class Grouper:
                         )
                     )
             state_added = [*state_added, out]
-            full = hashes + self.chains.hashes([out], hashes, _continues(inputs))
-            key = full[-1]
+            if key is None:
+                key = self.chains.hashes([out], hashes, _continues(inputs))[-1]
+            full = [*hashes, key]
             # A replay is never a thread to continue: a later real call matching its messages
             # belongs with the original traffic, not in the replay's run.
             if exchange.get("replay_of") is None and changes.exchange["run_source"] not in PURPOSES:

@@ -7,6 +7,7 @@ so that batch inserts stay one executemany per table and pagination stays one in
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import operator
@@ -117,6 +118,14 @@ def micros(value: datetime | str) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return round(value.timestamp() * 1_000_000)
+
+
+@functools.lru_cache(maxsize=1024)
+def _numbered(text: str) -> str:
+    """A query written with `?` as PostgreSQL wants it ($1, $2, ...): the writer sends the
+    same few texts every batch, so each is rewritten once."""
+    counter = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(counter)}", text)
 
 
 def describe_url(url: str) -> str:
@@ -252,8 +261,7 @@ class Store:
         """Write queries with `?`; PostgreSQL wants $1, $2, ..."""
         if self.dialect == "sqlite":
             return text
-        counter = itertools.count(1)
-        return re.sub(r"\?", lambda _: f"${next(counter)}", text)
+        return _numbered(text)
 
     async def rows(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows of any statement, including UPDATE/DELETE ... RETURNING."""

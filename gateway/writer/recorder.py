@@ -329,7 +329,7 @@ class Recorder:
             )
             try:
                 change = await self.grouper.assign(
-                    row.exchange, row.parsed, row.hints, _no_step, want.hashes or None
+                    row.exchange, row.parsed, row.hints, _no_step, want.hashes or None, want.key
                 )
             except Exception:  # a grouping bug must not lose the exchange itself
                 log.exception("could not place exchange %s in a run", row.exchange["id"])
