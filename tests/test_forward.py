@@ -18,6 +18,7 @@ from gateway.proxy.forward import (
     forwarded_headers,
     header_kind,
     read_body,
+    secrets_fingerprint,
 )
 
 NAMES = st.sampled_from(
@@ -76,6 +77,37 @@ def test_keys_from_the_secret_headers_alone_are_the_calls_keys(pairs, query):
     mine = scrub.secret_keys(secrets, query, held)
     assert mine._data == scrub.keys_for(pairs, query, held)._data
     assert redact.key_of(list(secrets)) == redact.key_of(pairs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=PAIRS)
+def test_the_cached_fingerprint_is_the_fingerprint_of_the_calls_key(pairs):
+    secrets = tuple((n, v) for n, v in pairs if header_kind(n)[2])
+    assert secrets_fingerprint(secrets) == redact.fingerprint(redact.key_of(pairs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(max_size=20) | NAMES)
+def test_a_header_kind_read_again_is_the_same_as_at_first(name):
+    lower = name.lower()
+    hint = lower.startswith(HINT_PREFIX)
+    fresh = (lower, lower in HOP_BY_HOP or hint, redact.is_secret_name(name), hint)
+    assert header_kind(name) == fresh
+    assert header_kind(name) == fresh  # from the cache
+
+
+KEYS = st.lists(st.text(alphabet="ab-", min_size=8, max_size=10), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=KEYS, text=st.text(alphabet="ab-x", max_size=60), cut=st.integers(0, 60))
+def test_the_key_searches_find_what_any_found(keys, text, cut):
+    found = scrub.Keys(keys)
+    data = text.encode()
+    chunks = [data[:cut], data[cut:]]
+    assert found.found_in_text(text) == any(form in text for form, _ in found._text)
+    assert found.found_in([data]) == any(raw in data for raw, _ in found._data)
+    assert found.found_in(chunks) == any(raw in data for raw, _ in found._data)
 
 
 def test_a_header_kind_is_what_each_step_decides():

@@ -79,13 +79,32 @@ def error_body(message: str, kind: str, code: int) -> bytes:
     )
 
 
-@lru_cache(maxsize=4096)  # header names repeat on every call
-def header_kind(name: str) -> tuple[str, bool, bool, bool]:
+HeaderKind = tuple[str, bool, bool, bool]
+KINDS_KEPT = 4096
+# header_kind's answers by name: the hot loops read it with one dict lookup (`get`), cheaper
+# than a call through lru_cache, and ask header_kind only for a name not seen yet.
+_KINDS: dict[str, HeaderKind] = {}
+
+
+def header_kind(name: str) -> HeaderKind:
     """What a header name is to the proxy: (lower-case, not forwarded (hop-by-hop or a hint),
-    secret (redacted, and read for the call's keys), an X-AgentOps- hint)."""
+    secret (redacted, and read for the call's keys), an X-AgentOps- hint). Kept for the first
+    KINDS_KEPT names (header names repeat on every call)."""
+    kind = _KINDS.get(name)
+    if kind is not None:
+        return kind
     lower = name.lower()
     hint = lower.startswith(HINT_PREFIX)
-    return lower, lower in HOP_BY_HOP or hint, redact.is_secret_name(name), hint
+    kind = lower, lower in HOP_BY_HOP or hint, redact.is_secret_name(name), hint
+    if len(_KINDS) < KINDS_KEPT:
+        _KINDS[name] = kind
+    return kind
+
+
+@lru_cache(maxsize=256)  # an agent sends the same key on every call (memory only)
+def secrets_fingerprint(secrets: tuple[tuple[str, str], ...]) -> str | None:
+    """The fingerprint of the key among a request's secret-named headers (`redact.key_of`)."""
+    return redact.fingerprint(redact.key_of(list(secrets)))
 
 
 def forwarded_headers(
@@ -95,8 +114,9 @@ def forwarded_headers(
     `redacted`, when given, gets every header, redacted, in the same pass (for the record)."""
     out: CIMultiDict[str] = CIMultiDict()
     named: set[str] = set()
+    kinds = _KINDS
     for name, value in pairs:
-        lower, dropped, secret, _ = header_kind(name)
+        lower, dropped, secret, _ = kinds.get(name) or header_kind(name)
         if redacted is not None:
             redacted.append((name, redact.REDACTED if secret else value))
         if dropped:
@@ -229,7 +249,10 @@ class Proxy:
                     return self._refuse_budget(exchange, budget, started)
             url = URL(base + exchange.path + sep + query, encoded=True)
             upstream = await self._open(exchange, request.method, url, pairs, body, started, base)
-            if isinstance(upstream, web.Response):
+            # Not isinstance(upstream, web.Response): web.Response is a MutableMapping, an ABC,
+            # whose isinstance costs 10x a plain class's (twice a call). _open gives a
+            # ClientResponse or a plain web.Response.
+            if not isinstance(upstream, aiohttp.ClientResponse):
                 return upstream  # the 502/504, already recorded
             async with upstream:
                 return await self._relay(request, exchange, upstream, started)
@@ -240,9 +263,8 @@ class Proxy:
         finally:
             in_flight.tasks.discard(task)  # type: ignore[arg-type]
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self._finish(
-                exchange, pairs, query, failed=isinstance(upstream, web.Response), keys=keys
-            )
+            failed = type(upstream) is web.Response
+            self._finish(exchange, pairs, query, failed=failed, keys=keys)
 
     async def send(
         self,
@@ -279,7 +301,7 @@ class Proxy:
             if (url.scheme, url.host, url.port) != (origin.scheme, origin.host, origin.port):
                 raise ValueError(f"{path!r} would leave the upstream")
             upstream = await self._open(exchange, method, url, pairs, body, started, base)
-            if isinstance(upstream, web.Response):
+            if not isinstance(upstream, aiohttp.ClientResponse):  # (see __call__)
                 return exchange
             async with upstream:
                 self._response_head(exchange, upstream, started)
@@ -298,7 +320,8 @@ class Proxy:
             raise
         finally:
             exchange.latency_ms = (time.perf_counter() - started) * 1000
-            self._finish(exchange, pairs, "", failed=isinstance(upstream, web.Response), keys=keys)
+            failed = type(upstream) is web.Response
+            self._finish(exchange, pairs, "", failed=failed, keys=keys)
 
     def _finish(
         self,
@@ -330,8 +353,9 @@ class Proxy:
         hints = {}
         redacted = []
         secrets = []
+        kinds = _KINDS
         for name, value in pairs:
-            lower, _, secret, hint = header_kind(name)
+            lower, _, secret, hint = kinds.get(name) or header_kind(name)
             if secret:
                 secrets.append((name, value))
                 redacted.append((name, redact.REDACTED))
@@ -342,7 +366,7 @@ class Proxy:
         if run_name:
             hints["run_prefix"] = run_name
         found = tuple(secrets)
-        key = redact.fingerprint(redact.key_of(secrets)) if secrets else None
+        key = secrets_fingerprint(found) if found else None
         exchange = self._record(request.method, client_path, path, query, redacted, key, hints)
         return exchange, found
 
@@ -460,7 +484,7 @@ class Proxy:
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
         exchange.status = upstream.status
         redacted: list[tuple[str, str]] = []
-        pairs = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers)
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
         headers = forwarded_headers(pairs, redacted)
         exchange.response_headers = redacted
         return headers

@@ -91,7 +91,10 @@ class Keys:
         return _clean(value, self._text, "")
 
     def found_in_text(self, value: str) -> bool:
-        return any(form in value for form, _ in self._text)
+        for form, _ in self._text:  # noqa: SIM110  (a loop: no generator per call, hot path)
+            if form in value:
+                return True
+        return False
 
     def found_in(self, chunks: Sequence[bytes]) -> bool:
         """Whether any key is in the chunks' concatenation, a key cut across chunks included."""
@@ -99,11 +102,14 @@ class Keys:
             return False
         if len(chunks) == 1:
             data = chunks[0]
-            return any(raw in data for raw, _ in self._data)
-        if sum(map(len, chunks)) <= JOIN_BYTES:
+        elif sum(map(len, chunks)) <= JOIN_BYTES:
             data = b"".join(chunks)  # one copy and one search beat a search per boundary
-            return any(raw in data for raw, _ in self._data)
-        return any(_found(chunks, raw) for raw, _ in self._data)
+        else:
+            return any(_found(chunks, raw) for raw, _ in self._data)
+        for raw, _ in self._data:  # noqa: SIM110  (as in found_in_text)
+            if raw in data:
+                return True
+        return False
 
     def chunks(self, chunks: list[bytes], times: list[float]) -> tuple[list[bytes], list[float]]:
         """Chunks without any key. A key cut across chunks is caught: those chunks are merged
