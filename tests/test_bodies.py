@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from functools import partial
@@ -17,6 +18,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +58,50 @@ def test_a_delta_reads_back_byte_for_byte(
     raw = base[: cut[0]] + added + base[cut[1] :] + tail
     assert decompress(compress(raw, base), base) == raw
     assert decompress(compress(raw)) == raw
+
+
+def _dictionary_delta(raw: bytes, base: bytes) -> bytes:
+    """How deltas were made before `compress` took their base as a prefix."""
+    prefix = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(level=bodies.DELTA_LEVEL, dict_data=prefix).compress(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.binary(min_size=bodies.MIN_BASE, max_size=4096),
+    cut=st.tuples(st.integers(0, 4096), st.integers(0, 4096)),
+    added=st.binary(max_size=2048),
+)
+def test_deltas_stored_before_the_prefix_still_read_back(
+    base: bytes, cut: tuple[int, int], added: bytes
+) -> None:
+    raw = base[: cut[0]] + added + base[cut[1] :]
+    old = _dictionary_delta(raw, base)
+    assert decompress(old, base) == raw
+    # the same kind of frame: the prefix is a raw-content dictionary to zstd
+    new = zstandard.get_frame_parameters(compress(raw, base))
+    was = zstandard.get_frame_parameters(old)
+    assert (new.content_size, new.dict_id, new.has_checksum) == (
+        was.content_size,
+        was.dict_id,
+        was.has_checksum,
+    )
+
+
+def test_a_prefix_delta_is_as_small_as_a_dictionary_one() -> None:
+    rng = random.Random(7)
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Weather in Paris?"}]
+    new = old = 0
+    for _ in range(30):
+        base = orjson.dumps({"model": "m", "messages": messages})
+        result = base64.b64encode(rng.randbytes(1275)).decode()
+        messages = [*messages, {"role": "assistant", "content": "ok"}]
+        messages = [*messages, {"role": "tool", "content": result}]
+        raw = orjson.dumps({"model": "m", "messages": messages})
+        assert decompress(compress(raw, base), base) == raw
+        new += len(compress(raw, base))
+        old += len(_dictionary_delta(raw, base))
+    assert new <= old * 1.02
 
 
 @settings(max_examples=200, deadline=None)
