@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.store.search import (
+    _BYTE_SEPARATORS,
     SEARCH_CHARS,
     _head_and_tail,
     _walk_words,
@@ -165,6 +166,18 @@ def test_words_outside_ascii_are_cut_like_the_regular_expression():
         "大阪",
         "x²",
     ]
+
+
+def _split_terms(text: str) -> str:
+    """distinct_terms as it was first written: bytes.split() at any ASCII whitespace."""
+    found = dict.fromkeys(text.encode("utf-8", "surrogatepass").translate(_BYTE_SEPARATORS).split())
+    return b" ".join(found).decode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(" \t\n\r\x0b\x0c.,_-/+")))
+def test_distinct_terms_are_the_split_terms(text: str) -> None:
+    assert distinct_terms(text) == _split_terms(text)
 
 
 def test_distinct_terms_keep_every_word_once():

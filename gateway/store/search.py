@@ -178,8 +178,15 @@ _BYTE_SEPARATORS = bytes.maketrans(
 def distinct_terms(text: str) -> str:
     """The text's terms, each once, in first-seen order, cut where FTS5 and `words` cut at
     ASCII punctuation (the indexes keep no positions, so a repeat only costs the copy of the
-    text SQLite stores beside its index). Bytes-level, so it costs a few us per KB."""
-    found = dict.fromkeys(text.encode("utf-8", "surrogatepass").translate(_BYTE_SEPARATORS).split())
+    text SQLite stores beside its index). Bytes-level, so it costs a few us per KB.
+
+    Once translated, a space is the only ASCII whitespace left (the only bytes `split()`
+    splits at), and splitting at b" " (a memchr) takes half the time: the empty words its
+    runs of spaces leave are dropped from the found terms instead."""
+    found = dict.fromkeys(
+        text.encode("utf-8", "surrogatepass").translate(_BYTE_SEPARATORS).split(b" ")
+    )
+    found.pop(b"", None)
     return b" ".join(found).decode("utf-8", "surrogatepass")
 
 
