@@ -138,9 +138,9 @@ class Chains:
 
     def __init__(self, limit: int = CHAIN_BYTES) -> None:
         self.limit = limit
-        # key -> (the text of a plain message (else None), the digest)
-        self.young: dict[Any, tuple[str | None, bytes]] = {}
-        self.old: dict[Any, tuple[str | None, bytes]] = {}
+        # key -> (the text of a plain message (else None), the digest, in hex)
+        self.young: dict[Any, tuple[str | None, bytes, str]] = {}
+        self.old: dict[Any, tuple[str | None, bytes, str]] = {}
         self.size = 0  # the young generation's
 
     def hashes(
@@ -153,28 +153,38 @@ class Chains:
             return prefix_hashes(messages, after)
         digest = bytes.fromhex(after[-1]) if after else b""
         out = []
+        plain = _PLAIN
         for message in messages:
-            key: Any = _plain_key(digest, message)
+            # The key of a message whose canonical form is its role, text and tool_call_id
+            # alone (text content, no tool calls; role and tool_call_id strings or absent):
+            # those, with only its text's length and head (hashing a long text costs a
+            # fifth of blake2b). Written inline: this runs for every message of every step.
+            key: Any = None
+            if message.__class__ is dict and not message.get("tool_calls"):
+                text = message.get("content")
+                role, call = message.get("role"), message.get("tool_call_id")
+                if text.__class__ is str and role.__class__ in plain and call.__class__ in plain:
+                    key = (digest, role, call, len(text), text[:TEXT_HEAD])
+            data: bytes | None = None
             if key is None:  # keyed by the very bytes hashed
-                data: bytes | None = digest + canonical(message)
-                key, text = data, None
-            else:
-                data, text = None, message["content"]
+                key = data = digest + canonical(message)
+                text = None
             entry = young = self.young.get(key)
             if entry is None:
                 entry = self.old.get(key)
             if entry is None or entry[0] != text:
                 if data is None:
                     data = digest + canonical(message)
-                entry = (text, hashlib.blake2b(data, digest_size=16).digest())
+                digest = hashlib.blake2b(data, digest_size=16).digest()
+                entry = (text, digest, digest.hex())  # the hex kept: a step asks for it again
                 self._add(key, entry)
             elif young is None:
                 self._add(key, entry)  # used again: young
             digest = entry[1]
-            out.append(digest.hex())
+            out.append(entry[2])
         return out
 
-    def _add(self, key: Any, entry: tuple[str | None, bytes]) -> None:
+    def _add(self, key: Any, entry: tuple[str | None, bytes, str]) -> None:
         self.young[key] = entry
         self.size += _key_size(key) + CHAIN_ENTRY_BYTES
         if self.size > self.limit // 2:
@@ -183,18 +193,6 @@ class Chains:
 
 _PLAIN = (str, type(None))
 TEXT_HEAD = 32  # characters of a plain message's text in its Chains key
-
-
-def _plain_key(digest: bytes, message: Any) -> tuple[bytes, Any, Any, int, str] | None:
-    """The Chains key of a message whose canonical form is its role, text and tool_call_id
-    alone (text content, no tool calls; role and tool_call_id strings or absent): those,
-    with only its text's length and head (hashing a long text costs a fifth of blake2b)."""
-    if message.__class__ is not dict or message.get("tool_calls"):
-        return None
-    content, role, call = message.get("content"), message.get("role"), message.get("tool_call_id")
-    if content.__class__ is not str or role.__class__ not in _PLAIN or call.__class__ not in _PLAIN:
-        return None
-    return (digest, role, call, len(content), content[:TEXT_HEAD])
 
 
 def _continues(inputs: list[Any]) -> bool:
