@@ -303,7 +303,13 @@ class Recorder:
         await self._look_up(rows, wants)
         hold = self.holding and self.lease is not None
         if hold and self.lease is not None and any(w.continues for w in wants.values()):
-            await self.lease.recount(RECOUNT_SECONDS)  # a replica may have started since
+            # a replica may have started since the count; one taken when this writer
+            # started may predate the others, so while it says "alone", a step whose parent
+            # is not known counts again at once
+            alone = self.lease.other_writers == 0 and any(
+                w.continues and not self.grouper.has_parent(w) for w in wants.values()
+            )
+            await self.lease.recount(0.0 if alone else RECOUNT_SECONDS)
         hold = hold and self.lease is not None and self.lease.other_writers > 0
         now = time.time()
         changes, placed, held = [], [], []
