@@ -7,7 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
+from tortoise.migrations.api import migrate
+
+from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store, tortoise_config
 from tests.conftest import Upstream, calls, make_settings, running
 
 MIGRATIONS = [
@@ -30,6 +32,7 @@ MIGRATIONS = [
     "0018_campaigns",
     "0019_late_parents",
     "0020_fewer_rows",
+    "0021_fewer_index_writes",
 ]
 
 
@@ -80,6 +83,55 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
         assert len(await again.rows("SELECT name FROM tortoise_migrations")) == len(MIGRATIONS)
     finally:
         await again.close()
+
+
+async def indexes(store: Store, table: str) -> dict[str, str]:
+    """index name -> its definition, primary keys left out."""
+    if store.dialect == "sqlite":
+        rows = await store.rows(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            [table],
+        )
+        return {row["name"]: row["sql"] for row in rows}
+    rows = await store.rows(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ? "
+        "AND indexname NOT LIKE '%_pkey'",
+        [table],
+    )
+    return {row["indexname"]: row["indexdef"] for row in rows}
+
+
+async def test_fewer_index_writes_migrates_both_ways(db_url: str):
+    """0021: no correlation id index; the runs' name, agent and user indexes are partial.
+    Migrating back restores the full ones, and forward again the partial ones."""
+
+    async def run_indexes() -> set[str]:
+        store = Store(db_url)
+        await store.open(migrate_schema=False)
+        try:
+            found = {**await indexes(store, "runs"), **await indexes(store, "exchanges")}
+        finally:
+            await store.close()
+        return {
+            name
+            for name, sql in found.items()
+            if any(column in sql for column in ("correlation_id", "name", "agent_id", "user"))
+        }
+
+    partial = {"runs_name_id", "runs_agent_id_id", "runs_user_id"}
+    assert await run_indexes() == partial
+    await migrate(config=tortoise_config(Store(db_url).url), target="models.0020_fewer_rows")
+    before = await run_indexes()
+    assert len(before) == 4 and not before & partial  # (name, agent, user, id) + correlation
+    store = Store(db_url)
+    await store.open()  # 0021 again
+    try:
+        runs = await indexes(store, "runs")
+    finally:
+        await store.close()
+    assert {name for name, sql in runs.items() if "IS NOT NULL" in sql} == partial
+    assert await run_indexes() == partial
 
 
 async def test_retention_purges_old_exchanges(upstream: Upstream, db_url: str, tmp_path: Path):
