@@ -5,6 +5,12 @@
 - The runs' `name`, `agent_id` and `user` indexes become partial (`WHERE x IS NOT NULL`):
   most runs have none of them, and `x = ?` (the list filters, budgets, alerts, fine-tune
   jobs) implies `x IS NOT NULL`, so both SQLite's and PostgreSQL's planners still use them.
+- SQLite: the search table gets `columnsize=0`: no row per call in `exchange_fts_docsize`
+  (each document's token count), which only bm25 ranking and `fts5_column_size()` read, and
+  search uses neither (it lists newest first). Its other tables are byte for byte what they
+  would be either way (tests/test_store.py checks it), so the change is the table's
+  definition and dropping the sizes: instant on a database of any size, where copying the
+  rows into a new table re-indexes every call (about 30 us each). Back: a copy.
 """
 
 from tortoise import fields, migrations
@@ -12,6 +18,8 @@ from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
 
 RUN_COLUMNS = ("name", "agent_id", "user")
+SIZES = ", columnsize=0"
+FTS_DEFINITION = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'exchange_fts'"
 
 
 class DropFieldIndex(ops.AlterField):
@@ -29,6 +37,37 @@ class DropFieldIndex(ops.AlterField):
             await state_editor.add_index(model, Index(fields=(self.name,)))
 
 
+async def _drop_sizes(client) -> None:
+    """columnsize=0 in the search table's definition, read again by every connection (a new
+    schema version), then its size table dropped: SQLite's documented way to change a
+    definition whose stored form stays the same."""
+    (row,) = await client.execute_query_dict(FTS_DEFINITION)
+    if SIZES in row["sql"]:
+        return
+    definition = row["sql"].replace("detail=none)", f"detail=none{SIZES})")
+    (version,) = await client.execute_query_dict("PRAGMA schema_version")
+    await client.execute_script("PRAGMA writable_schema = ON")
+    await client.execute_query(
+        "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'exchange_fts'",
+        [definition],
+    )
+    await client.execute_script(f"PRAGMA schema_version = {version['schema_version'] + 1}")
+    await client.execute_script("PRAGMA writable_schema = OFF")
+    await client.execute_script("DROP TABLE exchange_fts_docsize")
+
+
+async def _copy_with_sizes(client) -> None:
+    await client.execute_script(
+        "CREATE VIRTUAL TABLE exchange_fts_sized USING fts5(body, tokenize='unicode61', "
+        "detail=none)"
+    )
+    await client.execute_script(
+        "INSERT INTO exchange_fts_sized (rowid, body) SELECT rowid, body FROM exchange_fts"
+    )
+    await client.execute_script("DROP TABLE exchange_fts")
+    await client.execute_script("ALTER TABLE exchange_fts_sized RENAME TO exchange_fts")
+
+
 async def forward(apps, schema_editor) -> None:
     client = schema_editor.client
     for column in RUN_COLUMNS:
@@ -36,12 +75,16 @@ async def forward(apps, schema_editor) -> None:
             f'CREATE INDEX IF NOT EXISTS runs_{column}_id ON runs ("{column}", id) '
             f'WHERE "{column}" IS NOT NULL'
         )
+    if client.capabilities.dialect == "sqlite":
+        await _drop_sizes(client)
 
 
 async def backward(apps, schema_editor) -> None:
     client = schema_editor.client
     for column in RUN_COLUMNS:
         await client.execute_script(f"DROP INDEX IF EXISTS runs_{column}_id")
+    if client.capabilities.dialect == "sqlite":
+        await _copy_with_sizes(client)
 
 
 class Migration(migrations.Migration):
