@@ -14,37 +14,51 @@
 """
 
 from tortoise import fields, migrations
-from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
 
 RUN_COLUMNS = ("name", "agent_id", "user")
+# The indexes Tortoise made (0001, 0003) and named, on both databases alike
+FULL = {
+    "idx_exchanges_correla_5e55b1": 'exchanges ("correlation_id")',
+    "idx_runs_name_64b9d7": 'runs ("name", "id")',
+    "idx_runs_agent_i_56b238": 'runs ("agent_id", "id")',
+    "idx_runs_user_983a5f": 'runs ("user", "id")',
+}
 SIZES = ", columnsize=0"
 FTS_DEFINITION = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'exchange_fts'"
 
 
-class DropFieldIndex(ops.AlterField):
-    """AlterField that only drops (or, backward, adds) the column's index: on SQLite the
-    stock operation copies the whole table to change a column."""
+class StateOnly:
+    """The model state's half of an operation; forward() and backward() change the database,
+    with IF EXISTS: a SQLite table that an earlier migration copied (going back past it and
+    forward again) lost its Tortoise-made indexes. The stock AlterField would also copy the
+    whole exchanges table on SQLite to drop a column's index."""
 
-    async def database_forward(self, app_label, old_state, new_state, state_editor=None):
-        if state_editor:
-            model = old_state.apps.get_model(f"{app_label}.{self.model_name}")
-            await state_editor.remove_index(model, Index(fields=(self.name,)))
+    async def database_forward(self, *args: object, **kwargs: object) -> None:
+        return None
 
-    async def database_backward(self, app_label, old_state, new_state, state_editor=None):
-        if state_editor:
-            model = new_state.apps.get_model(f"{app_label}.{self.model_name}")
-            await state_editor.add_index(model, Index(fields=(self.name,)))
+    async def database_backward(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+class AlterFieldState(StateOnly, ops.AlterField):
+    pass
+
+
+class RemoveIndexState(StateOnly, ops.RemoveIndex):
+    pass
 
 
 async def _drop_sizes(client) -> None:
     """columnsize=0 in the search table's definition, read again by every connection (a new
-    schema version), then its size table dropped: SQLite's documented way to change a
-    definition whose stored form stays the same."""
+    schema version), then its size table dropped: the procedure SQLite documents for a
+    schema change that leaves what is stored as it is (lang_altertable.html, section 7)."""
     (row,) = await client.execute_query_dict(FTS_DEFINITION)
     if SIZES in row["sql"]:
         return
     definition = row["sql"].replace("detail=none)", f"detail=none{SIZES})")
+    if definition == row["sql"]:
+        raise RuntimeError(f"unexpected search table: {definition}")
     (version,) = await client.execute_query_dict("PRAGMA schema_version")
     await client.execute_script("PRAGMA writable_schema = ON")
     await client.execute_query(
@@ -70,6 +84,8 @@ async def _copy_with_sizes(client) -> None:
 
 async def forward(apps, schema_editor) -> None:
     client = schema_editor.client
+    for name in FULL:
+        await client.execute_script(f'DROP INDEX IF EXISTS "{name}"')
     for column in RUN_COLUMNS:
         await client.execute_script(
             f'CREATE INDEX IF NOT EXISTS runs_{column}_id ON runs ("{column}", id) '
@@ -83,6 +99,8 @@ async def backward(apps, schema_editor) -> None:
     client = schema_editor.client
     for column in RUN_COLUMNS:
         await client.execute_script(f"DROP INDEX IF EXISTS runs_{column}_id")
+    for name, on in FULL.items():
+        await client.execute_script(f'CREATE INDEX IF NOT EXISTS "{name}" ON {on}')
     if client.capabilities.dialect == "sqlite":
         await _copy_with_sizes(client)
 
@@ -93,11 +111,11 @@ class Migration(migrations.Migration):
     initial = False
 
     operations = [
-        DropFieldIndex(
+        AlterFieldState(
             model_name="Exchange",
             name="correlation_id",
             field=fields.CharField(null=True, max_length=200),
         ),
-        *(ops.RemoveIndex(model_name="Run", fields=[column, "id"]) for column in RUN_COLUMNS),
+        *(RemoveIndexState(model_name="Run", fields=[column, "id"]) for column in RUN_COLUMNS),
         ops.RunPython(forward, backward),
     ]
