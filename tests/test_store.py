@@ -4,10 +4,16 @@ re-opening a migrated database changes nothing. Retention removes old exchanges 
 
 from __future__ import annotations
 
+import random
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
+from tortoise.migrations.api import migrate
+
+from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store, tortoise_config
+from gateway.store.query import ExchangeFilter
 from tests.conftest import Upstream, calls, make_settings, running
 
 MIGRATIONS = [
@@ -30,6 +36,7 @@ MIGRATIONS = [
     "0018_campaigns",
     "0019_late_parents",
     "0020_fewer_rows",
+    "0021_fewer_index_writes",
 ]
 
 
@@ -80,6 +87,121 @@ async def test_blank_database_migrates_to_the_exact_schema(blank_db_url: str):
         assert len(await again.rows("SELECT name FROM tortoise_migrations")) == len(MIGRATIONS)
     finally:
         await again.close()
+
+
+async def indexes(store: Store, table: str) -> dict[str, str]:
+    """index name -> its definition, primary keys left out."""
+    if store.dialect == "sqlite":
+        rows = await store.rows(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            [table],
+        )
+        return {row["name"]: row["sql"] for row in rows}
+    rows = await store.rows(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ? "
+        "AND indexname NOT LIKE '%_pkey'",
+        [table],
+    )
+    return {row["indexname"]: row["indexdef"] for row in rows}
+
+
+async def found_words(db_url: str, words: list[str]) -> dict[str, list[int]]:
+    """word -> the exchange ids the search index finds for it (SQLite: after FTS5's own
+    check of its index against the text it holds)."""
+    store = Store(db_url)
+    await store.open(migrate_schema=False)
+    try:
+        if store.dialect == "sqlite":
+            await store.conn.execute_script(
+                "INSERT INTO exchange_fts (exchange_fts) VALUES ('integrity-check')"
+            )
+        found = {}
+        for word in words:
+            page, _ = await store.list_exchanges(ExchangeFilter(q=word), 100, None)
+            found[word] = [item.id for item in page]
+        return found
+    finally:
+        await store.close()
+
+
+async def test_fewer_index_writes_migrates_both_ways(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    """0021: no correlation id index; the runs' name, agent and user indexes are partial;
+    SQLite's search table keeps no sizes. Migrating back restores the full indexes and the
+    sizes, forward again takes them away, and the same calls are found all along."""
+    async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
+        await calls(gw, 3, "kiwi")
+        await calls(gw, 2, "mango")
+        await gw.recorder.drained(timeout=10)
+    words = ["kiwi", "mango", "2", "absent"]
+    found = await found_words(db_url, words)
+    assert [len(found[w]) for w in words[:2]] == [3, 2]
+
+    async def run_indexes() -> set[str]:
+        store = Store(db_url)
+        await store.open(migrate_schema=False)
+        try:
+            found = {**await indexes(store, "runs"), **await indexes(store, "exchanges")}
+        finally:
+            await store.close()
+        return {
+            name
+            for name, sql in found.items()
+            if any(column in sql for column in ("correlation_id", "name", "agent_id", "user"))
+        }
+
+    partial = {"runs_name_id", "runs_agent_id_id", "runs_user_id"}
+    assert await run_indexes() == partial
+    await migrate(config=tortoise_config(Store(db_url).url), target="models.0020_fewer_rows")
+    before = await run_indexes()
+    assert len(before) == 4 and not before & partial  # (name, agent, user, id) + correlation
+    assert await found_words(db_url, words) == found
+    store = Store(db_url)
+    await store.open()  # 0021 again
+    try:
+        runs = await indexes(store, "runs")
+    finally:
+        await store.close()
+    assert {name for name, sql in runs.items() if "IS NOT NULL" in sql} == partial
+    assert await run_indexes() == partial
+    assert await found_words(db_url, words) == found
+    if store.dialect == "sqlite":
+        path = Path(db_url.removeprefix("sqlite://"))
+        with closing(sqlite3.connect(path)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "exchange_fts_docsize" not in tables
+
+
+def test_search_sizes_are_a_table_of_their_own():
+    """Why 0021 may drop `exchange_fts_docsize` and declare columnsize=0 in place: with or
+    without sizes, FTS5 writes the same bytes to its other tables (inserts, replacements
+    and deletes over several transactions)."""
+    rng = random.Random(7)
+    vocabulary = ["".join(rng.choices("abcdefgh", k=rng.randint(1, 9))) for _ in range(500)]
+    docs = [" ".join(rng.choices(vocabulary, k=rng.randint(0, 120))) for _ in range(600)]
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        for name, options in (("sized", ""), ("unsized", ", columnsize=0")):
+            conn.execute(
+                f"CREATE VIRTUAL TABLE {name} USING fts5(body, tokenize='unicode61', "
+                f"detail=none{options})"
+            )
+            for start in range(0, len(docs), 50):
+                conn.execute("BEGIN")
+                for n, doc in enumerate(docs[start : start + 50], start):
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {name} (rowid, body) VALUES (?, ?)",
+                        (n * 7 % 450 + 1, doc),
+                    )
+                conn.execute("COMMIT")
+            conn.execute(f"DELETE FROM {name} WHERE rowid % 11 = 0")
+        for table in ("data", "idx", "content", "config"):
+            sized, unsized = (
+                conn.execute(f"SELECT * FROM {name}_{table} ORDER BY 1, 2").fetchall()
+                for name in ("sized", "unsized")
+            )
+            assert sized == unsized and sized, table
 
 
 async def test_retention_purges_old_exchanges(upstream: Upstream, db_url: str, tmp_path: Path):

@@ -3,7 +3,7 @@
 Exchanges hold the indexed, extracted columns the list and dashboards query; the bulky
 headers and bodies live in exchange_bodies so list scans stay small (simonw/llm's layout).
 Indexes for the list filters are composite (filter, id) and partial where a value is rare:
-see migrations/0002_indexes_and_search.py.
+see migrations/0002_indexes_and_search.py and 0021_fewer_index_writes.py.
 """
 
 from tortoise import fields
@@ -41,7 +41,7 @@ class Exchange(Model):
     latency_ms = fields.FloatField(null=True)
     ttfb_ms = fields.FloatField(null=True)
     ttft_ms = fields.FloatField(null=True)
-    correlation_id = fields.CharField(max_length=200, null=True, db_index=True)
+    correlation_id = fields.CharField(max_length=200, null=True)  # found by search
     key_fingerprint = fields.CharField(max_length=64, null=True)
     truncated = fields.BooleanField(default=False)
     parse_error = fields.BooleanField(default=False)
@@ -111,7 +111,8 @@ class Run(Model):
 
     class Meta:
         table = "runs"
-        indexes = (("name", "id"), ("agent_id", "id"), ("user", "id"), ("ended_at", "id"))
+        # (name, id), (agent_id, id) and ("user", id) are partial: migrations/0021
+        indexes = (("ended_at", "id"),)
 
 
 class RunConversation(Model):
