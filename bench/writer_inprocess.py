@@ -79,12 +79,9 @@ def record(body: bytes, n: int) -> Exchange:
     )
 
 
-async def run(
-    db: str, batch: int, batches: int, folder: Path, size: int, prefill: int, writer_gc: bool
-) -> float:
-    store = Store(db)
-    await store.open()
-    recorder = Recorder(
+def new_recorder(store: Store, folder: Path) -> Recorder:
+    """The writer's recorder on `store`, as the writer process makes it (no integrations)."""
+    return Recorder(
         store,
         Spool(folder / "spool", 10_000_000),
         partial(provider_named, {"mistral": MistralProvider()}),
@@ -94,6 +91,14 @@ async def run(
         grouper=Grouper(300.0),
         run_store=RunStore(store),
     )
+
+
+async def run(
+    db: str, batch: int, batches: int, folder: Path, size: int, prefill: int, writer_gc: bool
+) -> float:
+    store = Store(db)
+    await store.open()
+    recorder = new_recorder(store, folder)
     rng = random.Random(1)
     pool = [chat_body(rng, size) for _ in range(50)]
     n = 0

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 import uuid
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storage import PG_BASE_DSN, create_pg_db, drop_pg_db
+from writer_inprocess import new_recorder
 
 from gateway.capture.exchange import Exchange, new_id
-from gateway.capture.pricing import PriceTable
-from gateway.providers import provider_named
-from gateway.providers.mistral import MistralProvider
-from gateway.runs.grouper import Grouper
 from gateway.store.exchanges import Store
-from gateway.store.runs import RunStore
 from gateway.writer.memory import collections_deferred, tune_gc
-from gateway.writer.recorder import Recorder
-from gateway.writer.spool import Spool
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+from tests.clients import TOOLS  # the tool the loops of tests/clients.py call
 
 
 def answer(message: dict[str, Any]) -> bytes:
@@ -123,16 +102,7 @@ async def run(
 ) -> float:
     store = Store(db)
     await store.open()
-    recorder = Recorder(
-        store,
-        Spool(folder / "spool", 10_000_000),
-        partial(provider_named, {"mistral": MistralProvider()}),
-        PriceTable.load(None),
-        max_body_bytes=1_000_000,
-        queue_size=100,
-        grouper=Grouper(300.0),
-        run_store=RunStore(store),
-    )
+    recorder = new_recorder(store, folder)
     if writer_gc:
         tune_gc()
     deferred = collections_deferred if writer_gc else contextlib.nullcontext
