@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import pickle
 import socket
 import struct
@@ -28,7 +27,6 @@ from gateway.capture.exchange import (
     UPSTREAM_TIMEOUT,
     Exchange,
 )
-from gateway.writer import journal as journal_module
 from gateway.writer import protocol
 from gateway.writer.health import WriterHealth
 from gateway.writer.journal import Journal
@@ -365,28 +363,3 @@ def test_the_journal_takes_a_frame_in_parts(tmp_path):
     journal.close(clean=False)
     found = Journal(tmp_path / "journal").recover()
     assert found.records == [RECORD] and found.interrupted == []
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    parts=st.lists(st.binary(max_size=64), max_size=5),
-    limits=st.lists(st.integers(1, 16), min_size=1, max_size=8),
-)
-def test_a_gathered_write_cut_short_by_the_kernel_goes_on_in_order(tmp_path_factory, parts, limits):
-    """`_write_all` continues a short `writev` where it stopped, whatever the parts' sizes."""
-    real = os.writev
-    turns = iter(limits * 1000)
-
-    def short(fd: int, views: list[memoryview]) -> int:  # the kernel taking a few bytes only
-        joined = b"".join(bytes(v) for v in views)
-        return real(fd, [joined[: next(turns)]])
-
-    path = tmp_path_factory.mktemp("journal") / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(os, "writev", short)
-            journal_module._write_all(fd, *parts)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == b"".join(parts)

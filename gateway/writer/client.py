@@ -457,11 +457,11 @@ class WriterProcess:
                 self._unsettled[exchange.id] = exchange
             self._unsettled_bytes += size
             if writer.transport.get_write_buffer_size():
-                # backed up (the writer is behind): queue both parts, no futile send
-                writer.write(message[0])
-                writer.write(message[1])
+                # backed up (the writer is behind): queue the parts, no futile send
+                for part in message:
+                    writer.write(part)
             else:
-                writer.writelines(message)  # one sendmsg of both parts
+                writer.writelines(message)  # one sendmsg of the parts
 
     def _spill(self, batch: list[Exchange]) -> None:
         self._overflowing = True

@@ -9,7 +9,7 @@ before it is sent, and each call's start is noted:
 - `records-*.bin`: the record frames, in segments; a segment is deleted once the writer has
   settled every record in it, so the journal holds about what is in transit.
 - `inflight.bin`: `start` and `end` entries of calls; rewritten with only the open ones
-  when it grows past a megabyte.
+  when it grows past 64 KiB.
 
 Both are written once per hand-off window (`writer.FLUSH_SECONDS`), never on a call's own
 path, and to the page cache only (no fsync): they survive the processes being killed, not
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.capture.exchange import INTERRUPTED, Exchange
+from gateway.writer.parts import write_all
 
 log = logging.getLogger("agentops.journal")
 
@@ -197,7 +198,7 @@ class Journal:
             if records_frame is not None and ids:
                 parts = [records_frame] if isinstance(records_frame, bytes) else records_frame
                 segment = self._segment()
-                _write_all(segment.fd, *parts)
+                write_all(segment.fd, parts)
                 segment.size += sum(map(len, parts))
                 segment.open_records += len(ids)
                 for exchange_id in ids:
@@ -285,7 +286,7 @@ class Journal:
         assert self._inflight_fd is not None
         if self._inflight_size + len(data) > INFLIGHT_COMPACT_BYTES:
             self._compact()
-        _write_all(self._inflight_fd, data)
+        write_all(self._inflight_fd, (data,))
         self._inflight_size += len(data)
 
     def _compact(self) -> None:
@@ -296,7 +297,7 @@ class Journal:
         data = frame("start", list(self._inflight.values())) if self._inflight else b""
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, (data,))
         except OSError:
             os.close(fd)
             raise
@@ -304,21 +305,6 @@ class Journal:
         os.close(self._inflight_fd)
         self._inflight_fd = fd
         self._inflight_size = len(data)
-
-
-def _write_all(fd: int, *parts: bytes) -> None:
-    """Write the parts in order, in one gathered write unless the kernel takes fewer bytes."""
-    views = [memoryview(part) for part in parts if part]
-    while views:
-        written = os.writev(fd, views)
-        if written <= 0:
-            raise OSError("the journal accepted no bytes")
-        while written:
-            if written >= len(views[0]):
-                written -= len(views.pop(0))
-            else:
-                views[0] = views[0][written:]
-                written = 0
 
 
 def placeholder(values: tuple[Any, ...]) -> Exchange:

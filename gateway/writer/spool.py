@@ -13,7 +13,6 @@ once per episode, not once per record.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import operator
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.capture.exchange import Exchange
+from gateway.writer.parts import pickled, write_all
 
 log = logging.getLogger("agentops.spool")
 _HEADER = struct.Struct(">I")
@@ -147,29 +147,25 @@ class Spool:
         self.spooled += kept
         return kept
 
-    def _write_together(self, entries: list[bytes]) -> bool:
-        """Write all the entries in one system call where each would have been written, one
+    def _write_together(self, entries: list[list[bytes]]) -> bool:
+        """Write all the entries in one gathered write where each would have been written, one
         by one, to the same file with room under the bound: the file's bytes are the same
         (one write instead of one per record: a quarter of `append`'s time for 1 KB records).
         False, with nothing written, when they must go one by one (the bound, the file's
         rotation, an error: `_write` then keeps what fits and says why the rest is dropped)."""
-        total = sum(map(len, entries))
+        sizes = [sum(map(len, entry)) for entry in entries]
+        total = sum(sizes)
         if self._size + self._released_bytes + total > self.max_bytes:
             return False
         try:
             handle = self._open()
         except OSError:
             return False
-        if self._offset + total - len(entries[-1]) >= _ROTATE_BYTES:
+        if self._offset + total - sizes[-1] >= _ROTATE_BYTES:
             return False  # the last would begin a new file
         start = self._offset
-        view = memoryview(b"".join(entries))
         try:
-            while view:
-                written = os.write(handle, view)  # O_APPEND: each part goes to the end
-                if written == 0:
-                    raise OSError(errno.ENOSPC, "the spool file took no bytes")
-                view = view[written:]
+            write_all(handle, [part for entry in entries for part in entry])
         except OSError:
             self._roll_back(handle, start)
             return False
@@ -177,12 +173,13 @@ class Spool:
         self._size += total
         return True
 
-    def _write(self, entry: bytes) -> str | None:
+    def _write(self, entry: list[bytes]) -> str | None:
         """Put one record at the end of the current file, wholly or not at all; returns why
         it could not be, or None. A short write is continued; an error cuts the file back to
         where the record began (a reader stops at a partial record, losing what follows)."""
-        if self._size + self._released_bytes + len(entry) > self.max_bytes and (
-            self._size + self._released_left(now=True) + len(entry) > self.max_bytes
+        size = sum(map(len, entry))
+        if self._size + self._released_bytes + size > self.max_bytes and (
+            self._size + self._released_left(now=True) + size > self.max_bytes
         ):
             return f"--spool-max-bytes {self.max_bytes} reached"
         try:
@@ -190,18 +187,13 @@ class Spool:
         except OSError as exc:
             return f"cannot open a spool file: {exc}"
         start = self._offset
-        view = memoryview(entry)
         try:
-            while view:
-                written = os.write(handle, view)  # O_APPEND: each part goes to the end
-                if written == 0:
-                    raise OSError(errno.ENOSPC, "the spool file took no bytes")
-                view = view[written:]
+            write_all(handle, entry)  # O_APPEND: each part goes to the end
         except OSError as exc:
             self._roll_back(handle, start)
             return str(exc)
-        self._offset += len(entry)
-        self._size += len(entry)
+        self._offset += size
+        self._size += size
         return None
 
     def _roll_back(self, handle: int, start: int) -> None:
@@ -291,10 +283,12 @@ class Spool:
         self._drops.end()
 
 
-def _entry(record: Exchange) -> bytes:
-    """A record as the spool keeps it: its length, then the pickle of its plain dict."""
-    data = pickle.dumps(record.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
+def _entry(record: Exchange) -> list[bytes]:
+    """A record as the spool keeps it: its length, then the pickle of its plain dict (in
+    parts: its bodies are not copied before the kernel takes them, see parts.py)."""
+    data = pickled(record.to_dict())
+    data.insert(0, _HEADER.pack(sum(map(len, data))))
+    return data
 
 
 def _measure(files: list[Path]) -> int:
