@@ -118,7 +118,7 @@ async def test_dataset_commands_round_trip(upstream: Upstream, tmp_path: Path):
 async def test_dataset_mistakes_are_one_line(tmp_path: Path):
     from tests.conftest import migrated_sqlite
 
-    db = f"sqlite://{migrated_sqlite(tmp_path / 'm.db')}"
+    db = migrated_sqlite(tmp_path / "m.db")
     assert (await run("dataset", "create", "d", "--db", db))[0] == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": {"messages": []}}\nnot json\n')

@@ -19,13 +19,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from secrets import token_urlsafe
 
 import aiohttp
 import pytest
 
 from gateway.app import Gateway
 from gateway.capture.exchange import Exchange
-from gateway.writer.spool import Spool, read_records
+from gateway.writer import spool as spool_module
+from gateway.writer.spool import Spool, _entry, read_records
 from tests.conftest import CALL_KEY as KEY
 from tests.conftest import Upstream, health, make_settings, migrated_sqlite, running, wait_until
 from tests.tcp_relay import TcpRelay
@@ -36,12 +38,24 @@ TINY = 256 * 1024
 
 def body(n: int) -> bytes:
     """Record n's request body: 1-3 KiB that no other record has, so a torn or misplaced
-    record cannot read back as intact; sizes vary so writes end mid-page."""
-    seed = hashlib.sha256(str(n).encode()).digest()
-    return seed * (32 + n % 64)
+    record cannot read back as intact; sizes vary so writes end mid-page. Random bytes, which
+    do not compress: written record by record (see `words` for blocks)."""
+    return hashlib.shake_256(str(n).encode()).digest(1024 + 32 * (n % 64))
 
 
-def record(n: int) -> Exchange:
+VOCABULARY = b"the a call agent tool run step answer model token cost time".split()
+
+
+def words(n: int) -> bytes:
+    """A body like a chat call's, its own words in an order no other has, which compresses
+    (about 4x alone, more together): records of these go in blocks."""
+    text = b" ".join(
+        VOCABULARY[i % len(VOCABULARY)] for i in hashlib.shake_256(b"%d" % n).digest(250)
+    )
+    return b'{"messages":[{"role":"user","content":"%s"}]}' % text
+
+
+def record(n: int, text: bytes | None = None) -> Exchange:
     return Exchange(
         id=10_000 + n,
         started_at=1.0e9 + n,
@@ -50,7 +64,7 @@ def record(n: int) -> Exchange:
         path="/v1/chat/completions",
         query="",
         request_headers=[],
-        request_body=body(n),
+        request_body=body(n) if text is None else text,
         status=200,
     )
 
@@ -191,6 +205,71 @@ def test_a_file_torn_mid_record_is_replayed_up_to_the_tear(tmp_path: Path):
     assert not spool.pending() and not list(folder.glob("spool-*.bin"))
 
 
+def test_small_records_that_come_together_are_one_compressed_block(tmp_path: Path):
+    """A hand-off window of 1 KB calls takes a fraction of its bytes, reads back whole and in
+    order beside records written one by one (and beside files from before blocks)."""
+    folder = tmp_path / "spool"
+    older = b"".join(b"".join(_entry(record(n))) for n in (1, 2))  # a file written before
+    folder.mkdir()
+    (folder / "spool-00000000000000000001-1.bin").write_bytes(older)
+    spool = Spool(folder, 10**9)
+    together = [record(n, words(n)) for n in range(3, 40)]
+    before = spool.size
+    assert spool.append(together) == len(together)
+    raw = sum(len(b"".join(_entry(r))) for r in together)
+    assert spool.size - before < raw / 4
+    assert spool.append([record(40)]) == 1  # random bytes: as they are
+    assert spool.append([record(41, words(41))]) == 1  # alone, still compressed
+    spool.close()
+    files = sorted(folder.glob("spool-*.bin"))
+    assert sum(p.stat().st_size for p in files) == spool.size
+    back = [r for path in files for r in read_records(path)]
+    assert [r.id - 10_000 for r in back] == list(range(1, 42))
+    assert all(
+        r.request_body == (words(n) if 3 <= n <= 41 and n != 40 else body(n))
+        for n, r in zip(range(1, 42), back, strict=True)
+    )
+    assert back[5] == together[3]  # every field, not the body alone
+
+
+def test_a_block_torn_by_a_kill_is_lost_whole_and_the_file_read_up_to_it(tmp_path: Path):
+    folder = tmp_path / "spool"
+    spool = Spool(folder, 10**9)
+    spool.append([record(n, words(n)) for n in range(1, 5)])
+    spool.append([record(n, words(n)) for n in range(5, 9)])
+    spool.close()
+    (path,) = folder.glob("spool-*.bin")
+    path.write_bytes(path.read_bytes()[:-7])
+    assert [r.id - 10_000 for r in read_records(path)] == [1, 2, 3, 4]
+
+
+def test_a_block_past_the_bound_keeps_what_fits_record_by_record(tmp_path: Path):
+    spool = Spool(tmp_path / "spool", 20_000)
+    spool.append([record(1, words(1))])
+    kept = spool.append([record(n, words(n)) for n in range(2, 200)])
+    assert 0 < kept < 198 and spool.dropped == 198 - kept
+    assert spool.size == on_disk(tmp_path / "spool") <= 20_000
+    spool.close()
+    back = [r for p in sorted((tmp_path / "spool").glob("*.bin")) for r in read_records(p)]
+    assert [r.id - 10_000 for r in back] == list(range(1, kept + 2))
+
+
+def test_a_file_rotates_by_its_records_bytes_not_only_its_own(tmp_path: Path, monkeypatch):
+    """A compressed file holds no more records than a file of records as they are would:
+    replaying one (the recorder reads a file whole) stays within the same memory."""
+    monkeypatch.setattr(spool_module, "_ROTATE_BYTES", 50_000)
+    spool = Spool(tmp_path / "spool", 10**9)
+    for start in range(0, 400, 20):
+        spool.append([record(n, words(n)) for n in range(start, start + 20)])
+    spool.close()
+    files = sorted((tmp_path / "spool").glob("spool-*.bin"))
+    held = [[len(b"".join(_entry(r))) for r in read_records(p)] for p in files]
+    assert sum(map(len, held)) == 400 and len(files) > 1
+    block = 20 * max(map(max, held))  # a file is rotated before the write that would pass it
+    assert all(sum(sizes) < 50_000 + block for sizes in held)
+    assert all(p.stat().st_size < 50_000 / 2 for p in files)  # what it saves on disk
+
+
 def test_files_removed_by_hand_do_not_leave_the_spool_pending(tmp_path: Path):
     spool = Spool(tmp_path / "spool", 10**9)
     spool.append([record(1)])
@@ -270,12 +349,13 @@ async def idle_writer(gw: Gateway) -> None:
 
 
 async def send(gw: Gateway, count: int, tag: str) -> None:
-    """`count` calls, 25 at a time, each with 2 KiB of text so a few dozen fill the spool."""
+    """`count` calls, 25 at a time, each with 2 KiB of text so a few dozen fill the spool
+    (random, as base64: compressed blocks would hold hundreds of repeated characters)."""
 
     async def one(http: aiohttp.ClientSession, n: int) -> None:
         payload = {
             "model": "mistral-small-latest",
-            "messages": [{"role": "user", "content": f"{tag} {n} " + "x" * 2048}],
+            "messages": [{"role": "user", "content": f"{tag} {n} {token_urlsafe(1536)}"}],
         }
         async with http.post(
             f"{gw.proxy_url}/v1/chat/completions",
