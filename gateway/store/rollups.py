@@ -308,10 +308,9 @@ class Rollups:
         """Each run's name and agent id: the run and agent dimensions' values."""
         if not run_ids:
             return {}
-        ids = list(run_ids)
-        marks = ", ".join("?" * len(ids))
+        marks, params = self.store.id_list(list(run_ids))
         _, rows = await tx.execute_query(
-            self.store.sql(f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids
+            self.store.sql(f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), params
         )
         return {row["id"]: (row["name"], row["agent_id"]) for row in rows}
 

@@ -100,6 +100,16 @@ UPSERT = (
     "ended_at = NULL, status = 'running' "
     "RETURNING id, steps"
 )
+SNAPSHOT_COLUMNS = (
+    "run_id",
+    "exchange_id",
+    "step",
+    "taken_at",
+    "carried",
+    "appended",
+    "appended_from",
+    "inputs_from",
+)
 TITLE_CHARS = 80  # an unnamed run's title, at most
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
 TOOL_COLUMNS = (
@@ -260,16 +270,7 @@ class RunStore:
         store = self.store
         snapshots = storable.rows(
             "memory_snapshots",
-            (
-                "run_id",
-                "exchange_id",
-                "step",
-                "taken_at",
-                "carried",
-                "appended",
-                "appended_from",
-                "inputs_from",
-            ),
+            SNAPSHOT_COLUMNS,
             [
                 [
                     s["run_id"],
@@ -286,14 +287,7 @@ class RunStore:
                 )
             ],
         )
-        if snapshots:
-            await tx.execute_many(
-                store.sql(
-                    "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
-                    "appended, appended_from, inputs_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                snapshots,
-            )
+        await store.bulk.insert(tx, "memory_snapshots", SNAPSHOT_COLUMNS, snapshots)
 
     async def _write_conversation_links(
         self, tx: BaseDBAsyncClient, changes: list[RunChanges], shared: bool = True
@@ -355,13 +349,8 @@ class RunStore:
     async def _insert_fitted(
         self, tx: BaseDBAsyncClient, table: str, columns: tuple[str, ...], rows: list[list[Any]]
     ) -> None:
-        """Insert rows whose values are storable already, in one executemany."""
-        if not rows:
-            return
-        marks = ", ".join("?" * len(columns))
-        await tx.execute_many(
-            self.store.sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"), rows
-        )
+        """Insert rows whose values are storable already, in one statement (bulk.py)."""
+        await self.store.bulk.insert(tx, table, columns, rows)
 
     async def _upsert_runs(self, tx: BaseDBAsyncClient, changes: list[RunChanges]) -> list[int]:
         """Add the batch to its runs' totals (atomically: `x = x + excluded.x`, so writers of
