@@ -55,7 +55,7 @@ class Bulk:
         tx: BaseDBAsyncClient,
         table: str,
         columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
+        rows: list[list[Any]],
         conflict: str = "",
     ) -> None:
         """Insert `rows` (values in `columns`' order, storable already); `conflict`, e.g.
