@@ -324,6 +324,7 @@ class Store:
         ]
         search = [[r.exchange["id"], r.search_text()] for r in batch]
         conflict = " ON CONFLICT DO NOTHING"
+        self.rollups.returned.clear()  # none from a batch that failed
         async with self._batch() as tx:
             if also is not None:  # first: it numbers the steps the exchanges rows hold
                 await also(tx)

@@ -98,7 +98,7 @@ UPSERT = (
     "source = CASE WHEN runs.source = 'single' THEN excluded.source "
     "ELSE runs.source END, "
     "ended_at = NULL, status = 'running' "
-    "RETURNING id, steps"
+    "RETURNING id, steps, name, agent_id"
 )
 SNAPSHOT_COLUMNS = (
     "run_id",
@@ -416,6 +416,8 @@ class RunStore:
                 [value for row in chunk for value in row],
             )
             counts.update({int(r["id"]): int(r["steps"]) for r in found})
+            # the rows as they now are: the rollups' run labels need no look-up of their own
+            store.rollups.returned.update({int(r["id"]): (r["name"], r["agent_id"]) for r in found})
         _number_steps(changes, counts)
         # A run the grouper knew (not created here) whose counter holds only this batch's
         # steps was inserted again: it was merged away (or deleted) since the grouper saw it.
