@@ -332,7 +332,15 @@ class Store:
                 self._exchange_values(r.exchange, in_frame=f.data is not None)
                 for r, f in zip(batch, frames, strict=True)
             ]
-            await self.bulk.insert(tx, "exchanges", EXCHANGE_COLUMNS, exchanges, conflict)
+            # A row at a time too: as 42 arrays, ~10 us more of the writer's CPU a call for
+            # as much less of the server's (measured)
+            await tx.execute_many(
+                self.sql(
+                    f"INSERT INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(EXCHANGE_COLUMNS))}){conflict}"
+                ),
+                exchanges,
+            )
             await self._keep_bases(tx, frames)
             # A row at a time: as arrays, a batch's bodies (100 KB calls: 3 MB) are copied
             # into ever larger buffers by asyncpg, 40 us of the writer's CPU a call for 5 of
