@@ -7,6 +7,11 @@ array and inserts the batch in one execution, the rows in their order (a serial 
 numbers them as before) and each value cast to its column's type as an INSERT does: a
 `character varying[]` array, then the column's own `varchar(n)` by assignment, so a value
 too long fails as it did.
+
+Used where it helps the server without costing the writer (measured, one process
+alternating): the search documents and memory snapshots, ~30 us of server CPU saved per 1 KB
+call for ~2 us of the writer's. Wide rows (exchanges' 42 columns) and large values (bodies)
+cost asyncpg as much to send as arrays as the server saves; they stay executemany.
 """
 
 from __future__ import annotations
