@@ -287,6 +287,9 @@ class Rollups:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._labels: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
+        # Labels of the runs the writer's transaction upserted (their RETURNING), for
+        # add_rows in that same transaction; emptied when a batch starts and when used
+        self.returned: dict[int, tuple[str | None, str | None]] = {}
         marks = ", ".join("?" * len(_UPSERT_COLUMNS))
         updates = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in VALUES)
         self._upsert = store.sql(
@@ -308,10 +311,9 @@ class Rollups:
         """Each run's name and agent id: the run and agent dimensions' values."""
         if not run_ids:
             return {}
-        ids = list(run_ids)
-        marks = ", ".join("?" * len(ids))
+        marks, params = self.store.id_list(list(run_ids))
         _, rows = await tx.execute_query(
-            self.store.sql(f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), ids
+            self.store.sql(f"SELECT id, name, agent_id FROM runs WHERE id IN ({marks})"), params
         )
         return {row["id"]: (row["name"], row["agent_id"]) for row in rows}
 
@@ -341,7 +343,10 @@ class Rollups:
         await self.apply(tx, sums)
 
     async def _refresh(self, tx: BaseDBAsyncClient, run_ids: set[int], batch_ids: set[int]) -> None:
-        for run_id, (name, agent) in (await self.labels(tx, run_ids)).items():
+        returned, self.returned = self.returned, {}
+        found = {run_id: returned[run_id] for run_id in run_ids if run_id in returned}
+        found.update(await self.labels(tx, run_ids - found.keys()))
+        for run_id, (name, agent) in found.items():
             known = self._labels.get(run_id)
             if agent and known is not None and known[1] is None:
                 await self._agent_arrived(tx, run_id, agent, batch_ids)

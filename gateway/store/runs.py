@@ -98,7 +98,17 @@ UPSERT = (
     "source = CASE WHEN runs.source = 'single' THEN excluded.source "
     "ELSE runs.source END, "
     "ended_at = NULL, status = 'running' "
-    "RETURNING id, steps"
+    "RETURNING id, steps, name, agent_id"
+)
+SNAPSHOT_COLUMNS = (
+    "run_id",
+    "exchange_id",
+    "step",
+    "taken_at",
+    "carried",
+    "appended",
+    "appended_from",
+    "inputs_from",
 )
 TITLE_CHARS = 80  # an unnamed run's title, at most
 RUN_SELECT = ", ".join('r."user"' if c == "user" else f"r.{c}" for c in RUN_COLUMNS)
@@ -260,16 +270,7 @@ class RunStore:
         store = self.store
         snapshots = storable.rows(
             "memory_snapshots",
-            (
-                "run_id",
-                "exchange_id",
-                "step",
-                "taken_at",
-                "carried",
-                "appended",
-                "appended_from",
-                "inputs_from",
-            ),
+            SNAPSHOT_COLUMNS,
             [
                 [
                     s["run_id"],
@@ -286,14 +287,7 @@ class RunStore:
                 )
             ],
         )
-        if snapshots:
-            await tx.execute_many(
-                store.sql(
-                    "INSERT INTO memory_snapshots (run_id, exchange_id, step, taken_at, carried, "
-                    "appended, appended_from, inputs_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                snapshots,
-            )
+        await store.bulk.insert(tx, "memory_snapshots", SNAPSHOT_COLUMNS, snapshots)
 
     async def _write_conversation_links(
         self, tx: BaseDBAsyncClient, changes: list[RunChanges], shared: bool = True
@@ -355,7 +349,8 @@ class RunStore:
     async def _insert_fitted(
         self, tx: BaseDBAsyncClient, table: str, columns: tuple[str, ...], rows: list[list[Any]]
     ) -> None:
-        """Insert rows whose values are storable already, in one executemany."""
+        """Insert rows whose values are storable already, in one executemany (as arrays,
+        bulk.py, not measured to help the writer's CPU as for snapshots)."""
         if not rows:
             return
         marks = ", ".join("?" * len(columns))
@@ -427,6 +422,8 @@ class RunStore:
                 [value for row in chunk for value in row],
             )
             counts.update({int(r["id"]): int(r["steps"]) for r in found})
+            # the rows as they now are: the rollups' run labels need no look-up of their own
+            store.rollups.returned.update({int(r["id"]): (r["name"], r["agent_id"]) for r in found})
         _number_steps(changes, counts)
         # A run the grouper knew (not created here) whose counter holds only this batch's
         # steps was inserted again: it was merged away (or deleted) since the grouper saw it.
