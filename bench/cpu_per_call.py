@@ -13,7 +13,8 @@ other, order rotated each round), so a change is compared with its baseline on t
 load.
 
     .venv/bin/python bench/cpu_per_call.py [--db sqlite|postgres] [--seconds 10] [--conc 16]
-        [--size 1024] [--rounds 2] [--compare ../wt-main] [--py-spy writer|proxy|bare]
+        [--size 1024] [--rounds 2] [--compare ../wt-main] [--compare-args '--journal off']
+        [--py-spy writer|proxy|bare]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shlex
 import signal
 import statistics
 import subprocess
@@ -71,12 +73,12 @@ class Arm:
 
 
 async def start_gateway(
-    name: str, python: str, cwd: Path, db: str, upstream: str, tmp: Path
+    name: str, python: str, cwd: Path, db: str, upstream: str, tmp: Path, extra: list[str]
 ) -> Arm:
     port, ui_port = free_port(), free_port()
     argv = [python, "-m", "gateway", "serve", "--upstream", upstream, "--db", db, "--host", HOST]
     argv += ["--port", str(port), "--ui-port", str(ui_port)]
-    argv += ["--spool-dir", str(tmp / f"spool-{name}")]
+    argv += ["--spool-dir", str(tmp / f"spool-{name}"), *extra]
     proc = spawn(name, argv, tmp, None, cwd=cwd)
     return Arm(name, proc, port, f"http://{HOST}:{ui_port}")
 
@@ -104,13 +106,14 @@ async def run(args: argparse.Namespace) -> None:
         tmp,
         None,
     )
-    trees = [("gateway", PYTHON, BENCH_DIR.parent)]
+    trees = [("gateway", PYTHON, BENCH_DIR.parent, [])]
     if args.compare:
         other = Path(args.compare).resolve()
-        trees.append(("compare", str(other / ".venv" / "bin" / "python"), other))
+        python = str(other / ".venv" / "bin" / "python")
+        trees.append(("compare", python, other, shlex.split(args.compare_args)))
     db_names: list[str] = []
     arms: list[Arm] = []
-    for name, python, cwd in trees:
+    for name, python, cwd, extra in trees:
         if args.db == "sqlite":
             db = f"sqlite://{tmp / f'{name}.db'}"
         else:
@@ -118,7 +121,7 @@ async def run(args: argparse.Namespace) -> None:
             await create_pg_db(db_name)
             db_names.append(db_name)
             db = f"{PG_BASE_DSN}/{db_name}"
-        arms.append(await start_gateway(name, python, cwd, db, upstream, tmp))
+        arms.append(await start_gateway(name, python, cwd, db, upstream, tmp, extra))
     driver = WrkDriver()
     number = 0
     bare_us_all: list[float] = []
@@ -253,6 +256,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="request body bytes")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compare", help="another checkout (with its .venv) to measure beside")
+    parser.add_argument(
+        "--compare-args",
+        default="",
+        help="more `serve` arguments for the --compare arm: `--compare . --compare-args "
+        "'--journal off'` measures this tree without its journal beside it",
+    )
     parser.add_argument("--py-spy", choices=("writer", "proxy", "bare"))
     asyncio.run(run(parser.parse_args()))
 
