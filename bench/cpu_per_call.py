@@ -35,7 +35,7 @@ from pathlib import Path
 
 import aiohttp
 from drivers import Pool, WrkDriver, make_pool
-from procs import HOST, Proc, cpu_of, free_port, spawn, stop_all, wait_ready
+from procs import HOST, Proc, answers, cpu_of, free_port, spawn, stop_all, wait_ready
 from storage import PG_BASE_DSN, create_pg_db, drop_pg_db
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace) -> None:
         tmp,
         None,
     )
-    trees = [("gateway", PYTHON, BENCH_DIR.parent, [])]
+    trees: list[tuple[str, str, Path, list[str]]] = [("gateway", PYTHON, BENCH_DIR.parent, [])]
     if args.compare:
         other = Path(args.compare).resolve()
         python = str(other / ".venv" / "bin" / "python")
@@ -127,17 +127,11 @@ async def run(args: argparse.Namespace) -> None:
     bare_us_all: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
-
-            async def ping(url: str) -> bool:
-                try:
-                    async with session.get(url) as resp:
-                        return resp.status < 500
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_ready(procs[0], lambda: ping(f"{upstream}/bench/ping"), 30)
+            await wait_ready(procs[0], lambda: answers(session, f"{upstream}/bench/ping"), 30)
             for arm in arms:
-                await wait_ready(arm.proc, lambda arm=arm: ping(f"{arm.ui}/healthz"), 60)
+                await wait_ready(
+                    arm.proc, lambda arm=arm: answers(session, f"{arm.ui}/healthz"), 60
+                )
             await asyncio.sleep(1)
             bare_url = f"http://{HOST}:{bare_port}/v1/chat/completions"
             for arm in arms:

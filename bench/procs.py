@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -198,3 +200,12 @@ async def port_open(port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+async def answers(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether `url` answers below 500 (a readiness probe for `wait_ready`)."""
+    try:
+        async with session.get(url) as resp:
+            return resp.status < 500
+    except aiohttp.ClientError:
+        return False

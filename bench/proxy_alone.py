@@ -46,7 +46,7 @@ async def serve(port: int, upstream: str) -> None:
 async def run(args: argparse.Namespace) -> None:
     import aiohttp
     from drivers import WrkDriver, make_pool
-    from procs import HOST, cpu_of, free_port, spawn, stop_all, wait_ready
+    from procs import HOST, answers, cpu_of, free_port, spawn, stop_all, wait_ready
 
     tmp = Path(tempfile.mkdtemp(prefix="proxy-alone-"))
     pool = make_pool(f"{args.size}", args.size, 200, tmp, seed=7)
@@ -73,18 +73,10 @@ async def run(args: argparse.Namespace) -> None:
     ratios: dict[str, list[float]] = {name: [] for name in arms if name != "bare"}
     try:
         async with aiohttp.ClientSession() as session:
-
-            async def ping(url: str) -> bool:
-                try:
-                    async with session.get(url) as resp:
-                        return resp.status < 500
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_ready(up, lambda: ping(f"{upstream}/bench/ping"), 30)
+            await wait_ready(up, lambda: answers(session, f"{upstream}/bench/ping"), 30)
 
             def probe(port: int) -> Callable[[], Awaitable[bool]]:
-                return lambda: ping(f"http://{HOST}:{port}/bench/ping")
+                return lambda: answers(session, f"http://{HOST}:{port}/bench/ping")
 
             for proc, port in arms.values():
                 await wait_ready(proc, probe(port), 30)
