@@ -88,6 +88,15 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Move every thread of a running process to these cores (a thread started before a
+    process-wide sched_setaffinity keeps its old mask, so each task is set on its own)."""
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), cpus)
+
+
 def cpu_of(pids: list[int]) -> float:
     """utime + stime of these processes (all their threads), in seconds, from /proc/PID/stat."""
     total = 0.0
