@@ -181,6 +181,23 @@ async def test_a_tool_loop_threads_into_one_run():
     assert [r["return_value"] for r in second.tool_results] == ["sunny"]
 
 
+async def test_extended_steps_are_forgotten_with_their_thread_keys(monkeypatch):
+    """`extended` (calls a later step continued) is pruned with `threads`: a writer that
+    served agent loops for days kept one id per step for good."""
+    monkeypatch.setattr("gateway.runs.grouper.THREAD_LIMIT", 4)
+    grouper = Grouper(run_idle=300)
+    for n in range(10):
+        ask = [{"role": "user", "content": f"Weather in city {n}?"}]
+        await place(grouper, record({"model": "m", "messages": ask}, answer(tool="weather")))
+        assistant = answer(tool="weather")["choices"][0]["message"]
+        follow = [*ask, assistant, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]
+        step = await place(grouper, record({"model": "m", "messages": follow}, answer("Sunny.")))
+        assert step.exchange["run_source"] == THREAD
+    remembered = {c.exchange_id for found in grouper.threads.values() for c in found}
+    assert len(grouper.threads) == 4
+    assert grouper.extended and grouper.extended <= remembered
+
+
 def _without_ids(change: Any) -> tuple[Any, ...]:
     """What a change holds, its run and exchange ids aside (new runs get random ids)."""
 

@@ -336,11 +336,19 @@ class Grouper:
         self.threads.setdefault(key, []).append(Candidate(exchange_id, run_id, at))
         self.threads.move_to_end(key)
         while len(self.threads) > THREAD_LIMIT:
-            self.threads.popitem(last=False)
+            self._forget_oldest_thread()
         oldest = next(iter(self.threads.values()), None)
         while oldest and oldest[-1].at < at - THREAD_SECONDS:
-            self.threads.popitem(last=False)
+            self._forget_oldest_thread()
             oldest = next(iter(self.threads.values()), None)
+
+    def _forget_oldest_thread(self) -> None:
+        """Drop the oldest thread key, and its calls from `extended`: that set is only read
+        for candidates still in `threads`, and without this it grew by one id per step of
+        every agent loop for the life of the writer (nothing else removes from it)."""
+        _, candidates = self.threads.popitem(last=False)
+        for candidate in candidates:
+            self.extended.discard(candidate.exchange_id)
 
     def remember_conversation(self, conversation_id: str, run_id: int) -> None:
         self.conversations[conversation_id] = run_id
