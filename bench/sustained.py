@@ -30,7 +30,7 @@ import aiohttp
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from drivers import make_pool  # noqa: E402 (a sibling module of this script)
-from procs import free_port, pin_process  # noqa: E402
+from procs import cpu_of, free_port, pin_process  # noqa: E402
 
 ROOT = str(BENCH.parent)
 PY = sys.executable
@@ -99,6 +99,7 @@ async def main():
                 pin_process(writer, {1})
                 print(f"writer {writer} alone on CPU 1; proxy, wrk and upstream on CPU 0")
             h0 = await health()
+            writer_cpu = cpu_of([h0["writer_pid"]])
             wrk = await asyncio.create_subprocess_exec(
                 "taskset",
                 "-c",
@@ -141,9 +142,11 @@ async def main():
             sent = json.loads(summary[-1].removeprefix("BENCH-JSON "))["requests"]
             print(f"wrk: {sent} calls in {SECONDS} s, {sent / SECONDS:.0f} req/s")
             stored = h["written_records"] - h0["written_records"]
+            busy = (cpu_of([h0["writer_pid"]]) - writer_cpu) / (tick - t0)
             print(
                 f"stored while the load ran: {stored} ({stored / (tick - t0):.0f}/s), "
-                f"{stored / max(sent, 1):.1%} of the calls answered"
+                f"{stored / max(sent, 1):.1%} of the calls answered; the writer's process "
+                f"used {busy:.0%} of a core"
             )
             t1 = time.time()
             while True:
