@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from markupsafe import Markup
 
 from webui.render import environment, template_dir
 
@@ -72,3 +73,16 @@ def test_autoescape_is_on_everywhere():
     assert isinstance(env.undefined, type) and issubclass(env.undefined, jinja2.StrictUndefined)
     rendered = env.from_string("{{ x }}").render(x="<script>")
     assert rendered == "&lt;script&gt;"
+
+
+def test_bidirectional_controls_are_shown_not_obeyed():
+    """A captured text with a right-to-left override would read reversed on screen."""
+    env = environment()
+    hostile = "pay \u202eeulav\u202c <b> \u2066x\u2069"
+    rendered = env.from_string("<p title='{{ x }}'>{{ x }}</p>{{ m }}").render(
+        x=hostile, m=Markup("<i>\u200f</i>")
+    )
+    assert not re.search("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]", rendered)
+    shown = "pay [U+202E]eulav[U+202C] &lt;b&gt; [U+2066]x[U+2069]"
+    assert rendered == f"<p title='{shown}'>{shown}</p><i>[U+200F]</i>"
+    assert env.from_string("{{ x }}").render(x="plain, ünïcode, עברית") == "plain, ünïcode, עברית"

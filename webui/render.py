@@ -7,12 +7,14 @@ them as `webui/templates`, so both layouts are looked up.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from gateway.settings import Settings
 from webui import csrf, formats
@@ -42,6 +44,21 @@ def template_dir() -> Path:
     raise RuntimeError("the templates folder is missing from this installation")
 
 
+# Bidirectional controls reorder the text around them on screen (a prompt could show the
+# reviewer one thing and hold another, as in "Trojan Source"): every value a template prints
+# shows them as their code point instead, as code hosts do. The API and exports keep them.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown_controls(value: Any) -> Any:
+    """Jinja's `finalize`: a printed text with bidirectional controls gets `[U+202E]` for
+    each (Markup stays Markup: the marker holds nothing to escape)."""
+    if not isinstance(value, str) or not _BIDI.search(value):
+        return value
+    shown = _BIDI.sub(lambda found: f"[U+{ord(found.group()):04X}]", value)
+    return Markup(shown) if isinstance(value, Markup) else shown
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_dir()),
@@ -49,6 +66,7 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=shown_controls,
     )
     env.filters.update(formats.FILTERS)
     env.globals["query"] = query_string
