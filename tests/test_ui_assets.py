@@ -86,3 +86,6 @@ def test_bidirectional_controls_are_shown_not_obeyed():
     shown = "pay [U+202E]eulav[U+202C] &lt;b&gt; [U+2066]x[U+2069]"
     assert rendered == f"<p title='{shown}'>{shown}</p><i>[U+200F]</i>"
     assert env.from_string("{{ x }}").render(x="plain, ünïcode, עברית") == "plain, ünïcode, עברית"
+    # a form's value is sent back as it went out (and escaped as ever)
+    kept = env.from_string('<input value="{{ x|verbatim }}">').render(x='\u202e<"x">')
+    assert kept == '<input value="\u202e&lt;&#34;x&#34;&gt;">'

@@ -225,3 +225,28 @@ async def test_postgres_search_asks_the_gin_index_when_the_walk_runs_long(pg_url
         ) == [7]
     finally:
         await store.close()
+
+
+async def test_bidi_controls_shown_in_text_but_sent_back_unchanged(gateway: Gateway):
+    """A prompt holding a right-to-left override is shown with the control as `[U+202E]`
+    (it would show the prompt reversed); form values keep it, so a filter comes back as it
+    went out."""
+    override = "\u202e"
+    prompt = f"pay the {override}eciovni{override} now"
+
+    def call() -> None:
+        with Mistral(api_key=KEY, server_url=gateway.proxy_url) as client:
+            client.chat.complete(
+                model="mistral-small-latest", messages=[{"role": "user", "content": prompt}]
+            )
+
+    await asyncio.to_thread(call)
+    await gateway.recorder.drained(timeout=20)
+    for path in ("/", "/runs"):
+        status, page, _ = await fetch(gateway, path)
+        assert status == 200 and "pay the [U+202E]eciovni[U+202E] now" in page
+        assert override not in page
+    status, page, _ = await fetch(gateway, "/?q=%E2%80%AEeciovni")
+    assert status == 200 and f'value="{override}eciovni"' in page
+    status, page, _ = await fetch(gateway, "/runs?name=%E2%80%AEx&user=%E2%80%AEy")
+    assert f'value="{override}x"' in page and f'value="{override}y"' in page

@@ -46,13 +46,26 @@ def template_dir() -> Path:
 
 # Bidirectional controls reorder the text around them on screen (a prompt could show the
 # reviewer one thing and hold another, as in "Trojan Source"): every value a template prints
-# shows them as their code point instead, as code hosts do. The API and exports keep them.
+# shows them as their code point instead, as code hosts do. The API and exports keep them,
+# and so do form values (`|verbatim`), which must come back as they went out.
 _BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+class Verbatim(str):
+    """Text printed as it is, bidirectional controls included (and escaped as usual)."""
+
+
+def verbatim(value: Any) -> Any:
+    """The `verbatim` filter, for a form's values: a filter, a model to choose, a field
+    typed before, whose text must be sent back unchanged."""
+    return Verbatim(value) if isinstance(value, str) else value
 
 
 def shown_controls(value: Any) -> Any:
     """Jinja's `finalize`: a printed text with bidirectional controls gets `[U+202E]` for
-    each (Markup stays Markup: the marker holds nothing to escape)."""
+    each (Markup stays Markup: the marker holds nothing to escape); `|verbatim` text as is."""
+    if value.__class__ is Verbatim:
+        return str(value)
     if not isinstance(value, str) or not _BIDI.search(value):
         return value
     shown = _BIDI.sub(lambda found: f"[U+{ord(found.group()):04X}]", value)
@@ -69,6 +82,7 @@ def environment() -> jinja2.Environment:
         finalize=shown_controls,
     )
     env.filters.update(formats.FILTERS)
+    env.filters["verbatim"] = verbatim
     env.globals["query"] = query_string
     return env
 
