@@ -43,6 +43,7 @@ from gateway.store.bodies import (
     read_bodies,
 )
 from gateway.store.bulk import Bulk
+from gateway.store.migration_lock import migration_lock
 from gateway.store.records import LIST_COLUMNS, ExchangeSummary, StoredExchange, iso_time
 from gateway.store.rollups import Rollups
 from gateway.store.search import fts5_query, pg_document, pg_query
@@ -224,7 +225,8 @@ class Store:
             await asyncio.to_thread(prepare_sqlite, path)
         try:
             if migrate_schema:
-                await migrate(config=tortoise_config(self.url))
+                async with migration_lock(self.url, path):
+                    await migrate(config=tortoise_config(self.url))
             await Tortoise.init(config=tortoise_config(self.url))
             self._conn = Tortoise.get_connection("default")
             if self.dialect == "sqlite":
