@@ -4,9 +4,10 @@ Two gateways started together on a new database (replicas behind a load balancer
 `serve` and a CLI command) would each find no tables and each create them; the second then
 failed with "table exchanges already exists". So migrating holds a lock that other processes
 wait for: PostgreSQL's advisory lock (per database, held by a connection of its own for the
-while), and on SQLite an exclusive `flock` on the database file (Linux keeps `flock` locks
-apart from the POSIX record locks SQLite itself takes, so it never blocks SQLite). Whoever
-comes second finds the schema current and has nothing left to do."""
+while), and on SQLite an exclusive `flock` on the database's folder. Not on the database file:
+closing a descriptor of that file drops every POSIX lock the process holds on it, SQLite's
+own connections' included (measured: a restarted gateway's reads stopped seeing what its
+writer stored). Whoever comes second finds the schema current and has nothing left to do."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tortoise.backends.base.config_generator import expand_db_url
 
 # pg_advisory_lock's key for "migrating this database" (any constant; the database scopes it)
 LOCK_KEY = 0x6167_6F70_6D69_6772  # "agopmigr"
+POLL_SECONDS = 0.05  # between tries of a SQLite file's lock
 
 
 @asynccontextmanager
@@ -41,9 +43,18 @@ async def migration_lock(url: str, sqlite_file: str | None) -> AsyncIterator[Non
 
 @asynccontextmanager
 async def _file_lock(path: str) -> AsyncIterator[None]:
-    fd = os.open(path, os.O_RDWR)
+    """The lock of the folder holding `path` (databases in one folder migrate in turn).
+    Polled without blocking, in the event loop's own thread: a blocking `flock` in a worker
+    thread, its waiter cancelled, could run after the descriptor was closed and its number
+    reused, and take the lock for good."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(POLL_SECONDS)
         yield
     finally:
         os.close(fd)  # which releases the lock
