@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from typing import Any
 
 import asyncpg
 from tortoise.backends.base.config_generator import expand_db_url
+
+log = logging.getLogger("agentops.store")
 
 # pg_advisory_lock's key for "migrating this database" (any constant; the database scopes it)
 LOCK_KEY = 0x6167_6F70_6D69_6772  # "agopmigr"
@@ -55,6 +58,9 @@ async def _file_lock(path: str) -> AsyncIterator[None]:
                 break
             except BlockingIOError:
                 await asyncio.sleep(POLL_SECONDS)
+            except OSError as exc:  # a file system without flock: migrate as before
+                log.warning("migrating %s without a lock: %s", path, exc.strerror or exc)
+                break
         yield
     finally:
         os.close(fd)  # which releases the lock
