@@ -10,18 +10,9 @@ from pathlib import Path
 
 from gateway.store import migrations
 from gateway.store.exchanges import Store
+from tests.conftest import MIGRATE
 
 MIGRATIONS = Path(migrations.__file__).parent
-
-OPEN = (
-    "import asyncio, sys\n"
-    "from gateway.store.exchanges import Store\n"
-    "async def main():\n"
-    "    store = Store(sys.argv[1])\n"
-    "    await store.open()\n"
-    "    await store.close()\n"
-    "asyncio.run(main())\n"
-)
 
 
 async def test_processes_opening_a_new_database_together_all_succeed(blank_db_url: str):
@@ -29,7 +20,7 @@ async def test_processes_opening_a_new_database_together_all_succeed(blank_db_ur
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            OPEN,
+            MIGRATE,
             blank_db_url,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

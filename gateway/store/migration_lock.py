@@ -26,7 +26,7 @@ log = logging.getLogger("agentops.store")
 
 # pg_advisory_lock's key for "migrating this database" (any constant; the database scopes it)
 LOCK_KEY = 0x6167_6F70_6D69_6772  # "agopmigr"
-POLL_SECONDS = 0.05  # between tries of a SQLite file's lock
+POLL_SECONDS = 0.05  # between tries of a SQLite database folder's lock
 
 
 @asynccontextmanager
