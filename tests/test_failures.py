@@ -20,10 +20,11 @@ from tortoise.migrations.api import migrate
 from gateway.app import Gateway
 from gateway.capture import failure
 from gateway.errors import UserError
-from gateway.store.exchanges import Store, tortoise_config
+from gateway.store.exchanges import Store
 from gateway.store.query import exchange_filter, run_filter
 from gateway.store.rollups import exact_percentile
 from gateway.store.runs import RunStore
+from gateway.store.urls import tortoise_config
 from tests.conftest import CLI, ROOT, Upstream, free_port, make_settings, running, wait_until
 from tests.test_rollups import assert_rollups_true
 

@@ -20,8 +20,9 @@ from gateway.app import Gateway
 from gateway.capture.pricing import PriceTable
 from gateway.export.failures import failures, problems_of
 from gateway.providers.mistral import MistralProvider
-from gateway.store.exchanges import Store, tortoise_config
+from gateway.store.exchanges import Store
 from gateway.store.failures import failing_calls
+from gateway.store.urls import tortoise_config
 from tests.conftest import CLI, ROOT, Upstream, make_settings, running
 
 KEY = "sk-finetune-test-key-0000111122223333"

@@ -12,8 +12,9 @@ import pytest
 from tortoise.migrations.api import migrate
 
 from gateway.app import Gateway
-from gateway.store.exchanges import Store, tortoise_config
+from gateway.store.exchanges import Store
 from gateway.store.rollups import BOUNDS, VALUES, Fact, aggregate, hour_of, percentile
+from gateway.store.urls import tortoise_config
 from tests.conftest import Upstream, make_settings, running
 
 AUTH = {"Authorization": "Bearer rollup-test-key-0000"}

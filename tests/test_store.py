@@ -12,8 +12,9 @@ from pathlib import Path
 
 from tortoise.migrations.api import migrate
 
-from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store, tortoise_config
+from gateway.store.exchanges import BODY_COLUMNS, EXCHANGE_COLUMNS, Store
 from gateway.store.query import ExchangeFilter
+from gateway.store.urls import tortoise_config
 from tests.conftest import Upstream, calls, make_settings, running
 
 MIGRATIONS = [

@@ -22,7 +22,6 @@ from typing import Any
 
 from tortoise import Tortoise
 from tortoise.backends.base.client import BaseDBAsyncClient, ConnectionWrapper
-from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
@@ -49,6 +48,7 @@ from gateway.store.rollups import Rollups
 from gateway.store.search import fts5_query, pg_document, pg_query
 from gateway.store.sqlite_batch import sqlite_batch
 from gateway.store.stats import read_stats
+from gateway.store.urls import describe_url, sqlite_path, tortoise_config
 
 log = logging.getLogger("agentops.store")
 
@@ -98,21 +98,6 @@ class ExchangeFilter:
     errors: bool = False  # only failed calls
 
 
-def tortoise_config(url: str) -> dict[str, Any]:
-    return {
-        "connections": {"default": url},
-        "apps": {
-            "models": {
-                "models": ["gateway.store.models"],
-                "default_connection": "default",
-                "migrations": "gateway.store.migrations",
-            }
-        },
-        "use_tz": True,
-        "timezone": "UTC",
-    }
-
-
 def micros(value: datetime | str) -> int:
     """A stored time (SQLite: text, naive means UTC) as microseconds since the epoch."""
     if isinstance(value, str):
@@ -128,11 +113,6 @@ def _numbered(text: str) -> str:
     same few texts every batch, so each is rewritten once."""
     counter = itertools.count(1)
     return re.sub(r"\?", lambda _: f"${next(counter)}", text)
-
-
-def describe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 async def _enter_releasing_lock(self: ConnectionWrapper) -> Any:
@@ -154,14 +134,6 @@ async def _enter_releasing_lock(self: ConnectionWrapper) -> Any:
 
 
 ConnectionWrapper.__aenter__ = _enter_releasing_lock  # type: ignore[method-assign]
-
-
-def sqlite_path(url: str) -> str | None:
-    """The file a sqlite:// URL names (None for :memory: and PostgreSQL)."""
-    if not url.startswith("sqlite://"):
-        return None
-    path = str(expand_db_url(url)["credentials"]["file_path"])
-    return None if path == ":memory:" else path
 
 
 # A new SQLite database gets 8 KB pages (PostgreSQL's size) instead of 4 KB: bodies and search
@@ -225,7 +197,7 @@ class Store:
             await asyncio.to_thread(prepare_sqlite, path)
         try:
             if migrate_schema:
-                async with migration_lock(self.url, path):
+                async with migration_lock(self.url):
                     await migrate(config=tortoise_config(self.url))
             await Tortoise.init(config=tortoise_config(self.url))
             self._conn = Tortoise.get_connection("default")

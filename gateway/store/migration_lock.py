@@ -22,6 +22,8 @@ from typing import Any
 import asyncpg
 from tortoise.backends.base.config_generator import expand_db_url
 
+from gateway.store.urls import sqlite_path
+
 log = logging.getLogger("agentops.store")
 
 # pg_advisory_lock's key for "migrating this database" (any constant; the database scopes it)
@@ -30,10 +32,11 @@ POLL_SECONDS = 0.05  # between tries of a SQLite database folder's lock
 
 
 @asynccontextmanager
-async def migration_lock(url: str, sqlite_file: str | None) -> AsyncIterator[None]:
+async def migration_lock(url: str) -> AsyncIterator[None]:
     """Hold the database's migration lock within (waiting for it first). An in-memory SQLite
     database belongs to one process: nothing to wait for."""
     if url.startswith("sqlite://"):
+        sqlite_file = sqlite_path(url)
         if sqlite_file is None:
             yield
             return

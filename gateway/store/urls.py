@@ -1,0 +1,37 @@
+"""What a database URL says: its tortoise configuration, the SQLite file it names, and the
+URL as messages show it (without its password)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tortoise.backends.base.config_generator import expand_db_url
+
+
+def tortoise_config(url: str) -> dict[str, Any]:
+    return {
+        "connections": {"default": url},
+        "apps": {
+            "models": {
+                "models": ["gateway.store.models"],
+                "default_connection": "default",
+                "migrations": "gateway.store.migrations",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a sqlite:// URL names (None for :memory: and PostgreSQL)."""
+    if not url.startswith("sqlite://"):
+        return None
+    path = str(expand_db_url(url)["credentials"]["file_path"])
+    return None if path == ":memory:" else path
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
