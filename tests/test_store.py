@@ -212,3 +212,26 @@ async def test_retention_purges_old_exchanges(upstream: Upstream, db_url: str, t
         assert await gw.apply_retention() == 0
         assert await gw.store.purge(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 5
         assert await gw.store.count() == 0
+
+
+async def test_two_stores_in_one_process_each_close_their_own(tmp_path: Path):
+    """Tortoise keeps one set of connections per process: closing the store opened first used
+    to close the newer store's connection (or none) and leave its own open, with its aiosqlite
+    thread keeping the process from exiting."""
+    import threading
+
+    def connection_threads() -> int:  # aiosqlite's, one per open connection
+        return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+
+    first, second = Store(f"sqlite://{tmp_path}/a.db"), Store(f"sqlite://{tmp_path}/b.db")
+    await first.open()
+    await second.open()
+    for store in (first, second):  # both in use
+        assert await store.conn.execute_query_dict("SELECT count(*) AS n FROM runs") == [{"n": 0}]
+    assert connection_threads() == 2
+    await first.close()
+    rows = await second.conn.execute_query_dict("SELECT count(*) AS n FROM exchanges")
+    assert rows == [{"n": 0}]  # the newer store is still open
+    assert connection_threads() == 1
+    await second.close()
+    assert connection_threads() == 0

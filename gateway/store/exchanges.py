@@ -177,6 +177,14 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _current_connection() -> BaseDBAsyncClient | None:
+    """Tortoise's connection of the store opened last in this process, if any."""
+    try:
+        return Tortoise.get_connection("default")
+    except Exception:  # none configured
+        return None
+
+
 class Store:
     def __init__(self, url: str) -> None:
         if url.startswith("postgresql://"):
@@ -212,11 +220,17 @@ class Store:
             ) from exc
 
     async def close(self) -> None:
+        """Close this store's connection. Tortoise keeps one set of connections per process:
+        its `close_connections` closes the newest store's, so a store opened before another
+        (a test's two databases, a CLI command beside a store) closes its own first."""
+        conn, self._conn = self._conn, None
         try:
-            await Tortoise.close_connections()
+            if conn is not None:
+                await conn.close()
+            if conn is None or _current_connection() is conn:
+                await Tortoise.close_connections()
         except Exception:  # closing a half-open pool must not mask the real error
             log.debug("error while closing the database", exc_info=True)
-        self._conn = None
 
     @property
     def conn(self) -> BaseDBAsyncClient:
