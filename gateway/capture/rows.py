@@ -84,6 +84,24 @@ def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool
         return chunks, False
 
 
+def decode_request(body: bytes, encoding: str, limit: int) -> bytes:
+    """A request body sent with Content-Encoding gzip or deflate, decoded (at most `limit` + 1
+    bytes of it: what storage keeps, and a decompression bomb stays small); any other body, or
+    one that does not decode, as it came."""
+    encoding = encoding.strip().lower()
+    if not body or encoding not in ("gzip", "x-gzip", "deflate"):
+        return body
+    try:
+        return zlib.decompressobj(wbits=47).decompress(body, limit + 1)
+    except zlib.error:
+        if encoding == "deflate":
+            try:
+                return zlib.decompressobj(wbits=-15).decompress(body, limit + 1)
+            except zlib.error:
+                pass
+        return body
+
+
 def keep_body(body: bytes, is_json: bool, limit: int) -> tuple[bytes, str, bool]:
     """What is kept of a body: (bytes, encoding, truncated). The encoding says how the API
     shows the bytes: json or text (UTF-8 text), or base64 (anything else; audio bodies never
@@ -171,12 +189,17 @@ def build_rows(
     response_headers = header_dict(exchange.response_headers)
     encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
     chunks, decoded = decode_chunks(exchange.response_chunks, encoding)
+    request_body = exchange.request_body
+    if "content-encoding" in request_headers:
+        request_body = decode_request(
+            request_body, request_headers["content-encoding"], max_body_bytes
+        )
     try:
         parsed = provider.parse(
             exchange.method,
             exchange.path,
             request_headers,
-            exchange.request_body,
+            request_body,
             exchange.status,
             response_headers,
             chunks if decoded else [],
@@ -202,7 +225,7 @@ def build_rows(
             correlation = response_headers[header]
             break
     req_body, req_enc, req_trunc = _stored(
-        exchange.request_body, request_headers, parsed.request_json is not None, max_body_bytes
+        request_body, request_headers, parsed.request_json is not None, max_body_bytes
     )
     if parsed.stored_response is not None:
         response_body = parsed.stored_response
