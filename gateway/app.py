@@ -340,9 +340,7 @@ class Gateway:
         # The proxy registers its calls in self.in_flight itself (see Proxy).
         # auto_decompress off: a request body sent with Content-Encoding (gzip) goes upstream
         # as the bytes that came, with its own Content-Length (the writer decodes its copy).
-        server = web.Server(
-            self.proxy, access_log=None, logger=HTTP_LOG, auto_decompress=False
-        )
+        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG, auto_decompress=False)
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False
         )
