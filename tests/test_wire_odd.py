@@ -133,3 +133,35 @@ async def test_a_compressed_request_body_goes_upstream_as_sent(
     assert orjson.loads(record.request_body) == CHAT
     assert record.request_model == "mistral-small-latest"
     assert record.prompt_tokens == 12 and not record.parse_error
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": -1000000, "total_tokens": -1000005},
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": -8,
+            "prompt_tokens_details": {"cached_tokens": -7},
+        },
+    ],
+)
+async def test_negative_usage_counts_are_not_stored_and_never_price_below_zero(
+    gw: Gateway, raw_upstream: RawUpstream, usage: dict
+):
+    """Token counts from the wire are never negative: a negative one is stored as null, as
+    any other count that is not one, and no call costs less than nothing (a negative cost took
+    spend off every budget and failed the Prometheus counters for its whole batch)."""
+    body = orjson.dumps({**COMPLETION, "usage": usage})
+    raw_upstream.answer = answer(b"200 OK", [(b"Content-Type", b"application/json")], body)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=CHAT, headers=headers) as r,
+    ):
+        assert await r.read() == body
+    (record,) = await stored(gw)
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+        value = getattr(record, name)
+        assert value is None or value >= 0, (name, value)
+    assert record.cost_usd is None or record.cost_usd >= 0
