@@ -165,3 +165,59 @@ async def test_negative_usage_counts_are_not_stored_and_never_price_below_zero(
         value = getattr(record, name)
         assert value is None or value >= 0, (name, value)
     assert record.cost_usd is None or record.cost_usd >= 0
+
+
+def gzip_bomb(prefix: bytes, size: int) -> bytes:
+    """`prefix` then As, `size` bytes in all, gzipped (about a thousandth of the size)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(prefix)]
+    block = b"A" * (1 << 20)
+    parts += [packer.compress(block) for _ in range((size - len(prefix)) >> 20)]
+    return b"".join([*parts, packer.flush()])
+
+
+async def test_a_gzip_bomb_is_decoded_only_as_far_as_storage_keeps(
+    raw_upstream: RawUpstream, tmp_path: Path
+):
+    """A small gzip body that inflates to hundreds of MB: the key scrub (in the proxy's
+    process) and the writer decode only what storage keeps (--max-body-bytes). Decoding it
+    all held the proxy's event loop (every other call waited) for about a second per 200 MB,
+    and its memory grew by the whole inflated body."""
+    bomb = gzip_bomb(b'{"echo": "Bearer ' + KEY.encode() + b'", "pad": "', 384 << 20)
+    raw_upstream.answer = answer(
+        b"200 OK",
+        [(b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")],
+        bomb,
+    )
+    settings = make_settings(
+        raw_upstream.url,
+        migrated_sqlite(tmp_path / "gw.db"),
+        tmp_path,
+        max_body_bytes=1 << 20,
+    )
+    lags: list[float] = []
+
+    async def probe(stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - before - 0.01)
+
+    async with running(settings) as gw, aiohttp.ClientSession(auto_decompress=False) as http:
+        stop = asyncio.Event()
+        prober = asyncio.create_task(probe(stop))
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json=CHAT, headers=headers
+        ) as r:
+            assert await r.read() == bomb
+        (record,) = await stored(gw)
+        stop.set()
+        await prober
+    assert max(lags) < 0.3, f"the event loop stalled {max(lags):.2f} s"
+    assert record.truncated
+    assert record.response_body_encoding == "text"
+    body = record.response_body or ""
+    assert (1 << 20) - 100 < len(body) <= 1 << 20 and KEY not in body
+    assert body.startswith('{"echo": "Bearer sha256:')

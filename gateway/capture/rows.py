@@ -63,8 +63,13 @@ class Rows:
         return [m for m in inputs if m is not None][self.repeats :]
 
 
-def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool]:
-    """Undo gzip/deflate chunk by chunk (so chunk timing survives). Returns (chunks, ok)."""
+def decode_chunks(
+    chunks: list[bytes], encoding: str, limit: int | None = None
+) -> tuple[list[bytes], bool]:
+    """Undo gzip/deflate chunk by chunk (so chunk timing survives). Returns (chunks, ok).
+    With `limit` (what storage keeps: --max-body-bytes), decoding stops once the output is
+    longer than that: a small gzip body can inflate to gigabytes (a decompression bomb), and
+    only a prefix of it is ever stored, as of a body that came uncompressed."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return chunks, True
@@ -72,13 +77,23 @@ def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool
         return chunks, False
     decoder = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
     try:
-        out = [decoder.decompress(chunk) for chunk in chunks]
+        if limit is None:
+            out = [decoder.decompress(chunk) for chunk in chunks]
+        else:
+            out, made = [], 0
+            for chunk in chunks:
+                piece = decoder.decompress(chunk, limit + 1 - made)
+                out.append(piece)
+                made += len(piece)
+                if made > limit:
+                    return out, True  # cut: storage keeps `limit` bytes, flagged truncated
         out.append(decoder.flush())
         return out, True
     except zlib.error:
         if encoding == "deflate":
             try:
-                return [zlib.decompress(b"".join(chunks), -15)], True
+                raw = zlib.decompressobj(wbits=-15)
+                return [raw.decompress(b"".join(chunks), (limit or -1) + 1)], True
             except zlib.error:
                 pass
         return chunks, False
@@ -188,7 +203,7 @@ def build_rows(
     request_headers = header_dict(exchange.request_headers)
     response_headers = header_dict(exchange.response_headers)
     encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
-    chunks, decoded = decode_chunks(exchange.response_chunks, encoding)
+    chunks, decoded = decode_chunks(exchange.response_chunks, encoding, max_body_bytes)
     request_body = exchange.request_body
     if "content-encoding" in request_headers:
         request_body = decode_request(
