@@ -338,7 +338,9 @@ class Gateway:
         # No access log (query strings may hold keys); errors through HTTP_LOG, which never
         # prints the raw request line or headers a malformed request quoted.
         # The proxy registers its calls in self.in_flight itself (see Proxy).
-        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG)
+        # auto_decompress off: a request body sent with Content-Encoding (gzip) goes upstream
+        # as the bytes that came, with its own Content-Length (the writer decodes its copy).
+        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG, auto_decompress=False)
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False
         )

@@ -63,8 +63,13 @@ class Rows:
         return [m for m in inputs if m is not None][self.repeats :]
 
 
-def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool]:
-    """Undo gzip/deflate chunk by chunk (so chunk timing survives). Returns (chunks, ok)."""
+def decode_chunks(
+    chunks: list[bytes], encoding: str, limit: int | None = None
+) -> tuple[list[bytes], bool]:
+    """Undo gzip/deflate chunk by chunk (so chunk timing survives). Returns (chunks, ok).
+    With `limit` (what storage keeps: --max-body-bytes), decoding stops once the output is
+    longer than that: a small gzip body can inflate to gigabytes (a decompression bomb), and
+    only a prefix of it is ever stored, as of a body that came uncompressed."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return chunks, True
@@ -72,16 +77,44 @@ def decode_chunks(chunks: list[bytes], encoding: str) -> tuple[list[bytes], bool
         return chunks, False
     decoder = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
     try:
-        out = [decoder.decompress(chunk) for chunk in chunks]
+        if limit is None:
+            out = [decoder.decompress(chunk) for chunk in chunks]
+        else:
+            out, made = [], 0
+            for chunk in chunks:
+                piece = decoder.decompress(chunk, limit + 1 - made)
+                out.append(piece)
+                made += len(piece)
+                if made > limit:
+                    return out, True  # cut: storage keeps `limit` bytes, flagged truncated
         out.append(decoder.flush())
         return out, True
     except zlib.error:
         if encoding == "deflate":
             try:
-                return [zlib.decompress(b"".join(chunks), -15)], True
+                raw = zlib.decompressobj(wbits=-15)
+                return [raw.decompress(b"".join(chunks), (limit or -1) + 1)], True
             except zlib.error:
                 pass
         return chunks, False
+
+
+def decode_request(body: bytes, encoding: str, limit: int) -> bytes:
+    """A request body sent with Content-Encoding gzip or deflate, decoded (at most `limit` + 1
+    bytes of it: what storage keeps, and a decompression bomb stays small); any other body, or
+    one that does not decode, as it came."""
+    encoding = encoding.strip().lower()
+    if not body or encoding not in ("gzip", "x-gzip", "deflate"):
+        return body
+    try:
+        return zlib.decompressobj(wbits=47).decompress(body, limit + 1)
+    except zlib.error:
+        if encoding == "deflate":
+            try:
+                return zlib.decompressobj(wbits=-15).decompress(body, limit + 1)
+            except zlib.error:
+                pass
+        return body
 
 
 def keep_body(body: bytes, is_json: bool, limit: int) -> tuple[bytes, str, bool]:
@@ -170,13 +203,18 @@ def build_rows(
     request_headers = header_dict(exchange.request_headers)
     response_headers = header_dict(exchange.response_headers)
     encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
-    chunks, decoded = decode_chunks(exchange.response_chunks, encoding)
+    chunks, decoded = decode_chunks(exchange.response_chunks, encoding, max_body_bytes)
+    request_body = exchange.request_body
+    if "content-encoding" in request_headers:
+        request_body = decode_request(
+            request_body, request_headers["content-encoding"], max_body_bytes
+        )
     try:
         parsed = provider.parse(
             exchange.method,
             exchange.path,
             request_headers,
-            exchange.request_body,
+            request_body,
             exchange.status,
             response_headers,
             chunks if decoded else [],
@@ -202,7 +240,7 @@ def build_rows(
             correlation = response_headers[header]
             break
     req_body, req_enc, req_trunc = _stored(
-        exchange.request_body, request_headers, parsed.request_json is not None, max_body_bytes
+        request_body, request_headers, parsed.request_json is not None, max_body_bytes
     )
     if parsed.stored_response is not None:
         response_body = parsed.stored_response

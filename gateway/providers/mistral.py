@@ -11,6 +11,7 @@ parse) and must never raise: hostile or truncated input yields whatever could be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -71,7 +72,9 @@ def _str(v: Any) -> str | None:
 
 
 def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    """A count (tokens, pages): an integer, never negative (a negative one from the wire
+    would price a call below zero and take spend off a budget)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _text(content: Any) -> str | None:
@@ -182,7 +185,12 @@ def _usage(p: Parsed, usage: Any) -> None:
         p.cached_tokens = _int(details.get("cached_tokens"))
     p.connector_tokens = _int(usage.get("connector_tokens"))
     seconds = usage.get("prompt_audio_seconds")
-    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+    if (
+        isinstance(seconds, int | float)
+        and not isinstance(seconds, bool)
+        and math.isfinite(seconds)
+        and seconds >= 0
+    ):
         p.units["audio_seconds"] = float(seconds)
 
 

@@ -334,7 +334,7 @@ class Proxy:
     ) -> None:
         """Scrub the keys out of the finished record (the client already has its response),
         then hand it on; a call that never reached the upstream is logged, scrubbed too."""
-        scrub.scrub_call(exchange, pairs, query, self.held_keys, keys)
+        scrub.scrub_call(exchange, pairs, query, self.held_keys, keys, limit=self.max_body_bytes)
         if failed:
             log.warning(
                 "%s %s -> %s: %s", exchange.method, exchange.path, exchange.status, exchange.error

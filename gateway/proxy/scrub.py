@@ -167,22 +167,25 @@ def scrub_call(
     query: str,
     held: Keys,
     keys: Keys | None = None,
+    *,
+    limit: int | None = None,
 ) -> None:
     """Scrub a finished call's record of the keys its request carried (`pairs`, the request
     headers, and `query`, as received) and of `held`, the gateway's own; `keys`: those keys,
     as `scrub_start` returned them for the same call, which scrubbed the fields known at the
-    start (found again, and every field scrubbed, when None)."""
+    start (found again, and every field scrubbed, when None). `limit`: the most of a
+    compressed body decoded to be searched (--max-body-bytes: what storage keeps of it)."""
     if keys is None:
         try:
             keys = keys_for(pairs, query, held)
         except Exception:
             _give_up(exchange)
             return
-        scrub_exchange(exchange, keys)
+        scrub_exchange(exchange, keys, limit=limit)
         return
     if keys:
         try:
-            _scrub_end(exchange, keys)
+            _scrub_end(exchange, keys, limit)
         except Exception:
             _give_up(exchange)
 
@@ -229,13 +232,13 @@ def secret_keys(secrets: tuple[tuple[str, str], ...], query: str, held: Keys) ->
     return Keys(caller_keys(secrets, query)) + held
 
 
-def scrub_exchange(exchange: Exchange, keys: Keys) -> None:
+def scrub_exchange(exchange: Exchange, keys: Keys, *, limit: int | None = None) -> None:
     """Replace every key in every field of `exchange` by its fingerprint (in place). A failure
     here drops the bodies rather than risk storing a key."""
     if not keys:
         return
     try:
-        _scrub(exchange, keys)
+        _scrub(exchange, keys, limit)
     except Exception:
         _give_up(exchange)
 
@@ -252,7 +255,7 @@ def _give_up(exchange: Exchange) -> None:
     exchange.response_decoded, exchange.error = False, SCRUB_FAILED
 
 
-def _scrub(exchange: Exchange, keys: Keys) -> None:
+def _scrub(exchange: Exchange, keys: Keys, limit: int | None) -> None:
     if keys.found_in_text(_text_fields(exchange)):  # one search over all of them, then each
         text = keys.scrub
         exchange.client_path, exchange.path = text(exchange.client_path), text(exchange.path)
@@ -261,10 +264,10 @@ def _scrub(exchange: Exchange, keys: Keys) -> None:
         exchange.response_headers = [(text(k), text(v)) for k, v in exchange.response_headers]
         exchange.hints = {text(k): text(v) for k, v in exchange.hints.items()}
         exchange.error = text(exchange.error) if exchange.error else exchange.error
-    _scrub_bodies(exchange, keys)
+    _scrub_bodies(exchange, keys, limit)
 
 
-def _scrub_end(exchange: Exchange, keys: Keys) -> None:
+def _scrub_end(exchange: Exchange, keys: Keys, limit: int | None) -> None:
     """What `scrub_start` did not see: the response's headers, the error, the bodies."""
     parts = [part for pair in exchange.response_headers for part in pair]
     if exchange.error:
@@ -273,10 +276,10 @@ def _scrub_end(exchange: Exchange, keys: Keys) -> None:
         text = keys.scrub
         exchange.response_headers = [(text(k), text(v)) for k, v in exchange.response_headers]
         exchange.error = text(exchange.error) if exchange.error else exchange.error
-    _scrub_bodies(exchange, keys)
+    _scrub_bodies(exchange, keys, limit)
 
 
-def _scrub_bodies(exchange: Exchange, keys: Keys) -> None:
+def _scrub_bodies(exchange: Exchange, keys: Keys, limit: int | None) -> None:
     exchange.request_body = keys.scrub(exchange.request_body)
     chunks = exchange.response_chunks
     if not chunks:
@@ -287,11 +290,15 @@ def _scrub_bodies(exchange: Exchange, keys: Keys) -> None:
             encoding = value.strip().lower()
             break
     if encoding not in ("", "identity") and not exchange.response_decoded:
-        decoded, ok = decode_chunks(chunks, encoding)
+        decoded, ok = decode_chunks(chunks, encoding, limit)
         if ok and keys.found_in(decoded):
-            tail = decoded.pop()  # the decoder's flush: part of the last chunk
-            if tail:
+            if limit is not None and sum(map(len, decoded)) > limit:
+                exchange.response_truncated = True  # cut (scrubbing may shorten it below)
+            tail = decoded.pop()  # the decoder's flush (or a cut's last piece): the last chunk's
+            if tail and decoded:
                 decoded[-1] += tail
+            elif tail:
+                decoded.append(tail)
             chunks = decoded
             exchange.response_decoded = True  # stored as decoded: capture must not decode
     exchange.response_chunks, exchange.chunk_ms = keys.chunks(chunks, exchange.chunk_ms)

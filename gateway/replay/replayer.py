@@ -41,6 +41,7 @@ MODELS_TTL_SECONDS = 600.0
 # credentials (stored redacted anyway) and those the replay sets itself.
 NOT_COPIED = HOP_BY_HOP | {
     "content-length",
+    "content-encoding",  # the stored request body is decoded (rows.decode_request)
     "content-type",
     "authorization",
     "cookie",

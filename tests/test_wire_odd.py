@@ -1,0 +1,223 @@
+"""Odd wire data, end to end: a raw upstream (bytes written by hand, no HTTP library to tidy
+them) behind the real gateway, and a raw client. The call passes as it came and is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.app import Gateway
+from gateway.store.exchanges import ExchangeFilter
+from gateway.store.records import StoredExchange
+from tests.conftest import make_settings, migrated_sqlite, running
+
+KEY = "sk-wire-test-SECRET-0123456789abcdef"
+
+
+@dataclass
+class RawUpstream:
+    """Answers every request with `answer` (whole HTTP response bytes); keeps each request's
+    head and body as they came (the body read by its Content-Length)."""
+
+    url: str = ""
+    answer: bytes = b""
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = await reader.readexactly(length)
+            self.requests.append((head, body))
+            writer.write(self.answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def answer(status: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    lines = [b"HTTP/1.1 " + status, *(k + b": " + v for k, v in headers)]
+    lines += [b"Content-Length: %d" % len(body), b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    up = RawUpstream()
+    server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
+    up.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield up
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def gw(raw_upstream: RawUpstream, tmp_path: Path) -> AsyncIterator[Gateway]:
+    settings = make_settings(
+        raw_upstream.url, migrated_sqlite(tmp_path / "gw.db"), tmp_path, upstream_timeout=3.0
+    )
+    async with running(settings) as gateway:
+        yield gateway
+
+
+async def stored(gateway: Gateway) -> list[StoredExchange]:
+    await gateway.recorder.drained(timeout=10)
+    items, _ = await gateway.store.list_exchanges(ExchangeFilter(), 500, None)
+    found = [await gateway.store.get_exchange(i.id) for i in items]
+    return [record for record in found if record is not None]
+
+
+CHAT = {
+    "model": "mistral-small-latest",
+    "messages": [{"role": "user", "content": "hello compressed world " * 20}],
+}
+COMPLETION = {
+    "id": "c1",
+    "object": "chat.completion",
+    "model": "mistral-small-latest",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_request_body_goes_upstream_as_sent(
+    gw: Gateway, raw_upstream: RawUpstream, encoding: str
+):
+    """A client may compress its request (Content-Encoding: gzip): the upstream gets the same
+    bytes with the same Content-Length (aiohttp's server used to inflate the body and the
+    proxy forwarded it under the compressed length: the upstream waited for bytes that never
+    came, and the call hung until the upstream timeout). The record keeps the decoded JSON."""
+    raw_upstream.answer = answer(
+        b"200 OK", [(b"Content-Type", b"application/json")], orjson.dumps(COMPLETION)
+    )
+    plain = orjson.dumps(CHAT)
+    body = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": "application/json",
+        "Content-Encoding": encoding,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", data=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        assert await resp.json() == COMPLETION
+    ((head, sent),) = raw_upstream.requests
+    assert sent == body
+    assert b"content-length: %d\r\n" % len(body) in head.lower()
+    assert b"content-encoding: " + encoding.encode() in head.lower()
+    (record,) = await stored(gw)
+    assert record.status == 200 and record.state == "complete"
+    assert record.request_body_encoding == "json"
+    assert orjson.loads(record.request_body) == CHAT
+    assert record.request_model == "mistral-small-latest"
+    assert record.prompt_tokens == 12 and not record.parse_error
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": -1000000, "total_tokens": -1000005},
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": -8,
+            "prompt_tokens_details": {"cached_tokens": -7},
+        },
+    ],
+)
+async def test_negative_usage_counts_are_not_stored_and_never_price_below_zero(
+    gw: Gateway, raw_upstream: RawUpstream, usage: dict
+):
+    """Token counts from the wire are never negative: a negative one is stored as null, as
+    any other count that is not one, and no call costs less than nothing (a negative cost took
+    spend off every budget and failed the Prometheus counters for its whole batch)."""
+    body = orjson.dumps({**COMPLETION, "usage": usage})
+    raw_upstream.answer = answer(b"200 OK", [(b"Content-Type", b"application/json")], body)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=CHAT, headers=headers) as r,
+    ):
+        assert await r.read() == body
+    (record,) = await stored(gw)
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+        value = getattr(record, name)
+        assert value is None or value >= 0, (name, value)
+    assert record.cost_usd is None or record.cost_usd >= 0
+
+
+def gzip_bomb(prefix: bytes, size: int) -> bytes:
+    """`prefix` then As, `size` bytes in all, gzipped (about a thousandth of the size)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(prefix)]
+    block = b"A" * (1 << 20)
+    parts += [packer.compress(block) for _ in range((size - len(prefix)) >> 20)]
+    return b"".join([*parts, packer.flush()])
+
+
+async def test_a_gzip_bomb_is_decoded_only_as_far_as_storage_keeps(
+    raw_upstream: RawUpstream, tmp_path: Path
+):
+    """A small gzip body that inflates to hundreds of MB: the key scrub (in the proxy's
+    process) and the writer decode only what storage keeps (--max-body-bytes). Decoding it
+    all held the proxy's event loop (every other call waited) for about a second per 200 MB,
+    and its memory grew by the whole inflated body."""
+    bomb = gzip_bomb(b'{"echo": "Bearer ' + KEY.encode() + b'", "pad": "', 384 << 20)
+    raw_upstream.answer = answer(
+        b"200 OK",
+        [(b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")],
+        bomb,
+    )
+    settings = make_settings(
+        raw_upstream.url,
+        migrated_sqlite(tmp_path / "gw.db"),
+        tmp_path,
+        max_body_bytes=1 << 20,
+    )
+    lags: list[float] = []
+
+    async def probe(stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - before - 0.01)
+
+    async with running(settings) as gw, aiohttp.ClientSession(auto_decompress=False) as http:
+        stop = asyncio.Event()
+        prober = asyncio.create_task(probe(stop))
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(
+            f"{gw.proxy_url}/v1/chat/completions", json=CHAT, headers=headers
+        ) as r:
+            assert await r.read() == bomb
+        (record,) = await stored(gw)
+        stop.set()
+        await prober
+    assert max(lags) < 0.3, f"the event loop stalled {max(lags):.2f} s"
+    assert record.truncated
+    assert record.response_body_encoding == "text"
+    body = record.response_body or ""
+    assert (1 << 20) - 100 < len(body) <= 1 << 20 and KEY not in body
+    assert body.startswith('{"echo": "Bearer sha256:')
