@@ -242,6 +242,7 @@ FULL_EXCHANGE = {
     "error": None,
     "replay_of": None,
     "response_decoded": False,
+    "request_decoded": False,
 }
 NO_RESPONSE = {
     "id": 286422309277392947,
@@ -268,6 +269,7 @@ NO_RESPONSE = {
     "error": "no response in the HAR entry",
     "replay_of": None,
     "response_decoded": False,
+    "request_decoded": False,
 }
 
 

@@ -210,6 +210,7 @@ FIELDS = {
     "error": st.none() | text,
     "replay_of": st.none() | st.integers(0, MAX_ID),
     "response_decoded": st.booleans(),
+    "request_decoded": st.booleans(),
 }
 
 

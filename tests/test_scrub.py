@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.capture import redact
 from gateway.capture.exchange import Exchange
-from gateway.capture.rows import decode_chunks
+from gateway.capture.rows import decode_chunks, decode_request
 from gateway.proxy import scrub
 from gateway.proxy.scrub import Keys, caller_keys, keys_for, scrub_exchange
 
@@ -209,3 +209,43 @@ def test_property_the_key_never_survives(key, body, at, points, gzipped, joined)
     if raw not in body:  # nothing to hide: byte-identical, chunking and timing included
         assert exchange.response_chunks == chunks and exchange.request_body == body
         assert exchange.chunk_ms == [float(i) for i in range(len(chunks))]
+
+
+@given(
+    st.binary(max_size=3000),
+    st.sampled_from(["gzip", "deflate", "x-gzip", " GZIP ", "br", ""]),
+    st.integers(min_value=0, max_value=4000),
+    st.sampled_from(["none", "gzip", "zlib", "raw"]),
+)
+def test_decode_request_never_raises_and_stays_in_bounds(
+    plain: bytes, encoding: str, limit: int, wrap: str
+):
+    """Any request body under any Content-Encoding: decoded only when it is a whole stream of
+    that encoding (or decodes past `limit`), to at most `limit` + 1 bytes; else as it came."""
+    if wrap == "gzip":
+        body = gzip.compress(plain)
+    elif wrap == "zlib":
+        body = zlib.compress(plain)
+    elif wrap == "raw":
+        packer = zlib.compressobj(wbits=-15)
+        body = packer.compress(plain) + packer.flush()
+    else:
+        body = plain
+    out = decode_request(body, encoding, limit)
+    if out is body:
+        return
+    assert len(out) <= limit + 1
+    assert encoding.strip().lower() in ("gzip", "x-gzip", "deflate")
+    if wrap != "none":  # (bytes sent as they are may happen to be a deflate stream too)
+        assert plain.startswith(out)  # the client's bytes, or their head
+        if len(plain) <= limit:
+            assert out == plain
+
+
+def test_decode_request_takes_a_whole_stream_only():
+    """A JSON body labelled deflate (`{}`) reads as the start of a raw deflate stream without
+    an error (b"\xeb" so far): not a whole stream, so kept as sent."""
+    assert decode_request(b"{}", "deflate", 1000) == b"{}"
+    body = b'{"model": "mistral-small-latest", "messages": []}'
+    assert decode_request(gzip.compress(body)[:-9], "gzip", 1000) != body  # cut: kept as sent
+    assert decode_request(zlib.compress(body), "deflate", 1000) == body

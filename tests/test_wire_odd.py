@@ -221,3 +221,36 @@ async def test_a_gzip_bomb_is_decoded_only_as_far_as_storage_keeps(
     body = record.response_body or ""
     assert (1 << 20) - 100 < len(body) <= 1 << 20 and KEY not in body
     assert body.startswith('{"echo": "Bearer sha256:')
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_key_inside_a_compressed_request_body_is_never_stored(
+    gw: Gateway, raw_upstream: RawUpstream, encoding: str
+):
+    """The key scrub sees a compressed request body as the client sent it; the writer stores
+    it decoded. So the scrub decodes it too: a key pasted into a prompt of a gzip request is
+    stored as its fingerprint, like one in a plain body."""
+    raw_upstream.answer = answer(
+        b"200 OK", [(b"Content-Type", b"application/json")], orjson.dumps(COMPLETION)
+    )
+    chat = {**CHAT, "messages": [{"role": "user", "content": f"my key is {KEY}, keep it"}]}
+    plain = orjson.dumps(chat)
+    body = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": "application/json",
+        "Content-Encoding": encoding,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", data=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+    ((_, sent),) = raw_upstream.requests
+    assert sent == body  # upstream still gets the client's bytes
+    (record,) = await stored(gw)
+    assert KEY not in (record.request_body or "")
+    kept = orjson.loads(record.request_body)
+    assert kept["messages"][0]["content"].startswith("my key is ")
+    assert kept["model"] == "mistral-small-latest"
+    assert KEY not in orjson.dumps(record.to_json()).decode()

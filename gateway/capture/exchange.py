@@ -137,6 +137,8 @@ class Exchange:
     # The key scrub (gateway/proxy/scrub.py) found a key in a gzip/deflate body and stored the
     # decoded chunks, key replaced: capture must not decode them again.
     response_decoded: bool = False
+    # The same for a gzip/deflate request body (last: older journals' records end before it).
+    request_decoded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for the spool (bytes stay bytes; the spool codec handles them)."""

@@ -102,19 +102,20 @@ def decode_chunks(
 def decode_request(body: bytes, encoding: str, limit: int) -> bytes:
     """A request body sent with Content-Encoding gzip or deflate, decoded (at most `limit` + 1
     bytes of it: what storage keeps, and a decompression bomb stays small); any other body, or
-    one that does not decode, as it came."""
+    one that is not a whole stream of that encoding, as it came (zlib's raw deflate reads
+    most bytes some way, so a partial read is no proof of a deflate body)."""
     encoding = encoding.strip().lower()
     if not body or encoding not in ("gzip", "x-gzip", "deflate"):
         return body
-    try:
-        return zlib.decompressobj(wbits=47).decompress(body, limit + 1)
-    except zlib.error:
-        if encoding == "deflate":
-            try:
-                return zlib.decompressobj(wbits=-15).decompress(body, limit + 1)
-            except zlib.error:
-                pass
-        return body
+    for wbits in (47, -15) if encoding == "deflate" else (47,):  # zlib/gzip header, raw
+        decoder = zlib.decompressobj(wbits=wbits)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if decoder.eof or len(out) > limit:
+            return out
+    return body
 
 
 def keep_body(body: bytes, is_json: bool, limit: int) -> tuple[bytes, str, bool]:
@@ -205,7 +206,7 @@ def build_rows(
     encoding = "" if exchange.response_decoded else response_headers.get("content-encoding", "")
     chunks, decoded = decode_chunks(exchange.response_chunks, encoding, max_body_bytes)
     request_body = exchange.request_body
-    if "content-encoding" in request_headers:
+    if "content-encoding" in request_headers and not exchange.request_decoded:
         request_body = decode_request(
             request_body, request_headers["content-encoding"], max_body_bytes
         )

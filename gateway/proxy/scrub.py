@@ -24,8 +24,11 @@ from urllib.parse import parse_qsl
 
 from gateway.capture import redact
 from gateway.capture.exchange import Exchange
-from gateway.capture.rows import decode_chunks
+from gateway.capture.rows import decode_chunks, decode_request
 
+# How much of a compressed request body is decoded where the caller sets no limit (flow
+# imports, the mitmproxy addon): the default --max-body-bytes.
+DECODE_LIMIT = 10 * 1024 * 1024
 log = logging.getLogger("agentops.scrub")
 
 MIN_KEY_LENGTH = 8
@@ -267,6 +270,24 @@ def _scrub(exchange: Exchange, keys: Keys, limit: int | None) -> None:
     _scrub_bodies(exchange, keys, limit)
 
 
+def _decode_request(exchange: Exchange, keys: Keys, limit: int | None) -> None:
+    """A gzip/deflate request body (forwarded as it came) is stored decoded: where a key is in
+    the decoded bytes, the record takes them, to be scrubbed, and capture must not decode them
+    again."""
+    if exchange.request_decoded or not exchange.request_body:
+        return
+    encoding = next(
+        (v for k, v in exchange.request_headers if k.lower() == "content-encoding"), None
+    )
+    if encoding is None:
+        return
+    decoded = decode_request(
+        exchange.request_body, encoding, DECODE_LIMIT if limit is None else limit
+    )
+    if decoded is not exchange.request_body and keys.found_in([decoded]):
+        exchange.request_body, exchange.request_decoded = decoded, True
+
+
 def _scrub_end(exchange: Exchange, keys: Keys, limit: int | None) -> None:
     """What `scrub_start` did not see: the response's headers, the error, the bodies."""
     parts = [part for pair in exchange.response_headers for part in pair]
@@ -280,6 +301,7 @@ def _scrub_end(exchange: Exchange, keys: Keys, limit: int | None) -> None:
 
 
 def _scrub_bodies(exchange: Exchange, keys: Keys, limit: int | None) -> None:
+    _decode_request(exchange, keys, limit)
     exchange.request_body = keys.scrub(exchange.request_body)
     chunks = exchange.response_chunks
     if not chunks:
