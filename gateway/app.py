@@ -41,7 +41,7 @@ from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import scrub
 from gateway.proxy.budgets import BudgetGuard
-from gateway.proxy.forward import Proxy, Route, client_session
+from gateway.proxy.forward import HEADER_BYTES, MAX_HEADERS, Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
 from gateway.proxy.workers import WorkerGroup
 from gateway.replay.campaigns import Campaigns
@@ -340,7 +340,16 @@ class Gateway:
         # The proxy registers its calls in self.in_flight itself (see Proxy).
         # auto_decompress off: a request body sent with Content-Encoding (gzip) goes upstream
         # as the bytes that came, with its own Content-Length (the writer decodes its copy).
-        server = web.Server(self.proxy, access_log=None, logger=HTTP_LOG, auto_decompress=False)
+        # Header limits: those of the upstream session (HEADER_BYTES, MAX_HEADERS).
+        server = web.Server(
+            self.proxy,
+            access_log=None,
+            logger=HTTP_LOG,
+            auto_decompress=False,
+            max_line_size=HEADER_BYTES,
+            max_field_size=HEADER_BYTES,
+            max_headers=MAX_HEADERS,
+        )
         self._proxy_runner = web.ServerRunner(
             server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False
         )

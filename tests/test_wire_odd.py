@@ -254,3 +254,34 @@ async def test_a_key_inside_a_compressed_request_body_is_never_stored(
     assert kept["messages"][0]["content"].startswith("my key is ")
     assert kept["model"] == "mistral-small-latest"
     assert KEY not in orjson.dumps(record.to_json()).decode()
+
+
+async def test_long_and_many_headers_pass_both_ways_and_are_recorded(
+    gw: Gateway, raw_upstream: RawUpstream
+):
+    """A 20 KB header value and 200 headers (past aiohttp's defaults of 8,190 bytes and 128
+    headers): the request used to get a 400 from the gateway's parser, never forwarded nor
+    recorded, and such a response header a 502."""
+    long_value = b"v" * 20_000
+    raw_upstream.answer = answer(
+        b"200 OK",
+        [(b"Content-Type", b"application/json"), (b"X-Long-Answer", long_value)]
+        + [(b"X-Many-%d" % i, b"%d" % i) for i in range(150)],
+        orjson.dumps(COMPLETION),
+    )
+    headers = {"Authorization": f"Bearer {KEY}", "X-Long": long_value.decode()}
+    headers |= {f"X-Extra-{i}": str(i) for i in range(200)}
+    async with (
+        aiohttp.ClientSession(max_field_size=65536, max_line_size=65536, max_headers=512) as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=CHAT, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["X-Long-Answer"] == long_value.decode()
+        assert resp.headers["X-Many-149"] == "149"
+        assert await resp.json() == COMPLETION
+    ((head, _),) = raw_upstream.requests
+    assert b"x-long: " + long_value in head.lower() and b"x-extra-199: 199" in head.lower()
+    (record,) = await stored(gw)
+    assert record.status == 200 and record.prompt_tokens == 12
+    kept = {name.lower(): value for name, value in record.request_headers}
+    assert kept["x-long"] == long_value.decode() and kept["x-extra-199"] == "199"

@@ -58,6 +58,13 @@ HINT_PREFIX = "x-agentops-"
 # Let aiohttp's client add nothing the caller did not send.
 LARGE_BODY = 1024 * 1024
 SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Header limits of the HTTP parsers on both sides of the proxy. aiohttp's defaults (8,190
+# bytes a line or field, 128 headers) answered a longer header with a 400 before the proxy
+# saw the call (never forwarded, never recorded), and turned an upstream's into a 502: the
+# proxy passes what a client and its upstream agree on, within bounds that keep one
+# request's head under about 16 MiB.
+HEADER_BYTES = 64 * 1024  # a request or status line, a header's value
+MAX_HEADERS = 256
 
 
 BUDGET_EXCEEDED = "budget_exceeded"
@@ -624,5 +631,8 @@ def client_session(limit: int = 0, **kwargs: Any) -> aiohttp.ClientSession:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO,
+        max_line_size=HEADER_BYTES,
+        max_field_size=HEADER_BYTES,
+        max_headers=MAX_HEADERS,
         **kwargs,
     )
