@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.api.access import Handler, is_api
 from gateway.capture import storable
-from gateway.capture.exchange import MAX_ID
+from gateway.capture.exchange import MAX_ID, is_id
 from gateway.capture.pricing import PriceTable
 from gateway.errors import AgentOpsError, NotFound, UserError
 from gateway.providers import UnknownProvider
@@ -137,7 +137,7 @@ async def retry_quarantine(request: web.Request) -> web.Response:
     ids = body.get("ids")
     if ids is not None and (
         not isinstance(ids, list)
-        or not all(isinstance(i, (str, int)) and re.fullmatch(r"\d{1,19}", str(i)) for i in ids)
+        or not all(isinstance(i, str | int) and is_id(str(i)) for i in ids)
     ):
         raise UserError("ids must be a list of quarantined record ids")
     result = await quarantine.retry(
