@@ -17,6 +17,7 @@ from gateway.store.search import pg_query
 from tests.conftest import Upstream, make_settings, running
 
 AUTH = {"Authorization": "Bearer key-for-api-tests-1234"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -345,3 +346,31 @@ async def test_ids_and_numbers_that_only_look_like_ids_are_400_or_404(gateway: G
         async with ui.post("/api/evaluations", json=body) as resp:
             assert resp.status == 400, (value, await resp.text())
 
+
+async def test_a_nul_or_deep_nesting_in_a_body_is_400_or_404(gateway: Gateway, ui):
+    """PostgreSQL stores no NUL in text: a body holding one is refused, on both databases,
+    saying where it is."""
+    for path, body, word in (
+        ("/api/datasets", {"name": "a\x00b"}, "name"),
+        ("/api/alert-rules", {"name": "\x00", "kind": "spend", "threshold": 1}, "name"),
+        (
+            "/api/budgets",
+            {"name": "b", "scope": {"kind": "user", "value": "a\x00"}, "period": "day"},
+            "scope.value",
+        ),
+        ("/api/campaigns", {"name": "c", "judge": "j\x00", "max_nb_events": 1}, "judge"),
+        ("/api/datasets", {"name\x00": "x"}, "key"),
+    ):
+        async with ui.post(path, json=body) as resp:
+            answer = await resp.json()
+            assert resp.status == 400 and word in answer["error"], (path, answer)
+            assert "NUL" in answer["error"], (path, answer)
+    async with ui.get("/api/judges/a%00bcdef") as resp:
+        assert resp.status == 404, await resp.text()
+    # looked through without recursion: orjson parses deeper than Python's recursion limit
+    deep = b'{"name": ' + b"[" * 1020 + b"1" + b"]" * 1020 + b"}"
+    async with ui.post("/api/datasets", data=deep, headers=JSON) as resp:
+        assert resp.status == 400 and "name" in (await resp.json())["error"]
+    deep = b'{"exchange_ids": [' + b"[" * 1000 + b"1" + b"]" * 1000 + b"]}"
+    async with ui.post("/api/experiments", data=deep, headers=JSON) as resp:
+        assert resp.status == 400 and "a list is not an id" in (await resp.json())["error"]
