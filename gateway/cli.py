@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway import __version__
+from gateway.capture.exchange import is_id
 from gateway.errors import AgentOpsError, UserError
 from gateway.export.exporter import export_options, export_request
 from gateway.lifecycle import INTERRUPTED_STATUS, Interrupted, Signals, run_interruptible
@@ -816,7 +817,7 @@ def quarantine() -> None:
 
 
 def _ids(ids: tuple[str, ...]) -> list[int]:
-    bad = [i for i in ids if not i.isdigit() or len(i) > 19]
+    bad = [i for i in ids if not is_id(i)]
     if bad:
         fail(f"not a record id: {bad[0]!r} (ids are the numbers `quarantine list` prints)")
     return [int(i) for i in ids]
@@ -1029,8 +1030,8 @@ def _api(url: str, path: str, token: str | None, body: Any = None) -> Any:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = None if body is None else orjson.dumps(body)
-    request = urllib.request.Request(url + path, data=data, headers=headers)
     try:
+        request = urllib.request.Request(url + path, data=data, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as resp:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
@@ -1041,6 +1042,8 @@ def _api(url: str, path: str, token: str | None, body: Any = None) -> Any:
         fail(f"{path}: {exc.code}: {message}")
     except OSError as exc:
         fail(f"the gateway at {url} is unreachable: {exc}")
+    except ValueError as exc:  # not an http(s) URL
+        fail(f"--url {url!r}: {exc}")
 
 
 @dataset.command("experiment")
@@ -1133,7 +1136,7 @@ def dataset_experiment_export(
 
     settings = build_settings(flags)
     url = (url or _ui_url(settings)).rstrip("/")
-    if not experiment_id.isdigit():
+    if not is_id(experiment_id):
         fail(f"{experiment_id!r} is not an experiment id")
     report = _api(url, f"/api/experiments/{experiment_id}", settings.ui_token)
     try:

@@ -7,6 +7,7 @@ README documents each one, so the table, the flags and the docs cannot drift apa
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -265,6 +266,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 MAX_WORKERS = 1024
+MAX_DAYS = 36500  # an age or a retention: a century is plenty, and dates stay in range
 _UNITS = {
     "": 1,
     "b": 1,
@@ -299,8 +301,10 @@ def parse_days(text: str) -> float:
     scale = {"d": 1.0, "h": 1 / 24, "m": 1 / 1440}.get(raw[-1:])
     number = raw[:-1] if scale else raw
     value = float(number) * (scale or 1.0)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"must be positive: {text!r}")
+    if value > MAX_DAYS:
+        raise ValueError(f"must be at most {MAX_DAYS} days: {text!r}")
     return value
 
 
@@ -365,8 +369,8 @@ def convert(setting: Setting, value: Any) -> Any:
             return number
         if setting.kind == "float":
             real = float(value)
-            if real <= 0:
-                raise ValueError("must be positive")
+            if not math.isfinite(real) or real <= 0:
+                raise ValueError("must be a positive number")
             return real
         if setting.kind == "bytes":
             return parse_bytes(value)

@@ -17,6 +17,7 @@ from gateway.store.search import pg_query
 from tests.conftest import Upstream, make_settings, running
 
 AUTH = {"Authorization": "Bearer key-for-api-tests-1234"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -314,3 +315,62 @@ async def test_stats_accrue_the_storage_of_fine_tuned_models(gateway: Gateway, u
     assert stats["totals"]["storage_usd"] == pytest.approx(0.5, abs=1e-4)
     _, stats = await get(ui, "/api/stats", until=(created - month).isoformat())
     assert stats["totals"]["storage_usd"] == 0  # before it was registered
+
+
+async def test_ids_and_numbers_that_only_look_like_ids_are_400_or_404(gateway: Gateway, ui):
+    """Unicode digits pass str.isdigit() but not int(), and 19 digits can pass 63 bits: both
+    are an unknown id or a bad field, never a 500."""
+    superscript, past_63_bits = "\u00b2", "9999999999999999999"
+    for method, path in (
+        ("GET", "/api/alert-rules/%C2%B2"),
+        ("DELETE", "/api/alert-rules/%C2%B2"),
+        ("GET", "/api/campaigns/%C2%B2"),
+        ("DELETE", "/api/campaigns/%C2%B2"),
+    ):
+        async with ui.request(method, path) as resp:
+            assert resp.status == 404, (method, path, await resp.text())
+    async with ui.post("/api/datasets", json={"name": "odd ids"}) as resp:
+        dataset_id = (await resp.json())["id"]
+    for method, path, field in (
+        ("POST", f"/api/datasets/{dataset_id}/items", "exchange_ids"),
+        ("POST", f"/api/datasets/{dataset_id}/items", "run_ids"),
+        ("DELETE", f"/api/datasets/{dataset_id}/items", "item_ids"),
+        ("POST", "/api/quarantine/retry", "ids"),
+    ):
+        for value in (superscript, past_63_bits):
+            async with ui.request(method, path, json={field: [value]}) as resp:
+                body = await resp.json()
+                assert resp.status == 400 and field in body["error"], (path, value, body)
+    for value in (superscript, past_63_bits):
+        body = {"exchange_ids": [value], "scorers": [{"type": "exact_match"}]}
+        async with ui.post("/api/evaluations", json=body) as resp:
+            assert resp.status == 400, (value, await resp.text())
+
+
+async def test_a_nul_or_deep_nesting_in_a_body_is_400_or_404(gateway: Gateway, ui):
+    """PostgreSQL stores no NUL in text: a body holding one is refused, on both databases,
+    saying where it is."""
+    for path, body, word in (
+        ("/api/datasets", {"name": "a\x00b"}, "name"),
+        ("/api/alert-rules", {"name": "\x00", "kind": "spend", "threshold": 1}, "name"),
+        (
+            "/api/budgets",
+            {"name": "b", "scope": {"kind": "user", "value": "a\x00"}, "period": "day"},
+            "scope.value",
+        ),
+        ("/api/campaigns", {"name": "c", "judge": "j\x00", "max_nb_events": 1}, "judge"),
+        ("/api/datasets", {"name\x00": "x"}, "key"),
+    ):
+        async with ui.post(path, json=body) as resp:
+            answer = await resp.json()
+            assert resp.status == 400 and word in answer["error"], (path, answer)
+            assert "NUL" in answer["error"], (path, answer)
+    async with ui.get("/api/judges/a%00bcdef") as resp:
+        assert resp.status == 404, await resp.text()
+    # looked through without recursion: orjson parses deeper than Python's recursion limit
+    deep = b'{"name": ' + b"[" * 1020 + b"1" + b"]" * 1020 + b"}"
+    async with ui.post("/api/datasets", data=deep, headers=JSON) as resp:
+        assert resp.status == 400 and "name" in (await resp.json())["error"]
+    deep = b'{"exchange_ids": [' + b"[" * 1000 + b"1" + b"]" * 1000 + b"]}"
+    async with ui.post("/api/experiments", data=deep, headers=JSON) as resp:
+        assert resp.status == 400 and "a list is not an id" in (await resp.json())["error"]

@@ -237,6 +237,11 @@ async def test_the_api_names_what_is_wrong(sqlite_gateway: Gateway) -> None:
     assert status == 400 and "exists" in answer["error"]
     assert (await api(gw, "DELETE", "/api/budgets/12345"))[0] == 404
     assert (await api(gw, "DELETE", "/api/budgets/nope"))[0] == 404
+    # the same name sent at once: one is added, the others are told the name is taken
+    racing = await asyncio.gather(
+        *(api(gw, "POST", "/api/budgets", {**good, "name": "raced"}) for _ in range(6))
+    )
+    assert sorted(status for status, _ in racing) == [201] + [400] * 5, racing
 
 
 async def test_a_budget_file_is_loaded_at_start(upstream: Upstream, tmp_path: Path) -> None:

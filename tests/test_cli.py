@@ -65,6 +65,18 @@ def test_readme_documents_every_setting():
         (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
         (["serve", "--no-such-flag"], {}, "no-such-flag"),
         (["purge", "--older-than", "soon"], {}, "--older-than"),
+        (["purge", "--older-than", "nan"], {}, "--older-than"),
+        (["purge", "--older-than", "inf"], {}, "--older-than"),
+        (["purge", "--older-than", "99999999999999999999d"], {}, "--older-than"),
+        (
+            ["serve", "--alert-interval", "nan", "--db", "sqlite:///no/such/dir/x.db"],
+            {},
+            "--alert-interval",
+        ),
+        (["quarantine", "drop", "\u00b2"], {}, "not a record id"),
+        (["quarantine", "retry", "9999999999999999999"], {}, "not a record id"),
+        (["dataset", "experiment-export", "\u00b2", "--out", "x"], {}, "not an experiment id"),
+        (["dataset", "experiment-export", "1", "--out", "x", "--url", "nope"], {}, "--url"),
     ],
 )
 async def test_bad_input_gives_one_clear_line(args, env, expected):

@@ -141,3 +141,19 @@ async def test_score_form(gateway: Gateway):
             async with http.post(f"/exchanges/{exchange}/score", data=data) as resp:
                 text = await resp.text()
                 assert resp.status in (400, 404) and words in text, (data, text[-400:])
+
+
+async def test_a_nul_in_a_form_is_a_400_page(gateway: Gateway):
+    """PostgreSQL stores no NUL in text: a form field holding one is a page saying so, on
+    both databases (the JSON API refuses it the same way)."""
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(gateway.ui_url, cookie_jar=jar) as http:
+        csrf = await token(http, "/datasets")
+        for path, form in (
+            ("/datasets", {"name": "a\x00b"}),
+            ("/alerts/rules", {"name": "\x00", "kind": "spend", "threshold": "1"}),
+            ("/campaigns", {"name": "c", "description": "\x00", "judge": "j"}),
+        ):
+            async with http.post(path, data={**form, "csrf_token": csrf}) as resp:
+                html = await resp.text()
+                assert resp.status == 400 and "NUL" in html, (path, resp.status)

@@ -15,7 +15,7 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
-from gateway.store.exchanges import Store
+from gateway.store.exchanges import ExchangeFilter, Store
 from tests.clients import tool_loop
 from tests.ui_server import HOSTILE, KEY
 
@@ -250,3 +250,41 @@ async def test_bidi_controls_shown_in_text_but_sent_back_unchanged(gateway: Gate
     assert status == 200 and f'value="{override}eciovni"' in page
     status, page, _ = await fetch(gateway, "/runs?name=%E2%80%AEx&user=%E2%80%AEy")
     assert f'value="{override}x"' in page and f'value="{override}y"' in page
+
+
+async def test_odd_query_values_never_break_a_page(gateway: Gateway):
+    """Times at the edges of what a datetime holds (a 400 page saying so), cursors past 63
+    bits or in Unicode digits (ignored, as any bad cursor), a part in Unicode digits (404):
+    never a 500."""
+    async with (
+        aiohttp.ClientSession(gateway.ui_url) as http,
+        http.post("/api/datasets", json={"name": "odd queries"}) as resp,
+    ):
+        dataset_id = (await resp.json())["id"]
+    for path, expected in (
+        ("/dashboard?until=0001-01-01T00:00:00Z", 400),
+        ("/dashboard?since=0001-01-01T00:00:00%2B23:59", 400),
+        ("/dashboard?until=9999-12-31T23:59:59-23:59", 400),
+        ("/dashboard?since=1990-01-01", 200),
+        (f"/datasets/{dataset_id}?after=9999999999999999999", 200),
+        (f"/datasets/{dataset_id}?after=%C2%B2", 200),
+    ):
+        status, html, _ = await fetch(gateway, path)
+        assert status == expected, (path, html[-500:])
+    status, html, _ = await fetch(gateway, "/dashboard?until=0001-01-01T00:00:00Z")
+    assert "must be dates" in html
+    payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gateway.proxy_url}/v1/chat/completions",
+            json=payload,
+            headers={"Authorization": "Bearer key-for-odd-queries-1234"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+    await gateway.recorder.drained(timeout=10)
+    exchange_id = (await gateway.store.list_exchanges(ExchangeFilter(), 1, None))[0][0].id
+    for part in ("%C2%B2-0", "0-%C2%B2"):
+        status, _, _ = await fetch(gateway, f"/exchanges/{exchange_id}/text?part={part}")
+        assert status == 404, part

@@ -4,19 +4,21 @@ previews (each row by its own provider)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.api import exchanges as api
 from gateway.providers import make_providers, provider_named
 from gateway.settings import Settings
 from gateway.store.records import ExchangeSummary
 from tests.rows import exchange_row
-from webui import formats
+from webui import dashboard, formats
 from webui.auth import safe_next
 from webui.chat import chat_items, parts, pretty_body
 from webui.exchange_pages import decorate
@@ -390,3 +392,38 @@ def test_request_view_of_hostile_bodies():
     ((tool),) = tools_offered(body)
     assert tool["name"] == "f" and tool["parameters"]
     assert parameters(["not", "a", "dict"]) == [] and tools_offered({"tools": "no"}) == []
+
+
+EDGE = timedelta(hours=23, minutes=59)  # the widest UTC offset ISO-8601 allows
+EDGE_ZONES = (UTC, timezone(EDGE), timezone(-EDGE))
+DASHBOARD_TIMES = st.one_of(
+    st.just(""),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)).map(
+        lambda at: at.date().isoformat()
+    ),
+    st.builds(
+        lambda at, zone: at.replace(tzinfo=zone).isoformat(),
+        st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+        st.sampled_from(EDGE_ZONES),
+    ),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(since=DASHBOARD_TIMES, until=DASHBOARD_TIMES)
+@example(since="", until="0001-01-01T00:00:00Z")
+@example(since="0001-01-01T00:00:00+23:59", until="")
+@example(since="", until="9999-12-31T23:59:59-23:59")
+@example(since="", until="9999-12-31")
+def test_any_dashboard_range_is_a_range_or_a_message(since: str, until: str):
+    """What the dashboard computes from `since`/`until` (hours, buckets, the year before
+    `until`) stays inside what a datetime holds: a range, or the page's message (a 400)."""
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    _, start, end, error = dashboard.parse_range({"since": since, "until": until}, now)
+    if error:
+        return
+    last = dashboard.hour_number(min(end, now))
+    first = min(dashboard.hour_number(start) if start else last, last)
+    dashboard.buckets([], first, last)
+    assert (start or end - timedelta(days=365)) < end

@@ -1,6 +1,6 @@
 """The browser's side of access: the login form (with `--ui-token`) and the CSRF check on
-every UI form that changes something. The gateway/api/access.py checks (host, token,
-cross-site writes) run before these.
+every UI form that changes something (and no NUL in its fields). The gateway/api/access.py
+checks (host, token, cross-site writes) run before these.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.api import access
+from gateway.errors import UserError
 from gateway.settings import Settings
 from webui import csrf
 from webui.render import UI_TOKEN, error_page, render
@@ -32,6 +33,10 @@ async def check_csrf(request: web.Request, handler: Handler) -> web.StreamRespon
                 "The page was open too long, or the gateway restarted. Go back, "
                 "reload the page and try again.",
             )
+        for name, value in form.items():
+            if isinstance(value, str) and "\x00" in value:
+                # as in a JSON body (gateway/api/exchanges.py): PostgreSQL stores no NUL
+                raise UserError(f"{name} must not contain a NUL character (\\u0000)")
     response = await handler(request)
     csrf.set_cookie_if_new(request, response)
     return response

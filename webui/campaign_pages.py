@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.campaigns import CAMPAIGNS
+from gateway.capture.exchange import is_id
 from gateway.errors import NotFound, UserError
 from gateway.replay.campaigns import MODES
 from webui.render import render
@@ -56,7 +57,7 @@ async def add_campaign(request: web.Request) -> web.StreamResponse:
 
 async def delete_campaign(request: web.Request) -> web.StreamResponse:
     text = request.match_info["id"]
-    if not text.isdigit():
+    if not is_id(text):
         raise NotFound(f"campaign {text} not found")
     await request.app[CAMPAIGNS].delete(int(text))
     raise web.HTTPSeeOther("/campaigns")

@@ -129,7 +129,7 @@ def clipped(part: dict[str, Any], limit: int, index: tuple[int, int]) -> dict[st
 def full_part(messages: list[dict[str, Any]], index: str) -> str | None:
     """The whole text of part "m-p" of message m, or None when there is no such part."""
     m, _, n = index.partition("-")
-    if not (m.isdigit() and n.isdigit()) or int(m) >= len(messages):
+    if not (m.isascii() and m.isdigit() and n.isascii() and n.isdigit()) or int(m) >= len(messages):
         return None
     message = messages[int(m)]
     pieces = parts(message.get("content")) if isinstance(message, dict) else []

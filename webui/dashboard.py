@@ -34,6 +34,7 @@ RANGES = {
     "all": None,
 }
 DEFAULT_RANGE = "7d"
+RANGE_FIRST, RANGE_END = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
 HOURLY_UP_TO = 72  # hours: longer ranges are drawn per day, week or month
 
 
@@ -42,16 +43,17 @@ def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, dateti
     key = query.get("range") or DEFAULT_RANGE
     since_text, until_text = query.get("since") or "", query.get("until") or ""
     if since_text or until_text:
-        since, until = parse_time(since_text), parse_time(until_text) or now
-        if until_text and len(until_text.strip()) == 10 and parse_time(until_text):
-            until += timedelta(days=1)  # a date means the whole day
-        if (since_text and since is None) or (until_text and parse_time(until_text) is None):
+        since, until = _range_time(since_text), _range_time(until_text) or now
+        if (since_text and since is None) or (until_text and _range_time(until_text) is None):
             return (
                 DEFAULT_RANGE,
                 now - timedelta(days=7),
                 now,
-                "since and until must be dates such as 2026-01-31 or 2026-01-31T12:00",
+                "since and until must be dates from 1970 to 9998, such as 2026-01-31 or "
+                "2026-01-31T12:00",
             )
+        if len(until_text.strip()) == 10:
+            until += timedelta(days=1)  # a date means the whole day
         if since and since >= until:
             return DEFAULT_RANGE, now - timedelta(days=7), now, "since must be before until"
         return "custom", since, until, None
@@ -64,6 +66,15 @@ def parse_range(query: Any, now: datetime) -> tuple[str, datetime | None, dateti
         )
     span = RANGES[key]
     return key, (now - span if span else None), now, None
+
+
+def _range_time(text: str) -> datetime | None:
+    """A dashboard bound, or None: the charts count hours and days from it, and a year
+    near 1 or 9999 would step out of what a datetime holds."""
+    at = parse_time(text)
+    if at is None or not RANGE_FIRST <= at < RANGE_END:
+        return None
+    return at
 
 
 def hour_number(at: datetime) -> int:

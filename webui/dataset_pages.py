@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.api import exchanges as api
 from gateway.api.datasets import DATASETS, item_source, version_of
 from gateway.api.replay import EXPERIMENTS
+from gateway.capture.exchange import is_id
 from gateway.errors import UserError
 from gateway.export.dataset_files import parse_jsonl
 from gateway.export.dataset_items import parse_ids
@@ -52,7 +53,7 @@ async def dataset_detail(request: web.Request) -> web.Response:
     store = request.app[DATASETS]
     version = version_of(dataset, request.query.get("version"))
     after = request.query.get("after")
-    cursor = int(after) if after and after.isdigit() and len(after) <= 19 else None
+    cursor = int(after) if after and is_id(after) else None
     items, following = await store.items(dataset.id, version, PAGE_SIZE, cursor)
     context = {
         "dataset": dataset,

@@ -22,7 +22,7 @@ routes = web.RouteTableDef()
 
 def rule_id(request: web.Request) -> int:
     value = request.match_info["id"]
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise not_found("alert rule")
     return int(value)
 

@@ -6,12 +6,11 @@ reads the spend fresh from the database, so it also refreshes this process's enf
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
-from gateway.api.exchanges import json_response, parse_id
+from gateway.api.exchanges import json_body, json_response, parse_id
 from gateway.proxy.budgets import BudgetGuard
-from gateway.store.budgets import BudgetError, parse_budget
+from gateway.store.budgets import parse_budget
 
 GUARD = web.AppKey("budget_guard", BudgetGuard)
 routes = web.RouteTableDef()
@@ -25,10 +24,7 @@ async def list_budgets(request: web.Request) -> web.Response:
 
 @routes.post("/api/budgets")
 async def add_budget(request: web.Request) -> web.Response:
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise BudgetError(f"the body must be JSON: {exc}") from None
+    data = await json_body(request)
     guard = request.app[GUARD]
     budget = await guard.store.add(parse_budget(data))
     standings = await guard.refresh()

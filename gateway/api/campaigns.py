@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.exchanges import json_body, json_response
-from gateway.capture.exchange import MAX_ID
+from gateway.capture.exchange import is_id
 from gateway.errors import NotFound, UserError
 from gateway.replay.campaigns import Campaigns
 from gateway.store.query import parse_int
@@ -26,7 +26,7 @@ routes = web.RouteTableDef()
 
 def _id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit() or int(text) > MAX_ID:
+    if not is_id(text):
         raise NotFound(f"campaign {text} not found")
     return int(text)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.api.access import Handler, is_api
 from gateway.capture import storable
-from gateway.capture.exchange import MAX_ID
+from gateway.capture.exchange import MAX_ID, is_id
 from gateway.capture.pricing import PriceTable
 from gateway.errors import AgentOpsError, NotFound, UserError
 from gateway.providers import UnknownProvider
@@ -137,7 +137,7 @@ async def retry_quarantine(request: web.Request) -> web.Response:
     ids = body.get("ids")
     if ids is not None and (
         not isinstance(ids, list)
-        or not all(isinstance(i, (str, int)) and re.fullmatch(r"\d{1,19}", str(i)) for i in ids)
+        or not all(isinstance(i, str | int) and is_id(str(i)) for i in ids)
     ):
         raise UserError("ids must be a list of quarantined record ids")
     result = await quarantine.retry(
@@ -175,7 +175,30 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise UserError(f"the body must be JSON: {exc}") from None
     if not isinstance(body, dict):
         raise UserError("the body must be a JSON object")
+    where = _nul_at(body)
+    if where is not None:
+        # PostgreSQL stores no NUL in text: refused here, the same on both databases
+        raise UserError(f"{where} must not contain a NUL character (\\u0000)")
     return body
+
+
+def _nul_at(body: dict[str, Any]) -> str | None:
+    """Where a NUL is in a parsed JSON body (a key or a string), or None. A loop, not a
+    recursion: orjson parses bodies nested deeper than Python's recursion limit."""
+    stack: list[tuple[str, Any]] = [("the body", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return f"a key of {where}"
+                stack.append((key if where == "the body" else f"{where}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+    return None
 
 
 @routes.get("/api/exchanges")

@@ -10,7 +10,6 @@ import math
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.api.exchanges import (
@@ -18,6 +17,7 @@ from gateway.api.exchanges import (
     MAX_LIMIT,
     RECORDER,
     RUNS,
+    json_body,
     json_response,
     not_found,
     parse_id,
@@ -62,12 +62,7 @@ async def delete_run(request: web.Request) -> web.Response:
 
 
 async def evaluation_body(request: web.Request) -> tuple[str, float]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise UserError(f"the body must be JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise UserError('the body must be an object: {"metric_name": "...", "metric_value": 0.9}')
+    body = await json_body(request)
     name, value = body.get("metric_name"), body.get("metric_value")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise UserError("metric_name must be a non-empty string of at most 200 characters")

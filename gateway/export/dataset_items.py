@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.capture.exchange import is_id
 from gateway.errors import NotFound, UserError
 from gateway.export.finetune import message
 from gateway.providers import UnknownProvider
@@ -158,7 +159,7 @@ def parse_ids(value: Any, what: str) -> list[int]:
     ids = []
     for v in value:
         text = str(v) if isinstance(v, int | str) and not isinstance(v, bool) else ""
-        if not text.isdigit() or len(text) > 19:
+        if not is_id(text):
             raise UserError(f"{what}: not an id: {v!r}")
         ids.append(int(text))
     return list(dict.fromkeys(ids))  # each once, in the order given

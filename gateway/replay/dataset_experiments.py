@@ -680,7 +680,10 @@ def is_dataset_experiment(experiment: dict[str, Any]) -> bool:
 
 
 def _id(value: Any, name: str) -> int:
-    text = str(value)
-    if isinstance(value, bool) or not is_id(text):
-        raise UserError(f"{name}: {orjson.dumps(value).decode()} is not an id")
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not is_id(text):
+        # a list or an object is named, not printed: it may nest deeper than orjson writes
+        named = {list: "a list", dict: "an object", int: str(value)}.get(type(value))
+        shown = named or orjson.dumps(value).decode()
+        raise UserError(f"{name}: {shown} is not an id")
     return int(text)

@@ -414,7 +414,10 @@ def _bounded(body: dict[str, Any], name: str, default: int, low: int, high: int)
 
 
 def _id(value: Any, name: str) -> int:
-    text = str(value)
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
     if not is_id(text):
-        raise UserError(f"{name}: {orjson.dumps(value).decode()} is not an id")
+        # a list or an object is named, not printed: it may nest deeper than orjson writes
+        named = {list: "a list", dict: "an object", int: str(value)}.get(type(value))
+        shown = named or orjson.dumps(value).decode()
+        raise UserError(f"{name}: {shown} is not an id")
     return int(text)

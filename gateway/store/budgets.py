@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tortoise.exceptions import IntegrityError
+
 from gateway.capture.exchange import id_at, new_id
 from gateway.errors import NotFound, UserError
 
@@ -236,7 +238,10 @@ class BudgetStore:
         found = await self.store.rows("SELECT id FROM budgets WHERE name = ?", [budget.name])
         if found:
             raise BudgetError(f"name: a budget named {budget.name!r} exists already")
-        await self._insert(budget)
+        try:
+            await self._insert(budget)
+        except IntegrityError:  # added by someone else since the check above
+            raise BudgetError(f"name: a budget named {budget.name!r} exists already") from None
         return budget
 
     async def put(self, budget: Budget) -> Budget:

@@ -18,7 +18,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from gateway.capture.exchange import new_id
+from gateway.capture.exchange import is_id, new_id
 from gateway.errors import Conflict, NotFound, UserError
 from gateway.store.exchanges import Store
 from gateway.store.records import iso_time
@@ -217,7 +217,7 @@ class DatasetStore:
     async def named(self, name_or_id: str) -> Dataset:
         """A dataset by name, else by id (the command line takes either)."""
         found = await self.find(name_or_id)
-        if found is None and name_or_id.isdigit() and len(name_or_id) <= 19:
+        if found is None and is_id(name_or_id):
             found = await self.get(int(name_or_id))
         if found is None:
             raise NotFound(f"dataset {name_or_id!r} not found")

@@ -36,6 +36,8 @@ class JudgeStore:
         return definition
 
     async def get(self, name: str) -> dict[str, Any]:
+        if "\x00" in name:  # none is stored (bodies cannot hold one); PostgreSQL refuses it
+            raise NotFound(f"judge {name!r} not found")
         found = await self.store.rows("SELECT definition FROM judges WHERE name = ?", [name])
         if not found:
             raise NotFound(f"judge {name!r} not found")
