@@ -193,10 +193,19 @@ def prepare_sqlite(path: str) -> None:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the SQLite database {path}: {exc}") from None
+        raise StoreError(f"cannot open the SQLite database {path}: {exc}{_full(folder)}") from None
     if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK | os.X_OK):
         where = path if not os.access(path, os.W_OK) else folder
         raise StoreError(f"cannot write the SQLite database {path}: {where} is read-only")
+
+
+def _full(folder: str) -> str:
+    """What SQLite calls a "disk I/O error" when it cannot create the -shm or -wal file."""
+    try:
+        full = os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return ""
+    return f" (the disk is full: no space left in {folder})" if full else ""
 
 
 def _why(exc: OSError) -> str:
