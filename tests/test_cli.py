@@ -64,6 +64,7 @@ def test_readme_documents_every_setting():
         (["serve", "--max-body-bytes", "lots"], {}, "--max-body-bytes"),
         (["serve", "--upstream", "ftp://x"], {}, "--upstream"),
         (["serve", "--db", "mysql://x"], {}, "--db"),
+        (["serve", "--db", "sqlite://"], {}, "--db names no SQLite file"),
         (["serve"], {"AGENTOPS_QUEUE_SIZE": "-3"}, "AGENTOPS_QUEUE_SIZE"),
         (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
         (["serve", "--no-such-flag"], {}, "no-such-flag"),
