@@ -121,10 +121,11 @@ async def test_a_database_on_a_full_disk_is_one_line(tmp_path: Path, left_open: 
         if left_open:
             holder.execute("PRAGMA journal_mode=WAL").fetchone()
             holder.execute("SELECT count(*) FROM exchanges").fetchone()
-        with (disk / "filler").open("wb") as filler, contextlib.suppress(OSError):
-            while True:
-                filler.write(b"\0" * 65536)
-                filler.flush()
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # until the disk is full
+            while os.write(filler, b"\0" * 65536):
+                pass
+        os.close(filler)
         code, _, err = await run(
             "serve",
             "--db",

@@ -545,6 +545,7 @@ class WriterProcess:
     def _journal_state(self) -> str:
         if self.settings.journal == "off":
             return "off"
+        self.journal.retry()
         return "ok" if self.journal.failed is None else self.journal.failed
 
     async def stop(self, timeout: float) -> None:
