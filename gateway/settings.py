@@ -452,6 +452,8 @@ class Settings:
         ):
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{flag} must be an http(s) URL, got {url!r}")
+            if not urlsplit(url).hostname:  # `http://` or `http:///v1`: every call would fail
+                raise ConfigError(f"{flag} names no host, got {url!r}")
         self.upstream_alts()
         if not self.db.startswith(("sqlite://", "postgres://", "postgresql://")):
             raise ConfigError(

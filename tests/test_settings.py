@@ -52,6 +52,8 @@ def test_ages(text, value):
         {"ui_host": "0.0.0.0"},
         {"port": "70000"},
         {"upstream": "api.mistral.ai"},
+        {"upstream": "http://"},  # no host: was accepted, and every call failed
+        {"elevenlabs_upstream": "https:///v1"},
         {"max_body_bytes": "0"},
         {"upstream_timeout": "-1"},
         {"db": "mysql://x"},
