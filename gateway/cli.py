@@ -183,6 +183,13 @@ async def _serve(settings: Settings) -> int | None:
     )
 
 
+WORKER_LOST_ERROR = (
+    "the gateway's worker process serving this call stopped without a clean shutdown (killed "
+    "or crashed) while it was in flight: its client saw the connection break, and nothing "
+    "more of the call is known"
+)
+
+
 async def _serve_workers(settings: Settings, log_level: int) -> int | None:
     """`serve --workers N`: this process serves the UI/API and supervises N proxy processes
     on one port (gateway/proxy/workers.py). On SQLite they relay their records to this
@@ -190,6 +197,7 @@ async def _serve_workers(settings: Settings, log_level: int) -> int | None:
     from gateway.app import Gateway
     from gateway.capture.exchange import node
     from gateway.proxy.workers import WorkerGroup, reserve_port
+    from gateway.writer.journal import placeholder, start_entry
 
     gateway = Gateway(settings)
     reserved = reserve_port(settings.host, settings.port)
@@ -210,7 +218,23 @@ async def _serve_workers(settings: Settings, log_level: int) -> int | None:
         for exchange in finished:
             gateway.recorder.submit(exchange)
 
-    group = WorkerGroup(settings.workers, spawn, relayed if relay else None)
+    def lost(index: int, starts: list[Any]) -> None:
+        """A relaying worker died with these calls in flight: recorded as `interrupted`, as
+        the journal records a killed gateway's (the supervisor's journal only has their
+        starts, and a clean stop of the supervisor deletes it)."""
+        for exchange in starts:
+            record = placeholder(start_entry(exchange))
+            record.error = WORKER_LOST_ERROR
+            gateway.recorder.submit(record)
+        gateway.recorder.missing_calls += len(starts)
+        logging.getLogger("agentops.workers").warning(
+            "worker %d stopped with %d calls in flight: they are missing (recorded with state "
+            "`interrupted`)",
+            index,
+            len(starts),
+        )
+
+    group = WorkerGroup(settings.workers, spawn, *((relayed, lost) if relay else ()))
     gateway.workers = group
     signals = Signals()
 

@@ -432,6 +432,23 @@ class Settings:
         settings.validate()
         return settings
 
+    def _check_db_url(self) -> None:
+        """A URL with its scheme right and the rest missing: a SQLite URL without a path (a
+        traceback from tortoise, before), a PostgreSQL URL without a database name (asyncpg
+        then connects to the one named after the user, `postgres`, and the schema was
+        created there)."""
+        shape = "sqlite://PATH or postgres://user:pass@host:port/name"
+        if self.db.startswith("sqlite://"):
+            if not self.db[len("sqlite://") :].split("?", 1)[0]:
+                raise ConfigError(f"--db names no SQLite file: {shape}, got {self.db!r}")
+            return
+        name = urlsplit(self.db).path.lstrip("/")
+        if not name:
+            shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.db)  # no password
+            raise ConfigError(
+                f"--db names no PostgreSQL database (the /name at its end): {shape}, got {shown!r}"
+            )
+
     def validate(self) -> None:
         for flag, url in (
             ("--upstream", self.upstream),
@@ -439,12 +456,15 @@ class Settings:
         ):
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{flag} must be an http(s) URL, got {url!r}")
+            if not urlsplit(url).hostname:  # `http://` or `http:///v1`: every call would fail
+                raise ConfigError(f"{flag} names no host, got {url!r}")
         self.upstream_alts()
         if not self.db.startswith(("sqlite://", "postgres://", "postgresql://")):
             raise ConfigError(
                 f"--db must be sqlite://PATH or postgres://user:pass@host:port/name, "
                 f"got {self.db!r}"
             )
+        self._check_db_url()
         for name in ("port", "ui_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0-65535")

@@ -5,9 +5,12 @@ errors, SIGTERM with calls in flight, and `purge`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import sqlite3
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -61,6 +64,7 @@ def test_readme_documents_every_setting():
         (["serve", "--max-body-bytes", "lots"], {}, "--max-body-bytes"),
         (["serve", "--upstream", "ftp://x"], {}, "--upstream"),
         (["serve", "--db", "mysql://x"], {}, "--db"),
+        (["serve", "--db", "sqlite://"], {}, "--db names no SQLite file"),
         (["serve"], {"AGENTOPS_QUEUE_SIZE": "-3"}, "AGENTOPS_QUEUE_SIZE"),
         (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
         (["serve", "--no-such-flag"], {}, "no-such-flag"),
@@ -102,6 +106,55 @@ async def test_unreachable_database_is_one_line(tmp_path: Path):
     assert code == 2
     assert "cannot open database" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("left_open", [True, False])
+async def test_a_database_on_a_full_disk_is_one_line(tmp_path: Path, left_open: bool):
+    """A gateway restarted while its SQLite database's disk is full: its schema is current
+    (nothing to migrate) but it cannot write, so it stops with one line saying the disk is
+    full, not a traceback from the first write (its node lease) nor a bare "disk I/O error".
+    `left_open`: the database's -wal and -shm files are there (another process has it open,
+    or the last one was killed); else SQLite cannot even create them."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        db = f"sqlite://{disk / 'gw.db'}"
+        store = Store(db)
+        await store.open()  # migrated while there was room
+        await store.close()
+        holder = sqlite3.connect(disk / "gw.db")
+        if left_open:
+            holder.execute("PRAGMA journal_mode=WAL").fetchone()
+            holder.execute("SELECT count(*) FROM exchanges").fetchone()
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # until the disk is full
+            while os.write(filler, b"\0" * 65536):
+                pass
+        os.close(filler)
+        code, _, err = await run(
+            "serve",
+            "--db",
+            db,
+            "--port",
+            "0",
+            "--ui-port",
+            "0",
+            "--spool-dir",
+            str(tmp_path / "s"),
+        )
+        holder.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "disk is full" in err and "gw.db" in err, err
 
 
 async def test_bad_price_file_is_one_line(tmp_path: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -142,6 +143,47 @@ async def test_sqlite_path_that_cannot_be_used_is_one_line_at_once(tmp_path: Pat
     assert why in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert took < 10
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+async def test_a_spool_dir_that_is_a_file_says_so(tmp_path: Path, under: str):
+    """`--spool-dir` naming a file (or a folder inside one): the line names the file (was
+    "File exists")."""
+    (tmp_path / "a-file").write_text("x")
+    spool = tmp_path / "a-file" / under if under else tmp_path / "a-file"
+    code, err, _ = await run(
+        "serve",
+        *("--db", f"sqlite://{tmp_path / 'ok.db'}", "--port", "0", "--ui-port", "0"),
+        *("--spool-dir", str(spool)),
+    )
+    assert code == 2, err
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_a_new_sqlite_file_on_a_read_only_file_system_says_so(tmp_path: Path):
+    """SQLite says only "unable to open database file" for a new file in a folder it cannot
+    write: the line names the folder and why."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        code, err, _ = await run(
+            "serve",
+            *("--db", f"sqlite://{disk / 'new.db'}", "--port", "0", "--ui-port", "0"),
+            *("--spool-dir", str(tmp_path / "spool")),
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert code == 2, err
+    assert f"{disk} is read-only" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 async def test_second_ctrl_c_cuts_the_call_in_flight_and_records_it(

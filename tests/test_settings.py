@@ -52,9 +52,14 @@ def test_ages(text, value):
         {"ui_host": "0.0.0.0"},
         {"port": "70000"},
         {"upstream": "api.mistral.ai"},
+        {"upstream": "http://"},  # no host: was accepted, and every call failed
+        {"elevenlabs_upstream": "https:///v1"},
         {"max_body_bytes": "0"},
         {"upstream_timeout": "-1"},
         {"db": "mysql://x"},
+        {"db": "sqlite://"},  # no file: was a traceback from tortoise
+        {"db": "postgres://postgres@127.0.0.1:5432/"},  # no name: was the `postgres` database
+        {"db": "postgresql://u:p@db"},
         {"elevenlabs_upstream": "api.elevenlabs.io"},
         {"elevenlabs_usd_per_credit": "-0.1"},
         {"elevenlabs_usd_per_credit": "free"},
@@ -66,6 +71,16 @@ def test_ages(text, value):
 def test_bad_settings_are_refused(flags):
     with pytest.raises(ConfigError):
         Settings.build(flags, {})
+
+
+def test_a_db_url_without_its_database_says_which_part_is_missing():
+    with pytest.raises(ConfigError, match="names no PostgreSQL database") as refused:
+        Settings.build({"db": "postgres://u:secret@127.0.0.1:5432/"}, {})
+    assert "secret" not in str(refused.value)
+    with pytest.raises(ConfigError, match="names no SQLite file"):
+        Settings.build({"db": "sqlite://"}, {})
+    for fine in ("sqlite://a.db", "sqlite:///tmp/x/a.db", "postgres://u@h:5432/agentops"):
+        assert Settings.build({"db": fine}, {}).db == fine
 
 
 def test_public_ui_needs_a_token():

@@ -7,6 +7,7 @@ database is down and whose spool is full keeps an idle writer and stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -183,6 +184,43 @@ def test_a_drained_full_spool_is_empty_and_takes_records_again(tiny_fs: Path):
     assert not spool.pending() and spool.size == 0 == on_disk(folder)
     assert spool.append([record(0)]) == 1 and spool.size == on_disk(folder) > 0
     spool.close()
+
+
+def test_a_journal_on_a_full_disk_starts_again_by_itself_and_keeps_no_stale_calls(
+    tiny_fs: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The journal's disk fills: journaling stops. Once there is room, it starts again after
+    RETRY_SECONDS when asked (/healthz asks: an idle gateway's `journal` clears with no call
+    needed); a call that was open when it stopped, and ended meanwhile, is not listed as
+    interrupted by a later kill's recovery (its record was stored)."""
+    from gateway.writer import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "RETRY_SECONDS", 3600.0)
+    journal = journal_module.Journal(tiny_fs / "journal")
+    journal.open()
+    earlier = record(1)
+    journal.write(None, [], [earlier], [])  # a call starts
+    filler = tiny_fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while os.write(fd, b"\0" * 4096):
+            pass
+    os.close(fd)
+    journal.write(b"\0" * 65536, [2, 3], [], [])  # a hand-off's frame: no room for it
+    assert journal.failed is not None and "No space left" in journal.failed
+    journal.write(None, [], [], [earlier.id])  # it ends while journaling is off
+    journal.retry()
+    assert journal.failed is not None  # not yet: RETRY_SECONDS have not passed
+    filler.unlink()
+    monkeypatch.setattr(journal_module, "RETRY_SECONDS", 0.0)  # ... and now they have
+    journal.retry()  # no call needed
+    assert journal.failed is None
+    later = record(20)
+    journal.write(None, [], [later], [])
+    journal._compact()  # what a long-running gateway does past 64 KiB of entries
+    found = journal_module.Journal(tiny_fs / "journal").recover()  # after a kill
+    assert [c.id for c in found.interrupted] == [later.id]
+    journal.close(clean=True)
 
 
 def test_a_file_torn_mid_record_is_replayed_up_to_the_tear(tmp_path: Path):

@@ -171,6 +171,69 @@ async def _upstream_saw(upstream: Upstream, count: int) -> bool:
     return len(upstream.requests) >= count
 
 
+async def hanging_call(served: Served, number: int) -> BaseException | None:
+    """A call the upstream never answers; returns how its connection ended."""
+    payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "x"}]}
+    headers = {"Authorization": f"Bearer {KEY}", "x-fake-hang": "1", "x-n": str(number)}
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{served.proxy}/v1/chat/completions", json=payload, headers=headers) as r,
+        ):
+            await r.read()
+    except aiohttp.ClientError as exc:
+        return exc
+    return None
+
+
+async def test_a_killed_workers_calls_in_flight_are_recorded_as_interrupted(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    """A worker SIGKILLed with calls in flight: their clients see the connection break, and
+    each call is stored in state `interrupted` (as a killed gateway's journal records them),
+    not lost. On SQLite the worker relays its calls' starts to the supervisor, which records
+    them when the worker dies (before, they were nowhere, even after a restart of the whole
+    gateway: a clean stop deletes the supervisor's journal); on PostgreSQL the restarted
+    worker finds them in its own journal."""
+    async with serve(upstream, db_url, tmp_path, "--workers", "2") as served:
+        calls = [asyncio.create_task(hanging_call(served, n)) for n in range(3)]
+        await wait_until(lambda: _upstream_saw(upstream, 3))
+
+        async def reported() -> bool:
+            workers = (await served.health())["workers"]
+            return sum(w.get("in_flight", 0) for w in workers) == 3
+
+        await wait_until(reported)
+        for worker in (await served.health())["workers"]:
+            if worker["in_flight"]:
+                os.kill(worker["pid"], signal.SIGKILL)
+        ended = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        assert all(isinstance(e, aiohttp.ClientError) for e in ended), ended
+
+        async def interrupted() -> list[dict]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{served.ui}/api/exchanges", params={"state": "interrupted"}) as resp,
+            ):
+                return (await resp.json())["items"]
+
+        async def all_recorded() -> bool:
+            return len(await interrupted()) == 3
+
+        await wait_until(all_recorded, timeout=60)
+        assert all("stopped without a clean shutdown" in e["error"] for e in await interrupted())
+        await wait_until(served.workers_up, timeout=60)
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+    store = Store(db_url)
+    await store.open()
+    try:
+        items, _ = await store.list_exchanges(ExchangeFilter(state="interrupted"), 50, None)
+    finally:
+        await store.close()
+    assert len(items) == 3  # once each
+
+
 async def test_workers_stop_when_the_supervisor_is_killed(upstream: Upstream, tmp_path: Path):
     db = f"sqlite://{tmp_path / 'killed.db'}"
     async with serve(upstream, db, tmp_path, "--workers", "2") as served:

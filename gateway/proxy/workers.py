@@ -77,20 +77,32 @@ class Worker:
     stats: dict[str, Any] = field(default_factory=dict)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
+    # relayed calls it started and has not sent the record of yet (id -> the start)
+    open: dict[int, Any] = field(default_factory=dict)
 
 
 Spawn = Callable[[int, Any], tuple[Callable[..., None], tuple[Any, ...]]]
 OnRecords = Callable[[list[Any], list[Any]], None]
+OnLost = Callable[[int, list[Any]], None]
 
 
 class WorkerGroup:
     """Starts N workers (`spawn(index, conn)` gives each its target and arguments), relays
-    their records to `on_records`, restarts the ones that die, stops them all."""
+    their records to `on_records`, restarts the ones that die, stops them all. A relaying
+    worker that dies (a SIGKILL, an OOM kill) leaves calls it started and never sent the
+    record of: they go to `on_lost(index, starts)`, as a killed gateway's journal does."""
 
-    def __init__(self, count: int, spawn: Spawn, on_records: OnRecords | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        spawn: Spawn,
+        on_records: OnRecords | None = None,
+        on_lost: OnLost | None = None,
+    ) -> None:
         self.count = count
         self.spawn = spawn
         self.on_records = on_records
+        self.on_lost = on_lost
         self.workers: dict[int, Worker] = {}
         self.stopping = False
         self.gave_up = asyncio.Event()  # a worker failed its start: the group stops
@@ -142,6 +154,11 @@ class WorkerGroup:
         match message:
             case ("records", starts, finished):
                 if self.on_records is not None:
+                    open_calls = worker.open
+                    for exchange in starts:
+                        open_calls[exchange.id] = exchange
+                    for exchange in finished:
+                        open_calls.pop(exchange.id, None)
                     self.on_records(starts, finished)
             case ("stats", stats):
                 worker.stats = stats
@@ -161,6 +178,9 @@ class WorkerGroup:
         """The worker's pipe closed: it is gone (or going). Restart it unless stopping."""
         await asyncio.to_thread(worker.process.join, 30)
         worker.exited.set()
+        if worker.open and self.on_lost is not None:  # it died with calls in flight
+            lost, worker.open = list(worker.open.values()), {}
+            self.on_lost(worker.index, lost)
         waiter = self._metrics.pop(worker.index, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(b"")

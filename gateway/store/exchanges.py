@@ -165,10 +165,25 @@ def prepare_sqlite(path: str) -> None:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the SQLite database {path}: {exc}") from None
+        raise StoreError(f"cannot open the SQLite database {path}: {exc}{_hint(folder)}") from None
     if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK | os.X_OK):
         where = path if not os.access(path, os.W_OK) else folder
         raise StoreError(f"cannot write the SQLite database {path}: {where} is read-only")
+
+
+def _hint(folder: str) -> str:
+    """Why SQLite could not open a file, where its own words do not say: "disk I/O error"
+    (it cannot create the -shm or -wal file on a full disk), "unable to open database file"
+    (a new file in a read-only folder)."""
+    try:
+        full = os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return ""
+    if full:
+        return f" (the disk is full: no space left in {folder})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f" ({folder} is read-only)"
+    return ""
 
 
 def _why(exc: OSError) -> str:

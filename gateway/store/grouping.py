@@ -30,7 +30,7 @@ import orjson
 
 from gateway.capture import exchange as ids
 from gateway.capture import storable
-from gateway.store.exchanges import Store, StoreError
+from gateway.store.exchanges import Store, StoreError, describe_url
 
 log = logging.getLogger("agentops.grouping")
 
@@ -177,6 +177,19 @@ class NodeLease:
         self._task: asyncio.Task[None] | None = None
 
     async def claim(self) -> int:
+        """Take a node; a database that cannot take the write (a full disk, a read-only
+        file) is a StoreError saying so, which a command starting up reports in one line."""
+        try:
+            return await self._claim()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"cannot write to database {describe_url(self.store.url)}: "
+                f"{type(exc).__name__}: {exc}".strip()
+            ) from exc
+
+    async def _claim(self) -> int:
         now = time.time()
         taken = {
             int(r["node"])

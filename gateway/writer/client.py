@@ -161,7 +161,11 @@ class WriterProcess:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise WriterError(f"--spool-dir {folder}: {exc.strerror or exc}") from None
+            why = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError | NotADirectoryError):  # "File exists"
+                files = [p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()]
+                why = f"{files[-1] if files else 'a part of the path'} is a file, not a folder"
+            raise WriterError(f"--spool-dir {folder}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -545,6 +549,7 @@ class WriterProcess:
     def _journal_state(self) -> str:
         if self.settings.journal == "off":
             return "off"
+        self.journal.retry()
         return "ok" if self.journal.failed is None else self.journal.failed
 
     async def stop(self, timeout: float) -> None:

@@ -189,9 +189,9 @@ class Journal:
         calls that started and ended in it. Never raises: a journal that cannot be written
         (a full disk) stops journaling and says so in `failed`."""
         if self.failed is not None:
-            if self._failed_at is None or time.monotonic() - self._failed_at < RETRY_SECONDS:
+            self.retry()
+            if self.failed is not None:
                 return
-            self.open()  # the disk may have room again
         if self._inflight_fd is None:
             return
         try:
@@ -222,10 +222,25 @@ class Journal:
         except OSError as exc:
             self._fail(exc)
 
+    def retry(self) -> None:
+        """A journal that failed starts again (the disk may have room again) once
+        RETRY_SECONDS have passed: at the next hand-off, or when /healthz asks, so an idle
+        gateway's health clears too."""
+        if (
+            self.failed is not None
+            and self._failed_at is not None
+            and time.monotonic() - self._failed_at >= RETRY_SECONDS
+        ):
+            self.open()
+
     def _fail(self, exc: OSError) -> None:
         """Stop journaling and give its disk space back (the spool may need it): what the
         journal held is only for a kill, and calls go on being recorded without it."""
         self.failed, self._failed_at = f"{type(exc).__name__}: {exc}", time.monotonic()
+        # Ends that come while it is off are not noted: calls open now would stay "open"
+        # for good, and a journal started again (compacted) would list them as interrupted
+        # after a later kill though their records were stored.
+        self._inflight.clear()
         log.error(
             "cannot write the journal in %s (%s): calls are still recorded, but a kill "
             "of the gateway could now lose more than its last few ms of them; trying "
