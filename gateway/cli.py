@@ -210,7 +210,9 @@ async def _serve_workers(settings: Settings, log_level: int) -> int | None:
     def spawn(index: int, conn: Any) -> tuple[Callable[..., None], tuple[Any, ...]]:
         own = base.replace(spool_dir=str(Path(settings.spool_dir) / f"worker-{index}"))
         worker_node = (node() + index) & 0x3FF  # distinct from ours and each other's
-        return worker_main, (own, conn, worker_node, relay, log_level)
+        # a relaying worker's records go to our spool folder when we are gone
+        relay_to = settings.spool_dir if relay else None
+        return worker_main, (own, conn, worker_node, relay_to, log_level)
 
     def relayed(starts: list[Any], finished: list[Any]) -> None:
         for exchange in starts:
@@ -268,9 +270,10 @@ async def _serve_workers(settings: Settings, log_level: int) -> int | None:
 
 
 def worker_main(
-    settings: Settings, conn: Any, worker_node: int, relay: bool, log_level: int
+    settings: Settings, conn: Any, worker_node: int, relay_to: str | None, log_level: int
 ) -> None:
-    """One proxy process of `serve --workers N` (spawned by gateway/proxy/workers.py)."""
+    """One proxy process of `serve --workers N` (spawned by gateway/proxy/workers.py);
+    `relay_to`: the supervisor's spool folder, when the worker relays its records to it."""
     import signal
 
     from gateway.capture.exchange import set_node
@@ -283,22 +286,22 @@ def worker_main(
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     set_node(worker_node)
     try:
-        asyncio.run(_worker(settings, conn, relay))
+        asyncio.run(_worker(settings, conn, relay_to))
     except Exception as exc:
         with contextlib.suppress(OSError):
             conn.send(("failed", str(exc) or type(exc).__name__))
         sys.exit(2)
 
 
-async def _worker(settings: Settings, conn: Any, relay: bool) -> None:
+async def _worker(settings: Settings, conn: Any, relay_to: str | None) -> None:
     import signal
 
     from gateway.app import Gateway
     from gateway.writer.relay import RelayWriter
 
     gateway = Gateway(settings, worker=True)
-    if relay:
-        gateway.recorder = RelayWriter(settings, conn.send)
+    if relay_to is not None:
+        gateway.recorder = RelayWriter(settings, conn.send, relay_to)
     signals = Signals()
     loop = asyncio.get_running_loop()
     loop.remove_signal_handler(signal.SIGINT)

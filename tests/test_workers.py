@@ -247,6 +247,46 @@ async def test_workers_stop_when_the_supervisor_is_killed(upstream: Upstream, tm
         await wait_until(all_gone, timeout=30)
 
 
+async def test_calls_finished_after_the_supervisor_is_killed_are_stored_at_the_next_start(
+    upstream: Upstream, tmp_path: Path
+):
+    """SIGKILL the supervisor of `serve --workers 2` on SQLite while streams are in flight:
+    the workers stop as on SIGTERM, letting the streams finish, but nothing is left to store
+    their records (they were logged as lost; the restarted gateway's journal showed them as
+    `interrupted`, answered though they were). They go to the spool folder instead, and the
+    next `serve` on it stores them whole."""
+    db = f"sqlite://{tmp_path / 'supervisor.db'}"
+    async with serve(upstream, db, tmp_path, "--workers", "2") as served:
+        streams = [asyncio.create_task(slow_stream(served)) for _ in range(3)]
+        await wait_until(lambda: _upstream_saw(upstream, 3))
+        served.proc.kill()
+        await served.proc.wait()
+        received = await asyncio.wait_for(asyncio.gather(*streams), 60)
+        assert all(chunks > 1 for chunks in received)  # each stream ran to its end
+    async with serve(upstream, db, tmp_path, "--workers", "2") as served:
+
+        async def complete() -> list[dict]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{served.ui}/api/exchanges", params={"state": "complete"}) as resp,
+            ):
+                return (await resp.json())["items"]
+
+        async def all_stored() -> bool:
+            return len(await complete()) == 3
+
+        await wait_until(all_stored, timeout=60)
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+    store = Store(db)
+    await store.open()
+    try:
+        items, _ = await store.list_exchanges(ExchangeFilter(), 50, None)
+    finally:
+        await store.close()
+    assert sorted(item.state for item in items) == ["complete"] * 3  # once each, answered
+
+
 async def test_port_in_use_exits_2(upstream: Upstream, tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

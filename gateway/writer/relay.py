@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.settings import Settings
-from gateway.writer.client import WriterProcess
+from gateway.writer.client import WriterProcess, overflow_dir
 from gateway.writer.health import Health
 from gateway.writer.protocol import FLUSH_SECONDS
+from gateway.writer.spool import Spool
 
 log = logging.getLogger("agentops.writer")
 
@@ -29,8 +30,14 @@ class RelayWriter(WriterProcess):
     """WriterProcess's proxy-side interface (submit, begin, start, stop, health), with the
     records sent through `send` as ("records", starts, finished) instead of to a child."""
 
-    def __init__(self, settings: Settings, send: Send) -> None:
+    def __init__(self, settings: Settings, send: Send, supervisor_spool_dir: str) -> None:
         super().__init__(settings)
+        # Where records go when the supervisor is gone: its overflow spool folder (files of
+        # this process's own), which the next `serve` on it replays.
+        self.overflow = Spool(
+            overflow_dir(settings.replace(spool_dir=supervisor_spool_dir)),
+            settings.spool_max_bytes,
+        )
         self._send = send
         self._sent = 0
         self.lost = 0  # records the supervisor was no longer there to take
@@ -51,11 +58,28 @@ class RelayWriter(WriterProcess):
             return
         try:
             self._send(("records", starts, batch))
-        except OSError as exc:  # the supervisor is gone (killed): nothing can store them
-            self.lost += len(batch)
-            log.error("the supervisor is gone (%s): %d records lost", exc, len(batch))
+        except OSError as exc:  # the supervisor is gone (killed)
+            self._keep(batch, exc)
             return
         self._sent += len(batch)
+
+    def _keep(self, batch: list[Any], exc: OSError) -> None:
+        """The supervisor is gone (killed), so nothing here can store the records: they go to
+        the supervisor's overflow spool folder (a file of this process's own), which the next
+        `serve` on it replays first, before the placeholders its journal makes of the same
+        calls (a record already stored is not stored again)."""
+        kept = self.overflow.append(batch) if batch else 0
+        self.overflow.close()
+        self.lost += len(batch) - kept
+        if kept:
+            log.warning(
+                "the supervisor is gone (%s): %d records spooled to %s for the next start",
+                exc,
+                kept,
+                self.overflow.folder,
+            )
+        if kept < len(batch):
+            log.error("the supervisor is gone (%s): %d records lost", exc, len(batch) - kept)
 
     def _schedule_flush(self) -> None:
         self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
