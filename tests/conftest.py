@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,3 +385,22 @@ def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
     if left:
         openers = sorted({getattr(c, "_opened_by", "?") for c in left})
         print(f"\nconftest: stopped {len(left)} SQLite connection(s) left open by: {openers}")
+
+
+@contextmanager
+def tmpfs(where: Path, options: str, why_skip: str = "") -> Iterator[Path]:
+    """A tmpfs mounted at `where` (created) with mount `options` (`size=4m`, `size=1m,ro`)
+    while within: a full or read-only disk, for real (the tests run as root). Skips, saying
+    why, where mounting is refused."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}){why_skip}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

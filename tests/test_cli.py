@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +24,7 @@ from tests.conftest import (
     calls,
     free_port,
     running,
+    tmpfs,
     wait_for_health,
     wait_until,
 )
@@ -115,16 +115,7 @@ async def test_a_database_on_a_full_disk_is_one_line(tmp_path: Path, left_open: 
     full, not a traceback from the first write (its node lease) nor a bare "disk I/O error".
     `left_open`: the database's -wal and -shm files are there (another process has it open,
     or the last one was killed); else SQLite cannot even create them."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
-    try:
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
         db = f"sqlite://{disk / 'gw.db'}"
         store = Store(db)
         await store.open()  # migrated while there was room
@@ -140,18 +131,9 @@ async def test_a_database_on_a_full_disk_is_one_line(tmp_path: Path, left_open: 
         os.close(filler)
         code, _, err = await run(
             "serve",
-            "--db",
-            db,
-            "--port",
-            "0",
-            "--ui-port",
-            "0",
-            "--spool-dir",
-            str(tmp_path / "s"),
+            *("--db", db, "--port", "0", "--ui-port", "0", "--spool-dir", str(tmp_path / "s")),
         )
         holder.close()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "disk is full" in err and "gw.db" in err, err

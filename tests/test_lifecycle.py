@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ import aiohttp
 import pytest
 
 from gateway.store.exchanges import ExchangeFilter, Store
-from tests.conftest import Upstream, free_port, wait_for_health
+from tests.conftest import Upstream, free_port, tmpfs, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "gateway"]
@@ -164,23 +163,12 @@ async def test_a_spool_dir_that_is_a_file_says_so(tmp_path: Path, under: str):
 async def test_a_new_sqlite_file_on_a_read_only_file_system_says_so(tmp_path: Path):
     """SQLite says only "unable to open database file" for a new file in a folder it cannot
     write: the line names the folder and why."""
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
-    try:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as disk:
         code, err, _ = await run(
             "serve",
             *("--db", f"sqlite://{disk / 'new.db'}", "--port", "0", "--ui-port", "0"),
             *("--spool-dir", str(tmp_path / "spool")),
         )
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     assert code == 2, err
     assert f"{disk} is read-only" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err

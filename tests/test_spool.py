@@ -30,7 +30,15 @@ from gateway.capture.exchange import Exchange
 from gateway.writer import spool as spool_module
 from gateway.writer.spool import Spool, _entry, read_records
 from tests.conftest import CALL_KEY as KEY
-from tests.conftest import Upstream, health, make_settings, migrated_sqlite, running, wait_until
+from tests.conftest import (
+    Upstream,
+    health,
+    make_settings,
+    migrated_sqlite,
+    running,
+    tmpfs,
+    wait_until,
+)
 from tests.tcp_relay import TcpRelay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,22 +135,10 @@ def run_fill(folder: Path, count: int, file_limit: int | None = None) -> dict[st
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs (we run as root); skips, saying why, where mounting is refused."""
-    where = tmp_path / "tiny"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TINY}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({mounted.stderr.strip()}); "
-            "the RLIMIT_FSIZE case still covers short writes"
-        )
-    try:
+    with tmpfs(
+        tmp_path / "tiny", f"size={TINY}", "; the RLIMIT_FSIZE case still covers short writes"
+    ) as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture(params=["ENOSPC", "EFBIG"])

@@ -99,18 +99,13 @@ COMPLETION = {
 }
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-async def test_a_compressed_request_body_goes_upstream_as_sent(
-    gw: Gateway, raw_upstream: RawUpstream, encoding: str
-):
-    """A client may compress its request (Content-Encoding: gzip): the upstream gets the same
-    bytes with the same Content-Length (aiohttp's server used to inflate the body and the
-    proxy forwarded it under the compressed length: the upstream waited for bytes that never
-    came, and the call hung until the upstream timeout). The record keeps the decoded JSON."""
+async def post_compressed(gw: Gateway, raw_upstream: RawUpstream, chat: dict, encoding: str):
+    """POST `chat` compressed with `encoding` (gzip or zlib-wrapped deflate), answered with
+    COMPLETION; returns (the body sent, the answer's status and JSON)."""
     raw_upstream.answer = answer(
         b"200 OK", [(b"Content-Type", b"application/json")], orjson.dumps(COMPLETION)
     )
-    plain = orjson.dumps(CHAT)
+    plain = orjson.dumps(chat)
     body = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
     headers = {
         "Authorization": f"Bearer {KEY}",
@@ -121,8 +116,19 @@ async def test_a_compressed_request_body_goes_upstream_as_sent(
         aiohttp.ClientSession() as http,
         http.post(f"{gw.proxy_url}/v1/chat/completions", data=body, headers=headers) as resp,
     ):
-        assert resp.status == 200
-        assert await resp.json() == COMPLETION
+        return body, resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_request_body_goes_upstream_as_sent(
+    gw: Gateway, raw_upstream: RawUpstream, encoding: str
+):
+    """A client may compress its request (Content-Encoding: gzip): the upstream gets the same
+    bytes with the same Content-Length (aiohttp's server used to inflate the body and the
+    proxy forwarded it under the compressed length: the upstream waited for bytes that never
+    came, and the call hung until the upstream timeout). The record keeps the decoded JSON."""
+    body, status, answered = await post_compressed(gw, raw_upstream, CHAT, encoding)
+    assert status == 200 and answered == COMPLETION
     ((head, sent),) = raw_upstream.requests
     assert sent == body
     assert b"content-length: %d\r\n" % len(body) in head.lower()
@@ -230,22 +236,9 @@ async def test_a_key_inside_a_compressed_request_body_is_never_stored(
     """The key scrub sees a compressed request body as the client sent it; the writer stores
     it decoded. So the scrub decodes it too: a key pasted into a prompt of a gzip request is
     stored as its fingerprint, like one in a plain body."""
-    raw_upstream.answer = answer(
-        b"200 OK", [(b"Content-Type", b"application/json")], orjson.dumps(COMPLETION)
-    )
     chat = {**CHAT, "messages": [{"role": "user", "content": f"my key is {KEY}, keep it"}]}
-    plain = orjson.dumps(chat)
-    body = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
-    headers = {
-        "Authorization": f"Bearer {KEY}",
-        "Content-Type": "application/json",
-        "Content-Encoding": encoding,
-    }
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{gw.proxy_url}/v1/chat/completions", data=body, headers=headers) as resp,
-    ):
-        assert resp.status == 200
+    body, status, _ = await post_compressed(gw, raw_upstream, chat, encoding)
+    assert status == 200
     ((_, sent),) = raw_upstream.requests
     assert sent == body  # upstream still gets the client's bytes
     (record,) = await stored(gw)
