@@ -218,20 +218,21 @@ async def test_two_stores_in_one_process_each_close_their_own(tmp_path: Path):
     """Tortoise keeps one set of connections per process: closing the store opened first used
     to close the newer store's connection (or none) and leave its own open, with its aiosqlite
     thread keeping the process from exiting."""
-    import threading
+    import os
 
-    def connection_threads() -> int:  # aiosqlite's, one per open connection
-        return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+    def open_files() -> set[str]:  # the database files this process holds open
+        names = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+        return {Path(name).name for name in names if name.startswith(str(tmp_path.resolve()))}
 
     first, second = Store(f"sqlite://{tmp_path}/a.db"), Store(f"sqlite://{tmp_path}/b.db")
     await first.open()
     await second.open()
     for store in (first, second):  # both in use
         assert await store.conn.execute_query_dict("SELECT count(*) AS n FROM runs") == [{"n": 0}]
-    assert connection_threads() == 2
+    assert {"a.db", "b.db"} <= open_files()
     await first.close()
     rows = await second.conn.execute_query_dict("SELECT count(*) AS n FROM exchanges")
     assert rows == [{"n": 0}]  # the newer store is still open
-    assert connection_threads() == 1
+    assert "a.db" not in open_files() and "b.db" in open_files()
     await second.close()
-    assert connection_threads() == 0
+    assert not open_files()
