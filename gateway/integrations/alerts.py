@@ -125,6 +125,8 @@ class BudgetStanding:
 
 def describe(rule: AlertRule) -> str:
     scope = "gateway" if rule.scope_kind == "gateway" else f"{rule.scope_kind} {rule.scope_value}"
+    if rule.kind == "budget":  # its budget's period counts: window_seconds is unused
+        return f"budget of {scope}"
     return f"{rule.kind.replace('_', ' ')} of {scope} over {rule.window_seconds} s"
 
 
