@@ -7,6 +7,7 @@ README documents each one, so the table, the flags and the docs cannot drift apa
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -293,14 +294,23 @@ def parse_bytes(text: str) -> int:
     return value
 
 
+MAX_DAYS = 100_000  # about 270 years: an age past it overflows datetime arithmetic
+
+
 def parse_days(text: str) -> float:
-    """'30', '30d', '12h' -> days."""
+    """'30', '30d', '12h', '90m' -> days."""
     raw = text.strip().lower()
     scale = {"d": 1.0, "h": 1 / 24, "m": 1 / 1440}.get(raw[-1:])
     number = raw[:-1] if scale else raw
-    value = float(number) * (scale or 1.0)
-    if value <= 0:
-        raise ValueError(f"must be positive: {text!r}")
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_DAYS:  # NaN and infinity too
+        raise ValueError(
+            f"must be an age such as 30d, 12h, 90m or a number of days, "
+            f"positive and at most {MAX_DAYS:,} days: {text!r}"
+        )
     return value
 
 

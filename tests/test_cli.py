@@ -65,6 +65,8 @@ def test_readme_documents_every_setting():
         (["serve", "--ui-host", "0.0.0.0"], {}, "without a token"),
         (["serve", "--no-such-flag"], {}, "no-such-flag"),
         (["purge", "--older-than", "soon"], {}, "--older-than"),
+        (["purge", "--older-than", "inf"], {}, "--older-than"),
+        (["purge", "--older-than", "1e9"], {}, "--older-than"),
     ],
 )
 async def test_bad_input_gives_one_clear_line(args, env, expected):
