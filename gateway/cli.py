@@ -681,6 +681,11 @@ def export(**options: Any) -> None:
         cannot_write=f"--out: cannot write {request.out}",
     )
     skipped = f" ({result.skipped} without an assistant reply left out)" if result.skipped else ""
+    if result.unfit:
+        skipped += (
+            f" ({result.unfit} unfit for Mistral fine-tuning left out; the first: "
+            f"{result.unfit_problem})"
+        )
     click.echo(
         f"exported {result.written} {'runs' if request.runs else 'calls'} to "
         f"{request.out}{skipped}",

@@ -296,15 +296,19 @@ def parse_bytes(text: str) -> int:
 
 
 def parse_days(text: str) -> float:
-    """'30', '30d', '12h' -> days."""
+    """'30', '30d', '12h', '90m' -> days."""
     raw = text.strip().lower()
     scale = {"d": 1.0, "h": 1 / 24, "m": 1 / 1440}.get(raw[-1:])
     number = raw[:-1] if scale else raw
-    value = float(number) * (scale or 1.0)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be positive: {text!r}")
-    if value > MAX_DAYS:
-        raise ValueError(f"must be at most {MAX_DAYS} days: {text!r}")
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_DAYS:  # NaN and infinity too
+        raise ValueError(
+            f"must be an age such as 30d, 12h, 90m or a number of days, "
+            f"positive and at most {MAX_DAYS:,} days: {text!r}"
+        )
     return value
 
 

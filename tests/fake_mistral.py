@@ -1503,4 +1503,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m tests.fake_mistral` this module is __main__, a second copy beside the
+    # `tests.fake_mistral` that fake_finetune imports: serve the latter's app, so both use
+    # the same AppKeys (else the jobs routes cannot see the uploaded files: a KeyError, 500).
+    from tests.fake_mistral import main as _main
+
+    _main()

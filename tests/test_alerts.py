@@ -123,6 +123,9 @@ async def test_error_rate_fires_once_then_resolves(
     await wait_until(lambda: notices(2))
     resolved = receiver.bodies(path)[1]
     assert resolved["event"] == "resolved" and resolved["alert"]["resolved_at"]
+    # the notice says the value that resolved it, not the one it fired at (the alert keeps it)
+    assert "is 0.4 (threshold 0.5" in resolved["text"] and "2 of 5 calls failed" in resolved["text"]
+    assert resolved["alert"]["value"] == 1.0
     await evaluated(gw)
     assert len(receiver.bodies(path)) == 2
     _, history = await api(gw, "GET", f"/api/alerts?rule={rule['id']}&state=resolved")

@@ -92,6 +92,7 @@ async def test_soft_budget_crossings_reach_history_and_webhook_once_per_period(
     assert first["event"] == "firing" and first["alert"]["threshold"] == 0.8
     assert first["alert"]["value"] == pytest.approx(0.85)
     assert "budget 'team' (day)" in first["text"]
+    assert " over " not in first["text"]  # window_seconds is unused: the period counts
     for _ in range(3):  # still over 80%: told once
         await gw.alerts.evaluate()
     # a restarted gateway or a replica (a new evaluator, nothing in memory) tells it no more

@@ -126,7 +126,7 @@ async def test_spend_follows_each_scope(gateway: Gateway) -> None:
         "agent": {"kind": "agent", "value": "planner"},
         "large": {"kind": "model", "value": LARGE},
         "mistral": {"kind": "provider", "value": "mistral"},
-        "other-key": {"kind": "key", "value": "sk-...nope"},
+        "other-key": {"kind": "key", "value": "sha256:000000000000...nope"},
     }
     for name, scope in scopes.items():
         status, _ = await api(
@@ -216,6 +216,8 @@ async def test_the_api_names_what_is_wrong(sqlite_gateway: Gateway) -> None:
         ({"name": ""}, "name"),
         ({"scope": {"kind": "team", "value": "x"}}, "scope.kind"),
         ({"scope": {"kind": "user"}}, "scope.value"),
+        # a key scope names a fingerprint as exchanges show it; anything else never matches
+        ({"scope": {"kind": "key", "value": "sk-...1234"}}, "fingerprint"),
         ({"scope": None}, "scope"),
         ({"period": "year"}, "period"),
         ({"limit_usd": 0}, "limit_usd"),
@@ -248,7 +250,7 @@ async def test_a_budget_file_is_loaded_at_start(upstream: Upstream, tmp_path: Pa
     path = tmp_path / "budgets.toml"
     path.write_text(
         '[[budget]]\nname = "team"\nperiod = "month"\nlimit_usd = 50\nhard = true\n'
-        'scope = { kind = "key", value = "sk-...1234" }\n\n'
+        'scope = { kind = "key", value = "sha256:5aab9fe75a4b...1234" }\n\n'
         '[budgets.everything]\nperiod = "day"\nlimit_usd = 10\nscope = { kind = "gateway" }\n'
     )
     settings = make_settings(
@@ -261,7 +263,7 @@ async def test_a_budget_file_is_loaded_at_start(upstream: Upstream, tmp_path: Pa
     async with running(settings) as gw:
         _, listing = await api(gw, "GET", "/api/budgets")
         items = {item["name"]: item for item in listing["items"]}
-        assert items["team"]["scope"] == {"kind": "key", "value": "sk-...1234"}
+        assert items["team"]["scope"] == {"kind": "key", "value": "sha256:5aab9fe75a4b...1234"}
         assert items["team"]["hard"] is True and items["everything"]["hard"] is False
         assert items["everything"]["period_start"].endswith(("+00:00",))
     async with running(settings) as gw:  # loaded again: replaced by name, not doubled

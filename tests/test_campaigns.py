@@ -181,6 +181,10 @@ async def test_a_campaign_needs_a_replay_key(upstream: Upstream, tmp_path: Path)
         body = {"name": "c", "judge": "helpfulness", "max_nb_events": 2}
         status, answer = await post(gw, "/api/campaigns", body)
         assert status == 400 and "AGENTOPS_REPLAY_API_KEY" in answer["error"]
+        # the advice is one a campaign can follow: it takes no per-request api_key
+        assert '"api_key"' not in answer["error"] and "background" in answer["error"]
+        status, answer = await post(gw, "/api/campaigns", {**body, "api_key": "sk-given-12345"})
+        assert status == 400 and "api_key" in answer["error"]
 
 
 async def test_campaigns_page_and_dashboard_scores(upstream: Upstream, tmp_path: Path):

@@ -81,6 +81,8 @@ def test_readme_documents_every_setting():
         (["quarantine", "retry", "9999999999999999999"], {}, "not a record id"),
         (["dataset", "experiment-export", "\u00b2", "--out", "x"], {}, "not an experiment id"),
         (["dataset", "experiment-export", "1", "--out", "x", "--url", "nope"], {}, "--url"),
+        (["purge", "--older-than", "1e9"], {}, "--older-than"),
+        (["purge", "--older-than", "5x"], {}, "--older-than"),
     ],
 )
 async def test_bad_input_gives_one_clear_line(args, env, expected):

@@ -223,7 +223,12 @@ async def test_cli_runs_an_experiment_with_a_progress_bar(upstream: Upstream, tm
         assert len(saved) == 6 and set(saved["variant"]) == {"large", "small"}
         assert all(isinstance(v, float) for v in saved["score/bleu"])
         assert all(saved["output_text"])
+        # typed columns, also those with no value in any row (no errors here): the results of
+        # two experiments, one with errors, must concatenate
+        assert saved.features["error"].dtype == "string"
+        assert saved.features["cost_usd"].dtype == saved.features["score/bleu"].dtype == "float64"
         parquet = datasets.Dataset.from_parquet(str(tmp_path / "r.parquet"))
+        assert parquet.features == saved.features
         assert parquet["item_id"] == saved["item_id"]
         code, _, err = await run_cli(
             "dataset", "experiment", "calls", "--variant", "x=m", "--scorer", "nope",

@@ -33,12 +33,13 @@ from gateway.export.exporter import (
     neutralise,
     run_export,
 )
+from gateway.export.failures import problems_of
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import Failures
 from gateway.store.runs import RunFilter, RunStore
 from tests.clients import RUNS_KEY as KEY
 from tests.clients import tool_loop
-from tests.conftest import Upstream, make_settings, running
+from tests.conftest import CLI, Upstream, make_settings, running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +106,54 @@ async def export(db: str, out: Path, fmt: str, **extra: Any) -> tuple[int, int]:
         ),
     )
     return result.written, result.skipped
+
+
+async def test_mistral_format_leaves_out_lines_mistral_would_refuse(
+    upstream: Upstream, tmp_path: Path
+):
+    # An OpenAI-compatible upstream (an --upstream-alt vLLM, say) names tool calls its own way:
+    # Mistral's fine-tuning takes 9-letter-or-digit ids only, so such a line is left out and
+    # counted, never written for the upload to refuse.
+    db = f"sqlite://{tmp_path / 'unfit.db'}"
+    async with running(make_settings(upstream.url, db, tmp_path)) as gw:
+        await asyncio.to_thread(tool_loop, gw, "Nice")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{gw.proxy_url}/v1/chat/completions",
+                headers={"x-fake-tool-call-id": "call_1", "Authorization": f"Bearer {KEY}"},
+                json={
+                    "model": "mistral-small-latest",
+                    "messages": [{"role": "user", "content": "Weather in Bern?"}],
+                    "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+                },
+            ) as resp,
+        ):
+            assert (await resp.json())["choices"][0]["message"]["tool_calls"][0]["id"] == "call_1"
+        await gw.recorder.drained(timeout=20)
+    out = tmp_path / "ft.jsonl"
+    result = await run_export(
+        db, ExportRequest(format="mistral", out=str(out), filter=ExchangeFilter())
+    )
+    examples = lines(out)
+    assert [problems_of(example) for example in examples] == [[], []]  # the loop's two calls
+    assert (result.written, result.skipped, result.unfit) == (2, 0, 1)
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "export",
+        "--format",
+        "mistral",
+        "--out",
+        str(out),
+        "--db",
+        db,
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert b"1 unfit for Mistral fine-tuning left out" in err
+    assert b"'call_1' is not 9 letters or digits" in err
 
 
 async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: str, tmp_path: Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import Store
 from gateway.store.failures import failing_calls
 from gateway.store.urls import tortoise_config
-from tests.conftest import CLI, ROOT, Upstream, make_settings, running
+from tests.conftest import CLI, ROOT, Upstream, free_port, make_settings, running, wait_until
 
 KEY = "sk-finetune-test-key-0000111122223333"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -265,6 +266,42 @@ async def test_fake_jobs_progress_and_refuse_like_mistral(upstream: Upstream):
         async with http.post(f"{upstream.url}/v1/fine_tuning/jobs", json={"model": "x"}) as resp:
             assert resp.status == 422
             assert (await resp.json())["message"]["detail"][0]["loc"] == ["body", "training_files"]
+
+
+async def test_standalone_fake_serves_jobs_on_uploaded_files(tmp_path: Path):
+    # `python -m tests.fake_mistral` (the benchmark and README upstream) runs the module as
+    # __main__: the jobs routes must read the files the upload stored, not 500 with a KeyError
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "tests.fake_mistral", "--port", str(port)],
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+
+            async def up() -> bool:
+                try:
+                    async with http.get(f"{url}/v1/models") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(up)
+            form = aiohttp.FormData()
+            form.add_field("purpose", "fine-tune")
+            form.add_field("file", b'{"messages": []}\n', filename="t.jsonl")
+            async with http.post(f"{url}/v1/files", data=form) as resp:
+                file_id = (await resp.json())["id"]
+            body = {"model": "open-mistral-nemo", "training_files": [{"file_id": file_id}]}
+            async with http.post(f"{url}/v1/fine_tuning/jobs", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["status"] == "QUEUED"
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 async def test_migration_fills_categories_and_their_rollups(

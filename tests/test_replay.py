@@ -145,6 +145,42 @@ async def test_replay_with_overrides_is_recorded_sent_merged_and_diffed(
     assert REPLAY_KEY not in caplog.text
 
 
+async def test_deleting_a_call_deletes_the_calls_made_about_it(gw: Gateway):
+    # A data-subject request: replays, and judge or embedding calls about the call (replay_of),
+    # quote its conversation; they go with it (and those about them), other calls stay.
+    secret = "My passport number is X1234567."
+    await asyncio.to_thread(
+        chat, gw, model="mistral-small-latest", messages=[{"role": "user", "content": secret}]
+    )
+    original_id = await latest_id(gw)
+    await asyncio.to_thread(
+        chat, gw, model="mistral-small-latest", messages=[{"role": "user", "content": "Hi"}]
+    )
+    other_id = await latest_id(gw)
+    status, replay = await post(gw, f"/api/exchanges/{original_id}/replay", {"overrides": {}})
+    assert status == 201, replay
+    replay_id = replay["exchange"]["id"]
+    scorer = {"type": "embedding_cosine"}
+    for about in (original_id, replay_id):
+        body = {"exchange_ids": [about], "expected": "X1234567", "scorers": [scorer]}
+        status, scored = await post(gw, "/api/evaluations", body)
+        assert status == 201, scored
+    _, page = await get(gw, "/api/exchanges", limit="50")
+    made = [e["id"] for e in page["items"] if e["id"] not in (original_id, other_id)]
+    assert len(made) == 3 and replay_id in made  # the replay and two embedding calls
+    assert "X1234567" in await everything_stored(gw)
+
+    async with (
+        aiohttp.ClientSession(gw.ui_url) as http,
+        http.delete(f"/api/exchanges/{original_id}") as resp,
+    ):
+        assert resp.status == 200
+    for gone in (original_id, *made):
+        assert (await get(gw, f"/api/exchanges/{gone}"))[0] == 404
+    assert (await get(gw, f"/api/exchanges/{other_id}"))[0] == 200
+    assert "X1234567" not in await everything_stored(gw)
+
+
 async def test_same_seed_is_identical_and_streams_replay_as_streams(
     gw: Gateway, upstream: Upstream
 ):

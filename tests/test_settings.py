@@ -46,6 +46,13 @@ def test_ages(text, value):
     assert parse_days(text) == value
 
 
+@pytest.mark.parametrize("text", ["5x", "inf", "nan", "1e400", "1e9", "-1", "0"])
+def test_bad_ages_say_what_an_age_is(text):
+    # not a traceback later (timedelta or datetime overflow, NaN) but a ValueError now
+    with pytest.raises(ValueError, match="30d"):
+        parse_days(text)
+
+
 @pytest.mark.parametrize(
     "flags",
     [

@@ -285,7 +285,8 @@ async def exchange_delete(request: web.Request) -> web.StreamResponse:
     found, run_id = await runs.run_of_exchange(exchange_id) if exchange_id else (False, None)
     if not found or exchange_id is None:
         return error_page(request, 404, "No such exchange", "It was already deleted.")
-    await request.app[api.STORE].delete_exchanges([exchange_id])
+    store = request.app[api.STORE]
+    await store.delete_exchanges(await store.with_calls_about([exchange_id]))
     target = "/"
     if run_id is not None and await runs.get_run_row(int(run_id)) is not None:
         target = f"/runs/{run_id}"  # unless it was the run's only exchange: then the run went

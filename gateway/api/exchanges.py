@@ -259,9 +259,12 @@ def exchange_messages(parsed: Parsed) -> list[dict[str, Any]]:
 
 @routes.delete("/api/exchanges/{id}")
 async def delete_exchange(request: web.Request) -> web.Response:
-    deleted = await request.app[STORE].delete_exchanges([parse_id(request.match_info["id"])])
-    if not deleted:
+    store = request.app[STORE]
+    exchange_id = parse_id(request.match_info["id"])
+    if not await store.rows("SELECT id FROM exchanges WHERE id = ?", [exchange_id]):
         raise not_found("exchange")
+    # A data-subject request: the calls made about this one (replays, judges) quote it too.
+    await store.delete_exchanges(await store.with_calls_about([exchange_id]))
     return json_response({"deleted": request.match_info["id"]})
 
 

@@ -55,7 +55,18 @@ def write_results(report: dict[str, Any], out: str, shape: str) -> int:
         raise UserError(f"experiment {report['id']} has no results yet")
     columns = list(rows[0])
     datasets = _datasets()
-    table = datasets.Dataset.from_dict({c: [r.get(c) for r in rows] for c in columns})
+    # Typed, not inferred: a column with no value in any row (no errors, a scorer that always
+    # failed, unpriced calls) would be of type null, which no other export concatenates with.
+    numbers = {"cost_usd", "latency_ms"}
+    features = datasets.Features(
+        {
+            c: datasets.Value("float64" if c in numbers or c.startswith("score/") else "string")
+            for c in columns
+        }
+    )
+    table = datasets.Dataset.from_dict(
+        {c: [r.get(c) for r in rows] for c in columns}, features=features
+    )
     try:
         if shape == "parquet":
             table.to_parquet(out)

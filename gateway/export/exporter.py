@@ -24,6 +24,7 @@ from typing import Any, Protocol, TextIO
 import orjson
 
 from gateway.errors import UserError
+from gateway.export.failures import problems_of
 from gateway.export.finetune import conversation, example, parse_for_export
 from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import ExchangeFilter, Store
@@ -108,6 +109,10 @@ class ExportRequest:
 class ExportResult:
     written: int = 0
     skipped: int = 0  # mistral format: selected calls with no assistant reply
+    # mistral format: examples Mistral's fine-tuning would refuse (say, tool call ids from an
+    # OpenAI-compatible upstream), with the first one's problem
+    unfit: int = 0
+    unfit_problem: str | None = None
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -269,6 +274,10 @@ async def _records(
         found = example(parsed)
         if found is None:
             result.skipped += 1
+        elif problems := problems_of(found):
+            result.unfit += 1
+            result.unfit_problem = result.unfit_problem or problems[0]
+            return None
         return found
 
     if request.runs:

@@ -125,21 +125,29 @@ class BudgetStanding:
 
 def describe(rule: AlertRule) -> str:
     scope = "gateway" if rule.scope_kind == "gateway" else f"{rule.scope_kind} {rule.scope_value}"
+    if rule.kind == "budget":  # its budget's period counts: window_seconds is unused
+        return f"budget of {scope}"
     return f"{rule.kind.replace('_', ' ')} of {scope} over {rule.window_seconds} s"
 
 
-def notice_text(rule: AlertRule, alert: Alert) -> str:
+Current = tuple[float, str | None]  # a rule's value now, and its detail
+
+
+def notice_text(rule: AlertRule, alert: Alert, now: Current | None = None) -> str:
+    """The notice's line; a resolved alert's says the value that resolved it (`now`) where
+    there is one, not the value it fired at (the alert keeps that)."""
     state = "FIRING" if alert.state == "firing" else "RESOLVED"
+    value, detail = now if now is not None else (alert.value, alert.detail)
     text = (
-        f"[{state}] {rule.name}: {describe(rule)} is {alert.value:.6g} "
+        f"[{state}] {rule.name}: {describe(rule)} is {value:.6g} "
         f"(threshold {alert.threshold:g}: {UNITS.get(rule.kind, '')})"
     )
-    return f"{text}. {alert.detail}" if alert.detail else text
+    return f"{text}. {detail}" if detail else text
 
 
-def payload(rule: AlertRule, alert: Alert) -> dict[str, object]:
+def payload(rule: AlertRule, alert: Alert, now: Current | None = None) -> dict[str, object]:
     """The webhook's body: Slack's `{"text"}`, or the alert and its rule as JSON."""
-    text = notice_text(rule, alert)
+    text = notice_text(rule, alert, now)
     if rule.webhook_format == "slack":
         return {"text": text}
     return {"event": alert.state, "text": text, "alert": alert.to_json(), "rule": rule_json(rule)}
@@ -251,7 +259,8 @@ class AlertEvaluator:
             closed = await self.alerts.resolve(alert, now)
             if closed is not None:
                 log.info("alert %r resolved", rule.name)
-                self._notify(rule, closed)
+                current = None if standing is None else (standing.ratio, standing.detail)
+                self._notify(rule, closed, current)
             alert = None
         if standing is None or level is None:
             return alert
@@ -286,10 +295,10 @@ class AlertEvaluator:
             closed = await self.alerts.resolve(alert, now)
             if closed is not None:
                 log.info("alert %r resolved", rule.name)
-                self._notify(rule, closed)
+                self._notify(rule, closed, None if value is None else (value, detail))
             return None
         return alert
 
-    def _notify(self, rule: AlertRule, alert: Alert) -> None:
+    def _notify(self, rule: AlertRule, alert: Alert, now: Current | None = None) -> None:
         if rule.webhook_url:
-            self.webhooks.send(Notice(rule.webhook_url, payload(rule, alert), rule.name))
+            self.webhooks.send(Notice(rule.webhook_url, payload(rule, alert, now), rule.name))

@@ -174,8 +174,12 @@ class Campaigns:
     def _key(self) -> SecretKey:
         try:
             return self.evaluator.replayer.key(None)
-        except ReplayError as exc:
-            raise UserError(exc.message) from None
+        except ReplayError:  # its advice of a per-request "api_key" does not apply here
+            raise UserError(
+                "no API key for the judge's calls: set AGENTOPS_REPLAY_API_KEY (or "
+                "MISTRAL_API_KEY) in the gateway's environment (campaigns run in the "
+                "background, with the gateway's replay key only)"
+            ) from None
 
     def _launch(self, campaign: CampaignRow) -> None:
         run = self._batch if campaign.mode == "batch" else self._live

@@ -9,6 +9,7 @@ Spend is read from `exchanges` by id range: ids are time-sortable (capture/excha
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,8 @@ from gateway.errors import NotFound, UserError
 if TYPE_CHECKING:
     from gateway.store.exchanges import Store
 
+# gateway/capture/redact.py's fingerprint(): a hash prefix, then the key's last 4 characters
+FINGERPRINT = re.compile(r"sha256:[0-9a-f]{12}(\.\.\..{4})?", re.DOTALL)
 KINDS = ("gateway", "run", "agent", "user", "key", "model", "provider")
 PERIODS = ("day", "week", "month")
 THRESHOLDS = (0.8, 1.0)  # soft alerts: 80% and 100% of the limit
@@ -114,6 +117,11 @@ def _scope(raw: Any, where: str) -> Scope:
         return Scope(kind, None)
     if not isinstance(value, str) or not value.strip() or len(value) > NAME_CHARS:
         raise BudgetError(f"{where}: scope.value must be a non-empty string for kind {kind}")
+    if kind == "key" and not FINGERPRINT.fullmatch(value.strip()):
+        raise BudgetError(
+            f"{where}: scope.value for kind key must be a key fingerprint as each exchange "
+            f"shows it (key_fingerprint, e.g. sha256:5aab9fe75a4b...1234), got {value!r}"
+        )
     return Scope(kind, value.strip())
 
 

@@ -474,6 +474,19 @@ class Store:
             return int(value)
         return value
 
+    async def with_calls_about(self, ids: list[int]) -> list[int]:
+        """The ids and, transitively, the calls the gateway made about them (`replay_of`:
+        replays, judge and embedding calls, experiments' replays), which quote them."""
+        found, frontier = dict.fromkeys(ids), list(ids)
+        while frontier and len(found) < 100_000:
+            marks = ", ".join("?" * len(frontier))
+            rows = await self.rows(
+                f"SELECT id FROM exchanges WHERE replay_of IN ({marks})", frontier
+            )
+            frontier = [int(row["id"]) for row in rows if int(row["id"]) not in found]
+            found.update(dict.fromkeys(frontier))
+        return list(found)
+
     async def delete_exchanges(self, ids: list[int]) -> int:
         if not ids:
             return 0

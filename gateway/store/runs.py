@@ -766,7 +766,7 @@ class RunStore:
             ]
             if not ids:
                 break
-            await store.delete_exchanges(ids)
+            await store.delete_exchanges(await store.with_calls_about(ids))
         for table in (
             "messages",
             "tool_calls",
