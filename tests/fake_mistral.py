@@ -10,7 +10,7 @@ What it gives:
   path) is recorded in ``app[REQUESTS]`` as {"method", "path", "query", "headers", "body"}.
 - ``start_fake()``: runs it on an ephemeral loopback port; ``FakeMistral``: the same as an
   ``async with`` holder.
-- ``python tests/fake_mistral.py --port 9999``: serves it standalone (benchmark upstream).
+- ``python -m tests.fake_mistral --port 9999``: serves it standalone (benchmark upstream).
 
 Answers behave like a real model's: each prompt has a model-neutral base answer that every
 model rewords in its own style (different models share much of an answer, not all of it, and

@@ -293,13 +293,13 @@ class BudgetGuard:
     def _announce(self, crossing: Crossing) -> None:
         budget = crossing.budget
         log.warning(
-            "budget %r (%s %s, %s): spent $%.6g of $%.6g, %d%% reached%s",
+            "budget %r (%s %s, %s): spent $%s of $%s, %d%% reached%s",
             budget.name,
             budget.scope.kind,
             budget.scope.value or "",
             budget.period,
-            crossing.spent_usd,
-            budget.limit_usd,
+            _dollars(crossing.spent_usd),
+            _dollars(budget.limit_usd),
             round(crossing.threshold * 100),
             "; calls in its scope are refused" if budget.hard and crossing.threshold >= 1 else "",
         )
@@ -373,3 +373,8 @@ def body_string(body: bytes, key: bytes) -> str | None:
                     return rest[1:end].decode("utf-8", "replace")
         at = body.find(key, at + 1)
     return None
+
+
+def _dollars(value: float) -> str:
+    """An amount for the log: plain decimals, never 3.21e-05 (to a millionth of a dollar)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
