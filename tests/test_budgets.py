@@ -116,6 +116,45 @@ async def test_a_hard_budget_refuses_before_the_upstream_and_records_the_refusal
     assert len(upstream.requests) == seen + 2
 
 
+async def test_a_raised_limit_opens_the_scope_at_once(gateway: Gateway, upstream: Upstream) -> None:
+    """PATCH /api/budgets/{id} changes a budget's limit (or hardness) in place: a used-up hard
+    budget refuses, a raised limit lets the next call through, its spend and period kept.
+    Name, scope and period cannot change; an unknown id is a 404."""
+    status, made = await api(
+        gateway,
+        "POST",
+        "/api/budgets",
+        {"name": "cap", "scope": {"kind": "gateway"}, "period": "day", "limit_usd": 1e-7},
+    )
+    status, changed = await api(gateway, "PATCH", f"/api/budgets/{made['id']}", {"hard": True})
+    assert status == 200 and changed["hard"] is True and changed["limit_usd"] == 1e-7
+    await asyncio.to_thread(complete, gateway.proxy_url)  # under the limit: passes
+    assert await spent(gateway, "cap") > 1e-7
+    with pytest.raises(MistralError) as refused:
+        await asyncio.to_thread(complete, gateway.proxy_url)
+    assert refused.value.status_code == 429
+
+    status, raised = await api(gateway, "PATCH", f"/api/budgets/{made['id']}", {"limit_usd": 1000})
+    assert status == 200 and raised["limit_usd"] == 1000 and raised["state"] == "ok"
+    assert raised["spent_usd"] > 1e-7 and raised["period_start"] == made["period_start"]
+    seen = len(upstream.requests)
+    await asyncio.to_thread(complete, gateway.proxy_url)  # no refresh to wait for
+    assert len(upstream.requests) == seen + 1
+
+    for body, word in [
+        ({"name": "other"}, "'name' cannot change"),
+        ({"period": "week"}, "'period' cannot change"),
+        ({"limit_usd": -1}, "limit_usd must be a positive number"),
+        ({"hard": "yes"}, "hard must be true or false"),
+        ({}, "limit_usd and/or hard"),
+        ([1], "must be a JSON object"),
+    ]:
+        status, error = await api(gateway, "PATCH", f"/api/budgets/{made['id']}", body)
+        assert status == 400 and word in error["error"], (body, error)
+    status, _ = await api(gateway, "PATCH", "/api/budgets/123456789", {"hard": False})
+    assert status == 404
+
+
 async def test_spend_follows_each_scope(gateway: Gateway) -> None:
     """The spend query (one scan for all budgets) on SQLite and PostgreSQL, per scope kind."""
     scopes = {

@@ -102,6 +102,34 @@ def parse_budget(data: Any, where: str = "the body", budget_id: int | None = Non
     )
 
 
+class BudgetChanges(dict[str, Any]):
+    """What a PATCH changes of a budget: `limit_usd` and/or `hard` (columns of `budgets`)."""
+
+
+CHANGEABLE = ("limit_usd", "hard")
+
+
+def parse_changes(data: Any, where: str = "the body") -> BudgetChanges:
+    """`{"limit_usd"?, "hard"?}`, at least one; BudgetError names the first wrong field. Name,
+    scope and period are what a budget is: a different one is another budget (delete, add)."""
+    if not isinstance(data, dict):
+        raise BudgetError(f"{where} must be an object with limit_usd and/or hard")
+    for field in data:
+        if field not in CHANGEABLE:
+            raise BudgetError(
+                f"{where}: {field!r} cannot change (only limit_usd and hard can; for another "
+                "name, scope or period, delete the budget and add one)"
+            )
+    if not data:
+        raise BudgetError(f"{where}: give limit_usd and/or hard")
+    changes = BudgetChanges()
+    if "limit_usd" in data:
+        changes["limit_usd"] = _limit(data["limit_usd"], where)
+    if "hard" in data:
+        changes["hard"] = _hard(data["hard"], where)
+    return changes
+
+
 def _scope(raw: Any, where: str) -> Scope:
     if raw is None:
         raise BudgetError(f'{where}: scope is required, e.g. {{"kind": "model", "value": "..."}}')
@@ -272,6 +300,17 @@ class BudgetStore:
                 self.store._time(datetime.now(UTC)),
             ],
         )
+
+    async def update(self, budget_id: int, changes: BudgetChanges) -> None:
+        """Change a budget's limit and/or hardness in place (its spend and period stay)."""
+        sets = [f"{name} = ?" for name, value in changes.items() if value is not None]
+        values = [value for value in changes.values() if value is not None]
+        found = await self.store.rows(
+            f"UPDATE budgets SET {', '.join(sets)} WHERE id = ? RETURNING id",
+            [*values, budget_id],
+        )
+        if not found:
+            raise NotFound(f"no budget with id {budget_id}")
 
     async def delete(self, budget_id: int) -> None:
         gone = await self.store.rows("DELETE FROM budgets WHERE id = ? RETURNING id", [budget_id])
