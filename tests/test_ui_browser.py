@@ -7,7 +7,11 @@ request ever leaves 127.0.0.1. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.ui_server import HOSTILE, ThreadedGateway, chat, seed_traffic
+from tests.ui_server import HOSTILE, KEY, ThreadedGateway, chat, seed_traffic
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 LOOPBACK = {"127.0.0.1"}
@@ -541,3 +545,42 @@ def test_tick_three_calls_then_an_experiment_with_two_variants(gw: ThreadedGatew
     items.first.get_by_role("link", name="diff with large").click()
     page.wait_for_url(re.compile(r"/compare\?a=\d+&b=\d+$"))
     assert page.locator("table.deltas").count() == 1
+
+
+WIDTHS = """() => ({page: document.documentElement.scrollWidth,
+  window: document.documentElement.clientWidth,
+  values: [...document.querySelectorAll('dl.params dd')].map(dd => dd.offsetWidth)})"""
+
+
+def test_long_unbroken_captured_names_stay_inside_the_window(
+    browser: Any, page: Any, tmp_path: Path
+):
+    """Callers choose model, run, tag and request-field names, prompts and dataset texts: a
+    150-letter name without a space is cut with an ellipsis or wrapped, a 10,000-letter word
+    wraps, and no page grows wider than the window (a long field name once squeezed the
+    request's values to a column one letter wide, a long model name pushed the list's filter
+    form and every column after the run's off screen)."""
+    word = "W" * 150
+    with ThreadedGateway(tmp_path) as gw:
+        headers = {"X-AgentOps-Run": "r" + word, "X-AgentOps-Tags": f"k{word}=v{word}"}
+        chat(gw, "x" * 10_000, model="m" + word, headers=headers)
+        body = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
+        odd = urllib.request.Request(
+            gw.proxy_url + "/v1/chat/completions",
+            data=json.dumps({**body, "temperature": 0.5, "f" + word: 1}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+        )
+        with contextlib.suppress(urllib.error.HTTPError):  # the fake refuses the field: 422
+            urllib.request.urlopen(odd, timeout=30).close()
+        gw.drained()
+        dataset = page.request.post(
+            gw.ui_url + "/api/datasets", data={"name": "d" + word, "description": "y" * 10_000}
+        ).json()
+        calls = ids(gw, "SELECT id FROM exchanges ORDER BY id")
+        paths = ["/", "/runs", f"/runs/{run_id(gw, 'r' + word)}", f"/datasets/{dataset['id']}"]
+        for path in paths + [f"/exchanges/{i}" for i in calls]:
+            page.goto(gw.ui_url + path)
+            widths = page.evaluate(WIDTHS)
+            assert widths["page"] <= widths["window"], (path, widths)
+            assert all(w > 300 for w in widths["values"]), (path, widths)  # of 1,320
+        shot(page, "long-names-exchange")
