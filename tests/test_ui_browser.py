@@ -549,6 +549,7 @@ def test_tick_three_calls_then_an_experiment_with_two_variants(gw: ThreadedGatew
 
 WIDTHS = """() => ({page: document.documentElement.scrollWidth,
   window: document.documentElement.clientWidth,
+  tables: [...document.querySelectorAll('.table-wrap')].map(w => w.scrollWidth - w.clientWidth),
   values: [...document.querySelectorAll('dl.params dd')].map(dd => dd.offsetWidth)})"""
 
 
@@ -559,7 +560,8 @@ def test_long_unbroken_captured_names_stay_inside_the_window(
     150-letter name without a space is cut with an ellipsis or wrapped, a 10,000-letter word
     wraps, and no page grows wider than the window (a long field name once squeezed the
     request's values to a column one letter wide, a long model name pushed the list's filter
-    form and every column after the run's off screen)."""
+    form and every column after the run's off screen, a long run or budget name every column
+    after it to the far end of a scrolling table)."""
     word = "W" * 150
     with ThreadedGateway(tmp_path) as gw:
         headers = {"X-AgentOps-Run": "r" + word, "X-AgentOps-Tags": f"k{word}=v{word}"}
@@ -576,11 +578,16 @@ def test_long_unbroken_captured_names_stay_inside_the_window(
         dataset = page.request.post(
             gw.ui_url + "/api/datasets", data={"name": "d" + word, "description": "y" * 10_000}
         ).json()
+        scope = {"kind": "run", "value": "r" + word}
+        budget = {"name": "b" + word, "scope": scope, "period": "day", "limit_usd": 1}
+        assert page.request.post(gw.ui_url + "/api/budgets", data=budget).status == 201
         calls = ids(gw, "SELECT id FROM exchanges ORDER BY id")
         paths = ["/", "/runs", f"/runs/{run_id(gw, 'r' + word)}", f"/datasets/{dataset['id']}"]
+        paths += ["/dashboard", "/budgets", "/prices"]
         for path in paths + [f"/exchanges/{i}" for i in calls]:
             page.goto(gw.ui_url + path)
             widths = page.evaluate(WIDTHS)
             assert widths["page"] <= widths["window"], (path, widths)
+            assert all(extra <= 2 for extra in widths["tables"]), (path, widths)  # no scrolling
             assert all(w > 300 for w in widths["values"]), (path, widths)  # of 1,320
         shot(page, "long-names-exchange")
