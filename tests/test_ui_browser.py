@@ -582,6 +582,11 @@ def test_long_unbroken_captured_names_stay_inside_the_window(
         budget = {"name": "b" + word, "scope": scope, "period": "day", "limit_usd": 1}
         assert page.request.post(gw.ui_url + "/api/budgets", data=budget).status == 201
         calls = ids(gw, "SELECT id FROM exchanges ORDER BY id")
+        for metric in ("s" + word, "t" + word):  # two series: the scores chart has a legend
+            score = {"metric_name": metric, "metric_value": 0.5}
+            assert page.request.post(
+                f"{gw.ui_url}/api/exchanges/{calls[0]}/evaluations", data=score
+            ).ok
         paths = ["/", "/runs", f"/runs/{run_id(gw, 'r' + word)}", f"/datasets/{dataset['id']}"]
         paths += ["/dashboard", "/budgets", "/prices"]
         for path in paths + [f"/exchanges/{i}" for i in calls]:
@@ -591,3 +596,14 @@ def test_long_unbroken_captured_names_stay_inside_the_window(
             assert all(extra <= 2 for extra in widths["tables"]), (path, widths)  # no scrolling
             assert all(w > 300 for w in widths["values"]), (path, widths)  # of 1,320
         shot(page, "long-names-exchange")
+        page.goto(gw.ui_url + "/dashboard")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('canvas')]"
+            ".every(c => window.Chart && Chart.getChart(c))"
+        )
+        legends = page.evaluate(
+            """() => [...document.querySelectorAll('canvas')].flatMap(c =>
+                (Chart.getChart(c).legend.legendItems || []).map(item => item.text))"""
+        )
+        assert any(text.startswith("sWWW") for text in legends), legends
+        assert all(len(text) <= 60 for text in legends), legends  # cut, not off the canvas
