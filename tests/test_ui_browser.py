@@ -565,11 +565,13 @@ def test_long_unbroken_captured_names_stay_inside_the_window(
     word = "W" * 150
     with ThreadedGateway(tmp_path) as gw:
         headers = {"X-AgentOps-Run": "r" + word, "X-AgentOps-Tags": f"k{word}=v{word}"}
+        headers["X-AgentOps-Agent"] = "a" + word
         chat(gw, "x" * 10_000, model="m" + word, headers=headers)
         body = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
+        tool = {"type": "function", "function": {"name": "t" + word, "description": "d" + word}}
         odd = urllib.request.Request(
             gw.proxy_url + "/v1/chat/completions",
-            data=json.dumps({**body, "temperature": 0.5, "f" + word: 1}).encode(),
+            data=json.dumps({**body, "temperature": 0.5, "f" + word: 1, "tools": [tool]}).encode(),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
         )
         with contextlib.suppress(urllib.error.HTTPError):  # the fake refuses the field: 422
