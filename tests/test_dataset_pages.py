@@ -125,7 +125,7 @@ async def test_score_form(gateway: Gateway):
         async with http.post(f"/exchanges/{exchange}/score", data=form) as resp:
             html = await resp.text()
             assert resp.status == 200 and str(resp.url).endswith(f"/exchanges/{exchange}")
-        assert "<td>contains</td>" in html and "<td>bleu</td>" in html
+        assert '<td class="name">contains</td>' in html and '<td class="name">bleu</td>' in html
         for data, words in (
             ([("csrf_token", csrf)], "tick at least one scorer"),
             ([("scorer", "bleu"), ("csrf_token", csrf)], "needs an expected output"),

@@ -208,6 +208,7 @@ async def test_experiment_page_has_table_and_chart(gw: Gateway):
     status, listing, _ = await page(gw, "/experiments")
     assert status == 200 and f"/experiments/{created['id']}" in listing
     assert (await page(gw, "/experiments/5"))[0] == 404
+    assert (await page(gw, "/runs/5/replay"))[0] == 404  # it once offered a form for nothing
 
     run_id = (await get(gw, "/api/runs"))[1]["items"][-1]["id"]
     status, html, _ = await page(gw, f"/runs/{run_id}/replay")

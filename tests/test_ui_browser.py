@@ -7,7 +7,11 @@ request ever leaves 127.0.0.1. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.ui_server import HOSTILE, ThreadedGateway, chat, seed_traffic
+from tests.ui_server import HOSTILE, KEY, ThreadedGateway, chat, seed_traffic
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 LOOPBACK = {"127.0.0.1"}
@@ -541,3 +545,67 @@ def test_tick_three_calls_then_an_experiment_with_two_variants(gw: ThreadedGatew
     items.first.get_by_role("link", name="diff with large").click()
     page.wait_for_url(re.compile(r"/compare\?a=\d+&b=\d+$"))
     assert page.locator("table.deltas").count() == 1
+
+
+WIDTHS = """() => ({page: document.documentElement.scrollWidth,
+  window: document.documentElement.clientWidth,
+  tables: [...document.querySelectorAll('.table-wrap')].map(w => w.scrollWidth - w.clientWidth),
+  values: [...document.querySelectorAll('dl.params dd')].map(dd => dd.offsetWidth)})"""
+
+
+def test_long_unbroken_captured_names_stay_inside_the_window(
+    browser: Any, page: Any, tmp_path: Path
+):
+    """Callers choose model, run, tag and request-field names, prompts and dataset texts: a
+    150-letter name without a space is cut with an ellipsis or wrapped, a 10,000-letter word
+    wraps, and no page grows wider than the window (a long field name once squeezed the
+    request's values to a column one letter wide, a long model name pushed the list's filter
+    form and every column after the run's off screen, a long run or budget name every column
+    after it to the far end of a scrolling table)."""
+    word = "W" * 150
+    with ThreadedGateway(tmp_path) as gw:
+        headers = {"X-AgentOps-Run": "r" + word, "X-AgentOps-Tags": f"k{word}=v{word}"}
+        headers["X-AgentOps-Agent"] = "a" + word
+        chat(gw, "x" * 10_000, model="m" + word, headers=headers)
+        body = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
+        tool = {"type": "function", "function": {"name": "t" + word, "description": "d" + word}}
+        odd = urllib.request.Request(
+            gw.proxy_url + "/v1/chat/completions",
+            data=json.dumps({**body, "temperature": 0.5, "f" + word: 1, "tools": [tool]}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+        )
+        with contextlib.suppress(urllib.error.HTTPError):  # the fake refuses the field: 422
+            urllib.request.urlopen(odd, timeout=30).close()
+        gw.drained()
+        dataset = page.request.post(
+            gw.ui_url + "/api/datasets", data={"name": "d" + word, "description": "y" * 10_000}
+        ).json()
+        scope = {"kind": "run", "value": "r" + word}
+        budget = {"name": "b" + word, "scope": scope, "period": "day", "limit_usd": 1}
+        assert page.request.post(gw.ui_url + "/api/budgets", data=budget).status == 201
+        calls = ids(gw, "SELECT id FROM exchanges ORDER BY id")
+        for metric in ("s" + word, "t" + word):  # two series: the scores chart has a legend
+            score = {"metric_name": metric, "metric_value": 0.5}
+            assert page.request.post(
+                f"{gw.ui_url}/api/exchanges/{calls[0]}/evaluations", data=score
+            ).ok
+        paths = ["/", "/runs", f"/runs/{run_id(gw, 'r' + word)}", f"/datasets/{dataset['id']}"]
+        paths += ["/dashboard", "/budgets", "/prices"]
+        for path in paths + [f"/exchanges/{i}" for i in calls]:
+            page.goto(gw.ui_url + path)
+            widths = page.evaluate(WIDTHS)
+            assert widths["page"] <= widths["window"], (path, widths)
+            assert all(extra <= 2 for extra in widths["tables"]), (path, widths)  # no scrolling
+            assert all(w > 300 for w in widths["values"]), (path, widths)  # of 1,320
+        shot(page, "long-names-exchange")
+        page.goto(gw.ui_url + "/dashboard")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('canvas')]"
+            ".every(c => window.Chart && Chart.getChart(c))"
+        )
+        legends = page.evaluate(
+            """() => [...document.querySelectorAll('canvas')].flatMap(c =>
+                (Chart.getChart(c).legend.legendItems || []).map(item => item.text))"""
+        )
+        assert any(text.startswith("sWWW") for text in legends), legends
+        assert all(len(text) <= 60 for text in legends), legends  # cut, not off the canvas

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from typing import Any
 
@@ -288,3 +289,36 @@ async def test_odd_query_values_never_break_a_page(gateway: Gateway):
     for part in ("%C2%B2-0", "0-%C2%B2"):
         status, _, _ = await fetch(gateway, f"/exchanges/{exchange_id}/text?part={part}")
         assert status == 404, part
+
+
+async def test_huge_texts_and_tool_arguments_are_cut_on_the_run_page_too(gateway: Gateway):
+    """A 1 MB prompt and 1 MB of tool-call arguments in a step: the run page shows their
+    first 4,000 characters and says so, as the call's page does (it printed them whole,
+    twice with the memory: 19 MB of HTML and 18 s in a browser for an 8 MB answer); the
+    call's page cuts the arguments, and an offered tool's 1 MB description and schema."""
+    big = "word " * 200_000
+    arguments = '{"blob": "' + "A" * 1_000_000 + '"}'
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    schema = {"type": "object", "properties": {f"p{n}": {"type": "string"} for n in range(50_000)}}
+    tool = {"type": "function", "function": {"name": "f", "description": big, "parameters": schema}}
+    messages = [
+        {"role": "user", "content": big},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "f", "content": "done"},
+    ]
+
+    def send() -> None:
+        with Mistral(api_key=KEY, server_url=gateway.proxy_url + "/r/huge-run") as client:
+            client.chat.complete(model="mistral-small-latest", messages=messages, tools=[tool])
+
+    await asyncio.to_thread(send)
+    await gateway.recorder.drained(timeout=20)
+    (run,) = json.loads((await fetch(gateway, "/api/runs?name=huge-run"))[1])["items"]
+    (exchange,) = json.loads((await fetch(gateway, f"/api/exchanges?run={run['id']}"))[1])["items"]
+    for path in (f"/runs/{run['id']}", f"/exchanges/{exchange['id']}"):
+        status, page, _ = await fetch(gateway, path)
+        assert status == 200 and len(page) < 100_000, (path, len(page))
+        assert "A" * 3_000 in page and "A" * 5_000 not in page
+    status, page, _ = await fetch(gateway, f"/runs/{run['id']}")
+    assert "The first 4,000 of 1,000,000 characters: the call's page has them all." in page
+    assert "The first 4,000 of 1,000,016 characters: the raw body has them all." in page

@@ -83,8 +83,20 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def _harden(request: web.Request, response: web.StreamResponse, started: float) -> None:
+    if not response.prepared:
+        timing = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+        response.headers["Server-Timing"] = timing
+        _secure(request, response)
+
+
+async def _secure_streamed(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: a handler that streams (a dataset export) sends its head before
+    the middleware sees its answer, so the same headers go on here."""
+    _secure(request, response)
+
+
+def _secure(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
-    headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
     headers.setdefault("Content-Security-Policy", CSP)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")  # no-referrer would null Origin
@@ -105,6 +117,7 @@ def setup(app: web.Application, settings: Settings, proxy_url: str = "") -> None
         shown = shown.replace(wildcard, "//127.0.0.1:")
     app[render.PROXY_URL] = shown
     app.middlewares.insert(0, security_headers)
+    app.on_response_prepare.append(_secure_streamed)
     app.middlewares.append(html_errors)
     auth.setup(app, settings)
     exchange_pages.setup(app)

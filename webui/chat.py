@@ -64,7 +64,9 @@ def parts(content: Any) -> list[dict[str, str]]:
     return out
 
 
-def tool_calls(calls: Any) -> list[dict[str, str]]:
+def tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """A message's tool calls; arguments past PART_LIMIT keep their start and `more` (their
+    whole length): the raw body has them all, and a page stays a page."""
     out = []
     for call in calls or ():
         if not isinstance(call, dict):
@@ -74,10 +76,18 @@ def tool_calls(calls: Any) -> list[dict[str, str]]:
             {
                 "id": str(call.get("id") or ""),
                 "name": str(function.get("name") or "?"),
-                "arguments": arguments(function.get("arguments")),
+                **clipped_arguments(function.get("arguments")),
             }
         )
     return out
+
+
+def clipped_arguments(raw: Any) -> dict[str, Any]:
+    """{"arguments": the pretty-printed start} and, when cut, {"more": the whole length}."""
+    text = arguments(raw)
+    if len(text) <= PART_LIMIT:
+        return {"arguments": text}
+    return {"arguments": text[:PART_LIMIT], "more": len(text)}
 
 
 def role_of(message: dict[str, Any]) -> str:

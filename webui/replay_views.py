@@ -197,6 +197,8 @@ async def exchange_replay_submit(request: web.Request) -> web.StreamResponse:
 
 async def run_replay_page(request: web.Request) -> web.Response:
     run_id = parse_id(request.match_info["id"], "run")
+    if await request.app[RUN_REPLAYER].run_store.get_run_row(run_id) is None:
+        return failure(request, ReplayError(404, f"run {run_id} not found"))
     form = await replay_form(request, f"/runs/{run_id}/replay")
     return render(
         request,

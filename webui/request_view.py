@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.capture import storable
-from webui.chat import pretty_json
+from webui.chat import PART_LIMIT, pretty_json
 
 # Fields that are the call's content (shown as the conversation), not its parameters.
 CONTENT_FIELDS = frozenset(
@@ -52,8 +52,16 @@ def tools_offered(body: Any) -> list[dict[str, str]]:
             {
                 "name": str(function.get("name") or tool.get("type") or "?"),
                 "kind": str(tool.get("type") or "function"),
-                "description": str(function.get("description") or ""),
-                "parameters": pretty_json(spec) if spec is not None else "",
+                "description": _cut(str(function.get("description") or "")),
+                "parameters": _cut(pretty_json(spec)) if spec is not None else "",
             }
         )
     return out
+
+
+def _cut(text: str) -> str:
+    """A tool's description or schema: its start, past PART_LIMIT (a page stays a page)."""
+    if len(text) <= PART_LIMIT:
+        return text
+    shown = f"the first {PART_LIMIT:,} of {len(text):,} characters"
+    return f"{text[:PART_LIMIT]}… ({shown}: the raw request body has them all)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.chat import arguments, chat_items
+from webui.chat import PART_LIMIT, chat_items, clipped_arguments
 from webui.formats import duration_ms, parse_time
 
 MIN_BAR_PERCENT = 0.4  # a 2 ms call in a 10 min run still shows
@@ -65,8 +65,8 @@ def memory_change(previous: list[Any], snapshot: dict[str, Any]) -> dict[str, An
     return {
         "size": len(state),
         "kept": carried,
-        "dropped": chat_items([m for m in previous[carried:] if isinstance(m, dict)]),
-        "added": chat_items([m for m in state[carried:] if isinstance(m, dict)]),
+        "dropped": chat_items([m for m in previous[carried:] if isinstance(m, dict)], PART_LIMIT),
+        "added": chat_items([m for m in state[carried:] if isinstance(m, dict)], PART_LIMIT),
     }
 
 
@@ -127,7 +127,7 @@ def _step(
         exchange=exchange,
         offset_ms=offset,
         bar=_bar(offset, latency, scale.span, label),
-        messages=chat_items(messages),
+        messages=chat_items(messages, PART_LIMIT),  # the step's page has the whole text
     )
 
 
@@ -135,7 +135,7 @@ def _add_tool_call(step: Step, call: dict[str, Any], scale: _Scale) -> None:
     """A tool call the step asked for; and a bar for the wait, from the end of this call to
     the start of the call that delivered its result, when that came later in the run."""
     step.tool_calls.append(
-        {**call, "arguments": arguments(call.get("args")), "waited_ms": call.get("latency_ms")}
+        {**call, **clipped_arguments(call.get("args")), "waited_ms": call.get("latency_ms")}
     )
     result_at = scale.starts.get(call.get("result_exchange_id") or "")
     if result_at is None:

@@ -4,6 +4,7 @@
   "use strict";
   var charts = new Map();
   var LABEL_CHARS = 28;
+  var LEGEND_CHARS = 60;
   var ROW_PX = 26;  // a horizontal chart grows with its bars, so each keeps its label
 
   function css(name) {
@@ -39,11 +40,20 @@
   }
 
   // Long names keep their start and their end, where names that share a prefix differ.
-  function shorten(label) {
-    var text = String(label);
-    if (text.length <= LABEL_CHARS) return text;
-    var tail = Math.floor(LABEL_CHARS / 2) - 1;
-    return text.slice(0, LABEL_CHARS - tail - 1) + "…" + text.slice(-tail);
+  function shorten(label, chars) {
+    var text = String(label), most = chars || LABEL_CHARS;
+    if (text.length <= most) return text;
+    var tail = Math.floor(most / 2) - 1;
+    return text.slice(0, most - tail - 1) + "…" + text.slice(-tail);
+  }
+
+  // Legend entries are names the callers chose (metrics, agents, models, variants): cut like
+  // the axis labels, or a long one runs off both sides of the canvas (the tooltip has it whole).
+  function legendLabels(chart) {
+    return Chart.defaults.plugins.legend.labels.generateLabels(chart).map(function (item) {
+      item.text = shorten(item.text, LEGEND_CHARS);
+      return item;
+    });
   }
 
   // A scatter (an experiment's cost against a score): one coloured point per variant.
@@ -66,7 +76,8 @@
         responsive: true, maintainAspectRatio: false, animation: false,
         scales: {x: axis("usd", "cost"), y: axis("", spec.y_label || "score")},
         plugins: {
-          legend: {display: true, labels: {color: colors.text, boxWidth: 12}},
+          legend: {display: true,
+                   labels: {color: colors.text, boxWidth: 12, generateLabels: legendLabels}},
           tooltip: {callbacks: {label: function (ctx) {
             return " " + ctx.dataset.label + ": " + format("usd", ctx.parsed.x) + ", " +
                    (spec.y_label || "score") + " " + format("", ctx.parsed.y);
@@ -108,7 +119,8 @@
         animation: false, interaction: {mode: "index", intersect: false},
         scales: horizontal ? {x: valueAxis, y: labelAxis} : {x: labelAxis, y: valueAxis},
         plugins: {
-          legend: {display: datasets.length > 1, labels: {color: colors.text, boxWidth: 12}},
+          legend: {display: datasets.length > 1,
+                   labels: {color: colors.text, boxWidth: 12, generateLabels: legendLabels}},
           tooltip: {callbacks: {label: function (ctx) {
             var raw = horizontal ? ctx.parsed.x : ctx.parsed.y;
             return " " + ctx.dataset.label + ": " + format(spec.unit, raw);
