@@ -126,6 +126,27 @@ async def test_prefix_and_header_named_runs(gateway: Gateway, upstream: Upstream
     assert await runs(gateway, tag="team=other") == []
 
 
+async def test_a_percent_encoded_prefix_names_the_run_its_header_names(gateway: Gateway):
+    """`/r/nightly%20eval` is the run `X-AgentOps-Run: nightly eval` names (it was a run of
+    its own, named `nightly%20eval`); bytes that are not UTF-8 are kept as escapes."""
+    payload = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "q"}]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as http:
+        for path, extra in (
+            ("/r/nightly%20eval%2Fb%C3%A9ta/v1/chat/completions", {}),
+            ("/v1/chat/completions", {"X-AgentOps-Run": "nightly eval/béta"}),
+            ("/r/odd%FFbyte/v1/chat/completions", {}),
+        ):
+            async with http.post(
+                f"{gateway.proxy_url}{path}", json=payload, headers=headers | extra
+            ) as resp:
+                assert resp.status == 200
+    (named,) = await runs(gateway, name="nightly eval/béta")
+    assert named["exchange_count"] == 2
+    (odd,) = await runs(gateway, name="odd\\xffbyte")
+    assert odd["exchange_count"] == 1
+
+
 async def test_conversation_start_append_stream_restart_is_one_run(gateway: Gateway):
     def converse() -> tuple[str, str]:
         with Mistral(api_key=KEY, server_url=gateway.proxy_url) as client:

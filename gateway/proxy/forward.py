@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import orjson
@@ -146,12 +147,16 @@ def target(request: web.BaseRequest) -> str:
 
 
 def split_run_prefix(path: str) -> tuple[str, str | None]:
-    """`/r/<name>/v1/...` -> (`/v1/...`, name): a run named in the client's base URL."""
+    """`/r/<name>/v1/...` -> (`/v1/...`, name): a run named in the client's base URL. The name
+    is percent-decoded (`/r/nightly%20eval` is the run `X-AgentOps-Run: nightly eval` names;
+    bytes that are not UTF-8 become escapes when stored)."""
     if not path.startswith("/r/"):
         return path, None
     name, sep, rest = path[3:].partition("/")
     if not name:
         return path, None
+    if "%" in name:
+        name = unquote(name, errors="surrogateescape")
     return "/" + rest if sep else "/", name
 
 
