@@ -18,7 +18,7 @@ from mistralai.client.errors import MistralError
 
 from gateway.app import Gateway
 from gateway.capture.exchange import Exchange, new_id
-from gateway.proxy.budgets import Crossing, body_string, usage_of
+from gateway.proxy.budgets import Crossing, _dollars, body_string, usage_of
 from gateway.settings import ConfigError, Settings
 from gateway.store.budgets import (
     BudgetError,
@@ -641,3 +641,11 @@ async def test_every_worker_enforces_from_the_shared_totals(
             proc.kill()
             await proc.wait()
         log.close()
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [(3.21e-05, "0.000032"), (12.5, "12.5"), (0.0, "0"), (500, "500"), (1e-9, "0.000000001")],
+)
+def test_log_lines_show_dollars_as_decimals(amount: float, shown: str) -> None:
+    assert _dollars(amount) == shown

@@ -376,5 +376,7 @@ def body_string(body: bytes, key: bytes) -> str | None:
 
 
 def _dollars(value: float) -> str:
-    """An amount for the log: plain decimals, never 3.21e-05 (to a millionth of a dollar)."""
-    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+    """An amount for the log: plain decimals, never 3.21e-05 (to a millionth of a dollar, or
+    to 1e-12 for smaller amounts, so that a tiny limit does not read $0)."""
+    places = 6 if abs(value) >= 1e-6 or value == 0 else 12
+    return f"{value:.{places}f}".rstrip("0").rstrip(".") or "0"
