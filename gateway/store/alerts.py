@@ -182,18 +182,23 @@ class AlertStore:
             f"UPDATE alert_rules SET {sets} WHERE id = ? RETURNING id",
             [*self._values(rule), rule.id],
         )
+        if rows and not rule.enabled:  # paused: its open alert closes now, without a notice
+            await self._close_open(rule.id)
         return bool(rows)
 
     async def delete_rule(self, rule_id: int) -> bool:
         """Delete a rule; its open alert is resolved (its history stays)."""
         rows = await self.store.rows("DELETE FROM alert_rules WHERE id = ? RETURNING id", [rule_id])
         if rows:
-            await self.store.rows(
-                "UPDATE alerts SET state = 'resolved', resolved_at = ?, open_rule = NULL "
-                "WHERE rule_id = ? AND state = 'firing' RETURNING id",
-                [self._time(datetime.now(UTC)), rule_id],
-            )
+            await self._close_open(rule_id)
         return bool(rows)
+
+    async def _close_open(self, rule_id: int) -> None:
+        await self.store.rows(
+            "UPDATE alerts SET state = 'resolved', resolved_at = ?, open_rule = NULL "
+            "WHERE rule_id = ? AND state = 'firing' RETURNING id",
+            [self._time(datetime.now(UTC)), rule_id],
+        )
 
     async def get_rule(self, rule_id: int) -> AlertRule | None:
         rows = await self.store.rows("SELECT * FROM alert_rules WHERE id = ?", [rule_id])
