@@ -241,16 +241,22 @@ def test_training_lines_are_validated(line: dict[str, Any], problem: str | None)
         assert any(problem in p for p in problems), problems
 
 
+async def new_job(http: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
+    """Upload a one-line training file to the fake at `url` and start a job on it."""
+    form = aiohttp.FormData()
+    form.add_field("purpose", "fine-tune")
+    form.add_field("file", b'{"messages": []}\n', filename="t.jsonl")
+    async with http.post(f"{url}/v1/files", data=form) as resp:
+        file_id = (await resp.json())["id"]
+    body = {"model": "open-mistral-nemo", "training_files": [{"file_id": file_id}]}
+    async with http.post(f"{url}/v1/fine_tuning/jobs", json=body) as resp:
+        return resp.status, await resp.json()
+
+
 async def test_fake_jobs_progress_and_refuse_like_mistral(upstream: Upstream):
     async with aiohttp.ClientSession(headers=AUTH) as http:
-        form = aiohttp.FormData()
-        form.add_field("purpose", "fine-tune")
-        form.add_field("file", b'{"messages": []}\n', filename="t.jsonl")
-        async with http.post(f"{upstream.url}/v1/files", data=form) as resp:
-            file_id = (await resp.json())["id"]
-        body = {"model": "open-mistral-nemo", "training_files": [{"file_id": file_id}]}
-        async with http.post(f"{upstream.url}/v1/fine_tuning/jobs", json=body) as resp:
-            job = await resp.json()
+        status, job = await new_job(http, upstream.url)
+        assert status == 200
         assert job["status"] == "QUEUED" and job["object"] == "job"
         assert job["fine_tuned_model"] is None and job["trained_tokens"] is None
         seen = []
@@ -290,15 +296,8 @@ async def test_standalone_fake_serves_jobs_on_uploaded_files(tmp_path: Path):
                     return False
 
             await wait_until(up)
-            form = aiohttp.FormData()
-            form.add_field("purpose", "fine-tune")
-            form.add_field("file", b'{"messages": []}\n', filename="t.jsonl")
-            async with http.post(f"{url}/v1/files", data=form) as resp:
-                file_id = (await resp.json())["id"]
-            body = {"model": "open-mistral-nemo", "training_files": [{"file_id": file_id}]}
-            async with http.post(f"{url}/v1/fine_tuning/jobs", json=body) as resp:
-                assert resp.status == 200, await resp.text()
-                assert (await resp.json())["status"] == "QUEUED"
+            status, job = await new_job(http, url)
+            assert status == 200 and job["status"] == "QUEUED", job
     finally:
         proc.terminate()
         await proc.wait()
