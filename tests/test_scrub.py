@@ -249,3 +249,13 @@ def test_decode_request_takes_a_whole_stream_only():
     body = b'{"model": "mistral-small-latest", "messages": []}'
     assert decode_request(gzip.compress(body)[:-9], "gzip", 1000) != body  # cut: kept as sent
     assert decode_request(zlib.compress(body), "deflate", 1000) == body
+
+
+def test_a_response_labelled_deflate_is_decoded_only_when_whole():
+    """A response body labelled deflate that is no deflate stream at all (`{}` reads as the
+    start of a raw one without an error) is kept as it came, not as a partial inflate."""
+    assert decode_chunks([b"{}"], "deflate") == ([b"{}"], False)
+    packer = zlib.compressobj(wbits=-15)
+    raw = packer.compress(b'{"a": 1}') + packer.flush()
+    assert decode_chunks([raw], "deflate") == ([b'{"a": 1}'], True)
+    assert decode_chunks([raw], "deflate", limit=3) == ([b'{"a"'], True)  # cut past the limit

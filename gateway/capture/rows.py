@@ -90,13 +90,25 @@ def decode_chunks(
         out.append(decoder.flush())
         return out, True
     except zlib.error:
-        if encoding == "deflate":
-            try:
-                raw = zlib.decompressobj(wbits=-15)
-                return [raw.decompress(b"".join(chunks), (limit or -1) + 1)], True
-            except zlib.error:
-                pass
+        if encoding == "deflate":  # raw deflate (no zlib header), as some servers send it
+            whole = _inflate_whole(b"".join(chunks), -15, limit)
+            if whole is not None:
+                return [whole], True
         return chunks, False
+
+
+def _inflate_whole(data: bytes, wbits: int, limit: int | None) -> bytes | None:
+    """`data` inflated (at most `limit` + 1 bytes) when it is a whole stream of that kind, or
+    decodes past `limit`; else None: zlib's raw deflate reads most bytes some way without an
+    error (`{}` gives b"\\xeb"), so a partial read is no proof of a deflate body."""
+    decoder = zlib.decompressobj(wbits=wbits)
+    try:
+        out = decoder.decompress(data, 0 if limit is None else limit + 1)
+    except zlib.error:
+        return None
+    if decoder.eof or (limit is not None and len(out) > limit):
+        return out
+    return None
 
 
 def decode_request(body: bytes, encoding: str, limit: int) -> bytes:
@@ -108,12 +120,8 @@ def decode_request(body: bytes, encoding: str, limit: int) -> bytes:
     if not body or encoding not in ("gzip", "x-gzip", "deflate"):
         return body
     for wbits in (47, -15) if encoding == "deflate" else (47,):  # zlib/gzip header, raw
-        decoder = zlib.decompressobj(wbits=wbits)
-        try:
-            out = decoder.decompress(body, limit + 1)
-        except zlib.error:
-            continue
-        if decoder.eof or len(out) > limit:
+        out = _inflate_whole(body, wbits, limit)
+        if out is not None:
             return out
     return body
 

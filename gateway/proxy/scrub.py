@@ -25,10 +25,11 @@ from urllib.parse import parse_qsl
 from gateway.capture import redact
 from gateway.capture.exchange import Exchange
 from gateway.capture.rows import decode_chunks, decode_request
+from gateway.settings import Settings
 
 # How much of a compressed request body is decoded where the caller sets no limit (flow
 # imports, the mitmproxy addon): the default --max-body-bytes.
-DECODE_LIMIT = 10 * 1024 * 1024
+DECODE_LIMIT = Settings.max_body_bytes
 _ENCODING = "content-encoding"
 log = logging.getLogger("agentops.scrub")
 
