@@ -43,6 +43,7 @@ from gateway.proxy import scrub
 from gateway.proxy.budgets import BudgetGuard
 from gateway.proxy.forward import HEADER_BYTES, MAX_HEADERS, Proxy, Route, client_session
 from gateway.proxy.server_log import HTTP_LOG
+from gateway.proxy.upstream import Limits, UpstreamPool
 from gateway.proxy.workers import WorkerGroup
 from gateway.replay.campaigns import Campaigns
 from gateway.replay.dataset_experiments import DatasetExperiments
@@ -243,6 +244,8 @@ class Gateway:
         undo.push_async_callback(self.recorder.stop, max(5.0, self.settings.shutdown_grace))
         self.session = client_session()
         undo.push_async_callback(self.session.close)
+        pool = UpstreamPool(Limits(HEADER_BYTES, HEADER_BYTES, MAX_HEADERS))
+        undo.push_async_callback(pool.close)
         self.proxy = Proxy(
             self.settings.upstream,
             self.session,
@@ -255,6 +258,7 @@ class Gateway:
             guard=self.guard,
             alternatives=self.alt_upstreams,
             in_flight=self.in_flight,
+            pool=pool,
         )
         self.replayer = Replayer(
             self.store,

@@ -236,3 +236,20 @@ async def test_two_stores_in_one_process_each_close_their_own(tmp_path: Path):
     assert "a.db" not in open_files() and "b.db" in open_files()
     await second.close()
     assert not open_files()
+
+
+async def test_deleting_more_ids_than_a_statement_binds(
+    db_url: str, upstream: Upstream, tmp_path: Path
+):
+    """SQLite binds at most 32,766 values a statement and asyncpg 32,767: a delete of a run
+    or an exchange with tens of thousands of calls about it goes in chunks (the diffs'
+    `a IN (...) OR b IN (...)` binds each id twice)."""
+    async with running(make_settings(upstream.url, db_url, tmp_path)) as gw:
+        await calls(gw, 3, "kept")
+        await gw.recorder.drained(timeout=10)
+        stored = [row["id"] for row in await gw.store.rows("SELECT id FROM exchanges", [])]
+        assert len(stored) == 3
+        many = [*range(1, 40_001), *stored]
+        assert len(await gw.store.with_calls_about(many)) == len(many)
+        assert await gw.store.delete_exchanges(many) == len(stored)
+        assert await gw.store.count() == 0

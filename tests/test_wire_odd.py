@@ -278,3 +278,26 @@ async def test_long_and_many_headers_pass_both_ways_and_are_recorded(
     assert record.status == 200 and record.prompt_tokens == 12
     kept = {name.lower(): value for name, value in record.request_headers}
     assert kept["x-long"] == long_value.decode() and kept["x-extra-199"] == "199"
+
+
+async def test_header_bytes_that_are_not_utf8_go_upstream_as_they_came(
+    gw: Gateway, raw_upstream: RawUpstream
+):
+    """A Latin-1 value (`café` as one byte é) and a lone 0xff, from a raw client: the upstream
+    gets those bytes. aiohttp's client, which sent upstream before the proxy's own client,
+    dropped them (its writer skips the escapes its parser made of them)."""
+    raw_upstream.answer = answer(
+        b"200 OK", [(b"Content-Type", b"application/json")], orjson.dumps(COMPLETION)
+    )
+    body = orjson.dumps(CHAT)
+    host, port = gw.proxy_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Raw: caf\xe9 \xff!\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    status = await reader.readline()
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200")
+    ((head, sent),) = raw_upstream.requests
+    assert b"\r\nX-Raw: caf\xe9 \xff!\r\n" in head and sent == body

@@ -20,7 +20,6 @@ from urllib.parse import unquote
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.capture import redact
@@ -35,6 +34,7 @@ from gateway.capture.exchange import (
 from gateway.lifecycle import InFlight
 from gateway.proxy import scrub
 from gateway.proxy.budgets import BudgetGuard
+from gateway.proxy.upstream import UpstreamPool, UpstreamResponse
 from gateway.store.budgets import Budget
 
 log = logging.getLogger("agentops.proxy")
@@ -87,6 +87,8 @@ def error_body(message: str, kind: str, code: int) -> bytes:
     )
 
 
+# What the proxy relays: aiohttp's response (HEAD, or no pool) or the lean client's.
+Upstream = aiohttp.ClientResponse | UpstreamResponse
 HeaderKind = tuple[str, bool, bool, bool]
 KINDS_KEPT = 4096
 # header_kind's answers by name: the hot loops read it with one dict lookup (`get`), cheaper
@@ -117,10 +119,10 @@ def secrets_fingerprint(secrets: tuple[tuple[str, str], ...]) -> str | None:
 
 def forwarded_headers(
     pairs: Iterable[tuple[str, str]], redacted: list[tuple[str, str]] | None = None
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """Request or response headers minus hop-by-hop ones (and those Connection names);
     `redacted`, when given, gets every header, redacted, in the same pass (for the record)."""
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     named: set[str] = set()
     kinds = _KINDS
     for name, value in pairs:
@@ -131,9 +133,10 @@ def forwarded_headers(
             if lower == "connection":
                 named.update(token.strip().lower() for token in value.split(","))
             continue
-        out.add(name, value)
-    for lower in named - HOP_BY_HOP:  # rare: `Connection: x-custom` makes x-custom hop-by-hop
-        out.popall(lower, None)
+        out.append((name, value))
+    named -= HOP_BY_HOP
+    if named:  # rare: `Connection: x-custom` makes x-custom hop-by-hop
+        out = [(name, value) for name, value in out if name.lower() not in named]
     return out
 
 
@@ -202,13 +205,16 @@ class Proxy:
         guard: BudgetGuard | None = None,
         alternatives: Mapping[str, str] | None = None,
         in_flight: InFlight | None = None,
+        pool: UpstreamPool | None = None,
     ) -> None:
         """`held_keys`: keys of the gateway's own (the replay key), scrubbed from every record
         as the caller's are. `guard`: the budgets, checked before a call goes upstream.
         `alternatives`: the operator's other upstreams by name (--upstream-alt), which only
         the gateway's own calls (`send`) may name; clients' calls never reach them.
         `in_flight`: where each call registers while it is served (for the stop), done here
-        rather than by `InFlight.wrap`, which would add a coroutine frame to every resume."""
+        rather than by `InFlight.wrap`, which would add a coroutine frame to every resume.
+        `pool`: the lean upstream client (upstream.py) for every call but HEAD; without one,
+        `session` sends them all."""
         self.upstream = upstream.rstrip("/")
         self.alternatives = {k: v.rstrip("/") for k, v in (alternatives or {}).items()}
         self.routes = tuple(
@@ -217,6 +223,7 @@ class Proxy:
         # One C-level startswith decides that a Mistral call is not routed elsewhere.
         self.route_prefixes = tuple(r.prefix for r in self.routes)
         self.session = session
+        self.pool = pool
         self.submit = submit
         # told of each call as it starts (the journal: see journal.py); must not block or raise
         self.begin = begin or (lambda exchange: None)
@@ -237,7 +244,7 @@ class Proxy:
         if exchange.path.startswith(self.route_prefixes):
             route = self._route(exchange)
         base = route.upstream if route is not None else self.upstream
-        upstream: aiohttp.ClientResponse | web.Response | None = None
+        upstream: Upstream | web.Response | None = None
         _, sep, query = path_qs.partition("?")
         keys = scrub.scrub_start(exchange, pairs, query, self.held_keys, secrets)
         self.begin(exchange)
@@ -263,8 +270,8 @@ class Proxy:
             upstream = await self._open(exchange, request.method, url, pairs, body, started, base)
             # Not isinstance(upstream, web.Response): web.Response is a MutableMapping, an ABC,
             # whose isinstance costs 10x a plain class's (twice a call). _open gives a
-            # ClientResponse or a plain web.Response.
-            if not isinstance(upstream, aiohttp.ClientResponse):
+            # response to relay or a plain web.Response.
+            if not isinstance(upstream, (UpstreamResponse, aiohttp.ClientResponse)):
                 return upstream  # the 502/504, already recorded
             async with upstream:
                 return await self._relay(request, exchange, upstream, started)
@@ -304,7 +311,7 @@ class Proxy:
         key = redact.fingerprint(redact.key_of(pairs))
         exchange = self._record(method, path, path, "", redact.redact_headers(pairs), key, hints)
         exchange.request_body, exchange.replay_of = body, replay_of
-        upstream: aiohttp.ClientResponse | web.Response | None = None
+        upstream: Upstream | web.Response | None = None
         keys = scrub.scrub_start(exchange, pairs, "", self.held_keys)
         self.begin(exchange)
         try:
@@ -313,7 +320,7 @@ class Proxy:
             if (url.scheme, url.host, url.port) != (origin.scheme, origin.host, origin.port):
                 raise ValueError(f"{path!r} would leave the upstream")
             upstream = await self._open(exchange, method, url, pairs, body, started, base)
-            if not isinstance(upstream, aiohttp.ClientResponse):  # (see __call__)
+            if not isinstance(upstream, (UpstreamResponse, aiohttp.ClientResponse)):  # (__call__)
                 return exchange
             async with upstream:
                 self._response_head(exchange, upstream, started)
@@ -453,13 +460,15 @@ class Proxy:
         body: bytes,
         started: float,
         base: str,
-    ) -> aiohttp.ClientResponse | web.Response:
+    ) -> Upstream | web.Response:
         """The upstream's response, or (when it cannot be reached) the recorded 502/504."""
         headers = forwarded_headers(pairs)
-        data: bytes | io.BytesIO | None = body or None
-        if len(body) > LARGE_BODY:
-            data = io.BytesIO(body)  # aiohttp writes big bodies in pieces (and warns on bytes)
         try:
+            if self.pool is not None and method != "HEAD":
+                return await self.pool.request(method, url, headers, body, self.timeout)
+            data: bytes | io.BytesIO | None = body or None
+            if len(body) > LARGE_BODY:
+                data = io.BytesIO(body)  # aiohttp writes big bodies in pieces (warns on bytes)
             return await self.session.request(
                 method,
                 url,
@@ -490,8 +499,8 @@ class Proxy:
             )
 
     def _response_head(
-        self, exchange: Exchange, upstream: aiohttp.ClientResponse, started: float
-    ) -> CIMultiDict[str]:
+        self, exchange: Exchange, upstream: Upstream, started: float
+    ) -> list[tuple[str, str]]:
         """Note the response's status and (redacted) headers; returns the headers to send on."""
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
         exchange.status = upstream.status
@@ -504,7 +513,7 @@ class Proxy:
     async def _pump(
         self,
         exchange: Exchange,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         started: float,
         write: Callable[[bytes], Awaitable[None]] | None,
     ) -> BaseException | None:
@@ -530,7 +539,7 @@ class Proxy:
         self,
         request: web.BaseRequest,
         exchange: Exchange,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         started: float,
     ) -> web.StreamResponse:
         headers = self._response_head(exchange, upstream, started)

@@ -53,6 +53,14 @@ from gateway.store.urls import describe_url, sqlite_path, tortoise_config
 log = logging.getLogger("agentops.store")
 
 
+DELETE_CHUNK = 500
+
+
+def chunks(ids: list[int], size: int = DELETE_CHUNK) -> list[list[int]]:
+    """`ids` in lists of at most `size` (each list's ids are bound in one statement)."""
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
+
+
 class StoreError(Unavailable, RuntimeError):
     """The database cannot be used (unreachable, refused, bad URL); says which and why."""
 
@@ -479,17 +487,25 @@ class Store:
         replays, judge and embedding calls, experiments' replays), which quote them."""
         found, frontier = dict.fromkeys(ids), list(ids)
         while frontier and len(found) < 100_000:
-            marks = ", ".join("?" * len(frontier))
-            rows = await self.rows(
-                f"SELECT id FROM exchanges WHERE replay_of IN ({marks})", frontier
-            )
+            rows = []
+            for chunk in chunks(frontier):
+                marks = ", ".join("?" * len(chunk))
+                rows += await self.rows(
+                    f"SELECT id FROM exchanges WHERE replay_of IN ({marks})", chunk
+                )
             frontier = [int(row["id"]) for row in rows if int(row["id"]) not in found]
             found.update(dict.fromkeys(frontier))
         return list(found)
 
     async def delete_exchanges(self, ids: list[int]) -> int:
-        if not ids:
-            return 0
+        """Delete these exchanges and all that is theirs, DELETE_CHUNK ids a transaction (a
+        statement binds at most about 32k values)."""
+        deleted = 0
+        for chunk in chunks(ids):
+            deleted += await self._delete_chunk(chunk)
+        return deleted
+
+    async def _delete_chunk(self, ids: list[int]) -> int:
         marks = ", ".join("?" * len(ids))
         async with in_transaction("default") as tx:
             # First a write (SQLite: the write lock from here on) or a lock on the bodies
