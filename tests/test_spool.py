@@ -266,6 +266,22 @@ def test_small_records_that_come_together_are_one_compressed_block(tmp_path: Pat
     assert back[5] == together[3]  # every field, not the body alone
 
 
+def test_large_records_are_compressed_once_the_spool_is_half_full(tmp_path: Path):
+    """Records of large bodies go as they are (zstd would cost the proxy more than the disk
+    saved), until half the bound is used: from there the choice is CPU now or records dropped
+    later, and they are compressed, so a burst of 100 KB calls lasts longer before any drop."""
+    big = [record(n, b" ".join(words(n * 100 + i) for i in range(40))) for n in range(40)]
+    size = len(b"".join(_entry(big[0])))
+    assert size > spool_module.BLOCK_RECORD_BYTES
+    spool = Spool(tmp_path / "spool", 10 * size)
+    kept = sum(spool.append([r]) for r in big)
+    assert kept > 15 and spool.dropped == len(big) - kept  # as they are: 10 would fit
+    spool.close()
+    files = sorted((tmp_path / "spool").glob("spool-*.bin"))
+    back = [r for p in files for r in read_records(p)]
+    assert back == big[:kept]
+
+
 def test_a_block_torn_by_a_kill_is_lost_whole_and_the_file_read_up_to_it(tmp_path: Path):
     folder = tmp_path / "spool"
     spool = Spool(folder, 10**9)

@@ -176,9 +176,11 @@ class Spool:
         """Small records compressed together, as one entry (and their bytes before), or None
         where that does not pay: records of large bodies (zstd takes about 3 us per KB here,
         more than the disk it saves is worth on the proxy's path: they are written as they
-        are, their bodies not even copied), or data that does not compress."""
+        are, their bodies not even copied) while the spool is under half its bound, or data
+        that does not compress. Past half the bound the choice is that CPU now or records
+        dropped later: large records are compressed too."""
         raw = sum(len(part) for entry in entries for part in entry)
-        if raw > BLOCK_RECORD_BYTES * len(entries):
+        if raw > BLOCK_RECORD_BYTES * len(entries) and self.size < self.max_bytes // 2:
             return None
         packed = self._compressor.compress(b"".join(part for entry in entries for part in entry))
         if len(packed) > raw // 2:  # too little saved for the time it took
