@@ -52,6 +52,7 @@ import gzip
 import hashlib
 import random
 import secrets
+import ssl
 import string
 import time
 import uuid
@@ -1445,16 +1446,18 @@ class _BoundedList(list):  # type: ignore[type-arg]
 
 
 async def start_fake(
-    host: str = "127.0.0.1", port: int = 0
+    host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
 ) -> tuple[web.AppRunner, str, web.Application]:
-    """Start the fake on host:port (0 = ephemeral). Caller must `await runner.cleanup()`."""
+    """Start the fake on host:port (0 = ephemeral), over TLS with `ssl_context` (as
+    api.mistral.ai). Caller must `await runner.cleanup()`."""
     app = make_app()
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     actual_port = runner.addresses[0][1]
-    return runner, f"http://{host}:{actual_port}", app
+    scheme = "https" if ssl_context is not None else "http"
+    return runner, f"{scheme}://{host}:{actual_port}", app
 
 
 class FakeMistral:

@@ -17,6 +17,10 @@ import pytest
 from mistralai.client import Mistral
 
 from gateway.app import Gateway
+from gateway.proxy.upstream import UpstreamPool
+from tests.conftest import make_settings, running
+from tests.fake_mistral import REQUESTS, start_fake
+from tests.tls import make_ca
 
 KEY = "test-key-abcdefghijklmnop-7777"
 
@@ -260,3 +264,45 @@ async def test_curl_large_upload_with_expect_continue(gateway: Gateway, upstream
     assert proc.returncode == 0, err
     assert upstream.requests[-1]["body"] == body
     assert "expect" not in {k.lower() for k, _ in upstream.requests[-1]["headers"]}
+
+
+async def test_an_https_upstream_as_api_mistral_ai_speaks_it(tmp_path, monkeypatch):
+    """The default upstream is https: the proxy's own client verifies the certificate with the
+    system's trust (SSL_CERT_FILE adds a CA), answers, streams and records through it, and a
+    certificate nobody vouches for is a recorded 502, never a call sent in the clear."""
+    ca = make_ca(tmp_path)
+    runner, url, app = await start_fake("127.0.0.1", 0, ca.server_context)
+    try:
+        async with running(make_settings(url, f"sqlite://{tmp_path}/gw.db", tmp_path)) as gw:
+            refused = await asyncio.to_thread(raw_status, gw)  # before the CA is trusted
+            monkeypatch.setenv("SSL_CERT_FILE", str(ca.ca_pem))
+            gw.proxy.pool = UpstreamPool()  # a fresh pool reads the trust again
+
+            def run() -> tuple[Any, list[Any]]:
+                with mistral(gw) as client:
+                    answer = client.chat.complete(model="mistral-small-latest", messages=MESSAGES)
+                    chunks = list(
+                        client.chat.stream(model="mistral-small-latest", messages=MESSAGES)
+                    )
+                return answer, chunks
+
+            answer, chunks = await asyncio.to_thread(run)
+            failed, plain, streamed = await records(gw)
+        assert refused == 502 and failed["status"] == 502
+        assert "CERTIFICATE_VERIFY_FAILED" in failed["error"]
+        assert plain["output_text"] == answer.choices[0].message.content
+        assert streamed["output_text"] == "".join(
+            c.data.choices[0].delta.content or "" for c in chunks
+        )
+        assert len(app[REQUESTS]) == 2
+    finally:
+        await runner.cleanup()
+
+
+def raw_status(gw: Gateway) -> int:
+    with mistral(gw) as client:
+        try:
+            client.chat.complete(model="mistral-small-latest", messages=MESSAGES)
+        except Exception as exc:  # the SDK's error for a 502
+            return int(getattr(exc, "status_code", 0))
+    return 200
