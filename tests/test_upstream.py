@@ -334,3 +334,26 @@ async def test_a_large_body_goes_whole():
         assert (await fetch(pool, server.port, body=body))[3] == b"ok"
         assert server.requests[0].endswith(body)
         await pool.close()
+
+
+async def test_an_ipv6_upstream_gets_a_bracketed_host():
+    script = Script(lambda n: [OK])
+    server = await asyncio.start_server(script.handle, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    response = await pool.request("GET", URL(f"http://[::1]:{port}/v1/models"), [], b"", TIMEOUT)
+    async with response:
+        assert b"".join([c async for c in response.content.iter_any()]) == b"ok"
+    assert script.requests[0].startswith(b"GET /v1/models HTTP/1.1\r\nHost: [::1]:%d\r\n" % port)
+    await pool.close()
+    server.close()
+
+
+def test_host_header_leaves_out_the_default_port():
+    pool = UpstreamPool()
+    assert pool._origin(URL("https://api.mistral.ai/v1/chat/completions")) == (
+        ("https", "api.mistral.ai", 443),
+        "api.mistral.ai",
+    )
+    assert pool._origin(URL("http://example.test:8080/x"))[1] == "example.test:8080"
+    assert pool._origin(URL("http://example.test:80/x"))[1] == "example.test"
