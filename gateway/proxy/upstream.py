@@ -55,7 +55,6 @@ class UpstreamResponse:
         "_chunks",
         "_conn",
         "_exc",
-        "_head_bytes",
         "_size",
         "_waiter",
         "content",
@@ -78,7 +77,6 @@ class UpstreamResponse:
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.content = self  # `upstream.content.iter_any()`, as on aiohttp's response
-        self._head_bytes = 0
 
     def iter_any(self) -> UpstreamResponse:
         return self
