@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.proxy.upstream import HIGH_WATER, Limits, UpstreamPool
+from tests.conftest import wait_until
 from tests.tls import make_ca
 
 TIMEOUT = aiohttp.ClientTimeout(sock_connect=5, sock_read=5)
@@ -357,3 +358,118 @@ def test_host_header_leaves_out_the_default_port():
     )
     assert pool._origin(URL("http://example.test:8080/x"))[1] == "example.test:8080"
     assert pool._origin(URL("http://example.test:80/x"))[1] == "example.test"
+
+
+async def test_a_response_after_the_complete_one_is_not_relayed_nor_the_connection_kept():
+    """Bytes after a whole response, in the same segment (an upstream answering twice): the
+    response read is the first one, whole and alone, and the connection is not reused (its
+    next bytes cannot be trusted). They were read as more of the first response's body, its
+    status and headers overwritten by the second's, and the connection went back to the
+    pool."""
+    extra = b"HTTP/1.1 500 Extra\r\nX-Extra: 1\r\nContent-Length: 5\r\n\r\nextra"
+    async with scripted(lambda n: [OK + extra] if n == 0 else [OK]) as server:
+        pool = UpstreamPool()
+        status, reason, raw_headers, data = await fetch(pool, server.port)
+        assert (status, reason, data) == (200, "OK", b"ok")
+        assert raw_headers == [(b"Content-Length", b"2")]
+        assert (await fetch(pool, server.port))[3] == b"ok"
+        assert server.connections == 2
+        await pool.close()
+
+
+async def test_a_connection_the_upstream_dropped_before_the_request_fails_at_once(monkeypatch):
+    """A new connection the upstream closes (or sends on) before the request is written: the
+    call fails as a disconnect. It waited for a head that could never come, and the read
+    timer gave up on a closed connection: the call hung for good."""
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection
+
+    async def busy_loop(*args, **kwargs):  # the greeting is read before the caller resumes
+        transport, conn = await connect(*args, **kwargs)
+
+        async def gone() -> bool:
+            return conn.closed
+
+        await wait_until(gone)
+        return transport, conn
+
+    monkeypatch.setattr(loop, "create_connection", busy_loop)
+    pool = UpstreamPool()
+    async with asyncio.timeout(10):
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await fetch(pool, port, timeout=aiohttp.ClientTimeout(sock_connect=2, sock_read=2))
+    await pool.close()
+    server.close()
+
+
+async def test_a_reason_phrase_in_pieces_is_read_whole():
+    """llhttp hands the status line's reason over in as many pieces as it came in: all are
+    kept (only the last one was)."""
+    pieces = [b"HTTP/1.1 418 I'm a", b"<pause>", b" Teapot\r\nContent-Length: 0\r\n\r\n"]
+    async with scripted(lambda n: pieces) as server:
+        pool = UpstreamPool()
+        status, reason, _, _ = await fetch(pool, server.port)
+        assert (status, reason) == (418, "I'm a Teapot")
+        await pool.close()
+
+
+async def test_an_endless_header_fails_before_it_is_all_buffered():
+    """A header value that never ends: the call fails once the head is past what the limits
+    allow (as aiohttp's parser did, a field at a time), rather than buffering it all in
+    llhttp's callbacks until the upstream stops (64 MiB here, then silence)."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        try:
+            for _ in range(64):
+                writer.write(b"a" * (1 << 20))
+                await writer.drain()
+            await asyncio.sleep(3600)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(Limits(max_line_size=8190, max_field_size=8190, max_headers=128))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await fetch(pool, port, timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=5))
+    await pool.close()
+    server.close()
+
+
+async def test_the_read_timeout_starts_once_a_large_body_is_sent():
+    """A large body the upstream reads steadily for longer than the read timeout: the timeout
+    counts from when the body is sent (aiohttp's rule), not from when it was handed to the
+    transport (on Python 3.12 `writelines` never pauses the protocol, so the client did not
+    wait for the body and a slow upload was a timeout)."""
+    size = 48 << 20
+
+    async def steady(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        left = size
+        while left:
+            left -= len(await reader.read(min(left, 1 << 20)))
+            await asyncio.sleep(0.03)  # >= 48 reads: the upload takes over 1.4 s
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(steady, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    timeout = aiohttp.ClientTimeout(sock_connect=5, sock_read=1.0)
+    assert (await fetch(pool, port, body=b"x" * size, timeout=timeout))[3] == b"ok"
+    await pool.close()
+    server.close()

@@ -301,3 +301,25 @@ async def test_header_bytes_that_are_not_utf8_go_upstream_as_they_came(
     assert status.startswith(b"HTTP/1.1 200")
     ((head, sent),) = raw_upstream.requests
     assert b"\r\nX-Raw: caf\xe9 \xff!\r\n" in head and sent == body
+
+
+async def test_an_upstream_answering_twice_has_its_first_answer_relayed_alone(
+    gw: Gateway, raw_upstream: RawUpstream
+):
+    """An upstream writes a second response right after the whole first one: the client gets
+    the first, as sent, and the record is of it. The proxy's client read the second as more
+    of the first: the client got the second's status with both Content-Lengths, and the
+    record the second's status and both bodies."""
+    body = orjson.dumps(COMPLETION)
+    first = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    second = b"HTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\nextra"
+    raw_upstream.answer = first % len(body) + body + second  # (kept alive: no Connection: close)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=CHAT) as resp,
+    ):
+        assert resp.status == 200 and resp.headers.getall("Content-Length") == [str(len(body))]
+        assert await resp.read() == body
+    (record,) = await stored(gw)
+    assert record.status == 200 and record.state == "complete"
+    assert orjson.loads(record.response_body) == COMPLETION

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default)
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from upstream pauses
 LOW_WATER = 64 * 1024
+PIECE = 1024 * 1024  # a larger request body is written a piece at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,12 @@ class Limits:
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 128
+
+    @property
+    def head_bytes(self) -> int:
+        """The most a response head (1xx ones before it included) may take: httptools holds a
+        header until its line ends, so the bound is checked on the bytes as they come."""
+        return self.max_line_size + self.max_headers * (2 * self.max_field_size + 4)
 
 
 class UpstreamResponse:
@@ -149,6 +157,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.response: UpstreamResponse | None = None
         self.head: asyncio.Future[None] | None = None
+        self.head_bytes = 0
+        self.reason = b""
+        self.unsent = False  # the upstream answered before the whole body went
         self.closed = False
         self.paused = False
         self.keep_alive = False
@@ -170,6 +181,11 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.last_read = self.loop.time()
+        if self.head is not None and not self.head.done():
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.head_bytes:
+                self._broken(aiohttp.ClientPayloadError("upstream sent a response head too long"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # 101 or CONNECT: nothing this relay can carry
@@ -204,9 +220,16 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks
 
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and response.done:  # an answer nobody asked for
+            raise httptools.HttpParserError("bytes after the response")
+
     def on_status(self, reason: bytes) -> None:
-        assert self.response is not None
-        self.response.reason = reason.decode("utf-8", "surrogateescape")
+        # (called once per piece the status line came in)
+        self.reason += reason
+        if len(self.reason) > self.limits.max_line_size:
+            raise httptools.HttpParserError("status line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
@@ -222,10 +245,12 @@ class _Connection(asyncio.Protocol):
         response = self.response
         assert response is not None and self.head is not None
         status = self.parser.get_status_code()
+        reason, self.reason = self.reason, b""
         if status < 200:  # 1xx: an interim answer (103 Early Hints); the real one follows
             response.raw_headers = []
             return
         response.status = status
+        response.reason = reason.decode("utf-8", "surrogateescape")
         for name, value in response.raw_headers:
             if len(name) == 14 and name.lower() == b"content-length":
                 try:
@@ -259,23 +284,44 @@ class _Connection(asyncio.Protocol):
         """Write the request and wait for the response's head."""
         transport = self.transport
         assert transport is not None
+        if self.closed or transport.is_closing():  # the upstream let go of it already
+            raise aiohttp.ServerDisconnectedError()
         self.response = response
         self.head = self.loop.create_future()
+        self.head_bytes = 0
         self.read_timeout = read_timeout or 0.0
-        if body:
-            transport.writelines((head, body))
-        else:
-            transport.write(head)
-        if self.drained is not None:  # a large body: wait until the kernel takes the rest
-            try:
-                async with asyncio.timeout(read_timeout):
-                    await self.drained
-            except TimeoutError:
-                raise aiohttp.ServerTimeoutError("upstream stopped reading the request") from None
+        if len(body) <= PIECE:
+            if body:
+                transport.writelines((head, body))  # (never pauses the protocol on 3.12)
+            else:
+                transport.write(head)
+            await self._drained(read_timeout)
+        else:  # a piece at a time, each given read_timeout to leave: a slow, steady upload
+            transport.write(head)  # never times out, a stalled one does
+            view = memoryview(body)
+            for start in range(0, len(view), PIECE):
+                if self.closed or self.head.done():  # gone, or answered early: stop sending
+                    self.unsent = True
+                    break
+                transport.write(view[start : start + PIECE])
+                await self._drained(read_timeout)
         self.last_read = self.loop.time()
         if read_timeout:
             self.timer = self.loop.call_at(self.last_read + read_timeout, self._check_timeout)
         await self.head
+
+    async def _drained(self, read_timeout: float | None) -> None:
+        """Wait until the kernel takes what was written (the read timeout counts from then,
+        as aiohttp's), or the upstream answers before reading it all (the connection then
+        goes no further than this response)."""
+        drained, head = self.drained, self.head
+        if drained is None or head is None:
+            return
+        await asyncio.wait((drained, head), timeout=read_timeout, return_when=FIRST_COMPLETED)
+        if not drained.done():
+            if not head.done():
+                raise aiohttp.ServerTimeoutError("upstream stopped reading the request")
+            self.unsent = True
 
     def _check_timeout(self) -> None:
         self.timer = None
@@ -337,6 +383,7 @@ class _Connection(asyncio.Protocol):
             and response._exc is None
             and not self.closed
             and not self.paused
+            and not self.unsent
             and self.keep_alive
         ):
             self.response = None
