@@ -473,3 +473,19 @@ async def test_the_read_timeout_starts_once_a_large_body_is_sent():
     assert (await fetch(pool, port, body=b"x" * size, timeout=timeout))[3] == b"ok"
     await pool.close()
     server.close()
+
+
+async def test_an_idempotent_call_on_a_kept_connection_the_upstream_dropped_is_sent_again():
+    """An upstream closes a kept-alive connection just as the next request comes (its idle
+    timeout): a GET, PUT or DELETE goes again once on a new connection, as aiohttp's client
+    did (it was a 502); a POST is not sent twice (the upstream may have acted on it)."""
+    async with scripted(lambda n: [b"<close>"] if n in (1, 4) else [OK]) as server:
+        pool = UpstreamPool()
+        assert (await fetch(pool, server.port, method="GET", body=b""))[3] == b"ok"
+        assert (await fetch(pool, server.port, method="GET", body=b""))[3] == b"ok"
+        assert server.connections == 2 and len(server.requests) == 3
+        assert (await fetch(pool, server.port))[3] == b"ok"
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await fetch(pool, server.port)
+        assert len(server.requests) == 5
+        await pool.close()

@@ -31,6 +31,8 @@ import httptools
 from yarl import URL
 
 GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+# sent again once when a kept-alive connection turns out closed (aiohttp's client's rule)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # What may not appear in a request line or header (aiohttp's rule: header injection).
 FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default)
@@ -158,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.head: asyncio.Future[None] | None = None
         self.head_bytes = 0
+        self.sent = 0  # requests sent on this connection
         self.reason = b""
         self.unsent = False  # the upstream answered before the whole body went
         self.closed = False
@@ -284,11 +287,12 @@ class _Connection(asyncio.Protocol):
         """Write the request and wait for the response's head."""
         transport = self.transport
         assert transport is not None
+        self.sent += 1
+        self.head_bytes = 0
         if self.closed or transport.is_closing():  # the upstream let go of it already
             raise aiohttp.ServerDisconnectedError()
         self.response = response
         self.head = self.loop.create_future()
-        self.head_bytes = 0
         self.read_timeout = read_timeout or 0.0
         if len(body) <= PIECE:
             if body:
@@ -426,10 +430,10 @@ class UpstreamPool:
         self._idle_conns.setdefault(conn.key, []).append(conn)
 
     async def _acquire(
-        self, key: tuple[str, str, int], connect_timeout: float | None
+        self, key: tuple[str, str, int], connect_timeout: float | None, fresh: bool = False
     ) -> _Connection:
         idle = self._idle_conns.get(key)
-        if idle:
+        if idle and not fresh:
             now = asyncio.get_running_loop().time()
             while idle:
                 conn = idle.pop()
@@ -494,15 +498,26 @@ class UpstreamPool:
             raise ValueError("forbidden character in the request line or a header")
         lines.append("\r\n")
         head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-        conn = await self._acquire(key, timeout.sock_connect)
-        response = UpstreamResponse(conn)
-        try:
-            await conn.send(head, body, response, timeout.sock_read)
-        except BaseException:
-            conn.response = None
-            conn.close()
-            raise
-        return response
+        retry, fresh = method in IDEMPOTENT, False
+        while True:
+            conn = await self._acquire(key, timeout.sock_connect, fresh)
+            response = UpstreamResponse(conn)
+            try:
+                await conn.send(head, body, response, timeout.sock_read)
+            except aiohttp.ServerDisconnectedError:
+                conn.response = None
+                conn.close()
+                # a kept connection the upstream closed as the request came: not a word of
+                # an answer, so the request goes again (once) on a new connection
+                if retry and conn.sent > 1 and conn.head_bytes == 0:
+                    retry, fresh = False, True
+                    continue
+                raise
+            except BaseException:
+                conn.response = None
+                conn.close()
+                raise
+            return response
 
     async def close(self) -> None:
         for conn in list(self._all):
