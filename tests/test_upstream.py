@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from gateway.proxy import upstream
 from gateway.proxy.upstream import HIGH_WATER, Limits, UpstreamPool
 from tests.conftest import wait_until
 from tests.tls import make_ca
@@ -488,4 +489,22 @@ async def test_an_idempotent_call_on_a_kept_connection_the_upstream_dropped_is_s
         with pytest.raises(aiohttp.ServerDisconnectedError):
             await fetch(pool, server.port)
         assert len(server.requests) == 5
+        await pool.close()
+
+
+async def test_idle_connections_are_closed_after_the_keep_alive_time(monkeypatch):
+    """Connections left idle past KEEPALIVE are closed even when no call comes to pick them
+    (aiohttp's connector sweeps them). They were only closed when popped, last in first out:
+    after a burst, those under the one steady traffic reuses stayed open for good."""
+    monkeypatch.setattr(upstream, "KEEPALIVE", 0.2)
+    async with scripted(lambda n: [OK]) as server:
+        pool = UpstreamPool()
+        await asyncio.gather(*[fetch(pool, server.port) for _ in range(5)])
+        assert server.connections == 5
+
+        async def all_closed() -> bool:
+            return not pool._all
+
+        await wait_until(all_closed, timeout=5)
+        assert (await fetch(pool, server.port))[3] == b"ok"
         await pool.close()

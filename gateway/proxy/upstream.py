@@ -415,6 +415,7 @@ class UpstreamPool:
         self._idle_conns: dict[tuple[str, str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._hosts: dict[tuple[str, str, int], tuple[str, str]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -428,6 +429,27 @@ class UpstreamPool:
 
     def _idle(self, conn: _Connection) -> None:
         self._idle_conns.setdefault(conn.key, []).append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(KEEPALIVE, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for KEEPALIVE (the pool takes the newest first, so the
+        oldest would otherwise stay open for good); again while any is idle."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for key, idle in list(self._idle_conns.items()):
+            kept = [c for c in idle if not c.closed and now - c.idle_since < KEEPALIVE]
+            for conn in idle:
+                if conn not in kept:
+                    conn.close()
+                    self._all.discard(conn)
+            if kept:
+                idle[:] = kept
+            else:
+                del self._idle_conns[key]
+        if self._idle_conns:
+            self._sweeper = loop.call_later(KEEPALIVE / 2, self._sweep)
 
     async def _acquire(
         self, key: tuple[str, str, int], connect_timeout: float | None, fresh: bool = False
@@ -520,6 +542,9 @@ class UpstreamPool:
             return response
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.close()
         self._all.clear()
