@@ -280,6 +280,22 @@ async def test_long_and_many_headers_pass_both_ways_and_are_recorded(
     assert kept["x-long"] == long_value.decode() and kept["x-extra-199"] == "199"
 
 
+async def raw_post(gw: Gateway, extra_headers: bytes = b"") -> bytes:
+    """POST CHAT to the gateway from a raw socket (header bytes as given); the answer's head."""
+    host, port = gw.proxy_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = orjson.dumps(CHAT)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + extra_headers
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return head
+
+
 async def test_header_bytes_that_are_not_utf8_go_upstream_as_they_came(
     gw: Gateway, raw_upstream: RawUpstream
 ):
@@ -289,18 +305,10 @@ async def test_header_bytes_that_are_not_utf8_go_upstream_as_they_came(
     raw_upstream.answer = answer(
         b"200 OK", [(b"Content-Type", b"application/json")], orjson.dumps(COMPLETION)
     )
-    body = orjson.dumps(CHAT)
-    host, port = gw.proxy_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Raw: caf\xe9 \xff!\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    )
-    status = await reader.readline()
-    writer.close()
-    assert status.startswith(b"HTTP/1.1 200")
+    answered = await raw_post(gw, b"X-Raw: caf\xe9 \xff!\r\n")
+    assert answered.startswith(b"HTTP/1.1 200")
     ((head, sent),) = raw_upstream.requests
-    assert b"\r\nX-Raw: caf\xe9 \xff!\r\n" in head and sent == body
+    assert b"\r\nX-Raw: caf\xe9 \xff!\r\n" in head and sent == orjson.dumps(CHAT)
 
 
 async def test_an_upstream_answering_twice_has_its_first_answer_relayed_alone(
@@ -323,3 +331,29 @@ async def test_an_upstream_answering_twice_has_its_first_answer_relayed_alone(
     (record,) = await stored(gw)
     assert record.status == 200 and record.state == "complete"
     assert orjson.loads(record.response_body) == COMPLETION
+
+
+async def test_a_utf8_response_header_reaches_the_client_as_sent(
+    gw: Gateway, raw_upstream: RawUpstream
+):
+    """`café` in UTF-8 in a response header: the client gets those bytes, and the record reads
+    `café`. It was decoded as Latin-1, which aiohttp's server then wrote as UTF-8 (`cafÃ©`)."""
+    raw_upstream.answer = answer(
+        b"200 OK",
+        [(b"Content-Type", b"application/json"), (b"X-Name", "café ☕".encode())],
+        orjson.dumps(COMPLETION),
+    )
+    head = await raw_post(gw)
+    assert "\r\nX-Name: café ☕\r\n".encode() in head
+    # and nothing of aiohttp's own: the upstream sent no Date nor Server
+    assert b"\r\nDate:" not in head and b"\r\nServer:" not in head
+    (record,) = await stored(gw)
+    assert ("X-Name", "café ☕") in [tuple(h) for h in record.response_headers]
+
+
+async def test_no_content_type_is_added_to_an_answer_without_one(
+    gw: Gateway, raw_upstream: RawUpstream
+):
+    raw_upstream.answer = answer(b"200 OK", [], b"plain bytes, no type")
+    head = await raw_post(gw)
+    assert head.startswith(b"HTTP/1.1 200") and b"content-type" not in head.lower()

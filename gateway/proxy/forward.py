@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from gateway.capture import redact
@@ -172,14 +172,41 @@ class Route:
     provider: str
 
 
-class SizedResponse(web.StreamResponse):
+class RelayedResponse(web.StreamResponse):
+    """A response relayed from the upstream, with the headers it came with and no more:
+    aiohttp's server gives a response that lacks them a `Date`, a `Server` (its own name) and,
+    with a body, `Content-Type: application/octet-stream`; a relay adds none (framing aside:
+    chunking, `Connection`). Streams (no Content-Length: SSE, chunked) send the head at once,
+    so a client sees the status as soon as the upstream sends it."""
+
+    async def _prepare_headers(self) -> None:
+        headers = self._headers
+        had = hdrs.DATE in headers, hdrs.SERVER in headers, hdrs.CONTENT_TYPE in headers
+        await super()._prepare_headers()
+        for name, present in zip(ADDED_BY_AIOHTTP, had, strict=True):
+            if not present:
+                headers.popall(name, None)
+
+
+ADDED_BY_AIOHTTP = (hdrs.DATE, hdrs.SERVER, hdrs.CONTENT_TYPE)
+
+
+class SizedResponse(RelayedResponse):
     """A response whose length the upstream gave (Content-Length): its head goes out with the
     first body bytes, in one send, rather than in a send of its own (aiohttp's StreamResponse
     sends the head at `prepare`). The client sees the same bytes; a 1 KB call costs one
-    system call fewer. Streams (no Content-Length: SSE, chunked) keep the head sent at once,
-    so a client sees the status as soon as the upstream sends it."""
+    system call fewer."""
 
     _send_headers_immediately = False
+
+
+def header_text(raw: bytes) -> str:
+    """An upstream's header bytes as text aiohttp's server writes back as the same bytes (it
+    writes UTF-8): UTF-8 when they are, else Latin-1 (one character a byte, kept whole)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 WEBSOCKET_NOT_PROXIED = (
@@ -505,7 +532,10 @@ class Proxy:
         exchange.ttfb_ms = (time.perf_counter() - started) * 1000
         exchange.status = upstream.status
         redacted: list[tuple[str, str]] = []
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+        pairs = [
+            (k.decode("latin-1"), v.decode("latin-1") if v.isascii() else header_text(v))
+            for k, v in upstream.raw_headers
+        ]
         headers = forwarded_headers(pairs, redacted)
         exchange.response_headers = redacted
         return headers
@@ -543,7 +573,7 @@ class Proxy:
         started: float,
     ) -> web.StreamResponse:
         headers = self._response_head(exchange, upstream, started)
-        kind = SizedResponse if upstream.content_length is not None else web.StreamResponse
+        kind = SizedResponse if upstream.content_length is not None else RelayedResponse
         response = kind(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
