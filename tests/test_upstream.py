@@ -101,22 +101,20 @@ async def fetch(
     return response.status, response.reason, response.raw_headers, data
 
 
-async def test_sequential_calls_share_one_connection():
-    async with scripted(lambda n: [OK]) as server:
-        pool = UpstreamPool()
-        for _ in range(5):
-            assert (await fetch(pool, server.port))[3] == b"ok"
-        assert server.connections == 1
-        await pool.close()
+CLOSING = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
 
 
-async def test_connection_close_is_honoured():
-    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-    async with scripted(lambda n: [closing, b"<close>"]) as server:
+@pytest.mark.parametrize(
+    "pieces, connections",
+    [([OK], 1), ([CLOSING, b"<close>"], 3)],
+    ids=["kept alive: one connection", "Connection: close honoured"],
+)
+async def test_sequential_calls_share_a_connection_unless_told_to_close(pieces, connections):
+    async with scripted(lambda n: pieces) as server:
         pool = UpstreamPool()
         for _ in range(3):
             assert (await fetch(pool, server.port))[3] == b"ok"
-        assert server.connections == 3
+        assert server.connections == connections
         await pool.close()
 
 
