@@ -26,18 +26,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 async def serve(port: int, upstream: str) -> None:
     from aiohttp import web
 
-    from gateway.proxy.forward import HEADER_BYTES, MAX_HEADERS, Proxy, client_session
+    from gateway.proxy import forward
+    from gateway.proxy.forward import Proxy, client_session
     from gateway.writer.memory import tune_gc
 
     session = client_session()
-    try:  # the upstream client the gateway uses (trees from before it have none)
-        from gateway.proxy.upstream import Limits, UpstreamPool
-
-        extra: dict[str, Any] = {
-            "pool": UpstreamPool(Limits(HEADER_BYTES, HEADER_BYTES, MAX_HEADERS))
-        }
-    except ImportError:
-        extra = {}
+    # the upstream client the gateway uses (trees from before it have none)
+    extra: dict[str, Any] = {}
+    if hasattr(forward, "upstream_pool"):
+        extra["pool"] = forward.upstream_pool()
     proxy = Proxy(
         upstream, session, lambda exchange: None, timeout=300, max_body_bytes=10**7, **extra
     )

@@ -41,9 +41,15 @@ from gateway.providers import make_providers, provider_named
 from gateway.providers.base import Provider
 from gateway.proxy import scrub
 from gateway.proxy.budgets import BudgetGuard
-from gateway.proxy.forward import HEADER_BYTES, MAX_HEADERS, Proxy, Route, client_session
+from gateway.proxy.forward import (
+    HEADER_BYTES,
+    MAX_HEADERS,
+    Proxy,
+    Route,
+    client_session,
+    upstream_pool,
+)
 from gateway.proxy.server_log import HTTP_LOG
-from gateway.proxy.upstream import Limits, UpstreamPool
 from gateway.proxy.workers import WorkerGroup
 from gateway.replay.campaigns import Campaigns
 from gateway.replay.dataset_experiments import DatasetExperiments
@@ -244,7 +250,7 @@ class Gateway:
         undo.push_async_callback(self.recorder.stop, max(5.0, self.settings.shutdown_grace))
         self.session = client_session()
         undo.push_async_callback(self.session.close)
-        pool = UpstreamPool(Limits(HEADER_BYTES, HEADER_BYTES, MAX_HEADERS))
+        pool = upstream_pool()
         undo.push_async_callback(pool.close)
         self.proxy = Proxy(
             self.settings.upstream,

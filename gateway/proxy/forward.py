@@ -34,7 +34,7 @@ from gateway.capture.exchange import (
 from gateway.lifecycle import InFlight
 from gateway.proxy import scrub
 from gateway.proxy.budgets import BudgetGuard
-from gateway.proxy.upstream import UpstreamPool, UpstreamResponse
+from gateway.proxy.upstream import Limits, UpstreamPool, UpstreamResponse
 from gateway.store.budgets import Budget
 
 log = logging.getLogger("agentops.proxy")
@@ -680,3 +680,8 @@ def client_session(limit: int = 0, **kwargs: Any) -> aiohttp.ClientSession:
         max_headers=MAX_HEADERS,
         **kwargs,
     )
+
+
+def upstream_pool() -> UpstreamPool:
+    """The proxy's own upstream client, with the header limits of `client_session`."""
+    return UpstreamPool(Limits(HEADER_BYTES, HEADER_BYTES, MAX_HEADERS))
