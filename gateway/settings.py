@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.errors import UserError
+from gateway.store.urls import describe_url
 
 
 class ConfigError(UserError, ValueError):
@@ -448,9 +449,9 @@ class Settings:
             return
         name = urlsplit(self.db).path.lstrip("/")
         if not name:
-            shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.db)  # no password
             raise ConfigError(
-                f"--db names no PostgreSQL database (the /name at its end): {shape}, got {shown!r}"
+                f"--db names no PostgreSQL database (the /name at its end): {shape}, "
+                f"got {describe_url(self.db)!r}"
             )
 
     def validate(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.capture.redact import fingerprint, is_secret_name, key_of, redact_headers, redact_query
 from gateway.settings import ConfigError, Settings, parse_bytes, parse_days
+from gateway.store.urls import describe_url
 
 
 def test_flags_beat_environment_beat_defaults():
@@ -88,6 +89,28 @@ def test_a_db_url_without_its_database_says_which_part_is_missing():
         Settings.build({"db": "sqlite://"}, {})
     for fine in ("sqlite://a.db", "sqlite:///tmp/x/a.db", "postgres://u@h:5432/agentops"):
         assert Settings.build({"db": fine}, {}).db == fine
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"),
+        ("postgres://u:se@cr@et@h:5432/db", "postgres://u:***@h:5432/db"),  # '@' in the password
+        ("postgresql://u:p:w@h/db?ssl=true", "postgresql://u:***@h/db?ssl=true"),
+        ("postgres://u@h:5432/db", "postgres://u@h:5432/db"),
+        ("postgres://u:@h/db", "postgres://u:***@h/db"),
+        ("sqlite:///tmp/a@b:c.db", "sqlite:///tmp/a@b:c.db"),  # no host part: nothing hidden
+    ],
+)
+def test_a_db_url_is_shown_without_its_password(url: str, shown: str):
+    """One rule (gateway/store/urls.py) for every message that shows a database URL,
+    --db's refusals included: the password is hidden whole, an '@' in it too."""
+    assert describe_url(url) == shown
+    if url.startswith("postgres"):
+        bare = url.split("/db", 1)[0] + "/"  # the same URL without its database name
+        with pytest.raises(ConfigError, match="names no PostgreSQL database") as refused:
+            Settings.build({"db": bare}, {})
+        assert repr(describe_url(bare)) in str(refused.value)
 
 
 def test_public_ui_needs_a_token():
