@@ -776,6 +776,8 @@ def finetune(**options: Any) -> None:
         poll_every=options["poll_every"],
         timeout=options["timeout"],
     )
+    if not opts.out.parent.is_dir():  # as `export` says it, before the database is read
+        fail(f"--out: the folder {opts.out.parent} does not exist")
     key = key_from_environ(os.environ)
     if key is None and not opts.dry_run:
         fail("no API key to fine-tune with: set AGENTOPS_REPLAY_API_KEY (or MISTRAL_API_KEY)")

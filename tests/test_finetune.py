@@ -24,7 +24,16 @@ from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import Store
 from gateway.store.failures import failing_calls
 from gateway.store.urls import tortoise_config
-from tests.conftest import CLI, ROOT, Upstream, free_port, make_settings, running, wait_until
+from tests.conftest import (
+    CLI,
+    ROOT,
+    Upstream,
+    free_port,
+    make_settings,
+    migrated_sqlite,
+    running,
+    wait_until,
+)
 
 KEY = "sk-finetune-test-key-0000111122223333"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -198,6 +207,17 @@ async def test_bad_options_exit_2(args: tuple[str, ...], tmp_path: Path):
     code, _, stderr = await run_cli("--db", f"sqlite://{tmp_path / 'x.db'}", *args)
     assert code == 2, stderr
     assert "Traceback" not in stderr
+
+
+async def test_out_in_a_missing_folder_exits_2_as_export_does(tmp_path: Path):
+    """`--out` in a folder that does not exist is refused before the database is read, with
+    `export`'s message: a typo in the path makes no folders."""
+    out = tmp_path / "no-such-folder" / "failures.jsonl"
+    db = migrated_sqlite(tmp_path / "f.db")
+    code, _, stderr = await run_cli("--db", db, "--dry-run", "--out", str(out))
+    assert code == 2, stderr
+    assert f"--out: the folder {out.parent} does not exist" in stderr
+    assert "Traceback" not in stderr and not out.parent.exists()
 
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]

@@ -181,6 +181,6 @@ def problems_of(line: Any) -> list[str]:
 
 
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
-    """The training file, one example per line (UTF-8, no trailing spaces)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The training file, one example per line (UTF-8, no trailing spaces), in a folder that
+    exists (`finetune --out` refuses one that does not, as `export --out` does)."""
     path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
