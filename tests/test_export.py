@@ -198,7 +198,9 @@ async def test_export_formats_presets_and_filters(upstream: Upstream, db_url: st
         db_url, tmp_path / "429.jsonl", "jsonl", filter=ExchangeFilter(status_class=4)
     ) == (1, 0)
     (record,) = lines(tmp_path / "429.jsonl")
-    assert record["status"] == 429 and record["messages"] is None and record["cost_usd"] is None
+    assert record["status"] == 429 and record["cost_usd"] is None
+    # A failed call's record has the messages it sent (no reply to append).
+    assert record["messages"] == [{"role": "user", "content": "too fast"}]
     assert orjson.loads(record["request_body"])["messages"][0]["content"] == "too fast"
     # The failure's kind beside its message (the fake sends Mistral's rate-limit body).
     assert (record["error_type"], record["error_code"]) == ("rate_limited", "1300")

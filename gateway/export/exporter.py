@@ -25,7 +25,7 @@ import orjson
 
 from gateway.errors import UserError
 from gateway.export.failures import problems_of
-from gateway.export.finetune import conversation, example, parse_for_export
+from gateway.export.finetune import example, parse_for_export, sent_and_answered
 from gateway.providers.mistral import MistralProvider
 from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.exports import ExportReader, ExportRun, Failures
@@ -270,7 +270,7 @@ async def _records(
 
     def shaped(parsed: Any, flat: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
         if request.format != "mistral":
-            return flat(conversation(parsed))
+            return flat(sent_and_answered(parsed))
         found = example(parsed)
         if found is None:
             result.skipped += 1

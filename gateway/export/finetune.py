@@ -1,5 +1,5 @@
 """Stored exchanges as chat examples: Mistral's fine-tuning format, and the normalised
-`messages` column of flat exports.
+`messages` column of flat exports (a failed call's too: what it sent).
 
 A training example is the call's input messages plus its reply, from the stored bodies
 (re-parsed by the provider, streams reassembled). Mistral's format: {"messages": [...],
@@ -76,6 +76,19 @@ def conversation(parsed: Parsed | None) -> list[dict[str, Any]] | None:
         return None
     messages = [message(m) for m in parsed.messages_in if m.get("role") in ROLES]
     return [*messages, message(parsed.message_out)]
+
+
+def sent_and_answered(parsed: Parsed | None) -> list[dict[str, Any]] | None:
+    """The `messages` of a flat export record: the call's input messages, plus its reply
+    when it has one. A failed call (an error status, no response) keeps what it sent, which
+    is what a reader of failures looks for; None without input messages (FIM, embeddings,
+    omitted bodies)."""
+    if parsed is None or parsed.messages_in is None:
+        return None
+    whole = conversation(parsed)
+    if whole is not None:
+        return whole
+    return [message(m) for m in parsed.messages_in if m.get("role") in ROLES]
 
 
 def example(parsed: Parsed | None) -> dict[str, Any] | None:
