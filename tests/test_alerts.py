@@ -116,7 +116,7 @@ async def test_error_rate_fires_once_then_resolves(
         "threshold": 0.5,
         "resolved_at": None,
     }
-    assert item["id"] and item["started_at"]
+    assert isinstance(item["id"], str) and item["started_at"]
     await assert_gauge(gw, "chat errors", 1.0)
 
     assert [await call(gw) for _ in range(3)] == [200] * 3  # 2 of 5 failed: below 0.5
@@ -301,16 +301,17 @@ async def test_rules_api_validation_and_crud(gw: Gateway):
     assert rule["webhook_url"] == "https://hooks.slack.com/…"
     assert rule["scope"] == {"kind": "run", "value": "nightly"} and rule["window_seconds"] == 300
     rid = rule["id"]
+    assert isinstance(rid, str) and rid.isdigit()  # a string, as every /api resource's id
     status, listed = await api(gw, "GET", "/api/alert-rules")
     assert [r["id"] for r in listed["items"]] == [rid] and SECRET not in str(listed)
 
     status, patched = await api(gw, "PATCH", f"/api/alert-rules/{rid}", {"threshold": 3000})
     assert status == 200 and patched["threshold"] == 3000 and patched["name"] == "p95"
-    stored = await gw.alert_store.get_rule(rid)
+    stored = await gw.alert_store.get_rule(int(rid))
     assert stored is not None and stored.webhook_url == hook  # a masked URL sent back keeps it
     status, put = await api(gw, "PUT", f"/api/alert-rules/{rid}", {**patched, "enabled": False})
     assert status == 200 and put["enabled"] is False
-    stored = await gw.alert_store.get_rule(rid)
+    stored = await gw.alert_store.get_rule(int(rid))
     assert stored is not None and stored.webhook_url == hook and stored.threshold == 3000
     status, answer = await api(gw, "PUT", f"/api/alert-rules/{rid}", {"name": "only"})
     assert status == 400 and "kind is required" in answer["error"]
@@ -320,6 +321,15 @@ async def test_rules_api_validation_and_crud(gw: Gateway):
         assert status == 404 and answer["error"] == "alert rule not found", method
     status, answer = await api(gw, "GET", "/api/alert-rules/abc")
     assert status == 404
+    # An id no rule can have is unknown, never a 500 (PostgreSQL's ids are 32-bit); as a
+    # filter it selects nothing, as a filter on any unknown id does.
+    for method in ("GET", "PATCH", "DELETE"):
+        status, _ = await api(gw, method, "/api/alert-rules/99999999999", {"threshold": 1})
+        assert status == 404, method
+    status, answer = await api(gw, "GET", "/api/alerts?rule=99999999999")
+    assert status == 200 and answer == {"items": []}
+    status, answer = await api(gw, "GET", "/api/alerts?rule=abc")
+    assert status == 400 and "rule" in answer["error"]
     status, answer = await api(gw, "GET", "/api/alerts?state=open")
     assert status == 400 and "state must be firing or resolved" in answer["error"]
     status, answer = await api(gw, "GET", "/api/alerts?limit=0")

@@ -98,7 +98,7 @@ async def test_soft_budget_crossings_reach_history_and_webhook_once_per_period(
     # a restarted gateway or a replica (a new evaluator, nothing in memory) tells it no more
     replica = AlertEvaluator(gw.alert_store, Webhooks(), 3600, zone=ZoneInfo("UTC"))
     await replica.evaluate()
-    assert replica.firing == {(rule["id"], "spend caps"): 1}
+    assert replica.firing == {(int(rule["id"]), "spend caps"): 1}
     [item] = await history(gw)
     assert set(item) >= ITEM_FIELDS
     assert (item["rule"], item["state"], item["threshold"]) == (rule["id"], "firing", 0.8)

@@ -1,8 +1,10 @@
 """The alerts API on the UI port: rules at /api/alert-rules (create, list, read, replace,
 change, delete) and what they raised at /api/alerts, newest first.
 
-Same conventions as the rest of the API: 400 names the bad field, 404 for unknown ids. Rule
-reads show the webhook URL masked (it may be a secret); sending it back masked keeps it.
+Same conventions as the rest of the API: ids are strings (a rule's `id`, an alert's `id` and
+`rule`), 400 names the bad field, 404 for unknown ids (in a path: anything that is not an id a
+rule can have), a filter on an unknown id selects nothing. Rule reads show the webhook URL
+masked (it may be a secret); sending it back masked keeps it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.exchanges import json_body, json_response, not_found
+from gateway.capture.exchange import MAX_ID, is_id
 from gateway.errors import UserError
 from gateway.integrations.alert_rules import parse_rule, rule_json
 from gateway.store.alerts import AlertRule, AlertStore
@@ -17,12 +20,13 @@ from gateway.store.query import parse_int
 
 ALERTS = web.AppKey("alerts", AlertStore)
 STATES = ("firing", "resolved")
+MAX_RULE_ID = 2**31 - 1  # rules and alerts are numbered by the database (a 32-bit column)
 routes = web.RouteTableDef()
 
 
 def rule_id(request: web.Request) -> int:
     value = request.match_info["id"]
-    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+    if not is_id(value) or int(value) > MAX_RULE_ID:
         raise not_found("alert rule")
     return int(value)
 
@@ -67,7 +71,7 @@ async def change_rule(request: web.Request) -> web.Response:
 async def delete_rule(request: web.Request) -> web.Response:
     if not await request.app[ALERTS].delete_rule(rule_id(request)):
         raise not_found("alert rule")
-    return json_response({"deleted": int(request.match_info["id"])})
+    return json_response({"deleted": str(rule_id(request))})
 
 
 @routes.get("/api/alerts")
@@ -76,7 +80,9 @@ async def list_alerts(request: web.Request) -> web.Response:
     state = query.get("state") or None
     if state is not None and state not in STATES:
         raise UserError(f"state must be firing or resolved, got {state!r}")
-    rule = parse_int("rule", query.get("rule"), low=1, high=10**9)
+    rule = parse_int("rule", query.get("rule"), low=1, high=MAX_ID)
     limit = parse_int("limit", query.get("limit"), low=1, high=1000) or 100
+    if rule is not None and rule > MAX_RULE_ID:  # no rule has it (nor can the column hold it)
+        return json_response({"items": []})
     alerts = await request.app[ALERTS].history(rule, state, limit)
     return json_response({"items": [alert.to_json() for alert in alerts]})

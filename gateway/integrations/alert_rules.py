@@ -49,7 +49,7 @@ def masked(url: str | None) -> str | None:
 
 def rule_json(rule: AlertRule) -> dict[str, Any]:
     return {
-        "id": rule.id,
+        "id": str(rule.id),  # a string, as every id in the API
         "name": rule.name,
         "kind": rule.kind,
         "scope": {"kind": rule.scope_kind, "value": rule.scope_value},

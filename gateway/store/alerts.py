@@ -85,8 +85,8 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id,
-            "rule": self.rule_id,
+            "id": str(self.id),  # strings, as every id in the API
+            "rule": str(self.rule_id),
             "rule_name": self.rule_name,
             "state": self.state,
             "started_at": self.started_at.isoformat(),
