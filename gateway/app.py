@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,6 +69,7 @@ from gateway.store.judges import JudgeStore
 from gateway.store.replays import ReplayStore
 from gateway.store.runs import RunStore
 from gateway.writer import WriterProcess
+from gateway.writer.health import Health
 
 log = logging.getLogger("agentops")
 
@@ -92,6 +94,7 @@ def create_ui_app(gateway: Gateway) -> web.Application:
     app[replay_api.EXPERIMENTS] = gateway.experiments
     app[alerts_api.ALERTS] = gateway.alert_store
     app[budgets_api.GUARD] = gateway.guard
+    app[api.PIPELINE] = gateway.pipeline_health
     if gateway.workers is not None:
         app[api.WORKERS] = gateway.workers.report
     app[datasets_api.DATASETS] = gateway.datasets
@@ -180,7 +183,7 @@ class Gateway:
             self.alert_store,
             self.webhooks,
             settings.alert_interval,
-            lambda: self.recorder.health(),
+            self._dropped_health,
             timezone(settings.budget_timezone),
         )
         # Budgets: a bad file fails here, at start; the workers read them from the database.
@@ -195,6 +198,7 @@ class Gateway:
             prometheus.MetricsEndpoint(
                 self.recorder,
                 self._worker_metrics,
+                health=self.pipeline_health,
                 alerts=self.alerts.firing_now,
                 budgets=lambda: self.guard.standings,
             )
@@ -210,6 +214,20 @@ class Gateway:
         self.ui_in_flight = InFlight()  # UI/API requests being served
         self.proxy_url = ""
         self.ui_url = ""
+
+    def pipeline_health(self) -> dict[str, Any]:
+        """The capture pipeline's figures as /healthz and /metrics show them: this process's
+        writer's, or with `serve --workers N` the totals over it and every worker's."""
+        own = self.recorder.health().to_json()
+        return own if self.workers is None else self.workers.totals(own)
+
+    def _dropped_health(self) -> Health:
+        """What `capture_loss` alerts read: the writer's health, with the drops of every
+        worker counted in (`serve --workers N`)."""
+        health = self.recorder.health()
+        if self.workers is None:
+            return health
+        return replace(health, dropped_records=self.pipeline_health()["dropped_records"])
 
     async def _worker_metrics(self) -> list[bytes]:
         """The workers' writers' call metrics (PostgreSQL: a writer per worker; on SQLite

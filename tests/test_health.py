@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.api.exchanges import health_reasons
-from gateway.writer.health import Health, WriterHealth
+from gateway.writer.health import Health, WriterHealth, retire, totals
 from tests.conftest import Upstream, calls, health, make_settings, running
 
 
@@ -132,3 +132,39 @@ def test_the_typed_health_becomes_the_same_healthz_fields():
         *proxy_side.items(),
         *{**tail, "database": "unknown"}.items(),
     ]
+
+
+def test_worker_totals_add_counts_keep_the_worst_and_the_retired():
+    """`serve --workers N`: counts add up over the supervisor, the live workers and the
+    workers since replaced (counters only); the lag is the longest, a flag holds if it holds
+    anywhere, integrations add up per name; the supervisor's own figures stay beside."""
+    own = {
+        "queue_depth": 1,
+        "spool_bytes": 0,
+        "dropped_records": 0,
+        "written_records": 5,
+        "integrations": {"otel": {"sent": 2, "dropped": 0, "queued": 0}},
+        "writer_lag_seconds": 0.1,
+        "writer_lagging": False,
+        "dropped_recently": False,
+    }
+    worker = {
+        "queue_depth": 2,
+        "spool_bytes": 300,
+        "dropped_records": 1,
+        "written_records": 7,
+        "integrations": {"otel": {"sent": 3, "dropped": 1, "queued": 4}},
+        "writer_lag_seconds": 2.5,
+        "writer_lagging": True,
+        "dropped_recently": True,
+    }
+    relay = {"queue_depth": 3, "spool_bytes": 0, "dropped_records": 0, "database": "relayed"}
+    retired: dict[str, int] = {}
+    retire(retired, {"written_records": 11, "queue_depth": 9, "spool_bytes": 99})
+    got = totals(own, [worker, relay], retired)
+    assert (got["written_records"], got["dropped_records"]) == (5 + 7 + 11, 1)
+    assert (got["queue_depth"], got["spool_bytes"]) == (6, 300)  # gauges: live processes only
+    assert got["writer_lag_seconds"] == 2.5 and got["writer_lagging"] and got["dropped_recently"]
+    assert got["integrations"] == {"otel": {"sent": 5, "dropped": 1, "queued": 4}}
+    assert got["supervisor"]["written_records"] == 5 and list(got)[: len(own)] == list(own)
+    assert health_reasons({**got, "database": "ok"})[:2] == ["spool", "writer_lag"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from mistralai.client import Mistral
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.store.exchanges import ExchangeFilter, Store
 from tests.conftest import CLI, ROOT, Upstream, free_port, wait_until
@@ -285,6 +286,55 @@ async def test_calls_finished_after_the_supervisor_is_killed_are_stored_at_the_n
     finally:
         await store.close()
     assert sorted(item.state for item in items) == ["complete"] * 3  # once each, answered
+
+
+async def metric(served: Served, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{served.ui}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+async def test_health_figures_are_totals_over_the_workers(
+    upstream: Upstream, db_url: str, tmp_path: Path
+):
+    """/healthz's top-level counts add up the supervisor's writer and every worker's (on
+    PostgreSQL each worker's writer stores its own calls), a restarted worker's stay counted,
+    and /metrics's pipeline figures are the same totals."""
+    async with serve(upstream, db_url, tmp_path, "--workers", "2") as served:
+        assert all(await asyncio.gather(*(one_call(served, n) for n in range(16))))
+
+        async def written(count: int) -> bool:
+            return (await served.health())["written_records"] >= count
+
+        await wait_until(lambda: written(16))
+        health = await served.health()
+        own, theirs = health["supervisor"], [w["health"] for w in health["workers"]]
+        for key in ("written_records", "dropped_records", "queue_depth", "spool_bytes"):
+            assert health[key] == own.get(key, 0) + sum(w.get(key, 0) for w in theirs), key
+        assert {"index", "pid", "state", "restarts", "served"} <= set(health["workers"][0])
+
+        async def scraped_the_same() -> bool:
+            health = await served.health()
+            return await metric(served, "agentops_written_records_total") == float(
+                health["written_records"]
+            )
+
+        await wait_until(scraped_the_same)
+        before = health["written_records"]
+        killed = health["workers"][0]["pid"]
+        os.kill(killed, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            first = (await served.health())["workers"][0]
+            return first["state"] == "up" and first["pid"] != killed and "health" in first
+
+        await wait_until(restarted, timeout=60)
+        assert (await served.health())["written_records"] >= before  # its count is kept
 
 
 async def test_port_in_use_exits_2(upstream: Upstream, tmp_path: Path):

@@ -34,6 +34,9 @@ RECORDER = web.AppKey("recorder", WriterProcess)
 PRICES = web.AppKey("prices", PriceTable)
 RUNS = web.AppKey("runs", RunStore)
 PROVIDERS: web.AppKey[Callable[[str], Provider]] = web.AppKey("providers")
+# The capture pipeline's figures (Gateway.pipeline_health): with `serve --workers N`, the
+# totals over every process's writer
+PIPELINE: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("pipeline")
 # `serve --workers N`: each proxy process's state (gateway/proxy/workers.py)
 WORKERS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("workers")
 
@@ -79,10 +82,12 @@ async def healthz(request: web.Request) -> web.Response:
     `database` (unreachable, or the writer's last write failed), `spool` (records wait on
     disk), `quarantined` (rows in the quarantine table), `writer_lag` (records have waited
     longer than the lag guard's limit), `writer` (the writer process is down), `dropped`
-    (records were dropped in the last DROPPED_WINDOW seconds)."""
+    (records were dropped in the last DROPPED_WINDOW seconds). With `serve --workers N` the
+    figures are totals over every worker and the supervisor (`supervisor` has its own)."""
     recorder = request.app[RECORDER]
     store = request.app[STORE]
-    health = recorder.health().to_json()
+    pipeline = request.app.get(PIPELINE)
+    health = pipeline() if pipeline is not None else recorder.health().to_json()
     db_up = await store.ping()
     health["database"] = "ok" if db_up and recorder.db_ok else "down"
     try:

@@ -162,18 +162,21 @@ class MetricsEndpoint:
         self,
         recorder: WriterProcess,
         others: Callable[[], Awaitable[list[bytes]]] | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
         alerts: Callable[[], dict[tuple[int, str], int]] | None = None,
         budgets: Callable[[], Sequence[BudgetLike]] | None = None,
     ) -> None:
         """`others`: more writers' call metrics to add in (`serve --workers N` on
-        PostgreSQL, where each worker has a writer of its own). `budgets`: the budgets'
-        standings now (gateway/proxy/budgets.py), shown as spend and limit gauges."""
+        PostgreSQL, where each worker has a writer of its own). `health`: the pipeline's
+        figures as /healthz has them (default: the recorder's own; with `serve --workers N`
+        the totals over every worker). `budgets`: the budgets' standings now
+        (gateway/proxy/budgets.py), shown as spend and limit gauges."""
         from prometheus_client import CollectorRegistry
 
         self.recorder = recorder
         self.others = others
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(PipelineCollector(recorder))
+        self.registry.register(PipelineCollector(health or (lambda: recorder.health().to_json())))
         if alerts is not None:
             self.registry.register(AlertsCollector(alerts))
         if budgets is not None:
@@ -269,10 +272,11 @@ class BudgetCollector:
 
 
 class PipelineCollector:
-    """The capture pipeline's state, read at scrape time from the writer's health reports."""
+    """The capture pipeline's state, read at scrape time from the /healthz figures (the
+    writers' health reports; the writer's own fields are absent until it reported)."""
 
-    def __init__(self, recorder: WriterProcess) -> None:
-        self.recorder = recorder
+    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+        self.health = health
 
     def describe(self) -> list[Any]:
         return []  # series are only known at collect time
@@ -280,46 +284,41 @@ class PipelineCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        health = self.recorder.health()
-        writer = health.writer  # None while no writer process has reported
+        health = self.health()
         yield GaugeMetricFamily(
             "agentops_writer_up",
             "1 while the writer process runs.",
-            value=1 if health.writer_process == "ok" else 0,
+            value=1 if health.get("writer_process") == "ok" else 0,
         )
         yield GaugeMetricFamily(
-            "agentops_queue_depth", "Records waiting for the writer.", value=health.queue_depth
+            "agentops_queue_depth", "Records waiting for the writer.", value=health["queue_depth"]
         )
         yield GaugeMetricFamily(
-            "agentops_queue_capacity", "Size of the in-memory queue.", value=health.queue_size
+            "agentops_queue_capacity", "Size of the in-memory queue.", value=health["queue_size"]
         )
         yield GaugeMetricFamily(
-            "agentops_spool_bytes", "Bytes waiting in the disk spool.", value=health.spool_bytes
+            "agentops_spool_bytes", "Bytes waiting in the disk spool.", value=health["spool_bytes"]
         )
         yield GaugeMetricFamily(
             "agentops_database_up",
             "1 when the last write succeeded.",
-            value=1 if health.database == "ok" else 0,
+            value=1 if health.get("database") == "ok" else 0,
         )
         for name, value, text in (
-            (
-                "agentops_written_records",
-                writer.written_records if writer else 0,
-                "Records stored.",
-            ),
+            ("agentops_written_records", health.get("written_records", 0), "Records stored."),
             (
                 "agentops_spooled_records",
-                health.spooled_records,
+                health["spooled_records"],
                 "Records that went to the disk spool.",
             ),
             (
                 "agentops_dropped_records",
-                health.dropped_records,
+                health["dropped_records"],
                 "Records lost: spool full, or unparseable.",
             ),
             (
                 "agentops_database_errors",
-                writer.database_errors if writer else 0,
+                health.get("database_errors", 0),
                 "Failed database writes.",
             ),
         ):
@@ -339,7 +338,7 @@ class PipelineCollector:
             "Items waiting in an integration's queue.",
             labels=["integration"],
         )
-        for name, stats in (writer.integrations if writer else {}).items():
+        for name, stats in (health.get("integrations") or {}).items():
             sent.add_metric([name], stats["sent"])
             dropped.add_metric([name], stats["dropped"])
             queued.add_metric([name], stats["queued"])

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import Unavailable
+from gateway.writer import health
 
 log = logging.getLogger("agentops.workers")
 
@@ -110,6 +111,7 @@ class WorkerGroup:
         self._metrics: dict[int, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.restarted = 0
+        self.retired: dict[str, int] = {}  # the last counters of workers that exited
         self.started = False  # every worker was ready once: failures now mean restarts
 
     async def start(self) -> None:
@@ -177,7 +179,8 @@ class WorkerGroup:
     async def _exited(self, worker: Worker) -> None:
         """The worker's pipe closed: it is gone (or going). Restart it unless stopping."""
         await asyncio.to_thread(worker.process.join, 30)
-        worker.exited.set()
+        worker.exited.set()  # its counts now live on in `retired`, its gauges end
+        health.retire(self.retired, worker.stats.get("health") or {})
         if worker.open and self.on_lost is not None:  # it died with calls in flight
             lost, worker.open = list(worker.open.values()), {}
             self.on_lost(worker.index, lost)
@@ -252,6 +255,12 @@ class WorkerGroup:
             }
             for w in sorted(self.workers.values(), key=lambda w: w.index)
         ]
+
+    def totals(self, own: dict[str, Any]) -> dict[str, Any]:
+        """The supervisor's pipeline figures (`own`, /healthz's) as totals over the group:
+        its writer's, each live worker's last report, and the counters of exited ones."""
+        live = [w.stats.get("health") or {} for w in self.workers.values() if not w.exited.is_set()]
+        return health.totals(own, live, self.retired)
 
     async def metrics(self, timeout: float) -> list[bytes]:
         """Each live worker's writer metrics (PostgreSQL: a writer per worker)."""

@@ -81,3 +81,63 @@ class Health:
         data["writer_lagging"] = self.writer_lagging
         data["dropped_recently"] = self.dropped_recently
         return data
+
+
+# `serve --workers N`: the /healthz figures that are totals over the group's processes (the
+# supervisor's writer and each worker's, or on SQLite each worker's relay), and of those the
+# counts that only grow: a replaced worker's last ones are kept, or a restart would lower them.
+SUMMED = (
+    "queue_depth",
+    "queue_size",
+    "spool_bytes",
+    "spooled_records",
+    "dropped_records",
+    "written_records",
+    "database_errors",
+    "quarantined_by_writer",
+    "waiting_for_parent",
+    "id_collisions",
+    "missing_calls",
+    "recovered_records",
+)
+COUNTERS = frozenset(SUMMED) - {"queue_depth", "queue_size", "spool_bytes", "waiting_for_parent"}
+
+
+def totals(
+    own: dict[str, Any], workers: list[dict[str, Any]], retired: dict[str, int]
+) -> dict[str, Any]:
+    """The supervisor's /healthz fields (`own`) with the SUMMED figures added up over it, the
+    live workers' last reports and `retired` (counters of workers since replaced); the lag is
+    the longest, `writer_lagging` and `dropped_recently` hold if they hold anywhere. `own`'s
+    figures are kept under `supervisor`."""
+    data = dict(own)
+    for key in SUMMED:
+        if key in own or any(key in w for w in workers):
+            parts = [own.get(key), retired.get(key), *(w.get(key) for w in workers)]
+            data[key] = sum(p for p in parts if isinstance(p, int | float))
+    data["writer_lag_seconds"] = max(
+        [own.get("writer_lag_seconds", 0.0), *(w.get("writer_lag_seconds", 0.0) for w in workers)]
+    )
+    for flag in ("writer_lagging", "dropped_recently"):
+        data[flag] = any(bool(d.get(flag)) for d in (own, *workers))
+    integrations: dict[str, dict[str, Any]] = {}
+    for source in (own, *workers):
+        for name, stats in (source.get("integrations") or {}).items():
+            into = integrations.setdefault(name, {})
+            for stat, value in stats.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    into[stat] = into.get(stat, 0) + value
+                else:
+                    into.setdefault(stat, value)
+    if "integrations" in data or integrations:
+        data["integrations"] = integrations
+    data["supervisor"] = {key: own[key] for key in SUMMED if key in own}
+    return data
+
+
+def retire(retired: dict[str, int], last: dict[str, Any]) -> None:
+    """A worker is gone: keep the counters of its last report in `retired`."""
+    for key in COUNTERS:
+        value = last.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            retired[key] = retired.get(key, 0) + value
