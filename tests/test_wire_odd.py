@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gateway.app import Gateway
+from gateway.proxy.forward import head_bytes
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.records import StoredExchange
 from tests.conftest import make_settings, migrated_sqlite, running
@@ -357,3 +358,35 @@ async def test_no_content_type_is_added_to_an_answer_without_one(
     raw_upstream.answer = answer(b"200 OK", [], b"plain bytes, no type")
     head = await raw_post(gw)
     assert head.startswith(b"HTTP/1.1 200") and b"content-type" not in head.lower()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "close-delimited"])
+async def test_response_header_and_reason_bytes_that_are_not_utf8_reach_the_client_as_sent(
+    gw: Gateway, raw_upstream: RawUpstream, length: bool
+):
+    """A Latin-1 `café`, a lone 0xff and a reason phrase with a byte that is not UTF-8: the
+    client gets those bytes, whether the head goes out with the body (Content-Length) or at
+    once (a body the upstream's close ends). aiohttp's serializer dropped them (`caf`), and
+    before that the proxy read them as Latin-1, which aiohttp wrote as UTF-8 (`cafÃ©`). The
+    record shows each odd byte as `\\xNN`."""
+    body = orjson.dumps(COMPLETION)
+    head = b"HTTP/1.1 200 Fine\xe9 \xff\r\nContent-Type: application/json\r\n"
+    head += b"X-Odd: caf\xe9 \xff!\r\nX-Plain: yes\r\n"
+    head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) if length else b"\r\n"
+    raw_upstream.answer = head + body
+    answered = await raw_post(gw)
+    assert answered.startswith(b"HTTP/1.1 200 Fine\xe9 \xff\r\n")
+    assert b"\r\nX-Odd: caf\xe9 \xff!\r\n" in answered and b"\r\nX-Plain: yes\r\n" in answered
+    (record,) = await stored(gw)
+    assert ("X-Odd", "caf\\xe9 \\xff!") in [tuple(h) for h in record.response_headers]
+
+
+def test_a_response_head_never_carries_a_line_break_or_nul():
+    for bad in ("a\r\nSet-Cookie: x", "a\nb", "a\rb", "a\x00b"):
+        with pytest.raises(ValueError):
+            head_bytes((1, 1), 200, "OK", [("X-A", bad)])
+        with pytest.raises(ValueError):
+            head_bytes((1, 1), 200, bad, [])
+    assert head_bytes((1, 1), 200, "OK", [("X-A", "caf\udce9")]) == (
+        b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\n\r\n"
+    )

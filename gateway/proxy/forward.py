@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import aiohttp
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.http_writer import StreamWriter
 from yarl import URL
 
 from gateway.capture import redact
@@ -177,7 +178,8 @@ class RelayedResponse(web.StreamResponse):
     aiohttp's server gives a response that lacks them a `Date`, a `Server` (its own name) and,
     with a body, `Content-Type: application/octet-stream`; a relay adds none (framing aside:
     chunking, `Connection`). Streams (no Content-Length: SSE, chunked) send the head at once,
-    so a client sees the status as soon as the upstream sends it."""
+    so a client sees the status as soon as the upstream sends it. The head goes out as the
+    upstream's bytes (`head_bytes`), odd ones included."""
 
     async def _prepare_headers(self) -> None:
         headers = self._headers
@@ -186,6 +188,37 @@ class RelayedResponse(web.StreamResponse):
         for name, present in zip(ADDED_BY_AIOHTTP, had, strict=True):
             if not present:
                 headers.popall(name, None)
+
+    async def _write_headers(self) -> None:
+        """aiohttp's, unless the head holds text that is not ASCII: then aiohttp's
+        `StreamResponse._write_headers` and `StreamWriter.write_headers` with the head made by
+        `head_bytes`. aiohttp's serializer writes strict UTF-8 and silently drops what it
+        cannot encode, so header and reason bytes that were not UTF-8 never reached the
+        client. (The writer keeps the head until the first body bytes, or sends it now, as
+        aiohttp does; tests/test_wire_odd.py pins the bytes both ways.)"""
+        if self._reason.isascii() and all(map(str.isascii, self._headers.values())):
+            return await super()._write_headers()
+        request, writer = self._req, self._payload_writer
+        assert request is not None and isinstance(writer, StreamWriter)
+        head = head_bytes(request.version, self._status, self._reason, self._headers.items())
+        writer._headers_written = False
+        writer._headers_buf = head
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+def head_bytes(
+    version: tuple[int, int], status: int, reason: str, headers: Iterable[tuple[str, str]]
+) -> bytes:
+    """A response head as bytes, text with surrogate escapes (`header_text`) as the bytes it
+    stands for. CR, LF or NUL in a line is refused (ValueError), as aiohttp refuses CR and LF:
+    an upstream's parser lets none through, but a header set in code could carry one."""
+    lines = [f"HTTP/{version[0]}.{version[1]} {status} {reason}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    whole = "".join(lines)
+    if "\r" in whole or "\n" in whole or "\x00" in whole:
+        raise ValueError("a response head line holds CR, LF or NUL")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 ADDED_BY_AIOHTTP = (hdrs.DATE, hdrs.SERVER, hdrs.CONTENT_TYPE)
@@ -201,12 +234,10 @@ class SizedResponse(RelayedResponse):
 
 
 def header_text(raw: bytes) -> str:
-    """An upstream's header bytes as text aiohttp's server writes back as the same bytes (it
-    writes UTF-8): UTF-8 when they are, else Latin-1 (one character a byte, kept whole)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    """An upstream's header bytes as text that goes back out as the same bytes (aiohttp's
+    serializer, or `head_bytes`): UTF-8, a byte that is not as a surrogate escape (which the
+    record shows as `\\xNN`, as it shows a client's)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 WEBSOCKET_NOT_PROXIED = (
