@@ -18,6 +18,7 @@ import pytest
 from gateway.app import Gateway
 from tests.clients import ENV, TOOLS, finished, get, latest_id, post, send
 from tests.conftest import Upstream, make_settings, running
+from webui.diff_view import SHOWN_CHARS
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -269,3 +270,38 @@ async def test_experiment_chart_shows_tool_call_steps(gw: Gateway):
     assert "<circle" not in html
     assert html.count('class="dot tool same"') == 2 and 'class="dot tool differ"' not in html
     assert "same tools" in html and "2 of 2" in html
+
+
+async def long_answer(gw: Gateway, prompt: str, words: int) -> str:
+    """A recorded streamed call whose output is `words` words or more (temperature 0)."""
+    body = {
+        "model": "mistral-small-latest",
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    headers = {"Authorization": "Bearer k", "x-fake-chunks": str(words)}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.proxy_url}/v1/chat/completions", json=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        await resp.read()
+    await gw.recorder.drained(timeout=30)
+    return await latest_id(gw)
+
+
+async def test_comparing_long_outputs_folds_what_is_unchanged_and_cuts_the_rest(gw: Gateway):
+    """Two identical 40,000-word outputs fold to a line; two different ones show at most
+    SHOWN_CHARS of each side, then say how much is left. (Two 8 MB answers made 17.5 MB of
+    HTML.) The JSON of a diff stays whole: only the page folds."""
+    a = await long_answer(gw, "Tell me everything about Lisbon.", 40_000)
+    b = await long_answer(gw, "Tell me everything about Lisbon.", 40_000)
+    c = await long_answer(gw, "Now everything about Prague, please.", 40_000)
+    status, same, _ = await page(gw, f"/compare?a={a}&b={b}")
+    assert status == 200 and "identical" in same
+    assert re.search(r"… [\d,]+ unchanged characters …", same) and len(same) < 50_000
+    status, different, _ = await page(gw, f"/compare?a={a}&b={c}")
+    assert status == 200 and "more characters not shown" in different
+    assert_strict_html(different)
+    assert len(different) < 3 * SHOWN_CHARS  # both sides and their markup

@@ -21,6 +21,7 @@ from tests.rows import exchange_row
 from webui import dashboard, formats
 from webui.auth import safe_next
 from webui.chat import chat_items, parts, pretty_body
+from webui.diff_view import shown_ops
 from webui.exchange_pages import decorate
 from webui.formats import DASH
 from webui.timeline import build, memory_change
@@ -427,3 +428,73 @@ def test_any_dashboard_range_is_a_range_or_a_message(since: str, until: str):
     first = min(dashboard.hour_number(start) if start else last, last)
     dashboard.buckets([], first, last)
     assert (start or end - timedelta(days=365)) < end
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.text(max_size=900).map(lambda t: {"op": "equal", "before": t, "after": t}),
+        st.tuples(st.text(max_size=50), st.text(max_size=50)).map(
+            lambda p: {"op": "replace", "before": p[0], "after": p[1]}
+        ),
+        st.text(min_size=1, max_size=50).map(lambda t: {"op": "insert", "before": "", "after": t}),
+        st.text(min_size=1, max_size=50).map(lambda t: {"op": "delete", "before": t, "after": ""}),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, budget=st.integers(1, 3000))
+def test_shown_ops_account_for_every_character_and_keep_changes_whole(ops, budget):
+    """Shown text, folds and the cut add up to each side's length; what is shown of a side
+    is its text in order (folds only take from the middle of unchanged stretches); changes
+    are never folded; a cut comes only past the budget."""
+    shown = shown_ops(ops, context=100, budget=budget)
+    for side in ("before", "after"):
+        text = "".join(op[side] for op in ops)
+        kept = "".join(op.get(side) or "" for op in shown if op["op"] not in ("fold", "cut"))
+        folded = sum(op["chars"] for op in shown if op["op"] == "fold")
+        cut = sum(op[side] for op in shown if op["op"] == "cut")
+        assert len(kept) + folded + cut == len(text)
+        assert text.startswith(kept) or cut or folded
+    changes = [op for op in ops if op["op"] != "equal"]
+    shown_changes = [op for op in shown if op["op"] not in ("equal", "fold", "cut")]
+    for got, want in zip(shown_changes, changes, strict=False):  # the last one may be cut
+        assert got["op"] == want["op"]
+        assert want["before"].startswith(got["before"]) and want["after"].startswith(got["after"])
+    cuts = [op for op in shown if op["op"] == "cut"]
+    assert len(cuts) <= 1 and (not cuts or shown[-1] is cuts[0])
+    if not cuts:
+        assert shown_changes == changes
+    for side in ("before", "after"):
+        assert sum(len(op.get(side) or "") for op in shown if op["op"] in SHOWN) <= budget
+
+
+def test_shown_ops_fold_a_long_unchanged_middle_to_its_edges():
+    middle = "m" * 1000
+    ops = [
+        {"op": "insert", "before": "", "after": "x"},
+        {"op": "equal", "before": middle, "after": middle},
+        {"op": "delete", "before": "y", "after": ""},
+    ]
+    shown = shown_ops(ops, context=100)
+    assert [op["op"] for op in shown] == ["insert", "equal", "fold", "equal", "delete"]
+    assert shown[1]["before"] == "m" * 100 and shown[3]["after"] == "m" * 100
+    assert shown[2]["chars"] == 800
+    whole = [{"op": "equal", "before": middle, "after": middle}]
+    assert shown_ops(whole, context=100) == [
+        {"op": "equal", "before": "m" * 100, "after": "m" * 100},
+        {"op": "fold", "chars": 900},
+    ]
+
+
+def test_shown_ops_cut_one_long_change_at_the_budget():
+    ops = [{"op": "replace", "before": "b" * 5000, "after": "a" * 3000}]
+    shown = shown_ops(ops, budget=1000)
+    assert shown == [
+        {"op": "replace", "before": "b" * 1000, "after": "a" * 1000},
+        {"op": "cut", "before": 4000, "after": 2000},
+    ]
+
+
+SHOWN = ("equal", "replace", "insert", "delete")

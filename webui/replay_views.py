@@ -22,6 +22,7 @@ from gateway.capture.exchange import is_id
 from gateway.replay.dataset_experiments import worse as dataset_worse
 from gateway.replay.replayer import ReplayError
 from gateway.store.records import StoredExchange
+from webui.diff_view import shown_ops
 from webui.render import JINJA, render
 
 CHART = {"width": 640, "height": 320, "left": 80, "right": 16, "top": 16, "bottom": 44}
@@ -446,6 +447,7 @@ def setup(app: web.Application) -> None:
     env = app[JINJA]
     env.filters["json_text"] = json_text
     env.filters["signed"] = signed
+    env.filters["shown_ops"] = shown_ops
     app.router.add_get("/diffs/{id}", diff_page)
     app.router.add_get("/compare", compare_page)
     app.router.add_get("/experiments", experiments_page)
