@@ -553,6 +553,12 @@ WIDTHS = """() => ({page: document.documentElement.scrollWidth,
   values: [...document.querySelectorAll('dl.params dd')].map(dd => dd.offsetWidth)})"""
 
 
+WIDEST = """() => [...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+  .slice(0, 5)
+  .map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"""
+
+
 def test_long_unbroken_captured_names_stay_inside_the_window(
     browser: Any, page: Any, tmp_path: Path
 ):
@@ -598,6 +604,12 @@ def test_long_unbroken_captured_names_stay_inside_the_window(
             assert all(extra <= 2 for extra in widths["tables"]), (path, widths)  # no scrolling
             assert all(w > 300 for w in widths["values"]), (path, widths)  # of 1,320
         shot(page, "long-names-exchange")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the dashboard's
+        for path in [*paths, f"/exchanges/{calls[0]}", "/alerts", "/datasets", "/experiments"]:
+            page.goto(gw.ui_url + path)  # date range once pushed the page 62 px wider
+            widths = page.evaluate(WIDTHS)
+            wide = page.evaluate(WIDEST)
+            assert widths["page"] <= widths["window"], ("390 px", path, widths, wide)
         page.goto(gw.ui_url + "/dashboard")
         page.wait_for_function(
             "() => [...document.querySelectorAll('canvas')]"
