@@ -5,6 +5,7 @@ them) behind the real gateway, and a raw client. The call passes as it came and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import zlib
 from collections.abc import AsyncIterator
@@ -390,3 +391,28 @@ def test_a_response_head_never_carries_a_line_break_or_nul():
     assert head_bytes((1, 1), 200, "OK", [("X-A", "caf\udce9")]) == (
         b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\n\r\n"
     )
+
+
+@pytest.mark.parametrize("last", [b"\xff", b"\xc3\xa9"], ids=["not-utf8", "utf8"])
+async def test_a_key_ending_in_a_non_ascii_byte_is_scrubbed_and_the_record_kept(
+    gw: Gateway, raw_upstream: RawUpstream, last: bytes
+):
+    """A key whose last 4 characters are not ASCII (a stray byte pasted with it; the upstream
+    answers 401 and quotes it): its fingerprint shows them, and the scrub encoded fingerprints
+    as ASCII, so it raised, logged two tracebacks and dropped the record's bodies and headers,
+    the very record that says why the call was refused."""
+    key = KEY.encode() + last
+    raw_upstream.answer = answer(
+        b"401 Unauthorized",
+        [(b"Content-Type", b"application/json")],
+        b'{"message": "bad key ' + key + b'"}',
+    )
+    answered = await raw_post(gw, b"Authorization: Bearer " + key + b"\r\n")
+    assert answered.startswith(b"HTTP/1.1 401")
+    (record,) = await stored(gw)
+    assert record.error != "bodies dropped: the key scrub failed on this record"
+    assert orjson.loads(record.request_body or "null") == CHAT
+    body = record.response_body or ""  # base64 when the key's last byte is not UTF-8
+    kept = base64.b64decode(body) if record.response_body_encoding == "base64" else body.encode()
+    assert kept.startswith(b'{"message": "bad key sha256:')
+    assert KEY not in orjson.dumps(record.to_json()).decode()

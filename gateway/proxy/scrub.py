@@ -72,7 +72,8 @@ class Keys:
         # A key containing another is scrubbed with it ("Bearer sk-1" goes with "sk-1").
         kept = [raw for raw in found if not any(o != raw and o in raw for o in found)]
         kept.sort(key=len, reverse=True)
-        self._data = tuple((raw, found[raw].encode("ascii")) for raw in kept)
+        # A fingerprint ends with its key's last 4 characters, which need not be ASCII.
+        self._data = tuple((raw, _as_bytes(found[raw])) for raw in kept)
         text: list[tuple[str, str]] = []
         for raw in kept:
             forms = {raw.decode("utf-8", "surrogateescape"), raw.decode("latin-1")}
