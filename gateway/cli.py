@@ -367,10 +367,12 @@ async def _send_metrics(gateway: Any, conn: Any) -> None:
         conn.send(("metrics", text))
 
 
-async def on_store(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the store, do `work` with it, close it (whatever happens)."""
+async def on_store(db: str, work: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:
+    """Open the store, do `work` with it, close it (whatever happens). A SQLite database
+    that is not there is an error unless `create`: a mistyped --db must not give an empty
+    answer (and a new database) for what was recorded."""
     store = Store(db)
-    await store.open()
+    await store.open(create=create)
     try:
         return await work(store)
     finally:
@@ -930,12 +932,13 @@ def dataset() -> None:
     from recorded calls or runs, JSONL, or a Hugging Face dataset; exported the same ways."""
 
 
-def _on_datasets(db: str, work: Callable[[Any], Awaitable[T]]) -> T:
+def _on_datasets(db: str, work: Callable[[Any], Awaitable[T]], *, create: bool = False) -> T:
     """Run `work(DatasetStore)` on the database; errors from the tree are one line, exit 2."""
     from gateway.store.datasets import DatasetStore
 
     return _run(
-        on_store(db, lambda store: work(DatasetStore(store))), "interrupted: nothing was changed"
+        on_store(db, lambda store: work(DatasetStore(store)), create=create),
+        "interrupted: nothing was changed",
     )
 
 
@@ -950,7 +953,7 @@ def _line(found: Any) -> str:
 def dataset_create(name: str, description: str, **flags: Any) -> None:
     """Create an empty dataset (version 0)."""
     settings = build_settings(flags)
-    created = _on_datasets(settings.db, lambda d: d.create(name, description))
+    created = _on_datasets(settings.db, lambda d: d.create(name, description), create=True)
     click.echo(_line(created))
 
 

@@ -255,3 +255,29 @@ async def test_purge(upstream: Upstream, tmp_path: Path):
     assert code == 0 and re.search(r"removed 0 exchanges", out)
     code, out, _ = await run("purge", "--older-than", "0.000001", "--db", db)
     assert code == 0 and "removed 3 exchanges" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "--format", "jsonl", "--out", "-"],
+        ["reprice"],
+        ["purge", "--older-than", "30d"],
+        ["quarantine", "list"],
+        ["quarantine", "drop", "1"],
+        ["dataset", "list"],
+        ["dataset", "export", "d", "--out", "d.jsonl"],
+    ],
+    ids=lambda args: "-".join(args[:2]),
+)
+async def test_a_command_on_a_database_that_is_not_there_says_so(tmp_path: Path, args):
+    """A mistyped --db (or the default ./agentops.db from another folder): these commands
+    created the folders and an empty database there and answered "exported 0 calls",
+    "0 quarantined records", exit 0. They read or change what was recorded; only `serve`,
+    `import` and `dataset create` make a new database."""
+    missing = tmp_path / "typo" / "agentops.db"
+    code, out, err = await run(*args, "--db", f"sqlite://{missing}")
+    assert code == 2, (out, err)
+    assert f"no SQLite database at {missing}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "typo").exists()

@@ -39,7 +39,7 @@ from gateway.store.exports import Failures
 from gateway.store.runs import RunFilter, RunStore
 from tests.clients import RUNS_KEY as KEY
 from tests.clients import tool_loop
-from tests.conftest import CLI, Upstream, make_settings, running
+from tests.conftest import CLI, Upstream, make_settings, migrated_sqlite, running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -348,7 +348,15 @@ def test_bad_export_flags_are_one_line(tmp_path: Path, args: list[str], expected
 def test_export_to_stdout(tmp_path: Path):
     result = CliRunner().invoke(
         main,
-        ["export", "--format", "jsonl", "--out", "-", "--db", f"sqlite://{tmp_path / 'empty.db'}"],
+        [
+            "export",
+            "--format",
+            "jsonl",
+            "--out",
+            "-",
+            "--db",
+            migrated_sqlite(tmp_path / "empty.db"),
+        ],
     )
     assert result.exit_code == 0 and result.stdout == ""
     assert "exported 0 calls to -" in result.stderr
@@ -359,7 +367,7 @@ async def test_an_empty_export_is_a_csv_header(
     tmp_path: Path, runs: bool, columns: tuple[str, ...]
 ):
     out = tmp_path / "empty.csv"
-    assert await export(f"sqlite://{tmp_path / 'e.db'}", out, "csv", runs=runs) == (0, 0)
+    assert await export(migrated_sqlite(tmp_path / "e.db"), out, "csv", runs=runs) == (0, 0)
     assert out.read_text().splitlines() == [",".join(columns)]
     assert not list(tmp_path.glob(".agentops-export-*"))
 

@@ -341,7 +341,7 @@ async def run_export(db_url: str, request: ExportRequest) -> ExportResult:
     work = _work_folder(out)
     store = Store(db_url)
     try:
-        await store.open()
+        await store.open(create=False)
         staged = work / ("data.parquet" if request.format in ARROW_FORMATS else "data")
         writer, stream = _open_writer(request, staged)
         await _write_all(ExportReader(store), request, result, writer, stream)

@@ -221,9 +221,16 @@ class Store:
 
     # -- life cycle ---------------------------------------------------------------------
 
-    async def open(self, migrate_schema: bool = True) -> None:
-        """Connect and bring the schema up to date with the committed migrations."""
+    async def open(self, migrate_schema: bool = True, *, create: bool = True) -> None:
+        """Connect and bring the schema up to date with the committed migrations. Without
+        `create`, a SQLite file that is not there is an error (a mistyped --db), not a new
+        empty database."""
         path = sqlite_path(self.url)
+        if path is not None and not create and not os.path.exists(path):
+            raise StoreError(
+                f"no SQLite database at {os.path.abspath(path)}: check --db (or AGENTOPS_DB); "
+                "`serve` creates it"
+            )
         if path is not None:
             await asyncio.to_thread(prepare_sqlite, path)
         try:
