@@ -347,6 +347,48 @@ async def test_omit_bodies_keeps_usage(sqlite_gateway, http):
     assert record.prompt_tokens and record.cost_usd is not None
 
 
+async def test_omitted_bodies_leave_nothing_of_the_call_in_its_run(
+    sqlite_gateway, http, tmp_path: Path
+):
+    """`X-AgentOps-Omit: bodies` on both steps of a tool-calling loop: the exchanges kept no
+    body, but the run kept every message, tool call, tool result and memory snapshot of them
+    in full (the run page and /api/runs/ID showed the prompt, the arguments and the answer)."""
+    secret = "zebracornflakes"
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ]
+    messages: list[dict] = [{"role": "user", "content": f"look up {secret} please"}]
+    headers = {**AUTH, "X-AgentOps-Omit": "bodies"}
+    url = f"{sqlite_gateway.proxy_url}/v1/chat/completions"
+    for _ in range(2):
+        payload = {"model": "mistral-small-latest", "messages": messages, "tools": tools}
+        async with http.post(url, json=payload, headers=headers) as resp:
+            assert resp.status == 200
+            reply = (await resp.json())["choices"][0]["message"]
+        messages.append(reply)
+        for call in reply.get("tool_calls") or ():
+            messages.append(
+                {"role": "tool", "tool_call_id": call["id"], "content": f"{secret} found"}
+            )
+    first, second = await stored(sqlite_gateway)
+    assert first.omitted and second.omitted and first.run_id == second.run_id
+    run = await sqlite_gateway.run_store.get_run(first.run_id)
+    assert run is not None and run.exchange_count == 2
+    shown = orjson.dumps(run.to_json()).decode()
+    assert secret not in shown and "look up" not in shown
+    for page in (f"/runs/{run.id}", f"/api/runs/{run.id}", f"/exchanges/{second.id}"):
+        async with http.get(sqlite_gateway.ui_url + page) as resp:
+            assert resp.status == 200 and secret not in await resp.text()
+    db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("gw.db*"))
+    assert db_bytes and secret.encode() not in db_bytes
+
+
 @pytest.mark.slow
 async def test_200_concurrent_calls_all_recorded(gateway, http):
     async def one(n: int) -> int:

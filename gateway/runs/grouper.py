@@ -549,6 +549,12 @@ class Grouper:
                 hashes,
                 key,
             )
+        if exchange.get("omitted"):
+            # X-AgentOps-Omit: bodies. The call is placed (run, step, thread key: hashes),
+            # but nothing of what it said is kept: no messages, tool calls, tool results or
+            # memory snapshot, which would hold the bodies' text.
+            changes.messages, changes.tool_calls, changes.tool_results = [], [], []
+            changes.snapshot = None
         self._keep(exchange["id"], changes)
         return changes
 
