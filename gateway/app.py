@@ -369,8 +369,12 @@ class Gateway:
         # auto_decompress off: a request body sent with Content-Encoding (gzip) goes upstream
         # as the bytes that came, with its own Content-Length (the writer decodes its copy).
         # Header limits: those of the upstream session (HEADER_BYTES, MAX_HEADERS).
+        # handler_cancellation: a client that hangs up cancels its call, so the upstream
+        # connection closes too, as it would have without the proxy (the upstream stops
+        # generating; the record says the client left, not the upstream's timeout later).
         server = web.Server(
             self.proxy,
+            handler_cancellation=True,
             access_log=None,
             logger=HTTP_LOG,
             auto_decompress=False,

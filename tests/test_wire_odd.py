@@ -20,7 +20,7 @@ from gateway.app import Gateway
 from gateway.proxy.forward import head_bytes
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.records import StoredExchange
-from tests.conftest import make_settings, migrated_sqlite, running
+from tests.conftest import make_settings, migrated_sqlite, running, wait_until
 
 KEY = "sk-wire-test-SECRET-0123456789abcdef"
 
@@ -416,3 +416,52 @@ async def test_a_key_ending_in_a_non_ascii_byte_is_scrubbed_and_the_record_kept(
     kept = base64.b64decode(body) if record.response_body_encoding == "base64" else body.encode()
     assert kept.startswith(b'{"message": "bad key sha256:')
     assert KEY not in orjson.dumps(record.to_json()).decode()
+
+
+async def test_a_client_that_hangs_up_before_the_answer_cancels_the_upstream_call(
+    tmp_path: Path,
+):
+    """The upstream takes its time (an LLM still generating); the client gives up after a
+    moment. The upstream's connection closes then, as the client's own closing would have
+    reached it without the proxy (so it stops generating what nobody will read), and the
+    record says the client left, at once. It said `upstream_timeout` (504) once
+    --upstream-timeout had passed, long after the client had gone."""
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head; then never a word
+        while await reader.read(65536):
+            pass
+        closed.set()  # the proxy closed its connection
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    settings = make_settings(
+        url, migrated_sqlite(tmp_path / "gw.db"), tmp_path, upstream_timeout=60.0
+    )
+    try:
+        async with running(settings) as gw:
+            host, port = gw.proxy_url.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            body = orjson.dumps(CHAT)
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            await writer.drain()
+            await wait_until(lambda: _serving(gw))
+            writer.close()
+            await asyncio.wait_for(closed.wait(), 10)
+            (record,) = await stored(gw)
+            assert record.state == "client_disconnected" and record.status is None
+            assert "before the response began" in (record.error or "")
+            assert orjson.loads(record.request_body or "null") == CHAT
+            assert record.latency_ms is not None and record.latency_ms < 10_000
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _serving(gw: Gateway) -> bool:
+    return bool(gw.in_flight.tasks)

@@ -316,7 +316,7 @@ class Proxy:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 # curl asks before large uploads; answer it here rather than relay it
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body, broken = await read_body(request.content)
+            body, broken = await read_body(request.content, lambda: request.transport is None)
             exchange.request_body = body
             if broken is not None:
                 return self._client_gone_sending(exchange, broken)
@@ -334,8 +334,11 @@ class Proxy:
             async with upstream:
                 return await self._relay(request, exchange, upstream, started)
         except asyncio.CancelledError:
-            exchange.state = SHUTDOWN
-            exchange.error = exchange.error or "gateway shut down before the call finished"
+            if request.transport is None:  # the client hung up (aiohttp cancels its call)
+                self._client_left(exchange, upstream)
+            else:
+                exchange.state = SHUTDOWN
+                exchange.error = exchange.error or "gateway shut down before the call finished"
             raise
         finally:
             in_flight.tasks.discard(task)  # type: ignore[arg-type]
@@ -658,6 +661,16 @@ class Proxy:
             request.transport.close()
 
     @staticmethod
+    def _client_left(exchange: Exchange, upstream: Upstream | web.Response | None) -> None:
+        """The client's connection closed while its call was served: the call is cancelled
+        and its upstream connection closed (as the client's closing would have reached the
+        upstream without the proxy); the record keeps what had come."""
+        exchange.state = CLIENT_DISCONNECTED
+        if exchange.error is None:
+            when = "before the response began" if upstream is None else "during the response"
+            exchange.error = f"client disconnected {when}; the upstream call was cancelled"
+
+    @staticmethod
     def _client_gone_sending(exchange: Exchange, exc: BaseException) -> web.StreamResponse:
         """The client left while sending its request: nothing went upstream, nobody is left
         to answer; the record keeps the bytes that came."""
@@ -686,15 +699,25 @@ BODY_BROKEN = (
 )
 
 
-async def read_body(content: aiohttp.StreamReader) -> tuple[bytes, BaseException | None]:
+async def read_body(
+    content: aiohttp.StreamReader, gone: Callable[[], bool] = lambda: False
+) -> tuple[bytes, BaseException | None]:
     """The request body, as `StreamReader.read()` gives it, or, when the client went away
-    before sending it whole, the bytes that came and why it ended (the record keeps them)."""
+    before sending it whole, the bytes that came and why it ended (the record keeps them).
+    `gone()` says whether the client's connection is lost: aiohttp then cancels the call
+    (`handler_cancellation`), which here is the client leaving, not a stop."""
     chunks: list[bytes] = []
     try:
         while chunk := await content.readany():
             chunks.append(chunk)
     except BODY_BROKEN as exc:
         return b"".join(chunks), exc
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not gone() or task is None:
+            raise
+        task.uncancel()  # (the handler ends at once: nothing is left to serve)
+        return b"".join(chunks), ConnectionResetError("Connection lost")
     return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), None
 
 
