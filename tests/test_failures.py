@@ -254,10 +254,18 @@ async def test_bad_filter_values_are_400_with_the_security_headers(gateway: Gate
             ("/api/diff", {"a": "9999999999999999999", "b": "1"}),
             ("/api/diff", {"a": "\u00b2", "b": "1"}),
             ("/compare", {"a": "9999999999999999999", "b": "1"}),
+            # the pages read a cursor as the API does (a bad one was the first page), and
+            # every list refuses a range that ends before it starts (stats and runs gave none)
+            ("/", {"before": "abc"}),
+            ("/runs", {"before": "9999999999999999999"}),
+            ("/api/stats", {"since": "2026-02-01", "until": "2026-01-01"}),
+            ("/api/runs", {"since": "2026-02-01", "until": "2026-01-01"}),
         ]:
             async with ui.get(path, params=query) as resp:
                 assert resp.status == 400, (path, query)
                 assert all(h in resp.headers for h in SECURITY_HEADERS)
+                if "before" in query:
+                    assert "before must be a cursor" in await resp.text(), (path, query)
 
 
 FILTER_KEYS = ("q", "model", "state", "endpoint", "run", "status", "errors", "since")

@@ -22,6 +22,7 @@ from gateway.errors import UserError
 from gateway.providers import UnknownProvider
 from gateway.store.exchanges import ExchangeFilter
 from gateway.store.query import exchange_filter
+from gateway.store.query import parse_cursor as query_cursor
 from gateway.store.records import ExchangeSummary
 from webui.chat import PART_LIMIT, chat_items, full_part, pretty_body
 from webui.render import (
@@ -170,7 +171,7 @@ async def list_context(request: web.Request, before: int | None) -> dict[str, An
 
 
 async def exchange_list(request: web.Request) -> web.Response:
-    before = parse_cursor(request.query.get("before"))
+    before = query_cursor("before", request.query.get("before"))
     context = await list_context(request, before)
     response = render(
         request,

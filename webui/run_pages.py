@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.api import exchanges as api
 from gateway.errors import UserError
 from gateway.store import agents, query
+from gateway.store.query import parse_cursor as query_cursor
 from gateway.store.records import Run, iso_z
 from webui import lanes, timeline
 from webui.exchange_pages import RANGES, parse_cursor
@@ -57,7 +58,7 @@ async def evaluation_summaries(request: web.Request, ids: list[int]) -> dict[int
 
 async def run_list(request: web.Request) -> web.Response:
     filters = {key: (request.query.get(key) or "").strip() for key in FILTER_KEYS}
-    before = parse_cursor(request.query.get("before"))
+    before = query_cursor("before", request.query.get("before"))
     values = dict(filters)
     error = None
     runs: list[Run] = []

@@ -22,7 +22,7 @@ from gateway.providers import UnknownProvider
 from gateway.providers.base import Parsed, Provider
 from gateway.store.exchanges import Store
 from gateway.store.finetuned import fine_tuned_models, storage_usd
-from gateway.store.query import exchange_filter, parse_int, parse_time
+from gateway.store.query import exchange_filter, parse_cursor, parse_int, parse_range
 from gateway.store.records import StoredExchange
 from gateway.store.runs import RunStore
 from gateway.store.stats import by_category
@@ -210,12 +210,7 @@ def _nul_at(body: dict[str, Any]) -> str | None:
 async def list_exchanges(request: web.Request) -> web.Response:
     query = request.query
     limit = parse_int("limit", query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
-    before_text = query.get("before")
-    before = None
-    if before_text:
-        if not re.fullmatch(r"\d{1,19}", before_text) or int(before_text) > MAX_ID:
-            raise UserError(f"before must be a cursor from a previous 'next', got {before_text!r}")
-        before = int(before_text)
+    before = parse_cursor("before", query.get("before"))
     items, cursor = await request.app[STORE].list_exchanges(exchange_filter(query), limit, before)
     return json_response(
         {"items": [item.to_json() for item in items], "next": str(cursor) if cursor else None}
@@ -275,8 +270,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
 
 @routes.get("/api/stats")
 async def stats(request: web.Request) -> web.Response:
-    since = parse_time("since", request.query.get("since"))
-    until = parse_time("until", request.query.get("until"))
+    since, until = parse_range(request.query)
     store = request.app[STORE]
     body = await store.stats(since, until)
     now = datetime.now(UTC)

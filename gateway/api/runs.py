@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any
 
 from aiohttp import web
@@ -22,9 +21,8 @@ from gateway.api.exchanges import (
     not_found,
     parse_id,
 )
-from gateway.capture.exchange import MAX_ID
 from gateway.errors import UserError
-from gateway.store.query import parse_int, run_filter
+from gateway.store.query import parse_cursor, parse_int, run_filter
 
 log = logging.getLogger("agentops.api")
 routes = web.RouteTableDef()
@@ -34,12 +32,8 @@ routes = web.RouteTableDef()
 async def list_runs(request: web.Request) -> web.Response:
     query = request.query
     limit = parse_int("limit", query.get("limit"), low=1, high=MAX_LIMIT) or DEFAULT_LIMIT
-    before = query.get("before")
-    if before and (not re.fullmatch(r"\d{1,19}", before) or int(before) > MAX_ID):
-        raise UserError(f"before must be a cursor from a previous 'next', got {before!r}")
-    items, cursor = await request.app[RUNS].list_runs(
-        run_filter(query), limit, int(before) if before else None
-    )
+    before = parse_cursor("before", query.get("before"))
+    items, cursor = await request.app[RUNS].list_runs(run_filter(query), limit, before)
     return json_response(
         {"items": [item.to_json() for item in items], "next": str(cursor) if cursor else None}
     )

@@ -32,6 +32,24 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def parse_range(query: Any) -> tuple[datetime | None, datetime | None]:
+    """`since` and `until`, each optional; since after until is refused (400, exit 2)."""
+    since = parse_time("since", query.get("since"))
+    until = parse_time("until", query.get("until"))
+    if since and until and since > until:
+        raise UserError("since must not be after until")
+    return since, until
+
+
+def parse_cursor(name: str, value: str | None) -> int | None:
+    """A page's `before` (or `after`) cursor: an id from a previous page's `next`, or None."""
+    if not value:
+        return None
+    if not re.fullmatch(r"\d{1,19}", value) or int(value) > MAX_ID:
+        raise UserError(f"{name} must be a cursor from a previous 'next', got {value!r}")
+    return int(value)
+
+
 def parse_int(name: str, value: str | None, *, low: int = 0, high: int | None = None) -> int | None:
     if value is None or value == "":
         return None
@@ -77,10 +95,7 @@ def exchange_filter(query: Any) -> ExchangeFilter:
             raise UserError(
                 f"status must be a code such as 429 or a class such as 4xx, got {status_text!r}"
             )
-    since = parse_time("since", query.get("since"))
-    until = parse_time("until", query.get("until"))
-    if since and until and since > until:
-        raise UserError("since must not be after until")
+    since, until = parse_range(query)
     return ExchangeFilter(
         q=(parse_text("q", query.get("q")) or "").strip() or None,
         model=parse_text("model", query.get("model")),
@@ -105,6 +120,7 @@ def run_filter(query: Any) -> RunFilter:
     status = query.get("status") or None
     if status is not None and status not in RUN_STATUSES:
         raise UserError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    since, until = parse_range(query)
     return RunFilter(
         name=parse_text("name", query.get("name")),
         agent_id=parse_text("agent_id", query.get("agent_id")),
@@ -112,6 +128,6 @@ def run_filter(query: Any) -> RunFilter:
         tag=tag,
         status=status,
         errors=parse_flag("errors", query.get("errors")),
-        since=parse_time("since", query.get("since")),
-        until=parse_time("until", query.get("until")),
+        since=since,
+        until=until,
     )
