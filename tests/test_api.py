@@ -191,6 +191,9 @@ async def test_detail_delete_and_errors(gateway: Gateway, ui):
         ({"limit": "0"}, "limit"),
         ({"limit": "9999"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "\u0663"}, "limit"),  # an Arabic-Indic 3: int() takes it, ids do not
+        ({"limit": " 5"}, "limit"),
+        ({"run": "1_000"}, "run"),
         ({"status": "teapot"}, "status"),
         ({"since": "yesterday"}, "since"),
         ({"before": "xyz"}, "before"),

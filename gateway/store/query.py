@@ -53,10 +53,10 @@ def parse_cursor(name: str, value: str | None) -> int | None:
 def parse_int(name: str, value: str | None, *, low: int = 0, high: int | None = None) -> int | None:
     if value is None or value == "":
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise UserError(f"{name} must be an integer, got {value!r}") from None
+    # ASCII digits only, as ids are read: int() also takes "٣", " 5 ", "+5" and "1_000"
+    if not re.fullmatch(r"-?[0-9]{1,30}", value):
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    number = int(value)
     if number < low or (high is not None and number > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise UserError(f"{name} must be {bound}, got {number}")
