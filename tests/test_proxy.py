@@ -389,6 +389,32 @@ async def test_omitted_bodies_leave_nothing_of_the_call_in_its_run(
     assert db_bytes and secret.encode() not in db_bytes
 
 
+async def test_a_step_after_an_omitted_one_keeps_its_whole_memory(sqlite_gateway, http):
+    """Step 1 omits its bodies, step 2 does not: step 2's memory is the whole conversation it
+    sent (its own body holds it all). It carried step 1's messages, of which nothing is
+    stored, so its memory read back as its last two messages alone."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    messages: list[dict] = [{"role": "user", "content": "look it up"}]
+    url = f"{sqlite_gateway.proxy_url}/v1/chat/completions"
+    for omit in (True, False):
+        headers = {**AUTH, "X-AgentOps-Omit": "bodies"} if omit else AUTH
+        payload = {"model": "mistral-small-latest", "messages": messages, "tools": tools}
+        async with http.post(url, json=payload, headers=headers) as resp:
+            assert resp.status == 200
+            reply = (await resp.json())["choices"][0]["message"]
+        sent = list(messages)
+        messages.append(reply)
+        for call in reply.get("tool_calls") or ():
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": "found"})
+    first, second = sorted(await stored(sqlite_gateway), key=lambda r: r.id)
+    assert first.omitted and not second.omitted and first.run_id == second.run_id
+    run = await sqlite_gateway.run_store.get_run(second.run_id)
+    assert run is not None
+    (snapshot,) = run.to_json()["memory_snapshots"]  # the omitted step has none
+    assert [m.get("role") for m in snapshot["state"]] == [m["role"] for m in sent] + ["assistant"]
+    assert snapshot["state"][0]["content"] == "look it up"
+
+
 @pytest.mark.slow
 async def test_200_concurrent_calls_all_recorded(gateway, http):
     async def one(n: int) -> int:

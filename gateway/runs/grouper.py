@@ -260,6 +260,7 @@ class RunMemory:
     step: int = 0  # the next step number
     hashes: list[str] = field(default_factory=list)  # chat: prefix hashes of the state
     entry_ids: list[str | None] = field(default_factory=list)  # conversations: entry ids
+    unstored: bool = False  # the last step omitted its bodies: its state has no snapshot
 
 
 @dataclass(slots=True)
@@ -555,6 +556,7 @@ class Grouper:
             # memory snapshot, which would hold the bodies' text.
             changes.messages, changes.tool_calls, changes.tool_results = [], [], []
             changes.snapshot = None
+            memory.unstored = True  # so the next step carries nothing: its memory is whole
         self._keep(exchange["id"], changes)
         return changes
 
@@ -727,7 +729,8 @@ class Grouper:
     ) -> None:
         """`key`: the thread key `wants` found for these hashes and the reply, if it did."""
         carried = carried_hint if carried_hint is not None else common_prefix(memory.hashes, hashes)
-        carried = min(carried, len(inputs))
+        carried = 0 if memory.unstored else min(carried, len(inputs))
+        memory.unstored = False
         changes.repeats = carried
         eid = exchange["id"]
         for position, message in enumerate(inputs[carried:], start=carried):
