@@ -74,6 +74,9 @@ from gateway.writer.health import Health
 log = logging.getLogger("agentops")
 
 RETENTION_EVERY_SECONDS = 3600
+# seconds past --shutdown-grace before aiohttp cancels the proxy's calls itself: the stop has
+# cut them at the grace (`Gateway._stop_listeners`), so this is only a backstop
+STOP_BACKSTOP = 2.0
 
 
 def create_ui_app(gateway: Gateway) -> web.Application:
@@ -382,8 +385,13 @@ class Gateway:
             max_field_size=HEADER_BYTES,
             max_headers=MAX_HEADERS,
         )
+        # The stop cuts the calls still in flight when the grace ends (_stop_listeners);
+        # aiohttp's own wait, a little longer, is only a backstop (at the same moment, its
+        # timeout and the cut race: aiohttp logs an InvalidStateError).
         self._proxy_runner = web.ServerRunner(
-            server, shutdown_timeout=self.settings.shutdown_grace, handle_signals=False
+            server,
+            shutdown_timeout=self.settings.shutdown_grace + STOP_BACKSTOP,
+            handle_signals=False,
         )
         await self._proxy_runner.setup()
         proxy_site = web.TCPSite(
@@ -421,14 +429,24 @@ class Gateway:
             task.cancel()
 
     async def _stop_listeners(self) -> None:
-        """Both listeners at once: stop listening, wait up to the grace, cancel stragglers."""
-        await asyncio.gather(
-            *(
-                runner.cleanup()
-                for runner in (self._proxy_runner, self._ui_runner)
-                if runner is not None
-            )
+        """Both listeners at once: stop listening, wait up to the grace, cancel stragglers.
+        The proxy's calls still in flight when the grace ends are cut here (`InFlight.cut`,
+        recorded `shutdown`), not left to aiohttp: its stop waits the grace twice, then
+        closes their connections as it cancels them, which reads as clients that left
+        (handler_cancellation)."""
+        cut = asyncio.get_running_loop().call_later(
+            self.settings.shutdown_grace, self.in_flight.cut
         )
+        try:
+            await asyncio.gather(
+                *(
+                    runner.cleanup()
+                    for runner in (self._proxy_runner, self._ui_runner)
+                    if runner is not None
+                )
+            )
+        finally:
+            cut.cancel()
 
     def cut_in_flight(self) -> int:
         """Cancel the calls in flight now (the proxy records each with state `shutdown` and

@@ -30,11 +30,15 @@ class Interrupted(Exception):
 
 class InFlight:
     """The tasks serving calls right now: counted for the stop hint, cancelled by a second
-    Ctrl-C (the proxy records a cancelled call with state `shutdown`)."""
+    Ctrl-C or at the end of the stop's grace (the proxy records a call cut so with state
+    `shutdown`)."""
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.served = 0  # calls begun since the start (per worker in /healthz `workers`)
+        # Set by `cut`: a call cancelled from then on was cut by the stop, even when its
+        # connection is gone (aiohttp's stop closes them), not left by its client.
+        self.cutting = False
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -65,6 +69,7 @@ class InFlight:
 
     def cut(self) -> int:
         """Cancel every call in flight; returns how many there were."""
+        self.cutting = True
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

@@ -200,8 +200,7 @@ def make_settings(upstream_url: str, db: str, tmp_path: Path, **extra) -> Settin
         port=0,
         ui_port=0,
         spool_dir=str(tmp_path / "spool"),
-        shutdown_grace=2.0,
-        **extra,
+        **{"shutdown_grace": 2.0, **extra},
     )
 
 

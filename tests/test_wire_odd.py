@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import logging
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.proxy.forward import head_bytes
-from gateway.store.exchanges import ExchangeFilter
+from gateway.store.exchanges import ExchangeFilter, Store
 from gateway.store.records import StoredExchange
 from tests.conftest import make_settings, migrated_sqlite, running, wait_until
 
@@ -463,5 +465,77 @@ async def test_a_client_that_hangs_up_before_the_answer_cancels_the_upstream_cal
         await server.wait_closed()
 
 
-async def _serving(gw: Gateway) -> bool:
-    return bool(gw.in_flight.tasks)
+async def test_calls_cut_at_the_end_of_the_grace_are_recorded_as_shutdown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A stop gives the calls in flight --shutdown-grace seconds, then cuts them: those are
+    recorded with state `shutdown` (a call waiting for its answer, a stream mid-response),
+    though aiohttp's stop closes their connections too; a client that hung up during the
+    grace is recorded as having left. With handler_cancellation every call still running at
+    the end of the grace was recorded `client_disconnected`, and the stop took twice the
+    grace (aiohttp waits it once more before it cancels). No error is logged on the way."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r")[0]))
+        if b"stream" in head:  # an answer that takes its time
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while not writer.is_closing():
+                writer.write(b'11\r\ndata: {"x": "y"}\n\r\n')
+                await asyncio.sleep(0.05)
+        while await reader.read(65536):  # none at all
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    db = migrated_sqlite(tmp_path / "gw.db")
+    settings = make_settings(url, db, tmp_path, upstream_timeout=60.0, shutdown_grace=3.0)
+    clients = []
+    try:
+        async with running(settings) as gw:
+            host, port = gw.proxy_url.removeprefix("http://").split(":")
+            body = orjson.dumps(CHAT)
+            for path in (b"/v1/chat/completions", b"/v1/stream", b"/v1/left"):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(
+                    b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                    % (path, len(body), body)
+                )
+                clients.append((reader, writer))
+            await wait_until(lambda: _serving(gw, 3))
+            await clients[1][0].readuntil(b"data:")  # the stream has begun
+            started = time.monotonic()
+            stop = asyncio.create_task(gw.stop())
+            await asyncio.sleep(0.5)
+            clients[2][1].close()  # this client leaves during the grace
+            await stop
+            took = time.monotonic() - started
+            assert not gw.in_flight.tasks
+    finally:
+        for _, writer in clients:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    store = Store(db)
+    await store.open()
+    try:
+        items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
+    finally:
+        await store.close()
+    states = {item.path: (item.state, item.status, item.error) for item in items}
+    assert states == {
+        "/v1/chat/completions": ("shutdown", None, "gateway shut down before the call finished"),
+        "/v1/stream": ("shutdown", 200, "gateway shut down before the call finished"),
+        "/v1/left": (
+            "client_disconnected",
+            None,
+            "client disconnected before the response began; the upstream call was cancelled",
+        ),
+    }
+    assert took < 5.5, f"the stop took {took:.1f} s with a grace of 3 s"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def _serving(gw: Gateway, count: int = 1) -> bool:
+    return len(gw.in_flight.tasks) >= count

@@ -316,7 +316,7 @@ class Proxy:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 # curl asks before large uploads; answer it here rather than relay it
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body, broken = await read_body(request.content, lambda: request.transport is None)
+            body, broken = await read_body(request.content, lambda: self._left(request))
             exchange.request_body = body
             if broken is not None:
                 return self._client_gone_sending(exchange, broken)
@@ -334,7 +334,7 @@ class Proxy:
             async with upstream:
                 return await self._relay(request, exchange, upstream, started)
         except asyncio.CancelledError:
-            if request.transport is None:  # the client hung up (aiohttp cancels its call)
+            if self._left(request):  # the client hung up (aiohttp cancels its call)
                 self._client_left(exchange, upstream)
             else:
                 exchange.state = SHUTDOWN
@@ -659,6 +659,11 @@ class Proxy:
         exchange.state, exchange.error = state, f"{message}: {type(exc).__name__} {exc}"
         if request.transport is not None:
             request.transport.close()
+
+    def _left(self, request: web.BaseRequest) -> bool:
+        """Whether the call's cancellation is its client hanging up: its connection is lost,
+        and the stop has not cut the calls (aiohttp's stop closes their connections too)."""
+        return request.transport is None and not self.in_flight.cutting
 
     @staticmethod
     def _client_left(exchange: Exchange, upstream: Upstream | web.Response | None) -> None:
