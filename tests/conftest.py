@@ -30,6 +30,8 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.settings import Settings
+from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.records import ExchangeSummary
 from tests.fake_mistral import REQUESTS, start_fake
 from tests.tcp_relay import TcpRelay
 
@@ -320,6 +322,18 @@ async def calls(gw: Gateway, count: int, tag: str, key: str = CALL_KEY) -> list[
             return resp.status
 
     return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def listed(db: str, limit: int = 50) -> list[ExchangeSummary]:
+    """The newest `limit` exchanges of a database, read with a store of its own (after the
+    gateway that wrote them has stopped)."""
+    store = Store(db)
+    await store.open()
+    try:
+        items, _ = await store.list_exchanges(ExchangeFilter(), limit, None)
+    finally:
+        await store.close()
+    return items
 
 
 async def health(gw: Gateway) -> dict:

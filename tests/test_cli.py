@@ -16,13 +16,14 @@ import aiohttp
 import pytest
 
 from gateway.settings import SETTINGS
-from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.exchanges import Store
 from tests.conftest import (
     CLI,
     ROOT,
     Upstream,
     calls,
     free_port,
+    listed,
     running,
     tmpfs,
     wait_for_health,
@@ -235,12 +236,7 @@ async def test_sigterm_finishes_short_calls_and_records_long_ones(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    store = Store(db)
-    await store.open()
-    try:
-        items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
-    finally:
-        await store.close()
+    items = await listed(db, 10)
     assert sorted(item.state for item in items) == ["complete", "shutdown"]
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.store.exchanges import ExchangeFilter, Store
-from tests.conftest import Upstream, free_port, tmpfs, wait_for_health
+from tests.conftest import Upstream, free_port, listed, tmpfs, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "gateway"]
@@ -212,12 +211,7 @@ async def test_second_ctrl_c_cuts_the_call_in_flight_and_records_it(
     assert code == 130, err
     assert "cut 1 call in flight" in err and "Traceback" not in err
     assert took < 5, f"took {took:.1f} s to exit after the second Ctrl-C"
-    store = Store(db)
-    await store.open()
-    try:
-        items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
-    finally:
-        await store.close()
+    items = await listed(db, 10)
     assert [item.state for item in items] == ["shutdown"]
 
 

@@ -20,9 +20,9 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.proxy.forward import head_bytes
-from gateway.store.exchanges import ExchangeFilter, Store
+from gateway.store.exchanges import ExchangeFilter
 from gateway.store.records import StoredExchange
-from tests.conftest import make_settings, migrated_sqlite, running, wait_until
+from tests.conftest import listed, make_settings, migrated_sqlite, running, wait_until
 
 KEY = "sk-wire-test-SECRET-0123456789abcdef"
 
@@ -517,12 +517,7 @@ async def test_calls_cut_at_the_end_of_the_grace_are_recorded_as_shutdown(
             writer.close()
         server.close()
         await server.wait_closed()
-    store = Store(db)
-    await store.open()
-    try:
-        items, _ = await store.list_exchanges(ExchangeFilter(), 10, None)
-    finally:
-        await store.close()
+    items = await listed(db, 10)
     states = {item.path: (item.state, item.status, item.error) for item in items}
     assert states == {
         "/v1/chat/completions": ("shutdown", None, "gateway shut down before the call finished"),

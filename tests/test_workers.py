@@ -20,7 +20,7 @@ from mistralai.client import Mistral
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.store.exchanges import ExchangeFilter, Store
-from tests.conftest import CLI, ROOT, Upstream, free_port, wait_until
+from tests.conftest import CLI, ROOT, Upstream, free_port, listed, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -279,12 +279,7 @@ async def test_calls_finished_after_the_supervisor_is_killed_are_stored_at_the_n
         await wait_until(all_stored, timeout=60)
         served.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.proc.wait(), 60) == 0
-    store = Store(db)
-    await store.open()
-    try:
-        items, _ = await store.list_exchanges(ExchangeFilter(), 50, None)
-    finally:
-        await store.close()
+    items = await listed(db, 50)
     assert sorted(item.state for item in items) == ["complete"] * 3  # once each, answered
 
 
