@@ -303,6 +303,7 @@ class Proxy:
             route = self._route(exchange)
         base = route.upstream if route is not None else self.upstream
         upstream: Upstream | web.Response | None = None
+        came: list[bytes] = []  # the body as it comes (a call cut meanwhile keeps it)
         _, sep, query = path_qs.partition("?")
         keys = scrub.scrub_start(exchange, pairs, query, self.held_keys, secrets)
         self.begin(exchange)
@@ -316,7 +317,7 @@ class Proxy:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 # curl asks before large uploads; answer it here rather than relay it
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body, broken = await read_body(request.content, lambda: self._left(request))
+            body, broken = await read_body(request.content, lambda: self._left(request), came)
             exchange.request_body = body
             if broken is not None:
                 return self._client_gone_sending(exchange, broken)
@@ -339,6 +340,8 @@ class Proxy:
             else:
                 exchange.state = SHUTDOWN
                 exchange.error = exchange.error or "gateway shut down before the call finished"
+                if not exchange.request_body and came:  # cut while the body came in
+                    exchange.request_body = b"".join(came)
             raise
         finally:
             in_flight.tasks.discard(task)  # type: ignore[arg-type]
@@ -705,13 +708,16 @@ BODY_BROKEN = (
 
 
 async def read_body(
-    content: aiohttp.StreamReader, gone: Callable[[], bool] = lambda: False
+    content: aiohttp.StreamReader,
+    gone: Callable[[], bool] = lambda: False,
+    chunks: list[bytes] | None = None,
 ) -> tuple[bytes, BaseException | None]:
     """The request body, as `StreamReader.read()` gives it, or, when the client went away
     before sending it whole, the bytes that came and why it ended (the record keeps them).
     `gone()` says whether the client's connection is lost: aiohttp then cancels the call
-    (`handler_cancellation`), which here is the client leaving, not a stop."""
-    chunks: list[bytes] = []
+    (`handler_cancellation`), which here is the client leaving, not a stop. `chunks`: where
+    the bytes are gathered, so that a caller whose call is cut meanwhile still has them."""
+    chunks = [] if chunks is None else chunks
     try:
         while chunk := await content.readany():
             chunks.append(chunk)
