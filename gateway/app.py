@@ -230,7 +230,8 @@ class Gateway:
         health = self.recorder.health()
         if self.workers is None:
             return health
-        return replace(health, dropped_records=self.pipeline_health()["dropped_records"])
+        dropped = self.workers.totals(health.to_json())["dropped_records"]
+        return replace(health, dropped_records=dropped)
 
     async def _worker_metrics(self) -> list[bytes]:
         """The workers' writers' call metrics (PostgreSQL: a writer per worker; on SQLite

@@ -21,8 +21,7 @@ from gateway.capture.redact import redact_headers
 from gateway.errors import UserError
 from gateway.providers import UnknownProvider
 from gateway.store.exchanges import ExchangeFilter
-from gateway.store.query import exchange_filter
-from gateway.store.query import parse_cursor as query_cursor
+from gateway.store.query import exchange_filter, parse_cursor
 from gateway.store.records import ExchangeSummary
 from webui.chat import PART_LIMIT, chat_items, full_part, pretty_body
 from webui.render import (
@@ -103,7 +102,9 @@ def build_filter(filters: dict[str, str]) -> ExchangeFilter:
         raise FilterError(str(exc)) from None
 
 
-def parse_cursor(value: str | None) -> int | None:
+def id_or_none(value: str | None) -> int | None:
+    """An id from a page's path (None: not one, a 404) or the live poll's `after` (None: from
+    the start); a list's `before` cursor is `parse_cursor`'s, a 400 when it is not one."""
     if value and value.isascii() and value.isdigit() and len(value) <= 19:
         number = int(value)
         return number if number <= MAX_ID else None
@@ -171,7 +172,7 @@ async def list_context(request: web.Request, before: int | None) -> dict[str, An
 
 
 async def exchange_list(request: web.Request) -> web.Response:
-    before = query_cursor("before", request.query.get("before"))
+    before = parse_cursor("before", request.query.get("before"))
     context = await list_context(request, before)
     response = render(
         request,
@@ -190,7 +191,7 @@ async def exchange_live(request: web.Request) -> web.Response:
     with its new cursor (out of band), or with `into=results` (an empty page) the whole
     first page; 204 when nothing is new, so an idle poll costs one index probe."""
     filters = current_filters(request.query)
-    after = parse_cursor(request.query.get("after")) or 0
+    after = id_or_none(request.query.get("after")) or 0
     try:
         f = build_filter(filters)
     except FilterError:
@@ -215,7 +216,7 @@ async def exchange_live(request: web.Request) -> web.Response:
 
 
 async def exchange_detail(request: web.Request) -> web.Response:
-    exchange_id = parse_cursor(request.match_info["id"])
+    exchange_id = id_or_none(request.match_info["id"])
     found = await api.load_exchange(request.app, exchange_id) if exchange_id else None
     if found is None or exchange_id is None:
         return error_page(
@@ -253,7 +254,7 @@ async def exchange_detail(request: web.Request) -> web.Response:
 async def exchange_text(request: web.Request) -> web.Response:
     """The whole of a long message part (`part=m-p`, or `part=output`): what the page's
     "show all" button swaps in, as escaped text."""
-    exchange_id = parse_cursor(request.match_info["id"])
+    exchange_id = id_or_none(request.match_info["id"])
     found = await api.load_exchange(request.app, exchange_id) if exchange_id else None
     if found is None:
         return web.Response(status=404, text="no such exchange")
@@ -267,7 +268,7 @@ async def exchange_text(request: web.Request) -> web.Response:
 
 async def exchange_raw(request: web.Request) -> web.Response:
     """A raw body in full (up to the raw view's cut), loaded when the reader asks for it."""
-    exchange_id = parse_cursor(request.match_info["id"])
+    exchange_id = id_or_none(request.match_info["id"])
     side: Literal["request", "response"] = (
         "request" if request.match_info["side"] == "request" else "response"
     )
@@ -281,7 +282,7 @@ async def exchange_raw(request: web.Request) -> web.Response:
 
 
 async def exchange_delete(request: web.Request) -> web.StreamResponse:
-    exchange_id = parse_cursor(request.match_info["id"])
+    exchange_id = id_or_none(request.match_info["id"])
     runs = request.app[api.RUNS]
     found, run_id = await runs.run_of_exchange(exchange_id) if exchange_id else (False, None)
     if not found or exchange_id is None:

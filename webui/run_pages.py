@@ -14,10 +14,10 @@ from aiohttp import web
 from gateway.api import exchanges as api
 from gateway.errors import UserError
 from gateway.store import agents, query
-from gateway.store.query import parse_cursor as query_cursor
+from gateway.store.query import parse_cursor
 from gateway.store.records import Run, iso_z
 from webui import lanes, timeline
-from webui.exchange_pages import RANGES, parse_cursor
+from webui.exchange_pages import RANGES, id_or_none
 from webui.formats import parse_time
 from webui.render import error_page, is_htmx, query_string, render
 
@@ -58,7 +58,7 @@ async def evaluation_summaries(request: web.Request, ids: list[int]) -> dict[int
 
 async def run_list(request: web.Request) -> web.Response:
     filters = {key: (request.query.get(key) or "").strip() for key in FILTER_KEYS}
-    before = query_cursor("before", request.query.get("before"))
+    before = parse_cursor("before", request.query.get("before"))
     values = dict(filters)
     error = None
     runs: list[Run] = []
@@ -98,7 +98,7 @@ async def run_list(request: web.Request) -> web.Response:
 
 
 async def run_detail(request: web.Request) -> web.Response:
-    run_id = parse_cursor(request.match_info["id"])
+    run_id = id_or_none(request.match_info["id"])
     run = await request.app[api.RUNS].get_run(run_id) if run_id else None
     if run is None:
         return error_page(
